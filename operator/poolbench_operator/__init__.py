@@ -1,0 +1,1 @@
+"""The poolbench kopf operator (importable as ``poolbench_operator``; never ``operator``)."""

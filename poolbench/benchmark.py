@@ -1,0 +1,172 @@
+"""The benchmark's state machine, shared by the local runner and the operator (pure, no I/O).
+
+The drivers do the I/O (start replicas, read the probe, read summaries) and feed what they see
+here; this module turns it into the status: step plan, per-step results, phase and verdict.
+Because the status is the whole state, a driver can resume from it (the operator after a restart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .outcomes import OK
+from .results import BenchmarkStatus, ErrorCounts, StepResult
+from .sampling import Sample, StepAccumulator
+from .spec import PoolBenchmarkSpec
+from .verdict import judge_step, overall_verdict, predict
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    index: int  # 1-based, as shown to users
+    replicas: int
+    predicted_peak: int
+    predicted_idle: int
+    usable: int
+
+
+def plan_steps(spec: PoolBenchmarkSpec) -> list[PlannedStep]:
+    plan = []
+    for i, replicas in enumerate(spec.steps, start=1):
+        p = predict(spec, replicas)
+        plan.append(PlannedStep(i, replicas, p.peak, p.idle, p.usable))
+    return plan
+
+
+@dataclass
+class ReplicaReport:
+    """What one replica said about itself (its summary) plus what the platform saw."""
+
+    name: str
+    outcomes: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
+    first_error_class: str | None = None
+    first_error_at: float | None = None
+    crashed: bool = False
+    restarts: int = 0
+
+    @classmethod
+    def from_summary(cls, name: str, summary: dict | None, *, exit_code: int | None = None,
+                     restarts: int = 0) -> "ReplicaReport":
+        summary = summary or {}
+        crashed = summary.get("phase") == "crashed" or bool(exit_code)
+        return cls(
+            name=name,
+            outcomes=dict(summary.get("outcomes") or {}),
+            first_error=summary.get("firstError"),
+            first_error_class=summary.get("firstErrorClass"),
+            first_error_at=summary.get("firstErrorAt"),
+            crashed=crashed,
+            restarts=restarts,
+        )
+
+
+def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepResult:
+    errors = ErrorCounts()
+    for r in reports:
+        errors.add(r.outcomes)
+        step.queries += int(r.outcomes.get(OK, 0))
+    failed = [r for r in reports if r.first_error]
+    if failed:
+        # The earliest failure in time is the one that tells what ran out first.
+        first = min(failed, key=lambda r: r.first_error_at if r.first_error_at is not None else float("inf"))
+        step.first_error = f"{first.name}: {first.first_error}"
+        step.first_error_class = first.first_error_class or errors.first_class()
+    step.errors = errors
+    step.crashed_replicas = sum(1 for r in reports if r.crashed)
+    step.restarts = sum(r.restarts for r in reports)
+    return step
+
+
+class BenchmarkRun:
+    """Drives the status through Provisioning → Running → Completed | Failed."""
+
+    def __init__(self, spec: PoolBenchmarkSpec, status: BenchmarkStatus | None = None):
+        self.spec = spec
+        self.plan = plan_steps(spec)
+        self.status = status or BenchmarkStatus(
+            phase="Pending", total_steps=len(self.plan), max_connections=spec.postgres.max_connections
+        )
+        self.accumulator: StepAccumulator | None = None
+        self.step: StepResult | None = None
+
+    # -- progress through the phases -------------------------------------------------------
+    def provisioning(self, message: str = "starting PostgreSQL") -> None:
+        self.status.phase = "Provisioning"
+        self.status.message = message
+
+    def next_step(self) -> PlannedStep | None:
+        """The first planned step not yet finished (resume-safe), or None when done."""
+        done = len([s for s in self.status.steps if s.outcome is not None])
+        if self.status.verdict is not None:
+            return None
+        if done and self.spec.stop_on_failure and self.status.steps[done - 1].outcome == "Failed":
+            return None
+        return self.plan[done] if done < len(self.plan) else None
+
+    def begin_step(self, planned: PlannedStep) -> StepResult:
+        self.status.phase = "Running"
+        self.status.current_step = planned.index
+        self.status.replicas = planned.replicas
+        self.status.progress = f"{planned.index}/{len(self.plan)}"
+        self.status.message = f"step {planned.index}/{len(self.plan)}: {planned.replicas} replicas"
+        step = StepResult(
+            replicas=planned.replicas,
+            started_at=utc_now(),
+            predicted_peak=planned.predicted_peak,
+            predicted_idle=planned.predicted_idle,
+            usable_connections=planned.usable,
+        )
+        # An unfinished step left by an interrupted driver is replaced, never duplicated.
+        self.status.steps = [s for s in self.status.steps if s.outcome is not None] + [step]
+        self.step = step
+        self.accumulator = StepAccumulator(replicas=planned.replicas)
+        return step
+
+    def add_sample(self, sample: Sample) -> None:
+        if self.accumulator is None or self.step is None:
+            return
+        self.accumulator.add(sample)
+        self.status.live_connections = self.accumulator.live
+        self.accumulator.fill(self.step)
+        self.status.peak_connections = max(self.status.peak_connections, self.accumulator.peak)
+
+    def mark_work_done(self) -> None:
+        if self.accumulator is not None:
+            self.accumulator.mark_work_done()
+
+    def finish_step(self, reports: list[ReplicaReport], *, timed_out: bool = False,
+                    reason: str | None = None) -> StepResult:
+        assert self.step is not None and self.accumulator is not None
+        step = self.accumulator.fill(self.step)
+        aggregate_reports(step, reports)
+        step.timed_out = timed_out
+        step.reason = reason
+        step.finished_at = utc_now()
+        judge_step(step, expected_replicas=step.replicas)
+        self.status.failures = sum(s.errors.total() for s in self.status.steps)
+        self.status.peak_connections = max(s.peak_connections for s in self.status.steps)
+        self.step, self.accumulator = None, None
+        return step
+
+    def finish(self, message: str | None = None) -> BenchmarkStatus:
+        steps = [s for s in self.status.steps if s.outcome is not None]
+        self.status.steps = steps
+        verdict = overall_verdict(self.spec, steps)
+        self.status.verdict = verdict
+        self.status.phase = "Failed" if any(s.outcome == "Failed" for s in steps) else "Completed"
+        self.status.live_connections = 0
+        self.status.message = message or verdict.summary
+        return self.status
+
+    def fail(self, message: str) -> BenchmarkStatus:
+        """The environment broke (not a measured failure): phase Failed, steps kept."""
+        self.status.phase = "Failed"
+        self.status.message = message
+        self.status.live_connections = 0
+        return self.status

@@ -1,0 +1,146 @@
+"""Generate the PoolBenchmark CRD from the spec and status models (one source of truth).
+
+Pydantic emits JSON Schema 2020-12; Kubernetes wants a structural OpenAPI v3 schema: no $ref,
+``nullable`` instead of ``anyOf [X, null]``, boolean ``exclusiveMinimum``, no
+``additionalProperties: false`` next to ``properties`` (unknown fields are rejected by the API
+server's strict field validation instead). ``manifests/crd.yaml`` and the chart's copy are this
+module's output; a test proves they match.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from .results import BenchmarkStatus
+from .spec import API_GROUP, API_VERSION, KIND, MAX_NAME_LENGTH, PLURAL, PoolBenchmarkSpec
+
+DROP_KEYS = {"title", "$defs", "examples"}
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+    {"name": "Peak", "type": "integer", "jsonPath": ".status.peakConnections"},
+    {"name": "MaxConn", "type": "integer", "jsonPath": ".status.maxConnections"},
+    {"name": "Failures", "type": "integer", "jsonPath": ".status.failures"},
+    {"name": "MaxSafe", "type": "integer", "jsonPath": ".status.verdict.maxSafeReplicas"},
+    {"name": "Verdict", "type": "string", "jsonPath": ".status.verdict.summary", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
+    if isinstance(node, list):
+        return [_resolve(n, defs, keep_defaults) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        target.update(extra)
+        return _resolve(target, defs, keep_defaults)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        nullable = len(options) < len(node["anyOf"])
+        if len(options) == 1:
+            merged = {**_resolve(options[0], defs, keep_defaults)}
+            for key, value in node.items():
+                if key != "anyOf":
+                    merged[key] = value
+            if nullable:
+                merged["nullable"] = True
+            return _resolve(merged, defs, keep_defaults)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in DROP_KEYS:
+            continue
+        if key == "default":
+            if keep_defaults and value is not None and not isinstance(value, (dict, list)):
+                out[key] = value
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "exclusiveMinimum" and not isinstance(value, bool):
+            out["minimum"] = value
+            out["exclusiveMinimum"] = True
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        if key == "properties":
+            out[key] = {k: _resolve(v, defs, keep_defaults) for k, v in value.items()}
+            continue
+        out[key] = _resolve(value, defs, keep_defaults)
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def openapi_schema(model: type, *, keep_defaults: bool) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema = _resolve(raw, raw.get("$defs", {}), keep_defaults)
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    return openapi_schema(BenchmarkStatus, keep_defaults=False)
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = openapi_schema(PoolBenchmarkSpec, keep_defaults=True)
+    spec_schema["description"] = "What to measure: the server's limits, the workload, the replica steps."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["pbench"],
+                "categories": ["poolbench"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A connection-pool benchmark against one PostgreSQL.",
+                            "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+                                    "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters"
+                                    " (child object names and labels append suffixes)",
+                                }
+                            ],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `poolbench crd` from poolbench/spec.py and poolbench/results.py. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)

@@ -1,0 +1,107 @@
+"""The results shape: the CLI's JSON and the custom resource's ``status`` (the same keys).
+
+The CRD's status schema is generated from these models, so every field kopf patches is declared
+and nothing is pruned by the API server.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Phase = Literal["Pending", "Provisioning", "Running", "Completed", "Failed", "Invalid"]
+Outcome = Literal["Passed", "Failed"]
+ERROR_CLASSES = ("tooManyClients", "reservedSlots", "poolTimeout", "other")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> dict:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+class PeakByState(_Out):
+    active: int = 0
+    idle: int = 0
+    idle_in_transaction: int = 0
+
+
+class ErrorCounts(_Out):
+    """Failed attempts by class. tooManyClients and reservedSlots are SQLSTATE 53300."""
+
+    too_many_clients: int = 0
+    reserved_slots: int = 0
+    pool_timeout: int = 0
+    other: int = 0
+
+    def total(self) -> int:
+        return self.too_many_clients + self.reserved_slots + self.pool_timeout + self.other
+
+    def first_class(self) -> str | None:
+        """The most significant error class seen (slot exhaustion first)."""
+        for key in ERROR_CLASSES:
+            if getattr(self, to_snake(key)):
+                return key
+        return None
+
+    def add(self, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            if key in ERROR_CLASSES:
+                attr = to_snake(key)
+                setattr(self, attr, getattr(self, attr) + int(value))
+
+
+def to_snake(camel: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in camel)
+
+
+class StepResult(_Out):
+    replicas: int
+    started_at: str | None = None
+    finished_at: str | None = None
+    predicted_peak: int = 0
+    predicted_idle: int = Field(0, description="Predicted ghosts: idle connections kept by the pools.")
+    usable_connections: int = Field(0, description="Slots the workload's role may use (minus the monitor).")
+    peak_connections: int = 0
+    peak_by_state: PeakByState = Field(default_factory=PeakByState)
+    peak_by_replica: dict[str, int] = Field(default_factory=dict)
+    idle_at_end: int = Field(0, description="Ghosts: idle connections open when the work ended.")
+    oldest_idle_seconds: float = 0.0
+    queries: int = Field(0, description="Statements that succeeded.")
+    errors: ErrorCounts = Field(default_factory=ErrorCounts)
+    first_error: str | None = None
+    first_error_class: str | None = Field(None, description="Class of the earliest failed attempt.")
+    restarts: int = 0
+    crashed_replicas: int = 0
+    samples: int = 0
+    sample_gaps: int = Field(0, description="Probe reads that failed; never silent.")
+    timed_out: bool = False
+    outcome: Outcome | None = None
+    reason: str | None = None
+
+
+class Verdict(_Out):
+    max_safe_replicas: int | None = None
+    first_failing_replicas: int | None = None
+    reason: str = ""
+    summary: str = ""
+
+
+class BenchmarkStatus(_Out):
+    phase: Phase = "Pending"
+    message: str = ""
+    current_step: int = 0
+    total_steps: int = 0
+    progress: str = Field("", description="Current step as n/m (for kubectl's Step column).")
+    replicas: int = 0
+    max_connections: int = 0
+    peak_connections: int = 0
+    failures: int = 0
+    live_connections: int = 0
+    steps: list[StepResult] = Field(default_factory=list)
+    verdict: Verdict | None = None
+    observed_generation: int | None = None
+    updated_at: str | None = None

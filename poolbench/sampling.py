@@ -1,0 +1,105 @@
+"""Sampling math: turn pg_stat_activity snapshots into a step's peaks (pure, no I/O).
+
+The probe (poolbench.probe) produces one ``Sample`` per read; a ``StepAccumulator`` holds the
+peaks between reads (peak-hold), counts gaps, and knows when the work ended so the ghosts
+(idle connections kept by the pools) are read during the hold, not during the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .results import PeakByState, StepResult
+
+STATE_KEYS = {"active": "active", "idle": "idle", "idle in transaction": "idle_in_transaction",
+              "idle in transaction (aborted)": "idle_in_transaction"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One read of pg_stat_activity (client backends, the monitor excluded)."""
+
+    t: float  # seconds since the benchmark started
+    ok: bool = True
+    total: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)  # keys: active, idle, idle_in_transaction, other
+    by_app: dict[str, int] = field(default_factory=dict)
+    oldest_idle_seconds: float = 0.0
+    error: str | None = None
+
+    @classmethod
+    def gap(cls, t: float, error: str) -> "Sample":
+        return cls(t=t, ok=False, error=error)
+
+
+def sample_from_rows(t: float, rows: list[tuple[str | None, str | None, int, float | None]]) -> Sample:
+    """Build a Sample from grouped rows: (state, application_name, count, oldest idle seconds)."""
+    total = 0
+    by_state: dict[str, int] = {}
+    by_app: dict[str, int] = {}
+    oldest = 0.0
+    for state, app, count, idle_age in rows:
+        key = STATE_KEYS.get(state or "", "other")
+        total += count
+        by_state[key] = by_state.get(key, 0) + count
+        name = app or "(none)"
+        by_app[name] = by_app.get(name, 0) + count
+        if idle_age is not None:
+            oldest = max(oldest, float(idle_age))
+    return Sample(t=t, total=total, by_state=by_state, by_app=by_app, oldest_idle_seconds=oldest)
+
+
+@dataclass
+class StepAccumulator:
+    """Peak-hold over the samples of one step."""
+
+    replicas: int
+    samples: int = 0
+    gaps: int = 0
+    peak: int = 0
+    peak_by_state: dict[str, int] = field(default_factory=dict)
+    peak_by_app: dict[str, int] = field(default_factory=dict)
+    oldest_idle: float = 0.0
+    last_idle: int = 0
+    work_done: bool = False
+    idle_after_work: int | None = None
+    last_error: str | None = None
+    live: int = 0
+
+    def add(self, sample: Sample) -> None:
+        if not sample.ok:
+            self.gaps += 1
+            self.last_error = sample.error
+            return
+        self.samples += 1
+        total = sample.total
+        self.live = total
+        self.peak = max(self.peak, total)
+        for key, value in sample.by_state.items():
+            self.peak_by_state[key] = max(self.peak_by_state.get(key, 0), value)
+        for app, value in sample.by_app.items():
+            self.peak_by_app[app] = max(self.peak_by_app.get(app, 0), value)
+        self.oldest_idle = max(self.oldest_idle, sample.oldest_idle_seconds)
+        idle = sample.by_state.get("idle", 0)
+        self.last_idle = idle
+        if self.work_done:
+            # Ghosts: the most idle connections seen while the replicas hold their engines.
+            self.idle_after_work = max(self.idle_after_work or 0, idle)
+
+    def mark_work_done(self) -> None:
+        """Every live replica finished its work and now holds its pool."""
+        self.work_done = True
+
+    def fill(self, step: StepResult) -> StepResult:
+        step.samples = self.samples
+        step.sample_gaps = self.gaps
+        step.peak_connections = self.peak
+        step.peak_by_state = PeakByState(
+            active=self.peak_by_state.get("active", 0),
+            idle=self.peak_by_state.get("idle", 0),
+            idle_in_transaction=self.peak_by_state.get("idle_in_transaction", 0),
+        )
+        step.peak_by_replica = dict(sorted(self.peak_by_app.items()))
+        step.idle_at_end = self.idle_after_work if self.idle_after_work is not None else self.last_idle
+        step.oldest_idle_seconds = round(self.oldest_idle, 3)
+        return step

@@ -1,0 +1,290 @@
+"""The PoolBenchmark spec: the YAML a user writes, parsed and validated.
+
+This module is the single source of truth for the spec. The CRD's OpenAPI schema is generated
+from these models (poolbench.crd), and a test proves the committed manifests/crd.yaml matches.
+Validation errors carry the field path (``spec.workload.engine.poolSize``) so a user sees every
+bad field in one message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "poolbench.dev"
+API_VERSION = "v1alpha1"
+KIND = "PoolBenchmark"
+PLURAL = "poolbenchmarks"
+
+#: Server settings the benchmark owns (own fields) or that would break the experiment.
+FORBIDDEN_SETTINGS = frozenset(
+    {
+        "max_connections",
+        "superuser_reserved_connections",
+        "reserved_connections",
+        "port",
+        "listen_addresses",
+        "unix_socket_directories",
+        "data_directory",
+        "config_file",
+        "hba_file",
+        "ident_file",
+        "external_pid_file",
+        "shared_preload_libraries",
+        "max_worker_processes",
+        "log_destination",
+        "logging_collector",
+        "log_directory",
+        "log_filename",
+    }
+)
+SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
+
+#: Longest benchmark name: child objects append "-postgres-0" style suffixes, labels stop at 63.
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    """Strict camelCase model: unknown fields are errors, YAML keys are camelCase."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+    )
+
+
+#: SQLAlchemy pools that make sense for a threaded sync engine.
+PoolClass = Literal["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
+Role = Literal["superuser", "app"]
+OnError = Literal["crash", "count"]
+CleanupPolicy = Literal["ScaleDown", "Delete", "Keep"]
+ReplicaCount = Annotated[int, Field(ge=1, le=500)]
+
+
+class PostgresSpec(_Model):
+    """The server under test. Limits become server arguments."""
+
+    max_connections: int = Field(100, ge=2, le=10000, description="PostgreSQL max_connections.")
+    superuser_reserved_connections: int = Field(
+        3, ge=0, le=1000, description="Slots only superusers may take."
+    )
+    image: str = Field(
+        "postgres:16-alpine",
+        min_length=1,
+        description="Container image for the in-cluster StatefulSet (cluster only).",
+    )
+    settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra server settings (name: value), passed as -c name=value.",
+    )
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_are_safe(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not SETTING_NAME.match(k)]
+        if bad:
+            raise ValueError(f"not a server setting name: {', '.join(sorted(bad))}")
+        owned = sorted(set(value) & FORBIDDEN_SETTINGS)
+        if owned:
+            raise ValueError(
+                f"{', '.join(owned)} cannot be set here (owned by the benchmark or breaks it);"
+                " use maxConnections / superuserReservedConnections"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _reserved_below_max(self) -> "PostgresSpec":
+        if self.superuser_reserved_connections >= self.max_connections:
+            raise ValueError(
+                "superuserReservedConnections must be less than maxConnections"
+                f" ({self.superuser_reserved_connections} >= {self.max_connections})"
+            )
+        return self
+
+
+class EngineSpec(_Model):
+    """create_engine() pool arguments. Omitted fields keep SQLAlchemy's defaults."""
+
+    pool_class: PoolClass = Field("QueuePool", description="SQLAlchemy pool class.")
+    pool_size: int | None = Field(None, ge=0, le=1000, description="QueuePool pool_size (default 5; 0 = no limit).")
+    max_overflow: int | None = Field(None, ge=-1, le=1000, description="QueuePool max_overflow (default 10; -1 = no limit).")
+    pool_timeout: float | None = Field(None, ge=0, le=3600, description="Seconds a checkout waits (default 30).")
+    pool_recycle: int | None = Field(None, ge=-1, le=86400, description="Replace connections older than N seconds at checkout.")
+    pool_pre_ping: bool | None = Field(None, description="Ping a connection at checkout.")
+    pool_use_lifo: bool | None = Field(None, description="Use the most recently returned connection first.")
+
+    @model_validator(mode="after")
+    def _queue_options_need_queue_pool(self) -> "EngineSpec":
+        if self.pool_class != "QueuePool":
+            given = [
+                alias
+                for name, alias in (
+                    ("pool_size", "poolSize"),
+                    ("max_overflow", "maxOverflow"),
+                    ("pool_timeout", "poolTimeout"),
+                    ("pool_use_lifo", "poolUseLifo"),
+                )
+                if getattr(self, name) is not None
+            ]
+            if self.pool_class == "SingletonThreadPool" and "poolSize" in given:
+                given.remove("poolSize")
+            if given:
+                raise ValueError(f"{', '.join(given)} cannot be used with poolClass {self.pool_class}")
+        return self
+
+    def effective_pool_size(self) -> int:
+        return 5 if self.pool_size is None else self.pool_size
+
+    def effective_max_overflow(self) -> int:
+        return 10 if self.max_overflow is None else self.max_overflow
+
+
+class WorkloadSpec(_Model):
+    """What each replica (one process or pod = one engine) does."""
+
+    threads: int = Field(15, ge=1, le=500, description="Caller threads per replica.")
+    statement: str = Field(
+        "SELECT pg_sleep(0.05)", min_length=1, max_length=10000, description="SQL run per iteration."
+    )
+    iterations: int | None = Field(
+        None, ge=1, le=10_000_000, description="Statements per thread (default 20 unless durationSeconds)."
+    )
+    duration_seconds: float | None = Field(
+        None, gt=0, le=86400, description="Run each thread for this long instead of a fixed count."
+    )
+    hold_seconds: float = Field(
+        10.0, ge=0, le=86400, description="Keep the engine and its pool open after the work (ghosts)."
+    )
+    role: Role = Field("superuser", description="superuser (as in the seed) or app (a normal role).")
+    on_error: OnError = Field(
+        "crash", description="crash: the replica dies on the first error; count: keep going."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+    @field_validator("statement")
+    @classmethod
+    def _statement_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("statement must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_stop(self) -> "WorkloadSpec":
+        if self.iterations is not None and self.duration_seconds is not None:
+            raise ValueError("give iterations or durationSeconds, not both")
+        return self
+
+    def effective_iterations(self) -> int | None:
+        if self.duration_seconds is not None:
+            return None
+        return 20 if self.iterations is None else self.iterations
+
+
+class SamplingSpec(_Model):
+    interval_ms: int = Field(100, ge=20, le=60000, description="pg_stat_activity poll interval.")
+
+
+class PoolBenchmarkSpec(_Model):
+    postgres: PostgresSpec = Field(default_factory=PostgresSpec)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    steps: list[ReplicaCount] = Field(
+        ..., min_length=1, max_length=50, description="Replica counts, run in order."
+    )
+    step_timeout_seconds: int = Field(300, ge=5, le=86400, description="Give up on a step after this long.")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    stop_on_failure: bool = Field(True, description="Skip the remaining steps after a failed one.")
+    cleanup: CleanupPolicy = Field(
+        "ScaleDown", description="Cluster only: what to do with children when done."
+    )
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    namespace: str | None = None
+
+
+class PoolBenchmark(BaseModel):
+    """The whole document: apiVersion, kind, metadata, spec."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["poolbench.dev/v1alpha1"] = Field(..., alias="apiVersion")
+    kind: Literal["PoolBenchmark"]
+    metadata: Metadata
+    spec: PoolBenchmarkSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class SpecError(Exception):
+    """Invalid input. ``problems`` lists (field path, message); str() is one readable message."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        lines = [f"{path}: {msg}" if path else msg for path, msg in self.problems]
+        return "invalid PoolBenchmark:\n  " + "\n  ".join(lines)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    problems = []
+    for item in err.errors():
+        loc = prefix + tuple(item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append((_path(loc), msg))
+    return problems
+
+
+def parse_spec(spec: Any) -> PoolBenchmarkSpec:
+    """Validate a bare ``spec`` mapping (what the operator receives from the API server)."""
+    try:
+        return PoolBenchmarkSpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(_problems(err, ("spec",))) from None
+
+
+def parse_document(doc: Any) -> PoolBenchmark:
+    """Validate a whole PoolBenchmark document (a parsed YAML mapping)."""
+    if not isinstance(doc, dict):
+        raise SpecError([("", f"expected a mapping (a PoolBenchmark document), got {type(doc).__name__}")])
+    try:
+        return PoolBenchmark.model_validate(doc)
+    except ValidationError as err:
+        raise SpecError(_problems(err)) from None
+
+
+def load_text(text: str) -> PoolBenchmark:
+    """Parse YAML text holding exactly one PoolBenchmark."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        raise SpecError([("", f"not valid YAML: {err}")]) from None
+    if len(docs) != 1:
+        raise SpecError([("", f"expected exactly one YAML document, found {len(docs)}")])
+    return parse_document(docs[0])

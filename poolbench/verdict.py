@@ -1,0 +1,141 @@
+"""Predictions and verdicts: the pool arithmetic, as pure functions.
+
+Per replica, a QueuePool opens at most min(threads, pool_size + max_overflow) connections and,
+after the burst, keeps min(pool_size, peak) of them open and idle (the "ghosts"). NullPool opens one
+per concurrent checkout and keeps none. Sources: SQLAlchemy pool/impl.py; see shared research.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .results import StepResult, Verdict
+from .spec import PoolBenchmarkSpec
+
+MONITOR_CONNECTIONS = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    replicas: int
+    per_replica_peak: int
+    per_replica_idle: int
+    usable: int
+
+    @property
+    def peak(self) -> int:
+        return self.replicas * self.per_replica_peak
+
+    @property
+    def idle(self) -> int:
+        return self.replicas * self.per_replica_idle
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.usable
+
+
+def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
+    workload = spec.workload
+    engine = workload.engine
+    threads = workload.threads
+    if engine.pool_class == "NullPool":
+        return threads
+    if engine.pool_class == "StaticPool":
+        return 1
+    if engine.pool_class == "SingletonThreadPool":
+        return threads
+    size, overflow = engine.effective_pool_size(), engine.effective_max_overflow()
+    if size == 0 or overflow < 0:
+        return threads
+    return min(threads, size + overflow)
+
+
+def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
+    engine = spec.workload.engine
+    peak = per_replica_peak(spec)
+    if engine.pool_class == "NullPool":
+        return 0
+    if engine.pool_class in ("StaticPool", "SingletonThreadPool"):
+        return peak
+    size = engine.effective_pool_size()
+    return peak if size == 0 else min(size, peak)
+
+
+def usable_connections(spec: PoolBenchmarkSpec) -> int:
+    """Slots the workload can take: max_connections, minus reserved slots for a normal role, minus the monitor."""
+    pg = spec.postgres
+    reserved = pg.superuser_reserved_connections if spec.workload.role == "app" else 0
+    return pg.max_connections - reserved - MONITOR_CONNECTIONS
+
+
+def predict(spec: PoolBenchmarkSpec, replicas: int) -> Prediction:
+    return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec))
+
+
+def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
+    """Set outcome and reason from what was measured. A step passes only when nothing failed."""
+    reasons = []
+    errors = step.errors.total()
+    if errors:
+        first = step.first_error_class or step.errors.first_class()
+        reasons.append(f"{errors} failed attempts (first: {first})")
+    if step.crashed_replicas:
+        reasons.append(f"{step.crashed_replicas} of {expected_replicas} replicas crashed")
+    if step.restarts:
+        reasons.append(f"{step.restarts} restarts")
+    if step.timed_out:
+        reasons.append("the step timed out")
+    if step.reason and step.reason.startswith("database"):
+        reasons.insert(0, step.reason)
+    step.outcome = "Failed" if reasons else "Passed"
+    step.reason = "; ".join(reasons) if reasons else (
+        f"peak {step.peak_connections} of {step.usable_connections} usable connections, {step.idle_at_end} idle at end"
+    )
+    return step
+
+
+def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
+    """maxSafeReplicas: the largest passing step before the first failure."""
+    max_safe: int | None = None
+    first_failing: int | None = None
+    failing_step: StepResult | None = None
+    for step in steps:
+        if step.outcome == "Failed":
+            first_failing, failing_step = step.replicas, step
+            break
+        if step.outcome == "Passed":
+            max_safe = step.replicas if max_safe is None else max(max_safe, step.replicas)
+    per_peak = per_replica_peak(spec)
+    usable = usable_connections(spec)
+    role = spec.workload.role
+    if failing_step is not None:
+        pred = predict(spec, failing_step.replicas)
+        reason = (
+            f"{failing_step.replicas} replicas × {per_peak} connections = {pred.peak} needed,"
+            f" {usable} usable ({spec.postgres.max_connections} max_connections"
+            + (f" − {spec.postgres.superuser_reserved_connections} reserved" if role == "app" else "")
+            + f" − {MONITOR_CONNECTIONS} monitor); {failing_step.reason}"
+        )
+    elif steps:
+        reason = f"every step fit: at most {max(s.peak_connections for s in steps)} of {usable} usable connections"
+    else:
+        reason = "no step ran"
+    safe_limit = usable // per_peak if per_peak else None
+    if first_failing is not None:
+        summary = (
+            f"{max_safe if max_safe is not None else 'No'} replicas ran safely;"
+            f" {first_failing} replicas failed with"
+            f" {failing_step.first_error_class or failing_step.errors.first_class() or 'errors'}"
+            f" (each replica may open {per_peak}; the server allows {usable}, so at most {safe_limit} replicas fit)."
+        )
+    elif max_safe is not None:
+        summary = (
+            f"All steps passed up to {max_safe} replicas (each may open {per_peak};"
+            f" at most {safe_limit} replicas fit in {usable} usable connections)."
+        )
+    else:
+        summary = "No step completed."
+    return Verdict(
+        max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary
+    )

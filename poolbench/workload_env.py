@@ -1,0 +1,82 @@
+"""The workload's contract: environment variables only (pure).
+
+The local runner passes these to each process and the operator puts the same ones in the pod
+template, so one replica behaves the same on a laptop and in a cluster. Connection details use
+libpq's own variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .spec import PoolBenchmarkSpec, WorkloadSpec
+
+PREFIX = "POOLBENCH_"
+APP_ROLE = "poolbench_app"
+SUPERUSER = "postgres"
+DATABASE = "postgres"
+
+
+def role_name(workload: WorkloadSpec) -> str:
+    return APP_ROLE if workload.role == "app" else SUPERUSER
+
+
+def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True) -> dict[str, str]:
+    """Environment for one replica, without the connection target and the replica's own name."""
+    w = spec.workload
+    engine = w.engine.model_dump(by_alias=True, exclude_none=True)
+    env = {
+        "POOLBENCH_THREADS": str(w.threads),
+        "POOLBENCH_STATEMENT": w.statement,
+        "POOLBENCH_HOLD_SECONDS": str(w.hold_seconds),
+        "POOLBENCH_ON_ERROR": w.on_error,
+        "POOLBENCH_ENGINE": json.dumps(engine, sort_keys=True),
+        "POOLBENCH_EXIT_AFTER_HOLD": "true" if exit_after_hold else "false",
+        "PGUSER": role_name(w),
+        "PGDATABASE": DATABASE,
+    }
+    iterations = w.effective_iterations()
+    if iterations is not None:
+        env["POOLBENCH_ITERATIONS"] = str(iterations)
+    else:
+        env["POOLBENCH_DURATION_SECONDS"] = str(w.duration_seconds)
+    return env
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """What a replica reads from its environment."""
+
+    threads: int
+    statement: str
+    iterations: int | None
+    duration_seconds: float | None
+    hold_seconds: float
+    on_error: str
+    engine: dict
+    app_name: str
+    metrics_port: int
+    summary_path: str | None
+    exit_after_hold: bool
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "WorkloadConfig":
+        def get(name: str, default: str | None = None) -> str | None:
+            return env.get(PREFIX + name, default)
+
+        iterations = get("ITERATIONS")
+        duration = get("DURATION_SECONDS")
+        return cls(
+            threads=int(get("THREADS", "1")),
+            statement=get("STATEMENT", "SELECT 1") or "SELECT 1",
+            iterations=int(iterations) if iterations else None,
+            duration_seconds=float(duration) if duration else None,
+            hold_seconds=float(get("HOLD_SECONDS", "0")),
+            on_error=get("ON_ERROR", "count") or "count",
+            engine=json.loads(get("ENGINE", "{}") or "{}"),
+            app_name=get("APP_NAME") or env.get("HOSTNAME") or "poolbench-replica",
+            metrics_port=int(get("METRICS_PORT", "0")),
+            summary_path=get("SUMMARY_PATH"),
+            exit_after_hold=(get("EXIT_AFTER_HOLD", "true") or "true").lower() == "true",
+        )

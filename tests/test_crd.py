@@ -1,0 +1,32 @@
+"""The CRD is generated from the spec model: the committed copies must match (no drift)."""
+
+import yaml
+
+from poolbench.crd import build_crd, crd_yaml
+from tests.conftest import ROOT
+
+
+def test_committed_crd_matches_the_model():
+    committed = (ROOT / "manifests/crd.yaml").read_text()
+    assert committed == crd_yaml(), "run: poolbench crd > manifests/crd.yaml"
+
+
+def test_schema_is_structural():
+    text = crd_yaml()
+    assert "$ref" not in text and "anyOf" not in text and "additionalProperties: false" not in text
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["steps"]
+    assert spec["properties"]["steps"]["items"] == {"maximum": 500, "minimum": 1, "type": "integer"}
+    engine = spec["properties"]["workload"]["properties"]["engine"]["properties"]
+    assert engine["poolClass"]["enum"] == ["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
+    status = schema["properties"]["status"]["properties"]
+    for key in ("phase", "message", "currentStep", "totalSteps", "replicas", "maxConnections",
+                "peakConnections", "failures", "steps", "verdict", "progress"):
+        assert key in status, key
+    step = status["steps"]["items"]["properties"]
+    for key in ("replicas", "startedAt", "finishedAt", "predictedPeak", "peakConnections", "peakByState",
+                "idleAtEnd", "oldestIdleSeconds", "errors", "restarts", "outcome"):
+        assert key in step, key
+    assert set(step["errors"]["properties"]) == {"tooManyClients", "reservedSlots", "poolTimeout", "other"}
+    assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]
