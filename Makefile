@@ -1,0 +1,40 @@
+# poolbench on kind. Needs docker, kind, kubectl (and helm for `deploy-helm`).
+CLUSTER ?= poolbench
+EXAMPLE ?= manifests/examples/small.yaml
+
+.PHONY: setup test crd kind-up images kind-load deploy deploy-helm demo kind-down
+
+setup:
+	scripts/setup
+
+test:
+	scripts/test
+
+crd:  ## regenerate the CRD from the spec model
+	.venv/bin/poolbench crd > manifests/crd.yaml
+	cp manifests/crd.yaml charts/poolbench/crds/poolbenchmarks.yaml
+
+kind-up:
+	kind create cluster --name $(CLUSTER) --config kind-config.yaml
+
+images:
+	docker build -f operator/Dockerfile -t poolbench-operator:dev .
+	docker build -f workload/Dockerfile -t poolbench-workload:dev .
+
+kind-load:
+	kind load docker-image --name $(CLUSTER) poolbench-operator:dev poolbench-workload:dev
+
+deploy:
+	kubectl apply -f manifests/crd.yaml
+	kubectl apply -f manifests/rbac.yaml -f manifests/operator.yaml
+	kubectl -n poolbench-system rollout status deployment/poolbench-operator --timeout=120s
+
+deploy-helm:
+	helm upgrade --install poolbench charts/poolbench
+
+demo:
+	kubectl apply -f $(EXAMPLE)
+	kubectl get poolbenchmarks -o wide -w
+
+kind-down:
+	kind delete cluster --name $(CLUSTER)

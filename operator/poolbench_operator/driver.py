@@ -1,0 +1,234 @@
+"""The per-benchmark loop in a cluster: provision, step through the replicas, record, clean up.
+
+It feeds the same core as the local runner (poolbench.benchmark.BenchmarkRun); only the platform
+differs: pods instead of processes, a StatefulSet instead of the embedded server. The status is the
+whole state, written as it goes, so after an operator restart the loop resumes where status says
+and never redoes a finished step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from poolbench.benchmark import BenchmarkRun, PlannedStep
+from poolbench.probe import Probe, SamplerThread
+from poolbench.results import BenchmarkStatus
+from poolbench.sampling import Sample
+from poolbench.spec import PoolBenchmarkSpec
+from poolbench.workload_env import APP_ROLE, SUPERUSER
+
+from . import podstate
+from .builders import POSTGRES_PORT, SECRET_APP_KEY, SECRET_SUPERUSER_KEY, Names, build_children
+from .kube import Kube
+
+TERMINAL = ("Completed", "Failed", "Invalid")
+PATCH_INTERVAL = 1.0  # at most about one status patch per second per resource
+POLL = 0.5
+PROVISION_TIMEOUT = 300.0
+SCALE_DOWN_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 15.0
+
+
+class Stopped(Exception):
+    """kopf asked the daemon to stop (resource deleted, operator exiting)."""
+
+
+def postgres_host(kube: Kube, names: Names) -> tuple[str, int]:
+    """Where the operator reaches Postgres. In the cluster, the Service's DNS name. Outside it,
+    POOLBENCH_POSTGRES_ADDRESS: ``pod-ip`` (routable pod IPs) or ``HOST:PORT`` (a port-forward or
+    kind NodePort)."""
+    mode = os.environ.get("POOLBENCH_POSTGRES_ADDRESS", "service")
+    if mode == "service":
+        return f"{names.postgres}.{kube.namespace}.svc", POSTGRES_PORT
+    if mode == "pod-ip":
+        ip = kube.postgres_pod_ip(names)
+        if not ip:
+            raise RuntimeError(f"pod {names.postgres_pod} has no IP yet")
+        return ip, POSTGRES_PORT
+    host, _, port = mode.rpartition(":")
+    return host, int(port)
+
+
+class Driver:
+    def __init__(self, *, kube: Kube, body: dict, spec: PoolBenchmarkSpec, stopped: Any,
+                 adopt: Callable[[dict], None], event: Callable[[str, str, str], None],
+                 logger: logging.Logger, workload_image: str):
+        self.kube = kube
+        self.name = body["metadata"]["name"]
+        self.names = Names(self.name)
+        self.spec = spec
+        self.stopped = stopped
+        self.adopt = adopt
+        self.event = event
+        self.logger = logger
+        self.workload_image = workload_image
+        status = dict(body.get("status") or {})
+        known = BenchmarkStatus.model_fields
+        aliases = {f.alias or k for k, f in known.items()}
+        self.run = BenchmarkRun(spec, BenchmarkStatus.model_validate(
+            {k: v for k, v in status.items() if k in aliases}) if status.get("phase") else None)
+        self.run.status.observed_generation = body["metadata"].get("generation")
+        self.lock = threading.Lock()
+        self.last_patch = 0.0
+        self.last_sample: Sample | None = None
+
+    # -- status ---------------------------------------------------------------------------------
+    def patch(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_patch < PATCH_INTERVAL:
+            return
+        with self.lock:
+            from poolbench.benchmark import utc_now
+
+            self.run.status.updated_at = utc_now()
+            status = self.run.status.to_json()
+        self.kube.patch_status(self.name, status)
+        self.last_patch = now
+
+    def wait(self, seconds: float) -> None:
+        if self.stopped.wait(seconds):
+            raise Stopped()
+
+    # -- phases ---------------------------------------------------------------------------------
+    def execute(self) -> None:
+        if self.run.status.phase in TERMINAL:
+            return
+        try:
+            self.provision()
+            host, port = self.wait_for_postgres()
+            self.measure(host, port)
+        except Stopped:
+            self.logger.info("stopped; status keeps what was measured")
+            raise
+
+    def provision(self) -> None:
+        if self.run.status.phase in ("Pending", ""):
+            self.run.provisioning("creating PostgreSQL and the workload")
+            self.patch(force=True)
+        children = build_children(
+            self.name, self.spec, workload_image=self.workload_image,
+            superuser_password=secrets.token_urlsafe(24), app_password=secrets.token_urlsafe(24),
+        )
+        for child in children:
+            self.adopt(child)
+            if self.kube.ensure(child):
+                self.logger.info("created %s %s", child["kind"], child["metadata"]["name"])
+
+    def wait_for_postgres(self) -> tuple[str, int]:
+        deadline = time.monotonic() + PROVISION_TIMEOUT
+        while not self.kube.postgres_ready(self.names):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
+            self.wait(POLL)
+        return postgres_host(self.kube, self.names)
+
+    def connect(self, host: str, port: int):
+        password = self.kube.secret_value(self.names.secret, SECRET_SUPERUSER_KEY)
+        return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=password,
+                                dbname="postgres", connect_timeout=5)
+
+    def ensure_app_role(self, host: str, port: int) -> None:
+        if self.spec.workload.role != "app":
+            return
+        password = self.kube.secret_value(self.names.secret, SECRET_APP_KEY)
+        conn = self.connect(host, port)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER PASSWORD %s").format(sql.Identifier(APP_ROLE)),
+                        (password,))
+        conn.close()
+
+    def _sink(self, sample: Sample) -> None:
+        with self.lock:
+            self.last_sample = sample
+            self.run.add_sample(sample)
+
+    def measure(self, host: str, port: int) -> None:
+        self.ensure_app_role(host, port)
+        probe = Probe(lambda: self.connect(host, port), f"{self.names.workload}-")
+        probe.open()  # before any load, so it holds its slot
+        sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, self._sink, time.monotonic())
+        sampler.start()
+        try:
+            self.scale_to_zero()  # a clean slate, also after an operator restart mid-step
+            for planned in iter(self.run.next_step, None):
+                self.run_step(planned)
+            with self.lock:
+                status = self.run.finish()
+            self.patch(force=True)
+            verdict = status.verdict
+            self.event("Normal" if status.phase == "Completed" else "Warning", "Finished",
+                       verdict.summary if verdict else status.message)
+        finally:
+            sampler.stop()
+            probe.close()
+        self.cleanup()
+
+    def run_step(self, planned: PlannedStep) -> None:
+        with self.lock:
+            self.run.begin_step(planned)
+        self.patch(force=True)
+        self.event("Normal", "StepStarted", f"step {planned.index}/{len(self.run.plan)}: scaling the workload"
+                   f" to {planned.replicas} replicas (predicted peak {planned.predicted_peak},"
+                   f" usable {planned.usable})")
+        self.kube.scale_workload(self.names, planned.replicas)
+        deadline = time.monotonic() + self.spec.step_timeout_seconds
+        marked = timed_out = False
+        views: list[podstate.PodView] = []
+        while True:
+            views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name)]
+            if not marked and podstate.work_done(views, planned.replicas):
+                with self.lock:
+                    self.run.mark_work_done()
+                marked = True
+            if podstate.step_done(views, planned.replicas):
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            self.patch()
+            self.wait(POLL)
+        with self.lock:
+            step = self.run.finish_step(podstate.reports(views), timed_out=timed_out)
+        self.patch(force=True)
+        self.event("Normal" if step.outcome == "Passed" else "Warning", f"Step{step.outcome}",
+                   f"step {planned.index}: {planned.replicas} replicas {step.outcome}: {step.reason}")
+        if self.run.next_step() is not None or self.spec.cleanup != "Keep":
+            self.scale_to_zero()
+
+    def scale_to_zero(self) -> None:
+        self.kube.scale_workload(self.names, 0)
+        deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
+        while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
+            self.wait(POLL)
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            last = self.last_sample
+            if last is not None and last.ok and last.total == 0:
+                break
+            self.wait(0.1)
+
+    def cleanup(self) -> None:
+        policy = self.spec.cleanup
+        if policy == "Delete":
+            self.kube.delete_children(self.names)
+            self.event("Normal", "Cleanup", "children deleted (spec.cleanup: Delete); status kept")
+        elif policy == "ScaleDown":
+            self.event("Normal", "Cleanup", "workload scaled to 0; PostgreSQL kept for inspection")
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            self.run.fail(message)
+        self.patch(force=True)
+        self.event("Warning", "Failed", message)

@@ -1,0 +1,116 @@
+"""Thin Kubernetes API edge for the driver (sync ``kubernetes`` client, used from a sync daemon thread)."""
+
+from __future__ import annotations
+
+import base64
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+
+from poolbench.spec import API_GROUP, API_VERSION, PLURAL
+
+from .builders import METRICS_PORT, Names, selector
+from .podstate import PodView, parse_metrics
+
+
+def load_config() -> None:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+class Kube:
+    def __init__(self, namespace: str):
+        self.namespace = namespace
+        self.core = kubernetes.client.CoreV1Api()
+        self.apps = kubernetes.client.AppsV1Api()
+        self.custom = kubernetes.client.CustomObjectsApi()
+
+    # -- children ---------------------------------------------------------------------------
+    def ensure(self, obj: dict) -> bool:
+        """Create ``obj`` unless it exists. Returns True when created. Never duplicates."""
+        kind = obj["kind"]
+        create = {
+            "Secret": self.core.create_namespaced_secret,
+            "Service": self.core.create_namespaced_service,
+            "StatefulSet": self.apps.create_namespaced_stateful_set,
+            "Deployment": self.apps.create_namespaced_deployment,
+        }[kind]
+        try:
+            create(self.namespace, obj)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+
+    def delete_children(self, names: Names) -> None:
+        for call, name in (
+            (self.apps.delete_namespaced_deployment, names.workload),
+            (self.apps.delete_namespaced_stateful_set, names.postgres),
+            (self.core.delete_namespaced_service, names.postgres),
+            (self.core.delete_namespaced_secret, names.secret),
+        ):
+            try:
+                call(name, self.namespace, propagation_policy="Background")
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+    def secret_value(self, name: str, key: str) -> str:
+        secret = self.core.read_namespaced_secret(name, self.namespace)
+        return base64.b64decode(secret.data[key]).decode()
+
+    def postgres_ready(self, names: Names) -> bool:
+        sts = self.apps.read_namespaced_stateful_set(names.postgres, self.namespace)
+        return bool(sts.status and (sts.status.ready_replicas or 0) >= 1)
+
+    def postgres_pod_ip(self, names: Names) -> str | None:
+        try:
+            pod = self.core.read_namespaced_pod(names.postgres_pod, self.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return pod.status.pod_ip if pod.status else None
+
+    def scale_workload(self, names: Names, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(names.workload, self.namespace, {"spec": {"replicas": replicas}})
+
+    # -- pods ---------------------------------------------------------------------------------
+    def workload_pods(self, benchmark: str) -> list:
+        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+    def count_workload_pods(self, benchmark: str) -> int:
+        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
+        return len(self.core.list_namespaced_pod(self.namespace, label_selector=sel).items)
+
+    def pod_view(self, pod) -> PodView:
+        restarts, last_message = 0, None
+        for cs in (pod.status.container_statuses or []) if pod.status else []:
+            restarts += cs.restart_count or 0
+            terminated = cs.last_state.terminated if cs.last_state else None
+            if terminated is not None and terminated.message:
+                last_message = terminated.message
+        metrics = None
+        running = pod.status is not None and pod.status.phase == "Running" and pod.status.pod_ip
+        if running:
+            try:
+                text = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{pod.metadata.name}:{METRICS_PORT}", self.namespace, "metrics", _request_timeout=3
+                )
+                metrics = parse_metrics(text)
+            except (ApiException, OSError, ValueError, kubernetes.client.exceptions.OpenApiException):
+                metrics = None
+            except Exception:  # urllib3 errors: an unreachable pod is just not reporting yet
+                metrics = None
+        return PodView(pod.metadata.name, restarts, metrics, last_message)
+
+    # -- the custom resource --------------------------------------------------------------------
+    def patch_status(self, name: str, status: dict) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"status": status}
+        )
