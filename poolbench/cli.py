@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from .spec import PoolBenchmark, SpecError, load_text
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
 
 err_console = Console(stderr=True)
-out_console = Console()
+# Wide enough for the results table when the output is a file or a CI log.
+out_console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def load_file(path: str) -> PoolBenchmark:
@@ -48,8 +50,14 @@ def results_table(status: dict) -> Table:
     return table
 
 
+def _terminate_as_interrupt(signum, _frame):
+    """SIGTERM gets the same clean-up as Ctrl-C: every process and temporary directory removed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     bench = load_file(args.file)  # SpecError → exit 2 in main()
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     from .local import Progress, run_local  # heavy imports only when running
     from .localpg import EnvironmentFailure
 
