@@ -1,0 +1,61 @@
+"""The Helm chart renders to the same objects as manifests/ (helm built by hack/build-helm.sh)."""
+
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+
+def helm() -> str:
+    path = os.environ.get("POOLBENCH_HELM")
+    if not path:
+        path = subprocess.run([str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"helm is not available at {path}: run hack/build-helm.sh")
+    return path
+
+
+def render(*args: str) -> list[dict]:
+    out = subprocess.run([helm(), "template", "poolbench", str(ROOT / "charts/poolbench"), *args],
+                         capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def key(obj: dict) -> tuple:
+    return obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
+
+
+def manifests() -> dict:
+    docs = []
+    for name in ("rbac.yaml", "operator.yaml"):
+        docs += [d for d in yaml.safe_load_all((ROOT / "manifests" / name).read_text()) if d]
+    return {key(d): d for d in docs}
+
+
+def test_chart_renders_the_same_objects_as_manifests():
+    rendered = {key(d): d for d in render()}
+    expected = manifests()
+    assert set(rendered) == set(expected)
+    for k, obj in expected.items():
+        assert rendered[k] == obj, k
+
+
+def test_chart_crd_is_the_generated_crd():
+    assert (ROOT / "charts/poolbench/crds/poolbenchmarks.yaml").read_text() == (ROOT / "manifests/crd.yaml").read_text()
+
+
+def test_watched_namespaces_bind_children_rbac_per_namespace():
+    rendered = render("--set", "watchNamespaces={team-a,team-b}", "--set", "image.workload=reg/w:1")
+    bindings = [d for d in rendered if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert not [d for d in rendered if d["kind"] == "ClusterRoleBinding"
+                and d["metadata"]["name"] == "poolbench-operator-children"]
+    deploy = next(d for d in rendered if d["kind"] == "Deployment")
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
+    assert container["env"][0]["value"] == "reg/w:1"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
