@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import psycopg2
 
@@ -34,12 +35,21 @@ class Probe:
         self._pattern = app_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
         self._conn = None
         self.reconnects = 0
+        self.server_started_at = None  # pg_postmaster_start_time(): a change means the server restarted
+        self.server_restarts = 0
+        self._restart_pending = False
 
     def open(self) -> None:
         conn = self._connect()
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SET application_name = 'poolbench-monitor'")
+            cur.execute("SELECT pg_postmaster_start_time()")
+            started = cur.fetchone()[0]
+        if self.server_started_at is not None and started != self.server_started_at:
+            self.server_restarts += 1
+            self._restart_pending = True
+        self.server_started_at = started
         self._conn = conn
 
     def read(self, t: float) -> Sample:
@@ -50,7 +60,11 @@ class Probe:
             with self._conn.cursor() as cur:
                 cur.execute(QUERY, (self._pattern,))
                 rows = cur.fetchall()
-            return sample_from_rows(t, rows)
+            sample = sample_from_rows(t, rows)
+            if self._restart_pending:
+                self._restart_pending = False
+                sample = replace(sample, server_restarted=True)
+            return sample
         except psycopg2.Error as err:
             self.close()
             return Sample.gap(t, " ".join(str(err).split())[:200])

@@ -78,6 +78,7 @@ class StepResult(_Out):
     crashed_replicas: int = 0
     samples: int = 0
     sample_gaps: int = Field(0, description="Probe reads that failed; never silent.")
+    database_restarts: int = Field(0, description="Times the server restarted during the step.")
     timed_out: bool = False
     outcome: Outcome | None = None
     reason: str | None = None

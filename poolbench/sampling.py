@@ -26,6 +26,7 @@ class Sample:
     by_app: dict[str, int] = field(default_factory=dict)
     oldest_idle_seconds: float = 0.0
     error: str | None = None
+    server_restarted: bool = False  # first read after the server came back with a new start time
 
     @classmethod
     def gap(cls, t: float, error: str) -> "Sample":
@@ -65,6 +66,7 @@ class StepAccumulator:
     idle_after_work: int | None = None
     last_error: str | None = None
     live: int = 0
+    server_restarts: int = 0
 
     def add(self, sample: Sample) -> None:
         if not sample.ok:
@@ -72,6 +74,8 @@ class StepAccumulator:
             self.last_error = sample.error
             return
         self.samples += 1
+        if sample.server_restarted:
+            self.server_restarts += 1
         total = sample.total
         self.live = total
         self.peak = max(self.peak, total)
@@ -102,4 +106,5 @@ class StepAccumulator:
         step.peak_by_replica = dict(sorted(self.peak_by_app.items()))
         step.idle_at_end = self.idle_after_work if self.idle_after_work is not None else self.last_idle
         step.oldest_idle_seconds = round(self.oldest_idle, 3)
+        step.database_restarts = self.server_restarts
         return step

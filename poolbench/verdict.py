@@ -75,7 +75,7 @@ def predict(spec: PoolBenchmarkSpec, replicas: int) -> Prediction:
 
 def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
     """Set outcome and reason from what was measured. A step passes only when nothing failed."""
-    reasons = []
+    reasons = [step.reason] if step.reason else []  # what the driver saw (e.g. pods that never started)
     errors = step.errors.total()
     if errors:
         first = step.first_error_class or step.errors.first_class()
@@ -86,8 +86,8 @@ def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
         reasons.append(f"{step.restarts} restarts")
     if step.timed_out:
         reasons.append("the step timed out")
-    if step.reason and step.reason.startswith("database"):
-        reasons.insert(0, step.reason)
+    if step.database_restarts:
+        reasons.insert(0, f"the database restarted during the step ({step.database_restarts}x)")
     step.outcome = "Failed" if reasons else "Passed"
     step.reason = "; ".join(reasons) if reasons else (
         f"peak {step.peak_connections} of {step.usable_connections} usable connections, {step.idle_at_end} idle at end"

@@ -111,3 +111,18 @@ def test_resume_replaces_an_unfinished_step_never_duplicates():
 
 def test_verdict_with_no_steps():
     assert overall_verdict(parse_spec({"steps": [1]}), []).max_safe_replicas is None
+
+
+def test_a_database_restart_fails_the_step_and_says_so():
+    s = parse_spec({"steps": [1]})
+    run = BenchmarkRun(s)
+    run.begin_step(run.next_step())
+    run.add_sample(sample_from_rows(0.0, [("active", "x", 1, None)]))
+    run.add_sample(Sample.gap(0.1, "server closed the connection unexpectedly"))
+    from dataclasses import replace
+
+    run.add_sample(replace(sample_from_rows(0.2, []), server_restarted=True))
+    step = run.finish_step([ReplicaReport.from_summary("x", {"outcomes": {"ok": 3}})])
+    assert step.outcome == "Failed"
+    assert step.database_restarts == 1 and step.sample_gaps == 1
+    assert step.reason.startswith("the database restarted")
