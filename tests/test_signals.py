@@ -1,0 +1,56 @@
+"""SIGINT or SIGTERM at any moment of `poolbench run` leaves no process and no temporary directory."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import ROOT, make_doc
+
+pytestmark = pytest.mark.postgres
+
+# Moments: during start-up/initdb, while the server starts, in the first step, in the second step.
+MOMENTS = [(signal.SIGINT, 0.8), (signal.SIGTERM, 1.6), (signal.SIGINT, 3.5), (signal.SIGTERM, 6.0)]
+
+
+def leftovers(tmpdir: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.environ() if "workload" in cmd else {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if tmpdir in cmd or env.get("TMPDIR") == tmpdir:
+            found.append(f"{proc.info['pid']}: {cmd}")
+    return found
+
+
+@pytest.mark.parametrize("sig,delay", MOMENTS, ids=[f"{s.name}@{d}s" for s, d in MOMENTS])
+def test_signal_cleans_up_everything(tmp_path, sig, delay):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    os.chmod(tmpdir, 0o777)
+    spec = make_doc(name="sig", steps=[2, 3],
+                    workload={"threads": 4, "iterations": 40, "holdSeconds": 3},
+                    postgres={"maxConnections": 30})
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err  # 0 only when it had already finished
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while leftovers(str(tmpdir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers(str(tmpdir)) == []
+    assert list(tmpdir.iterdir()) == []
