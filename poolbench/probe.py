@@ -4,7 +4,8 @@ Opened before any load so it already holds its slot when the workload exhausts t
 Autocommit, because pg_stat_activity is a snapshot taken once per transaction: inside one
 transaction the counts would never change. Only ``client backend`` rows count (background workers
 have their own slots) and the monitor excludes itself. A failed read becomes a gap sample and the
-next read reconnects: gaps are recorded, never silent.
+next read reconnects: gaps are recorded, never silent. The query is prepared once per monitor
+connection: planning it (the view's joins) cost as much server CPU as running it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SELECT state, application_name, count(*)::int,
    AND application_name LIKE %s
  GROUP BY state, application_name
 """
+PREPARED = "poolbench_sample"
 
 
 class Probe:
@@ -44,6 +46,7 @@ class Probe:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SET application_name = 'poolbench-monitor'")
+            cur.execute(f"PREPARE {PREPARED}(text) AS {QUERY.replace('%s', '$1')}")
             cur.execute("SELECT pg_postmaster_start_time()")
             started = cur.fetchone()[0]
         if self.server_started_at is not None and started != self.server_started_at:
@@ -58,16 +61,16 @@ class Probe:
                 self.reconnects += 1
                 self.open()
             with self._conn.cursor() as cur:
-                cur.execute(QUERY, (self._pattern,))
+                cur.execute(f"EXECUTE {PREPARED}(%s)", (self._pattern,))
                 rows = cur.fetchall()
             sample = sample_from_rows(t, rows)
             if self._restart_pending:
                 self._restart_pending = False
                 sample = replace(sample, server_restarted=True)
             return sample
-        except psycopg2.Error as err:
+        except Exception as err:  # noqa: BLE001 - any failed read or reconnect is a gap, never a dead sampler
             self.close()
-            return Sample.gap(t, " ".join(str(err).split())[:200])
+            return Sample.gap(t, " ".join(str(err).split())[:200] or type(err).__name__)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,0 +1,100 @@
+"""Fixtures for tests against a real Kubernetes control plane (no Docker, no kubelet).
+
+- ``control_plane`` (session): etcd + kube-apiserver + kube-controller-manager + kube-scheduler from
+  $POOLBENCH_K8S_BIN (else ``hack/build-control-plane.sh | tail -1``). Fails, never skips.
+- ``pod_runner`` (session): the stand-in kubelet (``podrunner.PodRunner``) with its Node Ready.
+- ``kube`` (session): an admin ``kube.Kube`` client; ``namespace`` (function): a fresh namespace
+  whose default ServiceAccount exists, deleted afterwards.
+
+Logs (components, pod runner, container output) are kept when a test failed (or with
+POOLBENCH_K8S_KEEP_LOGS=1); the path is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+
+import pytest
+
+from .controlplane import ROOT, ControlPlane, ControlPlaneError
+from .kube import Kube, wait_for
+from .podrunner import PodRunner
+
+_state = {"failed": False, "kept_logs": None}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        _state["failed"] = True
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _state["kept_logs"]:
+        terminalreporter.write_sep("-", f"k8s logs kept in {_state['kept_logs']}")
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    try:
+        cp = ControlPlane.from_env()
+    except ControlPlaneError as err:
+        pytest.fail(f"no control plane binaries: {err}", pytrace=False)
+    try:
+        cp.start()
+    except Exception as err:  # noqa: BLE001 - any start failure fails the tests loudly
+        cp.stop(keep_logs=True)
+        _state["kept_logs"] = str(cp.logs_dir)
+        pytest.fail(f"the control plane did not start: {err}\nlogs kept in {cp.logs_dir}", pytrace=False)
+    yield cp
+    keep = _state["failed"] or os.environ.get("POOLBENCH_K8S_KEEP_LOGS") == "1"
+    cp.stop(keep_logs=keep)
+    if keep:
+        _state["kept_logs"] = str(cp.logs_dir)
+        print(f"\nk8s logs kept in {cp.logs_dir}")
+
+
+@pytest.fixture(scope="session")
+def pod_runner(control_plane):
+    if not shutil.which("ip") or not shutil.which("setpriv"):
+        pytest.fail("the pod runner needs iproute2 (ip netns) and util-linux (setpriv)", pytrace=False)
+    runner = PodRunner(control_plane.kubeconfig, logs_dir=control_plane.logs_dir / "pods",
+                       python_path=[str(ROOT)])
+    try:
+        runner.start()
+        runner.wait_node_ready(60)
+    except Exception as err:  # noqa: BLE001
+        runner.stop()
+        _state["failed"] = True
+        pytest.fail(f"the pod runner did not start: {err!r}", pytrace=False)
+    yield runner
+    runner.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane):
+    client = Kube(control_plane.kubeconfig)
+    yield client
+    client.close()
+
+
+def create_namespace(kube: Kube, prefix: str = "t") -> str:
+    """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
+             what=f"ServiceAccount {name}/default")
+    return name
+
+
+@pytest.fixture
+def namespace(kube, request):
+    prefix = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().removeprefix("test_"))[:20].strip("-")
+    name = create_namespace(kube, prefix)
+    yield name
+    kube.delete(f"/api/v1/namespaces/{name}")

@@ -1,0 +1,323 @@
+"""The operator end to end against a real kube-apiserver, a real scheduler and controller-manager,
+the test pod runner, and real PostgreSQL in a pod. The operator runs as `kopf run` under the chart's
+ServiceAccount (RBAC is tested, not bypassed) and reaches Postgres by pod IP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import create_namespace
+from .controlplane import ROOT
+from .kube import wait_for
+
+pytestmark = pytest.mark.k8s
+
+GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
+TERMINAL = ("Completed", "Failed", "Invalid")
+
+
+def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args], capture_output=True,
+                          text=True, input=input, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class OperatorProcess:
+    """`kopf run` as a subprocess, so tests can also kill it."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path):
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
+               "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
+             "--all-namespaces", "--verbose"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane, kube):
+    """CRD + RBAC installed with kubectl, as a user would."""
+    kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
+    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev",
+            "--timeout=60s")
+    kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
+    wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
+             30, what="operator ServiceAccount")
+    return control_plane
+
+
+@pytest.fixture(scope="module")
+def operator(installed, pod_runner):
+    kubeconfig = installed.kubeconfig_for_service_account("poolbench-system", "poolbench-operator")
+    op = OperatorProcess(kubeconfig, installed.logs_dir / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print("\n--- operator log (tail) ---\n" + "\n".join(op.log().splitlines()[-60:]))
+
+
+def apply_benchmark(control_plane, namespace: str, doc: dict) -> None:
+    kubectl(control_plane, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
+
+
+def benchmark(kube, namespace: str, name: str) -> dict:
+    return kube.get(f"{GROUP_PATH}/namespaces/{namespace}/poolbenchmarks/{name}")
+
+
+def wait_phase(kube, namespace: str, name: str, phases=TERMINAL, timeout: float = 300) -> dict:
+    def done():
+        obj = benchmark(kube, namespace, name)
+        return obj if (obj.get("status") or {}).get("phase") in phases else None
+
+    return wait_for(done, timeout, interval=1.0, what=f"{name} phase in {phases}")
+
+
+def small_seed(name: str = "seed-small", **spec) -> dict:
+    doc = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
+    doc["metadata"] = {"name": name}
+    doc["spec"].update(spec)
+    return doc
+
+
+def events(kube, namespace: str, name: str) -> list[dict]:
+    items = kube.items(f"/api/v1/namespaces/{namespace}/events")
+    return [e for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+def children(kube, namespace: str) -> dict[str, list[str]]:
+    sel = {"labelSelector": "app.kubernetes.io/managed-by=poolbench-operator"}
+    paths = {
+        "statefulsets": f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
+        "deployments": f"/apis/apps/v1/namespaces/{namespace}/deployments",
+        "services": f"/api/v1/namespaces/{namespace}/services",
+        "secrets": f"/api/v1/namespaces/{namespace}/secrets",
+    }
+    out = {k: [o["metadata"]["name"] for o in kube.items(p, **sel)] for k, p in paths.items()}
+    out["pods"] = [o["metadata"]["name"] for o in kube.items(f"/api/v1/namespaces/{namespace}/pods")]
+    return out
+
+
+def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
+    ns = create_namespace(kube, "e2e")
+    apply_benchmark(control_plane, ns, small_seed())
+    obj = wait_phase(kube, ns, "seed-small")
+    status = obj["status"]
+    assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
+    first, second = status["steps"]
+    assert first["replicas"] == 2 and first["outcome"] == "Passed", first
+    assert first["predictedPeak"] == 10 and first["peakConnections"] == 10
+    assert first["idleAtEnd"] >= 4  # 2 replicas × min(poolSize 2, peak 5) ghosts
+    assert sum(first["errors"].values()) == 0
+    assert second["replicas"] == 8 and second["outcome"] == "Failed", second
+    assert second["errors"]["tooManyClients"] > 0 and second["firstErrorClass"] == "tooManyClients"
+    assert second["restarts"] > 0  # onError crash: the pods died and the kubelet restarted them
+    assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
+    assert status["totalSteps"] == 2 and status["progress"] == "2/2"
+
+    table = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
+    assert row.split()[:8] == ["seed-small", "Failed", "2/2", "8", str(status["peakConnections"]), "30",
+                               str(status["failures"]), "2"]
+    reasons = {e["reason"] for e in events(kube, ns, "seed-small")}
+    assert {"StepStarted", "StepPassed", "StepFailed", "Finished"} <= reasons, reasons
+
+    # the password is only in the Secret
+    secret = kube.get(f"/api/v1/namespaces/{ns}/secrets/seed-small-credentials")
+    import base64
+
+    password = base64.b64decode(secret["data"]["postgres-password"]).decode()
+    assert password not in json.dumps(obj)
+    assert password not in json.dumps(events(kube, ns, "seed-small"))
+    assert password not in operator.log()
+
+    # cleanup ScaleDown: workload at 0, Postgres kept
+    deploy = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/seed-small-workload")
+    assert deploy["spec"]["replicas"] == 0
+    assert children(kube, ns)["statefulsets"] == ["seed-small-postgres"]
+
+    kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "seed-small", "--timeout=60s")
+    wait_for(lambda: not any(children(kube, ns).values()), 90, interval=1.0, what="children garbage-collected")
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed, control_plane, kube):
+    ns = create_namespace(kube, "bad")
+    bad = small_seed("bad-one", steps=[0], workload={"threads": "six", "engine": {"poolClass": "MagicPool"}},
+                     sampling={"intervalMs": 1})
+    proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
+    assert proc.returncode != 0
+    for path in ("spec.steps[0]", "spec.workload.threads", "spec.workload.engine.poolClass",
+                 "spec.sampling.intervalMs"):
+        assert path in proc.stderr, (path, proc.stderr)
+    # strict field validation (kubectl's default) refuses unknown fields by path before the schema
+    proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(small_seed("x1", bogus=True)),
+                   check=False)
+    assert proc.returncode != 0 and 'unknown field "spec.bogus"' in proc.stderr
+    too_long = small_seed("x" * 45)
+    proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(too_long), check=False)
+    assert proc.returncode != 0 and "metadata.name" in proc.stderr
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_what_the_schema_cannot_catch_ends_invalid(operator, control_plane, kube):
+    ns = create_namespace(kube, "inv")
+    doc = small_seed("contradiction", workload={"engine": {"poolClass": "NullPool", "maxOverflow": 3}})
+    apply_benchmark(control_plane, ns, doc)
+    obj = wait_phase(kube, ns, "contradiction", timeout=60)
+    assert obj["status"]["phase"] == "Invalid"
+    assert "spec.workload.engine" in obj["status"]["message"] and "maxOverflow" in obj["status"]["message"]
+    warnings = [e for e in events(kube, ns, "contradiction") if e["type"] == "Warning" and e["reason"] == "Invalid"]
+    assert warnings
+    assert not any(v for k, v in children(kube, ns).items())
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_every_manifest_and_the_chart_pass_server_dry_run(installed, control_plane, tmp_path):
+    for path in sorted((ROOT / "manifests").rglob("*.yaml")):
+        args = ["apply", "--dry-run=server", "-f", str(path)]
+        if path.parent.name == "examples":
+            args = ["-n", "default", *args]
+        kubectl(control_plane, *args)
+    helm = os.environ.get("POOLBENCH_HELM") or subprocess.run(
+        [str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True, check=True).stdout.split()[-1]
+    rendered = subprocess.run([helm, "template", "poolbench", str(ROOT / "charts/poolbench"), "--include-crds"],
+                              capture_output=True, text=True, check=True).stdout
+    chart = tmp_path / "chart.yaml"
+    chart.write_text(rendered)
+    kubectl(control_plane, "apply", "--dry-run=server", "-f", str(chart))
+
+
+def quick(name: str, **spec) -> dict:
+    """A benchmark that passes in a few seconds per step."""
+    doc = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
+           "spec": {"postgres": {"maxConnections": 20},
+                    "workload": {"threads": 2, "iterations": 10, "holdSeconds": 1, "onError": "count"},
+                    "steps": [1, 2], "stepTimeoutSeconds": 90}}
+    doc["spec"].update(spec)
+    return doc
+
+
+def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_steps(
+        operator, control_plane, kube):
+    """R2: SIGKILL the operator 10 times at seeded random moments while 3 benchmarks run."""
+    import random
+
+    rng = random.Random(20261125)
+    runs = [(create_namespace(kube, "kill"), f"crash-{i}") for i in range(3)]
+    for ns, name in runs:
+        apply_benchmark(control_plane, ns, quick(name))
+    finished_seen: dict[tuple, dict] = {}
+
+    def observe():
+        for ns, name in runs:
+            for step in (benchmark(kube, ns, name).get("status") or {}).get("steps") or []:
+                if step.get("outcome"):
+                    key = (ns, name, step["replicas"], step["startedAt"])
+                    finished_seen.setdefault(key, step)
+
+    kills = 0
+    while kills < 10:
+        deadline = time.monotonic() + rng.uniform(1.0, 6.0)
+        while time.monotonic() < deadline:
+            observe()
+            time.sleep(0.3)
+        operator.stop(signal.SIGKILL)
+        kills += 1
+        operator.start()
+    for ns, name in runs:
+        obj = wait_phase(kube, ns, name, timeout=300)
+        status = obj["status"]
+        assert status["phase"] == "Completed", status.get("message")
+        assert [s["replicas"] for s in status["steps"]] == [1, 2]
+        assert all(s["outcome"] == "Passed" for s in status["steps"])
+        # no finished step was redone: every finished step seen during the run is still there, unchanged
+        for (sns, sname, replicas, started), seen in finished_seen.items():
+            if (sns, sname) == (ns, name):
+                final = next(s for s in status["steps"] if s["replicas"] == replicas)
+                assert final["startedAt"] == started and final["finishedAt"] == seen["finishedAt"]
+        kids = children(kube, ns)
+        assert kids["statefulsets"] == [f"{name}-postgres"] and kids["deployments"] == [f"{name}-workload"]
+        assert kids["services"] == [f"{name}-postgres"] and kids["secrets"] == [f"{name}-credentials"]
+    for ns, name in runs:
+        kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", name, "--timeout=90s")
+        wait_for(lambda: not any(children(kube, ns).values()), 90, interval=1.0, what=f"{ns} children gone")
+        kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(operator, control_plane, kube):
+    """R3: the database restarts under the workload; status says so, the monitor reconnects."""
+    ns = create_namespace(kube, "pgkill")
+    apply_benchmark(control_plane, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
+                                             workload={"threads": 2, "durationSeconds": 8, "holdSeconds": 1,
+                                                       "onError": "count"}))
+
+    def running_step():
+        status = benchmark(kube, ns, "pgkill").get("status") or {}
+        steps = status.get("steps") or []
+        return status.get("phase") == "Running" and steps and steps[-1].get("peakConnections", 0) >= 2
+
+    wait_for(running_step, 180, interval=0.5, what="load on step 1")
+    kube.delete(f"/api/v1/namespaces/{ns}/pods/pgkill-postgres-0", query={"gracePeriodSeconds": "0"})
+    obj = wait_phase(kube, ns, "pgkill", timeout=300)
+    status = obj["status"]
+    first = status["steps"][0]
+    assert first["outcome"] == "Failed"
+    assert first["databaseRestarts"] >= 1 and "database restarted" in first["reason"]
+    assert first["sampleGaps"] >= 1  # the gap is in the status, not hidden
+    assert len(status["steps"]) == 2 and status["steps"][1]["outcome"] in ("Passed", "Failed")
+    assert operator.proc is not None and operator.proc.poll() is None  # the operator survived
+    reasons = {e["reason"] for e in events(kube, ns, "pgkill")}
+    assert "DatabaseRestarted" in reasons
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_operator_cannot_do_what_it_does_not_need(installed, control_plane):
+    """R4: least privilege, checked by the API server's own authorizer."""
+    sa = "system:serviceaccount:poolbench-system:poolbench-operator"
+
+    def can(*args: str) -> bool:
+        proc = kubectl(control_plane, "auth", "can-i", f"--as={sa}", *args, check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
+    assert can("get", "pods", "--subresource=proxy", "-n", "default")
+    assert can("create", "events", "-n", "default")
+    for denied in (["list", "secrets", "-A"], ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
+                   ["create", "pods", "-n", "default"], ["create", "pods/exec", "-n", "default"],
+                   ["delete", "pods", "-n", "default"], ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
+                   ["create", "clusterrolebindings"], ["patch", "nodes"], ["update", "customresourcedefinitions"],
+                   ["delete", "namespaces"], ["get", "configmaps", "-n", "kube-system"]):
+        assert not can(*denied), denied
