@@ -1,6 +1,5 @@
 """Bad input: each malformed spec exits 2 naming the field, never a traceback."""
 
-import json
 import subprocess
 import sys
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -14,7 +13,7 @@ import psycopg2
 import pytest
 
 from poolbench.local import run_local
-from poolbench.localpg import LocalPostgres
+
 from poolbench.probe import Probe
 from poolbench.spec import parse_document
 from poolbench.workload_env import workload_env
@@ -171,6 +170,7 @@ def test_seed_reproduced_through_the_cli(tmp_path):
     assert five["replicas"] == 5 and five["outcome"] == "Passed"
     assert sum(five["errors"].values()) == 0 and five["idleAtEnd"] >= 20
     assert ten["replicas"] == 10 and ten["outcome"] == "Failed" and ten["errors"]["tooManyClients"] > 0
+    assert five["sampleGaps"] == 0 and ten["sampleGaps"] == 0  # the monitor kept its slot throughout
     assert status["verdict"]["maxSafeReplicas"] == 5 and status["verdict"]["firstFailingReplicas"] == 10
     assert "Verdict" in proc.stdout
     assert plot.stat().st_size > 10_000

@@ -23,6 +23,9 @@ from .driver import Driver, Stopped
 from .kube import Kube, load_config
 
 WORKLOAD_IMAGE = os.environ.get("POOLBENCH_WORKLOAD_IMAGE", "poolbench-workload:dev")
+# Each running benchmark holds one executor thread (a sync daemon) for its whole run; the default
+# pool (cores + 4 threads) would let only a handful run at once and starve the rest.
+MAX_CONCURRENT_BENCHMARKS = int(os.environ.get("POOLBENCH_MAX_CONCURRENT", "64"))
 
 
 @kopf.on.startup()
@@ -31,6 +34,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = int(os.environ.get("POOLBENCH_WATCH_TIMEOUT", "300"))
     settings.persistence.finalizer = "poolbench.dev/finalizer"
+    settings.execution.max_workers = MAX_CONCURRENT_BENCHMARKS + 8
     load_config()
 
 

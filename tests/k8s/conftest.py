@@ -15,7 +15,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +102,69 @@ def namespace(kube, request):
     name = create_namespace(kube, prefix)
     yield name
     kube.delete(f"/api/v1/namespaces/{name}")
+
+
+# -- the operator under test ------------------------------------------------------------------------
+GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
+
+
+def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args], capture_output=True,
+                          text=True, input=input, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class OperatorProcess:
+    """`kopf run` as a subprocess, so tests can also kill it."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path):
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
+               "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
+             "--all-namespaces", "--verbose"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def installed(control_plane, kube):
+    """CRD + RBAC installed with kubectl, as a user would."""
+    kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
+    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev",
+            "--timeout=60s")
+    kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
+    wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
+             30, what="operator ServiceAccount")
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def operator(installed, pod_runner):
+    kubeconfig = installed.kubeconfig_for_service_account("poolbench-system", "poolbench-operator")
+    op = OperatorProcess(kubeconfig, installed.logs_dir / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print("\n--- operator log (tail) ---\n" + "\n".join(op.log().splitlines()[-60:]))

@@ -9,14 +9,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import create_namespace
+from .conftest import create_namespace, kubectl
 from .controlplane import ROOT
 from .kube import wait_for
 
@@ -24,68 +22,6 @@ pytestmark = pytest.mark.k8s
 
 GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
 TERMINAL = ("Completed", "Failed", "Invalid")
-
-
-def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args], capture_output=True,
-                          text=True, input=input, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-class OperatorProcess:
-    """`kopf run` as a subprocess, so tests can also kill it."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path):
-        self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
-               "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
-             "--all-namespaces", "--verbose"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-        )
-        log.close()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-@pytest.fixture(scope="module")
-def installed(control_plane, kube):
-    """CRD + RBAC installed with kubectl, as a user would."""
-    kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
-    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev",
-            "--timeout=60s")
-    kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
-    wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
-             30, what="operator ServiceAccount")
-    return control_plane
-
-
-@pytest.fixture(scope="module")
-def operator(installed, pod_runner):
-    kubeconfig = installed.kubeconfig_for_service_account("poolbench-system", "poolbench-operator")
-    op = OperatorProcess(kubeconfig, installed.logs_dir / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    print("\n--- operator log (tail) ---\n" + "\n".join(op.log().splitlines()[-60:]))
 
 
 def apply_benchmark(control_plane, namespace: str, doc: dict) -> None:
@@ -143,6 +79,8 @@ def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
     assert second["replicas"] == 8 and second["outcome"] == "Failed", second
     assert second["errors"]["tooManyClients"] > 0 and second["firstErrorClass"] == "tooManyClients"
     assert second["restarts"] > 0  # onError crash: the pods died and the kubelet restarted them
+    assert first["sampleGaps"] == 0 and second["sampleGaps"] == 0  # R5: the probe is never locked out
+    assert second["samples"] > 10
     assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
     assert status["totalSteps"] == 2 and status["progress"] == "2/2"
 
