@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID
+    except KeyboardInterrupt:  # before anything was started (e.g. during imports): nothing to clean
+        sys.stderr.write("poolbench: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":
