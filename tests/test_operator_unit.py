@@ -89,3 +89,19 @@ def test_step_progress_from_pods():
     assert out["c"].crashed and out["c"].restarts == 1 and out["c"].outcomes["tooManyClients"] == 1
     assert out["c"].first_error_class == "tooManyClients"
     assert not out["b"].crashed and out["b"].outcomes == {"ok": 5}
+
+
+def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
+    from poolbench.benchmark import BenchmarkRun
+    from poolbench_operator.driver import resume_status
+
+    assert resume_status(None) is None and resume_status({"kopf": {}}) is None
+    status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "steps": [
+        {"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
+        {"replicas": 8, "startedAt": "t2"}]})
+    run = BenchmarkRun(SPEC, status)
+    planned = run.next_step()
+    assert (planned.index, planned.replicas) == (2, 8)
+    run.begin_step(planned)
+    assert [(s.replicas, s.started_at) for s in run.status.steps][0] == (2, "t0")
+    assert len(run.status.steps) == 2

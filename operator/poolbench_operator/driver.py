@@ -19,7 +19,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from poolbench.benchmark import BenchmarkRun, PlannedStep
+from poolbench.benchmark import BenchmarkRun, PlannedStep, utc_now
 from poolbench.probe import Probe, SamplerThread
 from poolbench.results import BenchmarkStatus
 from poolbench.sampling import Sample
@@ -58,6 +58,14 @@ def postgres_host(kube: Kube, names: Names) -> tuple[str, int]:
     return host, int(port)
 
 
+def resume_status(status: dict | None) -> BenchmarkStatus | None:
+    """What status says was done, to resume from (kopf's own bookkeeping keys are dropped)."""
+    if not status or not status.get("phase"):
+        return None
+    known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
+    return BenchmarkStatus.model_validate({k: v for k, v in status.items() if k in known})
+
+
 class Driver:
     def __init__(self, *, kube: Kube, body: dict, spec: PoolBenchmarkSpec, stopped: Any,
                  adopt: Callable[[dict], None], event: Callable[[str, str, str], None],
@@ -71,11 +79,7 @@ class Driver:
         self.event = event
         self.logger = logger
         self.workload_image = workload_image
-        status = dict(body.get("status") or {})
-        known = BenchmarkStatus.model_fields
-        aliases = {f.alias or k for k, f in known.items()}
-        self.run = BenchmarkRun(spec, BenchmarkStatus.model_validate(
-            {k: v for k, v in status.items() if k in aliases}) if status.get("phase") else None)
+        self.run = BenchmarkRun(spec, resume_status(body.get("status")))
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.lock = threading.Lock()
         self.last_patch = 0.0
@@ -88,8 +92,6 @@ class Driver:
         if not force and now - self.last_patch < PATCH_INTERVAL:
             return
         with self.lock:
-            from poolbench.benchmark import utc_now
-
             self.run.status.updated_at = utc_now()
             status = self.run.status.to_json()
         self.kube.patch_status(self.name, status)
