@@ -91,6 +91,7 @@ def create_app_role(pg: LocalPostgres) -> str:
 
 LAUNCHER_CODE = "from poolbench.local import _launcher_main; _launcher_main()"
 LAUNCHER_NAME = "poolbench-workload-launcher"  # in its command line (and its children's), for ps
+LAUNCHER_ENV = "POOLBENCH_LAUNCHER"  # "off": every replica is its own ``python -m workload``
 LAUNCHER_READY_SECONDS = 30.0
 
 
@@ -442,8 +443,9 @@ class LocalRunner:
             self.run.provisioning()
             with deferred_signals():
                 self.workdir = Path(tempfile.mkdtemp(prefix="poolbench-run-"))
-            self.launcher = ReplicaLauncher()
-            self.launcher.start()  # it imports the workload while PostgreSQL starts
+            if os.environ.get(LAUNCHER_ENV, "").lower() not in ("off", "0", "false", "no"):
+                self.launcher = ReplicaLauncher()
+                self.launcher.start()  # it imports the workload while PostgreSQL starts
             pg_spec = self.spec.postgres
             self.pg = LocalPostgres(pg_spec.max_connections, pg_spec.superuser_reserved_connections,
                                     dict(pg_spec.settings))
@@ -458,6 +460,8 @@ class LocalRunner:
             sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, self._sink, self.t0)
             sampler.start()
             for planned in iter(self.run.next_step, None):
+                if self.pg.died():  # between steps: recover before the next load
+                    self.pg.restart()
                 self._run_step(planned, env)
             with self.lock:
                 self.run.finish()
@@ -489,6 +493,8 @@ class LocalRunner:
         marked = False
         deadline = started + self.spec.step_timeout_seconds
         while True:
+            if self.pg is not None and self.pg.died():
+                self._recover_server()
             running = sum(1 for r in self.replicas if r.proc.poll() is None)
             if not marked and all(r.work_done() for r in self.replicas):
                 with self.lock:
@@ -512,6 +518,21 @@ class LocalRunner:
         span.end = time.monotonic() - self.t0
         self._drain()
         return step
+
+    def _recover_server(self) -> None:
+        """The server died under the step: bring it back like a StatefulSet would, and wait until the
+        probe has seen the new server (so the step records the restart)."""
+        assert self.pg is not None
+        with self.lock:
+            seen = self.run.accumulator.server_restarts if self.run.accumulator else 0
+        self.pg.restart()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self.lock:
+                acc = self.run.accumulator
+                if acc is None or acc.server_restarts > seen:
+                    return
+            time.sleep(POLL_SECONDS)
 
     def _drain(self) -> None:
         """Wait until the server has closed the step's backends, so peaks don't carry over."""

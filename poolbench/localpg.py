@@ -226,6 +226,17 @@ class LocalPostgres:
             if template is not None:
                 _store_template(self.data_dir, template)
         self.port = self.port or free_port()
+        try:
+            self._launch(timeout)
+        except EnvironmentFailure:
+            if self.from_template and template is not None:  # never trust that copy again
+                shutil.rmtree(template, ignore_errors=True)
+            raise
+        return self
+
+    def _launch(self, timeout: float) -> None:
+        """Start the server on the initialised data directory and wait until it accepts connections."""
+        bin_dir = pg_bin_dir()
         args = [
             str(bin_dir / "postgres"), "-D", str(self.data_dir),
             "-c", f"listen_addresses={self.host}", "-c", f"port={self.port}",
@@ -242,16 +253,28 @@ class LocalPostgres:
         with deferred_signals():
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, **as_user,
+                start_new_session=True, **_run_as(self.run_as),
             )
         log.close()
+        self._wait_ready(timeout)
+
+    def died(self) -> bool:
+        """The server process is gone (killed, crashed) although nobody stopped it."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Bring a dead server back on the same data directory and port (crash recovery runs),
+        as a StatefulSet would recreate its pod."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            return
         try:
-            self._wait_ready(timeout)
-        except EnvironmentFailure:
-            if self.from_template and template is not None:  # never trust that copy again
-                shutil.rmtree(template, ignore_errors=True)
-            raise
-        return self
+            os.killpg(proc.pid, signal.SIGKILL)  # leftover backends of the dead postmaster
+        except (ProcessLookupError, AttributeError):
+            pass
+        pidfile = self.data_dir / "postmaster.pid"
+        pidfile.unlink(missing_ok=True)
+        self._launch(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

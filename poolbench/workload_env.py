@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .spec import PoolBenchmarkSpec, WorkloadSpec
+if TYPE_CHECKING:  # the workload imports this module: keep pydantic out of a replica's start-up
+    from .spec import PoolBenchmarkSpec, WorkloadSpec
 
 PREFIX = "POOLBENCH_"
 APP_ROLE = "poolbench_app"

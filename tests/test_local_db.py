@@ -189,3 +189,31 @@ def test_cleanup_leaves_nothing_behind():
     left = [c for c in me.children(recursive=True) if c.pid not in children_before and c.is_running()
             and c.status() != psutil.STATUS_ZOMBIE]
     assert left == []
+
+
+def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
+    """R3 in local mode: the server is killed under the load; it is brought back, the monitor
+    reconnects, the step fails saying the database restarted, and the next step runs."""
+    import signal as signals
+
+    from poolbench.local import LocalRunner
+
+    b = bench("pgkill", [2, 1], threads=3, durationSeconds=4, holdSeconds=1, onError="count",
+              iterations=None)
+    b.spec.stop_on_failure = False
+    killed = []
+
+    def progress(p):
+        if p.step == 1 and p.step_elapsed > 1.5 and not killed and runner.pg and runner.pg.pid:
+            os.killpg(runner.pg.pid, signals.SIGKILL)
+            killed.append(p.step_elapsed)
+
+    runner = LocalRunner(b, progress)
+    status = runner.execute().status
+    assert killed
+    first, second = status.steps
+    assert first.outcome == "Failed"
+    assert first.database_restarts == 1 and first.reason.startswith("the database restarted")
+    assert first.sample_gaps >= 1
+    assert first.errors.other > 0  # the replicas saw their connections die
+    assert second.outcome == "Passed", second.reason  # the server is back: the run went on

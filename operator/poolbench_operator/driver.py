@@ -31,7 +31,7 @@ from .builders import POSTGRES_PORT, SECRET_APP_KEY, SECRET_SUPERUSER_KEY, Names
 from .kube import Kube
 
 TERMINAL = ("Completed", "Failed", "Invalid")
-PATCH_INTERVAL = 1.0  # at most about one status patch per second per resource
+PATCH_INTERVAL = 1.2  # seconds between status patches of one resource: under one patch a second
 POLL = 0.5
 PROVISION_TIMEOUT = 300.0
 SCALE_DOWN_TIMEOUT = 120.0
@@ -88,14 +88,18 @@ class Driver:
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_patch < PATCH_INTERVAL:
-            return
+        """Write status. Routine progress is skipped inside the interval; a step boundary (force)
+        waits for the interval instead, so patches never come closer than PATCH_INTERVAL."""
+        elapsed = time.monotonic() - self.last_patch
+        if elapsed < PATCH_INTERVAL:
+            if not force:
+                return
+            self.stopped.wait(PATCH_INTERVAL - elapsed)
         with self.lock:
             self.run.status.updated_at = utc_now()
             status = self.run.status.to_json()
         self.kube.patch_status(self.name, status)
-        self.last_patch = now
+        self.last_patch = time.monotonic()
 
     def wait(self, seconds: float) -> None:
         if self.stopped.wait(seconds):

@@ -1,0 +1,75 @@
+"""``poolbench run FILE`` with timestamps at each phase (used by P4 for the breakdown only).
+
+Run as ``python -m benchmarks._p4trace EVENTS.json FILE``: it wraps a few methods of the local
+runner to note when each phase starts and ends, then calls the real CLI. The headline time of P4 is
+measured on the untraced CLI; this run only says where the time goes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+T_START = time.time()
+EVENTS: list[tuple[float, str]] = [(T_START, "interpreter up")]
+
+
+def note(what: str) -> None:
+    EVENTS.append((time.time(), what))
+
+
+def wrap(cls, name: str, before: str | None, after: str | None) -> None:
+    orig = getattr(cls, name)
+
+    def wrapper(*args, **kwargs):
+        if before:
+            note(before)
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            if after:
+                note(after)
+
+    setattr(cls, name, wrapper)
+
+
+def main() -> int:
+    events_path, *argv = sys.argv[1:]
+    from poolbench import cli
+
+    note("cli imported")
+    from poolbench import benchmark, local, localpg
+
+    note("runner imported")
+    wrap(localpg.LocalPostgres, "start", "server: start", "server: ready")
+    wrap(localpg.LocalPostgres, "_wait_ready", "server: launched", None)
+    wrap(localpg.LocalPostgres, "stop", "server: stop", "server: stopped")
+    wrap(local.LocalRunner, "_drain", "step: drain", "step: drained")
+    wrap(local.LocalRunner, "cleanup", "cleanup", "cleanup done")
+    wrap(benchmark.BenchmarkRun, "begin_step", "step: begin", None)
+    wrap(benchmark.BenchmarkRun, "mark_work_done", "step: work done", None)
+    wrap(benchmark.BenchmarkRun, "finish_step", "step: replicas gone", None)
+    wrap(local.ReplicaProcess, "__init__", None, "step: replica spawned")
+    orig_sink = local.LocalRunner._sink
+    seen = {"step": 0, "first": False}
+
+    def sink(self, sample):
+        orig_sink(self, sample)
+        step = self.run.status.current_step or 0
+        if step != seen["step"]:
+            seen["step"], seen["first"] = step, False
+        if not seen["first"] and sample.ok and sample.total > 0 and self.run.step is not None:
+            seen["first"] = True
+            note("step: first connection seen")
+
+    local.LocalRunner._sink = sink
+    code = cli.main(["run", *argv])
+    note("table printed")
+    with open(events_path, "w") as fh:
+        json.dump(EVENTS, fh)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

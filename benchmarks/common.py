@@ -1,0 +1,234 @@
+"""Shared helpers: machine facts, statistics, a throwaway server, pgbench, process-tree memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pg_bin() -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from poolbench.localpg import pg_bin_dir
+
+        return pg_bin_dir()
+
+
+def pg_version() -> str:
+    out = subprocess.run([str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True).stdout
+    return out.strip().replace("postgres (PostgreSQL) ", "")
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psycopg2
+    import sqlalchemy
+
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": model or platform.processor(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postgres": pg_version(),
+        "sqlalchemy": sqlalchemy.__version__,
+        "psycopg2": psycopg2.__version__.split()[0],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values, p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = max(0, min(len(values) - 1, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+@contextmanager
+def postgres(max_connections: int = 100, settings: dict[str, str] | None = None, reserved: int = 3):
+    """A throwaway server from poolbench's own LocalPostgres; always stopped and removed."""
+    from poolbench.localpg import LocalPostgres
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pg = LocalPostgres(max_connections, reserved, dict(settings or {}))
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+
+
+def client_env(pg) -> dict[str, str]:
+    return {**os.environ, **pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres"}
+
+
+TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def pgbench(pg, args: list[str], timeout: float = 300) -> str:
+    cmd = [str(pg_bin() / "pgbench"), "-h", pg.host, "-p", str(pg.port), "-U", "postgres", *args, "postgres"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=client_env(pg))
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def pgbench_tps(pg, args: list[str], timeout: float = 300) -> float:
+    out = pgbench(pg, args, timeout)
+    m = TPS_RE.search(out)
+    if not m:
+        raise RuntimeError(f"no tps in pgbench output: {out[-500:]}")
+    return float(m.group(1))
+
+
+@dataclass
+class TreeMemory:
+    """Samples the summed RSS (and PSS, which counts shared pages once) of process trees.
+
+    Reads /proc directly: one ``stat`` file per process gives the parent and the RSS (psutil took
+    ~0.3 ms per process, a third of a core at a thousand processes). PSS needs ``smaps_rollup``,
+    which is dearer, so it is read only every ``pss_every``-th sweep.
+    """
+
+    roots: list[int]
+    interval: float = 0.5
+    pss_every: int = 4
+    peak_rss: int = 0
+    peak_pss: int = 0
+    peak_procs: int = 0
+    sweeps: int = 0
+    sweep_seconds: float = 0.0  # time spent measuring (it costs CPU on a small machine)
+    _halt: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def _tree(self) -> dict[int, int]:
+        """pid → RSS bytes for the roots and all their descendants."""
+        parent: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) "
+            pid = int(entry.name)
+            parent[pid] = int(fields[1])
+            rss[pid] = int(fields[21]) * self.PAGE
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        found: dict[int, int] = {}
+        todo = [pid for pid in self.roots if pid in rss]
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found[pid] = rss[pid]
+                todo.extend(children.get(pid, []))
+        return found
+
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+                for line in fh:
+                    if line.startswith(b"Pss:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def sample(self) -> None:
+        t = time.monotonic()
+        tree = self._tree()
+        self.peak_rss = max(self.peak_rss, sum(tree.values()))
+        self.peak_procs = max(self.peak_procs, len(tree))
+        if self.sweeps % self.pss_every == 0:
+            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in tree))
+        self.sweeps += 1
+        self.sweep_seconds += time.monotonic() - t
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def start(self) -> "TreeMemory":
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tree-memory")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def python_cmd() -> list[str]:
+    return [sys.executable]
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    if x != x:  # NaN
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def mark(ok: bool | None) -> str:
+    if ok is None:
+        return "n/a"
+    return "**met**" if ok else "**not met**"
+
+
+@dataclass
+class Result:
+    """What one benchmark returns to the report."""
+
+    key: str
+    title: str
+    goals: list[tuple[str, str, bool | None]]  # (goal, measured, met)
+    markdown: str
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.t0
