@@ -50,7 +50,8 @@ def test_chart_crd_is_the_generated_crd():
 
 def test_watched_namespaces_bind_children_rbac_per_namespace():
     rendered = render("--set", "watchNamespaces={team-a,team-b}", "--set", "image.workload=reg/w:1")
-    bindings = [d for d in rendered if d["kind"] == "RoleBinding"]
+    bindings = [d for d in rendered if d["kind"] == "RoleBinding"
+                and d["metadata"]["name"] == "poolbench-operator-children"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert not [d for d in rendered if d["kind"] == "ClusterRoleBinding"
                 and d["metadata"]["name"] == "poolbench-operator-children"]

@@ -105,3 +105,14 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
     run.begin_step(planned)
     assert [(s.replicas, s.started_at) for s in run.status.steps][0] == (2, "t0")
     assert len(run.status.steps) == 2
+
+
+def test_passwords_are_derived_per_benchmark_and_purpose():
+    from poolbench_operator.credentials import derive_password
+
+    key = b"k" * 32
+    a = derive_password(key, "uid-1", "superuser")
+    assert a == derive_password(key, "uid-1", "superuser")  # the same after an operator restart
+    assert len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
+    assert len({a, derive_password(key, "uid-2", "superuser"), derive_password(key, "uid-1", "app"),
+                derive_password(b"x" * 32, "uid-1", "superuser")}) == 4

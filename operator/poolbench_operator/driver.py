@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,8 @@ from poolbench.spec import PoolBenchmarkSpec
 from poolbench.workload_env import APP_ROLE, SUPERUSER
 
 from . import podstate
-from .builders import POSTGRES_PORT, SECRET_APP_KEY, SECRET_SUPERUSER_KEY, Names, build_children
+from .builders import POSTGRES_PORT, Names, build_children
+from .credentials import derive_password
 from .kube import Kube
 
 TERMINAL = ("Completed", "Failed", "Invalid")
@@ -69,7 +69,7 @@ def resume_status(status: dict | None) -> BenchmarkStatus | None:
 class Driver:
     def __init__(self, *, kube: Kube, body: dict, spec: PoolBenchmarkSpec, stopped: Any,
                  adopt: Callable[[dict], None], event: Callable[[str, str, str], None],
-                 logger: logging.Logger, workload_image: str):
+                 logger: logging.Logger, workload_image: str, key: bytes):
         self.kube = kube
         self.name = body["metadata"]["name"]
         self.names = Names(self.name)
@@ -79,6 +79,9 @@ class Driver:
         self.event = event
         self.logger = logger
         self.workload_image = workload_image
+        uid = body["metadata"]["uid"]
+        self.superuser_password = derive_password(key, uid, "superuser")
+        self.app_password = derive_password(key, uid, "app")
         self.run = BenchmarkRun(spec, resume_status(body.get("status")))
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.lock = threading.Lock()
@@ -123,7 +126,7 @@ class Driver:
             self.patch(force=True)
         children = build_children(
             self.name, self.spec, workload_image=self.workload_image,
-            superuser_password=secrets.token_urlsafe(24), app_password=secrets.token_urlsafe(24),
+            superuser_password=self.superuser_password, app_password=self.app_password,
         )
         for child in children:
             self.adopt(child)
@@ -140,22 +143,20 @@ class Driver:
     def connect(self):
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
         host, port = postgres_host(self.kube, self.names)
-        password = self.kube.secret_value(self.names.secret, SECRET_SUPERUSER_KEY)
-        return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=password,
+        return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=self.superuser_password,
                                 dbname="postgres", connect_timeout=5)
 
     def ensure_app_role(self) -> None:
         """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""
         if self.spec.workload.role != "app":
             return
-        password = self.kube.secret_value(self.names.secret, SECRET_APP_KEY)
         conn = self.connect()
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
             cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER PASSWORD %s").format(sql.Identifier(APP_ROLE)),
-                        (password,))
+                        (self.app_password,))
         conn.close()
 
     def _sink(self, sample: Sample) -> None:

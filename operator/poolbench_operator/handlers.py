@@ -20,11 +20,12 @@ from poolbench.benchmark import utc_now
 from poolbench.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
 
 from .driver import Driver, Stopped
-from .kube import Kube, load_config
+from .kube import Kube, load_config, operator_key
 
 WORKLOAD_IMAGE = os.environ.get("POOLBENCH_WORKLOAD_IMAGE", "poolbench-workload:dev")
 # Each running benchmark holds one executor thread (a sync daemon) for its whole run; the default
 # pool (cores + 4 threads) would let only a handful run at once and starve the rest.
+OPERATOR: dict[str, bytes] = {}  # the key passwords are derived from (credentials.py), read at start-up
 MAX_CONCURRENT_BENCHMARKS = int(os.environ.get("POOLBENCH_MAX_CONCURRENT", "64"))
 
 
@@ -36,6 +37,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.finalizer = "poolbench.dev/finalizer"
     settings.execution.max_workers = MAX_CONCURRENT_BENCHMARKS + 8
     load_config()
+    OPERATOR["key"] = operator_key()
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5,
@@ -59,7 +61,7 @@ def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, s
         kopf.event(body, type=kind, reason=reason, message=message)
 
     driver = Driver(kube=kube, body=dict(body), spec=parsed, stopped=stopped, adopt=adopt, event=event,
-                    logger=logger, workload_image=WORKLOAD_IMAGE)
+                    logger=logger, workload_image=WORKLOAD_IMAGE, key=OPERATOR["key"])
     try:
         driver.execute()
     except Stopped:

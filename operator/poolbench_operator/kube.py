@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import secrets
 
 import kubernetes
 from kubernetes.client.rest import ApiException
@@ -10,7 +12,39 @@ from kubernetes.client.rest import ApiException
 from poolbench.spec import API_GROUP, API_VERSION, PLURAL
 
 from .builders import METRICS_PORT, Names, selector
+from .credentials import KEY_FIELD, KEY_SECRET_NAME
 from .podstate import PodView, parse_metrics
+
+
+def operator_namespace() -> str:
+    """Where the operator's key lives: its own namespace in a pod, else POOLBENCH_NAMESPACE."""
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    if os.path.exists(path):
+        with open(path) as fh:
+            return fh.read().strip()
+    return os.environ.get("POOLBENCH_NAMESPACE", "poolbench-system")
+
+
+def operator_key() -> bytes:
+    """Read the operator's key Secret, creating it (random) on first start. Never logged."""
+    core = kubernetes.client.CoreV1Api()
+    namespace = operator_namespace()
+    for _ in range(3):
+        try:
+            secret = core.read_namespaced_secret(KEY_SECRET_NAME, namespace)
+            return base64.b64decode(secret.data[KEY_FIELD])
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": KEY_SECRET_NAME, "labels": {"app.kubernetes.io/name": "poolbench-operator"}},
+                "data": {KEY_FIELD: base64.b64encode(secrets.token_bytes(32)).decode()}}
+        try:
+            core.create_namespaced_secret(namespace, body)
+        except ApiException as err:
+            if err.status != 409:  # another start won the race: read theirs
+                raise
+    raise RuntimeError(f"could not read or create Secret {namespace}/{KEY_SECRET_NAME}")
 
 
 def load_config() -> None:
@@ -58,9 +92,6 @@ class Kube:
                 if err.status != 404:
                     raise
 
-    def secret_value(self, name: str, key: str) -> str:
-        secret = self.core.read_namespaced_secret(name, self.namespace)
-        return base64.b64decode(secret.data[key]).decode()
 
     def postgres_ready(self, names: Names) -> bool:
         sts = self.apps.read_namespaced_stateful_set(names.postgres, self.namespace)

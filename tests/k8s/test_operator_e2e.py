@@ -253,7 +253,10 @@ def test_operator_cannot_do_what_it_does_not_need(installed, control_plane):
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")
     assert can("create", "events", "-n", "default")
-    for denied in (["list", "secrets", "-A"], ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
+    assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
+    assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
+    for denied in (["get", "secrets", "-n", "default"], ["get", "secrets", "-n", "kube-system"],
+                   ["get", "secrets/other", "-n", "poolbench-system"], ["list", "secrets", "-A"], ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
                    ["create", "pods", "-n", "default"], ["create", "pods/exec", "-n", "default"],
                    ["delete", "pods", "-n", "default"], ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
                    ["create", "clusterrolebindings"], ["patch", "nodes"], ["update", "customresourcedefinitions"],
