@@ -24,7 +24,7 @@ import psycopg2
 from psycopg2 import sql
 
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
-from .localpg import EnvironmentFailure, LocalPostgres, deferred_signals
+from .localpg import EnvironmentFailure, LocalPostgres, deferred_signals, kill_group
 from .probe import Probe, SamplerThread
 from .results import BenchmarkStatus
 from .sampling import Sample
@@ -353,10 +353,7 @@ class ReplicaLauncher:
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(proc.pid)
             proc.wait(5)
         if self.reader is not None:
             self.reader.join(5)
@@ -396,10 +393,7 @@ class ReplicaProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(self.proc.pid)
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kernel owes us this one

@@ -62,6 +62,14 @@ def deferred_signals():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal a process group (each child here leads its own session) that may already be gone."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -268,10 +276,8 @@ class LocalPostgres:
         proc = self.process
         if proc is not None and proc.poll() is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # leftover backends of the dead postmaster
-        except (ProcessLookupError, AttributeError):
-            pass
+        if proc is not None:
+            kill_group(proc.pid)  # leftover backends of the dead postmaster
         pidfile = self.data_dir / "postmaster.pid"
         pidfile.unlink(missing_ok=True)
         self._launch(timeout)
@@ -315,10 +321,7 @@ class LocalPostgres:
                 os.killpg(proc.pid, signal.SIGINT)  # "fast" shutdown: disconnects clients
                 proc.wait(10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill_group(proc.pid)
                 proc.wait(5)
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
