@@ -92,6 +92,17 @@ log "go: $("$GO" version) GOTOOLCHAIN=${GOTOOLCHAIN} -p ${JOBS}; work dir ${WORK
 # (go's -json output or a proxy .info file); empty if absent. No jq needed.
 json_field() { grep -o "\"$2\": *\"[^\"]*\"" "$1" | head -1 | sed 's/.*"\([^"]*\)"$/\1/'; }
 
+# module_gomod LABEL MODULE@VERSION -> path of that release's own go.mod (downloaded via the proxy)
+module_gomod() {
+  local label=$1 target=$2 info="${WORK}/$1.json" gomod
+  log "$label: fetching module $target (go mod download)"
+  (cd "$WORK" && "$GO" mod download -json "$target") >"$info" \
+    || { cat "$info" >&2; die "go mod download $target failed"; }
+  gomod="$(json_field "$info" GoMod)"
+  [[ -f "$gomod" ]] || die "could not locate go.mod of $target"
+  printf '%s\n' "$gomod"
+}
+
 # copy_go_directives SRC_GOMOD -> prints the "go" line and any godebug lines/blocks,
 # so the wrapper main module gets the same language version / GODEBUG defaults.
 copy_go_directives() {
@@ -117,12 +128,8 @@ build_kubernetes() {
   local t0=$SECONDS mod="${WORK}/kubernetes" info gomod staging_ver minor m
   local -a replaces=()
   mkdir -p "$mod"
-  log "kubernetes ${KUBERNETES_VERSION}: fetching module (go mod download)"
-  info="${WORK}/kubernetes.json"
-  (cd "$WORK" && "$GO" mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}") >"$info" \
-    || { cat "$info" >&2; die "go mod download k8s.io/kubernetes@${KUBERNETES_VERSION} failed"; }
-  gomod="$(json_field "$info" GoMod)"
-  [[ -f "$gomod" ]] || die "could not locate go.mod of k8s.io/kubernetes@${KUBERNETES_VERSION}"
+  gomod="$(module_gomod kubernetes "k8s.io/kubernetes@${KUBERNETES_VERSION}")"
+  info="${WORK}/kubernetes.json"  # module_gomod's download record: its .info gives the build date
 
   # Staging modules are published as v0.<minor>.<patch> for v1.<minor>.<patch>.
   staging_ver="v0.${KUBERNETES_VERSION#v1.}"
@@ -191,12 +198,8 @@ build_etcd() {
   local t0=$SECONDS mod="${WORK}/etcd" info gomod m sha
   local -a replaces=()
   mkdir -p "$mod"
-  log "etcd ${ETCD_VERSION}: fetching module (go mod download)"
-  info="${WORK}/etcd.json"
-  (cd "$WORK" && "$GO" mod download -json "go.etcd.io/etcd/server/v3@${ETCD_VERSION}") >"$info" \
-    || { cat "$info" >&2; die "go mod download go.etcd.io/etcd/server/v3@${ETCD_VERSION} failed"; }
-  gomod="$(json_field "$info" GoMod)"
-  [[ -f "$gomod" ]] || die "could not locate go.mod of go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
+  gomod="$(module_gomod etcd "go.etcd.io/etcd/server/v3@${ETCD_VERSION}")"
+  info="${WORK}/etcd.json"  # module_gomod's download record: its .info gives the commit hash
 
   # server/v3's go.mod replaces its sibling modules with "../api" etc. (ignored for a
   # dependency). Pin each sibling to the same tag so nothing drifts.
