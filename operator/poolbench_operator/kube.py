@@ -110,14 +110,17 @@ class Kube:
         self.apps.patch_namespaced_deployment_scale(names.workload, self.namespace, {"spec": {"replicas": replicas}})
 
     # -- pods ---------------------------------------------------------------------------------
-    def workload_pods(self, benchmark: str) -> list:
+    def _all_workload_pods(self, benchmark: str) -> list:
         sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
-        return [p for p in pods if p.metadata.deletion_timestamp is None]
+        return self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
+
+    def workload_pods(self, benchmark: str) -> list:
+        """The step's live replicas (pods being deleted are no longer part of it)."""
+        return [p for p in self._all_workload_pods(benchmark) if p.metadata.deletion_timestamp is None]
 
     def count_workload_pods(self, benchmark: str) -> int:
-        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
-        return len(self.core.list_namespaced_pod(self.namespace, label_selector=sel).items)
+        """Every workload pod, terminating ones included: zero means the scale-down is complete."""
+        return len(self._all_workload_pods(benchmark))
 
     def pod_view(self, pod) -> PodView:
         restarts, last_message = 0, None
