@@ -16,6 +16,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from benchmarks.common import Result
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_PATCHES_PER_SECOND = 1.0
 
@@ -61,9 +63,7 @@ class StatusWatch(threading.Thread):
                 time.sleep(0.5)
 
 
-def run(smoke: bool = False) -> "Result":
-    from benchmarks.common import Result
-
+def run(smoke: bool = False) -> Result:
     d = measure(smoke)
     goals = [
         (f"{d['benchmarks']} benchmarks at once end Completed/Failed", f"{d['completed']} of {d['benchmarks']}"
@@ -97,7 +97,7 @@ def run(smoke: bool = False) -> "Result":
 
 
 def measure(smoke: bool = False, count: int | None = None) -> dict:
-    from tests.k8s.conftest import GROUP_PATH, OperatorProcess, create_namespace, kubectl  # noqa: F401
+    from tests.k8s.conftest import OperatorProcess, create_namespace, kubectl
     from tests.k8s.controlplane import ControlPlane
     from tests.k8s.kube import Kube, wait_for
     from tests.k8s.podrunner import PodRunner
