@@ -2,7 +2,7 @@
 
 No Docker, no kubelet: the binaries built by ``hack/build-control-plane.sh`` run as local processes on
 127.0.0.1 with free ports, certificates generated here (``cryptography``), data in a temporary
-directory. Pods are run by the stand-in kubelet in ``podrunner.py``.
+directory. Pods are run by the stand-in kubelet in ``podrunner/``.
 
     cp = ControlPlane.from_env().start()
     cp.kubeconfig          # admin kubeconfig (client cert, O=system:masters)
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import ctypes
 import datetime as dt
 import ipaddress
@@ -115,9 +116,9 @@ class Certs:
     @property
     def sa_pub(self) -> Path: return self.dir / "sa.pub"
 
-    def generate(self) -> "Certs":
+    def generate(self) -> Certs:
         self.dir.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         later = now + dt.timedelta(days=2)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = _name("poolbench-test-ca")
@@ -145,7 +146,7 @@ class Certs:
                 b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             return key, b.sign(ca_key, hashes.SHA256())
 
-        svc_ip = next(ipaddress.ip_network(SERVICE_CIDR).hosts())
+        svc_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
         serving_key, serving = leaf("kube-apiserver", None, [ExtendedKeyUsageOID.SERVER_AUTH], [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(svc_ip),
             x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default"),
@@ -177,6 +178,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, user: str, client_crt
                      namespace: str | None = None) -> Path:
     creds: dict = {}
     if client_crt is not None:
+        assert client_key is not None, "a client certificate needs its key"
         creds = {"client-certificate-data": _b64(client_crt), "client-key-data": _b64(client_key)}
     if token is not None:
         creds = {"token": token}
@@ -210,10 +212,8 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(wait)
             return
@@ -232,7 +232,7 @@ class ControlPlane:
     ports: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls) -> "ControlPlane":
+    def from_env(cls) -> ControlPlane:
         return cls(bin_dir=find_bin_dir())
 
     @property
@@ -240,7 +240,7 @@ class ControlPlane:
         return Certs(self.work_dir / "pki")
 
     # ---------------------------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0) -> "ControlPlane":
+    def start(self, timeout: float = 120.0) -> ControlPlane:
         atexit.register(self.stop, keep_logs=True)
         deadline = time.monotonic() + timeout
         certs = self.certs.generate()
@@ -249,8 +249,9 @@ class ControlPlane:
         for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"):
             p[name] = free_port(taken)
         self.server = f"https://127.0.0.1:{p['apiserver']}"
-        self.kubeconfig = write_kubeconfig(self.work_dir / "admin.kubeconfig", self.server, certs.ca_crt,
-                                           user="admin", client_crt=certs.admin_crt, client_key=certs.admin_key)
+        self.kubeconfig = kubeconfig = write_kubeconfig(
+            self.work_dir / "admin.kubeconfig", self.server, certs.ca_crt,
+            user="admin", client_crt=certs.admin_crt, client_key=certs.admin_key)
 
         etcd_url = f"http://127.0.0.1:{p['etcd']}"
         peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
@@ -301,7 +302,7 @@ class ControlPlane:
                    deadline, "kube-scheduler /healthz", everything)
         # The service-account controller (in the controller manager) is really working:
         from .kube import Kube
-        kube = Kube(self.kubeconfig)
+        kube = Kube(kubeconfig)
         try:
             self._wait(lambda: kube.get_or_none("/api/v1/namespaces/default/serviceaccounts/default"),
                        deadline, "the default ServiceAccount (controller manager working)", everything)
@@ -310,15 +311,12 @@ class ControlPlane:
         return self
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.logs_dir / f"{name}.log", "ab")
-        try:
+        with open(self.logs_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
             self.processes[name] = subprocess.Popen(
                 [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, cwd=self.work_dir, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-        finally:
-            log.close()
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         try:
@@ -368,6 +366,7 @@ class ControlPlane:
     def client(self):
         """A ``kube.Kube`` with admin rights."""
         from .kube import Kube
+        assert self.kubeconfig is not None, "start() the control plane first"
         return Kube(self.kubeconfig)
 
     def kubeconfig_for_service_account(self, namespace: str, name: str, expiration_seconds: int = 86400) -> Path:
@@ -393,7 +392,5 @@ class ControlPlane:
         shutil.rmtree(self.work_dir, ignore_errors=True)
         if not keep_logs:
             shutil.rmtree(self.logs_dir, ignore_errors=True)
-        try:
+        with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-        except Exception:  # noqa: BLE001
-            pass
