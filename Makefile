@@ -2,13 +2,16 @@
 CLUSTER ?= poolbench
 EXAMPLE ?= manifests/examples/small.yaml
 
-.PHONY: setup test crd kind-up images kind-load deploy deploy-helm demo kind-down
+.PHONY: setup test lint crd kind-up images kind-load deploy deploy-helm demo kind-down
 
 setup:
 	scripts/setup
 
 test:
 	scripts/test
+
+lint:
+	scripts/lint
 
 crd:  ## regenerate the CRD from the spec model
 	.venv/bin/poolbench crd > manifests/crd.yaml
@@ -18,8 +21,8 @@ kind-up:
 	kind create cluster --name $(CLUSTER) --config kind-config.yaml
 
 images:
-	docker build -f operator/Dockerfile -t poolbench-operator:dev .
-	docker build -f workload/Dockerfile -t poolbench-workload:dev .
+	docker build --target operator -t poolbench-operator:dev .
+	docker build --target workload -t poolbench-workload:dev .
 
 kind-load:
 	kind load docker-image --name $(CLUSTER) poolbench-operator:dev poolbench-workload:dev

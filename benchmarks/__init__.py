@@ -1,1 +1,4 @@
-"""On-demand performance benchmarks for poolbench (issue #5). Entry point: ``python -m benchmarks``."""
+"""On-demand performance benchmarks for poolbench, each against a baseline measured in the same run.
+
+Entry point: ``python -m benchmarks`` (``--smoke`` for tiny sizes, ``--only P1,P3`` to pick).
+"""

@@ -39,31 +39,34 @@ def main() -> int:
     from poolbench import cli
 
     note("cli imported")
-    from poolbench import benchmark, local, localpg
+    from poolbench.core import benchmark, steploop
+    from poolbench.local import embedded as localpg
+    from poolbench.local import runner as local
 
     note("runner imported")
     wrap(localpg.LocalPostgres, "start", "server: start", "server: ready")
     wrap(localpg.LocalPostgres, "_wait_ready", "server: launched", None)
     wrap(localpg.LocalPostgres, "stop", "server: stop", "server: stopped")
-    wrap(local.LocalRunner, "_drain", "step: drain", "step: drained")
+    wrap(steploop.StepLoop, "clean_slate", "step: drain", "step: drained")
     wrap(local.LocalRunner, "cleanup", "cleanup", "cleanup done")
     wrap(benchmark.BenchmarkRun, "begin_step", "step: begin", None)
     wrap(benchmark.BenchmarkRun, "mark_work_done", "step: work done", None)
     wrap(benchmark.BenchmarkRun, "finish_step", "step: replicas gone", None)
     wrap(local.ReplicaProcess, "__init__", None, "step: replica spawned")
-    orig_sink = local.LocalRunner._sink
+    orig_samples = local.LocalRunner.samples
     seen = {"step": 0, "first": False}
 
-    def sink(self, sample):
-        orig_sink(self, sample)
+    def samples(self):
+        taken = orig_samples(self)
         step = self.run.status.current_step or 0
         if step != seen["step"]:
             seen["step"], seen["first"] = step, False
-        if not seen["first"] and sample.ok and sample.total > 0 and self.run.step is not None:
+        if not seen["first"] and self.run.step is not None and any(s.ok and s.total > 0 for s in taken):
             seen["first"] = True
             note("step: first connection seen")
+        return taken
 
-    local.LocalRunner._sink = sink
+    setattr(local.LocalRunner, "samples", samples)  # noqa: B010 - mypy rejects assigning to a method (method-assign)
     code = cli.main(["run", *argv])
     note("table printed")
     with open(events_path, "w") as fh:

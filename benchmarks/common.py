@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -13,7 +14,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def pg_bin() -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from poolbench.localpg import pg_bin_dir
+        from poolbench.local.embedded import pg_bin_dir
 
         return pg_bin_dir()
 
@@ -43,7 +44,6 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    import psycopg2
     import sqlalchemy
 
     return {
@@ -54,9 +54,19 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "postgres": pg_version(),
         "sqlalchemy": sqlalchemy.__version__,
-        "psycopg2": psycopg2.__version__.split()[0],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "psycopg2": dist_version("psycopg2-binary", "psycopg2"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def dist_version(*names: str) -> str:
+    """The installed version of the first of these distributions that is installed (psycopg2 ships as either)."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def median(values) -> float:
@@ -76,7 +86,7 @@ def percentile(values, p: float) -> float:
 @contextmanager
 def postgres(max_connections: int = 100, settings: dict[str, str] | None = None, reserved: int = 3):
     """A throwaway server from poolbench's own LocalPostgres; always stopped and removed."""
-    from poolbench.localpg import LocalPostgres
+    from poolbench.local.embedded import LocalPostgres
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -187,7 +197,7 @@ class TreeMemory:
             self.sample()
             self._halt.wait(self.interval)
 
-    def start(self) -> "TreeMemory":
+    def start(self) -> TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True, name="tree-memory")
         self._thread.start()
         return self

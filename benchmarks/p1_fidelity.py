@@ -9,11 +9,14 @@ import sys
 import time
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
 import psycopg2
 
+from poolbench.core.sampling import Sample
+from poolbench.db.probe import Probe, SamplerThread
+
 from .common import ROOT, Result, client_env, fmt, pg_version, postgres
-from poolbench.probe import Probe, SamplerThread
 
 LOG_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[(\d+)\] LOG:  (connection authorized|disconnection): (.*)$")
@@ -42,26 +45,27 @@ def exact_timelines(log_text: str) -> dict[str, list[tuple[float, int]]]:
         ts, pid, what, rest = m.groups()
         t = datetime.strptime(ts, "%Y-%m-%d %H:%M:%S.%f").timestamp()
         if what == "connection authorized":
-            app = APP_RE.search(rest)
-            if app and app.group(1).startswith(PREFIX):
-                app_of[pid] = app.group(1)
-                events[app.group(1)].append((t, order, +1))
+            app_match = APP_RE.search(rest)
+            if app_match and app_match.group(1).startswith(PREFIX):
+                app_of[pid] = app_match.group(1)
+                events[app_match.group(1)].append((t, order, +1))
         elif pid in app_of:
             events[app_of.pop(pid)].append((t, order, -1))
-    timelines = {}
+    timelines: dict[str, list[tuple[float, int]]] = {}
     for app, evs in events.items():
-        level, line = 0, []
+        level = 0
+        timeline: list[tuple[float, int]] = []
         for t, _order, delta in sorted(evs):  # same millisecond: the log's own order
             level += delta
-            line.append((t, level))
-        timelines[app] = line
+            timeline.append((t, level))
+        timelines[app] = timeline
     return timelines
 
 
 def peak_and_plateau(timeline: list[tuple[float, int]]) -> tuple[int, float]:
     peak = max((level for _t, level in timeline), default=0)
     plateau = 0.0
-    for (t, level), (t_next, _) in zip(timeline, timeline[1:]):
+    for (t, level), (t_next, _) in zip(timeline, timeline[1:], strict=False):
         if level == peak:
             plateau += t_next - t
     return peak, plateau
@@ -72,7 +76,7 @@ class Recorder:
 
     def __init__(self, pg, interval: float, t0: float):
         self.interval = interval
-        self.samples = []
+        self.samples: list[Sample] = []
         self.probe = Probe(lambda: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5), PREFIX)
         self.probe.open()
         self.thread = SamplerThread(self.probe, interval, self.samples.append, t0)
@@ -101,12 +105,10 @@ def run(smoke: bool) -> Result:
             for r in recorders:
                 r.thread.start()
             time.sleep(0.3)
-            k = 0
             plan = [(w, heights[i % len(heights)]) for w in widths for i in range(per_width)]
             rng.shuffle(plan)
-            for width, height in plan:
+            for k, (width, height) in enumerate(plan):
                 name = f"{PREFIX}{k:03d}"
-                k += 1
                 assert helper.stdin is not None and helper.stdout is not None
                 helper.stdin.write(f"{height} {width} {name}\n")
                 helper.stdin.flush()
@@ -129,22 +131,24 @@ def run(smoke: bool) -> Result:
         time.sleep(0.3)  # the last disconnection lines
         log_text = pg.log_path.read_text(errors="replace")
     exact = exact_timelines(log_text)
-    rows, data, goals = [], {"bursts": []}, []
+    rows: list[str] = []
+    data: dict[str, Any] = {"bursts": []}
+    goals: list[tuple[str, str, bool | None]] = []
     by_cell: dict[tuple[str, int], list[float]] = defaultdict(list)
     plateau_by_width: dict[int, list[float]] = defaultdict(list)
     for name, width, height in bursts:
         peak, plateau = peak_and_plateau(exact.get(name, []))
         plateau_by_width[width].append(plateau)
-        entry = {"name": name, "width_ms": width, "height": height, "exact_peak": peak,
-                 "exact_plateau_ms": round(plateau * 1000)}
-        for (label, _interval), r in zip(intervals, recorders):
+        entry: dict[str, Any] = {"name": name, "width_ms": width, "height": height, "exact_peak": peak,
+                                 "exact_plateau_ms": round(plateau * 1000)}
+        for (label, _interval), r in zip(intervals, recorders, strict=True):
             sampled = r.peak(name)
             ratio = sampled / peak if peak else float("nan")
             entry[label] = sampled
             by_cell[(label, width)].append(ratio)
         data["bursts"].append(entry)
-    header = "| burst width | exact plateau (mean) | " + " | ".join(f"{label}: mean / min" for label, _ in intervals) + " |"
-    rows.append(header)
+    header = "| burst width | exact plateau (mean) | " + " | ".join(f"{label}: mean / min" for label, _ in intervals)
+    rows.append(header + " |")
     rows.append("|" + "---|" * (2 + len(intervals)))
     for width in widths:
         plateau = sum(plateau_by_width[width]) / len(plateau_by_width[width]) * 1000
@@ -153,13 +157,13 @@ def run(smoke: bool) -> Result:
             ratios = by_cell[(label, width)]
             cells.append(f"{fmt(sum(ratios) / len(ratios))} / {fmt(min(ratios))}")
         rows.append(f"| {width} ms | {plateau:.0f} ms | " + " | ".join(cells) + " |")
-    data["samples"] = {label: len(r.samples) for (label, _), r in zip(intervals, recorders)}
+    data["samples"] = {label: len(r.samples) for (label, _), r in zip(intervals, recorders, strict=True)}
     # Goals: 1.00 (every burst seen at its full height) when the burst is at least twice the interval;
     # ≥ 0.95 on average for 50 ms bursts at the fastest interval (20 ms).
     for label, interval in intervals[:2]:
-        cells = [w for w in widths if w >= 2 * interval * 1000]
-        worst = min((min(by_cell[(label, w)]) for w in cells), default=float("nan"))
-        goals.append((f"{label}: every burst ≥ 2 × interval ({', '.join(f'{w} ms' for w in cells)}) at its exact "
+        wide = [w for w in widths if w >= 2 * interval * 1000]
+        worst = min((min(by_cell[(label, w)]) for w in wide), default=float("nan"))
+        goals.append((f"{label}: every burst ≥ 2 × interval ({', '.join(f'{w} ms' for w in wide)}) at its exact "
                       "peak (min ratio 1.00)", fmt(worst), worst >= 1.0))
     fifty = by_cell.get(("probe 20 ms", 50), [])
     if fifty:
@@ -169,10 +173,11 @@ def run(smoke: bool) -> Result:
     md = [
         f"{len(bursts)} bursts (heights {', '.join(map(str, heights))}; {per_width} per width, in random order with "
         "random gaps) from a helper process that opens all connections at once, holds them for the width, then closes "
-        "them. Ground truth: the server's own log (`log_connections`, `log_disconnections`, `log_line_prefix='%m [%p] '`), "
-        "each `connection authorized` … `disconnection` pair an exact interval, rebuilt into the exact number of "
-        "connections per burst over time. Three samplers ran side by side, each poolbench's `Probe` + `SamplerThread` "
-        "with its own monitor connection. Cells: sampled peak ÷ exact peak over the bursts of that width.",
+        "them. Ground truth: the server's own log (`log_connections`, `log_disconnections`, "
+        "`log_line_prefix='%m [%p] '`), each `connection authorized` … `disconnection` pair an exact interval, "
+        "rebuilt into the exact number of connections per burst over time. Three samplers ran side by side, each "
+        "poolbench's `Probe` + `SamplerThread` with its own monitor connection. Cells: sampled peak ÷ exact peak over "
+        "the bursts of that width.",
         "",
         *rows,
     ]

@@ -9,9 +9,10 @@ import time
 import psutil
 import psycopg2
 
+from poolbench.core.sampling import StepAccumulator
+from poolbench.db.probe import Probe, SamplerThread
+
 from .common import Result, fmt, median, percentile, pgbench, pgbench_tps, postgres
-from poolbench.probe import Probe, SamplerThread
-from poolbench.sampling import StepAccumulator
 
 PREFIX = "pb-p2-"
 
@@ -39,7 +40,9 @@ class Sampling:
         return total
 
     def __enter__(self):
-        self.backend = psutil.Process(self.probe._conn.get_backend_pid())
+        conn = self.probe._conn
+        assert conn is not None, "the probe is opened in __init__"
+        self.backend = psutil.Process(conn.get_backend_pid())
         self.t = time.monotonic()
         self.thread.start()
         self.cpu0 = self._cpu()
@@ -76,7 +79,7 @@ def run_config(max_connections: int, idle: int, seconds: int, pairs: int) -> dic
         finally:
             for c in held:
                 c.close()
-    ratios = [w / wo for w, wo in zip(with_probe, without)]
+    ratios = [w / wo for w, wo in zip(with_probe, without, strict=True)]
     # CPU seconds are counted in clock ticks (10 ms): add them up over all runs before dividing.
     share = sum(c for c, _ in cpu_share) / (sum(e for _, e in cpu_share) * (os.cpu_count() or 1))
     return {"max_connections": max_connections, "idle": idle, "without": without, "with": with_probe,
@@ -91,26 +94,29 @@ def run(smoke: bool) -> Result:
             "(min … max) | probe rate "
             "| probe CPU share → 1 − share |",
             "|---|---|---|---|---|---|---|---|"]
-    goals = []
+    goals: list[tuple[str, str, bool | None]] = []
     for r in results:
         ratio = median(r["ratios"])
         rows.append(f"| {r['max_connections']} | {r['idle']} | {median(r['without']):,.0f} | {median(r['with']):,.0f} "
-                    f"| **{fmt(ratio, 3)}** | {fmt(percentile(r['ratios'], 25), 3)} – {fmt(percentile(r['ratios'], 75), 3)} "
+                    f"| **{fmt(ratio, 3)}** "
+                    f"| {fmt(percentile(r['ratios'], 25), 3)} – {fmt(percentile(r['ratios'], 75), 3)} "
                     f"({fmt(min(r['ratios']), 3)} … {fmt(max(r['ratios']), 3)}) "
                     f"| {median(r['sample_rate_hz']):.1f} Hz | {r['probe_cpu_share'] * 100:.2f} % → "
                     f"{fmt(1 - r['probe_cpu_share'], 3)} |")
-        goals.append((f"pgbench -S with the probe at 20 Hz ≥ 0.99 × without (max_connections {r['max_connections']}, "
-                      f"{r['idle']} idle): median tps ratio", fmt(ratio, 3), ratio >= 0.99))
+        goals.append((f"pgbench -S with the probe at 20 Hz ≥ 0.99 × without "
+                      f"(max_connections {r['max_connections']}, {r['idle']} idle): median tps ratio",
+                      fmt(ratio, 3), ratio >= 0.99))
         by_cpu = 1 - r["probe_cpu_share"]
         goals.append((f"the same, estimated from the probe's CPU share of the machine, 1 − share ≥ 0.99 "
-                      f"(max_connections {r['max_connections']}, {r['idle']} idle; cross-check free of neighbours' noise)",
+                      f"(max_connections {r['max_connections']}, {r['idle']} idle; "
+                      "cross-check free of neighbours' noise)",
                       f"{fmt(by_cpu, 3)} ({r['probe_cpu_share'] * 100:.2f} % of {os.cpu_count()} cores)",
                       by_cpu >= 0.99))
     md = [
         f"`pgbench -S -c 8 -j 2 -T {seconds}` (after `pgbench -i -s 1`) with and without poolbench's probe sampling "
         "every 50 ms (a `Probe` on a `SamplerThread` in the benchmark process, samples folded into a "
-        f"`StepAccumulator`, as the runner does), {pairs} pairs in ABBA order; ratio = with ÷ without per pair. The idle "
-        "connections are named like replicas (10 per application_name) so the probe's query groups them all. "
+        f"`StepAccumulator`, as the runner does), {pairs} pairs in ABBA order; ratio = with ÷ without per pair. "
+        "The idle connections are named like replicas (10 per application_name) so the probe's query groups them all. "
         "The last column is a noise-free cross-check: the CPU the probe used (its server backend plus its sampler "
         "thread) as a share of the machine's cores, which pgbench -S saturates; the throughput it can take away is "
         "about that share.",

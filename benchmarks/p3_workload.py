@@ -16,11 +16,13 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from poolbench.local.procs import free_port
+
 from .common import ROOT, Result, client_env, fmt, median, pgbench_tps, postgres
-from poolbench.localpg import free_port
 
 OK_RE = re.compile(r'^poolbench_attempts_total\{outcome="ok"\} ([0-9.e+]+)$', re.M)
 
@@ -103,7 +105,7 @@ def measure_raw(pg, n: int, seconds: float, mode: str) -> dict:
 
 def profile_hot_loop(pg, iterations: int) -> tuple[str, float]:
     """cProfile of one caller thread's loop (N=1, SELECT 1), in this process; returns the top entries."""
-    from poolbench.workload_env import WorkloadConfig
+    from poolbench.core.workload_env import WorkloadConfig
     from workload.replica import Replica
 
     env = replica_env(pg, 1, 0, "p3-profile", 0, Path(os.devnull))
@@ -142,8 +144,9 @@ def run(smoke: bool) -> Result:
     reps = 1 if smoke else 3
     warm, window = (0.5, 1.5) if smoke else (1.0, 4.0)
     seconds = warm + window + 0.5
-    rows, data = [], {}
-    goals = []
+    rows: list[str] = []
+    data: dict[str, Any] = {}
+    goals: list[tuple[str, str, bool | None]] = []
     with postgres(max_connections=100) as pg:
         for n in ns:
             raw_txn, raw_auto, rep, rep_cpu, raw_cpu = [], [], [], [], []
@@ -155,8 +158,8 @@ def run(smoke: bool) -> Result:
                 rep.append(r["qps"])
                 rep_cpu.append(r["client_cpu_us"])
                 raw_auto.append(measure_raw(pg, n, seconds, "autocommit")["qps"])
-            ratios_txn = [a / b for a, b in zip(rep, raw_txn)]
-            ratios_auto = [a / b for a, b in zip(rep, raw_auto)]
+            ratios_txn = [a / b for a, b in zip(rep, raw_txn, strict=True)]
+            ratios_auto = [a / b for a, b in zip(rep, raw_auto, strict=True)]
             data[f"n{n}"] = {"replica": rep, "raw_txn": raw_txn, "raw_autocommit": raw_auto,
                              "ratio_txn": ratios_txn, "ratio_autocommit": ratios_auto,
                              "replica_client_cpu_us_per_query": rep_cpu, "raw_txn_client_cpu_us_per_query": raw_cpu}
@@ -187,10 +190,10 @@ def run(smoke: bool) -> Result:
                 pgb_txn.append(pgbench_tps(pg, ["-f", str(txn_script), *pgbench_args]))
         finally:
             shutil.rmtree(script.parent, ignore_errors=True)
-        agg_ratios = [a / b for a, b in zip(agg, pgb)]
+        agg_ratios = [a / b for a, b in zip(agg, pgb, strict=True)]
         data["aggregate"] = {"replicas": 4, "threads": n, "qps": agg, "pgbench_tps": pgb, "ratio": agg_ratios,
                              "pgbench_txn_tps": pgb_txn}
-        txn_ratio = median([a / b for a, b in zip(agg, pgb_txn)])
+        txn_ratio = median([a / b for a, b in zip(agg, pgb_txn, strict=True)])
         agg_ratio = median(agg_ratios)
         goals.append((f"4 replicas × {n} threads ≥ 0.3 × pgbench (-f SELECT 1, -c {clients} -j 2)",
                       fmt(agg_ratio), agg_ratio >= 0.3))

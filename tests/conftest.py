@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-BASE_DOC = {
+BASE_DOC: dict[str, Any] = {
     "apiVersion": "poolbench.dev/v1alpha1",
     "kind": "PoolBenchmark",
     "metadata": {"name": "t"},
@@ -27,7 +28,7 @@ def make_doc(name: str = "t", **spec) -> dict:
 @pytest.fixture(scope="session")
 def local_pg():
     """One real PostgreSQL for probe/workload tests that don't need their own limits."""
-    from poolbench.localpg import LocalPostgres
+    from poolbench.local.embedded import LocalPostgres
 
     pg = LocalPostgres(max_connections=40).start()
     yield pg

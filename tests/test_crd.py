@@ -2,7 +2,7 @@
 
 import yaml
 
-from poolbench.crd import build_crd, crd_yaml
+from poolbench.core.crd import build_crd, crd_yaml
 from tests.conftest import ROOT
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,11 +13,10 @@ import urllib.request
 import psycopg2
 import pytest
 
-from poolbench.local import run_local
-
-from poolbench.probe import Probe
-from poolbench.spec import parse_document
-from poolbench.workload_env import workload_env
+from poolbench.core.spec import parse_document
+from poolbench.core.workload_env import workload_env
+from poolbench.db.probe import Probe
+from poolbench.local.runner import run_local
 from tests.conftest import ROOT, make_doc
 
 pytestmark = pytest.mark.postgres
@@ -72,10 +72,8 @@ def test_workload_serves_metrics_and_writes_a_summary(local_pg, tmp_path):
     body = ""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "poolbench_phase{poolbench_phase=\"holding\"} 1.0" not in body:
-        try:
+        with contextlib.suppress(OSError):
             body = urllib.request.urlopen("http://127.0.0.1:19187/metrics", timeout=1).read().decode()
-        except OSError:
-            pass
         time.sleep(0.05)
     assert 'poolbench_attempts_total{outcome="ok"} 60.0' in body
     assert "poolbench_pool_checked_out 0.0" in body
@@ -129,7 +127,7 @@ def test_app_role_meets_reserved_slots_not_too_many_clients():
     assert step.errors.reserved_slots > 10 * step.errors.too_many_clients
     assert step.peak_connections <= 16
     assert step.crashed_replicas == 0  # onError count: the replicas keep going
-    assert status.verdict.first_failing_replicas == 2
+    assert status.verdict is not None and status.verdict.first_failing_replicas == 2
 
 
 def test_superuser_meets_too_many_clients_and_crash_kills_the_replica():
@@ -144,6 +142,7 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica():
     assert second.crashed_replicas >= 1
     # crash: each thread stops at its first error and the replica dies (racing threads may each fail once)
     assert second.errors.total() <= 10 * second.crashed_replicas
+    assert status.verdict is not None
     assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (1, 3)
 
 
@@ -196,12 +195,12 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
     reconnects, the step fails saying the database restarted, and the next step runs."""
     import signal as signals
 
-    from poolbench.local import LocalRunner
+    from poolbench.local.runner import LocalRunner
 
     b = bench("pgkill", [2, 1], threads=3, durationSeconds=4, holdSeconds=1, onError="count",
               iterations=None)
     b.spec.stop_on_failure = False
-    killed = []
+    killed: list[float] = []
 
     def progress(p):
         if p.step == 1 and p.step_elapsed > 1.5 and not killed and runner.pg and runner.pg.pid:
@@ -213,7 +212,8 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
     assert killed
     first, second = status.steps
     assert first.outcome == "Failed"
-    assert first.database_restarts == 1 and first.reason.startswith("the database restarted")
+    assert first.database_restarts == 1
+    assert first.reason is not None and first.reason.startswith("the database restarted")
     assert first.sample_gaps >= 1
     assert first.errors.other > 0  # the replicas saw their connections die
     assert second.outcome == "Passed", second.reason  # the server is back: the run went on

@@ -2,9 +2,13 @@
 
 import json
 
-from poolbench.spec import parse_spec
+from poolbench.core.spec import parse_spec
 from poolbench_operator.builders import (
-    METRICS_PORT, TERMINATION_PATH, Names, build_children, postgres_args,
+    METRICS_PORT,
+    TERMINATION_PATH,
+    Names,
+    build_children,
+    postgres_args,
 )
 from poolbench_operator.podstate import Metrics, PodView, parse_metrics, reports, step_done, work_done
 
@@ -77,8 +81,8 @@ def test_step_progress_from_pods():
     holding = PodView("a", metrics=Metrics("holding", {"ok": 5}))
     done = PodView("b", metrics=Metrics("done", {"ok": 5}))
     crashed = PodView("c", restarts=1, last_message=json.dumps(
-        {"phase": "crashed", "outcomes": {"ok": 1, "tooManyClients": 1}, "firstError": "sorry, too many clients already",
-         "firstErrorClass": "tooManyClients", "firstErrorAt": 1.0}))
+        {"phase": "crashed", "outcomes": {"ok": 1, "tooManyClients": 1},
+         "firstError": "sorry, too many clients already", "firstErrorClass": "tooManyClients", "firstErrorAt": 1.0}))
     starting = PodView("d")
     assert not work_done([holding, starting], 2)
     assert work_done([holding, done, crashed], 3)
@@ -92,8 +96,8 @@ def test_step_progress_from_pods():
 
 
 def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
-    from poolbench.benchmark import BenchmarkRun
-    from poolbench_operator.driver import resume_status
+    from poolbench.core.benchmark import BenchmarkRun
+    from poolbench.core.benchmark import status_from_resource as resume_status
 
     assert resume_status(None) is None and resume_status({"kopf": {}}) is None
     status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "steps": [
@@ -101,7 +105,7 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
         {"replicas": 8, "startedAt": "t2"}]})
     run = BenchmarkRun(SPEC, status)
     planned = run.next_step()
-    assert (planned.index, planned.replicas) == (2, 8)
+    assert planned is not None and (planned.index, planned.replicas) == (2, 8)
     run.begin_step(planned)
     assert [(s.replicas, s.started_at) for s in run.status.steps][0] == (2, "t0")
     assert len(run.status.steps) == 2

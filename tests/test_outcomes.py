@@ -1,6 +1,6 @@
 """Error classification by message (pure)."""
 
-from poolbench.outcomes import classify_exception, classify_message
+from poolbench.core.outcomes import classify_exception, classify_message
 
 
 def test_messages():

@@ -15,7 +15,8 @@ from tests.conftest import ROOT, make_doc
 pytestmark = pytest.mark.postgres
 
 # Moments: during imports, start-up/initdb, while the server starts, in the first step, in the second step.
-MOMENTS = [(signal.SIGTERM, 0.3), (signal.SIGINT, 0.8), (signal.SIGTERM, 1.6), (signal.SIGINT, 3.5), (signal.SIGTERM, 6.0)]
+MOMENTS = [(signal.SIGTERM, 0.3), (signal.SIGINT, 0.8), (signal.SIGTERM, 1.6), (signal.SIGINT, 3.5),
+           (signal.SIGTERM, 6.0)]
 
 
 def leftovers(tmpdir: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from poolbench.spec import SpecError, load_text, parse_document, parse_spec
+from poolbench.core.spec import SpecError, load_text, parse_document, parse_spec
 from tests.conftest import ROOT, make_doc
 
 

@@ -1,10 +1,10 @@
 """Pool arithmetic and verdicts (pure)."""
 
-from poolbench.benchmark import BenchmarkRun, ReplicaReport, plan_steps
-from poolbench.results import StepResult
-from poolbench.sampling import Sample, StepAccumulator, sample_from_rows
-from poolbench.spec import parse_spec
-from poolbench.verdict import overall_verdict, predict
+from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, plan_steps
+from poolbench.core.results import StepResult
+from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
+from poolbench.core.spec import parse_spec
+from poolbench.core.verdict import overall_verdict, predict
 
 
 def spec(**workload):
@@ -61,6 +61,7 @@ def run_steps(s, outcomes):
     run = BenchmarkRun(s)
     for summary in outcomes:
         planned = run.next_step()
+        assert planned is not None
         run.begin_step(planned)
         run.add_sample(sample_from_rows(0.0, [("active", "x", planned.predicted_peak, None)]))
         run.finish_step([ReplicaReport.from_summary("x", summary)])
@@ -104,7 +105,7 @@ def test_resume_replaces_an_unfinished_step_never_duplicates():
     run.begin_step(run.next_step())  # interrupted here
     resumed = BenchmarkRun(s, run.status.model_copy(deep=True))
     planned = resumed.next_step()
-    assert planned.index == 2
+    assert planned is not None and planned.index == 2
     resumed.begin_step(planned)
     assert [st.replicas for st in resumed.status.steps] == [1, 2]
 
@@ -116,7 +117,9 @@ def test_verdict_with_no_steps():
 def test_a_database_restart_fails_the_step_and_says_so():
     s = parse_spec({"steps": [1]})
     run = BenchmarkRun(s)
-    run.begin_step(run.next_step())
+    planned = run.next_step()
+    assert planned is not None
+    run.begin_step(planned)
     run.add_sample(sample_from_rows(0.0, [("active", "x", 1, None)]))
     run.add_sample(Sample.gap(0.1, "server closed the connection unexpectedly"))
     from dataclasses import replace
@@ -125,4 +128,4 @@ def test_a_database_restart_fails_the_step_and_says_so():
     step = run.finish_step([ReplicaReport.from_summary("x", {"outcomes": {"ok": 3}})])
     assert step.outcome == "Failed"
     assert step.database_restarts == 1 and step.sample_gaps == 1
-    assert step.reason.startswith("the database restarted")
+    assert step.reason is not None and step.reason.startswith("the database restarted")

@@ -19,13 +19,13 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
 from sqlalchemy import create_engine, event, pool, text
 
-from poolbench.outcomes import OK, OUTCOMES, classify_exception, short_message
-from poolbench.workload_env import WorkloadConfig
+from poolbench.core.outcomes import OK, OUTCOMES, classify_exception, short_message
+from poolbench.core.workload_env import WorkloadConfig
 
 ENGINE_ARGS = {
     "poolSize": "pool_size",
@@ -40,7 +40,7 @@ OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def build_engine(cfg: WorkloadConfig):
@@ -147,7 +147,7 @@ class Replica:
         try:
             compiled = statement.compile(dialect=self.engine.dialect)
             driver_sql = None if compiled.binds else compiled.string
-        except Exception:  # let execute() raise it, per attempt, as before
+        except Exception:  # an invalid statement: let each attempt raise (and count) it
             driver_sql = None
         if driver_sql is None:
             return lambda conn: conn.execute(statement)

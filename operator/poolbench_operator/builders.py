@@ -9,9 +9,10 @@ requests and limits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from poolbench.spec import PoolBenchmarkSpec
-from poolbench.workload_env import APP_ROLE, SUPERUSER, workload_env
+from poolbench.core.spec import PoolBenchmarkSpec
+from poolbench.core.workload_env import SUPERUSER, workload_env
 
 POSTGRES_PORT = 5432
 METRICS_PORT = 9187
@@ -148,7 +149,9 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
     """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one."""
     names = Names(benchmark)
     password_key = SECRET_APP_KEY if spec.workload.role == "app" else SECRET_SUPERUSER_KEY
-    env = [{"name": k, "value": v} for k, v in sorted(workload_env(spec, exit_after_hold=False).items())]
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in sorted(workload_env(spec, exit_after_hold=False).items())
+    ]
     env += [
         {"name": "PGHOST", "value": names.postgres},
         {"name": "PGPORT", "value": str(POSTGRES_PORT)},
@@ -198,7 +201,3 @@ def build_children(benchmark: str, spec: PoolBenchmarkSpec, *, workload_image: s
         build_postgres_statefulset(benchmark, spec),
         build_workload_deployment(benchmark, spec, workload_image),
     ]
-
-
-def role_for(spec: PoolBenchmarkSpec) -> str:
-    return APP_ROLE if spec.workload.role == "app" else SUPERUSER

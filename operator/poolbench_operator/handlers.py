@@ -7,43 +7,50 @@ connection and state in one place; it is sync (kopf runs it in a thread, so the 
 never blocked) and writes status through its own client, throttled to about one patch a second.
 Resuming is still status-driven: after a restart the daemon starts again and continues from the
 first step that status does not show as finished.
+
+Operator state lives in kopf's ``memo``: the start-up handler puts the ``Config`` and the key the
+passwords are derived from there, and kopf hands a copy to every resource's daemon.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from typing import Any
 
 import kopf
 
-from poolbench.benchmark import utc_now
-from poolbench.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
+from poolbench.core.benchmark import utc_now
+from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
 
-from .driver import Driver, Stopped
+from .config import Config
+from .driver import TERMINAL, Driver, Stopped
 from .kube import Kube, load_config, operator_key
-
-WORKLOAD_IMAGE = os.environ.get("POOLBENCH_WORKLOAD_IMAGE", "poolbench-workload:dev")
-# Each running benchmark holds one executor thread (a sync daemon) for its whole run; the default
-# pool (cores + 4 threads) would let only a handful run at once and starve the rest.
-OPERATOR: dict[str, bytes] = {}  # the key passwords are derived from (credentials.py), read at start-up
-MAX_CONCURRENT_BENCHMARKS = int(os.environ.get("POOLBENCH_MAX_CONCURRENT", "64"))
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = Config.from_env()
     settings.peering.standalone = True
     settings.posting.level = logging.INFO
-    settings.watching.server_timeout = int(os.environ.get("POOLBENCH_WATCH_TIMEOUT", "300"))
+    settings.watching.server_timeout = config.watch_timeout_seconds
     settings.persistence.finalizer = "poolbench.dev/finalizer"
-    settings.execution.max_workers = MAX_CONCURRENT_BENCHMARKS + 8
+    # Each running benchmark holds one executor thread (a sync daemon) for its whole run; the default
+    # pool (cores + 4 threads) would let only a handful run at once and starve the rest.
+    settings.execution.max_workers = config.max_concurrent_benchmarks + 8
     load_config()
-    OPERATOR["key"] = operator_key()
+    memo.config = config
+    memo.key = operator_key(config.operator_namespace())
 
 
-@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5,
-             when=lambda status, **_: (status or {}).get("phase") not in ("Completed", "Failed", "Invalid"))
-def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, stopped: kopf.DaemonStopped,
-                  logger: logging.Logger, **_) -> None:
+def unfinished(status: kopf.Status, **_: Any) -> bool:
+    """A finished benchmark (any terminal phase) gets no daemon: it is never measured twice."""
+    return status.get("phase") not in TERMINAL
+
+
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5, when=unfinished)
+def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str | None,
+                  stopped: kopf.DaemonStopped, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+    assert namespace is not None and name is not None  # a namespaced resource always has both
     kube = Kube(namespace)
     try:
         parsed = parse_spec(dict(spec))
@@ -54,14 +61,14 @@ def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str, name: str, s
         logger.warning("invalid PoolBenchmark: %s", message)
         return
 
-    def adopt(child: dict) -> None:
+    def adopt(child: dict[str, Any]) -> None:
         kopf.adopt(child, owner=body)
 
     def event(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
     driver = Driver(kube=kube, body=dict(body), spec=parsed, stopped=stopped, adopt=adopt, event=event,
-                    logger=logger, workload_image=WORKLOAD_IMAGE, key=OPERATOR["key"])
+                    logger=logger, config=memo.config, key=memo.key)
     try:
         driver.execute()
     except Stopped:

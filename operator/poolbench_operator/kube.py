@@ -3,40 +3,35 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from poolbench.spec import API_GROUP, API_VERSION, PLURAL
+from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .builders import METRICS_PORT, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
 from .podstate import PodView, parse_metrics
 
 
-def operator_namespace() -> str:
-    """Where the operator's key lives: its own namespace in a pod, else POOLBENCH_NAMESPACE."""
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    if os.path.exists(path):
-        with open(path) as fh:
-            return fh.read().strip()
-    return os.environ.get("POOLBENCH_NAMESPACE", "poolbench-system")
-
-
-def operator_key() -> bytes:
-    """Read the operator's key Secret, creating it (random) on first start. Never logged."""
+def operator_key(namespace: str) -> bytes:
+    """Read the operator's key Secret in its own namespace, creating it (random) on first start.
+    Never logged."""
     core = kubernetes.client.CoreV1Api()
-    namespace = operator_namespace()
     for _ in range(3):
         try:
             secret = core.read_namespaced_secret(KEY_SECRET_NAME, namespace)
-            return base64.b64decode(secret.data[KEY_FIELD])
+            data = secret.data or {}
+            if KEY_FIELD not in data:
+                raise RuntimeError(f"Secret {namespace}/{KEY_SECRET_NAME} has no {KEY_FIELD!r} field")
+            return base64.b64decode(data[KEY_FIELD])
         except ApiException as err:
             if err.status != 404:
                 raise
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        body: Any = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": KEY_SECRET_NAME, "labels": {"app.kubernetes.io/name": "poolbench-operator"}},
                 "data": {KEY_FIELD: base64.b64encode(secrets.token_bytes(32)).decode()}}
         try:
@@ -62,15 +57,16 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi()
 
     # -- children ---------------------------------------------------------------------------
-    def ensure(self, obj: dict) -> bool:
+    def ensure(self, obj: dict[str, Any]) -> bool:
         """Create ``obj`` unless it exists. Returns True when created. Never duplicates."""
         kind = obj["kind"]
-        create = {
+        creators: dict[str, Callable[..., Any]] = {
             "Secret": self.core.create_namespaced_secret,
             "Service": self.core.create_namespaced_service,
             "StatefulSet": self.apps.create_namespaced_stateful_set,
             "Deployment": self.apps.create_namespaced_deployment,
-        }[kind]
+        }
+        create = creators[kind]
         try:
             create(self.namespace, obj)
             return True
@@ -92,7 +88,6 @@ class Kube:
                 if err.status != 404:
                     raise
 
-
     def postgres_ready(self, names: Names) -> bool:
         sts = self.apps.read_namespaced_stateful_set(names.postgres, self.namespace)
         return bool(sts.status and (sts.status.ready_replicas or 0) >= 1)
@@ -110,11 +105,12 @@ class Kube:
         self.apps.patch_namespaced_deployment_scale(names.workload, self.namespace, {"spec": {"replicas": replicas}})
 
     # -- pods ---------------------------------------------------------------------------------
-    def _all_workload_pods(self, benchmark: str) -> list:
+    def _all_workload_pods(self, benchmark: str) -> list[Any]:
         sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
-        return self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
+        pods: list[Any] = self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
+        return pods
 
-    def workload_pods(self, benchmark: str) -> list:
+    def workload_pods(self, benchmark: str) -> list[Any]:
         """The step's live replicas (pods being deleted are no longer part of it)."""
         return [p for p in self._all_workload_pods(benchmark) if p.metadata.deletion_timestamp is None]
 
@@ -122,7 +118,7 @@ class Kube:
         """Every workload pod, terminating ones included: zero means the scale-down is complete."""
         return len(self._all_workload_pods(benchmark))
 
-    def pod_view(self, pod) -> PodView:
+    def pod_view(self, pod: Any) -> PodView:
         restarts, last_message = 0, None
         for cs in (pod.status.container_statuses or []) if pod.status else []:
             restarts += cs.restart_count or 0
@@ -137,14 +133,12 @@ class Kube:
                     f"{pod.metadata.name}:{METRICS_PORT}", self.namespace, "metrics", _request_timeout=3
                 )
                 metrics = parse_metrics(text)
-            except (ApiException, OSError, ValueError, kubernetes.client.exceptions.OpenApiException):
-                metrics = None
-            except Exception:  # urllib3 errors: an unreachable pod is just not reporting yet
+            except Exception:  # API, urllib3 or parse errors: an unreachable pod is just not reporting yet
                 metrics = None
         return PodView(pod.metadata.name, restarts, metrics, last_message)
 
     # -- the custom resource --------------------------------------------------------------------
-    def patch_status(self, name: str, status: dict) -> None:
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"status": status}
         )

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from poolbench.benchmark import ReplicaReport
-from poolbench.outcomes import OUTCOMES
+from poolbench.core.benchmark import ReplicaReport
+from poolbench.core.outcomes import OUTCOMES
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -27,7 +28,13 @@ from .controlplane import ROOT, ControlPlane, ControlPlaneError
 from .kube import Kube, wait_for
 from .podrunner import PodRunner
 
-_state = {"failed": False, "kept_logs": None}
+
+class _State(TypedDict):
+    failed: bool  # a test failed: keep the logs
+    kept_logs: str | None  # where they were kept
+
+
+_state: _State = {"failed": False, "kept_logs": None}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -126,13 +133,12 @@ class OperatorProcess:
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
                "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
-             "--all-namespaces", "--verbose"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
+                 "--all-namespaces", "--verbose"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

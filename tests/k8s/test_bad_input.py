@@ -28,7 +28,8 @@ CORPUS += [
     ({**quick("many-steps"), "spec": {**quick("x")["spec"], "steps": list(range(1, 200))}}, "spec.steps"),
     ({**quick("nonascii-setting"), "spec": {**quick("x")["spec"], "postgres": {"settings": {"wörk_mem": "4MB"}}}},
      "spec.postgres.settings"),
-    ({**quick("forbidden-setting"), "spec": {**quick("x")["spec"], "postgres": {"settings": {"listen_addresses": "*"}}}},
+    ({**quick("forbidden-setting"),
+      "spec": {**quick("x")["spec"], "postgres": {"settings": {"listen_addresses": "*"}}}},
      "spec.postgres.settings"),
 ]
 

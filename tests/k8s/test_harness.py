@@ -169,9 +169,11 @@ def test_postgres_statefulset_reachable_from_host_with_password(postgres):
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW max_connections")
-            assert cur.fetchone()[0] == "30"
+            row = cur.fetchone()
+            assert row is not None and row[0] == "30"
             cur.execute("SHOW superuser_reserved_connections")
-            assert cur.fetchone()[0] == "3"
+            row = cur.fetchone()
+            assert row is not None and row[0] == "3"
     finally:
         conn.close()
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):

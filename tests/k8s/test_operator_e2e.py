@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 import yaml
@@ -160,7 +161,7 @@ def test_every_manifest_and_the_chart_pass_server_dry_run(installed, control_pla
 
 def quick(name: str, **spec) -> dict:
     """A benchmark that passes in a few seconds per step."""
-    doc = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
+    doc: dict[str, Any] = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
            "spec": {"postgres": {"maxConnections": 20},
                     "workload": {"threads": 2, "iterations": 10, "holdSeconds": 1, "onError": "count"},
                     "steps": [1, 2], "stepTimeoutSeconds": 90}}
@@ -211,7 +212,7 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         assert kids["services"] == [f"{name}-postgres"] and kids["secrets"] == [f"{name}-credentials"]
     for ns, name in runs:
         kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", name, "--timeout=90s")
-        wait_for(lambda: not any(children(kube, ns).values()), 90, interval=1.0, what=f"{ns} children gone")
+        wait_for(lambda ns=ns: not any(children(kube, ns).values()), 90, interval=1.0, what=f"{ns} children gone")
         kube.delete(f"/api/v1/namespaces/{ns}")
 
 
@@ -256,7 +257,8 @@ def test_operator_cannot_do_what_it_does_not_need(installed, control_plane):
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
     for denied in (["get", "secrets", "-n", "default"], ["get", "secrets", "-n", "kube-system"],
-                   ["get", "secrets/other", "-n", "poolbench-system"], ["list", "secrets", "-A"], ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
+                   ["get", "secrets/other", "-n", "poolbench-system"], ["list", "secrets", "-A"],
+                   ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
                    ["create", "pods", "-n", "default"], ["create", "pods/exec", "-n", "default"],
                    ["delete", "pods", "-n", "default"], ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
                    ["create", "clusterrolebindings"], ["patch", "nodes"], ["update", "customresourcedefinitions"],

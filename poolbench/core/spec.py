@@ -1,7 +1,7 @@
 """The PoolBenchmark spec: the YAML a user writes, parsed and validated.
 
 This module is the single source of truth for the spec. The CRD's OpenAPI schema is generated
-from these models (poolbench.crd), and a test proves the committed manifests/crd.yaml matches.
+from these models (poolbench.core.crd), and a test proves the committed manifests/crd.yaml matches.
 Validation errors carry the field path (``spec.workload.engine.poolSize``) so a user sees every
 bad field in one message, never a traceback.
 """
@@ -100,7 +100,7 @@ class PostgresSpec(_Model):
         return value
 
     @model_validator(mode="after")
-    def _reserved_below_max(self) -> "PostgresSpec":
+    def _reserved_below_max(self) -> PostgresSpec:
         if self.superuser_reserved_connections >= self.max_connections:
             raise ValueError(
                 "superuserReservedConnections must be less than maxConnections"
@@ -114,14 +114,18 @@ class EngineSpec(_Model):
 
     pool_class: PoolClass = Field("QueuePool", description="SQLAlchemy pool class.")
     pool_size: int | None = Field(None, ge=0, le=1000, description="QueuePool pool_size (default 5; 0 = no limit).")
-    max_overflow: int | None = Field(None, ge=-1, le=1000, description="QueuePool max_overflow (default 10; -1 = no limit).")
+    max_overflow: int | None = Field(
+        None, ge=-1, le=1000, description="QueuePool max_overflow (default 10; -1 = no limit)."
+    )
     pool_timeout: float | None = Field(None, ge=0, le=3600, description="Seconds a checkout waits (default 30).")
-    pool_recycle: int | None = Field(None, ge=-1, le=86400, description="Replace connections older than N seconds at checkout.")
+    pool_recycle: int | None = Field(
+        None, ge=-1, le=86400, description="Replace connections older than N seconds at checkout."
+    )
     pool_pre_ping: bool | None = Field(None, description="Ping a connection at checkout.")
     pool_use_lifo: bool | None = Field(None, description="Use the most recently returned connection first.")
 
     @model_validator(mode="after")
-    def _queue_options_need_queue_pool(self) -> "EngineSpec":
+    def _queue_options_need_queue_pool(self) -> EngineSpec:
         if self.pool_class != "QueuePool":
             given = [
                 alias
@@ -162,7 +166,9 @@ class WorkloadSpec(_Model):
     hold_seconds: float = Field(
         10.0, ge=0, le=86400, description="Keep the engine and its pool open after the work (ghosts)."
     )
-    role: Role = Field("superuser", description="superuser (as in the seed) or app (a normal role).")
+    role: Role = Field(
+        "superuser", description="superuser (the postgres role) or app (a normal role the benchmark creates)."
+    )
     on_error: OnError = Field(
         "crash", description="crash: the replica dies on the first error; count: keep going."
     )
@@ -176,7 +182,7 @@ class WorkloadSpec(_Model):
         return value
 
     @model_validator(mode="after")
-    def _one_way_to_stop(self) -> "WorkloadSpec":
+    def _one_way_to_stop(self) -> WorkloadSpec:
         if self.iterations is not None and self.duration_seconds is not None:
             raise ValueError("give iterations or durationSeconds, not both")
         return self

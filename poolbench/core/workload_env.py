@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the workload imports this module: keep pydantic out of a replica's start-up
     from .spec import PoolBenchmarkSpec, WorkloadSpec
@@ -56,29 +56,29 @@ class WorkloadConfig:
     duration_seconds: float | None
     hold_seconds: float
     on_error: str
-    engine: dict
+    engine: dict[str, Any]
     app_name: str
     metrics_port: int
     summary_path: str | None
     exit_after_hold: bool
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> "WorkloadConfig":
-        def get(name: str, default: str | None = None) -> str | None:
-            return env.get(PREFIX + name, default)
+    def from_env(cls, env: dict[str, str]) -> WorkloadConfig:
+        def get(name: str, default: str = "") -> str:
+            return env.get(PREFIX + name) or default
 
         iterations = get("ITERATIONS")
         duration = get("DURATION_SECONDS")
         return cls(
             threads=int(get("THREADS", "1")),
-            statement=get("STATEMENT", "SELECT 1") or "SELECT 1",
+            statement=get("STATEMENT", "SELECT 1"),
             iterations=int(iterations) if iterations else None,
             duration_seconds=float(duration) if duration else None,
             hold_seconds=float(get("HOLD_SECONDS", "0")),
-            on_error=get("ON_ERROR", "count") or "count",
-            engine=json.loads(get("ENGINE", "{}") or "{}"),
+            on_error=get("ON_ERROR", "count"),
+            engine=json.loads(get("ENGINE", "{}")),
             app_name=get("APP_NAME") or env.get("HOSTNAME") or "poolbench-replica",
             metrics_port=int(get("METRICS_PORT", "0")),
-            summary_path=get("SUMMARY_PATH"),
-            exit_after_hold=(get("EXIT_AFTER_HOLD", "true") or "true").lower() == "true",
+            summary_path=get("SUMMARY_PATH") or None,
+            exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
         )

@@ -10,14 +10,18 @@ connection: planning it (the view's joins) cost as much server CPU as running it
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 
 import psycopg2
+import psycopg2.extensions
 
-from .sampling import Sample, sample_from_rows
+from ..core.sampling import Sample, sample_from_rows
 
 QUERY = """
 SELECT state, application_name, count(*)::int,
@@ -31,13 +35,16 @@ SELECT state, application_name, count(*)::int,
 PREPARED = "poolbench_sample"
 
 
+Connect = Callable[[], psycopg2.extensions.connection]
+
+
 class Probe:
-    def __init__(self, connect: Callable[[], "psycopg2.extensions.connection"], app_prefix: str = ""):
+    def __init__(self, connect: Connect, app_prefix: str = ""):
         self._connect = connect
         self._pattern = app_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
-        self._conn = None
+        self._conn: psycopg2.extensions.connection | None = None
         self.reconnects = 0
-        self.server_started_at = None  # pg_postmaster_start_time(): a change means the server restarted
+        self.server_started_at: datetime | None = None  # pg_postmaster_start_time(): a change = a restart
         self.server_restarts = 0
         self._restart_pending = False
 
@@ -48,7 +55,8 @@ class Probe:
             cur.execute("SET application_name = 'poolbench-monitor'")
             cur.execute(f"PREPARE {PREPARED}(text) AS {QUERY.replace('%s', '$1')}")
             cur.execute("SELECT pg_postmaster_start_time()")
-            started = cur.fetchone()[0]
+            row = cur.fetchone()
+            started = row[0] if row else None
         if self.server_started_at is not None and started != self.server_started_at:
             self.server_restarts += 1
             self._restart_pending = True
@@ -60,6 +68,7 @@ class Probe:
             if self._conn is None or self._conn.closed:
                 self.reconnects += 1
                 self.open()
+            assert self._conn is not None
             with self._conn.cursor() as cur:
                 cur.execute(f"EXECUTE {PREPARED}(%s)", (self._pattern,))
                 rows = cur.fetchall()
@@ -75,19 +84,30 @@ class Probe:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg2.Error):
                 conn.close()
-            except psycopg2.Error:
-                pass
 
 
 class SamplerThread(threading.Thread):
-    """Reads the probe every ``interval`` seconds on a fixed schedule and hands samples to ``sink``."""
+    """Reads the probe every ``interval`` seconds on a fixed schedule and hands samples to ``sink``;
+    without a sink they wait in a queue for ``take()`` (what the step loop's platforms use: the
+    loop stays in one thread and never shares state with this one)."""
 
-    def __init__(self, probe: Probe, interval: float, sink: Callable[[Sample], None], t0: float):
+    def __init__(self, probe: Probe, interval: float, sink: Callable[[Sample], None] | None, t0: float):
         super().__init__(daemon=True, name="poolbench-sampler")
-        self.probe, self.interval, self.sink, self.t0 = probe, interval, sink, t0
+        self.queue: queue.SimpleQueue[Sample] = queue.SimpleQueue()
+        self.probe, self.interval, self.t0 = probe, interval, t0
+        self.sink = sink or self.queue.put
         self.halt = threading.Event()
+
+    def take(self) -> list[Sample]:
+        """The samples read since the last call, oldest first."""
+        out = []
+        while True:
+            try:
+                out.append(self.queue.get_nowait())
+            except queue.Empty:
+                return out
 
     def run(self) -> None:
         next_at = time.monotonic()

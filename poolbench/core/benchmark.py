@@ -1,14 +1,15 @@
 """The benchmark's state machine, shared by the local runner and the operator (pure, no I/O).
 
-The drivers do the I/O (start replicas, read the probe, read summaries) and feed what they see
-here; this module turns it into the status: step plan, per-step results, phase and verdict.
-Because the status is the whole state, a driver can resume from it (the operator after a restart).
+The step loop (``steploop``) feeds it what the platform saw (samples, replica reports); this
+module turns that into the status: step plan, per-step results, phase and verdict. Because the
+status is the whole state, a run can resume from it (the operator after a restart).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 from .outcomes import OK
 from .results import BenchmarkStatus, ErrorCounts, StepResult
@@ -18,7 +19,7 @@ from .verdict import judge_step, overall_verdict, predict
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ class ReplicaReport:
     restarts: int = 0
 
     @classmethod
-    def from_summary(cls, name: str, summary: dict | None, *, exit_code: int | None = None,
-                     restarts: int = 0) -> "ReplicaReport":
+    def from_summary(cls, name: str, summary: dict[str, Any] | None, *, exit_code: int | None = None,
+                     restarts: int = 0) -> ReplicaReport:
         summary = summary or {}
         crashed = summary.get("phase") == "crashed" or bool(exit_code)
         return cls(
@@ -94,6 +95,7 @@ class BenchmarkRun:
         )
         self.accumulator: StepAccumulator | None = None
         self.step: StepResult | None = None
+        self.database_restarts = 0  # new servers the probe has seen, in a step or between steps
 
     # -- progress through the phases -------------------------------------------------------
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
@@ -128,7 +130,16 @@ class BenchmarkRun:
         self.accumulator = StepAccumulator(replicas=planned.replicas)
         return step
 
+    def step_index(self) -> int:
+        """The running step's 1-based index, or 0 between steps."""
+        return self.status.current_step if self.step is not None else 0
+
+    def restarts_seen(self) -> int:
+        return self.database_restarts
+
     def add_sample(self, sample: Sample) -> None:
+        if sample.server_restarted:
+            self.database_restarts += 1
         if self.accumulator is None or self.step is None:
             return
         self.accumulator.add(sample)
@@ -136,9 +147,10 @@ class BenchmarkRun:
         self.accumulator.fill(self.step)
         self.status.peak_connections = max(self.status.peak_connections, self.accumulator.peak)
 
-    def mark_work_done(self) -> None:
+    def mark_work_done(self, at: float = float("-inf")) -> None:
+        """Every replica finished its work at ``at`` (sample time): later samples read the ghosts."""
         if self.accumulator is not None:
-            self.accumulator.mark_work_done()
+            self.accumulator.mark_work_done(at)
 
     def finish_step(self, reports: list[ReplicaReport], *, timed_out: bool = False,
                     reason: str | None = None) -> StepResult:
@@ -170,3 +182,12 @@ class BenchmarkRun:
         self.status.message = message
         self.status.live_connections = 0
         return self.status
+
+
+def status_from_resource(status: dict[str, Any] | None) -> BenchmarkStatus | None:
+    """What a resource's status says was done, to resume from (kopf's own bookkeeping keys are
+    dropped); None for a resource that never started."""
+    if not status or not status.get("phase"):
+        return None
+    known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
+    return BenchmarkStatus.model_validate({k: v for k, v in status.items() if k in known})

@@ -29,7 +29,7 @@ class Sample:
     server_restarted: bool = False  # first read after the server came back with a new start time
 
     @classmethod
-    def gap(cls, t: float, error: str) -> "Sample":
+    def gap(cls, t: float, error: str) -> Sample:
         return cls(t=t, ok=False, error=error)
 
 
@@ -63,6 +63,7 @@ class StepAccumulator:
     oldest_idle: float = 0.0
     last_idle: int = 0
     work_done: bool = False
+    work_done_at: float = float("inf")  # sample time from which the replicas hold only their ghosts
     idle_after_work: int | None = None
     last_error: str | None = None
     live: int = 0
@@ -86,13 +87,17 @@ class StepAccumulator:
         self.oldest_idle = max(self.oldest_idle, sample.oldest_idle_seconds)
         idle = sample.by_state.get("idle", 0)
         self.last_idle = idle
-        if self.work_done:
+        if sample.t >= self.work_done_at:
             # Ghosts: the most idle connections seen while the replicas hold their engines.
             self.idle_after_work = max(self.idle_after_work or 0, idle)
 
-    def mark_work_done(self) -> None:
-        """Every live replica finished its work and now holds its pool."""
-        self.work_done = True
+    def mark_work_done(self, at: float = float("-inf")) -> None:
+        """Every live replica finished its work at sample time ``at`` and now holds its pool (the
+        first call wins: later looks see the same finished work). Samples read before ``at`` but
+        handed over afterwards still count as work, not as ghosts."""
+        if not self.work_done:
+            self.work_done = True
+            self.work_done_at = at
 
     def fill(self, step: StepResult) -> StepResult:
         step.samples = self.samples

@@ -2,7 +2,7 @@
 
 Per replica, a QueuePool opens at most min(threads, pool_size + max_overflow) connections and,
 after the burst, keeps min(pool_size, peak) of them open and idle (the "ghosts"). NullPool opens one
-per concurrent checkout and keeps none. Sources: SQLAlchemy pool/impl.py; see shared research.
+per concurrent checkout and keeps none (SQLAlchemy's pool/impl.py).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
     else:
         reason = "no step ran"
     safe_limit = usable // per_peak if per_peak else None
-    if first_failing is not None:
+    if failing_step is not None:
         summary = (
             f"{max_safe if max_safe is not None else 'No'} replicas ran safely;"
             f" {first_failing} replicas failed with"

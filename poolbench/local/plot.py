@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .local import LocalResult  # noqa: E402
+from .runner import LocalResult  # noqa: E402
 
 
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:

@@ -10,6 +10,7 @@ to ``python -m workload``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-from .localpg import deferred_signals, kill_group
+from .procs import deferred_signals, kill_group
 
-LAUNCHER_CODE = "from poolbench.launcher import _launcher_main; _launcher_main()"
+LAUNCHER_CODE = "from poolbench.local.launcher import _launcher_main; _launcher_main()"
 LAUNCHER_NAME = "poolbench-workload-launcher"  # in its command line (and its children's), for ps
 LAUNCHER_ENV = "POOLBENCH_LAUNCHER"  # "off": every replica is its own ``python -m workload``
 LAUNCHER_READY_SECONDS = 30.0
@@ -92,9 +93,10 @@ def _launcher_main() -> None:
     import gc
     import select
 
+    from sqlalchemy.dialects.postgresql import psycopg2 as _dialect  # noqa: F401 - loaded by create_engine
+
     import workload.__main__  # noqa: F401 - the point: import once, fork many
     import workload.replica  # noqa: F401
-    from sqlalchemy.dialects.postgresql import psycopg2 as _dialect  # noqa: F401 - loaded by create_engine
 
     gc.freeze()  # keep the imported objects out of the children's collections (fewer copied pages)
     wake_r, wake_w = os.pipe()
@@ -136,10 +138,8 @@ def _launcher_main() -> None:
     while True:
         readable, _, _ = select.select([0, wake_r], [], [])
         if wake_r in readable:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 512)
-            except BlockingIOError:
-                pass
             reap()
         if 0 in readable:
             data = os.read(0, 65536)
@@ -152,10 +152,8 @@ def _launcher_main() -> None:
                     spawn(json.loads(line))
             reap()
     for pid in list(children):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     while children:
         try:
@@ -168,7 +166,7 @@ def _launcher_main() -> None:
 class ForkedProcess:
     """The Popen-like handle of a replica forked by the launcher (pid, poll, wait)."""
 
-    def __init__(self, launcher: "ReplicaLauncher", pid: int):
+    def __init__(self, launcher: ReplicaLauncher, pid: int):
         self.launcher, self.pid = launcher, pid
         self.returncode: int | None = None
 
@@ -182,9 +180,11 @@ class ForkedProcess:
         while self.poll() is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(f"replica {self.pid}", timeout)
+                raise subprocess.TimeoutExpired(f"replica {self.pid}", left + (timeout or 0.0))
             self.launcher.wait_exit(min(left, 0.5) if left is not None else 0.5)
-        return self.returncode
+        code = self.returncode
+        assert code is not None  # the loop above ends only once poll() has it
+        return code
 
 
 class ReplicaLauncher:
@@ -200,7 +200,7 @@ class ReplicaLauncher:
         self.spawn_lock = threading.Lock()
         self.reader: threading.Thread | None = None
 
-    def start(self) -> "ReplicaLauncher":
+    def start(self) -> ReplicaLauncher:
         try:
             with deferred_signals():
                 self.proc = subprocess.Popen(

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from .results import BenchmarkStatus
 from .spec import API_GROUP, API_VERSION, KIND, MAX_NAME_LENGTH, PLURAL, PoolBenchmarkSpec
@@ -79,9 +80,9 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
     return out
 
 
-def openapi_schema(model: type, *, keep_defaults: bool) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel], *, keep_defaults: bool) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    schema = _resolve(raw, raw.get("$defs", {}), keep_defaults)
+    schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}), keep_defaults)
     return schema
 
 

@@ -6,20 +6,23 @@ and nothing is pruned by the API server.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .outcomes import OK, OUTCOMES
+
 Phase = Literal["Pending", "Provisioning", "Running", "Completed", "Failed", "Invalid"]
 Outcome = Literal["Passed", "Failed"]
-ERROR_CLASSES = ("tooManyClients", "reservedSlots", "poolTimeout", "other")
+#: Failed-attempt classes, in order of significance (slot exhaustion first), from ``outcomes``.
+ERROR_CLASSES = tuple(outcome for outcome in OUTCOMES if outcome != OK)
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
 

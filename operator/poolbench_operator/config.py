@@ -1,0 +1,71 @@
+"""The operator's settings, read from its environment in one place (crate-operator style).
+
+Every knob the Deployment or chart may set is here, with its default; handlers, the driver and the
+Kubernetes edge take their values from ``Config``, never from ``os.environ`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Where the operator reads its own namespace when it runs in a pod.
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class ConfigError(ValueError):
+    """A setting in the operator's environment is malformed."""
+
+
+@dataclass(frozen=True)
+class Config:
+    #: Image of the workload Deployment's pods (POOLBENCH_WORKLOAD_IMAGE).
+    workload_image: str = "poolbench-workload:dev"
+    #: Benchmarks that may run at once; each holds one executor thread (POOLBENCH_MAX_CONCURRENT).
+    max_concurrent_benchmarks: int = 64
+    #: Seconds a watch request stays open on the API server (POOLBENCH_WATCH_TIMEOUT).
+    watch_timeout_seconds: int = 300
+    #: How the operator reaches each benchmark's Postgres (POOLBENCH_POSTGRES_ADDRESS): ``service``
+    #: (the Service's DNS name, in the cluster), ``pod-ip`` (routable pod IPs), or ``HOST:PORT``.
+    postgres_address: str = "service"
+    #: The operator's namespace outside a pod, where its key Secret lives (POOLBENCH_NAMESPACE).
+    namespace: str = "poolbench-system"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+            return value
+
+        address = env.get("POOLBENCH_POSTGRES_ADDRESS") or defaults.postgres_address
+        if address not in ("service", "pod-ip"):
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"POOLBENCH_POSTGRES_ADDRESS must be service, pod-ip or HOST:PORT, got {address!r}")
+        return cls(
+            workload_image=env.get("POOLBENCH_WORKLOAD_IMAGE") or defaults.workload_image,
+            max_concurrent_benchmarks=integer("POOLBENCH_MAX_CONCURRENT", defaults.max_concurrent_benchmarks),
+            watch_timeout_seconds=integer("POOLBENCH_WATCH_TIMEOUT", defaults.watch_timeout_seconds),
+            postgres_address=address,
+            namespace=env.get("POOLBENCH_NAMESPACE") or defaults.namespace,
+        )
+
+    def operator_namespace(self) -> str:
+        """Its own namespace in a pod, else the configured one."""
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE) as fh:
+                return fh.read().strip() or self.namespace
+        except OSError:
+            return self.namespace

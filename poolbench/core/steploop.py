@@ -1,0 +1,249 @@
+"""The step loop, once, for every platform (pure: the platform does all I/O).
+
+For each planned step: begin it, scale the workload to N replicas, observe until every replica has
+finished (or the step times out), notice database restarts on the way, collect the replicas'
+reports, judge the step, and drain to zero so the next step starts from a clean slate. The local
+runner (processes on an embedded PostgreSQL) and the operator's driver (pods on a StatefulSet)
+implement ``Platform``; ``tests/test_steploop.py`` drives this loop with a fake one through every
+branch. The loop runs in one thread: probe samples reach it through ``Platform.samples()`` in the
+order they were read, each stamped with its own time, so nothing here needs a lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
+from .results import BenchmarkStatus, StepResult
+from .sampling import Sample
+
+
+class Stopped(Exception):
+    """The platform was asked to stop (the resource was deleted, the operator is exiting)."""
+
+
+@dataclass(frozen=True)
+class ReplicaProgress:
+    """What the platform sees of the step's replicas right now."""
+
+    running: int  # replicas alive (processes, or pods present)
+    work_done: bool  # every replica finished its work (its pool holds the ghosts) or crashed
+    finished: bool  # every replica finished its hold or crashed: the step is over
+
+
+@dataclass(frozen=True)
+class LoopTiming:
+    poll_seconds: float  # between two looks at the replicas
+    drain_seconds: float  # how long the server may take to close a step's backends after scale-down
+    recovery_seconds: float = 10.0  # how long a restarted server may take to be seen by the probe
+
+
+# -- what the loop tells the platform (events for the operator, progress lines for the CLI) ----------
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    planned: PlannedStep
+    total_steps: int
+
+    @property
+    def message(self) -> str:
+        p = self.planned
+        return (f"step {p.index}/{self.total_steps}: scaling the workload to {p.replicas} replicas"
+                f" (predicted peak {p.predicted_peak}, usable {p.usable})")
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    planned: PlannedStep
+    step: StepResult
+
+    @property
+    def message(self) -> str:
+        return (f"step {self.planned.index}: {self.planned.replicas} replicas {self.step.outcome}:"
+                f" {self.step.reason}")
+
+
+@dataclass(frozen=True)
+class DatabaseRestarted:
+    step_index: int  # 0: between steps
+
+    @property
+    def message(self) -> str:
+        where = f"step {self.step_index}" if self.step_index else "between steps"
+        return f"{where}: PostgreSQL restarted"
+
+
+@dataclass(frozen=True)
+class BenchmarkFinished:
+    status: BenchmarkStatus
+
+    @property
+    def message(self) -> str:
+        verdict = self.status.verdict
+        return verdict.summary if verdict else self.status.message
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One look at a running step (the CLI's progress line; the operator's routine status patch)."""
+
+    step: int
+    total_steps: int
+    replicas: int
+    elapsed: float
+    step_elapsed: float
+    live: int
+    peak: int
+    running: int
+    phase: str
+
+
+LoopEvent = StepStarted | StepFinished | DatabaseRestarted | BenchmarkFinished | Progress
+
+
+class Platform(Protocol):
+    """Where replicas run and how the database is watched; everything the loop cannot do purely."""
+
+    #: Leave the last step's replicas running after the benchmark (the operator's ``cleanup: Keep``).
+    keeps_last_step: bool
+
+    def now(self) -> float:
+        """Seconds since the benchmark started, on the clock that stamps the probe's samples."""
+        ...
+
+    def wait(self, seconds: float) -> None:
+        """Sleep; raise ``Stopped`` (or let an interrupt through) when the run must end."""
+        ...
+
+    def samples(self) -> list[Sample]:
+        """The probe's reads since the last call, oldest first."""
+        ...
+
+    def scale(self, planned: PlannedStep) -> None:
+        """Run ``planned.replicas`` replicas of the workload for this step."""
+        ...
+
+    def observe(self, expected: int) -> ReplicaProgress:
+        """Look at the step's replicas."""
+        ...
+
+    def collect(self) -> list[ReplicaReport]:
+        """The end of the step: each replica's report (stopping replicas still running if it must)."""
+        ...
+
+    def scale_to_zero(self) -> None:
+        """No replica left; returns when they are gone (or the platform gave up waiting)."""
+        ...
+
+    def recover_database(self) -> bool:
+        """Bring back a server that died, if the platform must do it itself; True when it did."""
+        ...
+
+    def database_restarted(self) -> None:
+        """The probe saw a new server: redo what lived in the old one (the app role)."""
+        ...
+
+    def notify(self, event: LoopEvent) -> None:
+        """Report progress and boundaries (status patches, events, progress lines)."""
+        ...
+
+
+class StepLoop:
+    """Runs the benchmark's remaining steps on a platform; resume-safe (the status is the state)."""
+
+    def __init__(self, run: BenchmarkRun, platform: Platform, timing: LoopTiming):
+        self.run = run
+        self.platform = platform
+        self.timing = timing
+        self.last_sample: Sample | None = None
+
+    def execute(self) -> BenchmarkStatus:
+        """Every step not yet finished, then the verdict. A step left unfinished by an interrupted
+        run is measured again from a clean slate."""
+        self.clean_slate()
+        planned = self.run.next_step()
+        while planned is not None:
+            self.run_step(planned)
+            planned = self.run.next_step()
+            if planned is not None or not self.platform.keeps_last_step:
+                self.clean_slate()
+        status = self.run.finish()
+        self.platform.notify(BenchmarkFinished(status))
+        return status
+
+    def feed(self) -> None:
+        """Hand the probe's new samples to the run; a sample from a new server is a restart."""
+        for sample in self.platform.samples():
+            self.run.add_sample(sample)
+            self.last_sample = sample
+            if sample.server_restarted:
+                self.platform.notify(DatabaseRestarted(self.run.step_index()))
+                self.platform.database_restarted()
+
+    def run_step(self, planned: PlannedStep) -> StepResult:
+        platform = self.platform
+        if platform.recover_database():  # between steps: recover before the next load
+            self.await_restart_seen()
+        self.feed()  # what was read before the step belongs to no step
+        self.run.begin_step(planned)
+        platform.notify(StepStarted(planned, len(self.run.plan)))
+        platform.scale(planned)
+        started = platform.now()
+        deadline = started + self.run.spec.step_timeout_seconds
+        timed_out = False
+        while True:
+            if platform.recover_database():
+                self.await_restart_seen()
+            self.feed()
+            progress = platform.observe(planned.replicas)
+            now = platform.now()
+            if progress.work_done:
+                self.run.mark_work_done(at=now)
+            platform.notify(self.progress(planned, started, now, progress.running))
+            if progress.finished:
+                break
+            if now > deadline:
+                timed_out = True
+                break
+            platform.wait(self.timing.poll_seconds)
+        reports = platform.collect()
+        self.feed()  # the reads up to the end of the step count in its peaks
+        step = self.run.finish_step(reports, timed_out=timed_out)
+        platform.notify(StepFinished(planned, step))
+        return step
+
+    def await_restart_seen(self) -> None:
+        """After the platform restarted the server, wait until the probe has seen the new one, so
+        the step records the restart."""
+        seen = self.run.restarts_seen()
+        until = self.platform.now() + self.timing.recovery_seconds
+        while self.run.restarts_seen() <= seen and self.platform.now() < until:
+            self.platform.wait(self.timing.poll_seconds)
+            self.feed()
+
+    def clean_slate(self) -> None:
+        """Scale to zero and wait until the server has closed the replicas' backends, so no peak of
+        one step carries over into the next."""
+        self.platform.scale_to_zero()
+        until = self.platform.now() + self.timing.drain_seconds
+        while True:
+            self.feed()
+            last = self.last_sample
+            if last is not None and last.ok and last.total == 0:
+                return
+            if self.platform.now() >= until:
+                return
+            self.platform.wait(min(self.timing.poll_seconds, 0.1))
+
+    def progress(self, planned: PlannedStep, started: float, now: float, running: int) -> Progress:
+        status = self.run.status
+        step = self.run.step
+        return Progress(planned.index, len(self.run.plan), planned.replicas, now, now - started,
+                        status.live_connections, step.peak_connections if step else 0, running, status.phase)
+
+
+def run_steps(run: BenchmarkRun, platform: Platform, timing: LoopTiming) -> BenchmarkStatus:
+    """Run the benchmark's remaining steps on ``platform`` and return the finished status."""
+    return StepLoop(run, platform, timing).execute()

@@ -1,0 +1,1 @@
+"""The database edge both platforms share (psycopg2): the monitor probe and the app-role SQL."""

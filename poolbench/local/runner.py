@@ -1,0 +1,236 @@
+"""The local platform: the benchmark on an embedded PostgreSQL with replicas as local processes.
+
+``LocalRunner`` sets up the server, the replica launcher and the probe, then hands the run to the
+core's step loop (``poolbench.core.steploop``), implementing its ``Platform`` with processes: scale
+starts N replicas, observe reads their summaries, collect stops them and reads their reports, and
+a server that died is restarted on the same data directory as a StatefulSet would. Every process it
+starts and the temporary directories are removed on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from ..core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport
+from ..core.results import BenchmarkStatus
+from ..core.sampling import Sample
+from ..core.spec import PoolBenchmark
+from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, StepFinished, StepStarted, run_steps
+from ..core.workload_env import workload_env
+from ..db.probe import Probe, SamplerThread
+from ..db.roles import ensure_app_role
+from .embedded import EnvironmentFailure, LocalPostgres
+from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
+from .procs import deferred_signals, kill_group
+
+TIMING = LoopTiming(poll_seconds=0.05, drain_seconds=5.0)
+
+
+@dataclass
+class StepSpan:
+    index: int
+    replicas: int
+    start: float
+    end: float | None = None
+
+
+@dataclass
+class LocalResult:
+    status: BenchmarkStatus
+    timeline: list[Sample] = field(default_factory=list)
+    spans: list[StepSpan] = field(default_factory=list)
+
+
+def app_prefix(name: str) -> str:
+    return f"pb-{name}-"
+
+
+class ReplicaProcess:
+    """One workload replica as a local process (forked by the launcher, or ``python -m workload``)."""
+
+    def __init__(self, name: str, env: dict[str, str], workdir: Path, launcher: ReplicaLauncher | None = None):
+        self.name = name
+        self.summary_path = workdir / f"{name}.json"
+        self.log_path = workdir / f"{name}.log"
+        env = {**env, "POOLBENCH_APP_NAME": name, "POOLBENCH_SUMMARY_PATH": str(self.summary_path)}
+        forked = launcher.spawn(env, self.log_path) if launcher is not None else None
+        self.proc: subprocess.Popen[bytes] | ForkedProcess
+        if forked is not None:
+            self.proc = forked
+            return
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workload"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    def summary(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def work_done(self) -> bool:
+        if self.proc.poll() is not None:
+            return True
+        s = self.summary()
+        return bool(s and s.get("phase") in ("holding", "done", "crashed"))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            kill_group(self.proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL: the kernel owes us this one
+            self.proc.wait(5)
+
+    def report(self) -> ReplicaReport:
+        code = self.proc.poll()
+        report = ReplicaReport.from_summary(self.name, self.summary(), exit_code=code)
+        if code not in (0, None) and not report.first_error:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path.exists() else []
+            report.first_error = f"exit code {code}" + (f": {tail[0][:200]}" if tail else "")
+            report.outcomes.setdefault("other", 1)
+        return report
+
+
+class LocalRunner:
+    """Sets up the local platform, runs the step loop on it, and removes everything afterwards."""
+
+    keeps_last_step = False  # local replicas never outlive their step
+
+    def __init__(self, bench: PoolBenchmark, progress: Callable[[Progress], None] | None = None):
+        self.bench = bench
+        self.spec = bench.spec
+        self.run = BenchmarkRun(bench.spec)
+        self.progress = progress or (lambda p: None)
+        self.result = LocalResult(status=self.run.status)
+        self.replicas: list[ReplicaProcess] = []
+        self.pg: LocalPostgres | None = None
+        self.launcher: ReplicaLauncher | None = None
+        self.sampler: SamplerThread | None = None
+        self.workdir: Path | None = None
+        self.env: dict[str, str] = {}
+        self.t0 = time.monotonic()
+
+    def execute(self) -> LocalResult:
+        probe: Probe | None = None
+        try:
+            self.run.provisioning()
+            with deferred_signals():
+                self.workdir = Path(tempfile.mkdtemp(prefix="poolbench-run-"))
+            if os.environ.get(LAUNCHER_ENV, "").lower() not in ("off", "0", "false", "no"):
+                self.launcher = ReplicaLauncher()
+                self.launcher.start()  # it imports the workload while PostgreSQL starts
+            pg_spec = self.spec.postgres
+            self.pg = pg = LocalPostgres(pg_spec.max_connections, pg_spec.superuser_reserved_connections,
+                                         dict(pg_spec.settings))
+            pg.start()
+            self.env = {**os.environ, **workload_env(self.spec), **pg.client_env()}
+            if self.spec.workload.role == "app":
+                self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
+                conn = psycopg2.connect(**pg.connect_kwargs())
+                try:
+                    ensure_app_role(conn, password)
+                finally:
+                    conn.close()
+            probe = Probe(lambda: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5),
+                          app_prefix(self.bench.name))
+            probe.open()  # before any load: the monitor must hold its slot first
+            self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
+            self.sampler.start()
+            run_steps(self.run, self, TIMING)
+        except EnvironmentFailure as err:
+            self.run.fail(str(err))
+            raise
+        finally:
+            if self.sampler is not None:
+                self.sampler.stop()
+                self.result.timeline.extend(self.sampler.take())
+            if probe is not None:
+                probe.close()
+            self.cleanup()
+        return self.result
+
+    # -- the step loop's Platform -------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def samples(self) -> list[Sample]:
+        taken = self.sampler.take() if self.sampler is not None else []
+        self.result.timeline.extend(taken)
+        return taken
+
+    def scale(self, planned: PlannedStep) -> None:
+        assert self.workdir is not None
+        prefix = f"{app_prefix(self.bench.name)}s{planned.index}-r"
+        for i in range(len(self.replicas), planned.replicas):
+            with deferred_signals():
+                self.replicas.append(ReplicaProcess(f"{prefix}{i}", self.env, self.workdir, self.launcher))
+
+    def observe(self, expected: int) -> ReplicaProgress:
+        running = sum(1 for r in self.replicas if r.proc.poll() is None)
+        work_done = all(r.work_done() for r in self.replicas)
+        return ReplicaProgress(running=running, work_done=work_done, finished=running == 0)
+
+    def collect(self) -> list[ReplicaReport]:
+        reports = []
+        for r in self.replicas:
+            r.kill()
+            reports.append(r.report())
+        self.replicas = []
+        return reports
+
+    def scale_to_zero(self) -> None:
+        for r in self.replicas:
+            r.kill()
+        self.replicas = []
+
+    def recover_database(self) -> bool:
+        if self.pg is None or not self.pg.died():
+            return False
+        self.pg.restart()  # same data directory and port: the app role is still there
+        return True
+
+    def database_restarted(self) -> None:
+        pass
+
+    def notify(self, event: LoopEvent) -> None:
+        if isinstance(event, Progress):
+            self.progress(event)
+        elif isinstance(event, StepStarted):
+            self.result.spans.append(StepSpan(event.planned.index, event.planned.replicas, self.now()))
+        elif isinstance(event, StepFinished) and self.result.spans:
+            self.result.spans[-1].end = self.now()
+
+    # -- the way out ----------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Kill every replica, stop the server, remove the temporary directories. Idempotent."""
+        self.scale_to_zero()
+        if self.launcher is not None:
+            self.launcher.close()
+        if self.pg is not None:
+            self.pg.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def run_local(bench: PoolBenchmark, progress: Callable[[Progress], None] | None = None) -> LocalResult:
+    return LocalRunner(bench, progress).execute()

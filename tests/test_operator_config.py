@@ -1,0 +1,41 @@
+"""The operator's one config module: defaults, overrides, and malformed settings named."""
+
+from __future__ import annotations
+
+import pytest
+
+from poolbench_operator.config import Config, ConfigError
+
+
+def test_defaults_without_environment() -> None:
+    config = Config.from_env({})
+    assert config == Config()
+    assert config.workload_image == "poolbench-workload:dev"
+    assert config.max_concurrent_benchmarks == 64 and config.watch_timeout_seconds == 300
+    assert config.postgres_address == "service" and config.namespace == "poolbench-system"
+
+
+def test_every_setting_is_read() -> None:
+    config = Config.from_env({
+        "POOLBENCH_WORKLOAD_IMAGE": "registry.local/w:1", "POOLBENCH_MAX_CONCURRENT": "3",
+        "POOLBENCH_WATCH_TIMEOUT": "30", "POOLBENCH_POSTGRES_ADDRESS": "localhost:15432",
+        "POOLBENCH_NAMESPACE": "ops",
+    })
+    assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("POOLBENCH_MAX_CONCURRENT", "many"),
+    ("POOLBENCH_MAX_CONCURRENT", "0"),
+    ("POOLBENCH_WATCH_TIMEOUT", "1.5"),
+    ("POOLBENCH_POSTGRES_ADDRESS", "localhost"),
+    ("POOLBENCH_POSTGRES_ADDRESS", "host:port"),
+    ("POOLBENCH_POSTGRES_ADDRESS", ":5432"),
+])
+def test_a_malformed_setting_is_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_pod_ip_is_an_address_mode() -> None:
+    assert Config.from_env({"POOLBENCH_POSTGRES_ADDRESS": "pod-ip"}).postgres_address == "pod-ip"

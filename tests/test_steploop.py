@@ -1,0 +1,361 @@
+"""The step loop through every branch, on a fake platform with a fake clock (milliseconds, no I/O).
+
+The fake plays a server and its replicas by a script: for each step, when the replicas finish their
+work, when they finish their hold (or never), how many connections they hold meanwhile, and what
+they report. Samples are produced on a 100 ms grid as the fake clock advances, like the probe's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
+from poolbench.core.sampling import Sample
+from poolbench.core.spec import parse_spec
+from poolbench.core.steploop import (
+    BenchmarkFinished,
+    DatabaseRestarted,
+    LoopEvent,
+    LoopTiming,
+    Progress,
+    ReplicaProgress,
+    StepFinished,
+    StepStarted,
+    Stopped,
+    run_steps,
+)
+
+TIMING = LoopTiming(poll_seconds=0.05, drain_seconds=2.0, recovery_seconds=1.0)
+INTERVAL = 0.1
+
+
+@dataclass
+class Script:
+    """How one step's replicas behave, in seconds after the scale-up."""
+
+    work_done_at: float | None = 0.5  # None: never
+    finished_at: float | None = 1.0  # None: never (the step times out)
+    connections_per_replica: int = 3  # while working
+    ghosts_per_replica: int = 2  # while holding
+    crashed: bool = False
+    outcomes: dict[str, int] = field(default_factory=lambda: {"ok": 10})
+    server_dies_at: float | None = None  # the platform must restart it (local)
+    server_restarts_at: float | None = None  # restarted behind the platform's back (StatefulSet)
+
+
+class FakePlatform:
+    def __init__(self, scripts: list[Script], *, keeps_last_step: bool = False, stop_at: float | None = None,
+                 leftover: int = 0, look_seconds: float = 0.0):
+        self.scripts = list(scripts)
+        self.keeps_last_step = keeps_last_step
+        self.stop_at = stop_at
+        self.t = 0.0
+        self.next_sample = 0.0
+        self.pending: list[Sample] = []
+        self.script: Script | None = None
+        self.scaled_at = 0.0
+        self.replicas = 0
+        self.leftover = leftover  # backends still open at the start (an interrupted earlier run)
+        self.server_dead = False
+        self.restart_pending = False
+        self.calls: list[str] = []
+        self.events: list[LoopEvent] = []
+        self.restart_hooks = 0
+        self.look_seconds = look_seconds  # a look at the replicas takes this long (listing pods)
+
+    # the server as the probe would see it
+    def _phase(self, t: float) -> str:
+        """Where the step's replicas are at time t: none, working, holding or gone."""
+        if self.script is None or not self.replicas:
+            return "none"
+        age = t - self.scaled_at
+        s = self.script
+        if s.finished_at is not None and age >= s.finished_at:
+            return "gone"
+        if s.work_done_at is not None and age >= s.work_done_at:
+            return "holding"
+        return "working"
+
+    def _connections(self, t: float) -> int:
+        phase = self._phase(t)
+        if phase == "none":
+            return self.leftover
+        if phase == "gone" or self.script is None:
+            return 0
+        s = self.script
+        return self.replicas * (s.ghosts_per_replica if phase == "holding" else s.connections_per_replica)
+
+    def _advance(self, until: float) -> None:
+        while self.next_sample <= until:
+            t = self.next_sample
+            s = self.script
+            if s is not None and self.replicas:
+                age = t - self.scaled_at
+                if s.server_dies_at is not None and age >= s.server_dies_at and not self.server_dead:
+                    self.server_dead, s.server_dies_at = True, None
+                if s.server_restarts_at is not None and age >= s.server_restarts_at:
+                    self.restart_pending, s.server_restarts_at = True, None
+            if self.server_dead:
+                self.pending.append(Sample.gap(t, "server closed the connection unexpectedly"))
+            else:
+                total = self._connections(t)
+                sample = Sample(t=t, total=total, by_state={"active": total}, by_app={"r": total})
+                if self.restart_pending:
+                    sample, self.restart_pending = replace(sample, server_restarted=True), False
+                self.pending.append(sample)
+            self.next_sample = round(self.next_sample + INTERVAL, 6)
+        self.t = until
+
+    # Platform
+    def now(self) -> float:
+        return self.t
+
+    def wait(self, seconds: float) -> None:
+        if self.stop_at is not None and self.t >= self.stop_at:
+            raise Stopped()
+        self._advance(self.t + seconds)
+
+    def samples(self) -> list[Sample]:
+        out, self.pending = self.pending, []
+        return out
+
+    def scale(self, planned: PlannedStep) -> None:
+        self.calls.append(f"scale {planned.replicas}")
+        self.script = self.scripts.pop(0)
+        self.replicas, self.scaled_at = planned.replicas, self.t
+
+    def observe(self, expected: int) -> ReplicaProgress:
+        assert self.script is not None
+        self._advance(self.t + self.look_seconds)
+        age = self.t - self.scaled_at
+        s = self.script
+        work_done = s.work_done_at is not None and age >= s.work_done_at
+        finished = s.finished_at is not None and age >= s.finished_at
+        return ReplicaProgress(running=0 if finished else expected, work_done=work_done, finished=finished)
+
+    def collect(self) -> list[ReplicaReport]:
+        assert self.script is not None
+        self.calls.append("collect")
+        s = self.script
+        return [ReplicaReport(f"r{i}", outcomes=dict(s.outcomes), crashed=s.crashed,
+                              first_error="boom" if s.crashed else None,
+                              first_error_class="tooManyClients" if s.crashed else None)
+                for i in range(self.replicas)]
+
+    def scale_to_zero(self) -> None:
+        self.calls.append("scale 0")
+        self.replicas = 0
+        self.leftover = 0
+
+    def recover_database(self) -> bool:
+        if not self.server_dead:
+            return False
+        self.calls.append("recover")
+        self.server_dead, self.restart_pending = False, True
+        return True
+
+    def database_restarted(self) -> None:
+        self.restart_hooks += 1
+
+    def notify(self, event: LoopEvent) -> None:
+        self.events.append(event)
+
+
+def spec(**overrides: object) -> BenchmarkRun:
+    doc: dict[str, object] = {"steps": [2, 4], "stepTimeoutSeconds": 5, "workload": {"threads": 3}}
+    doc.update(overrides)
+    return BenchmarkRun(parse_spec(doc))
+
+
+def kinds(platform: FakePlatform, kind: type) -> list[LoopEvent]:
+    return [e for e in platform.events if isinstance(e, kind)]
+
+
+def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
+    run = spec()
+    platform = FakePlatform([Script(), Script()])
+    status = run_steps(run, platform, TIMING)
+    assert status.phase == "Completed"
+    assert [s.outcome for s in status.steps] == ["Passed", "Passed"]
+    assert [s.peak_connections for s in status.steps] == [6, 12]  # replicas × connections while working
+    assert [s.idle_at_end for s in status.steps] == [0, 0]  # by_state has only "active" here
+    assert [s.queries for s in status.steps] == [20, 40]
+    assert platform.calls == ["scale 0", "scale 2", "collect", "scale 0", "scale 4", "collect", "scale 0"]
+    assert status.verdict is not None and status.verdict.max_safe_replicas == 4
+    assert isinstance(platform.events[-1], BenchmarkFinished)
+    assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
+        StepStarted, StepFinished, StepStarted, StepFinished, BenchmarkFinished]
+
+
+def test_ghosts_count_only_samples_read_after_the_work_was_done() -> None:
+    class IdlePlatform(FakePlatform):
+        def _advance(self, until: float) -> None:
+            super()._advance(until)
+            # Idle connections: during the work 1 per replica, after it the ghosts.
+            self.pending = [replace(s, by_state={"idle": self._idle(s.t)}) if s.ok else s for s in self.pending]
+
+        def _idle(self, t: float) -> int:
+            phase = self._phase(t)
+            if phase == "holding":
+                return self._connections(t)
+            # More idle during the work than after it: these must not count as ghosts.
+            return self.replicas * 5 if phase == "working" else 0
+
+    run = spec(steps=[2])
+    # A look at the replicas takes 0.3 s: samples read during the look that sees the work done
+    # (some from before the work ended) reach the loop only after it marked the work done.
+    platform = IdlePlatform([Script(work_done_at=0.5, finished_at=2.0)], look_seconds=0.3)
+    status = run_steps(run, platform, TIMING)
+    assert status.steps[0].idle_at_end == 4  # 2 replicas × 2 ghosts, not the 10 idle during the work
+
+
+def test_a_step_that_never_finishes_times_out_and_fails() -> None:
+    run = spec(steps=[2, 4])
+    platform = FakePlatform([Script(finished_at=None)])
+    status = run_steps(run, platform, TIMING)
+    step = status.steps[0]
+    assert step.timed_out and step.outcome == "Failed"
+    assert "the step timed out" in (step.reason or "")
+    assert platform.t >= 5.0  # stepTimeoutSeconds on the fake clock
+    assert len(status.steps) == 1 and status.phase == "Failed"  # stopOnFailure: step 2 never ran
+    assert "scale 4" not in platform.calls
+
+
+def test_a_crashed_replica_fails_the_step_and_stops_the_run() -> None:
+    run = spec()
+    platform = FakePlatform([Script(crashed=True, outcomes={"ok": 3, "tooManyClients": 1})])
+    status = run_steps(run, platform, TIMING)
+    step = status.steps[0]
+    assert step.outcome == "Failed" and step.crashed_replicas == 2
+    assert step.errors.too_many_clients == 2 and step.first_error_class == "tooManyClients"
+    assert len(status.steps) == 1
+    assert status.verdict is not None and status.verdict.first_failing_replicas == 2
+    assert status.verdict.max_safe_replicas is None
+
+
+def test_without_stop_on_failure_every_step_runs() -> None:
+    run = spec(stopOnFailure=False)
+    platform = FakePlatform([Script(crashed=True), Script()])
+    status = run_steps(run, platform, TIMING)
+    assert [s.outcome for s in status.steps] == ["Failed", "Passed"]
+    assert status.phase == "Failed"
+
+
+def test_a_server_the_platform_restarts_fails_the_step_and_the_next_step_runs() -> None:
+    run = spec(stopOnFailure=False)
+    platform = FakePlatform([Script(server_dies_at=0.3), Script()])
+    status = run_steps(run, platform, TIMING)
+    first, second = status.steps
+    assert "recover" in platform.calls
+    assert first.outcome == "Failed" and first.database_restarts == 1 and first.sample_gaps >= 1
+    assert (first.reason or "").startswith("the database restarted during the step")
+    assert second.outcome == "Passed" and second.database_restarts == 0
+    restarts = kinds(platform, DatabaseRestarted)
+    assert len(restarts) == 1
+    restart = restarts[0]
+    assert isinstance(restart, DatabaseRestarted) and restart.step_index == 1
+    assert platform.restart_hooks == 1
+
+
+def test_a_server_restarted_behind_the_platform_is_noticed_from_the_samples() -> None:
+    run = spec(steps=[2])
+    platform = FakePlatform([Script(server_restarts_at=0.2)])
+    status = run_steps(run, platform, TIMING)
+    assert "recover" not in platform.calls
+    assert status.steps[0].database_restarts == 1 and status.steps[0].outcome == "Failed"
+    assert platform.restart_hooks == 1 and len(kinds(platform, DatabaseRestarted)) == 1
+
+
+def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
+    first = spec()
+    run_steps(first, FakePlatform([Script(), Script()]), TIMING)
+    saved = first.status.to_json()
+    finished_step = saved["steps"][0]
+    # An operator restart mid step 2: status shows step 1 finished and step 2 half measured.
+    interrupted = {**saved, "phase": "Running", "verdict": None,
+                   "steps": [finished_step, {**saved["steps"][1], "outcome": None, "finishedAt": None}]}
+    resumed_status = status_from_resource(interrupted)
+    assert resumed_status is not None
+    run = BenchmarkRun(first.spec, resumed_status)
+    platform = FakePlatform([Script()], leftover=7)
+    status = run_steps(run, platform, TIMING)
+    assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
+    assert [s.replicas for s in status.steps] == [2, 4]
+    assert status.steps[0].to_json() == finished_step  # never redone, never changed
+    assert status.steps[1].outcome == "Passed" and status.steps[1].peak_connections == 12
+    assert status.phase == "Completed"
+
+
+def test_a_finished_benchmark_runs_no_step() -> None:
+    first = spec()
+    run_steps(first, FakePlatform([Script(), Script()]), TIMING)
+    again = BenchmarkRun(first.spec, status_from_resource(first.status.to_json()))
+    platform = FakePlatform([])
+    run_steps(again, platform, TIMING)
+    assert not any(c.startswith("scale ") and c != "scale 0" for c in platform.calls)
+
+
+def test_keep_leaves_the_last_step_running() -> None:
+    run = spec()
+    platform = FakePlatform([Script(), Script()], keeps_last_step=True)
+    run_steps(run, platform, TIMING)
+    assert platform.calls == ["scale 0", "scale 2", "collect", "scale 0", "scale 4", "collect"]
+
+
+def test_the_drain_waits_for_the_server_to_close_every_backend() -> None:
+    run = spec(steps=[2])
+    platform = FakePlatform([Script()], leftover=5)
+
+    def scale_to_zero() -> None:  # backends linger 0.35 s after the replicas are gone
+        platform.calls.append("scale 0")
+        platform.replicas = platform.leftover = 0
+        gone_at = platform.t + 0.35
+        original = platform._connections
+        platform._connections = lambda t: original(t) if t >= gone_at else 5  # type: ignore[method-assign]
+
+    platform.scale_to_zero = scale_to_zero  # type: ignore[method-assign]
+    run_steps(run, platform, TIMING)
+    started = kinds(platform, StepStarted)[0]
+    assert started is not None
+    # The step started as soon as a sample showed 0 backends, not before, and not much later.
+    assert 0.35 <= platform.scaled_at <= 0.35 + INTERVAL + TIMING.poll_seconds
+
+
+def test_the_drain_gives_up_after_its_time() -> None:
+    run = spec(steps=[2])
+    platform = FakePlatform([Script()], leftover=5)
+    platform.scale_to_zero = lambda: platform.calls.append("scale 0")  # type: ignore[method-assign]
+    run_steps(run, platform, TIMING)
+    assert platform.scaled_at == pytest.approx(TIMING.drain_seconds, abs=0.11)
+
+
+def test_stopped_ends_the_loop_and_keeps_what_was_measured() -> None:
+    run = spec()
+    platform = FakePlatform([Script(), Script(finished_at=None)], stop_at=2.0)
+    with pytest.raises(Stopped):
+        run_steps(run, platform, TIMING)
+    assert run.status.steps[0].outcome == "Passed"
+    assert run.status.steps[1].outcome is None  # unfinished: measured again on resume
+    assert run.status.phase == "Running"
+
+
+def test_progress_reports_live_and_peak_connections() -> None:
+    run = spec(steps=[2])
+    platform = FakePlatform([Script()])
+    run_steps(run, platform, TIMING)
+    progress = [e for e in platform.events if isinstance(e, Progress)]
+    assert progress and max(p.peak for p in progress) == 6
+    assert all(p.step == 1 and p.total_steps == 1 and p.replicas == 2 for p in progress)
+    assert progress[-1].running == 0
+
+
+def test_event_messages_say_what_happened() -> None:
+    run = spec(steps=[2])
+    platform = FakePlatform([Script(server_restarts_at=0.2)])
+    run_steps(run, platform, TIMING)
+    messages = [e.message for e in platform.events if not isinstance(e, Progress)]
+    assert messages[0] == "step 1/1: scaling the workload to 2 replicas (predicted peak 6, usable 99)"
+    assert messages[1] == "step 1: PostgreSQL restarted"
+    assert messages[2].startswith("step 1: 2 replicas Failed: the database restarted during the step (1x)")
