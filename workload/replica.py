@@ -7,9 +7,8 @@ when the work ends (phase ``holding``) so a runner knows the pool now holds only
 
 The hot loop is kept cheap so the driver, not the benchmark, is what gets measured: each caller
 thread tallies its outcomes in its own list (no lock, no Prometheus call per statement; the counter
-is brought up to date when it is scraped or summarised), and a statement without bind parameters
-is compiled once and sent with ``exec_driver_sql`` (the same string SQLAlchemy would send for
-``text()``, without the per-call compile-cache lookup).
+is brought up to date when it is scraped or summarised), and the statement goes through
+``exec_driver_sql`` as raw SQL (no compile step, no bind-parameter parsing).
 """
 
 from __future__ import annotations
@@ -19,10 +18,11 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
-from sqlalchemy import create_engine, event, pool, text
+from sqlalchemy import Connection, create_engine, event, pool
 
 from poolbench.core.outcomes import OK, OUTCOMES, classify_exception, short_message
 from poolbench.core.workload_env import WorkloadConfig
@@ -51,6 +51,8 @@ def build_engine(cfg: WorkloadConfig):
         "postgresql+psycopg2://",
         poolclass=poolclass,
         connect_args={"application_name": cfg.app_name[:63]},
+        # The statement is raw SQL: no bind parameters, so psycopg2 must not read % as placeholders.
+        execution_options={"no_parameters": True},
         **kwargs,
     )
 
@@ -141,17 +143,12 @@ class Replica:
                 self.first_error_class = outcome
                 self.first_error_at = time.time()
 
-    def _execute(self):
-        """``conn -> None`` running the statement once, as ``conn.execute(text(statement))`` does."""
-        statement = text(self.cfg.statement)
-        try:
-            compiled = statement.compile(dialect=self.engine.dialect)
-            driver_sql = None if compiled.binds else compiled.string
-        except Exception:  # an invalid statement: let each attempt raise (and count) it
-            driver_sql = None
-        if driver_sql is None:
-            return lambda conn: conn.execute(statement)
-        return lambda conn: conn.exec_driver_sql(driver_sql)
+    def _execute(self) -> Callable[[Connection], object]:
+        """``conn -> None`` running the statement once, as raw SQL: sent as written, with no
+        bind-parameter parsing (``:word`` in a JSON or time literal, ``%`` in a LIKE pattern stay
+        literal). An invalid statement fails, and is counted, at each attempt."""
+        statement = self.cfg.statement
+        return lambda conn: conn.exec_driver_sql(statement)
 
     def _caller(self) -> None:
         cfg = self.cfg

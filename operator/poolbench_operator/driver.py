@@ -36,6 +36,7 @@ from poolbench.core.steploop import (
 from poolbench.core.workload_env import SUPERUSER
 from poolbench.db.probe import Probe, SamplerThread
 from poolbench.db.roles import ensure_app_role
+from poolbench.db.sessions import ADMIN_NAME, admin_session
 
 from . import podstate
 from .builders import POSTGRES_PORT, Names, build_children
@@ -99,6 +100,7 @@ class Driver:
         self.last_patch = 0.0
         self.t0 = time.monotonic()
         self.sampler: SamplerThread | None = None
+        self.probe: Probe | None = None
         self.views: list[podstate.PodView] = []
 
     # -- status ---------------------------------------------------------------------------------
@@ -146,17 +148,17 @@ class Driver:
                 raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
             self.wait(TIMING.poll_seconds)
 
-    def connect(self) -> psycopg2.extensions.connection:
+    def connect(self, **extra: Any) -> psycopg2.extensions.connection:
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
         host, port = postgres_host(self.kube, self.names, self.config.postgres_address)
         return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=self.superuser_password,
-                                dbname="postgres", connect_timeout=5)
+                                dbname="postgres", connect_timeout=5, **extra)
 
     def ensure_app_role(self) -> None:
         """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""
         if self.spec.workload.role != "app":
             return
-        conn = self.connect()
+        conn = admin_session(self.connect, ADMIN_NAME)
         try:
             ensure_app_role(conn, self.app_password)
         finally:
@@ -164,7 +166,7 @@ class Driver:
 
     def measure(self) -> None:
         self.ensure_app_role()
-        probe = Probe(self.connect, f"{self.names.workload}-")
+        self.probe = probe = Probe(self.connect)
         probe.open()  # before any load, so it holds its slot
         self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
         self.sampler.start()
@@ -216,6 +218,9 @@ class Driver:
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
         while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
             self.wait(TIMING.poll_seconds)
+
+    def terminate_backends(self) -> int:
+        return self.probe.terminate_others() if self.probe is not None else 0
 
     def recover_database(self) -> bool:
         return False  # the StatefulSet recreates the pod; the probe notices the new server

@@ -107,7 +107,7 @@ class BenchmarkRun:
         done = len([s for s in self.status.steps if s.outcome is not None])
         if self.status.verdict is not None:
             return None
-        if done and self.spec.stop_on_failure and self.status.steps[done - 1].outcome == "Failed":
+        if done and self.spec.stop_on_failure and self.status.steps[done - 1].outcome != "Passed":
             return None
         return self.plan[done] if done < len(self.plan) else None
 
@@ -166,12 +166,18 @@ class BenchmarkRun:
         self.step, self.accumulator = None, None
         return step
 
+    def record_leftovers(self, count: int) -> None:
+        """Backends that outlived the last finished step and had to be terminated before the next."""
+        finished = [s for s in self.status.steps if s.outcome is not None]
+        if finished and count:
+            finished[-1].leftover_backends += count
+
     def finish(self, message: str | None = None) -> BenchmarkStatus:
         steps = [s for s in self.status.steps if s.outcome is not None]
         self.status.steps = steps
         verdict = overall_verdict(self.spec, steps)
         self.status.verdict = verdict
-        self.status.phase = "Failed" if any(s.outcome == "Failed" for s in steps) else "Completed"
+        self.status.phase = "Completed" if all(s.outcome == "Passed" for s in steps) else "Failed"
         self.status.live_connections = 0
         self.status.message = message or verdict.summary
         return self.status

@@ -14,7 +14,8 @@ from pydantic.alias_generators import to_camel
 from .outcomes import OK, OUTCOMES
 
 Phase = Literal["Pending", "Provisioning", "Running", "Completed", "Failed", "Invalid"]
-Outcome = Literal["Passed", "Failed"]
+#: Inconclusive: the monitor lost most of the step's reads, so nothing it measured can be trusted.
+Outcome = Literal["Passed", "Failed", "Inconclusive"]
 #: Failed-attempt classes, in order of significance (slot exhaustion first), from ``outcomes``.
 ERROR_CLASSES = tuple(outcome for outcome in OUTCOMES if outcome != OK)
 
@@ -81,7 +82,11 @@ class StepResult(_Out):
     crashed_replicas: int = 0
     samples: int = 0
     sample_gaps: int = Field(0, description="Probe reads that failed; never silent.")
+    monitor_error: str | None = Field(None, description="Why the last failed probe read failed.")
     database_restarts: int = Field(0, description="Times the server restarted during the step.")
+    leftover_backends: int = Field(
+        0, description="Backends still open after the step's replicas were gone, terminated before the next step."
+    )
     timed_out: bool = False
     outcome: Outcome | None = None
     reason: str | None = None

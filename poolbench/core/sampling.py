@@ -102,6 +102,7 @@ class StepAccumulator:
     def fill(self, step: StepResult) -> StepResult:
         step.samples = self.samples
         step.sample_gaps = self.gaps
+        step.monitor_error = self.last_error
         step.peak_connections = self.peak
         step.peak_by_state = PeakByState(
             active=self.peak_by_state.get("active", 0),

@@ -40,6 +40,8 @@ FORBIDDEN_SETTINGS = frozenset(
         "logging_collector",
         "log_directory",
         "log_filename",
+        "lc_messages",  # errors are classified by the server's English texts
+        "track_activities",  # off, pg_stat_activity shows no state: the monitor would be blind
     }
 )
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
@@ -88,6 +90,9 @@ class PostgresSpec(_Model):
     @field_validator("settings")
     @classmethod
     def _settings_are_safe(cls, value: dict[str, str]) -> dict[str, str]:
+        with_nul = sorted(k for k, v in value.items() if "\x00" in v)
+        if with_nul:
+            raise ValueError(f"a value may not contain a NUL byte: {', '.join(with_nul)}")
         bad = [k for k in value if not SETTING_NAME.match(k)]
         if bad:
             raise ValueError(f"not a server setting name: {', '.join(sorted(bad))}")
@@ -179,6 +184,8 @@ class WorkloadSpec(_Model):
     def _statement_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("statement must not be blank")
+        if "\x00" in value:
+            raise ValueError("statement may not contain a NUL byte (PostgreSQL cannot take one)")
         return value
 
     @model_validator(mode="after")
@@ -209,6 +216,26 @@ class PoolBenchmarkSpec(_Model):
     cleanup: CleanupPolicy = Field(
         "ScaleDown", description="Cluster only: what to do with children when done."
     )
+
+
+def contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
+    """What each field allows alone but the fields together make impossible, by field path: a
+    benchmark that could never pass, or never measure, is refused before it starts."""
+    problems = []
+    w, pg = spec.workload, spec.postgres
+    busy = w.hold_seconds + (w.duration_seconds or 0)
+    if busy >= spec.step_timeout_seconds:
+        what = "holdSeconds + durationSeconds" if w.duration_seconds else "holdSeconds"
+        problems.append(("spec.workload.holdSeconds",
+                         f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
+                         f" ({spec.step_timeout_seconds}s): every step would time out"))
+    reserved = pg.superuser_reserved_connections if w.role == "app" else 0
+    usable = pg.max_connections - reserved - 1  # the benchmark's monitor holds one slot
+    if usable <= 0:
+        problems.append(("spec.postgres.maxConnections",
+                         f"maxConnections {pg.max_connections} leaves no connection for the workload"
+                         f" ({reserved} reserved for superusers, 1 for the benchmark's monitor)"))
+    return problems
 
 
 class Metadata(BaseModel):
@@ -270,9 +297,13 @@ def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[
 def parse_spec(spec: Any) -> PoolBenchmarkSpec:
     """Validate a bare ``spec`` mapping (what the operator receives from the API server)."""
     try:
-        return PoolBenchmarkSpec.model_validate(spec)
+        parsed = PoolBenchmarkSpec.model_validate(spec)
     except ValidationError as err:
         raise SpecError(_problems(err, ("spec",))) from None
+    problems = contradictions(parsed)
+    if problems:
+        raise SpecError(problems)
+    return parsed
 
 
 def parse_document(doc: Any) -> PoolBenchmark:
@@ -280,17 +311,49 @@ def parse_document(doc: Any) -> PoolBenchmark:
     if not isinstance(doc, dict):
         raise SpecError([("", f"expected a mapping (a PoolBenchmark document), got {type(doc).__name__}")])
     try:
-        return PoolBenchmark.model_validate(doc)
+        bench = PoolBenchmark.model_validate(doc)
     except ValidationError as err:
         raise SpecError(_problems(err)) from None
+    problems = contradictions(bench.spec)
+    if problems:
+        raise SpecError(problems)
+    return bench
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None = None) -> list[tuple[str, str]]:
+    """Keys given twice in one mapping, by path: PyYAML would silently keep the last value, so a
+    user's first value would vanish without a word. Each node is walked once (aliases share nodes,
+    and may even be recursive)."""
+    problems: list[tuple[str, str]] = []
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return problems
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            where = f"{path}.{key}" if path else key
+            if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                problems.append((where, f"duplicate key (line {key_node.start_mark.line + 1}):"
+                                        " YAML would silently keep only the last value"))
+            seen.add(key)
+            problems += _duplicate_keys(value_node, where, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{i}]", seen_nodes)
+    return problems
 
 
 def load_text(text: str) -> PoolBenchmark:
     """Parse YAML text holding exactly one PoolBenchmark."""
     try:
+        duplicates = [p for node in yaml.compose_all(text, Loader=yaml.SafeLoader) for p in _duplicate_keys(node)]
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         raise SpecError([("", f"not valid YAML: {err}")]) from None
+    if duplicates:
+        raise SpecError(duplicates)
     if len(docs) != 1:
         raise SpecError([("", f"expected exactly one YAML document, found {len(docs)}")])
     return parse_document(docs[0])

@@ -35,7 +35,8 @@ class ReplicaProgress:
 @dataclass(frozen=True)
 class LoopTiming:
     poll_seconds: float  # between two looks at the replicas
-    drain_seconds: float  # how long the server may take to close a step's backends after scale-down
+    drain_seconds: float  # how long a step's backends may take to close after scale-down, before they are
+    # terminated (and again, after terminating them, before the next step starts anyway)
     recovery_seconds: float = 10.0  # how long a restarted server may take to be seen by the probe
 
 
@@ -137,6 +138,10 @@ class Platform(Protocol):
         """No replica left; returns when they are gone (or the platform gave up waiting)."""
         ...
 
+    def terminate_backends(self) -> int:
+        """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
+        ...
+
     def recover_database(self) -> bool:
         """Bring back a server that died, if the platform must do it itself; True when it did."""
         ...
@@ -168,7 +173,7 @@ class StepLoop:
             self.run_step(planned)
             planned = self.run.next_step()
             if planned is not None or not self.platform.keeps_last_step:
-                self.clean_slate()
+                self.run.record_leftovers(self.clean_slate())
         status = self.run.finish()
         self.platform.notify(BenchmarkFinished(status))
         return status
@@ -223,18 +228,28 @@ class StepLoop:
             self.platform.wait(self.timing.poll_seconds)
             self.feed()
 
-    def clean_slate(self) -> None:
-        """Scale to zero and wait until the server has closed the replicas' backends, so no peak of
-        one step carries over into the next."""
+    def clean_slate(self) -> int:
+        """Scale to zero and wait until the server has no client backend but the monitor, so nothing
+        of one step carries over into the next. Backends that outlive the grace (a statement that
+        never ends keeps running after its client was killed) are terminated; returns how many."""
         self.platform.scale_to_zero()
-        until = self.platform.now() + self.timing.drain_seconds
+        if self.drained():
+            return 0
+        terminated = self.platform.terminate_backends()
+        self.drained()
+        return terminated
+
+    def drained(self) -> bool:
+        """Wait (at most drain_seconds) for a read, taken from now on, that shows no client backend."""
+        since = self.platform.now()
+        until = since + self.timing.drain_seconds
         while True:
             self.feed()
             last = self.last_sample
-            if last is not None and last.ok and last.total == 0:
-                return
+            if last is not None and last.t >= since and last.ok and last.total == 0:
+                return True
             if self.platform.now() >= until:
-                return
+                return False
             self.platform.wait(min(self.timing.poll_seconds, 0.1))
 
     def progress(self, planned: PlannedStep, started: float, now: float, running: int) -> Progress:

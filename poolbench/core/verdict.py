@@ -73,8 +73,14 @@ def predict(spec: PoolBenchmarkSpec, replicas: int) -> Prediction:
     return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec))
 
 
+def monitor_blind(step: StepResult) -> bool:
+    """The monitor lost most of the step's reads (or every one): its peaks mean nothing."""
+    return step.samples == 0 or step.sample_gaps > step.samples
+
+
 def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
-    """Set outcome and reason from what was measured. A step passes only when nothing failed."""
+    """Set outcome and reason from what was measured. A step passes only when nothing failed and
+    the monitor saw it; a step with no failure whose reads mostly failed is Inconclusive."""
     reasons = [step.reason] if step.reason else []  # what the driver saw (e.g. pods that never started)
     errors = step.errors.total()
     if errors:
@@ -88,11 +94,39 @@ def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
         reasons.append("the step timed out")
     if step.database_restarts:
         reasons.insert(0, f"the database restarted during the step ({step.database_restarts}x)")
-    step.outcome = "Failed" if reasons else "Passed"
-    step.reason = "; ".join(reasons) if reasons else (
-        f"peak {step.peak_connections} of {step.usable_connections} usable connections, {step.idle_at_end} idle at end"
-    )
+    blind = monitor_blind(step)
+    if blind:
+        total = step.samples + step.sample_gaps
+        reasons.append(f"the monitor lost {step.sample_gaps} of {total} reads"
+                       + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
+    if reasons:
+        only_blind = blind and len(reasons) == 1
+        step.outcome = "Inconclusive" if only_blind else "Failed"
+        step.reason = "; ".join(reasons)
+        return step
+    step.outcome = "Passed"
+    step.reason = (f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
+                   f" {step.idle_at_end} idle at end")
+    if step.sample_gaps:
+        step.reason += f", {step.sample_gaps} of {step.samples + step.sample_gaps} reads lost"
     return step
+
+
+def failure_cause(step: StepResult) -> str:
+    """What made a step fail, for the verdict: the first error's class and text, or what stopped it."""
+    if step.outcome == "Inconclusive":
+        return f"inconclusive: {step.reason}"
+    if step.database_restarts:
+        return "the database restarted during the step"
+    cls = step.first_error_class or step.errors.first_class()
+    if cls:
+        text = step.first_error.split(": ", 1)[-1] if step.first_error else ""
+        return f"{cls}" + (f" ({text[:160]})" if text else "")
+    if step.timed_out:
+        return "a timeout (the replicas did not finish within stepTimeoutSeconds)"
+    if step.crashed_replicas:
+        return f"{step.crashed_replicas} crashed replicas"
+    return step.reason or "errors"
 
 
 def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
@@ -101,6 +135,9 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
     first_failing: int | None = None
     failing_step: StepResult | None = None
     for step in steps:
+        if step.outcome == "Inconclusive":  # nothing can be claimed beyond a step nobody saw
+            failing_step = step
+            break
         if step.outcome == "Failed":
             first_failing, failing_step = step.replicas, step
             break
@@ -123,10 +160,10 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
         reason = "no step ran"
     safe_limit = usable // per_peak if per_peak else None
     if failing_step is not None:
+        verb = "were" if failing_step.outcome == "Inconclusive" else "failed with"
         summary = (
             f"{max_safe if max_safe is not None else 'No'} replicas ran safely;"
-            f" {first_failing} replicas failed with"
-            f" {failing_step.first_error_class or failing_step.errors.first_class() or 'errors'}"
+            f" {failing_step.replicas} replicas {verb} {failure_cause(failing_step)}"
             f" (each replica may open {per_peak}; the server allows {usable}, so at most {safe_limit} replicas fit)."
         )
     elif max_safe is not None:

@@ -3,9 +3,16 @@
 Opened before any load so it already holds its slot when the workload exhausts the others.
 Autocommit, because pg_stat_activity is a snapshot taken once per transaction: inside one
 transaction the counts would never change. Only ``client backend`` rows count (background workers
-have their own slots) and the monitor excludes itself. A failed read becomes a gap sample and the
-next read reconnects: gaps are recorded, never silent. The query is prepared once per monitor
-connection: planning it (the view's joins) cost as much server CPU as running it.
+have their own slots) and the monitor excludes itself by pid. The benchmark's database is its own,
+so every other client backend is the workload's, however it names itself (a statement may change
+its own ``application_name``); per-replica peaks use the name where it is still set. A backend
+counts once its session is established (``state`` is set and no longer ``starting``, as PostgreSQL
+17 shows a backend during authentication): one still authenticating, or about to be refused for
+want of a slot, holds no connection of the workload's. The monitor's
+session turns off every timeout the server may impose (``db.sessions``), so no setting of the
+user's can blind or kill it. A failed read becomes a gap sample and the next read reconnects: gaps
+are recorded, never silent. The query is prepared once per monitor connection: planning it (the
+view's joins) cost as much server CPU as running it.
 """
 
 from __future__ import annotations
@@ -22,25 +29,34 @@ import psycopg2
 import psycopg2.extensions
 
 from ..core.sampling import Sample, sample_from_rows
+from .sessions import MONITOR_NAME, Connect, admin_session
 
 QUERY = """
 SELECT state, application_name, count(*)::int,
        max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle')
-  FROM pg_stat_activity
+  FROM pg_catalog.pg_stat_activity
  WHERE backend_type = 'client backend'
-   AND pid <> pg_backend_pid()
+   AND pid <> pg_catalog.pg_backend_pid()
+   AND state IS NOT NULL AND state <> 'starting'
    AND application_name LIKE %s
  GROUP BY state, application_name
 """
 PREPARED = "poolbench_sample"
-
-
-Connect = Callable[[], psycopg2.extensions.connection]
+TERMINATE = """
+SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int
+  FROM pg_catalog.pg_stat_activity
+ WHERE backend_type = 'client backend'
+   AND pid <> pg_catalog.pg_backend_pid()
+"""
 
 
 class Probe:
+    """``app_prefix`` narrows the count to connections whose application_name starts with it (the
+    probe-fidelity benchmarks use it); the benchmark itself counts every client backend."""
+
     def __init__(self, connect: Connect, app_prefix: str = ""):
         self._connect = connect
+        self._lock = threading.Lock()  # the sampler reads while the step loop may terminate
         self._pattern = app_prefix.replace("%", r"\%").replace("_", r"\_") + "%"
         self._conn: psycopg2.extensions.connection | None = None
         self.reconnects = 0
@@ -49,10 +65,8 @@ class Probe:
         self._restart_pending = False
 
     def open(self) -> None:
-        conn = self._connect()
-        conn.autocommit = True
+        conn = admin_session(self._connect, MONITOR_NAME)
         with conn.cursor() as cur:
-            cur.execute("SET application_name = 'poolbench-monitor'")
             cur.execute(f"PREPARE {PREPARED}(text) AS {QUERY.replace('%s', '$1')}")
             cur.execute("SELECT pg_postmaster_start_time()")
             row = cur.fetchone()
@@ -65,13 +79,14 @@ class Probe:
 
     def read(self, t: float) -> Sample:
         try:
-            if self._conn is None or self._conn.closed:
-                self.reconnects += 1
-                self.open()
-            assert self._conn is not None
-            with self._conn.cursor() as cur:
-                cur.execute(f"EXECUTE {PREPARED}(%s)", (self._pattern,))
-                rows = cur.fetchall()
+            with self._lock:
+                if self._conn is None or self._conn.closed:
+                    self.reconnects += 1
+                    self.open()
+                assert self._conn is not None
+                with self._conn.cursor() as cur:
+                    cur.execute(f"EXECUTE {PREPARED}(%s)", (self._pattern,))
+                    rows = cur.fetchall()
             sample = sample_from_rows(t, rows)
             if self._restart_pending:
                 self._restart_pending = False
@@ -80,6 +95,20 @@ class Probe:
         except Exception as err:  # noqa: BLE001 - any failed read or reconnect is a gap, never a dead sampler
             self.close()
             return Sample.gap(t, " ".join(str(err).split())[:200] or type(err).__name__)
+
+    def terminate_others(self) -> int:
+        """End every client backend but the monitor (through the monitor's own session, which keeps
+        its slot when the others are full); how many were ended. 0 when the monitor is down."""
+        try:
+            with self._lock:
+                if self._conn is None or self._conn.closed:
+                    return 0
+                with self._conn.cursor() as cur:
+                    cur.execute(TERMINATE)
+                    row = cur.fetchone()
+                    return int(row[0]) if row else 0
+        except psycopg2.Error:
+            return 0
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 
 from ..core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from ..core.results import BenchmarkStatus
@@ -33,6 +34,7 @@ from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, St
 from ..core.workload_env import workload_env
 from ..db.probe import Probe, SamplerThread
 from ..db.roles import ensure_app_role
+from ..db.sessions import ADMIN_NAME, admin_session
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
 from .procs import deferred_signals, kill_group
@@ -66,6 +68,7 @@ class ReplicaProcess:
         self.name = name
         self.summary_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
+        self.stopped_by_runner = False  # killed at the end of its step (a timeout), not crashed
         env = {**env, "POOLBENCH_APP_NAME": name, "POOLBENCH_SUMMARY_PATH": str(self.summary_path)}
         forked = launcher.spawn(env, self.log_path) if launcher is not None else None
         self.proc: subprocess.Popen[bytes] | ForkedProcess
@@ -93,12 +96,14 @@ class ReplicaProcess:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
+            self.stopped_by_runner = True
             kill_group(self.proc.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL: the kernel owes us this one
             self.proc.wait(5)
 
     def report(self) -> ReplicaReport:
-        code = self.proc.poll()
+        # The runner's own SIGKILL (the step timed out) is not the replica's crash: the step says timeout.
+        code = None if self.stopped_by_runner else self.proc.poll()
         report = ReplicaReport.from_summary(self.name, self.summary(), exit_code=code)
         if code not in (0, None) and not report.first_error:
             tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path.exists() else []
@@ -122,6 +127,7 @@ class LocalRunner:
         self.pg: LocalPostgres | None = None
         self.launcher: ReplicaLauncher | None = None
         self.sampler: SamplerThread | None = None
+        self.probe: Probe | None = None
         self.workdir: Path | None = None
         self.env: dict[str, str] = {}
         self.t0 = time.monotonic()
@@ -140,15 +146,17 @@ class LocalRunner:
                                          dict(pg_spec.settings))
             pg.start()
             self.env = {**os.environ, **workload_env(self.spec), **pg.client_env()}
+            def connect(**extra: Any) -> psycopg2.extensions.connection:
+                return psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **extra)
+
             if self.spec.workload.role == "app":
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
-                conn = psycopg2.connect(**pg.connect_kwargs())
+                conn = admin_session(connect, ADMIN_NAME)
                 try:
                     ensure_app_role(conn, password)
                 finally:
                     conn.close()
-            probe = Probe(lambda: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5),
-                          app_prefix(self.bench.name))
+            self.probe = probe = Probe(connect)
             probe.open()  # before any load: the monitor must hold its slot first
             self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
             self.sampler.start()
@@ -201,6 +209,9 @@ class LocalRunner:
         for r in self.replicas:
             r.kill()
         self.replicas = []
+
+    def terminate_backends(self) -> int:
+        return self.probe.terminate_others() if self.probe is not None else 0
 
     def recover_database(self) -> bool:
         if self.pg is None or not self.pg.died():
