@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
     # Wide enough for the results table when the output is a file or a CI log.
-    out_console = Console(width=None if sys.stdout.isatty() else 120)
+    out_console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=not sys.stdout.isatty())
 
     def line(p: Progress) -> str:
         return (f"step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "

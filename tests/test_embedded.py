@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from poolbench.core.spec import SpecError
-from poolbench.local import embedded
+from poolbench.local import access, binaries, embedded, serverlog
+from poolbench.local import cache as cache_store
+from poolbench.local import template as initdb_template
 from poolbench.local.embedded import (
     CACHE_ENV,
     MANIFEST,
@@ -114,12 +116,12 @@ def garbage_pg_control(template: Path, _mp: pytest.MonkeyPatch) -> None:
 
 
 def regular_file(template: Path, _mp: pytest.MonkeyPatch) -> None:
-    embedded._rmtree(template)
+    cache_store._rmtree(template)
     template.write_text("not a data directory\n")
 
 
 def empty_directory(template: Path, _mp: pytest.MonkeyPatch) -> None:
-    embedded._rmtree(template)
+    cache_store._rmtree(template)
     template.mkdir()
 
 
@@ -141,7 +143,7 @@ def stored_by_an_older_poolbench(template: Path, _mp: pytest.MonkeyPatch) -> Non
 
 
 def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
-    real = embedded._copy_tree
+    real = initdb_template._copy_tree
     failed: list[Path] = []
 
     def flaky(src: Path, dst: Path, keep_owner: bool = True) -> None:
@@ -150,7 +152,7 @@ def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
             raise subprocess.CalledProcessError(1, ["cp"], stderr=b"cp: simulated failure")
         real(src, dst, keep_owner)
 
-    mp.setattr(embedded, "_copy_tree", flaky)
+    mp.setattr(initdb_template, "_copy_tree", flaky)
 
 
 DAMAGE: list[Callable[[Path, pytest.MonkeyPatch], None]] = [
@@ -180,7 +182,7 @@ def test_a_damaged_template_is_rebuilt_in_the_same_run(cache: Path, server: list
     again.stop()
     # Nothing half-built or discarded left behind: the one template, whole.
     assert [p.name for p in cache.iterdir()] == [template.name]
-    assert embedded._template_ok(template, embedded._ids(again.run_as)[0])
+    assert initdb_template._template_ok(template, access._ids(again.run_as)[0])
 
 
 def stored(template: Path) -> tuple[int, int]:
@@ -264,7 +266,7 @@ def _watched(tmpdir: Path, copied_bin: Path) -> list[Path]:
     return list(dict.fromkeys([
         *_with_parents(tmpdir), *_with_parents(venv), venv, *_all_entries(venv),
         *_with_parents(real_install), *_all_entries(real_install),
-        *(Path(base) for base in embedded.TEMP_BASES if Path(base).exists()),
+        *(Path(base) for base in access.TEMP_BASES if Path(base).exists()),
     ]))
 
 
@@ -281,7 +283,7 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
         pg = start(server, settings={"work_mem": "4MB"})
         assert pg.root is not None and pg.bin_dir is not None
         entry = pg.bin_dir.parents[2]
-        assert str(pg.root.parent) in embedded.TEMP_BASES  # not under the private TMPDIR
+        assert str(pg.root.parent) in access.TEMP_BASES  # not under the private TMPDIR
         assert not pg.bin_dir.is_relative_to(tmp_path)  # a poolbench copy the server user can reach
         assert entry.name.startswith("pginstall-") and (entry / MANIFEST).is_file()
         assert query(pg, "SELECT 1") == 1
@@ -299,7 +301,7 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
         assert list(private_tmpdir.iterdir()) == []
     finally:
         if entry is not None:
-            embedded._rmtree(entry)
+            cache_store._rmtree(entry)
             with contextlib.suppress(OSError):
                 entry.parent.rmdir()  # the home poolbench made for it, when nothing else is in it
 
@@ -324,9 +326,9 @@ def test_as_root_with_the_cache_off_the_binaries_are_copied_into_the_run(
 @as_root
 def test_as_root_the_readable_wheel_runs_in_place(cache: Path, server: list[LocalPostgres]) -> None:
     wheel = pg_bin_dir()
-    parts = embedded._wheel_parts(wheel)
-    uid, gid = embedded._ids(embedded._ensure_system_user())
-    in_place = all(embedded._readable_in_place(src, uid, gid) for src, _ in parts)
+    parts = binaries._wheel_parts(wheel)
+    uid, gid = access._ids(access._ensure_system_user())
+    in_place = all(access._readable_in_place(src, uid, gid) for src, _ in parts)
     pg = start(server)
     # Where this checkout lives decides it (a virtualenv under a private directory cannot be run in place);
     # either way the server runs, and from the wheel itself exactly when its user can read it there.
@@ -342,7 +344,7 @@ def test_as_root_no_reachable_temporary_base_is_a_clear_environment_failure(
     bases = [closed / "a", closed / "b"]
     for base in bases:
         base.mkdir(mode=0o777)
-    monkeypatch.setattr(embedded, "TEMP_BASES", tuple(str(b) for b in bases))
+    monkeypatch.setattr(access, "TEMP_BASES", tuple(str(b) for b in bases))
     before = _modes([closed, *bases, *_with_parents(private_tmpdir)])
     pg = LocalPostgres()
     with pytest.raises(EnvironmentFailure, match="no temporary directory that the PostgreSQL user") as info:
@@ -419,7 +421,7 @@ def test_a_port_in_use_quotes_the_fatal_line_and_keeps_the_good_template(cache: 
     assert "LOG:" not in message  # the cause, not a 20-line tail
     assert pg.root is None and pg.process is None  # nothing left behind
     # A fresh initdb failed the same way: the machine's fault, so the template was not thrown away.
-    assert stored(template) == before and embedded._template_ok(template, embedded._ids(pg.run_as)[0])
+    assert stored(template) == before and initdb_template._template_ok(template, access._ids(pg.run_as)[0])
 
 
 def test_a_setting_that_passes_the_check_but_fails_at_start_quotes_the_fatal_line(cache: Path) -> None:
@@ -457,6 +459,6 @@ def test_initdb_failure_quotes_its_error_line(no_cache: None, monkeypatch: pytes
 
 def test_without_a_fatal_line_the_tail_is_quoted() -> None:
     log = "\n".join(f"LOG:  line {i}" for i in range(30))
-    assert embedded._explain(log).splitlines()[0] == "LOG:  line 10"
-    assert embedded._cause_lines("x [1] PANIC:  could not locate a valid checkpoint record\nx [1] LOG:  y") == [
+    assert serverlog._explain(log).splitlines()[0] == "LOG:  line 10"
+    assert serverlog._cause_lines("x [1] PANIC:  could not locate a valid checkpoint record\nx [1] LOG:  y") == [
         "PANIC:  could not locate a valid checkpoint record"]

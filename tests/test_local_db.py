@@ -217,3 +217,5 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
     assert first.sample_gaps >= 1
     assert first.errors.other > 0  # the replicas saw their connections die
     assert second.outcome == "Passed", second.reason  # the server is back: the run went on
+    assert status.verdict is not None
+    assert "2 replicas failed with the database restarted during the step" in status.verdict.summary

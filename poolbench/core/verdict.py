@@ -7,12 +7,14 @@ per concurrent checkout and keeps none (SQLAlchemy's pool/impl.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .results import StepResult, Verdict
 from .spec import PoolBenchmarkSpec
 
 MONITOR_CONNECTIONS = 1
+CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) "[^"]*"(, port \d+)? failed: ')
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ def failure_cause(step: StepResult) -> str:
         return "the database restarted during the step"
     cls = step.first_error_class or step.errors.first_class()
     if cls:
-        text = step.first_error.split(": ", 1)[-1] if step.first_error else ""
+        text = step.first_error.split(": ", 1)[-1] if step.first_error else ""  # without "replica: "
+        text = CONNECTION_PREFIX.sub("", text)  # libpq's "connection to server at …, port … failed: "
         return f"{cls}" + (f" ({text[:160]})" if text else "")
     if step.timed_out:
         return "a timeout (the replicas did not finish within stepTimeoutSeconds)"

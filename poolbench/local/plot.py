@@ -31,7 +31,7 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
     ax.set_ylabel("client connections")
     ax.set_ylim(0, max_connections * 1.12)
     ax.set_title(f"poolbench {title}: connections by state")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)  # clear of the step labels along the top
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
