@@ -12,8 +12,28 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg2
+
+
+def measure_window(n: int, seconds: float, worker: Callable[[int], None], counts: list[int],
+                   stop: threading.Event, ready: threading.Barrier) -> dict[str, float]:
+    """Start N workers (each counting into counts[i], starting at ``ready``, ending at ``stop``) and
+    measure their rate and client CPU over the window: after the first second, before the last half."""
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    warm = min(1.0, seconds / 4)
+    time.sleep(warm)
+    t1, c1, cpu1 = time.monotonic(), sum(counts), time.process_time()
+    time.sleep(max(0.5, seconds - warm - 0.5))
+    t2, c2, cpu2 = time.monotonic(), sum(counts), time.process_time()
+    stop.set()
+    for t in threads:
+        t.join(5)
+    return {"qps": (c2 - c1) / (t2 - t1), "n": n, "client_cpu_us": 1e6 * (cpu2 - cpu1) / max(1, c2 - c1)}
 
 
 def main() -> int:
@@ -41,20 +61,7 @@ def main() -> int:
                 counts[i] = done
         conn.close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    ready.wait()
-    warm = min(1.0, seconds / 4)
-    time.sleep(warm)
-    t1, c1, cpu1 = time.monotonic(), sum(counts), time.process_time()
-    time.sleep(max(0.5, seconds - warm - 0.5))
-    t2, c2, cpu2 = time.monotonic(), sum(counts), time.process_time()
-    stop.set()
-    for t in threads:
-        t.join(5)
-    print(json.dumps({"qps": (c2 - c1) / (t2 - t1), "n": n, "mode": mode,
-                      "client_cpu_us": 1e6 * (cpu2 - cpu1) / max(1, c2 - c1)}))
+    print(json.dumps({**measure_window(n, seconds, worker, counts, stop, ready), "mode": mode}))
     return 0
 
 

@@ -58,8 +58,8 @@ def results_table(status: dict[str, Any]) -> Table:
     from rich.text import Text
 
     table = Table(title=f"PoolBenchmark results (max_connections {status['maxConnections']})")
-    for col in ("step", "replicas", "predicted peak", "measured peak", "active", "idle", "ghosts",
-                "errors", "gaps", "outcome"):
+    for col in ("step", "replicas", "predicted peak", "measured peak", "ghosts", "errors", "gaps",
+                "stmt/s", "p95 latency", "p95 wait", "outcome"):
         table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left")
     for i, s in enumerate(status["steps"], start=1):
         errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "0"
@@ -69,8 +69,8 @@ def results_table(status: dict[str, Any]) -> Table:
         label += f" ({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
         table.add_row(str(i), str(s["replicas"]), str(s["predictedPeak"]), str(s["peakConnections"]),
-                      str(s["peakByState"]["active"]), str(s["peakByState"]["idle"]), str(s["idleAtEnd"]),
-                      errors, gaps, Text(label, style=style))
+                      str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}",
+                      f"{s['latencyMs']['p95']:g} ms", f"{s['checkoutWaitMs']['p95']:g} ms", Text(label, style=style))
     return table
 
 
@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
     # Wide enough for the results table when the output is a file or a CI log.
-    out_console = Console(width=None if sys.stdout.isatty() else 120, soft_wrap=not sys.stdout.isatty())
+    out_console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
 
     def line(p: Progress) -> str:
         return (f"step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "

@@ -120,3 +120,85 @@ def test_passwords_are_derived_per_benchmark_and_purpose():
     assert len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
     assert len({a, derive_password(key, "uid-2", "superuser"), derive_password(key, "uid-1", "app"),
                 derive_password(b"x" * 32, "uid-1", "superuser")}) == 4
+
+
+# --- latency and checkout-wait histograms: the workload's own collector, read back by the operator ---
+
+
+def _workload_metrics_text(measures) -> str:
+    """What a replica serves, from the replica's real collector (no engine, no database)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from workload.replica import MeasuresCollector
+
+    registry = CollectorRegistry()
+    registry.register(MeasuresCollector(lambda: measures))
+    return generate_latest(registry).decode()
+
+
+def _measures():
+    from poolbench.core.histogram import BOUNDS_MS, Histogram
+    from workload.replica import Measures
+
+    latency, wait = Histogram(), Histogram()
+    # Every bound exactly (inclusive upper bounds), just above each, sub-bucket values and the +Inf bucket.
+    for bound in BOUNDS_MS:
+        latency.add(bound)
+        latency.add(bound * 1.0001)
+    for ms in (0.0, 0.01234, 3.3333333, 99.999999, 100.0, 100.0000001, 123456.789, 0.1):
+        latency.add(ms)
+        wait.add(ms / 7)
+    wait.add(2.5)
+    return Measures(latency, wait, 1764064198.123456, 1764064203.654321)
+
+
+def test_histograms_round_trip_exactly_through_the_workload_metrics():
+    m = _measures()
+    text = _workload_metrics_text(m)
+    assert 'poolbench_statement_latency_seconds_bucket{le="0.0001"}' in text
+    assert 'poolbench_checkout_wait_seconds_bucket{le="+Inf"}' in text
+    assert "poolbench_statement_latency_seconds_count" in text and "poolbench_checkout_wait_seconds_sum" in text
+    parsed = parse_metrics(text)
+    # The same counts per bucket, sum and max as the replica's summary carries (to_json: µs-rounded).
+    assert parsed.latency.to_json() == m.latency.to_json()
+    assert parsed.checkout_wait.to_json() == m.checkout_wait.to_json()
+    assert parsed.latency.counts == m.latency.counts and parsed.latency.total == m.latency.total
+    assert parsed.latency.counts[-1] == 2  # 60006 ms and 123456.789 ms: beyond the last bound
+    assert parsed.work_started_at == m.work_started_at and parsed.work_ended_at == m.work_ended_at
+    assert parsed.latency.percentile(0.5) == m.latency.percentile(0.5)
+
+
+def test_histograms_before_any_work_are_empty_and_timestamps_unknown():
+    from workload.replica import Measures
+
+    parsed = parse_metrics(_workload_metrics_text(Measures()))
+    assert parsed.latency.total == 0 and parsed.checkout_wait.total == 0
+    assert parsed.work_started_at is None and parsed.work_ended_at is None
+    old = parse_metrics(METRICS_TEXT)  # a replica without histograms: empty, not an error
+    assert old.latency.total == 0 and old.work_started_at is None
+
+
+def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones():
+    from poolbench.core.histogram import Histogram
+
+    m = _measures()
+    running = parse_metrics(_workload_metrics_text(m) + METRICS_TEXT)
+    assert running.phase == "holding" and running.outcomes["ok"] == 42
+    crashed_latency, crashed_wait = Histogram(), Histogram()
+    crashed_latency.add(7.0)
+    crashed_wait.add(30000.5)
+    summary = {"phase": "crashed", "outcomes": {"ok": 1, "tooManyClients": 1}, "firstError": "sorry",
+               "firstErrorClass": "tooManyClients", "latencyMs": crashed_latency.to_json(),
+               "checkoutWaitMs": crashed_wait.to_json(), "workStartedAt": 1764064100.5, "workEndedAt": 1764064101.5}
+    restarted = PodView("r", restarts=1, metrics=running, last_message=json.dumps(summary))
+    fresh = PodView("f", metrics=running)
+    out = {r.name: r for r in reports([restarted, fresh])}
+    r = out["r"]
+    assert r.outcomes == {"ok": 43, "tooManyClients": 3}
+    assert r.latency.to_json() == Histogram().merge(crashed_latency).merge(m.latency).to_json()
+    assert r.checkout_wait.total == m.checkout_wait.total + 1 and r.checkout_wait.max_ms == 30000.5
+    assert (r.work_started_at, r.work_ended_at) == (1764064100.5, m.work_ended_at)
+    f = out["f"]
+    assert f.latency.to_json() == m.latency.to_json() and f.checkout_wait.to_json() == m.checkout_wait.to_json()
+    assert (f.work_started_at, f.work_ended_at) == (m.work_started_at, m.work_ended_at)
+    assert running.latency.to_json() == m.latency.to_json()  # the pod's metrics were not merged into

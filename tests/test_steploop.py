@@ -154,6 +154,10 @@ class FakePlatform:
         self.replicas = 0
         self.leftover = 0
 
+    def connection_ages(self) -> list[float]:
+        self.calls.append("ages")
+        return [1.0 + i for i in range(self._connections(self.t))]
+
     def terminate_backends(self) -> int:
         self.calls.append("terminate")
         ended, self.stuck = self.stuck + self.leftover, 0
@@ -194,7 +198,10 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     assert [s.peak_connections for s in status.steps] == [6, 12]  # replicas × connections while working
     assert [s.idle_at_end for s in status.steps] == [0, 0]  # by_state has only "active" here
     assert [s.queries for s in status.steps] == [20, 40]
-    assert platform.calls == ["scale 0", "scale 2", "collect", "scale 0", "scale 4", "collect", "scale 0"]
+    assert platform.calls == ["scale 0", "scale 2", "ages", "collect", "scale 0", "scale 4", "ages", "collect",
+                              "scale 0"]
+    # Ages are read once, when the work is done: 2 replicas × 2 ghosts → [1, 2, 3, 4] s.
+    assert status.steps[0].connection_age_seconds.to_json() == {"p50": 2.0, "max": 4.0}
     assert status.verdict is not None and status.verdict.max_safe_replicas == 4
     assert isinstance(platform.events[-1], BenchmarkFinished)
     assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
@@ -313,7 +320,7 @@ def test_keep_leaves_the_last_step_running() -> None:
     run = spec()
     platform = FakePlatform([Script(), Script()], keeps_last_step=True)
     run_steps(run, platform, TIMING)
-    assert platform.calls == ["scale 0", "scale 2", "collect", "scale 0", "scale 4", "collect"]
+    assert platform.calls == ["scale 0", "scale 2", "ages", "collect", "scale 0", "scale 4", "ages", "collect"]
 
 
 def test_the_drain_waits_for_the_server_to_close_every_backend() -> None:

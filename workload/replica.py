@@ -5,25 +5,39 @@ and pool status are served as Prometheus metrics; the final summary is JSON at
 POOLBENCH_SUMMARY_PATH (in Kubernetes: the termination-message path). The summary is also written
 when the work ends (phase ``holding``) so a runner knows the pool now holds only its ghosts.
 
+Each attempt is also timed: its checkout wait (from asking ``engine.begin()`` for a connection until
+the ``with`` body runs: the pool's queue and any connect; for a failed checkout, until it failed) and,
+when it succeeds, its latency (from the same request until the commit returned). Both are counted in
+the fixed buckets of ``poolbench.core.histogram``, so replicas merge exactly; the summary carries them
+as ``latencyMs`` / ``checkoutWaitMs`` and Prometheus serves them as histograms.
+
 The hot loop is kept cheap so the driver, not the benchmark, is what gets measured: each caller
-thread tallies its outcomes in its own list (no lock, no Prometheus call per statement; the counter
-is brought up to date when it is scraped or summarised), and the statement goes through
+thread tallies its outcomes and timings in its own lists (no lock, no Prometheus call per statement;
+the metrics are built from the tallies when they are scraped or summarised), takes one
+``perf_counter`` per boundary (request, checked out, committed), and the statement goes through
 ``exec_driver_sql`` as raw SQL (no compile step, no bind-parameter parsing).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
-from sqlalchemy import Connection, create_engine, event, pool
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
+from sqlalchemy import create_engine, event, pool
 
+from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of
 from poolbench.core.outcomes import OK, OUTCOMES, classify_exception, short_message
 from poolbench.core.workload_env import WorkloadConfig
 
@@ -37,6 +51,12 @@ ENGINE_ARGS = {
 }
 PHASES = ["starting", "running", "holding", "done", "crashed"]
 OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
+#: Kubernetes keeps at most this many bytes of a termination message: the summary must fit.
+SUMMARY_LIMIT = 4096
+#: Prometheus ``le`` labels: the histogram's bounds in seconds, then +Inf.
+BUCKET_LABELS = [floatToGoString(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
+# Indexes into a thread's ``extremes`` list.
+LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX = range(4)
 
 
 def now_iso() -> str:
@@ -81,6 +101,55 @@ class _TalliedCounter:
         return self.counter.collect()
 
 
+@dataclass
+class Measures:
+    """What the timing tallies add up to at one moment (merged over the caller threads)."""
+
+    latency: Histogram = field(default_factory=Histogram)
+    checkout_wait: Histogram = field(default_factory=Histogram)
+    work_started_at: float | None = None  # epoch seconds
+    work_ended_at: float | None = None
+
+
+def _histogram_family(name: str, documentation: str, h: Histogram) -> HistogramMetricFamily:
+    """A Prometheus histogram in seconds from a millisecond one. Sum and max are rounded to the
+    microsecond first, as in the summary's ``to_json``, so the operator reads back the same figures."""
+    cumulative, running = [], 0
+    for label, count in zip(BUCKET_LABELS, h.counts, strict=True):
+        running += count
+        cumulative.append((label, float(running)))
+    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=round(h.sum_ms, 3) / 1000)
+
+
+class MeasuresCollector:
+    """Serves the latency and checkout-wait histograms, their maxima and the work's start and end,
+    built at scrape time from ``read()`` (the per-thread tallies): nothing is recorded per statement."""
+
+    def __init__(self, read: Callable[[], Measures]):
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(Measures())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.read())
+
+    @staticmethod
+    def _families(m: Measures) -> Iterator[Metric]:
+        yield _histogram_family("poolbench_statement_latency_seconds",
+                                "Successful statements, from the checkout request to the commit", m.latency)
+        yield _histogram_family("poolbench_checkout_wait_seconds",
+                                "Pool checkouts (connect included; a failed one until it failed)", m.checkout_wait)
+        yield GaugeMetricFamily("poolbench_statement_latency_max_seconds", "Slowest successful statement",
+                                value=round(m.latency.max_ms, 3) / 1000)
+        yield GaugeMetricFamily("poolbench_checkout_wait_max_seconds", "Longest checkout wait",
+                                value=round(m.checkout_wait.max_ms, 3) / 1000)
+        yield GaugeMetricFamily("poolbench_work_started_timestamp_seconds",
+                                "When the first attempt started (0 until then)", value=m.work_started_at or 0.0)
+        yield GaugeMetricFamily("poolbench_work_ended_timestamp_seconds",
+                                "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0)
+
+
 class Replica:
     def __init__(self, cfg: WorkloadConfig):
         self.cfg = cfg
@@ -92,6 +161,13 @@ class Replica:
         self.phase = Enum("poolbench_phase", "Replica phase", states=PHASES, registry=self.registry)
         # One tally per caller thread (a list indexed like OUTCOMES), written only by its thread.
         self.tallies: list[list[int]] = []
+        # Per caller thread, written only by it: latency and checkout-wait bucket counts, and
+        # [latency sum, latency max, wait sum, wait max] in milliseconds.
+        self.timings: list[tuple[list[int], list[int], list[float]]] = []
+        self.work_started_at: float | None = None
+        self.work_ended_at: float | None = None
+        self.threads_finished = 0
+        self.registry.register(MeasuresCollector(self.measures))
         self.lock = threading.Lock()
         self.first_error: str | None = None
         self.first_error_class: str | None = None
@@ -135,6 +211,16 @@ class Replica:
             tallies = list(self.tallies)
         return {outcome: sum(t[i] for t in tallies) for i, outcome in enumerate(OUTCOMES)}
 
+    def measures(self) -> Measures:
+        with self.lock:
+            timings = list(self.timings)
+            started, ended = self.work_started_at, self.work_ended_at
+        m = Measures(work_started_at=started, work_ended_at=ended)
+        for latency, wait, extremes in timings:
+            m.latency.merge(Histogram(list(latency), extremes[LAT_SUM], extremes[LAT_MAX]))
+            m.checkout_wait.merge(Histogram(list(wait), extremes[WAIT_SUM], extremes[WAIT_MAX]))
+        return m
+
     def _record_error(self, tally: list[int], outcome: str, exc: BaseException) -> None:
         with self.lock:
             tally[OUTCOME_INDEX[outcome]] += 1
@@ -143,44 +229,80 @@ class Replica:
                 self.first_error_class = outcome
                 self.first_error_at = time.time()
 
-    def _execute(self) -> Callable[[Connection], object]:
-        """``conn -> None`` running the statement once, as raw SQL: sent as written, with no
-        bind-parameter parsing (``:word`` in a JSON or time literal, ``%`` in a LIKE pattern stay
-        literal). An invalid statement fails, and is counted, at each attempt."""
-        statement = self.cfg.statement
-        return lambda conn: conn.exec_driver_sql(statement)
-
     def _caller(self) -> None:
+        """One caller thread. The statement runs as raw SQL (``exec_driver_sql``): sent as written, with
+        no bind-parameter parsing (``:word`` in a JSON or time literal, ``%`` in a LIKE pattern stay
+        literal); an invalid statement fails, and is counted, at each attempt.
+
+        Three clock reads per attempt: ``t0`` at the checkout request, ``t1`` once checked out (the
+        ``with`` body starts), ``t2`` after the commit. ``t1 < t0`` in the error path means this
+        attempt never got its connection (``t1`` is the previous attempt's), so its wait runs until
+        the failure."""
         cfg = self.cfg
-        execute = self._execute()
+        statement = cfg.statement
         begin = self.engine.begin
-        stop, crashed = self.stop, self.crashed
+        stop_set, crashed = self.stop.is_set, self.crashed
+        crashed_set = crashed.is_set
+        perf = time.perf_counter
+        bucket = bucket_of
         tally = [0] * len(OUTCOMES)  # this thread's outcomes, indexed like OUTCOMES
+        latency = [0] * BUCKETS  # this thread's histograms (bucket counts), see poolbench.core.histogram
+        wait = [0] * BUCKETS
+        extremes = [0.0, 0.0, 0.0, 0.0]  # LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX
         ok = OUTCOME_INDEX[OK]
         with self.lock:
             self.tallies.append(tally)
+            self.timings.append((latency, wait, extremes))
+            if self.work_started_at is None:
+                self.work_started_at = time.time()
         deadline = time.monotonic() + cfg.duration_seconds if cfg.duration_seconds else None
         remaining = cfg.iterations
-        while not stop.is_set() and not crashed.is_set():
-            if remaining is not None:
-                if remaining <= 0:
+        t1 = 0.0
+        try:
+            while not stop_set() and not crashed_set():
+                if remaining is not None:
+                    if remaining <= 0:
+                        break
+                    remaining -= 1
+                elif deadline is not None and time.monotonic() >= deadline:
                     break
-                remaining -= 1
-            elif deadline is not None and time.monotonic() >= deadline:
-                break
-            try:
-                with begin() as conn:
-                    execute(conn)
-            except Exception as exc:  # every failure is an outcome to count, not a crash of the thread
-                self._record_error(tally, classify_exception(exc), exc)
-                if cfg.on_error == "crash":
-                    crashed.set()
-                    return
-                continue
-            tally[ok] += 1
+                t0 = perf()
+                try:
+                    with begin() as conn:
+                        t1 = perf()
+                        conn.exec_driver_sql(statement)
+                except Exception as exc:  # every failure is an outcome to count, not a crash of the thread
+                    ms = ((t1 if t1 >= t0 else perf()) - t0) * 1000.0
+                    wait[bucket(ms)] += 1
+                    extremes[WAIT_SUM] += ms
+                    if ms > extremes[WAIT_MAX]:
+                        extremes[WAIT_MAX] = ms
+                    self._record_error(tally, classify_exception(exc), exc)
+                    if cfg.on_error == "crash":
+                        crashed.set()
+                        return
+                    continue
+                t2 = perf()
+                tally[ok] += 1
+                ms = (t1 - t0) * 1000.0
+                wait[bucket(ms)] += 1
+                extremes[WAIT_SUM] += ms
+                if ms > extremes[WAIT_MAX]:
+                    extremes[WAIT_MAX] = ms
+                ms = (t2 - t0) * 1000.0
+                latency[bucket(ms)] += 1
+                extremes[LAT_SUM] += ms
+                if ms > extremes[LAT_MAX]:
+                    extremes[LAT_MAX] = ms
+        finally:
+            with self.lock:
+                self.threads_finished += 1
+                if self.threads_finished == cfg.threads:
+                    self.work_ended_at = time.time()
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         counts = self.outcome_counts()
+        m = self.measures()
         return {
             "replica": self.cfg.app_name,
             "phase": self.current_phase,
@@ -192,21 +314,42 @@ class Replica:
             "startedAt": self.started_at,
             "workDoneAt": self.work_done_at,
             "finishedAt": now_iso() if self.current_phase in ("done", "crashed") else None,
+            "latencyMs": m.latency.to_json(),
+            "checkoutWaitMs": m.checkout_wait.to_json(),
+            "workStartedAt": m.work_started_at,
+            "workEndedAt": m.work_ended_at,
         }
+
+    def summary_json(self) -> str:
+        """The summary as compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer
+        termination message, which would no longer parse): only the free texts, the first error and
+        then the replica's name, are shortened when needed. ASCII-escaped, so characters are bytes."""
+        data = self.summary()
+        text = json.dumps(data, separators=(",", ":"))
+        for key in ("firstError", "replica"):
+            value = data.get(key) or ""
+            while len(text) > SUMMARY_LIMIT and value:
+                # Cut as many characters as the excess takes at this text's mean escaped width.
+                width = (len(json.dumps(value)) - 2) / len(value)
+                value = value[: max(0, len(value) - max(1, math.ceil((len(text) - SUMMARY_LIMIT) / width)))]
+                data[key] = value
+                text = json.dumps(data, separators=(",", ":"))
+        return text
 
     def write_summary(self) -> None:
         path = self.cfg.summary_path
         if not path:
             return
+        text = self.summary_json()
         tmp = f"{path}.tmp"
         try:
             with open(tmp, "w") as fh:
-                json.dump(self.summary(), fh)
+                fh.write(text)
             os.replace(tmp, path)
         except OSError:
             # /dev/termination-log style paths cannot take a rename: write in place.
             with open(path, "w") as fh:
-                json.dump(self.summary(), fh)
+                fh.write(text)
 
     def run(self) -> int:
         self._set_phase("running")
@@ -232,7 +375,11 @@ class Replica:
         return 0
 
     def _crash(self) -> int:
-        """The seed's behaviour: the replica dies on its first failed attempt."""
+        """The seed's behaviour: the replica dies on its first failed attempt (its work ends there too:
+        the other threads are not waited for)."""
+        with self.lock:
+            if self.work_ended_at is None:
+                self.work_ended_at = time.time()
         self._set_phase("crashed")
         self.write_summary()
         return 1

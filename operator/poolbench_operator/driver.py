@@ -219,6 +219,9 @@ class Driver:
         while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
             self.wait(TIMING.poll_seconds)
 
+    def connection_ages(self) -> list[float]:
+        return self.probe.connection_ages() if self.probe is not None else []
+
     def terminate_backends(self) -> int:
         return self.probe.terminate_others() if self.probe is not None else 0
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from poolbench.core.benchmark import utc_now
+from poolbench.core.benchmark import invalid_status
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
 
 from .config import Config
@@ -56,7 +56,7 @@ def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name:
         parsed = parse_spec(dict(spec))
     except SpecError as err:
         message = err.message()
-        kube.patch_status(name, {"phase": "Invalid", "message": message, "updatedAt": utc_now()})
+        kube.patch_status(name, invalid_status(message, body.get("metadata", {}).get("generation")).to_json())
         kopf.warn(body, reason="Invalid", message=message)
         logger.warning("invalid PoolBenchmark: %s", message)
         return

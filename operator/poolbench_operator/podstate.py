@@ -3,6 +3,10 @@
 Inputs are what the driver read: each pod's restart count and last termination message (the
 replica's JSON summary, written to the termination-message path), and its live Prometheus metrics
 read through the API server's pod proxy.
+
+The replica's latency and checkout-wait histograms come back exactly: Prometheus buckets are the
+fixed bounds of ``poolbench.core.histogram`` in seconds (cumulative), turned back into per-bucket
+counts in milliseconds; sum and max are rounded to the microsecond, as the replica's summary has them.
 """
 
 from __future__ import annotations
@@ -13,27 +17,63 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolbench.core.benchmark import ReplicaReport
+from poolbench.core.histogram import Histogram
 from poolbench.core.outcomes import OUTCOMES
+
+LATENCY = "poolbench_statement_latency_seconds"
+CHECKOUT_WAIT = "poolbench_checkout_wait_seconds"
+MAX_GAUGES = {"poolbench_statement_latency_max_seconds": LATENCY,
+              "poolbench_checkout_wait_max_seconds": CHECKOUT_WAIT}
+STARTED, ENDED = "poolbench_work_started_timestamp_seconds", "poolbench_work_ended_timestamp_seconds"
 
 
 @dataclass(frozen=True)
 class Metrics:
     phase: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=Histogram)  # successful statements, checkout to commit
+    checkout_wait: Histogram = field(default_factory=Histogram)
+    work_started_at: float | None = None  # epoch seconds; None until the replica says
+    work_ended_at: float | None = None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 def parse_metrics(text: str) -> Metrics:
     phase = None
     outcomes: dict[str, int] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {LATENCY: [], CHECKOUT_WAIT: []}
+    sums: dict[str, float] = {}
+    maxima: dict[str, float] = {}
+    stamps: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "poolbench_phase" and sample.value == 1.0:
+            name = sample.name
+            if name == "poolbench_phase" and sample.value == 1.0:
                 phase = sample.labels.get("poolbench_phase")
-            elif sample.name == "poolbench_attempts_total":
+            elif name == "poolbench_attempts_total":
                 outcome = sample.labels.get("outcome")
                 if outcome in OUTCOMES:
                     outcomes[outcome] = int(sample.value)
-    return Metrics(phase, outcomes)
+            elif name.endswith("_bucket") and name[: -len("_bucket")] in buckets:
+                buckets[name[: -len("_bucket")]].append((float(sample.labels.get("le", "nan")), sample.value))
+            elif name.endswith("_sum") and name[: -len("_sum")] in buckets:
+                sums[name[: -len("_sum")]] = _ms(sample.value)
+            elif name in MAX_GAUGES:
+                maxima[MAX_GAUGES[name]] = _ms(sample.value)
+            elif name in (STARTED, ENDED) and sample.value > 0:
+                stamps[name] = sample.value
+
+    def histogram(name: str) -> Histogram:
+        cumulative = [count for _, count in sorted(buckets[name])]  # by bound; +Inf sorts last
+        if not cumulative:
+            return Histogram()
+        return Histogram.from_cumulative(cumulative, sums.get(name, 0.0), maxima.get(name, 0.0))
+
+    return Metrics(phase, outcomes, histogram(LATENCY), histogram(CHECKOUT_WAIT), stamps.get(STARTED),
+                   stamps.get(ENDED))
 
 
 @dataclass(frozen=True)
@@ -76,8 +116,16 @@ def reports(pods: list[PodView]) -> list[ReplicaReport]:
         report = ReplicaReport.from_summary(pod.name, crash, restarts=pod.restarts)
         report.crashed = pod.crashed
         if pod.metrics is not None:  # the running container's counters add to the crashed one's
-            for key, value in pod.metrics.outcomes.items():
+            m = pod.metrics
+            for key, value in m.outcomes.items():
                 report.outcomes[key] = report.outcomes.get(key, 0) + value
+            report.latency.merge(m.latency)  # report's own histograms (from the summary): m is untouched
+            report.checkout_wait.merge(m.checkout_wait)
+            # The pod's work spans its containers: from the earliest start to the latest known end.
+            started = [t for t in (report.work_started_at, m.work_started_at) if t is not None]
+            ended = [t for t in (report.work_ended_at, m.work_ended_at) if t is not None]
+            report.work_started_at = min(started) if started else None
+            report.work_ended_at = max(ended) if ended else None
         if pod.crashed and not report.first_error:
             report.first_error = "the replica exited (no summary)"
         out.append(report)

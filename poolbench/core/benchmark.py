@@ -11,8 +11,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .histogram import BOUNDS_MS, Histogram, merged
 from .outcomes import OK
-from .results import BenchmarkStatus, ErrorCounts, StepResult
+from .results import (
+    AgeStats,
+    BenchmarkStatus,
+    Condition,
+    ErrorCounts,
+    HistogramCounts,
+    Percentiles,
+    StepResult,
+)
 from .sampling import Sample, StepAccumulator
 from .spec import PoolBenchmarkSpec
 from .verdict import judge_step, overall_verdict, predict
@@ -50,6 +59,10 @@ class ReplicaReport:
     first_error_at: float | None = None
     crashed: bool = False
     restarts: int = 0
+    latency: Histogram = field(default_factory=Histogram)  # successful statements, checkout to commit
+    checkout_wait: Histogram = field(default_factory=Histogram)  # every checkout (or failed one)
+    work_started_at: float | None = None  # epoch seconds: the replica's first attempt
+    work_ended_at: float | None = None  # epoch seconds: its last caller thread finished
 
     @classmethod
     def from_summary(cls, name: str, summary: dict[str, Any] | None, *, exit_code: int | None = None,
@@ -64,7 +77,15 @@ class ReplicaReport:
             first_error_at=summary.get("firstErrorAt"),
             crashed=crashed,
             restarts=restarts,
+            latency=Histogram.from_json(summary.get("latencyMs")),
+            checkout_wait=Histogram.from_json(summary.get("checkoutWaitMs")),
+            work_started_at=_epoch(summary.get("workStartedAt")),
+            work_ended_at=_epoch(summary.get("workEndedAt")),
         )
+
+
+def _epoch(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepResult:
@@ -81,7 +102,28 @@ def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepRes
     step.errors = errors
     step.crashed_replicas = sum(1 for r in reports if r.crashed)
     step.restarts = sum(r.restarts for r in reports)
+    latency = merged(r.latency for r in reports)
+    checkout = merged(r.checkout_wait for r in reports)
+    step.latency_histogram = HistogramCounts(counts=latency.counts, sum_ms=round(latency.sum_ms, 3),
+                                             max_ms=round(latency.max_ms, 3))
+    step.checkout_wait_histogram = HistogramCounts(counts=checkout.counts, sum_ms=round(checkout.sum_ms, 3),
+                                                   max_ms=round(checkout.max_ms, 3))
+    step.latency_ms = Percentiles(**latency.summary())
+    step.checkout_wait_ms = Percentiles(**checkout.summary())
+    step.throughput = throughput(reports)
     return step
+
+
+def throughput(reports: list[ReplicaReport]) -> float:
+    """Successful statements per second over the step's work phase: from the first replica's first
+    attempt to the last replica's end of work (each replica's own clock marks; replicas that never
+    worked count no time)."""
+    starts = [r.work_started_at for r in reports if r.work_started_at is not None]
+    ends = [r.work_ended_at for r in reports if r.work_ended_at is not None]
+    ok = sum(int(r.outcomes.get(OK, 0)) for r in reports)
+    if not starts or not ends or max(ends) <= min(starts):
+        return 0.0
+    return round(ok / (max(ends) - min(starts)), 2)
 
 
 class BenchmarkRun:
@@ -101,6 +143,8 @@ class BenchmarkRun:
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
         self.status.phase = "Provisioning"
         self.status.message = message
+        self.status.histogram_bounds_ms = list(BOUNDS_MS)
+        set_conditions(self.status)
 
     def next_step(self) -> PlannedStep | None:
         """The first planned step not yet finished (resume-safe), or None when done."""
@@ -113,6 +157,7 @@ class BenchmarkRun:
 
     def begin_step(self, planned: PlannedStep) -> StepResult:
         self.status.phase = "Running"
+        self.status.histogram_bounds_ms = list(BOUNDS_MS)
         self.status.current_step = planned.index
         self.status.replicas = planned.replicas
         self.status.progress = f"{planned.index}/{len(self.plan)}"
@@ -128,6 +173,7 @@ class BenchmarkRun:
         self.status.steps = [s for s in self.status.steps if s.outcome is not None] + [step]
         self.step = step
         self.accumulator = StepAccumulator(replicas=planned.replicas)
+        set_conditions(self.status)
         return step
 
     def step_index(self) -> int:
@@ -147,6 +193,17 @@ class BenchmarkRun:
         self.accumulator.fill(self.step)
         self.status.peak_connections = max(self.status.peak_connections, self.accumulator.peak)
 
+    def work_is_done(self) -> bool:
+        return self.accumulator is not None and self.accumulator.work_done
+
+    def record_connection_ages(self, ages: list[float]) -> None:
+        """The workload's backends' ages (seconds since backend_start) when its work ended."""
+        if self.step is None or not ages:
+            return
+        ordered = sorted(ages)
+        self.step.connection_age_seconds = AgeStats(p50=round(ordered[(len(ordered) - 1) // 2], 3),
+                                                    max=round(ordered[-1], 3))
+
     def mark_work_done(self, at: float = float("-inf")) -> None:
         """Every replica finished its work at ``at`` (sample time): later samples read the ghosts."""
         if self.accumulator is not None:
@@ -160,7 +217,7 @@ class BenchmarkRun:
         step.timed_out = timed_out
         step.reason = reason
         step.finished_at = utc_now()
-        judge_step(step, expected_replicas=step.replicas)
+        judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
         self.status.failures = sum(s.errors.total() for s in self.status.steps)
         self.status.peak_connections = max(s.peak_connections for s in self.status.steps)
         self.step, self.accumulator = None, None
@@ -178,14 +235,16 @@ class BenchmarkRun:
         verdict = overall_verdict(self.spec, steps)
         self.status.verdict = verdict
         self.status.phase = "Completed" if all(s.outcome == "Passed" for s in steps) else "Failed"
-        self.status.live_connections = 0
         self.status.message = message or verdict.summary
+        self.status.live_connections = 0
+        set_conditions(self.status)
         return self.status
 
     def fail(self, message: str) -> BenchmarkStatus:
         """The environment broke (not a measured failure): phase Failed, steps kept."""
         self.status.phase = "Failed"
         self.status.message = message
+        set_conditions(self.status)
         self.status.live_connections = 0
         return self.status
 
@@ -197,3 +256,53 @@ def status_from_resource(status: dict[str, Any] | None) -> BenchmarkStatus | Non
         return None
     known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
     return BenchmarkStatus.model_validate({k: v for k, v in status.items() if k in known})
+
+
+def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
+    """Keep ``status.conditions`` in step with the phase, as the Kubernetes API conventions and kstatus
+    read them: ``Reconciling`` (True while it provisions or measures), ``Ready`` (True once every step
+    passed; False with the reason otherwise) and ``Stalled`` (True when it cannot go on: an invalid
+    spec or a broken environment). ``kubectl wait --for=condition=Ready`` waits for a passing
+    benchmark; ``--for=condition=Reconciling=false`` for any finished one. A condition's
+    lastTransitionTime changes only when its status does."""
+    now = now or utc_now()
+    phase, message = status.phase, status.message
+    verdict = status.verdict
+    measured_failure = phase == "Failed" and verdict is not None
+    broken = phase == "Invalid" or (phase == "Failed" and verdict is None)
+    if phase == "Completed":
+        ready = ("True", "AllStepsPassed")
+    elif measured_failure:
+        inconclusive = any(s.outcome == "Inconclusive" for s in status.steps)
+        ready = ("False", "Inconclusive" if inconclusive else "StepFailed")
+    elif phase == "Invalid":
+        ready = ("False", "InvalidSpec")
+    elif broken:
+        ready = ("False", "EnvironmentFailed")
+    else:
+        ready = ("False", phase or "Pending")
+    wanted = {
+        "Ready": ready,
+        "Reconciling": ("True", phase or "Pending") if phase in ("Pending", "Provisioning", "Running", "")
+        else ("False", "Finished"),
+        "Stalled": ("True", ready[1]) if broken else ("False", "Progressing" if not status.verdict else "Finished"),
+    }
+    previous = {c.type: c for c in status.conditions}
+    conditions = []
+    for kind, (value, reason) in wanted.items():
+        before = previous.get(kind)
+        changed = before is None or before.status != value
+        conditions.append(Condition(
+            type=kind, status=value, reason=reason, message=message,
+            last_transition_time=now if changed or before is None else before.last_transition_time,
+            observed_generation=status.observed_generation,
+        ))
+    status.conditions = conditions
+
+
+def invalid_status(message: str, generation: int | None) -> BenchmarkStatus:
+    """The status of a spec the CRD schema could not refuse (a contradiction): phase Invalid."""
+    status = BenchmarkStatus(phase="Invalid", message=message, observed_generation=generation,
+                             updated_at=utc_now())
+    set_conditions(status)
+    return status

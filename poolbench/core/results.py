@@ -62,6 +62,41 @@ def to_snake(camel: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in camel)
 
 
+class Percentiles(_Out):
+    """Milliseconds, read from a fixed-bucket histogram: each percentile is its bucket's upper bound."""
+
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+    mean: float = Field(0.0, description="Exact (sum ÷ count), not from the buckets.")
+
+
+class AgeStats(_Out):
+    p50: float = 0.0
+    max: float = 0.0
+
+
+class HistogramCounts(_Out):
+    """Per-bucket counts (upper bounds in ``status.histogramBoundsMs``, then +Inf), exactly the sum of
+    the replicas' own."""
+
+    counts: list[int] = Field(default_factory=list)
+    sum_ms: float = 0.0
+    max_ms: float = 0.0
+
+
+class Condition(_Out):
+    """A Kubernetes API convention condition (kstatus: Ready, Reconciling, Stalled)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
 class StepResult(_Out):
     replicas: int
     started_at: str | None = None
@@ -88,6 +123,21 @@ class StepResult(_Out):
         0, description="Backends still open after the step's replicas were gone, terminated before the next step."
     )
     timed_out: bool = False
+    throughput: float = Field(0.0, description="Successful statements per second over the step's work phase.")
+    latency_ms: Percentiles = Field(
+        default_factory=Percentiles, description="Statement latency, from the checkout request to the commit."
+    )
+    checkout_wait_ms: Percentiles = Field(
+        default_factory=Percentiles, description="Time waiting for a connection from the pool (connect included)."
+    )
+    latency_histogram: HistogramCounts = Field(default_factory=HistogramCounts)
+    checkout_wait_histogram: HistogramCounts = Field(default_factory=HistogramCounts)
+    peak_by_wait_event_type: dict[str, int] = Field(
+        default_factory=dict, description="Peak workload backends per pg_stat_activity wait_event_type."
+    )
+    connection_age_seconds: AgeStats = Field(
+        default_factory=AgeStats, description="Age (backend_start) of the workload's backends when the work ended."
+    )
     outcome: Outcome | None = None
     reason: str | None = None
 
@@ -114,3 +164,5 @@ class BenchmarkStatus(_Out):
     verdict: Verdict | None = None
     observed_generation: int | None = None
     updated_at: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    histogram_bounds_ms: list[float] = Field(default_factory=list, description="Latency histogram bucket bounds.")

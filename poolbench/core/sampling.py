@@ -1,13 +1,15 @@
 """Sampling math: turn pg_stat_activity snapshots into a step's peaks (pure, no I/O).
 
-The probe (poolbench.probe) produces one ``Sample`` per read; a ``StepAccumulator`` holds the
+The probe (poolbench.db.probe) produces one ``Sample`` per read; a ``StepAccumulator`` holds the
 peaks between reads (peak-hold), counts gaps, and knows when the work ended so the ghosts
 (idle connections kept by the pools) are read during the hold, not during the work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .results import PeakByState, StepResult
 
@@ -24,6 +26,7 @@ class Sample:
     total: int = 0
     by_state: dict[str, int] = field(default_factory=dict)  # keys: active, idle, idle_in_transaction, other
     by_app: dict[str, int] = field(default_factory=dict)
+    by_wait: dict[str, int] = field(default_factory=dict)  # by wait_event_type; "none": not waiting
     oldest_idle_seconds: float = 0.0
     error: str | None = None
     server_restarted: bool = False  # first read after the server came back with a new start time
@@ -33,21 +36,26 @@ class Sample:
         return cls(t=t, ok=False, error=error)
 
 
-def sample_from_rows(t: float, rows: list[tuple[str | None, str | None, int, float | None]]) -> Sample:
-    """Build a Sample from grouped rows: (state, application_name, count, oldest idle seconds)."""
+def sample_from_rows(t: float, rows: Sequence[Sequence[Any]]) -> Sample:
+    """Build a Sample from grouped rows: (state, application_name, count, oldest idle seconds[,
+    wait_event_type])."""
     total = 0
     by_state: dict[str, int] = {}
     by_app: dict[str, int] = {}
+    by_wait: dict[str, int] = {}
     oldest = 0.0
-    for state, app, count, idle_age in rows:
+    for state, app, count, idle_age, *rest in rows:
         key = STATE_KEYS.get(state or "", "other")
         total += count
         by_state[key] = by_state.get(key, 0) + count
         name = app or "(none)"
         by_app[name] = by_app.get(name, 0) + count
+        if rest:
+            wait = rest[0] or "none"
+            by_wait[wait] = by_wait.get(wait, 0) + count
         if idle_age is not None:
             oldest = max(oldest, float(idle_age))
-    return Sample(t=t, total=total, by_state=by_state, by_app=by_app, oldest_idle_seconds=oldest)
+    return Sample(t=t, total=total, by_state=by_state, by_app=by_app, by_wait=by_wait, oldest_idle_seconds=oldest)
 
 
 @dataclass
@@ -60,6 +68,7 @@ class StepAccumulator:
     peak: int = 0
     peak_by_state: dict[str, int] = field(default_factory=dict)
     peak_by_app: dict[str, int] = field(default_factory=dict)
+    peak_by_wait: dict[str, int] = field(default_factory=dict)
     oldest_idle: float = 0.0
     last_idle: int = 0
     work_done: bool = False
@@ -84,6 +93,8 @@ class StepAccumulator:
             self.peak_by_state[key] = max(self.peak_by_state.get(key, 0), value)
         for app, value in sample.by_app.items():
             self.peak_by_app[app] = max(self.peak_by_app.get(app, 0), value)
+        for wait, value in sample.by_wait.items():
+            self.peak_by_wait[wait] = max(self.peak_by_wait.get(wait, 0), value)
         self.oldest_idle = max(self.oldest_idle, sample.oldest_idle_seconds)
         idle = sample.by_state.get("idle", 0)
         self.last_idle = idle
@@ -110,6 +121,7 @@ class StepAccumulator:
             idle_in_transaction=self.peak_by_state.get("idle_in_transaction", 0),
         )
         step.peak_by_replica = dict(sorted(self.peak_by_app.items()))
+        step.peak_by_wait_event_type = dict(sorted(self.peak_by_wait.items()))
         step.idle_at_end = self.idle_after_work if self.idle_after_work is not None else self.last_idle
         step.oldest_idle_seconds = round(self.oldest_idle, 3)
         step.database_restarts = self.server_restarts

@@ -204,6 +204,17 @@ class SamplingSpec(_Model):
     interval_ms: int = Field(100, ge=20, le=60000, description="pg_stat_activity poll interval.")
 
 
+class LimitsSpec(_Model):
+    """What users may feel before a step counts as failed, even without a single error."""
+
+    max_latency_p95_ms: float | None = Field(
+        None, gt=0, le=3_600_000, description="Fail a step whose statement latency p95 exceeds this (ms)."
+    )
+    max_checkout_wait_p95_ms: float | None = Field(
+        None, gt=0, le=3_600_000, description="Fail a step whose pool checkout wait p95 exceeds this (ms)."
+    )
+
+
 class PoolBenchmarkSpec(_Model):
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
@@ -212,6 +223,7 @@ class PoolBenchmarkSpec(_Model):
     )
     step_timeout_seconds: int = Field(300, ge=5, le=86400, description="Give up on a step after this long.")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     stop_on_failure: bool = Field(True, description="Skip the remaining steps after a failed one.")
     cleanup: CleanupPolicy = Field(
         "ScaleDown", description="Cluster only: what to do with children when done."

@@ -138,6 +138,10 @@ class Platform(Protocol):
         """No replica left; returns when they are gone (or the platform gave up waiting)."""
         ...
 
+    def connection_ages(self) -> list[float]:
+        """Seconds since each workload backend started, read once when the work is done."""
+        ...
+
     def terminate_backends(self) -> int:
         """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
         ...
@@ -204,8 +208,9 @@ class StepLoop:
             self.feed()
             progress = platform.observe(planned.replicas)
             now = platform.now()
-            if progress.work_done:
+            if progress.work_done and not self.run.work_is_done():
                 self.run.mark_work_done(at=now)
+                self.run.record_connection_ages(platform.connection_ages())
             platform.notify(self.progress(planned, started, now, progress.running))
             if progress.finished:
                 break

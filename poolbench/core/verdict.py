@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from .results import StepResult, Verdict
-from .spec import PoolBenchmarkSpec
+from .spec import LimitsSpec, PoolBenchmarkSpec
 
 MONITOR_CONNECTIONS = 1
 CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) "[^"]*"(, port \d+)? failed: ')
@@ -80,7 +80,21 @@ def monitor_blind(step: StepResult) -> bool:
     return step.samples == 0 or step.sample_gaps > step.samples
 
 
-def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
+def limit_breaches(step: StepResult, limits: LimitsSpec | None) -> list[str]:
+    """Each of ``spec.limits`` the step exceeded, naming the limit and the measured value."""
+    if limits is None:
+        return []
+    breaches = []
+    if limits.max_latency_p95_ms is not None and step.latency_ms.p95 > limits.max_latency_p95_ms:
+        breaches.append(f"latency p95 {step.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms"
+                        f" {limits.max_latency_p95_ms:g} ms")
+    if limits.max_checkout_wait_p95_ms is not None and step.checkout_wait_ms.p95 > limits.max_checkout_wait_p95_ms:
+        breaches.append(f"checkout wait p95 {step.checkout_wait_ms.p95:g} ms exceeds limits.maxCheckoutWaitP95Ms"
+                        f" {limits.max_checkout_wait_p95_ms:g} ms")
+    return breaches
+
+
+def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec | None = None) -> StepResult:
     """Set outcome and reason from what was measured. A step passes only when nothing failed and
     the monitor saw it; a step with no failure whose reads mostly failed is Inconclusive."""
     reasons = [step.reason] if step.reason else []  # what the driver saw (e.g. pods that never started)
@@ -96,6 +110,7 @@ def judge_step(step: StepResult, *, expected_replicas: int) -> StepResult:
         reasons.append("the step timed out")
     if step.database_restarts:
         reasons.insert(0, f"the database restarted during the step ({step.database_restarts}x)")
+    reasons += limit_breaches(step, limits)
     blind = monitor_blind(step)
     if blind:
         total = step.samples + step.sample_gaps
@@ -130,6 +145,20 @@ def failure_cause(step: StepResult) -> str:
     if step.crashed_replicas:
         return f"{step.crashed_replicas} crashed replicas"
     return step.reason or "errors"
+
+
+def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
+    """When a replica runs more threads than its pool may open, the threads queue for connections:
+    what users feel first is waiting, not errors. Says so with the measured wait, or nothing."""
+    cap, threads = per_replica_peak(spec), spec.workload.threads
+    measured = [s for s in steps if s.checkout_wait_histogram.counts and sum(s.checkout_wait_histogram.counts)]
+    if cap >= threads or not measured:
+        return ""
+    last = measured[-1]
+    return (f"Threads queue for connections: each replica runs {threads} threads on at most {cap} pooled"
+            f" connections, so {threads - cap} wait for a checkout (mean {last.checkout_wait_ms.mean:g} ms,"
+            f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at {last.replicas}"
+            f" replicas).")
 
 
 def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
@@ -176,6 +205,9 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
         )
     else:
         summary = "No step completed."
+    waiting = queueing(spec, steps)
+    if waiting:
+        summary += " " + waiting
     return Verdict(
         max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary
     )

@@ -33,15 +33,24 @@ from .sessions import MONITOR_NAME, Connect, admin_session
 
 QUERY = """
 SELECT state, application_name, count(*)::int,
-       max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle')
+       max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle'),
+       wait_event_type
   FROM pg_catalog.pg_stat_activity
  WHERE backend_type = 'client backend'
    AND pid <> pg_catalog.pg_backend_pid()
    AND state IS NOT NULL AND state <> 'starting'
    AND application_name LIKE %s
- GROUP BY state, application_name
+ GROUP BY state, application_name, wait_event_type
 """
 PREPARED = "poolbench_sample"
+AGES = """
+SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8
+  FROM pg_catalog.pg_stat_activity
+ WHERE backend_type = 'client backend'
+   AND pid <> pg_catalog.pg_backend_pid()
+   AND state IS NOT NULL AND state <> 'starting'
+   AND application_name LIKE %s
+"""
 TERMINATE = """
 SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int
   FROM pg_catalog.pg_stat_activity
@@ -95,6 +104,18 @@ class Probe:
         except Exception as err:  # noqa: BLE001 - any failed read or reconnect is a gap, never a dead sampler
             self.close()
             return Sample.gap(t, " ".join(str(err).split())[:200] or type(err).__name__)
+
+    def connection_ages(self) -> list[float]:
+        """Seconds since each counted backend started (backend_start); [] when the monitor is down."""
+        try:
+            with self._lock:
+                if self._conn is None or self._conn.closed:
+                    return []
+                with self._conn.cursor() as cur:
+                    cur.execute(AGES, (self._pattern,))
+                    return [float(age) for (age,) in cur.fetchall()]
+        except psycopg2.Error:
+            return []
 
     def terminate_others(self) -> int:
         """End every client backend but the monitor (through the monitor's own session, which keeps

@@ -6,14 +6,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 
 from .runner import LocalResult  # noqa: E402
 
 
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:
+    """Connections by state over time (top) and, per step, what the callers felt (bottom panel)."""
     samples = [s for s in result.timeline if s.ok]
     t = [s.t for s in samples]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, (ax, lat) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.5]})
     active = [s.by_state.get("active", 0) for s in samples]
     idle = [s.by_state.get("idle", 0) for s in samples]
     in_tx = [s.by_state.get("idle_in_transaction", 0) for s in samples]
@@ -27,11 +29,35 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
     gaps = [s.t for s in result.timeline if not s.ok]
     if gaps:
         ax.plot(gaps, [0] * len(gaps), "kx", label="probe gap")
-    ax.set_xlabel("seconds")
     ax.set_ylabel("client connections")
     ax.set_ylim(0, max_connections * 1.12)
     ax.set_title(f"poolbench {title}: connections by state")
     ax.legend(loc="center right", fontsize=8)  # clear of the step labels along the top
+    _latency_panel(lat, result)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _latency_panel(ax: Axes, result: LocalResult) -> None:
+    """Each step's statement latency and pool checkout wait (p50, p95) across the step's span."""
+    drawn = False
+    for span, step in zip(result.spans, result.status.steps, strict=False):
+        end = span.end if span.end is not None else span.start
+        for values, color, name in ((step.latency_ms, "#9467bd", "latency"),
+                                    (step.checkout_wait_ms, "#2ca02c", "checkout wait")):
+            if values.max <= 0:
+                continue
+            hidden = drawn  # one legend entry per series ("_" labels are left out of legends)
+            ax.hlines(values.p95, span.start, end, colors=color, linewidth=2.5,
+                      label="_p95" if hidden else f"{name} p95")
+            ax.hlines(values.p50, span.start, end, colors=color, linewidth=1, linestyles=":",
+                      label="_p50" if hidden else f"{name} p50")
+        drawn = drawn or step.latency_ms.max > 0 or step.checkout_wait_ms.max > 0
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("ms per statement")
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(loc="upper left", fontsize=7, ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no latency measured", transform=ax.transAxes, ha="center", va="center", fontsize=8)

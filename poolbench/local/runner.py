@@ -210,6 +210,9 @@ class LocalRunner:
             r.kill()
         self.replicas = []
 
+    def connection_ages(self) -> list[float]:
+        return self.probe.connection_ages() if self.probe is not None else []
+
     def terminate_backends(self) -> int:
         return self.probe.terminate_others() if self.probe is not None else 0
 

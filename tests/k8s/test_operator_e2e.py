@@ -84,6 +84,19 @@ def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
     assert second["samples"] > 10
     assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
     assert status["totalSteps"] == 2 and status["progress"] == "2/2"
+    # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
+    assert first["throughput"] > 0 and first["latencyMs"]["p50"] > 0 and first["checkoutWaitMs"]["max"] > 0
+    assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
+    assert first["peakByWaitEventType"] and first["connectionAgeSeconds"]["max"] > 0
+    # Conditions in step with the phase, and `kubectl wait` works on the finished benchmark.
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {"Ready": ("False", "StepFailed"), "Reconciling": ("False", "Finished"),
+                          "Stalled": ("False", "Finished")}
+    assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Reconciling=false", "poolbenchmark/seed-small",
+            "--timeout=20s")
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready=false", "poolbenchmark/seed-small",
+            "--timeout=20s")
 
     table = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
@@ -138,6 +151,9 @@ def test_what_the_schema_cannot_catch_ends_invalid(operator, control_plane, kube
     obj = wait_phase(kube, ns, "contradiction", timeout=60)
     assert obj["status"]["phase"] == "Invalid"
     assert "spec.workload.engine" in obj["status"]["message"] and "maxOverflow" in obj["status"]["message"]
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
+    assert conditions["Stalled"] == ("True", "InvalidSpec") and conditions["Ready"] == ("False", "InvalidSpec")
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Stalled", "poolbenchmark/contradiction", "--timeout=20s")
     warnings = [e for e in events(kube, ns, "contradiction") if e["type"] == "Warning" and e["reason"] == "Invalid"]
     assert warnings
     assert not any(v for k, v in children(kube, ns).items())
@@ -200,6 +216,7 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         obj = wait_phase(kube, ns, name, timeout=300)
         status = obj["status"]
         assert status["phase"] == "Completed", status.get("message")
+        kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready", f"poolbenchmark/{name}", "--timeout=20s")
         assert [s["replicas"] for s in status["steps"]] == [1, 2]
         assert all(s["outcome"] == "Passed" for s in status["steps"])
         # no finished step was redone: every finished step seen during the run is still there, unchanged

@@ -1,0 +1,176 @@
+"""Step measures in the pure core: histograms that merge exactly, percentiles, throughput, limits,
+the queueing explanation, and Kubernetes conditions kept in step with the phase."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status, set_conditions, throughput
+from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of, merged
+from poolbench.core.results import BenchmarkStatus
+from poolbench.core.sampling import Sample
+from poolbench.core.spec import parse_spec
+
+
+def test_buckets_are_inclusive_upper_bounds() -> None:
+    assert bucket_of(0.0) == 0 and bucket_of(0.1) == 0 and bucket_of(0.1001) == 1
+    assert bucket_of(100) == BOUNDS_MS.index(100) and bucket_of(BOUNDS_MS[-1] + 1) == BUCKETS - 1
+
+
+def test_percentiles_bound_the_truth_from_above_within_one_bucket() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(3, 1.5) for _ in range(5000)]
+    h = Histogram()
+    for v in values:
+        h.add(v)
+    ordered = sorted(values)
+    for q in (0.5, 0.95, 0.99):
+        true = ordered[int(-(-q * len(ordered) // 1)) - 1]
+        got = h.percentile(q)
+        assert got >= true or got == h.max_ms
+        assert bucket_of(got) == bucket_of(true)  # the same bucket: its upper bound (or the max)
+    assert h.summary()["max"] == pytest.approx(max(values), abs=0.001)
+    assert Histogram().summary() == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    assert h.summary()["mean"] == pytest.approx(sum(values) / len(values), abs=0.001)
+
+
+def test_replicas_merge_exactly() -> None:
+    rng = random.Random(11)
+    parts = []
+    for _ in range(5):
+        h = Histogram()
+        for _ in range(rng.randint(0, 400)):
+            h.add(rng.uniform(0, 3000))
+        parts.append(h)
+    total = merged(parts)
+    assert total.counts == [sum(p.counts[i] for p in parts) for i in range(BUCKETS)]
+    assert total.max_ms == max(p.max_ms for p in parts)
+    assert Histogram.from_json(total.to_json()).counts == total.counts
+    cumulative = [sum(total.counts[: i + 1]) for i in range(BUCKETS)]
+    assert Histogram.from_cumulative(cumulative, total.sum_ms, total.max_ms).counts == total.counts
+
+
+def test_malformed_histograms_count_as_empty() -> None:
+    for bad in (None, {}, {"counts": [1, 2]}, {"counts": ["x"] * BUCKETS}, {"counts": "abc"}):
+        assert Histogram.from_json(bad).total == 0
+
+
+def report(name: str, ok: int, start: float, end: float, latency_ms: list[float],
+           waits_ms: list[float]) -> ReplicaReport:
+    latency, wait = Histogram(), Histogram()
+    for v in latency_ms:
+        latency.add(v)
+    for v in waits_ms:
+        wait.add(v)
+    return ReplicaReport(name, outcomes={"ok": ok}, latency=latency, checkout_wait=wait,
+                         work_started_at=start, work_ended_at=end)
+
+
+def test_throughput_is_over_the_whole_work_phase() -> None:
+    reports = [report("a", 100, 1000.0, 1002.0, [], []), report("b", 100, 1000.5, 1004.0, [], [])]
+    assert throughput(reports) == 50.0  # 200 statements over 1000.0 → 1004.0
+    assert throughput([report("c", 5, 10.0, 10.0, [], [])]) == 0.0
+    assert throughput([ReplicaReport("d", outcomes={"ok": 3})]) == 0.0
+
+
+def run_one_step(spec: dict, reports: list[ReplicaReport]) -> BenchmarkRun:
+    run = BenchmarkRun(parse_spec(spec))
+    planned = run.next_step()
+    assert planned is not None
+    run.begin_step(planned)
+    seen(run)
+    run.finish_step(reports)
+    run.finish()
+    return run
+
+
+def seen(run: BenchmarkRun) -> None:
+    """The monitor read the step (a step nobody saw is Inconclusive)."""
+    for i in range(5):
+        run.add_sample(Sample(t=float(i), total=1, by_state={"active": 1}))
+
+
+def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
+    slow = [report("r0", 40, 0.0, 2.0, [120.0] * 39 + [130.0], [80.0] * 39 + [90.0])]
+    spec = {"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}},
+            "limits": {"maxLatencyP95Ms": 100, "maxCheckoutWaitP95Ms": 50}}
+    run = run_one_step(spec, slow)
+    step = run.status.steps[0]
+    assert step.outcome == "Failed"
+    # Bucket upper bounds, clamped to the largest value seen: 120 → (100, 250] → 130; 80 → (50, 100] → 90.
+    assert step.latency_ms.p95 == 130 and step.checkout_wait_ms.p95 == 90
+    assert "latency p95 130 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
+    assert "checkout wait p95 90 ms exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
+    assert run.status.verdict is not None
+    assert "failed with latency p95 130 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
+    fast = run_one_step({**spec, "limits": {"maxLatencyP95Ms": 300, "maxCheckoutWaitP95Ms": 100}}, slow)
+    assert fast.status.steps[0].outcome == "Passed"
+
+
+def test_the_verdict_explains_threads_queueing_for_connections() -> None:
+    queued = [report("r0", 40, 0.0, 2.0, [150.0] * 40, [90.0] * 30 + [700.0] * 9 + [800.0])]
+    run = run_one_step({"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}}},
+                       queued)
+    assert run.status.verdict is not None
+    assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
+            " so 6 wait for a checkout (mean 245 ms, p95 800 ms, max 800 ms at 1 replicas).") in (
+        run.status.verdict.summary)
+    plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
+    assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary
+
+
+def conditions(status: BenchmarkStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_conditions_follow_the_phase() -> None:
+    run = BenchmarkRun(parse_spec({"steps": [1, 2], "workload": {"holdSeconds": 1}}))
+    run.status.observed_generation = 3
+    run.provisioning()
+    assert conditions(run.status) == {"Ready": ("False", "Provisioning"), "Reconciling": ("True", "Provisioning"),
+                                      "Stalled": ("False", "Progressing")}
+    planned = run.next_step()
+    assert planned is not None
+    run.begin_step(planned)
+    assert conditions(run.status)["Reconciling"] == ("True", "Running")
+    seen(run)
+    run.finish_step([ReplicaReport("r", outcomes={"ok": 1})])
+    planned = run.next_step()
+    assert planned is not None
+    run.begin_step(planned)
+    seen(run)
+    run.finish_step([ReplicaReport("r", outcomes={"ok": 1})])
+    run.finish()
+    assert conditions(run.status) == {"Ready": ("True", "AllStepsPassed"), "Reconciling": ("False", "Finished"),
+                                      "Stalled": ("False", "Finished")}
+    assert all(c.observed_generation == 3 for c in run.status.conditions)
+
+
+def test_failed_inconclusive_broken_and_invalid_conditions() -> None:
+    failed = run_one_step({"steps": [1]}, [ReplicaReport("r", outcomes={"tooManyClients": 1}, crashed=True,
+                                                        first_error="x", first_error_class="tooManyClients")])
+    assert conditions(failed.status)["Ready"] == ("False", "StepFailed")
+    assert conditions(failed.status)["Stalled"][0] == "False"
+    broken = BenchmarkRun(parse_spec({"steps": [1]}))
+    broken.fail("OperationalError: could not connect")
+    assert conditions(broken.status)["Stalled"] == ("True", "EnvironmentFailed")
+    assert conditions(broken.status)["Reconciling"] == ("False", "Finished")
+    invalid = invalid_status("spec.workload: contradiction", 2)
+    assert conditions(invalid) == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "Finished"),
+                                   "Stalled": ("True", "InvalidSpec")}
+    assert invalid.to_json()["phase"] == "Invalid"
+
+
+def test_a_transition_time_changes_only_with_the_status() -> None:
+    status = BenchmarkStatus(phase="Running")
+    set_conditions(status, now="2026-01-01T00:00:00Z")
+    status.message = "step 2/2"
+    set_conditions(status, now="2026-01-01T00:01:00Z")
+    assert {c.last_transition_time for c in status.conditions} == {"2026-01-01T00:00:00Z"}
+    status.phase = "Completed"
+    set_conditions(status, now="2026-01-01T00:02:00Z")
+    times = {c.type: c.last_transition_time for c in status.conditions}
+    assert times["Ready"] == times["Reconciling"] == "2026-01-01T00:02:00Z"
+    assert times["Stalled"] == "2026-01-01T00:00:00Z"  # False before and after
