@@ -19,6 +19,12 @@ def test_buckets_are_inclusive_upper_bounds() -> None:
     assert bucket_of(100) == BOUNDS_MS.index(100) and bucket_of(BOUNDS_MS[-1] + 1) == BUCKETS - 1
 
 
+def test_bounds_are_ten_per_decade() -> None:
+    assert BOUNDS_MS[:5] == (0.1, 0.126, 0.158, 0.2, 0.251) and BOUNDS_MS[-1] == 63100
+    assert {1.0, 10.0, 100.0, 1000.0, 10000.0} <= set(BOUNDS_MS)
+    assert all(1.2 < b / a < 1.32 for a, b in zip(BOUNDS_MS, BOUNDS_MS[1:], strict=False))
+
+
 def test_percentiles_bound_the_truth_from_above_within_one_bucket() -> None:
     rng = random.Random(7)
     values = [rng.lognormvariate(3, 1.5) for _ in range(5000)]
@@ -99,12 +105,12 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     run = run_one_step(spec, slow)
     step = run.status.steps[0]
     assert step.outcome == "Failed"
-    # Bucket upper bounds, clamped to the largest value seen: 120 → (100, 250] → 130; 80 → (50, 100] → 90.
-    assert step.latency_ms.p95 == 130 and step.checkout_wait_ms.p95 == 90
-    assert "latency p95 130 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
+    # Bucket upper bounds, clamped to the largest value seen: 120 → (100, 126] → 126; 80 → (79.4, 100] → 90.
+    assert step.latency_ms.p95 == 126 and step.checkout_wait_ms.p95 == 90
+    assert "latency p95 126 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
     assert "checkout wait p95 90 ms exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
     assert run.status.verdict is not None
-    assert "failed with latency p95 130 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
+    assert "failed with latency p95 126 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
     fast = run_one_step({**spec, "limits": {"maxLatencyP95Ms": 300, "maxCheckoutWaitP95Ms": 100}}, slow)
     assert fast.status.steps[0].outcome == "Passed"
 
@@ -115,7 +121,7 @@ def test_the_verdict_explains_threads_queueing_for_connections() -> None:
                        queued)
     assert run.status.verdict is not None
     assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
-            " so 6 wait for a checkout (mean 245 ms, p95 800 ms, max 800 ms at 1 replicas).") in (
+            " so 6 wait for a checkout (mean 245 ms, p95 794 ms, max 800 ms at 1 replicas).") in (
         run.status.verdict.summary)
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
     assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Bucket upper bounds in milliseconds (1-2.5-5 steps); values above the last go to the +Inf bucket.
-BOUNDS_MS: tuple[float, ...] = (
-    0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-)
+#: Bucket upper bounds in milliseconds: ten per decade (×1.26, three significant digits: 0.1, 0.126,
+#: 0.158, 0.2, 0.251 … 50100, 63100), so a percentile read as its bucket's upper bound is at most 26 %
+#: above the truth; values above the last go to the +Inf bucket.
+BOUNDS_MS: tuple[float, ...] = tuple(float(f"{0.1 * 10 ** (i / 10):.3g}") for i in range(59))
 BUCKETS = len(BOUNDS_MS) + 1  # the last counts everything above BOUNDS_MS[-1]
 
 
