@@ -42,22 +42,27 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
 def _latency_panel(ax: Axes, result: LocalResult) -> None:
     """Each step's statement latency and pool checkout wait (p50, p95) across the step's span."""
     drawn = False
+    plotted: list[float] = []
     for span, step in zip(result.spans, result.status.steps, strict=False):
         end = span.end if span.end is not None else span.start
         for values, color, name in ((step.latency_ms, "#9467bd", "latency"),
                                     (step.checkout_wait_ms, "#2ca02c", "checkout wait")):
+            dashed = values is step.checkout_wait_ms
             if values.max <= 0:
                 continue
+            plotted += [v for v in (values.p50, values.p95) if v > 0]
             hidden = drawn  # one legend entry per series ("_" labels are left out of legends)
-            ax.hlines(values.p95, span.start, end, colors=color, linewidth=2.5,
+            # Dashed checkout wait: a queued caller's latency is mostly its wait, so the lines may meet.
+            ax.hlines(values.p95, span.start, end, colors=color, linewidth=2.5, linestyles="--" if dashed else "-",
                       label="_p95" if hidden else f"{name} p95")
             ax.hlines(values.p50, span.start, end, colors=color, linewidth=1, linestyles=":",
                       label="_p50" if hidden else f"{name} p50")
         drawn = drawn or step.latency_ms.max > 0 or step.checkout_wait_ms.max > 0
     ax.set_xlabel("seconds")
     ax.set_ylabel("ms per statement")
-    if drawn:
+    if drawn and plotted:
         ax.set_yscale("log")
-        ax.legend(loc="upper left", fontsize=7, ncol=2)
+        ax.set_ylim(min(plotted) / 3, max(plotted) * 3)  # room above and below the lines
+        ax.legend(loc="center right", fontsize=7, ncol=2)
     else:
         ax.text(0.5, 0.5, "no latency measured", transform=ax.transAxes, ha="center", va="center", fontsize=8)
