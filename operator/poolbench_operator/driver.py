@@ -36,7 +36,6 @@ from poolbench.core.steploop import (
 from poolbench.core.workload_env import SUPERUSER
 from poolbench.db.probe import Probe, SamplerThread
 from poolbench.db.roles import ensure_app_role
-from poolbench.db.sessions import ADMIN_NAME, admin_session
 
 from . import podstate
 from .builders import POSTGRES_PORT, Names, build_children
@@ -158,11 +157,7 @@ class Driver:
         """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""
         if self.spec.workload.role != "app":
             return
-        conn = admin_session(self.connect, ADMIN_NAME)
-        try:
-            ensure_app_role(conn, self.app_password)
-        finally:
-            conn.close()
+        ensure_app_role(self.connect, self.app_password)
 
     def measure(self) -> None:
         self.ensure_app_role()

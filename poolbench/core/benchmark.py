@@ -104,10 +104,8 @@ def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepRes
     step.restarts = sum(r.restarts for r in reports)
     latency = merged(r.latency for r in reports)
     checkout = merged(r.checkout_wait for r in reports)
-    step.latency_histogram = HistogramCounts(counts=latency.counts, sum_ms=round(latency.sum_ms, 3),
-                                             max_ms=round(latency.max_ms, 3))
-    step.checkout_wait_histogram = HistogramCounts(counts=checkout.counts, sum_ms=round(checkout.sum_ms, 3),
-                                                   max_ms=round(checkout.max_ms, 3))
+    step.latency_histogram = HistogramCounts.model_validate(latency.to_json())
+    step.checkout_wait_histogram = HistogramCounts.model_validate(checkout.to_json())
     step.latency_ms = Percentiles(**latency.summary())
     step.checkout_wait_ms = Percentiles(**checkout.summary())
     step.throughput = throughput(reports)
@@ -135,6 +133,7 @@ class BenchmarkRun:
         self.status = status or BenchmarkStatus(
             phase="Pending", total_steps=len(self.plan), max_connections=spec.postgres.max_connections
         )
+        self.status.histogram_bounds_ms = list(BOUNDS_MS)  # what every step's histograms count in
         self.accumulator: StepAccumulator | None = None
         self.step: StepResult | None = None
         self.database_restarts = 0  # new servers the probe has seen, in a step or between steps
@@ -143,7 +142,6 @@ class BenchmarkRun:
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
         self.status.phase = "Provisioning"
         self.status.message = message
-        self.status.histogram_bounds_ms = list(BOUNDS_MS)
         set_conditions(self.status)
 
     def next_step(self) -> PlannedStep | None:
@@ -157,7 +155,6 @@ class BenchmarkRun:
 
     def begin_step(self, planned: PlannedStep) -> StepResult:
         self.status.phase = "Running"
-        self.status.histogram_bounds_ms = list(BOUNDS_MS)
         self.status.current_step = planned.index
         self.status.replicas = planned.replicas
         self.status.progress = f"{planned.index}/{len(self.plan)}"

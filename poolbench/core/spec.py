@@ -46,6 +46,9 @@ FORBIDDEN_SETTINGS = frozenset(
 )
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
 
+#: The benchmark's own monitor connection holds one slot for the whole run.
+MONITOR_CONNECTIONS = 1
+
 #: Longest benchmark name: child objects append "-postgres-0" style suffixes, labels stop at 63.
 MAX_NAME_LENGTH = 40
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -229,6 +232,13 @@ class PoolBenchmarkSpec(_Model):
         "ScaleDown", description="Cluster only: what to do with children when done."
     )
 
+    def usable_connections(self) -> int:
+        """Slots the workload can take: max_connections, minus the reserved slots for a normal role,
+        minus the benchmark's monitor."""
+        pg = self.postgres
+        reserved = pg.superuser_reserved_connections if self.workload.role == "app" else 0
+        return pg.max_connections - reserved - MONITOR_CONNECTIONS
+
 
 def contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
     """What each field allows alone but the fields together make impossible, by field path: a
@@ -242,11 +252,11 @@ def contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
                          f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
                          f" ({spec.step_timeout_seconds}s): every step would time out"))
     reserved = pg.superuser_reserved_connections if w.role == "app" else 0
-    usable = pg.max_connections - reserved - 1  # the benchmark's monitor holds one slot
-    if usable <= 0:
+    if spec.usable_connections() <= 0:
         problems.append(("spec.postgres.maxConnections",
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
-                         f" ({reserved} reserved for superusers, 1 for the benchmark's monitor)"))
+                         f" ({reserved} reserved for superusers, {MONITOR_CONNECTIONS} for the benchmark's"
+                         " monitor)"))
     return problems
 
 

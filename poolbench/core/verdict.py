@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass
 
 from .results import StepResult, Verdict
-from .spec import LimitsSpec, PoolBenchmarkSpec
+from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec
 
-MONITOR_CONNECTIONS = 1
 CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) "[^"]*"(, port \d+)? failed: ')
 
 
@@ -65,10 +64,8 @@ def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
 
 
 def usable_connections(spec: PoolBenchmarkSpec) -> int:
-    """Slots the workload can take: max_connections, minus reserved slots for a normal role, minus the monitor."""
-    pg = spec.postgres
-    reserved = pg.superuser_reserved_connections if spec.workload.role == "app" else 0
-    return pg.max_connections - reserved - MONITOR_CONNECTIONS
+    """Slots the workload can take (``PoolBenchmarkSpec.usable_connections``)."""
+    return spec.usable_connections()
 
 
 def predict(spec: PoolBenchmarkSpec, replicas: int) -> Prediction:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -31,32 +32,24 @@ import psycopg2.extensions
 from ..core.sampling import Sample, sample_from_rows
 from .sessions import MONITOR_NAME, Connect, admin_session
 
+OTHER_CLIENTS = """
+  FROM pg_catalog.pg_stat_activity
+ WHERE backend_type = 'client backend'
+   AND pid <> pg_catalog.pg_backend_pid()"""
+#: The backends that count: established sessions (see the module's docstring), named as asked.
+COUNTED = OTHER_CLIENTS + """
+   AND state IS NOT NULL AND state <> 'starting'
+   AND application_name LIKE %s"""
 QUERY = """
 SELECT state, application_name, count(*)::int,
        max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle'),
-       wait_event_type
-  FROM pg_catalog.pg_stat_activity
- WHERE backend_type = 'client backend'
-   AND pid <> pg_catalog.pg_backend_pid()
-   AND state IS NOT NULL AND state <> 'starting'
-   AND application_name LIKE %s
+       wait_event_type""" + COUNTED + """
  GROUP BY state, application_name, wait_event_type
 """
 PREPARED = "poolbench_sample"
-AGES = """
-SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8
-  FROM pg_catalog.pg_stat_activity
- WHERE backend_type = 'client backend'
-   AND pid <> pg_catalog.pg_backend_pid()
-   AND state IS NOT NULL AND state <> 'starting'
-   AND application_name LIKE %s
-"""
-TERMINATE = """
-SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int
-  FROM pg_catalog.pg_stat_activity
- WHERE backend_type = 'client backend'
-   AND pid <> pg_catalog.pg_backend_pid()
-"""
+AGES = "SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8" + COUNTED
+#: Leftovers are every other client backend, starting ones included.
+TERMINATE = "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int" + OTHER_CLIENTS
 
 
 class Probe:
@@ -105,31 +98,28 @@ class Probe:
             self.close()
             return Sample.gap(t, " ".join(str(err).split())[:200] or type(err).__name__)
 
+    def _on_monitor(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[Any, ...]] | None:
+        """Run one statement in the monitor's own session (it keeps its slot when the others are
+        full), between two reads; None when the monitor is down."""
+        try:
+            with self._lock:
+                if self._conn is None or self._conn.closed:
+                    return None
+                with self._conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall()
+        except psycopg2.Error:
+            return None
+
     def connection_ages(self) -> list[float]:
         """Seconds since each counted backend started (backend_start); [] when the monitor is down."""
-        try:
-            with self._lock:
-                if self._conn is None or self._conn.closed:
-                    return []
-                with self._conn.cursor() as cur:
-                    cur.execute(AGES, (self._pattern,))
-                    return [float(age) for (age,) in cur.fetchall()]
-        except psycopg2.Error:
-            return []
+        rows = self._on_monitor(AGES, (self._pattern,))
+        return [float(age) for (age,) in rows or []]
 
     def terminate_others(self) -> int:
-        """End every client backend but the monitor (through the monitor's own session, which keeps
-        its slot when the others are full); how many were ended. 0 when the monitor is down."""
-        try:
-            with self._lock:
-                if self._conn is None or self._conn.closed:
-                    return 0
-                with self._conn.cursor() as cur:
-                    cur.execute(TERMINATE)
-                    row = cur.fetchone()
-                    return int(row[0]) if row else 0
-        except psycopg2.Error:
-            return 0
+        """End every client backend but the monitor; how many were ended. 0 when the monitor is down."""
+        rows = self._on_monitor(TERMINATE)
+        return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -34,7 +34,6 @@ from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, St
 from ..core.workload_env import workload_env
 from ..db.probe import Probe, SamplerThread
 from ..db.roles import ensure_app_role
-from ..db.sessions import ADMIN_NAME, admin_session
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
 from .procs import deferred_signals, kill_group
@@ -146,16 +145,13 @@ class LocalRunner:
                                          dict(pg_spec.settings))
             pg.start()
             self.env = {**os.environ, **workload_env(self.spec), **pg.client_env()}
+
             def connect(**extra: Any) -> psycopg2.extensions.connection:
                 return psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **extra)
 
             if self.spec.workload.role == "app":
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
-                conn = admin_session(connect, ADMIN_NAME)
-                try:
-                    ensure_app_role(conn, password)
-                finally:
-                    conn.close()
+                ensure_app_role(connect, password)
             self.probe = probe = Probe(connect)
             probe.open()  # before any load: the monitor must hold its slot first
             self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
@@ -198,12 +194,9 @@ class LocalRunner:
         return ReplicaProgress(running=running, work_done=work_done, finished=running == 0)
 
     def collect(self) -> list[ReplicaReport]:
-        reports = []
-        for r in self.replicas:
-            r.kill()
-            reports.append(r.report())
-        self.replicas = []
-        return reports
+        replicas = self.replicas
+        self.scale_to_zero()  # a replica still running at the end of its step is stopped first
+        return [r.report() for r in replicas]
 
     def scale_to_zero(self) -> None:
         for r in self.replicas:
