@@ -37,6 +37,7 @@ BENCHMARKS = {
     "P4": ("benchmarks.p4_verdict", "Time to verdict"),
     "P5": ("benchmarks.p5_scale", "Scale"),
     "P6": ("benchmarks.p6_operator", "Operator footprint"),
+    "P7": ("benchmarks.p7_node", "Time to verdict on a real node"),
 }
 
 

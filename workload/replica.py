@@ -24,6 +24,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from sqlalchemy import create_engine, event, pool
 
 from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of
 from poolbench.core.outcomes import OK, OUTCOMES, classify_exception, short_message
-from poolbench.core.workload_env import WorkloadConfig
+from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
 
 ENGINE_ARGS = {
     "poolSize": "pool_size",
@@ -386,7 +387,11 @@ class Replica:
 
 
 def run(env: dict[str, str]) -> int:
-    cfg = WorkloadConfig.from_env(env)
+    try:
+        cfg = WorkloadConfig.checked_from_env(env)
+    except WorkloadEnvError as err:
+        print(f"poolbench workload: {err}", file=sys.stderr, flush=True)
+        return 2
     replica = Replica(cfg)
 
     def on_term(_sig, _frame):

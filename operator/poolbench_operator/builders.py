@@ -17,7 +17,6 @@ from poolbench.core.workload_env import SUPERUSER, workload_env
 POSTGRES_PORT = 5432
 METRICS_PORT = 9187
 TERMINATION_PATH = "/dev/termination-log"
-POSTGRES_UID = 999  # the official (Debian) postgres image's user
 WORKLOAD_UID = 10001
 SECRET_SUPERUSER_KEY = "postgres-password"
 SECRET_APP_KEY = "app-password"
@@ -113,8 +112,10 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
             "template": {
                 "metadata": {"labels": labels(benchmark, "postgres")},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": POSTGRES_UID,
-                                        "runAsGroup": POSTGRES_UID, "fsGroup": POSTGRES_UID},
+                    # The image's own postgres user, so the entrypoint initialises PGDATA as that user.
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": spec.postgres.run_as_user,
+                                        "runAsGroup": spec.postgres.run_as_user,
+                                        "fsGroup": spec.postgres.run_as_user},
                     "automountServiceAccountToken": False,
                     "containers": [{
                         "name": "postgres",

@@ -81,9 +81,19 @@ class PostgresSpec(_Model):
         3, ge=0, le=1000, description="Slots only superusers may take."
     )
     image: str = Field(
-        "postgres:16-alpine",
+        "postgres:16-bookworm",
         min_length=1,
-        description="Container image for the in-cluster StatefulSet (cluster only).",
+        description="Container image for the in-cluster StatefulSet (cluster only). Any image that follows "
+        "the official postgres image's contract (POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB, PGDATA; "
+        "arguments passed to postgres); its postgres user's UID goes in runAsUser.",
+    )
+    run_as_user: int = Field(
+        999,
+        ge=1,
+        le=2147483647,
+        description="UID and GID the Postgres pod runs as (and its fsGroup): the image's postgres user. "
+        "999 in the official Debian-based postgres images (the default image), 70 in the -alpine ones "
+        "(cluster only).",
     )
     settings: dict[str, str] = Field(
         default_factory=dict,

@@ -46,6 +46,16 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True) -> di
     return env
 
 
+class WorkloadEnvError(ValueError):
+    """The replica's environment is missing a setting or has a malformed one (named in the message)."""
+
+
+#: What a replica cannot run without: it is started by poolbench (locally or by the operator), which
+#: always sets these; a bare ``python -m workload`` would otherwise run forever against nothing.
+REQUIRED_HINT = ("python -m workload is started by poolbench (poolbench run, or the operator), which sets its "
+                 "environment")
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
     """What a replica reads from its environment."""
@@ -63,7 +73,25 @@ class WorkloadConfig:
     exit_after_hold: bool
 
     @classmethod
+    def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
+        """``from_env`` for the entry point: refuses an environment that would run forever or is malformed."""
+        if not (env.get(PREFIX + "ITERATIONS") or env.get(PREFIX + "DURATION_SECONDS")):
+            raise WorkloadEnvError(f"neither {PREFIX}ITERATIONS nor {PREFIX}DURATION_SECONDS is set; "
+                                   + REQUIRED_HINT)
+        return cls.from_env(env)
+
+    @classmethod
     def from_env(cls, env: dict[str, str]) -> WorkloadConfig:
+        try:
+            return cls._from_env(env)
+        except ValueError as err:  # json.JSONDecodeError is one too
+            bad = next((PREFIX + n for n in ("THREADS", "ITERATIONS", "DURATION_SECONDS", "HOLD_SECONDS",
+                                             "METRICS_PORT", "ENGINE") if _malformed(env, n)),
+                       "an environment variable")
+            raise WorkloadEnvError(f"{bad} is malformed: {err}") from err
+
+    @classmethod
+    def _from_env(cls, env: dict[str, str]) -> WorkloadConfig:
         def get(name: str, default: str = "") -> str:
             return env.get(PREFIX + name) or default
 
@@ -82,3 +110,20 @@ class WorkloadConfig:
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
         )
+
+
+def _malformed(env: dict[str, str], name: str) -> bool:
+    """Whether POOLBENCH_<name> fails to parse as what the replica reads it as."""
+    raw = env.get(PREFIX + name)
+    if not raw:
+        return False
+    try:
+        if name == "ENGINE":
+            json.loads(raw)
+        elif name in ("THREADS", "ITERATIONS", "METRICS_PORT"):
+            int(raw)
+        else:
+            float(raw)
+    except ValueError:
+        return True
+    return False

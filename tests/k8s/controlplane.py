@@ -116,7 +116,7 @@ class Certs:
     @property
     def sa_pub(self) -> Path: return self.dir / "sa.pub"
 
-    def generate(self) -> Certs:
+    def generate(self, extra_ips: tuple[str, ...] = ()) -> Certs:
         self.dir.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         later = now + dt.timedelta(days=2)
@@ -149,6 +149,7 @@ class Certs:
         svc_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
         serving_key, serving = leaf("kube-apiserver", None, [ExtendedKeyUsageOID.SERVER_AUTH], [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(svc_ip),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
             x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"), x509.DNSName("kubernetes.default.svc.cluster.local"),
         ])
@@ -221,6 +222,19 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             continue
 
 
+def kill_until_gone(list_pids, what: str, attempts: int = 50) -> None:
+    """SIGKILLs whatever ``list_pids()`` returns until it returns nothing (processes that fork as they die)."""
+    for _ in range(attempts):
+        pids = list_pids()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} survived SIGKILL")
+
+
 @dataclass
 class ControlPlane:
     bin_dir: Path
@@ -230,6 +244,11 @@ class ControlPlane:
     kubeconfig: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    #: Where kube-apiserver listens and what it advertises. A real node binds it on the pod bridge's
+    #: address, so pods reach it through the ``kubernetes`` Service (its endpoint is then reconciled).
+    bind_address: str = "127.0.0.1"
+    #: More kube-apiserver flags (a real node adds the kubelet client certificate).
+    extra_apiserver_args: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> ControlPlane:
@@ -243,12 +262,12 @@ class ControlPlane:
     def start(self, timeout: float = 120.0) -> ControlPlane:
         atexit.register(self.stop, keep_logs=True)
         deadline = time.monotonic() + timeout
-        certs = self.certs.generate()
+        certs = self.certs.generate(extra_ips=(self.bind_address,) if self.bind_address != "127.0.0.1" else ())
         taken: set[int] = set()
         p = self.ports
         for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"):
             p[name] = free_port(taken)
-        self.server = f"https://127.0.0.1:{p['apiserver']}"
+        self.server = f"https://{self.bind_address}:{p['apiserver']}"
         self.kubeconfig = kubeconfig = write_kubeconfig(
             self.work_dir / "admin.kubeconfig", self.server, certs.ca_crt,
             user="admin", client_crt=certs.admin_crt, client_key=certs.admin_key)
@@ -265,8 +284,9 @@ class ControlPlane:
 
         self._spawn("kube-apiserver", [
             f"--etcd-servers={etcd_url}",
-            f"--secure-port={p['apiserver']}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            f"--secure-port={p['apiserver']}", f"--bind-address={self.bind_address}",
+            f"--advertise-address={self.bind_address}",
+            f"--endpoint-reconciler-type={'none' if self.bind_address == '127.0.0.1' else 'lease'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
             "--authorization-mode=Node,RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -276,7 +296,7 @@ class ControlPlane:
             f"--tls-cert-file={certs.serving_crt}", f"--tls-private-key-file={certs.serving_key}",
             f"--cert-dir={self.work_dir / 'apiserver-certs'}",
             "--enable-admission-plugins=ServiceAccount,NamespaceLifecycle",
-            "--profiling=false",
+            "--profiling=false", *self.extra_apiserver_args,
         ])
         self._wait(lambda: self._https_ok(f"{self.server}/readyz"), deadline, "kube-apiserver /readyz",
                    ["etcd", "kube-apiserver"])

@@ -66,12 +66,8 @@ def children(kube, namespace: str) -> dict[str, list[str]]:
     return out
 
 
-def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
-    ns = create_namespace(kube, "e2e")
-    apply_benchmark(control_plane, ns, small_seed())
-    obj = wait_phase(kube, ns, "seed-small")
-    status = obj["status"]
-    assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
+def assert_small_seed_steps(status: dict) -> tuple[dict, dict]:
+    """manifests/examples/small.yaml's answer: 2 replicas pass (peak = predicted, ghosts), 8 fail."""
     first, second = status["steps"]
     assert first["replicas"] == 2 and first["outcome"] == "Passed", first
     assert first["predictedPeak"] == 10 and first["peakConnections"] == 10
@@ -80,9 +76,29 @@ def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
     assert second["replicas"] == 8 and second["outcome"] == "Failed", second
     assert second["errors"]["tooManyClients"] > 0 and second["firstErrorClass"] == "tooManyClients"
     assert second["restarts"] > 0  # onError crash: the pods died and the kubelet restarted them
+    assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
+    return first, second
+
+
+def assert_scaled_down_then_collected(kube, ns: str, name: str, delete) -> None:
+    """cleanup ScaleDown left the workload at 0 and Postgres up; deleting the resource (``delete()``)
+    garbage-collects every child; then the namespace goes."""
+    assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-workload")["spec"]["replicas"] == 0
+    assert children(kube, ns)["statefulsets"] == [f"{name}-postgres"]
+    delete()
+    wait_for(lambda: not any(children(kube, ns).values()), 120, interval=1.0, what="children garbage-collected")
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
+    ns = create_namespace(kube, "e2e")
+    apply_benchmark(control_plane, ns, small_seed())
+    obj = wait_phase(kube, ns, "seed-small")
+    status = obj["status"]
+    assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
+    first, second = assert_small_seed_steps(status)
     assert first["sampleGaps"] == 0 and second["sampleGaps"] == 0  # R5: the probe is never locked out
     assert second["samples"] > 10
-    assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
     assert status["totalSteps"] == 2 and status["progress"] == "2/2"
     # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
     assert first["throughput"] > 0 and first["latencyMs"]["p50"] > 0 and first["checkoutWaitMs"]["max"] > 0
@@ -115,14 +131,9 @@ def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
     assert password not in json.dumps(events(kube, ns, "seed-small"))
     assert password not in operator.log()
 
-    # cleanup ScaleDown: workload at 0, Postgres kept
-    deploy = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/seed-small-workload")
-    assert deploy["spec"]["replicas"] == 0
-    assert children(kube, ns)["statefulsets"] == ["seed-small-postgres"]
-
-    kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "seed-small", "--timeout=60s")
-    wait_for(lambda: not any(children(kube, ns).values()), 90, interval=1.0, what="children garbage-collected")
-    kube.delete(f"/api/v1/namespaces/{ns}")
+    assert_scaled_down_then_collected(kube, ns, "seed-small",
+                                      lambda: kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "seed-small",
+                                                      "--timeout=90s"))
 
 
 def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed, control_plane, kube):

@@ -17,11 +17,10 @@ import fcntl
 import os
 import re
 import shutil
-import signal
 import threading
-import time
 from pathlib import Path
 
+from ..controlplane import kill_until_gone
 from .util import pid_alive, run
 
 STATE_DIR = Path("/run/poolbench-podrunner")
@@ -150,14 +149,8 @@ def netns_pids(name: str) -> list[int]:
 
 
 def kill_netns_pids(name: str) -> None:
-    for _ in range(50):
-        pids = netns_pids(name)
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
+    with contextlib.suppress(RuntimeError):  # best effort: the netns is deleted anyway
+        kill_until_gone(lambda: netns_pids(name), f"processes of netns {name}")
 
 
 def cleanup_index(n: int) -> None:

