@@ -111,7 +111,9 @@ def run(smoke: bool = False) -> Result:
     goals: list[tuple[str, str, bool | None]] = [("the node run reaches the local run's verdict",
               f"node: {node['verdict'][:80]}; local: {local_verdict[:80]}",
               bool(node["verdict"]) and "2 replicas ran safely" in node["verdict"]
-              and "2 replicas ran safely" in local_verdict)]
+              and "2 replicas ran safely" in local_verdict),
+             ("node apply → verdict ÷ local `poolbench run` of the same spec (information)",
+              f"{ratio:.2f} ({node['to_verdict_seconds']} s ÷ {local_wall:.1f} s)", None)]
     md = [
         "`manifests/examples/small.yaml` (steps 2 and 8, 6 threads × 20 × `SELECT pg_sleep(0.05)`, 3 s hold)",
         "two ways in the same run: `poolbench run` (embedded PostgreSQL, local processes) and `kubectl apply`",

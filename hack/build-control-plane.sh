@@ -46,22 +46,12 @@ VERSION_DIR="${CACHE_ROOT}/k8s/${KUBERNETES_VERSION}-etcd${ETCD_VERSION}"
 BIN_DIR="${VERSION_DIR}/bin"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 
-all_present() {
-  local b
-  for b in "${BINARIES[@]}"; do [[ -x "${BIN_DIR}/$b" ]] || return 1; done
-}
-
-if all_present; then
-  log "reusing ${BIN_DIR}"
-  echo "${BIN_DIR}"
-  exit 0
-fi
-
 # --- toolchain, lock, work dir (hack/lib/gobuild.sh) -------------------------------
 # shellcheck source=SCRIPTDIR/lib/gobuild.sh
 . "${SCRIPT_DIR}/lib/gobuild.sh"
+gobuild_reuse_if_present
 gobuild_toolchain
-gobuild_lock all_present
+gobuild_lock gobuild_all_present
 gobuild_workdir
 
 # --- kubernetes ------------------------------------------------------------------
@@ -125,6 +115,6 @@ done
 [[ -x "${BIN_DIR}/etcd" ]] || build_etcd
 (( need_k8s == 0 )) || build_kubernetes
 
-all_present || die "not all of ${BINARIES[*]} present in ${BIN_DIR} after build"
+gobuild_all_present || die "not all of ${BINARIES[*]} present in ${BIN_DIR} after build"
 log "all binaries ready in ${BIN_DIR} (total $(( $(date +%s) - START_TS ))s)"
 echo "${BIN_DIR}"

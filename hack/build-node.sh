@@ -44,22 +44,12 @@ COREDNS_PLUGINS=(metadata reload bind ready health prometheus errors log loadbal
                  transfer kubernetes loop whoami)
 COREDNS_FORBIDDEN_PLUGINS=(forward)
 
-all_present() {
-  local b
-  for b in "${BINARIES[@]}"; do [[ -x "${BIN_DIR}/$b" ]] || return 1; done
-}
-
-if all_present; then
-  log "reusing ${BIN_DIR}"
-  echo "${BIN_DIR}"
-  exit 0
-fi
-
 # --- toolchain, lock, work dir (hack/lib/gobuild.sh) -------------------------------
 # shellcheck source=SCRIPTDIR/lib/gobuild.sh
 . "${SCRIPT_DIR}/lib/gobuild.sh"
+gobuild_reuse_if_present
 gobuild_toolchain
-gobuild_lock all_present
+gobuild_lock gobuild_all_present
 gobuild_workdir
 GOBUILD_TIMES_FILE="${VERSION_DIR}/build-times.tsv"
 
@@ -173,6 +163,6 @@ done
 (( ${#missing_k8s[@]} == 0 )) || build_kubernetes_cmds each "${missing_k8s[@]}"
 [[ -x "${BIN_DIR}/coredns" ]] || build_coredns
 
-all_present || die "not all of ${BINARIES[*]} present in ${BIN_DIR} after build"
+gobuild_all_present || die "not all of ${BINARIES[*]} present in ${BIN_DIR} after build"
 log "all binaries ready in ${BIN_DIR} (total $(( $(date +%s) - START_TS ))s)"
 echo "${BIN_DIR}"

@@ -5,10 +5,27 @@
 # Sourced, not run. The sourcing script defines log() and die() (both to stderr) and sets
 #   VERSION_DIR  cache dir of this version set (holds .lock, work.*, bin/)
 #   BIN_DIR      where finished binaries are installed (normally VERSION_DIR/bin)
+#   BINARIES     (array) the names a complete build installs in BIN_DIR
 # before calling gobuild_lock / gobuild_workdir. The helpers then set and use
 #   GO, JOBS     (gobuild_toolchain)
 #   WORK, OUT    (gobuild_workdir; OUT is on BIN_DIR's filesystem, so installing is a rename)
 # Optional: GOBUILD_TIMES_FILE - if set, gobuild_record_time appends one line per build to it.
+
+# gobuild_all_present: every name in BINARIES is an executable in BIN_DIR.
+gobuild_all_present() {
+  local b
+  for b in "${BINARIES[@]}"; do [[ -x "${BIN_DIR}/$b" ]] || return 1; done
+}
+
+# gobuild_reuse_if_present: when everything is built, print BIN_DIR (the contract's last
+# stdout line) and exit 0; otherwise return and let the script build.
+gobuild_reuse_if_present() {
+  if gobuild_all_present; then
+    log "reusing ${BIN_DIR}"
+    echo "${BIN_DIR}"
+    exit 0
+  fi
+}
 
 # gobuild_toolchain: pick the go binary and a hermetic build environment.
 gobuild_toolchain() {

@@ -53,6 +53,8 @@ GATEWAY = "10.245.0.1"  # the bridge's address: API server, kubelet and CoreDNS 
 CNI_NETWORK = "poolbench-node"
 FORWARD_CHAIN = "POOLBENCH-NODE-FWD"
 INPUT_CHAIN = "POOLBENCH-NODE-IN"
+#: Written at start, removed by a clean stop: lets the next start reclaim a node whose owner was killed.
+STATE_FILE = Path("/run/poolbench-node.json")
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 #: Sysctls a node changes: the kubelet rewrites the first three; pods need forwarding for ClusterIPs
 #: (DNAT to a pod on the same bridge is routed) and bridged traffic through iptables.
@@ -135,6 +137,9 @@ def _kubepods_cgroups() -> set[str]:
     return {str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods*")}
 
 
+SNAPSHOT_SETS = ("processes", "firewall", "links", "mounts", "netns", "cgroups")
+
+
 @dataclass(frozen=True)
 class HostSnapshot:
     """What of the machine a node touches: compared before start and after stop."""
@@ -152,10 +157,18 @@ class HostSnapshot:
         return cls(frozenset(_processes()), frozenset(_firewall()), frozenset(_links()), frozenset(_mounts()),
                    frozenset(_netns()), frozenset(_kubepods_cgroups()), tuple(read_sysctls().items()))
 
+    def to_json(self) -> dict:
+        return {k: sorted(getattr(self, k)) for k in SNAPSHOT_SETS} | {"sysctls": list(self.sysctls)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> HostSnapshot:
+        return cls(**{k: frozenset(data[k]) for k in SNAPSHOT_SETS},
+                   sysctls=tuple((k, v) for k, v in data["sysctls"]))
+
     def leftovers(self, after: HostSnapshot) -> list[str]:
         """What ``after`` has that this snapshot had not (or changed sysctls), one line each."""
         found = []
-        for kind in ("processes", "firewall", "links", "mounts", "netns", "cgroups"):
+        for kind in SNAPSHOT_SETS:
             found += [f"{kind}: {item}" for item in sorted(getattr(after, kind) - getattr(self, kind))]
         found += [f"sysctl {k}: {v} -> {dict(after.sysctls).get(k)}" for k, v in self.sysctls
                   if dict(after.sysctls).get(k) != v]
@@ -172,6 +185,25 @@ def read_sysctls() -> dict[str, str]:
 
 def write_sysctl(name: str, value: str) -> None:
     (Path("/proc/sys") / name).write_text(value + "\n")
+
+
+def reclaim_stale_node() -> None:
+    """Tears down a node whose owner died without stopping it (a killed test run), from what it
+    recorded in STATE_FILE at start; refuses while that owner is still alive."""
+    try:
+        state = json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return
+    owner = int(state.get("pid", 0))
+    if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
+        raise NodeError(f"a node is already up here (process {owner}, work dir {state.get('work_dir')}): "
+                        "stop it first (Ctrl-C in hack/node.sh)")
+    stale = Cluster(cp_bin=Path(), node_bin=Path(), images_dir=Path(), work_dir=Path(state["work_dir"]),
+                    before=HostSnapshot.from_json(state["before"]))
+    problems = stale.stop(keep_logs=True)
+    if problems:
+        raise NodeError(f"a node left by process {owner} could not be reclaimed: {problems}")
+    print(f"reclaimed a node left by process {owner} (logs kept in {stale.logs_dir})", flush=True)
 
 
 # -- the cluster ------------------------------------------------------------------------------------
@@ -230,10 +262,14 @@ class Cluster:
                 raise NodeError(f"{tool} is not installed (Debian packages: containerd runc iptables iproute2)")
         if not any(Path(d, "bridge").exists() for d in CNI_BIN_DIRS):
             raise NodeError("no CNI plugins (Debian package containernetworking-plugins)")
+        reclaim_stale_node()
         if BRIDGE in _links():
-            raise NodeError(f"a node is already up here (bridge {BRIDGE} exists): stop it with hack/node.sh down")
+            raise NodeError(f"bridge {BRIDGE} exists but no node recorded it in {STATE_FILE}: "
+                            f"remove it with `ip link del {BRIDGE}`")
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.before = HostSnapshot.take()
+        STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "work_dir": str(self.work_dir),
+                                          "before": self.before.to_json()}))
         try:
             self._timed("network", self._network_up)
             self._timed("control plane", self._control_plane_up)
@@ -491,6 +527,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             attempt("control plane", lambda: control_plane.stop(keep_logs=True))
         if self.before is not None:
             problems += self.before.leftovers(HostSnapshot.take())
+        if not problems:
+            STATE_FILE.unlink(missing_ok=True)
         if not keep_logs and not problems:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         else:
@@ -513,13 +551,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         kill_until_gone(pids, "container processes")
 
     def _kill_shims(self) -> None:
-        address = str(self.containerd_socket)
+        """The shims by their containerd address, and anything else still running from the work dir
+        (a node whose test process was killed: its components die with it, but not always)."""
+        mine = str(self.work_dir).encode()
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                if argv and b"containerd-shim" in argv[0] and address.encode() in argv:
+                if mine in (entry / "cmdline").read_bytes():
                     os.kill(int(entry.name), signal.SIGKILL)
         deadline = time.monotonic() + 10
         while any("containerd-shim" in p for p in _processes()) and time.monotonic() < deadline:
