@@ -180,3 +180,18 @@ def test_a_transition_time_changes_only_with_the_status() -> None:
     times = {c.type: c.last_transition_time for c in status.conditions}
     assert times["Ready"] == times["Reconciling"] == "2026-01-01T00:02:00Z"
     assert times["Stalled"] == "2026-01-01T00:00:00Z"  # False before and after
+
+
+@pytest.mark.parametrize("prefix", [
+    'connection to server at "127.0.0.1", port 5432 failed: ',
+    'connection to server at "small-postgres" (10.0.0.73), port 5432 failed: ',  # a Service name (the node tier)
+    'connection to server at "db.example" (2001:db8::1), port 6432 failed: ',
+    'connection to server on socket "/tmp/.s.PGSQL.5432" failed: ',
+])
+def test_the_verdict_quotes_the_servers_words_without_libpqs_prefix(prefix: str) -> None:
+    from poolbench.core.results import StepResult
+    from poolbench.core.verdict import failure_cause
+
+    step = StepResult(replicas=8, outcome="Failed", first_error_class="tooManyClients",
+                      first_error=f"replica-3: {prefix}FATAL:  sorry, too many clients already")
+    assert failure_cause(step) == "tooManyClients (FATAL:  sorry, too many clients already)"

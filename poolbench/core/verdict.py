@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from .results import StepResult, Verdict
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec
 
-CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) "[^"]*"(, port \d+)? failed: ')
+#: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
+#: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket.
+CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: ')
 
 
 @dataclass(frozen=True)
