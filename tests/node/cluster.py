@@ -633,11 +633,13 @@ def main() -> None:  # pragma: no cover - a contributor's tool
     print("starting a one-node cluster (control plane, containerd, kube-proxy, CoreDNS, kubelet)...", flush=True)
     cluster.start()
     print(f"ready in {sum(cluster.timings.values()):.0f}s {cluster.timings}")
-    print(f"export KUBECONFIG={cluster.kubeconfig}\nCtrl-C tears it down.", flush=True)
+    print(f"export KUBECONFIG={cluster.kubeconfig}\nCtrl-C (or SIGTERM, SIGHUP) tears it down.", flush=True)
     def interrupted(_sig, _frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
+    # Installed explicitly: a shell's background job inherits SIGINT ignored, and Python keeps that.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
     problems = cluster.stop()
