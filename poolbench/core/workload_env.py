@@ -8,6 +8,7 @@ libpq's own variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,48 +83,28 @@ class WorkloadConfig:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> WorkloadConfig:
-        try:
-            return cls._from_env(env)
-        except ValueError as err:  # json.JSONDecodeError is one too
-            bad = next((PREFIX + n for n in ("THREADS", "ITERATIONS", "DURATION_SECONDS", "HOLD_SECONDS",
-                                             "METRICS_PORT", "ENGINE") if _malformed(env, n)),
-                       "an environment variable")
-            raise WorkloadEnvError(f"{bad} is malformed: {err}") from err
-
-    @classmethod
-    def _from_env(cls, env: dict[str, str]) -> WorkloadConfig:
         def get(name: str, default: str = "") -> str:
             return env.get(PREFIX + name) or default
 
-        iterations = get("ITERATIONS")
-        duration = get("DURATION_SECONDS")
+        def parsed(name: str, parse: Callable[[str], Any], default: str = "") -> Any:
+            """POOLBENCH_<name> through ``parse`` (None when unset and without default), named when malformed."""
+            raw = get(name, default)
+            try:
+                return parse(raw) if raw else None
+            except ValueError as err:  # json.JSONDecodeError is one too
+                raise WorkloadEnvError(f"{PREFIX}{name} is malformed: {err}") from err
+
         return cls(
-            threads=int(get("THREADS", "1")),
+            threads=parsed("THREADS", int, "1"),
             statement=get("STATEMENT", "SELECT 1"),
-            iterations=int(iterations) if iterations else None,
-            duration_seconds=float(duration) if duration else None,
-            hold_seconds=float(get("HOLD_SECONDS", "0")),
+            iterations=parsed("ITERATIONS", int),
+            duration_seconds=parsed("DURATION_SECONDS", float),
+            hold_seconds=parsed("HOLD_SECONDS", float, "0"),
             on_error=get("ON_ERROR", "count"),
-            engine=json.loads(get("ENGINE", "{}")),
+            engine=parsed("ENGINE", json.loads, "{}"),
             app_name=get("APP_NAME") or env.get("HOSTNAME") or "poolbench-replica",
-            metrics_port=int(get("METRICS_PORT", "0")),
+            metrics_port=parsed("METRICS_PORT", int, "0"),
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
         )
 
-
-def _malformed(env: dict[str, str], name: str) -> bool:
-    """Whether POOLBENCH_<name> fails to parse as what the replica reads it as."""
-    raw = env.get(PREFIX + name)
-    if not raw:
-        return False
-    try:
-        if name == "ENGINE":
-            json.loads(raw)
-        elif name in ("THREADS", "ITERATIONS", "METRICS_PORT"):
-            int(raw)
-        else:
-            float(raw)
-    except ValueError:
-        return True
-    return False

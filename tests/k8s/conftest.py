@@ -94,10 +94,11 @@ def kube(control_plane):
     client.close()
 
 
-def create_namespace(kube: Kube, prefix: str = "t") -> str:
+def create_namespace(kube: Kube, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
     """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": name, "labels": labels or {}}})
     wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
              what=f"ServiceAccount {name}/default")
     return name

@@ -235,6 +235,46 @@ def kill_until_gone(list_pids, what: str, attempts: int = 50) -> None:
     raise RuntimeError(f"{what} survived SIGKILL")
 
 
+def spawn_logged(name: str, argv: list[str], logs_dir: Path, cwd: Path,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A long-running component: its own process group, output in ``logs_dir/NAME.log``, killed with us."""
+    with open(logs_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                                start_new_session=True, preexec_fn=_die_with_parent,
+                                env=None if env is None else {**os.environ, **env})
+
+
+def log_tail(logs_dir: Path, name: str, lines: int = 40) -> str:
+    try:
+        text = (logs_dir / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_running(check, deadline: float, what: str, watched: dict[str, subprocess.Popen], logs_dir: Path,
+                 error: type[Exception] = ControlPlaneError) -> None:
+    """Polls ``check()`` (exceptions mean "not yet") until it is true; fails at once, with the log's
+    tail, when a watched component exits, and with every tail at the deadline."""
+    while True:
+        for name, proc in watched.items():
+            if proc.poll() is not None:
+                raise error(f"{name} exited with {proc.returncode} while waiting for {what} "
+                            f"(logs: {logs_dir}):\n{log_tail(logs_dir, name)}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {n}\n{log_tail(logs_dir, n, 15)}" for n in watched)
+            raise error(f"timed out waiting for {what} (logs: {logs_dir}):\n{tails}")
+        time.sleep(0.25)
+
+
+def http_ok(url: str, timeout: float = 2, context: ssl.SSLContext | None = None) -> bool:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        return bool(resp.status == 200)
+
+
 @dataclass
 class ControlPlane:
     bin_dir: Path
@@ -331,42 +371,17 @@ class ControlPlane:
         return self
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        with open(self.logs_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            self.processes[name] = subprocess.Popen(
-                [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.work_dir, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self.processes[name] = spawn_logged(name, [str(self.bin_dir / name), *args], self.logs_dir, self.work_dir)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        try:
-            text = (self.logs_dir / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.logs_dir, name, lines)
 
     def _wait(self, check, deadline: float, what: str, watched: list[str]) -> None:
-        while True:
-            for name in watched:
-                proc = self.processes[name]
-                if proc.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{name} exited with {proc.returncode} while waiting for {what} "
-                        f"(logs: {self.logs_dir}):\n{self.log_tail(name)}")
-            try:
-                if check():
-                    return
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-            if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {n}\n{self.log_tail(n, 15)}" for n in watched)
-                raise ControlPlaneError(f"timed out waiting for {what} (logs: {self.logs_dir}):\n{tails}")
-            time.sleep(0.25)
+        wait_running(check, deadline, what, {n: self.processes[n] for n in watched}, self.logs_dir)
 
     @staticmethod
     def _http_ok(url: str) -> bool:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
+        return http_ok(url)
 
     def _ssl_context(self, verify: bool = True) -> ssl.SSLContext:
         if not verify:
@@ -379,8 +394,7 @@ class ControlPlane:
         return ctx
 
     def _https_ok(self, url: str, verify: bool = True) -> bool:
-        with urllib.request.urlopen(url, timeout=3, context=self._ssl_context(verify)) as resp:
-            return resp.status == 200
+        return http_ok(url, timeout=3, context=self._ssl_context(verify))
 
     # ---------------------------------------------------------------------------------------------
     def client(self):

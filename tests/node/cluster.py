@@ -29,7 +29,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +38,13 @@ from tests.k8s.controlplane import (
     ROOT,
     ControlPlane,
     ControlPlaneError,
-    _die_with_parent,
     find_bin_dir,
     free_port,
+    http_ok,
     kill_until_gone,
+    spawn_logged,
     stop_process,
+    wait_running,
 )
 
 NODE_NAME = "poolbench-node"
@@ -185,6 +186,11 @@ def read_sysctls() -> dict[str, str]:
 
 def write_sysctl(name: str, value: str) -> None:
     (Path("/proc/sys") / name).write_text(value + "\n")
+
+
+def node_ready(node: dict | None) -> bool:
+    conditions = (node or {}).get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def reclaim_stale_node() -> None:
@@ -335,31 +341,11 @@ class Cluster:
         except ControlPlaneError as err:
             raise NodeError(str(err)) from err
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        with open(self.logs_dir / f"{name}.log", "ab") as log:
-            self.processes[name] = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.work_dir,
-                start_new_session=True, preexec_fn=_die_with_parent, env={**os.environ, **(env or {})})
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        self.processes[name] = spawn_logged(name, argv, self.logs_dir, self.work_dir)
 
     def _wait(self, check, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            for name, proc in self.processes.items():
-                if proc.poll() is not None:
-                    raise NodeError(f"{name} exited with {proc.returncode} while waiting for {what}:\n"
-                                    + self.log_tail(name))
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            if time.monotonic() > deadline:
-                raise NodeError(f"timed out waiting for {what} (logs: {self.logs_dir})")
-            time.sleep(0.25)
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        try:
-            return "\n".join((self.logs_dir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        wait_running(check, time.monotonic() + timeout, what, self.processes, self.logs_dir, NodeError)
 
     def _containerd_up(self) -> None:
         base = self.work_dir / "containerd"
@@ -474,24 +460,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             f"--root-dir={kubelet_dir}", f"--cert-dir={kubelet_dir / 'pki'}", f"--hostname-override={NODE_NAME}",
             f"--node-ip={GATEWAY}", "--v=1",
         ])
-        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{p['proxy_healthz']}/healthz"), 60, "kube-proxy healthz")
-        self._wait(lambda: self._http_ok(f"http://127.0.0.1:{p['dns_ready']}/ready"), 60, "CoreDNS ready")
-        self._wait(self._node_ready, 120, f"Node {NODE_NAME} Ready")
-
-    @staticmethod
-    def _http_ok(url: str) -> bool:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-
-    def _node_ready(self) -> bool:
+        self._wait(lambda: http_ok(f"http://127.0.0.1:{p['proxy_healthz']}/healthz"), 60, "kube-proxy healthz")
+        self._wait(lambda: http_ok(f"http://127.0.0.1:{p['dns_ready']}/ready"), 60, "CoreDNS ready")
         assert self.control_plane is not None
-        kube = self.control_plane.client()
+        kube = self.control_plane.client()  # one client for the whole wait
         try:
-            node = kube.get_or_none(f"/api/v1/nodes/{NODE_NAME}")
+            self._wait(lambda: node_ready(kube.get_or_none(f"/api/v1/nodes/{NODE_NAME}")), 120,
+                       f"Node {NODE_NAME} Ready")
         finally:
             kube.close()
-        conditions = (node or {}).get("status", {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     # -- stop -----------------------------------------------------------------------------------------
     def stop(self, keep_logs: bool = False) -> list[str]:

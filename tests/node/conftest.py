@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.kube import Kube, wait_for
+from tests.k8s.conftest import create_namespace, kubectl
+from tests.k8s.kube import Kube
 
 from .cluster import Cluster, NodeError
 
@@ -67,15 +67,6 @@ def kube(cluster):
     client = Kube(cluster.kubeconfig)
     yield client
     client.close()
-
-
-def kubectl(cluster: Cluster, *args: str, check: bool = True, input: str | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["kubectl", f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True,
-                          text=True, input=input, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def record(cluster: Cluster, title: str, text: str) -> None:
@@ -134,11 +125,6 @@ def operator_pod(kube: Kube) -> dict:
 
 
 def create_restricted_namespace(kube: Kube, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
-                                              "pod-security.kubernetes.io/enforce-version": "latest"}}})
-    wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
-             what=f"ServiceAccount {name}/default")
-    return name
+    """A fresh namespace that enforces Pod Security Admission ``restricted`` on every pod."""
+    return create_namespace(kube, prefix, labels={"pod-security.kubernetes.io/enforce": "restricted",
+                                                  "pod-security.kubernetes.io/enforce-version": "latest"})
