@@ -4,6 +4,8 @@
 #   localhost/poolbench-base-python:bookworm  debootstrap minbase + python3, pip, useradd (PEP 668 marker removed)
 #   localhost/poolbench-postgres:15           stand-in for the official postgres:15 (Debian) image: uid/gid 999,
 #                                             Debian's postgresql-15, nss_wrapper, the same entrypoint contract
+#   localhost/poolbench-pgbouncer:1.18        stand-in for CloudNativePG's pgbouncer image: Debian's pgbouncer
+#                                             1.18, user pgbouncer uid 998 / gid 996, no entrypoint, port 6432
 #   localhost/pause:3.10                      static hack/pause/pause.c, FROM scratch
 #   localhost/poolbench-workload:dev          the repo-root Dockerfile, --target workload, FROM the base above
 #   localhost/poolbench-operator:dev          the repo-root Dockerfile, --target operator
@@ -26,7 +28,8 @@
 # under the cache (CONTAINERS_STORAGE_CONF/CONTAINERS_CONF), never the machine's global ones. Every mount
 # the rootfs steps make lives in a private mount namespace (unshare), so nothing stays mounted.
 #
-# Needs root and the Debian packages podman buildah debootstrap gcc libc6-dev (static libc) util-linux.
+# Needs root and the Debian packages podman buildah debootstrap gcc libc6-dev (static libc) util-linux;
+# postgresql-client (psql) is optional: the pgbouncer smoke logs in to its admin console with it (else: TCP).
 # Optional env: POOLBENCH_CACHE, POOLBENCH_DEBIAN_MIRROR (default: apt's sources on this machine),
 #               POOLBENCH_HOST_CA (CA bundle mounted into pip's RUN steps; default the host's bundle).
 set -euo pipefail
@@ -38,8 +41,10 @@ REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
 RECIPE_VERSION=1
 SUITE=bookworm
 PG_MAJOR=15
+PGB_VERSION=1.18   # bookworm's pgbouncer (1.18.0-1+deb12uN)
 IMG_BASE=localhost/poolbench-base-python:bookworm
 IMG_PG=localhost/poolbench-postgres:15
+IMG_PGB=localhost/poolbench-pgbouncer:${PGB_VERSION}
 IMG_PAUSE=localhost/pause:3.10
 IMG_WORKLOAD=localhost/poolbench-workload:dev
 IMG_OPERATOR=localhost/poolbench-operator:dev
@@ -503,6 +508,149 @@ pg_smoke() {
   log "  postgres image: initialised and served a scram-sha-256 login as uid ${user%%:*}"
 }
 
+# --- 2b. localhost/poolbench-pgbouncer:1.18 ----------------------------------------------------------
+# CloudNativePG's pgbouncer image contract: user pgbouncer uid 998 / gid 996 (made before the package),
+# `pgbouncer` on PATH (Debian's /usr/sbin, plus /usr/bin for a non-root PATH), /var/run/pgbouncer and
+# /var/log/pgbouncer owned by it, no setuid/setgid bits, no ENTRYPOINT (the pod names the command),
+# USER 998:996, EXPOSE 6432. Debian's package pulls postgresql-common (no server, so never a cluster) and
+# gives its pgbouncer.ini to "postgres"; that file stays, handed to pgbouncer and pointed at pgbouncer's
+# directories so the default CMD starts as 998 (the pod runs its own ini from a Secret).
+build_pgbouncer() {
+  local dir="$WORK/pgbouncer"
+  debootstrap_rootfs "$dir" passwd
+  chroot_run "$dir" "
+    groupadd -r pgbouncer --gid=996
+    useradd -r -g pgbouncer --uid=998 --no-create-home --home-dir=/var/run/pgbouncer \
+      --shell=/usr/sbin/nologin pgbouncer
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 0755 /usr/sbin/policy-rc.d
+    apt_get() { apt-get -o APT::Sandbox::User=root -o Dpkg::Use-Pty=0 -y \"\$@\"; }
+    apt_get update
+    apt_get install --no-install-recommends pgbouncer
+    dpkg-query -W -f='\${Version}\n' pgbouncer | grep '^${PGB_VERSION}\\.'
+    test \"\$(id -u pgbouncer):\$(id -g pgbouncer)\" = 998:996
+    id postgres
+    test -z \"\$(ls -A /etc/postgresql/ 2>/dev/null)\"   # postgresql-common alone: no cluster
+    if command -v python3; then exit 1; fi
+    # No init/systemd start links (nothing starts services in a container; be explicit anyway).
+    find /etc \\( -path '/etc/rc?.d/*' -o -path '/etc/systemd/system/*' \\) \\
+      \\( -name '*pgbouncer*' -o -name '*postgresql*' \\) -print -delete
+    ln -s ../sbin/pgbouncer /usr/bin/pgbouncer
+    install --directory --owner pgbouncer --group pgbouncer --mode 0755 /var/run/pgbouncer
+    chown pgbouncer:pgbouncer /etc/pgbouncer/pgbouncer.ini /etc/pgbouncer/userlist.txt
+    sed -ri -e 's!^(logfile\\s*=)!;\\1!' \
+      -e 's!^((pidfile|unix_socket_dir)\\s*=\\s*)/var/run/postgresql!\\1/var/run/pgbouncer!' \
+      /etc/pgbouncer/pgbouncer.ini
+    test \"\$(grep -Ec '^(pidfile|unix_socket_dir) = /var/run/pgbouncer' /etc/pgbouncer/pgbouncer.ini)\" = 2
+    if grep -E '^(logfile|[a-z_]+ = /var/(run|log)/postgresql)' /etc/pgbouncer/pgbouncer.ini; then exit 1; fi
+    rm -f /usr/sbin/policy-rc.d
+    find / -xdev -type f -perm /6000 -print -exec chmod a-s {} +
+    setpriv --reuid=998 --regid=996 --clear-groups pgbouncer --version
+  "
+  rootfs_slim "$dir"
+  install -d -o 998 -g 996 -m 0755 "$dir/var/log/pgbouncer"   # rootfs_slim empties /var/log
+  import_rootfs "$dir" "$IMG_PGB" "$KEY_PGB" \
+    "ENV $IMAGE_PATH_ENV" 'ENV LANG=C.UTF-8' 'USER 998:996' 'EXPOSE 6432/tcp' \
+    'CMD ["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]'
+  rm -rf "$dir"
+  pgb_smoke
+}
+
+# pgb_smoke: the image config (no entrypoint, the CMD, USER 998:996, 6432/tcp) and `pgbouncer --version`
+# as the image's user; then as 998:996 (the pod's runAsUser/runAsGroup), all capabilities dropped, no
+# network, pgbouncer on a generated ini in /tmp (scram-sha-256 against a plain-text auth_file, no unix
+# socket, pidfile or logfile) serves its admin console on 127.0.0.1 (psql entering the container's
+# network namespace with nsenter; without a host psql, a bare TCP connect), refuses a wrong password and
+# exits 0 on SIGINT (safe shutdown). Last, the default CMD comes up and stops on SIGTERM (fast exit).
+pgb_smoke() {
+  local name="poolbench-pgbsmoke-$$" port=16432 i pid out want
+  out=$(pm image inspect --format \
+    '{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Config.User}} {{json .Config.ExposedPorts}}' "$IMG_PGB")
+  echo "pgbouncer image config: $out"
+  want=' ["pgbouncer","/etc/pgbouncer/pgbouncer.ini"] 998:996 {"6432/tcp":{}}'
+  [[ "$out" == "null$want" || "$out" == "[]$want" ]] || die "pgbouncer: unexpected image config: $out"
+  out=$(pm run --rm --network=none "${ULIMITS[@]}" --cap-drop=ALL --security-opt no-new-privileges \
+    "$IMG_PGB" sh -euc 'id; pgbouncer --version | head -n 1; (PATH=/usr/bin:/bin; command -v pgbouncer)')
+  printf '%s\n' "$out"
+  [[ "$out" == "uid=998(pgbouncer) gid=996(pgbouncer) groups=996(pgbouncer)"$'\n'"PgBouncer ${PGB_VERSION}."*$'\n'/usr/bin/pgbouncer ]] ||
+    die "pgbouncer: unexpected user, version or PATH: $out"
+
+  SMOKE_CONTAINERS+=("$name")
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  pm run -d --name "$name" --network=none "${ULIMITS[@]}" --user 998:996 --cap-drop=ALL \
+    --security-opt no-new-privileges -e PGB_PORT="$port" "$IMG_PGB" sh -euc '
+      cat >/tmp/pgbouncer.ini <<EOF
+[databases]
+smokedb = host=127.0.0.1 port=5432 dbname=smokedb
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = /tmp/userlist.txt
+admin_users = smoke
+EOF
+      echo "\"smoke\" \"smoke-pw\"" >/tmp/userlist.txt
+      exec pgbouncer /tmp/pgbouncer.ini'
+  local conn="host=127.0.0.1 port=${port} user=smoke dbname=pgbouncer connect_timeout=5"
+  # pgb_admin QUERY [PASSWORD]: psql (or a TCP connect) in the container's network namespace.
+  pgb_admin() {
+    if command -v psql >/dev/null 2>&1; then
+      PGPASSWORD=${2:-smoke-pw} nsenter -t "$pid" -n psql "$conn" -XAtc "$1"
+    else
+      nsenter -t "$pid" -n bash -c "exec 5<>/dev/tcp/127.0.0.1/${port}" && echo "PgBouncer ${PGB_VERSION}.x (TCP)"
+    fi
+  }
+  out=""
+  for i in $(seq 1 30); do
+    pid=$(pm inspect --format '{{.State.Pid}}' "$name")
+    ((pid > 0)) || break   # exited
+    out=$(pgb_admin 'SHOW VERSION' 2>/dev/null || true)
+    [[ "$out" == "PgBouncer ${PGB_VERSION}."* ]] && break
+    sleep 1
+  done
+  [[ "$out" == "PgBouncer ${PGB_VERSION}."* ]] || { pm logs "$name"; die "pgbouncer: no admin console after ${i}s"; }
+  echo "pgbouncer (uid:gid $(stat -c %u:%g "/proc/$pid")): admin console on 127.0.0.1:${port} after ${i}s: $out"
+  if command -v psql >/dev/null 2>&1; then
+    out=$(pgb_admin 'SHOW DATABASES' | cut -d'|' -f1-4 | LC_ALL=C sort | tr '\n' ' ')
+    echo "pgbouncer databases: $out"
+    [[ "$out" == "pgbouncer||${port}|pgbouncer smokedb|127.0.0.1|5432|smokedb " ]] ||
+      die "pgbouncer: unexpected [databases]: $out"
+    if pgb_admin 'SHOW VERSION' wrong-pw; then die "pgbouncer: a wrong password was accepted"; fi
+  else
+    echo "pgbouncer: no psql on this host: checked a TCP connect only"
+  fi
+  [[ "$(stat -c %u:%g "/proc/$pid")" == 998:996 ]] || die "pgbouncer does not run as 998:996"
+  pm kill --signal INT "$name"
+  for i in $(seq 1 30); do
+    [[ "$(pm inspect --format '{{.State.Running}}' "$name")" == true ]] || break
+    sleep 1
+  done
+  out=$(pm inspect --format '{{.State.ExitCode}}' "$name")
+  pm logs "$name"
+  pm rm -f "$name"
+  [[ "$out" == 0 ]] || die "pgbouncer: exit code $out after SIGINT"
+  echo "pgbouncer: exit code 0 after SIGINT"
+
+  # The default CMD (Debian's ini, adjusted) as the image's user: it listens on localhost:6432.
+  pm run -d --name "$name" --network=none "${ULIMITS[@]}" --cap-drop=ALL --security-opt no-new-privileges "$IMG_PGB"
+  out=""
+  for i in $(seq 1 30); do
+    pid=$(pm inspect --format '{{.State.Pid}}' "$name")
+    ((pid > 0)) || break
+    nsenter -t "$pid" -n bash -c 'exec 5<>/dev/tcp/127.0.0.1/6432' 2>/dev/null && { out=up; break; }
+    sleep 1
+  done
+  [[ "$out" == up ]] || { pm logs "$name"; die "pgbouncer: the default CMD is not listening on 6432"; }
+  pm stop -t 30 "$name"
+  out=$(pm inspect --format '{{.State.ExitCode}}' "$name")
+  pm logs --tail 2 "$name"
+  pm rm -f "$name"
+  # SIGTERM is PgBouncer's "fast exit" (status 1); 137 would mean it had to be killed.
+  [[ "$out" == 1 ]] || die "pgbouncer: default CMD: exit code $out after SIGTERM (expected 1, fast exit)"
+  echo "pgbouncer: default CMD listened on 127.0.0.1:6432; SIGTERM: fast exit (status 1)"
+  log "  pgbouncer image: admin console login as uid 998:996, clean SIGINT shutdown, default CMD starts"
+}
+
 # --- 3. localhost/pause:3.10 -------------------------------------------------------------------------
 build_pause() {
   local dir="$WORK/pause"
@@ -676,7 +824,7 @@ main() {
     *) die "unknown argument: $1 (no arguments are taken)" ;;
   esac
   [[ "$(id -u)" == 0 ]] || die "needs root (debootstrap, chroot, rootful podman)"
-  for c in podman buildah debootstrap gcc tar unshare chroot flock sha256sum setpriv; do
+  for c in podman buildah debootstrap gcc tar unshare nsenter chroot flock sha256sum setpriv; do
     command -v "$c" >/dev/null 2>&1 || die "$c is not installed"
   done
   [[ -f "$HOST_CA" ]] || die "CA bundle $HOST_CA not found (set POOLBENCH_HOST_CA)"
@@ -716,16 +864,19 @@ main() {
                declare -f build_base_python "${common[@]}"; } | sha)
   KEY_PG=$({ echo "postgres v${RECIPE_VERSION} ${SUITE} ${PG_MAJOR} ${IMAGE_PATH_ENV}"
              declare -f build_postgres write_pg_entrypoint pg_smoke "${common[@]}"; } | sha)
+  KEY_PGB=$({ echo "pgbouncer v${RECIPE_VERSION} ${SUITE} ${PGB_VERSION} ${IMAGE_PATH_ENV}"
+              declare -f build_pgbouncer pgb_smoke "${common[@]}"; } | sha)
   KEY_PAUSE=$({ echo "pause v${RECIPE_VERSION}"; gcc --version | head -1
                 cat "$SCRIPT_DIR/pause/pause.c"; declare -f build_pause; } | sha)
   KEY_PROJECT=$({ echo "project v${RECIPE_VERSION} base ${KEY_BASE} $(project_inputs_hash)"
                   declare -f build_project; } | sha)
   log "mirror ${MIRROR}; suite ${SUITE}; cache ${IMAGES_DIR}"
-  log "keys: base ${KEY_BASE}, postgres ${KEY_PG}, pause ${KEY_PAUSE}, project ${KEY_PROJECT}"
+  log "keys: base ${KEY_BASE}, postgres ${KEY_PG}, pgbouncer ${KEY_PGB}, pause ${KEY_PAUSE}, project ${KEY_PROJECT}"
 
   t_all=$(date +%s)
   build_one "$IMG_BASE" "$KEY_BASE" build_base_python
   build_one "$IMG_PG" "$KEY_PG" build_postgres
+  build_one "$IMG_PGB" "$KEY_PGB" build_pgbouncer
   build_one "$IMG_PAUSE" "$KEY_PAUSE" build_pause
   local base_archive wl_archive op_archive
   base_archive="$OUT_DIR/$(slug_of "$IMG_BASE")-${KEY_BASE}.tar"

@@ -27,6 +27,8 @@ from .core.spec import PoolBenchmark, SpecError, load_text
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from .core.sampling import Sample
+
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
 
 
@@ -53,25 +55,85 @@ def load_file(path: str) -> PoolBenchmark:
     return load_text(text)
 
 
-def results_table(status: dict[str, Any]) -> Table:
+def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None) -> Table:
+    """One variant's steps (the benchmark's, without variants). A pooled variant adds the pooler's
+    side: clients at the pooler (predicted and measured) and the clients that waited."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"PoolBenchmark results (max_connections {status['maxConnections']})")
-    for col in ("step", "replicas", "predicted peak", "measured peak", "ghosts", "errors", "gaps",
-                "stmt/s", "p95 latency", "p95 wait", "outcome"):
+    steps = variant["steps"] if variant is not None else status["steps"]
+    pooled = any(s.get("pooled") for s in steps)
+    title = f"PoolBenchmark results (max_connections {status['maxConnections']})"
+    if variant is not None:
+        pooler = variant.get("pooler")
+        how = (f"through PgBouncer ({pooler['poolMode']} mode, pool {pooler['defaultPoolSize']}"
+               + (f"+{pooler['reservePoolSize']}" if pooler["reservePoolSize"] else "")
+               + f", max_client_conn {pooler['maxClientConn']}"
+               + (f", {pooler['replicas']} instances" if pooler["replicas"] > 1 else "") + ")"
+               if pooler else "direct")
+        title = f"variant {variant['name']}: {how}, {variant['engine']['poolClass']} (max_connections" \
+                f" {status['maxConnections']})"
+    table = Table(title=title)
+    columns = ["step", "replicas", "predicted peak", "measured peak"]
+    if pooled:
+        columns += ["predicted clients", "clients", "waiting", "max wait"]
+    columns += ["ghosts", "errors", "gaps", "stmt/s", "p95 latency", "p95 wait", "outcome"]
+    for col in columns:
         table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left")
-    for i, s in enumerate(status["steps"], start=1):
+    for i, s in enumerate(steps, start=1):
         errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "0"
         reads = s["samples"] + s["sampleGaps"]
         gaps = f"{s['sampleGaps']}/{reads}" if s["sampleGaps"] else "0"
+        if s.get("poolerSampleGaps"):
+            gaps += f" (pooler {s['poolerSampleGaps']})"
         label = (s["outcome"] or "-") + (" (timeout)" if s["timedOut"] else "")
         label += f" ({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
-        table.add_row(str(i), str(s["replicas"]), str(s["predictedPeak"]), str(s["peakConnections"]),
-                      str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}",
-                      f"{s['latencyMs']['p95']:g} ms", f"{s['checkoutWaitMs']['p95']:g} ms", Text(label, style=style))
+        peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
+        row = [str(i), str(s["replicas"]), peak, str(s["peakConnections"])]
+        if pooled:
+            row += [f"{s['predictedClientPeak']} of {s['clientCapacity']}", str(s["clientPeakConnections"]),
+                    str(s["poolerWaitingPeak"]), f"{s['poolerMaxWaitMs']:.0f} ms"]
+        row += [str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}", f"{s['latencyMs']['p95']:g} ms",
+                f"{s['checkoutWaitMs']['p95']:g} ms"]
+        table.add_row(*row, Text(label, style=style))
     return table
+
+
+def comparison_table(status: dict[str, Any]) -> Table:
+    """The variants side by side: how far each scaled, what the server saw, what callers felt."""
+    from rich.table import Table
+
+    table = Table(title="Variants compared")
+    for col in ("variant", "connects", "max safe replicas", "first failing", "peak server backends",
+                "p95 latency at largest passing step"):
+        table.add_column(col, justify="left" if col in ("variant", "connects", "first failing") else "right")
+    for v in status["variants"]:
+        verdict = v.get("verdict") or {}
+        steps = v["steps"]
+        passing = [s for s in steps if s["outcome"] == "Passed"]
+        largest = max(passing, key=lambda s: s["replicas"]) if passing else None
+        failing = next((s for s in steps if s["outcome"] != "Passed"), None)
+        pooler = v.get("pooler")
+        connects = (f"PgBouncer {pooler['poolMode']} ({pooler['defaultPoolSize']})" if pooler else "direct") + \
+            f", {v['engine']['poolClass']}"
+        first = (f"{failing['replicas']} ({failing.get('firstErrorClass') or failing['outcome']})"
+                 if failing is not None else "-")
+        safe = verdict.get("maxSafeReplicas")
+        table.add_row(v["name"], connects, "-" if safe is None else str(safe), first,
+                      str(max((s["peakConnections"] for s in steps), default=0)),
+                      f"{largest['latencyMs']['p95']:g} ms at {largest['replicas']}" if largest else "-")
+    return table
+
+
+def timeline_row(sample: Sample) -> dict[str, Any]:
+    """One probe read for ``--output``: server backends by state and, in a pooled variant, the pooler's side."""
+    row: dict[str, Any] = {"t": round(sample.t, 3), "ok": sample.ok, "total": sample.total, **sample.by_state}
+    if sample.pooler is not None:
+        row["pooler"] = ({"clients": sample.pooler.clients, "waiting": sample.pooler.waiting,
+                          "maxWaitMs": sample.pooler.max_wait_ms, "servers": sample.pooler.servers}
+                         if sample.pooler.ok else {"error": sample.pooler.error})
+    return row
 
 
 def check_output_path(flag: str, path: str, input_path: str, *others: str) -> None:
@@ -172,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
 
     def line(p: Progress) -> str:
-        return (f"step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "
+        variant = f"{p.variant}: " if p.variant else ""
+        return (f"{variant}step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "
                 f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
                 f"live connections {p.live} (peak {p.peak})")
 
@@ -188,8 +251,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             last_plain[0] = p.elapsed
             err_console.print(line(p), highlight=False, markup=False)
 
+    variants = (f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else "")
     err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
-                      f"(steps {bench.spec.steps}, max_connections {bench.spec.postgres.max_connections})")
+                      f"(steps {bench.spec.steps}, max_connections {bench.spec.postgres.max_connections}"
+                      f"{escape(variants)})")
     try:
         if live is not None:
             with live:
@@ -206,22 +271,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         err_console.print("[yellow]poolbench: interrupted; every process and temporary directory was removed[/]")
         return 130
     status = result.status.to_json()
-    out_console.print(results_table(status))
-    verdict = status.get("verdict") or {}
-    out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
-    failing = next((s for s in status["steps"] if s["outcome"] != "Passed"), None)
-    if failing is not None and failing.get("firstError"):
-        out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
-                          highlight=False)
+    for variant in status["variants"] or [None]:
+        out_console.print(results_table(status, variant))
+        verdict = (variant or status).get("verdict") or {}
+        out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
+        steps = (variant or status)["steps"]
+        failing = next((s for s in steps if s["outcome"] != "Passed"), None)
+        if failing is not None and failing.get("firstError"):
+            out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
+                              highlight=False)
+    if status["variants"]:
+        out_console.print(comparison_table(status))
+        out_console.print(f"[bold]Comparison:[/] {escape(status['comparison'])}", highlight=False)
     code = EXIT_OK
     if args.output:
         document = {
             "apiVersion": bench.api_version, "kind": bench.kind, "metadata": {"name": bench.name},
             "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
             "status": status,
-            "timeline": [
-                {"t": round(s.t, 3), "ok": s.ok, "total": s.total, **s.by_state} for s in result.timeline
-            ],
+            "timeline": [timeline_row(s) for s in result.timeline],
         }
         written, error = write_results(args.output, document)
         if error:
@@ -245,7 +313,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     bench = load_file(args.file)
-    print(f"{args.file}: valid PoolBenchmark {bench.name} (steps {bench.spec.steps})")
+    variants = f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else ""
+    print(f"{args.file}: valid PoolBenchmark {bench.name} (steps {bench.spec.steps}{variants})")
     return EXIT_OK
 
 

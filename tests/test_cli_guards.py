@@ -188,3 +188,19 @@ def test_version_and_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     help_text = capsys.readouterr().out
     assert "``" not in help_text and "[/" not in help_text and "Exit codes" in help_text
+
+
+def test_a_pooled_variant_without_pgbouncer_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before anything starts: exit 1, one line naming the package, no traceback."""
+    monkeypatch.delenv("POOLBENCH_PGBOUNCER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pgbouncer on PATH ...
+    monkeypatch.setattr("poolbench.local.pgbouncer.SEARCH_DIRS", (str(tmp_path),))  # ... nor in sbin
+    doc = make_doc(steps=[1], variants=[{"name": "tx", "pooler": {"poolMode": "transaction"}}])
+    assert cli.main(["run", str(write(tmp_path, doc))]) == 1
+    err = capsys.readouterr().err
+    assert "no pgbouncer binary was found" in err and "apt-get install pgbouncer" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("POOLBENCH_PGBOUNCER", str(tmp_path / "nope"))
+    assert cli.main(["run", str(write(tmp_path, doc))]) == 1
+    assert f"POOLBENCH_PGBOUNCER={tmp_path / 'nope'} is not an executable pgbouncer" in capsys.readouterr().err

@@ -30,5 +30,6 @@ def test_schema_is_structural():
     for key in ("replicas", "startedAt", "finishedAt", "predictedPeak", "peakConnections", "peakByState",
                 "idleAtEnd", "oldestIdleSeconds", "errors", "restarts", "outcome"):
         assert key in step, key
-    assert set(step["errors"]["properties"]) == {"tooManyClients", "reservedSlots", "poolTimeout", "other"}
+    assert set(step["errors"]["properties"]) == {"tooManyClients", "reservedSlots", "poolTimeout", "other",
+                                                 "poolerMaxClientConn", "poolerServerLogin", "poolerQueryWaitTimeout"}
     assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]

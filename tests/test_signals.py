@@ -54,18 +54,52 @@ def _run_and_signal(tmp_path, tmpdir, sig, delay):
                     postgres={"maxConnections": 30})
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = subprocess.Popen([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run(path, tmpdir)
     time.sleep(delay)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
     # 130: interrupted and cleaned up; 0: it had already finished; -sig: the signal came before the
     # handlers were installed (still importing), when nothing had been started yet.
-    assert proc.returncode in (0, 130, -sig), err
+    signal_and_check(proc, sig, tmpdir, (0, 130, -sig))
+
+
+def start_run(path: Path, tmpdir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT,
+                            env={**os.environ, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def signal_and_check(proc: subprocess.Popen[str], sig: signal.Signals, tmpdir: Path, codes: tuple[int, ...]) -> None:
+    """Send ``sig``; the run must end with one of ``codes``, no traceback, no process and no file left."""
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode in codes, err
     assert "Traceback" not in err
     deadline = time.monotonic() + 10
     while leftovers(str(tmpdir)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert leftovers(str(tmpdir)) == []
     assert list(tmpdir.iterdir()) == []
+
+
+POOLED_MOMENTS = [(signal.SIGINT, 2.5), (signal.SIGTERM, 4.5)]
+
+
+@pytest.mark.parametrize("sig,delay", POOLED_MOMENTS, ids=[f"{s.name}@{d}s" for s, d in POOLED_MOMENTS])
+def test_signal_during_a_pooled_variant_leaves_no_pgbouncer(tmp_path, sig, delay):
+    """The PgBouncer processes (their config lives under TMPDIR, so they show in ``leftovers``) go too."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="poolbench-sigtest-"))
+    os.chmod(tmpdir, 0o777)
+    spec = make_doc(name="sigpool", steps=[2, 3], postgres={"maxConnections": 30},
+                    workload={"threads": 4, "iterations": 40, "holdSeconds": 3},
+                    variants=[{"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 3}}])
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    try:
+        proc = start_run(path, tmpdir)
+        deadline = time.monotonic() + 30
+        while not any("pgbouncer" in p for p in leftovers(str(tmpdir))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any("pgbouncer" in p for p in leftovers(str(tmpdir))), "the pooler never started"
+        time.sleep(delay - 2.0)
+        signal_and_check(proc, sig, tmpdir, (0, 130))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
-from poolbench.core.sampling import Sample
-from poolbench.core.spec import parse_spec
+from poolbench.core.sampling import PoolerRead, Sample
+from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
@@ -67,6 +67,8 @@ class FakePlatform:
         self.stuck = 0
         self.terminated = 0
         self.look_seconds = look_seconds  # a look at the replicas takes this long (listing pods)
+        self.variants: list[str] = []  # use_variant calls, in order
+        self.pooler: PoolerSpec | None = None  # the variant's pooler: samples carry its reads
 
     # the server as the probe would see it
     def _phase(self, t: float) -> str:
@@ -104,7 +106,12 @@ class FakePlatform:
                 self.pending.append(Sample.gap(t, "server closed the connection unexpectedly"))
             else:
                 total = self._connections(t)
-                sample = Sample(t=t, total=total, by_state={"active": total}, by_app={"r": total})
+                read = None
+                if self.pooler is not None:  # the app's connections are clients; the server sees the pool
+                    capacity = self.pooler.replicas * self.pooler.server_connections()
+                    read = PoolerRead(clients=total, waiting=max(0, total - capacity), servers=min(total, capacity))
+                    total = min(total, capacity)
+                sample = Sample(t=t, total=total, by_state={"active": total}, by_app={"r": total}, pooler=read)
                 if self.restart_pending:
                     sample, self.restart_pending = replace(sample, server_restarted=True), False
                 self.pending.append(sample)
@@ -123,6 +130,10 @@ class FakePlatform:
     def samples(self) -> list[Sample]:
         out, self.pending = self.pending, []
         return out
+
+    def use_variant(self, planned: PlannedStep) -> None:
+        self.variants.append(planned.variant)
+        self.pooler = planned.pooler
 
     def scale(self, planned: PlannedStep) -> None:
         self.calls.append(f"scale {planned.replicas}")
@@ -414,3 +425,66 @@ def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> 
     assert status.verdict is not None and status.verdict.max_safe_replicas is None
     assert status.verdict.first_failing_replicas is None
     assert "2 replicas were inconclusive" in status.verdict.summary
+
+
+# -- variants: each runs the whole plan in turn ---------------------------------------------------------
+
+VARIANTS = [{"name": "direct"},
+            {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 5},
+             "engine": {"poolClass": "NullPool"}}]
+
+
+def test_variants_run_in_turn_each_through_every_step() -> None:
+    run = spec(variants=VARIANTS)
+    platform = FakePlatform([Script(), Script(), Script(), Script()])
+    status = run_steps(run, platform, TIMING)
+    assert platform.variants == ["direct", "tx"]  # use_variant once per variant, in order
+    assert [v.name for v in status.variants] == ["direct", "tx"]
+    direct, tx = status.variants
+    assert [s.peak_connections for s in direct.steps] == [6, 12]
+    # Behind the pooler the server sees at most the pool (5); the app's 6 and 12 are clients there.
+    assert [s.peak_connections for s in tx.steps] == [5, 5]
+    assert [s.client_peak_connections for s in tx.steps] == [6, 12]
+    assert [s.pooler_waiting_peak for s in tx.steps] == [1, 7]
+    assert [s.predicted_peak for s in tx.steps] == [5, 5]  # min(replicas × 3 threads, pool 5)
+    assert [s.predicted_client_peak for s in tx.steps] == [6, 12]
+    assert all(s.pooled for s in tx.steps) and not any(s.pooled for s in direct.steps)
+    assert status.steps is direct.steps and status.verdict == direct.verdict  # the first variant's
+    assert tx.verdict is not None and tx.verdict.max_safe_replicas == 4
+    assert tx.engine.pool_class == "NullPool" and tx.pooler is not None
+    assert status.total_steps == 4 and status.progress == "4/4"
+    assert status.comparison.startswith("Scales furthest: direct, tx (4 replicas).")
+    started = [e.message for e in platform.events if isinstance(e, StepStarted)]
+    assert started[0].startswith("direct step 1/2: scaling the workload to 2 replicas")
+    assert started[2].startswith("tx step 1/2: scaling the workload to 2 replicas through PgBouncer transaction")
+
+
+def test_a_failing_variant_stops_only_its_own_steps() -> None:
+    run = spec(variants=VARIANTS)
+    platform = FakePlatform([Script(crashed=True, outcomes={"ok": 1, "tooManyClients": 1}), Script(), Script()])
+    status = run_steps(run, platform, TIMING)
+    direct, tx = status.variants
+    assert [s.outcome for s in direct.steps] == ["Failed"]  # stopOnFailure within the variant
+    assert [s.outcome for s in tx.steps] == ["Passed", "Passed"]  # the next variant still runs
+    assert status.phase == "Failed" and status.verdict is not None and status.verdict.first_failing_replicas == 2
+
+
+def test_resume_skips_finished_variants_and_steps() -> None:
+    class StopsAtTheFourthStep(FakePlatform):
+        def scale(self, planned: PlannedStep) -> None:
+            if not self.scripts:
+                raise Stopped()
+            super().scale(planned)
+
+    first = spec(variants=VARIANTS)
+    platform = StopsAtTheFourthStep([Script(), Script(), Script()])
+    with pytest.raises(Stopped):
+        run_steps(first, platform, TIMING)
+    saved = first.status.to_json()
+    assert len(saved["variants"][0]["steps"]) == 2 and saved["variants"][0]["verdict"] is not None
+    resumed = BenchmarkRun(first.spec, status_from_resource(saved))
+    again = FakePlatform([Script(), Script()])
+    status = run_steps(resumed, again, TIMING)
+    assert again.variants == ["tx"]  # the finished variant is not run again
+    assert [len(v.steps) for v in status.variants] == [2, 2]
+    assert status.steps == status.variants[0].steps

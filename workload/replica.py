@@ -20,6 +20,7 @@ the metrics are built from the tallies when they are scraped or summarised), tak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy import create_engine, event, pool
 
 from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of
-from poolbench.core.outcomes import OK, OUTCOMES, classify_exception, short_message
+from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_exception, short_message
 from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
 
 ENGINE_ARGS = {
@@ -76,6 +77,29 @@ def build_engine(cfg: WorkloadConfig):
         execution_options={"no_parameters": True},
         **kwargs,
     )
+
+
+def keep_full_message(ctx: Any) -> None:
+    """SQLAlchemy's ``handle_error`` hook: when libpq kept more of the server's answer than the
+    exception says (PgBouncer's "FATAL: query_wait_timeout" before it closed the connection; psycopg2
+    raises with "server closed the connection unexpectedly" only), keep libpq's whole message on the
+    exception for the classifier (``outcomes.FULL_MESSAGE``)."""
+    original = ctx.original_exception
+    if getattr(original, "pgcode", None) is not None:  # the server's own error result: its text is whole
+        return
+    if ctx.connection is None or ctx.connection.invalidated:  # never make .connection reconnect
+        return
+    try:
+        dbapi = ctx.connection.connection.dbapi_connection
+        full = dbapi.info.error_message if dbapi is not None else ""
+    except Exception:  # noqa: BLE001 - a connection already closed by the pool has nothing more to tell
+        return
+    lost = "server closed the connection unexpectedly"
+    if full and full.strip() and full.strip() not in str(original):
+        # What the server (or pooler) said before it closed; libpq's own "server closed…" lines add nothing.
+        said = full.split(lost)[0].strip() if lost in full and full.split(lost)[0].strip() else full
+        with contextlib.suppress(AttributeError):  # an exception type without __dict__ keeps its own text
+            setattr(original, FULL_MESSAGE, " ".join(said.split()))
 
 
 class _TalliedCounter:
@@ -182,6 +206,7 @@ class Replica:
         self.engine = build_engine(cfg)
         event.listen(self.engine, "checkout", self._on_checkout)
         event.listen(self.engine, "checkin", self._on_checkin)
+        event.listen(self.engine, "handle_error", keep_full_message)
         pool_ = self.engine.pool
         Gauge("poolbench_pool_checked_out", "Connections checked out of the pool",
               registry=self.registry).set_function(lambda: self.checked_out)
@@ -251,6 +276,7 @@ class Replica:
         wait = [0] * BUCKETS
         extremes = [0.0, 0.0, 0.0, 0.0]  # LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX
         ok = OUTCOME_INDEX[OK]
+        pooled = cfg.pooled
         with self.lock:
             self.tallies.append(tally)
             self.timings.append((latency, wait, extremes))
@@ -278,7 +304,7 @@ class Replica:
                     extremes[WAIT_SUM] += ms
                     if ms > extremes[WAIT_MAX]:
                         extremes[WAIT_MAX] = ms
-                    self._record_error(tally, classify_exception(exc), exc)
+                    self._record_error(tally, classify_exception(exc, pooled=pooled), exc)
                     if cfg.on_error == "crash":
                         crashed.set()
                         return

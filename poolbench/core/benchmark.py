@@ -21,10 +21,11 @@ from .results import (
     HistogramCounts,
     Percentiles,
     StepResult,
+    VariantStatus,
 )
 from .sampling import Sample, StepAccumulator
-from .spec import PoolBenchmarkSpec
-from .verdict import judge_step, overall_verdict, predict
+from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
+from .verdict import comparison, judge_step, overall_verdict, predict
 
 
 def utc_now() -> str:
@@ -33,18 +34,40 @@ def utc_now() -> str:
 
 @dataclass(frozen=True)
 class PlannedStep:
-    index: int  # 1-based, as shown to users
+    index: int  # 1-based within its variant, as shown to users
     replicas: int
-    predicted_peak: int
-    predicted_idle: int
+    predicted_peak: int  # server backends (pooled: what the poolers open for the clients)
+    predicted_idle: int  # ghosts: the app pools' idle connections (pooled: at the pooler)
     usable: int
+    variant: str = DIRECT
+    variant_index: int = 0
+    position: int = 0  # 1-based over every variant's steps (the Step column's n of n/m); 0: same as index
+    pooler: PoolerSpec | None = None
+    predicted_client_peak: int = 0  # pooled: clients at the pooler
+    client_capacity: int = 0
+    server_capacity: int = 0
+
+    @property
+    def label(self) -> str:
+        """How messages name the step: ``step 2`` or, with variants, ``tx step 2``."""
+        return f"step {self.index}" if self.position == 0 else f"{self.variant} step {self.index}"
 
 
-def plan_steps(spec: PoolBenchmarkSpec) -> list[PlannedStep]:
+def plan_steps(spec: PoolBenchmarkSpec, variant: VariantSpec | None = None, variant_index: int = 0,
+               offset: int | None = None) -> list[PlannedStep]:
+    """One variant's steps (the direct one by default). ``offset``: steps planned before this
+    variant's, when the benchmark has ``spec.variants``."""
     plan = []
+    pooler = variant.pooler if variant is not None else None
+    seen_by = spec.for_variant(variant) if variant is not None else spec
     for i, replicas in enumerate(spec.steps, start=1):
-        p = predict(spec, replicas)
-        plan.append(PlannedStep(i, replicas, p.peak, p.idle, p.usable))
+        p = predict(seen_by, replicas, pooler)
+        plan.append(PlannedStep(
+            i, replicas, p.peak, p.idle, p.usable, variant=variant.name if variant else DIRECT,
+            variant_index=variant_index, position=0 if offset is None else offset + i, pooler=pooler,
+            predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
+            server_capacity=p.server_capacity,
+        ))
     return plan
 
 
@@ -125,18 +148,59 @@ def throughput(reports: list[ReplicaReport]) -> float:
 
 
 class BenchmarkRun:
-    """Drives the status through Provisioning → Running → Completed | Failed."""
+    """Drives the status through Provisioning → Running → Completed | Failed.
+
+    With ``spec.variants`` every variant runs the whole step plan in turn: its steps and verdict go
+    to ``status.variants[i]``, and ``status.steps``/``status.verdict`` show the first variant's (so
+    the printer columns and older clients keep their meaning)."""
 
     def __init__(self, spec: PoolBenchmarkSpec, status: BenchmarkStatus | None = None):
         self.spec = spec
-        self.plan = plan_steps(spec)
+        self.variants = spec.effective_variants()
+        self.multi = spec.variants is not None
+        self.variant_specs = [spec.for_variant(v) for v in self.variants]
+        self.plans: list[list[PlannedStep]] = []
+        for i, variant in enumerate(self.variants):
+            offset = sum(len(p) for p in self.plans) if self.multi else None
+            self.plans.append(plan_steps(spec, variant if self.multi else None, i, offset))
+        self.plan = [step for plan in self.plans for step in plan]
         self.status = status or BenchmarkStatus(
             phase="Pending", total_steps=len(self.plan), max_connections=spec.postgres.max_connections
         )
         self.status.histogram_bounds_ms = list(BOUNDS_MS)  # what every step's histograms count in
+        if self.multi:
+            self._link_variants()
         self.accumulator: StepAccumulator | None = None
         self.step: StepResult | None = None
+        self.planned: PlannedStep | None = None
         self.database_restarts = 0  # new servers the probe has seen, in a step or between steps
+
+    def _link_variants(self) -> None:
+        """One ``status.variants`` entry per variant (kept from a resumed status), and ``status.steps``
+        the very list of the first variant's steps."""
+        kept = {v.name: v for v in self.status.variants}
+        self.status.variants = [
+            kept.get(v.name) or VariantStatus(name=v.name, pooler=v.pooler, engine=s.workload.engine)
+            for v, s in zip(self.variants, self.variant_specs, strict=True)
+        ]
+        self.status.steps = self.status.variants[0].steps
+        self.status.verdict = self.status.variants[0].verdict
+
+    def steps_of(self, variant_index: int) -> list[StepResult]:
+        return self.status.variants[variant_index].steps if self.multi else self.status.steps
+
+    def _set_steps(self, variant_index: int, steps: list[StepResult]) -> None:
+        if self.multi:
+            self.status.variants[variant_index].steps = steps
+            if variant_index == 0:
+                self.status.steps = steps
+        else:
+            self.status.steps = steps
+
+    def all_steps(self) -> list[StepResult]:
+        if not self.multi:
+            return self.status.steps
+        return [s for v in self.status.variants for s in v.steps]
 
     # -- progress through the phases -------------------------------------------------------
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
@@ -145,31 +209,57 @@ class BenchmarkRun:
         set_conditions(self.status)
 
     def next_step(self) -> PlannedStep | None:
-        """The first planned step not yet finished (resume-safe), or None when done."""
-        done = len([s for s in self.status.steps if s.outcome is not None])
-        if self.status.verdict is not None:
+        """The first planned step not yet finished (resume-safe), or None when done. A variant whose
+        steps are all done (or stopped by a failure) gets its verdict here."""
+        if not self.multi:
+            if self.status.verdict is not None:
+                return None
+            return self._next_in(0)
+        for i, variant in enumerate(self.status.variants):
+            if variant.verdict is not None:
+                continue
+            planned = self._next_in(i)
+            if planned is not None:
+                return planned
+            variant.verdict = overall_verdict(self.variant_specs[i], self._finished(i), self.variants[i].pooler)
+            if i == 0:
+                self.status.verdict = variant.verdict
+        return None
+
+    def _finished(self, variant_index: int) -> list[StepResult]:
+        return [s for s in self.steps_of(variant_index) if s.outcome is not None]
+
+    def _next_in(self, variant_index: int) -> PlannedStep | None:
+        plan = self.plans[variant_index]
+        done = len(self._finished(variant_index))
+        if done and self.spec.stop_on_failure and self._finished(variant_index)[-1].outcome != "Passed":
             return None
-        if done and self.spec.stop_on_failure and self.status.steps[done - 1].outcome != "Passed":
-            return None
-        return self.plan[done] if done < len(self.plan) else None
+        return plan[done] if done < len(plan) else None
 
     def begin_step(self, planned: PlannedStep) -> StepResult:
+        position = planned.position or planned.index
         self.status.phase = "Running"
-        self.status.current_step = planned.index
+        self.status.current_step = position
+        self.status.current_variant = planned.variant if self.multi else ""
         self.status.replicas = planned.replicas
-        self.status.progress = f"{planned.index}/{len(self.plan)}"
-        self.status.message = f"step {planned.index}/{len(self.plan)}: {planned.replicas} replicas"
+        self.status.progress = f"{position}/{len(self.plan)}"
+        self.status.message = f"{planned.label}/{len(self.plans[planned.variant_index])}: {planned.replicas} replicas"
         step = StepResult(
             replicas=planned.replicas,
             started_at=utc_now(),
             predicted_peak=planned.predicted_peak,
             predicted_idle=planned.predicted_idle,
             usable_connections=planned.usable,
+            pooled=planned.pooler is not None,
+            predicted_client_peak=planned.predicted_client_peak,
+            client_capacity=planned.client_capacity,
+            server_capacity=planned.server_capacity,
         )
         # An unfinished step left by an interrupted driver is replaced, never duplicated.
-        self.status.steps = [s for s in self.status.steps if s.outcome is not None] + [step]
+        self._set_steps(planned.variant_index, self._finished(planned.variant_index) + [step])
         self.step = step
-        self.accumulator = StepAccumulator(replicas=planned.replicas)
+        self.planned = planned
+        self.accumulator = StepAccumulator(replicas=planned.replicas, pooled=planned.pooler is not None)
         set_conditions(self.status)
         return step
 
@@ -215,24 +305,39 @@ class BenchmarkRun:
         step.reason = reason
         step.finished_at = utc_now()
         judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
-        self.status.failures = sum(s.errors.total() for s in self.status.steps)
-        self.status.peak_connections = max(s.peak_connections for s in self.status.steps)
+        every = self.all_steps()
+        self.status.failures = sum(s.errors.total() for s in every)
+        self.status.peak_connections = max(s.peak_connections for s in every)
         self.step, self.accumulator = None, None
         return step
 
     def record_leftovers(self, count: int) -> None:
         """Backends that outlived the last finished step and had to be terminated before the next."""
-        finished = [s for s in self.status.steps if s.outcome is not None]
+        index = self.planned.variant_index if self.planned is not None else 0
+        finished = self._finished(index)
         if finished and count:
             finished[-1].leftover_backends += count
 
     def finish(self, message: str | None = None) -> BenchmarkStatus:
-        steps = [s for s in self.status.steps if s.outcome is not None]
-        self.status.steps = steps
-        verdict = overall_verdict(self.spec, steps)
+        if self.multi:
+            for i, variant in enumerate(self.status.variants):
+                self._set_steps(i, self._finished(i))
+                if variant.verdict is None:
+                    variant.verdict = overall_verdict(self.variant_specs[i], variant.steps, self.variants[i].pooler)
+            verdict = self.status.variants[0].verdict
+            assert verdict is not None
+            self.status.comparison = comparison([v.name for v in self.status.variants],
+                                                [v.verdict for v in self.status.variants],
+                                                [v.steps for v in self.status.variants])
+            self.status.current_variant = ""
+        else:
+            self.status.steps = self._finished(0)
+            verdict = overall_verdict(self.spec, self.status.steps)
         self.status.verdict = verdict
-        self.status.phase = "Completed" if all(s.outcome == "Passed" for s in steps) else "Failed"
-        self.status.message = message or verdict.summary
+        every = self.all_steps()
+        self.status.phase = "Completed" if all(s.outcome == "Passed" for s in every) else "Failed"
+        summary = self.status.comparison if self.multi else verdict.summary
+        self.status.message = message or summary
         self.status.live_connections = 0
         set_conditions(self.status)
         return self.status
@@ -270,7 +375,8 @@ def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
     if phase == "Completed":
         ready = ("True", "AllStepsPassed")
     elif measured_failure:
-        inconclusive = any(s.outcome == "Inconclusive" for s in status.steps)
+        inconclusive = any(s.outcome == "Inconclusive" for s in status.steps + [
+            s for v in status.variants[1:] for s in v.steps])
         ready = ("False", "Inconclusive" if inconclusive else "StepFailed")
     elif phase == "Invalid":
         ready = ("False", "InvalidSpec")

@@ -1,8 +1,11 @@
 """Classify one attempt's outcome from the exception it raised.
 
 psycopg2 raises connection-slot errors at connect time with ``pgcode`` None, so the class comes
-from the server's message text (PostgreSQL src/backend/utils/init/postinit.c). Pure: no imports
-of drivers, it only reads the exception chain.
+from the server's message text (PostgreSQL src/backend/utils/init/postinit.c) or PgBouncer's
+(``no more connections allowed (max_client_conn)``, ``query_wait_timeout``). Behind a pooler, a
+slot error is the server refusing the *pooler's* login (PgBouncer forwards it to the client that
+was waiting for that connection), so it is classed as a pooler server-login failure. Pure: no
+imports of drivers, it only reads the exception chain (and ``FULL_MESSAGE``, see below).
 """
 
 from __future__ import annotations
@@ -10,23 +13,50 @@ from __future__ import annotations
 TOO_MANY_CLIENTS = "tooManyClients"
 RESERVED_SLOTS = "reservedSlots"
 POOL_TIMEOUT = "poolTimeout"
+POOLER_MAX_CLIENT_CONN = "poolerMaxClientConn"
+POOLER_SERVER_LOGIN = "poolerServerLogin"
+POOLER_QUERY_WAIT_TIMEOUT = "poolerQueryWaitTimeout"
 OTHER = "other"
 OK = "ok"
-OUTCOMES = (OK, TOO_MANY_CLIENTS, RESERVED_SLOTS, POOL_TIMEOUT, OTHER)
+#: In order of significance: what ran out first (server slots, then the pooler's) comes first.
+OUTCOMES = (OK, TOO_MANY_CLIENTS, RESERVED_SLOTS, POOLER_MAX_CLIENT_CONN, POOLER_SERVER_LOGIN,
+            POOLER_QUERY_WAIT_TIMEOUT, POOL_TIMEOUT, OTHER)
+#: Attribute the workload sets on a driver exception whose text lost part of the server's message.
+#: libpq keeps every message of a failed request in the connection (PQerrorMessage), but when
+#: PgBouncer sends "FATAL: query_wait_timeout" and closes, psycopg2 raises with the last part only
+#: ("server closed the connection unexpectedly").
+FULL_MESSAGE = "poolbench_full_message"
+
+SLOT_ERRORS = {"sorry, too many clients already": TOO_MANY_CLIENTS,
+               "remaining connection slots are reserved": RESERVED_SLOTS}
+POOLER_ERRORS = {
+    "no more connections allowed (max_client_conn)": POOLER_MAX_CLIENT_CONN,
+    "query_wait_timeout": POOLER_QUERY_WAIT_TIMEOUT,
+    "server login has been failing": POOLER_SERVER_LOGIN,
+    "pgbouncer cannot connect to server": POOLER_SERVER_LOGIN,
+}
 
 
-def classify_message(message: str) -> str:
+def classify_message(message: str, *, pooled: bool = False) -> str:
+    """The class of one error text; ``pooled``: the client connects through a pooler."""
     text = message.lower()
-    if "sorry, too many clients already" in text:
-        return TOO_MANY_CLIENTS
-    if "remaining connection slots are reserved" in text:
-        return RESERVED_SLOTS
+    for needle, outcome in POOLER_ERRORS.items():
+        if needle in text:
+            return outcome
+    for needle, outcome in SLOT_ERRORS.items():
+        if needle in text:
+            return POOLER_SERVER_LOGIN if pooled else outcome
     if "queuepool limit of size" in text or "3o7r" in text:
         return POOL_TIMEOUT
     return OTHER
 
 
-def classify_exception(exc: BaseException) -> str:
+def _texts(node: BaseException) -> str:
+    full = getattr(node, FULL_MESSAGE, None)
+    return f"{full}\n{node}" if isinstance(full, str) else str(node)
+
+
+def classify_exception(exc: BaseException, *, pooled: bool = False) -> str:
     """Walk the cause chain (SQLAlchemy wraps the DB-API error) and classify."""
     seen: set[int] = set()
     node: BaseException | None = exc
@@ -35,7 +65,7 @@ def classify_exception(exc: BaseException) -> str:
         seen.add(id(node))
         if getattr(node, "code", None) == "3o7r":
             return POOL_TIMEOUT
-        found = classify_message(str(node))
+        found = classify_message(_texts(node), pooled=pooled)
         if found != OTHER:
             return found
         node = node.__cause__ or node.__context__
@@ -47,5 +77,6 @@ def short_message(exc: BaseException, limit: int = 200) -> str:
     node = exc
     while node.__cause__ is not None:
         node = node.__cause__
-    text = " ".join(str(node).split())
+    full = getattr(node, FULL_MESSAGE, None)
+    text = " ".join((full if isinstance(full, str) else str(node)).split())
     return text[:limit]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .outcomes import OK, OUTCOMES
+from .spec import EngineSpec, PoolerSpec
 
 Phase = Literal["Pending", "Provisioning", "Running", "Completed", "Failed", "Invalid"]
 #: Inconclusive: the monitor lost most of the step's reads, so nothing it measured can be trusted.
@@ -34,15 +35,19 @@ class PeakByState(_Out):
 
 
 class ErrorCounts(_Out):
-    """Failed attempts by class. tooManyClients and reservedSlots are SQLSTATE 53300."""
+    """Failed attempts by class. tooManyClients and reservedSlots are SQLSTATE 53300; the pooler*
+    classes are PgBouncer's refusals (and, behind it, the server refusing the pooler's login)."""
 
     too_many_clients: int = 0
     reserved_slots: int = 0
+    pooler_max_client_conn: int = 0
+    pooler_server_login: int = 0
+    pooler_query_wait_timeout: int = 0
     pool_timeout: int = 0
     other: int = 0
 
     def total(self) -> int:
-        return self.too_many_clients + self.reserved_slots + self.pool_timeout + self.other
+        return sum(getattr(self, to_snake(key)) for key in ERROR_CLASSES)
 
     def first_class(self) -> str | None:
         """The most significant error class seen (slot exhaustion first)."""
@@ -138,6 +143,23 @@ class StepResult(_Out):
     connection_age_seconds: AgeStats = Field(
         default_factory=AgeStats, description="Age (backend_start) of the workload's backends when the work ended."
     )
+    pooled: bool = Field(False, description="The workload connected through a pooler: peaks count server backends"
+                         " (the pooler's), ghosts are the app's idle connections at the pooler.")
+    predicted_client_peak: int = Field(
+        0, description="Pooled: client connections the engines may open at the pooler.")
+    client_capacity: int = Field(
+        0, description="Pooled: client connections the poolers accept (maxClientConn × instances).")
+    server_capacity: int = Field(0, description="Pooled: most server connections the poolers open"
+                                 " (instances × (defaultPoolSize + reservePoolSize)).")
+    client_peak_connections: int = Field(
+        0, description="Pooled: peak clients at the pooler (cl_active + cl_waiting).")
+    pooler_waiting_peak: int = Field(
+        0, description="Pooled: peak clients waiting for a server connection (cl_waiting).")
+    pooler_max_wait_ms: float = Field(
+        0.0, description="Pooled: longest wait of a queued client seen (SHOW POOLS maxwait).")
+    server_idle_at_end: int = Field(
+        0, description="Idle server backends when the work ended (pooled: the pooler's).")
+    pooler_sample_gaps: int = Field(0, description="Pooled: admin-console reads that failed.")
     outcome: Outcome | None = None
     reason: str | None = None
 
@@ -147,6 +169,16 @@ class Verdict(_Out):
     first_failing_replicas: int | None = None
     reason: str = ""
     summary: str = ""
+
+
+class VariantStatus(_Out):
+    """One variant's run through the step plan (``status.variants[]``)."""
+
+    name: str
+    pooler: PoolerSpec | None = None
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    steps: list[StepResult] = Field(default_factory=list)
+    verdict: Verdict | None = None
 
 
 class BenchmarkStatus(_Out):
@@ -166,3 +198,8 @@ class BenchmarkStatus(_Out):
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     histogram_bounds_ms: list[float] = Field(default_factory=list, description="Latency histogram bucket bounds.")
+    current_variant: str = Field("", description="The variant being measured (with spec.variants).")
+    variants: list[VariantStatus] = Field(
+        default_factory=list, description="Per variant (with spec.variants); steps and verdict above are the first's."
+    )
+    comparison: str = Field("", description="The variants side by side, in one sentence (with spec.variants).")

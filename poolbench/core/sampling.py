@@ -18,6 +18,46 @@ STATE_KEYS = {"active": "active", "idle": "idle", "idle in transaction": "idle_i
 
 
 @dataclass(frozen=True)
+class PoolerRead:
+    """One read of the poolers' admin consoles (``SHOW POOLS``), summed over the instances, for the
+    benchmark's database only (not the admin console's own pool)."""
+
+    ok: bool = True
+    clients: int = 0  # cl_active + cl_waiting: client connections the app holds at the pooler
+    waiting: int = 0  # cl_waiting: clients that sent a query and wait for a server connection
+    max_wait_ms: float = 0.0  # maxwait + maxwait_us: the oldest waiting client's wait so far
+    servers: int = 0  # server connections the poolers hold (any state)
+    error: str | None = None
+
+
+def pooler_read_from_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], database: str) -> PoolerRead:
+    """Sum ``SHOW POOLS`` rows of ``database`` (columns by name: the set differs between versions)."""
+    clients = waiting = servers = 0
+    max_wait = 0.0
+    for row in rows:
+        values = dict(zip(columns, row, strict=False))
+        if values.get("database") != database:
+            continue
+        active, queued = int(values.get("cl_active") or 0), int(values.get("cl_waiting") or 0)
+        clients += active + queued
+        waiting += queued
+        servers += sum(int(values.get(k) or 0) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+        wait_ms = float(values.get("maxwait") or 0) * 1000 + float(values.get("maxwait_us") or 0) / 1000
+        max_wait = max(max_wait, wait_ms)
+    return PoolerRead(clients=clients, waiting=waiting, max_wait_ms=round(max_wait, 3), servers=servers)
+
+
+def merge_pooler_reads(reads: Sequence[PoolerRead]) -> PoolerRead:
+    """Several instances read at one tick: one failed read makes the whole tick a gap."""
+    failed = [r for r in reads if not r.ok]
+    if failed:
+        return PoolerRead(ok=False, error=failed[0].error)
+    return PoolerRead(clients=sum(r.clients for r in reads), waiting=sum(r.waiting for r in reads),
+                      max_wait_ms=max((r.max_wait_ms for r in reads), default=0.0),
+                      servers=sum(r.servers for r in reads))
+
+
+@dataclass(frozen=True)
 class Sample:
     """One read of pg_stat_activity (client backends, the monitor excluded)."""
 
@@ -30,6 +70,7 @@ class Sample:
     oldest_idle_seconds: float = 0.0
     error: str | None = None
     server_restarted: bool = False  # first read after the server came back with a new start time
+    pooler: PoolerRead | None = None  # the poolers read at the same tick (pooled variants only)
 
     @classmethod
     def gap(cls, t: float, error: str) -> Sample:
@@ -77,8 +118,18 @@ class StepAccumulator:
     last_error: str | None = None
     live: int = 0
     server_restarts: int = 0
+    pooled: bool = False
+    pooler_reads: int = 0
+    pooler_gaps: int = 0
+    client_peak: int = 0
+    waiting_peak: int = 0
+    max_wait_ms: float = 0.0
+    last_clients: int = 0
+    clients_after_work: int | None = None
 
     def add(self, sample: Sample) -> None:
+        if self.pooled:
+            self.add_pooler(sample.t, sample.pooler)
         if not sample.ok:
             self.gaps += 1
             self.last_error = sample.error
@@ -102,6 +153,22 @@ class StepAccumulator:
             # Ghosts: the most idle connections seen while the replicas hold their engines.
             self.idle_after_work = max(self.idle_after_work or 0, idle)
 
+    def add_pooler(self, t: float, read: PoolerRead | None) -> None:
+        """The poolers' side of one tick. A tick without a pooler read is a gap too: never silent."""
+        if read is None or not read.ok:
+            self.pooler_gaps += 1
+            if read is not None and read.error:
+                self.last_error = f"pooler: {read.error}"
+            return
+        self.pooler_reads += 1
+        self.client_peak = max(self.client_peak, read.clients)
+        self.waiting_peak = max(self.waiting_peak, read.waiting)
+        self.max_wait_ms = max(self.max_wait_ms, read.max_wait_ms)
+        self.last_clients = read.clients
+        if t >= self.work_done_at:
+            # The app's ghosts behind a pooler: its pools' idle client connections, held at the pooler.
+            self.clients_after_work = max(self.clients_after_work or 0, read.clients)
+
     def mark_work_done(self, at: float = float("-inf")) -> None:
         """Every live replica finished its work at sample time ``at`` and now holds its pool (the
         first call wins: later looks see the same finished work). Samples read before ``at`` but
@@ -122,7 +189,16 @@ class StepAccumulator:
         )
         step.peak_by_replica = dict(sorted(self.peak_by_app.items()))
         step.peak_by_wait_event_type = dict(sorted(self.peak_by_wait.items()))
-        step.idle_at_end = self.idle_after_work if self.idle_after_work is not None else self.last_idle
+        server_idle = self.idle_after_work if self.idle_after_work is not None else self.last_idle
+        step.server_idle_at_end = server_idle
+        step.idle_at_end = server_idle
+        if self.pooled:
+            step.pooled = True
+            step.idle_at_end = self.clients_after_work if self.clients_after_work is not None else self.last_clients
+            step.client_peak_connections = self.client_peak
+            step.pooler_waiting_peak = self.waiting_peak
+            step.pooler_max_wait_ms = round(self.max_wait_ms, 3)
+            step.pooler_sample_gaps = self.pooler_gaps
         step.oldest_idle_seconds = round(self.oldest_idle, 3)
         step.database_restarts = self.server_restarts
         return step

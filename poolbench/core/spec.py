@@ -48,6 +48,8 @@ SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
 
 #: The benchmark's own monitor connection holds one slot for the whole run.
 MONITOR_CONNECTIONS = 1
+#: And one client slot at each pooler instance (its admin console, read with SHOW POOLS).
+POOLER_MONITOR_CONNECTIONS = 1
 
 #: Longest benchmark name: child objects append "-postgres-0" style suffixes, labels stop at 63.
 MAX_NAME_LENGTH = 40
@@ -228,6 +230,79 @@ class LimitsSpec(_Model):
     )
 
 
+PoolMode = Literal["session", "transaction"]
+#: A variant's name goes into child object names ("<benchmark>-<variant>-pgbouncer"), kept within 63.
+MAX_VARIANT_NAME_LENGTH = 12
+MAX_VARIANTS = 6
+
+
+class PoolerSpec(_Model):
+    """A PgBouncer in front of PostgreSQL for one variant. Defaults are PgBouncer's own."""
+
+    type: Literal["PgBouncer"] = Field("PgBouncer", description="The pooler (PgBouncer only).")
+    pool_mode: PoolMode = Field(
+        "session", description="session: a client keeps its server connection until it disconnects;"
+        " transaction: only for the length of a transaction."
+    )
+    default_pool_size: int = Field(
+        20, ge=1, le=10000, description="Server connections per (database, user) pair, per pooler instance."
+    )
+    max_client_conn: int = Field(
+        100, ge=1 + POOLER_MONITOR_CONNECTIONS, le=100000,
+        description="Client connections each pooler instance accepts (the benchmark's monitor takes one of them).",
+    )
+    reserve_pool_size: int = Field(
+        0, ge=0, le=10000, description="Extra server connections for a pool whose clients waited"
+        " reserve_pool_timeout (5 s)."
+    )
+    server_idle_timeout_seconds: int = Field(
+        600, ge=0, le=86400, description="Close a server connection idle this long (0: never)."
+    )
+    query_wait_timeout_seconds: int = Field(
+        120, ge=0, le=86400, description="Disconnect a client that waited this long for a server connection (0: never)."
+    )
+    replicas: int = Field(
+        1, ge=1, le=20, description="Pooler instances. Each has its own pools: they multiply server connections."
+    )
+    image: str = Field(
+        "ghcr.io/cloudnative-pg/pgbouncer:1.24.0", min_length=1,
+        description="Container image with a pgbouncer binary on PATH (cluster only); it runs"
+        " `pgbouncer /etc/poolbench-pgbouncer/pgbouncer.ini` from a generated Secret.",
+    )
+    run_as_user: int = Field(
+        998, ge=1, le=2147483647,
+        description="UID the pooler pod runs as: the image's pgbouncer user (998 in CloudNativePG's image;"
+        " cluster only).",
+    )
+
+    def usable_clients(self) -> int:
+        """Client connections the app may open at one instance: max_client_conn minus the monitor's."""
+        return self.max_client_conn - POOLER_MONITOR_CONNECTIONS
+
+    def server_connections(self) -> int:
+        """Most server connections one instance opens to the database: pool plus reserve."""
+        return self.default_pool_size + self.reserve_pool_size
+
+    def label(self) -> str:
+        return (f"PgBouncer {self.pool_mode}, pool {self.default_pool_size}"
+                + (f"+{self.reserve_pool_size}" if self.reserve_pool_size else "")
+                + (f" × {self.replicas} instances" if self.replicas > 1 else ""))
+
+
+class VariantSpec(_Model):
+    """One way of connecting, measured through the whole step plan: direct, or through a pooler,
+    optionally with its own engine settings (NullPool behind a pooler, say)."""
+
+    name: str = Field(..., min_length=1, max_length=MAX_VARIANT_NAME_LENGTH, pattern=NAME_PATTERN,
+                      description="Short name (lowercase letters, digits, '-'); part of child object names.")
+    pooler: PoolerSpec | None = Field(None, description="Connect through this pooler (omitted: directly).")
+    engine: EngineSpec | None = Field(None, description="Replaces spec.workload.engine for this variant.")
+
+
+#: The variant a benchmark without ``spec.variants`` measures.
+DIRECT = "direct"
+
+
 class PoolBenchmarkSpec(_Model):
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
@@ -241,6 +316,22 @@ class PoolBenchmarkSpec(_Model):
     cleanup: CleanupPolicy = Field(
         "ScaleDown", description="Cluster only: what to do with children when done."
     )
+    variants: list[VariantSpec] | None = Field(
+        None, min_length=1, max_length=MAX_VARIANTS,
+        description="Ways of connecting to compare, each run through every step against the same server"
+        " (omitted: one direct variant).",
+    )
+
+    def effective_variants(self) -> list[VariantSpec]:
+        """The variants to run, in order: ``spec.variants``, or the one direct variant."""
+        return list(self.variants) if self.variants else [VariantSpec(name=DIRECT)]
+
+    def for_variant(self, variant: VariantSpec) -> PoolBenchmarkSpec:
+        """This spec as one variant sees it: its engine in place of ``workload.engine``."""
+        if variant.engine is None:
+            return self
+        workload = self.workload.model_copy(update={"engine": variant.engine})
+        return self.model_copy(update={"workload": workload})
 
     def usable_connections(self) -> int:
         """Slots the workload can take: max_connections, minus the reserved slots for a normal role,
@@ -267,6 +358,20 @@ def contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
                          f" ({reserved} reserved for superusers, {MONITOR_CONNECTIONS} for the benchmark's"
                          " monitor)"))
+    seen: dict[str, int] = {}
+    shapes: dict[str, int] = {}
+    for i, variant in enumerate(spec.variants or []):
+        if variant.name in seen:
+            problems.append((f"spec.variants[{i}].name",
+                             f"duplicate variant name {variant.name!r} (also spec.variants[{seen[variant.name]}])"))
+        seen.setdefault(variant.name, i)
+        # The same pooler and engine as an earlier variant: a copy-paste slip that would measure nothing new.
+        engine = variant.engine or spec.workload.engine
+        shape = repr((variant.pooler.model_dump() if variant.pooler else None, engine.model_dump()))
+        if shape in shapes:
+            problems.append((f"spec.variants[{i}]", f"measures the same pooler and engine as"
+                                                    f" spec.variants[{shapes[shape]}]"))
+        shapes.setdefault(shape, i)
     return problems
 
 

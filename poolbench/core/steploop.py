@@ -51,7 +51,11 @@ class StepStarted:
     @property
     def message(self) -> str:
         p = self.planned
-        return (f"step {p.index}/{self.total_steps}: scaling the workload to {p.replicas} replicas"
+        if p.pooler is not None:
+            return (f"{p.label}/{self.total_steps}: scaling the workload to {p.replicas} replicas through"
+                    f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients of {p.client_capacity}"
+                    f" allowed, server peak ≤ {p.predicted_peak}, usable {p.usable})")
+        return (f"{p.label}/{self.total_steps}: scaling the workload to {p.replicas} replicas"
                 f" (predicted peak {p.predicted_peak}, usable {p.usable})")
 
 
@@ -62,7 +66,7 @@ class StepFinished:
 
     @property
     def message(self) -> str:
-        return (f"step {self.planned.index}: {self.planned.replicas} replicas {self.step.outcome}:"
+        return (f"{self.planned.label}: {self.planned.replicas} replicas {self.step.outcome}:"
                 f" {self.step.reason}")
 
 
@@ -83,6 +87,8 @@ class BenchmarkFinished:
     @property
     def message(self) -> str:
         verdict = self.status.verdict
+        if self.status.comparison:
+            return self.status.comparison
         return verdict.summary if verdict else self.status.message
 
 
@@ -99,6 +105,7 @@ class Progress:
     peak: int
     running: int
     phase: str
+    variant: str = ""  # with spec.variants: the variant being measured
 
 
 LoopEvent = StepStarted | StepFinished | DatabaseRestarted | BenchmarkFinished | Progress
@@ -122,6 +129,11 @@ class Platform(Protocol):
         """The probe's reads since the last call, oldest first."""
         ...
 
+    def use_variant(self, planned: PlannedStep) -> None:
+        """Before the first step of a variant (no replica running): connect the workload the
+        variant's way (start its pooler, or none) and sample that pooler from now on."""
+        ...
+
     def scale(self, planned: PlannedStep) -> None:
         """Run ``planned.replicas`` replicas of the workload for this step."""
         ...
@@ -135,7 +147,8 @@ class Platform(Protocol):
         ...
 
     def scale_to_zero(self) -> None:
-        """No replica left; returns when they are gone (or the platform gave up waiting)."""
+        """No replica left; returns when they are gone (or the platform gave up waiting). A pooler
+        drops its server connections too, so the next step starts with none."""
         ...
 
     def connection_ages(self) -> list[float]:
@@ -173,7 +186,11 @@ class StepLoop:
         run is measured again from a clean slate."""
         self.clean_slate()
         planned = self.run.next_step()
+        variant: int | None = None
         while planned is not None:
+            if planned.variant_index != variant:
+                variant = planned.variant_index
+                self.platform.use_variant(planned)
             self.run_step(planned)
             planned = self.run.next_step()
             if planned is not None or not self.platform.keeps_last_step:
@@ -197,7 +214,7 @@ class StepLoop:
             self.await_restart_seen()
         self.feed()  # what was read before the step belongs to no step
         self.run.begin_step(planned)
-        platform.notify(StepStarted(planned, len(self.run.plan)))
+        platform.notify(StepStarted(planned, len(self.run.plans[planned.variant_index])))
         platform.scale(planned)
         started = platform.now()
         deadline = started + self.run.spec.step_timeout_seconds
@@ -260,8 +277,9 @@ class StepLoop:
     def progress(self, planned: PlannedStep, started: float, now: float, running: int) -> Progress:
         status = self.run.status
         step = self.run.step
-        return Progress(planned.index, len(self.run.plan), planned.replicas, now, now - started,
-                        status.live_connections, step.peak_connections if step else 0, running, status.phase)
+        return Progress(planned.index, len(self.run.plans[planned.variant_index]), planned.replicas, now,
+                        now - started, status.live_connections, step.peak_connections if step else 0, running,
+                        status.phase, planned.variant if planned.position else "")
 
 
 def run_steps(run: BenchmarkRun, platform: Platform, timing: LoopTiming) -> BenchmarkStatus:

@@ -3,6 +3,13 @@
 Per replica, a QueuePool opens at most min(threads, pool_size + max_overflow) connections and,
 after the burst, keeps min(pool_size, peak) of them open and idle (the "ghosts"). NullPool opens one
 per concurrent checkout and keeps none (SQLAlchemy's pool/impl.py).
+
+Behind a PgBouncer those are *client* connections at the pooler: they must fit in
+instances × (max_client_conn − 1: the benchmark's monitor holds one at each), and the server sees
+at most instances × (default_pool_size + reserve_pool_size) backends, whatever the replica count.
+In session mode a client keeps its server connection while it is open, so at most that many
+clients run at once and the rest wait (until query_wait_timeout); in transaction mode only a
+transaction holds one.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from .results import StepResult, Verdict
-from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec
+from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket.
@@ -24,18 +31,46 @@ class Prediction:
     per_replica_peak: int
     per_replica_idle: int
     usable: int
+    pooler: PoolerSpec | None = None
 
     @property
-    def peak(self) -> int:
+    def client_peak(self) -> int:
+        """Connections the engines open (to the server, or to the pooler when pooled)."""
         return self.replicas * self.per_replica_peak
 
     @property
+    def client_capacity(self) -> int:
+        """Client connections the poolers accept (0: no pooler)."""
+        return self.pooler.replicas * self.pooler.usable_clients() if self.pooler else 0
+
+    @property
+    def server_capacity(self) -> int:
+        """Server connections the poolers may open (0: no pooler)."""
+        return self.pooler.replicas * self.pooler.server_connections() if self.pooler else 0
+
+    @property
+    def peak(self) -> int:
+        """Server backends at the peak: the engines' connections, or what the poolers open for them."""
+        if self.pooler is None:
+            return self.client_peak
+        return min(self.client_peak, self.server_capacity)
+
+    @property
     def idle(self) -> int:
+        """Ghosts: the app pools' idle connections (at the pooler, when pooled)."""
         return self.replicas * self.per_replica_idle
 
     @property
+    def waiting(self) -> int:
+        """Pooled: clients beyond the server connections. In session mode they wait for another
+        client to disconnect; in transaction mode for a transaction to end."""
+        return max(0, self.client_peak - self.server_capacity) if self.pooler else 0
+
+    @property
     def fits(self) -> bool:
-        return self.peak <= self.usable
+        if self.pooler is None:
+            return self.peak <= self.usable
+        return self.peak <= self.usable and self.client_peak <= self.client_capacity
 
 
 def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
@@ -70,8 +105,41 @@ def usable_connections(spec: PoolBenchmarkSpec) -> int:
     return spec.usable_connections()
 
 
-def predict(spec: PoolBenchmarkSpec, replicas: int) -> Prediction:
-    return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec))
+def predict(spec: PoolBenchmarkSpec, replicas: int, pooler: PoolerSpec | None = None) -> Prediction:
+    return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec), pooler)
+
+
+def replicas_word(count: int | None) -> str:
+    return "replica" if count == 1 else "replicas"
+
+
+def pooled_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> int:
+    """Most replicas the poolers take without refusing a client (max_client_conn) and, in session
+    mode, without a client waiting for a server connection."""
+    per_peak = per_replica_peak(spec)
+    if per_peak == 0:
+        return 0
+    limit = pooler.replicas * pooler.usable_clients()
+    if pooler.pool_mode == "session":
+        limit = min(limit, pooler.replicas * pooler.server_connections())
+    return limit // per_peak
+
+
+def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
+    """The pooler arithmetic in one sentence, for verdicts."""
+    usable = usable_connections(spec)
+    server = pooler.replicas * pooler.server_connections()
+    per_instance = f"{pooler.default_pool_size}" + (f" + {pooler.reserve_pool_size} reserve"
+                                                   if pooler.reserve_pool_size else "")
+    text = (f"server backends ≤ {pooler.replicas} × ({per_instance}) = {server}"
+            + (f" of {usable} usable" if server <= usable else f", more than the {usable} usable:"
+               " the server refuses the poolers' logins beyond that")
+            + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
+              f" {pooler.replicas * pooler.usable_clients()}")
+    if pooler.pool_mode == "session":
+        text += (f"; in session mode a client holds its server connection while it is open, so only"
+                 f" {server} clients run at once")
+    return text
 
 
 def monitor_blind(step: StepResult) -> bool:
@@ -115,14 +183,24 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
         total = step.samples + step.sample_gaps
         reasons.append(f"the monitor lost {step.sample_gaps} of {total} reads"
                        + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
+    elif step.pooled and step.pooler_sample_gaps * 2 > step.samples:
+        blind = True  # the pooler's side of the step was not seen: its client and wait figures mean nothing
+        reasons.append(f"the monitor lost {step.pooler_sample_gaps} of the poolers' {step.samples} reads"
+                       + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
     if reasons:
         only_blind = blind and len(reasons) == 1
         step.outcome = "Inconclusive" if only_blind else "Failed"
         step.reason = "; ".join(reasons)
         return step
     step.outcome = "Passed"
-    step.reason = (f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
-                   f" {step.idle_at_end} idle at end")
+    if step.pooled:
+        step.reason = (f"peak {step.peak_connections} server backends (at most {step.server_capacity}) of"
+                       f" {step.usable_connections} usable, {step.client_peak_connections} clients at the pooler"
+                       f" ({step.pooler_waiting_peak} waiting at most, longest wait {step.pooler_max_wait_ms:g} ms),"
+                       f" {step.idle_at_end} idle clients at end")
+    else:
+        step.reason = (f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
+                       f" {step.idle_at_end} idle at end")
     if step.sample_gaps:
         step.reason += f", {step.sample_gaps} of {step.samples + step.sample_gaps} reads lost"
     return step
@@ -160,8 +238,10 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
             f" replicas).")
 
 
-def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
+def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec | None = None) -> Verdict:
     """maxSafeReplicas: the largest passing step before the first failure."""
+    if pooler is not None:
+        return pooled_verdict(spec, steps, pooler)
     max_safe: int | None = None
     first_failing: int | None = None
     failing_step: StepResult | None = None
@@ -195,7 +275,8 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
         summary = (
             f"{max_safe if max_safe is not None else 'No'} replicas ran safely;"
             f" {failing_step.replicas} replicas {verb} {failure_cause(failing_step)}"
-            f" (each replica may open {per_peak}; the server allows {usable}, so at most {safe_limit} replicas fit)."
+            f" (each replica may open {per_peak}; the server allows {usable}, so at most {safe_limit}"
+            f" {replicas_word(safe_limit)} fit)."
         )
     elif max_safe is not None:
         summary = (
@@ -210,3 +291,78 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict
     return Verdict(
         max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary
     )
+
+
+def _largest_safe(steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
+    """The largest passing step before the first failing (or inconclusive) one, and that one."""
+    max_safe: int | None = None
+    for step in steps:
+        if step.outcome in ("Failed", "Inconclusive"):
+            return max_safe, step
+        if step.outcome == "Passed":
+            max_safe = step.replicas if max_safe is None else max(max_safe, step.replicas)
+    return max_safe, None
+
+
+def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec) -> Verdict:
+    """A pooled variant: the same steps, judged the same way, explained with the pooler's arithmetic
+    (prediction beside measurement)."""
+    max_safe, failing = _largest_safe(steps)
+    per_peak = per_replica_peak(spec)
+    budget = pooler_budget(spec, pooler)
+    fit = pooled_safe_replicas(spec, pooler)
+    fit_text = (f"at most {fit} {replicas_word(fit)} fit the poolers"
+                + (" without waiting" if pooler.pool_mode == "session" else ""))
+    passed = [s for s in steps if s.outcome == "Passed"]
+    measured = ""
+    if passed:
+        last = max(passed, key=lambda s: s.replicas)
+        measured = (f" At {last.replicas} replicas: {last.peak_connections} server backends (predicted ≤"
+                    f" {last.predicted_peak}), {last.client_peak_connections} clients at the pooler (predicted"
+                    f" {last.predicted_client_peak}), {last.pooler_waiting_peak} waiting at most,"
+                    f" p95 latency {last.latency_ms.p95:g} ms.")
+    if failing is not None:
+        pred = predict(spec, failing.replicas, pooler)
+        reason = (f"{failing.replicas} replicas × {per_peak} = {pred.client_peak} clients; {budget};"
+                  f" {failing.reason}")
+        verb = "were" if failing.outcome == "Inconclusive" else "failed with"
+        summary = (f"{pooler.label()}: {max_safe if max_safe is not None else 'no'} replicas ran safely;"
+                   f" {failing.replicas} replicas {verb} {failure_cause(failing)} (each replica may open"
+                   f" {per_peak} clients; {fit_text}).{measured}")
+        first_failing = failing.replicas if failing.outcome == "Failed" else None
+    elif max_safe is not None:
+        reason = f"every step passed; {budget}"
+        summary = (f"{pooler.label()}: all steps passed up to {max_safe} replicas (each may open {per_peak}"
+                   f" clients; {fit_text}).{measured}")
+        first_failing = None
+    else:
+        reason, summary, first_failing = "no step ran", f"{pooler.label()}: no step completed.", None
+    server, usable = pooler.replicas * pooler.server_connections(), usable_connections(spec)
+    if server > usable:
+        summary += (f" The poolers may open {server} server connections but the server allows {usable}:"
+                    " their logins beyond that are refused (PgBouncer retries them, its clients wait).")
+    return Verdict(max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason,
+                   summary=summary)
+
+
+def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[list[StepResult]]) -> str:
+    """The variants side by side in one sentence: how far each scaled, and what the server saw."""
+    parts = []
+    for name, verdict, variant_steps in zip(names, verdicts, steps, strict=True):
+        if verdict is None:
+            parts.append(f"{name}: not run")
+            continue
+        peak = max((s.peak_connections for s in variant_steps), default=0)
+        safe = verdict.max_safe_replicas
+        text = f"{name}: " + (f"{safe} replicas safe" if safe is not None else "no step passed")
+        if verdict.first_failing_replicas is not None:
+            failing = next((s for s in variant_steps if s.replicas == verdict.first_failing_replicas
+                            and s.outcome == "Failed"), None)
+            if failing is not None:
+                text += f", fails at {failing.replicas} ({failing.first_error_class or failure_cause(failing)})"
+        parts.append(text + f", peak {peak} server backends")
+    ranked = [(v.max_safe_replicas or 0, n) for n, v in zip(names, verdicts, strict=True) if v is not None]
+    best = max(ranked)[0] if ranked else 0
+    winners = [n for safe, n in ranked if safe == best and best > 0]
+    lead = (f"Scales furthest: {', '.join(winners)} ({best} replicas). " if winners else "")
+    return lead + "; ".join(parts) + "."

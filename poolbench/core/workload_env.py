@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the workload imports this module: keep pydantic out of a replica's start-up
-    from .spec import PoolBenchmarkSpec, WorkloadSpec
+    from .spec import PoolBenchmarkSpec, PoolerSpec, WorkloadSpec
 
 PREFIX = "POOLBENCH_"
 APP_ROLE = "poolbench_app"
@@ -25,8 +25,14 @@ def role_name(workload: WorkloadSpec) -> str:
     return APP_ROLE if workload.role == "app" else SUPERUSER
 
 
-def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True) -> dict[str, str]:
-    """Environment for one replica, without the connection target and the replica's own name."""
+#: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
+POOLER_ENV = PREFIX + "POOLER"
+
+
+def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
+                 ) -> dict[str, str]:
+    """Environment for one replica, without the connection target and the replica's own name.
+    ``spec``: as the variant sees it (``PoolBenchmarkSpec.for_variant``)."""
     w = spec.workload
     engine = w.engine.model_dump(by_alias=True, exclude_none=True)
     env = {
@@ -39,6 +45,8 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True) -> di
         "PGUSER": role_name(w),
         "PGDATABASE": DATABASE,
     }
+    if pooler is not None:
+        env[POOLER_ENV] = pooler.type
     iterations = w.effective_iterations()
     if iterations is not None:
         env["POOLBENCH_ITERATIONS"] = str(iterations)
@@ -72,6 +80,7 @@ class WorkloadConfig:
     metrics_port: int
     summary_path: str | None
     exit_after_hold: bool
+    pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
 
     @classmethod
     def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
@@ -106,5 +115,6 @@ class WorkloadConfig:
             metrics_port=parsed("METRICS_PORT", int, "0"),
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
+            pooled=bool(get("POOLER")),
         )
 

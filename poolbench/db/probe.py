@@ -30,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..core.sampling import Sample, sample_from_rows
+from .pooler import PoolerProbe
 from .sessions import MONITOR_NAME, Connect, admin_session
 
 OTHER_CLIENTS = """
@@ -139,6 +140,14 @@ class SamplerThread(threading.Thread):
         self.probe, self.interval, self.t0 = probe, interval, t0
         self.sink = sink or self.queue.put
         self.halt = threading.Event()
+        #: Read at each tick after the server, while a pooled variant runs (set by the platform).
+        self.pooler: PoolerProbe | None = None
+
+    def use_pooler(self, pooler: PoolerProbe | None) -> None:
+        """Read ``pooler`` at each tick from now on (None: no pooler); the previous one is closed."""
+        previous, self.pooler = self.pooler, pooler
+        if previous is not None and previous is not pooler:
+            previous.close()
 
     def take(self) -> list[Sample]:
         """The samples read since the last call, oldest first."""
@@ -152,7 +161,11 @@ class SamplerThread(threading.Thread):
     def run(self) -> None:
         next_at = time.monotonic()
         while not self.halt.is_set():
-            self.sink(self.probe.read(time.monotonic() - self.t0))
+            sample = self.probe.read(time.monotonic() - self.t0)
+            pooler = self.pooler
+            if pooler is not None:
+                sample = replace(sample, pooler=pooler.read())
+            self.sink(sample)
             next_at += self.interval
             delay = next_at - time.monotonic()
             if delay < 0:  # fell behind (slow read): skip the missed ticks, keep the grid

@@ -12,7 +12,11 @@ from .runner import LocalResult  # noqa: E402
 
 
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:
-    """Connections by state over time (top) and, per step, what the callers felt (bottom panel)."""
+    """Connections by state over time (top) and, per step, what the callers felt (bottom panel).
+    With variants, the variants are overlaid instead (``plot_variants``)."""
+    if result.status.variants:
+        plot_variants(result, max_connections, path, title)
+        return
     samples = [s for s in result.timeline if s.ok]
     t = [s.t for s in samples]
     fig, (ax, lat) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.5]})
@@ -66,3 +70,54 @@ def _latency_panel(ax: Axes, result: LocalResult) -> None:
         ax.legend(loc="center right", fontsize=7, ncol=2)
     else:
         ax.text(0.5, 0.5, "no latency measured", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+
+
+COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+
+
+def plot_variants(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:
+    """The variants overlaid on one time axis (seconds since each variant's first step): server
+    backends (solid) and, for a pooled variant, clients at the pooler (dotted); below, each step's
+    p95 latency by replica count."""
+    fig, (ax, lat) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [3, 1.6]})
+    top = max_connections
+    for n, variant in enumerate(result.status.variants):
+        color = COLORS[n % len(COLORS)]
+        spans = [s for s in result.spans if s.variant == variant.name]
+        if not spans:
+            continue
+        start = spans[0].start
+        end = max((s.end or s.start) for s in spans)
+        samples = [s for s in result.timeline if s.ok and start <= s.t <= end]
+        t = [s.t - start for s in samples]
+        ax.plot(t, [s.total for s in samples], color=color, linewidth=1.6, label=f"{variant.name}: server backends")
+        if variant.pooler is not None:
+            clients = [(s.t - start, s.pooler.clients) for s in samples if s.pooler is not None and s.pooler.ok]
+            if clients:
+                top = max(top, max(c for _, c in clients))
+                ax.plot([c[0] for c in clients], [c[1] for c in clients], color=color, linestyle=":", linewidth=1.4,
+                        label=f"{variant.name}: clients at the pooler")
+        for span in spans:
+            ax.axvline(span.start - start, color=color, linewidth=0.5, alpha=0.5)
+        steps = [s for s in variant.steps if s.latency_ms.max > 0]
+        if steps:
+            lat.plot([s.replicas for s in steps], [s.latency_ms.p95 for s in steps], marker="o", color=color,
+                     label=variant.name)
+        failed = [s for s in variant.steps if s.outcome != "Passed"]
+        if failed:
+            lat.plot([s.replicas for s in failed], [max(s.latency_ms.p95, 0.1) for s in failed], "x", color=color,
+                     markersize=10)
+    ax.axhline(max_connections, color="black", linestyle="--", label=f"max_connections {max_connections}")
+    ax.set_ylim(0, top * 1.12)
+    ax.set_xlabel("seconds since the variant's first step")
+    ax.set_ylabel("connections")
+    ax.set_title(f"poolbench {title}: variants overlaid")
+    ax.legend(loc="upper right", fontsize=7)
+    lat.set_xlabel("replicas (x: the step failed)")
+    lat.set_ylabel("p95 latency, ms")
+    if lat.lines:
+        lat.set_yscale("log")
+        lat.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

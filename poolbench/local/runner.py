@@ -10,6 +10,7 @@ starts and the temporary directories are removed on the way out, Ctrl-C included
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -31,11 +32,13 @@ from ..core.results import BenchmarkStatus
 from ..core.sampling import Sample
 from ..core.spec import PoolBenchmark
 from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, StepFinished, StepStarted, run_steps
-from ..core.workload_env import workload_env
+from ..core.workload_env import DATABASE, role_name, workload_env
+from ..db.pooler import PoolerProbe
 from ..db.probe import Probe, SamplerThread
 from ..db.roles import ensure_app_role
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
+from .pgbouncer import LocalPgBouncer, find_pgbouncer
 from .procs import deferred_signals, kill_group
 
 TIMING = LoopTiming(poll_seconds=0.05, drain_seconds=5.0)
@@ -47,6 +50,7 @@ class StepSpan:
     replicas: int
     start: float
     end: float | None = None
+    variant: str = ""  # with spec.variants: the variant the step belongs to
 
 
 @dataclass
@@ -129,11 +133,17 @@ class LocalRunner:
         self.probe: Probe | None = None
         self.workdir: Path | None = None
         self.env: dict[str, str] = {}
+        self.base_env: dict[str, str] = {}  # the server's env, before any variant's settings
+        self.instance_envs: list[dict[str, str]] = []  # per pooler instance (one entry: direct)
+        self.bouncer: LocalPgBouncer | None = None
+        self.pooler_probe: PoolerProbe | None = None
         self.t0 = time.monotonic()
 
     def execute(self) -> LocalResult:
         probe: Probe | None = None
         try:
+            if any(v.pooler is not None for v in self.run.variants):
+                find_pgbouncer()  # before anything starts: say which package is missing
             self.run.provisioning()
             with deferred_signals():
                 self.workdir = Path(tempfile.mkdtemp(prefix="poolbench-run-"))
@@ -152,6 +162,7 @@ class LocalRunner:
             if self.spec.workload.role == "app":
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
                 ensure_app_role(connect, password)
+            self.base_env = dict(self.env)
             self.probe = probe = Probe(connect)
             probe.open()  # before any load: the monitor must hold its slot first
             self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
@@ -161,6 +172,7 @@ class LocalRunner:
             self.run.fail(str(err))
             raise
         finally:
+            self.stop_pooler()
             if self.sampler is not None:
                 self.sampler.stop()
                 self.result.timeline.extend(self.sampler.take())
@@ -181,12 +193,48 @@ class LocalRunner:
         self.result.timeline.extend(taken)
         return taken
 
+    def use_variant(self, planned: PlannedStep) -> None:
+        """Point the replicas at the variant's PgBouncer (started here, the previous one stopped) or
+        straight at the server, with the variant's engine."""
+        self.stop_pooler()
+        index = planned.variant_index
+        spec = self.run.variant_specs[index]
+        env = {**self.base_env, **workload_env(spec, pooler=planned.pooler)}
+        if planned.pooler is None or self.pg is None:
+            self.instance_envs = [env]
+            return
+        pg = self.pg
+        role = role_name(spec.workload)
+        password = env.get("PGPASSWORD") or secrets.token_urlsafe(24)  # the superuser logs in to the server by trust
+        with deferred_signals():
+            self.bouncer = bouncer = LocalPgBouncer(planned.pooler, server_host=pg.host, server_port=pg.port,
+                                                    database=DATABASE, passwords={role: password})
+        bouncer.start()
+        self.instance_envs = [{**env, **bouncer.client_env(i), "PGPASSWORD": password}
+                              for i in range(planned.pooler.replicas)]
+        self.pooler_probe = PoolerProbe([functools.partial(bouncer.admin_connect, i)
+                                         for i in range(planned.pooler.replicas)], DATABASE)
+        if self.sampler is not None:
+            self.sampler.use_pooler(self.pooler_probe)
+
+    def stop_pooler(self) -> None:
+        probe, self.pooler_probe = self.pooler_probe, None
+        if self.sampler is not None:
+            self.sampler.use_pooler(None)
+        if probe is not None:
+            probe.close()
+        bouncer, self.bouncer = self.bouncer, None
+        if bouncer is not None:
+            bouncer.stop()
+
     def scale(self, planned: PlannedStep) -> None:
         assert self.workdir is not None
-        prefix = f"{app_prefix(self.bench.name)}s{planned.index}-r"
+        variant = f"{planned.variant}-" if planned.position else ""
+        prefix = f"{app_prefix(self.bench.name)}{variant}s{planned.index}-r"
+        envs = self.instance_envs or [self.env]
         for i in range(len(self.replicas), planned.replicas):
             with deferred_signals():
-                self.replicas.append(ReplicaProcess(f"{prefix}{i}", self.env, self.workdir, self.launcher))
+                self.replicas.append(ReplicaProcess(f"{prefix}{i}", envs[i % len(envs)], self.workdir, self.launcher))
 
     def observe(self, expected: int) -> ReplicaProgress:
         running = sum(1 for r in self.replicas if r.proc.poll() is None)
@@ -202,6 +250,8 @@ class LocalRunner:
         for r in self.replicas:
             r.kill()
         self.replicas = []
+        if self.pooler_probe is not None:
+            self.pooler_probe.drop_server_connections()
 
     def connection_ages(self) -> list[float]:
         return self.probe.connection_ages() if self.probe is not None else []
@@ -222,14 +272,19 @@ class LocalRunner:
         if isinstance(event, Progress):
             self.progress(event)
         elif isinstance(event, StepStarted):
-            self.result.spans.append(StepSpan(event.planned.index, event.planned.replicas, self.now()))
+            planned = event.planned
+            self.result.spans.append(StepSpan(planned.index, planned.replicas, self.now(),
+                                              variant=planned.variant if planned.position else ""))
         elif isinstance(event, StepFinished) and self.result.spans:
             self.result.spans[-1].end = self.now()
 
     # -- the way out ----------------------------------------------------------------------------
     def cleanup(self) -> None:
-        """Kill every replica, stop the server, remove the temporary directories. Idempotent."""
-        self.scale_to_zero()
+        """Kill every replica, stop the pooler and the server, remove the temporary directories. Idempotent."""
+        for r in self.replicas:
+            r.kill()
+        self.replicas = []
+        self.stop_pooler()
         if self.launcher is not None:
             self.launcher.close()
         if self.pg is not None:
