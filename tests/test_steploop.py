@@ -488,3 +488,26 @@ def test_resume_skips_finished_variants_and_steps() -> None:
     assert again.variants == ["tx"]  # the finished variant is not run again
     assert [len(v.steps) for v in status.variants] == [2, 2]
     assert status.steps == status.variants[0].steps
+
+
+def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
+    class Oracle(FakePlatform):
+        """Replicas beyond 5 crash with tooManyClients: the breaking point is 5/6."""
+
+        def scale(self, planned: PlannedStep) -> None:
+            refused = Script(crashed=True, outcomes={"tooManyClients": 1})
+            self.scripts = [refused] if planned.replicas > 5 else [Script()]
+            super().scale(planned)
+
+    # 3 connections per replica, 99 usable: the arithmetic predicts 33; the platform breaks at 6.
+    run = spec(steps={"search": {"min": 1, "max": 40}})
+    platform = Oracle([])
+    status = run_steps(run, platform, TIMING)
+    probes = [s.replicas for s in status.steps]
+    assert probes[:2] == [33, 16]  # the prediction first, then bisection of (0, 33)
+    assert len(probes) <= 2 + 6 and len(set(probes)) == len(probes)
+    assert status.verdict is not None
+    assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (5, 6)
+    assert status.verdict.predicted_max_safe_replicas == 33
+    assert status.total_steps == 8 and status.progress.endswith("/8")
+    assert "Search 1..40" in status.verdict.summary

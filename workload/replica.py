@@ -20,6 +20,7 @@ the metrics are built from the tallies when they are scraped or summarised), tak
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -43,6 +44,9 @@ from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of
 from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_exception, short_message
 from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
 
+if TYPE_CHECKING:
+    from .processes import ProcessGroup
+
 ENGINE_ARGS = {
     "poolSize": "pool_size",
     "maxOverflow": "max_overflow",
@@ -53,6 +57,7 @@ ENGINE_ARGS = {
 }
 PHASES = ["starting", "running", "holding", "done", "crashed"]
 OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
+OK_INDEX = OUTCOME_INDEX[OK]
 #: Kubernetes keeps at most this many bytes of a termination message: the summary must fit.
 SUMMARY_LIMIT = 4096
 #: Prometheus ``le`` labels: the histogram's bounds in seconds, then +Inf.
@@ -65,18 +70,62 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def build_engine(cfg: WorkloadConfig):
-    """The engine under test; connection target from libpq's PG* variables."""
+DRIVER_URLS = {"psycopg2": "postgresql+psycopg2://", "psycopg": "postgresql+psycopg://",
+               "asyncpg": "postgresql+asyncpg://"}
+
+
+def build_engine(cfg: WorkloadConfig) -> Any:
+    """The engine under test; connection target from libpq's PG* variables (asyncpg reads the same).
+    asyncpg gets ``create_async_engine`` (QueuePool becomes its AsyncAdaptedQueuePool)."""
     kwargs = {ENGINE_ARGS[k]: v for k, v in cfg.engine.items() if k in ENGINE_ARGS}
-    poolclass = getattr(pool, cfg.engine.get("poolClass", "QueuePool"))
+    pool_name = cfg.engine.get("poolClass", "QueuePool")
+    name = cfg.app_name[:63]
+    if cfg.driver == "asyncpg":
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        poolclass = pool.AsyncAdaptedQueuePool if pool_name == "QueuePool" else getattr(pool, pool_name)
+        return create_async_engine(DRIVER_URLS["asyncpg"], poolclass=poolclass,
+                                   connect_args={"server_settings": {"application_name": name}},
+                                   execution_options={"no_parameters": True}, **kwargs)
+    connect_args: dict[str, Any] = {"application_name": name}
+    if cfg.driver == "psycopg" and cfg.pooled:
+        connect_args["prepare_threshold"] = None  # no server-side prepared statements behind a pooler
     return create_engine(
-        "postgresql+psycopg2://",
-        poolclass=poolclass,
-        connect_args={"application_name": cfg.app_name[:63]},
-        # The statement is raw SQL: no bind parameters, so psycopg2 must not read % as placeholders.
+        DRIVER_URLS[cfg.driver],
+        poolclass=getattr(pool, pool_name),
+        connect_args=connect_args,
+        # The statement is raw SQL: no bind parameters, so the driver must not read % as placeholders.
         execution_options={"no_parameters": True},
         **kwargs,
     )
+
+
+def fitted_summary(data: dict[str, Any]) -> str:
+    """A summary as compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer
+    termination message, which would no longer parse): only the free texts, the first error and
+    then the replica's name, are shortened when needed. ASCII-escaped, so characters are bytes."""
+    text = json.dumps(data, separators=(",", ":"))
+    for key in ("firstError", "replica"):
+        value = data.get(key) or ""
+        while len(text) > SUMMARY_LIMIT and value:
+            # Cut as many characters as the excess takes at this text's mean escaped width.
+            width = (len(json.dumps(value)) - 2) / len(value)
+            value = value[: max(0, len(value) - max(1, math.ceil((len(text) - SUMMARY_LIMIT) / width)))]
+            data[key] = value
+            text = json.dumps(data, separators=(",", ":"))
+    return text
+
+
+def write_summary_file(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        # /dev/termination-log style paths cannot take a rename: write in place.
+        with open(path, "w") as fh:
+            fh.write(text)
 
 
 def keep_full_message(ctx: Any) -> None:
@@ -175,9 +224,74 @@ class MeasuresCollector:
                                 "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0)
 
 
+class CallerTally:
+    """One caller's (thread's or task's) own tallies: outcomes, latency and wait buckets, sums and
+    maxima, registered with its replica so scrapes and summaries see them, written only by this
+    caller: no lock and no Prometheus call per statement."""
+
+    __slots__ = ("replica", "tally", "latency", "wait", "extremes", "left", "deadline")
+
+    def __init__(self, replica: Replica):
+        self.replica = replica
+        self.tally = [0] * len(OUTCOMES)  # indexed like OUTCOMES
+        self.latency = [0] * BUCKETS  # bucket counts, see poolbench.core.histogram
+        self.wait = [0] * BUCKETS
+        self.extremes = [0.0, 0.0, 0.0, 0.0]  # LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX
+        cfg = replica.cfg
+        self.left = cfg.iterations
+        self.deadline = time.monotonic() + cfg.duration_seconds if cfg.duration_seconds else None
+        with replica.lock:
+            replica.tallies.append(self.tally)
+            replica.timings.append((self.latency, self.wait, self.extremes))
+            if replica.work_started_at is None:
+                replica.work_started_at = time.time()
+
+    def more(self) -> bool:
+        """One more attempt? By iterations or by duration, until the replica stops or crashes."""
+        if self.replica.stop.is_set() or self.replica.crashed.is_set():
+            return False
+        if self.left is not None:
+            self.left -= 1
+            return self.left >= 0
+        return self.deadline is None or time.monotonic() < self.deadline
+
+    def _count(self, values: list[int], ms: float, total: int, top: int) -> None:
+        values[bucket_of(ms)] += 1
+        self.extremes[total] += ms
+        if ms > self.extremes[top]:
+            self.extremes[top] = ms
+
+    def succeeded(self, t0: float, t1: float, t2: float) -> None:
+        self.tally[OK_INDEX] += 1
+        self._count(self.wait, (t1 - t0) * 1000.0, WAIT_SUM, WAIT_MAX)
+        self._count(self.latency, (t2 - t0) * 1000.0, LAT_SUM, LAT_MAX)
+
+    def failed(self, t0: float, t1: float, exc: BaseException) -> bool:
+        """Count a failed attempt, its wait until it failed (``t1 == t0``: it never got its connection);
+        True when the replica must crash."""
+        replica = self.replica
+        self._count(self.wait, ((t1 if t1 > t0 else time.perf_counter()) - t0) * 1000.0, WAIT_SUM, WAIT_MAX)
+        replica._record_error(self.tally, classify_exception(exc, pooled=replica.cfg.pooled), exc)
+        if replica.cfg.on_error == "crash":
+            replica.crashed.set()
+            return True
+        return False
+
+    def done(self) -> None:
+        replica = self.replica
+        with replica.lock:
+            replica.threads_finished += 1
+            if replica.threads_finished == replica.cfg.threads:
+                replica.work_ended_at = time.time()
+
+
 class Replica:
-    def __init__(self, cfg: WorkloadConfig):
+    """One engine and its caller threads. ``engine``: one configured before a fork (a worker process of
+    a multi-process replica); ``publish``: where the summary goes instead of POOLBENCH_SUMMARY_PATH."""
+
+    def __init__(self, cfg: WorkloadConfig, engine: Any = None, publish: Callable[[str], None] | None = None):
         self.cfg = cfg
+        self.publish = publish
         self.registry = CollectorRegistry()
         self.attempts = Counter("poolbench_attempts", "Statements attempted, by outcome", ["outcome"], registry=None)
         for outcome in OUTCOMES:
@@ -203,11 +317,12 @@ class Replica:
         self.stop = threading.Event()
         self.started_at = now_iso()
         self.work_done_at: str | None = None
-        self.engine = build_engine(cfg)
-        event.listen(self.engine, "checkout", self._on_checkout)
-        event.listen(self.engine, "checkin", self._on_checkin)
-        event.listen(self.engine, "handle_error", keep_full_message)
-        pool_ = self.engine.pool
+        self.engine = engine if engine is not None else build_engine(cfg)
+        sync_engine = getattr(self.engine, "sync_engine", self.engine)  # events go to an async engine's sync core
+        event.listen(sync_engine, "checkout", self._on_checkout)
+        event.listen(sync_engine, "checkin", self._on_checkin)
+        event.listen(sync_engine, "handle_error", keep_full_message)
+        pool_ = sync_engine.pool
         Gauge("poolbench_pool_checked_out", "Connections checked out of the pool",
               registry=self.registry).set_function(lambda: self.checked_out)
         Gauge("poolbench_pool_peak_checked_out", "Most connections checked out at once",
@@ -261,71 +376,42 @@ class Replica:
         literal); an invalid statement fails, and is counted, at each attempt.
 
         Three clock reads per attempt: ``t0`` at the checkout request, ``t1`` once checked out (the
-        ``with`` body starts), ``t2`` after the commit. ``t1 < t0`` in the error path means this
-        attempt never got its connection (``t1`` is the previous attempt's), so its wait runs until
-        the failure."""
-        cfg = self.cfg
-        statement = cfg.statement
-        begin = self.engine.begin
-        stop_set, crashed = self.stop.is_set, self.crashed
-        crashed_set = crashed.is_set
-        perf = time.perf_counter
-        bucket = bucket_of
-        tally = [0] * len(OUTCOMES)  # this thread's outcomes, indexed like OUTCOMES
-        latency = [0] * BUCKETS  # this thread's histograms (bucket counts), see poolbench.core.histogram
-        wait = [0] * BUCKETS
-        extremes = [0.0, 0.0, 0.0, 0.0]  # LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX
-        ok = OUTCOME_INDEX[OK]
-        pooled = cfg.pooled
-        with self.lock:
-            self.tallies.append(tally)
-            self.timings.append((latency, wait, extremes))
-            if self.work_started_at is None:
-                self.work_started_at = time.time()
-        deadline = time.monotonic() + cfg.duration_seconds if cfg.duration_seconds else None
-        remaining = cfg.iterations
-        t1 = 0.0
+        ``with`` body starts), ``t2`` after the commit; a failed attempt's wait runs until it failed."""
+        statement, begin, perf = self.cfg.statement, self.engine.begin, time.perf_counter
+        caller = CallerTally(self)
         try:
-            while not stop_set() and not crashed_set():
-                if remaining is not None:
-                    if remaining <= 0:
-                        break
-                    remaining -= 1
-                elif deadline is not None and time.monotonic() >= deadline:
-                    break
-                t0 = perf()
+            while caller.more():
+                t0 = t1 = perf()
                 try:
                     with begin() as conn:
                         t1 = perf()
                         conn.exec_driver_sql(statement)
                 except Exception as exc:  # every failure is an outcome to count, not a crash of the thread
-                    ms = ((t1 if t1 >= t0 else perf()) - t0) * 1000.0
-                    wait[bucket(ms)] += 1
-                    extremes[WAIT_SUM] += ms
-                    if ms > extremes[WAIT_MAX]:
-                        extremes[WAIT_MAX] = ms
-                    self._record_error(tally, classify_exception(exc, pooled=pooled), exc)
-                    if cfg.on_error == "crash":
-                        crashed.set()
+                    if caller.failed(t0, t1, exc):
                         return
                     continue
-                t2 = perf()
-                tally[ok] += 1
-                ms = (t1 - t0) * 1000.0
-                wait[bucket(ms)] += 1
-                extremes[WAIT_SUM] += ms
-                if ms > extremes[WAIT_MAX]:
-                    extremes[WAIT_MAX] = ms
-                ms = (t2 - t0) * 1000.0
-                latency[bucket(ms)] += 1
-                extremes[LAT_SUM] += ms
-                if ms > extremes[LAT_MAX]:
-                    extremes[LAT_MAX] = ms
+                caller.succeeded(t0, t1, perf())
         finally:
-            with self.lock:
-                self.threads_finished += 1
-                if self.threads_finished == cfg.threads:
-                    self.work_ended_at = time.time()
+            caller.done()
+
+    async def _caller_async(self) -> None:
+        """``_caller`` as a task on the replica's event loop (asyncpg): the same attempts, clocks and tallies."""
+        statement, begin, perf = self.cfg.statement, self.engine.begin, time.perf_counter
+        caller = CallerTally(self)
+        try:
+            while caller.more():
+                t0 = t1 = perf()
+                try:
+                    async with begin() as conn:
+                        t1 = perf()
+                        await conn.exec_driver_sql(statement)
+                except Exception as exc:  # noqa: BLE001 - counted like the threads' failures
+                    if caller.failed(t0, t1, exc):
+                        return
+                    continue
+                caller.succeeded(t0, t1, perf())
+        finally:
+            caller.done()
 
     def summary(self) -> dict[str, Any]:
         counts = self.outcome_counts()
@@ -348,58 +434,60 @@ class Replica:
         }
 
     def summary_json(self) -> str:
-        """The summary as compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer
-        termination message, which would no longer parse): only the free texts, the first error and
-        then the replica's name, are shortened when needed. ASCII-escaped, so characters are bytes."""
-        data = self.summary()
-        text = json.dumps(data, separators=(",", ":"))
-        for key in ("firstError", "replica"):
-            value = data.get(key) or ""
-            while len(text) > SUMMARY_LIMIT and value:
-                # Cut as many characters as the excess takes at this text's mean escaped width.
-                width = (len(json.dumps(value)) - 2) / len(value)
-                value = value[: max(0, len(value) - max(1, math.ceil((len(text) - SUMMARY_LIMIT) / width)))]
-                data[key] = value
-                text = json.dumps(data, separators=(",", ":"))
-        return text
+        return fitted_summary(self.summary())
 
     def write_summary(self) -> None:
-        path = self.cfg.summary_path
-        if not path:
-            return
-        text = self.summary_json()
-        tmp = f"{path}.tmp"
-        try:
-            with open(tmp, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except OSError:
-            # /dev/termination-log style paths cannot take a rename: write in place.
-            with open(path, "w") as fh:
-                fh.write(text)
+        if self.publish is not None:
+            self.publish(self.summary_json())
+        elif self.cfg.summary_path:
+            write_summary_file(self.cfg.summary_path, self.summary_json())
 
     def run(self) -> int:
         self._set_phase("running")
-        threads = [threading.Thread(target=self._caller, daemon=True) for _ in range(self.cfg.threads)]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            if self.crashed.wait(0.02):
-                return self._crash()
-            if self.stop.is_set():
-                break
+        if self.cfg.driver == "asyncpg":
+            work_done, held = threading.Event(), threading.Event()
+            loop_thread = threading.Thread(target=asyncio.run, args=(self._async_lifecycle(work_done, held),),
+                                           daemon=True, name="poolbench-event-loop")
+            loop_thread.start()
+            threads = [loop_thread]
+            while not work_done.is_set() and loop_thread.is_alive():
+                if self.crashed.wait(0.02):
+                    return self._crash()
+                if self.stop.is_set():
+                    break
+        else:
+            threads = [threading.Thread(target=self._caller, daemon=True) for _ in range(self.cfg.threads)]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                if self.crashed.wait(0.02):
+                    return self._crash()
+                if self.stop.is_set():
+                    break
         if self.crashed.is_set():
             return self._crash()
         self.work_done_at = now_iso()
         self._set_phase("holding")
         self.write_summary()
         self.stop.wait(self.cfg.hold_seconds)
-        self.engine.dispose()
+        if self.cfg.driver == "asyncpg":
+            held.set()  # the event loop disposes of its own engine (its connections belong to that loop)
+            threads[0].join(10)
+        else:
+            self.engine.dispose()
         self._set_phase("done")
         self.write_summary()
         if not self.cfg.exit_after_hold:
             self.stop.wait()
         return 0
+
+    async def _async_lifecycle(self, work_done: threading.Event, held: threading.Event) -> None:
+        """asyncpg: the callers as tasks, then the hold (the pool keeps its ghosts), then dispose, all on
+        the one event loop the connections belong to."""
+        await asyncio.gather(*(self._caller_async() for _ in range(self.cfg.threads)))
+        work_done.set()
+        await asyncio.get_running_loop().run_in_executor(None, held.wait)
+        await self.engine.dispose()
 
     def _crash(self) -> int:
         """The seed's behaviour: the replica dies on its first failed attempt (its work ends there too:
@@ -418,7 +506,14 @@ def run(env: dict[str, str]) -> int:
     except WorkloadEnvError as err:
         print(f"poolbench workload: {err}", file=sys.stderr, flush=True)
         return 2
-    replica = Replica(cfg)
+    replica: Replica | ProcessGroup
+    if cfg.processes > 1:
+        from .processes import ProcessGroup
+
+        replica = ProcessGroup(cfg)
+        replica.start()  # fork the workers before any thread of ours runs
+    else:
+        replica = Replica(cfg)
 
     def on_term(_sig, _frame):
         replica.stop.set()

@@ -7,7 +7,7 @@ status is the whole state, a run can resume from it (the operator after a restar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +24,17 @@ from .results import (
     VariantStatus,
 )
 from .sampling import Sample, StepAccumulator
+from .search import most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from .verdict import comparison, judge_step, overall_verdict, predict
+from .verdict import (
+    comparison,
+    judge_step,
+    largest_safe,
+    overall_verdict,
+    predict,
+    predicted_safe_replicas,
+    surge_pods,
+)
 
 
 def utc_now() -> str:
@@ -46,6 +55,7 @@ class PlannedStep:
     predicted_client_peak: int = 0  # pooled: clients at the pooler
     client_capacity: int = 0
     server_capacity: int = 0
+    rollout_from: int | None = None  # a rolling update: old replicas first, then the surge pods beside them
 
     @property
     def label(self) -> str:
@@ -53,22 +63,26 @@ class PlannedStep:
         return f"step {self.index}" if self.position == 0 else f"{self.variant} step {self.index}"
 
 
+def planned_step(spec: PoolBenchmarkSpec, variant: VariantSpec | None, variant_index: int, index: int,
+                 replicas: int, offset: int | None) -> PlannedStep:
+    """One step of one variant with its predictions. ``offset``: steps planned before this variant's,
+    when the benchmark has ``spec.variants`` (None without)."""
+    pooler = variant.pooler if variant is not None else None
+    p = predict(spec.for_variant(variant) if variant is not None else spec, replicas, pooler)
+    return PlannedStep(
+        index, replicas, p.peak, p.idle, p.usable, variant=variant.name if variant else DIRECT,
+        variant_index=variant_index, position=0 if offset is None else offset + index, pooler=pooler,
+        predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
+        server_capacity=p.server_capacity,
+    )
+
+
 def plan_steps(spec: PoolBenchmarkSpec, variant: VariantSpec | None = None, variant_index: int = 0,
                offset: int | None = None) -> list[PlannedStep]:
-    """One variant's steps (the direct one by default). ``offset``: steps planned before this
-    variant's, when the benchmark has ``spec.variants``."""
-    plan = []
-    pooler = variant.pooler if variant is not None else None
-    seen_by = spec.for_variant(variant) if variant is not None else spec
-    for i, replicas in enumerate(spec.steps, start=1):
-        p = predict(seen_by, replicas, pooler)
-        plan.append(PlannedStep(
-            i, replicas, p.peak, p.idle, p.usable, variant=variant.name if variant else DIRECT,
-            variant_index=variant_index, position=0 if offset is None else offset + i, pooler=pooler,
-            predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
-            server_capacity=p.server_capacity,
-        ))
-    return plan
+    """One variant's listed steps (the direct one by default); a search has no list: its probes
+    are chosen as it goes (``search.next_probe``)."""
+    return [planned_step(spec, variant, variant_index, i, replicas, offset)
+            for i, replicas in enumerate(spec.steps if isinstance(spec.steps, list) else [], start=1)]
 
 
 @dataclass
@@ -160,12 +174,17 @@ class BenchmarkRun:
         self.multi = spec.variants is not None
         self.variant_specs = [spec.for_variant(v) for v in self.variants]
         self.plans: list[list[PlannedStep]] = []
+        self.totals: list[int] = []  # steps per variant: the list's length, or a search's most probes
+        self.offsets: list[int | None] = []
         for i, variant in enumerate(self.variants):
-            offset = sum(len(p) for p in self.plans) if self.multi else None
+            offset = sum(self.totals) if self.multi else None
+            self.offsets.append(offset)
             self.plans.append(plan_steps(spec, variant if self.multi else None, i, offset))
-        self.plan = [step for plan in self.plans for step in plan]
+            rollout_step = 1 if spec.rollout is not None and spec.rollout.measure else 0
+            self.totals.append((most_probes(spec.search) if spec.search else len(self.plans[-1])) + rollout_step)
+        self.total = sum(self.totals)
         self.status = status or BenchmarkStatus(
-            phase="Pending", total_steps=len(self.plan), max_connections=spec.postgres.max_connections
+            phase="Pending", total_steps=self.total, max_connections=spec.postgres.max_connections
         )
         self.status.histogram_bounds_ms = list(BOUNDS_MS)  # what every step's histograms count in
         if self.multi:
@@ -230,9 +249,37 @@ class BenchmarkRun:
         return [s for s in self.steps_of(variant_index) if s.outcome is not None]
 
     def _next_in(self, variant_index: int) -> PlannedStep | None:
+        finished = self._finished(variant_index)
+        planned = self._next_measured(variant_index, [s for s in finished if s.rollout_from is None])
+        if planned is not None or any(s.rollout_from is not None for s in finished):
+            return planned
+        return self._rollout_step(variant_index, finished)
+
+    def _rollout_step(self, variant_index: int, finished: list[StepResult]) -> PlannedStep | None:
+        """After a variant's steps, with ``rollout.measure``: the replicas rolled with their surge pods."""
+        rollout = self.spec.rollout
+        if rollout is None or not rollout.measure:
+            return None
+        spec, variant = self.variant_specs[variant_index], self.variants[variant_index]
+        old = rollout.replicas or largest_safe(spec, finished)[0]
+        if not old:
+            return None  # nothing passed: there is no safe count to roll
+        step = planned_step(self.spec, variant if self.multi else None, variant_index, len(finished) + 1,
+                            old + surge_pods(old, rollout.max_surge), self.offsets[variant_index])
+        return replace(step, rollout_from=old)
+
+    def _next_measured(self, variant_index: int, finished: list[StepResult]) -> PlannedStep | None:
+        search = self.spec.search
+        if search is not None:  # a probe chosen from what the earlier probes found
+            spec, variant = self.variant_specs[variant_index], self.variants[variant_index]
+            replicas = next_probe(search, predicted_safe_replicas(spec, variant.pooler), finished)
+            if replicas is None:
+                return None
+            return planned_step(self.spec, variant if self.multi else None, variant_index, len(finished) + 1,
+                                replicas, self.offsets[variant_index])
         plan = self.plans[variant_index]
-        done = len(self._finished(variant_index))
-        if done and self.spec.stop_on_failure and self._finished(variant_index)[-1].outcome != "Passed":
+        done = len(finished)
+        if done and self.spec.stop_on_failure and finished[-1].outcome != "Passed":
             return None
         return plan[done] if done < len(plan) else None
 
@@ -242,8 +289,8 @@ class BenchmarkRun:
         self.status.current_step = position
         self.status.current_variant = planned.variant if self.multi else ""
         self.status.replicas = planned.replicas
-        self.status.progress = f"{position}/{len(self.plan)}"
-        self.status.message = f"{planned.label}/{len(self.plans[planned.variant_index])}: {planned.replicas} replicas"
+        self.status.progress = f"{position}/{self.total}"
+        self.status.message = f"{planned.label}/{self.totals[planned.variant_index]}: {planned.replicas} replicas"
         step = StepResult(
             replicas=planned.replicas,
             started_at=utc_now(),
@@ -254,6 +301,7 @@ class BenchmarkRun:
             predicted_client_peak=planned.predicted_client_peak,
             client_capacity=planned.client_capacity,
             server_capacity=planned.server_capacity,
+            rollout_from=planned.rollout_from,
         )
         # An unfinished step left by an interrupted driver is replaced, never duplicated.
         self._set_steps(planned.variant_index, self._finished(planned.variant_index) + [step])

@@ -29,22 +29,23 @@ class Machine:
 
 def estimated_bytes(spec: PoolBenchmarkSpec, replicas: int) -> int:
     backends = min(replicas * per_replica_peak(spec), spec.postgres.max_connections)
-    return SERVER_BYTES + replicas * REPLICA_BYTES + backends * BACKEND_BYTES
+    return SERVER_BYTES + replicas * spec.workload.processes * REPLICA_BYTES + backends * BACKEND_BYTES
 
 
 def local_capacity_problems(spec: PoolBenchmarkSpec, machine: Machine) -> list[tuple[str, str]]:
     """Why the plan's largest step would not fit this machine (empty when it fits)."""
     problems = []
-    largest = max(spec.steps)
-    index = spec.steps.index(largest)
+    counts = spec.step_counts()
+    largest = max(counts)
+    where = "spec.steps.search.max" if spec.search else f"spec.steps[{counts.index(largest)}]"
     need = estimated_bytes(spec, largest)
     allowed = int(machine.memory_bytes * MEMORY_SHARE)
     if need > allowed:
-        problems.append((f"spec.steps[{index}]",
+        problems.append((where,
                          f"{largest} replicas need about {need / 2**30:.1f} GiB here (processes and server"
                          f" backends), more than half of this machine's {machine.memory_bytes / 2**30:.1f} GiB"))
     max_processes = MAX_PROCESSES_PER_CORE * max(1, machine.cores)
     if largest > max_processes:
-        problems.append((f"spec.steps[{index}]",
+        problems.append((where,
                          f"{largest} replica processes are more than {max_processes} on {machine.cores} cores"))
     return problems

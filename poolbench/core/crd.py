@@ -43,6 +43,11 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
         extra = {k: v for k, v in node.items() if k != "$ref"}
         target.update(extra)
         return _resolve(target, defs, keep_defaults)
+    if node.get("x-kubernetes-preserve-unknown-fields"):  # a union of shapes (list or object): the operator validates
+        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-preserve-unknown-fields")}
+    if node.get("x-kubernetes-int-or-string"):  # structural: no types, the marker says integer or string
+        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")
+                or (k == "default" and keep_defaults)}
     if "anyOf" in node:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         nullable = len(options) < len(node["anyOf"])

@@ -56,11 +56,17 @@ def _texts(node: BaseException) -> str:
     return f"{full}\n{node}" if isinstance(full, str) else str(node)
 
 
+#: SQLSTATE 53300 (too_many_connections) by the drivers' own names for it: asyncpg's
+#: TooManyConnectionsError, psycopg 3's errors.TooManyConnections; psycopg2 has ``pgcode`` (None at connect).
+SLOT_EXCEPTIONS = ("TooManyConnectionsError", "TooManyConnections")
+
+
 def classify_exception(exc: BaseException, *, pooled: bool = False) -> str:
-    """Walk the cause chain (SQLAlchemy wraps the DB-API error) and classify."""
+    """Walk the cause chain (SQLAlchemy wraps the DB-API error, and its asyncpg adapter wraps asyncpg's)
+    and classify: by the text first (it tells slots from reserved slots), then by SQLSTATE or type."""
     seen: set[int] = set()
     node: BaseException | None = exc
-    best = OTHER
+    slot_error = False
     while node is not None and id(node) not in seen:
         seen.add(id(node))
         if getattr(node, "code", None) == "3o7r":
@@ -68,8 +74,12 @@ def classify_exception(exc: BaseException, *, pooled: bool = False) -> str:
         found = classify_message(_texts(node), pooled=pooled)
         if found != OTHER:
             return found
+        sqlstate = getattr(node, "sqlstate", None) or getattr(node, "pgcode", None)
+        slot_error = slot_error or sqlstate == "53300" or type(node).__name__ in SLOT_EXCEPTIONS
         node = node.__cause__ or node.__context__
-    return best
+    if slot_error:
+        return POOLER_SERVER_LOGIN if pooled else TOO_MANY_CLIENTS
+    return OTHER
 
 
 def short_message(exc: BaseException, limit: int = 200) -> str:

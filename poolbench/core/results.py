@@ -143,6 +143,9 @@ class StepResult(_Out):
     connection_age_seconds: AgeStats = Field(
         default_factory=AgeStats, description="Age (backend_start) of the workload's backends when the work ended."
     )
+    rollout_from: int | None = Field(
+        None, description="A rolling update: this many old replicas were working when the new ones (the rest of"
+        " ``replicas``) started.")
     pooled: bool = Field(False, description="The workload connected through a pooler: peaks count server backends"
                          " (the pooler's), ghosts are the app's idle connections at the pooler.")
     predicted_client_peak: int = Field(
@@ -167,6 +170,8 @@ class StepResult(_Out):
 class Verdict(_Out):
     max_safe_replicas: int | None = None
     first_failing_replicas: int | None = None
+    predicted_max_safe_replicas: int | None = Field(
+        None, description="What the pool arithmetic predicted maxSafeReplicas to be (beside what was found).")
     reason: str = ""
     summary: str = ""
 

@@ -70,9 +70,67 @@ class _Model(BaseModel):
 #: SQLAlchemy pools that make sense for a threaded sync engine.
 PoolClass = Literal["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
 Role = Literal["superuser", "app"]
+Driver = Literal["psycopg2", "psycopg", "asyncpg"]
 OnError = Literal["crash", "count"]
 CleanupPolicy = Literal["ScaleDown", "Delete", "Keep"]
 ReplicaCount = Annotated[int, Field(ge=1, le=500)]
+
+
+Provider = Literal["rds", "azure", "cloudsql"]
+#: RDS for PostgreSQL's default parameter group: LEAST({DBInstanceClassMemory/9531392}, 5000).
+RDS_BYTES_PER_CONNECTION = 9531392
+RDS_MAX = 5000
+#: superuser_reserved_connections (3) + rds.rds_superuser_reserved_connections (2): a normal role gets 5 fewer.
+RDS_RESERVED = 5
+#: Azure Flexible Server's default max_connections by memory (GiB), from its published per-SKU table;
+#: 48 GiB and more: 5000. 15 slots are reserved (reserved_connections 5 + superuser_reserved_connections 10).
+AZURE_BY_MEMORY = {2: 50, 4: 429, 8: 859, 16: 1718, 32: 3437}
+AZURE_RESERVED = 15
+#: Cloud SQL for PostgreSQL's default max_connections by memory tier (GB, upper bound inclusive).
+CLOUDSQL_TIERS = ((0.6, 25), (1.7, 50), (6.0, 100), (7.5, 200), (15.0, 400), (30.0, 500), (60.0, 600),
+                  (120.0, 800))
+CLOUDSQL_TOP = 1000
+CLOUDSQL_RESERVED = 3  # PostgreSQL's superuser_reserved_connections default
+
+
+class ProviderSpec(_Model):
+    """A managed PostgreSQL whose defaults set the limits: max_connections by the provider's published
+    formula or table, and the slots a normal role cannot take."""
+
+    name: Provider = Field(..., description="rds (AWS RDS for PostgreSQL), azure (Flexible Server), cloudsql.")
+    memory_gib: float = Field(
+        ..., alias="memoryGiB", gt=0, le=4096,
+        description="The instance's memory in GiB (RDS: DBInstanceClassMemory, which AWS gives as the class's"
+        " memory minus an unpublished OS reserve: the nominal memory is an upper bound).",
+    )
+
+    @model_validator(mode="after")
+    def _published(self) -> ProviderSpec:
+        if self.name == "azure" and self.memory_gib < 48 and self.memory_gib not in AZURE_BY_MEMORY:
+            raise ValueError(f"azure: no published default for {self.memory_gib:g} GiB (the table has"
+                             f" {', '.join(str(m) for m in AZURE_BY_MEMORY)} and 48 or more)")
+        return self
+
+    def limits(self) -> tuple[int, int]:
+        """(max_connections, slots reserved from a normal role)."""
+        if self.name == "rds":
+            return min(int(self.memory_gib * 2**30) // RDS_BYTES_PER_CONNECTION, RDS_MAX), RDS_RESERVED
+        if self.name == "azure":
+            return (5000 if self.memory_gib >= 48 else AZURE_BY_MEMORY[int(self.memory_gib)]), AZURE_RESERVED
+        for top, connections in CLOUDSQL_TIERS:
+            if self.memory_gib <= top:
+                return connections, CLOUDSQL_RESERVED
+        return CLOUDSQL_TOP, CLOUDSQL_RESERVED
+
+    def source(self) -> str:
+        return {
+            "rds": f"RDS: LEAST(DBInstanceClassMemory/{RDS_BYTES_PER_CONNECTION}, {RDS_MAX}) with the nominal"
+                   f" {self.memory_gib:g} GiB (an upper bound: AWS subtracts an unpublished OS reserve), {RDS_RESERVED}"
+                   " reserved (3 superuser + 2 rds_superuser)",
+            "azure": f"Azure Flexible Server's table for {self.memory_gib:g} GiB, {AZURE_RESERVED} reserved",
+            "cloudsql": f"Cloud SQL's tier table for {self.memory_gib:g} GB, {CLOUDSQL_RESERVED} reserved"
+                        " (check SHOW max_connections on the instance)",
+        }[self.name]
 
 
 class PostgresSpec(_Model):
@@ -118,6 +176,23 @@ class PostgresSpec(_Model):
                 " use maxConnections / superuserReservedConnections"
             )
         return value
+
+    provider: ProviderSpec | None = Field(
+        None, description="A managed PostgreSQL to mimic: fills maxConnections and superuserReservedConnections by"
+        " the provider's published defaults (give neither of those then).",
+    )
+
+    @model_validator(mode="after")
+    def _provider_fills_the_limits(self) -> PostgresSpec:
+        if self.provider is None:
+            return self
+        given = [alias for name, alias in (("max_connections", "maxConnections"),
+                                           ("superuser_reserved_connections", "superuserReservedConnections"))
+                 if name in self.model_fields_set]
+        if given:
+            raise ValueError(f"{' and '.join(given)} cannot be given with provider: the provider's defaults fill them")
+        self.max_connections, self.superuser_reserved_connections = self.provider.limits()
+        return self
 
     @model_validator(mode="after")
     def _reserved_below_max(self) -> PostgresSpec:
@@ -173,7 +248,15 @@ class EngineSpec(_Model):
 class WorkloadSpec(_Model):
     """What each replica (one process or pod = one engine) does."""
 
-    threads: int = Field(15, ge=1, le=500, description="Caller threads per replica.")
+    threads: int = Field(15, ge=1, le=500, description="Caller threads per worker process.")
+    driver: Driver = Field(
+        "psycopg2", description="psycopg2 (the seed's), psycopg (psycopg 3) or asyncpg (create_async_engine; threads"
+        " are then concurrent tasks on one event loop per process).",
+    )
+    processes: int = Field(
+        1, ge=1, le=64, description="Worker processes per replica (gunicorn/uvicorn workers), forked after the"
+        " engine is configured; each opens its own pool.",
+    )
     statement: str = Field(
         "SELECT pg_sleep(0.05)", min_length=1, max_length=10000, description="SQL run per iteration."
     )
@@ -202,6 +285,13 @@ class WorkloadSpec(_Model):
         if "\x00" in value:
             raise ValueError("statement may not contain a NUL byte (PostgreSQL cannot take one)")
         return value
+
+    @model_validator(mode="after")
+    def _async_pools(self) -> WorkloadSpec:
+        if self.driver == "asyncpg" and self.engine.pool_class not in ("QueuePool", "NullPool"):
+            raise ValueError(f"driver asyncpg takes poolClass QueuePool (as AsyncAdaptedQueuePool) or NullPool,"
+                             f" not {self.engine.pool_class}")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_stop(self) -> WorkloadSpec:
@@ -303,11 +393,69 @@ class VariantSpec(_Model):
 DIRECT = "direct"
 
 
+class SearchRange(_Model):
+    min: int = Field(..., ge=1, le=500, description="Smallest replica count to try.")
+    max: int = Field(..., ge=2, le=500, description="Largest replica count to try.")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> SearchRange:
+        if self.min >= self.max:
+            raise ValueError(f"min must be less than max ({self.min} >= {self.max})")
+        return self
+
+
+class StepSearch(_Model):
+    """Find the breaking point instead of listing steps: bisection between min and max."""
+
+    search: SearchRange
+
+
+#: The union's member tags in pydantic's error locations, dropped from the paths users see.
+STEPS_UNION_TAGS = ("list[constrained-int]", "StepSearch")
+SHAPE_ERRORS = ("list_type", "model_type", "dict_type", "model_attributes_type")
+STEPS_SHAPE = "must be a list of replica counts, or {search: {min: A, max: B}}"
+
+
+#: A Deployment's own default (apps/v1 RollingUpdate): what a rollout does when the spec says nothing.
+DEFAULT_MAX_SURGE = "25%"
+PERCENT = re.compile(r"^(0|[1-9][0-9]{0,2})%$")
+
+
+class RolloutSpec(_Model):
+    """How the app's Deployment rolls out: old and new pods overlap, so the server must hold both."""
+
+    max_surge: int | str = Field(
+        DEFAULT_MAX_SURGE,
+        description="Extra pods during a rolling update, as a Deployment takes it: a count or a percentage"
+        " of the replicas (rounded up). Default 25%, the Deployment's.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    measure: bool = Field(
+        False, description="After the steps, measure a rolling update for real: the old replicas work while"
+        " maxSurge new ones start, and the overlap's peak is set beside its prediction.",
+    )
+    replicas: ReplicaCount | None = Field(
+        None, description="The replica count to roll (default: the largest count that passed).")
+
+    @field_validator("max_surge")
+    @classmethod
+    def _count_or_percent(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if not 0 <= value <= 1000:
+                raise ValueError("maxSurge must be between 0 and 1000 pods")
+            return value
+        if not PERCENT.match(value) or int(value[:-1]) > 1000:
+            raise ValueError(f"maxSurge must be a count or a percentage like '25%', not {value!r}")
+        return value
+
+
 class PoolBenchmarkSpec(_Model):
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
-    steps: list[ReplicaCount] = Field(
-        ..., min_length=1, max_length=50, description="Replica counts, run in order."
+    steps: Annotated[list[ReplicaCount], Field(min_length=1, max_length=50)] | StepSearch = Field(
+        ..., description="Replica counts, run in order; or {search: {min, max}}: the largest passing count,"
+        " found by bisection (each probe a real step from a clean slate).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     step_timeout_seconds: int = Field(300, ge=5, le=86400, description="Give up on a step after this long.")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
@@ -316,11 +464,27 @@ class PoolBenchmarkSpec(_Model):
     cleanup: CleanupPolicy = Field(
         "ScaleDown", description="Cluster only: what to do with children when done."
     )
+    rollout: RolloutSpec | None = Field(
+        None, description="The app's rolling update (maxSurge): the verdict and `poolbench plan` also state the"
+        " replicas that stay safe while old and new pods overlap.",
+    )
     variants: list[VariantSpec] | None = Field(
         None, min_length=1, max_length=MAX_VARIANTS,
         description="Ways of connecting to compare, each run through every step against the same server"
         " (omitted: one direct variant).",
     )
+
+    @property
+    def search(self) -> SearchRange | None:
+        return self.steps.search if isinstance(self.steps, StepSearch) else None
+
+    def step_counts(self) -> list[int]:
+        """The listed replica counts; for a search, its bounds (what the largest probe may be)."""
+        return list(self.steps) if isinstance(self.steps, list) else [self.steps.search.min, self.steps.search.max]
+
+    def describe_steps(self) -> str:
+        search = self.search
+        return f"search {search.min}..{search.max}" if search else f"steps {self.steps}"
 
     def effective_variants(self) -> list[VariantSpec]:
         """The variants to run, in order: ``spec.variants``, or the one direct variant."""
@@ -420,14 +584,25 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
     problems = []
+    shape_misses: set[tuple[Any, ...]] = set()
+    deep: set[tuple[Any, ...]] = set()
     for item in err.errors():
         loc = prefix + tuple(item["loc"])
+        tag = next((i for i, part in enumerate(loc) if part in STEPS_UNION_TAGS), None)
+        if tag is not None:  # spec.steps is a list or a search: say which shape was wrong, not pydantic's tags
+            where = loc[:tag]
+            if len(loc) == tag + 1 and item["type"] in SHAPE_ERRORS:
+                shape_misses.add(where)
+                continue
+            deep.add(where)
+            loc = loc[:tag] + loc[tag + 1:]
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown field"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         problems.append((_path(loc), msg))
+    problems += [(_path(where), STEPS_SHAPE) for where in sorted(shape_misses - deep, key=str)]
     return problems
 
 

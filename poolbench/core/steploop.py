@@ -11,7 +11,7 @@ order they were read, each stamped with its own time, so nothing here needs a lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
@@ -51,6 +51,10 @@ class StepStarted:
     @property
     def message(self) -> str:
         p = self.planned
+        if p.rollout_from is not None:
+            return (f"{p.label}/{self.total_steps}: a rolling update: {p.rollout_from} replicas, then"
+                    f" {p.replicas - p.rollout_from} surge pods beside them (predicted peak {p.predicted_peak},"
+                    f" usable {p.usable})")
         if p.pooler is not None:
             return (f"{p.label}/{self.total_steps}: scaling the workload to {p.replicas} replicas through"
                     f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients of {p.client_capacity}"
@@ -214,7 +218,9 @@ class StepLoop:
             self.await_restart_seen()
         self.feed()  # what was read before the step belongs to no step
         self.run.begin_step(planned)
-        platform.notify(StepStarted(planned, len(self.run.plans[planned.variant_index])))
+        platform.notify(StepStarted(planned, self.run.totals[planned.variant_index]))
+        if planned.rollout_from is not None:
+            self.start_old_replicas(planned)
         platform.scale(planned)
         started = platform.now()
         deadline = started + self.run.spec.step_timeout_seconds
@@ -240,6 +246,23 @@ class StepLoop:
         step = self.run.finish_step(reports, timed_out=timed_out)
         platform.notify(StepFinished(planned, step))
         return step
+
+    def start_old_replicas(self, planned: PlannedStep) -> None:
+        """A rolling update: the old replicas first, until their connections are open (or a tenth of the
+        step's time has passed), so the surge pods start while the old ones work, as in a rollout."""
+        old = planned.rollout_from or 0
+        self.platform.scale(replace(planned, replicas=old))
+        if planned.pooler is not None:  # the server sees the poolers' connections, at most their pools
+            opened = min(old * (planned.predicted_client_peak // planned.replicas), planned.server_capacity)
+        else:
+            opened = old * (planned.predicted_peak // planned.replicas)
+        until = self.platform.now() + self.run.spec.step_timeout_seconds / 10
+        while self.platform.now() < until:
+            self.feed()
+            last = self.last_sample
+            if last is not None and last.ok and last.total >= opened:
+                return
+            self.platform.wait(self.timing.poll_seconds)
 
     def await_restart_seen(self) -> None:
         """After the platform restarted the server, wait until the probe has seen the new one, so
@@ -277,7 +300,7 @@ class StepLoop:
     def progress(self, planned: PlannedStep, started: float, now: float, running: int) -> Progress:
         status = self.run.status
         step = self.run.step
-        return Progress(planned.index, len(self.run.plans[planned.variant_index]), planned.replicas, now,
+        return Progress(planned.index, self.run.totals[planned.variant_index], planned.replicas, now,
                         now - started, status.live_connections, step.peak_connections if step else 0, running,
                         status.phase, planned.variant if planned.position else "")
 

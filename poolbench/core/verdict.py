@@ -14,10 +14,12 @@ transaction holds one.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .results import StepResult, Verdict
+from .search import searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
@@ -73,7 +75,8 @@ class Prediction:
         return self.peak <= self.usable and self.client_peak <= self.client_capacity
 
 
-def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
+def per_process_peak(spec: PoolBenchmarkSpec) -> int:
+    """Connections one engine (one worker process) opens at most."""
     workload = spec.workload
     engine = workload.engine
     threads = workload.threads
@@ -89,15 +92,25 @@ def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
     return min(threads, size + overflow)
 
 
-def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
+def per_process_idle(spec: PoolBenchmarkSpec) -> int:
+    """Connections one engine keeps open and idle after its burst (its ghosts)."""
     engine = spec.workload.engine
-    peak = per_replica_peak(spec)
+    peak = per_process_peak(spec)
     if engine.pool_class == "NullPool":
         return 0
     if engine.pool_class in ("StaticPool", "SingletonThreadPool"):
         return peak
     size = engine.effective_pool_size()
     return peak if size == 0 else min(size, peak)
+
+
+def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
+    """A replica runs ``workload.processes`` worker processes, each with its own engine and pool."""
+    return spec.workload.processes * per_process_peak(spec)
+
+
+def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
+    return spec.workload.processes * per_process_idle(spec)
 
 
 def usable_connections(spec: PoolBenchmarkSpec) -> int:
@@ -107,6 +120,26 @@ def usable_connections(spec: PoolBenchmarkSpec) -> int:
 
 def predict(spec: PoolBenchmarkSpec, replicas: int, pooler: PoolerSpec | None = None) -> Prediction:
     return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec), pooler)
+
+
+def surge_pods(replicas: int, max_surge: int | str) -> int:
+    """Extra pods a rolling update may start: an absolute count, or a percentage of the replicas
+    rounded up (Kubernetes rounds maxSurge up and maxUnavailable down)."""
+    if isinstance(max_surge, int):
+        return max_surge
+    return math.ceil(replicas * int(max_surge.rstrip("%")) / 100)
+
+
+def rollout_safe(per_replica: int, budget: int, max_surge: int | str | None = None) -> int:
+    """The most replicas whose connections (with a rollout's surge pods, if given) fit in ``budget``."""
+    if per_replica <= 0:
+        return 0
+    replicas = budget // per_replica
+    if max_surge is None:
+        return replicas
+    while replicas > 0 and (replicas + surge_pods(replicas, max_surge)) * per_replica > budget:
+        replicas -= 1
+    return replicas
 
 
 def replicas_word(count: int | None) -> str:
@@ -227,12 +260,14 @@ def failure_cause(step: StepResult) -> str:
 def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     """When a replica runs more threads than its pool may open, the threads queue for connections:
     what users feel first is waiting, not errors. Says so with the measured wait, or nothing."""
-    cap, threads = per_replica_peak(spec), spec.workload.threads
+    cap, threads = per_process_peak(spec), spec.workload.threads
     measured = [s for s in steps if s.checkout_wait_histogram.counts and sum(s.checkout_wait_histogram.counts)]
     if cap >= threads or not measured:
         return ""
     last = measured[-1]
-    return (f"Threads queue for connections: each replica runs {threads} threads on at most {cap} pooled"
+    who = "each worker process" if spec.workload.processes > 1 else "each replica"
+    callers = "tasks" if spec.workload.driver == "asyncpg" else "threads"
+    return (f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
             f" connections, so {threads - cap} wait for a checkout (mean {last.checkout_wait_ms.mean:g} ms,"
             f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at {last.replicas}"
             f" replicas).")
@@ -240,20 +275,55 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
 
 def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec | None = None) -> Verdict:
     """maxSafeReplicas: the largest passing step before the first failure."""
-    if pooler is not None:
-        return pooled_verdict(spec, steps, pooler)
+    rollouts = [s for s in steps if s.rollout_from is not None]
+    steps = [s for s in steps if s.rollout_from is None]
+    verdict = pooled_verdict(spec, steps, pooler) if pooler is not None else direct_verdict(spec, steps)
+    verdict.predicted_max_safe_replicas = predicted_safe_replicas(spec, pooler)
+    for step in rollouts:
+        outcome = step.outcome if step.outcome != "Failed" else f"Failed with {failure_cause(step)}"
+        verdict.summary += (f" A rolling update of {step.rollout_from} replicas ({step.replicas} pods at once):"
+                            f" peak {step.peak_connections} connections (predicted {step.predicted_peak}) of"
+                            f" {step.usable_connections} usable, {outcome}.")
+    search = spec.search
+    if search is not None:
+        found = verdict.max_safe_replicas
+        if found is None:
+            where = f"even {search.min} (the search's min) failed"
+        elif verdict.first_failing_replicas is None:
+            where = f"up to {search.max} (the search's max) every probe passed: the breaking point lies higher"
+        else:
+            where = f"found between {found} and {verdict.first_failing_replicas}"
+        verdict.summary = (f"Search {search.min}..{search.max} in {len(steps)} steps: {where}; the arithmetic"
+                           f" predicted {verdict.predicted_max_safe_replicas}. " + verdict.summary)
+    return verdict
+
+
+def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
+    """The largest passing count and the step that stopped the run: in a list, the first failing (or
+    inconclusive) step and the largest passing one before it; in a search, the bracket's ends."""
+    if spec.search is not None:
+        return searched(spec.search, steps)
     max_safe: int | None = None
-    first_failing: int | None = None
-    failing_step: StepResult | None = None
     for step in steps:
-        if step.outcome == "Inconclusive":  # nothing can be claimed beyond a step nobody saw
-            failing_step = step
-            break
-        if step.outcome == "Failed":
-            first_failing, failing_step = step.replicas, step
-            break
+        if step.outcome in ("Failed", "Inconclusive"):  # nothing can be claimed beyond a step nobody saw
+            return max_safe, step
         if step.outcome == "Passed":
             max_safe = step.replicas if max_safe is None else max(max_safe, step.replicas)
+    return max_safe, None
+
+
+def predicted_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec | None = None) -> int:
+    """What the arithmetic says the benchmark will find: the most replicas that fit (through the
+    poolers when pooled)."""
+    if pooler is not None:
+        return pooled_safe_replicas(spec, pooler)
+    per_peak = per_replica_peak(spec)
+    return usable_connections(spec) // per_peak if per_peak else 0
+
+
+def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
+    max_safe, failing_step = largest_safe(spec, steps)
+    first_failing = failing_step.replicas if failing_step is not None and failing_step.outcome == "Failed" else None
     per_peak = per_replica_peak(spec)
     usable = usable_connections(spec)
     role = spec.workload.role
@@ -285,6 +355,10 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Po
         )
     else:
         summary = "No step completed."
+    if spec.rollout is not None and per_peak:
+        during = rollout_safe(per_peak, usable, spec.rollout.max_surge)
+        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {during}"
+                    f" {replicas_word(during)} fit: old and new pods hold connections at once.")
     waiting = queueing(spec, steps)
     if waiting:
         summary += " " + waiting
@@ -293,21 +367,10 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Po
     )
 
 
-def _largest_safe(steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
-    """The largest passing step before the first failing (or inconclusive) one, and that one."""
-    max_safe: int | None = None
-    for step in steps:
-        if step.outcome in ("Failed", "Inconclusive"):
-            return max_safe, step
-        if step.outcome == "Passed":
-            max_safe = step.replicas if max_safe is None else max(max_safe, step.replicas)
-    return max_safe, None
-
-
 def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec) -> Verdict:
     """A pooled variant: the same steps, judged the same way, explained with the pooler's arithmetic
     (prediction beside measurement)."""
-    max_safe, failing = _largest_safe(steps)
+    max_safe, failing = largest_safe(spec, steps)
     per_peak = per_replica_peak(spec)
     budget = pooler_budget(spec, pooler)
     fit = pooled_safe_replicas(spec, pooler)

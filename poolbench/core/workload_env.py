@@ -37,6 +37,8 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, poole
     engine = w.engine.model_dump(by_alias=True, exclude_none=True)
     env = {
         "POOLBENCH_THREADS": str(w.threads),
+        "POOLBENCH_PROCESSES": str(w.processes),
+        "POOLBENCH_DRIVER": w.driver,
         "POOLBENCH_STATEMENT": w.statement,
         "POOLBENCH_HOLD_SECONDS": str(w.hold_seconds),
         "POOLBENCH_ON_ERROR": w.on_error,
@@ -55,6 +57,15 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, poole
     return env
 
 
+DRIVERS = ("psycopg2", "psycopg", "asyncpg")
+
+
+def known_driver(name: str) -> str:
+    if name not in DRIVERS:
+        raise ValueError(f"{name!r} is not one of {', '.join(DRIVERS)}")
+    return name
+
+
 class WorkloadEnvError(ValueError):
     """The replica's environment is missing a setting or has a malformed one (named in the message)."""
 
@@ -71,6 +82,8 @@ class WorkloadConfig:
 
     threads: int
     statement: str
+    processes: int
+    driver: str
     iterations: int | None
     duration_seconds: float | None
     hold_seconds: float
@@ -105,6 +118,8 @@ class WorkloadConfig:
 
         return cls(
             threads=parsed("THREADS", int, "1"),
+            processes=parsed("PROCESSES", int, "1"),
+            driver=parsed("DRIVER", known_driver, "psycopg2"),
             statement=get("STATEMENT", "SELECT 1"),
             iterations=parsed("ITERATIONS", int),
             duration_seconds=parsed("DURATION_SECONDS", float),

@@ -1,0 +1,239 @@
+"""A replica of several worker processes (``workload.processes`` > 1): gunicorn's or uvicorn's shape.
+
+The engine is configured once, in the parent, before the fork; each worker then calls
+``engine.dispose(close=False)`` first, as SQLAlchemy's docs advise for ``os.fork()``: the worker
+gets a pool of its own and never touches a connection of the parent's. So one replica opens up to
+``processes`` × its pool's connections, which is the arithmetic this shape exists to check.
+
+The parent runs no query: it reads each worker's summary from a pipe (a worker sends one every
+``REPORT_SECONDS`` and at each phase change), merges them into the replica's summary (outcomes and
+histograms add up exactly, the earliest error is the replica's first) and serves them as the
+replica's metrics. A crashed worker crashes the replica, as a crashing app process takes its pod
+down: the other workers are killed and the replica exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Enum
+
+from poolbench.core.histogram import Histogram
+from poolbench.core.outcomes import OUTCOMES
+from poolbench.core.workload_env import WorkloadConfig
+
+from .replica import (
+    PHASES,
+    Measures,
+    MeasuresCollector,
+    Replica,
+    _TalliedCounter,
+    build_engine,
+    fitted_summary,
+    now_iso,
+    write_summary_file,
+)
+
+REPORT_SECONDS = 0.2
+FINISHED = ("holding", "done", "crashed")
+
+
+def _worker(cfg: WorkloadConfig, engine: Any, out: int, index: int) -> None:
+    """In a forked worker: its own pool, the caller threads, summaries down the pipe. Never returns."""
+    code = 1
+    try:
+        # SQLAlchemy's advice after a fork: a new pool, the parent's left alone (an async engine's sync core).
+        getattr(engine, "sync_engine", engine).dispose(close=False)
+        stream = os.fdopen(out, "w", buffering=1)
+        lock = threading.Lock()
+
+        def publish(text: str) -> None:
+            with lock:
+                stream.write(text + "\n")
+
+        own = replace(cfg, processes=1, summary_path=None, metrics_port=0, exit_after_hold=True)
+        replica = Replica(own, engine=engine, publish=publish)
+        signal.signal(signal.SIGTERM, lambda *_: replica.stop.set())
+        done = threading.Event()
+
+        def report() -> None:
+            while not done.wait(REPORT_SECONDS):
+                publish(replica.summary_json())
+
+        threading.Thread(target=report, daemon=True, name=f"poolbench-report-{index}").start()
+        code = replica.run()
+        done.set()
+        publish(replica.summary_json())
+    except BaseException:  # noqa: BLE001 - reported as this worker's exit code; the parent names it
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def merge_summaries(name: str, phase: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The replica's summary from its workers': counts and histograms add up, the earliest error wins."""
+    outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+    latency, wait = Histogram(), Histogram()
+    for s in summaries:
+        for key, value in (s.get("outcomes") or {}).items():
+            outcomes[key] = outcomes.get(key, 0) + int(value)
+        latency.merge(Histogram.from_json(s.get("latencyMs")))
+        wait.merge(Histogram.from_json(s.get("checkoutWaitMs")))
+    failed = [s for s in summaries if s.get("firstError")]
+    first = min(failed, key=lambda s: s.get("firstErrorAt") or float("inf")) if failed else {}
+    starts = [s["workStartedAt"] for s in summaries if s.get("workStartedAt") is not None]
+    ends = [s["workEndedAt"] for s in summaries if s.get("workEndedAt") is not None]
+    return {
+        "replica": name,
+        "phase": phase,
+        "processes": len(summaries),
+        "outcomes": outcomes,
+        "firstError": first.get("firstError"),
+        "firstErrorClass": first.get("firstErrorClass"),
+        "firstErrorAt": first.get("firstErrorAt"),
+        "peakCheckedOut": sum(int(s.get("peakCheckedOut") or 0) for s in summaries),
+        "startedAt": min((s["startedAt"] for s in summaries if s.get("startedAt")), default=None),
+        "workDoneAt": max((s["workDoneAt"] for s in summaries if s.get("workDoneAt")), default=None)
+        if phase in FINISHED else None,
+        "finishedAt": now_iso() if phase in ("done", "crashed") else None,
+        "latencyMs": latency.to_json(),
+        "checkoutWaitMs": wait.to_json(),
+        "workStartedAt": min(starts) if starts else None,
+        "workEndedAt": max(ends) if ends and len(ends) == len(summaries) else None,
+    }
+
+
+class ProcessGroup:
+    """The parent of a multi-process replica: forks the workers, merges what they say, serves it."""
+
+    def __init__(self, cfg: WorkloadConfig):
+        self.cfg = cfg
+        self.engine = build_engine(cfg)  # configured before the fork, as an app's preload would
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.exits: dict[int, int] = {}  # worker index → exit code
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.pids: list[int] = []
+        self.current_phase = "starting"
+        self.registry = CollectorRegistry()
+        self.attempts = Counter("poolbench_attempts", "Statements attempted, by outcome", ["outcome"], registry=None)
+        for outcome in OUTCOMES:
+            self.attempts.labels(outcome)
+        self.registry.register(_TalliedCounter(self.attempts, lambda: self.merged()["outcomes"]))
+        self.phase = Enum("poolbench_phase", "Replica phase", states=PHASES, registry=self.registry)
+        self.registry.register(MeasuresCollector(self.measures))
+
+    def _set_phase(self, phase: str) -> None:
+        self.current_phase = phase
+        self.phase.state(phase)
+
+    def merged(self) -> dict[str, Any]:
+        with self.lock:
+            summaries = [self.latest.get(i, {}) for i in range(self.cfg.processes)]
+        return merge_summaries(self.cfg.app_name, self.current_phase, summaries)
+
+    def measures(self) -> Measures:
+        m = self.merged()
+        return Measures(Histogram.from_json(m["latencyMs"]), Histogram.from_json(m["checkoutWaitMs"]),
+                        m["workStartedAt"], m["workEndedAt"])
+
+    def write_summary(self) -> None:
+        if self.cfg.summary_path:
+            write_summary_file(self.cfg.summary_path, fitted_summary(self.merged()))
+
+    def _read(self, index: int, stream: Any) -> None:
+        for line in stream:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                with self.lock:
+                    self.latest[index] = data
+
+    def start(self) -> None:
+        """Fork every worker before any thread of ours runs (a fork copies no thread, but it would copy
+        a lock some thread holds), then read their pipes."""
+        ends: list[int] = []
+        for index in range(self.cfg.processes):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                for fd in [*ends, r]:
+                    os.close(fd)
+                _worker(self.cfg, self.engine, w, index)
+            os.close(w)
+            self.pids.append(pid)
+            ends.append(r)
+        for index, fd in enumerate(ends):
+            threading.Thread(target=self._read, args=(index, os.fdopen(fd)), daemon=True,
+                             name=f"poolbench-worker-{index}").start()
+
+    def _reap(self) -> None:
+        for index, pid in enumerate(self.pids):
+            if index in self.exits:
+                continue
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.exits[index] = os.waitstatus_to_exitcode(status)
+
+    def _worker_phases(self) -> list[str]:
+        with self.lock:
+            phases = [self.latest.get(i, {}).get("phase", "starting") for i in range(self.cfg.processes)]
+        for index, code in self.exits.items():
+            if code != 0 and phases[index] != "crashed":
+                phases[index] = "crashed"  # died without saying so (killed, or an exception)
+                with self.lock:
+                    self.latest.setdefault(index, {}).update(
+                        phase="crashed", firstError=self.latest.get(index, {}).get("firstError")
+                        or f"worker process {index} exited with code {code}",
+                        firstErrorAt=time.time())
+        return phases
+
+    def kill_workers(self, sig: int = signal.SIGKILL) -> None:
+        for index, pid in enumerate(self.pids):
+            if index not in self.exits:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+
+    def run(self) -> int:
+        """After ``start``: follow the workers to the end; the replica's exit code."""
+        self._set_phase("running")
+        holding_said = stopping = False
+        while True:
+            self._reap()
+            phases = self._worker_phases()
+            if "crashed" in phases:
+                self.kill_workers()
+                while len(self.exits) < len(self.pids):
+                    self._reap()
+                    time.sleep(0.01)
+                self._set_phase("crashed")
+                self.write_summary()
+                return 1
+            if len(self.exits) == len(self.pids):
+                break
+            if not holding_said and all(p in FINISHED for p in phases):
+                holding_said = True
+                self._set_phase("holding")
+                self.write_summary()
+            if self.stop.wait(0.05) and not stopping:
+                stopping = True
+                self.kill_workers(signal.SIGTERM)
+        self._set_phase("done")
+        self.write_summary()
+        if not self.cfg.exit_after_hold:
+            self.stop.wait()
+        return 0
