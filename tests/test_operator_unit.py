@@ -236,29 +236,29 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant():
     objs = variant_children()
     assert list(objs) == [
         ("Secret", "ab-credentials"), ("Service", "ab-postgres"), ("StatefulSet", "ab-postgres"),
-        ("Deployment", "ab-direct-workload"),
-        ("Secret", "ab-tx-nullpool-pgbouncer"), ("Service", "ab-tx-nullpool-pgbouncer"),
-        ("Deployment", "ab-tx-nullpool-pgbouncer"), ("Deployment", "ab-tx-nullpool-workload"),
-        ("Secret", "ab-session-pgbouncer"), ("Service", "ab-session-pgbouncer"),
-        ("Deployment", "ab-session-pgbouncer"), ("Deployment", "ab-session-workload"),
+        ("Deployment", "ab--direct-workload"),
+        ("Secret", "ab--tx-nullpool-pgbouncer"), ("Service", "ab--tx-nullpool-pgbouncer"),
+        ("Deployment", "ab--tx-nullpool-pgbouncer"), ("Deployment", "ab--tx-nullpool-workload"),
+        ("Secret", "ab--session-pgbouncer"), ("Service", "ab--session-pgbouncer"),
+        ("Deployment", "ab--session-pgbouncer"), ("Deployment", "ab--session-workload"),
     ]
-    assert Names("ab", "session").workload == "ab-session-workload" and Names("ab").workload == "ab-workload"
-    assert Names("ab", "session").pooler == "ab-session-pgbouncer"
+    assert Names("ab", "session").workload == "ab--session-workload" and Names("ab").workload == "ab-workload"
+    assert Names("ab", "session").pooler == "ab--session-pgbouncer"
     # child_refs deletes exactly what build_children creates, workloads before what they use
     refs = child_refs("ab", VARIANTS)
-    assert sorted(refs) == sorted(objs) and refs[0] == ("Deployment", "ab-session-workload")
+    assert sorted(refs) == sorted(objs) and refs[0] == ("Deployment", "ab--session-workload")
     assert refs[-3:] == [("StatefulSet", "ab-postgres"), ("Service", "ab-postgres"), ("Secret", "ab-credentials")]
-    # the longest names still fit a DNS label (Service names): 40 + 12 + "-" + "-pgbouncer"
-    assert len(Names("b" * 40, "v" * 12).pooler) <= 63
+    # the longest names still fit a DNS label (Service names): 40 + "--" + 11 + "-pgbouncer"
+    assert len(Names("b" * 40, "v" * 11).pooler) == 63
 
 
 def test_each_variant_workload_connects_its_own_way():
     objs = variant_children()
     expected = {"direct": ("ab-postgres", "5432", None, "QueuePool"),
-                "tx-nullpool": ("ab-tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
-                "session": ("ab-session-pgbouncer", "6432", "PgBouncer", "QueuePool")}
+                "tx-nullpool": ("ab--tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
+                "session": ("ab--session-pgbouncer", "6432", "PgBouncer", "QueuePool")}
     for variant, (host, port, pooler, pool_class) in expected.items():
-        dep = objs[("Deployment", f"ab-{variant}-workload")]
+        dep = objs[("Deployment", f"ab--{variant}-workload")]
         for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
                       dep["spec"]["template"]["metadata"]["labels"]):
             assert where[VARIANT_LABEL] == variant and where["app.kubernetes.io/component"] == "workload"
@@ -273,7 +273,7 @@ def test_each_variant_workload_connects_its_own_way():
 
 def test_pgbouncer_config_serves_the_workload_role_and_the_admin():
     objs = variant_children()
-    data = objs[("Secret", "ab-tx-nullpool-pgbouncer")]["stringData"]
+    data = objs[("Secret", "ab--tx-nullpool-pgbouncer")]["stringData"]
     assert set(data) == {"pgbouncer.ini", "userlist.txt"}
     ini = data["pgbouncer.ini"]
     for line in ("postgres = host=ab-postgres port=5432 dbname=postgres", "listen_addr = *",
@@ -281,21 +281,21 @@ def test_pgbouncer_config_serves_the_workload_role_and_the_admin():
                  "max_client_conn = 200", f"auth_file = {CONFIG_DIR}/userlist.txt", f"admin_users = {ADMIN_USER}"):
         assert line in ini.splitlines(), line
     assert data["userlist.txt"] == f'"{ADMIN_USER}" "ADMINPW"\n"postgres" "S3CRET"\n'
-    session = objs[("Secret", "ab-session-pgbouncer")]["stringData"]["pgbouncer.ini"]
+    session = objs[("Secret", "ab--session-pgbouncer")]["stringData"]["pgbouncer.ini"]
     assert "pool_mode = session" in session.splitlines()
     # role app: the app role and its password
     app = VARIANTS.model_copy(update={"workload": VARIANTS.workload.model_copy(update={"role": "app"})})
-    users = variant_children(app)[("Secret", "ab-session-pgbouncer")]["stringData"]["userlist.txt"]
+    users = variant_children(app)[("Secret", "ab--session-pgbouncer")]["stringData"]["userlist.txt"]
     assert '"poolbench_app" "APPPW"' in users and "S3CRET" not in users
-    dep = variant_children(app)[("Deployment", "ab-session-workload")]
+    dep = variant_children(app)[("Deployment", "ab--session-workload")]
     assert env_of(dep)["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "app-password"
 
 
 def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret():
     objs = variant_children()
-    dep = objs[("Deployment", "ab-tx-nullpool-pgbouncer")]
+    dep = objs[("Deployment", "ab--tx-nullpool-pgbouncer")]
     assert dep["spec"]["replicas"] == 2
-    assert objs[("Deployment", "ab-session-pgbouncer")]["spec"]["replicas"] == 1
+    assert objs[("Deployment", "ab--session-pgbouncer")]["spec"]["replicas"] == 1
     pod = dep["spec"]["template"]["spec"]
     for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
                   dep["spec"]["template"]["metadata"]["labels"]):
@@ -311,11 +311,11 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret():
     assert c["readinessProbe"]["tcpSocket"]["port"] == 6432
     assert c["resources"]["requests"] and c["resources"]["limits"]
     assert c["volumeMounts"] == [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
-    assert pod["volumes"][0]["secret"]["secretName"] == "ab-tx-nullpool-pgbouncer"
+    assert pod["volumes"][0]["secret"]["secretName"] == "ab--tx-nullpool-pgbouncer"
     assert "ADMINPW" not in json.dumps(dep)
-    svc = objs[("Service", "ab-tx-nullpool-pgbouncer")]["spec"]
+    svc = objs[("Service", "ab--tx-nullpool-pgbouncer")]["spec"]
     assert svc["selector"] == dep["spec"]["selector"]["matchLabels"] and svc["ports"][0]["port"] == 6432
-    other = objs[("Deployment", "ab-session-pgbouncer")]["spec"]["template"]["spec"]
+    other = objs[("Deployment", "ab--session-pgbouncer")]["spec"]["template"]["spec"]
     assert other["containers"][0]["image"] == "pgb:1" and other["securityContext"]["runAsUser"] == 70
 
 
@@ -332,7 +332,7 @@ def test_without_variants_the_children_are_exactly_as_before():
     # spec.variants with one direct variant is still a variant: its own names
     one = parse_spec({"steps": [1], "variants": [{"name": "direct"}]})
     assert [c["metadata"]["name"] for c in build_children("demo", one, workload_image="i", superuser_password="s",
-                                                          app_password="a")][-1] == "demo-direct-workload"
+                                                          app_password="a")][-1] == "demo--direct-workload"
 
 
 class FakeKube:
@@ -411,23 +411,23 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
     d, _ = driver_for(VARIANTS, monkeypatch)
     direct, tx, session = (plan[0] for plan in d.run.plans)
     d.scale_to_zero()  # a resumed run's clean slate: before any variant, every workload goes to 0
-    assert d.kube.calls == [("scale", f"ab-{v}-workload", 0) for v in ("direct", "tx-nullpool", "session")]
+    assert d.kube.calls == [("scale", f"ab--{v}-workload", 0) for v in ("direct", "tx-nullpool", "session")]
     d.kube.calls.clear()
     d.use_variant(direct)
     assert sampled(d) is None and not FakePoolerProbe.made
     d.scale(direct)
     d.observe(direct.replicas)
-    assert d.kube.calls == [("scale", "ab-direct-workload", 5), ("pods", "direct")]
+    assert d.kube.calls == [("scale", "ab--direct-workload", 5), ("pods", "direct")]
     d.kube.calls.clear()
     d.use_variant(tx)
     assert len(FakePoolerProbe.made) == 1
     probe: Any = FakePoolerProbe.made[0]
     assert sampled(d) is probe and len(probe.connects) == 2 and probe.database == "postgres"
-    assert d.kube.calls == [("scale", "ab-tx-nullpool-pgbouncer", 2)]
+    assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 2)]
     assert d.pooler_admin_password == derive_password(b"k" * 32, "u-1", "pooler-admin")
     d.kube.calls.clear()
     d.scale_to_zero()
-    assert d.kube.calls == [("scale", "ab-tx-nullpool-workload", 0)] and probe.log == ["drop"]
+    assert d.kube.calls == [("scale", "ab--tx-nullpool-workload", 0)] and probe.log == ["drop"]
     d.use_variant(session)  # the previous variant's probe is closed, the new one sampled
     assert probe.log == ["drop", "close"] and sampled(d) is FakePoolerProbe.made[1]
     d.close_pooler_probe()
@@ -437,7 +437,7 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
 def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
     d, posted = driver_for(VARIANTS, monkeypatch)
     d.cleanup()  # ScaleDown (the default)
-    assert d.kube.calls == [("scale", "ab-tx-nullpool-pgbouncer", 0), ("scale", "ab-session-pgbouncer", 0)]
+    assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 0), ("scale", "ab--session-pgbouncer", 0)]
     assert posted[-1][1] == "Cleanup" and "PgBouncer scaled to 0" in posted[-1][2]
     d, posted = driver_for(VARIANTS.model_copy(update={"cleanup": "Delete"}), monkeypatch)
     d.cleanup()

@@ -37,7 +37,8 @@ def test_a_variant_engine_replaces_the_workload_engine() -> None:
     ([{"name": "a"}, {"name": "a", "pooler": {}}], "spec.variants[1].name", "duplicate variant name 'a'"),
     ([{"name": "a"}, {"name": "b"}], "spec.variants[1]", "same pooler and engine as spec.variants[0]"),
     ([{"name": "Tx"}], "spec.variants[0].name", "String should match pattern"),
-    ([{"name": "a-very-long-name"}], "spec.variants[0].name", "at most 12 characters"),
+    ([{"name": "tx--a"}], "spec.variants[0].name", "String should match pattern"),  # "--" separates children
+    ([{"name": "a-very-long-name"}], "spec.variants[0].name", "at most 11 characters"),
     ([{"name": "p", "pooler": {"poolMode": "statement"}}], "spec.variants[0].pooler.poolMode", "session"),
     ([{"name": "p", "pooler": {"maxClientConn": 1}}], "spec.variants[0].pooler.maxClientConn", "greater than"),
     ([{"name": "p", "pooler": {"defaultPoolSize": 0}}], "spec.variants[0].pooler.defaultPoolSize", "greater than"),

@@ -2,8 +2,11 @@
 
 Children: a Secret (generated passwords), the Postgres Service and StatefulSet (the spec's limits
 as server arguments), and the workload Deployment (starts at 0 replicas; the driver scales it).
-Every pod runs as non-root with no privilege escalation, all capabilities dropped, and resource
-requests and limits.
+With ``spec.variants`` there is one workload Deployment per variant (``<bench>--<variant>-workload``,
+labelled ``poolbench.dev/variant``), and per pooled variant a PgBouncer: a Secret with its
+``pgbouncer.ini`` and auth file, a Deployment (``pooler.replicas`` pods) and a Service on 6432 that
+the variant's workload connects to. Every pod runs as non-root with no privilege escalation, all
+capabilities dropped, and resource requests and limits.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from poolbench.core.spec import PoolBenchmarkSpec
-from poolbench.core.workload_env import SUPERUSER, workload_env
+from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
+from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
+from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
 METRICS_PORT = 9187
@@ -20,11 +24,19 @@ TERMINATION_PATH = "/dev/termination-log"
 WORKLOAD_UID = 10001
 SECRET_SUPERUSER_KEY = "postgres-password"
 SECRET_APP_KEY = "app-password"
+VARIANT_LABEL = "poolbench.dev/variant"
+PGBOUNCER_INI = "pgbouncer.ini"
+PGBOUNCER_USERLIST = "userlist.txt"
 
 
 @dataclass(frozen=True)
 class Names:
+    """Child object names. ``variant``: the per-variant objects of a benchmark with ``spec.variants``
+    (``<bench>--<variant>-workload``, ``<bench>-<variant>-pgbouncer``); the shared ones (Secret,
+    Postgres) are the same for every variant. Without variants, the names are as they always were."""
+
     benchmark: str
+    variant: str | None = None
 
     @property
     def secret(self) -> str:
@@ -40,21 +52,42 @@ class Names:
 
     @property
     def workload(self) -> str:
-        return f"{self.benchmark}-workload"
+        return f"{self.benchmark}--{self.variant}-workload" if self.variant else f"{self.benchmark}-workload"
+
+    @property
+    def pooler(self) -> str:
+        """The variant's PgBouncer: its Secret, Deployment and Service share this name."""
+        if not self.variant:
+            raise ValueError("only a variant has a pooler")
+        return f"{self.benchmark}--{self.variant}-pgbouncer"
+
+    def for_variant(self, variant: str | None) -> Names:
+        return Names(self.benchmark, variant)
 
 
-def labels(benchmark: str, component: str) -> dict[str, str]:
-    return {
+def labels(benchmark: str, component: str, variant: str | None = None) -> dict[str, str]:
+    out = {
         "app.kubernetes.io/name": "poolbench",
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/instance": benchmark,
         "app.kubernetes.io/managed-by": "poolbench-operator",
         "poolbench.dev/benchmark": benchmark,
     }
+    if variant:
+        out[VARIANT_LABEL] = variant
+    return out
 
 
-def selector(benchmark: str, component: str) -> dict[str, str]:
-    return {"poolbench.dev/benchmark": benchmark, "app.kubernetes.io/component": component}
+def selector(benchmark: str, component: str, variant: str | None = None) -> dict[str, str]:
+    out = {"poolbench.dev/benchmark": benchmark, "app.kubernetes.io/component": component}
+    if variant:
+        out[VARIANT_LABEL] = variant
+    return out
+
+
+def variant_names(spec: PoolBenchmarkSpec) -> list[str | None]:
+    """The ``Names.variant`` of each variant's objects: ``[None]`` without ``spec.variants``."""
+    return [v.name for v in spec.variants] if spec.variants else [None]
 
 
 def container_security() -> dict:
@@ -146,30 +179,37 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
     }
 
 
-def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: str) -> dict:
-    """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one."""
-    names = Names(benchmark)
+def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: str,
+                              variant: VariantSpec | None = None) -> dict:
+    """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one.
+    ``variant``: one of ``spec.variants`` (its engine; its pooler's Service as PGHOST when pooled)."""
+    names = Names(benchmark, variant.name if variant else None)
+    seen_by = spec.for_variant(variant) if variant is not None else spec
+    pooler = variant.pooler if variant is not None else None
     password_key = SECRET_APP_KEY if spec.workload.role == "app" else SECRET_SUPERUSER_KEY
     env: list[dict[str, Any]] = [
-        {"name": k, "value": v} for k, v in sorted(workload_env(spec, exit_after_hold=False).items())
+        {"name": k, "value": v}
+        for k, v in sorted(workload_env(seen_by, exit_after_hold=False, pooler=pooler).items())
     ]
+    host, port = (names.pooler, LISTEN_PORT) if pooler is not None else (names.postgres, POSTGRES_PORT)
     env += [
-        {"name": "PGHOST", "value": names.postgres},
-        {"name": "PGPORT", "value": str(POSTGRES_PORT)},
+        {"name": "PGHOST", "value": host},
+        {"name": "PGPORT", "value": str(port)},
         {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": names.secret, "key": password_key}}},
         {"name": "POOLBENCH_APP_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POOLBENCH_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "POOLBENCH_SUMMARY_PATH", "value": TERMINATION_PATH},
     ]
+    pod_labels = labels(benchmark, "workload", names.variant)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": names.workload, "labels": labels(benchmark, "workload")},
+        "metadata": {"name": names.workload, "labels": pod_labels},
         "spec": {
             "replicas": 0,
-            "selector": {"matchLabels": selector(benchmark, "workload")},
+            "selector": {"matchLabels": selector(benchmark, "workload", names.variant)},
             "template": {
-                "metadata": {"labels": labels(benchmark, "workload")},
+                "metadata": {"labels": pod_labels},
                 "spec": {
                     "securityContext": {"runAsNonRoot": True, "runAsUser": WORKLOAD_UID,
                                         "runAsGroup": WORKLOAD_UID},
@@ -183,8 +223,10 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
                         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
                         "terminationMessagePath": TERMINATION_PATH,
                         "terminationMessagePolicy": "File",
+                        # Each worker process (workload.processes) is an interpreter with its own pool.
                         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                      "limits": {"cpu": "500m", "memory": "256Mi"}},
+                                      "limits": {"cpu": "500m",
+                                                 "memory": f"{128 + 128 * spec.workload.processes}Mi"}},
                         "securityContext": container_security(),
                     }],
                 },
@@ -193,12 +235,111 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
     }
 
 
+def build_pooler_secret(benchmark: str, spec: PoolBenchmarkSpec, variant: str, pooler: PoolerSpec, *,
+                        workload_password: str, admin_password: str) -> dict:
+    """The variant's ``pgbouncer.ini`` and auth file: the workload's role (its own password: PgBouncer
+    logs in to the server with it) and the admin-console user the operator samples with."""
+    names = Names(benchmark, variant)
+    ini = pgbouncer_ini(pooler, server_host=names.postgres, server_port=POSTGRES_PORT, database=DATABASE,
+                        listen_addr="*", listen_port=LISTEN_PORT, auth_file=f"{CONFIG_DIR}/{PGBOUNCER_USERLIST}")
+    users = {role_name(spec.workload): workload_password, ADMIN_USER: admin_password}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": names.pooler, "labels": labels(benchmark, "pgbouncer", variant)},
+        "type": "Opaque",
+        "stringData": {PGBOUNCER_INI: ini, PGBOUNCER_USERLIST: userlist(users)},
+    }
+
+
+def build_pooler_service(benchmark: str, variant: str) -> dict:
+    names = Names(benchmark, variant)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": names.pooler, "labels": labels(benchmark, "pgbouncer", variant)},
+        "spec": {
+            "selector": selector(benchmark, "pgbouncer", variant),
+            "ports": [{"name": "pgbouncer", "port": LISTEN_PORT, "targetPort": "pgbouncer"}],
+        },
+    }
+
+
+def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) -> dict:
+    """``pooler.replicas`` PgBouncer pods reading their configuration from the Secret (read-only).
+
+    The pod runs as ``pooler.run_as_user`` (the image's pgbouncer user: PgBouncer refuses root) and
+    leaves runAsGroup unset, so the runtime gives it that user's primary group from the image
+    (996 in CloudNativePG's image), which owns the image's own directories; fsGroup makes the
+    Secret's files (0440) readable by the pod's group whatever the image's groups are."""
+    names = Names(benchmark, variant)
+    pod_labels = labels(benchmark, "pgbouncer", variant)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": names.pooler, "labels": pod_labels},
+        "spec": {
+            "replicas": pooler.replicas,
+            "selector": {"matchLabels": selector(benchmark, "pgbouncer", variant)},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": pooler.run_as_user,
+                                        "fsGroup": pooler.run_as_user},
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 10,
+                    "containers": [{
+                        "name": "pgbouncer",
+                        "image": pooler.image,
+                        "command": ["pgbouncer", f"{CONFIG_DIR}/{PGBOUNCER_INI}"],
+                        "ports": [{"name": "pgbouncer", "containerPort": LISTEN_PORT}],
+                        "readinessProbe": {"tcpSocket": {"port": LISTEN_PORT}, "periodSeconds": 2,
+                                           "failureThreshold": 3},
+                        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
+                                      "limits": {"cpu": "1", "memory": "128Mi"}},
+                        "securityContext": container_security(),
+                        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                    }],
+                    "volumes": [{"name": "config", "secret": {"secretName": names.pooler, "defaultMode": 0o440}}],
+                },
+            },
+        },
+    }
+
+
 def build_children(benchmark: str, spec: PoolBenchmarkSpec, *, workload_image: str,
-                   superuser_password: str, app_password: str) -> list[dict]:
-    """Everything one benchmark owns, in creation order."""
-    return [
+                   superuser_password: str, app_password: str, pooler_admin_password: str | None = None) -> list[dict]:
+    """Everything one benchmark owns, in creation order (each pooler before the workload that uses it)."""
+    children = [
         build_secret(benchmark, superuser_password, app_password),
         build_postgres_service(benchmark),
         build_postgres_statefulset(benchmark, spec),
-        build_workload_deployment(benchmark, spec, workload_image),
     ]
+    if not spec.variants:
+        return [*children, build_workload_deployment(benchmark, spec, workload_image)]
+    workload_password = app_password if spec.workload.role == "app" else superuser_password
+    for variant in spec.variants:
+        if variant.pooler is not None:
+            if not pooler_admin_password:
+                raise ValueError("a pooled variant needs pooler_admin_password")
+            children += [
+                build_pooler_secret(benchmark, spec, variant.name, variant.pooler,
+                                    workload_password=workload_password, admin_password=pooler_admin_password),
+                build_pooler_service(benchmark, variant.name),
+                build_pooler_deployment(benchmark, variant.name, variant.pooler),
+            ]
+        children.append(build_workload_deployment(benchmark, spec, workload_image, variant))
+    return children
+
+
+def child_refs(benchmark: str, spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
+    """(kind, name) of every child, in deletion order (the reverse of creation); no passwords needed."""
+    refs = [("Secret", Names(benchmark).secret), ("Service", Names(benchmark).postgres),
+            ("StatefulSet", Names(benchmark).postgres)]
+    pooled = {v.name for v in spec.variants or [] if v.pooler is not None}
+    for variant in variant_names(spec):
+        names = Names(benchmark, variant)
+        if variant in pooled:
+            refs += [("Secret", names.pooler), ("Service", names.pooler), ("Deployment", names.pooler)]
+        refs.append(("Deployment", names.workload))
+    return refs[::-1]

@@ -6,10 +6,15 @@ messages, live metrics through the API server's pod proxy), the StatefulSet brin
 back by itself, and progress becomes throttled status patches and Events. The status is the whole
 state, written as it goes, so after an operator restart the loop resumes where status says and
 never redoes a finished step.
+
+With ``spec.variants`` each variant has its own workload Deployment; ``use_variant`` points scale,
+observe and collect at it and, for a pooled variant, waits for its PgBouncer pods and samples their
+admin consoles (one connection per pod, by pod IP) with a ``PoolerProbe``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +24,9 @@ import psycopg2
 import psycopg2.extensions
 
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource, utc_now
+from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.sampling import Sample
-from poolbench.core.spec import PoolBenchmarkSpec
+from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
@@ -33,12 +39,13 @@ from poolbench.core.steploop import (
     Stopped,
     run_steps,
 )
-from poolbench.core.workload_env import SUPERUSER
+from poolbench.core.workload_env import DATABASE, SUPERUSER
+from poolbench.db.pooler import PoolerProbe
 from poolbench.db.probe import Probe, SamplerThread
 from poolbench.db.roles import ensure_app_role
 
 from . import podstate
-from .builders import POSTGRES_PORT, Names, build_children
+from .builders import POSTGRES_PORT, Names, build_children, child_refs, variant_names
 from .config import Config
 from .credentials import derive_password
 from .kube import Kube
@@ -93,6 +100,7 @@ class Driver:
         uid = body["metadata"]["uid"]
         self.superuser_password = derive_password(key, uid, "superuser")
         self.app_password = derive_password(key, uid, "app")
+        self.pooler_admin_password = derive_password(key, uid, "pooler-admin")
         self.run = BenchmarkRun(spec, status_from_resource(body.get("status")))
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
@@ -101,6 +109,10 @@ class Driver:
         self.sampler: SamplerThread | None = None
         self.probe: Probe | None = None
         self.views: list[podstate.PodView] = []
+        #: The variant being measured (``use_variant``); None before the first, and without variants.
+        self.variant: str | None = None
+        self.workload_names = self.names  # the Deployment scale/observe/collect act on
+        self.pooler_probe: PoolerProbe | None = None
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
@@ -134,6 +146,7 @@ class Driver:
         children = build_children(
             self.name, self.spec, workload_image=self.config.workload_image,
             superuser_password=self.superuser_password, app_password=self.app_password,
+            pooler_admin_password=self.pooler_admin_password,
         )
         for child in children:
             self.adopt(child)
@@ -169,16 +182,25 @@ class Driver:
             run_steps(self.run, self, TIMING)
         finally:
             self.sampler.stop()
+            self.close_pooler_probe()
             probe.close()
         self.cleanup()
+
+    def pooled_variants(self) -> list[tuple[str, PoolerSpec]]:
+        return [(v.name, v.pooler) for v in self.spec.variants or [] if v.pooler is not None]
 
     def cleanup(self) -> None:
         policy = self.spec.cleanup
         if policy == "Delete":
-            self.kube.delete_children(self.names)
+            self.kube.delete_children(child_refs(self.name, self.spec))
             self.event("Normal", "Cleanup", "children deleted (spec.cleanup: Delete); status kept")
         elif policy == "ScaleDown":
-            self.event("Normal", "Cleanup", "workload scaled to 0; PostgreSQL kept for inspection")
+            # PgBouncer keeps server connections open up to server_idle_timeout: a finished benchmark
+            # holds none, so its poolers go to 0 with the workload; PostgreSQL stays for inspection.
+            for variant, _ in self.pooled_variants():
+                self.kube.scale_deployment(Names(self.name, variant).pooler, 0)
+            scaled = "workload and PgBouncer scaled to 0" if self.pooled_variants() else "workload scaled to 0"
+            self.event("Normal", "Cleanup", f"{scaled}; PostgreSQL kept for inspection")
 
     def fail(self, message: str) -> None:
         self.run.fail(message)
@@ -196,12 +218,58 @@ class Driver:
     def samples(self) -> list[Sample]:
         return self.sampler.take() if self.sampler is not None else []
 
+    def use_variant(self, planned: PlannedStep) -> None:
+        """Measure ``planned``'s variant from now on: its workload Deployment, and for a pooled one
+        its PgBouncer pods (ready first) sampled through their admin consoles."""
+        self.close_pooler_probe()
+        self.variant = planned.variant if self.run.multi else None
+        self.workload_names = Names(self.name, self.variant)
+        pooler = planned.pooler
+        if pooler is None or self.variant is None:
+            return
+        names = self.workload_names
+        self.kube.scale_deployment(names.pooler, pooler.replicas)  # idempotent; back up if scaled down
+        self.wait_for_pooler(self.variant, pooler)
+        if self.config.postgres_address not in ("service", "pod-ip"):
+            message = (f"variant {self.variant}: PgBouncer's admin console is reached by pod IP, not through"
+                       f" POOLBENCH_POSTGRES_ADDRESS={self.config.postgres_address}; the pooler is not sampled")
+            self.logger.warning(message)
+            self.event("Warning", "PoolerNotSampled", message)
+            return
+        connects = [functools.partial(self.pooler_connect, self.variant, i) for i in range(pooler.replicas)]
+        self.pooler_probe = PoolerProbe(connects, DATABASE)
+        if self.sampler is not None:
+            self.sampler.pooler = self.pooler_probe
+
+    def wait_for_pooler(self, variant: str, pooler: PoolerSpec) -> None:
+        deadline = time.monotonic() + PROVISION_TIMEOUT
+        while len(self.kube.pooler_pod_ips(self.name, variant)) < pooler.replicas:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"variant {variant}: PgBouncer was not ready after {PROVISION_TIMEOUT:.0f}s")
+            self.wait(TIMING.poll_seconds)
+
+    def pooler_connect(self, variant: str, index: int) -> psycopg2.extensions.connection:
+        """Pooler instance ``index``'s admin console; the pod's IP is looked up each time (a
+        restarted pod has a new one)."""
+        ips = self.kube.pooler_pod_ips(self.name, variant)
+        if index >= len(ips):
+            raise RuntimeError(f"PgBouncer instance {index + 1} of variant {variant} is not ready")
+        return psycopg2.connect(host=ips[index], port=LISTEN_PORT, user=ADMIN_USER,
+                                password=self.pooler_admin_password, dbname=ADMIN_DATABASE, connect_timeout=5)
+
+    def close_pooler_probe(self) -> None:
+        if self.sampler is not None:
+            self.sampler.pooler = None
+        probe, self.pooler_probe = self.pooler_probe, None
+        if probe is not None:
+            probe.close()
+
     def scale(self, planned: PlannedStep) -> None:
         self.views = []
-        self.kube.scale_workload(self.names, planned.replicas)
+        self.kube.scale_workload(self.workload_names, planned.replicas)
 
     def observe(self, expected: int) -> ReplicaProgress:
-        self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name)]
+        self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name, self.variant)]
         return ReplicaProgress(running=len(self.views), work_done=podstate.work_done(self.views, expected),
                                finished=podstate.step_done(self.views, expected))
 
@@ -209,10 +277,16 @@ class Driver:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down
 
     def scale_to_zero(self) -> None:
-        self.kube.scale_workload(self.names, 0)
+        # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
+        targets = ([self.workload_names] if self.variant is not None or not self.run.multi
+                   else [Names(self.name, v) for v in variant_names(self.spec)])
+        for names in targets:
+            self.kube.scale_workload(names, 0)
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
         while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
             self.wait(TIMING.poll_seconds)
+        if self.pooler_probe is not None:  # the next step starts with no server connection, as without one
+            self.pooler_probe.drop_server_connections()
 
     def connection_ages(self) -> list[float]:
         return self.probe.connection_ages() if self.probe is not None else []

@@ -75,13 +75,16 @@ class Kube:
                 return False
             raise
 
-    def delete_children(self, names: Names) -> None:
-        for call, name in (
-            (self.apps.delete_namespaced_deployment, names.workload),
-            (self.apps.delete_namespaced_stateful_set, names.postgres),
-            (self.core.delete_namespaced_service, names.postgres),
-            (self.core.delete_namespaced_secret, names.secret),
-        ):
+    def delete_children(self, refs: list[tuple[str, str]]) -> None:
+        """Delete (kind, name) children in order (``builders.child_refs``); gone already is fine."""
+        deleters: dict[str, Callable[..., Any]] = {
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "StatefulSet": self.apps.delete_namespaced_stateful_set,
+            "Service": self.core.delete_namespaced_service,
+            "Secret": self.core.delete_namespaced_secret,
+        }
+        for kind, name in refs:
+            call = deleters[kind]
             try:
                 call(name, self.namespace, propagation_policy="Background")
             except ApiException as err:
@@ -102,21 +105,37 @@ class Kube:
         return pod.status.pod_ip if pod.status else None
 
     def scale_workload(self, names: Names, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment_scale(names.workload, self.namespace, {"spec": {"replicas": replicas}})
+        self.scale_deployment(names.workload, replicas)
+
+    def scale_deployment(self, name: str, replicas: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(name, self.namespace, {"spec": {"replicas": replicas}})
 
     # -- pods ---------------------------------------------------------------------------------
-    def _all_workload_pods(self, benchmark: str) -> list[Any]:
-        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
+    def _pods(self, benchmark: str, component: str, variant: str | None = None) -> list[Any]:
+        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, component, variant).items())
         pods: list[Any] = self.core.list_namespaced_pod(self.namespace, label_selector=sel).items
         return pods
 
-    def workload_pods(self, benchmark: str) -> list[Any]:
-        """The step's live replicas (pods being deleted are no longer part of it)."""
-        return [p for p in self._all_workload_pods(benchmark) if p.metadata.deletion_timestamp is None]
+    def workload_pods(self, benchmark: str, variant: str | None = None) -> list[Any]:
+        """The step's live replicas (pods being deleted are no longer part of it); ``variant``: only
+        that variant's (with ``spec.variants``)."""
+        return [p for p in self._pods(benchmark, "workload", variant) if p.metadata.deletion_timestamp is None]
 
     def count_workload_pods(self, benchmark: str) -> int:
-        """Every workload pod, terminating ones included: zero means the scale-down is complete."""
-        return len(self._all_workload_pods(benchmark))
+        """Every workload pod of every variant, terminating ones included: zero means the scale-down
+        is complete."""
+        return len(self._pods(benchmark, "workload"))
+
+    def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
+        """IPs of the variant's ready PgBouncer pods (not terminating), in pod-name order."""
+        ips = []
+        for pod in sorted(self._pods(benchmark, "pgbouncer", variant), key=lambda p: p.metadata.name):
+            status = pod.status
+            if pod.metadata.deletion_timestamp is not None or status is None or not status.pod_ip:
+                continue
+            if any(c.type == "Ready" and c.status == "True" for c in status.conditions or []):
+                ips.append(status.pod_ip)
+        return ips
 
     def pod_view(self, pod: Any) -> PodView:
         restarts, last_message = 0, None

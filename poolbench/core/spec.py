@@ -53,7 +53,9 @@ POOLER_MONITOR_CONNECTIONS = 1
 
 #: Longest benchmark name: child objects append "-postgres-0" style suffixes, labels stop at 63.
 MAX_NAME_LENGTH = 40
-NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS label without "--": a variant's children are "<benchmark>--<variant>-…", so no benchmark's
+#: own child can ever be named like another benchmark's variant child.
+NAME_PATTERN = r"^[a-z](-?[a-z0-9])*$"
 
 
 class _Model(BaseModel):
@@ -321,8 +323,8 @@ class LimitsSpec(_Model):
 
 
 PoolMode = Literal["session", "transaction"]
-#: A variant's name goes into child object names ("<benchmark>-<variant>-pgbouncer"), kept within 63.
-MAX_VARIANT_NAME_LENGTH = 12
+#: A variant's name goes into child object names ("<benchmark>--<variant>-pgbouncer"), kept within 63.
+MAX_VARIANT_NAME_LENGTH = 11
 MAX_VARIANTS = 6
 
 
@@ -384,7 +386,7 @@ class VariantSpec(_Model):
     optionally with its own engine settings (NullPool behind a pooler, say)."""
 
     name: str = Field(..., min_length=1, max_length=MAX_VARIANT_NAME_LENGTH, pattern=NAME_PATTERN,
-                      description="Short name (lowercase letters, digits, '-'); part of child object names.")
+                      description="Short name (lowercase letters, digits, single '-'); part of child object names.")
     pooler: PoolerSpec | None = Field(None, description="Connect through this pooler (omitted: directly).")
     engine: EngineSpec | None = Field(None, description="Replaces spec.workload.engine for this variant.")
 

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_IMAGE = "localhost/poolbench-operator:dev"
 WORKLOAD_IMAGE = "localhost/poolbench-workload:dev"
 POSTGRES_IMAGE = "localhost/poolbench-postgres:15"
+#: Stand-in for CloudNativePG's pgbouncer image (hack/build-images.sh): uid 998 / gid 996, pgbouncer on PATH.
+PGBOUNCER_IMAGE = "localhost/poolbench-pgbouncer:1.18"
 _failed = {"any": False}
 _report: list[str] = []  # what record() quoted, shown at the end of the run
 

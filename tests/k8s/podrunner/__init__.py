@@ -14,11 +14,16 @@ end to end. It is not a container runtime and isolates nothing but the network:
   POSTGRES_PASSWORD, POSTGRES_DB and the container's ``-c`` args honoured; scram passwords for
   non-loopback connections, like the official image);
 - other containers run their ``command`` + ``args`` with this Python environment (``python`` →
-  ``sys.executable``), in the netns, as ``runAsUser`` when the pod asks for it;
+  ``sys.executable``; other commands from the host's PATH, e.g. ``pgbouncer``), in the netns, as
+  ``runAsUser`` (with ``fsGroup`` as supplementary group) when the pod asks for it;
 - statuses, restarts with back-off, readiness probes (exec/tcpSocket/httpGet), termination
   messages, graceful deletion then force-deletion, Node status and Lease heartbeats.
 
-Not supported: volumes (ignored), kubectl logs/exec/port-forward (no kubelet API; read
+Volumes: ``secret`` volumes are written into the pod's directory and bind-mounted at their
+mountPath in the container's private mount namespace (the mount point is made on the host if
+missing, and removed when the runner stops); other volume types are ignored.
+
+Not supported: kubectl logs/exec/port-forward (no kubelet API; read
 ``PodRunner.container_log``), liveness/startup probes, resource limits.
 
 Modules, by concern:

@@ -66,6 +66,8 @@ class PodRunner:
         self.threads: list[threading.Thread] = []
         self.log_lock = threading.Lock()
         self.node_ready_seen = False
+        self.mount_points: list[Path] = []  # made on the host for secret volumes; removed by stop()
+        self.mount_points_lock = threading.Lock()
 
     @property
     def kube(self) -> Kube:
@@ -104,9 +106,25 @@ class PodRunner:
         for w in workers:
             w.finished.wait(30)
         self.net.teardown()
+        for point in reversed(self.mount_points):
+            with contextlib.suppress(OSError):
+                point.rmdir()  # only if still empty: never what someone else put there
         shutil.rmtree(self.work_dir, ignore_errors=True)
         if self._kube is not None:
             self._kube.close()
+
+    def ensure_mount_point(self, path: str) -> None:
+        """An empty directory at ``path`` on the host for a bind mount (the pods' mount namespaces
+        are the host's, privately): created if missing, remembered for ``stop()``."""
+        with self.mount_points_lock:
+            missing = []
+            p = Path(path)
+            while not p.exists():
+                missing.append(p)
+                p = p.parent
+            for m in reversed(missing):
+                m.mkdir(mode=0o755)
+                self.mount_points.append(m)
 
     def remove_logs(self) -> None:
         if self.own_logs:

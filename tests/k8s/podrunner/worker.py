@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -318,6 +319,7 @@ class PodWorker(threading.Thread):
     def _start(self, c: Container) -> None:
         try:
             env = self._resolve_env(c)
+            mounts = self._secret_mounts(c)
         except ConfigError as err:
             c.waiting = ("CreateContainerConfigError", str(err))
             c.next_start = time.monotonic() + 1.0
@@ -330,7 +332,7 @@ class PodWorker(threading.Thread):
             if c.postgres:
                 proc = start_postgres(c, env, self._pg_root(c), self._log_path(c), self._term_path(c), self._wrap)
             else:
-                proc = self._start_process(c, env)
+                proc = self._start_process(c, env, mounts)
         except Exception as err:  # noqa: BLE001 - a start failure is a container error, not a runner error
             c.waiting = ("CreateContainerError", str(err)[:1000])
             c.backoff = min(self.runner.backoff_cap, c.backoff * 2) if c.backoff else self.runner.backoff_initial
@@ -369,11 +371,55 @@ class PodWorker(threading.Thread):
             return None
         return int(uid), int(gid if gid is not None else 0)
 
-    def _wrap(self, argv: list[str], as_user: tuple[int, int] | None) -> list[str]:
+    def _wrap(self, argv: list[str], as_user: tuple[int, int] | None,
+              mounts: Sequence[tuple[Path, str, bool]] = ()) -> list[str]:
         prefix = [] if self.host_network else ["ip", "netns", "exec", self.netns]
+        if mounts:
+            # `ip netns exec` runs in a private mount namespace (slave to the host's): bind the
+            # volume there, so only this container sees it. A host-network pod gets its own.
+            if self.host_network:
+                prefix += ["unshare", "--mount", "--propagation", "slave"]
+            script = ('while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; '
+                      'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 1; fi; shift 3; done; '
+                      'shift; exec "$@"')
+            prefix += ["sh", "-c", script, "sh"]
+            for src, dst, read_only in mounts:
+                prefix += [str(src), dst, "ro" if read_only else "rw"]
+            prefix.append("--")
         if as_user is not None:
-            prefix += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", "--clear-groups", "--"]
+            fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+            groups = [f"--groups={int(fs_group)}"] if fs_group is not None else ["--clear-groups"]
+            prefix += ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", *groups, "--"]
         return prefix + argv
+
+    def _secret_mounts(self, c: Container) -> list[tuple[Path, str, bool]]:
+        """The container's ``secret`` volumes, written into the pod's directory (each key a file,
+        ``defaultMode``, group ``fsGroup`` as the kubelet does) and bound at their mountPath when it
+        starts. Other volume types stay ignored. A mountPath missing on the host is created
+        (empty) as the mount point and removed when the runner stops."""
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        mounts = []
+        for vm in c.spec.get("volumeMounts") or []:
+            secret = (volumes.get(vm["name"]) or {}).get("secret")
+            if secret is None:
+                continue
+            values = self._lookup("secret", {"name": secret.get("secretName"),
+                                             "optional": secret.get("optional")}, None) or {}
+            src = self.dir / "volumes" / vm["name"]
+            shutil.rmtree(src, ignore_errors=True)
+            src.mkdir(parents=True)
+            os.chmod(src, 0o755)
+            mode = int(secret.get("defaultMode", 0o644))
+            for key, value in values.items():
+                path = src / key
+                path.write_text(value)
+                os.chmod(path, mode)
+                if fs_group is not None and os.geteuid() == 0:
+                    os.chown(path, 0, int(fs_group))
+            self.runner.ensure_mount_point(vm["mountPath"])
+            mounts.append((src, vm["mountPath"], bool(vm.get("readOnly", True))))
+        return mounts
 
     def _resolve_command(self, name: str) -> str:
         if name in ("python", "python3") or re.fullmatch(r"python3(\.\d+)?", name):
@@ -397,7 +443,8 @@ class PodWorker(threading.Thread):
         argv[0] = self._resolve_command(argv[0])
         return argv
 
-    def _start_process(self, c: Container, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _start_process(self, c: Container, env: dict[str, str],
+                       mounts: list[tuple[Path, str, bool]] | None = None) -> subprocess.Popen[bytes]:
         argv = self._argv(c, env)
         as_user = self._run_as(c)
         cwd = self.dir / "work" / c.name
@@ -419,7 +466,7 @@ class PodWorker(threading.Thread):
             log.write(f"--- {now_rfc3339()} start #{c.restart_count + int(c.ever_started)}: "
                       f"{shlex.join(argv)}\n".encode())
             log.flush()
-            return subprocess.Popen(self._wrap(argv, as_user), env=full_env, cwd=cwd, stdout=log,
+            return subprocess.Popen(self._wrap(argv, as_user, mounts or []), env=full_env, cwd=cwd, stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
 

@@ -1,0 +1,93 @@
+"""spec.variants on the process-runner tier (issue 13): a direct variant and a PgBouncer one, run
+one after the other against the same PostgreSQL pod. The pooler pod runs the host's pgbouncer as
+uid 998 with its configuration from the Secret volume (bind-mounted by the pod runner); the
+operator samples its admin console by pod IP, as it reaches PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from .conftest import create_namespace, kubectl
+from .kube import wait_for
+from .test_operator_e2e import apply_benchmark, benchmark, children, events, quick, wait_phase
+
+pytestmark = pytest.mark.k8s
+
+POOL = 2
+
+
+def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict:
+    return quick(name, steps=list(steps), cleanup="ScaleDown",
+                 workload={"threads": 4, "iterations": 10, "holdSeconds": 1, "role": "app", "onError": "count",
+                           "statement": "SELECT pg_sleep(0.05)"},
+                 variants=[{"name": "direct"},
+                           {"name": "tx", "pooler": {"type": "PgBouncer", "poolMode": "transaction",
+                                                      "defaultPoolSize": POOL, "maxClientConn": 50},
+                            "engine": {"poolClass": "NullPool"}}])
+
+
+def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kube, pod_runner):
+    ns = create_namespace(kube, "pgb")
+    apply_benchmark(control_plane, ns, ab("ab"))
+    obj = wait_phase(kube, ns, "ab", timeout=300)
+    status = obj["status"]
+    assert status["phase"] == "Completed", (status.get("message"), operator.log()[-3000:])
+    direct, tx = status["variants"]
+    assert direct["name"] == "direct" and tx["name"] == "tx"
+    (d,) = direct["steps"]
+    assert d["outcome"] == "Passed" and not d.get("pooled") and d["peakConnections"] == 12, d
+    (t,) = tx["steps"]
+    assert t["outcome"] == "Passed" and t["pooled"] is True, t
+    assert 0 < t["peakConnections"] <= POOL, t  # the server saw the pooler's connections only
+    assert t["clientPeakConnections"] > POOL, t  # 12 NullPool clients at most, at the pooler
+    assert t["poolerSampleGaps"] == 0 and sum(t["errors"].values()) == 0, t
+    assert status["comparison"], status
+    assert status["steps"] == direct["steps"]  # status.steps: the first variant's
+
+    kids = children(kube, ns)
+    assert sorted(kids["deployments"]) == ["ab--direct-workload", "ab--tx-pgbouncer", "ab--tx-workload"]
+    assert sorted(kids["services"]) == ["ab--tx-pgbouncer", "ab-postgres"]
+    assert sorted(kids["secrets"]) == ["ab--tx-pgbouncer", "ab-credentials"]
+    # cleanup ScaleDown: the workloads and the pooler at 0, PostgreSQL kept
+    for name in ("ab--direct-workload", "ab--tx-workload", "ab--tx-pgbouncer"):
+        assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")["spec"]["replicas"] == 0, name
+    wait_for(lambda: not kube.items(f"/api/v1/namespaces/{ns}/pods",
+                                    labelSelector="app.kubernetes.io/component=pgbouncer"),
+             60, interval=1.0, what="the pooler pods gone")
+    messages = [e["message"] for e in events(kube, ns, "ab")]
+    assert any("through PgBouncer transaction" in m for m in messages), messages
+    assert any("PgBouncer scaled to 0" in m for m in messages), messages
+    # the pooler's Secret, Service and Deployment are owned by the benchmark like the rest
+    kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "ab", "--timeout=90s")
+    wait_for(lambda: not any(children(kube, ns).values()), 120, interval=1.0, what="children garbage-collected")
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_operator_killed_during_the_pooled_variant_resumes_it(operator, control_plane, kube, pod_runner):
+    ns = create_namespace(kube, "pgbkill")
+    apply_benchmark(control_plane, ns, ab("abk", steps=(2, 3)))
+
+    def pooled_step_running():
+        status = benchmark(kube, ns, "abk").get("status") or {}
+        variants = status.get("variants") or []
+        steps = variants[1].get("steps") if len(variants) > 1 else []
+        return status.get("currentVariant") == "tx" and steps and steps[-1].get("clientPeakConnections", 0) > 0
+
+    wait_for(pooled_step_running, 240, interval=0.3, what="load on tx's first step")
+    before = benchmark(kube, ns, "abk")["status"]
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    status = wait_phase(kube, ns, "abk", timeout=300)["status"]
+    assert status["phase"] == "Completed", (status.get("message"), operator.log()[-3000:])
+    direct, tx = status["variants"]
+    kept = [(s["replicas"], s["startedAt"], s["finishedAt"], s["outcome"]) for s in direct["steps"]]
+    assert kept == [(s["replicas"], s["startedAt"], s["finishedAt"], s["outcome"])
+                    for s in before["variants"][0]["steps"]], (direct, before)  # finished before the kill: not redone
+    assert [s["replicas"] for s in tx["steps"]] == [2, 3], tx
+    assert all(s["outcome"] == "Passed" for s in tx["steps"]), tx
+    for step in tx["steps"]:
+        assert step["pooled"] and 0 < step["peakConnections"] <= POOL and step["clientPeakConnections"] > 0, step
+    kube.delete(f"/api/v1/namespaces/{ns}")
