@@ -1,0 +1,38 @@
+"""The connection budget through the operator (issue 14), on the process-runner tier: a breaking-point
+search whose replicas each run two worker processes, and a measured rolling update, all through the
+same core step loop as `poolbench run`."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import create_namespace
+from .test_operator_e2e import apply_benchmark, quick, wait_phase
+
+pytestmark = pytest.mark.k8s
+
+
+def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator, control_plane, kube, pod_runner):
+    # Per replica: 2 processes × QueuePool min(2 threads, 2 + 0) = 4 connections; 14 − the monitor = 13
+    # usable: 3 replicas fit (12), 4 do not (16). A rollout of 3 with maxSurge 1 needs 16: it fails.
+    ns = create_namespace(kube, "budget")
+    doc = quick("budget", steps={"search": {"min": 1, "max": 6}}, postgres={"maxConnections": 14},
+                rollout={"maxSurge": 1, "measure": True},
+                workload={"threads": 2, "processes": 2, "durationSeconds": 8, "holdSeconds": 3, "onError": "count",
+                          "statement": "SELECT pg_sleep(0.2)", "engine": {"poolSize": 2, "maxOverflow": 0}})
+    apply_benchmark(control_plane, ns, doc)
+    status = wait_phase(kube, ns, "budget", timeout=420)["status"]
+    verdict = status["verdict"]
+    assert (verdict["maxSafeReplicas"], verdict["firstFailingReplicas"]) == (3, 4), (status["message"],
+                                                                                   operator.log()[-3000:])
+    assert verdict["predictedMaxSafeReplicas"] == 3
+    probes = [s for s in status["steps"] if s.get("rolloutFrom") is None]
+    assert [s["replicas"] for s in probes] == [3, 4]  # the prediction, confirmed in two probes
+    three = probes[0]
+    assert three["outcome"] == "Passed" and three["peakConnections"] == three["predictedPeak"] == 12, three
+    assert three["queries"] > 0
+    (rollout,) = [s for s in status["steps"] if s.get("rolloutFrom") is not None]
+    assert rollout["rolloutFrom"] == 3 and rollout["replicas"] == 4 and rollout["outcome"] == "Failed"
+    assert rollout["predictedPeak"] == 16 and rollout["peakConnections"] == 13  # every usable slot, then refusals
+    assert status["totalSteps"] == 2 + 3 + 1  # a search of 1..6 takes at most 5 probes, then the rollout
+    kube.delete(f"/api/v1/namespaces/{ns}")
