@@ -154,10 +154,22 @@ class Driver:
                 self.logger.info("created %s %s", child["kind"], child["metadata"]["name"])
 
     def wait_for_postgres(self) -> None:
+        """Until the pod is ready and then until a connection through the Service actually succeeds: a
+        ready pod's endpoint reaches kube-proxy's rules a moment later (until then the Service answers
+        "Connection refused"), and the monitor's first connection must not fail the benchmark for it."""
         deadline = time.monotonic() + PROVISION_TIMEOUT
         while not self.kube.postgres_ready(self.names):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
+            self.wait(TIMING.poll_seconds)
+        while True:
+            try:
+                self.connect().close()
+                return
+            except (psycopg2.OperationalError, RuntimeError) as err:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"PostgreSQL was ready but not reachable after {PROVISION_TIMEOUT:.0f}s:"
+                                       f" {' '.join(str(err).split())}") from None
             self.wait(TIMING.poll_seconds)
 
     def connect(self, **extra: Any) -> psycopg2.extensions.connection:
