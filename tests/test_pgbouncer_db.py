@@ -103,7 +103,10 @@ def test_max_client_conn_refuses_clients_beyond_it() -> None:
     assert step.first_error_class == "poolerMaxClientConn"
     assert step.errors.pooler_max_client_conn >= 2
     assert "no more connections allowed (max_client_conn)" in (step.first_error or "")
-    assert step.client_peak_connections == 4
+    # Never more than the 4 the pooler accepts besides the monitor. Not always all 4 at one read: while
+    # refused clients retry, a slot may be held by a client PgBouncer is still logging in or closing
+    # (counted against max_client_conn, not yet or no longer in SHOW POOLS); a CI run under load saw 3.
+    assert 1 <= step.client_peak_connections <= step.client_capacity
     assert step.queries > 0  # the clients that got in did their work
 
 
