@@ -52,8 +52,8 @@ def test_buckets_are_inclusive_upper_bounds() -> None:
 
 def test_a_true_p95_just_under_a_limit_inside_a_coarse_bucket_passes() -> None:
     """Limit 60 ms lies inside the ten-per-decade bucket (50.1, 63.1]: read as that bucket's upper
-    bound, a true p95 of 59 ms was reported as 63.1 ms and failed the limit. Counted with the limit
-    as an edge, 95 of 100 values are at most 60 ms: the limit holds, and the reading says so."""
+    bound, a true p95 of 59 ms would be 63.1 ms and fail the limit. Counted with the limit as an
+    edge, 95 of 100 values are at most 60 ms: the limit holds, and the reading says so."""
     edges = edges_with([60.0])
     under = filled([20.0] * 90 + [59.0] * 5 + [75.0] * 5, edges)
     assert true_percentile([20.0] * 90 + [59.0] * 5 + [75.0] * 5, 0.95) == 59.0

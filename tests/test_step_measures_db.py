@@ -102,8 +102,8 @@ def limit_run(name: str, limit_ms: float, iterations: int) -> BenchmarkStatus:
 
 def test_a_latency_limit_is_judged_on_the_true_p95() -> None:
     """The true p95 is a 200 ms statement (its sleep and the round trip); the limit, 250 ms, lies
-    inside the ten-per-decade bucket (200, 251] whose upper bound was once read as the p95 (251 ms,
-    the slowest being 400: failed). With the limit as an edge the step passes and every figure
+    inside the ten-per-decade bucket (200, 251]: read as that bucket's upper bound, the p95 would be
+    251 ms (the slowest is 400) and fail. With the limit as an edge the step passes and every figure
     agrees; a 200 ms limit, below every statement, fails."""
     step = limit_run("limit-pass", 250, 60).steps[0]
     assert step.queries == 60 and step.errors.total() == 0
