@@ -48,6 +48,8 @@ def test_buckets_are_inclusive_upper_bounds() -> None:
     h = filled([1.0, 1.0000001, 0.0, 2e9])
     i = GRID_MS.index(1.0)
     assert h.counts[i] == 1 and h.counts[i + 1] == 1 and h.counts[0] == 1 and h.counts[-1] == 1
+    assert filled([0.0] * 3).percentile(0.5) == 0.0 and filled([0.0004]).percentile(0.5) == 0.0004
+    assert Histogram().summary() == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
 
 
 def test_a_true_p95_just_under_a_limit_inside_a_coarse_bucket_passes() -> None:
@@ -182,3 +184,33 @@ def test_a_termination_message_keeps_its_histograms_coarser_when_they_do_not_fit
         h = Histogram.from_json(kept[key])
         assert h.total == 1000 and h.exceeds(0.5, 60.0) == spread.exceeds(0.5, 60.0)
         assert sum(h.counts[: h.edges.index(60.0) + 1]) == sum(spread.counts[: edges.index(60.0) + 1])
+
+
+def test_a_step_of_several_replicas_is_judged_on_their_merged_counts() -> None:
+    """Three replicas: 95 of 100 statements at most 60 ms in all, but no replica alone says so."""
+    from poolbench.core.benchmark import ReplicaReport
+    from tests.test_measures_unit import run_one_step
+
+    edges = edges_with([60.0])
+
+    def replica(name: str, values: list[float]) -> ReplicaReport:
+        return ReplicaReport(name, outcomes={"ok": len(values)}, latency=filled(values, edges),
+                             checkout_wait=filled([0.05] * len(values), edges), work_started_at=0.0,
+                             work_ended_at=1.0)
+
+    spec = {"steps": [3], "limits": {"maxLatencyP95Ms": 60}}
+    parts = [[20.0] * 40, [59.9] * 30 + [75.0] * 3, [45.0] * 25 + [75.0] * 2]
+    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.steps[0]
+    assert step.outcome == "Passed", step.reason
+    assert 59.9 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 60 and sum(step.latency_histogram.counts) == 100
+    parts[0][0] = 75.0  # one value more above the limit: the 95th smallest is now 75 ms
+    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.steps[0]
+    assert step.outcome == "Failed" and step.latency_ms.p95 > 60
+    assert f"latency p95 {step.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 60 ms" in (step.reason or "")
+
+
+def test_a_step_without_a_histogram_is_judged_on_its_reported_p95() -> None:
+    limits = LimitsSpec(max_latency_p95_ms=60)
+    assert limit_breaches(StepResult(replicas=1, latency_ms=Percentiles(p95=60)), limits) == []
+    assert limit_breaches(StepResult(replicas=1, latency_ms=Percentiles(p95=61)), limits) == [
+        "latency p95 61 ms exceeds limits.maxLatencyP95Ms 60 ms"]

@@ -152,7 +152,7 @@ class Histogram:
         i = self._bucket_of_rank(q)
         lo, hi = (self.edges[i - 1] if i else 0.0), self.edges[i]
         reading = _reading(lo, hi)
-        return min(reading, self.max_ms) if self.max_ms > lo else reading
+        return min(reading, self.max_ms) if self.max_ms > lo or i == 0 else reading
 
     def exceeds(self, q: float, limit_ms: float) -> bool:
         """Whether the true q-quantile is above ``limit_ms``: exact when the limit is an edge (counted
