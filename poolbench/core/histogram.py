@@ -31,9 +31,11 @@ FIRST_DECADE, LAST_DECADE = -3, 9  # edges from 0.001 ms; the top edge is 10⁹ 
 GRID_MS: tuple[float, ...] = tuple(
     float(f"{m}e{d}") for d in range(FIRST_DECADE, LAST_DECADE) for m in MANTISSAS) + (10.0 ** LAST_DECADE,)
 _GRID_SET = frozenset(GRID_MS)
+_WIDEST = max((b - a) / (b + a) for a, b in zip(GRID_MS, GRID_MS[1:], strict=False))
 #: The largest relative error of a percentile read from a grid bucket: (hi − lo) / (hi + lo) at the
-#: widest bucket (1.948 %), plus the reading's rounding to five significant digits.
-RELATIVE_ERROR = max((b - a) / (b + a) for a, b in zip(GRID_MS, GRID_MS[1:], strict=False)) + 5e-5
+#: widest bucket (1.948 %), plus the reading's rounding to five significant digits (an extra edge
+#: only narrows a bucket).
+RELATIVE_ERROR = _WIDEST + 5e-5 * (1 + _WIDEST)
 #: A crashed container's histogram that does not fit its termination message is kept on every sixth
 #: grid edge (ten per decade) plus its extra edges: counts and limits stay exact, readings coarser.
 COARSE_STEP = 6
@@ -111,7 +113,8 @@ class Histogram:
         self.max_ms = max(self.max_ms, ms)
 
     def _on(self, edges: tuple[float, ...]) -> list[int]:
-        """These counts on ``edges`` (a superset of this histogram's edges: exact)."""
+        """These counts on ``edges``, each moved to the first edge at or above its bucket's bound
+        (exact when ``edges`` holds every edge of this histogram)."""
         if edges is self.edges or edges == self.edges:
             return list(self.counts)
         out = [0] * len(edges)
@@ -122,7 +125,8 @@ class Histogram:
 
     def merge(self, other: Histogram) -> Histogram:
         """Bucket-wise sum (in place); returns self. Histograms on different edges (one replica counted
-        a limit edge the other did not) merge on the union of their edges: totals stay exact."""
+        a limit edge the other did not) merge on the union of their edges: totals stay exact, and a
+        count from a bucket a foreign edge splits stays at its bucket's upper bound."""
         if other.edges is not self.edges and other.edges != self.edges:
             union = tuple(sorted(set(self.edges) | set(other.edges)))
             self.counts, self.edges = self._on(union), union
