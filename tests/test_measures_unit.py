@@ -3,64 +3,13 @@ the queueing explanation, and Kubernetes conditions kept in step with the phase.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status, set_conditions, throughput
-from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of, merged
+from poolbench.core.histogram import Histogram
 from poolbench.core.results import BenchmarkStatus
 from poolbench.core.sampling import Sample
 from poolbench.core.spec import parse_spec
-
-
-def test_buckets_are_inclusive_upper_bounds() -> None:
-    assert bucket_of(0.0) == 0 and bucket_of(0.1) == 0 and bucket_of(0.1001) == 1
-    assert bucket_of(100) == BOUNDS_MS.index(100) and bucket_of(BOUNDS_MS[-1] + 1) == BUCKETS - 1
-
-
-def test_bounds_are_ten_per_decade() -> None:
-    assert BOUNDS_MS[:5] == (0.1, 0.126, 0.158, 0.2, 0.251) and BOUNDS_MS[-1] == 63100
-    assert {1.0, 10.0, 100.0, 1000.0, 10000.0} <= set(BOUNDS_MS)
-    assert all(1.2 < b / a < 1.32 for a, b in zip(BOUNDS_MS, BOUNDS_MS[1:], strict=False))
-
-
-def test_percentiles_bound_the_truth_from_above_within_one_bucket() -> None:
-    rng = random.Random(7)
-    values = [rng.lognormvariate(3, 1.5) for _ in range(5000)]
-    h = Histogram()
-    for v in values:
-        h.add(v)
-    ordered = sorted(values)
-    for q in (0.5, 0.95, 0.99):
-        true = ordered[int(-(-q * len(ordered) // 1)) - 1]
-        got = h.percentile(q)
-        assert got >= true or got == h.max_ms
-        assert bucket_of(got) == bucket_of(true)  # the same bucket: its upper bound (or the max)
-    assert h.summary()["max"] == pytest.approx(max(values), abs=0.001)
-    assert Histogram().summary() == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
-    assert h.summary()["mean"] == pytest.approx(sum(values) / len(values), abs=0.001)
-
-
-def test_replicas_merge_exactly() -> None:
-    rng = random.Random(11)
-    parts = []
-    for _ in range(5):
-        h = Histogram()
-        for _ in range(rng.randint(0, 400)):
-            h.add(rng.uniform(0, 3000))
-        parts.append(h)
-    total = merged(parts)
-    assert total.counts == [sum(p.counts[i] for p in parts) for i in range(BUCKETS)]
-    assert total.max_ms == max(p.max_ms for p in parts)
-    assert Histogram.from_json(total.to_json()).counts == total.counts
-    cumulative = [sum(total.counts[: i + 1]) for i in range(BUCKETS)]
-    assert Histogram.from_cumulative(cumulative, total.sum_ms, total.max_ms).counts == total.counts
-
-
-def test_malformed_histograms_count_as_empty() -> None:
-    for bad in (None, {}, {"counts": [1, 2]}, {"counts": ["x"] * BUCKETS}, {"counts": "abc"}):
-        assert Histogram.from_json(bad).total == 0
 
 
 def report(name: str, ok: int, start: float, end: float, latency_ms: list[float],
@@ -105,12 +54,12 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     run = run_one_step(spec, slow)
     step = run.status.steps[0]
     assert step.outcome == "Failed"
-    # Bucket upper bounds, clamped to the largest value seen: 120 → (100, 126] → 126; 80 → (79.4, 100] → 90.
-    assert step.latency_ms.p95 == 126 and step.checkout_wait_ms.p95 == 90
-    assert "latency p95 126 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
-    assert "checkout wait p95 90 ms exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
+    # The true p95s are 120 and 80 ms; read from their buckets (116.6, 121.2] and (79.43, 82.54]: within 2 %.
+    assert step.latency_ms.p95 == 118.86 and step.checkout_wait_ms.p95 == 80.955
+    assert "latency p95 118.86 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
+    assert "checkout wait p95 80.955 ms exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
     assert run.status.verdict is not None
-    assert "failed with latency p95 126 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
+    assert "failed with latency p95 118.86 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
     fast = run_one_step({**spec, "limits": {"maxLatencyP95Ms": 300, "maxCheckoutWaitP95Ms": 100}}, slow)
     assert fast.status.steps[0].outcome == "Passed"
 
@@ -119,9 +68,9 @@ def test_the_verdict_explains_threads_queueing_for_connections() -> None:
     queued = [report("r0", 40, 0.0, 2.0, [150.0] * 40, [90.0] * 30 + [700.0] * 9 + [800.0])]
     run = run_one_step({"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}}},
                        queued)
-    assert run.status.verdict is not None
+    assert run.status.verdict is not None  # the true p95 wait is 700 ms: read as 694.35 (within 2 %)
     assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
-            " so 6 wait for a checkout (mean 245 ms, p95 794 ms, max 800 ms at 1 replicas).") in (
+            " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replicas).") in (
         run.status.verdict.summary)
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
     assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary

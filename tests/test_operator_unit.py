@@ -141,17 +141,19 @@ def _workload_metrics_text(measures) -> str:
 
 
 def _measures():
-    from poolbench.core.histogram import BOUNDS_MS, Histogram
+    from poolbench.core.histogram import GRID_MS, Histogram, edges_with
     from workload.replica import Measures
 
-    latency, wait = Histogram(), Histogram()
-    # Every bound exactly (inclusive upper bounds), just above each, sub-bucket values and the +Inf bucket.
-    for bound in BOUNDS_MS:
+    edges = edges_with([60.0, 0.25])  # the spec's limits: extra edges, listed even when empty
+    latency, wait = Histogram(edges), Histogram(edges)
+    # Every edge exactly (inclusive upper bounds), just above each, sub-bucket values and beyond the top.
+    for bound in (*GRID_MS, 60.0):
         latency.add(bound)
         latency.add(bound * 1.0001)
     for ms in (0.0, 0.01234, 3.3333333, 99.999999, 100.0, 100.0000001, 123456.789, 0.1):
         latency.add(ms)
         wait.add(ms / 7)
+    latency.add(2e9)
     wait.add(2.5)
     return Measures(latency, wait, 1764064198.123456, 1764064203.654321)
 
@@ -159,17 +161,21 @@ def _measures():
 def test_histograms_round_trip_exactly_through_the_workload_metrics():
     m = _measures()
     text = _workload_metrics_text(m)
-    assert 'poolbench_statement_latency_seconds_bucket{le="0.0001"}' in text
+    assert 'poolbench_statement_latency_seconds_bucket{le="0.000001"}' in text  # decimal seconds
+    assert 'poolbench_checkout_wait_seconds_bucket{le="0.06"}' in text  # a limit edge
     assert 'poolbench_checkout_wait_seconds_bucket{le="+Inf"}' in text
     assert "poolbench_statement_latency_seconds_count" in text and "poolbench_checkout_wait_seconds_sum" in text
+    # Only the 7 non-empty buckets, the 2 limit edges and +Inf are served, not 722 buckets.
+    assert text.count("poolbench_checkout_wait_seconds_bucket{") == 10
     parsed = parse_metrics(text)
-    # The same counts per bucket, sum and max as the replica's summary carries (to_json: µs-rounded).
+    # The same counts per bucket on the same edges, sum and max as the replica's summary (to_json: µs-rounded).
     assert parsed.latency.to_json() == m.latency.to_json()
     assert parsed.checkout_wait.to_json() == m.checkout_wait.to_json()
-    assert parsed.latency.counts == m.latency.counts and parsed.latency.total == m.latency.total
-    assert parsed.latency.counts[-1] == 2  # 60006 ms and 123456.789 ms: beyond the last bound
+    assert parsed.latency.edges == m.latency.edges and parsed.latency.counts == m.latency.counts
+    assert parsed.latency.counts[-1] == 4  # (9.624e8, 1e9] twice, then 1.0001e9 and 2e9 ms: the top bucket
     assert parsed.work_started_at == m.work_started_at and parsed.work_ended_at == m.work_ended_at
     assert parsed.latency.percentile(0.5) == m.latency.percentile(0.5)
+    assert parsed.checkout_wait.exceeds(0.95, 60.0) == m.checkout_wait.exceeds(0.95, 60.0)
 
 
 def test_histograms_before_any_work_are_empty_and_timestamps_unknown():

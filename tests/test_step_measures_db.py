@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from poolbench.core.benchmark import ReplicaReport
-from poolbench.core.histogram import merged
+from poolbench.core.histogram import RELATIVE_ERROR, Histogram, merged
 from poolbench.core.results import BenchmarkStatus
 from poolbench.core.spec import parse_document
 from poolbench.local import runner
@@ -80,6 +80,38 @@ def test_the_steps_histograms_are_exactly_the_sum_of_the_replicas(monkeypatch: p
     step = status.steps[0]
     assert len(seen) == 3 and all(r.latency.total == 15 for r in seen)
     latency, waits = merged(r.latency for r in seen), merged(r.checkout_wait for r in seen)
-    assert step.latency_histogram.counts == latency.counts and sum(latency.counts) == 45
-    assert step.checkout_wait_histogram.counts == waits.counts
+    assert step.latency_histogram.to_json() == latency.to_json() and latency.total == 45
+    assert step.checkout_wait_histogram.to_json() == waits.to_json()
     assert step.latency_ms.max == round(max(r.latency.max_ms for r in seen), 3)
+
+
+#: One thread on one connection, so one session and one temporary sequence: the 60th statement sleeps
+#: 400 ms, every other one 200 ms. Of 60 statements the 57th smallest (the p95) is a 200 ms one, even
+#: when two of them take 50 ms longer than their sleep (a loaded machine).
+LAST_OF_60_SLOW = ("DO $$BEGIN CREATE TEMP SEQUENCE IF NOT EXISTS sixty;"
+                   " PERFORM pg_sleep(CASE WHEN nextval('sixty') % 60 = 0 THEN 0.4 ELSE 0.2 END); END$$")
+
+
+def limit_run(name: str, limit_ms: float, iterations: int) -> BenchmarkStatus:
+    doc = make_doc(name=name, steps=[1], stepTimeoutSeconds=60, postgres={"maxConnections": 20},
+                   limits={"maxLatencyP95Ms": limit_ms},
+                   workload={"threads": 1, "iterations": iterations, "holdSeconds": 0.2,
+                             "statement": LAST_OF_60_SLOW, "engine": {"poolSize": 1, "maxOverflow": 0}})
+    return runner.run_local(parse_document(doc)).status
+
+
+def test_a_latency_limit_is_judged_on_the_true_p95() -> None:
+    """The true p95 is a 200 ms statement (its sleep and the round trip); the limit, 250 ms, lies
+    inside the ten-per-decade bucket (200, 251]: read as that bucket's upper bound, the p95 would be
+    251 ms (the slowest is 400) and fail. With the limit as an edge the step passes and every figure
+    agrees; a 200 ms limit, below every statement, fails."""
+    step = limit_run("limit-pass", 250, 60).steps[0]
+    assert step.queries == 60 and step.errors.total() == 0
+    assert step.outcome == "Passed", step.reason
+    assert 200 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 250
+    assert step.latency_ms.max >= 400  # the slow one
+    h = Histogram.from_json(step.latency_histogram.to_json())
+    assert 250.0 in step.latency_histogram.bounds_ms and sum(h.counts[: h.edges.index(250.0) + 1]) >= 57
+    failed = limit_run("limit-fail", 200, 10).steps[0]
+    assert failed.outcome == "Failed" and failed.latency_ms.p95 > 200
+    assert f"latency p95 {failed.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 200 ms" in (failed.reason or "")

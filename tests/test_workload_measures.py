@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram
+from poolbench.core.histogram import Histogram
 from poolbench.local.procs import free_port
 from poolbench_operator.podstate import parse_metrics
 from tests.conftest import ROOT
@@ -51,8 +51,9 @@ def run_replica(env: dict[str, str], expect_exit: int = 0) -> dict[str, Any]:
 
 
 def hist(summary: dict[str, Any], key: str) -> Histogram:
-    assert len(summary[key]["counts"]) == BUCKETS, summary[key]  # else from_json would read it as empty
-    return Histogram.from_json(summary[key])
+    h = Histogram.from_json(summary[key])
+    assert h.total == sum(summary[key]["counts"]), summary[key]  # else from_json read it as malformed
+    return h
 
 
 def test_threads_queue_behind_a_small_pool(local_pg, tmp_path):
@@ -95,6 +96,7 @@ def test_prometheus_histograms_equal_the_summary(local_pg, tmp_path):
     port = free_port()
     env = replica_env(local_pg, tmp_path, threads=3, statement="SELECT pg_sleep(0.01)", iterations=10,
                       engine={"poolSize": 2, "maxOverflow": 0}, hold=2.0, metrics_port=port)
+    env["POOLBENCH_HISTOGRAM_EDGES_MS"] = "10.5"  # a limit: an edge on every replica, listed even when empty
     proc = subprocess.Popen([sys.executable, "-m", "workload"], env=env, cwd=ROOT)
     try:
         body, deadline = "", time.monotonic() + 30
@@ -110,13 +112,14 @@ def test_prometheus_histograms_equal_the_summary(local_pg, tmp_path):
     assert 'poolbench_phase{poolbench_phase="holding"} 1.0' in body
     assert "poolbench_statement_latency_seconds_count 30.0" in body
     assert 'poolbench_checkout_wait_seconds_bucket{le="+Inf"} 30.0' in body
+    assert 'poolbench_statement_latency_seconds_bucket{le="0.0105"}' in body
     for name in ("poolbench_statement_latency_max_seconds", "poolbench_checkout_wait_max_seconds",
                  "poolbench_work_started_timestamp_seconds", "poolbench_work_ended_timestamp_seconds"):
         assert f"\n{name} " in body
     s = json.loads(Path(env["POOLBENCH_SUMMARY_PATH"]).read_text())
     scraped = parse_metrics(body)
-    assert scraped.latency.counts == s["latencyMs"]["counts"]
-    assert scraped.checkout_wait.counts == s["checkoutWaitMs"]["counts"]
+    assert 10.5 in s["latencyMs"]["boundsMs"] and 10.5 in scraped.latency.edges
+    assert scraped.latency.counts == Histogram.from_json(s["latencyMs"]).counts
     assert scraped.latency.to_json() == s["latencyMs"]  # sum and max too (to the microsecond)
     assert scraped.checkout_wait.to_json() == s["checkoutWaitMs"]
     assert (scraped.work_started_at, scraped.work_ended_at) == (s["workStartedAt"], s["workEndedAt"])
@@ -129,10 +132,11 @@ def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg, tmp_path):
     assert s["outcomes"]["ok"] == 1 and s["outcomes"]["poolTimeout"] == 3, s["outcomes"]
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
     assert wait.total == 4 and latency.total == 1
-    at_least_200 = sum(c for bound, c in zip((*BOUNDS_MS, float("inf")), wait.counts, strict=True) if bound > 200)
+    at_least_200 = sum(c for bound, c in zip(wait.edges, wait.counts, strict=True) if bound > 200)
     assert at_least_200 == 3, wait.counts
     assert wait.sum_ms >= 3 * 200 and wait.max_ms >= 200
-    assert latency.max_ms >= 1000 and sum(latency.counts[:BOUNDS_MS.index(1000)]) == 0, latency.counts
+    assert latency.max_ms >= 1000 and sum(
+        c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
 
 
 def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg, tmp_path):
@@ -143,7 +147,7 @@ def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg, tm
     s = run_replica(env, expect_exit=1)
     assert len(s_path.read_bytes()) <= 4096
     assert s["phase"] == "crashed" and s["firstError"].startswith("éé")
-    assert Histogram.from_json(s["checkoutWaitMs"]).total >= 1 and s["latencyMs"]["counts"] == [0] * BUCKETS
+    assert Histogram.from_json(s["checkoutWaitMs"]).total >= 1 and s["latencyMs"]["counts"] == []
     assert s["workStartedAt"] <= s["workEndedAt"]
 
 

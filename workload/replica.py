@@ -8,8 +8,9 @@ when the work ends (phase ``holding``) so a runner knows the pool now holds only
 Each attempt is also timed: its checkout wait (from asking ``engine.begin()`` for a connection until
 the ``with`` body runs: the pool's queue and any connect; for a failed checkout, until it failed) and,
 when it succeeds, its latency (from the same request until the commit returned). Both are counted in
-the fixed buckets of ``poolbench.core.histogram``, so replicas merge exactly; the summary carries them
-as ``latencyMs`` / ``checkoutWaitMs`` and Prometheus serves them as histograms.
+the buckets of ``poolbench.core.histogram`` (its grid plus the spec's limits as edges, from the
+environment), so replicas merge exactly; the summary carries them as ``latencyMs`` /
+``checkoutWaitMs`` and Prometheus serves them as histograms (non-empty buckets and limit edges only).
 
 The hot loop is kept cheap so the driver, not the benchmark, is what gets measured: each caller
 thread tallies its outcomes and timings in its own lists (no lock, no Prometheus call per statement;
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +39,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
 from sqlalchemy import create_engine, event, pool
 
-from poolbench.core.histogram import BOUNDS_MS, BUCKETS, Histogram, bucket_of
+from poolbench.core.histogram import Histogram, edges_with
 from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_exception, short_message
 from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
 
@@ -60,8 +61,6 @@ OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
 OK_INDEX = OUTCOME_INDEX[OK]
 #: Kubernetes keeps at most this many bytes of a termination message: the summary must fit.
 SUMMARY_LIMIT = 4096
-#: Prometheus ``le`` labels: the histogram's bounds in seconds, then +Inf.
-BUCKET_LABELS = [floatToGoString(bound / 1000) for bound in BOUNDS_MS] + ["+Inf"]
 # Indexes into a thread's ``extremes`` list.
 LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX = range(4)
 
@@ -102,9 +101,14 @@ def build_engine(cfg: WorkloadConfig) -> Any:
 
 def fitted_summary(data: dict[str, Any]) -> str:
     """A summary as compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer
-    termination message, which would no longer parse): only the free texts, the first error and
-    then the replica's name, are shortened when needed. ASCII-escaped, so characters are bytes."""
+    termination message, which would no longer parse): when needed, the histograms are coarsened
+    (``Histogram.coarsened``: totals and limit counts exact), then the free texts, the first error and
+    then the replica's name, are shortened. ASCII-escaped, so characters are bytes."""
     text = json.dumps(data, separators=(",", ":"))
+    for key in ("latencyMs", "checkoutWaitMs"):
+        if len(text) > SUMMARY_LIMIT and isinstance(data.get(key), dict):
+            data[key] = Histogram.from_json(data[key]).coarsened().to_json()
+            text = json.dumps(data, separators=(",", ":"))
     for key in ("firstError", "replica"):
         value = data.get(key) or ""
         while len(text) > SUMMARY_LIMIT and value:
@@ -186,13 +190,10 @@ class Measures:
 
 
 def _histogram_family(name: str, documentation: str, h: Histogram) -> HistogramMetricFamily:
-    """A Prometheus histogram in seconds from a millisecond one. Sum and max are rounded to the
-    microsecond first, as in the summary's ``to_json``, so the operator reads back the same figures."""
-    cumulative, running = [], 0
-    for label, count in zip(BUCKET_LABELS, h.counts, strict=True):
-        running += count
-        cumulative.append((label, float(running)))
-    return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=round(h.sum_ms, 3) / 1000)
+    """A Prometheus histogram in seconds from a millisecond one, listing the non-empty buckets and the
+    limit edges (``Histogram.cumulative``). Sum and max are rounded to the microsecond first, as in the
+    summary's ``to_json``, so the operator reads back the same figures."""
+    return HistogramMetricFamily(name, documentation, buckets=h.cumulative(), sum_value=round(h.sum_ms, 3) / 1000)
 
 
 class MeasuresCollector:
@@ -229,14 +230,17 @@ class CallerTally:
     maxima, registered with its replica so scrapes and summaries see them, written only by this
     caller: no lock and no Prometheus call per statement."""
 
-    __slots__ = ("replica", "tally", "latency", "wait", "extremes", "left", "deadline", "stopped", "crashed")
+    __slots__ = ("replica", "tally", "edges", "latency", "wait", "extremes", "left", "deadline", "stopped",
+                 "crashed")
 
     def __init__(self, replica: Replica):
         self.replica = replica
         self.stopped, self.crashed = replica.stop.is_set, replica.crashed.is_set
         self.tally = [0] * len(OUTCOMES)  # indexed like OUTCOMES
-        self.latency = [0] * BUCKETS  # bucket counts, see poolbench.core.histogram
-        self.wait = [0] * BUCKETS
+        self.edges = replica.edges
+        # Bucket counts on the replica's edges (poolbench.core.histogram), one more for above the top.
+        self.latency = [0] * (len(self.edges) + 1)
+        self.wait = [0] * (len(self.edges) + 1)
         self.extremes = [0.0, 0.0, 0.0, 0.0]  # LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX
         cfg = replica.cfg
         self.left = cfg.iterations
@@ -257,7 +261,7 @@ class CallerTally:
         return self.deadline is None or time.monotonic() < self.deadline
 
     def _count(self, values: list[int], ms: float, total: int, top: int) -> None:
-        values[bucket_of(ms)] += 1
+        values[bisect_left(self.edges, ms)] += 1
         self.extremes[total] += ms
         if ms > self.extremes[top]:
             self.extremes[top] = ms
@@ -267,12 +271,12 @@ class CallerTally:
         self.tally[OK_INDEX] += 1
         extremes = self.extremes
         ms = (t1 - t0) * 1000.0
-        self.wait[bucket_of(ms)] += 1
+        self.wait[bisect_left(self.edges, ms)] += 1
         extremes[WAIT_SUM] += ms
         if ms > extremes[WAIT_MAX]:
             extremes[WAIT_MAX] = ms
         ms = (t2 - t0) * 1000.0
-        self.latency[bucket_of(ms)] += 1
+        self.latency[bisect_left(self.edges, ms)] += 1
         extremes[LAT_SUM] += ms
         if ms > extremes[LAT_MAX]:
             extremes[LAT_MAX] = ms
@@ -314,6 +318,7 @@ class Replica:
         # Per caller thread, written only by it: latency and checkout-wait bucket counts, and
         # [latency sum, latency max, wait sum, wait max] in milliseconds.
         self.timings: list[tuple[list[int], list[int], list[float]]] = []
+        self.edges = edges_with(cfg.histogram_edges_ms)
         self.work_started_at: float | None = None
         self.work_ended_at: float | None = None
         self.threads_finished = 0
@@ -367,10 +372,10 @@ class Replica:
         with self.lock:
             timings = list(self.timings)
             started, ended = self.work_started_at, self.work_ended_at
-        m = Measures(work_started_at=started, work_ended_at=ended)
+        m = Measures(Histogram(self.edges), Histogram(self.edges), work_started_at=started, work_ended_at=ended)
         for latency, wait, extremes in timings:
-            m.latency.merge(Histogram(list(latency), extremes[LAT_SUM], extremes[LAT_MAX]))
-            m.checkout_wait.merge(Histogram(list(wait), extremes[WAIT_SUM], extremes[WAIT_MAX]))
+            m.latency.merge(Histogram(self.edges, list(latency), extremes[LAT_SUM], extremes[LAT_MAX]))
+            m.checkout_wait.merge(Histogram(self.edges, list(wait), extremes[WAIT_SUM], extremes[WAIT_MAX]))
         return m
 
     def _record_error(self, tally: list[int], outcome: str, exc: BaseException) -> None:

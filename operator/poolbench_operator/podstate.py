@@ -4,9 +4,10 @@ Inputs are what the driver read: each pod's restart count and last termination m
 replica's JSON summary, written to the termination-message path), and its live Prometheus metrics
 read through the API server's pod proxy.
 
-The replica's latency and checkout-wait histograms come back exactly: Prometheus buckets are the
-fixed bounds of ``poolbench.core.histogram`` in seconds (cumulative), turned back into per-bucket
-counts in milliseconds; sum and max are rounded to the microsecond, as the replica's summary has them.
+The replica's latency and checkout-wait histograms come back exactly: Prometheus buckets are edges
+of ``poolbench.core.histogram`` in seconds (cumulative, written in decimal: the non-empty buckets and
+the limit edges), turned back into per-bucket counts on the same edges in milliseconds; sum and max
+are rounded to the microsecond, as the replica's summary has them.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _ms(seconds: float) -> float:
 def parse_metrics(text: str) -> Metrics:
     phase = None
     outcomes: dict[str, int] = {}
-    buckets: dict[str, list[tuple[float, float]]] = {LATENCY: [], CHECKOUT_WAIT: []}
+    buckets: dict[str, list[tuple[str, float]]] = {LATENCY: [], CHECKOUT_WAIT: []}
     sums: dict[str, float] = {}
     maxima: dict[str, float] = {}
     stamps: dict[str, float] = {}
@@ -58,7 +59,7 @@ def parse_metrics(text: str) -> Metrics:
                 if outcome in OUTCOMES:
                     outcomes[outcome] = int(sample.value)
             elif name.endswith("_bucket") and name[: -len("_bucket")] in buckets:
-                buckets[name[: -len("_bucket")]].append((float(sample.labels.get("le", "nan")), sample.value))
+                buckets[name[: -len("_bucket")]].append((sample.labels.get("le", "nan"), sample.value))
             elif name.endswith("_sum") and name[: -len("_sum")] in buckets:
                 sums[name[: -len("_sum")]] = _ms(sample.value)
             elif name in MAX_GAUGES:
@@ -67,10 +68,9 @@ def parse_metrics(text: str) -> Metrics:
                 stamps[name] = sample.value
 
     def histogram(name: str) -> Histogram:
-        cumulative = [count for _, count in sorted(buckets[name])]  # by bound; +Inf sorts last
-        if not cumulative:
+        if not buckets[name]:
             return Histogram()
-        return Histogram.from_cumulative(cumulative, sums.get(name, 0.0), maxima.get(name, 0.0))
+        return Histogram.from_cumulative(buckets[name], sums.get(name, 0.0), maxima.get(name, 0.0))
 
     return Metrics(phase, outcomes, histogram(LATENCY), histogram(CHECKOUT_WAIT), stamps.get(STARTED),
                    stamps.get(ENDED))

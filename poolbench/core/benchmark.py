@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .histogram import BOUNDS_MS, Histogram, merged
+from .histogram import Histogram, merged
 from .outcomes import OK
 from .results import (
     AgeStats,
@@ -186,7 +186,6 @@ class BenchmarkRun:
         self.status = status or BenchmarkStatus(
             phase="Pending", total_steps=self.total, max_connections=spec.postgres.max_connections
         )
-        self.status.histogram_bounds_ms = list(BOUNDS_MS)  # what every step's histograms count in
         if self.multi:
             self._link_variants()
         self.accumulator: StepAccumulator | None = None

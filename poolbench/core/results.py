@@ -68,7 +68,8 @@ def to_snake(camel: str) -> str:
 
 
 class Percentiles(_Out):
-    """Milliseconds, read from a fixed-bucket histogram: each percentile is its bucket's upper bound."""
+    """Milliseconds, read from the step's histogram: each percentile within 2 % of the true
+    nearest-rank value (``poolbench.core.histogram.RELATIVE_ERROR``)."""
 
     p50: float = 0.0
     p95: float = 0.0
@@ -83,10 +84,12 @@ class AgeStats(_Out):
 
 
 class HistogramCounts(_Out):
-    """Per-bucket counts (upper bounds in ``status.histogramBoundsMs``, then +Inf), exactly the sum of
-    the replicas' own."""
+    """Counts of the non-empty buckets and of the limits' buckets, exactly the sum of the replicas' own.
+    Bucket edges: sixty per decade from 0.001 ms plus spec.limits; a bucket holds the values above the
+    edge before its bound, up to its bound."""
 
-    counts: list[int] = Field(default_factory=list)
+    bounds_ms: list[float] = Field(default_factory=list, description="Upper bound of each listed bucket (ms).")
+    counts: list[int] = Field(default_factory=list, description="Values in each listed bucket.")
     sum_ms: float = 0.0
     max_ms: float = 0.0
 
@@ -202,7 +205,6 @@ class BenchmarkStatus(_Out):
     observed_generation: int | None = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
-    histogram_bounds_ms: list[float] = Field(default_factory=list, description="Latency histogram bucket bounds.")
     current_variant: str = Field("", description="The variant being measured (with spec.variants).")
     variants: list[VariantStatus] = Field(
         default_factory=list, description="Per variant (with spec.variants); steps and verdict above are the first's."

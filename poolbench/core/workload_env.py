@@ -27,6 +27,23 @@ def role_name(workload: WorkloadSpec) -> str:
 
 #: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
 POOLER_ENV = PREFIX + "POOLER"
+#: The spec's limits in milliseconds (comma-separated): every replica counts them as histogram bucket
+#: edges, so a limit is judged exactly from the merged counts.
+HISTOGRAM_EDGES_ENV = PREFIX + "HISTOGRAM_EDGES_MS"
+
+
+def limit_edges(spec: PoolBenchmarkSpec) -> list[float]:
+    """The limits that become histogram edges (the same on every replica of a benchmark)."""
+    limits = spec.limits
+    return sorted({v for v in (limits.max_latency_p95_ms, limits.max_checkout_wait_p95_ms) if v is not None})
+
+
+def parse_edges(raw: str) -> tuple[float, ...]:
+    """``HISTOGRAM_EDGES_ENV``'s value: positive numbers of milliseconds, comma-separated."""
+    edges = tuple(float(part) for part in raw.split(",") if part.strip())
+    if any(not 0 < e < float("inf") for e in edges):
+        raise ValueError(f"{raw!r} has an edge that is not a positive number")
+    return edges
 
 
 def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
@@ -49,6 +66,8 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, poole
     }
     if pooler is not None:
         env[POOLER_ENV] = pooler.type
+    if limit_edges(spec):
+        env[HISTOGRAM_EDGES_ENV] = ",".join(repr(float(e)) for e in limit_edges(spec))
     iterations = w.effective_iterations()
     if iterations is not None:
         env["POOLBENCH_ITERATIONS"] = str(iterations)
@@ -94,6 +113,7 @@ class WorkloadConfig:
     summary_path: str | None
     exit_after_hold: bool
     pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
+    histogram_edges_ms: tuple[float, ...] = ()  # the limits, as extra histogram edges
 
     @classmethod
     def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
@@ -131,5 +151,6 @@ class WorkloadConfig:
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
             pooled=bool(get("POOLER")),
+            histogram_edges_ms=parsed("HISTOGRAM_EDGES_MS", parse_edges) or (),
         )
 
