@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolbench import cli
 from poolbench.core.plan import plan
@@ -273,3 +275,35 @@ def test_the_verdict_counts_each_roles_slots_by_the_providers_rule(provider: dic
     assert f"{usable} usable ({spec.postgres.max_connections} max_connections − {reserved} reserved − 1 monitor)" \
            in verdict.reason
     assert f"the server allows {usable}, so at most {usable} replicas fit" in verdict.summary
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["rds", "azure", "cloudsql"]),
+       memory=st.one_of(st.sampled_from([0.6, 1.7, 2, 4, 8, 16, 32, 48, 64, 3.75, 6, 7.5, 15, 30, 60, 120]),
+                        st.floats(min_value=0.06, max_value=4096)),
+       role=st.sampled_from(["app", "superuser"]), threads=st.integers(1, 60), processes=st.integers(1, 8),
+       target=st.integers(1, 30000))
+def test_plan_and_prediction_share_one_rule_and_recommend_only_what_the_server_allows(
+        name: str, memory: float, role: str, threads: int, processes: int, target: int) -> None:
+    raw = {**SEED, "postgres": {"provider": {"name": name, "memoryGiB": memory}},
+           "workload": {"threads": threads, "processes": processes, "role": role}}
+    try:
+        spec = parse_spec(raw)
+    except SpecError as err:  # a memory without a published default: refused by path, never guessed
+        assert all(path.startswith("spec.postgres") for path, _ in err.problems), err.problems
+        return
+    pg = spec.postgres
+    rule = PROVIDER_RULES[name]
+    assert rule.min_connections <= pg.max_connections <= rule.max_connections
+    p = plan(spec, target_replicas=target)
+    assert p.usable_connections == pg.max_connections - pg.reserved_for(spec.workload.role)
+    assert spec.usable_connections() == p.usable_connections - 1  # the benchmark's monitor, nothing else
+    assert pg.reserved_for("app") >= pg.reserved_for("superuser") >= rule.superuser_reserved  # nobody is superuser
+    numbers = {k: v for r in p.recommendations for k, v in r.numbers.items()}
+    if "maxConnections" in numbers:
+        assert rule.min_connections <= numbers["maxConnections"] <= rule.max_connections
+    if "maxConnectionsNeeded" in numbers:
+        assert numbers["maxConnectionsNeeded"] > numbers["maxConnectionsAllowed"] == rule.max_connections
+    if numbers.get("maxConnectionsPerReplica"):
+        pods = target + surge_pods(target, p.max_surge)
+        assert numbers["maxConnectionsPerReplica"] * pods <= p.usable_connections
