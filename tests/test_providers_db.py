@@ -78,3 +78,19 @@ def test_a_local_run_of_a_provider_fails_where_the_providers_admin_role_would() 
     assert status.verdict is not None
     assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (3, 4)
     assert "7 usable (11 max_connections − 3 reserved − 1 monitor)" in status.verdict.reason
+
+
+def test_a_pooled_run_of_a_provider_logs_in_as_its_admin_role_not_a_superuser() -> None:
+    # PgBouncer in session mode, 6 server connections, in front of RDS 0.1 GiB (7 usable for the master user):
+    # 2 replicas × 3 clients hold 6 server connections, each logged in as the non-superuser admin role.
+    bench = parse_document(make_doc(
+        name="rdspool", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20}, postgres=RDS_SMALL,
+        variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", "poolMode": "session", "defaultPoolSize": 6}}],
+        workload={"threads": 3, "iterations": 5, "holdSeconds": 1.0, "statement": "SELECT pg_sleep(0.1)",
+                  "onError": "count", "engine": {"poolSize": 3, "maxOverflow": 0}},
+    ))
+    status = run_local(bench).status
+    step = status.variants[0].steps[0]
+    assert step.outcome == "Passed", step.reason
+    assert step.peak_connections == step.client_peak_connections == 6
+    assert step.usable_connections == 11 - 3 - 1
