@@ -47,14 +47,15 @@ def require(extra: str, module: str, purpose: str) -> None:
         raise MissingExtra(extra, module, purpose)
 
 
-def load_file(path: str) -> PoolBenchmark:
+def load_file(path: str, benchmark: bool = True) -> PoolBenchmark:
+    """The file's PoolBenchmark; ``benchmark`` False for ``plan`` (production: no monitor, no step timeout)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([("", f"{path}: no such file")]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError([("", f"{path}: cannot read: {err}")]) from None
-    return load_text(text)
+    return load_text(text, benchmark)
 
 
 def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None) -> Table:
@@ -326,7 +327,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """The budget without running anything: per variant when the spec has variants."""
     from .core.plan import plan
 
-    bench = load_file(args.file)
+    bench = load_file(args.file, benchmark=False)
     if args.target_replicas is not None and not 1 <= args.target_replicas <= 100_000:
         raise SpecError([("--target-replicas", f"must be between 1 and 100000, not {args.target_replicas}")])
     spec = bench.spec
@@ -350,10 +351,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         processes = spec.workload.processes
         print(f"  per replica: at most {p.per_replica_peak} connections, {p.per_replica_idle} kept idle (ghosts)"
               + (f" ({processes} worker processes, each its own pool)" if processes > 1 else ""))
-        role = spec.workload.role
+        why = spec.postgres.reserved_text(spec.workload.role)
         print(f"  usable: {p.usable_connections} of max_connections {spec.postgres.max_connections}"
-              + (f" ({spec.postgres.superuser_reserved_connections} reserved for superusers)" if role == "app" else "")
-              + " (production: no benchmark monitor)")
+              + (f" ({why})" if why else "") + " (production: no benchmark monitor)")
         print(f"  max safe replicas: {p.max_safe_replicas}; during a rolling update (maxSurge {p.max_surge}):"
               f" {p.max_safe_replicas_during_rollout}")
         for r in p.recommendations:

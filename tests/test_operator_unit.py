@@ -33,6 +33,13 @@ def test_children_and_names():
     assert objs["Secret"]["stringData"] == {"postgres-password": "S3CRET", "app-password": "APPPW"}
 
 
+def test_a_providers_reserve_for_a_normal_role_becomes_the_servers_superuser_reserve():
+    # RDS 8 GiB: 901, a normal role loses 3 + 2. Without reserved_connections (before PostgreSQL 16) the cluster
+    # holds all 5 back from non-superusers, so role app is refused exactly where RDS would refuse it.
+    rds = parse_spec({"steps": [1], "postgres": {"provider": {"name": "rds", "memoryGiB": 8}}})
+    assert postgres_args(rds) == ["-c", "max_connections=901", "-c", "superuser_reserved_connections=5"]
+
+
 def test_limits_become_server_arguments():
     assert postgres_args(SPEC) == ["-c", "max_connections=30", "-c", "superuser_reserved_connections=3",
                                    "-c", "work_mem=4MB"]

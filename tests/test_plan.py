@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolbench import cli
 from poolbench.core.plan import plan
-from poolbench.core.spec import PoolerSpec, SpecError, parse_spec
+from poolbench.core.results import StepResult
+from poolbench.core.spec import PROVIDER_RULES, PoolerSpec, SpecError, parse_spec
 from poolbench.core.verdict import overall_verdict, rollout_safe, surge_pods
 from tests.conftest import make_doc
 
@@ -120,23 +123,58 @@ def test_plan_refuses_a_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--target-replicas: must be between 1 and 100000" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("provider", "max_connections", "reserved"), [
-    ({"name": "rds", "memoryGiB": 1}, 112, 5),  # 2^30 // 9531392; AWS then subtracts its OS reserve
-    ({"name": "rds", "memoryGiB": 8}, 901, 5),
-    ({"name": "rds", "memoryGiB": 2048}, 5000, 5),  # LEAST(…, 5000)
-    ({"name": "azure", "memoryGiB": 2}, 50, 15),  # Burstable B1ms
-    ({"name": "azure", "memoryGiB": 8}, 859, 15),  # General Purpose D2s_v3
-    ({"name": "azure", "memoryGiB": 64}, 5000, 15),
-    ({"name": "cloudsql", "memoryGiB": 0.6}, 25, 3),  # db-f1-micro
-    ({"name": "cloudsql", "memoryGiB": 3.75}, 100, 3),
+@pytest.mark.parametrize(("provider", "max_connections", "app", "admin"), [
+    # RDS: a normal role loses superuser_reserved_connections 3 + rds.rds_superuser_reserved_connections 2; the
+    # master user (rds_superuser, not a superuser) may take the 2 but not the 3.
+    ({"name": "rds", "memoryGiB": 1}, 112, 107, 109),  # 2^30 // 9531392; AWS then subtracts its OS reserve
+    ({"name": "rds", "memoryGiB": 8}, 901, 896, 898),
+    ({"name": "rds", "memoryGiB": 2048}, 5000, 4995, 4997),  # LEAST(…, 5000)
+    # Azure: 15 reserved from every user role, azure_pg_admin included (Microsoft's "max user connections" column).
+    ({"name": "azure", "memoryGiB": 2}, 50, 35, 35),  # Burstable B1ms
+    ({"name": "azure", "memoryGiB": 8}, 859, 844, 844),  # General Purpose D2s_v3
+    ({"name": "azure", "memoryGiB": 64}, 5000, 4985, 4985),
+    # Cloud SQL: cloudsqlsuperuser is not a superuser, so both lose superuser_reserved_connections 3.
+    ({"name": "cloudsql", "memoryGiB": 0.6}, 25, 22, 22),  # db-f1-micro
+    ({"name": "cloudsql", "memoryGiB": 1.7}, 50, 47, 47),  # db-g1-small
+    ({"name": "cloudsql", "memoryGiB": 3.75}, 100, 97, 97),
 ])
-def test_a_provider_fills_the_limits_by_its_published_defaults(provider: dict, max_connections: int,
-                                                               reserved: int) -> None:
-    spec = parse_spec({**SEED, "postgres": {"provider": provider}, "workload": {"threads": 15, "role": "app"}})
-    assert (spec.postgres.max_connections, spec.postgres.superuser_reserved_connections) == (max_connections, reserved)
-    p = plan(spec)
-    assert p.usable_connections == max_connections - reserved
-    assert p.max_safe_replicas == (max_connections - reserved) // 15
+def test_a_provider_fills_the_limits_and_each_roles_usable_by_its_rule(provider: dict, max_connections: int,
+                                                                       app: int, admin: int) -> None:
+    for role, usable in (("app", app), ("superuser", admin)):
+        spec = parse_spec({**SEED, "postgres": {"provider": provider}, "workload": {"threads": 15, "role": role}})
+        assert spec.postgres.max_connections == max_connections
+        p = plan(spec)
+        assert p.usable_connections == usable, role
+        assert spec.usable_connections() == usable - 1, role  # the benchmark's monitor holds one more
+        assert p.max_safe_replicas == usable // 15
+
+
+@pytest.mark.parametrize(("memory", "max_connections"), [
+    (3.75, 100), (5.99, 100), (6, 200), (7.49, 200), (7.5, 400), (14.99, 400), (15, 500), (29.9, 500), (30, 600),
+    (59.9, 600), (60, 800), (119.9, 800), (120, 1000), (624, 1000),
+])
+def test_cloud_sql_bands_start_at_their_edges(memory: float, max_connections: int) -> None:
+    """Google's flags page: "from 7.5 GB" 400 and so on: an edge belongs to the band above it."""
+    spec = parse_spec({**SEED, "postgres": {"provider": {"name": "cloudsql", "memoryGiB": memory}}})
+    assert spec.postgres.max_connections == max_connections
+
+
+@pytest.mark.parametrize(("provider", "words"), [
+    ({"name": "cloudsql", "memoryGiB": 2.5}, "no machine has 2.5 GB"),
+    ({"name": "azure", "memoryGiB": 3}, "no published default for 3 GiB"),
+    ({"name": "rds", "memoryGiB": 0.05}, "max_connections 5, below RDS's minimum 6"),
+])
+def test_a_memory_without_a_published_default_is_refused(provider: dict, words: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({**SEED, "postgres": {"provider": provider}})
+    assert err.value.problems[0][0] == "spec.postgres.provider" and words in err.value.problems[0][1]
+
+
+def test_every_provider_table_names_its_source_and_date() -> None:
+    for name, rule in PROVIDER_RULES.items():
+        assert rule.source.startswith("https://") and rule.checked == "2026-12-01", name
+        text = parse_spec({**SEED, "postgres": {"provider": {"name": name, "memoryGiB": 8}}}).postgres.provider
+        assert text is not None and rule.source in text.source() and rule.checked in text.source()
 
 
 def test_a_provider_case_in_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,7 +198,112 @@ def test_provider_and_limits_together_are_refused() -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({**SEED, "postgres": {"maxConnections": 50, "provider": {"name": "rds", "memoryGiB": 1}}})
     assert "maxConnections cannot be given with provider" in err.value.message()
-    with pytest.raises(SpecError) as err:
-        parse_spec({**SEED, "postgres": {"provider": {"name": "azure", "memoryGiB": 3}}})
-    assert err.value.problems[0][0] == "spec.postgres.provider"
-    assert "no published default for 3 GiB" in err.value.problems[0][1]
+
+
+def test_with_worker_processes_the_processes_cannot_each_get_a_connection() -> None:
+    # 8 worker processes × 1 thread: 8 connections per replica. 20 replicas + 5 surge pods share 100: 4 per pod,
+    # so the pods could each hold some, but not each of their 8 processes (each its own pool) one.
+    spec = parse_spec({**SEED, "workload": {"threads": 1, "processes": 8}})
+    p = plan(spec, target_replicas=20)
+    pool = p.recommendations[0]
+    assert pool.text.startswith("Pool: 200 worker processes (25 pods during a rollout × 8) cannot each hold even one"
+                                " connection in 100 usable")
+    assert pool.numbers == {"maxConnectionsPerReplica": 4, "maxConnectionsPerProcess": 0}
+    assert "25 pods cannot" not in " ".join(r.text for r in p.recommendations)
+
+
+@pytest.mark.parametrize(("postgres", "target", "needed", "allowed", "where"), [
+    # Azure: 500 pods (400 + 25% surge) × 15 + 15 reserved = 7515, Azure allows at most 5000.
+    ({"provider": {"name": "azure", "memoryGiB": 64}}, 400, 7515, 5000, "Azure Flexible Server allows"),
+    # Plain PostgreSQL: 25000 pods × 15 = 375000 > 262143, PostgreSQL's own maximum.
+    ({}, 20000, 375000, 262143, "PostgreSQL allows"),
+    # RDS allows 6–262143: 20000 replicas' pods need 375000 + 3 for the master user.
+    ({"provider": {"name": "rds", "memoryGiB": 8}}, 20000, 375003, 262143, "RDS allows"),
+])
+def test_no_server_setting_is_recommended_beyond_what_the_server_allows(postgres: dict, target: int, needed: int,
+                                                                       allowed: int, where: str) -> None:
+    p = plan(parse_spec({**SEED, "postgres": postgres}), target_replicas=target)
+    server = next(r for r in p.recommendations if r.text.startswith("Server:"))
+    assert server.text.startswith("Server: no server setting can hold this")
+    assert f"{where} at most max_connections {allowed}: use a pooler or fewer pods" in server.text
+    assert server.numbers == {"maxConnectionsNeeded": needed, "maxConnectionsAllowed": allowed}
+
+
+def test_a_server_setting_within_the_providers_range_is_recommended() -> None:
+    # Azure 8 GiB: 859, 15 reserved. 60 replicas + 15 surge pods × 15 = 1125 + 15 = 1140 ≤ 5000.
+    p = plan(parse_spec({**SEED, "postgres": {"provider": {"name": "azure", "memoryGiB": 8}}}), target_replicas=60)
+    server = next(r for r in p.recommendations if r.text.startswith("Server:"))
+    assert server.numbers == {"maxConnections": 1140}
+
+
+def test_plan_is_production_arithmetic_and_never_refused_for_the_monitor_slot(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # max_connections 4, 3 reserved from a normal role: production has 1 slot; the benchmark's monitor would take it.
+    doc = make_doc(steps=[1], postgres={"maxConnections": 4, "superuserReservedConnections": 3},
+                   workload={"threads": 1, "role": "app", "holdSeconds": 900}, stepTimeoutSeconds=60)
+    path = write(tmp_path, doc)
+    assert cli.main(["plan", path, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["usableConnections"], data["maxSafeReplicas"]) == (1, 1)
+    assert cli.main(["validate", path]) == 2  # a benchmark of it could never measure: refused, by path
+    err = capsys.readouterr().err
+    assert "spec.postgres.maxConnections: maxConnections 4 leaves no connection for the workload (3 reserved for" \
+           " superusers, 1 for the benchmark's monitor)" in err
+    assert "spec.workload.holdSeconds" in err
+
+
+def test_plan_names_each_roles_reserved_slots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for role, line in (("app", "usable: 896 of max_connections 901 (5 reserved: 3 for superusers + 2 for"
+                                " rds_superuser)"),
+                       ("superuser", "usable: 898 of max_connections 901 (3 reserved on RDS (rds_superuser is not"
+                                      " a superuser))")):
+        doc = make_doc(steps=[1], postgres={"provider": {"name": "rds", "memoryGiB": 8}},
+                       workload={"threads": 15, "role": role})
+        assert cli.main(["plan", write(tmp_path, doc)]) == 0
+        assert line in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("provider", "role", "usable"), [
+    ({"name": "rds", "memoryGiB": 1}, "superuser", 108), ({"name": "rds", "memoryGiB": 1}, "app", 106),
+    ({"name": "azure", "memoryGiB": 2}, "superuser", 34), ({"name": "cloudsql", "memoryGiB": 0.6}, "superuser", 21),
+])
+def test_the_verdict_counts_each_roles_slots_by_the_providers_rule(provider: dict, role: str, usable: int) -> None:
+    spec = parse_spec({"steps": [100], "postgres": {"provider": provider}, "workload": {"threads": 1, "role": role}})
+    failed = StepResult(replicas=100, outcome="Failed", reason="refused")
+    verdict = overall_verdict(spec, [failed])
+    reserved = spec.postgres.max_connections - usable - 1
+    assert f"{usable} usable ({spec.postgres.max_connections} max_connections − {reserved} reserved − 1 monitor)" \
+           in verdict.reason
+    assert f"the server allows {usable}, so at most {usable} replicas fit" in verdict.summary
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(["rds", "azure", "cloudsql"]),
+       memory=st.one_of(st.sampled_from([0.6, 1.7, 2, 4, 8, 16, 32, 48, 64, 3.75, 6, 7.5, 15, 30, 60, 120]),
+                        st.floats(min_value=0.06, max_value=4096)),
+       role=st.sampled_from(["app", "superuser"]), threads=st.integers(1, 60), processes=st.integers(1, 8),
+       target=st.integers(1, 30000))
+def test_plan_and_prediction_share_one_rule_and_recommend_only_what_the_server_allows(
+        name: str, memory: float, role: str, threads: int, processes: int, target: int) -> None:
+    raw = {**SEED, "postgres": {"provider": {"name": name, "memoryGiB": memory}},
+           "workload": {"threads": threads, "processes": processes, "role": role}}
+    try:
+        spec = parse_spec(raw)
+    except SpecError as err:  # a memory without a published default: refused by path, never guessed
+        assert all(path.startswith("spec.postgres") for path, _ in err.problems), err.problems
+        return
+    pg = spec.postgres
+    rule = PROVIDER_RULES[name]
+    assert rule.min_connections <= pg.max_connections <= rule.max_connections
+    p = plan(spec, target_replicas=target)
+    assert p.usable_connections == pg.max_connections - pg.reserved_for(spec.workload.role)
+    assert spec.usable_connections() == p.usable_connections - 1  # the benchmark's monitor, nothing else
+    assert pg.reserved_for("app") >= pg.reserved_for("superuser") >= rule.superuser_reserved  # nobody is superuser
+    numbers = {k: v for r in p.recommendations for k, v in r.numbers.items()}
+    if "maxConnections" in numbers:
+        assert rule.min_connections <= numbers["maxConnections"] <= rule.max_connections
+    if "maxConnectionsNeeded" in numbers:
+        assert numbers["maxConnectionsNeeded"] > numbers["maxConnectionsAllowed"] == rule.max_connections
+    if numbers.get("maxConnectionsPerReplica"):
+        pods = target + surge_pods(target, p.max_surge)
+        assert numbers["maxConnectionsPerReplica"] * pods <= p.usable_connections

@@ -110,9 +110,12 @@ def build_secret(benchmark: str, superuser_password: str, app_password: str) -> 
 
 
 def postgres_args(spec: PoolBenchmarkSpec) -> list[str]:
+    """The server's limits. A provider's reserve is all held back from superusers here (any image version
+    has superuser_reserved_connections; reserved_connections needs 16+): a normal role loses exactly what
+    the provider takes from it, while role superuser stays a real superuser in the cluster."""
     pg = spec.postgres
     args = ["-c", f"max_connections={pg.max_connections}",
-            "-c", f"superuser_reserved_connections={pg.superuser_reserved_connections}"]
+            "-c", f"superuser_reserved_connections={pg.reserved_for('app')}"]
     for key, value in sorted(pg.settings.items()):
         args += ["-c", f"{key}={value}"]
     return args

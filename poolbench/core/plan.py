@@ -18,11 +18,10 @@ from .verdict import per_replica_idle, per_replica_peak, rollout_safe, surge_pod
 
 
 def production_usable(spec: PoolBenchmarkSpec) -> int:
-    """Slots the app's role may use in production: max_connections minus the reserved slots a normal
-    role cannot take (no benchmark monitor)."""
+    """Slots the app's role may use in production: max_connections minus the slots its role cannot
+    take (``PostgresSpec.reserved_for``; no benchmark monitor)."""
     pg = spec.postgres
-    reserved = pg.superuser_reserved_connections if spec.workload.role == "app" else 0
-    return pg.max_connections - reserved
+    return pg.max_connections - pg.reserved_for(spec.workload.role)
 
 
 @dataclass(frozen=True)
@@ -110,20 +109,39 @@ def recommend(spec: PoolBenchmarkSpec, budget: Plan, target: int) -> list[Recomm
             f"Pool: at most {per_pod} connections per replica{split} ({usable} usable ÷ {pods} pods during a"
             f" rollout); with {engine.pool_class} that means at most {per_process} threads per process.",
             {"maxConnectionsPerReplica": per_pod, "maxConnectionsPerProcess": per_process}))
+    elif processes > 1:  # each process opens its own pool: the processes are what must each get one
+        out.append(Recommendation(
+            f"Pool: {pods * processes} worker processes ({pods} pods during a rollout × {processes}) cannot each"
+            f" hold even one connection in {usable} usable: change the server, run fewer processes, or add a"
+            " pooler.", {"maxConnectionsPerReplica": per_pod, "maxConnectionsPerProcess": 0}))
     else:
         out.append(Recommendation(
             f"Pool: {pods} pods cannot each hold even one connection in {usable} usable: change the server"
             " or add a pooler.", {"maxConnectionsPerReplica": 0}))
-    reserved = spec.postgres.max_connections - usable
-    needed = pods * peak + reserved
-    out.append(Recommendation(
-        f"Server: max_connections {needed} ({pods} pods × {peak} + {reserved} reserved from this role;"
-        f" now {spec.postgres.max_connections}).", {"maxConnections": needed}))
+    out.append(server_recommendation(spec, pods, peak))
     out.append(Recommendation(
         f"Pooler: a PgBouncer in transaction mode whose instances × (defaultPoolSize + reservePoolSize) ≤"
         f" {usable}, with max_client_conn × instances ≥ {pods * peak} (the app's connections become clients).",
         {"poolerServerConnections": usable, "poolerClientConnections": pods * peak}))
     return out
+
+
+def server_recommendation(spec: PoolBenchmarkSpec, pods: int, peak: int) -> Recommendation:
+    """The max_connections that holds ``pods`` × ``peak``, or why no setting can: the provider's allowed
+    range (or PostgreSQL's) bounds it."""
+    pg = spec.postgres
+    reserved = pg.reserved_for(spec.workload.role)
+    needed = pods * peak + reserved
+    _, highest = pg.allowed_max_connections()
+    if needed > highest:
+        where = f"{pg.provider.rule.title} allows" if pg.provider is not None else "PostgreSQL allows"
+        return Recommendation(
+            f"Server: no server setting can hold this: {pods} pods × {peak} + {reserved} reserved = {needed}"
+            f" connections, and {where} at most max_connections {highest}: use a pooler or fewer pods.",
+            {"maxConnectionsNeeded": needed, "maxConnectionsAllowed": highest})
+    return Recommendation(
+        f"Server: max_connections {needed} ({pods} pods × {peak} + {reserved} reserved from this role;"
+        f" now {pg.max_connections}).", {"maxConnections": needed})
 
 
 def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, usable: int) -> list[Recommendation]:

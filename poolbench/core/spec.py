@@ -79,25 +79,72 @@ ReplicaCount = Annotated[int, Field(ge=1, le=500)]
 
 
 Provider = Literal["rds", "azure", "cloudsql"]
-#: RDS for PostgreSQL's default parameter group: LEAST({DBInstanceClassMemory/9531392}, 5000).
+#: PostgreSQL's own bounds for max_connections (guc_tables.c: MAX_BACKENDS).
+PG_MAX_CONNECTIONS = 262143
+
+
+class ProviderRule(BaseModel):
+    """What a managed PostgreSQL reserves, and from whom: no customer role there is a PostgreSQL superuser.
+    ``superuser_reserved``: slots no customer role may take (``superuser_reserved_connections`` or the
+    provider's own reserve); ``admin_reserved``: further slots only the provider's admin role may take."""
+
+    model_config = ConfigDict(frozen=True)
+    title: str
+    admin_role: str
+    superuser_reserved: int
+    admin_reserved: int
+    min_connections: int
+    max_connections: int
+    source: str
+    checked: str
+
+
+#: RDS for PostgreSQL. max_connections: LEAST({DBInstanceClassMemory/9531392}, 5000) by default, allowed
+#: 6-262143 (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html#RDS_Limits.MaxConnections).
+#: Slots: "max_connections - superuser_reserved_connections - rds.rds_superuser_reserved_connections" for a
+#: non-superuser, defaults 3 and 2; the master user is a member of rds_superuser (not a superuser), which may
+#: take the 2 but not the 3 (https://aws.amazon.com/premiumsupport/knowledge-center/rds-postgresql-error-connection-slots/).
+RDS_RULE = ProviderRule(
+    title="RDS", admin_role="rds_superuser", superuser_reserved=3, admin_reserved=2, min_connections=6,
+    max_connections=PG_MAX_CONNECTIONS, checked="2026-12-01",
+    source="https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html#RDS_Limits.MaxConnections,"
+           " https://aws.amazon.com/premiumsupport/knowledge-center/rds-postgresql-error-connection-slots/",
+)
 RDS_BYTES_PER_CONNECTION = 9531392
 RDS_MAX = 5000
-#: superuser_reserved_connections (3) + rds.rds_superuser_reserved_connections (2): a normal role gets 5 fewer.
-RDS_RESERVED = 5
-#: Azure Flexible Server's default max_connections by memory (GiB), from its published per-SKU table;
-#: 48 GiB and more: 5000. 15 slots are reserved (reserved_connections 5 + superuser_reserved_connections 10).
+#: Azure Database for PostgreSQL Flexible Server: default max_connections by the SKU's memory (GiB), computed
+#: at provisioning (not recomputed on a resize); 48 GiB and more: 5000; allowed 25-5000. "15 connections are
+#: reserved for physical replication and monitoring", for every user role (azure_pg_admin is not a superuser)
+#: (https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-limits; allowed range:
+#: https://learn.microsoft.com/azure/postgresql/flexible-server/param-connections-authentication-connection-settings).
+AZURE_RULE = ProviderRule(
+    title="Azure Flexible Server", admin_role="azure_pg_admin", superuser_reserved=15, admin_reserved=0,
+    min_connections=25, max_connections=5000, checked="2026-12-01",
+    source="https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-limits",
+)
 AZURE_BY_MEMORY = {2: 50, 4: 429, 8: 859, 16: 1718, 32: 3437}
-AZURE_RESERVED = 15
-#: Cloud SQL for PostgreSQL's default max_connections by memory tier (GB, upper bound inclusive).
-CLOUDSQL_TIERS = ((0.6, 25), (1.7, 50), (6.0, 100), (7.5, 200), (15.0, 400), (30.0, 500), (60.0, 600),
-                  (120.0, 800))
-CLOUDSQL_TOP = 1000
-CLOUDSQL_RESERVED = 3  # PostgreSQL's superuser_reserved_connections default
+AZURE_TOP_FROM_GIB = 48
+#: Cloud SQL for PostgreSQL: default max_connections by the instance's memory, from Google's flags page
+#: (https://cloud.google.com/sql/docs/postgres/flags, max_connections): tiny (~0.6 GB, db-f1-micro) 25,
+#: small (~1.7 GB, db-g1-small) 50, then from 3.75 GB 100, from 6 GB 200, from 7.5 GB 400, from 15 GB 500,
+#: from 30 GB 600, from 60 GB 800, from 120 GB 1000: each band starts at its edge (7.5 GB gives 400, not 200).
+#: Dedicated-core instances start at 3.75 GB: no machine lies between the shared-core ones and it. Allowed up
+#: to 262143. superuser_reserved_connections stays PostgreSQL's 3, and cloudsqlsuperuser is not a superuser
+#: (https://cloud.google.com/sql/docs/postgres/users).
+CLOUDSQL_RULE = ProviderRule(
+    title="Cloud SQL", admin_role="cloudsqlsuperuser", superuser_reserved=3, admin_reserved=0,
+    min_connections=4, max_connections=PG_MAX_CONNECTIONS, checked="2026-12-01",  # min: PostgreSQL's own, 3 + 1
+    source="https://cloud.google.com/sql/docs/postgres/flags, https://cloud.google.com/sql/docs/postgres/users",
+)
+CLOUDSQL_SHARED_CORE = ((0.6, 25), (1.7, 50))  # (up to GB, connections): db-f1-micro, db-g1-small
+CLOUDSQL_DEDICATED_FROM_GB = 3.75
+CLOUDSQL_BANDS = ((3.75, 100), (6.0, 200), (7.5, 400), (15.0, 500), (30.0, 600), (60.0, 800), (120.0, 1000))
+PROVIDER_RULES: dict[str, ProviderRule] = {"rds": RDS_RULE, "azure": AZURE_RULE, "cloudsql": CLOUDSQL_RULE}
 
 
 class ProviderSpec(_Model):
     """A managed PostgreSQL whose defaults set the limits: max_connections by the provider's published
-    formula or table, and the slots a normal role cannot take."""
+    formula or table, and the slots each role cannot take."""
 
     name: Provider = Field(..., description="rds (AWS RDS for PostgreSQL), azure (Flexible Server), cloudsql.")
     memory_gib: float = Field(
@@ -108,31 +155,48 @@ class ProviderSpec(_Model):
 
     @model_validator(mode="after")
     def _published(self) -> ProviderSpec:
-        if self.name == "azure" and self.memory_gib < 48 and self.memory_gib not in AZURE_BY_MEMORY:
-            raise ValueError(f"azure: no published default for {self.memory_gib:g} GiB (the table has"
-                             f" {', '.join(str(m) for m in AZURE_BY_MEMORY)} and 48 or more)")
+        m = self.memory_gib
+        if self.name == "azure" and m < AZURE_TOP_FROM_GIB and m not in AZURE_BY_MEMORY:
+            raise ValueError(f"azure: no published default for {m:g} GiB (the table has"
+                             f" {', '.join(str(g) for g in AZURE_BY_MEMORY)} and {AZURE_TOP_FROM_GIB} or more)")
+        if self.name == "cloudsql" and CLOUDSQL_SHARED_CORE[-1][0] < m < CLOUDSQL_DEDICATED_FROM_GB:
+            raise ValueError(f"cloudsql: no machine has {m:g} GB (shared-core: 0.6 and 1.7 GB; dedicated-core from"
+                             f" {CLOUDSQL_DEDICATED_FROM_GB:g} GB), so Google publishes no default for it")
+        rule = self.rule
+        if self.max_connections() < rule.min_connections:
+            raise ValueError(f"{self.name}: {m:g} GiB gives max_connections {self.max_connections()}, below"
+                             f" {rule.title}'s minimum {rule.min_connections}")
         return self
 
-    def limits(self) -> tuple[int, int]:
-        """(max_connections, slots reserved from a normal role)."""
+    @property
+    def rule(self) -> ProviderRule:
+        return PROVIDER_RULES[self.name]
+
+    def max_connections(self) -> int:
+        """The provider's default max_connections for this memory."""
+        m = self.memory_gib
         if self.name == "rds":
-            return min(int(self.memory_gib * 2**30) // RDS_BYTES_PER_CONNECTION, RDS_MAX), RDS_RESERVED
+            return min(int(m * 2**30) // RDS_BYTES_PER_CONNECTION, RDS_MAX)
         if self.name == "azure":
-            return (5000 if self.memory_gib >= 48 else AZURE_BY_MEMORY[int(self.memory_gib)]), AZURE_RESERVED
-        for top, connections in CLOUDSQL_TIERS:
-            if self.memory_gib <= top:
-                return connections, CLOUDSQL_RESERVED
-        return CLOUDSQL_TOP, CLOUDSQL_RESERVED
+            return 5000 if m >= AZURE_TOP_FROM_GIB else AZURE_BY_MEMORY[int(m)]
+        for top, connections in CLOUDSQL_SHARED_CORE:
+            if m <= top:
+                return connections
+        return [c for start, c in CLOUDSQL_BANDS if m >= start][-1]
 
     def source(self) -> str:
-        return {
-            "rds": f"RDS: LEAST(DBInstanceClassMemory/{RDS_BYTES_PER_CONNECTION}, {RDS_MAX}) with the nominal"
-                   f" {self.memory_gib:g} GiB (an upper bound: AWS subtracts an unpublished OS reserve), {RDS_RESERVED}"
-                   " reserved (3 superuser + 2 rds_superuser)",
-            "azure": f"Azure Flexible Server's table for {self.memory_gib:g} GiB, {AZURE_RESERVED} reserved",
-            "cloudsql": f"Cloud SQL's tier table for {self.memory_gib:g} GB, {CLOUDSQL_RESERVED} reserved"
-                        " (check SHOW max_connections on the instance)",
+        rule = self.rule
+        how = {
+            "rds": f"LEAST(DBInstanceClassMemory/{RDS_BYTES_PER_CONNECTION}, {RDS_MAX}) with the nominal"
+                   f" {self.memory_gib:g} GiB (an upper bound: AWS subtracts an unpublished OS reserve)",
+            "azure": f"the published table for {self.memory_gib:g} GiB",
+            "cloudsql": f"the flags page's band for {self.memory_gib:g} GB (check SHOW max_connections there)",
         }[self.name]
+        reserved = (f"{rule.superuser_reserved} reserved from every role" if not rule.admin_reserved else
+                    f"{rule.superuser_reserved} superuser-reserved + {rule.admin_reserved} only {rule.admin_role} may"
+                    " take")
+        return (f"{rule.title}: {how}, max_connections {self.max_connections()}; {reserved}"
+                f" ({rule.admin_role} is not a superuser); source {rule.source}, checked {rule.checked}")
 
 
 class PostgresSpec(_Model):
@@ -181,7 +245,7 @@ class PostgresSpec(_Model):
 
     provider: ProviderSpec | None = Field(
         None, description="A managed PostgreSQL to mimic: fills maxConnections and superuserReservedConnections by"
-        " the provider's published defaults (give neither of those then).",
+        " the provider's published defaults (give neither of those then); no role is a superuser there.",
     )
 
     @model_validator(mode="after")
@@ -193,7 +257,8 @@ class PostgresSpec(_Model):
                  if name in self.model_fields_set]
         if given:
             raise ValueError(f"{' and '.join(given)} cannot be given with provider: the provider's defaults fill them")
-        self.max_connections, self.superuser_reserved_connections = self.provider.limits()
+        self.max_connections = self.provider.max_connections()
+        self.superuser_reserved_connections = self.provider.rule.superuser_reserved
         return self
 
     @model_validator(mode="after")
@@ -204,6 +269,41 @@ class PostgresSpec(_Model):
                 f" ({self.superuser_reserved_connections} >= {self.max_connections})"
             )
         return self
+
+    def reserved_for(self, role: Role) -> int:
+        """Slots ``role`` can never take: the one reserved-slot rule (usable, plan, verdict, contradictions).
+        Without a provider the superuser takes every slot and a normal role loses
+        superuser_reserved_connections; with one, no role is a superuser: the provider's admin role (role
+        superuser) loses the superuser-reserved slots, a normal role also the admin's."""
+        if self.provider is None:
+            return self.superuser_reserved_connections if role == "app" else 0
+        rule = self.provider.rule
+        return rule.superuser_reserved + (rule.admin_reserved if role == "app" else 0)
+
+    def reserved_text(self, role: Role) -> str:
+        """Why ``role`` loses ``reserved_for(role)`` slots, in words (empty when it loses none)."""
+        reserved = self.reserved_for(role)
+        if self.provider is None:
+            return f"{reserved} reserved for superusers" if reserved else ""
+        rule = self.provider.rule
+        if role == "app" and rule.admin_reserved:
+            return (f"{reserved} reserved: {rule.superuser_reserved} for superusers + {rule.admin_reserved} for"
+                    f" {rule.admin_role}")
+        who = f"{rule.admin_role} is not a superuser" if role == "superuser" else "a normal role"
+        return f"{reserved} reserved on {rule.title} ({who})"
+
+    def server_reserved(self) -> tuple[int, int]:
+        """(superuser_reserved_connections, reserved_connections) for a server that refuses exactly where
+        the provider would: its admin role a non-superuser member of pg_use_reserved_connections."""
+        if self.provider is None:
+            return self.superuser_reserved_connections, 0
+        return self.provider.rule.superuser_reserved, self.provider.rule.admin_reserved
+
+    def allowed_max_connections(self) -> tuple[int, int]:
+        """The range a server setting may take: the provider's, else PostgreSQL's."""
+        if self.provider is None:
+            return self.superuser_reserved_connections + 1, PG_MAX_CONNECTIONS
+        return self.provider.rule.min_connections, self.provider.rule.max_connections
 
 
 class EngineSpec(_Model):
@@ -500,30 +600,33 @@ class PoolBenchmarkSpec(_Model):
         return self.model_copy(update={"workload": workload})
 
     def usable_connections(self) -> int:
-        """Slots the workload can take: max_connections, minus the reserved slots for a normal role,
-        minus the benchmark's monitor."""
+        """Slots the workload can take: max_connections, minus the slots its role cannot take
+        (``PostgresSpec.reserved_for``), minus the benchmark's monitor."""
         pg = self.postgres
-        reserved = pg.superuser_reserved_connections if self.workload.role == "app" else 0
-        return pg.max_connections - reserved - MONITOR_CONNECTIONS
+        return pg.max_connections - pg.reserved_for(self.workload.role) - MONITOR_CONNECTIONS
 
 
-def contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
+def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tuple[str, str]]:
     """What each field allows alone but the fields together make impossible, by field path: a
-    benchmark that could never pass, or never measure, is refused before it starts."""
+    benchmark that could never pass, or never measure, is refused before it starts. ``benchmark``
+    False: only what production could not run either (``poolbench plan``: no monitor slot there)."""
     problems = []
     w, pg = spec.workload, spec.postgres
     busy = w.hold_seconds + (w.duration_seconds or 0)
-    if busy >= spec.step_timeout_seconds:
+    if benchmark and busy >= spec.step_timeout_seconds:
         what = "holdSeconds + durationSeconds" if w.duration_seconds else "holdSeconds"
         problems.append(("spec.workload.holdSeconds",
                          f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
                          f" ({spec.step_timeout_seconds}s): every step would time out"))
-    reserved = pg.superuser_reserved_connections if w.role == "app" else 0
-    if spec.usable_connections() <= 0:
+    if benchmark and spec.usable_connections() <= 0:
+        why = pg.reserved_text(w.role)
         problems.append(("spec.postgres.maxConnections",
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
-                         f" ({reserved} reserved for superusers, {MONITOR_CONNECTIONS} for the benchmark's"
-                         " monitor)"))
+                         f" ({why + ', ' if why else ''}{MONITOR_CONNECTIONS} for the benchmark's monitor)"))
+    elif pg.max_connections - pg.reserved_for(w.role) <= 0:
+        problems.append(("spec.postgres.maxConnections",
+                         f"maxConnections {pg.max_connections} leaves no connection for the workload"
+                         f" ({pg.reserved_text(w.role)})"))
     seen: dict[str, int] = {}
     shapes: dict[str, int] = {}
     for i, variant in enumerate(spec.variants or []):
@@ -620,15 +723,15 @@ def parse_spec(spec: Any) -> PoolBenchmarkSpec:
     return parsed
 
 
-def parse_document(doc: Any) -> PoolBenchmark:
-    """Validate a whole PoolBenchmark document (a parsed YAML mapping)."""
+def parse_document(doc: Any, benchmark: bool = True) -> PoolBenchmark:
+    """Validate a whole PoolBenchmark document (a parsed YAML mapping); ``benchmark`` as in ``contradictions``."""
     if not isinstance(doc, dict):
         raise SpecError([("", f"expected a mapping (a PoolBenchmark document), got {type(doc).__name__}")])
     try:
         bench = PoolBenchmark.model_validate(doc)
     except ValidationError as err:
         raise SpecError(_problems(err)) from None
-    problems = contradictions(bench.spec)
+    problems = contradictions(bench.spec, benchmark)
     if problems:
         raise SpecError(problems)
     return bench
@@ -659,8 +762,8 @@ def _duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None
     return problems
 
 
-def load_text(text: str) -> PoolBenchmark:
-    """Parse YAML text holding exactly one PoolBenchmark."""
+def load_text(text: str, benchmark: bool = True) -> PoolBenchmark:
+    """Parse YAML text holding exactly one PoolBenchmark (``benchmark`` as in ``contradictions``)."""
     try:
         duplicates = [p for node in yaml.compose_all(text, Loader=yaml.SafeLoader) for p in _duplicate_keys(node)]
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -670,4 +773,4 @@ def load_text(text: str) -> PoolBenchmark:
         raise SpecError(duplicates)
     if len(docs) != 1:
         raise SpecError([("", f"expected exactly one YAML document, found {len(docs)}")])
-    return parse_document(docs[0])
+    return parse_document(docs[0], benchmark)

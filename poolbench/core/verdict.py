@@ -338,7 +338,7 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
         reason = (
             f"{failing_step.replicas} replicas × {per_peak} connections = {pred.peak} needed,"
             f" {usable} usable ({spec.postgres.max_connections} max_connections"
-            + (f" − {spec.postgres.superuser_reserved_connections} reserved" if role == "app" else "")
+            + (f" − {spec.postgres.reserved_for(role)} reserved" if spec.postgres.reserved_for(role) else "")
             + f" − {MONITOR_CONNECTIONS} monitor); {failing_step.reason}"
         )
     elif steps:

@@ -25,6 +25,18 @@ def role_name(workload: WorkloadSpec) -> str:
     return APP_ROLE if workload.role == "app" else SUPERUSER
 
 
+#: Locally, a provider's admin role (rds_superuser, azure_pg_admin, cloudsqlsuperuser): no superuser.
+PROVIDER_ADMIN_ROLE = "poolbench_provider_admin"
+
+
+def local_role(spec: PoolBenchmarkSpec) -> str:
+    """The role the workload logs in as on the local server: with a provider, role superuser is the
+    provider's admin role, which is not a PostgreSQL superuser there either."""
+    if spec.workload.role == "superuser" and spec.postgres.provider is not None:
+        return PROVIDER_ADMIN_ROLE
+    return role_name(spec.workload)
+
+
 #: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
 POOLER_ENV = PREFIX + "POOLER"
 #: The spec's limits in milliseconds (comma-separated): every replica counts them as histogram bucket

