@@ -171,3 +171,24 @@ def test_the_seed_with_pgbouncer_through_the_cli(tmp_path: Path) -> None:
     assert any("pooler" in row for row in document["timeline"])
     assert "Variants compared" in proc.stdout and "variant tx-nullpool" in proc.stdout
     assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_each_driver_runs_through_transaction_mode_without_prepared_statement_clashes(driver: str) -> None:
+    # 2 replicas × 4 tasks/threads share 2 server connections: each statement may land on a server
+    # connection another client prepared statements on. Configured for transaction pooling, the drivers
+    # never clash: every attempt succeeds, direct and pooled alike.
+    doc = make_doc(name=f"tx-{driver}", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
+                   postgres={"maxConnections": 40}, stopOnFailure=False,
+                   variants=[{"name": "direct"},
+                             {"name": "tx", "pooler": {"type": "PgBouncer", "poolMode": "transaction",
+                                                        "defaultPoolSize": 2}}],
+                   workload={"driver": driver, "threads": 4, "iterations": 15, "holdSeconds": 1, "onError": "count",
+                             "statement": "SELECT pg_sleep(0.01)", "engine": {"poolSize": 4, "maxOverflow": 0}})
+    status = runner.run_local(parse_document(doc)).status
+    direct, tx = status.variants
+    for step in direct.steps + tx.steps:
+        assert step.outcome == "Passed", step.reason
+        assert step.errors.total() == 0 and step.queries == 2 * 4 * 15
+    assert tx.steps[0].peak_connections == 2 and tx.steps[0].client_peak_connections == 8
+    assert status.comparison.startswith("Scales furthest: direct, tx (2 replicas).")

@@ -44,6 +44,7 @@ class ErrorCounts(_Out):
     pooler_server_login: int = 0
     pooler_query_wait_timeout: int = 0
     pool_timeout: int = 0
+    prepared_statement_clash: int = 0
     other: int = 0
 
     def total(self) -> int:

@@ -27,6 +27,9 @@ def role_name(workload: WorkloadSpec) -> str:
 
 #: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
 POOLER_ENV = PREFIX + "POOLER"
+#: Set with POOLER_ENV to the pooler's pool mode: in transaction mode consecutive transactions of one client
+#: may run on different server connections, so the drivers must not rely on server-side prepared statements.
+POOL_MODE_ENV = PREFIX + "POOL_MODE"
 
 
 def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
@@ -49,6 +52,7 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, poole
     }
     if pooler is not None:
         env[POOLER_ENV] = pooler.type
+        env[POOL_MODE_ENV] = pooler.pool_mode
     iterations = w.effective_iterations()
     if iterations is not None:
         env["POOLBENCH_ITERATIONS"] = str(iterations)
@@ -94,6 +98,12 @@ class WorkloadConfig:
     summary_path: str | None
     exit_after_hold: bool
     pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
+    pool_mode: str | None = None  # the pooler's pool mode (POOLBENCH_POOL_MODE), None when direct
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """Behind a pooler in transaction mode: a client's server connection may change at every transaction."""
+        return self.pooled and self.pool_mode == "transaction"
 
     @classmethod
     def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
@@ -131,5 +141,6 @@ class WorkloadConfig:
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
             pooled=bool(get("POOLER")),
+            pool_mode=get("POOL_MODE") or None,
         )
 
