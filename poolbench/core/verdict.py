@@ -77,7 +77,11 @@ class Prediction:
 
 
 def per_process_peak(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine (one worker process) opens at most."""
+    """Connections one engine (one worker process) opens at most (sqlalchemy/pool/impl.py): NullPool one per
+    concurrent checkout; StaticPool one (the spec refuses it more than one thread: threads starting together
+    each open one); SingletonThreadPool one per thread (the spec refuses more threads than its pool_size: it
+    would close connections in use); QueuePool
+    min(threads, pool_size + max_overflow), unbounded with pool_size 0 or max_overflow -1."""
     workload = spec.workload
     engine = workload.engine
     threads = workload.threads
@@ -94,7 +98,9 @@ def per_process_peak(spec: PoolBenchmarkSpec) -> int:
 
 
 def per_process_idle(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine keeps open and idle after its burst (its ghosts)."""
+    """Connections one engine keeps open and idle after its burst (its ghosts): StaticPool and
+    SingletonThreadPool keep every connection until disposed; QueuePool's queue keeps pool_size of them
+    (all, with pool_size 0: an unbounded queue); NullPool none."""
     engine = spec.workload.engine
     peak = per_process_peak(spec)
     if engine.pool_class == "NullPool":
