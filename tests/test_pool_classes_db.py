@@ -77,3 +77,15 @@ def test_a_pool_class_its_threads_would_break_is_refused_with_the_reason(
     assert main(["run", str(file)]) == 2
     err = capsys.readouterr().err
     assert path in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "asyncpg"])
+def test_nullpool_with_worker_processes_opens_one_per_caller_and_keeps_none(driver: str) -> None:
+    # 2 replicas × 2 processes × 4 callers: 16 at once, 0 kept. A closed connection's backend may still be
+    # listed for a moment while its caller's next one connects (README: at most about one per worker process).
+    doc = bench(f"np-{driver}", threads=4, engine={"poolClass": "NullPool"}, driver=driver)
+    step = runner.run_local(parse_document(doc)).status.steps[0]
+    assert step.outcome == "Passed", step.reason
+    assert step.errors.total() == 0 and step.queries == 2 * 2 * 4 * 5
+    assert step.predicted_peak == 16 and step.predicted_idle == 0 == step.idle_at_end
+    assert 16 <= step.peak_connections <= 16 + 2 * 2
