@@ -60,7 +60,7 @@ REFUSED = [
     ({"threads": 4}, [{"name": "a"}, {"name": "b", "engine": {"poolClass": "SingletonThreadPool", "poolSize": 2}}],
      "spec.variants[1].engine.poolSize", "spec.workload.threads (4) is more than poolSize (2)"),
     ({"threads": 4, "engine": {"poolClass": "StaticPool"}}, None,
-     "spec.workload.engine.poolClass", "spec.workload.threads (4) threads starting together may each open one"),
+     "spec.workload.engine.poolClass", "the 4 threads of spec.workload.threads starting together may each open one"),
 ]
 
 

@@ -36,7 +36,8 @@ class PeakByState(_Out):
 
 class ErrorCounts(_Out):
     """Failed attempts by class. tooManyClients and reservedSlots are SQLSTATE 53300; the pooler*
-    classes are PgBouncer's refusals (and, behind it, the server refusing the pooler's login)."""
+    classes are PgBouncer's refusals (and, behind it, the server refusing the pooler's login);
+    preparedStatementClash is a driver setting (server-side prepared statements behind transaction pooling)."""
 
     too_many_clients: int = 0
     reserved_slots: int = 0

@@ -252,10 +252,10 @@ class EngineSpec(_Model):
         together each open one and all but one are dropped at random, so its peak is no fixed number."""
         if self.pool_class == "StaticPool" and threads > 1:
             return ("poolClass", f"StaticPool shares one connection among all threads and creates it without a lock:"
-                                 f" {threads_path} ({threads}) threads starting together may each open one (the"
+                                 f" the {threads} threads of {threads_path} starting together may each open one (the"
                                  " server sees anywhere from 1 to all of them) and their transactions interleave on"
-                                 " the one kept; use threads 1 (workload.processes for more callers) or another"
-                                 " poolClass")
+                                 f" the one kept; set {threads_path} to 1 (spec.workload.processes for more"
+                                 " callers) or use another poolClass")
         if self.pool_class != "SingletonThreadPool":
             return None
         size = self.effective_pool_size()

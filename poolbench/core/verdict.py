@@ -80,8 +80,8 @@ def per_process_peak(spec: PoolBenchmarkSpec) -> int:
     """Connections one engine (one worker process) opens at most (sqlalchemy/pool/impl.py): NullPool one per
     concurrent checkout; StaticPool one (the spec refuses it more than one thread: threads starting together
     each open one); SingletonThreadPool one per thread (the spec refuses more threads than its pool_size: it
-    would close connections in use); QueuePool
-    min(threads, pool_size + max_overflow), unbounded with pool_size 0 or max_overflow -1."""
+    would close connections in use); QueuePool min(threads, pool_size + max_overflow), no cap with
+    pool_size 0 or max_overflow -1."""
     workload = spec.workload
     engine = workload.engine
     threads = workload.threads
