@@ -35,5 +35,6 @@ def test_schema_is_structural():
                 "idleAtEnd", "oldestIdleSeconds", "errors", "restarts", "outcome"):
         assert key in step, key
     assert set(step["errors"]["properties"]) == {"tooManyClients", "reservedSlots", "poolTimeout", "other",
-                                                 "poolerMaxClientConn", "poolerServerLogin", "poolerQueryWaitTimeout"}
+                                                 "poolerMaxClientConn", "poolerServerLogin", "poolerQueryWaitTimeout",
+                                                 "preparedStatementClash"}
     assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]

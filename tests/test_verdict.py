@@ -26,7 +26,7 @@ def test_pool_variants():
     assert predict(spec(threads=4), 2).idle == 8
     null = predict(spec(threads=7, engine={"poolClass": "NullPool"}), 2)
     assert (null.peak, null.idle) == (14, 0)
-    assert predict(spec(threads=7, engine={"poolClass": "StaticPool"}), 3).peak == 3
+    assert predict(spec(threads=1, processes=2, engine={"poolClass": "StaticPool"}), 3).peak == 6
     assert predict(spec(threads=30, engine={"maxOverflow": -1}), 1).peak == 30
     assert predict(spec(threads=30, engine={"poolSize": 0}), 1).idle == 30
 

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -73,24 +74,47 @@ DRIVER_URLS = {"psycopg2": "postgresql+psycopg2://", "psycopg": "postgresql+psyc
                "asyncpg": "postgresql+asyncpg://"}
 
 
+def unique_statement_name() -> str:
+    """A prepared-statement name no other client of a shared server connection can have taken."""
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+def driver_settings(cfg: WorkloadConfig) -> tuple[str, dict[str, Any]]:
+    """The engine URL and connect_args for the driver. Behind PgBouncer in transaction mode a client's
+    transactions may run on different server connections, so no driver may keep server-side prepared
+    statements under names another client can also use (they clash with "prepared statement … already
+    exists", or go missing). Set as SQLAlchemy's dialect documentation says for PgBouncer:
+    asyncpg: ``prepared_statement_cache_size=0`` in the URL, asyncpg's own ``statement_cache_size=0`` and a
+    unique ``prepared_statement_name_func``; psycopg 3: ``prepare_threshold=None`` (never prepare);
+    psycopg2 never prepares."""
+    name = cfg.app_name[:63]
+    url = DRIVER_URLS[cfg.driver]
+    if cfg.driver == "asyncpg":
+        connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
+        if cfg.transaction_pooled:
+            url += "?prepared_statement_cache_size=0"
+            connect_args.update(statement_cache_size=0, prepared_statement_name_func=unique_statement_name)
+        return url, connect_args
+    connect_args = {"application_name": name}
+    if cfg.driver == "psycopg" and cfg.transaction_pooled:
+        connect_args["prepare_threshold"] = None
+    return url, connect_args
+
+
 def build_engine(cfg: WorkloadConfig) -> Any:
     """The engine under test; connection target from libpq's PG* variables (asyncpg reads the same).
     asyncpg gets ``create_async_engine`` (QueuePool becomes its AsyncAdaptedQueuePool)."""
     kwargs = {ENGINE_ARGS[k]: v for k, v in cfg.engine.items() if k in ENGINE_ARGS}
     pool_name = cfg.engine.get("poolClass", "QueuePool")
-    name = cfg.app_name[:63]
+    url, connect_args = driver_settings(cfg)
     if cfg.driver == "asyncpg":
         from sqlalchemy.ext.asyncio import create_async_engine
 
         poolclass = pool.AsyncAdaptedQueuePool if pool_name == "QueuePool" else getattr(pool, pool_name)
-        return create_async_engine(DRIVER_URLS["asyncpg"], poolclass=poolclass,
-                                   connect_args={"server_settings": {"application_name": name}},
+        return create_async_engine(url, poolclass=poolclass, connect_args=connect_args,
                                    execution_options={"no_parameters": True}, **kwargs)
-    connect_args: dict[str, Any] = {"application_name": name}
-    if cfg.driver == "psycopg" and cfg.pooled:
-        connect_args["prepare_threshold"] = None  # no server-side prepared statements behind a pooler
     return create_engine(
-        DRIVER_URLS[cfg.driver],
+        url,
         poolclass=getattr(pool, pool_name),
         connect_args=connect_args,
         # The statement is raw SQL: no bind parameters, so the driver must not read % as placeholders.

@@ -16,11 +16,24 @@ POOL_TIMEOUT = "poolTimeout"
 POOLER_MAX_CLIENT_CONN = "poolerMaxClientConn"
 POOLER_SERVER_LOGIN = "poolerServerLogin"
 POOLER_QUERY_WAIT_TIMEOUT = "poolerQueryWaitTimeout"
+#: A driver's server-side prepared statement met a server connection that already has one of that name
+#: (SQLSTATE 42P05) or lacks it (26000): behind a transaction-mode pooler, clients share server
+#: connections. A driver setting, not a capacity limit.
+PREPARED_STATEMENT_CLASH = "preparedStatementClash"
 OTHER = "other"
 OK = "ok"
 #: In order of significance: what ran out first (server slots, then the pooler's) comes first.
 OUTCOMES = (OK, TOO_MANY_CLIENTS, RESERVED_SLOTS, POOLER_MAX_CLIENT_CONN, POOLER_SERVER_LOGIN,
-            POOLER_QUERY_WAIT_TIMEOUT, POOL_TIMEOUT, OTHER)
+            POOLER_QUERY_WAIT_TIMEOUT, POOL_TIMEOUT, PREPARED_STATEMENT_CLASH, OTHER)
+#: Classes that say nothing about connection capacity: the driver's configuration, with its fix.
+DRIVER_SETTING_FIXES = {
+    PREPARED_STATEMENT_CLASH: (
+        "the driver's server-side prepared statements clash behind PgBouncer transaction mode (a driver"
+        " setting, not pooling): asyncpg needs prepared_statement_cache_size=0 in the URL and connect_args"
+        " statement_cache_size=0 with a unique prepared_statement_name_func; psycopg 3 needs"
+        " prepare_threshold=None"
+    ),
+}
 #: Attribute the workload sets on a driver exception whose text lost part of the server's message.
 #: libpq keeps every message of a failed request in the connection (PQerrorMessage), but when
 #: PgBouncer sends "FATAL: query_wait_timeout" and closes, psycopg2 raises with the last part only
@@ -48,6 +61,8 @@ def classify_message(message: str, *, pooled: bool = False) -> str:
             return POOLER_SERVER_LOGIN if pooled else outcome
     if "queuepool limit of size" in text or "3o7r" in text:
         return POOL_TIMEOUT
+    if "prepared statement" in text and ("already exists" in text or "does not exist" in text):
+        return PREPARED_STATEMENT_CLASH
     return OTHER
 
 
@@ -59,6 +74,8 @@ def _texts(node: BaseException) -> str:
 #: SQLSTATE 53300 (too_many_connections) by the drivers' own names for it: asyncpg's
 #: TooManyConnectionsError, psycopg 3's errors.TooManyConnections; psycopg2 has ``pgcode`` (None at connect).
 SLOT_EXCEPTIONS = ("TooManyConnectionsError", "TooManyConnections")
+#: duplicate_prepared_statement and invalid_sql_statement_name ("prepared statement … does not exist").
+PREPARED_STATEMENT_SQLSTATES = ("42P05", "26000")
 
 
 def classify_exception(exc: BaseException, *, pooled: bool = False) -> str:
@@ -75,6 +92,8 @@ def classify_exception(exc: BaseException, *, pooled: bool = False) -> str:
         if found != OTHER:
             return found
         sqlstate = getattr(node, "sqlstate", None) or getattr(node, "pgcode", None)
+        if sqlstate in PREPARED_STATEMENT_SQLSTATES:
+            return PREPARED_STATEMENT_CLASH
         slot_error = slot_error or sqlstate == "53300" or type(node).__name__ in SLOT_EXCEPTIONS
         node = node.__cause__ or node.__context__
     if slot_error:

@@ -36,7 +36,8 @@ class PeakByState(_Out):
 
 class ErrorCounts(_Out):
     """Failed attempts by class. tooManyClients and reservedSlots are SQLSTATE 53300; the pooler*
-    classes are PgBouncer's refusals (and, behind it, the server refusing the pooler's login)."""
+    classes are PgBouncer's refusals (and, behind it, the server refusing the pooler's login);
+    preparedStatementClash is a driver setting (server-side prepared statements behind transaction pooling)."""
 
     too_many_clients: int = 0
     reserved_slots: int = 0
@@ -44,6 +45,7 @@ class ErrorCounts(_Out):
     pooler_server_login: int = 0
     pooler_query_wait_timeout: int = 0
     pool_timeout: int = 0
+    prepared_statement_clash: int = 0
     other: int = 0
 
     def total(self) -> int:

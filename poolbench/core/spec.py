@@ -343,6 +343,33 @@ class EngineSpec(_Model):
     def effective_pool_size(self) -> int:
         return 5 if self.pool_size is None else self.pool_size
 
+    def threads_problem(self, threads: int, threads_path: str) -> tuple[str, str] | None:
+        """(field, reason) when this pool cannot serve ``threads`` caller threads predictably, else None.
+        SingletonThreadPool keeps one connection per thread and, when a new thread's connection would make
+        more than pool_size, closes others (sqlalchemy/pool/impl.py ``_cleanup``) even while their threads
+        use them: those threads' statements then fail at random (psycopg2: "connection pointer is NULL").
+        StaticPool shares one connection among all threads, created without a lock: threads that start
+        together each open one and all but one are dropped at random, so its peak is no fixed number."""
+        if self.pool_class == "StaticPool" and threads > 1:
+            return ("poolClass", f"StaticPool shares one connection among all threads and creates it without a lock:"
+                                 f" the {threads} threads of {threads_path} starting together may each open one (the"
+                                 " server sees anywhere from 1 to all of them) and their transactions interleave on"
+                                 f" the one kept; set {threads_path} to 1 (spec.workload.processes for more"
+                                 " callers) or use another poolClass")
+        if self.pool_class != "SingletonThreadPool":
+            return None
+        size = self.effective_pool_size()
+        if size == 0:
+            return ("poolSize", "poolSize 0 leaves SingletonThreadPool no connection to keep: its clean-up"
+                                f" fails at every checkout; give at least {threads_path} ({threads})")
+        if threads > size:
+            given = f"{size}" if self.pool_size is not None else f"{size}, SQLAlchemy's default"
+            return ("poolSize", f"SingletonThreadPool keeps one connection per thread and closes other threads'"
+                                f" connections, even in use, once more than poolSize are open: {threads_path}"
+                                f" ({threads}) is more than poolSize ({given}), so statements would fail at"
+                                f" random (\"connection pointer is NULL\"); set poolSize to at least {threads}")
+        return None
+
     def effective_max_overflow(self) -> int:
         return 10 if self.max_overflow is None else self.max_overflow
 
@@ -627,6 +654,11 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
         problems.append(("spec.postgres.maxConnections",
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
                          f" ({pg.reserved_text(w.role)})"))
+    for where, engine in [("spec.workload.engine", w.engine)] + [
+            (f"spec.variants[{i}].engine", v.engine) for i, v in enumerate(spec.variants or []) if v.engine]:
+        problem = engine.threads_problem(w.threads, "spec.workload.threads")
+        if problem:
+            problems.append((f"{where}.{problem[0]}", problem[1]))
     seen: dict[str, int] = {}
     shapes: dict[str, int] = {}
     for i, variant in enumerate(spec.variants or []):

@@ -19,7 +19,8 @@ import re
 from dataclasses import dataclass
 
 from .histogram import Histogram
-from .results import StepResult, Verdict
+from .outcomes import DRIVER_SETTING_FIXES
+from .results import StepResult, Verdict, to_snake
 from .search import searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
@@ -77,7 +78,11 @@ class Prediction:
 
 
 def per_process_peak(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine (one worker process) opens at most."""
+    """Connections one engine (one worker process) opens at most (sqlalchemy/pool/impl.py): NullPool one per
+    concurrent checkout; StaticPool one (the spec refuses it more than one thread: threads starting together
+    each open one); SingletonThreadPool one per thread (the spec refuses more threads than its pool_size: it
+    would close connections in use); QueuePool min(threads, pool_size + max_overflow), no cap with
+    pool_size 0 or max_overflow -1."""
     workload = spec.workload
     engine = workload.engine
     threads = workload.threads
@@ -94,7 +99,9 @@ def per_process_peak(spec: PoolBenchmarkSpec) -> int:
 
 
 def per_process_idle(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine keeps open and idle after its burst (its ghosts)."""
+    """Connections one engine keeps open and idle after its burst (its ghosts): StaticPool and
+    SingletonThreadPool keep every connection until disposed; QueuePool's queue keeps pool_size of them
+    (all, with pool_size 0: an unbounded queue); NullPool none."""
     engine = spec.workload.engine
     peak = per_process_peak(spec)
     if engine.pool_class == "NullPool":
@@ -255,7 +262,8 @@ def failure_cause(step: StepResult) -> str:
     if cls:
         text = step.first_error.split(": ", 1)[-1] if step.first_error else ""  # without "replica: "
         text = CONNECTION_PREFIX.sub("", text)  # libpq's "connection to server at …, port … failed: "
-        return f"{cls}" + (f" ({text[:160]})" if text else "")
+        fix = DRIVER_SETTING_FIXES.get(cls)
+        return f"{cls}" + (f" ({text[:160]})" if text else "") + (f": {fix}" if fix else "")
     if step.timed_out:
         return "a timeout (the replicas did not finish within stepTimeoutSeconds)"
     if step.crashed_replicas:
@@ -434,4 +442,19 @@ def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[lis
     best = max(ranked)[0] if ranked else 0
     winners = [n for safe, n in ranked if safe == best and best > 0]
     lead = (f"Scales furthest: {', '.join(winners)} ({best} replicas). " if winners else "")
+    settings = driver_setting_failures(names, steps)
+    if settings:  # no ranking: a variant failed on its driver's configuration, which no pooling choice changes
+        lead = "No winner: " + "; ".join(settings) + ". "
     return lead + "; ".join(parts) + "."
+
+
+def driver_setting_failures(names: list[str], steps: list[list[StepResult]]) -> list[str]:
+    """Per variant, the failed attempts of a class that is a driver setting, with its fix: such a variant
+    failed on how its driver was configured, not on connection capacity."""
+    found = []
+    for name, variant_steps in zip(names, steps, strict=True):
+        for cls, fix in DRIVER_SETTING_FIXES.items():
+            count = sum(getattr(s.errors, to_snake(cls)) for s in variant_steps)
+            if count:
+                found.append(f"{name} had {count} attempts fail with {cls}: {fix}")
+    return found

@@ -56,6 +56,9 @@ def parse_edges(raw: str) -> tuple[float, ...]:
     if any(not 0 < e < float("inf") for e in edges):
         raise ValueError(f"{raw!r} has an edge that is not a positive number")
     return edges
+#: Set with POOLER_ENV to the pooler's pool mode: in transaction mode consecutive transactions of one client
+#: may run on different server connections, so the drivers must not rely on server-side prepared statements.
+POOL_MODE_ENV = PREFIX + "POOL_MODE"
 
 
 def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
@@ -78,6 +81,7 @@ def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, poole
     }
     if pooler is not None:
         env[POOLER_ENV] = pooler.type
+        env[POOL_MODE_ENV] = pooler.pool_mode
     if limit_edges(spec):
         env[HISTOGRAM_EDGES_ENV] = ",".join(repr(float(e)) for e in limit_edges(spec))
     iterations = w.effective_iterations()
@@ -126,6 +130,12 @@ class WorkloadConfig:
     exit_after_hold: bool
     pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
     histogram_edges_ms: tuple[float, ...] = ()  # the limits, as extra histogram edges
+    pool_mode: str | None = None  # the pooler's pool mode (POOLBENCH_POOL_MODE), None when direct
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """Behind a pooler in transaction mode: a client's server connection may change at every transaction."""
+        return self.pooled and self.pool_mode == "transaction"
 
     @classmethod
     def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
@@ -164,5 +174,6 @@ class WorkloadConfig:
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
             pooled=bool(get("POOLER")),
             histogram_edges_ms=parsed("HISTOGRAM_EDGES_MS", parse_edges) or (),
+            pool_mode=get("POOL_MODE") or None,
         )
 
