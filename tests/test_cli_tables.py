@@ -46,10 +46,10 @@ def test_the_comparison_names_reserve_pool_and_instances() -> None:
 
 @pytest.mark.parametrize("message", [
     # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
-    'connection to server at "127.0.0.1", port 5432 failed: FATAL:  sorry, too many clients already',
-    'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  sorry, too many clients'
+    'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',
+    'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients'
     ' already',
-    'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL:  sorry, too many'
+    'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL: sorry, too many'
     ' clients already',
 ])
 def test_the_cause_drops_the_drivers_connection_prefix(message: str) -> None:
@@ -63,6 +63,7 @@ def test_a_long_error_is_cut_at_a_word_boundary() -> None:
     cut = clipped(text, 50)
     assert cut == "FATAL: word00 word01 word02 word03 word04 word05 …"
     assert len(cut) <= 50 + 2 and clipped("short text", 50) == "short text"
+    assert clipped("ERROR: x\nDETAIL: y") == "ERROR: x DETAIL: y"  # one line
     step = StepResult(replicas=3, outcome="Failed", first_error=f"r0: {text}", first_error_class="other")
     cause = failure_cause(step)
     assert cause.endswith(" …)") and cause.removeprefix("other (").removesuffix(" …)") in text

@@ -163,7 +163,7 @@ def fit(count: int | None) -> str:
 def clipped(text: str, limit: int = QUOTED_ERROR_CHARS) -> str:
     """``text`` on one line and at most ``limit`` characters, cut at a word boundary (marked with
     '…'), never inside a word."""
-    text = " ".join(text.split())
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
     if len(text) <= limit:
         return text
     cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
