@@ -453,8 +453,7 @@ def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[lis
         safe = verdict.max_safe_replicas
         text = f"{name}: " + (f"{counted(safe, 'replica')} safe" if safe is not None else "no step passed")
         if verdict.first_failing_replicas is not None:
-            failing = next((s for s in variant_steps if s.replicas == verdict.first_failing_replicas
-                            and s.outcome == "Failed"), None)
+            failing = first_failing_step(verdict, variant_steps)
             if failing is not None:
                 text += f", fails at {failing.replicas} ({failing.first_error_class or failure_cause(failing)})"
         parts.append(text + f", peak {peak} server backends")
