@@ -614,6 +614,28 @@ def test_a_search_that_found_its_boundary_ends_boundary_found_at_n_of_n() -> Non
     assert document["phase"] == "BoundaryFound"
 
 
+def test_progress_counts_the_steps_that_ran_as_it_goes() -> None:
+    class Watched(Oracle):
+        def __init__(self, run: BenchmarkRun):
+            super().__init__(breaking=5)
+            self.run, self.seen = run, list[str]()
+
+        def notify(self, event: LoopEvent) -> None:
+            super().notify(event)
+            if isinstance(event, StepStarted):
+                self.seen.append(self.run.status.progress)
+
+    run = spec(steps={"search": {"min": 1, "max": 40}}, variants=VARIANTS)
+    platform = Watched(run)
+    status = run_steps(run, platform, TIMING)
+    first = len(status.variants[0].steps)  # of at most 8 probes
+    # The first variant: 1/16, 2/16, …; the second starts right after what the first ran, of first + 8.
+    assert platform.seen[:first] == [f"{i}/16" for i in range(1, first + 1)]
+    assert platform.seen[first] == f"{first + 1}/{first + 8}"
+    ran = first + len(status.variants[1].steps)
+    assert len(platform.seen) == ran and status.progress == f"{ran}/{ran}"
+
+
 def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
     # The direct variant fails its first step (stopOnFailure); the tx variant runs both: 3 steps of 4 planned.
     run = spec(variants=VARIANTS)

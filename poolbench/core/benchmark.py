@@ -286,12 +286,16 @@ class BenchmarkRun:
         return plan[done] if done < len(plan) else None
 
     def begin_step(self, planned: PlannedStep) -> StepResult:
-        position = planned.position or planned.index
+        # n/m over the steps that ran: earlier variants count what they ran (a search often fewer than
+        # its most probes, a failure stops a list), this one and the later ones what they may still run.
+        ran = sum(len(self._finished(i)) for i in range(planned.variant_index))
+        position = ran + planned.index
         self.status.phase = "Running"
         self.status.current_step = position
+        self.status.total_steps = ran + sum(self.totals[planned.variant_index:])
         self.status.current_variant = planned.variant if self.multi else ""
         self.status.replicas = planned.replicas
-        self.status.progress = f"{position}/{self.total}"
+        self.status.progress = f"{position}/{self.status.total_steps}"
         self.status.message = (f"{planned.label}/{self.totals[planned.variant_index]}:"
                                f" {counted(planned.replicas, 'replica')}")
         step = StepResult(
