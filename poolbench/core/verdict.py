@@ -155,7 +155,7 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def fit(count: int | None) -> str:
+def replicas_fit(count: int | None) -> str:
     """'at most N replicas fit', with the verb agreeing: '1 replica fits'."""
     return f"{count} replica fits" if count == 1 else f"{count} replicas fit"
 
@@ -379,18 +379,18 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
         summary = (
             (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "No step passed;")
             + f" {counted(failing_step.replicas, 'replica')} {verb} {failure_cause(failing_step)}"
-            f" (each replica may open {per_peak}; the server allows {usable}, so at most {fit(safe_limit)})."
+            f" (each replica may open {per_peak}; the server allows {usable}, so at most {replicas_fit(safe_limit)})."
         )
     elif max_safe is not None:
         summary = (
             f"All steps passed up to {counted(max_safe, 'replica')} (each may open {per_peak};"
-            f" at most {fit(safe_limit)} in {usable} usable connections)."
+            f" at most {replicas_fit(safe_limit)} in {usable} usable connections)."
         )
     else:
         summary = "No step completed."
     if spec.rollout is not None and per_peak:
         during = rollout_safe(per_peak, usable, spec.rollout.max_surge)
-        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {fit(during)}:"
+        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {replicas_fit(during)}:"
                     f" old and new pods hold connections at once.")
     waiting = queueing(spec, steps)
     if waiting:
