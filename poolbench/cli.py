@@ -81,16 +81,20 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
     if pooled:
         columns += ["predicted clients", "clients", "waiting", "max wait"]
     columns += ["ghosts", "errors", "gaps", "stmt/s", "p95 latency", "p95 wait", "outcome"]
+    # One error class per line, and the errors and outcome never wrapped: a squeezed table narrows
+    # the other columns (their headers and "316 ms" wrap at spaces) instead of cutting a class name.
+    errors_of = [[f"{k} {v}" for k, v in s["errors"].items() if v] or ["0"] for s in steps]
     for col in columns:
-        table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left")
-    for i, s in enumerate(steps, start=1):
-        errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "0"
+        table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left",
+                         no_wrap=col in ("errors", "outcome"))
+    for i, (s, error_lines) in enumerate(zip(steps, errors_of, strict=True), start=1):
+        errors = "\n".join(error_lines)
         reads = s["samples"] + s["sampleGaps"]
         gaps = f"{s['sampleGaps']}/{reads}" if s["sampleGaps"] else "0"
         if s.get("poolerSampleGaps"):
             gaps += f" (pooler {s['poolerSampleGaps']})"
         label = (s["outcome"] or "-") + (" (timeout)" if s["timedOut"] else "")
-        label += f" ({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
+        label += f"\n({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
         peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
         row = [str(i), str(s["replicas"]), peak, str(s["peakConnections"])]
@@ -103,9 +107,21 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
     return table
 
 
+def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The step the verdict's firstFailingReplicas names (the verdict's own rule), as JSON."""
+    from .core.results import StepResult, Verdict
+    from .core.verdict import first_failing_step
+
+    parsed = [StepResult.model_validate(s) for s in steps]
+    step = first_failing_step(Verdict.model_validate(verdict or {}), parsed)
+    return steps[parsed.index(step)] if step is not None else None
+
+
 def comparison_table(status: dict[str, Any]) -> Table:
     """The variants side by side: how far each scaled, what the server saw, what callers felt."""
     from rich.table import Table
+
+    from .core.spec import PoolerSpec
 
     table = Table(title="Variants compared")
     for col in ("variant", "connects", "max safe replicas", "first failing", "peak server backends",
@@ -116,12 +132,16 @@ def comparison_table(status: dict[str, Any]) -> Table:
         steps = v["steps"]
         passing = [s for s in steps if s["outcome"] == "Passed"]
         largest = max(passing, key=lambda s: s["replicas"]) if passing else None
-        failing = next((s for s in steps if s["outcome"] != "Passed"), None)
+        failing = stopping_step(verdict, steps)
+        unseen = next((s for s in steps if s["outcome"] not in ("Passed", "Failed") and s.get("rolloutFrom") is None),
+                      None)
         pooler = v.get("pooler")
-        connects = (f"PgBouncer {pooler['poolMode']} ({pooler['defaultPoolSize']})" if pooler else "direct") + \
-            f", {v['engine']['poolClass']}"
-        first = (f"{failing['replicas']} ({failing.get('firstErrorClass') or failing['outcome']})"
-                 if failing is not None else "-")
+        # The pooler as its variant's verdict names it: mode, pool (+ reserve) and instances.
+        connects = (PoolerSpec.model_validate(pooler).label() if pooler else "direct") + f", {v['engine']['poolClass']}"
+        if failing is not None:
+            first = f"{failing['replicas']} ({failing.get('firstErrorClass') or failing['outcome']})"
+        else:
+            first = f"- ({unseen['replicas']} inconclusive)" if unseen is not None else "-"
         safe = verdict.get("maxSafeReplicas")
         table.add_row(v["name"], connects, "-" if safe is None else str(safe), first,
                       str(max((s["peakConnections"] for s in steps), default=0)),
@@ -231,16 +251,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .core.steploop import Progress
+    from .core.verdict import counted
     from .local.embedded import EnvironmentFailure
     from .local.runner import run_local  # heavy imports only when running
 
     err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
     # Wide enough for the results table when the output is a file or a CI log.
-    out_console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
+    out_console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
 
     def line(p: Progress) -> str:
         variant = f"{p.variant}: " if p.variant else ""
-        return (f"{variant}step {p.step}/{p.total_steps} · {p.replicas} replicas ({p.running} running) · "
+        return (f"{variant}step {p.step}/{p.total_steps} · {counted(p.replicas, 'replica')} ({p.running} running) · "
                 f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
                 f"live connections {p.live} (peak {p.peak})")
 
@@ -280,8 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_console.print(results_table(status, variant))
         verdict = (variant or status).get("verdict") or {}
         out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
-        steps = (variant or status)["steps"]
-        failing = next((s for s in steps if s["outcome"] != "Passed"), None)
+        failing = stopping_step(verdict, (variant or status)["steps"])
         if failing is not None and failing.get("firstError"):
             out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
                               highlight=False)

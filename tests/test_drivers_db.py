@@ -4,6 +4,10 @@ their refusals classified (each driver words and types them its own way)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +17,7 @@ from poolbench.core.spec import PoolerSpec, parse_document
 from poolbench.core.verdict import comparison, overall_verdict
 from poolbench.core.workload_env import WorkloadConfig, workload_env
 from poolbench.local import runner
-from tests.conftest import make_doc
+from tests.conftest import ROOT, make_doc
 from workload.replica import build_engine, driver_settings
 
 pytestmark = pytest.mark.postgres
@@ -139,3 +143,23 @@ def test_a_prepared_statement_clash_is_named_as_a_driver_setting_and_crowns_no_v
                            " pooling): asyncpg needs prepared_statement_cache_size=0")
     assert "direct: 2 replicas safe, peak 8 server backends; tx: no step passed, fails at 2 (preparedStatementClash)" \
            in text
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_the_verdict_quotes_the_servers_refusal_without_the_drivers_prefix(driver: str, tmp_path: Path) -> None:
+    # 3 replicas × 4 connections on 7 usable slots: the server refuses with "sorry, too many clients already".
+    # libpq opens its text with 'connection to server at "…", port N failed: ', psycopg 3 adds 'connection
+    # failed: ' before it: the verdict quotes the server's own words, and the run's stderr has no FATAL line.
+    doc = make_doc(name=f"prefix-{driver}", steps=[3], stepTimeoutSeconds=60,
+                   postgres={"maxConnections": 8, "superuserReservedConnections": 3},
+                   workload={"driver": driver, "threads": 4, "iterations": 5, "holdSeconds": 0.5, "onError": "count",
+                             "statement": "SELECT pg_sleep(0.2)", "engine": {"poolSize": 4, "maxOverflow": 0}})
+    path = tmp_path / "b.yaml"
+    path.write_text(json.dumps(doc))
+    done = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path), "-o", str(tmp_path / "r.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    verdict = json.loads((tmp_path / "r.json").read_text())["status"]["verdict"]
+    assert "3 replicas failed with tooManyClients (FATAL: sorry, too many clients already)" in verdict["summary"]
+    assert "connection failed" not in verdict["summary"] and "connection to server" not in verdict["summary"]
+    assert "FATAL" not in done.stderr, done.stderr

@@ -70,7 +70,7 @@ def test_the_verdict_explains_threads_queueing_for_connections() -> None:
                        queued)
     assert run.status.verdict is not None  # the true p95 wait is 700 ms: read as 694.35 (within 2 %)
     assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
-            " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replicas).") in (
+            " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replica).") in (
         run.status.verdict.summary)
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
     assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary

@@ -93,6 +93,23 @@ def test_a_bad_max_surge_is_named_by_path(surge: object) -> None:
     assert any(path.startswith("spec.rollout.maxSurge") for path, _ in err.value.problems), err.value.problems
 
 
+@pytest.mark.parametrize(("surge", "message"), [
+    (1.5, "must be a whole count of pods (0 to 1000) or a percentage like '25%', not 1.5"),
+    (True, "must be a whole count of pods (0 to 1000) or a percentage like '25%', not true"),
+    ("2000%", "must be a percentage from '0%' to '1000%', not '2000%'"),
+    (-1, "must be a count between 0 and 1000 pods, not -1"),
+])
+def test_a_bad_max_surge_is_one_readable_problem_at_its_own_path(surge: object, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec({**SEED, "rollout": {"maxSurge": surge}})
+    assert err.value.problems == [("spec.rollout.maxSurge", message)]
+
+
+def test_a_max_surge_of_a_thousand_percent_is_accepted_and_rounds_up() -> None:
+    spec = parse_spec({**SEED, "rollout": {"maxSurge": "1000%"}})
+    assert spec.rollout is not None and surge_pods(3, spec.rollout.max_surge) == 30
+
+
 def write(tmp_path: Path, doc: dict) -> str:
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolbench.core.results import StepResult
-from poolbench.core.search import most_probes, next_probe, searched
+from poolbench.core.search import found, most_probes, next_probe, searched
 from poolbench.core.spec import SearchRange, parse_spec
-from poolbench.core.verdict import overall_verdict
+from poolbench.core.verdict import comparison, overall_verdict
 
 
 def run_search(lo: int, hi: int, breaking: int, predicted: int) -> list[StepResult]:
@@ -67,3 +70,32 @@ def test_a_search_spec_is_refused_with_paths() -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({"steps": "ten"})
     assert err.value.problems == [("spec.steps", "must be a list of replica counts, or {search: {min: A, max: B}}")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(lo=st.integers(1, 20), width=st.integers(1, 60), breaking=st.integers(0, 90), predicted=st.integers(0, 90),
+       unseen_at=st.integers(0, 8))
+def test_the_verdict_names_only_probed_counts_and_one_first_failing(lo: int, width: int, breaking: int,
+                                                                    predicted: int, unseen_at: int) -> None:
+    """Any range, breaking point and prediction, with the monitor blind at the ``unseen_at``-th probe (or
+    never): the search's findings name only counts that were probed, firstFailingReplicas is a probe that
+    failed (the comparison says the same count), and BoundaryFound holds exactly for adjacent counts."""
+    hi = lo + width
+    spec = parse_spec({"steps": {"search": {"min": lo, "max": hi}}, "workload": {"threads": 3}})
+    search = SearchRange(min=lo, max=hi)
+    probes: list[StepResult] = []
+    while (replicas := next_probe(search, predicted, probes)) is not None:
+        outcome = ("Inconclusive" if len(probes) == unseen_at else "Passed" if replicas <= breaking else "Failed")
+        probes.append(StepResult(replicas=replicas, outcome=outcome, first_error_class="tooManyClients"
+                                 if outcome == "Failed" else None))
+    verdict = overall_verdict(spec, probes)
+    probed = {p.replicas for p in probes}
+    findings_text = verdict.summary.split(": ", 1)[1].split("; the arithmetic predicted")[0]
+    assert {int(n) for n in re.findall(r"\d+", findings_text)} <= probed, (findings_text, probed)
+    first = verdict.first_failing_replicas
+    assert first is None or any(p.replicas == first and p.outcome == "Failed" for p in probes)
+    sentence = comparison(["v"], [verdict], [probes])
+    assert (f"fails at {first} " in sentence) if first is not None else "fails at" not in sentence
+    if found(search, probes):
+        assert verdict.max_safe_replicas is not None and first == verdict.max_safe_replicas + 1
+        assert f"found between {verdict.max_safe_replicas} and {first}" in verdict.summary

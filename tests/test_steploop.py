@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
+from poolbench.core.results import BenchmarkStatus
 from poolbench.core.sampling import PoolerRead, Sample
 from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import (
@@ -509,5 +510,163 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
     assert status.verdict is not None
     assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (5, 6)
     assert status.verdict.predicted_max_safe_replicas == 33
-    assert status.total_steps == 8 and status.progress.endswith("/8")
+    assert {p.total_steps for p in platform.events if isinstance(p, Progress)} == {8}  # while it runs: at most 8 probes
+    assert (status.total_steps, status.progress) == (len(probes), f"{len(probes)}/{len(probes)}")  # at the end: n/n
+    assert status.phase == "BoundaryFound"
+    assert [(c.type, c.status, c.reason) for c in status.conditions] == [
+        ("Ready", "True", "BoundaryFound"), ("Reconciling", "False", "Finished"), ("Stalled", "False", "Finished")]
     assert "Search 1..40" in status.verdict.summary
+
+
+# -- searches and variants: what the verdict, the status and the tables say ----------------------------
+
+
+class Oracle(FakePlatform):
+    """Replicas beyond ``breaking`` crash with tooManyClients; at the counts in ``blind`` the monitor
+    loses every read (the probe is Inconclusive)."""
+
+    def __init__(self, breaking: int, blind: tuple[int, ...] = ()):
+        super().__init__([])
+        self.breaking, self.blind = breaking, blind
+
+    def scale(self, planned: PlannedStep) -> None:
+        refused = Script(crashed=True, outcomes={"tooManyClients": 1})
+        self.scripts = [refused] if planned.replicas > self.breaking else [Script()]
+        super().scale(planned)
+
+    def samples(self) -> list[Sample]:
+        taken = super().samples()
+        if self.replicas in self.blind:
+            return [Sample.gap(s.t, "the monitor was killed") for s in taken]
+        return taken
+
+
+def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
+    # 3 connections per replica, 99 usable: the first probe is the prediction, 33; the monitor is blind there.
+    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=40, blind=(33,)), TIMING)
+    assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Inconclusive")]
+    verdict = status.verdict
+    assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
+    assert verdict.summary.startswith("Search 1..40 in 1 step: stopped by the probe of 33, which was inconclusive"
+                                      " (no probe before it); the arithmetic predicted 33. No step passed;"
+                                      " 33 replicas were inconclusive: the monitor lost")
+    assert "min" not in verdict.summary and "failed" not in verdict.summary  # 1 was never probed; nothing failed
+    assert status.phase == "Failed" and status.conditions[0].reason == "Inconclusive"
+
+
+def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
+    # 33 fails, 16 passes, then 24 (the middle) is not seen: the search stops with 16 and 33 known.
+    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=30, blind=(24,)), TIMING)
+    assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
+    verdict = status.verdict
+    assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
+    assert verdict.summary.startswith("Search 1..40 in 3 steps: stopped by the probe of 24, which was inconclusive"
+                                      " (before it, 16 passed and 33 failed); the arithmetic predicted 33.")
+    assert "the search's max" not in verdict.summary and "every probe passed" not in verdict.summary
+    assert status.phase == "Failed"
+
+
+def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_probed() -> None:
+    status = run_steps(spec(steps={"search": {"min": 2, "max": 40}}), Oracle(breaking=1), TIMING)
+    assert status.steps[-1].replicas == 2 and status.steps[-1].outcome == "Failed"
+    assert status.verdict is not None and "even 2 (the search's min) failed" in status.verdict.summary
+    assert status.phase == "Failed"  # nothing in the range passed: no boundary inside it
+
+
+def search_with_variants() -> tuple[dict, BenchmarkStatus]:
+    variants = [{"name": "direct"},
+                {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 3, "reservePoolSize": 1,
+                                          "maxClientConn": 200, "replicas": 2}}]
+    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}, variants=variants), Oracle(breaking=5), TIMING)
+    return status.to_json(), status
+
+
+def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() -> None:
+    from rich.console import Console
+
+    from poolbench import cli
+
+    document, status = search_with_variants()
+    # The direct variant probes 33 first (the prediction), fails there, and bisects down to 5/6.
+    direct = status.variants[0]
+    assert direct.steps[0].replicas == 33 and direct.steps[0].outcome == "Failed"
+    assert direct.verdict is not None and direct.verdict.first_failing_replicas == 6
+    assert "direct: 5 replicas safe, fails at 6 (tooManyClients)" in status.comparison
+    console = Console(width=200, record=True)
+    console.print(cli.comparison_table(document))
+    rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
+    assert "│ 6 (tooManyClients) " in rows[0] and "33" not in rows[0], rows[0]
+    # The comparison column names the pooler as its verdict does: pool + reserve, instances.
+    assert "PgBouncer transaction, pool 3+1 × 2 instances, QueuePool" in " ".join(rows)
+    tx = status.variants[1]
+    assert tx.verdict is not None and f"fails at {tx.verdict.first_failing_replicas} " in status.comparison
+    assert f"│ {tx.verdict.first_failing_replicas} (tooManyClients)" in rows[1]
+    # The "First error" line under each table is the first failing step's.
+    first = cli.stopping_step(document["variants"][0]["verdict"], document["variants"][0]["steps"])
+    assert first is not None and first["replicas"] == 6
+
+
+def test_a_search_that_found_its_boundary_ends_boundary_found_at_n_of_n() -> None:
+    document, status = search_with_variants()
+    ran = sum(len(v.steps) for v in status.variants)
+    assert status.phase == "BoundaryFound"
+    assert (status.total_steps, status.current_step, status.progress) == (ran, ran, f"{ran}/{ran}")
+    assert document["phase"] == "BoundaryFound"
+
+
+def test_progress_counts_the_steps_that_ran_as_it_goes() -> None:
+    class Watched(Oracle):
+        def __init__(self, run: BenchmarkRun):
+            super().__init__(breaking=5)
+            self.run, self.seen = run, list[str]()
+
+        def notify(self, event: LoopEvent) -> None:
+            super().notify(event)
+            if isinstance(event, StepStarted):
+                self.seen.append(self.run.status.progress)
+
+    run = spec(steps={"search": {"min": 1, "max": 40}}, variants=VARIANTS)
+    platform = Watched(run)
+    status = run_steps(run, platform, TIMING)
+    first = len(status.variants[0].steps)  # of at most 8 probes
+    # The first variant: 1/16, 2/16, …; the second starts right after what the first ran, of first + 8.
+    assert platform.seen[:first] == [f"{i}/16" for i in range(1, first + 1)]
+    assert platform.seen[first] == f"{first + 1}/{first + 8}"
+    ran = first + len(status.variants[1].steps)
+    assert len(platform.seen) == ran and status.progress == f"{ran}/{ran}"
+
+
+def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
+    # The direct variant fails its first step (stopOnFailure); the tx variant runs both: 3 steps of 4 planned.
+    run = spec(variants=VARIANTS)
+    platform = FakePlatform([Script(crashed=True, outcomes={"tooManyClients": 1}), Script(), Script()])
+    status = run_steps(run, platform, TIMING)
+    assert [len(v.steps) for v in status.variants] == [1, 2]
+    assert (status.total_steps, status.current_step, status.progress) == (3, 3, "3/3")
+    assert status.phase == "Failed"  # a list of steps has no boundary to find
+
+
+def test_unknown_connection_ages_are_null_not_zero() -> None:
+    # No backend is open when the work ends (no ghosts): no age was read.
+    status = run_steps(spec(steps=[2]), FakePlatform([Script(ghosts_per_replica=0)]), TIMING)
+    ages = status.steps[0].connection_age_seconds
+    assert (ages.p50, ages.max) == (None, None)
+    assert status.to_json()["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
+
+
+def test_one_replica_and_one_step_are_singular() -> None:
+    status = run_steps(spec(steps={"search": {"min": 1, "max": 2}}), Oracle(breaking=5), TIMING)
+    assert status.verdict is not None
+    assert status.verdict.summary.startswith("Search 1..2 in 1 step: up to 2 (the search's max) every probe passed")
+    status = run_steps(spec(steps=[1]), FakePlatform([Script()]), TIMING)
+    assert status.verdict is not None
+    assert status.verdict.summary.startswith("All steps passed up to 1 replica (each may open 3; at most 33 replicas"
+                                             " fit in 99 usable connections)")
+    platform = FakePlatform([Script(crashed=True, outcomes={"tooManyClients": 1})])
+    status = run_steps(spec(steps=[1]), platform, TIMING)
+    assert status.verdict is not None
+    assert status.verdict.summary.startswith("No step passed; 1 replica failed with tooManyClients")
+    started = kinds(platform, StepStarted)[0]
+    finished = kinds(platform, StepFinished)[0]
+    assert isinstance(started, StepStarted) and "scaling the workload to 1 replica (" in started.message
+    assert isinstance(finished, StepFinished) and finished.message.startswith("step 1: 1 replica Failed")

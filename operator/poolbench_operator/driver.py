@@ -25,6 +25,7 @@ import psycopg2.extensions
 
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource, utc_now
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
+from poolbench.core.results import TERMINAL_PHASES
 from poolbench.core.sampling import Sample
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
@@ -50,7 +51,7 @@ from .config import Config
 from .credentials import derive_password
 from .kube import Kube
 
-TERMINAL = ("Completed", "Failed", "Invalid")
+TERMINAL = TERMINAL_PHASES
 PATCH_INTERVAL = 1.2  # seconds between status patches of one resource: under one patch a second
 TIMING = LoopTiming(poll_seconds=0.5, drain_seconds=15.0)
 PROVISION_TIMEOUT = 300.0
@@ -329,4 +330,5 @@ class Driver:
             self.event("Warning", "DatabaseRestarted", event.message)
         elif isinstance(event, BenchmarkFinished):
             self.patch(force=True)
-            self.event("Normal" if event.status.phase == "Completed" else "Warning", "Finished", event.message)
+            self.event("Normal" if event.status.phase in ("Completed", "BoundaryFound") else "Warning", "Finished",
+                       event.message)

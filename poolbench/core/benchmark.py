@@ -20,14 +20,16 @@ from .results import (
     ErrorCounts,
     HistogramCounts,
     Percentiles,
+    Phase,
     StepResult,
     VariantStatus,
 )
 from .sampling import Sample, StepAccumulator
-from .search import most_probes, next_probe
+from .search import found, most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from .verdict import (
     comparison,
+    counted,
     judge_step,
     largest_safe,
     overall_verdict,
@@ -162,7 +164,7 @@ def throughput(reports: list[ReplicaReport]) -> float:
 
 
 class BenchmarkRun:
-    """Drives the status through Provisioning → Running → Completed | Failed.
+    """Drives the status through Provisioning → Running → Completed | BoundaryFound | Failed.
 
     With ``spec.variants`` every variant runs the whole step plan in turn: its steps and verdict go
     to ``status.variants[i]``, and ``status.steps``/``status.verdict`` show the first variant's (so
@@ -283,13 +285,18 @@ class BenchmarkRun:
         return plan[done] if done < len(plan) else None
 
     def begin_step(self, planned: PlannedStep) -> StepResult:
-        position = planned.position or planned.index
+        # n/m over the steps that ran: earlier variants count what they ran (a search often fewer than
+        # its most probes, a failure stops a list), this one and the later ones what they may still run.
+        ran = sum(len(self._finished(i)) for i in range(planned.variant_index))
+        position = ran + planned.index
         self.status.phase = "Running"
         self.status.current_step = position
+        self.status.total_steps = ran + sum(self.totals[planned.variant_index:])
         self.status.current_variant = planned.variant if self.multi else ""
         self.status.replicas = planned.replicas
-        self.status.progress = f"{position}/{self.total}"
-        self.status.message = f"{planned.label}/{self.totals[planned.variant_index]}: {planned.replicas} replicas"
+        self.status.progress = f"{position}/{self.status.total_steps}"
+        self.status.message = (f"{planned.label}/{self.totals[planned.variant_index]}:"
+                               f" {counted(planned.replicas, 'replica')}")
         step = StepResult(
             replicas=planned.replicas,
             started_at=utc_now(),
@@ -382,12 +389,28 @@ class BenchmarkRun:
             verdict = overall_verdict(self.spec, self.status.steps)
         self.status.verdict = verdict
         every = self.all_steps()
-        self.status.phase = "Completed" if all(s.outcome == "Passed" for s in every) else "Failed"
+        self.status.phase = self._final_phase()
+        self.status.total_steps = self.status.current_step = len(every)  # what ran: n/n, however many were planned
+        self.status.progress = f"{len(every)}/{len(every)}"
         summary = self.status.comparison if self.multi else verdict.summary
         self.status.message = message or summary
         self.status.live_connections = 0
         set_conditions(self.status)
         return self.status
+
+    def _final_phase(self) -> Phase:
+        """Completed: every step passed. BoundaryFound: a search found each variant's breaking point
+        (or passed all the way), and every measured rollout passed. Failed: anything else."""
+        every = self.all_steps()
+        if all(s.outcome == "Passed" for s in every):
+            return "Completed"
+        search = self.spec.search
+        if search is None or any(s.outcome != "Passed" for s in every if s.rollout_from is not None):
+            return "Failed"
+        probes = [[s for s in self.steps_of(i) if s.rollout_from is None] for i in range(len(self.variants))]
+        if all(found(search, p) or all(s.outcome == "Passed" for s in p) for p in probes):
+            return "BoundaryFound"
+        return "Failed"
 
     def fail(self, message: str) -> BenchmarkStatus:
         """The environment broke (not a measured failure): phase Failed, steps kept."""
@@ -410,10 +433,11 @@ def status_from_resource(status: dict[str, Any] | None) -> BenchmarkStatus | Non
 def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
     """Keep ``status.conditions`` in step with the phase, as the Kubernetes API conventions and kstatus
     read them: ``Reconciling`` (True while it provisions or measures), ``Ready`` (True once every step
-    passed; False with the reason otherwise) and ``Stalled`` (True when it cannot go on: an invalid
-    spec or a broken environment). ``kubectl wait --for=condition=Ready`` waits for a passing
-    benchmark; ``--for=condition=Reconciling=false`` for any finished one. A condition's
-    lastTransitionTime changes only when its status does."""
+    passed, or a search found its breaking point; False with the reason otherwise) and ``Stalled``
+    (True when it cannot go on: an invalid spec or a broken environment). ``kubectl wait
+    --for=condition=Ready`` waits for a passing benchmark (or a found boundary);
+    ``--for=condition=Reconciling=false`` for any finished one. A condition's lastTransitionTime
+    changes only when its status does."""
     now = now or utc_now()
     phase, message = status.phase, status.message
     verdict = status.verdict
@@ -421,6 +445,8 @@ def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
     broken = phase == "Invalid" or (phase == "Failed" and verdict is None)
     if phase == "Completed":
         ready = ("True", "AllStepsPassed")
+    elif phase == "BoundaryFound":
+        ready = ("True", "BoundaryFound")
     elif measured_failure:
         inconclusive = any(s.outcome == "Inconclusive" for s in status.steps + [
             s for v in status.variants[1:] for s in v.steps])

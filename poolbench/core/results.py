@@ -14,7 +14,10 @@ from pydantic.alias_generators import to_camel
 from .outcomes import OK, OUTCOMES
 from .spec import EngineSpec, PoolerSpec
 
-Phase = Literal["Pending", "Provisioning", "Running", "Completed", "Failed", "Invalid"]
+#: BoundaryFound: a search ended as it should, with adjacent counts in its range (one passing, one failing).
+Phase = Literal["Pending", "Provisioning", "Running", "Completed", "BoundaryFound", "Failed", "Invalid"]
+#: The phases a benchmark ends in: nothing more is measured.
+TERMINAL_PHASES = ("Completed", "BoundaryFound", "Failed", "Invalid")
 #: Inconclusive: the monitor lost most of the step's reads, so nothing it measured can be trusted.
 Outcome = Literal["Passed", "Failed", "Inconclusive"]
 #: Failed-attempt classes, in order of significance (slot exhaustion first), from ``outcomes``.
@@ -81,8 +84,10 @@ class Percentiles(_Out):
 
 
 class AgeStats(_Out):
-    p50: float = 0.0
-    max: float = 0.0
+    """Seconds; null when no age was read (the work never ended, or no backend was open then)."""
+
+    p50: float | None = None
+    max: float | None = None
 
 
 class HistogramCounts(_Out):

@@ -55,3 +55,30 @@ def searched(search: SearchRange, probes: list[StepResult]) -> tuple[int | None,
     lo, hi = bracket(search, probes)
     failing = unseen or next((s for s in probes if s.outcome == "Failed" and s.replicas == hi), None)
     return (lo if lo >= search.min else None), failing
+
+
+def found(search: SearchRange, probes: list[StepResult]) -> bool:
+    """The search did what it is for: adjacent counts inside the range, one passing and one failing,
+    every probe seen."""
+    if any(step.outcome not in ("Passed", "Failed") for step in probes):
+        return False
+    lo, hi = bracket(search, probes)
+    return search.min <= lo and hi <= search.max and hi - lo == 1
+
+
+def findings(search: SearchRange, probes: list[StepResult]) -> str:
+    """What the probes that ran showed, for the verdict: only counts that were probed are named."""
+    unseen = next((s for s in probes if s.outcome not in ("Passed", "Failed")), None)
+    lo, hi = bracket(search, probes)
+    known = " and ".join(([f"{lo} passed"] if lo >= search.min else [])
+                         + ([f"{hi} failed"] if hi <= search.max else []))
+    if unseen is not None:
+        return (f"stopped by the probe of {unseen.replicas}, which was {(unseen.outcome or 'unfinished').lower()}"
+                + (f" (before it, {known})" if known else " (no probe before it)"))
+    if hi - lo > 1:
+        return f"unfinished: {known}" if known else "no probe ran"
+    if lo < search.min:
+        return f"even {hi} (the search's min) failed"
+    if hi > search.max:
+        return f"up to {lo} (the search's max) every probe passed: the breaking point lies higher"
+    return f"found between {lo} and {hi}"

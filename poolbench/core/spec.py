@@ -547,7 +547,7 @@ STEPS_SHAPE = "must be a list of replica counts, or {search: {min: A, max: B}}"
 
 #: A Deployment's own default (apps/v1 RollingUpdate): what a rollout does when the spec says nothing.
 DEFAULT_MAX_SURGE = "25%"
-PERCENT = re.compile(r"^(0|[1-9][0-9]{0,2})%$")
+PERCENT = re.compile(r"^(0|[1-9][0-9]{0,3})%$")
 
 
 class RolloutSpec(_Model):
@@ -566,16 +566,24 @@ class RolloutSpec(_Model):
     replicas: ReplicaCount | None = Field(
         None, description="The replica count to roll (default: the largest count that passed).")
 
-    @field_validator("max_surge")
+    @field_validator("max_surge", mode="before")
     @classmethod
-    def _count_or_percent(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
+    def _count_or_percent(cls, value: Any) -> int | str:
+        """One readable message for any bad value (a float, a boolean, a bad percentage), at the
+        field's own path: checked before pydantic tries each member of ``int | str``."""
+        if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value <= 1000:
-                raise ValueError("maxSurge must be between 0 and 1000 pods")
+                raise ValueError(f"must be a count between 0 and 1000 pods, not {value}")
             return value
-        if not PERCENT.match(value) or int(value[:-1]) > 1000:
-            raise ValueError(f"maxSurge must be a count or a percentage like '25%', not {value!r}")
-        return value
+        if isinstance(value, str):
+            if not PERCENT.match(value):
+                raise ValueError(f"must be a count of pods (0 to 1000) or a percentage from '0%' to '1000%'"
+                                 f" like '25%', not {value!r}")
+            if int(value[:-1]) > 1000:
+                raise ValueError(f"must be a percentage from '0%' to '1000%', not {value!r}")
+            return value
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        raise ValueError(f"must be a whole count of pods (0 to 1000) or a percentage like '25%', not {shown}")
 
 
 class PoolBenchmarkSpec(_Model):

@@ -17,6 +17,7 @@ from typing import Protocol
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from .results import BenchmarkStatus, StepResult
 from .sampling import Sample
+from .verdict import counted
 
 
 class Stopped(Exception):
@@ -52,14 +53,14 @@ class StepStarted:
     def message(self) -> str:
         p = self.planned
         if p.rollout_from is not None:
-            return (f"{p.label}/{self.total_steps}: a rolling update: {p.rollout_from} replicas, then"
+            return (f"{p.label}/{self.total_steps}: a rolling update: {counted(p.rollout_from, 'replica')}, then"
                     f" {p.replicas - p.rollout_from} surge pods beside them (predicted peak {p.predicted_peak},"
                     f" usable {p.usable})")
         if p.pooler is not None:
-            return (f"{p.label}/{self.total_steps}: scaling the workload to {p.replicas} replicas through"
+            return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')} through"
                     f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients of {p.client_capacity}"
                     f" allowed, server peak ≤ {p.predicted_peak}, usable {p.usable})")
-        return (f"{p.label}/{self.total_steps}: scaling the workload to {p.replicas} replicas"
+        return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')}"
                 f" (predicted peak {p.predicted_peak}, usable {p.usable})")
 
 
@@ -70,7 +71,7 @@ class StepFinished:
 
     @property
     def message(self) -> str:
-        return (f"{self.planned.label}: {self.planned.replicas} replicas {self.step.outcome}:"
+        return (f"{self.planned.label}: {counted(self.planned.replicas, 'replica')} {self.step.outcome}:"
                 f" {self.step.reason}")
 
 

@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import StepResult, Verdict, to_snake
-from .search import searched
+from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
-#: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket.
-CONNECTION_PREFIX = re.compile(r'^connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: ')
+#: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
+#: psycopg 3 opens the same message with its own 'connection failed: '.
+CONNECTION_PREFIX = re.compile(
+    r'^(connection failed: )?(connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: )?')
+#: Longest error text quoted in a verdict (a server message can run to several lines).
+QUOTED_ERROR_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,26 @@ def replicas_word(count: int | None) -> str:
     return "replica" if count == 1 else "replicas"
 
 
+def counted(count: int, noun: str) -> str:
+    """A count with its noun, singular for one: '1 replica', '3 replicas', '1 step'."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def replicas_fit(count: int | None) -> str:
+    """'at most N replicas fit', with the verb agreeing: '1 replica fits'."""
+    return f"{count} replica fits" if count == 1 else f"{count} replicas fit"
+
+
+def clipped(text: str, limit: int = QUOTED_ERROR_CHARS) -> str:
+    """``text`` on one line and at most ``limit`` characters, cut at a word boundary (marked with
+    '…'), never inside a word."""
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:") + " …"
+
+
 def pooled_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> int:
     """Most replicas the poolers take without refusing a client (max_client_conn) and, in session
     mode, without a client waiting for a server connection."""
@@ -263,7 +287,7 @@ def failure_cause(step: StepResult) -> str:
         text = step.first_error.split(": ", 1)[-1] if step.first_error else ""  # without "replica: "
         text = CONNECTION_PREFIX.sub("", text)  # libpq's "connection to server at …, port … failed: "
         fix = DRIVER_SETTING_FIXES.get(cls)
-        return f"{cls}" + (f" ({text[:160]})" if text else "") + (f": {fix}" if fix else "")
+        return f"{cls}" + (f" ({clipped(text)})" if text else "") + (f": {fix}" if fix else "")
     if step.timed_out:
         return "a timeout (the replicas did not finish within stepTimeoutSeconds)"
     if step.crashed_replicas:
@@ -283,8 +307,8 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     callers = "tasks" if spec.workload.driver == "asyncpg" else "threads"
     return (f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
             f" connections, so {threads - cap} wait for a checkout (mean {last.checkout_wait_ms.mean:g} ms,"
-            f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at {last.replicas}"
-            f" replicas).")
+            f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at"
+            f" {counted(last.replicas, 'replica')}).")
 
 
 def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec | None = None) -> Verdict:
@@ -292,24 +316,34 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Po
     rollouts = [s for s in steps if s.rollout_from is not None]
     steps = [s for s in steps if s.rollout_from is None]
     verdict = pooled_verdict(spec, steps, pooler) if pooler is not None else direct_verdict(spec, steps)
+    verdict.first_failing_replicas = first_failing(largest_safe(spec, steps)[1])
     verdict.predicted_max_safe_replicas = predicted_safe_replicas(spec, pooler)
     for step in rollouts:
         outcome = step.outcome if step.outcome != "Failed" else f"Failed with {failure_cause(step)}"
-        verdict.summary += (f" A rolling update of {step.rollout_from} replicas ({step.replicas} pods at once):"
+        verdict.summary += (f" A rolling update of {counted(step.rollout_from or 0, 'replica')}"
+                            f" ({step.replicas} pods at once):"
                             f" peak {step.peak_connections} connections (predicted {step.predicted_peak}) of"
                             f" {step.usable_connections} usable, {outcome}.")
     search = spec.search
     if search is not None:
-        found = verdict.max_safe_replicas
-        if found is None:
-            where = f"even {search.min} (the search's min) failed"
-        elif verdict.first_failing_replicas is None:
-            where = f"up to {search.max} (the search's max) every probe passed: the breaking point lies higher"
-        else:
-            where = f"found between {found} and {verdict.first_failing_replicas}"
-        verdict.summary = (f"Search {search.min}..{search.max} in {len(steps)} steps: {where}; the arithmetic"
-                           f" predicted {verdict.predicted_max_safe_replicas}. " + verdict.summary)
+        verdict.summary = (f"Search {search.min}..{search.max} in {counted(len(steps), 'step')}:"
+                           f" {findings(search, steps)}; the arithmetic predicted"
+                           f" {verdict.predicted_max_safe_replicas}. " + verdict.summary)
     return verdict
+
+
+def first_failing(stopper: StepResult | None) -> int | None:
+    """firstFailingReplicas, the one rule for every verdict, table and comparison: the count of the
+    step that stopped the run when it failed (an inconclusive step failed nothing)."""
+    return stopper.replicas if stopper is not None and stopper.outcome == "Failed" else None
+
+
+def first_failing_step(verdict: Verdict, steps: list[StepResult]) -> StepResult | None:
+    """The measured step (never a rollout's) the verdict's firstFailingReplicas names."""
+    if verdict.first_failing_replicas is None:
+        return None
+    return next((s for s in steps if s.rollout_from is None and s.outcome == "Failed"
+                 and s.replicas == verdict.first_failing_replicas), None)
 
 
 def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
@@ -337,14 +371,13 @@ def predicted_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec | None =
 
 def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
     max_safe, failing_step = largest_safe(spec, steps)
-    first_failing = failing_step.replicas if failing_step is not None and failing_step.outcome == "Failed" else None
     per_peak = per_replica_peak(spec)
     usable = usable_connections(spec)
     role = spec.workload.role
     if failing_step is not None:
         pred = predict(spec, failing_step.replicas)
         reason = (
-            f"{failing_step.replicas} replicas × {per_peak} connections = {pred.peak} needed,"
+            f"{counted(failing_step.replicas, 'replica')} × {per_peak} connections = {pred.peak} needed,"
             f" {usable} usable ({spec.postgres.max_connections} max_connections"
             + (f" − {spec.postgres.reserved_for(role)} reserved" if spec.postgres.reserved_for(role) else "")
             + f" − {MONITOR_CONNECTIONS} monitor); {failing_step.reason}"
@@ -355,29 +388,29 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
         reason = "no step ran"
     safe_limit = usable // per_peak if per_peak else None
     if failing_step is not None:
-        verb = "were" if failing_step.outcome == "Inconclusive" else "failed with"
+        verb = ("was" if failing_step.replicas == 1 else "were") if failing_step.outcome == "Inconclusive" \
+            else "failed with"
         summary = (
-            f"{max_safe if max_safe is not None else 'No'} replicas ran safely;"
-            f" {failing_step.replicas} replicas {verb} {failure_cause(failing_step)}"
-            f" (each replica may open {per_peak}; the server allows {usable}, so at most {safe_limit}"
-            f" {replicas_word(safe_limit)} fit)."
+            (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "No step passed;")
+            + f" {counted(failing_step.replicas, 'replica')} {verb} {failure_cause(failing_step)}"
+            f" (each replica may open {per_peak}; the server allows {usable}, so at most {replicas_fit(safe_limit)})."
         )
     elif max_safe is not None:
         summary = (
-            f"All steps passed up to {max_safe} replicas (each may open {per_peak};"
-            f" at most {safe_limit} replicas fit in {usable} usable connections)."
+            f"All steps passed up to {counted(max_safe, 'replica')} (each may open {per_peak};"
+            f" at most {replicas_fit(safe_limit)} in {usable} usable connections)."
         )
     else:
         summary = "No step completed."
     if spec.rollout is not None and per_peak:
         during = rollout_safe(per_peak, usable, spec.rollout.max_surge)
-        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {during}"
-                    f" {replicas_word(during)} fit: old and new pods hold connections at once.")
+        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {replicas_fit(during)}:"
+                    f" old and new pods hold connections at once.")
     waiting = queueing(spec, steps)
     if waiting:
         summary += " " + waiting
     return Verdict(
-        max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary
+        max_safe_replicas=max_safe, first_failing_replicas=first_failing(failing_step), reason=reason, summary=summary
     )
 
 
@@ -388,28 +421,29 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     per_peak = per_replica_peak(spec)
     budget = pooler_budget(spec, pooler)
     fit = pooled_safe_replicas(spec, pooler)
-    fit_text = (f"at most {fit} {replicas_word(fit)} fit the poolers"
+    fit_text = (f"at most {counted(fit, 'replica')} {'fits' if fit == 1 else 'fit'} the poolers"
                 + (" without waiting" if pooler.pool_mode == "session" else ""))
     passed = [s for s in steps if s.outcome == "Passed"]
     measured = ""
     if passed:
         last = max(passed, key=lambda s: s.replicas)
-        measured = (f" At {last.replicas} replicas: {last.peak_connections} server backends (predicted ≤"
+        measured = (f" At {counted(last.replicas, 'replica')}: {last.peak_connections} server backends (predicted ≤"
                     f" {last.predicted_peak}), {last.client_peak_connections} clients at the pooler (predicted"
                     f" {last.predicted_client_peak}), {last.pooler_waiting_peak} waiting at most,"
                     f" p95 latency {last.latency_ms.p95:g} ms.")
     if failing is not None:
         pred = predict(spec, failing.replicas, pooler)
-        reason = (f"{failing.replicas} replicas × {per_peak} = {pred.client_peak} clients; {budget};"
+        reason = (f"{counted(failing.replicas, 'replica')} × {per_peak} = {pred.client_peak} clients; {budget};"
                   f" {failing.reason}")
-        verb = "were" if failing.outcome == "Inconclusive" else "failed with"
-        summary = (f"{pooler.label()}: {max_safe if max_safe is not None else 'no'} replicas ran safely;"
-                   f" {failing.replicas} replicas {verb} {failure_cause(failing)} (each replica may open"
+        verb = ("was" if failing.replicas == 1 else "were") if failing.outcome == "Inconclusive" else "failed with"
+        summary = (f"{pooler.label()}: "
+                   + (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "no step passed;")
+                   + f" {counted(failing.replicas, 'replica')} {verb} {failure_cause(failing)} (each replica may open"
                    f" {per_peak} clients; {fit_text}).{measured}")
         first_failing = failing.replicas if failing.outcome == "Failed" else None
     elif max_safe is not None:
         reason = f"every step passed; {budget}"
-        summary = (f"{pooler.label()}: all steps passed up to {max_safe} replicas (each may open {per_peak}"
+        summary = (f"{pooler.label()}: all steps passed up to {counted(max_safe, 'replica')} (each may open {per_peak}"
                    f" clients; {fit_text}).{measured}")
         first_failing = None
     else:
@@ -431,17 +465,16 @@ def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[lis
             continue
         peak = max((s.peak_connections for s in variant_steps), default=0)
         safe = verdict.max_safe_replicas
-        text = f"{name}: " + (f"{safe} replicas safe" if safe is not None else "no step passed")
+        text = f"{name}: " + (f"{counted(safe, 'replica')} safe" if safe is not None else "no step passed")
         if verdict.first_failing_replicas is not None:
-            failing = next((s for s in variant_steps if s.replicas == verdict.first_failing_replicas
-                            and s.outcome == "Failed"), None)
+            failing = first_failing_step(verdict, variant_steps)
             if failing is not None:
                 text += f", fails at {failing.replicas} ({failing.first_error_class or failure_cause(failing)})"
         parts.append(text + f", peak {peak} server backends")
     ranked = [(v.max_safe_replicas or 0, n) for n, v in zip(names, verdicts, strict=True) if v is not None]
     best = max(ranked)[0] if ranked else 0
     winners = [n for safe, n in ranked if safe == best and best > 0]
-    lead = (f"Scales furthest: {', '.join(winners)} ({best} replicas). " if winners else "")
+    lead = (f"Scales furthest: {', '.join(winners)} ({counted(best, 'replica')}). " if winners else "")
     settings = driver_setting_failures(names, steps)
     if settings:  # no ranking: a variant failed on its driver's configuration, which no pooling choice changes
         lead = "No winner: " + "; ".join(settings) + ". "

@@ -22,7 +22,7 @@ from .kube import wait_for
 pytestmark = pytest.mark.k8s
 
 GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
-TERMINAL = ("Completed", "Failed", "Invalid")
+TERMINAL = ("Completed", "BoundaryFound", "Failed", "Invalid")
 
 
 def apply_benchmark(control_plane, namespace: str, doc: dict) -> None:

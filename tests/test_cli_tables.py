@@ -1,0 +1,69 @@
+"""The CLI's tables and the verdict's quoted error text: what a user reads, whole and never cut
+inside a word."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from poolbench import cli
+from poolbench.core.results import BenchmarkStatus, ErrorCounts, StepResult, VariantStatus, Verdict
+from poolbench.core.spec import PoolerSpec
+from poolbench.core.verdict import clipped, failure_cause
+
+
+def pooled_status() -> dict:
+    pooler = PoolerSpec(pool_mode="transaction", default_pool_size=3, reserve_pool_size=1, max_client_conn=6,
+                        replicas=2)
+    steps = [StepResult(replicas=2, pooled=True, outcome="Passed", predicted_peak=8, peak_connections=6),
+             StepResult(replicas=3, pooled=True, outcome="Failed", predicted_peak=8, peak_connections=6,
+                        errors=ErrorCounts(pooler_max_client_conn=31, too_many_clients=3), leftover_backends=3,
+                        first_error_class="poolerMaxClientConn")]
+    verdict = Verdict(max_safe_replicas=2, first_failing_replicas=3)
+    status = BenchmarkStatus(max_connections=14, variants=[VariantStatus(name="tx", pooler=pooler, steps=steps,
+                                                                         verdict=verdict)])
+    return status.to_json()
+
+
+@pytest.mark.parametrize("width", [200, 160, 130])
+def test_the_errors_column_shows_each_class_whole(width: int) -> None:
+    status = pooled_status()
+    console = Console(width=width, record=True)
+    console.print(cli.results_table(status, status["variants"][0]))
+    text = console.export_text()
+    # One class per line, each whole (a name cut to "poolerMa…" says nothing).
+    assert "poolerMaxClientConn 31" in text and "tooManyClients 3" in text, text
+    assert "Failed" in text and "(3 leftovers)" in text, text
+
+
+def test_the_comparison_names_reserve_pool_and_instances() -> None:
+    console = Console(width=200, record=True)
+    console.print(cli.comparison_table(pooled_status()))
+    text = console.export_text()
+    assert "PgBouncer transaction, pool 3+1 × 2 instances, QueuePool" in text
+    assert "3 (poolerMaxClientConn)" in text
+
+
+@pytest.mark.parametrize("message", [
+    # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
+    'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',
+    'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients'
+    ' already',
+    'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL: sorry, too many'
+    ' clients already',
+])
+def test_the_cause_drops_the_drivers_connection_prefix(message: str) -> None:
+    step = StepResult(replicas=3, outcome="Failed", first_error=f"pb-x-s1-r0: {message}",
+                      first_error_class="tooManyClients")
+    assert failure_cause(step) == "tooManyClients (FATAL: sorry, too many clients already)"
+
+
+def test_a_long_error_is_cut_at_a_word_boundary() -> None:
+    text = "FATAL: " + " ".join(f"word{i:02d}" for i in range(40))  # 7 + 40 × 7 − 1 characters
+    cut = clipped(text, 50)
+    assert cut == "FATAL: word00 word01 word02 word03 word04 word05 …"
+    assert len(cut) <= 50 + 2 and clipped("short text", 50) == "short text"
+    assert clipped("ERROR: x\nDETAIL: y") == "ERROR: x DETAIL: y"  # one line
+    step = StepResult(replicas=3, outcome="Failed", first_error=f"r0: {text}", first_error_class="other")
+    cause = failure_cause(step)
+    assert cause.endswith(" …)") and cause.removeprefix("other (").removesuffix(" …)") in text
