@@ -27,6 +27,24 @@ def role_name(workload: WorkloadSpec) -> str:
 
 #: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
 POOLER_ENV = PREFIX + "POOLER"
+#: The pooler instances as "host:port,host:port": each new connection picks one at random, as a Kubernetes
+#: Service places each connection (locally; in a cluster the Service's one address is in PGHOST instead).
+POOLER_HOSTS_ENV = PREFIX + "POOLER_HOSTS"
+
+
+def render_pooler_hosts(addresses: list[tuple[str, int]]) -> str:
+    return ",".join(f"{host}:{port}" for host, port in addresses)
+
+
+def parse_pooler_hosts(raw: str) -> tuple[tuple[str, int], ...]:
+    """``render_pooler_hosts`` read back; a malformed entry raises ValueError naming it."""
+    addresses = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port")
+        addresses.append((host, int(port)))
+    return tuple(addresses)
 
 
 def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
@@ -94,6 +112,7 @@ class WorkloadConfig:
     summary_path: str | None
     exit_after_hold: bool
     pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
+    pooler_hosts: tuple[tuple[str, int], ...] = ()  # POOLBENCH_POOLER_HOSTS: one picked at random per connection
 
     @classmethod
     def checked_from_env(cls, env: dict[str, str]) -> WorkloadConfig:
@@ -131,5 +150,6 @@ class WorkloadConfig:
             summary_path=get("SUMMARY_PATH") or None,
             exit_after_hold=get("EXIT_AFTER_HOLD", "true").lower() == "true",
             pooled=bool(get("POOLER")),
+            pooler_hosts=parsed("POOLER_HOSTS", parse_pooler_hosts) or (),
         )
 
