@@ -72,8 +72,8 @@ def test_pooled_plans_count_clients_at_the_pooler() -> None:
     # without waiting; 4 replicas' 20 kept clients still get one each; 5 replicas' 25 do not (they fail).
     assert (s.max_replicas_without_waiting, s.max_safe_replicas) == (1, 4)
     assert s.max_safe_replicas_during_rollout == 3  # 3 + 1 surge pod keep 20
-    assert "fits without waiting up to 1 replicas, waits beyond" in s.notes[0]
-    assert "fails beyond 4 (5 replicas keep 25 idle clients open" in s.notes[0]
+    assert "fits without waiting up to 1 replica, waits beyond" in s.notes[0]
+    assert "fails beyond 4 (the pools of 5 replicas keep 25 clients open for good" in s.notes[0]
     needed = {k: v for r in s.recommendations for k, v in r.numbers.items()}  # 13 pods keep 65, open 195
     assert needed["serverConnectionsNeeded"] == 65 and needed["serverConnectionsWithoutWaiting"] == 195
     small = PoolerSpec(pool_mode="transaction", default_pool_size=80, reserve_pool_size=30, max_client_conn=100)

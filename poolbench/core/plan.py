@@ -20,9 +20,9 @@ from .verdict import (
     placement_overflows,
     placement_words,
     pooled_check,
-    pooled_failure_words,
     pooled_limits,
     rollout_safe,
+    session_words,
     surge_pods,
 )
 
@@ -149,13 +149,8 @@ def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: in
     if placement:
         notes.append(placement[0].upper() + placement[1:] + ".")
     if pooler.pool_mode == "session":
-        over = safe + 1
-        check = pooled_check(pooler, over * peak, over * idle, usable, pooler.max_client_conn)
-        fails = "fails" if pooler.replicas == 1 else "may fail"
-        notes.append(f"Session mode: fits without waiting up to {free} replicas, waits beyond (a waiting client runs"
-                     f" when an overflow client disconnects), {fails} beyond {safe} ("
-                     + pooled_failure_words(pooler, check, over, over * peak, over * idle, usable,
-                                            pooler.max_client_conn) + ").")
+        notes.append("Session mode: " + session_words(pooler, peak, idle, usable, pooler.max_client_conn, free, safe)
+                     + ".")
     return notes
 
 

@@ -292,20 +292,21 @@ def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, 
     timeout = pooler.query_wait_timeout_seconds
     until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
              else "for good (query_wait_timeout 0)")
-    return (f"{replicas} {replicas_word(replicas)} keep {kept} idle clients open (the pools' kept connections never"
-            f" disconnect), more than {where}'s {server} server connections: those without one wait {until}")
+    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good, more than {where}'s"
+            f" {server} server connections: those without one wait {until}")
 
 
-def session_words(spec: PoolBenchmarkSpec, pooler: PoolerSpec, usable: int, client_capacity: int,
+def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
                   free: int, safe: int) -> str:
-    """Session mode's three regimes: fits without waiting up to ``free``, waits beyond, fails beyond ``safe``."""
-    peak, idle = per_replica_peak(spec), per_replica_idle(spec)
+    """Session mode's regimes for replicas opening ``peak`` and keeping ``idle`` clients each: fits
+    without waiting up to ``free``, waits beyond, fails beyond ``safe`` (``pooled_limits``)."""
     over = safe + 1
     check = pooled_check(pooler, over * peak, over * idle, usable, client_capacity)
     fails = "fails" if pooler.replicas == 1 else "may fail"
     why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
-    return (f"fits without waiting up to {free} {replicas_word(free)}, waits beyond (a waiting client runs when an"
-            f" overflow client disconnects), {fails} beyond {safe} ({why})")
+    waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
+             if safe > free else f", {fails} beyond")
+    return f"fits without waiting up to {free} {replicas_word(free)}{waits} ({why})"
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
@@ -325,7 +326,8 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
     if pooler.pool_mode == "session":
         free, safe = pooled_replica_limits(spec, pooler)
         text += ("; in session mode a client holds its server connection while it is open: "
-                 + session_words(spec, pooler, usable, pooler.usable_clients(), free, safe))
+                 + session_words(pooler, per_replica_peak(spec), per_replica_idle(spec), usable,
+                                 pooler.usable_clients(), free, safe))
     return text
 
 
@@ -529,8 +531,8 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     budget = pooler_budget(spec, pooler)
     free, fit = pooled_replica_limits(spec, pooler)
     if pooler.pool_mode == "session":
-        fit_text = "session mode: " + session_words(spec, pooler, usable_connections(spec), pooler.usable_clients(),
-                                                    free, fit)
+        fit_text = "session mode: " + session_words(pooler, per_peak, per_replica_idle(spec), usable_connections(spec),
+                                                    pooler.usable_clients(), free, fit)
     else:
         fit_text = f"at most {fit} {replicas_word(fit)} fit the poolers"
     placement = placement_words(pooler.replicas, pooler.usable_clients())
