@@ -37,7 +37,7 @@ def exact_risk(clients: int, instances: int, capacity: int) -> Fraction:
     p = Fraction(1, instances)
     tail = sum(Fraction(math.comb(clients, k)) * p**k * (1 - p) ** (clients - k)
                for k in range(capacity + 1, clients + 1))
-    return min(Fraction(1), instances * tail)
+    return min(Fraction(1), Fraction(instances) * tail)
 
 
 def test_one_instance_is_exact() -> None:
@@ -120,10 +120,10 @@ def test_the_prediction_the_verdict_and_plan_use_one_rule(pooler: PoolerSpec) ->
     # plan: the same rule with production numbers; its recommendation for a target agrees with its
     # own max safe during a rollout.
     for target in range(1, 25):
-        p = plan(spec, target, pooler)
-        fits = p.recommendations[0].text.startswith(f"{target} replicas fit the poolers")
-        assert fits == (target <= p.max_safe_replicas_during_rollout), (target, p.recommendations)
-        assert fits == all("replicas fit the poolers" in r.text for r in p.recommendations)
+        budget = plan(spec, target, pooler)
+        fits = budget.recommendations[0].text.startswith(f"{target} replicas fit the poolers")
+        assert fits == (target <= budget.max_safe_replicas_during_rollout), (target, budget.recommendations)
+        assert fits == all("replicas fit the poolers" in r.text for r in budget.recommendations)
 
 
 def test_the_old_contradiction_is_not_predicted_safe() -> None:
