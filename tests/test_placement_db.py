@@ -64,11 +64,12 @@ class WatchingRunner(runner.LocalRunner):
 
 
 def run(name: str, *, replicas: list[int], threads: int, pooler: dict[str, Any], engine: dict[str, Any] | None = None,
-        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1) -> tuple[BenchmarkStatus, WatchingRunner]:
+        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2"
+        ) -> tuple[BenchmarkStatus, WatchingRunner]:
     doc = make_doc(name=name, steps=replicas, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
                    postgres={"maxConnections": 40}, stopOnFailure=False,
                    variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", **pooler}}],
-                   workload={"threads": threads, "iterations": iterations, "holdSeconds": hold,
+                   workload={"threads": threads, "iterations": iterations, "holdSeconds": hold, "driver": driver,
                              "statement": f"SELECT pg_sleep({sleep})",
                              "engine": engine or {"poolSize": threads, "maxOverflow": 0}})
     watching = WatchingRunner(parse_document(doc))
@@ -95,6 +96,18 @@ def test_one_replicas_connections_spread_over_both_instances() -> None:
     assert len(watching.per_instance) == 2 and all(n >= 1 for n in watching.per_instance), watching.per_instance
     assert sum(watching.per_instance) >= 20
     assert "connections land on the 2 PgBouncer instances at random" in verdict.summary
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_every_driver_spreads_its_connections(driver: str) -> None:
+    # The same placement for psycopg 3 and asyncpg (session mode: asyncpg's prepared statements stay on
+    # their server connection): 16 clients of one replica reach both instances (all on one: 2 / 2^16).
+    status, watching = run(f"spread-{driver}", replicas=[1], threads=16, driver=driver,
+                           pooler={"poolMode": "session", "defaultPoolSize": 16, "replicas": 2})
+    step, _ = only(status)
+    assert step.outcome == "Passed", step.reason
+    assert step.client_peak_connections == 16
+    assert all(n >= 1 for n in watching.per_instance) and sum(watching.per_instance) >= 16, watching.per_instance
 
 
 def test_more_clients_than_every_instance_takes_fail_as_predicted() -> None:
