@@ -7,10 +7,12 @@ import math
 from fractions import Fraction
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolbench.core.plan import plan
 from poolbench.core.results import StepResult
-from poolbench.core.spec import PoolerSpec, parse_spec
+from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
 from poolbench.core.verdict import (
     PLACEMENT_RISK,
     largest,
@@ -174,3 +176,33 @@ def test_pooler_hosts_travel_in_one_variable() -> None:
     assert WorkloadConfig.from_env({}).pooler_hosts == ()
     with pytest.raises(WorkloadEnvError, match="POOLBENCH_POOLER_HOSTS is malformed: 'localhost' is not host:port"):
         WorkloadConfig.from_env({"POOLBENCH_POOLER_HOSTS": "localhost"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(threads=st.integers(1, 40), size=st.integers(0, 20), overflow=st.integers(-1, 20),
+       pool_class=st.sampled_from(["QueuePool", "NullPool", "StaticPool"]), instances=st.integers(1, 6),
+       mode=st.sampled_from(["session", "transaction"]), pool=st.integers(1, 60), reserve=st.integers(0, 10),
+       clients=st.integers(2, 400), max_connections=st.integers(20, 400), surge=st.sampled_from([0, 1, "25%", "100%"]))
+def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
+        threads: int, size: int, overflow: int, pool_class: str, instances: int, mode: PoolMode, pool: int,
+        reserve: int, clients: int, max_connections: int, surge: int | str) -> None:
+    engine: dict[str, object] = {"poolClass": pool_class}
+    if pool_class == "QueuePool":
+        engine.update(poolSize=size, maxOverflow=overflow)
+    spec = parse_spec({"steps": [1], "postgres": {"maxConnections": max_connections},
+                       "rollout": {"maxSurge": surge}, "workload": {"threads": threads, "engine": engine}})
+    pooler = PoolerSpec(pool_mode=mode, default_pool_size=pool, reserve_pool_size=reserve, max_client_conn=clients,
+                        replicas=instances)
+    free, safe = pooled_replica_limits(spec, pooler)
+    assert free <= safe
+    for replicas in range(max(0, free - 2), safe + 4):
+        p = predict(spec, replicas, pooler)
+        assert p.fits == (replicas <= safe) and (p.check.outcome == "fits") == (replicas <= free)
+        assert p.peak <= p.usable
+    if mode == "session":
+        assert f"fits without waiting up to {free} " in pooled_verdict(spec, [passed(1)], pooler).summary
+    for target in (1, 2, 3, 5, 8, 13, 21, 34):
+        budget = plan(spec, target, pooler)
+        assert budget.max_safe_replicas_during_rollout <= budget.max_safe_replicas
+        fits = budget.recommendations[0].text.startswith(f"{target} replicas fit the poolers")
+        assert fits == (target <= budget.max_safe_replicas_during_rollout), (target, budget.recommendations)
