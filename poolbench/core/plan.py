@@ -145,7 +145,8 @@ def recommend(spec: PoolBenchmarkSpec, budget: Plan, target: int) -> list[Recomm
 def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: int, safe: int) -> list[str]:
     """The pooled budget's assumptions and regimes, in the words the run's verdict uses."""
     notes = []
-    placement = placement_words(pooler.replicas, pooler.max_client_conn)
+    placement = placement_words(pooler.replicas, pooler.max_client_conn,
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         notes.append(placement[0].upper() + placement[1:] + ".")
     if pooler.pool_mode == "session":
@@ -173,12 +174,12 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
     clients, kept = pods * peak, pods * idle
     instances, server = pooler.replicas, pooler.server_connections()
     check = pooled_check(pooler, clients, kept, usable, pooler.max_client_conn)
-    spread = " (connections placed at random, as through a Service)" if instances > 1 else ""
+    spread = "; connections are placed on the instances at random, as through a Service" if instances > 1 else ""
     if placement_overflows(clients, instances, pooler.max_client_conn):
         needed = least(lambda c: not placement_overflows(clients, instances, c), 1, clients)
         out.append(Recommendation(
             f"Pooler clients: {pods} pods × {peak} = {clients} clients; with {instances} instances each needs"
-            f" max_client_conn ≥ {needed}{spread} (now {pooler.max_client_conn}).", {"maxClientConn": needed}))
+            f" max_client_conn ≥ {needed} (now {pooler.max_client_conn}){spread}.", {"maxClientConn": needed}))
     if min(clients, instances * server) > usable:
         per = usable // instances
         out.append(Recommendation(
@@ -191,20 +192,23 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
         out.append(Recommendation(
             f"Session mode: a client holds a server connection while it is open and the pools' {kept} kept clients"
             f" never disconnect: with {server} server connections per instance those without one wait until"
-            f" query_wait_timeout. Use transaction mode, or at least {needed} server connections per"
-            f" instance{spread} ({no_wait} to run all {clients} clients at once).",
+            f" query_wait_timeout. Use transaction mode, or at least {needed} server connections per instance"
+            f" ({no_wait} to run all {clients} clients at once){spread}.",
             {"serverConnectionsNeeded": needed * instances, "serverConnectionsWithoutWaiting": no_wait * instances}))
     if out:
         return out
     if check.outcome == "waits":
         needed = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
+        more = (f"only {server} of the {clients} clients run at once during a rollout" if instances == 1 else
+                f"at random one of the {instances} instances may get more of the {clients} clients of a rollout"
+                f" than its {server} server connections")
         return [Recommendation(
-            f"{target} replicas fit the poolers, with waiting: in session mode only {instances * server} of the"
-            f" {clients} clients run at once during a rollout and the rest wait for an overflow client to"
-            f" disconnect; {needed} server connections per instance{spread} would run them all at once.",
+            f"{target} replicas fit the poolers, with waiting: in session mode {more}; the clients beyond the server"
+            f" connections wait for an overflow client to disconnect. {needed} server connections per instance would"
+            f" run them all at once{spread}.",
             {"clients": clients, "serverConnections": instances * server,
              "serverConnectionsWithoutWaiting": needed * instances})]
     return [Recommendation(
         f"{target} replicas fit the poolers: {clients} clients during a rollout of at most"
-        f" {instances * pooler.max_client_conn}{spread}, and {instances * server} server connections of {usable}"
-        " usable.", {"clients": clients, "serverConnections": instances * server})]
+        f" {instances * pooler.max_client_conn}, and {instances * server} server connections of {usable}"
+        f" usable{spread}.", {"clients": clients, "serverConnections": instances * server})]

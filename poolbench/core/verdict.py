@@ -72,13 +72,24 @@ def placement_overflows(clients: int, instances: int, capacity: int) -> bool:
     return overflow_risk(clients, instances, capacity) >= PLACEMENT_RISK
 
 
-def placement_words(instances: int, capacity: int, what: str = "clients") -> str:
-    """The placement assumption in words (nothing with one instance: the count is exact)."""
+def placement_words(instances: int, capacity: int, server: int | None = None) -> str:
+    """The placement assumption in words (nothing with one instance: the count is exact). ``server``:
+    session mode's server connections per instance, the same rule's other capacity."""
     if instances <= 1:
         return ""
+    also = f", or more clients than its {server} server connections," if server is not None else ""
     return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
-            f" safe when the chance that one instance gets more than its {capacity} {what} is below"
+            f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
             f" {PLACEMENT_RISK_WORDS}")
+
+
+def more_than(count: int, instances: int, capacity: int, what: str) -> str:
+    """How ``count`` connections exceed ``capacity`` per instance: surely, or by random placement."""
+    if instances <= 1:
+        return f"more than the pooler's {capacity} {what}"
+    if count > instances * capacity:
+        return f"more than the {instances} instances' {capacity} {what} each"
+    return f"and at random one of the {instances} instances may get more than its {capacity} {what}"
 
 
 @dataclass(frozen=True)
@@ -282,18 +293,19 @@ def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, 
                          usable: int, client_capacity: int) -> str:
     """Why ``replicas`` (opening ``clients``, keeping ``kept``) are not safe, in words."""
     n, server = pooler.replicas, pooler.server_connections()
-    where = "an instance" if n > 1 else "the pooler"
     if check.cause == "clients":
-        return (f"{replicas} {replicas_word(replicas)} open {clients} clients, more than {where} takes"
-                f" ({client_capacity} of max_client_conn {pooler.max_client_conn})")
+        monitor = ", one for the monitor" if client_capacity < pooler.max_client_conn else ""
+        return (f"{replicas} {replicas_word(replicas)} open {clients} clients,"
+                f" {more_than(clients, n, client_capacity, 'clients')} (max_client_conn {pooler.max_client_conn}"
+                f"{monitor})")
     if check.cause == "server":
         return (f"the poolers would open {min(clients, n * server)} server connections of {usable} usable:"
                 " the server refuses their logins beyond that")
     timeout = pooler.query_wait_timeout_seconds
     until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
              else "for good (query_wait_timeout 0)")
-    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good, more than {where}'s"
-            f" {server} server connections: those without one wait {until}")
+    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good,"
+            f" {more_than(kept, n, server, 'server connections')}: those without one wait {until}")
 
 
 def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
@@ -320,7 +332,8 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
                " the server refuses the poolers' logins beyond that")
             + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
               f" {pooler.replicas * pooler.usable_clients()}")
-    placement = placement_words(pooler.replicas, pooler.usable_clients())
+    placement = placement_words(pooler.replicas, pooler.usable_clients(),
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         text += f"; {placement}"
     if pooler.pool_mode == "session":
@@ -535,7 +548,8 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
                                                     pooler.usable_clients(), free, fit)
     else:
         fit_text = f"at most {fit} {replicas_word(fit)} fit the poolers"
-    placement = placement_words(pooler.replicas, pooler.usable_clients())
+    placement = placement_words(pooler.replicas, pooler.usable_clients(),
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         fit_text += f"; {placement}"
     passed = [s for s in steps if s.outcome == "Passed"]
