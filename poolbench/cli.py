@@ -376,6 +376,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               + (f" ({why})" if why else "") + " (production: no benchmark monitor)")
         print(f"  max safe replicas: {p.max_safe_replicas}; during a rolling update (maxSurge {p.max_surge}):"
               f" {p.max_safe_replicas_during_rollout}")
+        for note in p.notes:
+            print(f"  {note}")
         for r in p.recommendations:
             print(f"  - {r.text}")
     return EXIT_OK

@@ -71,8 +71,14 @@ def test_pooled_plans_count_clients_at_the_pooler() -> None:
     assert p.recommendations[0].text.startswith("10 replicas fit the poolers")
     session = PoolerSpec(pool_mode="session", default_pool_size=20, max_client_conn=200)
     s = plan(spec, 10, session)
-    assert s.max_safe_replicas == 1  # 20 server connections run 20 clients at once: one replica's 15
-    assert any(r.numbers.get("serverConnectionsNeeded") == 195 for r in s.recommendations)
+    # Each replica keeps 5 clients (poolSize) and opens up to 15: the 20 server connections run 1 replica
+    # without waiting; 4 replicas' 20 kept clients still get one each; 5 replicas' 25 do not (they fail).
+    assert (s.max_replicas_without_waiting, s.max_safe_replicas) == (1, 4)
+    assert s.max_safe_replicas_during_rollout == 3  # 3 + 1 surge pod keep 20
+    assert "fits without waiting up to 1 replica, waits beyond" in s.notes[0]
+    assert "fails beyond 4 (the pools of 5 replicas keep 25 clients open for good" in s.notes[0]
+    needed = {k: v for r in s.recommendations for k, v in r.numbers.items()}  # 13 pods keep 65, open 195
+    assert needed["serverConnectionsNeeded"] == 65 and needed["serverConnectionsWithoutWaiting"] == 195
     small = PoolerSpec(pool_mode="transaction", default_pool_size=80, reserve_pool_size=30, max_client_conn=100)
     numbers = {k: v for r in plan(spec, 10, small).recommendations for k, v in r.numbers.items()}
     assert numbers == {"maxClientConn": 195, "serverConnectionsPerInstance": 100}

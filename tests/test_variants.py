@@ -9,7 +9,13 @@ from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import PoolerRead, Sample, StepAccumulator, merge_pooler_reads, pooler_read_from_rows
 from poolbench.core.spec import PoolerSpec, SpecError, parse_spec
-from poolbench.core.verdict import comparison, pooled_safe_replicas, pooled_verdict, predict
+from poolbench.core.verdict import (
+    comparison,
+    pooled_replica_limits,
+    pooled_safe_replicas,
+    pooled_verdict,
+    predict,
+)
 from poolbench.core.workload_env import WorkloadConfig, workload_env
 
 SEED = {"steps": [5, 10], "workload": {"threads": 15}}
@@ -67,7 +73,12 @@ def test_pooler_arithmetic_knows_the_seed() -> None:
                          replicas=2)
     assert predict(spec, 10, session).server_capacity == 50  # 2 instances × (20 + 5)
     assert predict(spec, 10, session).client_capacity == 398
-    assert pooled_safe_replicas(spec, session) == 3  # only 50 clients run at once: 50 // 15
+    # 5 kept clients per replica at random over 2 instances of 25 server connections each: 5 replicas'
+    # 25 fit even on one instance; 6 replicas' 30 put more than 25 on one with chance
+    # 2 × P(Binomial(30, 1/2) > 25) = 2 × 31931 / 2^30 ≈ 6e-5, not below one in a million.
+    # Without waiting: 1 replica's 15 clients; 2 replicas' 30 the same chance again.
+    assert pooled_safe_replicas(spec, session) == 5
+    assert pooled_replica_limits(spec, session) == (1, 5)
     direct = predict(spec, 10)
     assert direct.peak == 150 and direct.client_capacity == 0 and not direct.fits
 

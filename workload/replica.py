@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import signal
 import sys
 import threading
@@ -101,9 +102,31 @@ def driver_settings(cfg: WorkloadConfig) -> tuple[str, dict[str, Any]]:
     return url, connect_args
 
 
+#: Per-connection choices of a pooler instance: from the OS (a forked worker must not repeat its parent's draws).
+PLACEMENT = random.SystemRandom()
+
+
+def spread_connections(engine: Any, addresses: tuple[tuple[str, int], ...]) -> Any:
+    """Each new DB-API connection goes to one of ``addresses`` picked at random, as a Kubernetes Service
+    places each connection on a pod (SQLAlchemy's do_connect: the same for psycopg2, psycopg and asyncpg)."""
+    if not addresses:
+        return engine
+
+    def pick(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["host"], cparams["port"] = PLACEMENT.choice(addresses)
+
+    event.listen(getattr(engine, "sync_engine", engine), "do_connect", pick)
+    return engine
+
+
 def build_engine(cfg: WorkloadConfig) -> Any:
-    """The engine under test; connection target from libpq's PG* variables (asyncpg reads the same).
+    """The engine under test; connection target from libpq's PG* variables (asyncpg reads the same),
+    or per connection one of the pooler instances (POOLBENCH_POOLER_HOSTS).
     asyncpg gets ``create_async_engine`` (QueuePool becomes its AsyncAdaptedQueuePool)."""
+    return spread_connections(_engine(cfg), cfg.pooler_hosts)
+
+
+def _engine(cfg: WorkloadConfig) -> Any:
     kwargs = {ENGINE_ARGS[k]: v for k, v in cfg.engine.items() if k in ENGINE_ARGS}
     pool_name = cfg.engine.get("poolClass", "QueuePool")
     url, connect_args = driver_settings(cfg)

@@ -9,12 +9,24 @@ the budget during a rollout is smaller than at rest.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .spec import DEFAULT_MAX_SURGE, PoolBenchmarkSpec, PoolerSpec
-from .verdict import per_replica_idle, per_replica_peak, rollout_safe, surge_pods
+from .verdict import (
+    counted,
+    per_replica_idle,
+    per_replica_peak,
+    placement_overflows,
+    placement_words,
+    pooled_check,
+    pooled_limits,
+    replicas_fit,
+    rollout_safe,
+    session_words,
+    surge_pods,
+)
 
 
 def production_usable(spec: PoolBenchmarkSpec) -> int:
@@ -44,6 +56,8 @@ class Plan:
     pooler: PoolerSpec | None = None
     target_replicas: int | None = None
     recommendations: list[Recommendation] = field(default_factory=list)
+    max_replicas_without_waiting: int | None = None  # session mode: clients wait beyond it, and run
+    notes: list[str] = field(default_factory=list)  # pooled: the placement assumption, session mode's regimes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +69,9 @@ class Plan:
             "maxSurge": self.max_surge,
             "targetReplicas": self.target_replicas,
             "recommendations": [r.to_json() for r in self.recommendations],
+            **({"maxReplicasWithoutWaiting": self.max_replicas_without_waiting}
+               if self.max_replicas_without_waiting is not None else {}),
+            **({"notes": self.notes} if self.notes else {}),
         }
 
 
@@ -67,13 +84,14 @@ def plan(spec: PoolBenchmarkSpec, target_replicas: int | None = None, pooler: Po
     if pooler is None:
         safe = rollout_safe(peak, usable)
         during = rollout_safe(peak, usable, max_surge)
-    else:  # the clients must fit the poolers (in session mode: their server connections); the server sees the pools
-        clients = pooler.replicas * pooler.max_client_conn
-        if pooler.pool_mode == "session":
-            clients = min(clients, pooler.replicas * pooler.server_connections())
-        safe = rollout_safe(peak, clients)
-        during = rollout_safe(peak, clients, max_surge)
+    else:  # the run's rule (verdict.pooled_check), with production's numbers: no monitor at the poolers either
+        free, safe = pooled_limits(peak, idle, pooler, usable, pooler.max_client_conn)
+        during = pooled_limits(peak, idle, pooler, usable, pooler.max_client_conn, max_surge)[1]
     result = Plan(peak, idle, usable, safe, during, max_surge, pooler, target_replicas)
+    if pooler is not None:
+        result.notes.extend(pooled_notes(pooler, peak, idle, usable, free, safe))
+        if pooler.pool_mode == "session":
+            result = replace(result, max_replicas_without_waiting=free)
     if target_replicas is not None:
         result.recommendations.extend(recommend(spec, result, target_replicas))
     return result
@@ -85,10 +103,10 @@ def recommend(spec: PoolBenchmarkSpec, budget: Plan, target: int) -> list[Recomm
     usable, peak = budget.usable_connections, budget.per_replica_peak
     out: list[Recommendation] = []
     if budget.pooler is not None:
-        return recommend_pooled(budget.pooler, target, pods, peak, usable)
+        return recommend_pooled(budget.pooler, target, pods, peak, budget.per_replica_idle, usable)
     if pods * peak <= usable:
         out.append(Recommendation(
-            f"{target} replicas fit: {pods} pods during a rollout × {peak} connections = {pods * peak}"
+            f"{replicas_fit(target)}: {counted(pods, 'pod')} during a rollout × {peak} connections = {pods * peak}"
             f" of {usable} usable.", {"podsDuringRollout": pods, "connectionsNeeded": pods * peak}))
         return out
     per_pod = usable // pods
@@ -116,7 +134,7 @@ def recommend(spec: PoolBenchmarkSpec, budget: Plan, target: int) -> list[Recomm
             " pooler.", {"maxConnectionsPerReplica": per_pod, "maxConnectionsPerProcess": 0}))
     else:
         out.append(Recommendation(
-            f"Pool: {pods} pods cannot each hold even one connection in {usable} usable: change the server"
+            f"Pool: {counted(pods, 'pod')} cannot each hold even one connection in {usable} usable: change the server"
             " or add a pooler.", {"maxConnectionsPerReplica": 0}))
     out.append(server_recommendation(spec, pods, peak))
     out.append(Recommendation(
@@ -144,30 +162,73 @@ def server_recommendation(spec: PoolBenchmarkSpec, pods: int, peak: int) -> Reco
         f" now {pg.max_connections}).", {"maxConnections": needed})
 
 
-def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, usable: int) -> list[Recommendation]:
+def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: int, safe: int) -> list[str]:
+    """The pooled budget's assumptions and regimes, in the words the run's verdict uses."""
+    notes = []
+    placement = placement_words(pooler.replicas, pooler.max_client_conn,
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+    if placement:
+        notes.append(placement[0].upper() + placement[1:] + ".")
+    if pooler.pool_mode == "session":
+        notes.append("Session mode: " + session_words(pooler, peak, idle, usable, pooler.max_client_conn, free, safe)
+                     + ".")
+    return notes
+
+
+def least(ok: Callable[[int], bool], low: int, high: int) -> int:
+    """The smallest value in low..high for which ``ok`` holds (``ok`` holds at ``high`` and beyond)."""
+    while low < high:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle: int,
+                     usable: int) -> list[Recommendation]:
+    """What makes ``pods`` pods fit ``pooler`` by the run's rule (``pooled_check``): its verdict is the
+    plan's maxSafeReplicasDuringRollout's, each lever found with the same placement rule."""
     out = []
-    clients = pods * peak
-    instances = pooler.replicas
-    per_instance = math.ceil(clients / instances)
-    if per_instance > pooler.max_client_conn:
+    clients, kept = pods * peak, pods * idle
+    instances, server = pooler.replicas, pooler.server_connections()
+    check = pooled_check(pooler, clients, kept, usable, pooler.max_client_conn)
+    spread = "; connections are placed on the instances at random, as through a Service" if instances > 1 else ""
+    if placement_overflows(clients, instances, pooler.max_client_conn):
+        needed = least(lambda c: not placement_overflows(clients, instances, c), 1, clients)
         out.append(Recommendation(
             f"Pooler clients: {pods} pods × {peak} = {clients} clients; with {instances} instances each needs"
-            f" max_client_conn ≥ {per_instance} (now {pooler.max_client_conn}).", {"maxClientConn": per_instance}))
-    server = instances * pooler.server_connections()
-    if pooler.pool_mode == "session" and clients > server:
-        out.append(Recommendation(
-            f"Session mode: a client holds a server connection while it is open, so only {server} of the {clients}"
-            f" clients run at once and the rest wait: use transaction mode, or {clients} server connections.",
-            {"serverConnectionsNeeded": clients}))
-    if server > usable:
+            f" max_client_conn ≥ {needed} (now {pooler.max_client_conn}){spread}.", {"maxClientConn": needed}))
+    if min(clients, instances * server) > usable:
         per = usable // instances
         out.append(Recommendation(
-            f"Pooler server side: {instances} × ({pooler.default_pool_size} + {pooler.reserve_pool_size}) = {server}"
-            f" server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per} per instance.",
-            {"serverConnectionsPerInstance": per}))
-    if not out:
+            f"Pooler server side: {instances} × ({pooler.default_pool_size} + {pooler.reserve_pool_size}) ="
+            f" {instances * server} server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per}"
+            " per instance.", {"serverConnectionsPerInstance": per}))
+    if pooler.pool_mode == "session" and placement_overflows(kept, instances, server):
+        needed = least(lambda s: not placement_overflows(kept, instances, s), 1, kept)
+        no_wait = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
         out.append(Recommendation(
-            f"{target} replicas fit the poolers: {clients} clients during a rollout of at most"
-            f" {instances * pooler.max_client_conn}, and {server} server connections of {usable} usable.",
-            {"clients": clients, "serverConnections": server}))
-    return out
+            f"Session mode: a client holds a server connection while it is open and the pools' {kept} kept clients"
+            f" never disconnect: with {server} server connections per instance those without one wait until"
+            f" query_wait_timeout. Use transaction mode, or at least {needed} server connections per instance"
+            f" ({no_wait} to run all {clients} clients at once){spread}.",
+            {"serverConnectionsNeeded": needed * instances, "serverConnectionsWithoutWaiting": no_wait * instances}))
+    if out:
+        return out
+    if check.outcome == "waits":
+        needed = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
+        more = (f"only {server} of the {clients} clients run at once during a rollout" if instances == 1 else
+                f"at random one of the {instances} instances may get more of the {clients} clients of a rollout"
+                f" than its {server} server connections")
+        return [Recommendation(
+            f"{replicas_fit(target)} the poolers, with waiting: in session mode {more}; the clients beyond the server"
+            f" connections wait for an overflow client to disconnect. {needed} server connections per instance would"
+            f" run them all at once{spread}.",
+            {"clients": clients, "serverConnections": instances * server,
+             "serverConnectionsWithoutWaiting": needed * instances})]
+    return [Recommendation(
+        f"{replicas_fit(target)} the poolers: {clients} clients during a rollout of at most"
+        f" {instances * pooler.max_client_conn}, and {instances * server} server connections of {usable}"
+        f" usable{spread}.", {"clients": clients, "serverConnections": instances * server})]

@@ -8,14 +8,22 @@ Behind a PgBouncer those are *client* connections at the pooler: they must fit i
 instances × (max_client_conn − 1: the benchmark's monitor holds one at each), and the server sees
 at most instances × (default_pool_size + reserve_pool_size) backends, whatever the replica count.
 In session mode a client keeps its server connection while it is open, so at most that many
-clients run at once and the rest wait (until query_wait_timeout); in transaction mode only a
-transaction holds one.
+clients run at once and the rest wait: an overflow client's disconnect frees a server connection for
+them, but the pools' kept (idle) clients never disconnect, so when those alone outnumber an
+instance's server connections the ones without one wait until query_wait_timeout and are
+disconnected. In transaction mode only a transaction holds one.
+
+Connections reach the instances through a Service (locally, each new connection picks an instance
+at random, as a Service does), so the arithmetic counts a number of connections safe at an instance
+only when the chance that random placement puts more than its capacity there is below
+``PLACEMENT_RISK`` (exact with one instance).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .histogram import Histogram
@@ -31,6 +39,122 @@ CONNECTION_PREFIX = re.compile(
     r'^(connection failed: )?(connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: )?')
 #: Longest error text quoted in a verdict (a server message can run to several lines).
 QUOTED_ERROR_CHARS = 160
+
+
+#: The chance, at most, that random placement puts more connections on one pooler instance than it
+#: takes, for a count to be called safe (a union bound over the instances).
+PLACEMENT_RISK = 1e-6
+PLACEMENT_RISK_WORDS = "one in a million"
+
+
+def overflow_risk(clients: int, instances: int, capacity: int) -> float:
+    """An upper bound on the chance that one of ``instances`` gets more than ``capacity`` of ``clients``
+    connections, each placed on an instance uniformly at random (as a Service does):
+    instances × P(Binomial(clients, 1/instances) > capacity), in log space (clients may be ~10^6)."""
+    if clients <= capacity:
+        return 0.0
+    if instances <= 1 or clients > instances * capacity:
+        return 1.0
+    p = 1.0 / instances
+    k = capacity + 1
+    if k <= clients // instances:  # at or below the median: the tail holds at least half the mass
+        return 1.0
+    log_first = (math.lgamma(clients + 1) - math.lgamma(k + 1) - math.lgamma(clients - k + 1)
+                 + k * math.log(p) + (clients - k) * math.log1p(-p))
+    # k is at or above the mode, so the terms only shrink: sum them relative to the first.
+    total, term, odds = 1.0, 1.0, p / (1.0 - p)
+    for j in range(k, clients):
+        term *= (clients - j) / (j + 1) * odds
+        total += term
+        if term < total * 1e-17:
+            break
+    return min(1.0, instances * math.exp(log_first + math.log(total)))
+
+
+def placement_overflows(clients: int, instances: int, capacity: int) -> bool:
+    """Can one instance get more than ``capacity`` of ``clients`` randomly placed connections? The one
+    rule for pooler capacity (prediction, verdict, plan, session waiting): exact with one instance,
+    otherwise true unless the chance is below PLACEMENT_RISK."""
+    return overflow_risk(clients, instances, capacity) >= PLACEMENT_RISK
+
+
+def placement_words(instances: int, capacity: int, server: int | None = None) -> str:
+    """The placement assumption in words (nothing with one instance: the count is exact). ``server``:
+    session mode's server connections per instance, the same rule's other capacity."""
+    if instances <= 1:
+        return ""
+    also = f", or more clients than its {server} server connections," if server is not None else ""
+    return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
+            f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
+            f" {PLACEMENT_RISK_WORDS}")
+
+
+def more_than(count: int, instances: int, capacity: int, what: str) -> str:
+    """How ``count`` connections exceed ``capacity`` per instance: surely, or by random placement."""
+    if instances <= 1:
+        return f"more than the pooler's {capacity} {what}"
+    if count > instances * capacity:
+        return f"more than the {instances} instances' {capacity} {what} each"
+    return f"and at random one of the {instances} instances may get more than its {capacity} {what}"
+
+
+@dataclass(frozen=True)
+class PooledCheck:
+    """What the poolers do with a load: ``outcome`` fits, waits (session: clients wait for an overflow
+    client's disconnect, then run) or fails; ``cause`` of a failure: clients (max_client_conn), server
+    (the poolers' logins beyond the usable slots are refused) or kept (session: kept clients outnumber
+    an instance's server connections and wait until query_wait_timeout)."""
+
+    outcome: str
+    cause: str = ""
+
+
+def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, client_capacity: int) -> PooledCheck:
+    """``clients`` (peak) and ``kept`` (idle after the burst) client connections through ``pooler``,
+    whose instances each accept ``client_capacity`` clients, in front of ``usable`` server slots."""
+    n, server = pooler.replicas, pooler.server_connections()
+    if placement_overflows(clients, n, client_capacity):
+        return PooledCheck("fails", "clients")
+    if min(clients, n * server) > usable:
+        return PooledCheck("fails", "server")
+    if pooler.pool_mode == "session":
+        if placement_overflows(kept, n, server):
+            return PooledCheck("fails", "kept")
+        if placement_overflows(clients, n, server):
+            return PooledCheck("waits")
+    return PooledCheck("fits")
+
+
+def largest(ok: Callable[[int], bool], upper: int) -> int:
+    """The largest count in 0..upper for which ``ok`` holds, ``ok`` holding up to some count and not
+    beyond (0 when it fails at 1)."""
+    low, high = 0, upper
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def pooled_limits(per_peak: int, per_idle: int, pooler: PoolerSpec, usable: int, client_capacity: int,
+                  max_surge: int | str | None = None) -> tuple[int, int]:
+    """(most replicas without waiting, most replicas without failing) through ``pooler``; with
+    ``max_surge``, with a rolling update's surge pods beside them."""
+    if per_peak <= 0:
+        return 0, 0
+
+    def pods(replicas: int) -> int:
+        return replicas + (surge_pods(replicas, max_surge) if max_surge is not None else 0)
+
+    def check(replicas: int) -> PooledCheck:
+        count = pods(replicas)
+        return pooled_check(pooler, count * per_peak, count * per_idle, usable, client_capacity)
+
+    upper = pooler.replicas * client_capacity // per_peak  # beyond it the clients cannot fit anywhere
+    safe = largest(lambda r: check(r).outcome != "fails", upper)
+    return largest(lambda r: check(r).outcome == "fits", safe), safe
 
 
 @dataclass(frozen=True)
@@ -58,10 +182,11 @@ class Prediction:
 
     @property
     def peak(self) -> int:
-        """Server backends at the peak: the engines' connections, or what the poolers open for them."""
+        """Server backends at the peak: the engines' connections, or what the poolers open for them
+        (never more than the usable slots: the server refuses the poolers' logins beyond them)."""
         if self.pooler is None:
             return self.client_peak
-        return min(self.client_peak, self.server_capacity)
+        return min(self.client_peak, self.server_capacity, self.usable)
 
     @property
     def idle(self) -> int:
@@ -75,10 +200,15 @@ class Prediction:
         return max(0, self.client_peak - self.server_capacity) if self.pooler else 0
 
     @property
-    def fits(self) -> bool:
+    def check(self) -> PooledCheck:
+        """Fits, waits (session mode) or fails: the same rule as ``pooled_limits``."""
         if self.pooler is None:
-            return self.peak <= self.usable
-        return self.peak <= self.usable and self.client_peak <= self.client_capacity
+            return PooledCheck("fits") if self.peak <= self.usable else PooledCheck("fails", "server")
+        return pooled_check(self.pooler, self.client_peak, self.idle, self.usable, self.pooler.usable_clients())
+
+    @property
+    def fits(self) -> bool:
+        return self.check.outcome != "fails"
 
 
 def per_process_peak(spec: PoolBenchmarkSpec) -> int:
@@ -178,16 +308,49 @@ def clipped(text: str, limit: int = QUOTED_ERROR_CHARS) -> str:
     return cut.rstrip(" ,;:") + " …"
 
 
+def pooled_replica_limits(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> tuple[int, int]:
+    """(most replicas without waiting, most replicas without failing) through the benchmark's poolers
+    (each instance's console holds one of its max_client_conn for the monitor)."""
+    return pooled_limits(per_replica_peak(spec), per_replica_idle(spec), pooler, usable_connections(spec),
+                         pooler.usable_clients())
+
+
 def pooled_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> int:
-    """Most replicas the poolers take without refusing a client (max_client_conn) and, in session
-    mode, without a client waiting for a server connection."""
-    per_peak = per_replica_peak(spec)
-    if per_peak == 0:
-        return 0
-    limit = pooler.replicas * pooler.usable_clients()
-    if pooler.pool_mode == "session":
-        limit = min(limit, pooler.replicas * pooler.server_connections())
-    return limit // per_peak
+    """Most replicas the poolers take without refusing a client (max_client_conn), without the server
+    refusing their logins, and, in session mode, without a kept client waiting out query_wait_timeout."""
+    return pooled_replica_limits(spec, pooler)[1]
+
+
+def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, clients: int, kept: int,
+                         usable: int, client_capacity: int) -> str:
+    """Why ``replicas`` (opening ``clients``, keeping ``kept``) are not safe, in words."""
+    n, server = pooler.replicas, pooler.server_connections()
+    if check.cause == "clients":
+        monitor = ", one for the monitor" if client_capacity < pooler.max_client_conn else ""
+        return (f"{replicas} {replicas_word(replicas)} open {clients} clients,"
+                f" {more_than(clients, n, client_capacity, 'clients')} (max_client_conn {pooler.max_client_conn}"
+                f"{monitor})")
+    if check.cause == "server":
+        return (f"the poolers would open {min(clients, n * server)} server connections of {usable} usable:"
+                " the server refuses their logins beyond that")
+    timeout = pooler.query_wait_timeout_seconds
+    until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
+             else "for good (query_wait_timeout 0)")
+    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good,"
+            f" {more_than(kept, n, server, 'server connections')}: those without one wait {until}")
+
+
+def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
+                  free: int, safe: int) -> str:
+    """Session mode's regimes for replicas opening ``peak`` and keeping ``idle`` clients each: fits
+    without waiting up to ``free``, waits beyond, fails beyond ``safe`` (``pooled_limits``)."""
+    over = safe + 1
+    check = pooled_check(pooler, over * peak, over * idle, usable, client_capacity)
+    fails = "fails" if pooler.replicas == 1 else "may fail"
+    why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
+    waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
+             if safe > free else f", {fails} beyond")
+    return f"fits without waiting up to {free} {replicas_word(free)}{waits} ({why})"
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
@@ -201,9 +364,15 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
                " the server refuses the poolers' logins beyond that")
             + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
               f" {pooler.replicas * pooler.usable_clients()}")
+    placement = placement_words(pooler.replicas, pooler.usable_clients(),
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+    if placement:
+        text += f"; {placement}"
     if pooler.pool_mode == "session":
-        text += (f"; in session mode a client holds its server connection while it is open, so only"
-                 f" {server} clients run at once")
+        free, safe = pooled_replica_limits(spec, pooler)
+        text += ("; in session mode a client holds its server connection while it is open: "
+                 + session_words(pooler, per_replica_peak(spec), per_replica_idle(spec), usable,
+                                 pooler.usable_clients(), free, safe))
     return text
 
 
@@ -420,9 +589,16 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     max_safe, failing = largest_safe(spec, steps)
     per_peak = per_replica_peak(spec)
     budget = pooler_budget(spec, pooler)
-    fit = pooled_safe_replicas(spec, pooler)
-    fit_text = (f"at most {counted(fit, 'replica')} {'fits' if fit == 1 else 'fit'} the poolers"
-                + (" without waiting" if pooler.pool_mode == "session" else ""))
+    free, fit = pooled_replica_limits(spec, pooler)
+    if pooler.pool_mode == "session":
+        fit_text = "session mode: " + session_words(pooler, per_peak, per_replica_idle(spec), usable_connections(spec),
+                                                    pooler.usable_clients(), free, fit)
+    else:
+        fit_text = f"at most {replicas_fit(fit)} the poolers"
+    placement = placement_words(pooler.replicas, pooler.usable_clients(),
+                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+    if placement:
+        fit_text += f"; {placement}"
     passed = [s for s in steps if s.outcome == "Passed"]
     measured = ""
     if passed:
@@ -451,7 +627,8 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     server, usable = pooler.replicas * pooler.server_connections(), usable_connections(spec)
     if server > usable:
         summary += (f" The poolers may open {server} server connections but the server allows {usable}:"
-                    " their logins beyond that are refused (PgBouncer retries them, its clients wait).")
+                    " their logins beyond that are refused (PgBouncer retries them and may turn its clients"
+                    " away), so more clients than that are not counted safe.")
     return Verdict(max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason,
                    summary=summary)
 

@@ -39,6 +39,9 @@ def local_role(spec: PoolBenchmarkSpec) -> str:
 
 #: Set (to the pooler's type) when the replicas connect through a pooler: errors are classed as seen behind one.
 POOLER_ENV = PREFIX + "POOLER"
+#: Set with POOLER_ENV to the pooler's pool mode: in transaction mode consecutive transactions of one client
+#: may run on different server connections, so the drivers must not rely on server-side prepared statements.
+POOL_MODE_ENV = PREFIX + "POOL_MODE"
 #: The spec's limits in milliseconds (comma-separated): every replica counts them as histogram bucket
 #: edges, so a limit is judged exactly from the merged counts.
 HISTOGRAM_EDGES_ENV = PREFIX + "HISTOGRAM_EDGES_MS"
@@ -56,9 +59,26 @@ def parse_edges(raw: str) -> tuple[float, ...]:
     if any(not 0 < e < float("inf") for e in edges):
         raise ValueError(f"{raw!r} has an edge that is not a positive number")
     return edges
-#: Set with POOLER_ENV to the pooler's pool mode: in transaction mode consecutive transactions of one client
-#: may run on different server connections, so the drivers must not rely on server-side prepared statements.
-POOL_MODE_ENV = PREFIX + "POOL_MODE"
+
+
+#: The pooler instances as "host:port,host:port": each new connection picks one at random, as a Kubernetes
+#: Service places each connection (locally; in a cluster the Service's one address is in PGHOST instead).
+POOLER_HOSTS_ENV = PREFIX + "POOLER_HOSTS"
+
+
+def render_pooler_hosts(addresses: list[tuple[str, int]]) -> str:
+    return ",".join(f"{host}:{port}" for host, port in addresses)
+
+
+def parse_pooler_hosts(raw: str) -> tuple[tuple[str, int], ...]:
+    """``render_pooler_hosts`` read back; a malformed entry raises ValueError naming it."""
+    addresses = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port")
+        addresses.append((host, int(port)))
+    return tuple(addresses)
 
 
 def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
@@ -131,6 +151,7 @@ class WorkloadConfig:
     pooled: bool = False  # behind a pooler (POOLBENCH_POOLER set)
     histogram_edges_ms: tuple[float, ...] = ()  # the limits, as extra histogram edges
     pool_mode: str | None = None  # the pooler's pool mode (POOLBENCH_POOL_MODE), None when direct
+    pooler_hosts: tuple[tuple[str, int], ...] = ()  # POOLBENCH_POOLER_HOSTS: one picked at random per connection
 
     @property
     def transaction_pooled(self) -> bool:
@@ -175,5 +196,6 @@ class WorkloadConfig:
             pooled=bool(get("POOLER")),
             histogram_edges_ms=parsed("HISTOGRAM_EDGES_MS", parse_edges) or (),
             pool_mode=get("POOL_MODE") or None,
+            pooler_hosts=parsed("POOLER_HOSTS", parse_pooler_hosts) or (),
         )
 

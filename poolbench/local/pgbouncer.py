@@ -4,7 +4,8 @@ PgBouncer is a C program with no wheel: it comes from the system (Debian's ``pgb
 found on PATH or in the sbin directories. It refuses to run as root, so as root it runs as the same
 unprivileged system user as the embedded server. Each instance gets its own port on loopback; the
 configuration and auth file are generated (``poolbench.core.pooler``) into a private directory
-removed on the way out, with every process, Ctrl-C included.
+removed on the way out, with every process, Ctrl-C included. The replicas get every instance's
+address and place each new connection on one at random, as a Kubernetes Service does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import psycopg2.extensions
 
 from ..core.pooler import ADMIN_DATABASE, ADMIN_USER, pgbouncer_ini, userlist
 from ..core.spec import PoolerSpec
+from ..core.workload_env import POOLER_HOSTS_ENV, render_pooler_hosts
 from .access import _ensure_system_user, _ids, _run_as, _run_base
 from .errors import EnvironmentFailure
 from .procs import deferred_signals, free_port, kill_group
@@ -143,9 +145,11 @@ class LocalPgBouncer:
         return psycopg2.connect(host=self.host, port=self.ports[i], user=ADMIN_USER, password=self.admin_password,
                                 dbname=ADMIN_DATABASE, connect_timeout=5)
 
-    def client_env(self, i: int) -> dict[str, str]:
-        """libpq variables that point replica ``i``'s engine at an instance (round robin)."""
-        return {"PGHOST": self.host, "PGPORT": str(self.ports[i % len(self.ports)])}
+    def client_env(self) -> dict[str, str]:
+        """The workload's variables for these instances: each new connection picks one at random (as a
+        Kubernetes Service places each connection), PGHOST/PGPORT name the first for anything else."""
+        return {"PGHOST": self.host, "PGPORT": str(self.ports[0]),
+                POOLER_HOSTS_ENV: render_pooler_hosts([(self.host, port) for port in self.ports])}
 
     def stop(self) -> None:
         """Stop every instance and remove the directory. Safe to call twice."""

@@ -134,7 +134,7 @@ class LocalRunner:
         self.workdir: Path | None = None
         self.env: dict[str, str] = {}
         self.base_env: dict[str, str] = {}  # the server's env, before any variant's settings
-        self.instance_envs: list[dict[str, str]] = []  # per pooler instance (one entry: direct)
+        self.variant_env: dict[str, str] = {}  # the current variant's replica environment
         self.bouncer: LocalPgBouncer | None = None
         self.pooler_probe: PoolerProbe | None = None
         self.login = local_role(bench.spec)  # never a superuser when a provider is mimicked
@@ -203,7 +203,7 @@ class LocalRunner:
         spec = self.run.variant_specs[index]
         env = {**self.base_env, **workload_env(spec, pooler=planned.pooler), "PGUSER": self.login}
         if planned.pooler is None or self.pg is None:
-            self.instance_envs = [env]
+            self.variant_env = env
             return
         pg = self.pg
         role = self.login
@@ -212,8 +212,7 @@ class LocalRunner:
             self.bouncer = bouncer = LocalPgBouncer(planned.pooler, server_host=pg.host, server_port=pg.port,
                                                     database=DATABASE, passwords={role: password})
         bouncer.start()
-        self.instance_envs = [{**env, **bouncer.client_env(i), "PGPASSWORD": password}
-                              for i in range(planned.pooler.replicas)]
+        self.variant_env = {**env, **bouncer.client_env(), "PGPASSWORD": password}  # every instance, at random
         self.pooler_probe = PoolerProbe([functools.partial(bouncer.admin_connect, i)
                                          for i in range(planned.pooler.replicas)], DATABASE)
         if self.sampler is not None:
@@ -233,10 +232,10 @@ class LocalRunner:
         assert self.workdir is not None
         variant = f"{planned.variant}-" if planned.position else ""
         prefix = f"{app_prefix(self.bench.name)}{variant}s{planned.index}-r"
-        envs = self.instance_envs or [self.env]
+        env = self.variant_env or self.env
         for i in range(len(self.replicas), planned.replicas):
             with deferred_signals():
-                self.replicas.append(ReplicaProcess(f"{prefix}{i}", envs[i % len(envs)], self.workdir, self.launcher))
+                self.replicas.append(ReplicaProcess(f"{prefix}{i}", env, self.workdir, self.launcher))
 
     def observe(self, expected: int) -> ReplicaProgress:
         running = sum(1 for r in self.replicas if r.proc.poll() is None)

@@ -1,0 +1,172 @@
+"""Pooler placement and session mode against a real PostgreSQL and real PgBouncer instances: each
+connection lands on an instance at random (as through a Kubernetes Service), and the prediction and
+the verdict say what the run then does.
+
+The shapes make the answers known: a QueuePool with ``poolSize == threads`` and no overflow opens
+exactly ``threads`` client connections per replica and keeps them all; ``poolSize 1, maxOverflow 2``
+opens 3 and keeps 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from poolbench.core.results import BenchmarkStatus, StepResult
+from poolbench.core.spec import parse_document
+from poolbench.core.steploop import ReplicaProgress
+from poolbench.core.workload_env import DATABASE
+from poolbench.local import runner
+from tests.conftest import make_doc
+
+pytestmark = pytest.mark.postgres
+
+
+class WatchingRunner(runner.LocalRunner):
+    """The local runner, reading every PgBouncer instance's SHOW POOLS at each of the loop's polls:
+    the most clients each instance held at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.per_instance: list[int] = []
+        self.consoles: dict[int, psycopg2.extensions.connection] = {}
+
+    def observe(self, expected: int) -> ReplicaProgress:
+        progress = super().observe(expected)
+        bouncer = self.bouncer
+        if bouncer is not None:
+            self.per_instance += [0] * (len(bouncer.ports) - len(self.per_instance))
+            for i in range(len(bouncer.ports)):
+                self.per_instance[i] = max(self.per_instance[i], self.clients_at(i))
+        return progress
+
+    def clients_at(self, i: int) -> int:
+        assert self.bouncer is not None
+        if i not in self.consoles:
+            self.consoles[i] = conn = self.bouncer.admin_connect(i)
+            conn.autocommit = True
+        with self.consoles[i].cursor() as cur:
+            cur.execute("SHOW POOLS")
+            columns = [c[0] for c in cur.description or []]
+            rows = [dict(zip(columns, row, strict=False)) for row in cur.fetchall()]
+        return sum(int(r["cl_active"]) + int(r["cl_waiting"]) for r in rows if r["database"] == DATABASE)
+
+    def stop_pooler(self) -> None:
+        for conn in self.consoles.values():
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self.consoles = {}
+        super().stop_pooler()
+
+
+def run(name: str, *, replicas: list[int], threads: int, pooler: dict[str, Any], engine: dict[str, Any] | None = None,
+        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2"
+        ) -> tuple[BenchmarkStatus, WatchingRunner]:
+    doc = make_doc(name=name, steps=replicas, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
+                   postgres={"maxConnections": 40}, stopOnFailure=False,
+                   variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", **pooler}}],
+                   workload={"threads": threads, "iterations": iterations, "holdSeconds": hold, "driver": driver,
+                             "statement": f"SELECT pg_sleep({sleep})",
+                             "engine": engine or {"poolSize": threads, "maxOverflow": 0}})
+    watching = WatchingRunner(parse_document(doc))
+    return watching.execute().status, watching
+
+
+def only(status: BenchmarkStatus) -> tuple[StepResult, Any]:
+    variant = status.variants[0]
+    assert variant.verdict is not None
+    return variant.steps[0], variant.verdict
+
+
+def test_one_replicas_connections_spread_over_both_instances() -> None:
+    # 1 replica × 20 clients, 2 instances taking 30 clients each: fits whatever the placement (20 ≤ 30),
+    # and the connections reach both instances (all 20 on one: chance 2 / 2^20).
+    status, watching = run("spread", replicas=[1], threads=20,
+                           pooler={"poolMode": "transaction", "defaultPoolSize": 4, "maxClientConn": 31,
+                                   "replicas": 2})
+    step, verdict = only(status)
+    assert step.outcome == "Passed", step.reason
+    assert step.errors.total() == 0 and step.queries == 20 * 5
+    assert step.client_peak_connections == step.predicted_client_peak == 20
+    assert verdict.predicted_max_safe_replicas is not None and verdict.predicted_max_safe_replicas >= 1
+    assert len(watching.per_instance) == 2 and all(n >= 1 for n in watching.per_instance), watching.per_instance
+    assert sum(watching.per_instance) >= 20
+    assert "connections land on the 2 PgBouncer instances at random" in verdict.summary
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_every_driver_spreads_its_connections(driver: str) -> None:
+    # The same placement for psycopg 3 and asyncpg (session mode: asyncpg's prepared statements stay on
+    # their server connection): 16 clients of one replica reach both instances (all on one: 2 / 2^16).
+    status, watching = run(f"spread-{driver}", replicas=[1], threads=16, driver=driver,
+                           pooler={"poolMode": "session", "defaultPoolSize": 16, "replicas": 2})
+    step, _ = only(status)
+    assert step.outcome == "Passed", step.reason
+    assert step.client_peak_connections == 16
+    assert all(n >= 1 for n in watching.per_instance) and sum(watching.per_instance) >= 16, watching.per_instance
+
+
+def test_more_clients_than_every_instance_takes_fail_as_predicted() -> None:
+    # 3 replicas × 3 = 9 clients; 2 instances take 4 each (max_client_conn 5, one for the monitor):
+    # 9 > 8 cannot fit wherever they land. Predicted: 1 replica (3 ≤ 4 on any one instance).
+    status, _ = run("overflow", replicas=[3], threads=3,
+                    pooler={"poolMode": "transaction", "defaultPoolSize": 10, "maxClientConn": 5, "replicas": 2})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerMaxClientConn"
+    assert verdict.first_failing_replicas == 3
+    assert verdict.predicted_max_safe_replicas == 1
+    assert "at most 1 replica fit the poolers" in verdict.summary
+
+
+def test_more_instances_than_replicas_is_not_predicted_safe() -> None:
+    # 1 replica × 6 clients over 3 instances of 4: the total (12) fits, but one instance gets 5 or 6 of
+    # them with chance 3 × 13/729 ≈ 5 %, so the arithmetic does not call even 1 replica safe. The run
+    # itself passes unless that happens, and then it fails on max_client_conn, never otherwise.
+    status, watching = run("fewer", replicas=[1], threads=6,
+                           pooler={"poolMode": "transaction", "defaultPoolSize": 4, "maxClientConn": 5, "replicas": 3})
+    step, verdict = only(status)
+    assert verdict.predicted_max_safe_replicas == 0
+    assert "at most 0 replicas fit the poolers" in verdict.summary
+    assert ("chance that one instance gets more than its 4 clients is below one in a million") in verdict.summary
+    if step.outcome == "Failed":
+        assert step.first_error_class == "poolerMaxClientConn"
+        assert max(watching.per_instance) == 4
+    else:
+        assert step.outcome == "Passed", step.reason
+        assert max(watching.per_instance) <= 4 and sum(watching.per_instance) >= 6
+
+
+def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
+    # poolSize 1 + maxOverflow 2: each replica opens 3 clients and keeps 1. 2 replicas: 6 clients on 4
+    # server connections (the 2 others wait until an overflow client disconnects), 2 kept ≤ 4: passes.
+    # Predicted: without waiting up to 1 replica, fails beyond 4 (5 kept > 4).
+    status, _ = run("sesswait", replicas=[2], threads=3, engine={"poolSize": 1, "maxOverflow": 2},
+                    pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 30})
+    step, verdict = only(status)
+    assert step.outcome == "Passed", step.reason
+    assert step.errors.total() == 0 and step.queries == 2 * 3 * 5
+    assert step.peak_connections == 4 and step.client_peak_connections == 6
+    assert step.pooler_waiting_peak >= 1 and step.pooler_max_wait_ms > 0
+    assert step.idle_at_end == step.predicted_idle == 2
+    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 4
+    assert "fits without waiting up to 1 replica, waits beyond" in verdict.summary
+    assert "fails beyond 4 (the pools of 5 replicas keep 5 clients open for good" in verdict.summary
+
+
+def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
+    # 2 replicas × 3 threads, poolSize 3: 6 clients kept open for good on 4 server connections: the 2
+    # without one wait until query_wait_timeout (2 s) and are disconnected. Predicted: 1 replica.
+    status, _ = run("sessfail", replicas=[2], threads=3, hold=4.0,
+                    pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert verdict.first_failing_replicas == 2 and verdict.predicted_max_safe_replicas == 1
+    assert ("fits without waiting up to 1 replica, fails beyond (the pools of 2 replicas keep 6 clients open for"
+            " good, more than the pooler's 4 server connections: those without one wait until query_wait_timeout"
+            " (2 s) and are disconnected)") in verdict.summary
