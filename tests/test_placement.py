@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poolbench.core.benchmark import planned_step
 from poolbench.core.plan import plan
 from poolbench.core.results import StepResult
 from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
+from poolbench.core.steploop import StepStarted
 from poolbench.core.verdict import (
     PLACEMENT_RISK,
     largest,
@@ -209,3 +211,15 @@ def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
         assert budget.max_safe_replicas_during_rollout <= budget.max_safe_replicas
         fits = budget.recommendations[0].text.startswith(f"{replicas_fit(target)} the poolers")
         assert fits == (target <= budget.max_safe_replicas_during_rollout), (target, budget.recommendations)
+
+
+def test_the_step_message_states_each_instances_allowance_and_the_predicted_outcome() -> None:
+    # One replica × 6 clients on 3 instances of 4: the total (12) would fit, but not by the placement rule.
+    spec = parse_spec({"steps": [1], "workload": {"threads": 6, "engine": {"poolSize": 6, "maxOverflow": 0}},
+                       "variants": [{"name": "tx", "pooler": {"poolMode": "transaction", "maxClientConn": 5,
+                                                             "replicas": 3}}]})
+    variant = spec.effective_variants()[0]
+    planned = planned_step(spec, variant, 0, 1, 1, 0)
+    message = StepStarted(planned, 1).message
+    assert "predicted 6 clients, 4 allowed at each of 3 instances: fails;" in message
+    assert "12" not in message  # never the total, which reads as if every instance could take any client

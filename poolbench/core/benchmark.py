@@ -57,6 +57,7 @@ class PlannedStep:
     predicted_client_peak: int = 0  # pooled: clients at the pooler
     client_capacity: int = 0
     server_capacity: int = 0
+    pooled_outcome: str = ""  # pooled: what the arithmetic expects at the poolers (fits, waits, fails)
     rollout_from: int | None = None  # a rolling update: old replicas first, then the surge pods beside them
 
     @property
@@ -75,7 +76,7 @@ def planned_step(spec: PoolBenchmarkSpec, variant: VariantSpec | None, variant_i
         index, replicas, p.peak, p.idle, p.usable, variant=variant.name if variant else DIRECT,
         variant_index=variant_index, position=0 if offset is None else offset + index, pooler=pooler,
         predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
-        server_capacity=p.server_capacity,
+        server_capacity=p.server_capacity, pooled_outcome=p.check.outcome if pooler else "",
     )
 
 

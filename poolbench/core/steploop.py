@@ -57,9 +57,11 @@ class StepStarted:
                     f" {p.replicas - p.rollout_from} surge pods beside them (predicted peak {p.predicted_peak},"
                     f" usable {p.usable})")
         if p.pooler is not None:
+            each = f" at each of {p.pooler.replicas} instances" if p.pooler.replicas > 1 else ""
             return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')} through"
-                    f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients of {p.client_capacity}"
-                    f" allowed, server peak ≤ {p.predicted_peak}, usable {p.usable})")
+                    f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients, {p.pooler.usable_clients()}"
+                    f" allowed{each}"
+                    + f": {p.pooled_outcome}; server peak ≤ {p.predicted_peak}, usable {p.usable})")
         return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')}"
                 f" (predicted peak {p.predicted_peak}, usable {p.usable})")
 
