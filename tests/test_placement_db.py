@@ -120,7 +120,7 @@ def test_more_clients_than_every_instance_takes_fail_as_predicted() -> None:
     assert step.first_error_class == "poolerMaxClientConn"
     assert verdict.first_failing_replicas == 3
     assert verdict.predicted_max_safe_replicas == 1
-    assert "at most 1 replica fit the poolers" in verdict.summary
+    assert "at most 1 replica fits the poolers" in verdict.summary
 
 
 def test_more_instances_than_replicas_is_not_predicted_safe() -> None:
