@@ -285,6 +285,9 @@ class Driver:
         return ReplicaProgress(running=len(self.views), work_done=podstate.work_done(self.views, expected),
                                finished=podstate.step_done(self.views, expected))
 
+    def replica_names(self) -> list[str]:
+        return [p.metadata.name for p in self.kube.workload_pods(self.name, self.variant)]  # POOLBENCH_APP_NAME
+
     def collect(self) -> list[ReplicaReport]:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down
 
