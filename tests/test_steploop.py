@@ -640,10 +640,29 @@ def test_pooled_overlap_is_judged_from_the_replicas_work_times() -> None:
         return ReplicaReport(name, work_started_at=start, work_ended_at=end)
 
     overlapping = [report("a", 100.0, 110.0), report("b", 100.5, 109.0), report("c", 105.0, 115.0)]
-    assert rollout_overlap(["a", "b"], [], overlapping, pooled=True).achieved
+    assert rollout_overlap(["a", "b"], [], overlapping, pooled=True, usable=99).achieved
     apart = [report("a", 100.0, 101.0), report("b", 100.5, 102.0), report("c", 103.5, 110.0)]
-    overlap = rollout_overlap(["a", "b"], [], apart, pooled=True)
+    overlap = rollout_overlap(["a", "b"], [], apart, pooled=True, usable=99)
     assert not overlap.achieved and overlap.measured_by == "workTimes"
     assert overlap.detail == "an old replica had finished its work 2.5 s before the last surge pod started its work"
     unknown = [report("a", 100.0, 110.0), ReplicaReport("c")]
-    assert not rollout_overlap(["a"], [], unknown, pooled=True).achieved
+    assert not rollout_overlap(["a"], [], unknown, pooled=True, usable=99).achieved
+
+
+def test_direct_overlap_needs_the_surge_peak_beside_every_old_connection_or_a_full_server() -> None:
+    def reads(*pairs: tuple[int, int]) -> list[Sample]:
+        return [Sample(t=i / 10, total=old + new, by_app={"old0": old, "new0": new})
+                for i, (old, new) in enumerate(pairs)]
+
+    # Refused for want of slots: 12 old + 1 new fill the 13 usable; the surge's 4 come after the old ones.
+    full = rollout_overlap(["old0"], reads((12, 0), (12, 1), (0, 4)), [], pooled=False, usable=13)
+    assert full.achieved
+    assert full.detail == ("the old replicas held all 12 of their connections while the surge pods took the rest of"
+                           " the 13 usable")
+    # Room to spare, yet the surge pod held 1 beside the old ones and its 3 only once they were gone.
+    apart = rollout_overlap(["old0"], reads((6, 0), (6, 1), (0, 3)), [], pooled=False, usable=19)
+    assert not apart.achieved
+    assert (apart.old_connections, apart.old_connections_at_surge_peak, apart.surge_peak_connections) == (6, 0, 3)
+    assert apart.detail.endswith("(beside all of theirs the surge pods held at most 1)")
+    beside = rollout_overlap(["old0"], reads((6, 0), (6, 3), (0, 3)), [], pooled=False, usable=19)
+    assert beside.achieved and beside.old_connections_at_surge_peak == 6

@@ -257,7 +257,8 @@ class StepLoop:
         self.feed()  # the reads up to the end of the step count in its peaks
         overlap = None
         if old_names is not None:
-            overlap = rollout_overlap(old_names, self.rollout_samples or [], reports, planned.pooler is not None)
+            overlap = rollout_overlap(old_names, self.rollout_samples or [], reports, planned.pooler is not None,
+                                      planned.usable)
             self.rollout_samples = None
         step = self.run.finish_step(reports, timed_out=timed_out, overlap=overlap)
         platform.notify(StepFinished(planned, step))
@@ -325,29 +326,31 @@ class StepLoop:
                         status.phase, planned.variant if planned.position else "")
 
 
-def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[ReplicaReport],
-                    pooled: bool) -> RolloutOverlap:
-    """Did the old replicas still hold their connections when the surge pods held theirs? Direct: from
-    the server's backends per application_name, at the read where the surge pods held the most, the
-    old replicas must hold as many as they ever did in the step. Pooled (the server's backends are the
-    poolers'): from the replicas' own clocks, every old replica must still have been working when the
-    last surge pod started its work."""
+def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[ReplicaReport], pooled: bool,
+                    usable: int) -> RolloutOverlap:
+    """Did the server hold the old replicas' connections and the surge pods' at once? Direct: from the
+    server's backends per application_name, some read must show every connection the old replicas
+    held in the step beside the surge pods' peak, or beside as many as the server still allowed (its
+    ``usable`` slots full: the surge was refused because of the overlap). Pooled (the server's backends
+    are the poolers'): from the replicas' own clocks, every old replica must still have been working
+    when the last surge pod started its work."""
     old = {name[:APP_NAME_MAX] for name in old_names}
     if pooled:
         return overlap_by_work_times(old, reports)
-    old_peak = surge_peak = old_at_peak = 0
-    for sample in samples:
-        if not sample.ok:
-            continue
-        held = sum(count for app, count in sample.by_app.items() if app in old)
-        surge = sample.total - held
-        old_peak = max(old_peak, held)
-        if surge > surge_peak or (surge == surge_peak and surge and held > old_at_peak):
-            surge_peak, old_at_peak = surge, held
-    achieved = surge_peak > 0 and 0 < old_peak <= old_at_peak
-    if achieved:
+    reads = [(held, sample.total - held) for sample in samples if sample.ok
+             for held in [sum(count for app, count in sample.by_app.items() if app in old)]]
+    old_peak = max((held for held, _ in reads), default=0)
+    surge_peak = max((surge for _, surge in reads), default=0)
+    old_at_peak = max((held for held, surge in reads if surge == surge_peak and surge), default=0)
+    beside = [surge for held, surge in reads if held >= old_peak and surge]  # beside all of the old ones'
+    full = any(held + surge >= usable for held, surge in reads if held >= old_peak and surge)
+    achieved = old_peak > 0 and surge_peak > 0 and (max(beside, default=0) >= surge_peak or full)
+    if achieved and max(beside, default=0) >= surge_peak:
         detail = (f"at the surge pods' peak ({surge_peak} {connections(surge_peak)}) the old replicas still held"
                   f" all {old_peak} of theirs")
+    elif achieved:
+        detail = (f"the old replicas held all {old_peak} of their connections while the surge pods took the rest of"
+                  f" the {usable} usable")
     elif old_peak == 0:
         detail = "the monitor saw no connection of the old replicas"
     elif surge_peak == 0:
@@ -355,7 +358,8 @@ def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[R
     else:
         detail = (f"the old replicas held {old_at_peak} of their {old_peak} {connections(old_peak)} when the surge pods"
                   f" peaked at {surge_peak}: they had finished their work or closed their pools before the new"
-                  " ones connected")
+                  " ones connected"
+                  + (f" (beside all of theirs the surge pods held at most {max(beside)})" if beside else ""))
     return RolloutOverlap(achieved=achieved, measured_by="applicationName", old_connections=old_peak,
                           old_connections_at_surge_peak=old_at_peak, surge_peak_connections=surge_peak,
                           detail=detail)
