@@ -666,3 +666,18 @@ def test_direct_overlap_needs_the_surge_peak_beside_every_old_connection_or_a_fu
     assert apart.detail.endswith("(beside all of theirs the surge pods held at most 1)")
     beside = rollout_overlap(["old0"], reads((6, 0), (6, 3), (0, 3)), [], pooled=False, usable=19)
     assert beside.achieved and beside.old_connections_at_surge_peak == 6
+
+
+def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None:
+    # 7 usable: 2 replicas × 3 fit, rolled with 1 surge pod the arithmetic needs 9. The pools open only
+    # 2 connections each here (6 at once), so the step passes, yet the verdict may not call 2 safe.
+    old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=2, ghosts_per_replica=2)
+    surge = Script(work_done_at=0.5, finished_at=1.0, connections_per_replica=2)
+    run = spec(steps=[2], postgres={"maxConnections": 8}, rollout={"maxSurge": 1, "measure": True})
+    status = run_steps(run, Rolling([Script()], old, surge), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
+    assert status.verdict is not None
+    assert "by the arithmetic 2 replicas do not stay safe during a rolling update" in status.verdict.summary
+    assert "stay safe during a rolling update." not in status.verdict.summary.replace("do not stay safe", "")
+    assert "During a rolling update (maxSurge 1) at most 1 replica" in status.verdict.summary

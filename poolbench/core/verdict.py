@@ -322,6 +322,12 @@ def rollout_line(step: StepResult) -> str:
            " started beside them, no pod replaced")
     if step.outcome == "Passed":
         overlap = f"; {step.rollout_overlap.detail}" if step.rollout_overlap is not None else ""
+        fits = step.predicted_peak <= step.usable_connections and (
+            not step.pooled or step.predicted_client_peak <= step.client_capacity)
+        if not fits:  # the pools opened fewer than they may: the arithmetic's worst case still does not fit
+            return (f"{text}, Passed ({how}{overlap}), but only because the pools opened fewer connections than"
+                    f" they may: by the arithmetic {old} {replicas_word(old)} do not stay safe during a rolling"
+                    " update.")
         return f"{text}, Passed ({how}{overlap}): {old} {replicas_word(old)} stay safe during a rolling update."
     if step.outcome == "Failed":
         return (f"{text}, Failed with {failure_cause(step)} ({how}): {old} {replicas_word(old)} are safe at rest"
