@@ -84,3 +84,26 @@ def test_a_rollout_that_no_longer_fits_fails_while_the_count_at_rest_passed() ->
                                       " replicas failed")
     assert "3 replicas are safe at rest but not during a rolling update" in verdict.summary
     assert "During a rolling update (maxSurge 2) at most 1 replica" in verdict.summary  # (1 + 2) × 3 ≤ 10
+
+
+def test_a_rolling_update_through_pgbouncer_overlaps_by_the_replicas_work_times() -> None:
+    # Through one PgBouncer (transaction mode, 5 server connections): 2 replicas × 3 clients, rolled with
+    # 1 surge pod: 9 clients at once at the pooler, the server's backends capped at 5. The server sees
+    # the pooler's backends, not the replicas', so the replicas' own work times show the overlap.
+    doc = make_doc(name="rollpool", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
+                   postgres={"maxConnections": 20}, rollout={"maxSurge": 1, "measure": True},
+                   variants=[{"name": "tx", "pooler": {"type": "PgBouncer", "poolMode": "transaction",
+                                                       "defaultPoolSize": 5, "maxClientConn": 20}}],
+                   workload={"threads": 3, "durationSeconds": 3, "holdSeconds": 1,
+                             "statement": "SELECT pg_sleep(0.05)", "engine": {"poolSize": 3, "maxOverflow": 0}})
+    status = runner.run_local(parse_document(doc)).status
+    rest, rollout = status.variants[0].steps
+    assert rest.outcome == "Passed" and rest.client_peak_connections == 6
+    assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rollout.predicted_client_peak == rollout.client_peak_connections == 9
+    assert rollout.predicted_peak == 5 and rollout.peak_connections <= 5
+    overlap = rollout.rollout_overlap
+    assert overlap is not None and overlap.achieved and overlap.measured_by == "workTimes", overlap
+    verdict = status.variants[0].verdict
+    assert verdict is not None and "all steps passed up to 2 replicas" in verdict.summary
+    assert "2 replicas stay safe during a rolling update" in verdict.summary
