@@ -681,3 +681,14 @@ def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None
     assert "by the arithmetic 2 replicas do not stay safe during a rolling update" in status.verdict.summary
     assert "stay safe during a rolling update." not in status.verdict.summary.replace("do not stay safe", "")
     assert "During a rolling update (maxSurge 1) at most 1 replica" in status.verdict.summary
+
+
+def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
+    # maxSurge 0: the rolling update never runs more than the 2 replicas; the step measures those.
+    old = Script(work_done_at=0.5, finished_at=1.0)
+    run = spec(steps=[2], rollout={"maxSurge": 0, "measure": True})
+    status = run_steps(run, Rolling([Script()], old, Script()), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.replicas == rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
+    assert status.verdict is not None and "2 replicas stay safe during a rolling update" in status.verdict.summary

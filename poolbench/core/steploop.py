@@ -256,7 +256,10 @@ class StepLoop:
         reports = platform.collect()
         self.feed()  # the reads up to the end of the step count in its peaks
         overlap = None
-        if old_names is not None:
+        if old_names is not None and planned.replicas == planned.rollout_from:
+            overlap = RolloutOverlap(achieved=True, measured_by="applicationName",
+                                     detail="maxSurge adds no pod: a rolling update never runs more than the replicas")
+        elif old_names is not None:
             overlap = rollout_overlap(old_names, self.rollout_samples or [], reports, planned.pooler is not None,
                                       planned.usable)
             self.rollout_samples = None
