@@ -7,6 +7,7 @@ from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
 from poolbench.core.spec import parse_spec
 from poolbench_operator.builders import (
     METRICS_PORT,
+    ROLLOUT_ANNOTATION,
     TERMINATION_PATH,
     VARIANT_LABEL,
     Names,
@@ -362,6 +363,9 @@ class FakeKube:
     def scale_deployment(self, name, replicas):
         self.calls.append(("scale", name, replicas))
 
+    def roll_workload(self, names, token):
+        self.calls.append(("roll", names.workload))
+
     def count_workload_pods(self, benchmark):
         return 0
 
@@ -465,3 +469,34 @@ def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch
     d.use_variant(d.run.plans[1][0])
     assert sampled(d) is None and not FakePoolerProbe.made
     assert posted and posted[-1][:2] == ("Warning", "PoolerNotSampled")
+
+
+def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge():
+    rolled = parse_spec({"steps": [3], "stepTimeoutSeconds": 120, "rollout": {"maxSurge": "25%", "measure": True}})
+    deployment = {c["kind"]: c for c in build_children("demo", rolled, workload_image="i", superuser_password="s",
+                                                       app_password="a")}["Deployment"]["spec"]
+    assert deployment["strategy"] == {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    # No new pod becomes available while a step may last: the controller replaces no old pod meanwhile.
+    assert deployment["minReadySeconds"] == 180 and deployment["progressDeadlineSeconds"] == 780
+    none = parse_spec({"steps": [3], "rollout": {"maxSurge": 0, "measure": True}})
+    spec = {c["kind"]: c for c in build_children("demo", none, workload_image="i", superuser_password="s",
+                                                 app_password="a")}["Deployment"]["spec"]
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # the API refuses 0 and 0
+    for unmeasured in ({"maxSurge": 1}, None):
+        plain = parse_spec({"steps": [3], **({"rollout": unmeasured} if unmeasured else {})})
+        objs = {c["kind"]: c for c in build_children("demo", plain, workload_image="i", superuser_password="s",
+                                                     app_password="a")}
+        assert "strategy" not in objs["Deployment"]["spec"] and "minReadySeconds" not in objs["Deployment"]["spec"]
+    assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"
+
+
+def test_driver_starts_a_rollouts_surge_with_a_new_pod_template_not_a_scale_up(monkeypatch):
+    from dataclasses import replace
+
+    rolled = parse_spec({"steps": [3], "rollout": {"maxSurge": 1, "measure": True}})
+    d, _ = driver_for(rolled, monkeypatch)
+    step = replace(d.run.plans[0][0], replicas=4, rollout_from=3)
+    d.scale(replace(step, replicas=3))  # the old replicas: a scale
+    d.scale(step)  # the surge: the Deployment's RollingUpdate starts it
+    assert d.kube.calls == [("scale", "ab-workload", 3), ("roll", "ab-workload")]

@@ -25,6 +25,7 @@ from poolbench.core.steploop import (
     StepFinished,
     StepStarted,
     Stopped,
+    rollout_overlap,
     run_steps,
 )
 
@@ -149,6 +150,9 @@ class FakePlatform:
         work_done = s.work_done_at is not None and age >= s.work_done_at
         finished = s.finished_at is not None and age >= s.finished_at
         return ReplicaProgress(running=0 if finished else expected, work_done=work_done, finished=finished)
+
+    def replica_names(self) -> list[str]:
+        return ["r"] if self.replicas else []
 
     def collect(self) -> list[ReplicaReport]:
         assert self.script is not None
@@ -670,3 +674,180 @@ def test_one_replica_and_one_step_are_singular() -> None:
     finished = kinds(platform, StepFinished)[0]
     assert isinstance(started, StepStarted) and "scaling the workload to 1 replica (" in started.message
     assert isinstance(finished, StepFinished) and finished.message.startswith("step 1: 1 replica Failed")
+
+
+class Rolling(FakePlatform):
+    """A rolling update's two cohorts, each by its own script: the old replicas (the step's first
+    scale) and the surge pods (its second), named ``old`` and ``new`` in the samples."""
+
+    def __init__(self, scripts: list[Script], old: Script, surge: Script):
+        super().__init__(scripts)
+        self.old, self.surge = old, surge
+        self.cohorts: list[tuple[str, Script, float, int]] = []  # (name, script, started, replicas)
+
+    def scale(self, planned: PlannedStep) -> None:
+        if planned.rollout_from is None:
+            super().scale(planned)
+            return
+        self.calls.append(f"scale {planned.replicas}")
+        name, script = ("old", self.old) if not self.cohorts else ("new", self.surge)
+        self.cohorts.append((name, script, self.t, planned.replicas - sum(c[3] for c in self.cohorts)))
+        self.script, self.replicas = script, planned.replicas
+
+    @staticmethod
+    def held(script: Script, age: float) -> int:
+        if script.finished_at is not None and age >= script.finished_at:
+            return 0
+        if script.work_done_at is not None and age >= script.work_done_at:
+            return script.ghosts_per_replica
+        return script.connections_per_replica
+
+    def _advance(self, until: float) -> None:
+        if not self.cohorts:
+            super()._advance(until)
+            return
+        while self.next_sample <= until:
+            t = self.next_sample
+            by_app = {name: count * self.held(script, t - started) for name, script, started, count in self.cohorts}
+            total = sum(by_app.values())
+            self.pending.append(Sample(t=t, total=total, by_state={"active": total}, by_app=by_app))
+            self.next_sample = round(self.next_sample + INTERVAL, 6)
+        self.t = until
+
+    def observe(self, expected: int) -> ReplicaProgress:
+        if not self.cohorts:
+            return super().observe(expected)
+        ages = [(script, self.t - started) for _, script, started, _ in self.cohorts]
+        work_done = all(s.work_done_at is not None and age >= s.work_done_at for s, age in ages)
+        finished = all(s.finished_at is not None and age >= s.finished_at for s, age in ages)
+        return ReplicaProgress(running=0 if finished else expected, work_done=work_done, finished=finished)
+
+    def replica_names(self) -> list[str]:
+        return [c[0] for c in self.cohorts] if self.cohorts else super().replica_names()
+
+    def collect(self) -> list[ReplicaReport]:
+        if not self.cohorts:
+            return super().collect()
+        self.calls.append("collect")
+        return [ReplicaReport(f"{name}{i}", outcomes=dict(script.outcomes))
+                for name, script, _, count in self.cohorts for i in range(count)]
+
+    def scale_to_zero(self) -> None:
+        self.cohorts = []
+        super().scale_to_zero()
+
+
+def rolling_run() -> BenchmarkRun:
+    # 3 connections per replica; 2 replicas pass; rolled with maxSurge 1: 3 pods, predicted 9.
+    return spec(steps=[2], rollout={"maxSurge": 1, "measure": True})
+
+
+def test_a_rollout_whose_old_replicas_hold_their_connections_beside_the_surge_passes() -> None:
+    old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=3, ghosts_per_replica=3)
+    surge = Script(work_done_at=0.5, finished_at=1.0)
+    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rollout.peak_connections == rollout.predicted_peak == 9
+    overlap = rollout.rollout_overlap
+    assert overlap is not None and overlap.achieved and overlap.measured_by == "applicationName"
+    assert (overlap.old_connections, overlap.old_connections_at_surge_peak, overlap.surge_peak_connections) == (6, 6, 3)
+    assert status.phase == "Completed" and status.verdict is not None
+    assert status.verdict.summary.startswith("All steps passed up to 2 replicas")
+    assert "2 replicas stay safe during a rolling update" in status.verdict.summary
+
+
+def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive_never_passed() -> None:
+    # The old replicas open 2 connections each (never the 3 waited for) and are gone at 0.3 s, when
+    # their work is done: the surge pods start after them and the server never holds both.
+    old = Script(work_done_at=0.3, finished_at=0.3, connections_per_replica=2)
+    surge = Script(work_done_at=0.5, finished_at=1.0)
+    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.outcome == "Inconclusive" and rollout.errors.total() == 0
+    overlap = rollout.rollout_overlap
+    assert overlap is not None and not overlap.achieved
+    assert (overlap.old_connections, overlap.old_connections_at_surge_peak, overlap.surge_peak_connections) == (4, 0, 3)
+    assert rollout.reason is not None and rollout.reason.startswith(
+        "old and new replicas did not overlap as in a rolling update: the old replicas held 0 of their 4"
+        " connections when the surge pods peaked at 3")
+    verdict = status.verdict
+    assert verdict is not None and verdict.max_safe_replicas == 2
+    assert not verdict.summary.startswith("All steps passed")
+    assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
+                                      " replicas was inconclusive")
+    assert "whether 2 replicas stay safe during a rolling update was not measured" in verdict.summary
+    assert status.phase == "Failed"
+    assert [c.reason for c in status.conditions if c.type == "Ready"] == ["Inconclusive"]
+
+
+def test_a_failing_rollout_never_opens_the_summary_with_all_steps_passed() -> None:
+    old = Script(work_done_at=1.0, finished_at=1.5, ghosts_per_replica=3)
+    surge = Script(work_done_at=0.5, finished_at=1.0, outcomes={"ok": 3, "tooManyClients": 2})
+    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.outcome == "Failed" and rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
+    verdict = status.verdict
+    assert verdict is not None and verdict.max_safe_replicas == 2
+    assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
+                                      " replicas failed")
+    assert "2 replicas are safe at rest but not during a rolling update" in verdict.summary
+
+
+def test_pooled_overlap_is_judged_from_the_replicas_work_times() -> None:
+    def report(name: str, start: float, end: float) -> ReplicaReport:
+        return ReplicaReport(name, work_started_at=start, work_ended_at=end)
+
+    overlapping = [report("a", 100.0, 110.0), report("b", 100.5, 109.0), report("c", 105.0, 115.0)]
+    assert rollout_overlap(["a", "b"], [], overlapping, pooled=True, usable=99).achieved
+    apart = [report("a", 100.0, 101.0), report("b", 100.5, 102.0), report("c", 103.5, 110.0)]
+    overlap = rollout_overlap(["a", "b"], [], apart, pooled=True, usable=99)
+    assert not overlap.achieved and overlap.measured_by == "workTimes"
+    assert overlap.detail == "an old replica had finished its work 2.5 s before the last surge pod started its work"
+    unknown = [report("a", 100.0, 110.0), ReplicaReport("c")]
+    assert not rollout_overlap(["a"], [], unknown, pooled=True, usable=99).achieved
+
+
+def test_direct_overlap_needs_the_surge_peak_beside_every_old_connection_or_a_full_server() -> None:
+    def reads(*pairs: tuple[int, int]) -> list[Sample]:
+        return [Sample(t=i / 10, total=old + new, by_app={"old0": old, "new0": new})
+                for i, (old, new) in enumerate(pairs)]
+
+    # Refused for want of slots: 12 old + 1 new fill the 13 usable; the surge's 4 come after the old ones.
+    full = rollout_overlap(["old0"], reads((12, 0), (12, 1), (0, 4)), [], pooled=False, usable=13)
+    assert full.achieved
+    assert full.detail == ("the old replicas held all 12 of their connections while the surge pods took the rest of"
+                           " the 13 usable")
+    # Room to spare, yet the surge pod held 1 beside the old ones and its 3 only once they were gone.
+    apart = rollout_overlap(["old0"], reads((6, 0), (6, 1), (0, 3)), [], pooled=False, usable=19)
+    assert not apart.achieved
+    assert (apart.old_connections, apart.old_connections_at_surge_peak, apart.surge_peak_connections) == (6, 0, 3)
+    assert apart.detail.endswith("(beside all of theirs the surge pods held at most 1)")
+    beside = rollout_overlap(["old0"], reads((6, 0), (6, 3), (0, 3)), [], pooled=False, usable=19)
+    assert beside.achieved and beside.old_connections_at_surge_peak == 6
+
+
+def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None:
+    # 7 usable: 2 replicas × 3 fit, rolled with 1 surge pod the arithmetic needs 9. The pools open only
+    # 2 connections each here (6 at once), so the step passes, yet the verdict may not call 2 safe.
+    old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=2, ghosts_per_replica=2)
+    surge = Script(work_done_at=0.5, finished_at=1.0, connections_per_replica=2)
+    run = spec(steps=[2], postgres={"maxConnections": 8}, rollout={"maxSurge": 1, "measure": True})
+    status = run_steps(run, Rolling([Script()], old, surge), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
+    assert status.verdict is not None
+    assert "by the arithmetic 2 replicas do not stay safe during a rolling update" in status.verdict.summary
+    assert "stay safe during a rolling update." not in status.verdict.summary.replace("do not stay safe", "")
+    assert "During a rolling update (maxSurge 1) at most 1 replica" in status.verdict.summary
+
+
+def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
+    # maxSurge 0: the rolling update never runs more than the 2 replicas; the step measures those.
+    old = Script(work_done_at=0.5, finished_at=1.0)
+    run = spec(steps=[2], rollout={"maxSurge": 0, "measure": True})
+    status = run_steps(run, Rolling([Script()], old, Script()), TIMING)
+    rollout = status.steps[-1]
+    assert rollout.replicas == rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
+    assert status.verdict is not None and "2 replicas stay safe during a rolling update" in status.verdict.summary

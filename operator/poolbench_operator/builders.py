@@ -16,6 +16,7 @@ from typing import Any
 
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
+from poolbench.core.verdict import surge_pods
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
@@ -182,6 +183,29 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
     }
 
 
+#: The workload pod template's annotation a measured rolling update changes (a new template: a rollout).
+ROLLOUT_ANNOTATION = "poolbench.dev/rollout"
+
+
+def rollout_strategy(spec: PoolBenchmarkSpec) -> dict[str, Any]:
+    """With ``rollout.measure``: the Deployment's own RollingUpdate with the app's maxSurge and
+    maxUnavailable 0 (old pods serve until the new ones are available), held at its first surge for
+    the step: a new pod becomes available only after minReadySeconds, longer than a step may last, so
+    the controller starts the surge pods beside every old one and replaces none while it is measured.
+    A maxSurge of 0 cannot roll without maxUnavailable 1 (the API refuses both 0): then one old pod goes."""
+    rollout = spec.rollout
+    if rollout is None or not rollout.measure:
+        return {}
+    hold = spec.step_timeout_seconds + 60
+    no_surge = surge_pods(1, rollout.max_surge) == 0
+    return {
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": 1 if no_surge else 0}},
+        "minReadySeconds": hold,
+        "progressDeadlineSeconds": hold + 600,  # the API requires it above minReadySeconds
+    }
+
+
 def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: str,
                               variant: VariantSpec | None = None) -> dict:
     """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one.
@@ -210,6 +234,7 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
         "metadata": {"name": names.workload, "labels": pod_labels},
         "spec": {
             "replicas": 0,
+            **rollout_strategy(spec),
             "selector": {"matchLabels": selector(benchmark, "workload", names.variant)},
             "template": {
                 "metadata": {"labels": pod_labels},

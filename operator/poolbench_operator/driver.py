@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -278,13 +279,23 @@ class Driver:
             probe.close()
 
     def scale(self, planned: PlannedStep) -> None:
+        """A rolling update's surge (``planned.replicas`` beyond its old replicas, already running) is the
+        Deployment's own: a new pod template, which its RollingUpdate strategy (maxSurge, maxUnavailable
+        0; ``builders.rollout_strategy``) turns into the surge pods beside the old ones."""
         self.views = []
+        old = planned.rollout_from
+        if old is not None and planned.replicas > old:
+            self.kube.roll_workload(self.workload_names, f"{planned.position or planned.index}-{secrets.token_hex(4)}")
+            return
         self.kube.scale_workload(self.workload_names, planned.replicas)
 
     def observe(self, expected: int) -> ReplicaProgress:
         self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name, self.variant)]
         return ReplicaProgress(running=len(self.views), work_done=podstate.work_done(self.views, expected),
                                finished=podstate.step_done(self.views, expected))
+
+    def replica_names(self) -> list[str]:
+        return [p.metadata.name for p in self.kube.workload_pods(self.name, self.variant)]  # POOLBENCH_APP_NAME
 
     def collect(self) -> list[ReplicaReport]:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down

@@ -12,7 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
-from .builders import METRICS_PORT, Names, selector
+from .builders import METRICS_PORT, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
 from .podstate import PodView, parse_metrics
 
@@ -109,6 +109,11 @@ class Kube:
 
     def scale_deployment(self, name: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, self.namespace, {"spec": {"replicas": replicas}})
+
+    def roll_workload(self, names: Names, token: str) -> None:
+        """A rolling update of the workload: a new pod template (its rollout annotation set to ``token``)."""
+        body = {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: token}}}}}
+        self.apps.patch_namespaced_deployment(names.workload, self.namespace, body)
 
     # -- pods ---------------------------------------------------------------------------------
     def _pods(self, benchmark: str, component: str, variant: str | None = None) -> list[Any]:

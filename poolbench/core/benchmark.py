@@ -21,6 +21,7 @@ from .results import (
     HistogramCounts,
     Percentiles,
     Phase,
+    RolloutOverlap,
     StepResult,
     VariantStatus,
 )
@@ -30,6 +31,7 @@ from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from .verdict import (
     comparison,
     counted,
+    judge_rollout_overlap,
     judge_step,
     largest_safe,
     overall_verdict,
@@ -352,14 +354,17 @@ class BenchmarkRun:
             self.accumulator.mark_work_done(at)
 
     def finish_step(self, reports: list[ReplicaReport], *, timed_out: bool = False,
-                    reason: str | None = None) -> StepResult:
+                    reason: str | None = None, overlap: RolloutOverlap | None = None) -> StepResult:
+        """``overlap``: a rolling update's, judged with the step (no overlap measured no rollout)."""
         assert self.step is not None and self.accumulator is not None
         step = self.accumulator.fill(self.step)
         aggregate_reports(step, reports)
         step.timed_out = timed_out
         step.reason = reason
         step.finished_at = utc_now()
+        step.rollout_overlap = overlap
         judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
+        judge_rollout_overlap(step)
         every = self.all_steps()
         self.status.failures = sum(s.errors.total() for s in every)
         self.status.peak_connections = max(s.peak_connections for s in every)

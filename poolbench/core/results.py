@@ -112,6 +112,22 @@ class Condition(_Out):
     observed_generation: int | None = None
 
 
+class RolloutOverlap(_Out):
+    """Whether a measured rolling update's old and new replicas held their connections at once, as
+    in a real one (old pods serve until the new ones are Ready)."""
+
+    achieved: bool
+    measured_by: Literal["applicationName", "workTimes"] = Field(
+        description="applicationName: the server's backends per replica name (direct); workTimes: the replicas'"
+        " own work start and end times (pooled: the server's backends are the poolers')."
+    )
+    old_connections: int = Field(0, description="Most connections the old replicas held in one read.")
+    old_connections_at_surge_peak: int = Field(
+        0, description="The old replicas' connections in the read where the surge pods held the most.")
+    surge_peak_connections: int = Field(0, description="Most connections the surge pods held in one read.")
+    detail: str = ""
+
+
 class StepResult(_Out):
     replicas: int
     started_at: str | None = None
@@ -156,6 +172,8 @@ class StepResult(_Out):
     rollout_from: int | None = Field(
         None, description="A rolling update: this many old replicas were working when the new ones (the rest of"
         " ``replicas``) started.")
+    rollout_overlap: RolloutOverlap | None = Field(
+        None, description="A rolling update: whether its old and surge replicas held connections at once.")
     pooled: bool = Field(False, description="The workload connected through a pooler: peaks count server backends"
                          " (the pooler's), ghosts are the app's idle connections at the pooler.")
     predicted_client_peak: int = Field(

@@ -15,9 +15,12 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
-from .results import BenchmarkStatus, StepResult
+from .results import BenchmarkStatus, RolloutOverlap, StepResult
 from .sampling import Sample
 from .verdict import counted
+
+#: PostgreSQL keeps the first NAMEDATALEN - 1 bytes of an application_name (the replicas' names are ASCII).
+APP_NAME_MAX = 63
 
 
 class Stopped(Exception):
@@ -149,6 +152,10 @@ class Platform(Protocol):
         """Look at the step's replicas."""
         ...
 
+    def replica_names(self) -> list[str]:
+        """The application_name of each replica running now (a process's name, a pod's name)."""
+        ...
+
     def collect(self) -> list[ReplicaReport]:
         """The end of the step: each replica's report (stopping replicas still running if it must)."""
         ...
@@ -187,6 +194,7 @@ class StepLoop:
         self.platform = platform
         self.timing = timing
         self.last_sample: Sample | None = None
+        self.rollout_samples: list[Sample] | None = None  # a rolling update's reads, kept to judge its overlap
 
     def execute(self) -> BenchmarkStatus:
         """Every step not yet finished, then the verdict. A step left unfinished by an interrupted
@@ -211,6 +219,8 @@ class StepLoop:
         for sample in self.platform.samples():
             self.run.add_sample(sample)
             self.last_sample = sample
+            if self.rollout_samples is not None:
+                self.rollout_samples.append(sample)
             if sample.server_restarted:
                 self.platform.notify(DatabaseRestarted(self.run.step_index()))
                 self.platform.database_restarted()
@@ -222,8 +232,10 @@ class StepLoop:
         self.feed()  # what was read before the step belongs to no step
         self.run.begin_step(planned)
         platform.notify(StepStarted(planned, self.run.totals[planned.variant_index]))
+        old_names: list[str] | None = None
         if planned.rollout_from is not None:
-            self.start_old_replicas(planned)
+            self.rollout_samples = []
+            old_names = self.start_old_replicas(planned)
         platform.scale(planned)
         started = platform.now()
         deadline = started + self.run.spec.step_timeout_seconds
@@ -246,13 +258,22 @@ class StepLoop:
             platform.wait(self.timing.poll_seconds)
         reports = platform.collect()
         self.feed()  # the reads up to the end of the step count in its peaks
-        step = self.run.finish_step(reports, timed_out=timed_out)
+        overlap = None
+        if old_names is not None and planned.replicas == planned.rollout_from:
+            overlap = RolloutOverlap(achieved=True, measured_by="applicationName",
+                                     detail="maxSurge adds no pod: a rolling update never runs more than the replicas")
+        elif old_names is not None:
+            overlap = rollout_overlap(old_names, self.rollout_samples or [], reports, planned.pooler is not None,
+                                      planned.usable)
+            self.rollout_samples = None
+        step = self.run.finish_step(reports, timed_out=timed_out, overlap=overlap)
         platform.notify(StepFinished(planned, step))
         return step
 
-    def start_old_replicas(self, planned: PlannedStep) -> None:
-        """A rolling update: the old replicas first, until their connections are open (or a tenth of the
-        step's time has passed), so the surge pods start while the old ones work, as in a rollout."""
+    def start_old_replicas(self, planned: PlannedStep) -> list[str]:
+        """A rolling update: the old replicas first, until their connections are open (or their work is
+        done, or a tenth of the step's time has passed), so the surge pods start while the old ones work,
+        as in a rollout. Returns the old replicas' names, to tell their connections from the surge's."""
         old = planned.rollout_from or 0
         self.platform.scale(replace(planned, replicas=old))
         if planned.pooler is not None:  # the server sees the poolers' connections, at most their pools
@@ -264,8 +285,11 @@ class StepLoop:
             self.feed()
             last = self.last_sample
             if last is not None and last.ok and last.total >= opened:
-                return
+                break
+            if self.platform.observe(old).work_done:  # waiting longer cannot bring the overlap back
+                break
             self.platform.wait(self.timing.poll_seconds)
+        return self.platform.replica_names()
 
     def await_restart_seen(self) -> None:
         """After the platform restarted the server, wait until the probe has seen the new one, so
@@ -306,6 +330,67 @@ class StepLoop:
         return Progress(planned.index, self.run.totals[planned.variant_index], planned.replicas, now,
                         now - started, status.live_connections, step.peak_connections if step else 0, running,
                         status.phase, planned.variant if planned.position else "")
+
+
+def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[ReplicaReport], pooled: bool,
+                    usable: int) -> RolloutOverlap:
+    """Did the server hold the old replicas' connections and the surge pods' at once? Direct: from the
+    server's backends per application_name, some read must show every connection the old replicas
+    held in the step beside the surge pods' peak, or beside as many as the server still allowed (its
+    ``usable`` slots full: the surge was refused because of the overlap). Pooled (the server's backends
+    are the poolers'): from the replicas' own clocks, every old replica must still have been working
+    when the last surge pod started its work."""
+    old = {name[:APP_NAME_MAX] for name in old_names}
+    if pooled:
+        return overlap_by_work_times(old, reports)
+    reads = [(held, sample.total - held) for sample in samples if sample.ok
+             for held in [sum(count for app, count in sample.by_app.items() if app in old)]]
+    old_peak = max((held for held, _ in reads), default=0)
+    surge_peak = max((surge for _, surge in reads), default=0)
+    old_at_peak = max((held for held, surge in reads if surge == surge_peak and surge), default=0)
+    beside = [surge for held, surge in reads if held >= old_peak and surge]  # beside all of the old ones'
+    full = any(held + surge >= usable for held, surge in reads if held >= old_peak and surge)
+    achieved = old_peak > 0 and surge_peak > 0 and (max(beside, default=0) >= surge_peak or full)
+    if achieved and max(beside, default=0) >= surge_peak:
+        detail = (f"at the surge pods' peak ({surge_peak} {connections(surge_peak)}) the old replicas still held"
+                  f" all {old_peak} of theirs")
+    elif achieved:
+        detail = (f"the old replicas held all {old_peak} of their connections while the surge pods took the rest of"
+                  f" the {usable} usable")
+    elif old_peak == 0:
+        detail = "the monitor saw no connection of the old replicas"
+    elif surge_peak == 0:
+        detail = "the monitor saw no connection of the surge pods"
+    else:
+        detail = (f"the old replicas held {old_at_peak} of their {old_peak} {connections(old_peak)} when the surge pods"
+                  f" peaked at {surge_peak}: they had finished their work or closed their pools before the new"
+                  " ones connected"
+                  + (f" (beside all of theirs the surge pods held at most {max(beside)})" if beside else ""))
+    return RolloutOverlap(achieved=achieved, measured_by="applicationName", old_connections=old_peak,
+                          old_connections_at_surge_peak=old_at_peak, surge_peak_connections=surge_peak,
+                          detail=detail)
+
+
+def connections(count: int) -> str:
+    return "connection" if count == 1 else "connections"
+
+
+def overlap_by_work_times(old: set[str], reports: list[ReplicaReport]) -> RolloutOverlap:
+    olds = [r for r in reports if r.name[:APP_NAME_MAX] in old]
+    surge = [r for r in reports if r.name[:APP_NAME_MAX] not in old]
+    ends = [r.work_ended_at for r in olds]
+    starts = [r.work_started_at for r in surge]
+    if not olds or not surge or None in ends or None in starts:
+        return RolloutOverlap(achieved=False, measured_by="workTimes",
+                              detail="the replicas did not report when their work started and ended")
+    first_end = min(t for t in ends if t is not None)
+    last_start = max(t for t in starts if t is not None)
+    if first_end >= last_start:
+        detail = "every old replica was still working when the last surge pod started its work"
+        return RolloutOverlap(achieved=True, measured_by="workTimes", detail=detail)
+    detail = (f"an old replica had finished its work {last_start - first_end:.1f} s before the last surge pod"
+              " started its work")
+    return RolloutOverlap(achieved=False, measured_by="workTimes", detail=detail)
 
 
 def run_steps(run: BenchmarkRun, platform: Platform, timing: LoopTiming) -> BenchmarkStatus:

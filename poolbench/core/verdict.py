@@ -445,6 +445,21 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
     return step
 
 
+def judge_rollout_overlap(step: StepResult) -> StepResult:
+    """A rolling update whose old and surge replicas did not hold their connections at once measured no
+    rolling update: it is never Passed (Inconclusive, saying what was seen); a failure stays one."""
+    overlap = step.rollout_overlap
+    if overlap is None or overlap.achieved:
+        return step
+    note = f"old and new replicas did not overlap as in a rolling update: {overlap.detail}"
+    if step.outcome == "Passed":
+        step.outcome = "Inconclusive"
+        step.reason = f"{note} (measured: {step.reason})"
+    else:
+        step.reason = f"{step.reason}; {note}" if step.reason else note
+    return step
+
+
 def failure_cause(step: StepResult) -> str:
     """What made a step fail, for the verdict: the first error's class and text, or what stopped it."""
     if step.outcome == "Inconclusive":
@@ -484,15 +499,12 @@ def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Po
     """maxSafeReplicas: the largest passing step before the first failure."""
     rollouts = [s for s in steps if s.rollout_from is not None]
     steps = [s for s in steps if s.rollout_from is None]
-    verdict = pooled_verdict(spec, steps, pooler) if pooler is not None else direct_verdict(spec, steps)
+    verdict = (pooled_verdict(spec, steps, pooler, rollouts) if pooler is not None
+               else direct_verdict(spec, steps, rollouts))
     verdict.first_failing_replicas = first_failing(largest_safe(spec, steps)[1])
     verdict.predicted_max_safe_replicas = predicted_safe_replicas(spec, pooler)
     for step in rollouts:
-        outcome = step.outcome if step.outcome != "Failed" else f"Failed with {failure_cause(step)}"
-        verdict.summary += (f" A rolling update of {counted(step.rollout_from or 0, 'replica')}"
-                            f" ({step.replicas} pods at once):"
-                            f" peak {step.peak_connections} connections (predicted {step.predicted_peak}) of"
-                            f" {step.usable_connections} usable, {outcome}.")
+        verdict.summary += " " + rollout_line(spec, step, pooler)
     search = spec.search
     if search is not None:
         verdict.summary = (f"Search {search.min}..{search.max} in {counted(len(steps), 'step')}:"
@@ -513,6 +525,43 @@ def first_failing_step(verdict: Verdict, steps: list[StepResult]) -> StepResult 
         return None
     return next((s for s in steps if s.rollout_from is None and s.outcome == "Failed"
                  and s.replicas == verdict.first_failing_replicas), None)
+
+
+def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec | None = None) -> str:
+    """A measured rolling update in one sentence: what it was (its first surge: the old replicas kept,
+    the surge pods started beside them, no pod replaced), its peak beside the prediction, and what it
+    means for the count rolled, in the same words as the verdict's opening."""
+    old = step.rollout_from or 0
+    rolled, one = counted(old, "replica"), old == 1
+    text = (f"A rolling update of {rolled} ({step.replicas} pods at once): peak {step.peak_connections}"
+            f" connections (predicted {step.predicted_peak}) of {step.usable_connections} usable")
+    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept, {step.replicas - old} surge pods"
+           " started beside them, no pod replaced")
+    stay = "stays" if one else "stay"
+    if step.outcome == "Passed":
+        overlap = f"; {step.rollout_overlap.detail}" if step.rollout_overlap is not None else ""
+        fits = predict(spec, step.replicas, pooler).fits  # every pod at once, by the one rule
+        if not fits:  # the pools opened fewer than they may: the arithmetic's worst case still does not fit
+            return (f"{text}, Passed ({how}{overlap}), but only because the pools opened fewer connections than"
+                    f" they may: by the arithmetic {rolled} {'does' if one else 'do'} not stay safe during a"
+                    " rolling update.")
+        return f"{text}, Passed ({how}{overlap}): {rolled} {stay} safe during a rolling update."
+    if step.outcome == "Failed":
+        return (f"{text}, Failed with {failure_cause(step)} ({how}): {rolled} {'is' if one else 'are'} safe at"
+                " rest but not during a rolling update.")
+    return (f"{text}, Inconclusive: {step.reason} ({how}): whether {rolled} {stay} safe during a rolling update"
+            " was not measured.")
+
+
+def passed_opening(max_safe: int, rollouts: list[StepResult]) -> str:
+    """The opening of a verdict whose steps all passed: never "All steps passed" when a measured rolling
+    update did not."""
+    unsafe = [s for s in rollouts if s.outcome != "Passed"]
+    if not unsafe:
+        return f"All steps passed up to {counted(max_safe, 'replica')}"
+    how = "failed" if unsafe[0].outcome == "Failed" else "was inconclusive"
+    return (f"Every step at rest passed up to {counted(max_safe, 'replica')}, but the rolling update of"
+            f" {counted(unsafe[0].rollout_from or 0, 'replica')} {how}")
 
 
 def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
@@ -538,7 +587,8 @@ def predicted_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec | None =
     return usable_connections(spec) // per_peak if per_peak else 0
 
 
-def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
+def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: list[StepResult] | None = None
+                   ) -> Verdict:
     max_safe, failing_step = largest_safe(spec, steps)
     per_peak = per_replica_peak(spec)
     usable = usable_connections(spec)
@@ -566,7 +616,7 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
         )
     elif max_safe is not None:
         summary = (
-            f"All steps passed up to {counted(max_safe, 'replica')} (each may open {per_peak};"
+            f"{passed_opening(max_safe, rollouts or [])} (each may open {per_peak};"
             f" at most {replicas_fit(safe_limit)} in {usable} usable connections)."
         )
     else:
@@ -583,7 +633,8 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> Verdict:
     )
 
 
-def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec) -> Verdict:
+def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec,
+                   rollouts: list[StepResult] | None = None) -> Verdict:
     """A pooled variant: the same steps, judged the same way, explained with the pooler's arithmetic
     (prediction beside measurement)."""
     max_safe, failing = largest_safe(spec, steps)
@@ -619,7 +670,8 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
         first_failing = failing.replicas if failing.outcome == "Failed" else None
     elif max_safe is not None:
         reason = f"every step passed; {budget}"
-        summary = (f"{pooler.label()}: all steps passed up to {counted(max_safe, 'replica')} (each may open {per_peak}"
+        opening = passed_opening(max_safe, rollouts or [])
+        summary = (f"{pooler.label()}: {opening[0].lower() + opening[1:]} (each may open {per_peak}"
                    f" clients; {fit_text}).{measured}")
         first_failing = None
     else:

@@ -242,6 +242,9 @@ class LocalRunner:
         work_done = all(r.work_done() for r in self.replicas)
         return ReplicaProgress(running=running, work_done=work_done, finished=running == 0)
 
+    def replica_names(self) -> list[str]:
+        return [r.name for r in self.replicas]
+
     def collect(self) -> list[ReplicaReport]:
         replicas = self.replicas
         self.scale_to_zero()  # a replica still running at the end of its step is stopped first

@@ -1,6 +1,7 @@
 """The connection budget through the operator (issue 14), on the process-runner tier: a breaking-point
-search whose replicas each run two worker processes, and a measured rolling update, all through the
-same core step loop as `poolbench run`."""
+search whose replicas each run two worker processes, and a measured rolling update (the workload
+Deployment's own RollingUpdate, held at its first surge), all through the same core step loop as
+`poolbench run`."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator, c
     (rollout,) = [s for s in status["steps"] if s.get("rolloutFrom") is not None]
     assert rollout["rolloutFrom"] == 3 and rollout["replicas"] == 4 and rollout["outcome"] == "Failed"
     assert rollout["predictedPeak"] == 16 and rollout["peakConnections"] == 13  # every usable slot, then refusals
+    # The surge pod came from a new pod template beside the 3 old pods (two ReplicaSets, none replaced),
+    # and the server held all 12 of the old pods' connections while the surge took the 13th.
+    overlap = rollout["rolloutOverlap"]
+    assert overlap["achieved"] and overlap["measuredBy"] == "applicationName", overlap
+    assert overlap["oldConnections"] == 12, overlap
+    by_template: dict[str, int] = {}
+    for pod in rollout["peakByReplica"]:  # pod names: budget-workload-<pod-template-hash>-<suffix>
+        template = pod.rsplit("-", 2)[-2]
+        by_template[template] = by_template.get(template, 0) + 1
+    assert sorted(by_template.values()) == [1, 3], rollout["peakByReplica"]
+    deployment = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/budget-workload")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "poolbench.dev/rollout" in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert status["verdict"]["summary"].startswith("Search 1..6")
+    assert "3 replicas are safe at rest but not during a rolling update" in status["verdict"]["summary"]
     # Planned: at most 5 probes for 1..6, then the rollout; at the end the count is what ran.
     assert (status["totalSteps"], status["progress"]) == (3, "3/3")
     assert status["phase"] == "Failed"  # the boundary was found, but the measured rollout failed
