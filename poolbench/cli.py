@@ -99,7 +99,8 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
         peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
         row = [str(i), str(s["replicas"]), peak, str(s["peakConnections"])]
         if pooled:
-            row += [f"{s['predictedClientPeak']} of {s['clientCapacity']}", str(s["clientPeakConnections"]),
+            expected = s.get("predictedPoolerOutcome") or "?"  # fits, waits or fails, by the placement rule
+            row += [f"{s['predictedClientPeak']} ({expected})", str(s["clientPeakConnections"]),
                     str(s["poolerWaitingPeak"]), f"{s['poolerMaxWaitMs']:.0f} ms"]
         row += [str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}", f"{s['latencyMs']['p95']:g} ms",
                 f"{s['checkoutWaitMs']['p95']:g} ms"]

@@ -310,6 +310,7 @@ class BenchmarkRun:
             predicted_client_peak=planned.predicted_client_peak,
             client_capacity=planned.client_capacity,
             server_capacity=planned.server_capacity,
+            predicted_pooler_outcome=planned.pooled_outcome or None,
             rollout_from=planned.rollout_from,
         )
         # An unfinished step left by an interrupted driver is replaced, never duplicated.

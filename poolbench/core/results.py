@@ -180,6 +180,10 @@ class StepResult(_Out):
         0, description="Pooled: client connections the engines may open at the pooler.")
     client_capacity: int = Field(
         0, description="Pooled: client connections the poolers accept (maxClientConn × instances).")
+    predicted_pooler_outcome: str | None = Field(
+        None, description="Pooled: what the arithmetic expects at the poolers for this step: fits, waits (session"
+        " mode: clients queue for a server connection, then run) or fails (connections placed on the instances"
+        " at random, as through a Service).")
     server_capacity: int = Field(0, description="Pooled: most server connections the poolers open"
                                  " (instances × (defaultPoolSize + reservePoolSize)).")
     client_peak_connections: int = Field(
