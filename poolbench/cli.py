@@ -226,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         require("plot", "matplotlib", "poolbench run --plot")
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt_once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # even if whoever started us had them blocked
     from rich.console import Console
     from rich.live import Live
     from rich.markup import escape
@@ -426,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID
-    except KeyboardInterrupt:  # before anything was started (e.g. during imports): nothing to clean
-        sys.stderr.write("poolbench: interrupted\n")
+    except KeyboardInterrupt:  # during imports, or after the run and its checked clean-up
+        sys.stderr.write("poolbench: interrupted; nothing of the run was running\n")
         return 130
     except Exception as err:  # a bug, or a failure nobody foresaw: one line, not a traceback
         if os.environ.get("POOLBENCH_DEBUG"):
