@@ -170,6 +170,7 @@ class LocalRunner:
             raise
         finally:
             with deferred_signals():  # the way out runs to its end; a signal meanwhile is acted on after it
+                self.kill_replicas()  # first: a pooler with no client left stops at once
                 self.stop_pooler()
                 if self.sampler is not None:
                     self.sampler.stop()
@@ -283,10 +284,13 @@ class LocalRunner:
         with deferred_signals():
             self._cleanup()
 
-    def _cleanup(self) -> None:
+    def kill_replicas(self) -> None:
         for r in self.replicas:
             r.kill()
         self.replicas = []
+
+    def _cleanup(self) -> None:
+        self.kill_replicas()
         self.stop_pooler()
         if self.launcher is not None:
             self.launcher.close()
