@@ -222,10 +222,11 @@ class Moments:
 
     def between_variants(self) -> bool:
         """Every replica of the first variant's last step is done: the step ends, its pooler stops and
-        the next variant's starts."""
+        the next variant's starts (at the latest, the second pooler's directory appears)."""
         index, replicas = self.last_tx_step
         phases = summaries(self.tmpdir, self.name, "tx", index)
-        return len(phases) == replicas and all(p == "done" for p in phases.values())
+        self.poolers_seen |= set(dirs(self.tmpdir, "poolbench-pgbouncer-"))
+        return (len(phases) == replicas and all(p == "done" for p in phases.values())) or len(self.poolers_seen) >= 2
 
     def cleanup(self) -> bool:
         """Both variants' poolers came and went: the run is taking down the server and its directories."""
