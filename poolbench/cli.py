@@ -212,6 +212,8 @@ def write_results(path: str, document: dict[str, Any]) -> tuple[str, str | None]
 
 
 _interrupted = False
+#: How long the clean-up's last kills may take to leave the process table before they count as left behind.
+LEFTOVER_WAIT_SECONDS = 5.0
 
 
 #: Every signal that ends a run the way Ctrl-C does: a closed terminal or a dropped ssh (SIGHUP) too.
@@ -246,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         require("plot", "matplotlib", "poolbench run --plot")
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt_once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # even if whoever started us had them blocked
     from rich.console import Console
     from rich.live import Live
     from rich.markup import escape
@@ -254,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .core.steploop import Progress
     from .core.verdict import counted
     from .local.embedded import EnvironmentFailure
+    from .local.procs import Footprint
     from .local.runner import run_local  # heavy imports only when running
 
     err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
@@ -282,21 +286,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
                       f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
                       f"{escape(variants)})")
+    footprint = Footprint()
+
+    def report_leftovers(head: str) -> bool:
+        """Say what of the run is still there, looked up in /proc and on disk; False if nothing."""
+        left = footprint.leftovers(wait=LEFTOVER_WAIT_SECONDS)
+        if left:
+            err_console.print(f"[red]poolbench: {head}; left behind:[/] {escape('; '.join(left))}", highlight=False)
+        return bool(left)
+
     try:
-        if live is not None:
-            with live:
+        with footprint.recording():
+            if live is not None:
+                with live:
+                    result = run_local(bench, progress)
+            else:
                 result = run_local(bench, progress)
-        else:
-            result = run_local(bench, progress)
     except EnvironmentFailure as err:
+        report_leftovers("after the clean-up")
         problems = getattr(err, "problems", None)
         if problems:  # the server refused a setting: the user's input, by field
             raise SpecError(list(problems)) from None
         err_console.print(f"[red]poolbench: the environment failed:[/] {escape(str(err))}", highlight=False)
         return EXIT_ENV
     except KeyboardInterrupt:
-        err_console.print("[yellow]poolbench: interrupted; every process and temporary directory was removed[/]")
+        if not report_leftovers("interrupted"):
+            err_console.print("[yellow]poolbench: interrupted; every process and temporary directory of the run"
+                              " is gone (checked in /proc and on disk)[/]")
         return 130
+    report_leftovers("after the clean-up")
     status = result.status.to_json()
     for variant in status["variants"] or [None]:
         out_console.print(results_table(status, variant))
@@ -432,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID
-    except KeyboardInterrupt:  # before anything was started (e.g. during imports): nothing to clean
-        sys.stderr.write("poolbench: interrupted\n")
+    except KeyboardInterrupt:  # during imports, or after the run and its checked clean-up
+        sys.stderr.write("poolbench: interrupted; nothing of the run was running\n")
         return 130
     except Exception as err:  # a bug, or a failure nobody foresaw: one line, not a traceback
         if os.environ.get("POOLBENCH_DEBUG"):

@@ -14,12 +14,11 @@ import secrets
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-from .procs import deferred_signals
+from .procs import deferred_signals, temp_dir
 
 CACHE_ENV = "POOLBENCH_CACHE_DIR"  # where the initdb template is kept; "off" runs initdb every time
 #: Inside every cache entry: one line per file (kind, mode, owner, size, path), checked before each use.
@@ -112,7 +111,7 @@ def _store(entry: Path, fill: Callable[[Path], None], header: dict[str, str] | N
     staging: Path | None = None
     try:
         with deferred_signals():  # an interrupt never lands between creating and recording it
-            staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+            staging = temp_dir(f".{entry.name}.", entry.parent)
         built = staging / "entry"
         fill(built)
         head = "".join(f"# {key}: {value}\n" for key, value in (header or {}).items())

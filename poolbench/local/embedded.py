@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from .access import SYSTEM_USER, TEMP_BASES, _ensure_system_user, _ids, _run_as,
 from .binaries import _server_bin_dir
 from .cache import CACHE_ENV, MANIFEST, _copy_tree, _discard, _rmtree
 from .errors import EnvironmentFailure
-from .procs import deferred_signals, free_port, kill_group
+from .procs import deferred_signals, free_port, kill_group, spawn, temp_dir
 from .serverlog import _cause_lines, _explain, _refusal
 from .template import LOCALE_ENV, PG_CONTROL_SIZE, _copy_template, _store_template, _template_dir
 
@@ -116,7 +115,7 @@ class LocalPostgres:
         uid, gid = _ids(self.run_as)
         base = _run_base(uid, gid) if self.run_as else None
         with deferred_signals():
-            self.root = Path(tempfile.mkdtemp(prefix="poolbench-pg-", dir=base))
+            self.root = temp_dir("poolbench-pg-", base)
         if self.run_as:
             os.chown(self.root, uid, gid)  # ours: the server keeps its socket and data here
         self.port = self.port or free_port()
@@ -261,10 +260,8 @@ class LocalPostgres:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed below, once the child has it
         try:
             with deferred_signals():
-                self.process = subprocess.Popen(
-                    args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True, **_run_as(self.run_as),
-                )
+                self.process = spawn(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     **_run_as(self.run_as))
         except OSError as err:
             raise EnvironmentFailure(f"could not run postgres: {err}") from None
         finally:
@@ -342,11 +339,13 @@ class LocalPostgres:
                 proc.wait(5)
 
     def stop(self) -> None:
-        """Stop the server and remove the directory. Safe to call twice."""
-        self._halt()
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        """Stop the server and remove the directory. Safe to call twice; runs to its end whatever
+        signal arrives meanwhile."""
+        with deferred_signals():
+            self._halt()
+            if self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root = None
 
     def __enter__(self) -> LocalPostgres:
         return self.start()

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .procs import deferred_signals, kill_group
+from .procs import adopt_group, deferred_signals, kill_group, spawn
 
 LAUNCHER_CODE = "from poolbench.local.launcher import _launcher_main; _launcher_main()"
 LAUNCHER_NAME = "poolbench-workload-launcher"  # in its command line (and its children's), for ps
@@ -40,6 +40,7 @@ def _launcher_child(env: dict[str, str], log_path: str, sync_w: int, close: list
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a replica starts with no signal blocked
         for fd in close:
             os.close(fd)
         os.setsid()  # like start_new_session=True: killpg(pid) reaches the replica and only it
@@ -203,10 +204,8 @@ class ReplicaLauncher:
     def start(self) -> ReplicaLauncher:
         try:
             with deferred_signals():
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-c", LAUNCHER_CODE, LAUNCHER_NAME], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL, start_new_session=True,
-                )
+                self.proc = spawn([sys.executable, "-c", LAUNCHER_CODE, LAUNCHER_NAME], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:
             self.dead = True
             self.ready.set()
@@ -252,6 +251,7 @@ class ReplicaLauncher:
                 reply = self.replies.pop(0) if self.replies else None
         if not reply or "pid" not in reply:
             return None
+        adopt_group(reply["pid"], "replica")  # it leads its own session (see _launcher_child)
         return ForkedProcess(self, reply["pid"])
 
     def exit_code(self, pid: int) -> int | None:
@@ -273,7 +273,12 @@ class ReplicaLauncher:
             self.cond.wait(timeout)
 
     def close(self) -> None:
-        """End the launcher (it kills and reaps any replica still running). Idempotent."""
+        """End the launcher (it kills and reaps any replica still running). Idempotent; runs to its
+        end whatever signal arrives meanwhile."""
+        with deferred_signals():
+            self._close()
+
+    def _close(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,10 +26,11 @@ from ..core.spec import PoolerSpec
 from ..core.workload_env import POOLER_HOSTS_ENV, render_pooler_hosts
 from .access import _ensure_system_user, _ids, _run_as, _run_base
 from .errors import EnvironmentFailure
-from .procs import deferred_signals, free_port, kill_group
+from .procs import deferred_signals, free_port, kill_group, spawn, temp_dir
 
 SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 READY_SECONDS = 15.0
+SAFE_STOP_SECONDS = 1.0  # SIGINT's safe shutdown, before SIGTERM's immediate one
 
 
 def find_pgbouncer() -> str:
@@ -83,7 +84,7 @@ class LocalPgBouncer:
         uid, gid = _ids(self.run_as)
         base = _run_base(uid, gid) if self.run_as else None
         with deferred_signals():
-            self.root = Path(tempfile.mkdtemp(prefix="poolbench-pgbouncer-", dir=base))
+            self.root = temp_dir("poolbench-pgbouncer-", base)
         if self.run_as:
             os.chown(self.root, uid, gid)
         auth = self.root / "userlist.txt"
@@ -100,9 +101,8 @@ class LocalPgBouncer:
             log = open(self.root / f"pgbouncer-{i}.log", "ab")  # noqa: SIM115 - closed once the child has it
             try:
                 with deferred_signals():
-                    self.processes.append(subprocess.Popen(
-                        [binary, str(ini)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True, **_run_as(self.run_as)))
+                    self.processes.append(spawn([binary, str(ini)], stdout=log, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL, **_run_as(self.run_as)))
             except OSError as err:
                 raise EnvironmentFailure(f"could not run {binary}: {err}") from None
             finally:
@@ -152,18 +152,28 @@ class LocalPgBouncer:
                 POOLER_HOSTS_ENV: render_pooler_hosts([(self.host, port) for port in self.ports])}
 
     def stop(self) -> None:
-        """Stop every instance and remove the directory. Safe to call twice."""
-        processes, self.processes = self.processes, []
-        for proc in processes:
-            if proc.poll() is None:
-                kill_group(proc.pid, 15)  # SIGTERM: PgBouncer's fast exit
-        for proc in processes:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                kill_group(proc.pid)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+        """Stop every instance and remove the directory. Safe to call twice; runs to its end whatever
+        signal arrives meanwhile.
+
+        SIGINT, PgBouncer's safe shutdown, ends an instance whose clients are gone within its next
+        janitor pass (a quarter of a second). One still waiting for a client gets SIGTERM: the immediate
+        shutdown before PgBouncer 1.23, and from 1.23 on a second signal during a shutdown makes it
+        immediate. SIGKILL is only for an instance that ignores both."""
+        with deferred_signals():
+            processes, self.processes = self.processes, []
+            for sig, grace in ((signal.SIGINT, SAFE_STOP_SECONDS), (signal.SIGTERM, 5.0)):
+                for proc in processes:
+                    if proc.poll() is None:
+                        kill_group(proc.pid, sig)
+                deadline = time.monotonic() + grace
+                for proc in processes:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(max(deadline - time.monotonic(), 0.0))
+            for proc in processes:
+                if proc.poll() is None:
+                    kill_group(proc.pid)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(5)
+            if self.root is not None:
+                shutil.rmtree(self.root, ignore_errors=True)
+                self.root = None

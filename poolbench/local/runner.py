@@ -17,7 +17,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from ..db.roles import ensure_role
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
 from .pgbouncer import LocalPgBouncer, find_pgbouncer
-from .procs import deferred_signals, kill_group
+from .procs import deferred_signals, kill_group, spawn, temp_dir
 
 TIMING = LoopTiming(poll_seconds=0.05, drain_seconds=5.0)
 
@@ -79,10 +78,8 @@ class ReplicaProcess:
             self.proc = forked
             return
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workload"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
+            self.proc = spawn([sys.executable, "-m", "workload"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
 
     def summary(self) -> dict[str, Any] | None:
         try:
@@ -147,7 +144,7 @@ class LocalRunner:
                 find_pgbouncer()  # before anything starts: say which package is missing
             self.run.provisioning()
             with deferred_signals():
-                self.workdir = Path(tempfile.mkdtemp(prefix="poolbench-run-"))
+                self.workdir = temp_dir("poolbench-run-")
             if os.environ.get(LAUNCHER_ENV, "").lower() not in ("off", "0", "false", "no"):
                 self.launcher = ReplicaLauncher()
                 self.launcher.start()  # it imports the workload while PostgreSQL starts
@@ -174,13 +171,15 @@ class LocalRunner:
             self.run.fail(str(err))
             raise
         finally:
-            self.stop_pooler()
-            if self.sampler is not None:
-                self.sampler.stop()
-                self.result.timeline.extend(self.sampler.take())
-            if probe is not None:
-                probe.close()
-            self.cleanup()
+            with deferred_signals():  # the way out runs to its end; a signal meanwhile is acted on after it
+                self.kill_replicas()  # first: a pooler with no client left stops at once
+                self.stop_pooler()
+                if self.sampler is not None:
+                    self.sampler.stop()
+                    self.result.timeline.extend(self.sampler.take())
+                if probe is not None:
+                    probe.close()
+                self.cleanup()
         return self.result
 
     # -- the step loop's Platform -------------------------------------------------------------
@@ -284,10 +283,18 @@ class LocalRunner:
 
     # -- the way out ----------------------------------------------------------------------------
     def cleanup(self) -> None:
-        """Kill every replica, stop the pooler and the server, remove the temporary directories. Idempotent."""
+        """Kill every replica, stop the pooler and the server, remove the temporary directories.
+        Idempotent; runs to its end whatever signal arrives meanwhile."""
+        with deferred_signals():
+            self._cleanup()
+
+    def kill_replicas(self) -> None:
         for r in self.replicas:
             r.kill()
         self.replicas = []
+
+    def _cleanup(self) -> None:
+        self.kill_replicas()
         self.stop_pooler()
         if self.launcher is not None:
             self.launcher.close()
