@@ -143,8 +143,8 @@ def test_more_instances_than_replicas_is_not_predicted_safe() -> None:
 
 def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     # poolSize 1 + maxOverflow 2: each replica opens 3 clients and keeps 1. 2 replicas: 6 clients on 4
-    # server connections (the 2 others wait until an overflow client disconnects), 2 kept ≤ 4: passes.
-    # Predicted: without waiting up to 1 replica, fails beyond 4 (5 kept > 4).
+    # server connections (the 2 others wait until an overflow client disconnects), 2 kept < 4: passes.
+    # Predicted: without waiting up to 1 replica, fails beyond 3 (4 kept hold all 4).
     status, _ = run("sesswait", replicas=[2], threads=3, engine={"poolSize": 1, "maxOverflow": 2},
                     pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 30})
     step, verdict = only(status)
@@ -153,9 +153,25 @@ def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     assert step.peak_connections == 4 and step.client_peak_connections == 6
     assert step.pooler_waiting_peak >= 1 and step.pooler_max_wait_ms > 0
     assert step.idle_at_end == step.predicted_idle == 2
-    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 4
+    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 3
     assert "fits without waiting up to 1 replica, waits beyond" in verdict.summary
-    assert "fails beyond 4 (the pools of 5 replicas keep 5 clients open for good" in verdict.summary
+    assert "fails beyond 3 (the pools of 4 replicas keep 4 clients open for good" in verdict.summary
+
+
+def test_session_mode_fails_when_the_kept_clients_hold_every_server_connection() -> None:
+    # 1 replica × 3 threads, poolSize 2 + maxOverflow 1: 3 clients, 2 kept, on 2 server connections.
+    # The 2 kept clients take both and never disconnect; the third thread's client waits at the pooler,
+    # so its engine never returns it: it waits until query_wait_timeout (1 s) and is disconnected.
+    status, _ = run("sesskept", replicas=[1], threads=3, engine={"poolSize": 2, "maxOverflow": 1}, sleep=0.02,
+                    pooler={"poolMode": "session", "defaultPoolSize": 2, "queryWaitTimeoutSeconds": 1})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.predicted_pooler_outcome == "fails"
+    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert ("fails from 1 replica (the pools of 1 replica keep 2 clients open for good, enough to hold all the"
+            " pooler's 2 server connections: the other clients wait until query_wait_timeout (1 s) and are"
+            " disconnected)") in verdict.summary
 
 
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
@@ -168,5 +184,5 @@ def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connectio
     assert step.first_error_class == "poolerQueryWaitTimeout"
     assert verdict.first_failing_replicas == 2 and verdict.predicted_max_safe_replicas == 1
     assert ("fits without waiting up to 1 replica, fails beyond (the pools of 2 replicas keep 6 clients open for"
-            " good, more than the pooler's 4 server connections: those without one wait until query_wait_timeout"
-            " (2 s) and are disconnected)") in verdict.summary
+            " good, enough to hold all the pooler's 4 server connections: the other clients wait until"
+            " query_wait_timeout (2 s) and are disconnected)") in verdict.summary

@@ -24,6 +24,7 @@ from .verdict import (
     pooled_limits,
     replicas_fit,
     rollout_safe,
+    session_starves,
     session_words,
     surge_pods,
 )
@@ -206,14 +207,14 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
             f"Pooler server side: {instances} × ({pooler.default_pool_size} + {pooler.reserve_pool_size}) ="
             f" {instances * server} server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per}"
             " per instance.", {"serverConnectionsPerInstance": per}))
-    if pooler.pool_mode == "session" and placement_overflows(kept, instances, server):
-        needed = least(lambda s: not placement_overflows(kept, instances, s), 1, kept)
+    if pooler.pool_mode == "session" and session_starves(clients, kept, instances, server):
+        needed = least(lambda s: not session_starves(clients, kept, instances, s), 1, kept + 1)
         no_wait = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
         out.append(Recommendation(
             f"Session mode: a client holds a server connection while it is open and the pools' {kept} kept clients"
-            f" never disconnect: with {server} server connections per instance those without one wait until"
-            f" query_wait_timeout. Use transaction mode, or at least {needed} server connections per instance"
-            f" ({no_wait} to run all {clients} clients at once){spread}.",
+            f" never disconnect: with {server} server connections per instance they may hold them all while the"
+            f" other clients wait until query_wait_timeout. Use transaction mode, or at least {needed} server"
+            f" connections per instance ({no_wait} to run all {clients} clients at once){spread}.",
             {"serverConnectionsNeeded": needed * instances, "serverConnectionsWithoutWaiting": no_wait * instances}))
     if out:
         return out

@@ -83,7 +83,8 @@ def placement_words(instances: int, capacity: int, server: int | None = None) ->
     session mode's server connections per instance, the same rule's other capacity."""
     if instances <= 1:
         return ""
-    also = f", or more clients than its {server} server connections," if server is not None else ""
+    also = (f", or all its {server} server connections to clients the pools keep open while others wait,"
+            if server is not None else "")
     return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
             f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
             f" {PLACEMENT_RISK_WORDS}")
@@ -118,11 +119,19 @@ def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, clien
     if min(clients, n * server) > usable:
         return PooledCheck("fails", "server")
     if pooler.pool_mode == "session":
-        if placement_overflows(kept, n, server):
+        if session_starves(clients, kept, n, server):
             return PooledCheck("fails", "kept")
         if placement_overflows(clients, n, server):
             return PooledCheck("waits")
     return PooledCheck("fits")
+
+
+def session_starves(clients: int, kept: int, instances: int, server: int) -> bool:
+    """Session mode: can the clients the pools keep open take every server connection of an instance
+    while other clients there wait for one? A kept client never disconnects and an engine's waiting
+    threads never return to its pool, so those clients wait until query_wait_timeout. The one rule for
+    the prediction, the verdict and plan (a union bound, as ``placement_overflows``)."""
+    return placement_overflows(clients, instances, server) and placement_overflows(kept, instances, server - 1)
 
 
 def largest(ok: Callable[[int], bool], upper: int) -> int:
@@ -336,8 +345,18 @@ def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, 
     timeout = pooler.query_wait_timeout_seconds
     until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
              else "for good (query_wait_timeout 0)")
-    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good,"
-            f" {more_than(kept, n, server, 'server connections')}: those without one wait {until}")
+    return (f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
+            f" {holds_all(kept, n, server)}: the other clients wait {until}")
+
+
+def holds_all(kept: int, instances: int, server: int) -> str:
+    """How ``kept`` clients take every one of an instance's ``server`` connections: surely, or by
+    random placement (``session_starves``)."""
+    if instances <= 1:
+        return f"enough to hold all the pooler's {server} server connections"
+    if kept >= instances * server:
+        return f"enough to hold all {server} server connections of each of the {instances} instances"
+    return f"and at random they may hold all {server} server connections of one of the {instances} instances"
 
 
 def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
@@ -348,9 +367,12 @@ def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_
     check = pooled_check(pooler, over * peak, over * idle, usable, client_capacity)
     fails = "fails" if pooler.replicas == 1 else "may fail"
     why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
+    if free == 0:  # already one replica's clients wait, or fail
+        return (f"waits from 1 replica (a waiting client runs when an overflow client disconnects), {fails} beyond"
+                f" {safe} ({why})" if safe > 0 else f"{fails} from 1 replica ({why})")
     waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
              if safe > free else f", {fails} beyond")
-    return f"fits without waiting up to {free} {replicas_word(free)}{waits} ({why})"
+    return f"fits without waiting up to {counted(free, 'replica')}{waits} ({why})"
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
