@@ -511,8 +511,10 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     last = measured[-1]
     who = "each worker process" if spec.workload.processes > 1 else "each replica"
     callers = "tasks" if spec.workload.driver == "asyncpg" else "threads"
+    waiting = threads - cap
     return (f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
-            f" connections, so {threads - cap} wait for a checkout (mean {last.checkout_wait_ms.mean:g} ms,"
+            f" connections, so {waiting} {'waits' if waiting == 1 else 'wait'} for a checkout"
+            f" (mean {last.checkout_wait_ms.mean:g} ms,"
             f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at"
             f" {counted(last.replicas, 'replica')}).")
 
