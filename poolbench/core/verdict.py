@@ -559,8 +559,8 @@ def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec |
     rolled, one = counted(old, "replica"), old == 1
     text = (f"A rolling update of {rolled} ({step.replicas} pods at once): peak {step.peak_connections}"
             f" connections (predicted {step.predicted_peak}) of {step.usable_connections} usable")
-    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept, {step.replicas - old} surge pods"
-           " started beside them, no pod replaced")
+    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept,"
+           f" {counted(step.replicas - old, 'surge pod')} started beside {'it' if one else 'them'}, no pod replaced")
     stay = "stays" if one else "stay"
     if step.outcome == "Passed":
         overlap = f"; {step.rollout_overlap.detail}" if step.rollout_overlap is not None else ""
