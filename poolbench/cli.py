@@ -97,7 +97,9 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
         label += f"\n({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
         peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
-        row = [str(i), str(s["replicas"]), peak, str(s["peakConnections"])]
+        rolled = s.get("rolloutFrom")  # a measured rolling update: the old replicas and the surge pods beside them
+        replicas = f"{rolled} + {s['replicas'] - rolled} surge" if rolled is not None else str(s["replicas"])
+        row = [str(i), replicas, peak, str(s["peakConnections"])]
         if pooled:
             expected = s.get("predictedPoolerOutcome") or "?"  # fits, waits or fails, by the placement rule
             row += [f"{s['predictedClientPeak']} ({expected})", str(s["clientPeakConnections"]),
@@ -131,7 +133,7 @@ def comparison_table(status: dict[str, Any]) -> Table:
     for v in status["variants"]:
         verdict = v.get("verdict") or {}
         steps = v["steps"]
-        passing = [s for s in steps if s["outcome"] == "Passed"]
+        passing = [s for s in steps if s["outcome"] == "Passed" and s.get("rolloutFrom") is None]  # steps at rest
         largest = max(passing, key=lambda s: s["replicas"]) if passing else None
         failing = stopping_step(verdict, steps)
         unseen = next((s for s in steps if s["outcome"] not in ("Passed", "Failed") and s.get("rolloutFrom") is None),

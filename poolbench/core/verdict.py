@@ -742,5 +742,5 @@ def driver_setting_failures(names: list[str], steps: list[list[StepResult]]) -> 
         for cls, fix in DRIVER_SETTING_FIXES.items():
             count = sum(getattr(s.errors, to_snake(cls)) for s in variant_steps)
             if count:
-                found.append(f"{name} had {count} attempts fail with {cls}: {fix}")
+                found.append(f"{name} had {counted(count, 'attempt')} fail with {cls}: {fix}")
     return found
