@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -120,6 +121,17 @@ def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[
     return steps[parsed.index(step)] if step is not None else None
 
 
+def short_cause(step: dict[str, Any]) -> str:
+    """What failed a step, in a word for the comparison's column: its first error's class, the limit it
+    broke, or a timeout."""
+    if step.get("firstErrorClass"):
+        return str(step["firstErrorClass"])
+    limits = re.findall(r"limits\.\w+", step.get("reason") or "")
+    if limits:
+        return ", ".join(dict.fromkeys(limits))
+    return "timeout" if step.get("timedOut") else str(step["outcome"])
+
+
 def comparison_table(status: dict[str, Any]) -> Table:
     """The variants side by side: how far each scaled, what the server saw, what callers felt."""
     from rich.table import Table
@@ -142,7 +154,7 @@ def comparison_table(status: dict[str, Any]) -> Table:
         # The pooler as its variant's verdict names it: mode, pool (+ reserve) and instances.
         connects = (PoolerSpec.model_validate(pooler).label() if pooler else "direct") + f", {v['engine']['poolClass']}"
         if failing is not None:
-            first = f"{failing['replicas']} ({failing.get('firstErrorClass') or failing['outcome']})"
+            first = f"{failing['replicas']} ({short_cause(failing)})"
         else:
             first = f"- ({unseen['replicas']} inconclusive)" if unseen is not None else "-"
         safe = verdict.get("maxSafeReplicas")

@@ -62,6 +62,18 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
     assert "20 ms at 2" in text and "35 ms" not in text
 
 
+def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
+    # No failed attempt: the step failed on its p95 latency limit, which the column names.
+    steps = [StepResult(replicas=1, outcome="Failed",
+                        reason="latency p95 61.887 ms exceeds limits.maxLatencyP95Ms 40 ms")]
+    verdict = Verdict(first_failing_replicas=1)
+    status = BenchmarkStatus(max_connections=20, steps=steps, verdict=verdict,
+                             variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.comparison_table(status))
+    assert "1 (limits.maxLatencyP95Ms)" in console.export_text()
+
+
 @pytest.mark.parametrize("message", [
     # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
     'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',
