@@ -184,6 +184,22 @@ def test_kept_clients_that_hold_every_server_connection_starve_the_others() -> N
     assert not session_starves(clients=100, kept=2, instances=4, server=30)
 
 
+def test_the_reserve_counts_only_when_a_client_may_wait_for_it() -> None:
+    # 1 replica: 3 clients, 2 kept, on defaultPoolSize 2 + reservePoolSize 1. The reserve opens for a
+    # client that waited reserve_pool_timeout (5 s): beyond the pool the third client waits, and fails
+    # when query_wait_timeout ends its wait first.
+    spec = parse_spec({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 1}},
+                       "postgres": {"maxConnections": 40}})
+    for timeout, outcome in ((2, "fails"), (5, "fails"), (6, "waits"), (0, "waits")):
+        pooler = PoolerSpec(pool_mode="session", default_pool_size=2, reserve_pool_size=1,
+                            query_wait_timeout_seconds=timeout)
+        assert pooler.reachable_server_connections() == (2 if outcome == "fails" else 3)
+        assert predict(spec, 1, pooler).check.outcome == outcome, timeout
+    no_reserve_needed = PoolerSpec(pool_mode="session", default_pool_size=3, reserve_pool_size=1,
+                                   query_wait_timeout_seconds=2)
+    assert predict(spec, 1, no_reserve_needed).check.outcome == "fits"
+
+
 def test_a_pooled_peak_never_exceeds_usable() -> None:
     spec = parse_spec({**SEED, "postgres": {"maxConnections": 30}})  # 29 usable (the monitor holds one)
     pooler = PoolerSpec(pool_mode="transaction", default_pool_size=40, max_client_conn=1000)

@@ -174,6 +174,23 @@ def test_session_mode_fails_when_the_kept_clients_hold_every_server_connection()
             " disconnected)") in verdict.summary
 
 
+def test_a_reserve_that_opens_after_query_wait_timeout_serves_nobody() -> None:
+    # The same 3 clients (2 kept) on defaultPoolSize 2 + reservePoolSize 1: PgBouncer opens the reserve
+    # only for a client that waited reserve_pool_timeout (5 s), and query_wait_timeout (2 s) disconnects
+    # the third client first. Predicted: fails from 1 replica, not "3 clients on 3 server connections: fits".
+    status, _ = run("sessres", replicas=[1], threads=3, engine={"poolSize": 2, "maxOverflow": 1}, sleep=0.02,
+                    pooler={"poolMode": "session", "defaultPoolSize": 2, "reservePoolSize": 1,
+                            "queryWaitTimeoutSeconds": 2})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.peak_connections == 2  # the reserve never opened
+    assert step.predicted_pooler_outcome == "fails"
+    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert ("enough to hold all the pooler's 2 server connections (its reserve of 1 opens only for a client that"
+            " waited reserve_pool_timeout, 5 s: query_wait_timeout disconnects it first)") in verdict.summary
+
+
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
     # 2 replicas × 3 threads, poolSize 3: 6 clients kept open for good on 4 server connections: the 2
     # without one wait until query_wait_timeout (2 s) and are disconnected. Predicted: 1 replica.

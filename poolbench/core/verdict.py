@@ -30,7 +30,7 @@ from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import StepResult, Verdict, to_snake
 from .search import findings, searched
-from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .spec import MONITOR_CONNECTIONS, RESERVE_POOL_TIMEOUT_SECONDS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
@@ -118,10 +118,10 @@ def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, clien
         return PooledCheck("fails", "clients")
     if min(clients, n * server) > usable:
         return PooledCheck("fails", "server")
-    if pooler.pool_mode == "session":
-        if session_starves(clients, kept, n, server):
+    if pooler.pool_mode == "session":  # the reserve serves only clients that already waited for it
+        if session_starves(clients, kept, n, pooler.reachable_server_connections()):
             return PooledCheck("fails", "kept")
-        if placement_overflows(clients, n, server):
+        if placement_overflows(clients, n, pooler.default_pool_size):
             return PooledCheck("waits")
     return PooledCheck("fits")
 
@@ -345,8 +345,12 @@ def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, 
     timeout = pooler.query_wait_timeout_seconds
     until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
              else "for good (query_wait_timeout 0)")
+    reachable = pooler.reachable_server_connections()
+    reserve = (f" (its reserve of {pooler.reserve_pool_size} opens only for a client that waited"
+               f" reserve_pool_timeout, {RESERVE_POOL_TIMEOUT_SECONDS} s: query_wait_timeout disconnects it first)"
+               if pooler.reserve_pool_size and not pooler.reserve_reachable() else "")
     return (f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
-            f" {holds_all(kept, n, server)}: the other clients wait {until}")
+            f" {holds_all(kept, n, reachable)}{reserve}: the other clients wait {until}")
 
 
 def holds_all(kept: int, instances: int, server: int) -> str:
@@ -387,7 +391,7 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
             + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
               f" {pooler.replicas * pooler.usable_clients()}")
     placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         text += f"; {placement}"
     if pooler.pool_mode == "session":
@@ -671,7 +675,7 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     else:
         fit_text = f"at most {replicas_fit(fit)} the poolers"
     placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         fit_text += f"; {placement}"
     passed = [s for s in steps if s.outcome == "Passed"]
