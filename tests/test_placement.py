@@ -93,7 +93,7 @@ def test_huge_counts_by_the_normal_tail() -> None:
     assert not placement_overflows(clients, 2, 250_000 + round(6 * sigma))
     pooler = PoolerSpec(pool_mode="transaction", max_client_conn=100_000, default_pool_size=10, replicas=5)
     free, safe = pooled_limits(1, 1, pooler, 10**6, 100_000)
-    assert free == safe
+    assert free < 50 < safe  # beyond 5 × 10 server connections clients queue for a transaction's end
     assert not placement_overflows(safe, 5, 100_000) and placement_overflows(safe + 1, 5, 100_000)
     # Short of the perfect spread (500 000) by 4 to 6 σ of one instance's count (σ² = C × 1/5 × 4/5).
     sigma = math.sqrt(safe * 0.16)

@@ -191,6 +191,21 @@ def test_a_reserve_that_opens_after_query_wait_timeout_serves_nobody() -> None:
             " waited reserve_pool_timeout, 5 s: query_wait_timeout disconnects it first)") in verdict.summary
 
 
+def test_transaction_mode_says_its_clients_queue_and_why_a_wait_timed_out() -> None:
+    # 8 clients, 1 server connection, 0.3 s transactions: the last in the queue waits about 2 s, longer than
+    # query_wait_timeout (1 s). The capacity fits; the prediction says the clients wait, and the verdict
+    # says that the arithmetic counts connections, not how long a transaction holds one.
+    status, _ = run("txwait", replicas=[1], threads=8, iterations=2, sleep=0.3,
+                    pooler={"poolMode": "transaction", "defaultPoolSize": 1, "queryWaitTimeoutSeconds": 1})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.predicted_pooler_outcome == "waits" and step.predicted_client_peak == 8
+    assert ("In transaction mode clients beyond the 1 server connection wait for a transaction to end, and these"
+            " waited longer than query_wait_timeout (1 s): the arithmetic counts connections, not how long each"
+            " transaction holds one") in verdict.summary
+
+
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
     # 2 replicas × 3 threads, poolSize 3: 6 clients kept open for good on 4 server connections: the 2
     # without one wait until query_wait_timeout (2 s) and are disconnected. Predicted: 1 replica.

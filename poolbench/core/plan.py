@@ -219,7 +219,7 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
             {"serverConnectionsNeeded": needed * instances, "serverConnectionsWithoutWaiting": no_wait * instances}))
     if out:
         return out
-    if check.outcome == "waits":
+    if check.outcome == "waits" and pooler.pool_mode == "session":
         needed = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
         pool = pooler.default_pool_size  # the reserve serves only clients that waited reserve_pool_timeout
         more = (f"only {pool} of the {clients} clients run at once during a rollout" if instances == 1 else

@@ -123,6 +123,8 @@ def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, clien
             return PooledCheck("fails", "kept")
         if placement_overflows(clients, n, pooler.default_pool_size):
             return PooledCheck("waits")
+    elif placement_overflows(clients, n, server):  # transaction mode: clients queue for a transaction's end
+        return PooledCheck("waits")
     return PooledCheck("fits")
 
 
@@ -696,6 +698,12 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
                    + f" {counted(failing.replicas, 'replica')} {verb} {failure_cause(failing)} (each replica may open"
                    f" {per_peak} clients; {fit_text}).{measured}")
         first_failing = failing.replicas if failing.outcome == "Failed" else None
+        if pooler.pool_mode == "transaction" and failing.errors.pooler_query_wait_timeout:
+            summary += (f" In transaction mode clients beyond the {counted(pred.server_capacity, 'server connection')}"
+                        f" wait for a transaction to end, and these waited longer than query_wait_timeout"
+                        f" ({pooler.query_wait_timeout_seconds} s): the arithmetic counts connections, not how long"
+                        f" each transaction holds one (p95 latency {failing.latency_ms.p95:g} ms), so its count fits"
+                        " the poolers' capacity, not this wait.")
     elif max_safe is not None:
         reason = f"every step passed; {budget}"
         opening = passed_opening(max_safe, rollouts or [])
