@@ -64,12 +64,13 @@ class WatchingRunner(runner.LocalRunner):
 
 
 def run(name: str, *, replicas: list[int], threads: int, pooler: dict[str, Any], engine: dict[str, Any] | None = None,
-        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2"
+        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2", processes: int = 1
         ) -> tuple[BenchmarkStatus, WatchingRunner]:
     doc = make_doc(name=name, steps=replicas, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
                    postgres={"maxConnections": 40}, stopOnFailure=False,
                    variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", **pooler}}],
                    workload={"threads": threads, "iterations": iterations, "holdSeconds": hold, "driver": driver,
+                             "processes": processes,
                              "statement": f"SELECT pg_sleep({sleep})",
                              "engine": engine or {"poolSize": threads, "maxOverflow": 0}})
     watching = WatchingRunner(parse_document(doc))
@@ -204,6 +205,19 @@ def test_transaction_mode_says_its_clients_queue_and_why_a_wait_timed_out() -> N
     assert ("In transaction mode clients beyond the 1 server connection wait for a transaction to end, and these"
             " waited longer than query_wait_timeout (1 s): the arithmetic counts connections, not how long each"
             " transaction holds one") in verdict.summary
+
+
+def test_a_query_wait_timeout_on_a_new_connection_is_classified_as_one() -> None:
+    # 2 replicas × 3 worker processes × 2 threads, poolSize 1 + maxOverflow 1: 6 kept clients hold all 4
+    # server connections. Some of the clients left waiting are new connections whose first queries (the
+    # dialect's, before any statement) wait: PgBouncer's "query_wait_timeout" reaches them too, and
+    # SQLAlchemy closes such a connection before its error handler runs. Every failure is the pooler's.
+    status, _ = run("qwtnew", replicas=[2], threads=2, processes=3, engine={"poolSize": 1, "maxOverflow": 1},
+                    sleep=0.03, hold=0.5,
+                    pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2})
+    step, _ = only(status)
+    assert step.outcome == "Failed" and step.first_error_class == "poolerQueryWaitTimeout", step.first_error
+    assert step.errors.pooler_query_wait_timeout >= 1 and step.errors.other == 0, (step.errors, step.first_error)
 
 
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
