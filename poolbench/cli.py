@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -97,7 +98,9 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
         label += f"\n({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
         peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
-        row = [str(i), str(s["replicas"]), peak, str(s["peakConnections"])]
+        rolled = s.get("rolloutFrom")  # a measured rolling update: the old replicas and the surge pods beside them
+        replicas = f"{rolled} + {s['replicas'] - rolled} surge" if rolled is not None else str(s["replicas"])
+        row = [str(i), replicas, peak, str(s["peakConnections"])]
         if pooled:
             expected = s.get("predictedPoolerOutcome") or "?"  # fits, waits or fails, by the placement rule
             row += [f"{s['predictedClientPeak']} ({expected})", str(s["clientPeakConnections"]),
@@ -118,6 +121,17 @@ def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[
     return steps[parsed.index(step)] if step is not None else None
 
 
+def short_cause(step: dict[str, Any]) -> str:
+    """What failed a step, in a word for the comparison's column: its first error's class, the limit it
+    broke, or a timeout."""
+    if step.get("firstErrorClass"):
+        return str(step["firstErrorClass"])
+    limits = re.findall(r"limits\.\w+", step.get("reason") or "")
+    if limits:
+        return ", ".join(dict.fromkeys(limits))
+    return "timeout" if step.get("timedOut") else str(step["outcome"])
+
+
 def comparison_table(status: dict[str, Any]) -> Table:
     """The variants side by side: how far each scaled, what the server saw, what callers felt."""
     from rich.table import Table
@@ -131,7 +145,7 @@ def comparison_table(status: dict[str, Any]) -> Table:
     for v in status["variants"]:
         verdict = v.get("verdict") or {}
         steps = v["steps"]
-        passing = [s for s in steps if s["outcome"] == "Passed"]
+        passing = [s for s in steps if s["outcome"] == "Passed" and s.get("rolloutFrom") is None]  # steps at rest
         largest = max(passing, key=lambda s: s["replicas"]) if passing else None
         failing = stopping_step(verdict, steps)
         unseen = next((s for s in steps if s["outcome"] not in ("Passed", "Failed") and s.get("rolloutFrom") is None),
@@ -140,7 +154,7 @@ def comparison_table(status: dict[str, Any]) -> Table:
         # The pooler as its variant's verdict names it: mode, pool (+ reserve) and instances.
         connects = (PoolerSpec.model_validate(pooler).label() if pooler else "direct") + f", {v['engine']['poolClass']}"
         if failing is not None:
-            first = f"{failing['replicas']} ({failing.get('firstErrorClass') or failing['outcome']})"
+            first = f"{failing['replicas']} ({short_cause(failing)})"
         else:
             first = f"- ({unseen['replicas']} inconclusive)" if unseen is not None else "-"
         safe = verdict.get("maxSafeReplicas")

@@ -44,6 +44,36 @@ def test_the_comparison_names_reserve_pool_and_instances() -> None:
     assert "3 (poolerMaxClientConn)" in text
 
 
+def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
+    # 2 replicas passed at rest; the rolling update ran them with 1 surge pod (3 pods) and passed too.
+    steps = [StepResult(replicas=2, outcome="Passed", predicted_peak=6, peak_connections=6),
+             StepResult(replicas=3, rollout_from=2, outcome="Passed", predicted_peak=9, peak_connections=9)]
+    steps[0].latency_ms.p95, steps[1].latency_ms.p95 = 20.0, 35.0
+    verdict = Verdict(max_safe_replicas=2)
+    status = BenchmarkStatus(max_connections=14, steps=steps, verdict=verdict,
+                             variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.results_table(status))
+    rows = [line for line in console.export_text().splitlines() if "Passed" in line]
+    assert "2 + 1 surge" in rows[1] and "2 + 1 surge" not in rows[0]
+    console = Console(width=200, record=True)
+    console.print(cli.comparison_table(status))
+    text = console.export_text()  # the largest passing step at rest is the max safe count's, not the rollout's
+    assert "20 ms at 2" in text and "35 ms" not in text
+
+
+def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
+    # No failed attempt: the step failed on its p95 latency limit, which the column names.
+    steps = [StepResult(replicas=1, outcome="Failed",
+                        reason="latency p95 61.887 ms exceeds limits.maxLatencyP95Ms 40 ms")]
+    verdict = Verdict(first_failing_replicas=1)
+    status = BenchmarkStatus(max_connections=20, steps=steps, verdict=verdict,
+                             variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.comparison_table(status))
+    assert "1 (limits.maxLatencyP95Ms)" in console.export_text()
+
+
 @pytest.mark.parametrize("message", [
     # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
     'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',

@@ -143,6 +143,9 @@ def test_a_prepared_statement_clash_is_named_as_a_driver_setting_and_crowns_no_v
                            " pooling): asyncpg needs prepared_statement_cache_size=0")
     assert "direct: 2 replicas safe, peak 8 server backends; tx: no step passed, fails at 2 (preparedStatementClash)" \
            in text
+    clash.errors.prepared_statement_clash = 1
+    once = comparison(["direct", "tx"], [direct, pooled], [[direct_step], [clash]])
+    assert once.startswith("No winner: tx had 1 attempt fail with preparedStatementClash")
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])

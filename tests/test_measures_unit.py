@@ -72,6 +72,10 @@ def test_the_verdict_explains_threads_queueing_for_connections() -> None:
     assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
             " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replica).") in (
         run.status.verdict.summary)
+    one = run_one_step({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 0}}},
+                       queued)
+    assert one.status.verdict is not None
+    assert "runs 3 threads on at most 2 pooled connections, so 1 waits for a checkout" in one.status.verdict.summary
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
     assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary
 

@@ -26,6 +26,7 @@ from poolbench.core.verdict import (
     pooled_verdict,
     predict,
     replicas_fit,
+    session_starves,
     usable_connections,
 )
 from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError, parse_pooler_hosts, render_pooler_hosts
@@ -92,11 +93,18 @@ def test_huge_counts_by_the_normal_tail() -> None:
     assert not placement_overflows(clients, 2, 250_000 + round(6 * sigma))
     pooler = PoolerSpec(pool_mode="transaction", max_client_conn=100_000, default_pool_size=10, replicas=5)
     free, safe = pooled_limits(1, 1, pooler, 10**6, 100_000)
-    assert free == safe
+    assert free < 50 < safe  # beyond 5 × 10 server connections clients queue for a transaction's end
     assert not placement_overflows(safe, 5, 100_000) and placement_overflows(safe + 1, 5, 100_000)
     # Short of the perfect spread (500 000) by 4 to 6 σ of one instance's count (σ² = C × 1/5 × 4/5).
     sigma = math.sqrt(safe * 0.16)
     assert 5 * (100_000 - 6 * sigma) < safe < 5 * (100_000 - 4 * sigma)
+
+
+def session_opening(free: int, safe: int, instances: int) -> str:
+    """How the verdict opens session mode's regimes for these limits."""
+    if free == 0:
+        return "waits from 1 replica" if safe > 0 else ("fails" if instances == 1 else "may fail") + " from 1 replica"
+    return f"fits without waiting up to {free} {'replica' if free == 1 else 'replicas'}"
 
 
 @pytest.mark.parametrize("pooler", [
@@ -118,8 +126,8 @@ def test_the_prediction_the_verdict_and_plan_use_one_rule(pooler: PoolerSpec) ->
         assert p.peak <= p.usable  # the server refuses the poolers' logins beyond its usable slots
     verdict = pooled_verdict(spec, [passed(1)], pooler)
     if pooler.pool_mode == "session":
-        assert f"fits without waiting up to {free} {'replica' if free == 1 else 'replicas'}" in verdict.reason
-        assert f"fits without waiting up to {free} " in verdict.summary
+        opening = session_opening(free, safe, pooler.replicas)
+        assert opening in verdict.reason and opening in verdict.summary
     else:
         assert f"at most {replicas_fit(safe)} the poolers" in verdict.summary
     # plan: the same rule with production numbers; its recommendation for a target agrees with its
@@ -151,14 +159,45 @@ def test_session_mode_waits_before_it_fails() -> None:
                        "postgres": {"maxConnections": 40}})
     pooler = PoolerSpec(pool_mode="session", default_pool_size=4, query_wait_timeout_seconds=3)
     assert usable_connections(spec) == 39
-    assert pooled_replica_limits(spec, pooler) == (1, 4)
-    assert [predict(spec, r, pooler).check.outcome for r in (1, 2, 4, 5)] == ["fits", "waits", "waits", "fails"]
-    assert predict(spec, 5, pooler).check.cause == "kept"
+    # 3 replicas keep 3 clients: the others take turns on the fourth server connection. 4 keep 4: all
+    # of them, and the 8 others wait until query_wait_timeout.
+    assert pooled_replica_limits(spec, pooler) == (1, 3)
+    assert [predict(spec, r, pooler).check.outcome for r in (1, 2, 3, 4, 5)] == [
+        "fits", "waits", "waits", "fails", "fails"]
+    assert predict(spec, 4, pooler).check.cause == "kept"
     reason = pooled_verdict(spec, [passed(2)], pooler).reason
     assert ("fits without waiting up to 1 replica, waits beyond (a waiting client runs when an overflow client"
-            " disconnects), fails beyond 4 (the pools of 5 replicas keep 5 clients open for good, more than the"
-            " pooler's 4 server connections: those without one wait until query_wait_timeout (3 s) and are"
-            " disconnected)") in reason
+            " disconnects), fails beyond 3 (the pools of 4 replicas keep 4 clients open for good, enough to hold"
+            " all the pooler's 4 server connections: the other clients wait until query_wait_timeout (3 s) and"
+            " are disconnected)") in reason
+
+
+def test_kept_clients_that_hold_every_server_connection_starve_the_others() -> None:
+    # Session mode: the kept clients never disconnect, so when they hold all of an instance's server
+    # connections a client waiting there never gets one; with fewer, the waiting take turns on the rest.
+    assert session_starves(clients=3, kept=2, instances=1, server=2)
+    assert not session_starves(clients=3, kept=1, instances=1, server=2)
+    assert not session_starves(clients=2, kept=2, instances=1, server=2)  # nobody waits
+    assert session_starves(clients=4, kept=1, instances=1, server=1)
+    assert not session_starves(clients=40, kept=0, instances=3, server=1)  # NullPool keeps none
+    assert session_starves(clients=12, kept=6, instances=3, server=2)  # 6 kept fill 3 × 2 for sure
+    assert not session_starves(clients=100, kept=2, instances=4, server=30)
+
+
+def test_the_reserve_counts_only_when_a_client_may_wait_for_it() -> None:
+    # 1 replica: 3 clients, 2 kept, on defaultPoolSize 2 + reservePoolSize 1. The reserve opens for a
+    # client that waited reserve_pool_timeout (5 s): beyond the pool the third client waits, and fails
+    # when query_wait_timeout ends its wait first.
+    spec = parse_spec({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 1}},
+                       "postgres": {"maxConnections": 40}})
+    for timeout, outcome in ((2, "fails"), (5, "fails"), (6, "waits"), (0, "waits")):
+        pooler = PoolerSpec(pool_mode="session", default_pool_size=2, reserve_pool_size=1,
+                            query_wait_timeout_seconds=timeout)
+        assert pooler.reachable_server_connections() == (2 if outcome == "fails" else 3)
+        assert predict(spec, 1, pooler).check.outcome == outcome, timeout
+    no_reserve_needed = PoolerSpec(pool_mode="session", default_pool_size=3, reserve_pool_size=1,
+                                   query_wait_timeout_seconds=2)
+    assert predict(spec, 1, no_reserve_needed).check.outcome == "fits"
 
 
 def test_a_pooled_peak_never_exceeds_usable() -> None:
@@ -205,7 +244,7 @@ def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
         assert p.fits == (replicas <= safe) and (p.check.outcome == "fits") == (replicas <= free)
         assert p.peak <= p.usable
     if mode == "session":
-        assert f"fits without waiting up to {free} " in pooled_verdict(spec, [passed(1)], pooler).summary
+        assert session_opening(free, safe, pooler.replicas) in pooled_verdict(spec, [passed(1)], pooler).summary
     for target in (1, 2, 3, 5, 8, 13, 21, 34):
         budget = plan(spec, target, pooler)
         assert budget.max_safe_replicas_during_rollout <= budget.max_safe_replicas

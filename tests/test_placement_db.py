@@ -64,12 +64,13 @@ class WatchingRunner(runner.LocalRunner):
 
 
 def run(name: str, *, replicas: list[int], threads: int, pooler: dict[str, Any], engine: dict[str, Any] | None = None,
-        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2"
+        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, driver: str = "psycopg2", processes: int = 1
         ) -> tuple[BenchmarkStatus, WatchingRunner]:
     doc = make_doc(name=name, steps=replicas, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
                    postgres={"maxConnections": 40}, stopOnFailure=False,
                    variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", **pooler}}],
                    workload={"threads": threads, "iterations": iterations, "holdSeconds": hold, "driver": driver,
+                             "processes": processes,
                              "statement": f"SELECT pg_sleep({sleep})",
                              "engine": engine or {"poolSize": threads, "maxOverflow": 0}})
     watching = WatchingRunner(parse_document(doc))
@@ -143,8 +144,8 @@ def test_more_instances_than_replicas_is_not_predicted_safe() -> None:
 
 def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     # poolSize 1 + maxOverflow 2: each replica opens 3 clients and keeps 1. 2 replicas: 6 clients on 4
-    # server connections (the 2 others wait until an overflow client disconnects), 2 kept ≤ 4: passes.
-    # Predicted: without waiting up to 1 replica, fails beyond 4 (5 kept > 4).
+    # server connections (the 2 others wait until an overflow client disconnects), 2 kept < 4: passes.
+    # Predicted: without waiting up to 1 replica, fails beyond 3 (4 kept hold all 4).
     status, _ = run("sesswait", replicas=[2], threads=3, engine={"poolSize": 1, "maxOverflow": 2},
                     pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 30})
     step, verdict = only(status)
@@ -153,9 +154,70 @@ def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     assert step.peak_connections == 4 and step.client_peak_connections == 6
     assert step.pooler_waiting_peak >= 1 and step.pooler_max_wait_ms > 0
     assert step.idle_at_end == step.predicted_idle == 2
-    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 4
+    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 3
     assert "fits without waiting up to 1 replica, waits beyond" in verdict.summary
-    assert "fails beyond 4 (the pools of 5 replicas keep 5 clients open for good" in verdict.summary
+    assert "fails beyond 3 (the pools of 4 replicas keep 4 clients open for good" in verdict.summary
+
+
+def test_session_mode_fails_when_the_kept_clients_hold_every_server_connection() -> None:
+    # 1 replica × 3 threads, poolSize 2 + maxOverflow 1: 3 clients, 2 kept, on 2 server connections.
+    # The 2 kept clients take both and never disconnect; the third thread's client waits at the pooler,
+    # so its engine never returns it: it waits until query_wait_timeout (1 s) and is disconnected.
+    status, _ = run("sesskept", replicas=[1], threads=3, engine={"poolSize": 2, "maxOverflow": 1}, sleep=0.02,
+                    pooler={"poolMode": "session", "defaultPoolSize": 2, "queryWaitTimeoutSeconds": 1})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.predicted_pooler_outcome == "fails"
+    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert ("fails from 1 replica (the pools of 1 replica keep 2 clients open for good, enough to hold all the"
+            " pooler's 2 server connections: the other clients wait until query_wait_timeout (1 s) and are"
+            " disconnected)") in verdict.summary
+
+
+def test_a_reserve_that_opens_after_query_wait_timeout_serves_nobody() -> None:
+    # The same 3 clients (2 kept) on defaultPoolSize 2 + reservePoolSize 1: PgBouncer opens the reserve
+    # only for a client that waited reserve_pool_timeout (5 s), and query_wait_timeout (2 s) disconnects
+    # the third client first. Predicted: fails from 1 replica, not "3 clients on 3 server connections: fits".
+    status, _ = run("sessres", replicas=[1], threads=3, engine={"poolSize": 2, "maxOverflow": 1}, sleep=0.02,
+                    pooler={"poolMode": "session", "defaultPoolSize": 2, "reservePoolSize": 1,
+                            "queryWaitTimeoutSeconds": 2})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.peak_connections == 2  # the reserve never opened
+    assert step.predicted_pooler_outcome == "fails"
+    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert ("enough to hold all the pooler's 2 server connections (its reserve of 1 opens only for a client that"
+            " waited reserve_pool_timeout, 5 s: query_wait_timeout disconnects it first)") in verdict.summary
+
+
+def test_transaction_mode_says_its_clients_queue_and_why_a_wait_timed_out() -> None:
+    # 8 clients, 1 server connection, 0.3 s transactions: the last in the queue waits about 2 s, longer than
+    # query_wait_timeout (1 s). The capacity fits; the prediction says the clients wait, and the verdict
+    # says that the arithmetic counts connections, not how long a transaction holds one.
+    status, _ = run("txwait", replicas=[1], threads=8, iterations=2, sleep=0.3,
+                    pooler={"poolMode": "transaction", "defaultPoolSize": 1, "queryWaitTimeoutSeconds": 1})
+    step, verdict = only(status)
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "poolerQueryWaitTimeout"
+    assert step.predicted_pooler_outcome == "waits" and step.predicted_client_peak == 8
+    assert ("In transaction mode clients beyond the 1 server connection wait for a transaction to end, and these"
+            " waited longer than query_wait_timeout (1 s): the arithmetic counts connections, not how long each"
+            " transaction holds one") in verdict.summary
+
+
+def test_a_query_wait_timeout_on_a_new_connection_is_classified_as_one() -> None:
+    # 2 replicas × 3 worker processes × 2 threads, poolSize 1 + maxOverflow 1: 6 kept clients hold all 4
+    # server connections. Some of the clients left waiting are new connections whose first queries (the
+    # dialect's, before any statement) wait: PgBouncer's "query_wait_timeout" reaches them too, and
+    # SQLAlchemy closes such a connection before its error handler runs. Every failure is the pooler's.
+    status, _ = run("qwtnew", replicas=[2], threads=2, processes=3, engine={"poolSize": 1, "maxOverflow": 1},
+                    sleep=0.03, hold=0.5,
+                    pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2})
+    step, _ = only(status)
+    assert step.outcome == "Failed" and step.first_error_class == "poolerQueryWaitTimeout", step.first_error
+    assert step.errors.pooler_query_wait_timeout >= 1 and step.errors.other == 0, (step.errors, step.first_error)
 
 
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
@@ -168,5 +230,5 @@ def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connectio
     assert step.first_error_class == "poolerQueryWaitTimeout"
     assert verdict.first_failing_replicas == 2 and verdict.predicted_max_safe_replicas == 1
     assert ("fits without waiting up to 1 replica, fails beyond (the pools of 2 replicas keep 6 clients open for"
-            " good, more than the pooler's 4 server connections: those without one wait until query_wait_timeout"
-            " (2 s) and are disconnected)") in verdict.summary
+            " good, enough to hold all the pooler's 4 server connections: the other clients wait until"
+            " query_wait_timeout (2 s) and are disconnected)") in verdict.summary

@@ -72,13 +72,15 @@ def test_pooled_plans_count_clients_at_the_pooler() -> None:
     session = PoolerSpec(pool_mode="session", default_pool_size=20, max_client_conn=200)
     s = plan(spec, 10, session)
     # Each replica keeps 5 clients (poolSize) and opens up to 15: the 20 server connections run 1 replica
-    # without waiting; 4 replicas' 20 kept clients still get one each; 5 replicas' 25 do not (they fail).
-    assert (s.max_replicas_without_waiting, s.max_safe_replicas) == (1, 4)
-    assert s.max_safe_replicas_during_rollout == 3  # 3 + 1 surge pod keep 20
+    # without waiting; 3 replicas' 15 kept clients leave 5 for the others to take turns on; 4 replicas'
+    # 20 kept clients hold all 20 while the others wait until query_wait_timeout (they fail).
+    assert (s.max_replicas_without_waiting, s.max_safe_replicas) == (1, 3)
+    assert s.max_safe_replicas_during_rollout == 2  # 2 + 1 surge pod keep 15; 3 + 1 keep 20
     assert "fits without waiting up to 1 replica, waits beyond" in s.notes[0]
-    assert "fails beyond 4 (the pools of 5 replicas keep 25 clients open for good" in s.notes[0]
+    assert ("fails beyond 3 (the pools of 4 replicas keep 20 clients open for good, enough to hold all the"
+            " pooler's 20 server connections: the other clients wait until query_wait_timeout") in s.notes[0]
     needed = {k: v for r in s.recommendations for k, v in r.numbers.items()}  # 13 pods keep 65, open 195
-    assert needed["serverConnectionsNeeded"] == 65 and needed["serverConnectionsWithoutWaiting"] == 195
+    assert needed["serverConnectionsNeeded"] == 66 and needed["serverConnectionsWithoutWaiting"] == 195
     small = PoolerSpec(pool_mode="transaction", default_pool_size=80, reserve_pool_size=30, max_client_conn=100)
     numbers = {k: v for r in plan(spec, 10, small).recommendations for k, v in r.numbers.items()}
     assert numbers == {"maxClientConn": 195, "serverConnectionsPerInstance": 100}

@@ -833,13 +833,17 @@ def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None
     old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=2, ghosts_per_replica=2)
     surge = Script(work_done_at=0.5, finished_at=1.0, connections_per_replica=2)
     run = spec(steps=[2], postgres={"maxConnections": 8}, rollout={"maxSurge": 1, "measure": True})
-    status = run_steps(run, Rolling([Script()], old, surge), TIMING)
+    platform = Rolling([Script()], old, surge)
+    status = run_steps(run, platform, TIMING)
     rollout = status.steps[-1]
     assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
+    started = [e for e in kinds(platform, StepStarted) if isinstance(e, StepStarted)]
+    assert "a rolling update: 2 replicas, then 1 surge pod beside them (predicted peak 9" in started[-1].message
     assert status.verdict is not None
     assert "by the arithmetic 2 replicas do not stay safe during a rolling update" in status.verdict.summary
     assert "stay safe during a rolling update." not in status.verdict.summary.replace("do not stay safe", "")
     assert "During a rolling update (maxSurge 1) at most 1 replica" in status.verdict.summary
+    assert "the 2 old replicas kept, 1 surge pod started beside them, no pod replaced" in status.verdict.summary
 
 
 def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:

@@ -173,6 +173,7 @@ def test_pgbouncer_config_from_the_variant() -> None:
     assert "postgres = host=db port=5432 dbname=postgres" in lines
     for line in ("pool_mode = transaction", "default_pool_size = 20", "reserve_pool_size = 5",
                  "max_client_conn = 200", "server_idle_timeout = 30", "query_wait_timeout = 10",
+                 "reserve_pool_timeout = 5",
                  f"admin_users = {ADMIN_USER}", "auth_type = scram-sha-256", "unix_socket_dir = ",
                  "listen_addr = *", "listen_port = 6432"):
         assert line in lines, line

@@ -179,19 +179,54 @@ def write_summary_file(path: str, text: str) -> None:
             fh.write(text)
 
 
+#: The DB-API connection this thread is setting up (the pool's first_connect and connect events, until
+#: its checkout): an error in the dialect's first queries on it reaches handle_error without a Connection.
+_CONNECTING = threading.local()
+
+
+def remember_connecting(dbapi_connection: Any, _record: Any) -> None:
+    _CONNECTING.conn, _CONNECTING.message = dbapi_connection, ""
+
+
+def forget_connecting(*_args: Any) -> None:
+    _CONNECTING.conn, _CONNECTING.message = None, ""
+
+
+def libpq_message(dbapi_connection: Any) -> str:
+    """What libpq kept of the server's last answer on a psycopg2 or psycopg connection ("" for others)."""
+    try:
+        return str(dbapi_connection.info.error_message or "")
+    except Exception:  # noqa: BLE001 - asyncpg's adapter has no .info; a closed connection nothing more to tell
+        return ""
+
+
+def keep_message_before_closing(dialect: Any) -> None:
+    """SQLAlchemy closes a new connection whose connect events failed before handle_error sees the
+    error, and libpq's message goes with it: read it first (the dialect's terminate, on this engine only)."""
+    terminate = dialect.do_terminate
+
+    def do_terminate(dbapi_connection: Any) -> None:
+        if dbapi_connection is getattr(_CONNECTING, "conn", None):
+            _CONNECTING.message = libpq_message(dbapi_connection)
+        terminate(dbapi_connection)
+
+    dialect.do_terminate = do_terminate
+
+
 def keep_full_message(ctx: Any) -> None:
     """SQLAlchemy's ``handle_error`` hook: when libpq kept more of the server's answer than the
     exception says (PgBouncer's "FATAL: query_wait_timeout" before it closed the connection; psycopg2
     raises with "server closed the connection unexpectedly" only), keep libpq's whole message on the
-    exception for the classifier (``outcomes.FULL_MESSAGE``)."""
+    exception for the classifier (``outcomes.FULL_MESSAGE``): from the statement's connection, or from
+    the one being set up when the error came from the dialect's queries on a new connection."""
     original = ctx.original_exception
     if getattr(original, "pgcode", None) is not None:  # the server's own error result: its text is whole
         return
-    if ctx.connection is None or ctx.connection.invalidated:  # never make .connection reconnect
+    if ctx.connection is not None and ctx.connection.invalidated:  # never make .connection reconnect
         return
     try:
-        dbapi = ctx.connection.connection.dbapi_connection
-        full = dbapi.info.error_message if dbapi is not None else ""
+        full = (libpq_message(ctx.connection.connection.dbapi_connection) if ctx.connection is not None
+                else getattr(_CONNECTING, "message", ""))
     except Exception:  # noqa: BLE001 - a connection already closed by the pool has nothing more to tell
         return
     lost = "server closed the connection unexpectedly"
@@ -385,6 +420,10 @@ class Replica:
         event.listen(sync_engine, "checkout", self._on_checkout)
         event.listen(sync_engine, "checkin", self._on_checkin)
         event.listen(sync_engine, "handle_error", keep_full_message)
+        for setup in ("first_connect", "connect"):  # before the dialect's own listeners run their queries
+            event.listen(sync_engine, setup, remember_connecting, insert=True)
+        event.listen(sync_engine, "checkout", forget_connecting)
+        keep_message_before_closing(sync_engine.dialect)
         pool_ = sync_engine.pool
         Gauge("poolbench_pool_checked_out", "Connections checked out of the pool",
               registry=self.registry).set_function(lambda: self.checked_out)

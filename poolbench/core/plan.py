@@ -24,6 +24,7 @@ from .verdict import (
     pooled_limits,
     replicas_fit,
     rollout_safe,
+    session_starves,
     session_words,
     surge_pods,
 )
@@ -166,7 +167,7 @@ def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: in
     """The pooled budget's assumptions and regimes, in the words the run's verdict uses."""
     notes = []
     placement = placement_words(pooler.replicas, pooler.max_client_conn,
-                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         notes.append(placement[0].upper() + placement[1:] + ".")
     if pooler.pool_mode == "session":
@@ -206,26 +207,28 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
             f"Pooler server side: {instances} × ({pooler.default_pool_size} + {pooler.reserve_pool_size}) ="
             f" {instances * server} server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per}"
             " per instance.", {"serverConnectionsPerInstance": per}))
-    if pooler.pool_mode == "session" and placement_overflows(kept, instances, server):
-        needed = least(lambda s: not placement_overflows(kept, instances, s), 1, kept)
+    reachable = pooler.reachable_server_connections()
+    if pooler.pool_mode == "session" and session_starves(clients, kept, instances, reachable):
+        needed = least(lambda s: not session_starves(clients, kept, instances, s), 1, kept + 1)
         no_wait = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
         out.append(Recommendation(
             f"Session mode: a client holds a server connection while it is open and the pools' {kept} kept clients"
-            f" never disconnect: with {server} server connections per instance those without one wait until"
-            f" query_wait_timeout. Use transaction mode, or at least {needed} server connections per instance"
-            f" ({no_wait} to run all {clients} clients at once){spread}.",
+            f" never disconnect: with {reachable} server connections per instance they may hold them all while the"
+            f" other clients wait until query_wait_timeout. Use transaction mode, or at least {needed} server"
+            f" connections per instance ({no_wait} to run all {clients} clients at once){spread}.",
             {"serverConnectionsNeeded": needed * instances, "serverConnectionsWithoutWaiting": no_wait * instances}))
     if out:
         return out
-    if check.outcome == "waits":
+    if check.outcome == "waits" and pooler.pool_mode == "session":
         needed = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
-        more = (f"only {server} of the {clients} clients run at once during a rollout" if instances == 1 else
+        pool = pooler.default_pool_size  # the reserve serves only clients that waited reserve_pool_timeout
+        more = (f"only {pool} of the {clients} clients run at once during a rollout" if instances == 1 else
                 f"at random one of the {instances} instances may get more of the {clients} clients of a rollout"
-                f" than its {server} server connections")
+                f" than its {pool} pooled server connections")
         return [Recommendation(
-            f"{replicas_fit(target)} the poolers, with waiting: in session mode {more}; the clients beyond the server"
-            f" connections wait for an overflow client to disconnect. {needed} server connections per instance would"
-            f" run them all at once{spread}.",
+            f"{replicas_fit(target)} the poolers, with waiting: in session mode {more}; the clients beyond them"
+            f" wait for an overflow client to disconnect (or reserve_pool_timeout for a reserve connection). A"
+            f" defaultPoolSize of {needed} per instance would run them all at once{spread}.",
             {"clients": clients, "serverConnections": instances * server,
              "serverConnectionsWithoutWaiting": needed * instances})]
     return [Recommendation(

@@ -10,7 +10,7 @@ dropping the server connections between steps (``KILL`` then ``RESUME``).
 
 from __future__ import annotations
 
-from .spec import PoolerSpec
+from .spec import RESERVE_POOL_TIMEOUT_SECONDS, PoolerSpec
 
 ADMIN_USER = "poolbench_admin"
 ADMIN_DATABASE = "pgbouncer"
@@ -44,6 +44,7 @@ def pgbouncer_ini(pooler: PoolerSpec, *, server_host: str, server_port: int, dat
         "pool_mode": pooler.pool_mode,
         "default_pool_size": str(pooler.default_pool_size),
         "reserve_pool_size": str(pooler.reserve_pool_size),
+        "reserve_pool_timeout": str(RESERVE_POOL_TIMEOUT_SECONDS),
         "max_client_conn": str(pooler.max_client_conn),
         "max_db_connections": "0",
         "server_idle_timeout": str(pooler.server_idle_timeout_seconds),

@@ -50,6 +50,9 @@ SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
 MONITOR_CONNECTIONS = 1
 #: And one client slot at each pooler instance (its admin console, read with SHOW POOLS).
 POOLER_MONITOR_CONNECTIONS = 1
+#: PgBouncer's reserve_pool_timeout (its default, written into every generated config): a pool opens its
+#: reserve connections only for a client that has waited this long.
+RESERVE_POOL_TIMEOUT_SECONDS = 5
 
 #: Longest benchmark name: child objects append "-postgres-0" style suffixes, labels stop at 63.
 MAX_NAME_LENGTH = 40
@@ -472,7 +475,7 @@ class PoolerSpec(_Model):
     )
     reserve_pool_size: int = Field(
         0, ge=0, le=10000, description="Extra server connections for a pool whose clients waited"
-        " reserve_pool_timeout (5 s)."
+        f" reserve_pool_timeout ({RESERVE_POOL_TIMEOUT_SECONDS} s)."
     )
     server_idle_timeout_seconds: int = Field(
         600, ge=0, le=86400, description="Close a server connection idle this long (0: never)."
@@ -501,6 +504,17 @@ class PoolerSpec(_Model):
     def server_connections(self) -> int:
         """Most server connections one instance opens to the database: pool plus reserve."""
         return self.default_pool_size + self.reserve_pool_size
+
+    def reserve_reachable(self) -> bool:
+        """Does a waiting client ever get a reserve connection? Only after reserve_pool_timeout, so not
+        when query_wait_timeout disconnects it first."""
+        timeout = self.query_wait_timeout_seconds
+        return self.reserve_pool_size > 0 and (timeout == 0 or timeout > RESERVE_POOL_TIMEOUT_SECONDS)
+
+    def reachable_server_connections(self) -> int:
+        """Server connections a client of one instance can get before query_wait_timeout: the pool, plus
+        the reserve when a client may wait longer than reserve_pool_timeout."""
+        return self.default_pool_size + (self.reserve_pool_size if self.reserve_reachable() else 0)
 
     def label(self) -> str:
         return (f"PgBouncer {self.pool_mode}, pool {self.default_pool_size}"

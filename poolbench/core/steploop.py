@@ -57,7 +57,8 @@ class StepStarted:
         p = self.planned
         if p.rollout_from is not None:
             return (f"{p.label}/{self.total_steps}: a rolling update: {counted(p.rollout_from, 'replica')}, then"
-                    f" {p.replicas - p.rollout_from} surge pods beside them (predicted peak {p.predicted_peak},"
+                    f" {counted(p.replicas - p.rollout_from, 'surge pod')} beside"
+                    f" {'it' if p.rollout_from == 1 else 'them'} (predicted peak {p.predicted_peak},"
                     f" usable {p.usable})")
         if p.pooler is not None:
             each = f" at each of {p.pooler.replicas} instances" if p.pooler.replicas > 1 else ""

@@ -30,7 +30,7 @@ from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import StepResult, Verdict, to_snake
 from .search import findings, searched
-from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .spec import MONITOR_CONNECTIONS, RESERVE_POOL_TIMEOUT_SECONDS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
@@ -83,7 +83,8 @@ def placement_words(instances: int, capacity: int, server: int | None = None) ->
     session mode's server connections per instance, the same rule's other capacity."""
     if instances <= 1:
         return ""
-    also = f", or more clients than its {server} server connections," if server is not None else ""
+    also = (f", or all its {server} server connections to clients the pools keep open while others wait,"
+            if server is not None else "")
     return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
             f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
             f" {PLACEMENT_RISK_WORDS}")
@@ -117,12 +118,22 @@ def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, clien
         return PooledCheck("fails", "clients")
     if min(clients, n * server) > usable:
         return PooledCheck("fails", "server")
-    if pooler.pool_mode == "session":
-        if placement_overflows(kept, n, server):
+    if pooler.pool_mode == "session":  # the reserve serves only clients that already waited for it
+        if session_starves(clients, kept, n, pooler.reachable_server_connections()):
             return PooledCheck("fails", "kept")
-        if placement_overflows(clients, n, server):
+        if placement_overflows(clients, n, pooler.default_pool_size):
             return PooledCheck("waits")
+    elif placement_overflows(clients, n, server):  # transaction mode: clients queue for a transaction's end
+        return PooledCheck("waits")
     return PooledCheck("fits")
+
+
+def session_starves(clients: int, kept: int, instances: int, server: int) -> bool:
+    """Session mode: can the clients the pools keep open take every server connection of an instance
+    while other clients there wait for one? A kept client never disconnects and an engine's waiting
+    threads never return to its pool, so those clients wait until query_wait_timeout. The one rule for
+    the prediction, the verdict and plan (a union bound, as ``placement_overflows``)."""
+    return placement_overflows(clients, instances, server) and placement_overflows(kept, instances, server - 1)
 
 
 def largest(ok: Callable[[int], bool], upper: int) -> int:
@@ -336,8 +347,22 @@ def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, 
     timeout = pooler.query_wait_timeout_seconds
     until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
              else "for good (query_wait_timeout 0)")
-    return (f"the pools of {replicas} {replicas_word(replicas)} keep {kept} clients open for good,"
-            f" {more_than(kept, n, server, 'server connections')}: those without one wait {until}")
+    reachable = pooler.reachable_server_connections()
+    reserve = (f" (its reserve of {pooler.reserve_pool_size} opens only for a client that waited"
+               f" reserve_pool_timeout, {RESERVE_POOL_TIMEOUT_SECONDS} s: query_wait_timeout disconnects it first)"
+               if pooler.reserve_pool_size and not pooler.reserve_reachable() else "")
+    return (f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
+            f" {holds_all(kept, n, reachable)}{reserve}: the other clients wait {until}")
+
+
+def holds_all(kept: int, instances: int, server: int) -> str:
+    """How ``kept`` clients take every one of an instance's ``server`` connections: surely, or by
+    random placement (``session_starves``)."""
+    if instances <= 1:
+        return f"enough to hold all the pooler's {server} server connections"
+    if kept >= instances * server:
+        return f"enough to hold all {server} server connections of each of the {instances} instances"
+    return f"and at random they may hold all {server} server connections of one of the {instances} instances"
 
 
 def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
@@ -348,9 +373,12 @@ def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_
     check = pooled_check(pooler, over * peak, over * idle, usable, client_capacity)
     fails = "fails" if pooler.replicas == 1 else "may fail"
     why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
+    if free == 0:  # already one replica's clients wait, or fail
+        return (f"waits from 1 replica (a waiting client runs when an overflow client disconnects), {fails} beyond"
+                f" {safe} ({why})" if safe > 0 else f"{fails} from 1 replica ({why})")
     waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
              if safe > free else f", {fails} beyond")
-    return f"fits without waiting up to {free} {replicas_word(free)}{waits} ({why})"
+    return f"fits without waiting up to {counted(free, 'replica')}{waits} ({why})"
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
@@ -365,7 +393,7 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
             + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
               f" {pooler.replicas * pooler.usable_clients()}")
     placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         text += f"; {placement}"
     if pooler.pool_mode == "session":
@@ -489,8 +517,10 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     last = measured[-1]
     who = "each worker process" if spec.workload.processes > 1 else "each replica"
     callers = "tasks" if spec.workload.driver == "asyncpg" else "threads"
+    waiting = threads - cap
     return (f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
-            f" connections, so {threads - cap} wait for a checkout (mean {last.checkout_wait_ms.mean:g} ms,"
+            f" connections, so {waiting} {'waits' if waiting == 1 else 'wait'} for a checkout"
+            f" (mean {last.checkout_wait_ms.mean:g} ms,"
             f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at"
             f" {counted(last.replicas, 'replica')}).")
 
@@ -535,8 +565,8 @@ def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec |
     rolled, one = counted(old, "replica"), old == 1
     text = (f"A rolling update of {rolled} ({step.replicas} pods at once): peak {step.peak_connections}"
             f" connections (predicted {step.predicted_peak}) of {step.usable_connections} usable")
-    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept, {step.replicas - old} surge pods"
-           " started beside them, no pod replaced")
+    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept,"
+           f" {counted(step.replicas - old, 'surge pod')} started beside {'it' if one else 'them'}, no pod replaced")
     stay = "stays" if one else "stay"
     if step.outcome == "Passed":
         overlap = f"; {step.rollout_overlap.detail}" if step.rollout_overlap is not None else ""
@@ -647,7 +677,7 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     else:
         fit_text = f"at most {replicas_fit(fit)} the poolers"
     placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.server_connections() if pooler.pool_mode == "session" else None)
+                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
     if placement:
         fit_text += f"; {placement}"
     passed = [s for s in steps if s.outcome == "Passed"]
@@ -668,6 +698,12 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
                    + f" {counted(failing.replicas, 'replica')} {verb} {failure_cause(failing)} (each replica may open"
                    f" {per_peak} clients; {fit_text}).{measured}")
         first_failing = failing.replicas if failing.outcome == "Failed" else None
+        if pooler.pool_mode == "transaction" and failing.errors.pooler_query_wait_timeout:
+            summary += (f" In transaction mode clients beyond the {counted(pred.server_capacity, 'server connection')}"
+                        f" wait for a transaction to end, and these waited longer than query_wait_timeout"
+                        f" ({pooler.query_wait_timeout_seconds} s): the arithmetic counts connections, not how long"
+                        f" each transaction holds one (p95 latency {failing.latency_ms.p95:g} ms), so its count fits"
+                        " the poolers' capacity, not this wait.")
     elif max_safe is not None:
         reason = f"every step passed; {budget}"
         opening = passed_opening(max_safe, rollouts or [])
@@ -718,5 +754,5 @@ def driver_setting_failures(names: list[str], steps: list[list[StepResult]]) -> 
         for cls, fix in DRIVER_SETTING_FIXES.items():
             count = sum(getattr(s.errors, to_snake(cls)) for s in variant_steps)
             if count:
-                found.append(f"{name} had {count} attempts fail with {cls}: {fix}")
+                found.append(f"{name} had {counted(count, 'attempt')} fail with {cls}: {fix}")
     return found
