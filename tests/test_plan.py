@@ -280,8 +280,8 @@ def test_plan_is_production_arithmetic_and_never_refused_for_the_monitor_slot(
 def test_plan_names_each_roles_reserved_slots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for role, line in (("app", "usable: 896 of max_connections 901 (5 reserved: 3 for superusers + 2 for"
                                 " rds_superuser)"),
-                       ("superuser", "usable: 898 of max_connections 901 (3 reserved on RDS (rds_superuser is not"
-                                      " a superuser))")):
+                       ("superuser", "usable: 898 of max_connections 901 (3 reserved on RDS, whose rds_superuser is"
+                                      " not a superuser)")):
         doc = make_doc(steps=[1], postgres={"provider": {"name": "rds", "memoryGiB": 8}},
                        workload={"threads": 15, "role": role})
         assert cli.main(["plan", write(tmp_path, doc)]) == 0

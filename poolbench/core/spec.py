@@ -292,8 +292,8 @@ class PostgresSpec(_Model):
         if role == "app" and rule.admin_reserved:
             return (f"{reserved} reserved: {rule.superuser_reserved} for superusers + {rule.admin_reserved} for"
                     f" {rule.admin_role}")
-        who = f"{rule.admin_role} is not a superuser" if role == "superuser" else "a normal role"
-        return f"{reserved} reserved on {rule.title} ({who})"
+        who = f"whose {rule.admin_role} is not a superuser" if role == "superuser" else "for every role"
+        return f"{reserved} reserved on {rule.title}, {who}"
 
     def server_reserved(self) -> tuple[int, int]:
         """(superuser_reserved_connections, reserved_connections) for a server that refuses exactly where
