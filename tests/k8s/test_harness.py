@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from typing import Any
 
 import psycopg2
 import pytest
@@ -33,7 +34,7 @@ HTTP_SERVER = textwrap.dedent("""
 PG_PASSWORD = "s3cret-pw"
 
 
-def http_deployment(name: str, replicas: int = 2) -> dict:
+def http_deployment(name: str, replicas: int = 2) -> dict[str, Any]:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -52,7 +53,7 @@ def http_deployment(name: str, replicas: int = 2) -> dict:
     }
 
 
-def pods_of(kube, ns: str, selector: str) -> list[dict]:
+def pods_of(kube, ns: str, selector: str) -> list[dict[str, Any]]:
     return kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector)
 
 

@@ -25,15 +25,15 @@ GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
 TERMINAL = ("Completed", "BoundaryFound", "Failed", "Invalid")
 
 
-def apply_benchmark(control_plane, namespace: str, doc: dict) -> None:
+def apply_benchmark(control_plane, namespace: str, doc: dict[str, Any]) -> None:
     kubectl(control_plane, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
 
 
-def benchmark(kube, namespace: str, name: str) -> dict:
+def benchmark(kube, namespace: str, name: str) -> dict[str, Any]:
     return kube.get(f"{GROUP_PATH}/namespaces/{namespace}/poolbenchmarks/{name}")
 
 
-def wait_phase(kube, namespace: str, name: str, phases=TERMINAL, timeout: float = 300) -> dict:
+def wait_phase(kube, namespace: str, name: str, phases=TERMINAL, timeout: float = 300) -> dict[str, Any]:
     def done():
         obj = benchmark(kube, namespace, name)
         return obj if (obj.get("status") or {}).get("phase") in phases else None
@@ -41,14 +41,14 @@ def wait_phase(kube, namespace: str, name: str, phases=TERMINAL, timeout: float 
     return wait_for(done, timeout, interval=1.0, what=f"{name} phase in {phases}")
 
 
-def small_seed(name: str = "seed-small", **spec) -> dict:
+def small_seed(name: str = "seed-small", **spec) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
     doc["metadata"] = {"name": name}
     doc["spec"].update(spec)
     return doc
 
 
-def events(kube, namespace: str, name: str) -> list[dict]:
+def events(kube, namespace: str, name: str) -> list[dict[str, Any]]:
     items = kube.items(f"/api/v1/namespaces/{namespace}/events")
     return [e for e in items if e.get("involvedObject", {}).get("name") == name]
 
@@ -66,7 +66,7 @@ def children(kube, namespace: str) -> dict[str, list[str]]:
     return out
 
 
-def assert_small_seed_steps(status: dict) -> tuple[dict, dict]:
+def assert_small_seed_steps(status: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """manifests/examples/small.yaml's answer: 2 replicas pass (peak = predicted, ghosts), 8 fail."""
     first, second = status["steps"]
     assert first["replicas"] == 2 and first["outcome"] == "Passed", first
@@ -187,7 +187,7 @@ def test_every_manifest_and_the_chart_pass_server_dry_run(installed, control_pla
     kubectl(control_plane, "apply", "--dry-run=server", "-f", str(chart))
 
 
-def quick(name: str, **spec) -> dict:
+def quick(name: str, **spec) -> dict[str, Any]:
     """A benchmark that passes in a few seconds per step."""
     doc: dict[str, Any] = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
            "spec": {"postgres": {"maxConnections": 20},
@@ -206,9 +206,9 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
     runs = [(create_namespace(kube, "kill"), f"crash-{i}") for i in range(3)]
     for ns, name in runs:
         apply_benchmark(control_plane, ns, quick(name))
-    finished_seen: dict[tuple, dict] = {}
+    finished_seen: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def observe():
+    def observe() -> None:
         for ns, name in runs:
             for step in (benchmark(kube, ns, name).get("status") or {}).get("steps") or []:
                 if step.get("outcome"):

@@ -7,6 +7,7 @@ operator samples its admin console by pod IP, as it reaches PostgreSQL.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.k8s
 POOL = 2
 
 
-def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict:
+def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict[str, Any]:
     return quick(name, steps=list(steps), cleanup="ScaleDown",
                  workload={"threads": 4, "iterations": 10, "holdSeconds": 1, "role": "app", "onError": "count",
                            "statement": "SELECT pg_sleep(0.05)"},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import yaml
@@ -35,7 +36,7 @@ from .conftest import (
 pytestmark = pytest.mark.node
 
 
-def apply(cluster, namespace: str, doc: dict) -> None:
+def apply(cluster, namespace: str, doc: dict[str, Any]) -> None:
     doc["spec"].setdefault("postgres", {})["image"] = POSTGRES_IMAGE
     kubectl(cluster, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
 

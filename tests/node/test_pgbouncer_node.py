@@ -8,6 +8,7 @@ as it comes out.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -31,7 +32,7 @@ COLUMNS = ("variant", "replicas", "outcome", "peakConnections", "clientPeakConne
            "firstErrorClass")
 
 
-def seed_pgbouncer() -> dict:
+def seed_pgbouncer() -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "manifests/examples/seed-pgbouncer.yaml").read_text())
     doc["spec"]["postgres"]["image"] = POSTGRES_IMAGE
     for variant in doc["spec"]["variants"]:
@@ -40,7 +41,7 @@ def seed_pgbouncer() -> dict:
     return doc
 
 
-def table(status: dict) -> str:
+def table(status: dict[str, Any]) -> str:
     rows = [COLUMNS]
     for variant in status["variants"]:
         for step in variant["steps"]:
