@@ -3,8 +3,10 @@
 import json
 from typing import Any, cast
 
+import pytest
+
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
-from poolbench.core.spec import parse_spec
+from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench_operator.builders import (
     METRICS_PORT,
     ROLLOUT_ANNOTATION,
@@ -21,7 +23,7 @@ SPEC = parse_spec({"steps": [2, 8], "postgres": {"maxConnections": 30, "settings
                    "workload": {"threads": 6, "role": "app", "engine": {"poolSize": 2, "maxOverflow": 3}}})
 
 
-def children():
+def children() -> dict[str, dict[str, Any]]:
     return {c["kind"]: c for c in build_children("demo", SPEC, workload_image="img:1",
                                                  superuser_password="S3CRET", app_password="APPPW")}
 
@@ -137,7 +139,7 @@ def test_passwords_are_derived_per_benchmark_and_purpose() -> None:
 # --- latency and checkout-wait histograms: the workload's own collector, read back by the operator ---
 
 
-def _workload_metrics_text(measures) -> str:
+def _workload_metrics_text(measures: Any) -> str:
     """What a replica serves, from the replica's real collector (no engine, no database)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -148,7 +150,7 @@ def _workload_metrics_text(measures) -> str:
     return generate_latest(registry).decode()
 
 
-def _measures():
+def _measures() -> Any:
     from poolbench.core.histogram import GRID_MS, Histogram, edges_with
     from workload.replica import Measures
 
@@ -236,7 +238,7 @@ VARIANTS = parse_spec({
     ]})
 
 
-def variant_children(spec=VARIANTS):
+def variant_children(spec: PoolBenchmarkSpec = VARIANTS) -> dict[tuple[str, str], dict[str, Any]]:
     return {(c["kind"], c["metadata"]["name"]): c for c in build_children(
         "ab", spec, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW",
         pooler_admin_password="ADMINPW")}
@@ -357,37 +359,38 @@ class FakeKube:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def scale_workload(self, names, replicas):
+    def scale_workload(self, names: Names, replicas: int) -> None:
         self.calls.append(("scale", names.workload, replicas))
 
-    def scale_deployment(self, name, replicas):
+    def scale_deployment(self, name: str, replicas: int) -> None:
         self.calls.append(("scale", name, replicas))
 
-    def roll_workload(self, names, token):
+    def roll_workload(self, names: Names, token: str) -> None:
         self.calls.append(("roll", names.workload))
 
-    def count_workload_pods(self, benchmark):
+    def count_workload_pods(self, benchmark: str) -> int:
         return 0
 
-    def pooler_pod_ips(self, benchmark, variant):
+    def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         return ["10.0.0.7", "10.0.0.8"]
 
-    def workload_pods(self, benchmark, variant=None):
+    def workload_pods(self, benchmark: str, variant: str | None = None) -> list[Any]:
         self.calls.append(("pods", variant))
         return []
 
-    def delete_children(self, refs):
+    def delete_children(self, refs: list[tuple[str, str]]) -> None:
         self.calls.append(("delete", refs))
 
 
 class FakePoolerProbe:
     made: list[Any] = []
+    log: list[str]
 
-    def __init__(self, connects, database):
+    def __init__(self, connects: Any, database: str) -> None:
         self.connects, self.database, self.log = connects, database, []
         FakePoolerProbe.made.append(self)
 
-    def drop_server_connections(self):
+    def drop_server_connections(self) -> bool:
         self.log.append("drop")
         return True
 
@@ -396,11 +399,12 @@ class FakePoolerProbe:
 
 
 class FakeStop:
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         return False
 
 
-def driver_for(spec, monkeypatch, address="pod-ip"):
+def driver_for(spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch,
+               address: str = "pod-ip") -> tuple[Any, list[tuple[Any, ...]]]:
     import logging
 
     from poolbench_operator import driver as driver_module
@@ -422,7 +426,7 @@ def sampled(d: Any) -> Any:
     return d.sampler.pooler
 
 
-def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
+def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
     from poolbench_operator.credentials import derive_password
 
     d, _ = driver_for(VARIANTS, monkeypatch)
@@ -451,7 +455,7 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
     assert sampled(d) is None and FakePoolerProbe.made[1].log == ["close"]
 
 
-def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
+def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch)
     d.cleanup()  # ScaleDown (the default)
     assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 0), ("scale", "ab--session-pgbouncer", 0)]
@@ -464,7 +468,7 @@ def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
     assert d.kube.calls == [] and posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
 
 
-def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch):
+def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch, address="127.0.0.1:15432")
     d.use_variant(d.run.plans[1][0])
     assert sampled(d) is None and not FakePoolerProbe.made
@@ -491,7 +495,7 @@ def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_fi
     assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"
 
 
-def test_driver_starts_a_rollouts_surge_with_a_new_pod_template_not_a_scale_up(monkeypatch):
+def test_driver_starts_a_rollouts_surge_with_a_new_pod_template_not_a_scale_up(monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
     rolled = parse_spec({"steps": [3], "rollout": {"maxSurge": 1, "measure": True}})
