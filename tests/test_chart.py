@@ -26,11 +26,11 @@ def render(*args: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def key(obj: dict[str, Any]) -> tuple[Any, ...]:
+def key(obj: dict[str, Any]) -> tuple[str, str | None, str]:
     return obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
 
 
-def manifests() -> dict[str, Any]:
+def manifests() -> dict[tuple[str, str | None, str], dict[str, Any]]:
     docs = []
     for name in ("rbac.yaml", "operator.yaml"):
         docs += [d for d in yaml.safe_load_all((ROOT / "manifests" / name).read_text()) if d]
