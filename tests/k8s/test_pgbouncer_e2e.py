@@ -30,7 +30,8 @@ def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict[str, Any]:
                             "engine": {"poolClass": "NullPool"}}])
 
 
-def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kube, pod_runner):
+def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane: Any, kube: Any,
+                                                    pod_runner: Any) -> None:
     ns = create_namespace(kube, "pgb")
     apply_benchmark(control_plane, ns, ab("ab"))
     obj = wait_phase(kube, ns, "ab", timeout=300)
@@ -67,11 +68,12 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kub
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_operator_killed_during_the_pooled_variant_resumes_it(operator, control_plane, kube, pod_runner):
+def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, control_plane: Any, kube: Any,
+                                                              pod_runner: Any) -> None:
     ns = create_namespace(kube, "pgbkill")
     apply_benchmark(control_plane, ns, ab("abk", steps=(2, 3)))
 
-    def pooled_step_running():
+    def pooled_step_running() -> Any:
         status = benchmark(kube, ns, "abk").get("status") or {}
         variants = status.get("variants") or []
         steps = variants[1].get("steps") if len(variants) > 1 else []

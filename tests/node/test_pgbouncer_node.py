@@ -33,7 +33,7 @@ COLUMNS = ("variant", "replicas", "outcome", "peakConnections", "clientPeakConne
 
 
 def seed_pgbouncer() -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "manifests/examples/seed-pgbouncer.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/examples/seed-pgbouncer.yaml").read_text())
     doc["spec"]["postgres"]["image"] = POSTGRES_IMAGE
     for variant in doc["spec"]["variants"]:
         if variant.get("pooler"):
@@ -50,12 +50,12 @@ def table(status: dict[str, Any]) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def test_seed_pgbouncer_variants_on_a_real_node(cluster, kube, helm_release):
+def test_seed_pgbouncer_variants_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "pgb")
     kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(seed_pgbouncer()))
     name = "seed-pgbouncer"
 
-    def pooled_step_running():
+    def pooled_step_running() -> Any:
         status = benchmark(kube, ns, name).get("status") or {}
         pods = kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=workload")
         running = [p for p in pods if p["status"].get("phase") == "Running"
