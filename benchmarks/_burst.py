@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from typing import Any
 
 import psycopg2
 
 
 def burst(height: int, width_ms: float, name: str) -> str:
-    conns: list = [None] * height
+    conns: list[Any] = [None] * height
     errors: list[str] = []
     start = threading.Barrier(height + 1)
 

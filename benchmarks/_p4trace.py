@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 T_START = time.time()
 EVENTS: list[tuple[float, str]] = [(T_START, "interpreter up")]
@@ -19,10 +20,10 @@ def note(what: str) -> None:
     EVENTS.append((time.time(), what))
 
 
-def wrap(cls, name: str, before: str | None, after: str | None) -> None:
+def wrap(cls: type, name: str, before: str | None, after: str | None) -> None:
     orig = getattr(cls, name)
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if before:
             note(before)
         try:
@@ -56,7 +57,7 @@ def main() -> int:
     orig_samples = local.LocalRunner.samples
     seen = {"step": 0, "first": False}
 
-    def samples(self):
+    def samples(self: local.LocalRunner) -> list[Any]:
         taken = orig_samples(self)
         step = self.run.status.current_step or 0
         if step != seen["step"]:

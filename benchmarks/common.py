@@ -12,12 +12,17 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from poolbench.local.embedded import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +40,7 @@ def pg_version() -> str:
     return out.strip().replace("postgres (PostgreSQL) ", "")
 
 
-def machine_info() -> dict:
+def machine_info() -> dict[str, Any]:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -69,12 +74,12 @@ def dist_version(*names: str) -> str:
     return "unknown"
 
 
-def median(values) -> float:
+def median(values: Iterable[float]) -> float:
     values = list(values)
     return statistics.median(values) if values else float("nan")
 
 
-def percentile(values, p: float) -> float:
+def percentile(values: Iterable[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100)."""
     values = sorted(values)
     if not values:
@@ -84,7 +89,9 @@ def percentile(values, p: float) -> float:
 
 
 @contextmanager
-def postgres(max_connections: int = 100, settings: dict[str, str] | None = None, reserved: int = 3):
+def postgres(
+    max_connections: int = 100, settings: dict[str, str] | None = None, reserved: int = 3
+) -> Iterator[LocalPostgres]:
     """A throwaway server from poolbench's own LocalPostgres; always stopped and removed."""
     from poolbench.local.embedded import LocalPostgres
 
@@ -98,14 +105,14 @@ def postgres(max_connections: int = 100, settings: dict[str, str] | None = None,
         pg.stop()
 
 
-def client_env(pg) -> dict[str, str]:
+def client_env(pg: LocalPostgres) -> dict[str, str]:
     return {**os.environ, **pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres"}
 
 
 TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 
-def pgbench(pg, args: list[str], timeout: float = 300) -> str:
+def pgbench(pg: LocalPostgres, args: list[str], timeout: float = 300) -> str:
     cmd = [str(pg_bin() / "pgbench"), "-h", pg.host, "-p", str(pg.port), "-U", "postgres", *args, "postgres"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=client_env(pg))
     if proc.returncode != 0:
@@ -113,7 +120,7 @@ def pgbench(pg, args: list[str], timeout: float = 300) -> str:
     return proc.stdout
 
 
-def pgbench_tps(pg, args: list[str], timeout: float = 300) -> float:
+def pgbench_tps(pg: LocalPostgres, args: list[str], timeout: float = 300) -> float:
     out = pgbench(pg, args, timeout)
     m = TPS_RE.search(out)
     if not m:
@@ -232,12 +239,12 @@ class Result:
     title: str
     goals: list[tuple[str, str, bool | None]]  # (goal, measured, met)
     markdown: str
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
 class Stopwatch:
-    def __init__(self):
+    def __init__(self) -> None:
         self.t0 = time.monotonic()
 
     def __call__(self) -> float:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import defaultdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
@@ -17,6 +17,9 @@ from poolbench.core.sampling import Sample
 from poolbench.db.probe import Probe, SamplerThread
 
 from .common import ROOT, Result, client_env, fmt, pg_version, postgres
+
+if TYPE_CHECKING:
+    from poolbench.local.embedded import LocalPostgres
 
 LOG_RE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[(\d+)\] LOG:  (connection authorized|disconnection): (.*)$")
@@ -74,7 +77,7 @@ def peak_and_plateau(timeline: list[tuple[float, int]]) -> tuple[int, float]:
 class Recorder:
     """One probe on its own sampler thread, keeping every sample."""
 
-    def __init__(self, pg, interval: float, t0: float):
+    def __init__(self, pg: LocalPostgres, interval: float, t0: float) -> None:
         self.interval = interval
         self.samples: list[Sample] = []
         self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **kw), PREFIX)

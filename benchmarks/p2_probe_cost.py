@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import psycopg2
 
-from poolbench.core.sampling import StepAccumulator
+from poolbench.core.sampling import Sample, StepAccumulator
 from poolbench.db.probe import Probe, SamplerThread
 
 from .common import Result, fmt, median, percentile, pgbench, pgbench_tps, postgres
+
+if TYPE_CHECKING:
+    from poolbench.local.embedded import LocalPostgres
 
 PREFIX = "pb-p2-"
 
@@ -20,14 +24,14 @@ PREFIX = "pb-p2-"
 class Sampling:
     """The probe as the local runner runs it: its own thread, samples folded into a step's peaks."""
 
-    def __init__(self, pg, interval: float):
+    def __init__(self, pg: LocalPostgres, interval: float) -> None:
         self.acc = StepAccumulator(replicas=1)
         self.lock = threading.Lock()
         self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **kw), PREFIX)
         self.probe.open()
         self.thread = SamplerThread(self.probe, interval, self._sink, time.monotonic())
 
-    def _sink(self, sample) -> None:
+    def _sink(self, sample: Sample) -> None:
         with self.lock:
             self.acc.add(sample)
 
@@ -39,7 +43,7 @@ class Sampling:
                 total += t.user_time + t.system_time
         return total
 
-    def __enter__(self):
+    def __enter__(self) -> Sampling:
         conn = self.probe._conn
         assert conn is not None, "the probe is opened in __init__"
         self.backend = psutil.Process(conn.get_backend_pid())
@@ -48,14 +52,14 @@ class Sampling:
         self.cpu0 = self._cpu()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.cpu = self._cpu() - self.cpu0
         self.thread.stop()
         self.probe.close()
         self.elapsed = time.monotonic() - self.t
 
 
-def run_config(max_connections: int, idle: int, seconds: int, pairs: int) -> dict:
+def run_config(max_connections: int, idle: int, seconds: int, pairs: int) -> dict[str, Any]:
     with postgres(max_connections=max_connections) as pg:
         pgbench(pg, ["-i", "-s", "1", "-q"])
         held = [psycopg2.connect(**pg.connect_kwargs(), application_name=f"{PREFIX}r{i // 10}")

@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
@@ -31,12 +31,15 @@ from poolbench.local.procs import free_port
 
 from .common import ROOT, Result, client_env, fmt, median, pgbench_tps, postgres
 
+if TYPE_CHECKING:
+    from poolbench.local.embedded import LocalPostgres
+
 PLAIN_STATEMENT = "SELECT 1"
 OK_RE = re.compile(r'^poolbench_attempts_total\{outcome="ok"\} ([0-9.e+]+)$', re.M)
 
 
 def _scrape(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return cast(str, urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode())
 
 
 def _ok(port: int) -> float:
@@ -44,7 +47,7 @@ def _ok(port: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def replica_env(pg, n: int, seconds: float, name: str, port: int, summary: Path) -> dict[str, str]:
+def replica_env(pg: LocalPostgres, n: int, seconds: float, name: str, port: int, summary: Path) -> dict[str, str]:
     return {
         **client_env(pg),
         "POOLBENCH_THREADS": str(n),
@@ -60,7 +63,7 @@ def replica_env(pg, n: int, seconds: float, name: str, port: int, summary: Path)
     }
 
 
-def measure_replicas(pg, replicas: int, n: int, warm: float, window: float) -> dict:
+def measure_replicas(pg: LocalPostgres, replicas: int, n: int, warm: float, window: float) -> dict[str, float]:
     """Aggregate rate of ``replicas`` workload processes over a window where all of them run."""
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-p3-"))
     procs, ports = [], []
@@ -103,12 +106,12 @@ def measure_replicas(pg, replicas: int, n: int, warm: float, window: float) -> d
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure_raw(pg, n: int, seconds: float, mode: str) -> dict:
+def measure_raw(pg: LocalPostgres, n: int, seconds: float, mode: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks._raw", str(n), str(seconds), mode],
                           env=client_env(pg), cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"raw loop failed: {proc.stderr[-500:]}")
-    return json.loads(proc.stdout)
+    return cast("dict[str, Any]", json.loads(proc.stdout))
 
 
 def plain_main(n: int, seconds: float) -> int:
@@ -142,15 +145,15 @@ def plain_main(n: int, seconds: float) -> int:
     return 0
 
 
-def measure_plain(pg, n: int, seconds: float) -> dict:
+def measure_plain(pg: LocalPostgres, n: int, seconds: float) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.p3_workload", "plain", str(n), str(seconds)],
                           env=client_env(pg), cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"plain SQLAlchemy loop failed: {proc.stderr[-500:]}")
-    return json.loads(proc.stdout)
+    return cast("dict[str, Any]", json.loads(proc.stdout))
 
 
-def profile_hot_loop(pg, iterations: int) -> tuple[str, float]:
+def profile_hot_loop(pg: LocalPostgres, iterations: int) -> tuple[str, float]:
     """cProfile of one caller thread's loop (N=1, SELECT 1), in this process; returns the top entries."""
     from poolbench.core.workload_env import WorkloadConfig
     from workload.replica import Replica

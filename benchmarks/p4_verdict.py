@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,7 +51,7 @@ def seed_copy(tmp: Path, smoke: bool) -> Path:
     return path
 
 
-def timed_run(spec: Path, env_extra: dict[str, str], out: Path) -> tuple[float, dict]:
+def timed_run(spec: Path, env_extra: dict[str, str], out: Path) -> tuple[float, dict[str, Any]]:
     env = {**os.environ, **env_extra}
     t = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(spec), "--output", str(out)],

@@ -10,13 +10,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .common import ROOT, Result, TreeMemory, median, percentile
 
 
-def spec_doc(replicas: int, threads: int, interval_ms: int) -> dict:
+def spec_doc(replicas: int, threads: int, interval_ms: int) -> dict[str, Any]:
     return {
         "apiVersion": "poolbench.dev/v1alpha1",
         "kind": "PoolBenchmark",

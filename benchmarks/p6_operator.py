@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GOAL_PATCHES_PER_SECOND = 1.0
 
 
-def small_benchmark(name: str) -> dict:
+def small_benchmark(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
         "spec": {"postgres": {"maxConnections": 20},
@@ -34,7 +35,7 @@ def small_benchmark(name: str) -> dict:
 class StatusWatch(threading.Thread):
     """Counts status changes per resource from a cluster-wide watch."""
 
-    def __init__(self, kube):
+    def __init__(self, kube: Any) -> None:
         super().__init__(daemon=True)
         self.kube = kube
         self.changes: dict[str, int] = {}
@@ -97,7 +98,7 @@ def run(smoke: bool = False) -> Result:
     return Result("P6", "Operator footprint", goals, "\n".join(md), d)
 
 
-def measure(smoke: bool = False, count: int | None = None) -> dict:
+def measure(smoke: bool = False, count: int | None = None) -> dict[str, Any]:
     from tests.k8s.conftest import OperatorProcess, create_namespace, kubectl
     from tests.k8s.controlplane import ControlPlane
     from tests.k8s.kube import Kube, wait_for

@@ -14,6 +14,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,7 +28,7 @@ def _ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
 
 
-def _condition(pod: dict, kind: str) -> float | None:
+def _condition(pod: dict[str, Any], kind: str) -> float | None:
     for c in pod.get("status", {}).get("conditions") or []:
         if c["type"] == kind and c["status"] == "True":
             return _ts(c.get("lastTransitionTime"))
@@ -43,7 +44,7 @@ def local_run() -> tuple[float, str]:
     return wall, verdict
 
 
-def node_run() -> dict:
+def node_run() -> dict[str, Any]:
     from tests.k8s.kube import Kube, wait_for
     from tests.node.cluster import Cluster
     from tests.node.conftest import POSTGRES_IMAGE, create_restricted_namespace, helm_install, kubectl
@@ -67,7 +68,7 @@ def node_run() -> dict:
         kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(doc))
         path = f"/apis/poolbench.dev/v1alpha1/namespaces/{ns}/poolbenchmarks/small"
 
-        def finished():
+        def finished() -> dict[str, Any] | None:
             obj = kube.get(path)
             return obj if (obj.get("status") or {}).get("phase") in ("Completed", "Failed", "Invalid") else None
 

@@ -21,6 +21,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,7 +66,7 @@ def run_one(key: str, smoke: bool) -> Result:
     load_before = loadavg()
     try:
         module = __import__(module_name, fromlist=["run"])
-        result = module.run(smoke)
+        result: Result = module.run(smoke)
     except Exception:  # a broken benchmark is reported, the others still run
         result = Result(key, title, [("ran to the end", "error", False)],
                         "The benchmark failed:\n\n```\n" + traceback.format_exc()[-3000:] + "```")
@@ -75,7 +76,7 @@ def run_one(key: str, smoke: bool) -> Result:
     return result
 
 
-def report(results: list[Result], info: dict, command: str, smoke: bool, seconds: float) -> str:
+def report(results: list[Result], info: dict[str, Any], command: str, smoke: bool, seconds: float) -> str:
     lines = [
         "# poolbench benchmarks: results" + (" (smoke run: tiny sizes, figures not meaningful)" if smoke else ""),
         "",

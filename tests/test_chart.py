@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
@@ -19,24 +20,24 @@ def helm() -> str:
     return path
 
 
-def render(*args: str) -> list[dict]:
+def render(*args: str) -> list[dict[str, Any]]:
     out = subprocess.run([helm(), "template", "poolbench", str(ROOT / "charts/poolbench"), *args],
                          capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def key(obj: dict) -> tuple:
+def key(obj: dict[str, Any]) -> tuple[str, str | None, str]:
     return obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
 
 
-def manifests() -> dict:
+def manifests() -> dict[tuple[str, str | None, str], dict[str, Any]]:
     docs = []
     for name in ("rbac.yaml", "operator.yaml"):
         docs += [d for d in yaml.safe_load_all((ROOT / "manifests" / name).read_text()) if d]
     return {key(d): d for d in docs}
 
 
-def test_chart_renders_the_same_objects_as_manifests():
+def test_chart_renders_the_same_objects_as_manifests() -> None:
     rendered = {key(d): d for d in render()}
     expected = manifests()
     assert set(rendered) == set(expected)
@@ -44,11 +45,11 @@ def test_chart_renders_the_same_objects_as_manifests():
         assert rendered[k] == obj, k
 
 
-def test_chart_crd_is_the_generated_crd():
+def test_chart_crd_is_the_generated_crd() -> None:
     assert (ROOT / "charts/poolbench/crds/poolbenchmarks.yaml").read_text() == (ROOT / "manifests/crd.yaml").read_text()
 
 
-def test_watched_namespaces_bind_children_rbac_per_namespace():
+def test_watched_namespaces_bind_children_rbac_per_namespace() -> None:
     rendered = render("--set", "watchNamespaces={team-a,team-b}", "--set", "image.workload=reg/w:1")
     bindings = [d for d in rendered if d["kind"] == "RoleBinding"
                 and d["metadata"]["name"] == "poolbench-operator-children"]

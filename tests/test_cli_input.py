@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -51,7 +53,8 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("doc,field", MALFORMED, ids=[f for _, f in MALFORMED])
-def test_malformed_exits_2_naming_the_field(tmp_path, capsys, doc, field):
+def test_malformed_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: Any,
+                                            field: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, allow_unicode=True))
     code = main(["run", str(path)])
@@ -61,12 +64,12 @@ def test_malformed_exits_2_naming_the_field(tmp_path, capsys, doc, field):
     assert "Traceback" not in err
 
 
-def test_missing_file_is_invalid_input(tmp_path, capsys):
+def test_missing_file_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
 
 
-def test_real_process_exit_code_and_no_traceback(tmp_path):
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(make_doc(steps=[], workload={"threads": -1})))
     proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path)], capture_output=True,
@@ -76,5 +79,5 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_validate_accepts_the_seed(capsys):
+def test_validate_accepts_the_seed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(ROOT / "manifests/examples/seed.yaml")]) == 0

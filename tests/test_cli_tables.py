@@ -3,6 +3,8 @@ inside a word."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rich.console import Console
 
@@ -12,7 +14,7 @@ from poolbench.core.spec import PoolerSpec
 from poolbench.core.verdict import clipped, failure_cause
 
 
-def pooled_status() -> dict:
+def pooled_status() -> dict[str, Any]:
     pooler = PoolerSpec(pool_mode="transaction", default_pool_size=3, reserve_pool_size=1, max_client_conn=6,
                         replicas=2)
     steps = [StepResult(replicas=2, pooled=True, outcome="Passed", predicted_peak=8, peak_connections=6),

@@ -6,14 +6,14 @@ from poolbench.core.crd import build_crd, crd_yaml
 from tests.conftest import ROOT
 
 
-def test_committed_crd_matches_the_model():
+def test_committed_crd_matches_the_model() -> None:
     committed = (ROOT / "manifests/crd.yaml").read_text()
     assert committed == crd_yaml(), "run: make crd"
     chart_copy = (ROOT / "charts/poolbench/crds/poolbenchmarks.yaml").read_text()
     assert chart_copy == committed, "run: make crd"
 
 
-def test_schema_is_structural():
+def test_schema_is_structural() -> None:
     text = crd_yaml()
     assert "$ref" not in text and "anyOf" not in text and "additionalProperties: false" not in text
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

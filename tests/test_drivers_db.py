@@ -17,6 +17,7 @@ from poolbench.core.spec import PoolerSpec, parse_document
 from poolbench.core.verdict import comparison, overall_verdict
 from poolbench.core.workload_env import WorkloadConfig, workload_env
 from poolbench.local import runner
+from poolbench.local.embedded import LocalPostgres
 from tests.conftest import ROOT, make_doc
 from workload.replica import build_engine, driver_settings
 
@@ -78,7 +79,8 @@ def test_the_pool_mode_reaches_the_replica_and_sets_each_driver_for_transaction_
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "asyncpg"])
-def test_prepared_statement_clashes_are_classified_for_each_driver(driver: str, local_pg, monkeypatch) -> None:
+def test_prepared_statement_clashes_are_classified_for_each_driver(driver: str, local_pg: LocalPostgres,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A name taken twice on one server connection (42P05) and a name missing on it (26000): the errors
     a driver's prepared statements meet behind a transaction-mode pooler, raised by a real server."""
     for name, value in {**local_pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres"}.items():

@@ -9,20 +9,25 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
 
-from poolbench.core.spec import parse_document
+from poolbench.core.spec import PoolBenchmark, parse_document
+from poolbench.core.steploop import Progress
 from poolbench.core.workload_env import workload_env
 from poolbench.db.probe import Probe
+from poolbench.local.embedded import LocalPostgres
 from poolbench.local.runner import run_local
 from tests.conftest import ROOT, make_doc
 
 pytestmark = pytest.mark.postgres
 
 
-def bench(name, steps, max_connections=40, reserved=3, **workload):
+def bench(name: str, steps: list[int], max_connections: int = 40, reserved: int = 3,
+          **workload: Any) -> PoolBenchmark:
     wl = {"threads": 4, "iterations": 30, "holdSeconds": 1.5, "statement": "SELECT pg_sleep(0.05)", **workload}
     return parse_document(make_doc(
         name=name, steps=steps, workload=wl, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
@@ -30,7 +35,7 @@ def bench(name, steps, max_connections=40, reserved=3, **workload):
     ))
 
 
-def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg):
+def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg: LocalPostgres) -> None:
     probe = Probe(lambda **kw: psycopg2.connect(**local_pg.connect_kwargs(), **kw), "probe-test-")
     probe.open()
     assert probe.read(0.0).total == 0
@@ -48,7 +53,7 @@ def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg):
     probe.close()
 
 
-def test_probe_records_a_gap_and_reconnects(local_pg):
+def test_probe_records_a_gap_and_reconnects(local_pg: LocalPostgres) -> None:
     probe = Probe(lambda **kw: psycopg2.connect(**local_pg.connect_kwargs(), **kw), "gap-")
     probe.open()
     admin = psycopg2.connect(**local_pg.connect_kwargs())
@@ -63,7 +68,7 @@ def test_probe_records_a_gap_and_reconnects(local_pg):
     probe.close()
 
 
-def test_workload_serves_metrics_and_writes_a_summary(local_pg, tmp_path):
+def test_workload_serves_metrics_and_writes_a_summary(local_pg: LocalPostgres, tmp_path: Path) -> None:
     spec = bench("m", [1], threads=3, iterations=20, holdSeconds=1.0).spec
     summary = tmp_path / "summary.json"
     env = {**os.environ, **workload_env(spec), **local_pg.client_env(), "POOLBENCH_APP_NAME": "metrics-r0",
@@ -83,7 +88,7 @@ def test_workload_serves_metrics_and_writes_a_summary(local_pg, tmp_path):
     assert data["phase"] == "done" and data["outcomes"]["ok"] == 60 and data["peakCheckedOut"] == 3
 
 
-def test_default_queuepool_keeps_ghosts():
+def test_default_queuepool_keeps_ghosts() -> None:
     # 2 replicas × min(8 threads, 5 + 10) = 16 peak; min(5, 8) = 5 ghosts each.
     status = run_local(bench("qp", [2], threads=8)).status
     step = status.steps[0]
@@ -95,7 +100,7 @@ def test_default_queuepool_keeps_ghosts():
     assert step.oldest_idle_seconds >= 1.0
 
 
-def test_pool_size_two_no_overflow_caps_each_replica_at_two():
+def test_pool_size_two_no_overflow_caps_each_replica_at_two() -> None:
     status = run_local(bench("ps2", [3], threads=6, engine={"poolSize": 2, "maxOverflow": 0})).status
     step = status.steps[0]
     assert step.outcome == "Passed", step.reason
@@ -104,7 +109,7 @@ def test_pool_size_two_no_overflow_caps_each_replica_at_two():
     assert step.idle_at_end == 6
 
 
-def test_nullpool_leaves_no_ghosts():
+def test_nullpool_leaves_no_ghosts() -> None:
     status = run_local(bench("np", [2], threads=5, engine={"poolClass": "NullPool"})).status
     step = status.steps[0]
     assert step.outcome == "Passed", step.reason
@@ -114,7 +119,7 @@ def test_nullpool_leaves_no_ghosts():
     assert 2 <= step.peak_connections <= step.predicted_peak + 2
 
 
-def test_app_role_meets_reserved_slots_not_too_many_clients():
+def test_app_role_meets_reserved_slots_not_too_many_clients() -> None:
     # usable for a normal role: 20 - 3 reserved - 1 monitor = 16; 2 × 10 = 20 needed.
     b = bench("app", [2], max_connections=20, threads=10, role="app", onError="count",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
@@ -130,7 +135,7 @@ def test_app_role_meets_reserved_slots_not_too_many_clients():
     assert status.verdict is not None and status.verdict.first_failing_replicas == 2
 
 
-def test_superuser_meets_too_many_clients_and_crash_kills_the_replica():
+def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
     b = bench("crash", [1, 3], max_connections=20, threads=10, onError="crash",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
     status = run_local(b).status
@@ -146,7 +151,7 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica():
     assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (1, 3)
 
 
-def test_count_mode_keeps_counting():
+def test_count_mode_keeps_counting() -> None:
     b = bench("count", [3], max_connections=20, threads=10, onError="count",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=1)
     step = run_local(b).status.steps[0]
@@ -155,7 +160,7 @@ def test_count_mode_keeps_counting():
     assert step.queries > 0
 
 
-def test_seed_reproduced_through_the_cli(tmp_path):
+def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     plot = tmp_path / "c.png"
     proc = subprocess.run(
@@ -175,7 +180,7 @@ def test_seed_reproduced_through_the_cli(tmp_path):
     assert plot.stat().st_size > 10_000
 
 
-def test_cleanup_leaves_nothing_behind():
+def test_cleanup_leaves_nothing_behind() -> None:
     import glob
 
     import psutil
@@ -190,7 +195,7 @@ def test_cleanup_leaves_nothing_behind():
     assert left == []
 
 
-def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
+def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on() -> None:
     """R3 in local mode: the server is killed under the load; it is brought back, the monitor
     reconnects, the step fails saying the database restarted, and the next step runs."""
     import signal as signals
@@ -202,7 +207,7 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on():
     b.spec.stop_on_failure = False
     killed: list[float] = []
 
-    def progress(p):
+    def progress(p: Progress) -> None:
         if p.step == 1 and p.step_elapsed > 1.5 and not killed and runner.pg and runner.pg.pid:
             os.killpg(runner.pg.pid, signals.SIGKILL)
             killed.append(p.step_elapsed)

@@ -3,6 +3,8 @@ the queueing explanation, and Kubernetes conditions kept in step with the phase.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status, set_conditions, throughput
@@ -30,7 +32,7 @@ def test_throughput_is_over_the_whole_work_phase() -> None:
     assert throughput([ReplicaReport("d", outcomes={"ok": 3})]) == 0.0
 
 
-def run_one_step(spec: dict, reports: list[ReplicaReport]) -> BenchmarkRun:
+def run_one_step(spec: dict[str, Any], reports: list[ReplicaReport]) -> BenchmarkRun:
     run = BenchmarkRun(parse_spec(spec))
     planned = run.next_step()
     assert planned is not None

@@ -3,8 +3,10 @@
 import json
 from typing import Any, cast
 
+import pytest
+
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
-from poolbench.core.spec import parse_spec
+from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench_operator.builders import (
     METRICS_PORT,
     ROLLOUT_ANNOTATION,
@@ -21,12 +23,12 @@ SPEC = parse_spec({"steps": [2, 8], "postgres": {"maxConnections": 30, "settings
                    "workload": {"threads": 6, "role": "app", "engine": {"poolSize": 2, "maxOverflow": 3}}})
 
 
-def children():
+def children() -> dict[str, dict[str, Any]]:
     return {c["kind"]: c for c in build_children("demo", SPEC, workload_image="img:1",
                                                  superuser_password="S3CRET", app_password="APPPW")}
 
 
-def test_children_and_names():
+def test_children_and_names() -> None:
     objs = children()
     assert set(objs) == {"Secret", "Service", "StatefulSet", "Deployment"}
     assert objs["StatefulSet"]["metadata"]["name"] == "demo-postgres" == Names("demo").postgres
@@ -34,14 +36,14 @@ def test_children_and_names():
     assert objs["Secret"]["stringData"] == {"postgres-password": "S3CRET", "app-password": "APPPW"}
 
 
-def test_a_providers_reserve_for_a_normal_role_becomes_the_servers_superuser_reserve():
+def test_a_providers_reserve_for_a_normal_role_becomes_the_servers_superuser_reserve() -> None:
     # RDS 8 GiB: 901, a normal role loses 3 + 2. Without reserved_connections (before PostgreSQL 16) the cluster
     # holds all 5 back from non-superusers, so role app is refused exactly where RDS would refuse it.
     rds = parse_spec({"steps": [1], "postgres": {"provider": {"name": "rds", "memoryGiB": 8}}})
     assert postgres_args(rds) == ["-c", "max_connections=901", "-c", "superuser_reserved_connections=5"]
 
 
-def test_limits_become_server_arguments():
+def test_limits_become_server_arguments() -> None:
     assert postgres_args(SPEC) == ["-c", "max_connections=30", "-c", "superuser_reserved_connections=3",
                                    "-c", "work_mem=4MB"]
     container = children()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
@@ -49,7 +51,7 @@ def test_limits_become_server_arguments():
     assert container["readinessProbe"]["exec"]["command"][0] == "pg_isready"
 
 
-def test_password_only_by_reference():
+def test_password_only_by_reference() -> None:
     objs = children()
     for kind in ("StatefulSet", "Deployment", "Service"):
         assert "S3CRET" not in json.dumps(objs[kind]) and "APPPW" not in json.dumps(objs[kind])
@@ -63,7 +65,7 @@ def test_password_only_by_reference():
     assert env["POOLBENCH_EXIT_AFTER_HOLD"]["value"] == "false"
 
 
-def test_every_pod_is_locked_down():
+def test_every_pod_is_locked_down() -> None:
     for kind in ("StatefulSet", "Deployment"):
         pod = children()[kind]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -84,12 +86,12 @@ poolbench_phase{poolbench_phase="holding"} 1.0
 """
 
 
-def test_parse_metrics():
+def test_parse_metrics() -> None:
     m = parse_metrics(METRICS_TEXT)
     assert m.phase == "holding" and m.outcomes == {"ok": 42, "tooManyClients": 2}
 
 
-def test_step_progress_from_pods():
+def test_step_progress_from_pods() -> None:
     holding = PodView("a", metrics=Metrics("holding", {"ok": 5}))
     done = PodView("b", metrics=Metrics("done", {"ok": 5}))
     crashed = PodView("c", restarts=1, last_message=json.dumps(
@@ -107,7 +109,7 @@ def test_step_progress_from_pods():
     assert not out["b"].crashed and out["b"].outcomes == {"ok": 5}
 
 
-def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
+def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys() -> None:
     from poolbench.core.benchmark import BenchmarkRun
     from poolbench.core.benchmark import status_from_resource as resume_status
 
@@ -123,7 +125,7 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys():
     assert len(run.status.steps) == 2
 
 
-def test_passwords_are_derived_per_benchmark_and_purpose():
+def test_passwords_are_derived_per_benchmark_and_purpose() -> None:
     from poolbench_operator.credentials import derive_password
 
     key = b"k" * 32
@@ -137,7 +139,7 @@ def test_passwords_are_derived_per_benchmark_and_purpose():
 # --- latency and checkout-wait histograms: the workload's own collector, read back by the operator ---
 
 
-def _workload_metrics_text(measures) -> str:
+def _workload_metrics_text(measures: Any) -> str:
     """What a replica serves, from the replica's real collector (no engine, no database)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -148,7 +150,7 @@ def _workload_metrics_text(measures) -> str:
     return generate_latest(registry).decode()
 
 
-def _measures():
+def _measures() -> Any:
     from poolbench.core.histogram import GRID_MS, Histogram, edges_with
     from workload.replica import Measures
 
@@ -166,7 +168,7 @@ def _measures():
     return Measures(latency, wait, 1764064198.123456, 1764064203.654321)
 
 
-def test_histograms_round_trip_exactly_through_the_workload_metrics():
+def test_histograms_round_trip_exactly_through_the_workload_metrics() -> None:
     m = _measures()
     text = _workload_metrics_text(m)
     assert 'poolbench_statement_latency_seconds_bucket{le="0.000001"}' in text  # decimal seconds
@@ -186,7 +188,7 @@ def test_histograms_round_trip_exactly_through_the_workload_metrics():
     assert parsed.checkout_wait.exceeds(0.95, 60.0) == m.checkout_wait.exceeds(0.95, 60.0)
 
 
-def test_histograms_before_any_work_are_empty_and_timestamps_unknown():
+def test_histograms_before_any_work_are_empty_and_timestamps_unknown() -> None:
     from workload.replica import Measures
 
     parsed = parse_metrics(_workload_metrics_text(Measures()))
@@ -196,7 +198,7 @@ def test_histograms_before_any_work_are_empty_and_timestamps_unknown():
     assert old.latency.total == 0 and old.work_started_at is None
 
 
-def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones():
+def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones() -> None:
     from poolbench.core.histogram import Histogram
 
     m = _measures()
@@ -236,17 +238,17 @@ VARIANTS = parse_spec({
     ]})
 
 
-def variant_children(spec=VARIANTS):
+def variant_children(spec: PoolBenchmarkSpec = VARIANTS) -> dict[tuple[str, str], dict[str, Any]]:
     return {(c["kind"], c["metadata"]["name"]): c for c in build_children(
         "ab", spec, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW",
         pooler_admin_password="ADMINPW")}
 
 
-def env_of(deployment: dict) -> dict[str, dict]:
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
-def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant():
+def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -> None:
     objs = variant_children()
     assert list(objs) == [
         ("Secret", "ab-credentials"), ("Service", "ab-postgres"), ("StatefulSet", "ab-postgres"),
@@ -266,7 +268,7 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant():
     assert len(Names("b" * 40, "v" * 11).pooler) == 63
 
 
-def test_each_variant_workload_connects_its_own_way():
+def test_each_variant_workload_connects_its_own_way() -> None:
     objs = variant_children()
     expected = {"direct": ("ab-postgres", "5432", None, "QueuePool"),
                 "tx-nullpool": ("ab--tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
@@ -285,7 +287,7 @@ def test_each_variant_workload_connects_its_own_way():
         assert "S3CRET" not in json.dumps(dep) and "ADMINPW" not in json.dumps(dep)
 
 
-def test_pgbouncer_config_serves_the_workload_role_and_the_admin():
+def test_pgbouncer_config_serves_the_workload_role_and_the_admin() -> None:
     objs = variant_children()
     data = objs[("Secret", "ab--tx-nullpool-pgbouncer")]["stringData"]
     assert set(data) == {"pgbouncer.ini", "userlist.txt"}
@@ -305,7 +307,7 @@ def test_pgbouncer_config_serves_the_workload_role_and_the_admin():
     assert env_of(dep)["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "app-password"
 
 
-def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret():
+def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -> None:
     objs = variant_children()
     dep = objs[("Deployment", "ab--tx-nullpool-pgbouncer")]
     assert dep["spec"]["replicas"] == 2
@@ -333,7 +335,7 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret():
     assert other["containers"][0]["image"] == "pgb:1" and other["securityContext"]["runAsUser"] == 70
 
 
-def test_without_variants_the_children_are_exactly_as_before():
+def test_without_variants_the_children_are_exactly_as_before() -> None:
     objs = build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
     assert [(c["kind"], c["metadata"]["name"]) for c in objs] == [
         ("Secret", "demo-credentials"), ("Service", "demo-postgres"), ("StatefulSet", "demo-postgres"),
@@ -354,53 +356,55 @@ class FakeKube:
 
     namespace = "ns"
 
-    def __init__(self):
-        self.calls: list[tuple] = []
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
 
-    def scale_workload(self, names, replicas):
+    def scale_workload(self, names: Names, replicas: int) -> None:
         self.calls.append(("scale", names.workload, replicas))
 
-    def scale_deployment(self, name, replicas):
+    def scale_deployment(self, name: str, replicas: int) -> None:
         self.calls.append(("scale", name, replicas))
 
-    def roll_workload(self, names, token):
+    def roll_workload(self, names: Names, token: str) -> None:
         self.calls.append(("roll", names.workload))
 
-    def count_workload_pods(self, benchmark):
+    def count_workload_pods(self, benchmark: str) -> int:
         return 0
 
-    def pooler_pod_ips(self, benchmark, variant):
+    def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         return ["10.0.0.7", "10.0.0.8"]
 
-    def workload_pods(self, benchmark, variant=None):
+    def workload_pods(self, benchmark: str, variant: str | None = None) -> list[Any]:
         self.calls.append(("pods", variant))
         return []
 
-    def delete_children(self, refs):
+    def delete_children(self, refs: list[tuple[str, str]]) -> None:
         self.calls.append(("delete", refs))
 
 
 class FakePoolerProbe:
     made: list[Any] = []
+    log: list[str]
 
-    def __init__(self, connects, database):
+    def __init__(self, connects: Any, database: str) -> None:
         self.connects, self.database, self.log = connects, database, []
         FakePoolerProbe.made.append(self)
 
-    def drop_server_connections(self):
+    def drop_server_connections(self) -> bool:
         self.log.append("drop")
         return True
 
-    def close(self):
+    def close(self) -> None:
         self.log.append("close")
 
 
 class FakeStop:
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         return False
 
 
-def driver_for(spec, monkeypatch, address="pod-ip"):
+def driver_for(spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch,
+               address: str = "pod-ip") -> tuple[Any, list[tuple[Any, ...]]]:
     import logging
 
     from poolbench_operator import driver as driver_module
@@ -408,7 +412,7 @@ def driver_for(spec, monkeypatch, address="pod-ip"):
 
     monkeypatch.setattr(driver_module, "PoolerProbe", FakePoolerProbe)
     FakePoolerProbe.made = []
-    posted: list[tuple] = []
+    posted: list[tuple[Any, ...]] = []
     d = driver_module.Driver(
         kube=cast(Any, FakeKube()), body={"metadata": {"name": "ab", "uid": "u-1", "generation": 1}}, spec=spec,
         stopped=FakeStop(), adopt=lambda child: None, event=lambda *e: posted.append(e),
@@ -422,7 +426,7 @@ def sampled(d: Any) -> Any:
     return d.sampler.pooler
 
 
-def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
+def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
     from poolbench_operator.credentials import derive_password
 
     d, _ = driver_for(VARIANTS, monkeypatch)
@@ -451,7 +455,7 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch):
     assert sampled(d) is None and FakePoolerProbe.made[1].log == ["close"]
 
 
-def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
+def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch)
     d.cleanup()  # ScaleDown (the default)
     assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 0), ("scale", "ab--session-pgbouncer", 0)]
@@ -464,14 +468,14 @@ def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch):
     assert d.kube.calls == [] and posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
 
 
-def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch):
+def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch, address="127.0.0.1:15432")
     d.use_variant(d.run.plans[1][0])
     assert sampled(d) is None and not FakePoolerProbe.made
     assert posted and posted[-1][:2] == ("Warning", "PoolerNotSampled")
 
 
-def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge():
+def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge() -> None:
     rolled = parse_spec({"steps": [3], "stepTimeoutSeconds": 120, "rollout": {"maxSurge": "25%", "measure": True}})
     deployment = {c["kind"]: c for c in build_children("demo", rolled, workload_image="i", superuser_password="s",
                                                        app_password="a")}["Deployment"]["spec"]
@@ -491,7 +495,7 @@ def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_fi
     assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"
 
 
-def test_driver_starts_a_rollouts_surge_with_a_new_pod_template_not_a_scale_up(monkeypatch):
+def test_driver_starts_a_rollouts_surge_with_a_new_pod_template_not_a_scale_up(monkeypatch: pytest.MonkeyPatch) -> None:
     from dataclasses import replace
 
     rolled = parse_spec({"steps": [3], "rollout": {"maxSurge": 1, "measure": True}})

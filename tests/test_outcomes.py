@@ -5,7 +5,7 @@ import pytest
 from poolbench.core.outcomes import classify_exception, classify_message
 
 
-def test_messages():
+def test_messages() -> None:
     assert classify_message("FATAL:  sorry, too many clients already") == "tooManyClients"
     assert classify_message(
         "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute") == "reservedSlots"
@@ -13,7 +13,7 @@ def test_messages():
     assert classify_message("syntax error") == "other"
 
 
-def test_cause_chain_is_walked():
+def test_cause_chain_is_walked() -> None:
     inner = RuntimeError("FATAL: sorry, too many clients already")
     try:
         try:

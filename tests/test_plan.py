@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -118,7 +119,7 @@ def test_a_max_surge_of_a_thousand_percent_is_accepted_and_rounds_up() -> None:
     assert spec.rollout is not None and surge_pods(3, spec.rollout.max_surge) == 30
 
 
-def write(tmp_path: Path, doc: dict) -> str:
+def write(tmp_path: Path, doc: dict[str, Any]) -> str:
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
     return str(path)
@@ -163,7 +164,7 @@ def test_plan_refuses_a_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture
     ({"name": "cloudsql", "memoryGiB": 1.7}, 50, 47, 47),  # db-g1-small
     ({"name": "cloudsql", "memoryGiB": 3.75}, 100, 97, 97),
 ])
-def test_a_provider_fills_the_limits_and_each_roles_usable_by_its_rule(provider: dict, max_connections: int,
+def test_a_provider_fills_the_limits_and_each_roles_usable_by_its_rule(provider: dict[str, Any], max_connections: int,
                                                                        app: int, admin: int) -> None:
     for role, usable in (("app", app), ("superuser", admin)):
         spec = parse_spec({**SEED, "postgres": {"provider": provider}, "workload": {"threads": 15, "role": role}})
@@ -189,7 +190,7 @@ def test_cloud_sql_bands_start_at_their_edges(memory: float, max_connections: in
     ({"name": "azure", "memoryGiB": 3}, "no published default for 3 GiB"),
     ({"name": "rds", "memoryGiB": 0.05}, "max_connections 5, below RDS's minimum 6"),
 ])
-def test_a_memory_without_a_published_default_is_refused(provider: dict, words: str) -> None:
+def test_a_memory_without_a_published_default_is_refused(provider: dict[str, Any], words: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({**SEED, "postgres": {"provider": provider}})
     assert err.value.problems[0][0] == "spec.postgres.provider" and words in err.value.problems[0][1]
@@ -245,8 +246,8 @@ def test_with_worker_processes_the_processes_cannot_each_get_a_connection() -> N
     # RDS allows 6–262143: 20000 replicas' pods need 375000 + 3 for the master user.
     ({"provider": {"name": "rds", "memoryGiB": 8}}, 20000, 375003, 262143, "RDS allows"),
 ])
-def test_no_server_setting_is_recommended_beyond_what_the_server_allows(postgres: dict, target: int, needed: int,
-                                                                       allowed: int, where: str) -> None:
+def test_no_server_setting_is_recommended_beyond_what_the_server_allows(postgres: dict[str, Any], target: int,
+                                                                       needed: int, allowed: int, where: str) -> None:
     p = plan(parse_spec({**SEED, "postgres": postgres}), target_replicas=target)
     server = next(r for r in p.recommendations if r.text.startswith("Server:"))
     assert server.text.startswith("Server: no server setting can hold this")
@@ -292,7 +293,8 @@ def test_plan_names_each_roles_reserved_slots(tmp_path: Path, capsys: pytest.Cap
     ({"name": "rds", "memoryGiB": 1}, "superuser", 108), ({"name": "rds", "memoryGiB": 1}, "app", 106),
     ({"name": "azure", "memoryGiB": 2}, "superuser", 34), ({"name": "cloudsql", "memoryGiB": 0.6}, "superuser", 21),
 ])
-def test_the_verdict_counts_each_roles_slots_by_the_providers_rule(provider: dict, role: str, usable: int) -> None:
+def test_the_verdict_counts_each_roles_slots_by_the_providers_rule(provider: dict[str, Any], role: str,
+                                                                   usable: int) -> None:
     spec = parse_spec({"steps": [100], "postgres": {"provider": provider}, "workload": {"threads": 1, "role": role}})
     failed = StepResult(replicas=100, outcome="Failed", reason="refused")
     verdict = overall_verdict(spec, [failed])

@@ -4,6 +4,7 @@ connections that other threads are using; StaticPool's threads may each open the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.postgres
 
 
 def bench(name: str, *, threads: int, engine: dict[str, Any], processes: int = 2, driver: str = "psycopg2",
-          replicas: int = 2) -> dict:
+          replicas: int = 2) -> dict[str, Any]:
     return make_doc(name=name, steps=[replicas], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
                     postgres={"maxConnections": 40},
                     workload={"driver": driver, "threads": threads, "processes": processes, "iterations": 5,
@@ -66,7 +67,8 @@ REFUSED = [
 
 @pytest.mark.parametrize(("workload", "variants", "path", "text"), REFUSED, ids=[r[2] + r[3][-12:] for r in REFUSED])
 def test_a_pool_class_its_threads_would_break_is_refused_with_the_reason(
-        tmp_path, capsys, workload: dict, variants: list | None, path: str, text: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], workload: dict[str, Any], variants: list[Any] | None,
+        path: str, text: str) -> None:
     doc = make_doc(name="refused", steps=[1], workload=workload, **({"variants": variants} if variants else {}))
     with pytest.raises(SpecError) as info:
         parse_document(doc)

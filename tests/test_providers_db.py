@@ -7,6 +7,8 @@ benchmark's monitor holding one slot: 11 - 3 - 1 = 7 for role superuser, 11 - 5 
 
 from __future__ import annotations
 
+from typing import cast
+
 import psycopg2
 import pytest
 
@@ -32,7 +34,8 @@ def test_the_local_server_refuses_each_role_exactly_where_the_provider_would() -
     assert (pg_spec.max_connections, superuser_reserved, reserved) == (11, 3, 2)
     with LocalPostgres(pg_spec.max_connections, superuser_reserved, reserved_connections=reserved) as pg:
         def connect(**extra: object) -> psycopg2.extensions.connection:
-            return psycopg2.connect(**{**pg.connect_kwargs(), **extra}, connect_timeout=5)
+            return cast(psycopg2.extensions.connection,
+                        psycopg2.connect(**{**pg.connect_kwargs(), **extra}, connect_timeout=5))
 
         monitor = Probe(connect)
         monitor.open()  # the benchmark's monitor holds its slot first, as in a run

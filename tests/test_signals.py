@@ -150,7 +150,7 @@ DIRECT = [(signal.SIGTERM, "imports"), (signal.SIGINT, "setup"), (signal.SIGTERM
 
 
 @pytest.mark.parametrize("sig,moment", DIRECT, ids=[f"{s.name}@{m}" for s, m in DIRECT])
-def test_signal_cleans_up_everything(tmp_path, sig, moment):
+def test_signal_cleans_up_everything(tmp_path: Path, sig: signal.Signals, moment: str) -> None:
     spec = make_doc(name="sig", steps=[2, 3], workload={"threads": 4, "iterations": 20, "holdSeconds": 2},
                     postgres={"maxConnections": 30})
     path = tmp_path / "b.yaml"
@@ -246,7 +246,8 @@ MATRIX = [("pooled", moment, sig) for moment in MOMENT_CODES for sig in SIGNALS]
 
 
 @pytest.mark.parametrize("scenario,moment,sig", MATRIX, ids=[f"{s}-{m}-{g.name}" for s, m, g in MATRIX])
-def test_signal_at_a_moment_of_a_pooled_run_leaves_nothing(tmp_path, scenario, moment, sig):
+def test_signal_at_a_moment_of_a_pooled_run_leaves_nothing(tmp_path: Path, scenario: str, moment: str,
+                                                           sig: signal.Signals) -> None:
     doc = scenario_doc(scenario)
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -257,7 +258,7 @@ def test_signal_at_a_moment_of_a_pooled_run_leaves_nothing(tmp_path, scenario, m
         signal_and_check(proc, sig, tmpdir, MOMENT_CODES[moment])
 
 
-def test_every_child_of_a_pooled_run_starts_with_no_stop_signal_blocked(tmp_path):
+def test_every_child_of_a_pooled_run_starts_with_no_stop_signal_blocked(tmp_path: Path) -> None:
     """PgBouncer, the launcher, the replicas and their worker processes, read from /proc while a
     pooled step runs (the server sets its own mask, so it proves nothing either way)."""
     doc = scenario_doc("processes")
@@ -284,7 +285,7 @@ def test_every_child_of_a_pooled_run_starts_with_no_stop_signal_blocked(tmp_path
 
 # -- the pieces: held signals, spawned children, PgBouncer's stop, the footprint ---------------------------
 
-def test_a_signal_held_while_a_child_starts_arrives_after_it_is_recorded_and_the_child_has_a_clean_mask():
+def test_a_signal_held_while_a_child_starts_arrives_after_it_is_recorded_and_the_child_has_a_clean_mask() -> None:
     got: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
     children: list[subprocess.Popen[bytes]] = []
@@ -309,7 +310,7 @@ def pooler(pg: LocalPostgres, **fields: Any) -> LocalPgBouncer:
                           passwords={"postgres": "pw"})
 
 
-def test_pgbouncer_started_as_the_runner_does_exits_by_itself_when_stopped(local_pg):
+def test_pgbouncer_started_as_the_runner_does_exits_by_itself_when_stopped(local_pg: LocalPostgres) -> None:
     """Started while the runner holds signals, each instance still takes SIGINT/SIGTERM: one signalled
     here logs its safe shutdown and exits 0; stop() ends the other with its own exit status too, never
     SIGKILL's -9."""
@@ -332,7 +333,7 @@ def test_pgbouncer_started_as_the_runner_does_exits_by_itself_when_stopped(local
     assert not root.exists()
 
 
-def test_stop_ends_pgbouncer_by_signal_even_with_a_client_holding_a_session(local_pg):
+def test_stop_ends_pgbouncer_by_signal_even_with_a_client_holding_a_session(local_pg: LocalPostgres) -> None:
     """A session-mode client keeps its server connection: the safe shutdown would wait for it, so stop()
     follows with the immediate one; the instance still exits by itself, not by SIGKILL."""
     bouncer = pooler(local_pg, poolMode="session").start()
@@ -349,7 +350,7 @@ def test_stop_ends_pgbouncer_by_signal_even_with_a_client_holding_a_session(loca
     assert root is not None and not root.exists()
 
 
-def test_the_footprint_names_what_outlived_its_clean_up(tmp_path):
+def test_the_footprint_names_what_outlived_its_clean_up(tmp_path: Path) -> None:
     """A process that left its group (a new session) but works in the run's directory, and the directory
     itself, are both named; once they are gone, nothing is."""
     footprint = Footprint()

@@ -8,6 +8,7 @@ they report. Samples are produced on a 100 ms grid as the fake clock advances, l
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 
@@ -577,7 +578,7 @@ def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_pro
     assert status.phase == "Failed"  # nothing in the range passed: no boundary inside it
 
 
-def search_with_variants() -> tuple[dict, BenchmarkStatus]:
+def search_with_variants() -> tuple[dict[str, Any], BenchmarkStatus]:
     variants = [{"name": "direct"},
                 {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 3, "reservePoolSize": 1,
                                           "maxClientConn": 200, "replicas": 2}}]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from poolbench.core.outcomes import FULL_MESSAGE, classify_exception, classify_message, short_message
 from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import PoolerRead, Sample, StepAccumulator, merge_pooler_reads, pooler_read_from_rows
-from poolbench.core.spec import PoolerSpec, SpecError, parse_spec
+from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, SpecError, parse_spec
 from poolbench.core.verdict import (
     comparison,
     pooled_replica_limits,
@@ -21,7 +23,7 @@ from poolbench.core.workload_env import WorkloadConfig, workload_env
 SEED = {"steps": [5, 10], "workload": {"threads": 15}}
 
 
-def spec_with(*variants: dict, **extra: object):
+def spec_with(*variants: dict[str, Any], **extra: object) -> PoolBenchmarkSpec:
     return parse_spec({**SEED, "variants": list(variants), **extra})
 
 
@@ -52,7 +54,7 @@ def test_a_variant_engine_replaces_the_workload_engine() -> None:
     ([{"name": "p", "pooler": {"poolSize": 3}}], "spec.variants[0].pooler.poolSize", "unknown field"),
     ([], "spec.variants", "at least 1 item"),
 ])
-def test_bad_variants_are_named_by_path(variants: list, path: str, text: str) -> None:
+def test_bad_variants_are_named_by_path(variants: list[Any], path: str, text: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({**SEED, "variants": variants})
     assert any(p == path and text in m for p, m in err.value.problems), err.value.problems

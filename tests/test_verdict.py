@@ -1,25 +1,27 @@
 """Pool arithmetic and verdicts (pure)."""
 
-from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, plan_steps
+from typing import Any, cast
+
+from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, plan_steps
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
-from poolbench.core.spec import parse_spec
+from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench.core.verdict import overall_verdict, predict
 
 
-def spec(**workload):
+def spec(**workload: Any) -> PoolBenchmarkSpec:
     extra = workload.pop("postgres", {})
     return parse_spec({"steps": [5, 10], "workload": workload, "postgres": extra})
 
 
-def test_seed_arithmetic():
+def test_seed_arithmetic() -> None:
     s = spec(threads=15)
     five, ten = predict(s, 5), predict(s, 10)
     assert (five.peak, five.idle, five.usable, five.fits) == (75, 25, 99, True)
     assert (ten.peak, ten.fits) == (150, False)
 
 
-def test_pool_variants():
+def test_pool_variants() -> None:
     assert predict(spec(threads=15, engine={"poolSize": 2, "maxOverflow": 0}), 3).peak == 6
     assert predict(spec(threads=15, engine={"poolSize": 2, "maxOverflow": 0}), 3).idle == 6
     assert predict(spec(threads=4), 2).peak == 8  # threads below pool capacity
@@ -31,17 +33,17 @@ def test_pool_variants():
     assert predict(spec(threads=30, engine={"poolSize": 0}), 1).idle == 30
 
 
-def test_app_role_loses_reserved_slots():
+def test_app_role_loses_reserved_slots() -> None:
     assert predict(spec(role="app"), 1).usable == 100 - 3 - 1
     assert predict(spec(role="superuser"), 1).usable == 99
 
 
-def test_plan_follows_steps():
+def test_plan_follows_steps() -> None:
     plan = plan_steps(spec(threads=15))
     assert [(p.index, p.replicas, p.predicted_peak) for p in plan] == [(1, 5, 75), (2, 10, 150)]
 
 
-def test_accumulator_holds_peaks_and_counts_gaps():
+def test_accumulator_holds_peaks_and_counts_gaps() -> None:
     acc = StepAccumulator(replicas=2)
     acc.add(sample_from_rows(0.1, [("active", "a", 3, None), ("idle", "b", 1, 0.5)]))
     acc.add(Sample.gap(0.2, "boom"))
@@ -57,7 +59,7 @@ def test_accumulator_holds_peaks_and_counts_gaps():
     assert (step.samples, step.sample_gaps) == (3, 1)
 
 
-def run_steps(s, outcomes):
+def run_steps(s: PoolBenchmarkSpec, outcomes: list[dict[str, Any]]) -> BenchmarkRun:
     run = BenchmarkRun(s)
     for summary in outcomes:
         planned = run.next_step()
@@ -68,7 +70,7 @@ def run_steps(s, outcomes):
     return run
 
 
-def test_verdict_first_failure_and_max_safe():
+def test_verdict_first_failure_and_max_safe() -> None:
     s = spec(threads=15)
     run = run_steps(s, [{"outcomes": {"ok": 10}}, {"outcomes": {"ok": 5, "tooManyClients": 3}, "phase": "crashed"}])
     assert run.next_step() is None
@@ -77,32 +79,36 @@ def test_verdict_first_failure_and_max_safe():
     assert [st.outcome for st in status.steps] == ["Passed", "Failed"]
     assert status.steps[1].errors.too_many_clients == 3
     assert status.steps[1].crashed_replicas == 1
+    assert status.verdict is not None
     assert status.verdict.max_safe_replicas == 5
     assert status.verdict.first_failing_replicas == 10
     assert "150" in status.verdict.reason
     assert status.failures == 3
 
 
-def test_stop_on_failure_skips_remaining_steps():
+def test_stop_on_failure_skips_remaining_steps() -> None:
     s = parse_spec({"steps": [1, 2, 3]})
     run = run_steps(s, [{"outcomes": {"other": 1}}])
     assert run.next_step() is None
     s = parse_spec({"steps": [1, 2, 3], "stopOnFailure": False})
     run = run_steps(s, [{"outcomes": {"other": 1}}])
-    assert run.next_step().replicas == 2
+    planned = run.next_step()
+    assert planned is not None
+    assert planned.replicas == 2
 
 
-def test_all_passed_is_completed():
+def test_all_passed_is_completed() -> None:
     s = parse_spec({"steps": [1, 2]})
     status = run_steps(s, [{"outcomes": {"ok": 1}}, {"outcomes": {"ok": 1}}]).finish()
     assert status.phase == "Completed"
+    assert status.verdict is not None
     assert status.verdict.max_safe_replicas == 2 and status.verdict.first_failing_replicas is None
 
 
-def test_resume_replaces_an_unfinished_step_never_duplicates():
+def test_resume_replaces_an_unfinished_step_never_duplicates() -> None:
     s = parse_spec({"steps": [1, 2]})
     run = run_steps(s, [{"outcomes": {"ok": 1}}])
-    run.begin_step(run.next_step())  # interrupted here
+    run.begin_step(cast(PlannedStep, run.next_step()))  # interrupted here
     resumed = BenchmarkRun(s, run.status.model_copy(deep=True))
     planned = resumed.next_step()
     assert planned is not None and planned.index == 2
@@ -110,11 +116,11 @@ def test_resume_replaces_an_unfinished_step_never_duplicates():
     assert [st.replicas for st in resumed.status.steps] == [1, 2]
 
 
-def test_verdict_with_no_steps():
+def test_verdict_with_no_steps() -> None:
     assert overall_verdict(parse_spec({"steps": [1]}), []).max_safe_replicas is None
 
 
-def test_a_database_restart_fails_the_step_and_says_so():
+def test_a_database_restart_fails_the_step_and_says_so() -> None:
     s = parse_spec({"steps": [1]})
     run = BenchmarkRun(s)
     planned = run.next_step()

@@ -56,7 +56,7 @@ def hist(summary: dict[str, Any], key: str) -> Histogram:
     return h
 
 
-def test_threads_queue_behind_a_small_pool(local_pg, tmp_path):
+def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> None:
     """8 threads × 5 statements of 0.1 s on 2 connections: the threads wait, 6 s at least in all.
 
     Two connections serve 8 × 0.5 s of work; the threads' finishing times add up to at least
@@ -78,7 +78,7 @@ def test_threads_queue_behind_a_small_pool(local_pg, tmp_path):
     assert latency.max_ms >= wait.max_ms
 
 
-def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg, tmp_path):
+def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg: Any, tmp_path: Path) -> None:
     s = run_replica(replica_env(local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(0.1)", iterations=5,
                                 engine={"poolSize": 4}))
     ok = s["outcomes"]["ok"]
@@ -92,7 +92,7 @@ def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg, 
     assert abs(throughput / (4 / 0.1) - 1) <= 0.2, (throughput, ended - started)
 
 
-def test_prometheus_histograms_equal_the_summary(local_pg, tmp_path):
+def test_prometheus_histograms_equal_the_summary(local_pg: Any, tmp_path: Path) -> None:
     port = free_port()
     env = replica_env(local_pg, tmp_path, threads=3, statement="SELECT pg_sleep(0.01)", iterations=10,
                       engine={"poolSize": 2, "maxOverflow": 0}, hold=2.0, metrics_port=port)
@@ -125,7 +125,7 @@ def test_prometheus_histograms_equal_the_summary(local_pg, tmp_path):
     assert (scraped.work_started_at, scraped.work_ended_at) == (s["workStartedAt"], s["workEndedAt"])
 
 
-def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg, tmp_path):
+def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg: Any, tmp_path: Path) -> None:
     """One thread holds the only connection for 1 s; the other three give up after pool_timeout 0.2 s."""
     s = run_replica(replica_env(local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(1)", iterations=1,
                                 engine={"poolSize": 1, "maxOverflow": 0, "poolTimeout": 0.2}))
@@ -139,7 +139,7 @@ def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg, tmp_path):
         c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
 
 
-def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg, tmp_path):
+def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg: Any, tmp_path: Path) -> None:
     statement = "DO $$BEGIN RAISE EXCEPTION '%', repeat('é', 5000); END$$"
     s_path = tmp_path / "summary.json"
     env = replica_env(local_pg, tmp_path, threads=4, statement=statement, iterations=3, engine={"poolSize": 1},
@@ -151,7 +151,7 @@ def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg, tm
     assert s["workStartedAt"] <= s["workEndedAt"]
 
 
-def test_summary_json_shortens_the_free_texts_to_4096_bytes():
+def test_summary_json_shortens_the_free_texts_to_4096_bytes() -> None:
     """No engine connects here: the guard itself, with texts no real error reaches."""
     from poolbench.core.workload_env import WorkloadConfig
     from workload.replica import Replica

@@ -7,13 +7,15 @@ crash: a valid resource applied afterwards still completes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import yaml
 
 from tests.test_cli_input import MALFORMED
 
-from .conftest import create_namespace
-from .test_operator_e2e import apply_benchmark, benchmark, events, kubectl, quick, wait_phase
+from .conftest import create_namespace, kubectl
+from .test_operator_e2e import apply_benchmark, benchmark, events, quick, wait_phase
 
 pytestmark = pytest.mark.k8s
 
@@ -34,7 +36,7 @@ CORPUS += [
 ]
 
 
-def test_bad_input_corpus_is_rejected_with_field_paths(operator, control_plane, kube):
+def test_bad_input_corpus_is_rejected_with_field_paths(operator: Any, control_plane: Any, kube: Any) -> None:
     assert len(CORPUS) >= 30
     ns = create_namespace(kube, "corpus")
     accepted = []

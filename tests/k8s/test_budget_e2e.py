@@ -5,6 +5,8 @@ Deployment's own RollingUpdate, held at its first surge), all through the same c
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .conftest import create_namespace
@@ -13,7 +15,8 @@ from .test_operator_e2e import apply_benchmark, quick, wait_phase
 pytestmark = pytest.mark.k8s
 
 
-def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator, control_plane, kube, pod_runner):
+def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator: Any, control_plane: Any, kube: Any,
+                                                                     pod_runner: Any) -> None:
     # Per replica: 2 processes × QueuePool min(2 threads, 2 + 0) = 4 connections; 14 − the monitor = 13
     # usable: 3 replicas fit (12), 4 do not (16). A rollout of 3 with maxSurge 1 needs 16: it fails.
     ns = create_namespace(kube, "budget")

@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import textwrap
+from collections.abc import Iterator
+from typing import Any, cast
 
 import psycopg2
 import pytest
@@ -33,7 +35,7 @@ HTTP_SERVER = textwrap.dedent("""
 PG_PASSWORD = "s3cret-pw"
 
 
-def http_deployment(name: str, replicas: int = 2) -> dict:
+def http_deployment(name: str, replicas: int = 2) -> dict[str, Any]:
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -52,11 +54,11 @@ def http_deployment(name: str, replicas: int = 2) -> dict:
     }
 
 
-def pods_of(kube, ns: str, selector: str) -> list[dict]:
-    return kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector)
+def pods_of(kube: Any, ns: str, selector: str) -> list[dict[str, Any]]:
+    return cast("list[dict[str, Any]]", kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector=selector))
 
 
-def test_api_server_ready_and_kubectl_works(control_plane, kube):
+def test_api_server_ready_and_kubectl_works(control_plane: Any, kube: Any) -> None:
     assert kube.get("/readyz", raw=True) == b"ok"
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is needed on PATH for this test"
@@ -67,7 +69,7 @@ def test_api_server_ready_and_kubectl_works(control_plane, kube):
     assert "namespace/kube-system" in out.stdout.split()
 
 
-def test_service_account_kubeconfig_has_only_its_rbac(control_plane, kube, namespace):
+def test_service_account_kubeconfig_has_only_its_rbac(control_plane: Any, kube: Any, namespace: str) -> None:
     kube.create(f"/api/v1/namespaces/{namespace}/serviceaccounts",
                 {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}})
     from .kube import Kube
@@ -91,7 +93,7 @@ def test_service_account_kubeconfig_has_only_its_rbac(control_plane, kube, names
         sa.close()
 
 
-def test_node_is_ready_untainted_and_its_lease_renewed(pod_runner, kube):
+def test_node_is_ready_untainted_and_its_lease_renewed(pod_runner: Any, kube: Any) -> None:
     node = kube.get(f"/api/v1/nodes/{pod_runner.node_name}")
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
     assert not node["spec"].get("taints")
@@ -102,7 +104,7 @@ def test_node_is_ready_untainted_and_its_lease_renewed(pod_runner, kube):
     wait_for(lambda: kube.get(path)["spec"]["renewTime"] != first, 25, what="a lease renewal")
 
 
-def test_deployment_serves_http_through_pod_proxy(pod_runner, kube, namespace):
+def test_deployment_serves_http_through_pod_proxy(pod_runner: Any, kube: Any, namespace: str) -> None:
     kube.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", http_deployment("web"))
     wait_for(lambda: (kube.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/web")["status"]
                       .get("readyReplicas") == 2), 60, what="2 ready replicas")
@@ -120,7 +122,7 @@ def test_deployment_serves_http_through_pod_proxy(pod_runner, kube, namespace):
 
 
 @pytest.fixture(scope="module")
-def postgres(kube, pod_runner):
+def postgres(kube: Any, pod_runner: Any) -> Iterator[tuple[str, Any]]:
     """A postgres:16 StatefulSet + Service, password from a Secret, limits from the container args."""
     ns = create_namespace(kube, "pg")
     labels = {"app": "db"}
@@ -160,7 +162,7 @@ def postgres(kube, pod_runner):
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_postgres_statefulset_reachable_from_host_with_password(postgres):
+def test_postgres_statefulset_reachable_from_host_with_password(postgres: Any) -> None:
     ns, pod = postgres
     ip = pod["status"]["podIP"]
     assert ipaddress.ip_address(ip).is_private
@@ -197,7 +199,7 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def test_pod_resolves_service_name_and_reports_termination_message(postgres, kube, pod_runner):
+def test_pod_resolves_service_name_and_reports_termination_message(postgres: Any, kube: Any, pod_runner: Any) -> None:
     ns, db_pod = postgres
     kube.create(f"/api/v1/namespaces/{ns}/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
@@ -232,7 +234,8 @@ def test_pod_resolves_service_name_and_reports_termination_message(postgres, kub
     assert "client done" in log
 
 
-def test_failing_container_restarts_with_backoff_and_termination_message(pod_runner, kube, namespace):
+def test_failing_container_restarts_with_backoff_and_termination_message(pod_runner: Any, kube: Any,
+                                                                         namespace: str) -> None:
     script = "import os, sys; open(os.environ['MSG'], 'w').write('boom: ' + os.environ['HOSTNAME']); sys.exit(1)"
     kube.create(f"/api/v1/namespaces/{namespace}/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
@@ -242,7 +245,7 @@ def test_failing_container_restarts_with_backoff_and_termination_message(pod_run
         }]},
     })
 
-    def restarted_twice():
+    def restarted_twice() -> Any:
         pod = kube.get(f"/api/v1/namespaces/{namespace}/pods/crasher")
         statuses = pod["status"].get("containerStatuses") or []
         return statuses and statuses[0]["restartCount"] >= 2 and pod
@@ -258,7 +261,7 @@ def test_failing_container_restarts_with_backoff_and_termination_message(pod_run
     assert waiting["reason"] == "CrashLoopBackOff"
 
 
-def test_namespace_deletion_removes_pods_processes_and_netns(pod_runner, kube):
+def test_namespace_deletion_removes_pods_processes_and_netns(pod_runner: Any, kube: Any) -> None:
     ns = create_namespace(kube, "gone")
     kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments", http_deployment("web"))
     wait_for(lambda: kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/web")["status"].get("readyReplicas") == 2,

@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -25,35 +27,36 @@ GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
 TERMINAL = ("Completed", "BoundaryFound", "Failed", "Invalid")
 
 
-def apply_benchmark(control_plane, namespace: str, doc: dict) -> None:
+def apply_benchmark(control_plane: Any, namespace: str, doc: dict[str, Any]) -> None:
     kubectl(control_plane, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
 
 
-def benchmark(kube, namespace: str, name: str) -> dict:
-    return kube.get(f"{GROUP_PATH}/namespaces/{namespace}/poolbenchmarks/{name}")
+def benchmark(kube: Any, namespace: str, name: str) -> dict[str, Any]:
+    return cast("dict[str, Any]", kube.get(f"{GROUP_PATH}/namespaces/{namespace}/poolbenchmarks/{name}"))
 
 
-def wait_phase(kube, namespace: str, name: str, phases=TERMINAL, timeout: float = 300) -> dict:
-    def done():
+def wait_phase(kube: Any, namespace: str, name: str, phases: tuple[str, ...] = TERMINAL,
+               timeout: float = 300) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
         obj = benchmark(kube, namespace, name)
         return obj if (obj.get("status") or {}).get("phase") in phases else None
 
-    return wait_for(done, timeout, interval=1.0, what=f"{name} phase in {phases}")
+    return cast("dict[str, Any]", wait_for(done, timeout, interval=1.0, what=f"{name} phase in {phases}"))
 
 
-def small_seed(name: str = "seed-small", **spec) -> dict:
-    doc = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
+def small_seed(name: str = "seed-small", **spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
     doc["metadata"] = {"name": name}
     doc["spec"].update(spec)
     return doc
 
 
-def events(kube, namespace: str, name: str) -> list[dict]:
+def events(kube: Any, namespace: str, name: str) -> list[dict[str, Any]]:
     items = kube.items(f"/api/v1/namespaces/{namespace}/events")
     return [e for e in items if e.get("involvedObject", {}).get("name") == name]
 
 
-def children(kube, namespace: str) -> dict[str, list[str]]:
+def children(kube: Any, namespace: str) -> dict[str, list[str]]:
     sel = {"labelSelector": "app.kubernetes.io/managed-by=poolbench-operator"}
     paths = {
         "statefulsets": f"/apis/apps/v1/namespaces/{namespace}/statefulsets",
@@ -66,7 +69,7 @@ def children(kube, namespace: str) -> dict[str, list[str]]:
     return out
 
 
-def assert_small_seed_steps(status: dict) -> tuple[dict, dict]:
+def assert_small_seed_steps(status: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """manifests/examples/small.yaml's answer: 2 replicas pass (peak = predicted, ghosts), 8 fail."""
     first, second = status["steps"]
     assert first["replicas"] == 2 and first["outcome"] == "Passed", first
@@ -80,7 +83,7 @@ def assert_small_seed_steps(status: dict) -> tuple[dict, dict]:
     return first, second
 
 
-def assert_scaled_down_then_collected(kube, ns: str, name: str, delete) -> None:
+def assert_scaled_down_then_collected(kube: Any, ns: str, name: str, delete: Callable[[], object]) -> None:
     """cleanup ScaleDown left the workload at 0 and Postgres up; deleting the resource (``delete()``)
     garbage-collects every child; then the namespace goes."""
     assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-workload")["spec"]["replicas"] == 0
@@ -90,7 +93,7 @@ def assert_scaled_down_then_collected(kube, ns: str, name: str, delete) -> None:
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
+def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: Any) -> None:
     ns = create_namespace(kube, "e2e")
     apply_benchmark(control_plane, ns, small_seed())
     obj = wait_phase(kube, ns, "seed-small")
@@ -136,7 +139,8 @@ def test_seed_scaled_down_end_to_end(operator, kube, control_plane):
                                                       "--timeout=90s"))
 
 
-def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed, control_plane, kube):
+def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed: Any, control_plane: Any,
+                                                                  kube: Any) -> None:
     ns = create_namespace(kube, "bad")
     bad = small_seed("bad-one", steps=[0], workload={"threads": "six", "engine": {"poolClass": "MagicPool"}},
                      sampling={"intervalMs": 1})
@@ -156,7 +160,7 @@ def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed, con
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_what_the_schema_cannot_catch_ends_invalid(operator, control_plane, kube):
+def test_what_the_schema_cannot_catch_ends_invalid(operator: Any, control_plane: Any, kube: Any) -> None:
     ns = create_namespace(kube, "inv")
     doc = small_seed("contradiction", workload={"engine": {"poolClass": "NullPool", "maxOverflow": 3}})
     apply_benchmark(control_plane, ns, doc)
@@ -172,7 +176,7 @@ def test_what_the_schema_cannot_catch_ends_invalid(operator, control_plane, kube
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_every_manifest_and_the_chart_pass_server_dry_run(installed, control_plane, tmp_path):
+def test_every_manifest_and_the_chart_pass_server_dry_run(installed: Any, control_plane: Any, tmp_path: Path) -> None:
     for path in sorted((ROOT / "manifests").rglob("*.yaml")):
         args = ["apply", "--dry-run=server", "-f", str(path)]
         if path.parent.name == "examples":
@@ -187,7 +191,7 @@ def test_every_manifest_and_the_chart_pass_server_dry_run(installed, control_pla
     kubectl(control_plane, "apply", "--dry-run=server", "-f", str(chart))
 
 
-def quick(name: str, **spec) -> dict:
+def quick(name: str, **spec: Any) -> dict[str, Any]:
     """A benchmark that passes in a few seconds per step."""
     doc: dict[str, Any] = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
            "spec": {"postgres": {"maxConnections": 20},
@@ -198,7 +202,7 @@ def quick(name: str, **spec) -> dict:
 
 
 def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_steps(
-        operator, control_plane, kube):
+        operator: Any, control_plane: Any, kube: Any) -> None:
     """R2: SIGKILL the operator 10 times at seeded random moments while 3 benchmarks run."""
     import random
 
@@ -206,9 +210,9 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
     runs = [(create_namespace(kube, "kill"), f"crash-{i}") for i in range(3)]
     for ns, name in runs:
         apply_benchmark(control_plane, ns, quick(name))
-    finished_seen: dict[tuple, dict] = {}
+    finished_seen: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def observe():
+    def observe() -> None:
         for ns, name in runs:
             for step in (benchmark(kube, ns, name).get("status") or {}).get("steps") or []:
                 if step.get("outcome"):
@@ -245,14 +249,15 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(operator, control_plane, kube):
+def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(operator: Any, control_plane: Any,
+                                                                               kube: Any) -> None:
     """R3: the database restarts under the workload; status says so, the monitor reconnects."""
     ns = create_namespace(kube, "pgkill")
     apply_benchmark(control_plane, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
                                              workload={"threads": 2, "durationSeconds": 8, "holdSeconds": 1,
                                                        "onError": "count"}))
 
-    def running_step():
+    def running_step() -> Any:
         status = benchmark(kube, ns, "pgkill").get("status") or {}
         steps = status.get("steps") or []
         return status.get("phase") == "Running" and steps and steps[-1].get("peakConnections", 0) >= 2
@@ -272,13 +277,13 @@ def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(o
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_operator_cannot_do_what_it_does_not_need(installed, control_plane):
+def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane: Any) -> None:
     """R4: least privilege, checked by the API server's own authorizer."""
     sa = "system:serviceaccount:poolbench-system:poolbench-operator"
 
     def can(*args: str) -> bool:
         proc = kubectl(control_plane, "auth", "can-i", f"--as={sa}", *args, check=False)
-        return proc.stdout.strip() == "yes"
+        return cast(str, proc.stdout).strip() == "yes"
 
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")

@@ -7,6 +7,7 @@ operator samples its admin console by pod IP, as it reaches PostgreSQL.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.k8s
 POOL = 2
 
 
-def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict:
+def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict[str, Any]:
     return quick(name, steps=list(steps), cleanup="ScaleDown",
                  workload={"threads": 4, "iterations": 10, "holdSeconds": 1, "role": "app", "onError": "count",
                            "statement": "SELECT pg_sleep(0.05)"},
@@ -29,7 +30,8 @@ def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict:
                             "engine": {"poolClass": "NullPool"}}])
 
 
-def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kube, pod_runner):
+def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane: Any, kube: Any,
+                                                    pod_runner: Any) -> None:
     ns = create_namespace(kube, "pgb")
     apply_benchmark(control_plane, ns, ab("ab"))
     obj = wait_phase(kube, ns, "ab", timeout=300)
@@ -66,11 +68,12 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kub
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_operator_killed_during_the_pooled_variant_resumes_it(operator, control_plane, kube, pod_runner):
+def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, control_plane: Any, kube: Any,
+                                                              pod_runner: Any) -> None:
     ns = create_namespace(kube, "pgbkill")
     apply_benchmark(control_plane, ns, ab("abk", steps=(2, 3)))
 
-    def pooled_step_running():
+    def pooled_step_running() -> Any:
         status = benchmark(kube, ns, "abk").get("status") or {}
         variants = status.get("variants") or []
         steps = variants[1].get("steps") if len(variants) > 1 else []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 import yaml
@@ -35,12 +36,12 @@ from .conftest import (
 pytestmark = pytest.mark.node
 
 
-def apply(cluster, namespace: str, doc: dict) -> None:
+def apply(cluster: Any, namespace: str, doc: dict[str, Any]) -> None:
     doc["spec"].setdefault("postgres", {})["image"] = POSTGRES_IMAGE
     kubectl(cluster, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(doc))
 
 
-def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster, kube, helm_release):
+def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster: Any, kube: Any, helm_release: Any) -> None:
     pod = operator_pod(kube)
     container = pod["spec"]["containers"][0]
     assert container["image"] == "localhost/poolbench-operator:dev"
@@ -53,11 +54,11 @@ def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster, kube, h
     assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
 
 
-def test_small_example_on_a_real_node(cluster, kube, helm_release):
+def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "node")
     apply(cluster, ns, small_seed("small"))
 
-    def step_two_pods():
+    def step_two_pods() -> Any:
         status = benchmark(kube, ns, "small").get("status") or {}
         pods = kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=workload")
         return (status.get("currentStep") == 2 and len(pods) >= 8) or status.get("phase") in ("Failed", "Completed")
@@ -103,12 +104,12 @@ def test_small_example_on_a_real_node(cluster, kube, helm_release):
         kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s"))
 
 
-def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster, kube, helm_release):
+def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "opkill")
     apply(cluster, ns, quick("resume", steps=[1, 2, 2],
                              workload={"threads": 2, "iterations": 10, "holdSeconds": 3, "onError": "count"}))
 
-    def first_step_done():
+    def first_step_done() -> Any:
         steps = (benchmark(kube, ns, "resume").get("status") or {}).get("steps") or []
         return steps[0] if steps and steps[0].get("outcome") else None
 
@@ -127,12 +128,12 @@ def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster, kube, h
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_postgres_pod_killed_mid_step_on_a_real_node(cluster, kube, helm_release):
+def test_postgres_pod_killed_mid_step_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "pgkill")
     apply(cluster, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
                              workload={"threads": 2, "durationSeconds": 10, "holdSeconds": 1, "onError": "count"}))
 
-    def loaded():
+    def loaded() -> Any:
         status = benchmark(kube, ns, "pgkill").get("status") or {}
         steps = status.get("steps") or []
         return status.get("phase") == "Running" and steps and steps[-1].get("peakConnections", 0) >= 2
@@ -148,7 +149,7 @@ def test_postgres_pod_killed_mid_step_on_a_real_node(cluster, kube, helm_release
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_restricted_namespace_really_enforces(cluster, kube):
+def test_restricted_namespace_really_enforces(cluster: Any, kube: Any) -> None:
     """The PSA label is not decoration: a pod that could run as root is refused."""
     ns = create_restricted_namespace(kube, "psa")
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rooty"},
@@ -158,7 +159,7 @@ def test_restricted_namespace_really_enforces(cluster, kube):
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_workload_image_is_slim_and_says_what_is_missing(cluster, kube):
+def test_workload_image_is_slim_and_says_what_is_missing(cluster: Any, kube: Any) -> None:
     """No kopf, kubernetes, matplotlib or embedded PostgreSQL; without its environment it exits, clearly."""
     ns = create_restricted_namespace(kube, "image")
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
@@ -172,7 +173,7 @@ def test_workload_image_is_slim_and_says_what_is_missing(cluster, kube):
         kube.create(f"/api/v1/namespaces/{ns}/pods", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]}})
-    def finished(name):
+    def finished(name: str) -> dict[str, Any] | None:
         pod = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
         return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
 

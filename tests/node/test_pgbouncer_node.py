@@ -8,6 +8,7 @@ as it comes out.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -31,8 +32,8 @@ COLUMNS = ("variant", "replicas", "outcome", "peakConnections", "clientPeakConne
            "firstErrorClass")
 
 
-def seed_pgbouncer() -> dict:
-    doc = yaml.safe_load((ROOT / "manifests/examples/seed-pgbouncer.yaml").read_text())
+def seed_pgbouncer() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/examples/seed-pgbouncer.yaml").read_text())
     doc["spec"]["postgres"]["image"] = POSTGRES_IMAGE
     for variant in doc["spec"]["variants"]:
         if variant.get("pooler"):
@@ -40,7 +41,7 @@ def seed_pgbouncer() -> dict:
     return doc
 
 
-def table(status: dict) -> str:
+def table(status: dict[str, Any]) -> str:
     rows = [COLUMNS]
     for variant in status["variants"]:
         for step in variant["steps"]:
@@ -49,12 +50,12 @@ def table(status: dict) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def test_seed_pgbouncer_variants_on_a_real_node(cluster, kube, helm_release):
+def test_seed_pgbouncer_variants_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "pgb")
     kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(seed_pgbouncer()))
     name = "seed-pgbouncer"
 
-    def pooled_step_running():
+    def pooled_step_running() -> Any:
         status = benchmark(kube, ns, name).get("status") or {}
         pods = kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=workload")
         running = [p for p in pods if p["status"].get("phase") == "Running"

@@ -7,6 +7,8 @@ started, and the sysctls the kubelet rewrites are back.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .cluster import BRIDGE, HostSnapshot
@@ -15,7 +17,7 @@ from .conftest import keep_logs, save_operator_log
 pytestmark = pytest.mark.node
 
 
-def test_teardown_leaves_nothing(cluster, kube):
+def test_teardown_leaves_nothing(cluster: Any, kube: Any) -> None:
     # Something to tear down: the earlier tests' pods may be gone, so run one now.
     kube.create("/api/v1/namespaces/default/pods", {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "last"},
@@ -50,7 +52,7 @@ time.sleep(600)
 """
 
 
-def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(cluster):
+def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(cluster: Any) -> None:
     """SIGKILL the process that owns a node (a CI run killed at its time limit): the next start tears
     the orphan down from what it recorded, and the machine ends as it was before the orphan started."""
     import json
