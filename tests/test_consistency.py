@@ -14,16 +14,13 @@ from hypothesis import strategies as st
 
 from poolbench import cli
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep
+from poolbench.core.budget import predict, predicted_safe_replicas
 from poolbench.core.plan import plan
 from poolbench.core.results import VariantStatus
 from poolbench.core.spec import PoolBenchmarkSpec, SpecError, parse_spec
 from poolbench.core.steploop import run_steps
-from poolbench.core.verdict import (
-    first_failing_step,
-    predict,
-    predicted_safe_replicas,
-    replicas_fit,
-)
+from poolbench.core.verdict import first_failing_step
+from poolbench.core.words import replicas_fit
 from tests.test_steploop import TIMING, FakePlatform, Script
 
 

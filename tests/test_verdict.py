@@ -1,10 +1,11 @@
 """Pool arithmetic and verdicts (pure)."""
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, plan_steps
+from poolbench.core.budget import predict
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
 from poolbench.core.spec import parse_spec
-from poolbench.core.verdict import overall_verdict, predict
+from poolbench.core.verdict import overall_verdict
 
 
 def spec(**workload):

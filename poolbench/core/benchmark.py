@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .budget import predict, predicted_safe_replicas, surge_pods
 from .histogram import Histogram, merged
 from .outcomes import OK
 from .results import (
@@ -28,17 +29,8 @@ from .results import (
 from .sampling import Sample, StepAccumulator
 from .search import found, most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from .verdict import (
-    comparison,
-    counted,
-    judge_rollout_overlap,
-    judge_step,
-    largest_safe,
-    overall_verdict,
-    predict,
-    predicted_safe_replicas,
-    surge_pods,
-)
+from .verdict import comparison, judge_rollout_overlap, judge_step, largest_safe, overall_verdict
+from .words import counted
 
 
 def utc_now() -> str:
