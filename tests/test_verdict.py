@@ -1,5 +1,6 @@
 """Pool arithmetic and verdicts (pure)."""
 
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, plan_steps
 from poolbench.core.budget import predict
 from poolbench.core.results import StepResult
@@ -59,7 +60,7 @@ def test_accumulator_holds_peaks_and_counts_gaps():
 
 
 def run_steps(s, outcomes):
-    run = BenchmarkRun(s)
+    run = BenchmarkRun(s, clock=utc_now)
     for summary in outcomes:
         planned = run.next_step()
         assert planned is not None
@@ -104,7 +105,7 @@ def test_resume_replaces_an_unfinished_step_never_duplicates():
     s = parse_spec({"steps": [1, 2]})
     run = run_steps(s, [{"outcomes": {"ok": 1}}])
     run.begin_step(run.next_step())  # interrupted here
-    resumed = BenchmarkRun(s, run.status.model_copy(deep=True))
+    resumed = BenchmarkRun(s, run.status.model_copy(deep=True), clock=utc_now)
     planned = resumed.next_step()
     assert planned is not None and planned.index == 2
     resumed.begin_step(planned)
@@ -117,7 +118,7 @@ def test_verdict_with_no_steps():
 
 def test_a_database_restart_fails_the_step_and_says_so():
     s = parse_spec({"steps": [1]})
-    run = BenchmarkRun(s)
+    run = BenchmarkRun(s, clock=utc_now)
     planned = run.next_step()
     assert planned is not None
     run.begin_step(planned)
