@@ -269,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .core.steploop import Progress
-    from .core.verdict import counted
+    from .core.words import counted
     from .local.embedded import EnvironmentFailure
     from .local.procs import Footprint
     from .local.runner import run_local  # heavy imports only when running

@@ -11,7 +11,8 @@ from rich.console import Console
 from poolbench import cli
 from poolbench.core.results import BenchmarkStatus, ErrorCounts, StepResult, VariantStatus, Verdict
 from poolbench.core.spec import PoolerSpec
-from poolbench.core.verdict import clipped, failure_cause
+from poolbench.core.verdict import failure_cause
+from poolbench.core.words import clipped
 
 
 def pooled_status() -> dict[str, Any]:

@@ -13,17 +13,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from poolbench import cli
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep
+from poolbench.core.budget import predict, predicted_safe_replicas
 from poolbench.core.plan import plan
 from poolbench.core.results import VariantStatus
 from poolbench.core.spec import PoolBenchmarkSpec, SpecError, parse_spec
 from poolbench.core.steploop import run_steps
-from poolbench.core.verdict import (
-    first_failing_step,
-    predict,
-    predicted_safe_replicas,
-    replicas_fit,
-)
+from poolbench.core.verdict import first_failing_step
+from poolbench.core.words import replicas_fit
 from tests.test_steploop import TIMING, FakePlatform, Script
 
 
@@ -115,7 +113,7 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
     except SpecError:
         assume(False)
         return
-    status = run_steps(BenchmarkRun(spec), ArithmeticOracle(spec), TIMING)
+    status = run_steps(BenchmarkRun(spec, clock=utc_now), ArithmeticOracle(spec), TIMING)
     document = status.to_json()
     variants = spec.effective_variants()
     results: list[VariantStatus | None] = list(status.variants) if spec.variants else [None]

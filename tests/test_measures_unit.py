@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status, set_conditions, throughput
 from poolbench.core.histogram import Histogram
 from poolbench.core.results import BenchmarkStatus
@@ -33,7 +34,7 @@ def test_throughput_is_over_the_whole_work_phase() -> None:
 
 
 def run_one_step(spec: dict[str, Any], reports: list[ReplicaReport]) -> BenchmarkRun:
-    run = BenchmarkRun(parse_spec(spec))
+    run = BenchmarkRun(parse_spec(spec), clock=utc_now)
     planned = run.next_step()
     assert planned is not None
     run.begin_step(planned)
@@ -87,7 +88,7 @@ def conditions(status: BenchmarkStatus) -> dict[str, tuple[str, str]]:
 
 
 def test_conditions_follow_the_phase() -> None:
-    run = BenchmarkRun(parse_spec({"steps": [1, 2], "workload": {"holdSeconds": 1}}))
+    run = BenchmarkRun(parse_spec({"steps": [1, 2], "workload": {"holdSeconds": 1}}), clock=utc_now)
     run.status.observed_generation = 3
     run.provisioning()
     assert conditions(run.status) == {"Ready": ("False", "Provisioning"), "Reconciling": ("True", "Provisioning"),
@@ -114,14 +115,34 @@ def test_failed_inconclusive_broken_and_invalid_conditions() -> None:
                                                         first_error="x", first_error_class="tooManyClients")])
     assert conditions(failed.status)["Ready"] == ("False", "StepFailed")
     assert conditions(failed.status)["Stalled"][0] == "False"
-    broken = BenchmarkRun(parse_spec({"steps": [1]}))
+    broken = BenchmarkRun(parse_spec({"steps": [1]}), clock=utc_now)
     broken.fail("OperationalError: could not connect")
     assert conditions(broken.status)["Stalled"] == ("True", "EnvironmentFailed")
     assert conditions(broken.status)["Reconciling"] == ("False", "Finished")
-    invalid = invalid_status("spec.workload: contradiction", 2)
+    invalid = invalid_status("spec.workload: contradiction", 2, utc_now())
     assert conditions(invalid) == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "Finished"),
                                    "Stalled": ("True", "InvalidSpec")}
     assert invalid.to_json()["phase"] == "Invalid"
+
+
+def test_the_status_is_stamped_by_the_clock_passed_in() -> None:
+    ticks = iter(f"2026-01-01T00:00:{second:02d}Z" for second in range(60))
+    run = BenchmarkRun(parse_spec({"steps": [1], "workload": {"holdSeconds": 1}}), clock=lambda: next(ticks))
+    run.provisioning()
+    assert {c.last_transition_time for c in run.status.conditions} == {"2026-01-01T00:00:00Z"}
+    planned = run.next_step()
+    assert planned is not None
+    step = run.begin_step(planned)
+    seen(run)
+    run.finish_step([ReplicaReport("r", outcomes={"ok": 1})])
+    run.finish()
+    assert (step.started_at, step.finished_at) == ("2026-01-01T00:00:01Z", "2026-01-01T00:00:03Z")
+    times = {c.type: c.last_transition_time for c in run.status.conditions}
+    assert times == {"Ready": "2026-01-01T00:00:04Z", "Reconciling": "2026-01-01T00:00:04Z",
+                     "Stalled": "2026-01-01T00:00:00Z"}
+    invalid = invalid_status("spec.workload: contradiction", 2, "2026-01-02T00:00:00Z")
+    assert invalid.updated_at == "2026-01-02T00:00:00Z"
+    assert {c.last_transition_time for c in invalid.conditions} == {"2026-01-02T00:00:00Z"}
 
 
 def test_a_transition_time_changes_only_with_the_status() -> None:

@@ -5,6 +5,7 @@ from typing import Any, cast
 
 import pytest
 
+from poolbench.clock import utc_now
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench_operator.builders import (
@@ -117,7 +118,7 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys() -> Non
     status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "steps": [
         {"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
         {"replicas": 8, "startedAt": "t2"}]})
-    run = BenchmarkRun(SPEC, status)
+    run = BenchmarkRun(SPEC, status, clock=utc_now)
     planned = run.next_step()
     assert planned is not None and (planned.index, planned.replicas) == (2, 8)
     run.begin_step(planned)

@@ -11,11 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poolbench.core.benchmark import planned_step
-from poolbench.core.plan import plan
-from poolbench.core.results import StepResult
-from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
-from poolbench.core.steploop import StepStarted
-from poolbench.core.verdict import (
+from poolbench.core.budget import (
     PLACEMENT_RISK,
     largest,
     overflow_risk,
@@ -23,12 +19,16 @@ from poolbench.core.verdict import (
     pooled_limits,
     pooled_replica_limits,
     pooled_safe_replicas,
-    pooled_verdict,
     predict,
-    replicas_fit,
     session_starves,
     usable_connections,
 )
+from poolbench.core.plan import plan
+from poolbench.core.results import StepResult
+from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
+from poolbench.core.steploop import StepStarted
+from poolbench.core.verdict import pooled_verdict
+from poolbench.core.words import replicas_fit
 from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError, parse_pooler_hosts, render_pooler_hosts
 
 SEED = {"steps": [1], "workload": {"threads": 15, "engine": {"poolSize": 5, "maxOverflow": 10}}}

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poolbench import cli
+from poolbench.core.budget import rollout_safe, surge_pods, usable_connections
 from poolbench.core.plan import plan
 from poolbench.core.results import StepResult
 from poolbench.core.spec import PROVIDER_RULES, PoolerSpec, SpecError, parse_spec
-from poolbench.core.verdict import overall_verdict, rollout_safe, surge_pods
+from poolbench.core.verdict import overall_verdict
 from tests.conftest import make_doc
 
 SEED = {"steps": [5, 10], "workload": {"threads": 15}}
@@ -45,7 +46,7 @@ def test_a_normal_role_loses_the_reserved_slots_and_the_plan_has_no_monitor() ->
     p = plan(parse_spec({**SEED, "workload": {"threads": 15, "role": "app"},
                          "postgres": {"maxConnections": 100, "superuserReservedConnections": 3}}))
     assert p.usable_connections == 97  # the benchmark's own usable is 96: it also holds a monitor
-    assert parse_spec(SEED | {"workload": {"threads": 15, "role": "app"}}).usable_connections() == 96
+    assert usable_connections(parse_spec(SEED | {"workload": {"threads": 15, "role": "app"}})) == 96
 
 
 def test_what_would_make_ten_replicas_fit() -> None:
@@ -171,7 +172,7 @@ def test_a_provider_fills_the_limits_and_each_roles_usable_by_its_rule(provider:
         assert spec.postgres.max_connections == max_connections
         p = plan(spec)
         assert p.usable_connections == usable, role
-        assert spec.usable_connections() == usable - 1, role  # the benchmark's monitor holds one more
+        assert usable_connections(spec) == usable - 1, role  # the benchmark's monitor holds one more
         assert p.max_safe_replicas == usable // 15
 
 
@@ -324,7 +325,7 @@ def test_plan_and_prediction_share_one_rule_and_recommend_only_what_the_server_a
     assert rule.min_connections <= pg.max_connections <= rule.max_connections
     p = plan(spec, target_replicas=target)
     assert p.usable_connections == pg.max_connections - pg.reserved_for(spec.workload.role)
-    assert spec.usable_connections() == p.usable_connections - 1  # the benchmark's monitor, nothing else
+    assert usable_connections(spec) == p.usable_connections - 1  # the benchmark's monitor, nothing else
     assert pg.reserved_for("app") >= pg.reserved_for("superuser") >= rule.superuser_reserved  # nobody is superuser
     numbers = {k: v for r in p.recommendations for k, v in r.numbers.items()}
     if "maxConnections" in numbers:

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from poolbench.cli import main
+from poolbench.core.budget import predict
 from poolbench.core.spec import SpecError, parse_document
-from poolbench.core.verdict import predict
 from poolbench.local import runner
 from tests.conftest import make_doc
 

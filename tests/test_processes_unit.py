@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from poolbench.core.budget import per_replica_idle, per_replica_peak
 from poolbench.core.histogram import Histogram
 from poolbench.core.spec import parse_spec
-from poolbench.core.verdict import per_replica_idle, per_replica_peak
 from workload.processes import merge_summaries
 
 

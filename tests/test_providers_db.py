@@ -12,6 +12,7 @@ from typing import cast
 import psycopg2
 import pytest
 
+from poolbench.core.budget import usable_connections
 from poolbench.core.spec import parse_document, parse_spec
 from poolbench.core.workload_env import PROVIDER_ADMIN_ROLE, local_role
 from poolbench.db.probe import Probe
@@ -28,7 +29,7 @@ RDS_SMALL = {"provider": {"name": "rds", "memoryGiB": 0.1}}
 def test_the_local_server_refuses_each_role_exactly_where_the_provider_would() -> None:
     specs = {role: parse_spec({"steps": [1], "postgres": RDS_SMALL, "workload": {"role": role}})
              for role in ("superuser", "app")}
-    assert {r: s.usable_connections() for r, s in specs.items()} == {"superuser": 7, "app": 5}
+    assert {r: usable_connections(s) for r, s in specs.items()} == {"superuser": 7, "app": 5}
     pg_spec = specs["app"].postgres
     superuser_reserved, reserved = pg_spec.server_reserved()
     assert (pg_spec.max_connections, superuser_reserved, reserved) == (11, 3, 2)
@@ -49,7 +50,7 @@ def test_the_local_server_refuses_each_role_exactly_where_the_provider_would() -
                     with pytest.raises(psycopg2.OperationalError) as refused:
                         while len(held) < pg_spec.max_connections:
                             held.append(connect(user=login))
-                    assert len(held) == spec.usable_connections(), role
+                    assert len(held) == usable_connections(spec), role
                     assert "remaining connection slots are reserved" in str(refused.value)
                     # The monitor (a real superuser) still gets in: the provider's reserve is not the benchmark's.
                     connect().close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
 from poolbench.core.results import BenchmarkStatus
 from poolbench.core.sampling import PoolerRead, Sample
@@ -199,7 +200,7 @@ class FakePlatform:
 def spec(**overrides: object) -> BenchmarkRun:
     doc: dict[str, object] = {"steps": [2, 4], "stepTimeoutSeconds": 5, "workload": {"threads": 3, "holdSeconds": 1}}
     doc.update(overrides)
-    return BenchmarkRun(parse_spec(doc))
+    return BenchmarkRun(parse_spec(doc), clock=utc_now)
 
 
 def kinds(platform: FakePlatform, kind: type) -> list[LoopEvent]:
@@ -314,7 +315,7 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
                    "steps": [finished_step, {**saved["steps"][1], "outcome": None, "finishedAt": None}]}
     resumed_status = status_from_resource(interrupted)
     assert resumed_status is not None
-    run = BenchmarkRun(first.spec, resumed_status)
+    run = BenchmarkRun(first.spec, resumed_status, clock=utc_now)
     platform = FakePlatform([Script()], leftover=7)
     status = run_steps(run, platform, TIMING)
     assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
@@ -327,7 +328,7 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
 def test_a_finished_benchmark_runs_no_step() -> None:
     first = spec()
     run_steps(first, FakePlatform([Script(), Script()]), TIMING)
-    again = BenchmarkRun(first.spec, status_from_resource(first.status.to_json()))
+    again = BenchmarkRun(first.spec, status_from_resource(first.status.to_json()), clock=utc_now)
     platform = FakePlatform([])
     run_steps(again, platform, TIMING)
     assert not any(c.startswith("scale ") and c != "scale 0" for c in platform.calls)
@@ -488,7 +489,7 @@ def test_resume_skips_finished_variants_and_steps() -> None:
         run_steps(first, platform, TIMING)
     saved = first.status.to_json()
     assert len(saved["variants"][0]["steps"]) == 2 and saved["variants"][0]["verdict"] is not None
-    resumed = BenchmarkRun(first.spec, status_from_resource(saved))
+    resumed = BenchmarkRun(first.spec, status_from_resource(saved), clock=utc_now)
     again = FakePlatform([Script(), Script()])
     status = run_steps(resumed, again, TIMING)
     assert again.variants == ["tx"]  # the finished variant is not run again

@@ -2,11 +2,13 @@
 
 from typing import Any, cast
 
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, plan_steps
+from poolbench.core.budget import predict
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
-from poolbench.core.verdict import overall_verdict, predict
+from poolbench.core.verdict import overall_verdict
 
 
 def spec(**workload: Any) -> PoolBenchmarkSpec:
@@ -60,7 +62,7 @@ def test_accumulator_holds_peaks_and_counts_gaps() -> None:
 
 
 def run_steps(s: PoolBenchmarkSpec, outcomes: list[dict[str, Any]]) -> BenchmarkRun:
-    run = BenchmarkRun(s)
+    run = BenchmarkRun(s, clock=utc_now)
     for summary in outcomes:
         planned = run.next_step()
         assert planned is not None
@@ -109,7 +111,7 @@ def test_resume_replaces_an_unfinished_step_never_duplicates() -> None:
     s = parse_spec({"steps": [1, 2]})
     run = run_steps(s, [{"outcomes": {"ok": 1}}])
     run.begin_step(cast(PlannedStep, run.next_step()))  # interrupted here
-    resumed = BenchmarkRun(s, run.status.model_copy(deep=True))
+    resumed = BenchmarkRun(s, run.status.model_copy(deep=True), clock=utc_now)
     planned = resumed.next_step()
     assert planned is not None and planned.index == 2
     resumed.begin_step(planned)
@@ -122,7 +124,7 @@ def test_verdict_with_no_steps() -> None:
 
 def test_a_database_restart_fails_the_step_and_says_so() -> None:
     s = parse_spec({"steps": [1]})
-    run = BenchmarkRun(s)
+    run = BenchmarkRun(s, clock=utc_now)
     planned = run.next_step()
     assert planned is not None
     run.begin_step(planned)

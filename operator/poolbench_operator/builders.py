@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from poolbench.core.budget import surge_pods
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from poolbench.core.verdict import surge_pods
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import psycopg2
 import psycopg2.extensions
 
-from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource, utc_now
+from poolbench.clock import utc_now
+from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.results import TERMINAL_PHASES
 from poolbench.core.sampling import Sample
@@ -103,7 +104,7 @@ class Driver:
         self.superuser_password = derive_password(key, uid, "superuser")
         self.app_password = derive_password(key, uid, "app")
         self.pooler_admin_password = derive_password(key, uid, "pooler-admin")
-        self.run = BenchmarkRun(spec, status_from_resource(body.get("status")))
+        self.run = BenchmarkRun(spec, status_from_resource(body.get("status")), clock=utc_now)
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0

@@ -19,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from poolbench.clock import utc_now
 from poolbench.core.benchmark import invalid_status
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
 
@@ -56,7 +57,8 @@ def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name:
         parsed = parse_spec(dict(spec))
     except SpecError as err:
         message = err.message()
-        kube.patch_status(name, invalid_status(message, body.get("metadata", {}).get("generation")).to_json())
+        generation = body.get("metadata", {}).get("generation")
+        kube.patch_status(name, invalid_status(message, generation, utc_now()).to_json())
         kopf.warn(body, reason="Invalid", message=message)
         logger.warning("invalid PoolBenchmark: %s", message)
         return

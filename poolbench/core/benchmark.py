@@ -7,10 +7,11 @@ status is the whole state, a run can resume from it (the operator after a restar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from .budget import predict, predicted_safe_replicas, surge_pods
 from .histogram import Histogram, merged
 from .outcomes import OK
 from .results import (
@@ -28,21 +29,12 @@ from .results import (
 from .sampling import Sample, StepAccumulator
 from .search import found, most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from .verdict import (
-    comparison,
-    counted,
-    judge_rollout_overlap,
-    judge_step,
-    largest_safe,
-    overall_verdict,
-    predict,
-    predicted_safe_replicas,
-    surge_pods,
-)
+from .verdict import comparison, judge_rollout_overlap, judge_step, largest_safe, overall_verdict
+from .words import counted
 
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+#: The wall clock the status is stamped with (RFC 3339, UTC), passed in by the platform: the core
+#: never reads it itself.
+Clock = Callable[[], str]
 
 
 @dataclass(frozen=True)
@@ -173,8 +165,9 @@ class BenchmarkRun:
     to ``status.variants[i]``, and ``status.steps``/``status.verdict`` show the first variant's (so
     the printer columns and older clients keep their meaning)."""
 
-    def __init__(self, spec: PoolBenchmarkSpec, status: BenchmarkStatus | None = None):
+    def __init__(self, spec: PoolBenchmarkSpec, status: BenchmarkStatus | None = None, *, clock: Clock):
         self.spec = spec
+        self.clock = clock
         self.variants = spec.effective_variants()
         self.multi = spec.variants is not None
         self.variant_specs = [spec.for_variant(v) for v in self.variants]
@@ -229,7 +222,7 @@ class BenchmarkRun:
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
         self.status.phase = "Provisioning"
         self.status.message = message
-        set_conditions(self.status)
+        set_conditions(self.status, self.clock())
 
     def next_step(self) -> PlannedStep | None:
         """The first planned step not yet finished (resume-safe), or None when done. A variant whose
@@ -302,7 +295,7 @@ class BenchmarkRun:
                                f" {counted(planned.replicas, 'replica')}")
         step = StepResult(
             replicas=planned.replicas,
-            started_at=utc_now(),
+            started_at=self.clock(),
             predicted_peak=planned.predicted_peak,
             predicted_idle=planned.predicted_idle,
             usable_connections=planned.usable,
@@ -318,7 +311,7 @@ class BenchmarkRun:
         self.step = step
         self.planned = planned
         self.accumulator = StepAccumulator(replicas=planned.replicas, pooled=planned.pooler is not None)
-        set_conditions(self.status)
+        set_conditions(self.status, self.clock())
         return step
 
     def step_index(self) -> int:
@@ -362,7 +355,7 @@ class BenchmarkRun:
         aggregate_reports(step, reports)
         step.timed_out = timed_out
         step.reason = reason
-        step.finished_at = utc_now()
+        step.finished_at = self.clock()
         step.rollout_overlap = overlap
         judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
         judge_rollout_overlap(step)
@@ -402,7 +395,7 @@ class BenchmarkRun:
         summary = self.status.comparison if self.multi else verdict.summary
         self.status.message = message or summary
         self.status.live_connections = 0
-        set_conditions(self.status)
+        set_conditions(self.status, self.clock())
         return self.status
 
     def _final_phase(self) -> Phase:
@@ -423,7 +416,7 @@ class BenchmarkRun:
         """The environment broke (not a measured failure): phase Failed, steps kept."""
         self.status.phase = "Failed"
         self.status.message = message
-        set_conditions(self.status)
+        set_conditions(self.status, self.clock())
         self.status.live_connections = 0
         return self.status
 
@@ -437,7 +430,7 @@ def status_from_resource(status: dict[str, Any] | None) -> BenchmarkStatus | Non
     return BenchmarkStatus.model_validate({k: v for k, v in status.items() if k in known})
 
 
-def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
+def set_conditions(status: BenchmarkStatus, now: str) -> None:
     """Keep ``status.conditions`` in step with the phase, as the Kubernetes API conventions and kstatus
     read them: ``Reconciling`` (True while it provisions or measures), ``Ready`` (True once every step
     passed, or a search found its breaking point; False with the reason otherwise) and ``Stalled``
@@ -445,7 +438,6 @@ def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
     --for=condition=Ready`` waits for a passing benchmark (or a found boundary);
     ``--for=condition=Reconciling=false`` for any finished one. A condition's lastTransitionTime
     changes only when its status does."""
-    now = now or utc_now()
     phase, message = status.phase, status.message
     verdict = status.verdict
     measured_failure = phase == "Failed" and verdict is not None
@@ -483,9 +475,8 @@ def set_conditions(status: BenchmarkStatus, now: str | None = None) -> None:
     status.conditions = conditions
 
 
-def invalid_status(message: str, generation: int | None) -> BenchmarkStatus:
-    """The status of a spec the CRD schema could not refuse (a contradiction): phase Invalid."""
-    status = BenchmarkStatus(phase="Invalid", message=message, observed_generation=generation,
-                             updated_at=utc_now())
-    set_conditions(status)
+def invalid_status(message: str, generation: int | None, now: str) -> BenchmarkStatus:
+    """The status of a spec the CRD schema could not refuse (a contradiction): phase Invalid, stamped ``now``."""
+    status = BenchmarkStatus(phase="Invalid", message=message, observed_generation=generation, updated_at=now)
+    set_conditions(status, now)
     return status

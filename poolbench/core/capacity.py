@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .budget import per_replica_peak
 from .spec import PoolBenchmarkSpec
-from .verdict import per_replica_peak
 
 MIB = 1024 * 1024
 REPLICA_BYTES = 40 * MIB  # one replica process: interpreter, SQLAlchemy, its threads' stacks in use

@@ -9,32 +9,28 @@ the budget during a rollout is smaller than at rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .spec import DEFAULT_MAX_SURGE, PoolBenchmarkSpec, PoolerSpec
-from .verdict import (
-    counted,
+from .budget import (
+    capacity_needed,
+    client_capacity,
+    max_connections_for,
     per_replica_idle,
     per_replica_peak,
     placement_overflows,
-    placement_words,
     pooled_check,
     pooled_limits,
-    replicas_fit,
+    production_usable,
     rollout_safe,
+    server_backends,
+    server_capacity,
+    server_needed,
     session_starves,
-    session_words,
     surge_pods,
 )
-
-
-def production_usable(spec: PoolBenchmarkSpec) -> int:
-    """Slots the app's role may use in production: max_connections minus the slots its role cannot
-    take (``PostgresSpec.reserved_for``; no benchmark monitor)."""
-    pg = spec.postgres
-    return pg.max_connections - pg.reserved_for(spec.workload.role)
+from .spec import DEFAULT_MAX_SURGE, PoolBenchmarkSpec, PoolerSpec
+from .words import counted, placement_words, replicas_fit, session_words
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ def plan(spec: PoolBenchmarkSpec, target_replicas: int | None = None, pooler: Po
     if pooler is None:
         safe = rollout_safe(peak, usable)
         during = rollout_safe(peak, usable, max_surge)
-    else:  # the run's rule (verdict.pooled_check), with production's numbers: no monitor at the poolers either
+    else:  # the run's rule (budget.pooled_check), with production's numbers: no monitor at the poolers either
         free, safe = pooled_limits(peak, idle, pooler, usable, pooler.max_client_conn)
         during = pooled_limits(peak, idle, pooler, usable, pooler.max_client_conn, max_surge)[1]
     result = Plan(peak, idle, usable, safe, during, max_surge, pooler, target_replicas)
@@ -150,7 +146,7 @@ def server_recommendation(spec: PoolBenchmarkSpec, pods: int, peak: int) -> Reco
     range (or PostgreSQL's) bounds it."""
     pg = spec.postgres
     reserved = pg.reserved_for(spec.workload.role)
-    needed = pods * peak + reserved
+    needed = max_connections_for(spec, pods * peak)
     _, highest = pg.allowed_max_connections()
     if needed > highest:
         where = f"{pg.provider.rule.title} allows" if pg.provider is not None else "PostgreSQL allows"
@@ -166,8 +162,7 @@ def server_recommendation(spec: PoolBenchmarkSpec, pods: int, peak: int) -> Reco
 def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: int, safe: int) -> list[str]:
     """The pooled budget's assumptions and regimes, in the words the run's verdict uses."""
     notes = []
-    placement = placement_words(pooler.replicas, pooler.max_client_conn,
-                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
+    placement = placement_words(pooler, pooler.max_client_conn)
     if placement:
         notes.append(placement[0].upper() + placement[1:] + ".")
     if pooler.pool_mode == "session":
@@ -176,41 +171,30 @@ def pooled_notes(pooler: PoolerSpec, peak: int, idle: int, usable: int, free: in
     return notes
 
 
-def least(ok: Callable[[int], bool], low: int, high: int) -> int:
-    """The smallest value in low..high for which ``ok`` holds (``ok`` holds at ``high`` and beyond)."""
-    while low < high:
-        mid = (low + high) // 2
-        if ok(mid):
-            high = mid
-        else:
-            low = mid + 1
-    return low
-
-
 def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle: int,
                      usable: int) -> list[Recommendation]:
     """What makes ``pods`` pods fit ``pooler`` by the run's rule (``pooled_check``): its verdict is the
     plan's maxSafeReplicasDuringRollout's, each lever found with the same placement rule."""
     out = []
     clients, kept = pods * peak, pods * idle
-    instances, server = pooler.replicas, pooler.server_connections()
+    instances, server = pooler.replicas, server_capacity(pooler)
     check = pooled_check(pooler, clients, kept, usable, pooler.max_client_conn)
     spread = "; connections are placed on the instances at random, as through a Service" if instances > 1 else ""
     if placement_overflows(clients, instances, pooler.max_client_conn):
-        needed = least(lambda c: not placement_overflows(clients, instances, c), 1, clients)
+        needed = capacity_needed(clients, instances)
         out.append(Recommendation(
             f"Pooler clients: {pods} pods × {peak} = {clients} clients; with {instances} instances each needs"
             f" max_client_conn ≥ {needed} (now {pooler.max_client_conn}){spread}.", {"maxClientConn": needed}))
-    if min(clients, instances * server) > usable:
+    if server_backends(pooler, clients) > usable:
         per = usable // instances
         out.append(Recommendation(
             f"Pooler server side: {instances} × ({pooler.default_pool_size} + {pooler.reserve_pool_size}) ="
-            f" {instances * server} server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per}"
+            f" {server} server connections > {usable} usable: defaultPoolSize + reservePoolSize ≤ {per}"
             " per instance.", {"serverConnectionsPerInstance": per}))
     reachable = pooler.reachable_server_connections()
     if pooler.pool_mode == "session" and session_starves(clients, kept, instances, reachable):
-        needed = least(lambda s: not session_starves(clients, kept, instances, s), 1, kept + 1)
-        no_wait = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
+        needed = server_needed(clients, kept, instances)
+        no_wait = capacity_needed(clients, instances)
         out.append(Recommendation(
             f"Session mode: a client holds a server connection while it is open and the pools' {kept} kept clients"
             f" never disconnect: with {reachable} server connections per instance they may hold them all while the"
@@ -220,7 +204,7 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
     if out:
         return out
     if check.outcome == "waits" and pooler.pool_mode == "session":
-        needed = least(lambda s: not placement_overflows(clients, instances, s), 1, clients)
+        needed = capacity_needed(clients, instances)
         pool = pooler.default_pool_size  # the reserve serves only clients that waited reserve_pool_timeout
         more = (f"only {pool} of the {clients} clients run at once during a rollout" if instances == 1 else
                 f"at random one of the {instances} instances may get more of the {clients} clients of a rollout"
@@ -229,9 +213,9 @@ def recommend_pooled(pooler: PoolerSpec, target: int, pods: int, peak: int, idle
             f"{replicas_fit(target)} the poolers, with waiting: in session mode {more}; the clients beyond them"
             f" wait for an overflow client to disconnect (or reserve_pool_timeout for a reserve connection). A"
             f" defaultPoolSize of {needed} per instance would run them all at once{spread}.",
-            {"clients": clients, "serverConnections": instances * server,
+            {"clients": clients, "serverConnections": server,
              "serverConnectionsWithoutWaiting": needed * instances})]
     return [Recommendation(
         f"{replicas_fit(target)} the poolers: {clients} clients during a rollout of at most"
-        f" {instances * pooler.max_client_conn}, and {instances * server} server connections of {usable}"
-        f" usable{spread}.", {"clients": clients, "serverConnections": instances * server})]
+        f" {client_capacity(pooler, pooler.max_client_conn)}, and {server} server connections of {usable}"
+        f" usable{spread}.", {"clients": clients, "serverConnections": server})]

@@ -274,7 +274,8 @@ class PostgresSpec(_Model):
         return self
 
     def reserved_for(self, role: Role) -> int:
-        """Slots ``role`` can never take: the one reserved-slot rule (usable, plan, verdict, contradictions).
+        """Slots ``role`` can never take: the one reserved-slot rule (``usable_slots``, and through it the
+        budget of a run and of a plan, and the contradictions).
         Without a provider the superuser takes every slot and a normal role loses
         superuser_reserved_connections; with one, no role is a superuser: the provider's admin role (role
         superuser) loses the superuser-reserved slots, a normal role also the admin's."""
@@ -282,6 +283,11 @@ class PostgresSpec(_Model):
             return self.superuser_reserved_connections if role == "app" else 0
         rule = self.provider.rule
         return rule.superuser_reserved + (rule.admin_reserved if role == "app" else 0)
+
+    def usable_slots(self, role: Role, monitors: int = 0) -> int:
+        """Slots ``role`` can take: max_connections minus the slots it can never take and the ``monitors``'
+        (the benchmark's own; none in production)."""
+        return self.max_connections - self.reserved_for(role) - monitors
 
     def reserved_text(self, role: Role) -> str:
         """Why ``role`` loses ``reserved_for(role)`` slots, in words (empty when it loses none)."""
@@ -648,12 +654,6 @@ class PoolBenchmarkSpec(_Model):
         workload = self.workload.model_copy(update={"engine": variant.engine})
         return self.model_copy(update={"workload": workload})
 
-    def usable_connections(self) -> int:
-        """Slots the workload can take: max_connections, minus the slots its role cannot take
-        (``PostgresSpec.reserved_for``), minus the benchmark's monitor."""
-        pg = self.postgres
-        return pg.max_connections - pg.reserved_for(self.workload.role) - MONITOR_CONNECTIONS
-
 
 def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tuple[str, str]]:
     """What each field allows alone but the fields together make impossible, by field path: a
@@ -667,12 +667,12 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
         problems.append(("spec.workload.holdSeconds",
                          f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
                          f" ({spec.step_timeout_seconds}s): every step would time out"))
-    if benchmark and spec.usable_connections() <= 0:
+    if benchmark and pg.usable_slots(w.role, MONITOR_CONNECTIONS) <= 0:
         why = pg.reserved_text(w.role)
         problems.append(("spec.postgres.maxConnections",
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
                          f" ({why + ', ' if why else ''}{MONITOR_CONNECTIONS} for the benchmark's monitor)"))
-    elif pg.max_connections - pg.reserved_for(w.role) <= 0:
+    elif pg.usable_slots(w.role) <= 0:
         problems.append(("spec.postgres.maxConnections",
                          f"maxConnections {pg.max_connections} leaves no connection for the workload"
                          f" ({pg.reserved_text(w.role)})"))

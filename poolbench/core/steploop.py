@@ -17,7 +17,7 @@ from typing import Protocol
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from .results import BenchmarkStatus, RolloutOverlap, StepResult
 from .sampling import Sample
-from .verdict import counted
+from .words import counted
 
 #: PostgreSQL keeps the first NAMEDATALEN - 1 bytes of an application_name (the replicas' names are ASCII).
 APP_NAME_MAX = 63

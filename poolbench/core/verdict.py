@@ -1,399 +1,49 @@
-"""Predictions and verdicts: the pool arithmetic, as pure functions.
-
-Per replica, a QueuePool opens at most min(threads, pool_size + max_overflow) connections and,
-after the burst, keeps min(pool_size, peak) of them open and idle (the "ghosts"). NullPool opens one
-per concurrent checkout and keeps none (SQLAlchemy's pool/impl.py).
-
-Behind a PgBouncer those are *client* connections at the pooler: they must fit in
-instances × (max_client_conn − 1: the benchmark's monitor holds one at each), and the server sees
-at most instances × (default_pool_size + reserve_pool_size) backends, whatever the replica count.
-In session mode a client keeps its server connection while it is open, so at most that many
-clients run at once and the rest wait: an overflow client's disconnect frees a server connection for
-them, but the pools' kept (idle) clients never disconnect, so when those alone outnumber an
-instance's server connections the ones without one wait until query_wait_timeout and are
-disconnected. In transaction mode only a transaction holds one.
-
-Connections reach the instances through a Service (locally, each new connection picks an instance
-at random, as a Service does), so the arithmetic counts a number of connections safe at an instance
-only when the chance that random placement puts more than its capacity there is below
-``PLACEMENT_RISK`` (exact with one instance).
+"""Verdicts: each step judged from what was measured, and the benchmark's verdict in words, with the
+budget's arithmetic (``budget``) beside the measurement.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from .budget import (
+    client_capacity,
+    per_process_peak,
+    per_replica_idle,
+    per_replica_peak,
+    pooled_replica_limits,
+    predict,
+    predicted_safe_replicas,
+    rollout_safe,
+    server_capacity,
+    usable_connections,
+)
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import StepResult, Verdict, to_snake
 from .search import findings, searched
-from .spec import MONITOR_CONNECTIONS, RESERVE_POOL_TIMEOUT_SECONDS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .words import clipped, counted, placement_words, replicas_fit, replicas_word, session_words
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
 #: psycopg 3 opens the same message with its own 'connection failed: '.
 CONNECTION_PREFIX = re.compile(
     r'^(connection failed: )?(connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: )?')
-#: Longest error text quoted in a verdict (a server message can run to several lines).
-QUOTED_ERROR_CHARS = 160
-
-
-#: The chance, at most, that random placement puts more connections on one pooler instance than it
-#: takes, for a count to be called safe (a union bound over the instances).
-PLACEMENT_RISK = 1e-6
-PLACEMENT_RISK_WORDS = "one in a million"
-
-
-def overflow_risk(clients: int, instances: int, capacity: int) -> float:
-    """An upper bound on the chance that one of ``instances`` gets more than ``capacity`` of ``clients``
-    connections, each placed on an instance uniformly at random (as a Service does):
-    instances × P(Binomial(clients, 1/instances) > capacity), in log space (clients may be ~10^6)."""
-    if clients <= capacity:
-        return 0.0
-    if instances <= 1 or clients > instances * capacity:
-        return 1.0
-    p = 1.0 / instances
-    k = capacity + 1
-    if k <= clients // instances:  # at or below the median: the tail holds at least half the mass
-        return 1.0
-    log_first = (math.lgamma(clients + 1) - math.lgamma(k + 1) - math.lgamma(clients - k + 1)
-                 + k * math.log(p) + (clients - k) * math.log1p(-p))
-    # k is at or above the mode, so the terms only shrink: sum them relative to the first.
-    total, term, odds = 1.0, 1.0, p / (1.0 - p)
-    for j in range(k, clients):
-        term *= (clients - j) / (j + 1) * odds
-        total += term
-        if term < total * 1e-17:
-            break
-    return min(1.0, instances * math.exp(log_first + math.log(total)))
-
-
-def placement_overflows(clients: int, instances: int, capacity: int) -> bool:
-    """Can one instance get more than ``capacity`` of ``clients`` randomly placed connections? The one
-    rule for pooler capacity (prediction, verdict, plan, session waiting): exact with one instance,
-    otherwise true unless the chance is below PLACEMENT_RISK."""
-    return overflow_risk(clients, instances, capacity) >= PLACEMENT_RISK
-
-
-def placement_words(instances: int, capacity: int, server: int | None = None) -> str:
-    """The placement assumption in words (nothing with one instance: the count is exact). ``server``:
-    session mode's server connections per instance, the same rule's other capacity."""
-    if instances <= 1:
-        return ""
-    also = (f", or all its {server} server connections to clients the pools keep open while others wait,"
-            if server is not None else "")
-    return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
-            f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
-            f" {PLACEMENT_RISK_WORDS}")
-
-
-def more_than(count: int, instances: int, capacity: int, what: str) -> str:
-    """How ``count`` connections exceed ``capacity`` per instance: surely, or by random placement."""
-    if instances <= 1:
-        return f"more than the pooler's {capacity} {what}"
-    if count > instances * capacity:
-        return f"more than the {instances} instances' {capacity} {what} each"
-    return f"and at random one of the {instances} instances may get more than its {capacity} {what}"
-
-
-@dataclass(frozen=True)
-class PooledCheck:
-    """What the poolers do with a load: ``outcome`` fits, waits (session: clients wait for an overflow
-    client's disconnect, then run) or fails; ``cause`` of a failure: clients (max_client_conn), server
-    (the poolers' logins beyond the usable slots are refused) or kept (session: kept clients outnumber
-    an instance's server connections and wait until query_wait_timeout)."""
-
-    outcome: str
-    cause: str = ""
-
-
-def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, client_capacity: int) -> PooledCheck:
-    """``clients`` (peak) and ``kept`` (idle after the burst) client connections through ``pooler``,
-    whose instances each accept ``client_capacity`` clients, in front of ``usable`` server slots."""
-    n, server = pooler.replicas, pooler.server_connections()
-    if placement_overflows(clients, n, client_capacity):
-        return PooledCheck("fails", "clients")
-    if min(clients, n * server) > usable:
-        return PooledCheck("fails", "server")
-    if pooler.pool_mode == "session":  # the reserve serves only clients that already waited for it
-        if session_starves(clients, kept, n, pooler.reachable_server_connections()):
-            return PooledCheck("fails", "kept")
-        if placement_overflows(clients, n, pooler.default_pool_size):
-            return PooledCheck("waits")
-    elif placement_overflows(clients, n, server):  # transaction mode: clients queue for a transaction's end
-        return PooledCheck("waits")
-    return PooledCheck("fits")
-
-
-def session_starves(clients: int, kept: int, instances: int, server: int) -> bool:
-    """Session mode: can the clients the pools keep open take every server connection of an instance
-    while other clients there wait for one? A kept client never disconnects and an engine's waiting
-    threads never return to its pool, so those clients wait until query_wait_timeout. The one rule for
-    the prediction, the verdict and plan (a union bound, as ``placement_overflows``)."""
-    return placement_overflows(clients, instances, server) and placement_overflows(kept, instances, server - 1)
-
-
-def largest(ok: Callable[[int], bool], upper: int) -> int:
-    """The largest count in 0..upper for which ``ok`` holds, ``ok`` holding up to some count and not
-    beyond (0 when it fails at 1)."""
-    low, high = 0, upper
-    while low < high:
-        mid = (low + high + 1) // 2
-        if ok(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
-def pooled_limits(per_peak: int, per_idle: int, pooler: PoolerSpec, usable: int, client_capacity: int,
-                  max_surge: int | str | None = None) -> tuple[int, int]:
-    """(most replicas without waiting, most replicas without failing) through ``pooler``; with
-    ``max_surge``, with a rolling update's surge pods beside them."""
-    if per_peak <= 0:
-        return 0, 0
-
-    def pods(replicas: int) -> int:
-        return replicas + (surge_pods(replicas, max_surge) if max_surge is not None else 0)
-
-    def check(replicas: int) -> PooledCheck:
-        count = pods(replicas)
-        return pooled_check(pooler, count * per_peak, count * per_idle, usable, client_capacity)
-
-    upper = pooler.replicas * client_capacity // per_peak  # beyond it the clients cannot fit anywhere
-    safe = largest(lambda r: check(r).outcome != "fails", upper)
-    return largest(lambda r: check(r).outcome == "fits", safe), safe
-
-
-@dataclass(frozen=True)
-class Prediction:
-    replicas: int
-    per_replica_peak: int
-    per_replica_idle: int
-    usable: int
-    pooler: PoolerSpec | None = None
-
-    @property
-    def client_peak(self) -> int:
-        """Connections the engines open (to the server, or to the pooler when pooled)."""
-        return self.replicas * self.per_replica_peak
-
-    @property
-    def client_capacity(self) -> int:
-        """Client connections the poolers accept (0: no pooler)."""
-        return self.pooler.replicas * self.pooler.usable_clients() if self.pooler else 0
-
-    @property
-    def server_capacity(self) -> int:
-        """Server connections the poolers may open (0: no pooler)."""
-        return self.pooler.replicas * self.pooler.server_connections() if self.pooler else 0
-
-    @property
-    def peak(self) -> int:
-        """Server backends at the peak: the engines' connections, or what the poolers open for them
-        (never more than the usable slots: the server refuses the poolers' logins beyond them)."""
-        if self.pooler is None:
-            return self.client_peak
-        return min(self.client_peak, self.server_capacity, self.usable)
-
-    @property
-    def idle(self) -> int:
-        """Ghosts: the app pools' idle connections (at the pooler, when pooled)."""
-        return self.replicas * self.per_replica_idle
-
-    @property
-    def waiting(self) -> int:
-        """Pooled: clients beyond the server connections. In session mode they wait for another
-        client to disconnect; in transaction mode for a transaction to end."""
-        return max(0, self.client_peak - self.server_capacity) if self.pooler else 0
-
-    @property
-    def check(self) -> PooledCheck:
-        """Fits, waits (session mode) or fails: the same rule as ``pooled_limits``."""
-        if self.pooler is None:
-            return PooledCheck("fits") if self.peak <= self.usable else PooledCheck("fails", "server")
-        return pooled_check(self.pooler, self.client_peak, self.idle, self.usable, self.pooler.usable_clients())
-
-    @property
-    def fits(self) -> bool:
-        return self.check.outcome != "fails"
-
-
-def per_process_peak(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine (one worker process) opens at most (sqlalchemy/pool/impl.py): NullPool one per
-    concurrent checkout; StaticPool one (the spec refuses it more than one thread: threads starting together
-    each open one); SingletonThreadPool one per thread (the spec refuses more threads than its pool_size: it
-    would close connections in use); QueuePool min(threads, pool_size + max_overflow), no cap with
-    pool_size 0 or max_overflow -1."""
-    workload = spec.workload
-    engine = workload.engine
-    threads = workload.threads
-    if engine.pool_class == "NullPool":
-        return threads
-    if engine.pool_class == "StaticPool":
-        return 1
-    if engine.pool_class == "SingletonThreadPool":
-        return threads
-    size, overflow = engine.effective_pool_size(), engine.effective_max_overflow()
-    if size == 0 or overflow < 0:
-        return threads
-    return min(threads, size + overflow)
-
-
-def per_process_idle(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine keeps open and idle after its burst (its ghosts): StaticPool and
-    SingletonThreadPool keep every connection until disposed; QueuePool's queue keeps pool_size of them
-    (all, with pool_size 0: an unbounded queue); NullPool none."""
-    engine = spec.workload.engine
-    peak = per_process_peak(spec)
-    if engine.pool_class == "NullPool":
-        return 0
-    if engine.pool_class in ("StaticPool", "SingletonThreadPool"):
-        return peak
-    size = engine.effective_pool_size()
-    return peak if size == 0 else min(size, peak)
-
-
-def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
-    """A replica runs ``workload.processes`` worker processes, each with its own engine and pool."""
-    return spec.workload.processes * per_process_peak(spec)
-
-
-def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
-    return spec.workload.processes * per_process_idle(spec)
-
-
-def usable_connections(spec: PoolBenchmarkSpec) -> int:
-    """Slots the workload can take (``PoolBenchmarkSpec.usable_connections``)."""
-    return spec.usable_connections()
-
-
-def predict(spec: PoolBenchmarkSpec, replicas: int, pooler: PoolerSpec | None = None) -> Prediction:
-    return Prediction(replicas, per_replica_peak(spec), per_replica_idle(spec), usable_connections(spec), pooler)
-
-
-def surge_pods(replicas: int, max_surge: int | str) -> int:
-    """Extra pods a rolling update may start: an absolute count, or a percentage of the replicas
-    rounded up (Kubernetes rounds maxSurge up and maxUnavailable down)."""
-    if isinstance(max_surge, int):
-        return max_surge
-    return math.ceil(replicas * int(max_surge.rstrip("%")) / 100)
-
-
-def rollout_safe(per_replica: int, budget: int, max_surge: int | str | None = None) -> int:
-    """The most replicas whose connections (with a rollout's surge pods, if given) fit in ``budget``."""
-    if per_replica <= 0:
-        return 0
-    replicas = budget // per_replica
-    if max_surge is None:
-        return replicas
-    while replicas > 0 and (replicas + surge_pods(replicas, max_surge)) * per_replica > budget:
-        replicas -= 1
-    return replicas
-
-
-def replicas_word(count: int | None) -> str:
-    return "replica" if count == 1 else "replicas"
-
-
-def counted(count: int, noun: str) -> str:
-    """A count with its noun, singular for one: '1 replica', '3 replicas', '1 step'."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def replicas_fit(count: int | None) -> str:
-    """'at most N replicas fit', with the verb agreeing: '1 replica fits'."""
-    return f"{count} replica fits" if count == 1 else f"{count} replicas fit"
-
-
-def clipped(text: str, limit: int = QUOTED_ERROR_CHARS) -> str:
-    """``text`` on one line and at most ``limit`` characters, cut at a word boundary (marked with
-    '…'), never inside a word."""
-    text = re.sub(r"\s*\n\s*", " ", text.strip())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-    return cut.rstrip(" ,;:") + " …"
-
-
-def pooled_replica_limits(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> tuple[int, int]:
-    """(most replicas without waiting, most replicas without failing) through the benchmark's poolers
-    (each instance's console holds one of its max_client_conn for the monitor)."""
-    return pooled_limits(per_replica_peak(spec), per_replica_idle(spec), pooler, usable_connections(spec),
-                         pooler.usable_clients())
-
-
-def pooled_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> int:
-    """Most replicas the poolers take without refusing a client (max_client_conn), without the server
-    refusing their logins, and, in session mode, without a kept client waiting out query_wait_timeout."""
-    return pooled_replica_limits(spec, pooler)[1]
-
-
-def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, clients: int, kept: int,
-                         usable: int, client_capacity: int) -> str:
-    """Why ``replicas`` (opening ``clients``, keeping ``kept``) are not safe, in words."""
-    n, server = pooler.replicas, pooler.server_connections()
-    if check.cause == "clients":
-        monitor = ", one for the monitor" if client_capacity < pooler.max_client_conn else ""
-        return (f"{replicas} {replicas_word(replicas)} open {clients} clients,"
-                f" {more_than(clients, n, client_capacity, 'clients')} (max_client_conn {pooler.max_client_conn}"
-                f"{monitor})")
-    if check.cause == "server":
-        return (f"the poolers would open {min(clients, n * server)} server connections of {usable} usable:"
-                " the server refuses their logins beyond that")
-    timeout = pooler.query_wait_timeout_seconds
-    until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
-             else "for good (query_wait_timeout 0)")
-    reachable = pooler.reachable_server_connections()
-    reserve = (f" (its reserve of {pooler.reserve_pool_size} opens only for a client that waited"
-               f" reserve_pool_timeout, {RESERVE_POOL_TIMEOUT_SECONDS} s: query_wait_timeout disconnects it first)"
-               if pooler.reserve_pool_size and not pooler.reserve_reachable() else "")
-    return (f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
-            f" {holds_all(kept, n, reachable)}{reserve}: the other clients wait {until}")
-
-
-def holds_all(kept: int, instances: int, server: int) -> str:
-    """How ``kept`` clients take every one of an instance's ``server`` connections: surely, or by
-    random placement (``session_starves``)."""
-    if instances <= 1:
-        return f"enough to hold all the pooler's {server} server connections"
-    if kept >= instances * server:
-        return f"enough to hold all {server} server connections of each of the {instances} instances"
-    return f"and at random they may hold all {server} server connections of one of the {instances} instances"
-
-
-def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
-                  free: int, safe: int) -> str:
-    """Session mode's regimes for replicas opening ``peak`` and keeping ``idle`` clients each: fits
-    without waiting up to ``free``, waits beyond, fails beyond ``safe`` (``pooled_limits``)."""
-    over = safe + 1
-    check = pooled_check(pooler, over * peak, over * idle, usable, client_capacity)
-    fails = "fails" if pooler.replicas == 1 else "may fail"
-    why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
-    if free == 0:  # already one replica's clients wait, or fail
-        return (f"waits from 1 replica (a waiting client runs when an overflow client disconnects), {fails} beyond"
-                f" {safe} ({why})" if safe > 0 else f"{fails} from 1 replica ({why})")
-    waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
-             if safe > free else f", {fails} beyond")
-    return f"fits without waiting up to {counted(free, 'replica')}{waits} ({why})"
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
     """The pooler arithmetic in one sentence, for verdicts."""
     usable = usable_connections(spec)
-    server = pooler.replicas * pooler.server_connections()
+    server = server_capacity(pooler)
     per_instance = f"{pooler.default_pool_size}" + (f" + {pooler.reserve_pool_size} reserve"
                                                    if pooler.reserve_pool_size else "")
     text = (f"server backends ≤ {pooler.replicas} × ({per_instance}) = {server}"
             + (f" of {usable} usable" if server <= usable else f", more than the {usable} usable:"
                " the server refuses the poolers' logins beyond that")
             + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
-              f" {pooler.replicas * pooler.usable_clients()}")
-    placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
+              f" {client_capacity(pooler, pooler.usable_clients())}")
+    placement = placement_words(pooler, pooler.usable_clients())
     if placement:
         text += f"; {placement}"
     if pooler.pool_mode == "session":
@@ -608,15 +258,6 @@ def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int 
     return max_safe, None
 
 
-def predicted_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec | None = None) -> int:
-    """What the arithmetic says the benchmark will find: the most replicas that fit (through the
-    poolers when pooled)."""
-    if pooler is not None:
-        return pooled_safe_replicas(spec, pooler)
-    per_peak = per_replica_peak(spec)
-    return usable_connections(spec) // per_peak if per_peak else 0
-
-
 def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: list[StepResult] | None = None
                    ) -> Verdict:
     max_safe, failing_step = largest_safe(spec, steps)
@@ -635,7 +276,7 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: l
         reason = f"every step fit: at most {max(s.peak_connections for s in steps)} of {usable} usable connections"
     else:
         reason = "no step ran"
-    safe_limit = usable // per_peak if per_peak else None
+    safe_limit = rollout_safe(per_peak, usable) if per_peak else None
     if failing_step is not None:
         verb = ("was" if failing_step.replicas == 1 else "were") if failing_step.outcome == "Inconclusive" \
             else "failed with"
@@ -676,8 +317,7 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
                                                     pooler.usable_clients(), free, fit)
     else:
         fit_text = f"at most {replicas_fit(fit)} the poolers"
-    placement = placement_words(pooler.replicas, pooler.usable_clients(),
-                                pooler.reachable_server_connections() if pooler.pool_mode == "session" else None)
+    placement = placement_words(pooler, pooler.usable_clients())
     if placement:
         fit_text += f"; {placement}"
     passed = [s for s in steps if s.outcome == "Passed"]
@@ -712,7 +352,7 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
         first_failing = None
     else:
         reason, summary, first_failing = "no step ran", f"{pooler.label()}: no step completed.", None
-    server, usable = pooler.replicas * pooler.server_connections(), usable_connections(spec)
+    server, usable = server_capacity(pooler), usable_connections(spec)
     if server > usable:
         summary += (f" The poolers may open {server} server connections but the server allows {usable}:"
                     " their logins beyond that are refused (PgBouncer retries them and may turn its clients"

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from ..clock import utc_now
 from ..core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from ..core.results import BenchmarkStatus
 from ..core.sampling import Sample
@@ -120,7 +121,7 @@ class LocalRunner:
     def __init__(self, bench: PoolBenchmark, progress: Callable[[Progress], None] | None = None):
         self.bench = bench
         self.spec = bench.spec
-        self.run = BenchmarkRun(bench.spec)
+        self.run = BenchmarkRun(bench.spec, clock=utc_now)
         self.progress = progress or (lambda p: None)
         self.result = LocalResult(status=self.run.status)
         self.replicas: list[ReplicaProcess] = []
