@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from tests.harness.operator import create_namespace
 from tests.test_cli_input import MALFORMED
 
-from .conftest import create_namespace
 from .test_operator_e2e import apply_benchmark, benchmark, events, kubectl, quick, wait_phase
 
 pytestmark = pytest.mark.k8s
