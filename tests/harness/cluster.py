@@ -535,8 +535,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """The shims by their containerd address, and anything else still running from the work dir
         (a node whose test process was killed: its components die with it, but not always)."""
         mine = str(self.work_dir).encode()
+        # The control plane (its data is in the work dir too) is stopped in order later, not killed here.
+        control_plane = {p.pid for p in self.control_plane.processes.values()} if self.control_plane else set()
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            if not entry.name.isdigit() or int(entry.name) in {os.getpid(), *control_plane}:
                 continue
             with contextlib.suppress(OSError):
                 if mine in (entry / "cmdline").read_bytes():
