@@ -1,6 +1,6 @@
 """P6 operator footprint: N PoolBenchmarks at once on the test control plane.
 
-Uses the test harness (tests/k8s: real etcd, kube-apiserver, controller-manager, scheduler and the
+Uses the test harness (tests/harness: real etcd, kube-apiserver, controller-manager, scheduler and the
 stand-in kubelet), runs the operator as `kopf run` under its ServiceAccount, applies N small
 benchmarks at once, and measures the operator's RSS and CPU, the status patches per second per
 resource (from a watch: each change of a resource's status is one patch), and the time from apply to
@@ -74,7 +74,7 @@ def run(smoke: bool = False) -> Result:
          f"{d['status_patches_per_second_per_resource']['median']}", d["goal_met"]),
     ]
     md = [
-        "The test control plane of tests/k8s (etcd, kube-apiserver, controller-manager, scheduler built from Go;",
+        "The test control plane of tests/harness (etcd, kube-apiserver, controller-manager, scheduler built from Go;",
         "the stand-in kubelet running each pod as local processes, Postgres pods as embedded PostgreSQL), the",
         "operator as `kopf run` under its ServiceAccount, and N small benchmarks (steps [1, 2], 2 threads, 20",
         "iterations, 2 s hold) applied at once. A status patch is counted from a watch: each change of a",
@@ -99,10 +99,10 @@ def run(smoke: bool = False) -> Result:
 
 
 def measure(smoke: bool = False, count: int | None = None) -> dict[str, Any]:
-    from tests.k8s.conftest import OperatorProcess, create_namespace, kubectl
-    from tests.k8s.controlplane import ControlPlane
-    from tests.k8s.kube import Kube, wait_for
-    from tests.k8s.podrunner import PodRunner
+    from tests.harness.controlplane import ControlPlane
+    from tests.harness.kube import Kube, wait_for
+    from tests.harness.operator import OperatorProcess, create_namespace, kubectl
+    from tests.harness.podrunner import PodRunner
 
     n = count or (2 if smoke else 20)
     cp = ControlPlane.from_env().start()

@@ -1,6 +1,6 @@
 """P7 time to verdict on a real node: the `small` example under a real kubelet ÷ the local run of the same spec.
 
-The node is the node tier's (tests/node/cluster.py: containerd, kubelet, kube-proxy, CoreDNS, the
+The node is the node tier's (tests/harness/cluster.py: containerd, kubelet, kube-proxy, CoreDNS, the
 project's images built by hack/build-images.sh), the operator installed with the Helm chart. The local
 run is `poolbench run` of the same file on embedded PostgreSQL, in the same run on the same machine.
 Where the node's time goes comes from the API's own timestamps (pod conditions, container start
@@ -45,9 +45,10 @@ def local_run() -> tuple[float, str]:
 
 
 def node_run() -> dict[str, Any]:
-    from tests.k8s.kube import Kube, wait_for
-    from tests.node.cluster import Cluster
-    from tests.node.conftest import POSTGRES_IMAGE, create_restricted_namespace, helm_install, kubectl
+    from tests.harness.cluster import Cluster
+    from tests.harness.kube import Kube, wait_for
+    from tests.harness.operator import kubectl
+    from tests.harness.release import POSTGRES_IMAGE, create_restricted_namespace, helm_install
 
     cluster = Cluster.from_env()
     t0 = time.monotonic()

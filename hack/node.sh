@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 export POOLBENCH_K8S_BIN="${POOLBENCH_K8S_BIN:-$(hack/build-control-plane.sh | tail -n 1)}"
 export POOLBENCH_NODE_BIN="${POOLBENCH_NODE_BIN:-$(hack/build-node.sh | tail -n 1)}"
 export POOLBENCH_IMAGES="${POOLBENCH_IMAGES:-$(hack/build-images.sh | tail -n 1)}"
-exec .venv/bin/python -m tests.node.cluster
+exec .venv/bin/python -m tests.harness.cluster

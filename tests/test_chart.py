@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.harness.builds import ensure
+
+pytestmark = pytest.mark.helm
 
 
 def helm() -> str:
-    path = os.environ.get("POOLBENCH_HELM")
-    if not path:
-        path = subprocess.run([str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True,
-                              check=True).stdout.strip().splitlines()[-1]
+    path = str(ensure("POOLBENCH_HELM"))
     if not os.access(path, os.X_OK):
         pytest.fail(f"helm is not available at {path}: run hack/build-helm.sh")
     return path

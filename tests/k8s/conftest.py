@@ -1,7 +1,9 @@
 """Fixtures for tests against a real Kubernetes control plane (no Docker, no kubelet).
 
+The harness itself is ``tests.harness``; these are its fixtures.
+
 - ``control_plane`` (session): etcd + kube-apiserver + kube-controller-manager + kube-scheduler from
-  $POOLBENCH_K8S_BIN (else ``hack/build-control-plane.sh | tail -1``). Fails, never skips.
+  $POOLBENCH_K8S_BIN (built before the tier's first test, see ``tests.harness.builds``). Fails, never skips.
 - ``pod_runner`` (session): the stand-in kubelet (``podrunner.PodRunner``) with its Node Ready.
 - ``kube`` (session): an admin ``kube.Kube`` client; ``namespace`` (function): a fresh namespace
   whose default ServiceAccount exists, deleted afterwards.
@@ -15,18 +17,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import uuid
-from pathlib import Path
 from typing import TypedDict
 
 import pytest
 
-from .controlplane import ROOT, ControlPlane, ControlPlaneError
-from .kube import Kube, wait_for
-from .podrunner import PodRunner
+from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError
+from tests.harness.kube import Kube
+from tests.harness.operator import OperatorProcess, create_namespace, install_manifests
+from tests.harness.podrunner import PodRunner
 
 
 class _State(TypedDict):
@@ -94,16 +92,6 @@ def kube(control_plane):
     client.close()
 
 
-def create_namespace(kube: Kube, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
-    """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                       "metadata": {"name": name, "labels": labels or {}}})
-    wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
-             what=f"ServiceAccount {name}/default")
-    return name
-
-
 @pytest.fixture
 def namespace(kube, request):
     prefix = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().removeprefix("test_"))[:20].strip("-")
@@ -112,58 +100,10 @@ def namespace(kube, request):
     kube.delete(f"/api/v1/namespaces/{name}")
 
 
-# -- the operator under test ------------------------------------------------------------------------
-GROUP_PATH = "/apis/poolbench.dev/v1alpha1"
-
-
-def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args], capture_output=True,
-                          text=True, input=input, timeout=120)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-class OperatorProcess:
-    """`kopf run` as a subprocess, so tests can also kill it."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path):
-        self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
-               "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
-                 "--all-namespaces", "--verbose"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-            )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture(scope="session")
 def installed(control_plane, kube):
     """CRD + RBAC installed with kubectl, as a user would."""
-    kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
-    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev",
-            "--timeout=60s")
-    kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
-    wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
-             30, what="operator ServiceAccount")
+    install_manifests(control_plane, kube)
     return control_plane
 
 

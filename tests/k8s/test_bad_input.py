@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.harness.operator import create_namespace, kubectl
 from tests.test_cli_input import MALFORMED
 
-from .conftest import create_namespace, kubectl
 from .test_operator_e2e import apply_benchmark, benchmark, events, quick, wait_phase
 
 pytestmark = pytest.mark.k8s

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import create_namespace
+from tests.harness.operator import create_namespace
+
 from .test_operator_e2e import apply_benchmark, quick, wait_phase
 
 pytestmark = pytest.mark.k8s

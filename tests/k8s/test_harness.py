@@ -14,9 +14,9 @@ from typing import Any, cast
 import psycopg2
 import pytest
 
-from .conftest import create_namespace
-from .kube import KubeError, wait_for
-from .podrunner import netns_list, pid_alive
+from tests.harness.kube import KubeError, wait_for
+from tests.harness.operator import create_namespace
+from tests.harness.podrunner import netns_list, pid_alive
 
 pytestmark = pytest.mark.k8s
 
@@ -72,7 +72,7 @@ def test_api_server_ready_and_kubectl_works(control_plane: Any, kube: Any) -> No
 def test_service_account_kubeconfig_has_only_its_rbac(control_plane: Any, kube: Any, namespace: str) -> None:
     kube.create(f"/api/v1/namespaces/{namespace}/serviceaccounts",
                 {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op"}})
-    from .kube import Kube
+    from tests.harness.kube import Kube
     sa = Kube(control_plane.kubeconfig_for_service_account(namespace, "op"))
     try:
         with pytest.raises(KubeError) as denied:

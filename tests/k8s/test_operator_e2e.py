@@ -17,9 +17,9 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from .conftest import create_namespace, kubectl
-from .controlplane import ROOT
-from .kube import wait_for
+from tests.harness.controlplane import ROOT
+from tests.harness.kube import wait_for
+from tests.harness.operator import create_namespace, kubectl
 
 pytestmark = pytest.mark.k8s
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import create_namespace, kubectl
-from .kube import wait_for
+from tests.harness.kube import wait_for
+from tests.harness.operator import create_namespace, kubectl
+
 from .test_operator_e2e import apply_benchmark, benchmark, children, events, quick, wait_phase
 
 pytestmark = pytest.mark.k8s

@@ -1,9 +1,12 @@
 """Fixtures for the ``node`` tier: the project's images under a real kubelet and containerd.
 
-- ``cluster`` (session): ``cluster.Cluster`` (control plane + one real node), or the tier fails.
+The harness itself is ``tests.harness`` (``cluster``, ``release``); these are its fixtures.
+
+- ``cluster`` (session): ``Cluster`` (control plane + one real node), or the tier fails.
 - ``helm_release`` (session): the operator installed with the Helm chart, its pod Running under its
   ServiceAccount with the locally built images.
-- ``restricted_namespace``: a fresh namespace that enforces Pod Security Admission ``restricted``.
+- ``node_teardown`` (session): the session's node stopped and the host observed around it; the tests
+  that use it run after every other test (``pytest_collection_modifyitems`` below), whatever their file.
 
 Logs and the quoted outputs the node tier records (``report.md``) are kept in the cluster's logs
 directory when a test failed or POOLBENCH_K8S_KEEP_LOGS=1; the path is printed.
@@ -12,30 +15,26 @@ directory when a test failed or POOLBENCH_K8S_KEEP_LOGS=1; the path is printed.
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.k8s.conftest import create_namespace, kubectl
-from tests.k8s.kube import Kube
+from tests.harness.cluster import Cluster, NodeError, Teardown, observed_teardown
+from tests.harness.kube import Kube
+from tests.harness.operator import kubectl
+from tests.harness.release import REPORT, helm_install, save_operator_log
 
-from .cluster import Cluster, NodeError
-
-ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_IMAGE = "localhost/poolbench-operator:dev"
-WORKLOAD_IMAGE = "localhost/poolbench-workload:dev"
-POSTGRES_IMAGE = "localhost/poolbench-postgres:15"
-#: Stand-in for CloudNativePG's pgbouncer image (hack/build-images.sh): uid 998 / gid 996, pgbouncer on PATH.
-PGBOUNCER_IMAGE = "localhost/poolbench-pgbouncer:1.18"
 _failed = {"any": False}
-_report: list[str] = []  # what record() quoted, shown at the end of the run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that use ``node_teardown`` go last: after them the session's node is down."""
+    items.sort(key=lambda item: "node_teardown" in getattr(item, "fixturenames", ()))
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _report:
+    if REPORT:
         terminalreporter.write_sep("-", "node tier: quoted outputs")
-        terminalreporter.write("".join(_report) + "\n")
+        terminalreporter.write("".join(REPORT) + "\n")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -43,6 +42,10 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     if outcome.get_result().failed:
         _failed["any"] = True
+
+
+def keep_logs() -> bool:
+    return _failed["any"] or os.environ.get("POOLBENCH_K8S_KEEP_LOGS") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -71,28 +74,6 @@ def kube(cluster):
     client.close()
 
 
-def record(cluster: Cluster, title: str, text: str) -> None:
-    """Quotes an output in the tier's report (printed at the end of the run, and kept with the logs)."""
-    entry = f"\n## {title}\n```\n{text.rstrip()}\n```\n"
-    _report.append(entry)
-    with open(cluster.logs_dir / "report.md", "a") as report:
-        report.write(entry)
-
-
-def helm_binary() -> str:
-    return os.environ.get("POOLBENCH_HELM") or subprocess.run(
-        [str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True, check=True).stdout.split()[-1]
-
-
-def helm_install(cluster: Cluster) -> subprocess.CompletedProcess:
-    """``helm install --wait`` of charts/poolbench with the locally built images (never pulled)."""
-    return subprocess.run(
-        [helm_binary(), "install", "poolbench", str(ROOT / "charts/poolbench"), f"--kubeconfig={cluster.kubeconfig}",
-         "--set", f"image.operator={OPERATOR_IMAGE}", "--set", f"image.workload={WORKLOAD_IMAGE}",
-         "--set", "image.pullPolicy=Never", "--wait", "--timeout=180s"],
-        capture_output=True, text=True, timeout=240)
-
-
 @pytest.fixture(scope="session")
 def helm_release(cluster, kube):
     """``helm install`` of charts/poolbench: the chart's CRD, RBAC and Deployment, the local images."""
@@ -106,27 +87,10 @@ def helm_release(cluster, kube):
     save_operator_log(cluster)
 
 
-def save_operator_log(cluster: Cluster) -> None:
-    """The operator pod's log tail, kept with the node's logs (while the node is still up)."""
-    if not cluster.stopped:
-        log = kubectl(cluster, "-n", "poolbench-system", "logs", "deploy/poolbench-operator", "--tail=200",
-                      check=False).stdout
-        (cluster.logs_dir / "operator-tail.log").write_text(log)
-
-
-def keep_logs() -> bool:
-    return _failed["any"] or os.environ.get("POOLBENCH_K8S_KEEP_LOGS") == "1"
-
-
-def operator_pod(kube: Kube) -> dict:
-    pods = [p for p in kube.items("/api/v1/namespaces/poolbench-system/pods",
-                                  labelSelector="app.kubernetes.io/name=poolbench-operator")
-            if not p["metadata"].get("deletionTimestamp")]
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
-
-
-def create_restricted_namespace(kube: Kube, prefix: str) -> str:
-    """A fresh namespace that enforces Pod Security Admission ``restricted`` on every pod."""
-    return create_namespace(kube, prefix, labels={"pod-security.kubernetes.io/enforce": "restricted",
-                                                  "pod-security.kubernetes.io/enforce-version": "latest"})
+@pytest.fixture(scope="session")
+def node_teardown(cluster, kube) -> Teardown:
+    """The session's node torn down, with a pod running until then: what it left, observed."""
+    save_operator_log(cluster)
+    if keep_logs():
+        print(f"\nnode logs kept in {cluster.logs_dir}")
+    return observed_teardown(cluster, kube, keep_logs=keep_logs())

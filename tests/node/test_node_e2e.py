@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s.kube import wait_for
+from tests.harness.kube import wait_for
+from tests.harness.operator import kubectl
+from tests.harness.release import (
+    POSTGRES_IMAGE,
+    WORKLOAD_IMAGE,
+    create_restricted_namespace,
+    operator_pod,
+    record,
+)
 from tests.k8s.test_operator_e2e import (
     assert_scaled_down_then_collected,
     assert_small_seed_steps,
@@ -22,15 +30,6 @@ from tests.k8s.test_operator_e2e import (
     quick,
     small_seed,
     wait_phase,
-)
-
-from .conftest import (
-    POSTGRES_IMAGE,
-    WORKLOAD_IMAGE,
-    create_restricted_namespace,
-    kubectl,
-    operator_pod,
-    record,
 )
 
 pytestmark = pytest.mark.node

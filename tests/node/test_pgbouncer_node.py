@@ -13,18 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s.kube import wait_for
+from tests.harness.controlplane import ROOT
+from tests.harness.kube import wait_for
+from tests.harness.operator import kubectl
+from tests.harness.release import PGBOUNCER_IMAGE, POSTGRES_IMAGE, WORKLOAD_IMAGE, create_restricted_namespace, record
 from tests.k8s.test_operator_e2e import benchmark, events, wait_phase
-
-from .conftest import (
-    PGBOUNCER_IMAGE,
-    POSTGRES_IMAGE,
-    ROOT,
-    WORKLOAD_IMAGE,
-    create_restricted_namespace,
-    kubectl,
-    record,
-)
 
 pytestmark = pytest.mark.node
 

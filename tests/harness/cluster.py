@@ -1,6 +1,6 @@
 """A one-node Kubernetes cluster from the parts a kind node has, without Docker or a registry.
 
-The control plane is ``tests/k8s/controlplane.py``'s, bound on the pod bridge's address; the node is
+The control plane is ``tests/harness/controlplane.py``'s, bound on the pod bridge's address; the node is
 containerd + runc (Debian's packages) with a CNI bridge on a private pod range, kubelet and kube-proxy
 at the pinned Kubernetes version and CoreDNS (no forwarding), all built by ``hack/build-node.sh``.
 Images come from ``hack/build-images.sh`` as archives and are imported into containerd: nothing is
@@ -16,7 +16,7 @@ namespace the node made, the bridge, every firewall rule and chain added since `
 added it: kube-proxy, the kubelet, us), the kubepods cgroups, and the sysctls the kubelet rewrites.
 ``HostSnapshot`` is what the teardown test compares.
 
-    python -m tests.node.cluster     # a node for your own kubectl, until Ctrl-C (hack/node.sh)
+    python -m tests.harness.cluster    # a node for your own kubectl, until Ctrl-C (hack/node.sh)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.k8s.controlplane import (
+from .controlplane import (
     ROOT,
     ControlPlane,
     ControlPlaneError,
@@ -46,6 +46,7 @@ from tests.k8s.controlplane import (
     stop_process,
     wait_running,
 )
+from .kube import Kube, wait_for
 
 NODE_NAME = "poolbench-node"
 BRIDGE = "pbnode0"
@@ -329,7 +330,10 @@ class Cluster:
         }, indent=1))
 
     def _control_plane_up(self) -> None:
-        cp = ControlPlane(bin_dir=self.cp_bin, logs_dir=self.logs_dir, bind_address=GATEWAY)
+        # Its data inside the node's work dir: a reclaimed node's control plane leaves nothing in /tmp either.
+        (self.work_dir / "control-plane").mkdir(parents=True, exist_ok=True)
+        cp = ControlPlane(bin_dir=self.cp_bin, work_dir=self.work_dir / "control-plane", logs_dir=self.logs_dir,
+                          bind_address=GATEWAY)
         self.control_plane = cp
         certs = cp.certs
         # The API server talks to the kubelet (logs, exec) with the admin client certificate.
@@ -531,8 +535,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """The shims by their containerd address, and anything else still running from the work dir
         (a node whose test process was killed: its components die with it, but not always)."""
         mine = str(self.work_dir).encode()
+        # The control plane (its data is in the work dir too) is stopped in order later, not killed here.
+        control_plane = {p.pid for p in self.control_plane.processes.values()} if self.control_plane else set()
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            if not entry.name.isdigit() or int(entry.name) in {os.getpid(), *control_plane}:
                 continue
             with contextlib.suppress(OSError):
                 if mine in (entry / "cmdline").read_bytes():
@@ -597,6 +603,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         for link in links.glob("*.log") if links.is_dir() else []:
             if link.is_symlink() and os.readlink(link).startswith(str(self.work_dir)):
                 link.unlink()
+
+
+@dataclass
+class Teardown:
+    """A node's teardown, observed: the host before the node, during (a pod running), and after ``stop()``."""
+
+    cluster: Cluster
+    before: HostSnapshot
+    during: HostSnapshot
+    problems: list[str]
+    after: HostSnapshot
+
+
+def observed_teardown(cluster: Cluster, kube: Kube, keep_logs: bool = False) -> Teardown:
+    """Runs a pod (so there is something to tear down), stops the node and snapshots the host around it."""
+    assert cluster.before is not None, "start() first"
+    kube.create("/api/v1/namespaces/default/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "last"},
+        "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10", "imagePullPolicy": "Never"}]}})
+    wait_for(lambda: kube.get("/api/v1/namespaces/default/pods/last")["status"].get("phase") == "Running", 120,
+             what="a pod to tear down")
+    during = HostSnapshot.take()
+    problems = cluster.stop(keep_logs=keep_logs)
+    return Teardown(cluster=cluster, before=cluster.before, during=during, problems=problems,
+                    after=HostSnapshot.take())
 
 
 def _split_rule(rule: str) -> list[str]:

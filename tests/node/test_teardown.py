@@ -1,4 +1,4 @@
-"""Runs last in the node tier (file order): the node's teardown leaves nothing behind.
+"""The node's teardown leaves nothing behind (these tests use ``node_teardown``, so they run last).
 
 After ``Cluster.stop()``: no containerd, kubelet, kube-proxy, CoreDNS or shim process, no firewall rule
 or chain, bridge, mount, network namespace or kubepods cgroup that was not there before the node
@@ -11,36 +11,28 @@ from typing import Any
 
 import pytest
 
-from .cluster import BRIDGE, HostSnapshot
-from .conftest import keep_logs, save_operator_log
+from tests.harness.cluster import BRIDGE, STATE_FILE, Cluster, HostSnapshot
+from tests.harness.controlplane import ROOT
 
 pytestmark = pytest.mark.node
 
 
-def test_teardown_leaves_nothing(cluster: Any, kube: Any) -> None:
-    # Something to tear down: the earlier tests' pods may be gone, so run one now.
-    kube.create("/api/v1/namespaces/default/pods", {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "last"},
-        "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10", "imagePullPolicy": "Never"}]}})
-    from tests.k8s.kube import wait_for
-    wait_for(lambda: kube.get("/api/v1/namespaces/default/pods/last")["status"].get("phase") == "Running", 120,
-             what="a pod to tear down")
-    during = HostSnapshot.take()
+def test_teardown_leaves_nothing(node_teardown: Any) -> None:
+    # The fixture ran a pod (the earlier tests' pods may be gone) and stopped the node.
+    during = node_teardown.during
     assert any("kubelet" in p for p in during.processes) and any("shim" in p for p in during.processes)
-    assert BRIDGE in during.links and during.firewall - cluster.before.firewall
-    save_operator_log(cluster)
-    problems = cluster.stop(keep_logs=keep_logs())
-    assert problems == [], problems
-    after = HostSnapshot.take()
-    assert cluster.before.leftovers(after) == []
-    assert not any(name in p for p in after.processes - cluster.before.processes
+    assert BRIDGE in during.links and during.firewall - node_teardown.before.firewall
+    assert node_teardown.problems == [], node_teardown.problems
+    after = node_teardown.after
+    assert node_teardown.before.leftovers(after) == []
+    assert not any(name in p for p in after.processes - node_teardown.before.processes
                    for name in ("containerd", "kubelet", "kube-proxy", "coredns", "shim"))
 
 
 OWNER = """
 import sys, time
-from tests.k8s.kube import Kube, wait_for
-from tests.node.cluster import Cluster
+from tests.harness.cluster import Cluster
+from tests.harness.kube import Kube, wait_for
 cluster = Cluster.from_env().start()
 kube = Kube(cluster.kubeconfig)
 kube.create("/api/v1/namespaces/default/pods", {
@@ -52,23 +44,21 @@ time.sleep(600)
 """
 
 
-def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(cluster: Any) -> None:
+def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(node_teardown: Any) -> None:
     """SIGKILL the process that owns a node (a CI run killed at its time limit): the next start tears
     the orphan down from what it recorded, and the machine ends as it was before the orphan started."""
     import json
+    import shutil
     import signal
     import subprocess
     import sys
 
-    from tests.k8s.controlplane import ROOT
-
-    from .cluster import STATE_FILE, Cluster
-
-    assert cluster.stopped  # the session's node is down (the test above)
+    assert node_teardown.cluster.stopped  # the session's node is down
     owner = subprocess.Popen([sys.executable, "-c", OWNER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
-        original = HostSnapshot.from_json(json.loads(STATE_FILE.read_text())["before"])
+        state = json.loads(STATE_FILE.read_text())
+        original = HostSnapshot.from_json(state["before"])
         owner.send_signal(signal.SIGKILL)
         owner.wait(30)
         assert any("shim" in p for p in HostSnapshot.take().processes)  # the orphan's pod outlived it
@@ -79,3 +69,5 @@ def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(cluster: A
     finally:
         if owner.poll() is None:
             owner.kill()
+    # The reclaim keeps the orphan's logs for whoever debugs a killed run; this orphan was ours.
+    shutil.rmtree(state["work_dir"], ignore_errors=True)
