@@ -165,8 +165,11 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
                             {"name": "POSTGRES_PASSWORD", "valueFrom": secret_ref},
                             {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
                         ],
+                        # A TCP check, not pg_isready: pg_isready logs in (a client backend every period)
+                        # and the monitor would count that session in the step's peak. A connect without a
+                        # startup packet never becomes a session and PostgreSQL does not log it.
                         "readinessProbe": {
-                            "exec": {"command": ["pg_isready", "-U", SUPERUSER, "-h", "127.0.0.1"]},
+                            "tcpSocket": {"port": POSTGRES_PORT},
                             "periodSeconds": 2,
                             "failureThreshold": 3,
                         },
