@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import FULL_MESSAGE, classify_exception, classify_message, short_message
 from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
 from poolbench.core.results import StepResult
@@ -16,7 +17,7 @@ from poolbench.core.verdict import (
     pooled_verdict,
     predict,
 )
-from poolbench.core.workload_env import WorkloadConfig, workload_env
+from poolbench.core.workload_env import workload_env
 
 SEED = {"steps": [5, 10], "workload": {"threads": 15}}
 

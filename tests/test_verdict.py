@@ -1,6 +1,7 @@
 """Pool arithmetic and verdicts (pure)."""
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, plan_steps
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
 from poolbench.core.spec import parse_spec
@@ -64,7 +65,7 @@ def run_steps(s, outcomes):
         assert planned is not None
         run.begin_step(planned)
         run.add_sample(sample_from_rows(0.0, [("active", "x", planned.predicted_peak, None)]))
-        run.finish_step([ReplicaReport.from_summary("x", summary)])
+        run.finish_step([ReplicaReport.from_summary("x", ReplicaSummary.from_json(summary))])
     return run
 
 
@@ -125,7 +126,7 @@ def test_a_database_restart_fails_the_step_and_says_so():
     from dataclasses import replace
 
     run.add_sample(replace(sample_from_rows(0.2, []), server_restarted=True))
-    step = run.finish_step([ReplicaReport.from_summary("x", {"outcomes": {"ok": 3}})])
+    step = run.finish_step([ReplicaReport.from_summary("x", ReplicaSummary.from_json({"outcomes": {"ok": 3}}))])
     assert step.outcome == "Failed"
     assert step.database_restarts == 1 and step.sample_gaps == 1
     assert step.reason is not None and step.reason.startswith("the database restarted")
