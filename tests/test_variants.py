@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 
 from poolbench.core.budget import pooled_replica_limits, pooled_safe_replicas, predict
+from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import FULL_MESSAGE, classify_exception, classify_message, short_message
 from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import PoolerRead, Sample, StepAccumulator, merge_pooler_reads, pooler_read_from_rows
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, SpecError, parse_spec
 from poolbench.core.verdict import comparison, pooled_verdict
-from poolbench.core.workload_env import WorkloadConfig, workload_env
+from poolbench.core.workload_env import workload_env
 
 SEED = {"steps": [5, 10], "workload": {"threads": 15}}
 

@@ -5,6 +5,7 @@ from typing import Any, cast
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, plan_steps
 from poolbench.core.budget import predict
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.results import StepResult
 from poolbench.core.sampling import Sample, StepAccumulator, sample_from_rows
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
@@ -68,7 +69,7 @@ def run_steps(s: PoolBenchmarkSpec, outcomes: list[dict[str, Any]]) -> Benchmark
         assert planned is not None
         run.begin_step(planned)
         run.add_sample(sample_from_rows(0.0, [("active", "x", planned.predicted_peak, None)]))
-        run.finish_step([ReplicaReport.from_summary("x", summary)])
+        run.finish_step([ReplicaReport.from_summary("x", ReplicaSummary.from_json(summary))])
     return run
 
 
@@ -133,7 +134,7 @@ def test_a_database_restart_fails_the_step_and_says_so() -> None:
     from dataclasses import replace
 
     run.add_sample(replace(sample_from_rows(0.2, []), server_restarted=True))
-    step = run.finish_step([ReplicaReport.from_summary("x", {"outcomes": {"ok": 3}})])
+    step = run.finish_step([ReplicaReport.from_summary("x", ReplicaSummary.from_json({"outcomes": {"ok": 3}}))])
     assert step.outcome == "Failed"
     assert step.database_restarts == 1 and step.sample_gaps == 1
     assert step.reason is not None and step.reason.startswith("the database restarted")

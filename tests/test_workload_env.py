@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
+from poolbench.core.contracts.replica_env import WorkloadConfig, WorkloadEnvError
 from tests.conftest import ROOT
 
 

@@ -153,7 +153,7 @@ def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg: An
 
 def test_summary_json_shortens_the_free_texts_to_4096_bytes() -> None:
     """No engine connects here: the guard itself, with texts no real error reaches."""
-    from poolbench.core.workload_env import WorkloadConfig
+    from poolbench.core.contracts.replica_env import WorkloadConfig
     from workload.replica import Replica
 
     cfg = WorkloadConfig.from_env({"POOLBENCH_APP_NAME": "n" * 5000, "POOLBENCH_THREADS": "2"})

@@ -1,9 +1,45 @@
-"""Entry point: ``python -m workload`` / ``poolbench-workload``. Configured by environment only."""
+"""Entry point: ``python -m workload`` / ``poolbench-workload``. Configured by environment only
+(``poolbench.core.contracts.replica_env``): one ``Replica``, or a ``ProcessGroup`` of worker processes."""
+
+from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import Any
 
-from .replica import run
+from prometheus_client import start_http_server
+
+from poolbench.core.contracts.replica_env import WorkloadConfig, WorkloadEnvError
+
+from .processes import ProcessGroup
+from .replica import Replica
+
+
+def run(env: dict[str, str]) -> int:
+    try:
+        cfg = WorkloadConfig.checked_from_env(env)
+    except WorkloadEnvError as err:
+        print(f"poolbench workload: {err}", file=sys.stderr, flush=True)
+        return 2
+    replica: Replica | ProcessGroup
+    if cfg.processes > 1:
+        replica = ProcessGroup(cfg)
+        replica.start()  # fork the workers before any thread of ours runs
+    else:
+        replica = Replica(cfg)
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        replica.stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=replica.registry)
+    code = replica.run()
+    if code:
+        # Don't wait for caller threads stuck in a query: a crash is a crash.
+        os._exit(code)
+    return code
 
 
 def main() -> None:

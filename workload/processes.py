@@ -15,7 +15,6 @@ down: the other workers are killed and the replica exits 1.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -23,26 +22,25 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Enum
-
+from poolbench.core.contracts.phases import (
+    CRASHED,
+    DONE,
+    FINISHED,
+    HOLDING,
+    RUNNING,
+    STARTING,
+    WORK_OVER,
+    ReplicaPhase,
+)
+from poolbench.core.contracts.replica_env import WorkloadConfig
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.histogram import Histogram
 from poolbench.core.outcomes import OUTCOMES
-from poolbench.core.workload_env import WorkloadConfig
 
-from .replica import (
-    PHASES,
-    Measures,
-    MeasuresCollector,
-    Replica,
-    _TalliedCounter,
-    build_engine,
-    fitted_summary,
-    now_iso,
-    write_summary_file,
-)
+from .metrics import Measures, ReplicaMetrics
+from .replica import Replica, build_engine, now_iso, write_summary_file
 
 REPORT_SECONDS = 0.2
-FINISHED = ("holding", "done", "crashed")
 
 
 def _worker(cfg: WorkloadConfig, engine: Any, out: int, index: int) -> None:
@@ -79,37 +77,37 @@ def _worker(cfg: WorkloadConfig, engine: Any, out: int, index: int) -> None:
         os._exit(code)
 
 
-def merge_summaries(name: str, phase: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_summaries(name: str, phase: ReplicaPhase, summaries: list[ReplicaSummary]) -> ReplicaSummary:
     """The replica's summary from its workers': counts and histograms add up, the earliest error wins."""
     outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
     latency, wait = Histogram(), Histogram()
     for s in summaries:
-        for key, value in (s.get("outcomes") or {}).items():
-            outcomes[key] = outcomes.get(key, 0) + int(value)
-        latency.merge(Histogram.from_json(s.get("latencyMs")))
-        wait.merge(Histogram.from_json(s.get("checkoutWaitMs")))
-    failed = [s for s in summaries if s.get("firstError")]
-    first = min(failed, key=lambda s: s.get("firstErrorAt") or float("inf")) if failed else {}
-    starts = [s["workStartedAt"] for s in summaries if s.get("workStartedAt") is not None]
-    ends = [s["workEndedAt"] for s in summaries if s.get("workEndedAt") is not None]
-    return {
-        "replica": name,
-        "phase": phase,
-        "processes": len(summaries),
-        "outcomes": outcomes,
-        "firstError": first.get("firstError"),
-        "firstErrorClass": first.get("firstErrorClass"),
-        "firstErrorAt": first.get("firstErrorAt"),
-        "peakCheckedOut": sum(int(s.get("peakCheckedOut") or 0) for s in summaries),
-        "startedAt": min((s["startedAt"] for s in summaries if s.get("startedAt")), default=None),
-        "workDoneAt": max((s["workDoneAt"] for s in summaries if s.get("workDoneAt")), default=None)
-        if phase in FINISHED else None,
-        "finishedAt": now_iso() if phase in ("done", "crashed") else None,
-        "latencyMs": latency.to_json(),
-        "checkoutWaitMs": wait.to_json(),
-        "workStartedAt": min(starts) if starts else None,
-        "workEndedAt": max(ends) if ends and len(ends) == len(summaries) else None,
-    }
+        for key, value in s.outcomes.items():
+            outcomes[key] = outcomes.get(key, 0) + value
+        latency.merge(s.latency)
+        wait.merge(s.checkout_wait)
+    failed = [s for s in summaries if s.first_error]
+    first = min(failed, key=lambda s: s.first_error_at or float("inf")) if failed else ReplicaSummary()
+    starts = [s.work_started_at for s in summaries if s.work_started_at is not None]
+    ends = [s.work_ended_at for s in summaries if s.work_ended_at is not None]
+    return ReplicaSummary(
+        replica=name,
+        phase=phase,
+        processes=len(summaries),
+        outcomes=outcomes,
+        first_error=first.first_error,
+        first_error_class=first.first_error_class,
+        first_error_at=first.first_error_at,
+        peak_checked_out=sum(s.peak_checked_out for s in summaries),
+        started_at=min((s.started_at for s in summaries if s.started_at), default=None),
+        work_done_at=max((s.work_done_at for s in summaries if s.work_done_at), default=None)
+        if phase in WORK_OVER else None,
+        finished_at=now_iso() if phase in FINISHED else None,
+        latency=latency,
+        checkout_wait=wait,
+        work_started_at=min(starts) if starts else None,
+        work_ended_at=max(ends) if ends and len(ends) == len(summaries) else None,
+    )
 
 
 class ProcessGroup:
@@ -118,47 +116,40 @@ class ProcessGroup:
     def __init__(self, cfg: WorkloadConfig):
         self.cfg = cfg
         self.engine = build_engine(cfg)  # configured before the fork, as an app's preload would
-        self.latest: dict[int, dict[str, Any]] = {}
+        self.latest: dict[int, ReplicaSummary] = {}
         self.exits: dict[int, int] = {}  # worker index → exit code
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.pids: list[int] = []
-        self.current_phase = "starting"
-        self.registry = CollectorRegistry()
-        self.attempts = Counter("poolbench_attempts", "Statements attempted, by outcome", ["outcome"], registry=None)
-        for outcome in OUTCOMES:
-            self.attempts.labels(outcome)
-        self.registry.register(_TalliedCounter(self.attempts, lambda: self.merged()["outcomes"]))
-        self.phase = Enum("poolbench_phase", "Replica phase", states=PHASES, registry=self.registry)
-        self.registry.register(MeasuresCollector(self.measures))
+        self.metrics = ReplicaMetrics(lambda: self.merged().outcomes, self.measures)
+        self.registry = self.metrics.registry
 
-    def _set_phase(self, phase: str) -> None:
-        self.current_phase = phase
-        self.phase.state(phase)
+    @property
+    def current_phase(self) -> ReplicaPhase:
+        return self.metrics.phase
 
-    def merged(self) -> dict[str, Any]:
+    def _set_phase(self, phase: ReplicaPhase) -> None:
+        self.metrics.set_phase(phase)
+
+    def merged(self) -> ReplicaSummary:
         with self.lock:
-            summaries = [self.latest.get(i, {}) for i in range(self.cfg.processes)]
+            summaries = [self.latest.get(i, ReplicaSummary()) for i in range(self.cfg.processes)]
         return merge_summaries(self.cfg.app_name, self.current_phase, summaries)
 
     def measures(self) -> Measures:
         m = self.merged()
-        return Measures(Histogram.from_json(m["latencyMs"]), Histogram.from_json(m["checkoutWaitMs"]),
-                        m["workStartedAt"], m["workEndedAt"])
+        return Measures(m.latency, m.checkout_wait, m.work_started_at, m.work_ended_at)
 
     def write_summary(self) -> None:
         if self.cfg.summary_path:
-            write_summary_file(self.cfg.summary_path, fitted_summary(self.merged()))
+            write_summary_file(self.cfg.summary_path, self.merged().to_text())
 
     def _read(self, index: int, stream: Any) -> None:
         for line in stream:
-            try:
-                data = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
+            summary = ReplicaSummary.parse(line)
+            if summary is not None:
                 with self.lock:
-                    self.latest[index] = data
+                    self.latest[index] = summary
 
     def start(self) -> None:
         """Fork every worker before any thread of ours runs (a fork copies no thread, but it would copy
@@ -189,17 +180,18 @@ class ProcessGroup:
             if done:
                 self.exits[index] = os.waitstatus_to_exitcode(status)
 
-    def _worker_phases(self) -> list[str]:
+    def _worker_phases(self) -> list[ReplicaPhase]:
         with self.lock:
-            phases = [self.latest.get(i, {}).get("phase", "starting") for i in range(self.cfg.processes)]
+            phases = [self.latest.get(i, ReplicaSummary()).phase or STARTING for i in range(self.cfg.processes)]
         for index, code in self.exits.items():
-            if code != 0 and phases[index] != "crashed":
-                phases[index] = "crashed"  # died without saying so (killed, or an exception)
+            if code != 0 and phases[index] != CRASHED:
+                phases[index] = CRASHED  # died without saying so (killed, or an exception)
                 with self.lock:
-                    self.latest.setdefault(index, {}).update(
-                        phase="crashed", firstError=self.latest.get(index, {}).get("firstError")
-                        or f"worker process {index} exited with code {code}",
-                        firstErrorAt=time.time())
+                    said = self.latest.get(index, ReplicaSummary())
+                    self.latest[index] = replace(
+                        said, phase=CRASHED,
+                        first_error=said.first_error or f"worker process {index} exited with code {code}",
+                        first_error_at=time.time())
         return phases
 
     def kill_workers(self, sig: int = signal.SIGKILL) -> None:
@@ -210,29 +202,29 @@ class ProcessGroup:
 
     def run(self) -> int:
         """After ``start``: follow the workers to the end; the replica's exit code."""
-        self._set_phase("running")
+        self._set_phase(RUNNING)
         holding_said = stopping = False
         while True:
             self._reap()
             phases = self._worker_phases()
-            if "crashed" in phases:
+            if CRASHED in phases:
                 self.kill_workers()
                 while len(self.exits) < len(self.pids):
                     self._reap()
                     time.sleep(0.01)
-                self._set_phase("crashed")
+                self._set_phase(CRASHED)
                 self.write_summary()
                 return 1
             if len(self.exits) == len(self.pids):
                 break
-            if not holding_said and all(p in FINISHED for p in phases):
+            if not holding_said and all(p in WORK_OVER for p in phases):
                 holding_said = True
-                self._set_phase("holding")
+                self._set_phase(HOLDING)
                 self.write_summary()
             if self.stop.wait(0.05) and not stopping:
                 stopping = True
                 self.kill_workers(signal.SIGTERM)
-        self._set_phase("done")
+        self._set_phase(DONE)
         self.write_summary()
         if not self.cfg.exit_after_hold:
             self.stop.wait()

@@ -1,9 +1,10 @@
 """One replica: an engine, caller threads through ``engine.begin()``, a hold, a summary.
 
 Every attempt is classified (ok, tooManyClients, reservedSlots, poolTimeout, other). Live counters
-and pool status are served as Prometheus metrics; the final summary is JSON at
-POOLBENCH_SUMMARY_PATH (in Kubernetes: the termination-message path). The summary is also written
-when the work ends (phase ``holding``) so a runner knows the pool now holds only its ghosts.
+and pool status are served as Prometheus metrics (``workload.metrics``); the final summary
+(``poolbench.core.contracts.summary``) is JSON at POOLBENCH_SUMMARY_PATH (in Kubernetes: the
+termination-message path). The summary is also written when the work ends (phase ``holding``) so a
+runner knows the pool now holds only its ghosts.
 
 Each attempt is also timed: its checkout wait (from asking ``engine.begin()`` for a connection until
 the ``with`` body runs: the pool's queue and any connect; for a failed checkout, until it failed) and,
@@ -23,56 +24,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import os
 import random
-import signal
-import sys
 import threading
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.metrics_core import Metric
+from prometheus_client import Gauge
 from sqlalchemy import create_engine, event, pool
 
+from poolbench.core.contracts import metrics
+from poolbench.core.contracts.drivers import ASYNC_DRIVER, SQLALCHEMY_URLS
+from poolbench.core.contracts.phases import CRASHED, DONE, FINISHED, HOLDING, RUNNING, ReplicaPhase
+from poolbench.core.contracts.replica_env import WorkloadConfig
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.histogram import Histogram, edges_with
 from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_exception, short_message
-from poolbench.core.workload_env import WorkloadConfig, WorkloadEnvError
 
-if TYPE_CHECKING:
-    from .processes import ProcessGroup
+from .metrics import Measures, ReplicaMetrics
 
-ENGINE_ARGS = {
-    "poolSize": "pool_size",
-    "maxOverflow": "max_overflow",
-    "poolTimeout": "pool_timeout",
-    "poolRecycle": "pool_recycle",
-    "poolPrePing": "pool_pre_ping",
-    "poolUseLifo": "pool_use_lifo",
-}
-PHASES = ["starting", "running", "holding", "done", "crashed"]
 OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
 OK_INDEX = OUTCOME_INDEX[OK]
-#: Kubernetes keeps at most this many bytes of a termination message: the summary must fit.
-SUMMARY_LIMIT = 4096
 # Indexes into a thread's ``extremes`` list.
 LAT_SUM, LAT_MAX, WAIT_SUM, WAIT_MAX = range(4)
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-DRIVER_URLS = {"psycopg2": "postgresql+psycopg2://", "psycopg": "postgresql+psycopg://",
-               "asyncpg": "postgresql+asyncpg://"}
 
 
 def unique_statement_name() -> str:
@@ -89,8 +71,8 @@ def driver_settings(cfg: WorkloadConfig) -> tuple[str, dict[str, Any]]:
     unique ``prepared_statement_name_func``; psycopg 3: ``prepare_threshold=None`` (never prepare);
     psycopg2 never prepares."""
     name = cfg.app_name[:63]
-    url = DRIVER_URLS[cfg.driver]
-    if cfg.driver == "asyncpg":
+    url = SQLALCHEMY_URLS[cfg.driver]
+    if cfg.driver == ASYNC_DRIVER:
         connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
         if cfg.transaction_pooled:
             url += "?prepared_statement_cache_size=0"
@@ -127,10 +109,10 @@ def build_engine(cfg: WorkloadConfig) -> Any:
 
 
 def _engine(cfg: WorkloadConfig) -> Any:
-    kwargs = {ENGINE_ARGS[k]: v for k, v in cfg.engine.items() if k in ENGINE_ARGS}
-    pool_name = cfg.engine.get("poolClass", "QueuePool")
+    kwargs = cfg.engine.pool_arguments()
+    pool_name = cfg.engine.pool_class
     url, connect_args = driver_settings(cfg)
-    if cfg.driver == "asyncpg":
+    if cfg.driver == ASYNC_DRIVER:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         poolclass = pool.AsyncAdaptedQueuePool if pool_name == "QueuePool" else getattr(pool, pool_name)
@@ -146,28 +128,8 @@ def _engine(cfg: WorkloadConfig) -> Any:
     )
 
 
-def fitted_summary(data: dict[str, Any]) -> str:
-    """A summary as compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer
-    termination message, which would no longer parse): when needed, the histograms are coarsened
-    (``Histogram.coarsened``: totals and limit counts exact), then the free texts, the first error and
-    then the replica's name, are shortened. ASCII-escaped, so characters are bytes."""
-    text = json.dumps(data, separators=(",", ":"))
-    for key in ("latencyMs", "checkoutWaitMs"):
-        if len(text) > SUMMARY_LIMIT and isinstance(data.get(key), dict):
-            data[key] = Histogram.from_json(data[key]).coarsened().to_json()
-            text = json.dumps(data, separators=(",", ":"))
-    for key in ("firstError", "replica"):
-        value = data.get(key) or ""
-        while len(text) > SUMMARY_LIMIT and value:
-            # Cut as many characters as the excess takes at this text's mean escaped width.
-            width = (len(json.dumps(value)) - 2) / len(value)
-            value = value[: max(0, len(value) - max(1, math.ceil((len(text) - SUMMARY_LIMIT) / width)))]
-            data[key] = value
-            text = json.dumps(data, separators=(",", ":"))
-    return text
-
-
 def write_summary_file(path: str, text: str) -> None:
+    """The summary in one piece: written beside ``path`` and renamed over it where the file system allows."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "w") as fh:
@@ -237,76 +199,6 @@ def keep_full_message(ctx: Any) -> None:
             setattr(original, FULL_MESSAGE, " ".join(said.split()))
 
 
-class _TalliedCounter:
-    """Serves a Counter whose increments live in per-thread tallies, folded in when it is collected."""
-
-    def __init__(self, counter: Counter, read):
-        self.counter, self.read = counter, read
-        self.synced: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def sync(self) -> None:
-        with self.lock:
-            for outcome, total in self.read().items():
-                delta = total - self.synced.get(outcome, 0)
-                if delta > 0:
-                    self.counter.labels(outcome).inc(delta)
-                    self.synced[outcome] = total
-
-    def describe(self):
-        return self.counter.describe()
-
-    def collect(self):
-        self.sync()
-        return self.counter.collect()
-
-
-@dataclass
-class Measures:
-    """What the timing tallies add up to at one moment (merged over the caller threads)."""
-
-    latency: Histogram = field(default_factory=Histogram)
-    checkout_wait: Histogram = field(default_factory=Histogram)
-    work_started_at: float | None = None  # epoch seconds
-    work_ended_at: float | None = None
-
-
-def _histogram_family(name: str, documentation: str, h: Histogram) -> HistogramMetricFamily:
-    """A Prometheus histogram in seconds from a millisecond one, listing the non-empty buckets and the
-    limit edges (``Histogram.cumulative``). Sum and max are rounded to the microsecond first, as in the
-    summary's ``to_json``, so the operator reads back the same figures."""
-    return HistogramMetricFamily(name, documentation, buckets=h.cumulative(), sum_value=round(h.sum_ms, 3) / 1000)
-
-
-class MeasuresCollector:
-    """Serves the latency and checkout-wait histograms, their maxima and the work's start and end,
-    built at scrape time from ``read()`` (the per-thread tallies): nothing is recorded per statement."""
-
-    def __init__(self, read: Callable[[], Measures]):
-        self.read = read
-
-    def describe(self) -> Iterator[Metric]:
-        return self._families(Measures())
-
-    def collect(self) -> Iterator[Metric]:
-        return self._families(self.read())
-
-    @staticmethod
-    def _families(m: Measures) -> Iterator[Metric]:
-        yield _histogram_family("poolbench_statement_latency_seconds",
-                                "Successful statements, from the checkout request to the commit", m.latency)
-        yield _histogram_family("poolbench_checkout_wait_seconds",
-                                "Pool checkouts (connect included; a failed one until it failed)", m.checkout_wait)
-        yield GaugeMetricFamily("poolbench_statement_latency_max_seconds", "Slowest successful statement",
-                                value=round(m.latency.max_ms, 3) / 1000)
-        yield GaugeMetricFamily("poolbench_checkout_wait_max_seconds", "Longest checkout wait",
-                                value=round(m.checkout_wait.max_ms, 3) / 1000)
-        yield GaugeMetricFamily("poolbench_work_started_timestamp_seconds",
-                                "When the first attempt started (0 until then)", value=m.work_started_at or 0.0)
-        yield GaugeMetricFamily("poolbench_work_ended_timestamp_seconds",
-                                "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0)
-
-
 class CallerTally:
     """One caller's (thread's or task's) own tallies: outcomes, latency and wait buckets, sums and
     maxima, registered with its replica so scrapes and summaries see them, written only by this
@@ -349,7 +241,8 @@ class CallerTally:
             self.extremes[top] = ms
 
     def succeeded(self, t0: float, t1: float, t2: float) -> None:
-        """The hot path: inline, no call beyond the bucket lookup (P3 holds a replica to the plain app)."""
+        """The hot path: inline, no call beyond the bucket lookup (a replica must cost no more than the
+        plain app it stands for, or the benchmark measures itself)."""
         self.tally[OK_INDEX] += 1
         extremes = self.extremes
         ms = (t1 - t0) * 1000.0
@@ -368,7 +261,7 @@ class CallerTally:
         True when the replica must crash."""
         replica = self.replica
         self._count(self.wait, ((t1 if t1 > t0 else time.perf_counter()) - t0) * 1000.0, WAIT_SUM, WAIT_MAX)
-        replica._record_error(self.tally, classify_exception(exc, pooled=replica.cfg.pooled), exc)
+        replica.record_error(self.tally, classify_exception(exc, pooled=replica.cfg.pooled), exc)
         if replica.cfg.on_error == "crash":
             replica.crashed.set()
             return True
@@ -389,12 +282,8 @@ class Replica:
     def __init__(self, cfg: WorkloadConfig, engine: Any = None, publish: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.publish = publish
-        self.registry = CollectorRegistry()
-        self.attempts = Counter("poolbench_attempts", "Statements attempted, by outcome", ["outcome"], registry=None)
-        for outcome in OUTCOMES:
-            self.attempts.labels(outcome)
-        self.registry.register(_TalliedCounter(self.attempts, self.outcome_counts))
-        self.phase = Enum("poolbench_phase", "Replica phase", states=PHASES, registry=self.registry)
+        self.metrics = ReplicaMetrics(self.outcome_counts, self.measures)
+        self.registry = self.metrics.registry
         # One tally per caller thread (a list indexed like OUTCOMES), written only by its thread.
         self.tallies: list[list[int]] = []
         # Per caller thread, written only by it: latency and checkout-wait bucket counts, and
@@ -404,7 +293,6 @@ class Replica:
         self.work_started_at: float | None = None
         self.work_ended_at: float | None = None
         self.threads_finished = 0
-        self.registry.register(MeasuresCollector(self.measures))
         self.lock = threading.Lock()
         self.first_error: str | None = None
         self.first_error_class: str | None = None
@@ -425,20 +313,22 @@ class Replica:
         event.listen(sync_engine, "checkout", forget_connecting)
         keep_message_before_closing(sync_engine.dialect)
         pool_ = sync_engine.pool
-        Gauge("poolbench_pool_checked_out", "Connections checked out of the pool",
+        Gauge(metrics.POOL_CHECKED_OUT, "Connections checked out of the pool",
               registry=self.registry).set_function(lambda: self.checked_out)
-        Gauge("poolbench_pool_peak_checked_out", "Most connections checked out at once",
+        Gauge(metrics.POOL_PEAK_CHECKED_OUT, "Most connections checked out at once",
               registry=self.registry).set_function(lambda: self.peak_checked_out)
         if isinstance(pool_, pool.QueuePool):
-            Gauge("poolbench_pool_overflow", "QueuePool overflow (starts at -pool_size)",
+            Gauge(metrics.POOL_OVERFLOW, "QueuePool overflow (starts at -pool_size)",
                   registry=self.registry).set_function(pool_.overflow)
-            Gauge("poolbench_pool_idle", "Connections idle in the pool",
+            Gauge(metrics.POOL_IDLE, "Connections idle in the pool",
                   registry=self.registry).set_function(pool_.checkedin)
-        self._set_phase("starting")
 
-    def _set_phase(self, phase: str) -> None:
-        self.current_phase = phase
-        self.phase.state(phase)
+    @property
+    def current_phase(self) -> ReplicaPhase:
+        return self.metrics.phase
+
+    def _set_phase(self, phase: ReplicaPhase) -> None:
+        self.metrics.set_phase(phase)
 
     def _on_checkout(self, *_args) -> None:
         with self.lock:
@@ -464,7 +354,7 @@ class Replica:
             m.checkout_wait.merge(Histogram(self.edges, list(wait), extremes[WAIT_SUM], extremes[WAIT_MAX]))
         return m
 
-    def _record_error(self, tally: list[int], outcome: str, exc: BaseException) -> None:
+    def record_error(self, tally: list[int], outcome: str, exc: BaseException) -> None:
         with self.lock:
             tally[OUTCOME_INDEX[outcome]] += 1
             if self.first_error is None:
@@ -515,28 +405,27 @@ class Replica:
         finally:
             caller.done()
 
-    def summary(self) -> dict[str, Any]:
-        counts = self.outcome_counts()
+    def summary(self) -> ReplicaSummary:
         m = self.measures()
-        return {
-            "replica": self.cfg.app_name,
-            "phase": self.current_phase,
-            "outcomes": counts,
-            "firstError": self.first_error,
-            "firstErrorClass": self.first_error_class,
-            "firstErrorAt": self.first_error_at,
-            "peakCheckedOut": self.peak_checked_out,
-            "startedAt": self.started_at,
-            "workDoneAt": self.work_done_at,
-            "finishedAt": now_iso() if self.current_phase in ("done", "crashed") else None,
-            "latencyMs": m.latency.to_json(),
-            "checkoutWaitMs": m.checkout_wait.to_json(),
-            "workStartedAt": m.work_started_at,
-            "workEndedAt": m.work_ended_at,
-        }
+        return ReplicaSummary(
+            replica=self.cfg.app_name,
+            phase=self.current_phase,
+            outcomes=self.outcome_counts(),
+            first_error=self.first_error,
+            first_error_class=self.first_error_class,
+            first_error_at=self.first_error_at,
+            peak_checked_out=self.peak_checked_out,
+            started_at=self.started_at,
+            work_done_at=self.work_done_at,
+            finished_at=now_iso() if self.current_phase in FINISHED else None,
+            latency=m.latency,
+            checkout_wait=m.checkout_wait,
+            work_started_at=m.work_started_at,
+            work_ended_at=m.work_ended_at,
+        )
 
     def summary_json(self) -> str:
-        return fitted_summary(self.summary())
+        return self.summary().to_text()
 
     def write_summary(self) -> None:
         if self.publish is not None:
@@ -545,8 +434,8 @@ class Replica:
             write_summary_file(self.cfg.summary_path, self.summary_json())
 
     def run(self) -> int:
-        self._set_phase("running")
-        if self.cfg.driver == "asyncpg":
+        self._set_phase(RUNNING)
+        if self.cfg.driver == ASYNC_DRIVER:
             work_done, held = threading.Event(), threading.Event()
             loop_thread = threading.Thread(target=asyncio.run, args=(self._async_lifecycle(work_done, held),),
                                            daemon=True, name="poolbench-event-loop")
@@ -569,15 +458,15 @@ class Replica:
         if self.crashed.is_set():
             return self._crash()
         self.work_done_at = now_iso()
-        self._set_phase("holding")
+        self._set_phase(HOLDING)
         self.write_summary()
         self.stop.wait(self.cfg.hold_seconds)
-        if self.cfg.driver == "asyncpg":
+        if self.cfg.driver == ASYNC_DRIVER:
             held.set()  # the event loop disposes of its own engine (its connections belong to that loop)
             threads[0].join(10)
         else:
             self.engine.dispose()
-        self._set_phase("done")
+        self._set_phase(DONE)
         self.write_summary()
         if not self.cfg.exit_after_hold:
             self.stop.wait()
@@ -592,39 +481,12 @@ class Replica:
         await self.engine.dispose()
 
     def _crash(self) -> int:
-        """The seed's behaviour: the replica dies on its first failed attempt (its work ends there too:
-        the other threads are not waited for)."""
+        """on_error crash: the replica dies on its first failed attempt (its work ends there too: the
+        other threads are not waited for)."""
         with self.lock:
             if self.work_ended_at is None:
                 self.work_ended_at = time.time()
-        self._set_phase("crashed")
+        self._set_phase(CRASHED)
         self.write_summary()
         return 1
 
-
-def run(env: dict[str, str]) -> int:
-    try:
-        cfg = WorkloadConfig.checked_from_env(env)
-    except WorkloadEnvError as err:
-        print(f"poolbench workload: {err}", file=sys.stderr, flush=True)
-        return 2
-    replica: Replica | ProcessGroup
-    if cfg.processes > 1:
-        from .processes import ProcessGroup
-
-        replica = ProcessGroup(cfg)
-        replica.start()  # fork the workers before any thread of ours runs
-    else:
-        replica = Replica(cfg)
-
-    def on_term(_sig, _frame):
-        replica.stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, registry=replica.registry)
-    code = replica.run()
-    if code:
-        # Don't wait for caller threads stuck in a query: a crash is a crash.
-        os._exit(code)
-    return code

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poolbench.core.budget import surge_pods
+from poolbench.core.contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
@@ -226,9 +227,9 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
         {"name": "PGHOST", "value": host},
         {"name": "PGPORT", "value": str(port)},
         {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": names.secret, "key": password_key}}},
-        {"name": "POOLBENCH_APP_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POOLBENCH_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "POOLBENCH_SUMMARY_PATH", "value": TERMINATION_PATH},
+        {"name": APP_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": METRICS_PORT_ENV, "value": str(METRICS_PORT)},
+        {"name": SUMMARY_PATH_ENV, "value": TERMINATION_PATH},
     ]
     pod_labels = labels(benchmark, "workload", names.variant)
     return {

@@ -12,25 +12,25 @@ are rounded to the microsecond, as the replica's summary has them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolbench.core.benchmark import ReplicaReport
+from poolbench.core.contracts import metrics
+from poolbench.core.contracts.phases import DONE, HOLDING, ReplicaPhase, known_phase
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.histogram import Histogram
 from poolbench.core.outcomes import OUTCOMES
 
-LATENCY = "poolbench_statement_latency_seconds"
-CHECKOUT_WAIT = "poolbench_checkout_wait_seconds"
-MAX_GAUGES = {"poolbench_statement_latency_max_seconds": LATENCY,
-              "poolbench_checkout_wait_max_seconds": CHECKOUT_WAIT}
-STARTED, ENDED = "poolbench_work_started_timestamp_seconds", "poolbench_work_ended_timestamp_seconds"
+LATENCY, CHECKOUT_WAIT = metrics.STATEMENT_LATENCY, metrics.CHECKOUT_WAIT
+MAX_GAUGES = {metrics.STATEMENT_LATENCY_MAX: LATENCY, metrics.CHECKOUT_WAIT_MAX: CHECKOUT_WAIT}
+STARTED, ENDED = metrics.WORK_STARTED, metrics.WORK_ENDED
 
 
 @dataclass(frozen=True)
 class Metrics:
-    phase: str | None = None
+    phase: ReplicaPhase | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
     latency: Histogram = field(default_factory=Histogram)  # successful statements, checkout to commit
     checkout_wait: Histogram = field(default_factory=Histogram)
@@ -43,7 +43,7 @@ def _ms(seconds: float) -> float:
 
 
 def parse_metrics(text: str) -> Metrics:
-    phase = None
+    phase: ReplicaPhase | None = None
     outcomes: dict[str, int] = {}
     buckets: dict[str, list[tuple[str, float]]] = {LATENCY: [], CHECKOUT_WAIT: []}
     sums: dict[str, float] = {}
@@ -52,16 +52,16 @@ def parse_metrics(text: str) -> Metrics:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name
-            if name == "poolbench_phase" and sample.value == 1.0:
-                phase = sample.labels.get("poolbench_phase")
-            elif name == "poolbench_attempts_total":
-                outcome = sample.labels.get("outcome")
+            if name == metrics.PHASE and sample.value == 1.0:
+                phase = known_phase(sample.labels.get(metrics.PHASE))
+            elif name == metrics.ATTEMPTS_TOTAL:
+                outcome = sample.labels.get(metrics.OUTCOME_LABEL)
                 if outcome in OUTCOMES:
                     outcomes[outcome] = int(sample.value)
-            elif name.endswith("_bucket") and name[: -len("_bucket")] in buckets:
-                buckets[name[: -len("_bucket")]].append((sample.labels.get("le", "nan"), sample.value))
-            elif name.endswith("_sum") and name[: -len("_sum")] in buckets:
-                sums[name[: -len("_sum")]] = _ms(sample.value)
+            elif name.endswith(metrics.BUCKET) and name[: -len(metrics.BUCKET)] in buckets:
+                buckets[name[: -len(metrics.BUCKET)]].append((sample.labels.get("le", "nan"), sample.value))
+            elif name.endswith(metrics.SUM) and name[: -len(metrics.SUM)] in buckets:
+                sums[name[: -len(metrics.SUM)]] = _ms(sample.value)
             elif name in MAX_GAUGES:
                 maxima[MAX_GAUGES[name]] = _ms(sample.value)
             elif name in (STARTED, ENDED) and sample.value > 0:
@@ -87,25 +87,21 @@ class PodView:
     def crashed(self) -> bool:
         return self.restarts > 0
 
-    def summary_of_last_crash(self) -> dict | None:
-        try:
-            data = json.loads(self.last_message) if self.last_message else None
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+    def summary_of_last_crash(self) -> ReplicaSummary | None:
+        return ReplicaSummary.parse(self.last_message)
 
 
 def work_done(pods: list[PodView], expected: int) -> bool:
     """Every replica finished its work (now holding its pool) or crashed."""
     return len(pods) >= expected and all(
-        p.crashed or (p.metrics is not None and p.metrics.phase in ("holding", "done")) for p in pods
+        p.crashed or (p.metrics is not None and p.metrics.phase in (HOLDING, DONE)) for p in pods
     )
 
 
 def step_done(pods: list[PodView], expected: int) -> bool:
     """Every replica finished its hold, or crashed at least once."""
     return len(pods) >= expected and all(
-        p.crashed or (p.metrics is not None and p.metrics.phase == "done") for p in pods
+        p.crashed or (p.metrics is not None and p.metrics.phase == DONE) for p in pods
     )
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .budget import predict, predicted_safe_replicas, surge_pods
+from .contracts.phases import CRASHED
+from .contracts.summary import ReplicaSummary
 from .histogram import Histogram, merged
 from .outcomes import OK
 from .results import (
@@ -99,27 +101,22 @@ class ReplicaReport:
     work_ended_at: float | None = None  # epoch seconds: its last caller thread finished
 
     @classmethod
-    def from_summary(cls, name: str, summary: dict[str, Any] | None, *, exit_code: int | None = None,
+    def from_summary(cls, name: str, summary: ReplicaSummary | None, *, exit_code: int | None = None,
                      restarts: int = 0) -> ReplicaReport:
-        summary = summary or {}
-        crashed = summary.get("phase") == "crashed" or bool(exit_code)
+        summary = summary if summary is not None else ReplicaSummary()
         return cls(
             name=name,
-            outcomes=dict(summary.get("outcomes") or {}),
-            first_error=summary.get("firstError"),
-            first_error_class=summary.get("firstErrorClass"),
-            first_error_at=summary.get("firstErrorAt"),
-            crashed=crashed,
+            outcomes=dict(summary.outcomes),
+            first_error=summary.first_error,
+            first_error_class=summary.first_error_class,
+            first_error_at=summary.first_error_at,
+            crashed=summary.phase == CRASHED or bool(exit_code),
             restarts=restarts,
-            latency=Histogram.from_json(summary.get("latencyMs")),
-            checkout_wait=Histogram.from_json(summary.get("checkoutWaitMs")),
-            work_started_at=_epoch(summary.get("workStartedAt")),
-            work_ended_at=_epoch(summary.get("workEndedAt")),
+            latency=summary.latency,
+            checkout_wait=summary.checkout_wait,
+            work_started_at=summary.work_started_at,
+            work_ended_at=summary.work_ended_at,
         )
-
-
-def _epoch(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepResult:

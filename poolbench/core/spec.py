@@ -15,6 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from .contracts.drivers import ASYNC_DRIVER, Driver
+from .contracts.replica_env import OnError, PoolClass, PoolMode
+
 API_GROUP = "poolbench.dev"
 API_VERSION = "v1alpha1"
 KIND = "PoolBenchmark"
@@ -72,11 +75,7 @@ class _Model(BaseModel):
     )
 
 
-#: SQLAlchemy pools that make sense for a threaded sync engine.
-PoolClass = Literal["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
 Role = Literal["superuser", "app"]
-Driver = Literal["psycopg2", "psycopg", "asyncpg"]
-OnError = Literal["crash", "count"]
 CleanupPolicy = Literal["ScaleDown", "Delete", "Keep"]
 ReplicaCount = Annotated[int, Field(ge=1, le=500)]
 
@@ -426,8 +425,8 @@ class WorkloadSpec(_Model):
 
     @model_validator(mode="after")
     def _async_pools(self) -> WorkloadSpec:
-        if self.driver == "asyncpg" and self.engine.pool_class not in ("QueuePool", "NullPool"):
-            raise ValueError(f"driver asyncpg takes poolClass QueuePool (as AsyncAdaptedQueuePool) or NullPool,"
+        if self.driver == ASYNC_DRIVER and self.engine.pool_class not in ("QueuePool", "NullPool"):
+            raise ValueError(f"driver {ASYNC_DRIVER} takes poolClass QueuePool (as AsyncAdaptedQueuePool) or NullPool,"
                              f" not {self.engine.pool_class}")
         return self
 
@@ -458,7 +457,6 @@ class LimitsSpec(_Model):
     )
 
 
-PoolMode = Literal["session", "transaction"]
 #: A variant's name goes into child object names ("<benchmark>--<variant>-pgbouncer"), kept within 63.
 MAX_VARIANT_NAME_LENGTH = 11
 MAX_VARIANTS = 6

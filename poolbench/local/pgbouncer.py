@@ -21,9 +21,9 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 
+from ..core.contracts.replica_env import POOLER_HOSTS_ENV, render_pooler_hosts
 from ..core.pooler import ADMIN_DATABASE, ADMIN_USER, pgbouncer_ini, userlist
 from ..core.spec import PoolerSpec
-from ..core.workload_env import POOLER_HOSTS_ENV, render_pooler_hosts
 from .access import _ensure_system_user, _ids, _run_as, _run_base
 from .errors import EnvironmentFailure
 from .procs import deferred_signals, free_port, kill_group, spawn, temp_dir

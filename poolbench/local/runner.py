@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import secrets
 import shutil
@@ -28,6 +27,9 @@ import psycopg2.extensions
 
 from ..clock import utc_now
 from ..core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport
+from ..core.contracts.phases import WORK_OVER
+from ..core.contracts.replica_env import APP_NAME_ENV, SUMMARY_PATH_ENV
+from ..core.contracts.summary import ReplicaSummary
 from ..core.results import BenchmarkStatus
 from ..core.sampling import Sample
 from ..core.spec import PoolBenchmark
@@ -72,7 +74,7 @@ class ReplicaProcess:
         self.summary_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.stopped_by_runner = False  # killed at the end of its step (a timeout), not crashed
-        env = {**env, "POOLBENCH_APP_NAME": name, "POOLBENCH_SUMMARY_PATH": str(self.summary_path)}
+        env = {**env, APP_NAME_ENV: name, SUMMARY_PATH_ENV: str(self.summary_path)}
         forked = launcher.spawn(env, self.log_path) if launcher is not None else None
         self.proc: subprocess.Popen[bytes] | ForkedProcess
         if forked is not None:
@@ -82,18 +84,18 @@ class ReplicaProcess:
             self.proc = spawn([sys.executable, "-m", "workload"], env=env, stdout=log, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL)
 
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self) -> ReplicaSummary | None:
         try:
-            data = json.loads(self.summary_path.read_text())
-        except (OSError, ValueError):
+            text = self.summary_path.read_text()
+        except (OSError, ValueError):  # not there yet, or not text
             return None
-        return data if isinstance(data, dict) else None
+        return ReplicaSummary.parse(text)
 
     def work_done(self) -> bool:
         if self.proc.poll() is not None:
             return True
         s = self.summary()
-        return bool(s and s.get("phase") in ("holding", "done", "crashed"))
+        return s is not None and s.phase in WORK_OVER
 
     def kill(self) -> None:
         if self.proc.poll() is None:

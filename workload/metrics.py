@@ -1,0 +1,112 @@
+"""A replica's Prometheus metrics (names: ``poolbench.core.contracts.metrics``), built when scraped.
+
+Nothing is recorded per statement: the attempts counter folds in the caller threads' own tallies and the
+histograms are built from their bucket counts at each scrape, so the hot loop takes no lock and makes no
+Prometheus call. A single-process replica and the parent of a multi-process one serve the same families.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Enum
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from poolbench.core.contracts import metrics
+from poolbench.core.contracts.phases import PHASES, STARTING, ReplicaPhase
+from poolbench.core.histogram import Histogram
+from poolbench.core.outcomes import OUTCOMES
+
+
+class TalliedCounter:
+    """Serves a Counter whose increments live in per-thread tallies, folded in when it is collected."""
+
+    def __init__(self, counter: Counter, read: Callable[[], dict[str, int]]):
+        self.counter, self.read = counter, read
+        self.synced: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def sync(self) -> None:
+        with self.lock:
+            for outcome, total in self.read().items():
+                delta = total - self.synced.get(outcome, 0)
+                if delta > 0:
+                    self.counter.labels(outcome).inc(delta)
+                    self.synced[outcome] = total
+
+    def describe(self) -> Iterable[Metric]:
+        return self.counter.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        self.sync()
+        return self.counter.collect()
+
+
+@dataclass
+class Measures:
+    """What the timing tallies add up to at one moment (merged over the caller threads)."""
+
+    latency: Histogram = field(default_factory=Histogram)
+    checkout_wait: Histogram = field(default_factory=Histogram)
+    work_started_at: float | None = None  # epoch seconds
+    work_ended_at: float | None = None
+
+
+def histogram_family(name: str, documentation: str, h: Histogram) -> HistogramMetricFamily:
+    """A Prometheus histogram in seconds from a millisecond one, listing the non-empty buckets and the
+    limit edges (``Histogram.cumulative``). Sum and max are rounded to the microsecond first, as in the
+    summary's ``to_json``, so the operator reads back the same figures."""
+    return HistogramMetricFamily(name, documentation, buckets=h.cumulative(), sum_value=round(h.sum_ms, 3) / 1000)
+
+
+class MeasuresCollector:
+    """Serves the latency and checkout-wait histograms, their maxima and the work's start and end,
+    built at scrape time from ``read()`` (the per-thread tallies): nothing is recorded per statement."""
+
+    def __init__(self, read: Callable[[], Measures]):
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(Measures())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.read())
+
+    @staticmethod
+    def _families(m: Measures) -> Iterator[Metric]:
+        yield histogram_family(metrics.STATEMENT_LATENCY,
+                               "Successful statements, from the checkout request to the commit", m.latency)
+        yield histogram_family(metrics.CHECKOUT_WAIT,
+                               "Pool checkouts (connect included; a failed one until it failed)", m.checkout_wait)
+        yield GaugeMetricFamily(metrics.STATEMENT_LATENCY_MAX, "Slowest successful statement",
+                                value=round(m.latency.max_ms, 3) / 1000)
+        yield GaugeMetricFamily(metrics.CHECKOUT_WAIT_MAX, "Longest checkout wait",
+                                value=round(m.checkout_wait.max_ms, 3) / 1000)
+        yield GaugeMetricFamily(metrics.WORK_STARTED,
+                                "When the first attempt started (0 until then)", value=m.work_started_at or 0.0)
+        yield GaugeMetricFamily(metrics.WORK_ENDED,
+                                "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0)
+
+
+class ReplicaMetrics:
+    """A replica's registry: attempts by outcome, its phase and its measures, read from ``outcome_counts``
+    and ``measures`` at each scrape. ``phase`` is what the replica says it is doing (summary and metric)."""
+
+    def __init__(self, outcome_counts: Callable[[], dict[str, int]], measures: Callable[[], Measures]):
+        self.registry = CollectorRegistry()
+        attempts = Counter(metrics.ATTEMPTS, "Statements attempted, by outcome", [metrics.OUTCOME_LABEL],
+                           registry=None)
+        for outcome in OUTCOMES:
+            attempts.labels(outcome)
+        self.registry.register(TalliedCounter(attempts, outcome_counts))
+        self._phase = Enum(metrics.PHASE, "Replica phase", states=list(PHASES), registry=self.registry)
+        self.registry.register(MeasuresCollector(measures))
+        self.phase: ReplicaPhase = STARTING
+        self.set_phase(STARTING)
+
+    def set_phase(self, phase: ReplicaPhase) -> None:
+        self.phase = phase
+        self._phase.state(phase)
