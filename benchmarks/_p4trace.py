@@ -54,20 +54,19 @@ def main() -> int:
     wrap(benchmark.BenchmarkRun, "mark_work_done", "step: work done", None)
     wrap(benchmark.BenchmarkRun, "finish_step", "step: replicas gone", None)
     wrap(local.ReplicaProcess, "__init__", None, "step: replica spawned")
-    orig_samples = local.LocalRunner.samples
+    orig_add_sample = benchmark.BenchmarkRun.add_sample
     seen = {"step": 0, "first": False}
 
-    def samples(self: local.LocalRunner) -> list[Any]:
-        taken = orig_samples(self)
-        step = self.run.status.current_step or 0
+    def add_sample(self: benchmark.BenchmarkRun, sample: Any) -> None:
+        orig_add_sample(self, sample)
+        step = self.status.current_step or 0
         if step != seen["step"]:
             seen["step"], seen["first"] = step, False
-        if not seen["first"] and self.run.step is not None and any(s.ok and s.total > 0 for s in taken):
+        if not seen["first"] and self.step is not None and sample.ok and sample.total > 0:
             seen["first"] = True
             note("step: first connection seen")
-        return taken
 
-    setattr(local.LocalRunner, "samples", samples)  # noqa: B010 - mypy rejects assigning to a method (method-assign)
+    setattr(benchmark.BenchmarkRun, "add_sample", add_sample)  # noqa: B010 - mypy rejects assigning to a method (method-assign)
     code = cli.main(["run", *argv])
     note("table printed")
     with open(events_path, "w") as fh:

@@ -113,7 +113,8 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
     except SpecError:
         assume(False)
         return
-    status = run_steps(BenchmarkRun(spec, clock=utc_now), ArithmeticOracle(spec), TIMING)
+    oracle = ArithmeticOracle(spec)
+    status = run_steps(BenchmarkRun(spec, clock=utc_now), oracle, oracle.monitor, TIMING)
     document = status.to_json()
     variants = spec.effective_variants()
     results: list[VariantStatus | None] = list(status.variants) if spec.variants else [None]

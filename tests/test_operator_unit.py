@@ -412,49 +412,69 @@ def driver_for(spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch,
     from poolbench_operator import driver as driver_module
     from poolbench_operator.config import Config
 
-    monkeypatch.setattr(driver_module, "PoolerProbe", FakePoolerProbe)
-    FakePoolerProbe.made = []
     posted: list[tuple[Any, ...]] = []
     d = driver_module.Driver(
         kube=cast(Any, FakeKube()), body={"metadata": {"name": "ab", "uid": "u-1", "generation": 1}}, spec=spec,
         stopped=FakeStop(), adopt=lambda child: None, event=lambda *e: posted.append(e),
         logger=logging.getLogger("test"), config=Config(postgres_address=address), key=b"k" * 32)
-    d.sampler = type("Sampler", (), {"pooler": None})()
     return d, posted
 
 
-def sampled(d: Any) -> Any:
-    """The pooler probe the driver's sampler reads."""
-    return d.sampler.pooler
+def unstarted_monitor(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The monitor both platforms use, never started (it reads nothing), with a fake pooler probe."""
+    from poolbench.db import monitor
+
+    monkeypatch.setattr(monitor, "PoolerProbe", FakePoolerProbe)
+    FakePoolerProbe.made = []
+
+    def unreachable(**kw: Any) -> Any:
+        raise AssertionError("an unstarted monitor connects to nothing")
+
+    return monitor.Monitor(unreachable, interval=0.1, t0=0.0)
+
+
+def use_variant(d: Any, monitor: Any, planned: Any) -> None:
+    """What the step loop does before a variant's first step."""
+    monitor.watch_pooler(())
+    monitor.watch_pooler(d.use_variant(planned))
+
+
+def sampled(monitor: Any) -> Any:
+    """The pooler probe the monitor's sampler reads."""
+    assert monitor.sampler.pooler is monitor.pooler
+    return monitor.sampler.pooler
 
 
 def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch: pytest.MonkeyPatch) -> None:
     from poolbench_operator.credentials import derive_password
 
     d, _ = driver_for(VARIANTS, monkeypatch)
+    monitor = unstarted_monitor(monkeypatch)
     direct, tx, session = (plan[0] for plan in d.run.plans)
     d.scale_to_zero()  # a resumed run's clean slate: before any variant, every workload goes to 0
     assert d.kube.calls == [("scale", f"ab--{v}-workload", 0) for v in ("direct", "tx-nullpool", "session")]
     d.kube.calls.clear()
-    d.use_variant(direct)
-    assert sampled(d) is None and not FakePoolerProbe.made
+    use_variant(d, monitor, direct)
+    assert sampled(monitor) is None and not FakePoolerProbe.made
     d.scale(direct)
     d.observe(direct.replicas)
     assert d.kube.calls == [("scale", "ab--direct-workload", 5), ("pods", "direct")]
     d.kube.calls.clear()
-    d.use_variant(tx)
+    use_variant(d, monitor, tx)
     assert len(FakePoolerProbe.made) == 1
     probe: Any = FakePoolerProbe.made[0]
-    assert sampled(d) is probe and len(probe.connects) == 2 and probe.database == "postgres"
+    assert sampled(monitor) is probe and len(probe.connects) == 2 and probe.database == "postgres"
+    assert [c.args for c in probe.connects] == [("tx-nullpool", 0), ("tx-nullpool", 1)]  # one console per pod
     assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 2)]
     assert d.pooler_admin_password == derive_password(b"k" * 32, "u-1", "pooler-admin")
     d.kube.calls.clear()
     d.scale_to_zero()
+    monitor.drop_pooler_connections()  # the loop's clean slate, once the pods are gone
     assert d.kube.calls == [("scale", "ab--tx-nullpool-workload", 0)] and probe.log == ["drop"]
-    d.use_variant(session)  # the previous variant's probe is closed, the new one sampled
-    assert probe.log == ["drop", "close"] and sampled(d) is FakePoolerProbe.made[1]
-    d.close_pooler_probe()
-    assert sampled(d) is None and FakePoolerProbe.made[1].log == ["close"]
+    use_variant(d, monitor, session)  # the previous variant's probe is closed, the new one sampled
+    assert probe.log == ["drop", "close"] and sampled(monitor) is FakePoolerProbe.made[1]
+    monitor.stop()
+    assert sampled(monitor) is None and FakePoolerProbe.made[1].log == ["close"]
 
 
 def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -472,8 +492,9 @@ def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: 
 
 def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch, address="127.0.0.1:15432")
-    d.use_variant(d.run.plans[1][0])
-    assert sampled(d) is None and not FakePoolerProbe.made
+    monitor = unstarted_monitor(monkeypatch)
+    use_variant(d, monitor, d.run.plans[1][0])
+    assert sampled(monitor) is None and not FakePoolerProbe.made
     assert posted and posted[-1][:2] == ("Warning", "PoolerNotSampled")
 
 

@@ -1,12 +1,15 @@
-"""The step loop through every branch, on a fake platform with a fake clock (milliseconds, no I/O).
+"""The step loop through every branch, on a fake platform and a fake monitor with a fake clock
+(milliseconds, no I/O).
 
-The fake plays a server and its replicas by a script: for each step, when the replicas finish their
+The fake platform plays the replicas by a script: for each step, when the replicas finish their
 work, when they finish their hold (or never), how many connections they hold meanwhile, and what
-they report. Samples are produced on a 100 ms grid as the fake clock advances, like the probe's.
+they report. The fake monitor reads the server they load on a 100 ms grid as the fake clock
+advances, like the probe's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +25,7 @@ from poolbench.core.steploop import (
     DatabaseRestarted,
     LoopEvent,
     LoopTiming,
+    PoolerConsole,
     Progress,
     ReplicaProgress,
     StepFinished,
@@ -50,31 +54,104 @@ class Script:
     stuck: int = 0  # backends that outlive the replicas (a statement still running) until terminated
 
 
+class FakeMonitor:
+    """The server as the monitor reads it: the platform's replicas' connections (and backends that
+    outlive them), read on a 100 ms grid as the platform's clock advances, like the probe's."""
+
+    def __init__(self, platform: FakePlatform, leftover: int = 0):
+        self.platform = platform
+        self.next_sample = 0.0
+        self.pending: list[Sample] = []
+        self.leftover = leftover  # backends still open at the start (an interrupted earlier run)
+        self.stuck = 0  # backends that outlived their replicas until terminated
+        self.terminated = 0
+        self.server_dead = False
+        self.restart_pending = False
+        self.pooled = False  # the variant's pooler is read: samples carry its reads
+        self.log: list[str] = []  # what the loop asked of the pooler, in order
+
+    def _connections(self, t: float) -> int:
+        platform = self.platform
+        phase = platform._phase(t)
+        if phase == "none":
+            return self.leftover + self.stuck
+        if phase == "gone" or platform.script is None:
+            return 0
+        s = platform.script
+        return platform.replicas * (s.ghosts_per_replica if phase == "holding" else s.connections_per_replica)
+
+    def read_until(self, until: float) -> None:
+        """Take the reads due up to ``until``, each from the server as it is at its time."""
+        platform = self.platform
+        while self.next_sample <= until:
+            t = self.next_sample
+            s = platform.script
+            if s is not None and platform.replicas:
+                age = t - platform.scaled_at
+                if s.server_dies_at is not None and age >= s.server_dies_at and not self.server_dead:
+                    self.server_dead, s.server_dies_at = True, None
+                if s.server_restarts_at is not None and age >= s.server_restarts_at:
+                    self.restart_pending, s.server_restarts_at = True, None
+            if self.server_dead:
+                self.pending.append(Sample.gap(t, "server closed the connection unexpectedly"))
+            else:
+                total = self._connections(t)
+                read = None
+                if self.pooled and platform.pooler is not None:  # the app's connections are clients there;
+                    # the server sees the pool
+                    capacity = platform.pooler.replicas * platform.pooler.server_connections()
+                    read = PoolerRead(clients=total, waiting=max(0, total - capacity), servers=min(total, capacity))
+                    total = min(total, capacity)
+                sample = Sample(t=t, total=total, by_state={"active": total}, by_app={"r": total}, pooler=read)
+                if self.restart_pending:
+                    sample, self.restart_pending = replace(sample, server_restarted=True), False
+                self.pending.append(sample)
+            self.next_sample = round(self.next_sample + INTERVAL, 6)
+
+    # Monitor
+    def samples(self) -> list[Sample]:
+        out, self.pending = self.pending, []
+        return out
+
+    def watch_pooler(self, consoles: Sequence[PoolerConsole]) -> None:
+        self.pooled = bool(consoles)
+        self.log.append(f"watch {len(consoles)}")
+
+    def drop_pooler_connections(self) -> None:
+        self.log.append("drop")
+
+    def connection_ages(self) -> list[float]:
+        self.platform.calls.append("ages")
+        return [1.0 + i for i in range(self._connections(self.platform.t))]
+
+    def terminate_backends(self) -> int:
+        self.platform.calls.append("terminate")
+        ended, self.stuck = self.stuck + self.leftover, 0
+        self.leftover = 0
+        self.terminated += ended
+        return ended
+
+
 class FakePlatform:
+    """The replicas, each step's by its script, on a fake clock; the server they load is its monitor's."""
+
     def __init__(self, scripts: list[Script], *, keeps_last_step: bool = False, stop_at: float | None = None,
                  leftover: int = 0, look_seconds: float = 0.0):
         self.scripts = list(scripts)
         self.keeps_last_step = keeps_last_step
         self.stop_at = stop_at
         self.t = 0.0
-        self.next_sample = 0.0
-        self.pending: list[Sample] = []
         self.script: Script | None = None
         self.scaled_at = 0.0
         self.replicas = 0
-        self.leftover = leftover  # backends still open at the start (an interrupted earlier run)
-        self.server_dead = False
-        self.restart_pending = False
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # what the loop asked of the platform and of the monitor, in order
         self.events: list[LoopEvent] = []
         self.restart_hooks = 0
-        self.stuck = 0
-        self.terminated = 0
         self.look_seconds = look_seconds  # a look at the replicas takes this long (listing pods)
         self.variants: list[str] = []  # use_variant calls, in order
-        self.pooler: PoolerSpec | None = None  # the variant's pooler: samples carry its reads
+        self.pooler: PoolerSpec | None = None  # the variant's pooler
+        self.monitor = FakeMonitor(self, leftover)
 
-    # the server as the probe would see it
     def _phase(self, t: float) -> str:
         """Where the step's replicas are at time t: none, working, holding or gone."""
         if self.script is None or not self.replicas:
@@ -87,39 +164,8 @@ class FakePlatform:
             return "holding"
         return "working"
 
-    def _connections(self, t: float) -> int:
-        phase = self._phase(t)
-        if phase == "none":
-            return self.leftover + self.stuck
-        if phase == "gone" or self.script is None:
-            return 0
-        s = self.script
-        return self.replicas * (s.ghosts_per_replica if phase == "holding" else s.connections_per_replica)
-
     def _advance(self, until: float) -> None:
-        while self.next_sample <= until:
-            t = self.next_sample
-            s = self.script
-            if s is not None and self.replicas:
-                age = t - self.scaled_at
-                if s.server_dies_at is not None and age >= s.server_dies_at and not self.server_dead:
-                    self.server_dead, s.server_dies_at = True, None
-                if s.server_restarts_at is not None and age >= s.server_restarts_at:
-                    self.restart_pending, s.server_restarts_at = True, None
-            if self.server_dead:
-                self.pending.append(Sample.gap(t, "server closed the connection unexpectedly"))
-            else:
-                total = self._connections(t)
-                read = None
-                if self.pooler is not None:  # the app's connections are clients; the server sees the pool
-                    capacity = self.pooler.replicas * self.pooler.server_connections()
-                    read = PoolerRead(clients=total, waiting=max(0, total - capacity), servers=min(total, capacity))
-                    total = min(total, capacity)
-                sample = Sample(t=t, total=total, by_state={"active": total}, by_app={"r": total}, pooler=read)
-                if self.restart_pending:
-                    sample, self.restart_pending = replace(sample, server_restarted=True), False
-                self.pending.append(sample)
-            self.next_sample = round(self.next_sample + INTERVAL, 6)
+        self.monitor.read_until(until)
         self.t = until
 
     # Platform
@@ -131,13 +177,10 @@ class FakePlatform:
             raise Stopped()
         self._advance(self.t + seconds)
 
-    def samples(self) -> list[Sample]:
-        out, self.pending = self.pending, []
-        return out
-
-    def use_variant(self, planned: PlannedStep) -> None:
+    def use_variant(self, planned: PlannedStep) -> Sequence[PoolerConsole]:
         self.variants.append(planned.variant)
         self.pooler = planned.pooler
+        return [lambda: None] * (planned.pooler.replicas if planned.pooler is not None else 0)
 
     def scale(self, planned: PlannedStep) -> None:
         self.calls.append(f"scale {planned.replicas}")
@@ -168,26 +211,15 @@ class FakePlatform:
     def scale_to_zero(self) -> None:
         self.calls.append("scale 0")
         if self.replicas and self.script is not None:
-            self.stuck = self.script.stuck
+            self.monitor.stuck = self.script.stuck
         self.replicas = 0
-        self.leftover = 0
-
-    def connection_ages(self) -> list[float]:
-        self.calls.append("ages")
-        return [1.0 + i for i in range(self._connections(self.t))]
-
-    def terminate_backends(self) -> int:
-        self.calls.append("terminate")
-        ended, self.stuck = self.stuck + self.leftover, 0
-        self.leftover = 0
-        self.terminated += ended
-        return ended
+        self.monitor.leftover = 0
 
     def recover_database(self) -> bool:
-        if not self.server_dead:
+        if not self.monitor.server_dead:
             return False
         self.calls.append("recover")
-        self.server_dead, self.restart_pending = False, True
+        self.monitor.server_dead, self.monitor.restart_pending = False, True
         return True
 
     def database_restarted(self) -> None:
@@ -195,6 +227,11 @@ class FakePlatform:
 
     def notify(self, event: LoopEvent) -> None:
         self.events.append(event)
+
+
+def run_on(run: BenchmarkRun, platform: FakePlatform) -> BenchmarkStatus:
+    """The loop on a fake platform, watched by its fake monitor."""
+    return run_steps(run, platform, platform.monitor, TIMING)
 
 
 def spec(**overrides: object) -> BenchmarkRun:
@@ -210,7 +247,7 @@ def kinds(platform: FakePlatform, kind: type) -> list[LoopEvent]:
 def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     run = spec()
     platform = FakePlatform([Script(), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert status.phase == "Completed"
     assert [s.outcome for s in status.steps] == ["Passed", "Passed"]
     assert [s.peak_connections for s in status.steps] == [6, 12]  # replicas × connections while working
@@ -227,31 +264,32 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
 
 
 def test_ghosts_count_only_samples_read_after_the_work_was_done() -> None:
-    class IdlePlatform(FakePlatform):
-        def _advance(self, until: float) -> None:
-            super()._advance(until)
+    class IdleMonitor(FakeMonitor):
+        def read_until(self, until: float) -> None:
+            super().read_until(until)
             # Idle connections: during the work 1 per replica, after it the ghosts.
             self.pending = [replace(s, by_state={"idle": self._idle(s.t)}) if s.ok else s for s in self.pending]
 
         def _idle(self, t: float) -> int:
-            phase = self._phase(t)
+            phase = self.platform._phase(t)
             if phase == "holding":
                 return self._connections(t)
             # More idle during the work than after it: these must not count as ghosts.
-            return self.replicas * 5 if phase == "working" else 0
+            return self.platform.replicas * 5 if phase == "working" else 0
 
     run = spec(steps=[2])
     # A look at the replicas takes 0.3 s: samples read during the look that sees the work done
     # (some from before the work ended) reach the loop only after it marked the work done.
-    platform = IdlePlatform([Script(work_done_at=0.5, finished_at=2.0)], look_seconds=0.3)
-    status = run_steps(run, platform, TIMING)
+    platform = FakePlatform([Script(work_done_at=0.5, finished_at=2.0)], look_seconds=0.3)
+    platform.monitor = IdleMonitor(platform)
+    status = run_on(run, platform)
     assert status.steps[0].idle_at_end == 4  # 2 replicas × 2 ghosts, not the 10 idle during the work
 
 
 def test_a_step_that_never_finishes_times_out_and_fails() -> None:
     run = spec(steps=[2, 4])
     platform = FakePlatform([Script(finished_at=None)])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     step = status.steps[0]
     assert step.timed_out and step.outcome == "Failed"
     assert "the step timed out" in (step.reason or "")
@@ -263,7 +301,7 @@ def test_a_step_that_never_finishes_times_out_and_fails() -> None:
 def test_a_crashed_replica_fails_the_step_and_stops_the_run() -> None:
     run = spec()
     platform = FakePlatform([Script(crashed=True, outcomes={"ok": 3, "tooManyClients": 1})])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     step = status.steps[0]
     assert step.outcome == "Failed" and step.crashed_replicas == 2
     assert step.errors.too_many_clients == 2 and step.first_error_class == "tooManyClients"
@@ -275,7 +313,7 @@ def test_a_crashed_replica_fails_the_step_and_stops_the_run() -> None:
 def test_without_stop_on_failure_every_step_runs() -> None:
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(crashed=True), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert [s.outcome for s in status.steps] == ["Failed", "Passed"]
     assert status.phase == "Failed"
 
@@ -283,7 +321,7 @@ def test_without_stop_on_failure_every_step_runs() -> None:
 def test_a_server_the_platform_restarts_fails_the_step_and_the_next_step_runs() -> None:
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(server_dies_at=0.3), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     first, second = status.steps
     assert "recover" in platform.calls
     assert first.outcome == "Failed" and first.database_restarts == 1 and first.sample_gaps >= 1
@@ -299,7 +337,7 @@ def test_a_server_the_platform_restarts_fails_the_step_and_the_next_step_runs() 
 def test_a_server_restarted_behind_the_platform_is_noticed_from_the_samples() -> None:
     run = spec(steps=[2])
     platform = FakePlatform([Script(server_restarts_at=0.2)])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert "recover" not in platform.calls
     assert status.steps[0].database_restarts == 1 and status.steps[0].outcome == "Failed"
     assert platform.restart_hooks == 1 and len(kinds(platform, DatabaseRestarted)) == 1
@@ -307,7 +345,7 @@ def test_a_server_restarted_behind_the_platform_is_noticed_from_the_samples() ->
 
 def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     first = spec()
-    run_steps(first, FakePlatform([Script(), Script()]), TIMING)
+    run_on(first, FakePlatform([Script(), Script()]))
     saved = first.status.to_json()
     finished_step = saved["steps"][0]
     # An operator restart mid step 2: status shows step 1 finished and step 2 half measured.
@@ -317,7 +355,7 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     assert resumed_status is not None
     run = BenchmarkRun(first.spec, resumed_status, clock=utc_now)
     platform = FakePlatform([Script()], leftover=7)
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
     assert [s.replicas for s in status.steps] == [2, 4]
     assert status.steps[0].to_json() == finished_step  # never redone, never changed
@@ -327,33 +365,34 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
 
 def test_a_finished_benchmark_runs_no_step() -> None:
     first = spec()
-    run_steps(first, FakePlatform([Script(), Script()]), TIMING)
+    run_on(first, FakePlatform([Script(), Script()]))
     again = BenchmarkRun(first.spec, status_from_resource(first.status.to_json()), clock=utc_now)
     platform = FakePlatform([])
-    run_steps(again, platform, TIMING)
+    run_on(again, platform)
     assert not any(c.startswith("scale ") and c != "scale 0" for c in platform.calls)
 
 
 def test_keep_leaves_the_last_step_running() -> None:
     run = spec()
     platform = FakePlatform([Script(), Script()], keeps_last_step=True)
-    run_steps(run, platform, TIMING)
+    run_on(run, platform)
     assert platform.calls == ["scale 0", "scale 2", "ages", "collect", "scale 0", "scale 4", "ages", "collect"]
 
 
 def test_the_drain_waits_for_the_server_to_close_every_backend() -> None:
     run = spec(steps=[2])
     platform = FakePlatform([Script()], leftover=5)
+    monitor = platform.monitor
 
     def scale_to_zero() -> None:  # backends linger 0.35 s after the replicas are gone
         platform.calls.append("scale 0")
-        platform.replicas = platform.leftover = 0
+        platform.replicas = monitor.leftover = 0
         gone_at = platform.t + 0.35
-        original = platform._connections
-        platform._connections = lambda t: original(t) if t >= gone_at else 5  # type: ignore[method-assign]
+        original = monitor._connections
+        monitor._connections = lambda t: original(t) if t >= gone_at else 5  # type: ignore[method-assign]
 
     platform.scale_to_zero = scale_to_zero  # type: ignore[method-assign]
-    run_steps(run, platform, TIMING)
+    run_on(run, platform)
     started = kinds(platform, StepStarted)[0]
     assert started is not None
     # The step started as soon as a sample showed 0 backends, not before, and not much later.
@@ -364,7 +403,7 @@ def test_the_drain_gives_up_after_its_time() -> None:
     run = spec(steps=[2])
     platform = FakePlatform([Script()], leftover=5)
     platform.scale_to_zero = lambda: platform.calls.append("scale 0")  # type: ignore[method-assign]
-    run_steps(run, platform, TIMING)
+    run_on(run, platform)
     assert platform.scaled_at == pytest.approx(TIMING.drain_seconds, abs=0.11)
 
 
@@ -372,7 +411,7 @@ def test_stopped_ends_the_loop_and_keeps_what_was_measured() -> None:
     run = spec()
     platform = FakePlatform([Script(), Script(finished_at=None)], stop_at=2.0)
     with pytest.raises(Stopped):
-        run_steps(run, platform, TIMING)
+        run_on(run, platform)
     assert run.status.steps[0].outcome == "Passed"
     assert run.status.steps[1].outcome is None  # unfinished: measured again on resume
     assert run.status.phase == "Running"
@@ -381,7 +420,7 @@ def test_stopped_ends_the_loop_and_keeps_what_was_measured() -> None:
 def test_progress_reports_live_and_peak_connections() -> None:
     run = spec(steps=[2])
     platform = FakePlatform([Script()])
-    run_steps(run, platform, TIMING)
+    run_on(run, platform)
     progress = [e for e in platform.events if isinstance(e, Progress)]
     assert progress and max(p.peak for p in progress) == 6
     assert all(p.step == 1 and p.total_steps == 1 and p.replicas == 2 for p in progress)
@@ -391,7 +430,7 @@ def test_progress_reports_live_and_peak_connections() -> None:
 def test_event_messages_say_what_happened() -> None:
     run = spec(steps=[2])
     platform = FakePlatform([Script(server_restarts_at=0.2)])
-    run_steps(run, platform, TIMING)
+    run_on(run, platform)
     messages = [e.message for e in platform.events if not isinstance(e, Progress)]
     assert messages[0] == "step 1/1: scaling the workload to 2 replicas (predicted peak 6, usable 99)"
     assert messages[1] == "step 1: PostgreSQL restarted"
@@ -401,30 +440,32 @@ def test_event_messages_say_what_happened() -> None:
 def test_backends_that_outlive_a_timed_out_step_are_terminated_and_reported() -> None:
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(finished_at=None, stuck=4), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     first, second = status.steps
     assert first.timed_out and first.leftover_backends == 4
-    assert platform.calls.count("terminate") == 1 and platform.terminated == 4
+    assert platform.calls.count("terminate") == 1 and platform.monitor.terminated == 4
     # The next step starts only after they are gone: its peak is its own (4 replicas × 3), not + 4.
     assert second.peak_connections == 12 and second.outcome == "Passed" and second.leftover_backends == 0
 
 
 def test_a_clean_step_terminates_nothing() -> None:
     platform = FakePlatform([Script(), Script()])
-    run_steps(spec(), platform, TIMING)
+    run_on(spec(), platform)
     assert "terminate" not in platform.calls
 
 
 def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> None:
-    class BlindPlatform(FakePlatform):
+    class BlindMonitor(FakeMonitor):
         def samples(self) -> list[Sample]:
             taken = super().samples()
-            if self.replicas:  # the monitor is killed between reads during the step
+            if self.platform.replicas:  # the monitor is killed between reads during the step
                 return [Sample.gap(s.t, "terminating connection due to idle-session timeout") for s in taken]
             return taken
 
     run = spec()
-    status = run_steps(run, BlindPlatform([Script(), Script()]), TIMING)
+    platform = FakePlatform([Script(), Script()])
+    platform.monitor = BlindMonitor(platform)
+    status = run_on(run, platform)
     step = status.steps[0]
     assert step.outcome == "Inconclusive" and step.samples == 0 and step.sample_gaps > 0
     assert "the monitor lost" in (step.reason or "") and "idle-session timeout" in (step.reason or "")
@@ -444,7 +485,7 @@ VARIANTS = [{"name": "direct"},
 def test_variants_run_in_turn_each_through_every_step() -> None:
     run = spec(variants=VARIANTS)
     platform = FakePlatform([Script(), Script(), Script(), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert platform.variants == ["direct", "tx"]  # use_variant once per variant, in order
     assert [v.name for v in status.variants] == ["direct", "tx"]
     direct, tx = status.variants
@@ -466,10 +507,18 @@ def test_variants_run_in_turn_each_through_every_step() -> None:
     assert started[2].startswith("tx step 1/2: scaling the workload to 2 replicas through PgBouncer transaction")
 
 
+def test_the_monitor_reads_each_variants_pooler_which_drops_its_server_connections_at_each_clean_slate() -> None:
+    platform = FakePlatform([Script() for _ in range(4)])
+    run_on(spec(variants=VARIANTS), platform)
+    # The previous variant's pooler is let go before the next variant starts its own; the direct
+    # variant has none, the tx variant's one instance is read. Every clean slate drops the servers.
+    assert platform.monitor.log == ["drop", "watch 0", "watch 0", "drop", "drop", "watch 0", "watch 1", "drop", "drop"]
+
+
 def test_a_failing_variant_stops_only_its_own_steps() -> None:
     run = spec(variants=VARIANTS)
     platform = FakePlatform([Script(crashed=True, outcomes={"ok": 1, "tooManyClients": 1}), Script(), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     direct, tx = status.variants
     assert [s.outcome for s in direct.steps] == ["Failed"]  # stopOnFailure within the variant
     assert [s.outcome for s in tx.steps] == ["Passed", "Passed"]  # the next variant still runs
@@ -486,12 +535,12 @@ def test_resume_skips_finished_variants_and_steps() -> None:
     first = spec(variants=VARIANTS)
     platform = StopsAtTheFourthStep([Script(), Script(), Script()])
     with pytest.raises(Stopped):
-        run_steps(first, platform, TIMING)
+        run_on(first, platform)
     saved = first.status.to_json()
     assert len(saved["variants"][0]["steps"]) == 2 and saved["variants"][0]["verdict"] is not None
     resumed = BenchmarkRun(first.spec, status_from_resource(saved), clock=utc_now)
     again = FakePlatform([Script(), Script()])
-    status = run_steps(resumed, again, TIMING)
+    status = run_on(resumed, again)
     assert again.variants == ["tx"]  # the finished variant is not run again
     assert [len(v.steps) for v in status.variants] == [2, 2]
     assert status.steps == status.variants[0].steps
@@ -509,7 +558,7 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
     # 3 connections per replica, 99 usable: the arithmetic predicts 33; the platform breaks at 6.
     run = spec(steps={"search": {"min": 1, "max": 40}})
     platform = Oracle([])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     probes = [s.replicas for s in status.steps]
     assert probes[:2] == [33, 16]  # the prediction first, then bisection of (0, 33)
     assert len(probes) <= 2 + 6 and len(set(probes)) == len(probes)
@@ -527,29 +576,38 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
 # -- searches and variants: what the verdict, the status and the tables say ----------------------------
 
 
+class BlindAt(FakeMonitor):
+    """Loses every read while the platform runs one of the ``blind`` replica counts."""
+
+    def __init__(self, platform: FakePlatform, blind: tuple[int, ...]):
+        super().__init__(platform)
+        self.blind = blind
+
+    def samples(self) -> list[Sample]:
+        taken = super().samples()
+        if self.platform.replicas in self.blind:
+            return [Sample.gap(s.t, "the monitor was killed") for s in taken]
+        return taken
+
+
 class Oracle(FakePlatform):
     """Replicas beyond ``breaking`` crash with tooManyClients; at the counts in ``blind`` the monitor
     loses every read (the probe is Inconclusive)."""
 
     def __init__(self, breaking: int, blind: tuple[int, ...] = ()):
         super().__init__([])
-        self.breaking, self.blind = breaking, blind
+        self.breaking = breaking
+        self.monitor = BlindAt(self, blind)
 
     def scale(self, planned: PlannedStep) -> None:
         refused = Script(crashed=True, outcomes={"tooManyClients": 1})
         self.scripts = [refused] if planned.replicas > self.breaking else [Script()]
         super().scale(planned)
 
-    def samples(self) -> list[Sample]:
-        taken = super().samples()
-        if self.replicas in self.blind:
-            return [Sample.gap(s.t, "the monitor was killed") for s in taken]
-        return taken
-
 
 def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
     # 3 connections per replica, 99 usable: the first probe is the prediction, 33; the monitor is blind there.
-    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=40, blind=(33,)), TIMING)
+    status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=40, blind=(33,)))
     assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Inconclusive")]
     verdict = status.verdict
     assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
@@ -562,7 +620,7 @@ def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
 
 def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
     # 33 fails, 16 passes, then 24 (the middle) is not seen: the search stops with 16 and 33 known.
-    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=30, blind=(24,)), TIMING)
+    status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=30, blind=(24,)))
     assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
     verdict = status.verdict
     assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
@@ -573,7 +631,7 @@ def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
 
 
 def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_probed() -> None:
-    status = run_steps(spec(steps={"search": {"min": 2, "max": 40}}), Oracle(breaking=1), TIMING)
+    status = run_on(spec(steps={"search": {"min": 2, "max": 40}}), Oracle(breaking=1))
     assert status.steps[-1].replicas == 2 and status.steps[-1].outcome == "Failed"
     assert status.verdict is not None and "even 2 (the search's min) failed" in status.verdict.summary
     assert status.phase == "Failed"  # nothing in the range passed: no boundary inside it
@@ -583,7 +641,7 @@ def search_with_variants() -> tuple[dict[str, Any], BenchmarkStatus]:
     variants = [{"name": "direct"},
                 {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 3, "reservePoolSize": 1,
                                           "maxClientConn": 200, "replicas": 2}}]
-    status = run_steps(spec(steps={"search": {"min": 1, "max": 40}}, variants=variants), Oracle(breaking=5), TIMING)
+    status = run_on(spec(steps={"search": {"min": 1, "max": 40}}, variants=variants), Oracle(breaking=5))
     return status.to_json(), status
 
 
@@ -633,7 +691,7 @@ def test_progress_counts_the_steps_that_ran_as_it_goes() -> None:
 
     run = spec(steps={"search": {"min": 1, "max": 40}}, variants=VARIANTS)
     platform = Watched(run)
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     first = len(status.variants[0].steps)  # of at most 8 probes
     # The first variant: 1/16, 2/16, …; the second starts right after what the first ran, of first + 8.
     assert platform.seen[:first] == [f"{i}/16" for i in range(1, first + 1)]
@@ -646,7 +704,7 @@ def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
     # The direct variant fails its first step (stopOnFailure); the tx variant runs both: 3 steps of 4 planned.
     run = spec(variants=VARIANTS)
     platform = FakePlatform([Script(crashed=True, outcomes={"tooManyClients": 1}), Script(), Script()])
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     assert [len(v.steps) for v in status.variants] == [1, 2]
     assert (status.total_steps, status.current_step, status.progress) == (3, 3, "3/3")
     assert status.phase == "Failed"  # a list of steps has no boundary to find
@@ -654,28 +712,48 @@ def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
 
 def test_unknown_connection_ages_are_null_not_zero() -> None:
     # No backend is open when the work ends (no ghosts): no age was read.
-    status = run_steps(spec(steps=[2]), FakePlatform([Script(ghosts_per_replica=0)]), TIMING)
+    status = run_on(spec(steps=[2]), FakePlatform([Script(ghosts_per_replica=0)]))
     ages = status.steps[0].connection_age_seconds
     assert (ages.p50, ages.max) == (None, None)
     assert status.to_json()["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
 
 
 def test_one_replica_and_one_step_are_singular() -> None:
-    status = run_steps(spec(steps={"search": {"min": 1, "max": 2}}), Oracle(breaking=5), TIMING)
+    status = run_on(spec(steps={"search": {"min": 1, "max": 2}}), Oracle(breaking=5))
     assert status.verdict is not None
     assert status.verdict.summary.startswith("Search 1..2 in 1 step: up to 2 (the search's max) every probe passed")
-    status = run_steps(spec(steps=[1]), FakePlatform([Script()]), TIMING)
+    status = run_on(spec(steps=[1]), FakePlatform([Script()]))
     assert status.verdict is not None
     assert status.verdict.summary.startswith("All steps passed up to 1 replica (each may open 3; at most 33 replicas"
                                              " fit in 99 usable connections)")
     platform = FakePlatform([Script(crashed=True, outcomes={"tooManyClients": 1})])
-    status = run_steps(spec(steps=[1]), platform, TIMING)
+    status = run_on(spec(steps=[1]), platform)
     assert status.verdict is not None
     assert status.verdict.summary.startswith("No step passed; 1 replica failed with tooManyClients")
     started = kinds(platform, StepStarted)[0]
     finished = kinds(platform, StepFinished)[0]
     assert isinstance(started, StepStarted) and "scaling the workload to 1 replica (" in started.message
     assert isinstance(finished, StepFinished) and finished.message.startswith("step 1: 1 replica Failed")
+
+
+class RollingMonitor(FakeMonitor):
+    """Reads each cohort's connections under its own name."""
+
+    def __init__(self, platform: Rolling):
+        super().__init__(platform)
+        self.rolling = platform
+
+    def read_until(self, until: float) -> None:
+        cohorts = self.rolling.cohorts
+        if not cohorts:
+            super().read_until(until)
+            return
+        while self.next_sample <= until:
+            t = self.next_sample
+            by_app = {name: count * Rolling.held(script, t - started) for name, script, started, count in cohorts}
+            total = sum(by_app.values())
+            self.pending.append(Sample(t=t, total=total, by_state={"active": total}, by_app=by_app))
+            self.next_sample = round(self.next_sample + INTERVAL, 6)
 
 
 class Rolling(FakePlatform):
@@ -686,6 +764,7 @@ class Rolling(FakePlatform):
         super().__init__(scripts)
         self.old, self.surge = old, surge
         self.cohorts: list[tuple[str, Script, float, int]] = []  # (name, script, started, replicas)
+        self.monitor = RollingMonitor(self)
 
     def scale(self, planned: PlannedStep) -> None:
         if planned.rollout_from is None:
@@ -703,18 +782,6 @@ class Rolling(FakePlatform):
         if script.work_done_at is not None and age >= script.work_done_at:
             return script.ghosts_per_replica
         return script.connections_per_replica
-
-    def _advance(self, until: float) -> None:
-        if not self.cohorts:
-            super()._advance(until)
-            return
-        while self.next_sample <= until:
-            t = self.next_sample
-            by_app = {name: count * self.held(script, t - started) for name, script, started, count in self.cohorts}
-            total = sum(by_app.values())
-            self.pending.append(Sample(t=t, total=total, by_state={"active": total}, by_app=by_app))
-            self.next_sample = round(self.next_sample + INTERVAL, 6)
-        self.t = until
 
     def observe(self, expected: int) -> ReplicaProgress:
         if not self.cohorts:
@@ -747,7 +814,7 @@ def rolling_run() -> BenchmarkRun:
 def test_a_rollout_whose_old_replicas_hold_their_connections_beside_the_surge_passes() -> None:
     old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=3, ghosts_per_replica=3)
     surge = Script(work_done_at=0.5, finished_at=1.0)
-    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.steps[-1]
     assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
     assert rollout.peak_connections == rollout.predicted_peak == 9
@@ -764,7 +831,7 @@ def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive
     # their work is done: the surge pods start after them and the server never holds both.
     old = Script(work_done_at=0.3, finished_at=0.3, connections_per_replica=2)
     surge = Script(work_done_at=0.5, finished_at=1.0)
-    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.steps[-1]
     assert rollout.outcome == "Inconclusive" and rollout.errors.total() == 0
     overlap = rollout.rollout_overlap
@@ -786,7 +853,7 @@ def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive
 def test_a_failing_rollout_never_opens_the_summary_with_all_steps_passed() -> None:
     old = Script(work_done_at=1.0, finished_at=1.5, ghosts_per_replica=3)
     surge = Script(work_done_at=0.5, finished_at=1.0, outcomes={"ok": 3, "tooManyClients": 2})
-    status = run_steps(rolling_run(), Rolling([Script()], old, surge), TIMING)
+    status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.steps[-1]
     assert rollout.outcome == "Failed" and rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
     verdict = status.verdict
@@ -836,7 +903,7 @@ def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None
     surge = Script(work_done_at=0.5, finished_at=1.0, connections_per_replica=2)
     run = spec(steps=[2], postgres={"maxConnections": 8}, rollout={"maxSurge": 1, "measure": True})
     platform = Rolling([Script()], old, surge)
-    status = run_steps(run, platform, TIMING)
+    status = run_on(run, platform)
     rollout = status.steps[-1]
     assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
     started = [e for e in kinds(platform, StepStarted) if isinstance(e, StepStarted)]
@@ -852,7 +919,7 @@ def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
     # maxSurge 0: the rolling update never runs more than the 2 replicas; the step measures those.
     old = Script(work_done_at=0.5, finished_at=1.0)
     run = spec(steps=[2], rollout={"maxSurge": 0, "measure": True})
-    status = run_steps(run, Rolling([Script()], old, Script()), TIMING)
+    status = run_on(run, Rolling([Script()], old, Script()))
     rollout = status.steps[-1]
     assert rollout.replicas == rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
     assert rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved

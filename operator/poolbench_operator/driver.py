@@ -1,15 +1,15 @@
 """One benchmark in a cluster: provision the children, run the step loop on pods, clean up.
 
-The step loop itself is the core's (``poolbench.core.steploop``); the driver is its Kubernetes
-``Platform``: scale patches the workload Deployment, observe reads the pods (restarts, termination
-messages, live metrics through the API server's pod proxy), the StatefulSet brings a dead database
-back by itself, and progress becomes throttled status patches and Events. The status is the whole
-state, written as it goes, so after an operator restart the loop resumes where status says and
-never redoes a finished step.
+The step loop itself is the core's (``poolbench.core.steploop``), watched by the monitor
+(``poolbench.db.monitor``); the driver is its Kubernetes ``Platform``: scale patches the workload
+Deployment, observe reads the pods (restarts, termination messages, live metrics through the API
+server's pod proxy), the StatefulSet brings a dead database back by itself, and progress becomes
+throttled status patches and Events. The status is the whole state, written as it goes, so after an
+operator restart the loop resumes where status says and never redoes a finished step.
 
 With ``spec.variants`` each variant has its own workload Deployment; ``use_variant`` points scale,
-observe and collect at it and, for a pooled variant, waits for its PgBouncer pods and samples their
-admin consoles (one connection per pod, by pod IP) with a ``PoolerProbe``.
+observe and collect at it and, for a pooled variant, waits for its PgBouncer pods and hands the
+monitor their admin consoles (one connection per pod, by pod IP).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import psycopg2
@@ -28,13 +28,13 @@ from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.results import TERMINAL_PHASES
-from poolbench.core.sampling import Sample
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
     LoopEvent,
     LoopTiming,
+    PoolerConsole,
     Progress,
     ReplicaProgress,
     StepFinished,
@@ -42,9 +42,8 @@ from poolbench.core.steploop import (
     Stopped,
     run_steps,
 )
-from poolbench.core.workload_env import DATABASE, SUPERUSER
-from poolbench.db.pooler import PoolerProbe
-from poolbench.db.probe import Probe, SamplerThread
+from poolbench.core.workload_env import SUPERUSER
+from poolbench.db.monitor import Monitor
 from poolbench.db.roles import ensure_app_role
 
 from . import podstate
@@ -109,13 +108,10 @@ class Driver:
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0
         self.t0 = time.monotonic()
-        self.sampler: SamplerThread | None = None
-        self.probe: Probe | None = None
         self.views: list[podstate.PodView] = []
         #: The variant being measured (``use_variant``); None before the first, and without variants.
         self.variant: str | None = None
         self.workload_names = self.names  # the Deployment scale/observe/collect act on
-        self.pooler_probe: PoolerProbe | None = None
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
@@ -189,16 +185,12 @@ class Driver:
 
     def measure(self) -> None:
         self.ensure_app_role()
-        self.probe = probe = Probe(self.connect)
-        probe.open()  # before any load, so it holds its slot
-        self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
-        self.sampler.start()
+        monitor = Monitor(self.connect, self.spec.sampling.interval_ms / 1000, self.t0)
+        monitor.start()  # before any load, so it holds its slot
         try:
-            run_steps(self.run, self, TIMING)
+            run_steps(self.run, self, monitor, TIMING)
         finally:
-            self.sampler.stop()
-            self.close_pooler_probe()
-            probe.close()
+            monitor.stop()
         self.cleanup()
 
     def pooled_variants(self) -> list[tuple[str, PoolerSpec]]:
@@ -230,18 +222,14 @@ class Driver:
         if self.stopped.wait(seconds):
             raise Stopped()
 
-    def samples(self) -> list[Sample]:
-        return self.sampler.take() if self.sampler is not None else []
-
-    def use_variant(self, planned: PlannedStep) -> None:
+    def use_variant(self, planned: PlannedStep) -> Sequence[PoolerConsole]:
         """Measure ``planned``'s variant from now on: its workload Deployment, and for a pooled one
-        its PgBouncer pods (ready first) sampled through their admin consoles."""
-        self.close_pooler_probe()
+        its PgBouncer pods (ready first), whose admin consoles it returns."""
         self.variant = planned.variant if self.run.multi else None
         self.workload_names = Names(self.name, self.variant)
         pooler = planned.pooler
         if pooler is None or self.variant is None:
-            return
+            return []
         names = self.workload_names
         self.kube.scale_deployment(names.pooler, pooler.replicas)  # idempotent; back up if scaled down
         self.wait_for_pooler(self.variant, pooler)
@@ -250,11 +238,8 @@ class Driver:
                        f" POOLBENCH_POSTGRES_ADDRESS={self.config.postgres_address}; the pooler is not sampled")
             self.logger.warning(message)
             self.event("Warning", "PoolerNotSampled", message)
-            return
-        connects = [functools.partial(self.pooler_connect, self.variant, i) for i in range(pooler.replicas)]
-        self.pooler_probe = PoolerProbe(connects, DATABASE)
-        if self.sampler is not None:
-            self.sampler.pooler = self.pooler_probe
+            return []
+        return [functools.partial(self.pooler_connect, self.variant, i) for i in range(pooler.replicas)]
 
     def wait_for_pooler(self, variant: str, pooler: PoolerSpec) -> None:
         deadline = time.monotonic() + PROVISION_TIMEOUT
@@ -271,13 +256,6 @@ class Driver:
             raise RuntimeError(f"PgBouncer instance {index + 1} of variant {variant} is not ready")
         return psycopg2.connect(host=ips[index], port=LISTEN_PORT, user=ADMIN_USER,
                                 password=self.pooler_admin_password, dbname=ADMIN_DATABASE, connect_timeout=5)
-
-    def close_pooler_probe(self) -> None:
-        if self.sampler is not None:
-            self.sampler.pooler = None
-        probe, self.pooler_probe = self.pooler_probe, None
-        if probe is not None:
-            probe.close()
 
     def scale(self, planned: PlannedStep) -> None:
         """A rolling update's surge (``planned.replicas`` beyond its old replicas, already running) is the
@@ -310,14 +288,6 @@ class Driver:
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
         while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
             self.wait(TIMING.poll_seconds)
-        if self.pooler_probe is not None:  # the next step starts with no server connection, as without one
-            self.pooler_probe.drop_server_connections()
-
-    def connection_ages(self) -> list[float]:
-        return self.probe.connection_ages() if self.probe is not None else []
-
-    def terminate_backends(self) -> int:
-        return self.probe.terminate_others() if self.probe is not None else 0
 
     def recover_database(self) -> bool:
         return False  # the StatefulSet recreates the pod; the probe notices the new server

@@ -2,17 +2,20 @@
 
 For each planned step: begin it, scale the workload to N replicas, observe until every replica has
 finished (or the step times out), notice database restarts on the way, collect the replicas'
-reports, judge the step, and drain to zero so the next step starts from a clean slate. The local
-runner (processes on an embedded PostgreSQL) and the operator's driver (pods on a StatefulSet)
-implement ``Platform``; ``tests/test_steploop.py`` drives this loop with a fake one through every
-branch. The loop runs in one thread: probe samples reach it through ``Platform.samples()`` in the
-order they were read, each stamped with its own time, so nothing here needs a lock.
+reports, judge the step, and drain to zero so the next step starts from a clean slate. Two parties
+do the I/O: a ``Platform`` runs the replicas (the local runner: processes on an embedded PostgreSQL;
+the operator's driver: pods on a StatefulSet) and a ``Monitor`` watches the database and the
+variant's pooler (``poolbench.db.monitor``, the same on both platforms). ``tests/test_steploop.py``
+drives this loop with a fake of each through every branch. The loop runs in one thread: reads reach
+it through ``Monitor.samples()`` in the order they were taken, each stamped with its own time, so
+nothing here needs a lock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from .results import BenchmarkStatus, RolloutOverlap, StepResult
@@ -41,7 +44,7 @@ class LoopTiming:
     poll_seconds: float  # between two looks at the replicas
     drain_seconds: float  # how long a step's backends may take to close after scale-down, before they are
     # terminated (and again, after terminating them, before the next step starts anyway)
-    recovery_seconds: float = 10.0  # how long a restarted server may take to be seen by the probe
+    recovery_seconds: float = 10.0  # how long a restarted server may take to be seen by the monitor
 
 
 # -- what the loop tells the platform (events for the operator, progress lines for the CLI) ----------
@@ -122,27 +125,55 @@ class Progress:
 LoopEvent = StepStarted | StepFinished | DatabaseRestarted | BenchmarkFinished | Progress
 
 
+#: Opens one pooler instance's admin console (a DB-API connection); only the monitor calls it.
+PoolerConsole = Callable[[], Any]
+
+
+class Monitor(Protocol):
+    """The database as poolbench's own session sees it, and the variant's pooler through its admin
+    consoles: read on the monitor's own schedule, acted on between two reads."""
+
+    def samples(self) -> list[Sample]:
+        """The reads since the last call, oldest first."""
+        ...
+
+    def watch_pooler(self, consoles: Sequence[PoolerConsole]) -> None:
+        """Read these pooler instances at each tick from now on (none: no pooler); the previous
+        ones are let go."""
+        ...
+
+    def drop_pooler_connections(self) -> None:
+        """The pooler closes its server connections (no replica is left), so the next step starts
+        with none, as it does without a pooler."""
+        ...
+
+    def connection_ages(self) -> list[float]:
+        """Seconds since each workload backend started, read once when the work is done."""
+        ...
+
+    def terminate_backends(self) -> int:
+        """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
+        ...
+
+
 class Platform(Protocol):
-    """Where replicas run and how the database is watched; everything the loop cannot do purely."""
+    """Where the replicas run, the clock, and what the loop reports; the database is the monitor's."""
 
     #: Leave the last step's replicas running after the benchmark (the operator's ``cleanup: Keep``).
     keeps_last_step: bool
 
     def now(self) -> float:
-        """Seconds since the benchmark started, on the clock that stamps the probe's samples."""
+        """Seconds since the benchmark started, on the clock that stamps the monitor's samples."""
         ...
 
     def wait(self, seconds: float) -> None:
         """Sleep; raise ``Stopped`` (or let an interrupt through) when the run must end."""
         ...
 
-    def samples(self) -> list[Sample]:
-        """The probe's reads since the last call, oldest first."""
-        ...
-
-    def use_variant(self, planned: PlannedStep) -> None:
+    def use_variant(self, planned: PlannedStep) -> Sequence[PoolerConsole]:
         """Before the first step of a variant (no replica running): connect the workload the
-        variant's way (start its pooler, or none) and sample that pooler from now on."""
+        variant's way (start its pooler, or none). Returns the pooler's admin consoles, one per
+        instance, for the monitor to read (none: no pooler, or none it can reach)."""
         ...
 
     def scale(self, planned: PlannedStep) -> None:
@@ -162,16 +193,7 @@ class Platform(Protocol):
         ...
 
     def scale_to_zero(self) -> None:
-        """No replica left; returns when they are gone (or the platform gave up waiting). A pooler
-        drops its server connections too, so the next step starts with none."""
-        ...
-
-    def connection_ages(self) -> list[float]:
-        """Seconds since each workload backend started, read once when the work is done."""
-        ...
-
-    def terminate_backends(self) -> int:
-        """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
+        """No replica left; returns when they are gone (or the platform gave up waiting)."""
         ...
 
     def recover_database(self) -> bool:
@@ -179,7 +201,7 @@ class Platform(Protocol):
         ...
 
     def database_restarted(self) -> None:
-        """The probe saw a new server: redo what lived in the old one (the app role)."""
+        """The monitor saw a new server: redo what lived in the old one (the app role)."""
         ...
 
     def notify(self, event: LoopEvent) -> None:
@@ -190,9 +212,10 @@ class Platform(Protocol):
 class StepLoop:
     """Runs the benchmark's remaining steps on a platform; resume-safe (the status is the state)."""
 
-    def __init__(self, run: BenchmarkRun, platform: Platform, timing: LoopTiming):
+    def __init__(self, run: BenchmarkRun, platform: Platform, monitor: Monitor, timing: LoopTiming):
         self.run = run
         self.platform = platform
+        self.monitor = monitor
         self.timing = timing
         self.last_sample: Sample | None = None
         self.rollout_samples: list[Sample] | None = None  # a rolling update's reads, kept to judge its overlap
@@ -206,7 +229,8 @@ class StepLoop:
         while planned is not None:
             if planned.variant_index != variant:
                 variant = planned.variant_index
-                self.platform.use_variant(planned)
+                self.monitor.watch_pooler(())  # before the previous variant's pooler goes
+                self.monitor.watch_pooler(self.platform.use_variant(planned))
             self.run_step(planned)
             planned = self.run.next_step()
             if planned is not None or not self.platform.keeps_last_step:
@@ -216,8 +240,8 @@ class StepLoop:
         return status
 
     def feed(self) -> None:
-        """Hand the probe's new samples to the run; a sample from a new server is a restart."""
-        for sample in self.platform.samples():
+        """Hand the monitor's new samples to the run; a sample from a new server is a restart."""
+        for sample in self.monitor.samples():
             self.run.add_sample(sample)
             self.last_sample = sample
             if self.rollout_samples is not None:
@@ -249,7 +273,7 @@ class StepLoop:
             now = platform.now()
             if progress.work_done and not self.run.work_is_done():
                 self.run.mark_work_done(at=now)
-                self.run.record_connection_ages(platform.connection_ages())
+                self.run.record_connection_ages(self.monitor.connection_ages())
             platform.notify(self.progress(planned, started, now, progress.running))
             if progress.finished:
                 break
@@ -293,7 +317,7 @@ class StepLoop:
         return self.platform.replica_names()
 
     def await_restart_seen(self) -> None:
-        """After the platform restarted the server, wait until the probe has seen the new one, so
+        """After the platform restarted the server, wait until the monitor has seen the new one, so
         the step records the restart."""
         seen = self.run.restarts_seen()
         until = self.platform.now() + self.timing.recovery_seconds
@@ -306,9 +330,10 @@ class StepLoop:
         of one step carries over into the next. Backends that outlive the grace (a statement that
         never ends keeps running after its client was killed) are terminated; returns how many."""
         self.platform.scale_to_zero()
+        self.monitor.drop_pooler_connections()
         if self.drained():
             return 0
-        terminated = self.platform.terminate_backends()
+        terminated = self.monitor.terminate_backends()
         self.drained()
         return terminated
 
@@ -394,6 +419,6 @@ def overlap_by_work_times(old: set[str], reports: list[ReplicaReport]) -> Rollou
     return RolloutOverlap(achieved=False, measured_by="workTimes", detail=detail)
 
 
-def run_steps(run: BenchmarkRun, platform: Platform, timing: LoopTiming) -> BenchmarkStatus:
-    """Run the benchmark's remaining steps on ``platform`` and return the finished status."""
-    return StepLoop(run, platform, timing).execute()
+def run_steps(run: BenchmarkRun, platform: Platform, monitor: Monitor, timing: LoopTiming) -> BenchmarkStatus:
+    """Run the benchmark's remaining steps on ``platform``, watched by ``monitor``; the finished status."""
+    return StepLoop(run, platform, monitor, timing).execute()

@@ -131,8 +131,8 @@ class Probe:
 
 class SamplerThread(threading.Thread):
     """Reads the probe every ``interval`` seconds on a fixed schedule and hands samples to ``sink``;
-    without a sink they wait in a queue for ``take()`` (what the step loop's platforms use: the
-    loop stays in one thread and never shares state with this one)."""
+    without a sink they wait in a queue for ``take()`` (what the monitor uses: the step loop stays
+    in one thread and never shares state with this one)."""
 
     def __init__(self, probe: Probe, interval: float, sink: Callable[[Sample], None] | None, t0: float):
         super().__init__(daemon=True, name="poolbench-sampler")
@@ -140,7 +140,7 @@ class SamplerThread(threading.Thread):
         self.probe, self.interval, self.t0 = probe, interval, t0
         self.sink = sink or self.queue.put
         self.halt = threading.Event()
-        #: Read at each tick after the server, while a pooled variant runs (set by the platform).
+        #: Read at each tick after the server, while a pooled variant runs (``use_pooler``).
         self.pooler: PoolerProbe | None = None
 
     def use_pooler(self, pooler: PoolerProbe | None) -> None:

@@ -1,10 +1,11 @@
 """The local platform: the benchmark on an embedded PostgreSQL with replicas as local processes.
 
-``LocalRunner`` sets up the server, the replica launcher and the probe, then hands the run to the
-core's step loop (``poolbench.core.steploop``), implementing its ``Platform`` with processes: scale
-starts N replicas, observe reads their summaries, collect stops them and reads their reports, and
-a server that died is restarted on the same data directory as a StatefulSet would. Every process it
-starts and the temporary directories are removed on the way out, Ctrl-C included.
+``LocalRunner`` sets up the server, the replica launcher and the monitor (``poolbench.db.monitor``),
+then hands the run to the core's step loop (``poolbench.core.steploop``), implementing its
+``Platform`` with processes: scale starts N replicas, observe reads their summaries, collect stops
+them and reads their reports, and a server that died is restarted on the same data directory as a
+StatefulSet would. Every process it starts and the temporary directories are removed on the way
+out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,18 @@ from ..core.contracts.summary import ReplicaSummary
 from ..core.results import BenchmarkStatus
 from ..core.sampling import Sample
 from ..core.spec import PoolBenchmark
-from ..core.steploop import LoopEvent, LoopTiming, Progress, ReplicaProgress, StepFinished, StepStarted, run_steps
+from ..core.steploop import (
+    LoopEvent,
+    LoopTiming,
+    PoolerConsole,
+    Progress,
+    ReplicaProgress,
+    StepFinished,
+    StepStarted,
+    run_steps,
+)
 from ..core.workload_env import DATABASE, PROVIDER_ADMIN_ROLE, SUPERUSER, local_role, workload_env
-from ..db.pooler import PoolerProbe
-from ..db.probe import Probe, SamplerThread
+from ..db.monitor import Monitor
 from ..db.roles import ensure_role
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
@@ -129,19 +138,16 @@ class LocalRunner:
         self.replicas: list[ReplicaProcess] = []
         self.pg: LocalPostgres | None = None
         self.launcher: ReplicaLauncher | None = None
-        self.sampler: SamplerThread | None = None
-        self.probe: Probe | None = None
+        self.monitor: Monitor | None = None
         self.workdir: Path | None = None
         self.env: dict[str, str] = {}
         self.base_env: dict[str, str] = {}  # the server's env, before any variant's settings
         self.variant_env: dict[str, str] = {}  # the current variant's replica environment
         self.bouncer: LocalPgBouncer | None = None
-        self.pooler_probe: PoolerProbe | None = None
         self.login = local_role(bench.spec)  # never a superuser when a provider is mimicked
         self.t0 = time.monotonic()
 
     def execute(self) -> LocalResult:
-        probe: Probe | None = None
         try:
             if any(v.pooler is not None for v in self.run.variants):
                 find_pgbouncer()  # before anything starts: say which package is missing
@@ -165,23 +171,19 @@ class LocalRunner:
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
                 ensure_role(connect, self.login, password, use_reserved=self.login == PROVIDER_ADMIN_ROLE)
             self.base_env = dict(self.env)
-            self.probe = probe = Probe(connect)
-            probe.open()  # before any load: the monitor must hold its slot first
-            self.sampler = SamplerThread(probe, self.spec.sampling.interval_ms / 1000, None, self.t0)
-            self.sampler.start()
-            run_steps(self.run, self, TIMING)
+            self.monitor = Monitor(connect, self.spec.sampling.interval_ms / 1000, self.t0,
+                                   timeline=self.result.timeline)
+            self.monitor.start()  # before any load: the monitor must hold its slot first
+            run_steps(self.run, self, self.monitor, TIMING)
         except EnvironmentFailure as err:
             self.run.fail(str(err))
             raise
         finally:
             with deferred_signals():  # the way out runs to its end; a signal meanwhile is acted on after it
                 self.kill_replicas()  # first: a pooler with no client left stops at once
+                if self.monitor is not None:
+                    self.monitor.stop()
                 self.stop_pooler()
-                if self.sampler is not None:
-                    self.sampler.stop()
-                    self.result.timeline.extend(self.sampler.take())
-                if probe is not None:
-                    probe.close()
                 self.cleanup()
         return self.result
 
@@ -192,12 +194,7 @@ class LocalRunner:
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    def samples(self) -> list[Sample]:
-        taken = self.sampler.take() if self.sampler is not None else []
-        self.result.timeline.extend(taken)
-        return taken
-
-    def use_variant(self, planned: PlannedStep) -> None:
+    def use_variant(self, planned: PlannedStep) -> Sequence[PoolerConsole]:
         """Point the replicas at the variant's PgBouncer (started here, the previous one stopped) or
         straight at the server, with the variant's engine."""
         self.stop_pooler()
@@ -206,7 +203,7 @@ class LocalRunner:
         env = {**self.base_env, **workload_env(spec, pooler=planned.pooler), "PGUSER": self.login}
         if planned.pooler is None or self.pg is None:
             self.variant_env = env
-            return
+            return []
         pg = self.pg
         role = self.login
         password = env.get("PGPASSWORD") or secrets.token_urlsafe(24)  # the superuser logs in to the server by trust
@@ -215,17 +212,9 @@ class LocalRunner:
                                                     database=DATABASE, passwords={role: password})
         bouncer.start()
         self.variant_env = {**env, **bouncer.client_env(), "PGPASSWORD": password}  # every instance, at random
-        self.pooler_probe = PoolerProbe([functools.partial(bouncer.admin_connect, i)
-                                         for i in range(planned.pooler.replicas)], DATABASE)
-        if self.sampler is not None:
-            self.sampler.use_pooler(self.pooler_probe)
+        return [functools.partial(bouncer.admin_connect, i) for i in range(planned.pooler.replicas)]
 
     def stop_pooler(self) -> None:
-        probe, self.pooler_probe = self.pooler_probe, None
-        if self.sampler is not None:
-            self.sampler.use_pooler(None)
-        if probe is not None:
-            probe.close()
         bouncer, self.bouncer = self.bouncer, None
         if bouncer is not None:
             bouncer.stop()
@@ -249,21 +238,11 @@ class LocalRunner:
 
     def collect(self) -> list[ReplicaReport]:
         replicas = self.replicas
-        self.scale_to_zero()  # a replica still running at the end of its step is stopped first
+        self.kill_replicas()  # a replica still running at the end of its step is stopped first
         return [r.report() for r in replicas]
 
     def scale_to_zero(self) -> None:
-        for r in self.replicas:
-            r.kill()
-        self.replicas = []
-        if self.pooler_probe is not None:
-            self.pooler_probe.drop_server_connections()
-
-    def connection_ages(self) -> list[float]:
-        return self.probe.connection_ages() if self.probe is not None else []
-
-    def terminate_backends(self) -> int:
-        return self.probe.terminate_others() if self.probe is not None else 0
+        self.kill_replicas()
 
     def recover_database(self) -> bool:
         if self.pg is None or not self.pg.died():
