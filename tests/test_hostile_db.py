@@ -30,30 +30,37 @@ SLEEP = "SELECT pg_sleep(0.3)"
 
 
 def run_steps(name: str, steps: list[int], settings: dict[str, str] | None = None, timeout: int = 30,
-              **workload: Any) -> list[StepResult]:
+              interval_ms: int = 50, **workload: Any) -> list[StepResult]:
     wl = {"threads": 2, "iterations": 2, "holdSeconds": 1.5, "statement": SLEEP,
           "engine": {"poolSize": 2, "maxOverflow": 0}, **workload}
     bench = parse_document(make_doc(
         name=name, steps=steps, workload=wl, stepTimeoutSeconds=timeout,
-        stopOnFailure=False, sampling={"intervalMs": 50},
+        stopOnFailure=False, sampling={"intervalMs": interval_ms},
         postgres={"maxConnections": 30, "settings": settings or {}},
     ))
     return run_local(bench).status.steps
 
 
-# Settings that cancel statements or end sessions: the monitor must see through every one.
+# Settings that cancel statements or end sessions: the monitor must see through every one. The
+# monitor reads every 100 ms, so a session-ending timeout shorter than that would end an unprotected
+# monitor between two reads; the workload checks out once per thread (one iteration of two sleeps), so
+# no pooled connection of the workload's sits idle past a timeout and is then used again, however
+# slowly the machine schedules the threads.
 MONITOR_KILLERS = [
-    {"idle_session_timeout": "20ms"},  # ends the monitor between two reads
+    {"idle_session_timeout": "40ms"},  # ends the monitor between two reads
     {"statement_timeout": "1ms"},  # cancels the monitor's PREPARE and reads (and the workload's sleeps)
-    {"idle_in_transaction_session_timeout": "5ms", "lock_timeout": "1ms"},
-    {"transaction_timeout": "2ms"},  # PostgreSQL 17: ends any transaction, autocommit ones too
+    {"idle_in_transaction_session_timeout": "40ms", "lock_timeout": "1ms"},
+    # PostgreSQL 17: ends any transaction, autocommit ones too. Not shorter: a new session starts inside
+    # a transaction before its own settings apply, so on a busy machine a 2 ms limit refuses every login.
+    {"transaction_timeout": "10ms"},
     {"default_transaction_read_only": "on", "search_path": "nowhere"},
 ]
 
 
 @pytest.mark.parametrize("settings", MONITOR_KILLERS, ids=[",".join(s) for s in MONITOR_KILLERS])
 def test_the_monitor_is_immune_to_the_servers_timeouts(settings: dict[str, str]) -> None:
-    (step,) = run_steps("immune", [2], settings, onError="count")
+    (step,) = run_steps("immune", [2], settings, onError="count", iterations=1, holdSeconds=2.5,
+                        statement="SELECT pg_sleep(0.3); SELECT pg_sleep(0.3)", interval_ms=100)
     assert step.sample_gaps == 0 and step.samples >= 20, step.monitor_error
     assert step.outcome != "Inconclusive"
     if "statement_timeout" in settings:

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg2
 
 from ..core.spec import SpecError
+from ..db.sessions import ADMIN_NAME, admin_session
 from .access import SYSTEM_USER, TEMP_BASES, _ensure_system_user, _ids, _run_as, _run_base
 from .binaries import _server_bin_dir
 from .cache import CACHE_ENV, MANIFEST, _copy_tree, _discard, _rmtree
@@ -291,7 +292,10 @@ class LocalPostgres:
             if self.process is not None and self.process.poll() is not None:
                 raise EnvironmentFailure(f"postgres exited at start: {self._start_failure(since)}")
             try:
-                psycopg2.connect(**self.connect_kwargs(), connect_timeout=2).close()
+                # poolbench's own session settings: a server setting such as a 2 ms transaction_timeout
+                # must not refuse the readiness check itself on a busy machine.
+                admin_session(lambda **kw: psycopg2.connect(**self.connect_kwargs(), connect_timeout=2, **kw),
+                              ADMIN_NAME).close()
                 return
             except psycopg2.OperationalError as err:
                 last = err
