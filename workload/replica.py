@@ -488,7 +488,7 @@ class Replica:
                     with begin() as conn:
                         t1 = perf()
                         conn.exec_driver_sql(statement)
-                except Exception as exc:  # every failure is an outcome to count, not a crash of the thread
+                except Exception as exc:  # noqa: BLE001 - every failure is an outcome to count, not a crash of the thread
                     if caller.failed(t0, t1, exc):
                         return
                     continue
