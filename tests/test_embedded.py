@@ -193,7 +193,8 @@ def stored(template: Path) -> tuple[int, int]:
 
 
 def test_an_incomplete_template_in_the_way_is_replaced_not_kept(cache: Path, server: list[LocalPostgres]) -> None:
-    """The old store renamed onto an existing directory and failed silently: initdb on every run."""
+    """A damaged template is replaced by this run's initdb (a rename onto the existing directory would
+    fail silently and leave initdb running on every run), then used."""
     pg = start(server)
     pg.stop()
     template = the_template(cache)
