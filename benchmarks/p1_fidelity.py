@@ -92,6 +92,24 @@ class Recorder:
         self.probe.close()
 
 
+def send_bursts(helper: subprocess.Popen[str], plan: list[tuple[int, int]],
+                rng: random.Random) -> list[tuple[str, int, int]]:
+    """Have the helper open and hold each burst of ``plan`` (width ms, height connections) in turn, a
+    random gap after each: the bursts' names, widths and heights."""
+    assert helper.stdin is not None and helper.stdout is not None
+    bursts: list[tuple[str, int, int]] = []
+    for k, (width, height) in enumerate(plan):
+        name = f"{PREFIX}{k:03d}"
+        helper.stdin.write(f"{height} {width} {name}\n")
+        helper.stdin.flush()
+        reply = helper.stdout.readline().strip()
+        if not reply.startswith("done"):
+            raise RuntimeError(f"burst helper: {reply or 'no answer'}")
+        bursts.append((name, width, height))
+        time.sleep(rng.uniform(0.15, 0.45))  # a random phase against every sampling grid
+    return bursts
+
+
 def run(smoke: bool) -> Result:
     widths = [50, 200] if smoke else [20, 50, 100, 200, 500]
     heights = [10] if smoke else [10, 30]
@@ -110,16 +128,7 @@ def run(smoke: bool) -> Result:
             time.sleep(0.3)
             plan = [(w, heights[i % len(heights)]) for w in widths for i in range(per_width)]
             rng.shuffle(plan)
-            for k, (width, height) in enumerate(plan):
-                name = f"{PREFIX}{k:03d}"
-                assert helper.stdin is not None and helper.stdout is not None
-                helper.stdin.write(f"{height} {width} {name}\n")
-                helper.stdin.flush()
-                reply = helper.stdout.readline().strip()
-                if not reply.startswith("done"):
-                    raise RuntimeError(f"burst helper: {reply or 'no answer'}")
-                bursts.append((name, width, height))
-                time.sleep(rng.uniform(0.15, 0.45))  # a random phase against every sampling grid
+            bursts = send_bursts(helper, plan, rng)
             time.sleep(1.2)  # the 1 s poll gets a read after the last burst
         finally:
             for r in recorders:

@@ -25,7 +25,7 @@ from typing import Any
 
 if __package__ in (None, ""):  # python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    __package__ = "benchmarks"  # noqa: A001
+    __package__ = "benchmarks"
 
 warnings.filterwarnings("ignore", module="platformdirs")
 
@@ -67,7 +67,7 @@ def run_one(key: str, smoke: bool) -> Result:
     try:
         module = __import__(module_name, fromlist=["run"])
         result: Result = module.run(smoke)
-    except Exception:  # a broken benchmark is reported, the others still run
+    except Exception:  # noqa: BLE001 - a broken benchmark is reported, the others still run
         result = Result(key, title, [("ran to the end", "error", False)],
                         "The benchmark failed:\n\n```\n" + traceback.format_exc()[-3000:] + "```")
         result.data["error"] = True

@@ -3,7 +3,7 @@
 # present. Prints the binary's path as its last line of stdout. Used by the tests that render the chart.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=k8s-versions.env
+# shellcheck source=SCRIPTDIR/k8s-versions.env
 source "$here/k8s-versions.env"
 cache="${POOLBENCH_CACHE:-$HOME/.cache/poolbench}/helm/${HELM_VERSION}"
 if [ ! -x "$cache/helm" ]; then

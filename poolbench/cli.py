@@ -25,11 +25,16 @@ from . import __version__
 from .core.capacity import Machine, local_capacity_problems
 from .core.contracts.drivers import EXTRA_MODULES
 from .core.spec import PoolBenchmark, SpecError, load_text
+from .core.words import counted
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
     from .core.sampling import Sample
+    from .core.steploop import Progress
+    from .local.procs import Footprint
+    from .local.runner import LocalResult
 
 EXIT_OK, EXIT_ENV, EXIT_INVALID = 0, 1, 2
 
@@ -243,8 +248,10 @@ def _interrupt_once(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    bench = load_file(args.file)  # SpecError → exit 2 in main()
+def runnable_benchmark(args: argparse.Namespace) -> PoolBenchmark:
+    """The file's benchmark once every refusal that comes before starting PostgreSQL has passed: the
+    output paths, the machine's capacity and the extras the run needs (SpecError or MissingExtra)."""
+    bench = load_file(args.file)
     if args.output is not None:
         check_output_path("--output", args.output, args.file, args.plot or "")
     if args.plot is not None:
@@ -259,76 +266,53 @@ def cmd_run(args: argparse.Namespace) -> int:
         require("drivers", module, f"workload.driver {bench.spec.workload.driver}")
     if args.plot:
         require("plot", "matplotlib", "poolbench run --plot")
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _interrupt_once)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # even if whoever started us had them blocked
-    from rich.console import Console
+    return bench
+
+
+def progress_line(p: Progress) -> str:
+    """One line of the run's progress, for the live display and for the log."""
+    variant = f"{p.variant}: " if p.variant else ""
+    return (f"{variant}step {p.step}/{p.total_steps} · {counted(p.replicas, 'replica')} ({p.running} running) · "
+            f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
+            f"live connections {p.live} (peak {p.peak})")
+
+
+def run_with_progress(bench: PoolBenchmark, err_console: Console) -> LocalResult:
+    """Run the benchmark locally, showing its progress on stderr: one live line on a terminal, a
+    line every two seconds in a log."""
     from rich.live import Live
-    from rich.markup import escape
     from rich.text import Text
 
-    from .core.steploop import Progress
-    from .core.words import counted
-    from .local.embedded import EnvironmentFailure
-    from .local.procs import Footprint
     from .local.runner import run_local  # heavy imports only when running
 
-    err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
-    # Wide enough for the results table when the output is a file or a CI log.
-    out_console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+    if not err_console.is_terminal:
+        last_plain = [0.0]
 
-    def line(p: Progress) -> str:
-        variant = f"{p.variant}: " if p.variant else ""
-        return (f"{variant}step {p.step}/{p.total_steps} · {counted(p.replicas, 'replica')} ({p.running} running) · "
-                f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
-                f"live connections {p.live} (peak {p.peak})")
+        def log_progress(p: Progress) -> None:
+            if p.elapsed - last_plain[0] >= 2.0:
+                last_plain[0] = p.elapsed
+                err_console.print(progress_line(p), highlight=False, markup=False)
 
-    interactive = err_console.is_terminal
-    last_plain = [0.0]
-    live = Live(Text("starting PostgreSQL…"), console=err_console, transient=True,
-                refresh_per_second=8) if interactive else None
+        return run_local(bench, log_progress)
+    live = Live(Text("starting PostgreSQL…"), console=err_console, transient=True, refresh_per_second=8)
+    with live:
+        return run_local(bench, lambda p: live.update(Text(progress_line(p))))
 
-    def progress(p: Progress) -> None:
-        if live is not None:
-            live.update(Text(line(p)))
-        elif p.elapsed - last_plain[0] >= 2.0:
-            last_plain[0] = p.elapsed
-            err_console.print(line(p), highlight=False, markup=False)
 
-    variants = (f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else "")
-    err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
-                      f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
-                      f"{escape(variants)})")
-    footprint = Footprint()
+def report_leftovers(footprint: Footprint, err_console: Console, head: str) -> bool:
+    """Say what of the run is still there, looked up in /proc and on disk; False if nothing."""
+    from rich.markup import escape
 
-    def report_leftovers(head: str) -> bool:
-        """Say what of the run is still there, looked up in /proc and on disk; False if nothing."""
-        left = footprint.leftovers(wait=LEFTOVER_WAIT_SECONDS)
-        if left:
-            err_console.print(f"[red]poolbench: {head}; left behind:[/] {escape('; '.join(left))}", highlight=False)
-        return bool(left)
+    left = footprint.leftovers(wait=LEFTOVER_WAIT_SECONDS)
+    if left:
+        err_console.print(f"[red]poolbench: {head}; left behind:[/] {escape('; '.join(left))}", highlight=False)
+    return bool(left)
 
-    try:
-        with footprint.recording():
-            if live is not None:
-                with live:
-                    result = run_local(bench, progress)
-            else:
-                result = run_local(bench, progress)
-    except EnvironmentFailure as err:
-        report_leftovers("after the clean-up")
-        problems = getattr(err, "problems", None)
-        if problems:  # the server refused a setting: the user's input, by field
-            raise SpecError(list(problems)) from None
-        err_console.print(f"[red]poolbench: the environment failed:[/] {escape(str(err))}", highlight=False)
-        return EXIT_ENV
-    except KeyboardInterrupt:
-        if not report_leftovers("interrupted"):
-            err_console.print("[yellow]poolbench: interrupted; every process and temporary directory of the run"
-                              " is gone (checked in /proc and on disk)[/]")
-        return 130
-    report_leftovers("after the clean-up")
-    status = result.status.to_json()
+
+def print_results(out_console: Console, status: dict[str, Any]) -> None:
+    """The results table, verdict and first error of each variant, then the comparison of the variants."""
+    from rich.markup import escape
+
     for variant in status["variants"] or [None]:
         out_console.print(results_table(status, variant))
         verdict = (variant or status).get("verdict") or {}
@@ -340,6 +324,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if status["variants"]:
         out_console.print(comparison_table(status))
         out_console.print(f"[bold]Comparison:[/] {escape(status['comparison'])}", highlight=False)
+
+
+def save_results(args: argparse.Namespace, bench: PoolBenchmark, result: LocalResult, status: dict[str, Any],
+                 err_console: Console) -> int:
+    """Write ``--output`` and ``--plot`` when asked; EXIT_ENV when either could not be written."""
+    from rich.markup import escape
+
     code = EXIT_OK
     if args.output:
         document = {
@@ -366,6 +357,46 @@ def cmd_run(args: argparse.Namespace) -> int:
                               f" {escape(str(err.strerror or err))}")
             code = EXIT_ENV
     return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    bench = runnable_benchmark(args)  # SpecError → exit 2 in main()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt_once)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # even if whoever started us had them blocked
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .local.embedded import EnvironmentFailure
+    from .local.procs import Footprint
+
+    err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
+    # Wide enough for the results table when the output is a file or a CI log.
+    out_console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+    variants = (f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else "")
+    err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
+                      f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
+                      f"{escape(variants)})")
+    footprint = Footprint()
+    try:
+        with footprint.recording():
+            result = run_with_progress(bench, err_console)
+    except EnvironmentFailure as err:
+        report_leftovers(footprint, err_console, "after the clean-up")
+        problems = getattr(err, "problems", None)
+        if problems:  # the server refused a setting: the user's input, by field
+            raise SpecError(list(problems)) from None
+        err_console.print(f"[red]poolbench: the environment failed:[/] {escape(str(err))}", highlight=False)
+        return EXIT_ENV
+    except KeyboardInterrupt:
+        if not report_leftovers(footprint, err_console, "interrupted"):
+            err_console.print("[yellow]poolbench: interrupted; every process and temporary directory of the run"
+                              " is gone (checked in /proc and on disk)[/]")
+        return 130
+    report_leftovers(footprint, err_console, "after the clean-up")
+    status = result.status.to_json()
+    print_results(out_console, status)
+    return save_results(args, bench, result, status, err_console)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

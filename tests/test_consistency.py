@@ -17,8 +17,8 @@ from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep
 from poolbench.core.budget import predict, predicted_safe_replicas
 from poolbench.core.plan import plan
-from poolbench.core.results import VariantStatus
-from poolbench.core.spec import PoolBenchmarkSpec, SpecError, parse_spec
+from poolbench.core.results import StepResult, VariantStatus
+from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, SpecError, parse_spec
 from poolbench.core.steploop import run_steps
 from poolbench.core.verdict import first_failing_step
 from poolbench.core.words import replicas_fit
@@ -105,6 +105,40 @@ def counts_named(text: str, pattern: str) -> set[int]:
     return {int(n) for n in re.findall(pattern, text)}
 
 
+def check_summary(summary: str, spec: PoolBenchmarkSpec, pooler: PoolerSpec | None, safe: int,
+                  steps: list[StepResult], measured: list[StepResult]) -> None:
+    """The verdict's sentence names the predicted count, never calls a failed run passed, and names
+    only probes that ran."""
+    # The verdict's fit sentence names the predicted count, never another.
+    if pooler is None:
+        assert f"at most {replicas_fit(safe)} in " in summary or f"so at most {safe} " in summary, summary
+    elif pooler.pool_mode == "transaction":
+        assert f"at most {replicas_fit(safe)} the poolers" in summary, summary
+    # A failed step never sits beside "All steps passed".
+    if any(s.outcome == "Failed" for s in steps):
+        assert "ll steps passed" not in summary
+    # No output mentions a probe that did not run.
+    ran = {s.replicas for s in measured}
+    if spec.search is not None:
+        named = counts_named(summary, r"the probe of (\d+)") | counts_named(summary, r"(\d+) passed and")
+        named |= counts_named(summary, r"and (\d+) failed") | counts_named(summary, r"even (\d+) \(the search")
+        named |= counts_named(summary, r"found between (\d+) and") | counts_named(summary, r"between \d+ and (\d+)")
+        assert named <= ran, (named, ran, summary)
+
+
+def check_plan(vspec: PoolBenchmarkSpec, pooler: PoolerSpec | None, safe: int) -> None:
+    """plan: production arithmetic (no monitor slot, one more client per pooler instance) never calls
+    fewer replicas safe than the benchmark's prediction, and its recommendation for a target agrees
+    with its own count during a rollout."""
+    budget = plan(vspec, None, pooler)
+    assert budget.max_safe_replicas >= safe
+    assert budget.max_safe_replicas_during_rollout <= budget.max_safe_replicas
+    for target in {1, max(1, budget.max_safe_replicas_during_rollout), budget.max_safe_replicas_during_rollout + 1}:
+        advice = plan(vspec, target, pooler).recommendations
+        says_fits = advice[0].text.startswith(replicas_fit(target))
+        assert says_fits == (target <= budget.max_safe_replicas_during_rollout), (target, budget, advice)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(doc=specs())
 def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]) -> None:
@@ -157,29 +191,5 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
             json_verdict = document["variants"][index]["verdict"]
             table_step = cli.stopping_step(json_verdict, json_steps)
             assert (table_step["replicas"] if table_step else None) == verdict.first_failing_replicas
-        # The verdict's fit sentence names the predicted count, never another.
-        summary = verdict.summary
-        if pooler is None:
-            assert f"at most {replicas_fit(safe)} in " in summary or f"so at most {safe} " in summary, summary
-        elif pooler.pool_mode == "transaction":
-            assert f"at most {replicas_fit(safe)} the poolers" in summary, summary
-        # A failed step never sits beside "All steps passed".
-        if any(s.outcome == "Failed" for s in steps):
-            assert "ll steps passed" not in summary
-        # No output mentions a probe that did not run.
-        ran = {s.replicas for s in measured}
-        if spec.search is not None:
-            named = counts_named(summary, r"the probe of (\d+)") | counts_named(summary, r"(\d+) passed and")
-            named |= counts_named(summary, r"and (\d+) failed") | counts_named(summary, r"even (\d+) \(the search")
-            named |= counts_named(summary, r"found between (\d+) and") | counts_named(summary, r"between \d+ and (\d+)")
-            assert named <= ran, (named, ran, summary)
-        # plan: production arithmetic (no monitor slot, one more client per pooler instance) never
-        # calls fewer replicas safe than the benchmark's prediction, and its recommendation for a target
-        # agrees with its own count during a rollout.
-        budget = plan(vspec, None, pooler)
-        assert budget.max_safe_replicas >= safe
-        assert budget.max_safe_replicas_during_rollout <= budget.max_safe_replicas
-        for target in {1, max(1, budget.max_safe_replicas_during_rollout), budget.max_safe_replicas_during_rollout + 1}:
-            advice = plan(vspec, target, pooler).recommendations
-            says_fits = advice[0].text.startswith(replicas_fit(target))
-            assert says_fits == (target <= budget.max_safe_replicas_during_rollout), (target, budget, advice)
+        check_summary(verdict.summary, spec, pooler, safe, steps, measured)
+        check_plan(vspec, pooler, safe)

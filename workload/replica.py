@@ -241,8 +241,8 @@ class CallerTally:
             self.extremes[top] = ms
 
     def succeeded(self, t0: float, t1: float, t2: float) -> None:
-        """The hot path: inline, no call beyond the bucket lookup (a replica must cost no more than the
-        plain app it stands for, or the benchmark measures itself)."""
+        """The hot path: inline, no call beyond the bucket lookup (measuring adds next to nothing to the
+        app's work)."""
         self.tally[OK_INDEX] += 1
         extremes = self.extremes
         ms = (t1 - t0) * 1000.0
@@ -378,7 +378,7 @@ class Replica:
                     with begin() as conn:
                         t1 = perf()
                         conn.exec_driver_sql(statement)
-                except Exception as exc:  # every failure is an outcome to count, not a crash of the thread
+                except Exception as exc:  # noqa: BLE001 - every failure is an outcome to count, not a crash of the thread
                     if caller.failed(t0, t1, exc):
                         return
                     continue
@@ -481,8 +481,8 @@ class Replica:
         await self.engine.dispose()
 
     def _crash(self) -> int:
-        """on_error crash: the replica dies on its first failed attempt (its work ends there too: the
-        other threads are not waited for)."""
+        """``onError: crash``: the replica dies on its first failed attempt (its work ends there too:
+        the other threads are not waited for)."""
         with self.lock:
             if self.work_ended_at is None:
                 self.work_ended_at = time.time()

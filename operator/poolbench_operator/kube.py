@@ -157,7 +157,7 @@ class Kube:
                     f"{pod.metadata.name}:{METRICS_PORT}", self.namespace, "metrics", _request_timeout=3
                 )
                 metrics = parse_metrics(text)
-            except Exception:  # API, urllib3 or parse errors: an unreachable pod is just not reporting yet
+            except Exception:  # noqa: BLE001 - API, urllib3 or parse errors: an unreachable pod is just not reporting yet
                 metrics = None
         return PodView(pod.metadata.name, restarts, metrics, last_message)
 

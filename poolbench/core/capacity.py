@@ -2,7 +2,7 @@
 
 A local run starts every replica of a step as a process with its threads, and one server backend
 per connection: a plan far beyond the machine would swap it to a standstill or hit process limits
-long before it measured anything. The figures are upper bounds from the P5 scale benchmark (50
+long before it measured anything. The figures are upper bounds from the scale benchmark (50
 replicas × 20 connections took 1.4 GiB in all, measured as PSS), doubled for safety.
 """
 

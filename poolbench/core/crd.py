@@ -33,6 +33,49 @@ PRINTER_COLUMNS = [
 ]
 
 
+def _marked(node: dict[str, Any], keep_defaults: bool) -> dict[str, Any] | None:
+    """A node whose Kubernetes marker replaces its schema, reduced to what the API server accepts; None
+    for any other node."""
+    if node.get("x-kubernetes-preserve-unknown-fields"):  # a union of shapes (list or object): the operator validates
+        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-preserve-unknown-fields")}
+    if node.get("x-kubernetes-int-or-string"):  # structural: no types, the marker says integer or string
+        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")
+                or (k == "default" and keep_defaults)}
+    return None
+
+
+def _single_option(node: dict[str, Any], defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any] | None:
+    """``anyOf [X, null]`` (or ``anyOf [X]``) as X with ``nullable``; None when more than one shape is left."""
+    options = [o for o in node["anyOf"] if o.get("type") != "null"]
+    if len(options) != 1:
+        return None
+    merged = {**_resolve(options[0], defs, keep_defaults)}
+    for key, value in node.items():
+        if key != "anyOf":
+            merged[key] = value
+    if len(options) < len(node["anyOf"]):
+        merged["nullable"] = True
+    return merged
+
+
+def _structural(key: str, value: Any, defs: dict[str, Any], keep_defaults: bool) -> dict[str, Any]:
+    """One keyword of a schema node as the structural schema spells it: none, one or two keywords."""
+    if key in DROP_KEYS:
+        return {}
+    if key == "default":
+        keep = keep_defaults and value is not None and not isinstance(value, (dict, list))
+        return {key: value} if keep else {}
+    if key == "additionalProperties" and value is False:
+        return {}
+    if key == "exclusiveMinimum" and not isinstance(value, bool):
+        return {"minimum": value, "exclusiveMinimum": True}
+    if key == "const":
+        return {"enum": [value]}
+    if key == "properties":
+        return {key: {k: _resolve(v, defs, keep_defaults) for k, v in value.items()}}
+    return {key: _resolve(value, defs, keep_defaults)}
+
+
 def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
     if isinstance(node, list):
         return [_resolve(n, defs, keep_defaults) for n in node]
@@ -43,43 +86,16 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
         extra = {k: v for k, v in node.items() if k != "$ref"}
         target.update(extra)
         return _resolve(target, defs, keep_defaults)
-    if node.get("x-kubernetes-preserve-unknown-fields"):  # a union of shapes (list or object): the operator validates
-        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-preserve-unknown-fields")}
-    if node.get("x-kubernetes-int-or-string"):  # structural: no types, the marker says integer or string
-        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")
-                or (k == "default" and keep_defaults)}
+    marked = _marked(node, keep_defaults)
+    if marked is not None:
+        return marked
     if "anyOf" in node:
-        options = [o for o in node["anyOf"] if o.get("type") != "null"]
-        nullable = len(options) < len(node["anyOf"])
-        if len(options) == 1:
-            merged = {**_resolve(options[0], defs, keep_defaults)}
-            for key, value in node.items():
-                if key != "anyOf":
-                    merged[key] = value
-            if nullable:
-                merged["nullable"] = True
+        merged = _single_option(node, defs, keep_defaults)
+        if merged is not None:
             return _resolve(merged, defs, keep_defaults)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in DROP_KEYS:
-            continue
-        if key == "default":
-            if keep_defaults and value is not None and not isinstance(value, (dict, list)):
-                out[key] = value
-            continue
-        if key == "additionalProperties" and value is False:
-            continue
-        if key == "exclusiveMinimum" and not isinstance(value, bool):
-            out["minimum"] = value
-            out["exclusiveMinimum"] = True
-            continue
-        if key == "const":
-            out["enum"] = [value]
-            continue
-        if key == "properties":
-            out[key] = {k: _resolve(v, defs, keep_defaults) for k, v in value.items()}
-            continue
-        out[key] = _resolve(value, defs, keep_defaults)
+        out.update(_structural(key, value, defs, keep_defaults))
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     return out
@@ -147,6 +163,12 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+def source_file(model: type[BaseModel]) -> str:
+    """The file a model is defined in, relative to the repository (named in the generated header)."""
+    return model.__module__.replace(".", "/") + ".py"
+
+
 def crd_yaml() -> str:
-    header = "# Generated by `poolbench crd` from poolbench/spec.py and poolbench/results.py. Do not edit.\n"
+    sources = f"{source_file(PoolBenchmarkSpec)} and {source_file(BenchmarkStatus)}"
+    header = f"# Generated by `poolbench crd` (make crd) from {sources}. Do not edit.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)

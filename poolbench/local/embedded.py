@@ -31,15 +31,15 @@ import psycopg2
 
 from ..core.spec import SpecError
 from ..db.sessions import ADMIN_NAME, admin_session
-from .access import SYSTEM_USER, TEMP_BASES, _ensure_system_user, _ids, _run_as, _run_base
-from .binaries import _server_bin_dir
-from .cache import CACHE_ENV, MANIFEST, _copy_tree, _discard, _rmtree
+from .access import SYSTEM_USER, TEMP_BASES, ensure_system_user, reachable_run_base, run_as_kwargs, user_ids
+from .binaries import server_bin_dir
+from .cache import CACHE_ENV, MANIFEST, copy_tree, discard, remove_tree
 from .errors import EnvironmentFailure
 from .procs import deferred_signals, free_port, kill_group, spawn, temp_dir
-from .serverlog import _cause_lines, _explain, _refusal
-from .template import LOCALE_ENV, PG_CONTROL_SIZE, _copy_template, _store_template, _template_dir
+from .serverlog import cause_lines, explain, refusal
+from .template import LOCALE_ENV, PG_CONTROL_SIZE, copy_template, store_template, template_dir
 
-# The constants from access, cache and template are re-exported: importable from here as before, but
+# The constants from access, cache and template are re-exported: importable from here with the server, but
 # defined (and so to be monkeypatched) in their own modules.
 __all__ = [
     "CACHE_ENV", "CHECK_BATCH", "INITDB_ARGS", "LOCALE_ENV", "MANIFEST", "PG_CONTROL_SIZE", "PG_USER",
@@ -112,9 +112,9 @@ class LocalPostgres:
     def _start(self, timeout: float) -> None:
         wheel_bin = pg_bin_dir()
         if os.geteuid() == 0:
-            self.run_as = _ensure_system_user()
-        uid, gid = _ids(self.run_as)
-        base = _run_base(uid, gid) if self.run_as else None
+            self.run_as = ensure_system_user()
+        uid, gid = user_ids(self.run_as)
+        base = reachable_run_base(uid, gid) if self.run_as else None
         with deferred_signals():
             self.root = temp_dir("poolbench-pg-", base)
         if self.run_as:
@@ -122,11 +122,11 @@ class LocalPostgres:
         self.port = self.port or free_port()
         self.bin_dir = wheel_bin
         if base is not None:
-            self.bin_dir = _server_bin_dir(wheel_bin, uid, gid, self.root, base)
+            self.bin_dir = server_bin_dir(wheel_bin, uid, gid, self.root, base)
         if self.settings:
             self._check_settings()
-        template = _template_dir(wheel_bin, self.run_as, INITDB_ARGS)
-        self.from_template = template is not None and _copy_template(template, self.data_dir, uid)
+        template = template_dir(wheel_bin, self.run_as, INITDB_ARGS)
+        self.from_template = template is not None and copy_template(template, self.data_dir, uid)
         if not self.from_template:
             self._initdb(template)
         try:
@@ -142,21 +142,21 @@ class LocalPostgres:
         template was bad and its pristine output replaces it; if not, the machine is at fault (a
         busy port, no shared memory), the error stands and the template is kept."""
         self._halt()
-        _rmtree(self.data_dir)
+        remove_tree(self.data_dir)
         self.from_template = False
         self._initdb(None)
         assert self.root is not None
         pristine = self.root / "pristine"  # never started: what the template must hold
         try:
-            _copy_tree(self.data_dir, pristine)
+            copy_tree(self.data_dir, pristine)
             kept = True
         except (OSError, subprocess.CalledProcessError):
             kept = False  # the run goes on; the next one rebuilds the template
         self._launch(timeout)
-        _discard(template)
+        discard(template)
         if kept:
-            _store_template(pristine, template)
-            _rmtree(pristine)
+            store_template(pristine, template)
+            remove_tree(pristine)
 
     def _initdb(self, template: Path | None) -> None:
         """initdb into the data directory, and keep its pristine output as the template."""
@@ -164,15 +164,15 @@ class LocalPostgres:
         try:
             subprocess.run(
                 [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), *INITDB_ARGS],
-                check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL, **_run_as(self.run_as),
+                check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL, **run_as_kwargs(self.run_as),
             )
         except subprocess.CalledProcessError as err:
-            output = err.stderr if _cause_lines(err.stderr or "") else f"{err.stdout or ''}{err.stderr or ''}"
-            raise EnvironmentFailure(f"initdb failed: {_explain(output)}") from None
+            output = err.stderr if cause_lines(err.stderr or "") else f"{err.stdout or ''}{err.stderr or ''}"
+            raise EnvironmentFailure(f"initdb failed: {explain(output)}") from None
         except OSError as err:
             raise EnvironmentFailure(f"could not run initdb: {err}") from None
         if template is not None:
-            _store_template(self.data_dir, template)
+            store_template(self.data_dir, template)
 
     def _server_args(self) -> list[str]:
         """What the benchmark sets on every server (the spec's settings come after, see ``_launch``)."""
@@ -221,7 +221,7 @@ class LocalPostgres:
             for i in range(0, len(commands), CHECK_BATCH):
                 answers += self._ask(commands[i:i + CHECK_BATCH])
         finally:
-            _rmtree(check_dir)
+            remove_tree(check_dir)
         if answers[0] is not None:
             raise EnvironmentFailure(f"postgres refused poolbench's own settings: {answers[0]}")
         problems = [(f"{SETTINGS_FIELD}.{name}", answer) for name, answer in zip(names, answers[1:], strict=True)
@@ -234,11 +234,11 @@ class LocalPostgres:
         try:
             for cmd in commands:
                 procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.PIPE, text=True, **_run_as(self.run_as)))
+                                              stderr=subprocess.PIPE, text=True, **run_as_kwargs(self.run_as)))
             answers: list[str | None] = []
             for proc in procs:
                 _, err = proc.communicate(timeout=30)
-                answers.append(None if proc.returncode == 0 else _refusal(err, proc.returncode))
+                answers.append(None if proc.returncode == 0 else refusal(err, proc.returncode))
             return answers
         except OSError as err:
             raise EnvironmentFailure(f"could not run postgres to check the settings: {err}") from None
@@ -262,7 +262,7 @@ class LocalPostgres:
         try:
             with deferred_signals():
                 self.process = spawn(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     **_run_as(self.run_as))
+                                     **run_as_kwargs(self.run_as))
         except OSError as err:
             raise EnvironmentFailure(f"could not run postgres: {err}") from None
         finally:
@@ -312,7 +312,7 @@ class LocalPostgres:
                 text = fh.read().decode(errors="replace")
         except OSError:
             text = ""
-        return _explain(text)
+        return explain(text)
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .procs import adopt_group, deferred_signals, kill_group, spawn
 
-LAUNCHER_CODE = "from poolbench.local.launcher import _launcher_main; _launcher_main()"
+LAUNCHER_CODE = "from poolbench.local.launcher import launcher_main; launcher_main()"
 LAUNCHER_NAME = "poolbench-workload-launcher"  # in its command line (and its children's), for ps
 LAUNCHER_ENV = "POOLBENCH_LAUNCHER"  # "off": every replica is its own ``python -m workload``
 LAUNCHER_READY_SECONDS = 30.0
@@ -67,7 +67,7 @@ def _launcher_child(env: dict[str, str], log_path: str, sync_w: int, close: list
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any other exit of a child is printed and becomes exit code 1
         import traceback
 
         traceback.print_exc()
@@ -86,38 +86,29 @@ def _launcher_child(env: dict[str, str], log_path: str, sync_w: int, close: list
             os._exit(code)
 
 
-def _launcher_main() -> None:
-    """The launcher process. Protocol, JSON lines: stdin takes ``{"env": {...}, "log": path}``;
-    stdout answers ``{"ready": true}`` once, then ``{"pid": P}`` (or ``{"error": why}``) per request
-    in order, and ``{"exit": P, "code": C}`` when a replica ends (C as Popen.returncode). On EOF it
-    kills the replicas still running, reaps them and exits."""
-    import gc
-    import select
+class LauncherProcess:
+    """The launcher process's replicas: forked on request, reaped when SIGCHLD wakes the loop through
+    ``wake_r``, killed when the runner closes stdin."""
 
-    from sqlalchemy.dialects.postgresql import psycopg2 as _dialect  # noqa: F401 - loaded by create_engine
+    def __init__(self) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.children: set[int] = set()
 
-    import workload.__main__  # noqa: F401 - the point: import once, fork many
-    import workload.replica  # noqa: F401
-
-    gc.freeze()  # keep the imported objects out of the children's collections (fewer copied pages)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w)
-    children: set[int] = set()
-
-    def reap() -> None:
-        while children:
+    def reap(self) -> None:
+        """Report every replica that has ended, without waiting for one that has not."""
+        while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            children.discard(pid)
+            self.children.discard(pid)
             _launcher_send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
-    def spawn(request: dict) -> None:
+    def fork_replica(self, request: dict) -> None:
+        """Fork one replica and answer with its pid once it leads its own session."""
         sync_r, sync_w = os.pipe()
         try:
             pid = os.fork()
@@ -127,41 +118,68 @@ def _launcher_main() -> None:
             _launcher_send({"error": str(err)})
             return
         if pid == 0:
-            _launcher_child(request["env"], request["log"], sync_w, [sync_r, wake_r, wake_w])
+            _launcher_child(request["env"], request["log"], sync_w, [sync_r, self.wake_r, self.wake_w])
         os.close(sync_w)
-        children.add(pid)
+        self.children.add(pid)
         ok = os.read(sync_r, 1) == b"1"
         os.close(sync_r)
         _launcher_send({"pid": pid} if ok else {"error": "the replica died before it started"})
 
-    _launcher_send({"ready": True})
-    buffer = b""
-    while True:
-        readable, _, _ = select.select([0, wake_r], [], [])
-        if wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 512)
-            reap()
-        if 0 in readable:
-            data = os.read(0, 65536)
-            if not data:
+    def serve(self) -> None:
+        """Fork a replica per request line on stdin and report the ones that end, until stdin closes."""
+        import select
+
+        buffer = b""
+        while True:
+            readable, _, _ = select.select([0, self.wake_r], [], [])
+            if self.wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 512)
+                self.reap()
+            if 0 in readable:
+                data = os.read(0, 65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        self.fork_replica(json.loads(line))
+                self.reap()
+
+    def kill_replicas(self) -> None:
+        """Kill the replicas still running and reap them all."""
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        while self.children:
+            try:
+                pid, _status = os.waitpid(-1, 0)
+            except ChildProcessError:
                 break
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    spawn(json.loads(line))
-            reap()
-    for pid in list(children):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    while children:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        children.discard(pid)
+            self.children.discard(pid)
+
+
+def launcher_main() -> None:
+    """The launcher process. Protocol, JSON lines: stdin takes ``{"env": {...}, "log": path}``;
+    stdout answers ``{"ready": true}`` once, then ``{"pid": P}`` (or ``{"error": why}``) per request
+    in order, and ``{"exit": P, "code": C}`` when a replica ends (C as Popen.returncode). On EOF it
+    kills the replicas still running, reaps them and exits."""
+    import gc
+
+    from sqlalchemy.dialects.postgresql import psycopg2 as _dialect  # noqa: F401 - loaded by create_engine
+
+    import workload.__main__  # the point: import once, fork many
+    import workload.replica  # noqa: F401
+
+    gc.freeze()  # keep the imported objects out of the children's collections (fewer copied pages)
+    launcher = LauncherProcess()
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(launcher.wake_w)
+    _launcher_send({"ready": True})
+    launcher.serve()
+    launcher.kill_replicas()
 
 
 class ForkedProcess:

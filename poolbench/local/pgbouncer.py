@@ -24,7 +24,7 @@ import psycopg2.extensions
 from ..core.contracts.replica_env import POOLER_HOSTS_ENV, render_pooler_hosts
 from ..core.pooler import ADMIN_DATABASE, ADMIN_USER, pgbouncer_ini, userlist
 from ..core.spec import PoolerSpec
-from .access import _ensure_system_user, _ids, _run_as, _run_base
+from .access import ensure_system_user, reachable_run_base, run_as_kwargs, user_ids
 from .errors import EnvironmentFailure
 from .procs import deferred_signals, free_port, kill_group, spawn, temp_dir
 
@@ -80,9 +80,9 @@ class LocalPgBouncer:
     def _start(self) -> None:
         binary = find_pgbouncer()
         if os.geteuid() == 0:
-            self.run_as = _ensure_system_user()
-        uid, gid = _ids(self.run_as)
-        base = _run_base(uid, gid) if self.run_as else None
+            self.run_as = ensure_system_user()
+        uid, gid = user_ids(self.run_as)
+        base = reachable_run_base(uid, gid) if self.run_as else None
         with deferred_signals():
             self.root = temp_dir("poolbench-pgbouncer-", base)
         if self.run_as:
@@ -102,7 +102,7 @@ class LocalPgBouncer:
             try:
                 with deferred_signals():
                     self.processes.append(spawn([binary, str(ini)], stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, **_run_as(self.run_as)))
+                                                stdin=subprocess.DEVNULL, **run_as_kwargs(self.run_as)))
             except OSError as err:
                 raise EnvironmentFailure(f"could not run {binary}: {err}") from None
             finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 
-from .runner import LocalResult  # noqa: E402
+from .runner import LocalResult
 
 
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:

@@ -13,7 +13,7 @@ _SEVERE = re.compile(r"\b(?:FATAL|PANIC):\s.*|\b[\w.-]+: error: .*")
 _FOLLOW_UP = re.compile(r"\b(?:DETAIL|HINT):\s.*|\b[\w.-]+: (?:detail|hint): .*")
 
 
-def _cause_lines(text: str) -> list[str]:
+def cause_lines(text: str) -> list[str]:
     """The lines that say why a server or initdb gave up: each FATAL/PANIC line (or a client tool's
     ``error:`` line) with the DETAIL/HINT lines right after it, without the log line prefix."""
     found: list[str] = []
@@ -32,15 +32,15 @@ def _cause_lines(text: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _explain(text: str, tail: int = 20) -> str:
+def explain(text: str, tail: int = 20) -> str:
     """The cause lines of ``text``, else its last ``tail`` lines (there was no FATAL line to quote)."""
-    lines = _cause_lines(text) or text.strip().splitlines()[-tail:]
+    lines = cause_lines(text) or text.strip().splitlines()[-tail:]
     return "\n  ".join(lines) if lines else "(no output)"
 
 
-def _refusal(stderr: str, returncode: int) -> str:
+def refusal(stderr: str, returncode: int) -> str:
     """The server's reason for refusing a setting, as one line: ``invalid value for parameter "x": "y"``."""
-    lines = _cause_lines(stderr)
+    lines = cause_lines(stderr)
     if not lines:
         rest = [line.strip() for line in stderr.splitlines() if line.strip()]
         return rest[-1] if rest else f"postgres exited with code {returncode}"

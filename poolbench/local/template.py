@@ -13,22 +13,22 @@ import stat
 import subprocess
 from pathlib import Path
 
-from .access import _make_dirs
-from .cache import MANIFEST, _cache_base, _copy_tree, _discard, _rmtree, _store, _verified
+from .access import make_dirs
+from .cache import MANIFEST, cache_base, copy_tree, discard, remove_tree, store, verified
 
 LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC",
               "LC_TIME", "TZ")
 PG_CONTROL_SIZE = 8192  # PG_CONTROL_FILE_SIZE: pg_control is always one 8 kB block
 
 
-def _template_dir(bin_dir: Path, run_as: str | None, initdb_args: list[str]) -> Path | None:
+def template_dir(bin_dir: Path, run_as: str | None, initdb_args: list[str]) -> Path | None:
     """Where a pristine initdb'd data directory is cached, or None when caching is off.
 
     initdb takes most of a second; copying its result takes a fraction of that. The key holds all
     that initdb's output depends on: the server build (path, size and mtime of the binary), the
     arguments (``initdb_args``), the owner, the locale and time zone of the environment.
     """
-    base = _cache_base()
+    base = cache_base()
     if base is None:
         return None
     try:
@@ -42,7 +42,7 @@ def _template_dir(bin_dir: Path, run_as: str | None, initdb_args: list[str]) -> 
     return base / f"initdb-{digest}"
 
 
-def _template_ok(template: Path, uid: int) -> bool:
+def template_ok(template: Path, uid: int) -> bool:
     """A template is used only when it is a real directory of the server user's, has the files a
     data directory cannot do without, and matches its manifest (nothing missing, truncated, or
     re-moded since it was stored). Damage the manifest cannot see (a garbage pg_control of the
@@ -57,30 +57,30 @@ def _template_ok(template: Path, uid: int) -> bool:
             return False
     except OSError:
         return False
-    return _verified(template)
+    return verified(template)
 
 
-def _copy_template(template: Path, data_dir: Path, uid: int) -> bool:
+def copy_template(template: Path, data_dir: Path, uid: int) -> bool:
     """Copy the cached template into ``data_dir`` when it passes verification. One that fails (or
     whose copy fails) is discarded, so this run's initdb replaces it. Returns whether it was used."""
     if not os.path.lexists(template):
         return False
-    if _template_ok(template, uid):
+    if template_ok(template, uid):
         try:
-            _copy_tree(template, data_dir)
+            copy_tree(template, data_dir)
             (data_dir / MANIFEST).unlink()
             return True
         except (OSError, subprocess.CalledProcessError):
             if os.path.lexists(data_dir):
-                _rmtree(data_dir)
-    _discard(template)
+                remove_tree(data_dir)
+    discard(template)
     return False
 
 
-def _store_template(data_dir: Path, template: Path) -> None:
+def store_template(data_dir: Path, template: Path) -> None:
     """Best effort: keep a copy of a fresh (never started) data directory for the next runs."""
     try:
-        _make_dirs(template.parent, 0o700)
-        _store(template, lambda built: _copy_tree(data_dir, built))
+        make_dirs(template.parent, 0o700)
+        store(template, lambda built: copy_tree(data_dir, built))
     except (OSError, subprocess.CalledProcessError):
         pass

@@ -510,14 +510,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             problems += self.before.leftovers(HostSnapshot.take())
         if not problems:
             STATE_FILE.unlink(missing_ok=True)
-        if not keep_logs and not problems:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-        else:
-            # Keep only the logs; the rest (image stores) is large.
-            for child in self.work_dir.iterdir() if self.work_dir.exists() else []:
-                if child != self.logs_dir:
-                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        self._remove_work_dir(keep_logs=keep_logs or bool(problems))
         return problems
+
+    def _remove_work_dir(self, keep_logs: bool) -> None:
+        """Remove the node's work directory, or everything in it but the logs (the image stores are large)."""
+        if not keep_logs:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            return
+        for child in self.work_dir.iterdir() if self.work_dir.exists() else []:
+            if child != self.logs_dir:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def _kill_containers(self) -> None:
         """SIGKILL every process in the kubepods cgroups (containers and pause), until none is left."""

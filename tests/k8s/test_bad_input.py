@@ -1,4 +1,4 @@
-"""R1: malformed PoolBenchmarks against the real API server and the operator.
+"""Malformed PoolBenchmarks against the real API server and the operator.
 
 Each is rejected by the API server's schema with a field path, or accepted and then ended by the
 operator in phase Invalid with the field path in the message and a Warning event. Never an operator

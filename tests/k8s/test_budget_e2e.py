@@ -1,4 +1,4 @@
-"""The connection budget through the operator (issue 14), on the process-runner tier: a breaking-point
+"""The connection budget through the operator, on the process-runner tier: a breaking-point
 search whose replicas each run two worker processes, and a measured rolling update (the workload
 Deployment's own RollingUpdate, held at its first surge), all through the same core step loop as
 `poolbench run`."""

@@ -100,7 +100,7 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     status = obj["status"]
     assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
     first, second = assert_small_seed_steps(status)
-    assert first["sampleGaps"] == 0 and second["sampleGaps"] == 0  # R5: the probe is never locked out
+    assert first["sampleGaps"] == 0 and second["sampleGaps"] == 0  # the probe is never locked out
     assert second["samples"] > 10
     assert status["totalSteps"] == 2 and status["progress"] == "2/2"
     # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
@@ -203,7 +203,7 @@ def quick(name: str, **spec: Any) -> dict[str, Any]:
 
 def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_steps(
         operator: Any, control_plane: Any, kube: Any) -> None:
-    """R2: SIGKILL the operator 10 times at seeded random moments while 3 benchmarks run."""
+    """SIGKILL the operator 10 times at seeded random moments while 3 benchmarks run."""
     import random
 
     rng = random.Random(20261125)
@@ -251,7 +251,7 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
 
 def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(operator: Any, control_plane: Any,
                                                                                kube: Any) -> None:
-    """R3: the database restarts under the workload; status says so, the monitor reconnects."""
+    """The database restarts under the workload; status says so, the monitor reconnects."""
     ns = create_namespace(kube, "pgkill")
     apply_benchmark(control_plane, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
                                              workload={"threads": 2, "durationSeconds": 8, "holdSeconds": 1,
@@ -278,7 +278,7 @@ def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(o
 
 
 def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane: Any) -> None:
-    """R4: least privilege, checked by the API server's own authorizer."""
+    """Least privilege, checked by the API server's own authorizer."""
     sa = "system:serviceaccount:poolbench-system:poolbench-operator"
 
     def can(*args: str) -> bool:

@@ -1,4 +1,4 @@
-"""spec.variants on the process-runner tier (issue 13): a direct variant and a PgBouncer one, run
+"""spec.variants on the process-runner tier: a direct variant and a PgBouncer one, run
 one after the other against the same PostgreSQL pod. The pooler pod runs the host's pgbouncer as
 uid 998 with its configuration from the Secret volume (bind-mounted by the pod runner); the
 operator samples its admin console by pod IP, as it reaches PostgreSQL.

@@ -1,4 +1,4 @@
-"""spec.variants on a real node (issue 13): manifests/examples/seed-pgbouncer.yaml, with the local
+"""spec.variants on a real node: manifests/examples/seed-pgbouncer.yaml, with the local
 postgres and pgbouncer images, in a namespace that enforces Pod Security Admission ``restricted``.
 The direct variant meets "too many clients" at 10 replicas; PgBouncer in transaction mode with
 NullPool carries the same 150 clients on at most 20 server connections; session mode is recorded

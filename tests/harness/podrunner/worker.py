@@ -582,6 +582,18 @@ class PodWorker(threading.Thread):
             value = {"cpu": str(self.runner.cpu), "memory": self.runner.memory}.get(what, "0")
         return str(value)
 
+    def _value_from(self, c: Container, vf: dict[str, Any]) -> str | None:
+        """An env entry's ``valueFrom``: a secret's or config map's key, a pod field or a resource; None when absent."""
+        if "secretKeyRef" in vf:
+            return self._lookup("secret", vf["secretKeyRef"], vf["secretKeyRef"]["key"])
+        if "configMapKeyRef" in vf:
+            return self._lookup("configmap", vf["configMapKeyRef"], vf["configMapKeyRef"]["key"])
+        if "fieldRef" in vf:
+            return self._field(vf["fieldRef"]["fieldPath"])
+        if "resourceFieldRef" in vf:
+            return self._resource(c, vf["resourceFieldRef"])
+        return None
+
     def _resolve_env(self, c: Container) -> dict[str, str]:
         env: dict[str, str] = {}
         for src in c.spec.get("envFrom") or []:
@@ -595,23 +607,13 @@ class PodWorker(threading.Thread):
             for k, v in values.items():
                 env[prefix + k] = v
         for item in c.spec.get("env") or []:
-            name = item["name"]
             if "valueFrom" in item:
-                vf = item["valueFrom"]
-                value = None
-                if "secretKeyRef" in vf:
-                    value = self._lookup("secret", vf["secretKeyRef"], vf["secretKeyRef"]["key"])
-                elif "configMapKeyRef" in vf:
-                    value = self._lookup("configmap", vf["configMapKeyRef"], vf["configMapKeyRef"]["key"])
-                elif "fieldRef" in vf:
-                    value = self._field(vf["fieldRef"]["fieldPath"])
-                elif "resourceFieldRef" in vf:
-                    value = self._resource(c, vf["resourceFieldRef"])
+                value = self._value_from(c, item["valueFrom"])
                 if value is None:
                     continue
             else:
                 value = expand(item.get("value", ""), env)
-            env[name] = value
+            env[item["name"]] = value
         term_path = c.spec.get("terminationMessagePath") or "/dev/termination-log"
         for k, v in env.items():
             if v == term_path:
