@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from poolbench.core.benchmark import planned_step
 from poolbench.core.plan import plan
-from poolbench.core.results import StepResult
+from poolbench.core.results import PoolerStepResult, StepResult
 from poolbench.core.spec import PoolerSpec, PoolMode, parse_spec
 from poolbench.core.steploop import StepStarted
 from poolbench.core.verdict import (
@@ -35,7 +35,7 @@ SEED = {"steps": [1], "workload": {"threads": 15, "engine": {"poolSize": 5, "max
 
 
 def passed(replicas: int) -> StepResult:
-    return StepResult(replicas=replicas, outcome="Passed", pooled=True)
+    return StepResult(replicas=replicas, outcome="Passed", pooler=PoolerStepResult())
 
 
 def exact_risk(clients: int, instances: int, capacity: int) -> Fraction:
