@@ -38,7 +38,8 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator, control_plane, kub
     direct, tx = status["variants"]
     assert direct["name"] == "direct" and tx["name"] == "tx"
     (d,) = direct["steps"]
-    assert d["outcome"] == "Passed" and d["pooler"] is None and d["peakConnections"] == 12, d
+    # A direct step has no pooler: null in the status written, so absent from the merge-patched resource.
+    assert d["outcome"] == "Passed" and d.get("pooler") is None and d["peakConnections"] == 12, d
     (t,) = tx["steps"]
     assert t["outcome"] == "Passed" and t["pooler"] is not None, t
     assert 0 < t["peakConnections"] <= POOL, t  # the server saw the pooler's connections only
