@@ -60,7 +60,7 @@ def run(smoke: bool) -> Result:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     status, timeline = doc["status"], doc["timeline"]
-    step = status["steps"][0]
+    step = status["variants"][0]["steps"][0]
     interval = interval_ms / 1000
     times = [s["t"] for s in timeline]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]

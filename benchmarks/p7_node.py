@@ -80,7 +80,8 @@ def node_run() -> dict[str, Any]:
         scheduled = _condition(pg, "PodScheduled")
         started = _ts(pg["status"]["containerStatuses"][0]["state"].get("running", {}).get("startedAt"))
         ready = _condition(pg, "Ready")
-        steps = [(s["replicas"], _ts(s.get("startedAt")), _ts(s.get("finishedAt"))) for s in status["steps"]]
+        steps = [(s["replicas"], _ts(s.get("startedAt")), _ts(s.get("finishedAt")))
+                 for s in status["variants"][0]["steps"]]
         first_step = steps[0][1] or applied
         phases = {
             "apply → Postgres pod scheduled (operator: children created)": (scheduled or applied) - applied,

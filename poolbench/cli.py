@@ -63,16 +63,16 @@ def load_file(path: str, benchmark: bool = True) -> PoolBenchmark:
     return load_text(text, benchmark)
 
 
-def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None) -> Table:
-    """One variant's steps (the benchmark's, without variants). A pooled variant adds the pooler's
-    side: clients at the pooler (predicted and measured) and the clients that waited."""
+def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
+    """One variant's steps, titled with the variant when the status compares variants. A pooled variant
+    adds the pooler's side: clients at the pooler (predicted and measured) and the clients that waited."""
     from rich.table import Table
     from rich.text import Text
 
-    steps = variant["steps"] if variant is not None else status["steps"]
-    pooled = any(s.get("pooled") for s in steps)
+    steps = variant["steps"]
+    pooled = any(s.get("pooler") for s in steps)
     title = f"PoolBenchmark results (max_connections {status['maxConnections']})"
-    if variant is not None:
+    if status.get("comparison"):
         pooler = variant.get("pooler")
         how = (f"through PgBouncer ({pooler['poolMode']} mode, pool {pooler['defaultPoolSize']}"
                + (f"+{pooler['reservePoolSize']}" if pooler["reservePoolSize"] else "")
@@ -96,19 +96,21 @@ def results_table(status: dict[str, Any], variant: dict[str, Any] | None = None)
         errors = "\n".join(error_lines)
         reads = s["samples"] + s["sampleGaps"]
         gaps = f"{s['sampleGaps']}/{reads}" if s["sampleGaps"] else "0"
-        if s.get("poolerSampleGaps"):
-            gaps += f" (pooler {s['poolerSampleGaps']})"
+        at_pooler = s.get("pooler") or {}
+        if at_pooler.get("sampleGaps"):
+            gaps += f" (pooler {at_pooler['sampleGaps']})"
         label = (s["outcome"] or "-") + (" (timeout)" if s["timedOut"] else "")
         label += f"\n({s['leftoverBackends']} leftovers)" if s["leftoverBackends"] else ""
         style = {"Passed": "green", "Inconclusive": "yellow"}.get(s["outcome"] or "", "red")
-        peak = f"≤ {s['predictedPeak']}" if s.get("pooled") else str(s["predictedPeak"])
+        peak = f"≤ {s['predictedPeak']}" if at_pooler else str(s["predictedPeak"])
         rolled = s.get("rolloutFrom")  # a measured rolling update: the old replicas and the surge pods beside them
         replicas = f"{rolled} + {s['replicas'] - rolled} surge" if rolled is not None else str(s["replicas"])
         row = [str(i), replicas, peak, str(s["peakConnections"])]
         if pooled:
-            expected = s.get("predictedPoolerOutcome") or "?"  # fits, waits or fails, by the placement rule
-            row += [f"{s['predictedClientPeak']} ({expected})", str(s["clientPeakConnections"]),
-                    str(s["poolerWaitingPeak"]), f"{s['poolerMaxWaitMs']:.0f} ms"]
+            expected = at_pooler.get("predictedOutcome") or "?"  # fits, waits or fails, by the placement rule
+            row += [f"{at_pooler.get('predictedClientPeak', 0)} ({expected})",
+                    str(at_pooler.get("clientPeakConnections", 0)), str(at_pooler.get("waitingPeak", 0)),
+                    f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms"]
         row += [str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}", f"{s['latencyMs']['p95']:g} ms",
                 f"{s['checkoutWaitMs']['p95']:g} ms"]
         table.add_row(*row, Text(label, style=style))
@@ -313,15 +315,15 @@ def print_results(out_console: Console, status: dict[str, Any]) -> None:
     """The results table, verdict and first error of each variant, then the comparison of the variants."""
     from rich.markup import escape
 
-    for variant in status["variants"] or [None]:
+    for variant in status["variants"]:
         out_console.print(results_table(status, variant))
-        verdict = (variant or status).get("verdict") or {}
+        verdict = variant.get("verdict") or {}
         out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
-        failing = stopping_step(verdict, (variant or status)["steps"])
+        failing = stopping_step(verdict, variant["steps"])
         if failing is not None and failing.get("firstError"):
             out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
                               highlight=False)
-    if status["variants"]:
+    if status["comparison"]:
         out_console.print(comparison_table(status))
         out_console.print(f"[bold]Comparison:[/] {escape(status['comparison'])}", highlight=False)
 

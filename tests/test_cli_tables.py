@@ -9,7 +9,14 @@ import pytest
 from rich.console import Console
 
 from poolbench import cli
-from poolbench.core.results import BenchmarkStatus, ErrorCounts, StepResult, VariantStatus, Verdict
+from poolbench.core.results import (
+    BenchmarkStatus,
+    ErrorCounts,
+    PoolerStepResult,
+    StepResult,
+    VariantStatus,
+    Verdict,
+)
 from poolbench.core.spec import PoolerSpec
 from poolbench.core.verdict import failure_cause
 from poolbench.core.words import clipped
@@ -18,8 +25,8 @@ from poolbench.core.words import clipped
 def pooled_status() -> dict[str, Any]:
     pooler = PoolerSpec(pool_mode="transaction", default_pool_size=3, reserve_pool_size=1, max_client_conn=6,
                         replicas=2)
-    steps = [StepResult(replicas=2, pooled=True, outcome="Passed", predicted_peak=8, peak_connections=6),
-             StepResult(replicas=3, pooled=True, outcome="Failed", predicted_peak=8, peak_connections=6,
+    steps = [StepResult(replicas=2, pooler=PoolerStepResult(), outcome="Passed", predicted_peak=8, peak_connections=6),
+             StepResult(replicas=3, pooler=PoolerStepResult(), outcome="Failed", predicted_peak=8, peak_connections=6,
                         errors=ErrorCounts(pooler_max_client_conn=31, too_many_clients=3), leftover_backends=3,
                         first_error_class="poolerMaxClientConn")]
     verdict = Verdict(max_safe_replicas=2, first_failing_replicas=3)
@@ -53,10 +60,10 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
              StepResult(replicas=3, rollout_from=2, outcome="Passed", predicted_peak=9, peak_connections=9)]
     steps[0].latency_ms.p95, steps[1].latency_ms.p95 = 20.0, 35.0
     verdict = Verdict(max_safe_replicas=2)
-    status = BenchmarkStatus(max_connections=14, steps=steps, verdict=verdict,
+    status = BenchmarkStatus(max_connections=14, verdict=verdict,
                              variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
     console = Console(width=200, record=True)
-    console.print(cli.results_table(status))
+    console.print(cli.results_table(status, status["variants"][0]))
     rows = [line for line in console.export_text().splitlines() if "Passed" in line]
     assert "2 + 1 surge" in rows[1] and "2 + 1 surge" not in rows[0]
     console = Console(width=200, record=True)
@@ -70,7 +77,7 @@ def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
     steps = [StepResult(replicas=1, outcome="Failed",
                         reason="latency p95 61.887 ms exceeds limits.maxLatencyP95Ms 40 ms")]
     verdict = Verdict(first_failing_replicas=1)
-    status = BenchmarkStatus(max_connections=20, steps=steps, verdict=verdict,
+    status = BenchmarkStatus(max_connections=20, verdict=verdict,
                              variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
     console = Console(width=200, record=True)
     console.print(cli.comparison_table(status))
@@ -100,3 +107,14 @@ def test_a_long_error_is_cut_at_a_word_boundary() -> None:
     step = StepResult(replicas=3, outcome="Failed", first_error=f"r0: {text}", first_error_class="other")
     cause = failure_cause(step)
     assert cause.endswith(" …)") and cause.removeprefix("other (").removesuffix(" …)") in text
+
+
+def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> None:
+    steps = [StepResult(replicas=1, outcome="Passed", predicted_peak=3, peak_connections=3)]
+    plain = BenchmarkStatus(max_connections=20, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    named = {**plain, "comparison": "Scales furthest: direct (1 replica). direct: 1 replica safe, peak 3."}
+    for status, title in ((plain, "PoolBenchmark results (max_connections 20)"),
+                          (named, "variant direct: direct, QueuePool (max_connections 20)")):
+        console = Console(width=200, record=True)
+        console.print(cli.results_table(status, status["variants"][0]))
+        assert title in console.export_text()

@@ -151,12 +151,12 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
     status = run_steps(BenchmarkRun(spec, clock=utc_now), oracle, oracle.monitor, TIMING)
     document = status.to_json()
     variants = spec.effective_variants()
-    results: list[VariantStatus | None] = list(status.variants) if spec.variants else [None]
+    assert [v.name for v in status.variants] == [v.name for v in variants]
+    assert status.verdict == status.variants[0].verdict  # the printer columns show the first variant's
     for index, variant in enumerate(variants):
         vspec, pooler = spec.for_variant(variant), variant.pooler
-        result = results[index]
-        verdict = result.verdict if result is not None else status.verdict
-        steps = result.steps if result is not None else status.steps
+        result: VariantStatus = status.variants[index]
+        verdict, steps = result.verdict, result.steps
         assert verdict is not None
         safe = predicted_safe_replicas(vspec, pooler)
         # The prediction the run states is the arithmetic's, and it calls safe exactly the counts up to it.
@@ -165,9 +165,9 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
             assert predict(vspec, replicas, pooler).fits == (replicas <= safe), (replicas, safe)
         # Each step's own recorded expectation is the same rule's.
         for step in steps:
-            if step.rollout_from is None and step.pooled:
+            if step.rollout_from is None and step.pooler is not None:
                 expected = predict(vspec, step.replicas, pooler).check.outcome
-                assert step.predicted_pooler_outcome == expected
+                assert step.pooler.predicted_outcome == expected
         # Measured against a worst-case server: nothing beyond the prediction passes, nothing within fails.
         measured = [s for s in steps if s.rollout_from is None]
         for step in measured:
@@ -187,9 +187,9 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
                 assert f"{name}: " in status.comparison
                 part = status.comparison.split(f"{name}: ", 1)[1].split(";", 1)[0]
                 assert f"fails at {verdict.first_failing_replicas} " in part, (part, verdict)
-            json_steps = document["variants"][index]["steps"]
-            json_verdict = document["variants"][index]["verdict"]
-            table_step = cli.stopping_step(json_verdict, json_steps)
-            assert (table_step["replicas"] if table_step else None) == verdict.first_failing_replicas
+        json_steps = document["variants"][index]["steps"]
+        json_verdict = document["variants"][index]["verdict"]
+        table_step = cli.stopping_step(json_verdict, json_steps)
+        assert (table_step["replicas"] if table_step else None) == verdict.first_failing_replicas
         check_summary(verdict.summary, spec, pooler, safe, steps, measured)
         check_plan(vspec, pooler, safe)

@@ -13,7 +13,7 @@ import pytest
 
 from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import PREPARED_STATEMENT_CLASH, classify_exception, short_message
-from poolbench.core.results import StepResult
+from poolbench.core.results import PoolerStepResult, StepResult
 from poolbench.core.spec import PoolerSpec, parse_document
 from poolbench.core.verdict import comparison, overall_verdict
 from poolbench.core.workload_env import workload_env
@@ -32,12 +32,12 @@ def test_measured_equals_predicted(driver: str) -> None:
                    postgres={"maxConnections": 40}, stopOnFailure=False,
                    workload={"driver": driver, "threads": 6, "iterations": 10, "holdSeconds": 1,
                              "statement": "SELECT pg_sleep(0.1)", "engine": {"poolSize": 3, "maxOverflow": 2}})
-    status = runner.run_local(parse_document(doc)).status
-    assert [s.outcome for s in status.steps] == ["Passed", "Passed"], [s.reason for s in status.steps]
-    assert [s.peak_connections for s in status.steps] == [s.predicted_peak for s in status.steps] == [10, 25]
-    assert [s.idle_at_end for s in status.steps] == [s.predicted_idle for s in status.steps] == [6, 15]
-    assert [s.queries for s in status.steps] == [2 * 6 * 10, 5 * 6 * 10]
-    assert all(s.latency_ms.p50 >= 100 for s in status.steps)
+    steps = runner.run_local(parse_document(doc)).status.variants[0].steps
+    assert [s.outcome for s in steps] == ["Passed", "Passed"], [s.reason for s in steps]
+    assert [s.peak_connections for s in steps] == [s.predicted_peak for s in steps] == [10, 25]
+    assert [s.idle_at_end for s in steps] == [s.predicted_idle for s in steps] == [6, 15]
+    assert [s.queries for s in steps] == [2 * 6 * 10, 5 * 6 * 10]
+    assert all(s.latency_ms.p50 >= 100 for s in steps)
 
 
 @pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
@@ -49,7 +49,7 @@ def test_refusals_are_classified_for_each_driver(driver: str, role: str, expecte
                    workload={"driver": driver, "threads": 4, "iterations": 10, "holdSeconds": 1, "onError": "count",
                              "role": role, "statement": "SELECT pg_sleep(0.2)",
                              "engine": {"poolSize": 4, "maxOverflow": 0}})
-    step = runner.run_local(parse_document(doc)).status.steps[0]
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Failed"
     assert step.first_error_class == expected, step.first_error
     assert getattr(step.errors, {"tooManyClients": "too_many_clients", "reservedSlots": "reserved_slots"}[expected]) > 0
@@ -130,7 +130,7 @@ def test_a_prepared_statement_clash_is_named_as_a_driver_setting_and_crowns_no_v
     spec = parse_document(make_doc(steps=[2], workload={"driver": "asyncpg", "threads": 4})).spec
     tx = PoolerSpec(pool_mode="transaction", default_pool_size=2)
     direct_step = StepResult(replicas=2, outcome="Passed", peak_connections=8)
-    clash = StepResult(replicas=2, outcome="Failed", pooled=True, peak_connections=2,
+    clash = StepResult(replicas=2, outcome="Failed", pooler=PoolerStepResult(), peak_connections=2,
                        first_error_class=PREPARED_STATEMENT_CLASH,
                        first_error='r0: prepared statement "__asyncpg_stmt_1__" already exists')
     clash.errors.prepared_statement_clash = 3

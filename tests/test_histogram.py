@@ -200,11 +200,11 @@ def test_a_step_of_several_replicas_is_judged_on_their_merged_counts() -> None:
 
     spec = {"steps": [3], "limits": {"maxLatencyP95Ms": 60}}
     parts = [[20.0] * 40, [59.9] * 30 + [75.0] * 3, [45.0] * 25 + [75.0] * 2]
-    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.steps[0]
+    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert 59.9 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 60 and sum(step.latency_histogram.counts) == 100
     parts[0][0] = 75.0  # one value more above the limit: the 95th smallest is now 75 ms
-    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.steps[0]
+    step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
     assert step.outcome == "Failed" and step.latency_ms.p95 > 60
     assert f"latency p95 {step.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 60 ms" in (step.reason or "")
 

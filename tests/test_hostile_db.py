@@ -38,7 +38,7 @@ def run_steps(name: str, steps: list[int], settings: dict[str, str] | None = Non
         stopOnFailure=False, sampling={"intervalMs": interval_ms},
         postgres={"maxConnections": 30, "settings": settings or {}},
     ))
-    return run_local(bench).status.steps
+    return run_local(bench).status.variants[0].steps
 
 
 # Settings that cancel statements or end sessions: the monitor must see through every one. The

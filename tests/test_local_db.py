@@ -91,7 +91,7 @@ def test_workload_serves_metrics_and_writes_a_summary(local_pg: LocalPostgres, t
 def test_default_queuepool_keeps_ghosts() -> None:
     # 2 replicas × min(8 threads, 5 + 10) = 16 peak; min(5, 8) = 5 ghosts each.
     status = run_local(bench("qp", [2], threads=8)).status
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.predicted_peak == 16 and step.peak_connections == 16
     assert step.idle_at_end == 10 == step.predicted_idle
@@ -102,7 +102,7 @@ def test_default_queuepool_keeps_ghosts() -> None:
 
 def test_pool_size_two_no_overflow_caps_each_replica_at_two() -> None:
     status = run_local(bench("ps2", [3], threads=6, engine={"poolSize": 2, "maxOverflow": 0})).status
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.peak_connections == 6 == step.predicted_peak
     assert set(step.peak_by_replica.values()) == {2}
@@ -111,7 +111,7 @@ def test_pool_size_two_no_overflow_caps_each_replica_at_two() -> None:
 
 def test_nullpool_leaves_no_ghosts() -> None:
     status = run_local(bench("np", [2], threads=5, engine={"poolClass": "NullPool"})).status
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.idle_at_end == 0 == step.predicted_idle
     # NullPool closes per checkout; a closing backend can still be listed for a moment while the
@@ -124,7 +124,7 @@ def test_app_role_meets_reserved_slots_not_too_many_clients() -> None:
     b = bench("app", [2], max_connections=20, threads=10, role="app", onError="count",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
     status = run_local(b).status
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Failed"
     assert step.first_error_class == "reservedSlots"
     # A storm of concurrent connects can briefly hold the reserved slots' PGPROCs with backends that are
@@ -139,7 +139,7 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
     b = bench("crash", [1, 3], max_connections=20, threads=10, onError="crash",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
     status = run_local(b).status
-    first, second = status.steps
+    first, second = status.variants[0].steps
     assert first.outcome == "Passed" and first.idle_at_end == 10
     assert second.outcome == "Failed"
     assert second.errors.too_many_clients > 0 and second.errors.reserved_slots == 0
@@ -154,7 +154,7 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
 def test_count_mode_keeps_counting() -> None:
     b = bench("count", [3], max_connections=20, threads=10, onError="count",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=1)
-    step = run_local(b).status.steps[0]
+    step = run_local(b).status.variants[0].steps[0]
     assert step.outcome == "Failed" and step.crashed_replicas == 0
     assert step.errors.too_many_clients > step.errors.total() - step.errors.too_many_clients
     assert step.queries > 0
@@ -170,13 +170,16 @@ def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     status = json.loads(out.read_text())["status"]
-    five, ten = status["steps"]
+    (direct,) = status["variants"]  # a benchmark without spec.variants: one direct variant
+    assert "steps" not in status and direct["name"] == "direct" and direct["verdict"] == status["verdict"]
+    five, ten = direct["steps"]
     assert five["replicas"] == 5 and five["outcome"] == "Passed"
     assert sum(five["errors"].values()) == 0 and five["idleAtEnd"] >= 20
     assert ten["replicas"] == 10 and ten["outcome"] == "Failed" and ten["errors"]["tooManyClients"] > 0
     assert five["sampleGaps"] == 0 and ten["sampleGaps"] == 0  # the monitor kept its slot throughout
     assert status["verdict"]["maxSafeReplicas"] == 5 and status["verdict"]["firstFailingReplicas"] == 10
     assert "Verdict" in proc.stdout
+    assert "PoolBenchmark results (max_connections" in proc.stdout and "Variants compared" not in proc.stdout
     assert plot.stat().st_size > 10_000
 
 
@@ -215,7 +218,7 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on() -> None:
     runner = LocalRunner(b, progress)
     status = runner.execute().status
     assert killed
-    first, second = status.steps
+    first, second = status.variants[0].steps
     assert first.outcome == "Failed"
     assert first.database_restarts == 1
     assert first.reason is not None and first.reason.startswith("the database restarted")

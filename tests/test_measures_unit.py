@@ -55,7 +55,7 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     spec = {"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}},
             "limits": {"maxLatencyP95Ms": 100, "maxCheckoutWaitP95Ms": 50}}
     run = run_one_step(spec, slow)
-    step = run.status.steps[0]
+    step = run.status.variants[0].steps[0]
     assert step.outcome == "Failed"
     # The true p95s are 120 and 80 ms; read from their buckets (116.6, 121.2] and (79.43, 82.54]: within 2 %.
     assert step.latency_ms.p95 == 118.86 and step.checkout_wait_ms.p95 == 80.955
@@ -64,7 +64,7 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     assert run.status.verdict is not None
     assert "failed with latency p95 118.86 ms exceeds limits.maxLatencyP95Ms" in run.status.verdict.summary
     fast = run_one_step({**spec, "limits": {"maxLatencyP95Ms": 300, "maxCheckoutWaitP95Ms": 100}}, slow)
-    assert fast.status.steps[0].outcome == "Passed"
+    assert fast.status.variants[0].steps[0].outcome == "Passed"
 
 
 def test_the_verdict_explains_threads_queueing_for_connections() -> None:

@@ -116,15 +116,15 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys() -> Non
     from poolbench.core.benchmark import status_from_resource as resume_status
 
     assert resume_status(None) is None and resume_status({"kopf": {}}) is None
-    status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "steps": [
-        {"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
-        {"replicas": 8, "startedAt": "t2"}]})
+    status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "variants": [
+        {"name": "direct", "steps": [{"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
+                                     {"replicas": 8, "startedAt": "t2"}]}]})
     run = BenchmarkRun(SPEC, status, clock=utc_now)
     planned = run.next_step()
     assert planned is not None and (planned.index, planned.replicas) == (2, 8)
     run.begin_step(planned)
-    assert [(s.replicas, s.started_at) for s in run.status.steps][0] == (2, "t0")
-    assert len(run.status.steps) == 2
+    assert [(s.replicas, s.started_at) for s in run.status.variants[0].steps][0] == (2, "t0")
+    assert len(run.status.variants[0].steps) == 2
 
 
 def test_passwords_are_derived_per_benchmark_and_purpose() -> None:

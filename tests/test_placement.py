@@ -31,7 +31,7 @@ from poolbench.core.contracts.replica_env import (
     render_pooler_hosts,
 )
 from poolbench.core.plan import plan
-from poolbench.core.results import StepResult
+from poolbench.core.results import PoolerStepResult, StepResult
 from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import StepStarted
 from poolbench.core.verdict import pooled_verdict
@@ -41,7 +41,7 @@ SEED = {"steps": [1], "workload": {"threads": 15, "engine": {"poolSize": 5, "max
 
 
 def passed(replicas: int) -> StepResult:
-    return StepResult(replicas=replicas, outcome="Passed", pooled=True)
+    return StepResult(replicas=replicas, outcome="Passed", pooler=PoolerStepResult())
 
 
 def exact_risk(clients: int, instances: int, capacity: int) -> Fraction:

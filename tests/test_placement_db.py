@@ -90,9 +90,10 @@ def test_one_replicas_connections_spread_over_both_instances() -> None:
                            pooler={"poolMode": "transaction", "defaultPoolSize": 4, "maxClientConn": 31,
                                    "replicas": 2})
     step, verdict = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
     assert step.errors.total() == 0 and step.queries == 20 * 5
-    assert step.client_peak_connections == step.predicted_client_peak == 20
+    assert step.pooler.client_peak_connections == step.pooler.predicted_client_peak == 20
     assert verdict.predicted_max_safe_replicas is not None and verdict.predicted_max_safe_replicas >= 1
     assert len(watching.per_instance) == 2 and all(n >= 1 for n in watching.per_instance), watching.per_instance
     assert sum(watching.per_instance) >= 20
@@ -106,8 +107,9 @@ def test_every_driver_spreads_its_connections(driver: str) -> None:
     status, watching = run(f"spread-{driver}", replicas=[1], threads=16, driver=driver,
                            pooler={"poolMode": "session", "defaultPoolSize": 16, "replicas": 2})
     step, _ = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
-    assert step.client_peak_connections == 16
+    assert step.pooler.client_peak_connections == 16
     assert all(n >= 1 for n in watching.per_instance) and sum(watching.per_instance) >= 16, watching.per_instance
 
 
@@ -149,10 +151,11 @@ def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     status, _ = run("sesswait", replicas=[2], threads=3, engine={"poolSize": 1, "maxOverflow": 2},
                     pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 30})
     step, verdict = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
     assert step.errors.total() == 0 and step.queries == 2 * 3 * 5
-    assert step.peak_connections == 4 and step.client_peak_connections == 6
-    assert step.pooler_waiting_peak >= 1 and step.pooler_max_wait_ms > 0
+    assert step.peak_connections == 4 and step.pooler.client_peak_connections == 6
+    assert step.pooler.waiting_peak >= 1 and step.pooler.max_wait_ms > 0
     assert step.idle_at_end == step.predicted_idle == 2
     assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 3
     assert "fits without waiting up to 1 replica, waits beyond" in verdict.summary
@@ -166,9 +169,10 @@ def test_session_mode_fails_when_the_kept_clients_hold_every_server_connection()
     status, _ = run("sesskept", replicas=[1], threads=3, engine={"poolSize": 2, "maxOverflow": 1}, sleep=0.02,
                     pooler={"poolMode": "session", "defaultPoolSize": 2, "queryWaitTimeoutSeconds": 1})
     step, verdict = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
-    assert step.predicted_pooler_outcome == "fails"
+    assert step.pooler.predicted_outcome == "fails"
     assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
     assert ("fails from 1 replica (the pools of 1 replica keep 2 clients open for good, enough to hold all the"
             " pooler's 2 server connections: the other clients wait until query_wait_timeout (1 s) and are"
@@ -183,10 +187,11 @@ def test_a_reserve_that_opens_after_query_wait_timeout_serves_nobody() -> None:
                     pooler={"poolMode": "session", "defaultPoolSize": 2, "reservePoolSize": 1,
                             "queryWaitTimeoutSeconds": 2})
     step, verdict = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
     assert step.peak_connections == 2  # the reserve never opened
-    assert step.predicted_pooler_outcome == "fails"
+    assert step.pooler.predicted_outcome == "fails"
     assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
     assert ("enough to hold all the pooler's 2 server connections (its reserve of 1 opens only for a client that"
             " waited reserve_pool_timeout, 5 s: query_wait_timeout disconnects it first)") in verdict.summary
@@ -199,9 +204,10 @@ def test_transaction_mode_says_its_clients_queue_and_why_a_wait_timed_out() -> N
     status, _ = run("txwait", replicas=[1], threads=8, iterations=2, sleep=0.3,
                     pooler={"poolMode": "transaction", "defaultPoolSize": 1, "queryWaitTimeoutSeconds": 1})
     step, verdict = only(status)
+    assert step.pooler is not None, step
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
-    assert step.predicted_pooler_outcome == "waits" and step.predicted_client_peak == 8
+    assert step.pooler.predicted_outcome == "waits" and step.pooler.predicted_client_peak == 8
     assert ("In transaction mode clients beyond the 1 server connection wait for a transaction to end, and these"
             " waited longer than query_wait_timeout (1 s): the arithmetic counts connections, not how long each"
             " transaction holds one") in verdict.summary

@@ -44,7 +44,7 @@ def test_measured_equals_predicted_for_each_pool_class(name: str, threads: int, 
     doc = bench(name, threads=threads, engine=engine, driver=driver)
     pred = predict(parse_document(doc).spec, 2)
     assert (pred.peak, pred.idle) == (2 * peak, 2 * ghosts)  # the arithmetic's answer, known in advance
-    step = runner.run_local(parse_document(doc)).status.steps[0]
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.errors.total() == 0 and step.queries == 2 * 2 * threads * 5
     assert step.peak_connections == step.predicted_peak == 2 * peak
@@ -86,7 +86,7 @@ def test_nullpool_with_worker_processes_opens_one_per_caller_and_keeps_none(driv
     # 2 replicas × 2 processes × 4 callers: 16 at once, 0 kept. A closed connection's backend may still be
     # listed for a moment while its caller's next one connects (README: at most about one per worker process).
     doc = bench(f"np-{driver}", threads=4, engine={"poolClass": "NullPool"}, driver=driver)
-    step = runner.run_local(parse_document(doc)).status.steps[0]
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.errors.total() == 0 and step.queries == 2 * 2 * 4 * 5
     assert step.predicted_peak == 16 and step.predicted_idle == 0 == step.idle_at_end

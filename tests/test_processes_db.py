@@ -19,7 +19,7 @@ def test_three_processes_each_open_their_own_pool() -> None:
                    workload={"threads": 4, "processes": 3, "iterations": 10, "holdSeconds": 2,
                              "statement": "SELECT pg_sleep(0.1)", "engine": {"poolSize": 2, "maxOverflow": 1}})
     status = runner.run_local(parse_document(doc)).status
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.predicted_peak == step.peak_connections == 18
     assert step.predicted_idle == step.idle_at_end == 12
@@ -35,7 +35,7 @@ def test_a_crashing_worker_crashes_its_replica() -> None:
     doc = make_doc(name="proccrash", steps=[2], stepTimeoutSeconds=60, postgres={"maxConnections": 8},
                    workload={"threads": 3, "processes": 2, "iterations": 20, "holdSeconds": 2, "onError": "crash",
                              "statement": "SELECT pg_sleep(0.1)", "engine": {"poolSize": 3, "maxOverflow": 0}})
-    step = runner.run_local(parse_document(doc)).status.steps[0]
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Failed"
     assert step.first_error_class == "tooManyClients"
     assert step.crashed_replicas >= 1

@@ -21,8 +21,8 @@ def test_a_rolling_update_peaks_at_old_plus_surge_pods() -> None:
                    workload={"threads": 3, "durationSeconds": 3, "holdSeconds": 1,
                              "statement": "SELECT pg_sleep(0.05)", "engine": {"poolSize": 3, "maxOverflow": 0}})
     status = runner.run_local(parse_document(doc)).status
-    assert [s.replicas for s in status.steps] == [2, 3]
-    rest, rollout = status.steps
+    assert [s.replicas for s in status.variants[0].steps] == [2, 3]
+    rest, rollout = status.variants[0].steps
     assert rest.rollout_from is None and rest.outcome == "Passed" and rest.peak_connections == 6
     assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
     assert rollout.predicted_peak == rollout.peak_connections == 9
@@ -49,7 +49,7 @@ def test_old_replicas_gone_before_the_surge_connects_make_the_rollout_inconclusi
                    workload={"threads": 3, "iterations": 1, "holdSeconds": 0, "statement": "SELECT 1",
                              "engine": {"poolSize": 3, "maxOverflow": 0}})
     status = runner.run_local(parse_document(doc)).status
-    rest, rollout = status.steps
+    rest, rollout = status.variants[0].steps
     assert rest.outcome == "Passed"
     assert rollout.rollout_from == 2 and rollout.errors.total() == 0
     assert rollout.outcome == "Inconclusive", rollout.reason
@@ -73,7 +73,7 @@ def test_a_rollout_that_no_longer_fits_fails_while_the_count_at_rest_passed() ->
                    workload={"threads": 3, "durationSeconds": 3, "holdSeconds": 1, "onError": "count",
                              "statement": "SELECT pg_sleep(0.05)", "engine": {"poolSize": 3, "maxOverflow": 0}})
     status = runner.run_local(parse_document(doc)).status
-    rest, rollout = status.steps
+    rest, rollout = status.variants[0].steps
     assert rest.outcome == "Passed" and rollout.outcome == "Failed"
     assert rollout.first_error_class == "tooManyClients" and rollout.peak_connections == 10
     verdict = status.verdict
@@ -98,9 +98,11 @@ def test_a_rolling_update_through_pgbouncer_overlaps_by_the_replicas_work_times(
                              "statement": "SELECT pg_sleep(0.05)", "engine": {"poolSize": 3, "maxOverflow": 0}})
     status = runner.run_local(parse_document(doc)).status
     rest, rollout = status.variants[0].steps
-    assert rest.outcome == "Passed" and rest.client_peak_connections == 6
+    assert rollout.pooler is not None, rollout
+    assert rest.pooler is not None, rest
+    assert rest.outcome == "Passed" and rest.pooler.client_peak_connections == 6
     assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
-    assert rollout.predicted_client_peak == rollout.client_peak_connections == 9
+    assert rollout.pooler.predicted_client_peak == rollout.pooler.client_peak_connections == 9
     assert rollout.predicted_peak == 5 and rollout.peak_connections <= 5
     overlap = rollout.rollout_overlap
     assert overlap is not None and overlap.achieved and overlap.measured_by == "workTimes", overlap

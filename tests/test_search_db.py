@@ -24,11 +24,11 @@ def test_a_search_between_1_and_30_finds_the_exact_breaking_point() -> None:
     assert verdict is not None
     assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (4, 5)
     assert verdict.predicted_max_safe_replicas == 4
-    assert len(status.steps) <= math.ceil(math.log2(30)) + 2
-    ran = len(status.steps)  # the boundary was found: the phase says so, and the progress ends at n/n
+    assert len(status.variants[0].steps) <= math.ceil(math.log2(30)) + 2
+    ran = len(status.variants[0].steps)  # the boundary was found: the phase says so, and the progress ends at n/n
     assert (status.phase, status.progress, status.total_steps) == ("BoundaryFound", f"{ran}/{ran}", ran)
-    passing = next(s for s in status.steps if s.replicas == 4)
-    failing = next(s for s in status.steps if s.replicas == 5)
+    passing = next(s for s in status.variants[0].steps if s.replicas == 4)
+    failing = next(s for s in status.variants[0].steps if s.replicas == 5)
     assert passing.outcome == "Passed" and passing.peak_connections == 16
     assert failing.outcome == "Failed" and failing.first_error_class == "tooManyClients"
     assert failing.peak_connections == 19  # every usable slot taken

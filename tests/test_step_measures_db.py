@@ -36,7 +36,7 @@ def run(name: str, replicas: int, threads: int, pool: int, limits: dict[str, flo
 
 def test_threads_queue_behind_a_small_pool_and_a_wait_limit_fails_the_step() -> None:
     status = run("queued", replicas=2, threads=8, pool=2, limits={"maxCheckoutWaitP95Ms": 50})
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     # 8 threads share 2 connections: at least 6 × 5 statements' worth of waiting per replica, spread
     # over 40 checkouts. QueuePool is not fair (the thread that returns a connection often takes it
     # straight back), so most checkouts wait nothing and a few wait long: the mean and the tail show
@@ -55,7 +55,7 @@ def test_threads_queue_behind_a_small_pool_and_a_wait_limit_fails_the_step() -> 
 
 def test_a_connection_per_thread_waits_for_nothing_and_runs_at_threads_per_sleep() -> None:
     status = run("direct", replicas=2, threads=4, pool=4, limits={"maxCheckoutWaitP95Ms": 50}, iterations=10)
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert step.checkout_wait_ms.p50 <= 2.5  # only the first checkout of each thread connects
     assert step.latency_ms.p50 >= SLEEP_S * 1000
@@ -79,7 +79,7 @@ def test_the_steps_histograms_are_exactly_the_sum_of_the_replicas(monkeypatch: p
 
     monkeypatch.setattr(runner.LocalRunner, "collect", keep)
     status = run("merge", replicas=3, threads=3, pool=2)
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert len(seen) == 3 and all(r.latency.total == 15 for r in seen)
     latency, waits = merged(r.latency for r in seen), merged(r.checkout_wait for r in seen)
     assert step.latency_histogram.to_json() == latency.to_json() and latency.total == 45
@@ -107,13 +107,13 @@ def test_a_latency_limit_is_judged_on_the_true_p95() -> None:
     inside the ten-per-decade bucket (200, 251]: read as that bucket's upper bound, the p95 would be
     251 ms (the slowest is 400) and fail. With the limit as an edge the step passes and every figure
     agrees; a 200 ms limit, below every statement, fails."""
-    step = limit_run("limit-pass", 250, 60).steps[0]
+    step = limit_run("limit-pass", 250, 60).variants[0].steps[0]
     assert step.queries == 60 and step.errors.total() == 0
     assert step.outcome == "Passed", step.reason
     assert 200 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 250
     assert step.latency_ms.max >= 400  # the slow one
     h = Histogram.from_json(step.latency_histogram.to_json())
     assert 250.0 in step.latency_histogram.bounds_ms and sum(h.counts[: h.edges.index(250.0) + 1]) >= 57
-    failed = limit_run("limit-fail", 200, 10).steps[0]
+    failed = limit_run("limit-fail", 200, 10).variants[0].steps[0]
     assert failed.outcome == "Failed" and failed.latency_ms.p95 > 200
     assert f"latency p95 {failed.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 200 ms" in (failed.reason or "")

@@ -249,16 +249,23 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     platform = FakePlatform([Script(), Script()])
     status = run_on(run, platform)
     assert status.phase == "Completed"
-    assert [s.outcome for s in status.steps] == ["Passed", "Passed"]
-    assert [s.peak_connections for s in status.steps] == [6, 12]  # replicas × connections while working
-    assert [s.idle_at_end for s in status.steps] == [0, 0]  # by_state has only "active" here
-    assert [s.queries for s in status.steps] == [20, 40]
+    assert [s.outcome for s in status.variants[0].steps] == ["Passed", "Passed"]
+    assert [s.peak_connections for s in status.variants[0].steps] == [6, 12]  # replicas × connections while working
+    assert [s.idle_at_end for s in status.variants[0].steps] == [0, 0]  # by_state has only "active" here
+    assert [s.queries for s in status.variants[0].steps] == [20, 40]
     assert platform.calls == ["scale 0", "scale 2", "ages", "collect", "scale 0", "scale 4", "ages", "collect",
                               "scale 0"]
     # Ages are read once, when the work is done: 2 replicas × 2 ghosts → [1, 2, 3, 4] s.
-    assert status.steps[0].connection_age_seconds.to_json() == {"p50": 2.0, "max": 4.0}
+    assert status.variants[0].steps[0].connection_age_seconds.to_json() == {"p50": 2.0, "max": 4.0}
     assert status.verdict is not None and status.verdict.max_safe_replicas == 4
     assert isinstance(platform.events[-1], BenchmarkFinished)
+    # Without spec.variants: one direct variant, named nowhere (no comparison, plain step labels).
+    assert [v.name for v in status.variants] == ["direct"] and status.verdict == status.variants[0].verdict
+    assert status.comparison == "" and status.message == status.verdict.summary
+    started = [e.message.split(":")[0] for e in platform.events if isinstance(e, StepStarted)]
+    assert started == ["step 1/2", "step 2/2"]
+    document = status.to_json()
+    assert "steps" not in document and document["variants"][0]["steps"][0]["pooler"] is None  # direct
     assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
         StepStarted, StepFinished, StepStarted, StepFinished, BenchmarkFinished]
 
@@ -283,18 +290,18 @@ def test_ghosts_count_only_samples_read_after_the_work_was_done() -> None:
     platform = FakePlatform([Script(work_done_at=0.5, finished_at=2.0)], look_seconds=0.3)
     platform.monitor = IdleMonitor(platform)
     status = run_on(run, platform)
-    assert status.steps[0].idle_at_end == 4  # 2 replicas × 2 ghosts, not the 10 idle during the work
+    assert status.variants[0].steps[0].idle_at_end == 4  # 2 replicas × 2 ghosts, not the 10 idle during the work
 
 
 def test_a_step_that_never_finishes_times_out_and_fails() -> None:
     run = spec(steps=[2, 4])
     platform = FakePlatform([Script(finished_at=None)])
     status = run_on(run, platform)
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.timed_out and step.outcome == "Failed"
     assert "the step timed out" in (step.reason or "")
     assert platform.t >= 5.0  # stepTimeoutSeconds on the fake clock
-    assert len(status.steps) == 1 and status.phase == "Failed"  # stopOnFailure: step 2 never ran
+    assert len(status.variants[0].steps) == 1 and status.phase == "Failed"  # stopOnFailure: step 2 never ran
     assert "scale 4" not in platform.calls
 
 
@@ -302,10 +309,10 @@ def test_a_crashed_replica_fails_the_step_and_stops_the_run() -> None:
     run = spec()
     platform = FakePlatform([Script(crashed=True, outcomes={"ok": 3, "tooManyClients": 1})])
     status = run_on(run, platform)
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Failed" and step.crashed_replicas == 2
     assert step.errors.too_many_clients == 2 and step.first_error_class == "tooManyClients"
-    assert len(status.steps) == 1
+    assert len(status.variants[0].steps) == 1
     assert status.verdict is not None and status.verdict.first_failing_replicas == 2
     assert status.verdict.max_safe_replicas is None
 
@@ -314,7 +321,7 @@ def test_without_stop_on_failure_every_step_runs() -> None:
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(crashed=True), Script()])
     status = run_on(run, platform)
-    assert [s.outcome for s in status.steps] == ["Failed", "Passed"]
+    assert [s.outcome for s in status.variants[0].steps] == ["Failed", "Passed"]
     assert status.phase == "Failed"
 
 
@@ -322,7 +329,7 @@ def test_a_server_the_platform_restarts_fails_the_step_and_the_next_step_runs() 
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(server_dies_at=0.3), Script()])
     status = run_on(run, platform)
-    first, second = status.steps
+    first, second = status.variants[0].steps
     assert "recover" in platform.calls
     assert first.outcome == "Failed" and first.database_restarts == 1 and first.sample_gaps >= 1
     assert (first.reason or "").startswith("the database restarted during the step")
@@ -339,7 +346,7 @@ def test_a_server_restarted_behind_the_platform_is_noticed_from_the_samples() ->
     platform = FakePlatform([Script(server_restarts_at=0.2)])
     status = run_on(run, platform)
     assert "recover" not in platform.calls
-    assert status.steps[0].database_restarts == 1 and status.steps[0].outcome == "Failed"
+    assert status.variants[0].steps[0].database_restarts == 1 and status.variants[0].steps[0].outcome == "Failed"
     assert platform.restart_hooks == 1 and len(kinds(platform, DatabaseRestarted)) == 1
 
 
@@ -347,19 +354,21 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     first = spec()
     run_on(first, FakePlatform([Script(), Script()]))
     saved = first.status.to_json()
-    finished_step = saved["steps"][0]
+    (direct,) = saved["variants"]
+    finished_step = direct["steps"][0]
     # An operator restart mid step 2: status shows step 1 finished and step 2 half measured.
-    interrupted = {**saved, "phase": "Running", "verdict": None,
-                   "steps": [finished_step, {**saved["steps"][1], "outcome": None, "finishedAt": None}]}
+    half = {**direct, "verdict": None,
+            "steps": [finished_step, {**direct["steps"][1], "outcome": None, "finishedAt": None}]}
+    interrupted = {**saved, "phase": "Running", "verdict": None, "variants": [half]}
     resumed_status = status_from_resource(interrupted)
     assert resumed_status is not None
     run = BenchmarkRun(first.spec, resumed_status, clock=utc_now)
     platform = FakePlatform([Script()], leftover=7)
     status = run_on(run, platform)
     assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
-    assert [s.replicas for s in status.steps] == [2, 4]
-    assert status.steps[0].to_json() == finished_step  # never redone, never changed
-    assert status.steps[1].outcome == "Passed" and status.steps[1].peak_connections == 12
+    assert [s.replicas for s in status.variants[0].steps] == [2, 4]
+    assert status.variants[0].steps[0].to_json() == finished_step  # never redone, never changed
+    assert status.variants[0].steps[1].outcome == "Passed" and status.variants[0].steps[1].peak_connections == 12
     assert status.phase == "Completed"
 
 
@@ -412,8 +421,8 @@ def test_stopped_ends_the_loop_and_keeps_what_was_measured() -> None:
     platform = FakePlatform([Script(), Script(finished_at=None)], stop_at=2.0)
     with pytest.raises(Stopped):
         run_on(run, platform)
-    assert run.status.steps[0].outcome == "Passed"
-    assert run.status.steps[1].outcome is None  # unfinished: measured again on resume
+    assert run.status.variants[0].steps[0].outcome == "Passed"
+    assert run.status.variants[0].steps[1].outcome is None  # unfinished: measured again on resume
     assert run.status.phase == "Running"
 
 
@@ -441,7 +450,7 @@ def test_backends_that_outlive_a_timed_out_step_are_terminated_and_reported() ->
     run = spec(stopOnFailure=False)
     platform = FakePlatform([Script(finished_at=None, stuck=4), Script()])
     status = run_on(run, platform)
-    first, second = status.steps
+    first, second = status.variants[0].steps
     assert first.timed_out and first.leftover_backends == 4
     assert platform.calls.count("terminate") == 1 and platform.monitor.terminated == 4
     # The next step starts only after they are gone: its peak is its own (4 replicas × 3), not + 4.
@@ -466,10 +475,10 @@ def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> 
     platform = FakePlatform([Script(), Script()])
     platform.monitor = BlindMonitor(platform)
     status = run_on(run, platform)
-    step = status.steps[0]
+    step = status.variants[0].steps[0]
     assert step.outcome == "Inconclusive" and step.samples == 0 and step.sample_gaps > 0
     assert "the monitor lost" in (step.reason or "") and "idle-session timeout" in (step.reason or "")
-    assert len(status.steps) == 1 and status.phase == "Failed"
+    assert len(status.variants[0].steps) == 1 and status.phase == "Failed"
     assert status.verdict is not None and status.verdict.max_safe_replicas is None
     assert status.verdict.first_failing_replicas is None
     assert "2 replicas were inconclusive" in status.verdict.summary
@@ -492,12 +501,14 @@ def test_variants_run_in_turn_each_through_every_step() -> None:
     assert [s.peak_connections for s in direct.steps] == [6, 12]
     # Behind the pooler the server sees at most the pool (5); the app's 6 and 12 are clients there.
     assert [s.peak_connections for s in tx.steps] == [5, 5]
-    assert [s.client_peak_connections for s in tx.steps] == [6, 12]
-    assert [s.pooler_waiting_peak for s in tx.steps] == [1, 7]
+    pooled = [s.pooler for s in tx.steps if s.pooler is not None]
+    assert len(pooled) == 2 and not any(s.pooler for s in direct.steps)
+    assert [p.client_peak_connections for p in pooled] == [6, 12]
+    assert [p.waiting_peak for p in pooled] == [1, 7]
     assert [s.predicted_peak for s in tx.steps] == [5, 5]  # min(replicas × 3 threads, pool 5)
-    assert [s.predicted_client_peak for s in tx.steps] == [6, 12]
-    assert all(s.pooled for s in tx.steps) and not any(s.pooled for s in direct.steps)
-    assert status.steps is direct.steps and status.verdict == direct.verdict  # the first variant's
+    assert [p.predicted_client_peak for p in pooled] == [6, 12]
+    assert status.verdict == direct.verdict  # the first variant's
+    assert "steps" not in status.to_json()  # each variant's steps are in its own entry, once
     assert tx.verdict is not None and tx.verdict.max_safe_replicas == 4
     assert tx.engine.pool_class == "NullPool" and tx.pooler is not None
     assert status.total_steps == 4 and status.progress == "4/4"
@@ -543,7 +554,7 @@ def test_resume_skips_finished_variants_and_steps() -> None:
     status = run_on(resumed, again)
     assert again.variants == ["tx"]  # the finished variant is not run again
     assert [len(v.steps) for v in status.variants] == [2, 2]
-    assert status.steps == status.variants[0].steps
+    assert status.verdict == status.variants[0].verdict
 
 
 def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
@@ -559,7 +570,7 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
     run = spec(steps={"search": {"min": 1, "max": 40}})
     platform = Oracle([])
     status = run_on(run, platform)
-    probes = [s.replicas for s in status.steps]
+    probes = [s.replicas for s in status.variants[0].steps]
     assert probes[:2] == [33, 16]  # the prediction first, then bisection of (0, 33)
     assert len(probes) <= 2 + 6 and len(set(probes)) == len(probes)
     assert status.verdict is not None
@@ -608,7 +619,7 @@ class Oracle(FakePlatform):
 def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
     # 3 connections per replica, 99 usable: the first probe is the prediction, 33; the monitor is blind there.
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=40, blind=(33,)))
-    assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Inconclusive")]
+    assert [(s.replicas, s.outcome) for s in status.variants[0].steps] == [(33, "Inconclusive")]
     verdict = status.verdict
     assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
     assert verdict.summary.startswith("Search 1..40 in 1 step: stopped by the probe of 33, which was inconclusive"
@@ -621,7 +632,8 @@ def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
 def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
     # 33 fails, 16 passes, then 24 (the middle) is not seen: the search stops with 16 and 33 known.
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=30, blind=(24,)))
-    assert [(s.replicas, s.outcome) for s in status.steps] == [(33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
+    assert [(s.replicas, s.outcome) for s in status.variants[0].steps] == [
+        (33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
     verdict = status.verdict
     assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
     assert verdict.summary.startswith("Search 1..40 in 3 steps: stopped by the probe of 24, which was inconclusive"
@@ -632,7 +644,7 @@ def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
 
 def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_probed() -> None:
     status = run_on(spec(steps={"search": {"min": 2, "max": 40}}), Oracle(breaking=1))
-    assert status.steps[-1].replicas == 2 and status.steps[-1].outcome == "Failed"
+    assert status.variants[0].steps[-1].replicas == 2 and status.variants[0].steps[-1].outcome == "Failed"
     assert status.verdict is not None and "even 2 (the search's min) failed" in status.verdict.summary
     assert status.phase == "Failed"  # nothing in the range passed: no boundary inside it
 
@@ -713,9 +725,9 @@ def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
 def test_unknown_connection_ages_are_null_not_zero() -> None:
     # No backend is open when the work ends (no ghosts): no age was read.
     status = run_on(spec(steps=[2]), FakePlatform([Script(ghosts_per_replica=0)]))
-    ages = status.steps[0].connection_age_seconds
+    ages = status.variants[0].steps[0].connection_age_seconds
     assert (ages.p50, ages.max) == (None, None)
-    assert status.to_json()["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
+    assert status.to_json()["variants"][0]["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
 
 
 def test_one_replica_and_one_step_are_singular() -> None:
@@ -815,7 +827,7 @@ def test_a_rollout_whose_old_replicas_hold_their_connections_beside_the_surge_pa
     old = Script(work_done_at=1.0, finished_at=1.5, connections_per_replica=3, ghosts_per_replica=3)
     surge = Script(work_done_at=0.5, finished_at=1.0)
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
-    rollout = status.steps[-1]
+    rollout = status.variants[0].steps[-1]
     assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
     assert rollout.peak_connections == rollout.predicted_peak == 9
     overlap = rollout.rollout_overlap
@@ -832,7 +844,7 @@ def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive
     old = Script(work_done_at=0.3, finished_at=0.3, connections_per_replica=2)
     surge = Script(work_done_at=0.5, finished_at=1.0)
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
-    rollout = status.steps[-1]
+    rollout = status.variants[0].steps[-1]
     assert rollout.outcome == "Inconclusive" and rollout.errors.total() == 0
     overlap = rollout.rollout_overlap
     assert overlap is not None and not overlap.achieved
@@ -854,7 +866,7 @@ def test_a_failing_rollout_never_opens_the_summary_with_all_steps_passed() -> No
     old = Script(work_done_at=1.0, finished_at=1.5, ghosts_per_replica=3)
     surge = Script(work_done_at=0.5, finished_at=1.0, outcomes={"ok": 3, "tooManyClients": 2})
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
-    rollout = status.steps[-1]
+    rollout = status.variants[0].steps[-1]
     assert rollout.outcome == "Failed" and rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
     verdict = status.verdict
     assert verdict is not None and verdict.max_safe_replicas == 2
@@ -904,7 +916,7 @@ def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None
     run = spec(steps=[2], postgres={"maxConnections": 8}, rollout={"maxSurge": 1, "measure": True})
     platform = Rolling([Script()], old, surge)
     status = run_on(run, platform)
-    rollout = status.steps[-1]
+    rollout = status.variants[0].steps[-1]
     assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
     started = [e for e in kinds(platform, StepStarted) if isinstance(e, StepStarted)]
     assert "a rolling update: 2 replicas, then 1 surge pod beside them (predicted peak 9" in started[-1].message
@@ -920,7 +932,7 @@ def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
     old = Script(work_done_at=0.5, finished_at=1.0)
     run = spec(steps=[2], rollout={"maxSurge": 0, "measure": True})
     status = run_on(run, Rolling([Script()], old, Script()))
-    rollout = status.steps[-1]
+    rollout = status.variants[0].steps[-1]
     assert rollout.replicas == rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
     assert rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
     assert status.verdict is not None and "2 replicas stay safe during a rolling update" in status.verdict.summary

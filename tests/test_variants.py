@@ -10,7 +10,7 @@ from poolbench.core.budget import pooled_replica_limits, pooled_safe_replicas, p
 from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import FULL_MESSAGE, classify_exception, classify_message, short_message
 from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
-from poolbench.core.results import StepResult
+from poolbench.core.results import PoolerStepResult, StepResult
 from poolbench.core.sampling import PoolerRead, Sample, StepAccumulator, merge_pooler_reads, pooler_read_from_rows
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, SpecError, parse_spec
 from poolbench.core.verdict import comparison, pooled_verdict
@@ -84,8 +84,8 @@ def test_pooler_arithmetic_knows_the_seed() -> None:
 def test_pooled_verdict_puts_prediction_beside_measurement() -> None:
     spec = parse_spec(SEED)
     tx = PoolerSpec(pool_mode="transaction", default_pool_size=20, max_client_conn=200)
-    passed = StepResult(replicas=10, outcome="Passed", pooled=True, peak_connections=20, predicted_peak=20,
-                        client_peak_connections=150, predicted_client_peak=150, pooler_waiting_peak=120)
+    at_pooler = PoolerStepResult(client_peak_connections=150, predicted_client_peak=150, waiting_peak=120)
+    passed = StepResult(replicas=10, outcome="Passed", pooler=at_pooler, peak_connections=20, predicted_peak=20)
     passed.latency_ms.p95 = 700.0
     verdict = pooled_verdict(spec, [passed], tx)
     assert verdict.max_safe_replicas == 10 and verdict.first_failing_replicas is None
@@ -157,9 +157,10 @@ def test_pooled_ghosts_are_the_clients_held_after_the_work() -> None:
     acc.add(Sample(t=0.3, total=4, by_state={"idle": 4}, pooler=PoolerRead(clients=6)))
     acc.add(Sample(t=0.4, total=4, by_state={"idle": 4}, pooler=None))  # a tick without the pooler: a gap
     step = acc.fill(StepResult(replicas=2))
-    assert step.pooled and step.client_peak_connections == 10 and step.pooler_waiting_peak == 6
+    assert step.pooler is not None
+    assert step.pooler.client_peak_connections == 10 and step.pooler.waiting_peak == 6
     assert step.idle_at_end == 6  # the app's idle clients at the pooler, not the server's 4
-    assert step.server_idle_at_end == 4 and step.pooler_sample_gaps == 1
+    assert step.server_idle_at_end == 4 and step.pooler.sample_gaps == 1
 
 
 def test_pgbouncer_config_from_the_variant() -> None:

@@ -79,9 +79,9 @@ def test_verdict_first_failure_and_max_safe() -> None:
     assert run.next_step() is None
     status = run.finish()
     assert status.phase == "Failed"
-    assert [st.outcome for st in status.steps] == ["Passed", "Failed"]
-    assert status.steps[1].errors.too_many_clients == 3
-    assert status.steps[1].crashed_replicas == 1
+    assert [st.outcome for st in status.variants[0].steps] == ["Passed", "Failed"]
+    assert status.variants[0].steps[1].errors.too_many_clients == 3
+    assert status.variants[0].steps[1].crashed_replicas == 1
     assert status.verdict is not None
     assert status.verdict.max_safe_replicas == 5
     assert status.verdict.first_failing_replicas == 10
@@ -116,7 +116,7 @@ def test_resume_replaces_an_unfinished_step_never_duplicates() -> None:
     planned = resumed.next_step()
     assert planned is not None and planned.index == 2
     resumed.begin_step(planned)
-    assert [st.replicas for st in resumed.status.steps] == [1, 2]
+    assert [st.replicas for st in resumed.status.variants[0].steps] == [1, 2]
 
 
 def test_verdict_with_no_steps() -> None:

@@ -225,7 +225,7 @@ class Driver:
     def use_variant(self, planned: PlannedStep) -> Sequence[PoolerConsole]:
         """Measure ``planned``'s variant from now on: its workload Deployment, and for a pooled one
         its PgBouncer pods (ready first), whose admin consoles it returns."""
-        self.variant = planned.variant if self.run.multi else None
+        self.variant = planned.tag or None
         self.workload_names = Names(self.name, self.variant)
         pooler = planned.pooler
         if pooler is None or self.variant is None:
@@ -264,7 +264,7 @@ class Driver:
         self.views = []
         old = planned.rollout_from
         if old is not None and planned.replicas > old:
-            self.kube.roll_workload(self.workload_names, f"{planned.position or planned.index}-{secrets.token_hex(4)}")
+            self.kube.roll_workload(self.workload_names, f"{planned.position}-{secrets.token_hex(4)}")
             return
         self.kube.scale_workload(self.workload_names, planned.replicas)
 
@@ -281,7 +281,7 @@ class Driver:
 
     def scale_to_zero(self) -> None:
         # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
-        targets = ([self.workload_names] if self.variant is not None or not self.run.multi
+        targets = ([self.workload_names] if self.variant is not None
                    else [Names(self.name, v) for v in variant_names(self.spec)])
         for names in targets:
             self.kube.scale_workload(names, 0)

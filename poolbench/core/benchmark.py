@@ -24,6 +24,7 @@ from .results import (
     HistogramCounts,
     Percentiles,
     Phase,
+    PoolerStepResult,
     RolloutOverlap,
     StepResult,
     VariantStatus,
@@ -48,7 +49,8 @@ class PlannedStep:
     usable: int
     variant: str = DIRECT
     variant_index: int = 0
-    position: int = 0  # 1-based over every variant's steps (the Step column's n of n/m); 0: same as index
+    position: int = 1  # 1-based over every variant's planned steps
+    tag: str = ""  # the variant's name in messages and replica names (``PoolBenchmarkSpec.variant_tag``)
     pooler: PoolerSpec | None = None
     predicted_client_peak: int = 0  # pooled: clients at the pooler
     client_capacity: int = 0
@@ -59,27 +61,34 @@ class PlannedStep:
     @property
     def label(self) -> str:
         """How messages name the step: ``step 2`` or, with variants, ``tx step 2``."""
-        return f"step {self.index}" if self.position == 0 else f"{self.variant} step {self.index}"
+        return f"{self.tag} step {self.index}" if self.tag else f"step {self.index}"
+
+    def pooler_result(self) -> PoolerStepResult | None:
+        """The pooled step's predictions, to be measured beside (None for a direct step)."""
+        if self.pooler is None:
+            return None
+        return PoolerStepResult(predicted_client_peak=self.predicted_client_peak, client_capacity=self.client_capacity,
+                                server_capacity=self.server_capacity, predicted_outcome=self.pooled_outcome)
 
 
-def planned_step(spec: PoolBenchmarkSpec, variant: VariantSpec | None, variant_index: int, index: int,
-                 replicas: int, offset: int | None) -> PlannedStep:
-    """One step of one variant with its predictions. ``offset``: steps planned before this variant's,
-    when the benchmark has ``spec.variants`` (None without)."""
-    pooler = variant.pooler if variant is not None else None
-    p = predict(spec.for_variant(variant) if variant is not None else spec, replicas, pooler)
+def planned_step(spec: PoolBenchmarkSpec, variant: VariantSpec, variant_index: int, index: int,
+                 replicas: int, offset: int) -> PlannedStep:
+    """One step of one variant with its predictions. ``offset``: steps planned before this variant's."""
+    pooler = variant.pooler
+    p = predict(spec.for_variant(variant), replicas, pooler)
     return PlannedStep(
-        index, replicas, p.peak, p.idle, p.usable, variant=variant.name if variant else DIRECT,
-        variant_index=variant_index, position=0 if offset is None else offset + index, pooler=pooler,
+        index, replicas, p.peak, p.idle, p.usable, variant=variant.name, variant_index=variant_index,
+        position=offset + index, tag=spec.variant_tag(variant), pooler=pooler,
         predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
         server_capacity=p.server_capacity, pooled_outcome=p.check.outcome if pooler else "",
     )
 
 
 def plan_steps(spec: PoolBenchmarkSpec, variant: VariantSpec | None = None, variant_index: int = 0,
-               offset: int | None = None) -> list[PlannedStep]:
-    """One variant's listed steps (the direct one by default); a search has no list: its probes
+               offset: int = 0) -> list[PlannedStep]:
+    """One variant's listed steps (the first variant's by default); a search has no list: its probes
     are chosen as it goes (``search.next_probe``)."""
+    variant = variant or spec.effective_variants()[0]
     return [planned_step(spec, variant, variant_index, i, replicas, offset)
             for i, replicas in enumerate(spec.steps if isinstance(spec.steps, list) else [], start=1)]
 
@@ -158,62 +167,50 @@ def throughput(reports: list[ReplicaReport]) -> float:
 class BenchmarkRun:
     """Drives the status through Provisioning → Running → Completed | BoundaryFound | Failed.
 
-    With ``spec.variants`` every variant runs the whole step plan in turn: its steps and verdict go
-    to ``status.variants[i]``, and ``status.steps``/``status.verdict`` show the first variant's (so
-    the printer columns and older clients keep their meaning)."""
+    Every variant (``spec.variants``, or the one direct variant of a benchmark without them) runs the
+    whole step plan in turn: its steps and verdict go to ``status.variants[i]``, and ``status.verdict``
+    shows the first variant's (the printer columns')."""
 
     def __init__(self, spec: PoolBenchmarkSpec, status: BenchmarkStatus | None = None, *, clock: Clock):
         self.spec = spec
         self.clock = clock
         self.variants = spec.effective_variants()
-        self.multi = spec.variants is not None
         self.variant_specs = [spec.for_variant(v) for v in self.variants]
         self.plans: list[list[PlannedStep]] = []
         self.totals: list[int] = []  # steps per variant: the list's length, or a search's most probes
-        self.offsets: list[int | None] = []
+        self.offsets: list[int] = []
         for i, variant in enumerate(self.variants):
-            offset = sum(self.totals) if self.multi else None
+            offset = sum(self.totals)
             self.offsets.append(offset)
-            self.plans.append(plan_steps(spec, variant if self.multi else None, i, offset))
+            self.plans.append(plan_steps(spec, variant, i, offset))
             rollout_step = 1 if spec.rollout is not None and spec.rollout.measure else 0
             self.totals.append((most_probes(spec.search) if spec.search else len(self.plans[-1])) + rollout_step)
         self.total = sum(self.totals)
         self.status = status or BenchmarkStatus(
             phase="Pending", total_steps=self.total, max_connections=spec.postgres.max_connections
         )
-        if self.multi:
-            self._link_variants()
+        self._link_variants()
         self.accumulator: StepAccumulator | None = None
         self.step: StepResult | None = None
         self.planned: PlannedStep | None = None
         self.database_restarts = 0  # new servers the probe has seen, in a step or between steps
 
     def _link_variants(self) -> None:
-        """One ``status.variants`` entry per variant (kept from a resumed status), and ``status.steps``
-        the very list of the first variant's steps."""
+        """One ``status.variants`` entry per variant (kept from a resumed status)."""
         kept = {v.name: v for v in self.status.variants}
         self.status.variants = [
             kept.get(v.name) or VariantStatus(name=v.name, pooler=v.pooler, engine=s.workload.engine)
             for v, s in zip(self.variants, self.variant_specs, strict=True)
         ]
-        self.status.steps = self.status.variants[0].steps
-        self.status.verdict = self.status.variants[0].verdict
 
     def steps_of(self, variant_index: int) -> list[StepResult]:
-        return self.status.variants[variant_index].steps if self.multi else self.status.steps
+        return self.status.variants[variant_index].steps
 
-    def _set_steps(self, variant_index: int, steps: list[StepResult]) -> None:
-        if self.multi:
-            self.status.variants[variant_index].steps = steps
-            if variant_index == 0:
-                self.status.steps = steps
-        else:
-            self.status.steps = steps
-
-    def all_steps(self) -> list[StepResult]:
-        if not self.multi:
-            return self.status.steps
-        return [s for v in self.status.variants for s in v.steps]
+    def _judge_variant(self, variant_index: int) -> None:
+        """A variant whose steps are done gets its verdict; ``status.verdict`` is always the first's."""
+        self.status.variants[variant_index].verdict = overall_verdict(
+            self.variant_specs[variant_index], self._finished(variant_index), self.variants[variant_index].pooler)
+        self.status.verdict = self.status.variants[0].verdict
 
     # -- progress through the phases -------------------------------------------------------
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
@@ -224,19 +221,13 @@ class BenchmarkRun:
     def next_step(self) -> PlannedStep | None:
         """The first planned step not yet finished (resume-safe), or None when done. A variant whose
         steps are all done (or stopped by a failure) gets its verdict here."""
-        if not self.multi:
-            if self.status.verdict is not None:
-                return None
-            return self._next_in(0)
         for i, variant in enumerate(self.status.variants):
             if variant.verdict is not None:
                 continue
             planned = self._next_in(i)
             if planned is not None:
                 return planned
-            variant.verdict = overall_verdict(self.variant_specs[i], self._finished(i), self.variants[i].pooler)
-            if i == 0:
-                self.status.verdict = variant.verdict
+            self._judge_variant(i)
         return None
 
     def _finished(self, variant_index: int) -> list[StepResult]:
@@ -258,7 +249,7 @@ class BenchmarkRun:
         old = rollout.replicas or largest_safe(spec, finished)[0]
         if not old:
             return None  # nothing passed: there is no safe count to roll
-        step = planned_step(self.spec, variant if self.multi else None, variant_index, len(finished) + 1,
+        step = planned_step(self.spec, variant, variant_index, len(finished) + 1,
                             old + surge_pods(old, rollout.max_surge), self.offsets[variant_index])
         return replace(step, rollout_from=old)
 
@@ -269,8 +260,8 @@ class BenchmarkRun:
             replicas = next_probe(search, predicted_safe_replicas(spec, variant.pooler), finished)
             if replicas is None:
                 return None
-            return planned_step(self.spec, variant if self.multi else None, variant_index, len(finished) + 1,
-                                replicas, self.offsets[variant_index])
+            return planned_step(self.spec, variant, variant_index, len(finished) + 1, replicas,
+                                self.offsets[variant_index])
         plan = self.plans[variant_index]
         done = len(finished)
         if done and self.spec.stop_on_failure and finished[-1].outcome != "Passed":
@@ -285,7 +276,7 @@ class BenchmarkRun:
         self.status.phase = "Running"
         self.status.current_step = position
         self.status.total_steps = ran + sum(self.totals[planned.variant_index:])
-        self.status.current_variant = planned.variant if self.multi else ""
+        self.status.current_variant = planned.tag
         self.status.replicas = planned.replicas
         self.status.progress = f"{position}/{self.status.total_steps}"
         self.status.message = (f"{planned.label}/{self.totals[planned.variant_index]}:"
@@ -296,15 +287,11 @@ class BenchmarkRun:
             predicted_peak=planned.predicted_peak,
             predicted_idle=planned.predicted_idle,
             usable_connections=planned.usable,
-            pooled=planned.pooler is not None,
-            predicted_client_peak=planned.predicted_client_peak,
-            client_capacity=planned.client_capacity,
-            server_capacity=planned.server_capacity,
-            predicted_pooler_outcome=planned.pooled_outcome or None,
+            pooler=planned.pooler_result(),
             rollout_from=planned.rollout_from,
         )
         # An unfinished step left by an interrupted driver is replaced, never duplicated.
-        self._set_steps(planned.variant_index, self._finished(planned.variant_index) + [step])
+        self.status.variants[planned.variant_index].steps = self._finished(planned.variant_index) + [step]
         self.step = step
         self.planned = planned
         self.accumulator = StepAccumulator(replicas=planned.replicas, pooled=planned.pooler is not None)
@@ -356,7 +343,7 @@ class BenchmarkRun:
         step.rollout_overlap = overlap
         judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
         judge_rollout_overlap(step)
-        every = self.all_steps()
+        every = self.status.all_steps()
         self.status.failures = sum(s.errors.total() for s in every)
         self.status.peak_connections = max(s.peak_connections for s in every)
         self.step, self.accumulator = None, None
@@ -370,27 +357,22 @@ class BenchmarkRun:
             finished[-1].leftover_backends += count
 
     def finish(self, message: str | None = None) -> BenchmarkStatus:
-        if self.multi:
-            for i, variant in enumerate(self.status.variants):
-                self._set_steps(i, self._finished(i))
-                if variant.verdict is None:
-                    variant.verdict = overall_verdict(self.variant_specs[i], variant.steps, self.variants[i].pooler)
-            verdict = self.status.variants[0].verdict
-            assert verdict is not None
+        for i, variant in enumerate(self.status.variants):
+            variant.steps = self._finished(i)
+            if variant.verdict is None:
+                self._judge_variant(i)
+        if self.spec.variants:  # the variants the spec names, side by side
             self.status.comparison = comparison([v.name for v in self.status.variants],
                                                 [v.verdict for v in self.status.variants],
                                                 [v.steps for v in self.status.variants])
-            self.status.current_variant = ""
-        else:
-            self.status.steps = self._finished(0)
-            verdict = overall_verdict(self.spec, self.status.steps)
-        self.status.verdict = verdict
-        every = self.all_steps()
+        verdict = self.status.verdict
+        assert verdict is not None
+        self.status.current_variant = ""
+        every = self.status.all_steps()
         self.status.phase = self._final_phase()
         self.status.total_steps = self.status.current_step = len(every)  # what ran: n/n, however many were planned
         self.status.progress = f"{len(every)}/{len(every)}"
-        summary = self.status.comparison if self.multi else verdict.summary
-        self.status.message = message or summary
+        self.status.message = message or self.status.comparison or verdict.summary
         self.status.live_connections = 0
         set_conditions(self.status, self.clock())
         return self.status
@@ -398,7 +380,7 @@ class BenchmarkRun:
     def _final_phase(self) -> Phase:
         """Completed: every step passed. BoundaryFound: a search found each variant's breaking point
         (or passed all the way), and every measured rollout passed. Failed: anything else."""
-        every = self.all_steps()
+        every = self.status.all_steps()
         if all(s.outcome == "Passed" for s in every):
             return "Completed"
         search = self.spec.search
@@ -444,8 +426,7 @@ def set_conditions(status: BenchmarkStatus, now: str) -> None:
     elif phase == "BoundaryFound":
         ready = ("True", "BoundaryFound")
     elif measured_failure:
-        inconclusive = any(s.outcome == "Inconclusive" for s in status.steps + [
-            s for v in status.variants[1:] for s in v.steps])
+        inconclusive = any(s.outcome == "Inconclusive" for s in status.all_steps())
         ready = ("False", "Inconclusive" if inconclusive else "StepFailed")
     elif phase == "Invalid":
         ready = ("False", "InvalidSpec")

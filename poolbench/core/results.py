@@ -128,6 +128,23 @@ class RolloutOverlap(_Out):
     detail: str = ""
 
 
+class PoolerStepResult(_Out):
+    """A pooled step at the poolers: what the arithmetic predicted beside what their admin consoles showed."""
+
+    predicted_client_peak: int = Field(0, description="Client connections the engines may open at the pooler.")
+    client_capacity: int = Field(0, description="Client connections the poolers accept (maxClientConn × instances).")
+    server_capacity: int = Field(0, description="Most server connections the poolers open"
+                                 " (instances × (defaultPoolSize + reservePoolSize)).")
+    predicted_outcome: str = Field(
+        "", description="What the arithmetic expects at the poolers for this step: fits, waits (session mode:"
+        " clients queue for a server connection, then run) or fails (connections placed on the instances at"
+        " random, as through a Service).")
+    client_peak_connections: int = Field(0, description="Peak clients at the pooler (cl_active + cl_waiting).")
+    waiting_peak: int = Field(0, description="Peak clients waiting for a server connection (cl_waiting).")
+    max_wait_ms: float = Field(0.0, description="Longest wait of a queued client seen (SHOW POOLS maxwait).")
+    sample_gaps: int = Field(0, description="Admin-console reads that failed.")
+
+
 class StepResult(_Out):
     replicas: int
     started_at: str | None = None
@@ -174,27 +191,11 @@ class StepResult(_Out):
         " ``replicas``) started.")
     rollout_overlap: RolloutOverlap | None = Field(
         None, description="A rolling update: whether its old and surge replicas held connections at once.")
-    pooled: bool = Field(False, description="The workload connected through a pooler: peaks count server backends"
-                         " (the pooler's), ghosts are the app's idle connections at the pooler.")
-    predicted_client_peak: int = Field(
-        0, description="Pooled: client connections the engines may open at the pooler.")
-    client_capacity: int = Field(
-        0, description="Pooled: client connections the poolers accept (maxClientConn × instances).")
-    predicted_pooler_outcome: str | None = Field(
-        None, description="Pooled: what the arithmetic expects at the poolers for this step: fits, waits (session"
-        " mode: clients queue for a server connection, then run) or fails (connections placed on the instances"
-        " at random, as through a Service).")
-    server_capacity: int = Field(0, description="Pooled: most server connections the poolers open"
-                                 " (instances × (defaultPoolSize + reservePoolSize)).")
-    client_peak_connections: int = Field(
-        0, description="Pooled: peak clients at the pooler (cl_active + cl_waiting).")
-    pooler_waiting_peak: int = Field(
-        0, description="Pooled: peak clients waiting for a server connection (cl_waiting).")
-    pooler_max_wait_ms: float = Field(
-        0.0, description="Pooled: longest wait of a queued client seen (SHOW POOLS maxwait).")
+    pooler: PoolerStepResult | None = Field(
+        None, description="Pooled: the workload connected through a pooler; peaks count server backends (the"
+        " pooler's), ghosts are the app's idle connections at the pooler. Null for a direct step.")
     server_idle_at_end: int = Field(
         0, description="Idle server backends when the work ended (pooled: the pooler's).")
-    pooler_sample_gaps: int = Field(0, description="Pooled: admin-console reads that failed.")
     outcome: Outcome | None = None
     reason: str | None = None
 
@@ -229,13 +230,18 @@ class BenchmarkStatus(_Out):
     peak_connections: int = 0
     failures: int = 0
     live_connections: int = 0
-    steps: list[StepResult] = Field(default_factory=list)
-    verdict: Verdict | None = None
+    verdict: Verdict | None = Field(None, description="The first variant's (the one of a benchmark without"
+                                    " spec.variants): what the printer columns show.")
     observed_generation: int | None = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     current_variant: str = Field("", description="The variant being measured (with spec.variants).")
     variants: list[VariantStatus] = Field(
-        default_factory=list, description="Per variant (with spec.variants); steps and verdict above are the first's."
+        default_factory=list, description="Per variant, in order: spec.variants, or the one direct variant of a"
+        " benchmark without them."
     )
     comparison: str = Field("", description="The variants side by side, in one sentence (with spec.variants).")
+
+    def all_steps(self) -> list[StepResult]:
+        """Every variant's steps, in the order they ran."""
+        return [s for v in self.variants for s in v.steps]

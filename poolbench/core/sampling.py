@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .results import PeakByState, StepResult
+from .results import PeakByState, PoolerStepResult, StepResult
 
 STATE_KEYS = {"active": "active", "idle": "idle", "idle in transaction": "idle_in_transaction",
               "idle in transaction (aborted)": "idle_in_transaction"}
@@ -193,12 +193,12 @@ class StepAccumulator:
         step.server_idle_at_end = server_idle
         step.idle_at_end = server_idle
         if self.pooled:
-            step.pooled = True
+            pooler = step.pooler = step.pooler or PoolerStepResult()
             step.idle_at_end = self.clients_after_work if self.clients_after_work is not None else self.last_clients
-            step.client_peak_connections = self.client_peak
-            step.pooler_waiting_peak = self.waiting_peak
-            step.pooler_max_wait_ms = round(self.max_wait_ms, 3)
-            step.pooler_sample_gaps = self.pooler_gaps
+            pooler.client_peak_connections = self.client_peak
+            pooler.waiting_peak = self.waiting_peak
+            pooler.max_wait_ms = round(self.max_wait_ms, 3)
+            pooler.sample_gaps = self.pooler_gaps
         step.oldest_idle_seconds = round(self.oldest_idle, 3)
         step.database_restarts = self.server_restarts
         return step

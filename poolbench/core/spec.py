@@ -645,6 +645,11 @@ class PoolBenchmarkSpec(_Model):
         """The variants to run, in order: ``spec.variants``, or the one direct variant."""
         return list(self.variants) if self.variants else [VariantSpec(name=DIRECT)]
 
+    def variant_tag(self, variant: VariantSpec) -> str:
+        """The name a variant's steps, replicas and messages carry: its own with ``spec.variants``, none
+        for the one direct variant of a benchmark without them (named as a benchmark without variants)."""
+        return variant.name if self.variants else ""
+
     def for_variant(self, variant: VariantSpec) -> PoolBenchmarkSpec:
         """This spec as one variant sees it: its engine in place of ``workload.engine``."""
         if variant.engine is None:

@@ -355,7 +355,7 @@ class StepLoop:
         step = self.run.step
         return Progress(planned.index, self.run.totals[planned.variant_index], planned.replicas, now,
                         now - started, status.live_connections, step.peak_connections if step else 0, running,
-                        status.phase, planned.variant if planned.position else "")
+                        status.phase, planned.tag)
 
 
 def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[ReplicaReport], pooled: bool,

@@ -20,7 +20,7 @@ from .budget import (
 )
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
-from .results import StepResult, Verdict, to_snake
+from .results import PoolerStepResult, StepResult, Verdict, to_snake
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 from .words import clipped, counted, placement_words, replicas_fit, replicas_word, session_words
@@ -100,9 +100,9 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
         total = step.samples + step.sample_gaps
         reasons.append(f"the monitor lost {step.sample_gaps} of {total} reads"
                        + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
-    elif step.pooled and step.pooler_sample_gaps * 2 > step.samples:
+    elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
         blind = True  # the pooler's side of the step was not seen: its client and wait figures mean nothing
-        reasons.append(f"the monitor lost {step.pooler_sample_gaps} of the poolers' {step.samples} reads"
+        reasons.append(f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
                        + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
     if reasons:
         only_blind = blind and len(reasons) == 1
@@ -110,10 +110,11 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
         step.reason = "; ".join(reasons)
         return step
     step.outcome = "Passed"
-    if step.pooled:
-        step.reason = (f"peak {step.peak_connections} server backends (at most {step.server_capacity}) of"
-                       f" {step.usable_connections} usable, {step.client_peak_connections} clients at the pooler"
-                       f" ({step.pooler_waiting_peak} waiting at most, longest wait {step.pooler_max_wait_ms:g} ms),"
+    if step.pooler is not None:
+        pooler = step.pooler
+        step.reason = (f"peak {step.peak_connections} server backends (at most {pooler.server_capacity}) of"
+                       f" {step.usable_connections} usable, {pooler.client_peak_connections} clients at the pooler"
+                       f" ({pooler.waiting_peak} waiting at most, longest wait {pooler.max_wait_ms:g} ms),"
                        f" {step.idle_at_end} idle clients at end")
     else:
         step.reason = (f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
@@ -324,9 +325,10 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     measured = ""
     if passed:
         last = max(passed, key=lambda s: s.replicas)
+        at_pooler = last.pooler or PoolerStepResult()
         measured = (f" At {counted(last.replicas, 'replica')}: {last.peak_connections} server backends (predicted ≤"
-                    f" {last.predicted_peak}), {last.client_peak_connections} clients at the pooler (predicted"
-                    f" {last.predicted_client_peak}), {last.pooler_waiting_peak} waiting at most,"
+                    f" {last.predicted_peak}), {at_pooler.client_peak_connections} clients at the pooler (predicted"
+                    f" {at_pooler.predicted_client_peak}), {at_pooler.waiting_peak} waiting at most,"
                     f" p95 latency {last.latency_ms.p95:g} ms.")
     if failing is not None:
         pred = predict(spec, failing.replicas, pooler)

@@ -14,7 +14,7 @@ from .runner import LocalResult
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:
     """Connections by state over time (top) and, per step, what the callers felt (bottom panel).
     With variants, the variants are overlaid instead (``plot_variants``)."""
-    if result.status.variants:
+    if any(span.variant for span in result.spans):
         plot_variants(result, max_connections, path, title)
         return
     samples = [s for s in result.timeline if s.ok]
@@ -47,7 +47,7 @@ def _latency_panel(ax: Axes, result: LocalResult) -> None:
     """Each step's statement latency and pool checkout wait (p50, p95) across the step's span."""
     drawn = False
     plotted: list[float] = []
-    for span, step in zip(result.spans, result.status.steps, strict=False):
+    for span, step in zip(result.spans, result.status.all_steps(), strict=False):
         end = span.end if span.end is not None else span.start
         for values, color, name in ((step.latency_ms, "#9467bd", "latency"),
                                     (step.checkout_wait_ms, "#2ca02c", "checkout wait")):

@@ -221,7 +221,7 @@ class LocalRunner:
 
     def scale(self, planned: PlannedStep) -> None:
         assert self.workdir is not None
-        variant = f"{planned.variant}-" if planned.position else ""
+        variant = f"{planned.tag}-" if planned.tag else ""
         prefix = f"{app_prefix(self.bench.name)}{variant}s{planned.index}-r"
         env = self.variant_env or self.env
         for i in range(len(self.replicas), planned.replicas):
@@ -259,7 +259,7 @@ class LocalRunner:
         elif isinstance(event, StepStarted):
             planned = event.planned
             self.result.spans.append(StepSpan(planned.index, planned.replicas, self.now(),
-                                              variant=planned.variant if planned.position else ""))
+                                              variant=planned.tag))
         elif isinstance(event, StepFinished) and self.result.spans:
             self.result.spans[-1].end = self.now()
 

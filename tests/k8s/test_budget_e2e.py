@@ -31,12 +31,12 @@ def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator: A
     assert (verdict["maxSafeReplicas"], verdict["firstFailingReplicas"]) == (3, 4), (status["message"],
                                                                                    operator.log()[-3000:])
     assert verdict["predictedMaxSafeReplicas"] == 3
-    probes = [s for s in status["steps"] if s.get("rolloutFrom") is None]
+    probes = [s for s in status["variants"][0]["steps"] if s.get("rolloutFrom") is None]
     assert [s["replicas"] for s in probes] == [3, 4]  # the prediction, confirmed in two probes
     three = probes[0]
     assert three["outcome"] == "Passed" and three["peakConnections"] == three["predictedPeak"] == 12, three
     assert three["queries"] > 0
-    (rollout,) = [s for s in status["steps"] if s.get("rolloutFrom") is not None]
+    (rollout,) = [s for s in status["variants"][0]["steps"] if s.get("rolloutFrom") is not None]
     assert rollout["rolloutFrom"] == 3 and rollout["replicas"] == 4 and rollout["outcome"] == "Failed"
     assert rollout["predictedPeak"] == 16 and rollout["peakConnections"] == 13  # every usable slot, then refusals
     # The surge pod came from a new pod template beside the 3 old pods (two ReplicaSets, none replaced),

@@ -103,13 +103,18 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
         kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s"))
 
 
+def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps so far of a benchmark without spec.variants: its one variant's."""
+    return ((status.get("variants") or [{}])[0]).get("steps") or []
+
+
 def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "opkill")
     apply(cluster, ns, quick("resume", steps=[1, 2, 2],
                              workload={"threads": 2, "iterations": 10, "holdSeconds": 3, "onError": "count"}))
 
     def first_step_done() -> Any:
-        steps = (benchmark(kube, ns, "resume").get("status") or {}).get("steps") or []
+        steps = direct_steps(benchmark(kube, ns, "resume").get("status") or {})
         return steps[0] if steps and steps[0].get("outcome") else None
 
     done = wait_for(first_step_done, 300, interval=0.5, what="step 1 finished")
@@ -120,9 +125,9 @@ def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, ku
     obj = wait_phase(kube, ns, "resume", timeout=420)
     status = obj["status"]
     assert status["phase"] == "Completed", status.get("message")
-    assert [s["replicas"] for s in status["steps"]] == [1, 2, 2]
-    assert all(s["outcome"] == "Passed" for s in status["steps"])
-    kept = status["steps"][0]
+    assert [s["replicas"] for s in status["variants"][0]["steps"]] == [1, 2, 2]
+    assert all(s["outcome"] == "Passed" for s in status["variants"][0]["steps"])
+    kept = status["variants"][0]["steps"][0]
     assert (kept["startedAt"], kept["finishedAt"]) == (done["startedAt"], done["finishedAt"])  # not redone
     kube.delete(f"/api/v1/namespaces/{ns}")
 
@@ -134,16 +139,16 @@ def test_postgres_pod_killed_mid_step_on_a_real_node(cluster: Any, kube: Any, he
 
     def loaded() -> Any:
         status = benchmark(kube, ns, "pgkill").get("status") or {}
-        steps = status.get("steps") or []
+        steps = direct_steps(status)
         return status.get("phase") == "Running" and steps and steps[-1].get("peakConnections", 0) >= 2
 
     wait_for(loaded, 300, interval=0.5, what="load on step 1")
     kubectl(cluster, "-n", ns, "delete", "pod", "pgkill-postgres-0", "--grace-period=0", "--force")
     obj = wait_phase(kube, ns, "pgkill", timeout=420)
     status = obj["status"]
-    first = status["steps"][0]
+    first = status["variants"][0]["steps"][0]
     assert first["outcome"] == "Failed" and "database restarted" in first["reason"], first
-    assert len(status["steps"]) == 2 and status["steps"][1]["outcome"] in ("Passed", "Failed")
+    assert len(direct_steps(status)) == 2 and direct_steps(status)[1]["outcome"] in ("Passed", "Failed")
     assert "DatabaseRestarted" in {e["reason"] for e in events(kube, ns, "pgkill")}
     kube.delete(f"/api/v1/namespaces/{ns}")
 
