@@ -96,7 +96,8 @@ def send_bursts(helper: subprocess.Popen[str], plan: list[tuple[int, int]],
                 rng: random.Random) -> list[tuple[str, int, int]]:
     """Have the helper open and hold each burst of ``plan`` (width ms, height connections) in turn, a
     random gap after each: the bursts' names, widths and heights."""
-    assert helper.stdin is not None and helper.stdout is not None
+    assert helper.stdin is not None
+    assert helper.stdout is not None
     bursts: list[tuple[str, int, int]] = []
     for k, (width, height) in enumerate(plan):
         name = f"{PREFIX}{k:03d}"

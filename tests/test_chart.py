@@ -58,6 +58,7 @@ def test_watched_namespaces_bind_children_rbac_per_namespace() -> None:
                 and d["metadata"]["name"] == "poolbench-operator-children"]
     deploy = next(d for d in rendered if d["kind"] == "Deployment")
     container = deploy["spec"]["template"]["spec"]["containers"][0]
-    assert "--namespace=team-a" in container["args"] and "--all-namespaces" not in container["args"]
+    assert "--namespace=team-a" in container["args"]
+    assert "--all-namespaces" not in container["args"]
     assert container["env"][0]["value"] == "reg/w:1"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"

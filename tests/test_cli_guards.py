@@ -57,7 +57,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path: Pa
         argv += ["--plot", output]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert "--output" in err and "Traceback" not in err
+    assert "--output" in err
+    assert "Traceback" not in err
     assert no_run == []
     assert spec.read_text().startswith("apiVersion")  # the input is untouched
 
@@ -71,7 +72,8 @@ def test_an_unwritable_plot_is_refused_before_the_run(tmp_path: Path, no_run: li
         locked.mkdir(mode=0o500)
         target = str(locked / "p.png")
     assert cli.main(["run", str(write(tmp_path, make_doc(steps=[1]))), "--plot", target]) == 2
-    assert "--plot" in capsys.readouterr().err and no_run == []
+    assert "--plot" in capsys.readouterr().err
+    assert no_run == []
 
 
 def test_a_plan_too_large_for_the_machine_is_refused_unless_allowed(tmp_path: Path, no_run: list[str],
@@ -81,7 +83,9 @@ def test_a_plan_too_large_for_the_machine_is_refused_unless_allowed(tmp_path: Pa
     path = write(tmp_path, doc)
     assert cli.main(["run", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "spec.steps[1]" in err and "--allow-large" in err and no_run == []
+    assert "spec.steps[1]" in err
+    assert "--allow-large" in err
+    assert no_run == []
     with pytest.raises(RunStarted):
         cli.main(["run", str(path), "--allow-large"])
     assert no_run == ["t"]
@@ -92,7 +96,8 @@ def test_capacity_arithmetic() -> None:
                        "postgres": {"maxConnections": 2000}})
     assert local_capacity_problems(spec, Machine(cores=2, memory_bytes=24 * 2**30)) == []
     small = local_capacity_problems(spec, Machine(cores=2, memory_bytes=2 * 2**30))
-    assert [p for p, _ in small] == ["spec.steps[1]"] and "50 replicas need about" in small[0][1]
+    assert [p for p, _ in small] == ["spec.steps[1]"]
+    assert "50 replicas need about" in small[0][1]
     many = parse_spec({"steps": [300], "workload": {"threads": 1, "holdSeconds": 1}})
     assert local_capacity_problems(many, Machine(cores=2, memory_bytes=64 * 2**30)) == []
     one_core = local_capacity_problems(many, Machine(cores=1, memory_bytes=64 * 2**30))
@@ -114,7 +119,8 @@ def test_contradictions_are_refused_by_field(doc: dict[str, Any], path: str, tmp
                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", str(write(tmp_path, doc))]) == 2
     err = capsys.readouterr().err
-    assert path in err and "Traceback" not in err
+    assert path in err
+    assert "Traceback" not in err
 
 
 def test_a_plan_that_can_pass_is_not_refused() -> None:
@@ -159,7 +165,8 @@ def test_an_unforeseen_error_is_one_line_without_a_traceback(tmp_path: Path, mon
     monkeypatch.delenv("POOLBENCH_DEBUG", raising=False)
     assert cli.main(["run", str(write(tmp_path, make_doc(steps=[1])))]) == 1
     err = capsys.readouterr().err
-    assert "unexpected error: ValueError: something nobody foresaw" in err and "Traceback" not in err
+    assert "unexpected error: ValueError: something nobody foresaw" in err
+    assert "Traceback" not in err
 
 
 def test_results_that_cannot_be_written_at_the_end_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -176,18 +183,22 @@ def test_results_that_cannot_be_written_at_the_end_are_kept(tmp_path: Path, monk
     assert cli.main(["run", str(spec), "--output", str(out / "r.json")]) == 1
     err = " ".join(capsys.readouterr().err.split())
     kept = err.split("they are in ")[1].split()[0]
-    assert Path(kept).is_file() and '"phase": "Completed"' in Path(kept).read_text()
+    assert Path(kept).is_file()
+    assert '"phase": "Completed"' in Path(kept).read_text()
     Path(kept).unlink()
 
 
 def test_version_and_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         cli.main(["--version"])
-    assert done.value.code == 0 and capsys.readouterr().out.strip() == "poolbench 0.1.0"
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == "poolbench 0.1.0"
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     help_text = capsys.readouterr().out
-    assert "``" not in help_text and "[/" not in help_text and "Exit codes" in help_text
+    assert "``" not in help_text
+    assert "[/" not in help_text
+    assert "Exit codes" in help_text
 
 
 def test_a_pooled_variant_without_pgbouncer_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -199,7 +210,8 @@ def test_a_pooled_variant_without_pgbouncer_names_the_package(tmp_path: Path, mo
     doc = make_doc(steps=[1], variants=[{"name": "tx", "pooler": {"poolMode": "transaction"}}])
     assert cli.main(["run", str(write(tmp_path, doc))]) == 1
     err = capsys.readouterr().err
-    assert "no pgbouncer binary was found" in err and "apt-get install pgbouncer" in err
+    assert "no pgbouncer binary was found" in err
+    assert "apt-get install pgbouncer" in err
     assert "Traceback" not in err
     monkeypatch.setenv("POOLBENCH_PGBOUNCER", str(tmp_path / "nope"))
     assert cli.main(["run", str(write(tmp_path, doc))]) == 1

@@ -75,7 +75,8 @@ def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path)], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert "spec.steps" in proc.stderr and "spec.workload.threads" in proc.stderr
+    assert "spec.steps" in proc.stderr
+    assert "spec.workload.threads" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

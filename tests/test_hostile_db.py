@@ -61,14 +61,17 @@ MONITOR_KILLERS = [
 def test_the_monitor_is_immune_to_the_servers_timeouts(settings: dict[str, str]) -> None:
     (step,) = run_steps("immune", [2], settings, onError="count", iterations=1, holdSeconds=2.5,
                         statement="SELECT pg_sleep(0.3); SELECT pg_sleep(0.3)", interval_ms=100)
-    assert step.sample_gaps == 0 and step.samples >= 20, step.monitor_error
+    assert step.sample_gaps == 0, step.monitor_error
+    assert step.samples >= 20, step.monitor_error
     assert step.outcome != "Inconclusive"
     if "statement_timeout" in settings:
         # The workload's statements are cancelled: an honest failure, classified and quoted.
-        assert step.outcome == "Failed" and step.first_error_class == "other"
+        assert step.outcome == "Failed"
+        assert step.first_error_class == "other"
         assert "canceling statement due to statement timeout" in (step.first_error or "")
     elif "transaction_timeout" in settings:  # the server ends the workload's sessions
-        assert step.outcome == "Failed" and step.first_error_class == "other"
+        assert step.outcome == "Failed"
+        assert step.first_error_class == "other"
     else:
         assert step.peak_connections == step.predicted_peak == 4
         assert step.outcome == "Passed", step.reason
@@ -95,8 +98,10 @@ def test_connections_are_counted_however_they_name_themselves(statement: str) ->
 def test_a_timed_out_step_is_a_timeout_and_its_backends_do_not_reach_the_next_step() -> None:
     first, second = run_steps("stuck", [2, 1], statement="SELECT pg_sleep(60)", timeout=5, holdSeconds=0.5)
     for step, replicas in ((first, 2), (second, 1)):
-        assert step.timed_out and step.outcome == "Failed"
-        assert step.crashed_replicas == 0 and "exit code" not in (step.reason or "")
+        assert step.timed_out
+        assert step.outcome == "Failed"
+        assert step.crashed_replicas == 0
+        assert "exit code" not in (step.reason or "")
         assert "the step timed out" in (step.reason or "")
         # The killed clients' statements kept running on the server: terminated, and reported.
         assert step.leftover_backends == replicas * 2
@@ -125,9 +130,11 @@ def test_statements_run_as_raw_sql(statement: str, error: str | None, local_pg: 
     subprocess.run([sys.executable, "-m", "workload"], env=env, cwd=ROOT, timeout=60, check=True)
     result = json.loads(summary.read_text())
     if error is None:
-        assert result["outcomes"]["ok"] == 3 and result["firstError"] is None
+        assert result["outcomes"]["ok"] == 3
+        assert result["firstError"] is None
     else:
-        assert result["outcomes"]["other"] == 3 and error in result["firstError"]
+        assert result["outcomes"]["other"] == 3
+        assert error in result["firstError"]
 
 
 def test_the_verdict_names_the_first_error_and_the_cli_prints_it(tmp_path: Path) -> None:
@@ -163,4 +170,5 @@ def test_an_older_server_without_the_newer_timeouts_still_gets_an_immune_session
             assert cur.fetchone() == ("0",)
     finally:
         conn.close()
-    assert len(attempts) == 3 and "transaction_timeout" not in attempts[-1]
+    assert len(attempts) == 3
+    assert "transaction_timeout" not in attempts[-1]

@@ -61,7 +61,8 @@ def test_probe_records_a_gap_and_reconnects(local_pg: LocalPostgres) -> None:
     admin.cursor().execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'poolbench-monitor'")
     gap = probe.read(0.0)
-    assert not gap.ok and gap.error
+    assert not gap.ok
+    assert gap.error
     assert probe.read(0.1).ok
     assert probe.reconnects == 1
     admin.close()
@@ -82,10 +83,13 @@ def test_workload_serves_metrics_and_writes_a_summary(local_pg: LocalPostgres, t
         time.sleep(0.05)
     assert 'poolbench_attempts_total{outcome="ok"} 60.0' in body
     assert "poolbench_pool_checked_out 0.0" in body
-    assert "poolbench_pool_overflow" in body and "poolbench_pool_peak_checked_out 3.0" in body
+    assert "poolbench_pool_overflow" in body
+    assert "poolbench_pool_peak_checked_out 3.0" in body
     assert proc.wait(30) == 0
     data = json.loads(summary.read_text())
-    assert data["phase"] == "done" and data["outcomes"]["ok"] == 60 and data["peakCheckedOut"] == 3
+    assert data["phase"] == "done"
+    assert data["outcomes"]["ok"] == 60
+    assert data["peakCheckedOut"] == 3
 
 
 def test_default_queuepool_keeps_ghosts() -> None:
@@ -93,7 +97,8 @@ def test_default_queuepool_keeps_ghosts() -> None:
     status = run_local(bench("qp", [2], threads=8)).status
     step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
-    assert step.predicted_peak == 16 and step.peak_connections == 16
+    assert step.predicted_peak == 16
+    assert step.peak_connections == 16
     assert step.idle_at_end == 10 == step.predicted_idle
     assert step.errors.total() == 0
     assert set(step.peak_by_replica.values()) == {8}
@@ -132,7 +137,8 @@ def test_app_role_meets_reserved_slots_not_too_many_clients() -> None:
     assert step.errors.reserved_slots > 10 * step.errors.too_many_clients
     assert step.peak_connections <= 16
     assert step.crashed_replicas == 0  # onError count: the replicas keep going
-    assert status.verdict is not None and status.verdict.first_failing_replicas == 2
+    assert status.verdict is not None
+    assert status.verdict.first_failing_replicas == 2
 
 
 def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
@@ -140,9 +146,11 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
     status = run_local(b).status
     first, second = status.variants[0].steps
-    assert first.outcome == "Passed" and first.idle_at_end == 10
+    assert first.outcome == "Passed"
+    assert first.idle_at_end == 10
     assert second.outcome == "Failed"
-    assert second.errors.too_many_clients > 0 and second.errors.reserved_slots == 0
+    assert second.errors.too_many_clients > 0
+    assert second.errors.reserved_slots == 0
     assert second.first_error_class == "tooManyClients"
     assert second.crashed_replicas >= 1
     # crash: each thread stops at its first error and the replica dies (racing threads may each fail once)
@@ -155,7 +163,8 @@ def test_count_mode_keeps_counting() -> None:
     b = bench("count", [3], max_connections=20, threads=10, onError="count",
               engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=1)
     step = run_local(b).status.variants[0].steps[0]
-    assert step.outcome == "Failed" and step.crashed_replicas == 0
+    assert step.outcome == "Failed"
+    assert step.crashed_replicas == 0
     assert step.errors.too_many_clients > step.errors.total() - step.errors.too_many_clients
     assert step.queries > 0
 
@@ -171,15 +180,24 @@ def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     status = json.loads(out.read_text())["status"]
     (direct,) = status["variants"]  # a benchmark without spec.variants: one direct variant
-    assert "steps" not in status and direct["name"] == "direct" and direct["verdict"] == status["verdict"]
+    assert "steps" not in status
+    assert direct["name"] == "direct"
+    assert direct["verdict"] == status["verdict"]
     five, ten = direct["steps"]
-    assert five["replicas"] == 5 and five["outcome"] == "Passed"
-    assert sum(five["errors"].values()) == 0 and five["idleAtEnd"] >= 20
-    assert ten["replicas"] == 10 and ten["outcome"] == "Failed" and ten["errors"]["tooManyClients"] > 0
-    assert five["sampleGaps"] == 0 and ten["sampleGaps"] == 0  # the monitor kept its slot throughout
-    assert status["verdict"]["maxSafeReplicas"] == 5 and status["verdict"]["firstFailingReplicas"] == 10
+    assert five["replicas"] == 5
+    assert five["outcome"] == "Passed"
+    assert sum(five["errors"].values()) == 0
+    assert five["idleAtEnd"] >= 20
+    assert ten["replicas"] == 10
+    assert ten["outcome"] == "Failed"
+    assert ten["errors"]["tooManyClients"] > 0
+    assert five["sampleGaps"] == 0
+    assert ten["sampleGaps"] == 0
+    assert status["verdict"]["maxSafeReplicas"] == 5
+    assert status["verdict"]["firstFailingReplicas"] == 10
     assert "Verdict" in proc.stdout
-    assert "PoolBenchmark results (max_connections" in proc.stdout and "Variants compared" not in proc.stdout
+    assert "PoolBenchmark results (max_connections" in proc.stdout
+    assert "Variants compared" not in proc.stdout
     assert plot.stat().st_size > 10_000
 
 
@@ -221,7 +239,8 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on() -> None:
     first, second = status.variants[0].steps
     assert first.outcome == "Failed"
     assert first.database_restarts == 1
-    assert first.reason is not None and first.reason.startswith("the database restarted")
+    assert first.reason is not None
+    assert first.reason.startswith("the database restarted")
     assert first.sample_gaps >= 1
     assert first.errors.other > 0  # the replicas saw their connections die
     assert second.outcome == "Passed", second.reason  # the server is back: the run went on

@@ -58,7 +58,8 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     step = run.status.variants[0].steps[0]
     assert step.outcome == "Failed"
     # The true p95s are 120 and 80 ms; read from their buckets (116.6, 121.2] and (79.43, 82.54]: within 2 %.
-    assert step.latency_ms.p95 == 118.86 and step.checkout_wait_ms.p95 == 80.955
+    assert step.latency_ms.p95 == 118.86
+    assert step.checkout_wait_ms.p95 == 80.955
     assert "latency p95 118.86 ms exceeds limits.maxLatencyP95Ms 100 ms" in (step.reason or "")
     assert "checkout wait p95 80.955 ms exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
     assert run.status.verdict is not None
@@ -80,7 +81,8 @@ def test_the_verdict_explains_threads_queueing_for_connections() -> None:
     assert one.status.verdict is not None
     assert "runs 3 threads on at most 2 pooled connections, so 1 waits for a checkout" in one.status.verdict.summary
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
-    assert plenty.status.verdict is not None and "queue" not in plenty.status.verdict.summary
+    assert plenty.status.verdict is not None
+    assert "queue" not in plenty.status.verdict.summary
 
 
 def conditions(status: BenchmarkStatus) -> dict[str, tuple[str, str]]:

@@ -11,8 +11,10 @@ def test_defaults_without_environment() -> None:
     config = Config.from_env({})
     assert config == Config()
     assert config.workload_image == "poolbench-workload:dev"
-    assert config.max_concurrent_benchmarks == 64 and config.watch_timeout_seconds == 300
-    assert config.postgres_address == "service" and config.namespace == "poolbench-system"
+    assert config.max_concurrent_benchmarks == 64
+    assert config.watch_timeout_seconds == 300
+    assert config.postgres_address == "service"
+    assert config.namespace == "poolbench-system"
 
 
 def test_every_setting_is_read() -> None:

@@ -56,7 +56,8 @@ def test_limits_become_server_arguments() -> None:
 def test_password_only_by_reference() -> None:
     objs = children()
     for kind in ("StatefulSet", "Deployment", "Service"):
-        assert "S3CRET" not in json.dumps(objs[kind]) and "APPPW" not in json.dumps(objs[kind])
+        assert "S3CRET" not in json.dumps(objs[kind])
+        assert "APPPW" not in json.dumps(objs[kind])
     env = {e["name"]: e for e in objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "app-password"  # role app
     assert env["PGUSER"]["value"] == "poolbench_app"
@@ -73,8 +74,10 @@ def test_every_pod_is_locked_down() -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in pod["containers"]:
             sc = c["securityContext"]
-            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
-            assert c["resources"]["requests"] and c["resources"]["limits"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"]
+            assert c["resources"]["limits"]
 
 
 METRICS_TEXT = """# HELP poolbench_attempts_total Statements attempted, by outcome
@@ -90,7 +93,8 @@ poolbench_phase{poolbench_phase="holding"} 1.0
 
 def test_parse_metrics() -> None:
     m = parse_metrics(METRICS_TEXT)
-    assert m.phase == "holding" and m.outcomes == {"ok": 42, "tooManyClients": 2}
+    assert m.phase == "holding"
+    assert m.outcomes == {"ok": 42, "tooManyClients": 2}
 
 
 def test_step_progress_from_pods() -> None:
@@ -106,22 +110,27 @@ def test_step_progress_from_pods() -> None:
     assert step_done([done, crashed], 2)
     assert not step_done([done], 2)  # a replica is missing
     out = {r.name: r for r in reports([done, crashed])}
-    assert out["c"].crashed and out["c"].restarts == 1 and out["c"].outcomes["tooManyClients"] == 1
+    assert out["c"].crashed
+    assert out["c"].restarts == 1
+    assert out["c"].outcomes["tooManyClients"] == 1
     assert out["c"].first_error_class == "tooManyClients"
-    assert not out["b"].crashed and out["b"].outcomes == {"ok": 5}
+    assert not out["b"].crashed
+    assert out["b"].outcomes == {"ok": 5}
 
 
 def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys() -> None:
     from poolbench.core.benchmark import BenchmarkRun
     from poolbench.core.benchmark import status_from_resource as resume_status
 
-    assert resume_status(None) is None and resume_status({"kopf": {}}) is None
+    assert resume_status(None) is None
+    assert resume_status({"kopf": {}}) is None
     status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "variants": [
         {"name": "direct", "steps": [{"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
                                      {"replicas": 8, "startedAt": "t2"}]}]})
     run = BenchmarkRun(SPEC, status, clock=utc_now)
     planned = run.next_step()
-    assert planned is not None and (planned.index, planned.replicas) == (2, 8)
+    assert planned is not None
+    assert (planned.index, planned.replicas) == (2, 8)
     run.begin_step(planned)
     assert [(s.replicas, s.started_at) for s in run.status.variants[0].steps][0] == (2, "t0")
     assert len(run.status.variants[0].steps) == 2
@@ -133,7 +142,8 @@ def test_passwords_are_derived_per_benchmark_and_purpose() -> None:
     key = b"k" * 32
     a = derive_password(key, "uid-1", "superuser")
     assert a == derive_password(key, "uid-1", "superuser")  # the same after an operator restart
-    assert len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
+    assert len(a) == 32
+    assert a.replace("-", "").replace("_", "").isalnum()
     assert len({a, derive_password(key, "uid-2", "superuser"), derive_password(key, "uid-1", "app"),
                 derive_password(b"x" * 32, "uid-1", "superuser")}) == 4
 
@@ -176,16 +186,19 @@ def test_histograms_round_trip_exactly_through_the_workload_metrics() -> None:
     assert 'poolbench_statement_latency_seconds_bucket{le="0.000001"}' in text  # decimal seconds
     assert 'poolbench_checkout_wait_seconds_bucket{le="0.06"}' in text  # a limit edge
     assert 'poolbench_checkout_wait_seconds_bucket{le="+Inf"}' in text
-    assert "poolbench_statement_latency_seconds_count" in text and "poolbench_checkout_wait_seconds_sum" in text
+    assert "poolbench_statement_latency_seconds_count" in text
+    assert "poolbench_checkout_wait_seconds_sum" in text
     # Only the 7 non-empty buckets, the 2 limit edges and +Inf are served, not 722 buckets.
     assert text.count("poolbench_checkout_wait_seconds_bucket{") == 10
     parsed = parse_metrics(text)
     # The same counts per bucket on the same edges, sum and max as the replica's summary (to_json: µs-rounded).
     assert parsed.latency.to_json() == m.latency.to_json()
     assert parsed.checkout_wait.to_json() == m.checkout_wait.to_json()
-    assert parsed.latency.edges == m.latency.edges and parsed.latency.counts == m.latency.counts
+    assert parsed.latency.edges == m.latency.edges
+    assert parsed.latency.counts == m.latency.counts
     assert parsed.latency.counts[-1] == 4  # (9.624e8, 1e9] twice, then 1.0001e9 and 2e9 ms: the top bucket
-    assert parsed.work_started_at == m.work_started_at and parsed.work_ended_at == m.work_ended_at
+    assert parsed.work_started_at == m.work_started_at
+    assert parsed.work_ended_at == m.work_ended_at
     assert parsed.latency.percentile(0.5) == m.latency.percentile(0.5)
     assert parsed.checkout_wait.exceeds(0.95, 60.0) == m.checkout_wait.exceeds(0.95, 60.0)
 
@@ -194,10 +207,13 @@ def test_histograms_before_any_work_are_empty_and_timestamps_unknown() -> None:
     from workload.metrics import Measures
 
     parsed = parse_metrics(_workload_metrics_text(Measures()))
-    assert parsed.latency.total == 0 and parsed.checkout_wait.total == 0
-    assert parsed.work_started_at is None and parsed.work_ended_at is None
+    assert parsed.latency.total == 0
+    assert parsed.checkout_wait.total == 0
+    assert parsed.work_started_at is None
+    assert parsed.work_ended_at is None
     old = parse_metrics(METRICS_TEXT)  # a replica without histograms: empty, not an error
-    assert old.latency.total == 0 and old.work_started_at is None
+    assert old.latency.total == 0
+    assert old.work_started_at is None
 
 
 def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones() -> None:
@@ -205,7 +221,8 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
 
     m = _measures()
     running = parse_metrics(_workload_metrics_text(m) + METRICS_TEXT)
-    assert running.phase == "holding" and running.outcomes["ok"] == 42
+    assert running.phase == "holding"
+    assert running.outcomes["ok"] == 42
     crashed_latency, crashed_wait = Histogram(), Histogram()
     crashed_latency.add(7.0)
     crashed_wait.add(30000.5)
@@ -218,10 +235,12 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
     r = out["r"]
     assert r.outcomes == {"ok": 43, "tooManyClients": 3}
     assert r.latency.to_json() == Histogram().merge(crashed_latency).merge(m.latency).to_json()
-    assert r.checkout_wait.total == m.checkout_wait.total + 1 and r.checkout_wait.max_ms == 30000.5
+    assert r.checkout_wait.total == m.checkout_wait.total + 1
+    assert r.checkout_wait.max_ms == 30000.5
     assert (r.work_started_at, r.work_ended_at) == (1764064100.5, m.work_ended_at)
     f = out["f"]
-    assert f.latency.to_json() == m.latency.to_json() and f.checkout_wait.to_json() == m.checkout_wait.to_json()
+    assert f.latency.to_json() == m.latency.to_json()
+    assert f.checkout_wait.to_json() == m.checkout_wait.to_json()
     assert (f.work_started_at, f.work_ended_at) == (m.work_started_at, m.work_ended_at)
     assert running.latency.to_json() == m.latency.to_json()  # the pod's metrics were not merged into
 
@@ -260,11 +279,13 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
         ("Secret", "ab--session-pgbouncer"), ("Service", "ab--session-pgbouncer"),
         ("Deployment", "ab--session-pgbouncer"), ("Deployment", "ab--session-workload"),
     ]
-    assert Names("ab", "session").workload == "ab--session-workload" and Names("ab").workload == "ab-workload"
+    assert Names("ab", "session").workload == "ab--session-workload"
+    assert Names("ab").workload == "ab-workload"
     assert Names("ab", "session").pooler == "ab--session-pgbouncer"
     # child_refs deletes exactly what build_children creates, workloads before what they use
     refs = child_refs("ab", VARIANTS)
-    assert sorted(refs) == sorted(objs) and refs[0] == ("Deployment", "ab--session-workload")
+    assert sorted(refs) == sorted(objs)
+    assert refs[0] == ("Deployment", "ab--session-workload")
     assert refs[-3:] == [("StatefulSet", "ab-postgres"), ("Service", "ab-postgres"), ("Secret", "ab-credentials")]
     # the longest names still fit a DNS label (Service names): 40 + "--" + 11 + "-pgbouncer"
     assert len(Names("b" * 40, "v" * 11).pooler) == 63
@@ -279,14 +300,18 @@ def test_each_variant_workload_connects_its_own_way() -> None:
         dep = objs[("Deployment", f"ab--{variant}-workload")]
         for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
                       dep["spec"]["template"]["metadata"]["labels"]):
-            assert where[VARIANT_LABEL] == variant and where["app.kubernetes.io/component"] == "workload"
+            assert where[VARIANT_LABEL] == variant
+            assert where["app.kubernetes.io/component"] == "workload"
         env = env_of(dep)
-        assert env["PGHOST"]["value"] == host and env["PGPORT"]["value"] == port
+        assert env["PGHOST"]["value"] == host
+        assert env["PGPORT"]["value"] == port
         assert env.get("POOLBENCH_POOLER", {}).get("value") == pooler
         assert json.loads(env["POOLBENCH_ENGINE"]["value"])["poolClass"] == pool_class
         assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ab-credentials", "key": "postgres-password"}
-        assert env["POOLBENCH_EXIT_AFTER_HOLD"]["value"] == "false" and dep["spec"]["replicas"] == 0
-        assert "S3CRET" not in json.dumps(dep) and "ADMINPW" not in json.dumps(dep)
+        assert env["POOLBENCH_EXIT_AFTER_HOLD"]["value"] == "false"
+        assert dep["spec"]["replicas"] == 0
+        assert "S3CRET" not in json.dumps(dep)
+        assert "ADMINPW" not in json.dumps(dep)
 
 
 def test_pgbouncer_config_serves_the_workload_role_and_the_admin() -> None:
@@ -304,7 +329,8 @@ def test_pgbouncer_config_serves_the_workload_role_and_the_admin() -> None:
     # role app: the app role and its password
     app = VARIANTS.model_copy(update={"workload": VARIANTS.workload.model_copy(update={"role": "app"})})
     users = variant_children(app)[("Secret", "ab--session-pgbouncer")]["stringData"]["userlist.txt"]
-    assert '"poolbench_app" "APPPW"' in users and "S3CRET" not in users
+    assert '"poolbench_app" "APPPW"' in users
+    assert "S3CRET" not in users
     dep = variant_children(app)[("Deployment", "ab--session-workload")]
     assert env_of(dep)["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "app-password"
 
@@ -317,8 +343,10 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
     pod = dep["spec"]["template"]["spec"]
     for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
                   dep["spec"]["template"]["metadata"]["labels"]):
-        assert where[VARIANT_LABEL] == "tx-nullpool" and where["app.kubernetes.io/component"] == "pgbouncer"
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 998
+        assert where[VARIANT_LABEL] == "tx-nullpool"
+        assert where["app.kubernetes.io/component"] == "pgbouncer"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 998
     assert "runAsGroup" not in pod["securityContext"]  # the image user's own group
     assert pod["automountServiceAccountToken"] is False
     (c,) = pod["containers"]
@@ -327,14 +355,17 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                     "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     assert c["readinessProbe"]["tcpSocket"]["port"] == 6432
-    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert c["resources"]["requests"]
+    assert c["resources"]["limits"]
     assert c["volumeMounts"] == [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
     assert pod["volumes"][0]["secret"]["secretName"] == "ab--tx-nullpool-pgbouncer"
     assert "ADMINPW" not in json.dumps(dep)
     svc = objs[("Service", "ab--tx-nullpool-pgbouncer")]["spec"]
-    assert svc["selector"] == dep["spec"]["selector"]["matchLabels"] and svc["ports"][0]["port"] == 6432
+    assert svc["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["ports"][0]["port"] == 6432
     other = objs[("Deployment", "ab--session-pgbouncer")]["spec"]["template"]["spec"]
-    assert other["containers"][0]["image"] == "pgb:1" and other["securityContext"]["runAsUser"] == 70
+    assert other["containers"][0]["image"] == "pgb:1"
+    assert other["securityContext"]["runAsUser"] == 70
 
 
 def test_without_variants_the_children_are_exactly_as_before() -> None:
@@ -342,7 +373,8 @@ def test_without_variants_the_children_are_exactly_as_before() -> None:
     assert [(c["kind"], c["metadata"]["name"]) for c in objs] == [
         ("Secret", "demo-credentials"), ("Service", "demo-postgres"), ("StatefulSet", "demo-postgres"),
         ("Deployment", "demo-workload")]
-    assert VARIANT_LABEL not in json.dumps(objs) and "POOLBENCH_POOLER" not in json.dumps(objs)
+    assert VARIANT_LABEL not in json.dumps(objs)
+    assert "POOLBENCH_POOLER" not in json.dumps(objs)
     assert objs[-1]["spec"]["selector"]["matchLabels"] == {"poolbench.dev/benchmark": "demo",
                                                            "app.kubernetes.io/component": "workload"}
     assert child_refs("demo", SPEC) == [("Deployment", "demo-workload"), ("StatefulSet", "demo-postgres"),
@@ -455,7 +487,8 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch: pyte
     assert d.kube.calls == [("scale", f"ab--{v}-workload", 0) for v in ("direct", "tx-nullpool", "session")]
     d.kube.calls.clear()
     use_variant(d, monitor, direct)
-    assert sampled(monitor) is None and not FakePoolerProbe.made
+    assert sampled(monitor) is None
+    assert not FakePoolerProbe.made
     d.scale(direct)
     d.observe(direct.replicas)
     assert d.kube.calls == [("scale", "ab--direct-workload", 5), ("pods", "direct")]
@@ -463,39 +496,48 @@ def test_driver_points_each_variant_at_its_workload_and_pooler(monkeypatch: pyte
     use_variant(d, monitor, tx)
     assert len(FakePoolerProbe.made) == 1
     probe: Any = FakePoolerProbe.made[0]
-    assert sampled(monitor) is probe and len(probe.connects) == 2 and probe.database == "postgres"
+    assert sampled(monitor) is probe
+    assert len(probe.connects) == 2
+    assert probe.database == "postgres"
     assert [c.args for c in probe.connects] == [("tx-nullpool", 0), ("tx-nullpool", 1)]  # one console per pod
     assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 2)]
     assert d.pooler_admin_password == derive_password(b"k" * 32, "u-1", "pooler-admin")
     d.kube.calls.clear()
     d.scale_to_zero()
     monitor.drop_pooler_connections()  # the loop's clean slate, once the pods are gone
-    assert d.kube.calls == [("scale", "ab--tx-nullpool-workload", 0)] and probe.log == ["drop"]
+    assert d.kube.calls == [("scale", "ab--tx-nullpool-workload", 0)]
+    assert probe.log == ["drop"]
     use_variant(d, monitor, session)  # the previous variant's probe is closed, the new one sampled
-    assert probe.log == ["drop", "close"] and sampled(monitor) is FakePoolerProbe.made[1]
+    assert probe.log == ["drop", "close"]
+    assert sampled(monitor) is FakePoolerProbe.made[1]
     monitor.stop()
-    assert sampled(monitor) is None and FakePoolerProbe.made[1].log == ["close"]
+    assert sampled(monitor) is None
+    assert FakePoolerProbe.made[1].log == ["close"]
 
 
 def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch)
     d.cleanup()  # ScaleDown (the default)
     assert d.kube.calls == [("scale", "ab--tx-nullpool-pgbouncer", 0), ("scale", "ab--session-pgbouncer", 0)]
-    assert posted[-1][1] == "Cleanup" and "PgBouncer scaled to 0" in posted[-1][2]
+    assert posted[-1][1] == "Cleanup"
+    assert "PgBouncer scaled to 0" in posted[-1][2]
     d, posted = driver_for(VARIANTS.model_copy(update={"cleanup": "Delete"}), monkeypatch)
     d.cleanup()
     assert d.kube.calls == [("delete", child_refs("ab", VARIANTS))]
     d, posted = driver_for(SPEC, monkeypatch)  # no variants: the workload only
     d.cleanup()
-    assert d.kube.calls == [] and posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
+    assert d.kube.calls == []
+    assert posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
 
 
 def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
     d, posted = driver_for(VARIANTS, monkeypatch, address="127.0.0.1:15432")
     monitor = unstarted_monitor(monkeypatch)
     use_variant(d, monitor, d.run.plans[1][0])
-    assert sampled(monitor) is None and not FakePoolerProbe.made
-    assert posted and posted[-1][:2] == ("Warning", "PoolerNotSampled")
+    assert sampled(monitor) is None
+    assert not FakePoolerProbe.made
+    assert posted
+    assert posted[-1][:2] == ("Warning", "PoolerNotSampled")
 
 
 def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge() -> None:
@@ -505,7 +547,8 @@ def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_fi
     assert deployment["strategy"] == {"type": "RollingUpdate",
                                       "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
     # No new pod becomes available while a step may last: the controller replaces no old pod meanwhile.
-    assert deployment["minReadySeconds"] == 180 and deployment["progressDeadlineSeconds"] == 780
+    assert deployment["minReadySeconds"] == 180
+    assert deployment["progressDeadlineSeconds"] == 780
     none = parse_spec({"steps": [3], "rollout": {"maxSurge": 0, "measure": True}})
     spec = {c["kind"]: c for c in build_children("demo", none, workload_image="i", superuser_password="s",
                                                  app_password="a")}["Deployment"]["spec"]
@@ -514,7 +557,8 @@ def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_fi
         plain = parse_spec({"steps": [3], **({"rollout": unmeasured} if unmeasured else {})})
         objs = {c["kind"]: c for c in build_children("demo", plain, workload_image="i", superuser_password="s",
                                                      app_password="a")}
-        assert "strategy" not in objs["Deployment"]["spec"] and "minReadySeconds" not in objs["Deployment"]["spec"]
+        assert "strategy" not in objs["Deployment"]["spec"]
+        assert "minReadySeconds" not in objs["Deployment"]["spec"]
     assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"
 
 

@@ -67,17 +67,20 @@ def test_the_base_install_is_a_workload_replica_and_nothing_more(base_python: Pa
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(summary.read_text())
-    assert result["phase"] == "done" and result["outcomes"]["ok"] == 6
+    assert result["phase"] == "done"
+    assert result["outcomes"]["ok"] == 6
 
 
 def test_the_base_install_validates_and_names_the_extra_run_needs(base_python: Path, tmp_path: Path) -> None:
     cli = base_python.parent / "poolbench"
     example = ROOT / "manifests" / "examples" / "seed.yaml"
     ok = subprocess.run([str(cli), "validate", str(example)], capture_output=True, text=True, cwd=tmp_path)
-    assert ok.returncode == 0 and "valid PoolBenchmark seed" in ok.stdout
+    assert ok.returncode == 0
+    assert "valid PoolBenchmark seed" in ok.stdout
     run = subprocess.run([str(cli), "run", str(example)], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 1
-    assert "pip install 'poolbench[local]'" in run.stderr and "Traceback" not in run.stderr
+    assert "pip install 'poolbench[local]'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_the_operator_install_has_the_operator_and_no_local_platform(wheel: Path,

@@ -55,11 +55,13 @@ def test_transaction_mode_caps_server_backends_at_the_pool_size() -> None:
     step = pooled_steps(status)[0]
     assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
-    assert step.errors.total() == 0 and step.queries == 3 * 6 * 5
+    assert step.errors.total() == 0
+    assert step.queries == 3 * 6 * 5
     assert step.predicted_peak == step.pooler.server_capacity == 4
     assert step.peak_connections == 4  # server backends: the pool, not the 18 clients
     assert step.pooler.predicted_client_peak == step.pooler.client_peak_connections == 18
-    assert step.pooler.waiting_peak >= 1 and step.pooler.max_wait_ms > 0
+    assert step.pooler.waiting_peak >= 1
+    assert step.pooler.max_wait_ms > 0
     # The app's ghosts are its 18 idle client connections, held at the pooler; the server's idle
     # backends at the end are the pooler's 4 (transaction mode keeps them until server_idle_timeout).
     assert step.predicted_idle == step.idle_at_end == 18
@@ -89,7 +91,8 @@ def test_session_mode_pins_server_connections_and_waiting_clients_time_out() -> 
     assert 2 <= step.pooler.waiting_peak <= 6
     assert step.pooler.max_wait_ms >= 1000
     verdict = status.variants[0].verdict
-    assert verdict is not None and verdict.first_failing_replicas == 2
+    assert verdict is not None
+    assert verdict.first_failing_replicas == 2
     assert "poolerQueryWaitTimeout" in verdict.summary
     assert "session mode a client holds its server connection" in verdict.reason
 
@@ -156,23 +159,28 @@ def test_the_seed_with_pgbouncer_through_the_cli(tmp_path: Path) -> None:
     direct, tx, session = variants["direct"], variants["tx-nullpool"], variants["session"]
     assert [s["outcome"] for s in direct["steps"]] == ["Passed", "Failed"]
     assert direct["steps"][1]["firstErrorClass"] == "tooManyClients"
-    assert direct["verdict"]["maxSafeReplicas"] == 5 and direct["verdict"]["firstFailingReplicas"] == 10
-    assert "steps" not in status and status["verdict"] == direct["verdict"]
+    assert direct["verdict"]["maxSafeReplicas"] == 5
+    assert direct["verdict"]["firstFailingReplicas"] == 10
+    assert "steps" not in status
+    assert status["verdict"] == direct["verdict"]
     assert [s["outcome"] for s in tx["steps"]] == ["Passed", "Passed"]
     for step in tx["steps"]:
-        assert step["pooler"] and step["predictedPeak"] == 20
+        assert step["pooler"]
+        assert step["predictedPeak"] == 20
         assert step["peakConnections"] == 20  # 75 or 150 busy clients keep the pool of 20 full, never more
         assert 20 < step["pooler"]["clientPeakConnections"] <= step["pooler"]["predictedClientPeak"]
         assert step["idleAtEnd"] == 0  # NullPool keeps no ghosts
     assert tx["verdict"]["maxSafeReplicas"] == 10
     first = session["steps"][0]
-    assert first["pooler"] and first["peakConnections"] <= 20
+    assert first["pooler"]
+    assert first["peakConnections"] <= 20
     assert first["pooler"]["waitingPeak"] > 0  # 75 clients on 20 server connections held for the clients' lifetime
     if first["outcome"] == "Failed":
         assert first["firstErrorClass"] in ("poolerQueryWaitTimeout", "poolerMaxClientConn")
     assert status["comparison"].startswith("Scales furthest: tx-nullpool (10 replicas).")
     assert any("pooler" in row for row in document["timeline"])
-    assert "Variants compared" in proc.stdout and "variant tx-nullpool" in proc.stdout
+    assert "Variants compared" in proc.stdout
+    assert "variant tx-nullpool" in proc.stdout
     assert plot.stat().st_size > 10_000
 
 
@@ -194,8 +202,11 @@ def test_each_driver_runs_through_each_pool_mode_without_prepared_statement_clas
     direct, pooled = status.variants
     for step in direct.steps + pooled.steps:
         assert step.outcome == "Passed", step.reason
-        assert step.errors.total() == 0 and step.queries == 2 * 4 * 15
+        assert step.errors.total() == 0
+        assert step.queries == 2 * 4 * 15
     at_pooler = pooled.steps[0].pooler
-    assert at_pooler is not None and pooled.steps[0].peak_connections == pool and at_pooler.client_peak_connections == 8
+    assert at_pooler is not None
+    assert pooled.steps[0].peak_connections == pool
+    assert at_pooler.client_peak_connections == 8
     # Neither variant failed: the comparison ranks them side by side and blames nothing on pooling.
     assert status.comparison.startswith("Scales furthest: direct, pooled (2 replicas).")

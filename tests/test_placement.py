@@ -70,7 +70,8 @@ def test_the_risk_is_the_union_bound_of_binomial_tails(clients: int, instances: 
 
 def test_known_boundaries() -> None:
     # Each connection anywhere: at most c on one instance is certain when C ≤ c; C > n × c cannot fit.
-    assert overflow_risk(25, 2, 25) == 0.0 and overflow_risk(51, 2, 25) == 1.0
+    assert overflow_risk(25, 2, 25) == 0.0
+    assert overflow_risk(51, 2, 25) == 1.0
     # 2 × P(Binomial(30, 1/2) > 25) = 2 × 31931 / 2^30: about 6e-5, not below one in a million.
     assert exact_risk(30, 2, 25) == Fraction(2 * 31931, 2**30)
     assert placement_overflows(30, 2, 25)
@@ -85,7 +86,8 @@ def test_more_clients_or_more_instances_never_lower_the_risk() -> None:
     for instances in (2, 3, 5):
         risks = [overflow_risk(c, instances, 40) for c in range(0, instances * 40 + 2)]
         assert risks == sorted(risks)
-        assert risks[40] == 0.0 and risks[-1] == 1.0
+        assert risks[40] == 0.0
+        assert risks[-1] == 1.0
     # A higher capacity never raises it.
     by_capacity = [overflow_risk(300, 4, c) for c in range(60, 301)]
     assert by_capacity == sorted(by_capacity, reverse=True)
@@ -100,7 +102,8 @@ def test_huge_counts_by_the_normal_tail() -> None:
     pooler = PoolerSpec(pool_mode="transaction", max_client_conn=100_000, default_pool_size=10, replicas=5)
     free, safe = pooled_limits(1, 1, pooler, 10**6, 100_000)
     assert free < 50 < safe  # beyond 5 × 10 server connections clients queue for a transaction's end
-    assert not placement_overflows(safe, 5, 100_000) and placement_overflows(safe + 1, 5, 100_000)
+    assert not placement_overflows(safe, 5, 100_000)
+    assert placement_overflows(safe + 1, 5, 100_000)
     # Short of the perfect spread (500 000) by 4 to 6 σ of one instance's count (σ² = C × 1/5 × 4/5).
     sigma = math.sqrt(safe * 0.16)
     assert 5 * (100_000 - 6 * sigma) < safe < 5 * (100_000 - 4 * sigma)
@@ -133,7 +136,8 @@ def test_the_prediction_the_verdict_and_plan_use_one_rule(pooler: PoolerSpec) ->
     verdict = pooled_verdict(spec, [passed(1)], pooler)
     if pooler.pool_mode == "session":
         opening = session_opening(free, safe, pooler.replicas)
-        assert opening in verdict.reason and opening in verdict.summary
+        assert opening in verdict.reason
+        assert opening in verdict.summary
     else:
         assert f"at most {replicas_fit(safe)} the poolers" in verdict.summary
     # plan: the same rule with production numbers; its recommendation for a target agrees with its
@@ -212,7 +216,8 @@ def test_a_pooled_peak_never_exceeds_usable() -> None:
     usable = usable_connections(spec)
     p = predict(spec, 4, pooler)  # 60 clients; the pooler would open 40 server connections
     assert p.peak == usable < 40
-    assert not p.fits and p.check.cause == "server"
+    assert not p.fits
+    assert p.check.cause == "server"
     assert pooled_safe_replicas(spec, pooler) == usable // 15  # up to there the clients themselves fit
 
 
@@ -247,7 +252,8 @@ def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
     assert free <= safe
     for replicas in range(max(0, free - 2), safe + 4):
         p = predict(spec, replicas, pooler)
-        assert p.fits == (replicas <= safe) and (p.check.outcome == "fits") == (replicas <= free)
+        assert p.fits == (replicas <= safe)
+        assert (p.check.outcome == "fits") == (replicas <= free)
         assert p.peak <= p.usable
     if mode == "session":
         assert session_opening(free, safe, pooler.replicas) in pooled_verdict(spec, [passed(1)], pooler).summary

@@ -92,10 +92,13 @@ def test_one_replicas_connections_spread_over_both_instances() -> None:
     step, verdict = only(status)
     assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
-    assert step.errors.total() == 0 and step.queries == 20 * 5
+    assert step.errors.total() == 0
+    assert step.queries == 20 * 5
     assert step.pooler.client_peak_connections == step.pooler.predicted_client_peak == 20
-    assert verdict.predicted_max_safe_replicas is not None and verdict.predicted_max_safe_replicas >= 1
-    assert len(watching.per_instance) == 2 and all(n >= 1 for n in watching.per_instance), watching.per_instance
+    assert verdict.predicted_max_safe_replicas is not None
+    assert verdict.predicted_max_safe_replicas >= 1
+    assert len(watching.per_instance) == 2, watching.per_instance
+    assert all(n >= 1 for n in watching.per_instance), watching.per_instance
     assert sum(watching.per_instance) >= 20
     assert "connections land on the 2 PgBouncer instances at random" in verdict.summary
 
@@ -110,7 +113,8 @@ def test_every_driver_spreads_its_connections(driver: str) -> None:
     assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
     assert step.pooler.client_peak_connections == 16
-    assert all(n >= 1 for n in watching.per_instance) and sum(watching.per_instance) >= 16, watching.per_instance
+    assert all(n >= 1 for n in watching.per_instance), watching.per_instance
+    assert sum(watching.per_instance) >= 16, watching.per_instance
 
 
 def test_more_clients_than_every_instance_takes_fail_as_predicted() -> None:
@@ -141,7 +145,8 @@ def test_more_instances_than_replicas_is_not_predicted_safe() -> None:
         assert max(watching.per_instance) == 4
     else:
         assert step.outcome == "Passed", step.reason
-        assert max(watching.per_instance) <= 4 and sum(watching.per_instance) >= 6
+        assert max(watching.per_instance) <= 4
+        assert sum(watching.per_instance) >= 6
 
 
 def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
@@ -153,11 +158,15 @@ def test_session_mode_clients_wait_and_fit_when_the_kept_ones_do() -> None:
     step, verdict = only(status)
     assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
-    assert step.errors.total() == 0 and step.queries == 2 * 3 * 5
-    assert step.peak_connections == 4 and step.pooler.client_peak_connections == 6
-    assert step.pooler.waiting_peak >= 1 and step.pooler.max_wait_ms > 0
+    assert step.errors.total() == 0
+    assert step.queries == 2 * 3 * 5
+    assert step.peak_connections == 4
+    assert step.pooler.client_peak_connections == 6
+    assert step.pooler.waiting_peak >= 1
+    assert step.pooler.max_wait_ms > 0
     assert step.idle_at_end == step.predicted_idle == 2
-    assert verdict.max_safe_replicas == 2 and verdict.predicted_max_safe_replicas == 3
+    assert verdict.max_safe_replicas == 2
+    assert verdict.predicted_max_safe_replicas == 3
     assert "fits without waiting up to 1 replica, waits beyond" in verdict.summary
     assert "fails beyond 3 (the pools of 4 replicas keep 4 clients open for good" in verdict.summary
 
@@ -173,7 +182,8 @@ def test_session_mode_fails_when_the_kept_clients_hold_every_server_connection()
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
     assert step.pooler.predicted_outcome == "fails"
-    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert verdict.first_failing_replicas == 1
+    assert verdict.predicted_max_safe_replicas == 0
     assert ("fails from 1 replica (the pools of 1 replica keep 2 clients open for good, enough to hold all the"
             " pooler's 2 server connections: the other clients wait until query_wait_timeout (1 s) and are"
             " disconnected)") in verdict.summary
@@ -192,7 +202,8 @@ def test_a_reserve_that_opens_after_query_wait_timeout_serves_nobody() -> None:
     assert step.first_error_class == "poolerQueryWaitTimeout"
     assert step.peak_connections == 2  # the reserve never opened
     assert step.pooler.predicted_outcome == "fails"
-    assert verdict.first_failing_replicas == 1 and verdict.predicted_max_safe_replicas == 0
+    assert verdict.first_failing_replicas == 1
+    assert verdict.predicted_max_safe_replicas == 0
     assert ("enough to hold all the pooler's 2 server connections (its reserve of 1 opens only for a client that"
             " waited reserve_pool_timeout, 5 s: query_wait_timeout disconnects it first)") in verdict.summary
 
@@ -207,7 +218,8 @@ def test_transaction_mode_says_its_clients_queue_and_why_a_wait_timed_out() -> N
     assert step.pooler is not None, step
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
-    assert step.pooler.predicted_outcome == "waits" and step.pooler.predicted_client_peak == 8
+    assert step.pooler.predicted_outcome == "waits"
+    assert step.pooler.predicted_client_peak == 8
     assert ("In transaction mode clients beyond the 1 server connection wait for a transaction to end, and these"
             " waited longer than query_wait_timeout (1 s): the arithmetic counts connections, not how long each"
             " transaction holds one") in verdict.summary
@@ -222,8 +234,10 @@ def test_a_query_wait_timeout_on_a_new_connection_is_classified_as_one() -> None
                     sleep=0.03, hold=0.5,
                     pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2})
     step, _ = only(status)
-    assert step.outcome == "Failed" and step.first_error_class == "poolerQueryWaitTimeout", step.first_error
-    assert step.errors.pooler_query_wait_timeout >= 1 and step.errors.other == 0, (step.errors, step.first_error)
+    assert step.outcome == "Failed", step.first_error
+    assert step.first_error_class == "poolerQueryWaitTimeout", step.first_error
+    assert step.errors.pooler_query_wait_timeout >= 1, (step.errors, step.first_error)
+    assert step.errors.other == 0, (step.errors, step.first_error)
 
 
 def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connections() -> None:
@@ -234,7 +248,8 @@ def test_session_mode_fails_when_the_kept_clients_outnumber_the_server_connectio
     step, verdict = only(status)
     assert step.outcome == "Failed"
     assert step.first_error_class == "poolerQueryWaitTimeout"
-    assert verdict.first_failing_replicas == 2 and verdict.predicted_max_safe_replicas == 1
+    assert verdict.first_failing_replicas == 2
+    assert verdict.predicted_max_safe_replicas == 1
     assert ("fits without waiting up to 1 replica, fails beyond (the pools of 2 replicas keep 6 clients open for"
             " good, enough to hold all the pooler's 4 server connections: the other clients wait until"
             " query_wait_timeout (2 s) and are disconnected)") in verdict.summary

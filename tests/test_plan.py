@@ -35,7 +35,8 @@ def test_the_seed_budget_at_rest_and_during_a_rollout() -> None:
     assert p.max_safe_replicas == 6  # 6 × 15 = 90 ≤ 100
     # 6 + 2 surge pods need 120; 5 + 2 need 105; 4 + 1 need 75.
     assert p.max_safe_replicas_during_rollout == 4
-    assert rollout_safe(15, 100, 1) == 5 and rollout_safe(15, 100, 0) == 6
+    assert rollout_safe(15, 100, 1) == 5
+    assert rollout_safe(15, 100, 0) == 6
 
 
 def test_without_a_rollout_the_deployment_default_is_assumed() -> None:
@@ -54,7 +55,8 @@ def test_what_would_make_ten_replicas_fit() -> None:
     numbers = {k: v for r in p.recommendations for k, v in r.to_json().items() if k != "text"}
     # 10 replicas + 3 surge pods = 13 pods share 100 connections: 7 each.
     assert numbers["maxConnectionsPerReplica"] == 7
-    assert numbers["poolSize"] == 5 and numbers["maxOverflow"] == 2
+    assert numbers["poolSize"] == 5
+    assert numbers["maxOverflow"] == 2
     assert numbers["maxConnections"] == 13 * 15  # or a server that holds them all
     assert numbers["poolerClientConnections"] == 195
     assert all(r.text for r in p.recommendations)
@@ -62,14 +64,16 @@ def test_what_would_make_ten_replicas_fit() -> None:
 
 def test_a_target_that_already_fits_says_so() -> None:
     p = plan(parse_spec(SEED), target_replicas=4)
-    assert len(p.recommendations) == 1 and p.recommendations[0].text.startswith("4 replicas fit: 5 pods")
+    assert len(p.recommendations) == 1
+    assert p.recommendations[0].text.startswith("4 replicas fit: 5 pods")
 
 
 def test_pooled_plans_count_clients_at_the_pooler() -> None:
     spec = parse_spec(SEED)
     tx = PoolerSpec(pool_mode="transaction", default_pool_size=20, max_client_conn=200)
     p = plan(spec, 10, tx)
-    assert p.max_safe_replicas == 13 and p.max_safe_replicas_during_rollout == 10  # 200 clients
+    assert p.max_safe_replicas == 13
+    assert p.max_safe_replicas_during_rollout == 10
     assert p.recommendations[0].text.startswith("10 replicas fit the poolers")
     session = PoolerSpec(pool_mode="session", default_pool_size=20, max_client_conn=200)
     s = plan(spec, 10, session)
@@ -82,7 +86,8 @@ def test_pooled_plans_count_clients_at_the_pooler() -> None:
     assert ("fails beyond 3 (the pools of 4 replicas keep 20 clients open for good, enough to hold all the"
             " pooler's 20 server connections: the other clients wait until query_wait_timeout") in s.notes[0]
     needed = {k: v for r in s.recommendations for k, v in r.numbers.items()}  # 13 pods keep 65, open 195
-    assert needed["serverConnectionsNeeded"] == 66 and needed["serverConnectionsWithoutWaiting"] == 195
+    assert needed["serverConnectionsNeeded"] == 66
+    assert needed["serverConnectionsWithoutWaiting"] == 195
     small = PoolerSpec(pool_mode="transaction", default_pool_size=80, reserve_pool_size=30, max_client_conn=100)
     numbers = {k: v for r in plan(spec, 10, small).recommendations for k, v in r.numbers.items()}
     assert numbers == {"maxClientConn": 195, "serverConnectionsPerInstance": 100}
@@ -117,7 +122,8 @@ def test_a_bad_max_surge_is_one_readable_problem_at_its_own_path(surge: object, 
 
 def test_a_max_surge_of_a_thousand_percent_is_accepted_and_rounds_up() -> None:
     spec = parse_spec({**SEED, "rollout": {"maxSurge": "1000%"}})
-    assert spec.rollout is not None and surge_pods(3, spec.rollout.max_surge) == 30
+    assert spec.rollout is not None
+    assert surge_pods(3, spec.rollout.max_surge) == 30
 
 
 def write(tmp_path: Path, doc: dict[str, Any]) -> str:
@@ -194,14 +200,18 @@ def test_cloud_sql_bands_start_at_their_edges(memory: float, max_connections: in
 def test_a_memory_without_a_published_default_is_refused(provider: dict[str, Any], words: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({**SEED, "postgres": {"provider": provider}})
-    assert err.value.problems[0][0] == "spec.postgres.provider" and words in err.value.problems[0][1]
+    assert err.value.problems[0][0] == "spec.postgres.provider"
+    assert words in err.value.problems[0][1]
 
 
 def test_every_provider_table_names_its_source_and_date() -> None:
     for name, rule in PROVIDER_RULES.items():
-        assert rule.source.startswith("https://") and rule.checked == "2026-12-01", name
+        assert rule.source.startswith("https://"), name
+        assert rule.checked == "2026-12-01", name
         text = parse_spec({**SEED, "postgres": {"provider": {"name": name, "memoryGiB": 8}}}).postgres.provider
-        assert text is not None and rule.source in text.source() and rule.checked in text.source()
+        assert text is not None
+        assert rule.source in text.source()
+        assert rule.checked in text.source()
 
 
 def test_a_provider_case_in_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,13 +221,15 @@ def test_a_provider_case_in_the_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["plan", write(tmp_path, doc), "--json", "--target-replicas", "20"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["provider"].startswith("RDS: LEAST(DBInstanceClassMemory/9531392, 5000)")
-    assert data["perReplicaPeak"] == 60 and data["perReplicaIdle"] == 20  # 4 processes × (15, 5)
+    assert data["perReplicaPeak"] == 60
+    assert data["perReplicaIdle"] == 20
     assert data["usableConnections"] == 896  # 901 − 5 reserved
     assert data["maxSafeReplicas"] == 14  # 896 // 60
     assert data["maxSafeReplicasDuringRollout"] == 11  # 11 + 3 surge pods = 14 × 60 = 840 ≤ 896; 12 + 3 = 900
     numbers = {k: v for r in data["recommendations"] for k, v in r.items() if k != "text"}
     assert numbers["maxConnectionsPerReplica"] == 35  # 896 ÷ (20 + 5 surge pods)
-    assert numbers["maxConnectionsPerProcess"] == 8 and (numbers["poolSize"], numbers["maxOverflow"]) == (5, 3)
+    assert numbers["maxConnectionsPerProcess"] == 8
+    assert (numbers["poolSize"], numbers["maxOverflow"]) == (5, 3)
     assert numbers["maxConnections"] == 25 * 60 + 5
 
 

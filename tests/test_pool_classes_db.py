@@ -46,7 +46,8 @@ def test_measured_equals_predicted_for_each_pool_class(name: str, threads: int, 
     assert (pred.peak, pred.idle) == (2 * peak, 2 * ghosts)  # the arithmetic's answer, known in advance
     step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
-    assert step.errors.total() == 0 and step.queries == 2 * 2 * threads * 5
+    assert step.errors.total() == 0
+    assert step.queries == 2 * 2 * threads * 5
     assert step.peak_connections == step.predicted_peak == 2 * peak
     assert step.idle_at_end == step.predicted_idle == 2 * ghosts
 
@@ -78,7 +79,8 @@ def test_a_pool_class_its_threads_would_break_is_refused_with_the_reason(
     file.write_text(yaml.safe_dump(doc))
     assert main(["run", str(file)]) == 2
     err = capsys.readouterr().err
-    assert path in err and "Traceback" not in err
+    assert path in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "asyncpg"])
@@ -88,6 +90,8 @@ def test_nullpool_with_worker_processes_opens_one_per_caller_and_keeps_none(driv
     doc = bench(f"np-{driver}", threads=4, engine={"poolClass": "NullPool"}, driver=driver)
     step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
-    assert step.errors.total() == 0 and step.queries == 2 * 2 * 4 * 5
-    assert step.predicted_peak == 16 and step.predicted_idle == 0 == step.idle_at_end
+    assert step.errors.total() == 0
+    assert step.queries == 2 * 2 * 4 * 5
+    assert step.predicted_peak == 16
+    assert step.predicted_idle == 0 == step.idle_at_end
     assert 16 <= step.peak_connections <= 16 + 2 * 2

@@ -26,7 +26,8 @@ def test_three_processes_each_open_their_own_pool() -> None:
     assert step.queries == 2 * 3 * 4 * 10  # every worker's statements, merged into the replica's summary
     assert sum(step.latency_histogram.counts) == step.queries
     assert step.peak_by_replica == {"pb-procs-s1-r0": 9, "pb-procs-s1-r1": 9}
-    assert status.verdict is not None and "each may open 9" in status.verdict.summary
+    assert status.verdict is not None
+    assert "each may open 9" in status.verdict.summary
 
 
 def test_a_crashing_worker_crashes_its_replica() -> None:

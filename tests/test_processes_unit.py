@@ -24,13 +24,18 @@ def test_counts_and_histograms_add_up_and_the_earliest_error_wins() -> None:
          "firstErrorClass": "poolTimeout", "workStartedAt": 11.0, "workEndedAt": None},
     ]
     m = merge_summaries("r0", "holding", [ReplicaSummary.from_json(w) for w in workers]).to_json()
-    assert m["outcomes"]["ok"] == 4 and m["outcomes"]["tooManyClients"] == 2 and m["outcomes"]["poolTimeout"] == 1
-    assert m["firstError"] == "early" and m["firstErrorClass"] == "poolTimeout"
+    assert m["outcomes"]["ok"] == 4
+    assert m["outcomes"]["tooManyClients"] == 2
+    assert m["outcomes"]["poolTimeout"] == 1
+    assert m["firstError"] == "early"
+    assert m["firstErrorClass"] == "poolTimeout"
     merged = Histogram.from_json(m["latencyMs"])
-    assert merged.total == 4 and merged.max_ms == 700.0
+    assert merged.total == 4
+    assert merged.max_ms == 700.0
     assert m["workStartedAt"] == 9.0
     assert m["workEndedAt"] is None  # one worker still works: the replica's work has not ended
-    assert m["peakCheckedOut"] == 5 and m["processes"] == 3
+    assert m["peakCheckedOut"] == 5
+    assert m["processes"] == 3
 
 
 def test_the_prediction_multiplies_by_the_processes() -> None:

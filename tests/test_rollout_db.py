@@ -23,16 +23,22 @@ def test_a_rolling_update_peaks_at_old_plus_surge_pods() -> None:
     status = runner.run_local(parse_document(doc)).status
     assert [s.replicas for s in status.variants[0].steps] == [2, 3]
     rest, rollout = status.variants[0].steps
-    assert rest.rollout_from is None and rest.outcome == "Passed" and rest.peak_connections == 6
-    assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rest.rollout_from is None
+    assert rest.outcome == "Passed"
+    assert rest.peak_connections == 6
+    assert rollout.rollout_from == 2, rollout.reason
+    assert rollout.outcome == "Passed", rollout.reason
     assert rollout.predicted_peak == rollout.peak_connections == 9
     overlap = rollout.rollout_overlap  # read per application_name: r0, r1 old; r2 the surge pod
-    assert overlap is not None and overlap.achieved and overlap.measured_by == "applicationName"
+    assert overlap is not None
+    assert overlap.achieved
+    assert overlap.measured_by == "applicationName"
     assert (overlap.old_connections, overlap.old_connections_at_surge_peak, overlap.surge_peak_connections) == (6, 6, 3)
     assert {k: v for k, v in rollout.peak_by_replica.items()} == {"pb-rollout-s2-r0": 3, "pb-rollout-s2-r1": 3,
                                                                    "pb-rollout-s2-r2": 3}
     verdict = status.verdict
-    assert verdict is not None and verdict.max_safe_replicas == 2  # the rollout step is not a plain step
+    assert verdict is not None
+    assert verdict.max_safe_replicas == 2
     assert "A rolling update of 2 replicas (3 pods at once): peak 9 connections (predicted 9)" in verdict.summary
     assert "During a rolling update (maxSurge 1) at most 5 replicas fit" in verdict.summary  # (5 + 1) × 3 ≤ 19
     assert verdict.summary.startswith("All steps passed up to 2 replicas")
@@ -51,15 +57,20 @@ def test_old_replicas_gone_before_the_surge_connects_make_the_rollout_inconclusi
     status = runner.run_local(parse_document(doc)).status
     rest, rollout = status.variants[0].steps
     assert rest.outcome == "Passed"
-    assert rollout.rollout_from == 2 and rollout.errors.total() == 0
+    assert rollout.rollout_from == 2
+    assert rollout.errors.total() == 0
     assert rollout.outcome == "Inconclusive", rollout.reason
     overlap = rollout.rollout_overlap
-    assert overlap is not None and not overlap.achieved
-    assert overlap.old_connections_at_surge_peak == 0 and overlap.old_connections <= 6
-    assert rollout.reason is not None and "did not overlap as in a rolling update" in rollout.reason
+    assert overlap is not None
+    assert not overlap.achieved
+    assert overlap.old_connections_at_surge_peak == 0
+    assert overlap.old_connections <= 6
+    assert rollout.reason is not None
+    assert "did not overlap as in a rolling update" in rollout.reason
     assert rollout.peak_connections < rollout.predicted_peak == 9
     verdict = status.verdict
-    assert verdict is not None and verdict.max_safe_replicas == 2
+    assert verdict is not None
+    assert verdict.max_safe_replicas == 2
     assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
                                       " replicas was inconclusive")
     assert "whether 2 replicas stay safe during a rolling update was not measured" in verdict.summary
@@ -74,10 +85,13 @@ def test_a_rollout_that_no_longer_fits_fails_while_the_count_at_rest_passed() ->
                              "statement": "SELECT pg_sleep(0.05)", "engine": {"poolSize": 3, "maxOverflow": 0}})
     status = runner.run_local(parse_document(doc)).status
     rest, rollout = status.variants[0].steps
-    assert rest.outcome == "Passed" and rollout.outcome == "Failed"
-    assert rollout.first_error_class == "tooManyClients" and rollout.peak_connections == 10
+    assert rest.outcome == "Passed"
+    assert rollout.outcome == "Failed"
+    assert rollout.first_error_class == "tooManyClients"
+    assert rollout.peak_connections == 10
     verdict = status.verdict
-    assert verdict is not None and verdict.max_safe_replicas == 3
+    assert verdict is not None
+    assert verdict.max_safe_replicas == 3
     assert status.phase == "Failed"
     assert not verdict.summary.startswith("All steps passed")
     assert verdict.summary.startswith("Every step at rest passed up to 3 replicas, but the rolling update of 3"
@@ -100,12 +114,18 @@ def test_a_rolling_update_through_pgbouncer_overlaps_by_the_replicas_work_times(
     rest, rollout = status.variants[0].steps
     assert rollout.pooler is not None, rollout
     assert rest.pooler is not None, rest
-    assert rest.outcome == "Passed" and rest.pooler.client_peak_connections == 6
-    assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rest.outcome == "Passed"
+    assert rest.pooler.client_peak_connections == 6
+    assert rollout.rollout_from == 2, rollout.reason
+    assert rollout.outcome == "Passed", rollout.reason
     assert rollout.pooler.predicted_client_peak == rollout.pooler.client_peak_connections == 9
-    assert rollout.predicted_peak == 5 and rollout.peak_connections <= 5
+    assert rollout.predicted_peak == 5
+    assert rollout.peak_connections <= 5
     overlap = rollout.rollout_overlap
-    assert overlap is not None and overlap.achieved and overlap.measured_by == "workTimes", overlap
+    assert overlap is not None, overlap
+    assert overlap.achieved, overlap
+    assert overlap.measured_by == "workTimes", overlap
     verdict = status.variants[0].verdict
-    assert verdict is not None and "all steps passed up to 2 replicas" in verdict.summary
+    assert verdict is not None
+    assert "all steps passed up to 2 replicas" in verdict.summary
     assert "2 replicas stay safe during a rolling update" in verdict.summary

@@ -33,7 +33,8 @@ def test_the_search_finds_every_breaking_point_within_its_bound(breaking: int, p
     max_safe, failing = searched(SearchRange(min=1, max=30), probes)
     assert max_safe == (min(breaking, 30) if breaking >= 1 else None)
     if breaking < 30:
-        assert failing is not None and failing.replicas == max(breaking + 1, 1)  # adjacent counts
+        assert failing is not None
+        assert failing.replicas == max(breaking + 1, 1)
     else:
         assert failing is None  # every count up to max passed: the breaking point lies higher
 
@@ -48,7 +49,8 @@ def test_an_inconclusive_probe_ends_the_search() -> None:
     probes = [StepResult(replicas=6, outcome="Inconclusive")]
     assert next_probe(search, 6, probes) is None
     max_safe, failing = searched(search, probes)
-    assert max_safe is None and failing is probes[0]
+    assert max_safe is None
+    assert failing is probes[0]
 
 
 def test_the_verdict_shows_found_beside_predicted() -> None:
@@ -97,5 +99,6 @@ def test_the_verdict_names_only_probed_counts_and_one_first_failing(lo: int, wid
     sentence = comparison(["v"], [verdict], [probes])
     assert (f"fails at {first} " in sentence) if first is not None else "fails at" not in sentence
     if found(search, probes):
-        assert verdict.max_safe_replicas is not None and first == verdict.max_safe_replicas + 1
+        assert verdict.max_safe_replicas is not None
+        assert first == verdict.max_safe_replicas + 1
         assert f"found between {verdict.max_safe_replicas} and {first}" in verdict.summary

@@ -29,6 +29,8 @@ def test_a_search_between_1_and_30_finds_the_exact_breaking_point() -> None:
     assert (status.phase, status.progress, status.total_steps) == ("BoundaryFound", f"{ran}/{ran}", ran)
     passing = next(s for s in status.variants[0].steps if s.replicas == 4)
     failing = next(s for s in status.variants[0].steps if s.replicas == 5)
-    assert passing.outcome == "Passed" and passing.peak_connections == 16
-    assert failing.outcome == "Failed" and failing.first_error_class == "tooManyClients"
+    assert passing.outcome == "Passed"
+    assert passing.peak_connections == 16
+    assert failing.outcome == "Failed"
+    assert failing.first_error_class == "tooManyClients"
     assert failing.peak_connections == 19  # every usable slot taken

@@ -278,7 +278,8 @@ def test_every_child_of_a_pooled_run_starts_with_no_stop_signal_blocked(tmp_path
                 continue
         signal_and_check(proc, signal.SIGINT, tmpdir, (130,))
     kinds = " ".join(cmd for cmd, _ in masks.values())
-    assert "pgbouncer" in kinds and "poolbench-workload-launcher" in kinds, kinds
+    assert "pgbouncer" in kinds, kinds
+    assert "poolbench-workload-launcher" in kinds, kinds
     assert len(masks) >= 4, masks  # two PgBouncers, the launcher, the replica (and its workers)
     assert {pid: m for pid, m in masks.items() if m[1]} == {}
 
@@ -329,7 +330,8 @@ def test_pgbouncer_started_as_the_runner_does_exits_by_itself_when_stopped(local
         bouncer.stop()
     assert "got SIGINT, shutting down" in log, log
     assert processes[0].returncode == 0
-    assert processes[1].returncode is not None and processes[1].returncode >= 0, processes[1].returncode
+    assert processes[1].returncode is not None, processes[1].returncode
+    assert processes[1].returncode >= 0, processes[1].returncode
     assert not root.exists()
 
 
@@ -346,8 +348,10 @@ def test_stop_ends_pgbouncer_by_signal_even_with_a_client_holding_a_session(loca
         bouncer.stop()
     finally:
         client.close()
-    assert processes[0].returncode is not None and processes[0].returncode >= 0, processes[0].returncode
-    assert root is not None and not root.exists()
+    assert processes[0].returncode is not None, processes[0].returncode
+    assert processes[0].returncode >= 0, processes[0].returncode
+    assert root is not None
+    assert not root.exists()
 
 
 def test_the_footprint_names_what_outlived_its_clean_up(tmp_path: Path) -> None:

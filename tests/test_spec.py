@@ -34,7 +34,8 @@ def test_seed_example_is_the_seed() -> None:
     assert spec.steps == [5, 10]
     assert spec.postgres.max_connections == 100
     assert (spec.workload.threads, spec.workload.role, spec.workload.on_error) == (15, "superuser", "crash")
-    assert spec.workload.engine.pool_size is None and spec.workload.engine.max_overflow is None
+    assert spec.workload.engine.pool_size is None
+    assert spec.workload.engine.max_overflow is None
 
 
 def test_every_example_validates() -> None:

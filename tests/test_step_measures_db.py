@@ -44,10 +44,12 @@ def test_threads_queue_behind_a_small_pool_and_a_wait_limit_fails_the_step() -> 
     assert step.checkout_wait_ms.mean >= SLEEP_S * 1000
     assert step.checkout_wait_ms.p95 >= 3 * SLEEP_S * 1000
     assert step.latency_ms.p50 >= SLEEP_S * 1000
-    assert step.queries == 2 * 8 * 5 and step.errors.total() == 0
+    assert step.queries == 2 * 8 * 5
+    assert step.errors.total() == 0
     assert step.outcome == "Failed"
     assert "exceeds limits.maxCheckoutWaitP95Ms 50 ms" in (step.reason or "")
-    assert status.verdict is not None and "Threads queue for connections" in status.verdict.summary
+    assert status.verdict is not None
+    assert "Threads queue for connections" in status.verdict.summary
     # 2 replicas × 2 connections, each running pg_sleep (wait_event_type Timeout) at the peak.
     assert step.peak_connections == 4
     assert step.peak_by_wait_event_type.get("Timeout") == 4
@@ -63,9 +65,12 @@ def test_a_connection_per_thread_waits_for_nothing_and_runs_at_threads_per_sleep
     assert abs(step.throughput - expected) <= 0.2 * expected, step.throughput
     # The backends were opened at the start of the work (about 1 s before it ended), not before.
     ages = step.connection_age_seconds
-    assert ages.max is not None and ages.p50 is not None
-    assert 0.5 <= ages.max <= 5 and ages.p50 > 0.5
-    assert status.verdict is not None and "queue" not in status.verdict.summary
+    assert ages.max is not None
+    assert ages.p50 is not None
+    assert 0.5 <= ages.max <= 5
+    assert ages.p50 > 0.5
+    assert status.verdict is not None
+    assert "queue" not in status.verdict.summary
 
 
 def test_the_steps_histograms_are_exactly_the_sum_of_the_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,9 +85,11 @@ def test_the_steps_histograms_are_exactly_the_sum_of_the_replicas(monkeypatch: p
     monkeypatch.setattr(runner.LocalRunner, "collect", keep)
     status = run("merge", replicas=3, threads=3, pool=2)
     step = status.variants[0].steps[0]
-    assert len(seen) == 3 and all(r.latency.total == 15 for r in seen)
+    assert len(seen) == 3
+    assert all(r.latency.total == 15 for r in seen)
     latency, waits = merged(r.latency for r in seen), merged(r.checkout_wait for r in seen)
-    assert step.latency_histogram.to_json() == latency.to_json() and latency.total == 45
+    assert step.latency_histogram.to_json() == latency.to_json()
+    assert latency.total == 45
     assert step.checkout_wait_histogram.to_json() == waits.to_json()
     assert step.latency_ms.max == round(max(r.latency.max_ms for r in seen), 3)
 
@@ -108,12 +115,15 @@ def test_a_latency_limit_is_judged_on_the_true_p95() -> None:
     251 ms (the slowest is 400) and fail. With the limit as an edge the step passes and every figure
     agrees; a 200 ms limit, below every statement, fails."""
     step = limit_run("limit-pass", 250, 60).variants[0].steps[0]
-    assert step.queries == 60 and step.errors.total() == 0
+    assert step.queries == 60
+    assert step.errors.total() == 0
     assert step.outcome == "Passed", step.reason
     assert 200 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 250
     assert step.latency_ms.max >= 400  # the slow one
     h = Histogram.from_json(step.latency_histogram.to_json())
-    assert 250.0 in step.latency_histogram.bounds_ms and sum(h.counts[: h.edges.index(250.0) + 1]) >= 57
+    assert 250.0 in step.latency_histogram.bounds_ms
+    assert sum(h.counts[: h.edges.index(250.0) + 1]) >= 57
     failed = limit_run("limit-fail", 200, 10).variants[0].steps[0]
-    assert failed.outcome == "Failed" and failed.latency_ms.p95 > 200
+    assert failed.outcome == "Failed"
+    assert failed.latency_ms.p95 > 200
     assert f"latency p95 {failed.latency_ms.p95:g} ms exceeds limits.maxLatencyP95Ms 200 ms" in (failed.reason or "")

@@ -257,15 +257,19 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
                               "scale 0"]
     # Ages are read once, when the work is done: 2 replicas × 2 ghosts → [1, 2, 3, 4] s.
     assert status.variants[0].steps[0].connection_age_seconds.to_json() == {"p50": 2.0, "max": 4.0}
-    assert status.verdict is not None and status.verdict.max_safe_replicas == 4
+    assert status.verdict is not None
+    assert status.verdict.max_safe_replicas == 4
     assert isinstance(platform.events[-1], BenchmarkFinished)
     # Without spec.variants: one direct variant, named nowhere (no comparison, plain step labels).
-    assert [v.name for v in status.variants] == ["direct"] and status.verdict == status.variants[0].verdict
-    assert status.comparison == "" and status.message == status.verdict.summary
+    assert [v.name for v in status.variants] == ["direct"]
+    assert status.verdict == status.variants[0].verdict
+    assert status.comparison == ""
+    assert status.message == status.verdict.summary
     started = [e.message.split(":")[0] for e in platform.events if isinstance(e, StepStarted)]
     assert started == ["step 1/2", "step 2/2"]
     document = status.to_json()
-    assert "steps" not in document and document["variants"][0]["steps"][0]["pooler"] is None  # direct
+    assert "steps" not in document
+    assert document["variants"][0]["steps"][0]["pooler"] is None
     assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
         StepStarted, StepFinished, StepStarted, StepFinished, BenchmarkFinished]
 
@@ -298,10 +302,12 @@ def test_a_step_that_never_finishes_times_out_and_fails() -> None:
     platform = FakePlatform([Script(finished_at=None)])
     status = run_on(run, platform)
     step = status.variants[0].steps[0]
-    assert step.timed_out and step.outcome == "Failed"
+    assert step.timed_out
+    assert step.outcome == "Failed"
     assert "the step timed out" in (step.reason or "")
     assert platform.t >= 5.0  # stepTimeoutSeconds on the fake clock
-    assert len(status.variants[0].steps) == 1 and status.phase == "Failed"  # stopOnFailure: step 2 never ran
+    assert len(status.variants[0].steps) == 1
+    assert status.phase == "Failed"
     assert "scale 4" not in platform.calls
 
 
@@ -310,10 +316,13 @@ def test_a_crashed_replica_fails_the_step_and_stops_the_run() -> None:
     platform = FakePlatform([Script(crashed=True, outcomes={"ok": 3, "tooManyClients": 1})])
     status = run_on(run, platform)
     step = status.variants[0].steps[0]
-    assert step.outcome == "Failed" and step.crashed_replicas == 2
-    assert step.errors.too_many_clients == 2 and step.first_error_class == "tooManyClients"
+    assert step.outcome == "Failed"
+    assert step.crashed_replicas == 2
+    assert step.errors.too_many_clients == 2
+    assert step.first_error_class == "tooManyClients"
     assert len(status.variants[0].steps) == 1
-    assert status.verdict is not None and status.verdict.first_failing_replicas == 2
+    assert status.verdict is not None
+    assert status.verdict.first_failing_replicas == 2
     assert status.verdict.max_safe_replicas is None
 
 
@@ -331,13 +340,17 @@ def test_a_server_the_platform_restarts_fails_the_step_and_the_next_step_runs() 
     status = run_on(run, platform)
     first, second = status.variants[0].steps
     assert "recover" in platform.calls
-    assert first.outcome == "Failed" and first.database_restarts == 1 and first.sample_gaps >= 1
+    assert first.outcome == "Failed"
+    assert first.database_restarts == 1
+    assert first.sample_gaps >= 1
     assert (first.reason or "").startswith("the database restarted during the step")
-    assert second.outcome == "Passed" and second.database_restarts == 0
+    assert second.outcome == "Passed"
+    assert second.database_restarts == 0
     restarts = kinds(platform, DatabaseRestarted)
     assert len(restarts) == 1
     restart = restarts[0]
-    assert isinstance(restart, DatabaseRestarted) and restart.step_index == 1
+    assert isinstance(restart, DatabaseRestarted)
+    assert restart.step_index == 1
     assert platform.restart_hooks == 1
 
 
@@ -346,8 +359,10 @@ def test_a_server_restarted_behind_the_platform_is_noticed_from_the_samples() ->
     platform = FakePlatform([Script(server_restarts_at=0.2)])
     status = run_on(run, platform)
     assert "recover" not in platform.calls
-    assert status.variants[0].steps[0].database_restarts == 1 and status.variants[0].steps[0].outcome == "Failed"
-    assert platform.restart_hooks == 1 and len(kinds(platform, DatabaseRestarted)) == 1
+    assert status.variants[0].steps[0].database_restarts == 1
+    assert status.variants[0].steps[0].outcome == "Failed"
+    assert platform.restart_hooks == 1
+    assert len(kinds(platform, DatabaseRestarted)) == 1
 
 
 def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
@@ -368,7 +383,8 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
     assert [s.replicas for s in status.variants[0].steps] == [2, 4]
     assert status.variants[0].steps[0].to_json() == finished_step  # never redone, never changed
-    assert status.variants[0].steps[1].outcome == "Passed" and status.variants[0].steps[1].peak_connections == 12
+    assert status.variants[0].steps[1].outcome == "Passed"
+    assert status.variants[0].steps[1].peak_connections == 12
     assert status.phase == "Completed"
 
 
@@ -431,7 +447,8 @@ def test_progress_reports_live_and_peak_connections() -> None:
     platform = FakePlatform([Script()])
     run_on(run, platform)
     progress = [e for e in platform.events if isinstance(e, Progress)]
-    assert progress and max(p.peak for p in progress) == 6
+    assert progress
+    assert max(p.peak for p in progress) == 6
     assert all(p.step == 1 and p.total_steps == 1 and p.replicas == 2 for p in progress)
     assert progress[-1].running == 0
 
@@ -451,10 +468,14 @@ def test_backends_that_outlive_a_timed_out_step_are_terminated_and_reported() ->
     platform = FakePlatform([Script(finished_at=None, stuck=4), Script()])
     status = run_on(run, platform)
     first, second = status.variants[0].steps
-    assert first.timed_out and first.leftover_backends == 4
-    assert platform.calls.count("terminate") == 1 and platform.monitor.terminated == 4
+    assert first.timed_out
+    assert first.leftover_backends == 4
+    assert platform.calls.count("terminate") == 1
+    assert platform.monitor.terminated == 4
     # The next step starts only after they are gone: its peak is its own (4 replicas × 3), not + 4.
-    assert second.peak_connections == 12 and second.outcome == "Passed" and second.leftover_backends == 0
+    assert second.peak_connections == 12
+    assert second.outcome == "Passed"
+    assert second.leftover_backends == 0
 
 
 def test_a_clean_step_terminates_nothing() -> None:
@@ -476,10 +497,15 @@ def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> 
     platform.monitor = BlindMonitor(platform)
     status = run_on(run, platform)
     step = status.variants[0].steps[0]
-    assert step.outcome == "Inconclusive" and step.samples == 0 and step.sample_gaps > 0
-    assert "the monitor lost" in (step.reason or "") and "idle-session timeout" in (step.reason or "")
-    assert len(status.variants[0].steps) == 1 and status.phase == "Failed"
-    assert status.verdict is not None and status.verdict.max_safe_replicas is None
+    assert step.outcome == "Inconclusive"
+    assert step.samples == 0
+    assert step.sample_gaps > 0
+    assert "the monitor lost" in (step.reason or "")
+    assert "idle-session timeout" in (step.reason or "")
+    assert len(status.variants[0].steps) == 1
+    assert status.phase == "Failed"
+    assert status.verdict is not None
+    assert status.verdict.max_safe_replicas is None
     assert status.verdict.first_failing_replicas is None
     assert "2 replicas were inconclusive" in status.verdict.summary
 
@@ -502,16 +528,20 @@ def test_variants_run_in_turn_each_through_every_step() -> None:
     # Behind the pooler the server sees at most the pool (5); the app's 6 and 12 are clients there.
     assert [s.peak_connections for s in tx.steps] == [5, 5]
     pooled = [s.pooler for s in tx.steps if s.pooler is not None]
-    assert len(pooled) == 2 and not any(s.pooler for s in direct.steps)
+    assert len(pooled) == 2
+    assert not any(s.pooler for s in direct.steps)
     assert [p.client_peak_connections for p in pooled] == [6, 12]
     assert [p.waiting_peak for p in pooled] == [1, 7]
     assert [s.predicted_peak for s in tx.steps] == [5, 5]  # min(replicas × 3 threads, pool 5)
     assert [p.predicted_client_peak for p in pooled] == [6, 12]
     assert status.verdict == direct.verdict  # the first variant's
     assert "steps" not in status.to_json()  # each variant's steps are in its own entry, once
-    assert tx.verdict is not None and tx.verdict.max_safe_replicas == 4
-    assert tx.engine.pool_class == "NullPool" and tx.pooler is not None
-    assert status.total_steps == 4 and status.progress == "4/4"
+    assert tx.verdict is not None
+    assert tx.verdict.max_safe_replicas == 4
+    assert tx.engine.pool_class == "NullPool"
+    assert tx.pooler is not None
+    assert status.total_steps == 4
+    assert status.progress == "4/4"
     assert status.comparison.startswith("Scales furthest: direct, tx (4 replicas).")
     started = [e.message for e in platform.events if isinstance(e, StepStarted)]
     assert started[0].startswith("direct step 1/2: scaling the workload to 2 replicas")
@@ -533,7 +563,9 @@ def test_a_failing_variant_stops_only_its_own_steps() -> None:
     direct, tx = status.variants
     assert [s.outcome for s in direct.steps] == ["Failed"]  # stopOnFailure within the variant
     assert [s.outcome for s in tx.steps] == ["Passed", "Passed"]  # the next variant still runs
-    assert status.phase == "Failed" and status.verdict is not None and status.verdict.first_failing_replicas == 2
+    assert status.phase == "Failed"
+    assert status.verdict is not None
+    assert status.verdict.first_failing_replicas == 2
 
 
 def test_resume_skips_finished_variants_and_steps() -> None:
@@ -548,7 +580,8 @@ def test_resume_skips_finished_variants_and_steps() -> None:
     with pytest.raises(Stopped):
         run_on(first, platform)
     saved = first.status.to_json()
-    assert len(saved["variants"][0]["steps"]) == 2 and saved["variants"][0]["verdict"] is not None
+    assert len(saved["variants"][0]["steps"]) == 2
+    assert saved["variants"][0]["verdict"] is not None
     resumed = BenchmarkRun(first.spec, status_from_resource(saved), clock=utc_now)
     again = FakePlatform([Script(), Script()])
     status = run_on(resumed, again)
@@ -572,7 +605,8 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
     status = run_on(run, platform)
     probes = [s.replicas for s in status.variants[0].steps]
     assert probes[:2] == [33, 16]  # the prediction first, then bisection of (0, 33)
-    assert len(probes) <= 2 + 6 and len(set(probes)) == len(probes)
+    assert len(probes) <= 2 + 6
+    assert len(set(probes)) == len(probes)
     assert status.verdict is not None
     assert (status.verdict.max_safe_replicas, status.verdict.first_failing_replicas) == (5, 6)
     assert status.verdict.predicted_max_safe_replicas == 33
@@ -621,12 +655,15 @@ def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=40, blind=(33,)))
     assert [(s.replicas, s.outcome) for s in status.variants[0].steps] == [(33, "Inconclusive")]
     verdict = status.verdict
-    assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
+    assert verdict is not None
+    assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
     assert verdict.summary.startswith("Search 1..40 in 1 step: stopped by the probe of 33, which was inconclusive"
                                       " (no probe before it); the arithmetic predicted 33. No step passed;"
                                       " 33 replicas were inconclusive: the monitor lost")
-    assert "min" not in verdict.summary and "failed" not in verdict.summary  # 1 was never probed; nothing failed
-    assert status.phase == "Failed" and status.conditions[0].reason == "Inconclusive"
+    assert "min" not in verdict.summary
+    assert "failed" not in verdict.summary
+    assert status.phase == "Failed"
+    assert status.conditions[0].reason == "Inconclusive"
 
 
 def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
@@ -635,17 +672,21 @@ def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
     assert [(s.replicas, s.outcome) for s in status.variants[0].steps] == [
         (33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
     verdict = status.verdict
-    assert verdict is not None and (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
+    assert verdict is not None
+    assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
     assert verdict.summary.startswith("Search 1..40 in 3 steps: stopped by the probe of 24, which was inconclusive"
                                       " (before it, 16 passed and 33 failed); the arithmetic predicted 33.")
-    assert "the search's max" not in verdict.summary and "every probe passed" not in verdict.summary
+    assert "the search's max" not in verdict.summary
+    assert "every probe passed" not in verdict.summary
     assert status.phase == "Failed"
 
 
 def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_probed() -> None:
     status = run_on(spec(steps={"search": {"min": 2, "max": 40}}), Oracle(breaking=1))
-    assert status.variants[0].steps[-1].replicas == 2 and status.variants[0].steps[-1].outcome == "Failed"
-    assert status.verdict is not None and "even 2 (the search's min) failed" in status.verdict.summary
+    assert status.variants[0].steps[-1].replicas == 2
+    assert status.variants[0].steps[-1].outcome == "Failed"
+    assert status.verdict is not None
+    assert "even 2 (the search's min) failed" in status.verdict.summary
     assert status.phase == "Failed"  # nothing in the range passed: no boundary inside it
 
 
@@ -665,21 +706,26 @@ def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() 
     document, status = search_with_variants()
     # The direct variant probes 33 first (the prediction), fails there, and bisects down to 5/6.
     direct = status.variants[0]
-    assert direct.steps[0].replicas == 33 and direct.steps[0].outcome == "Failed"
-    assert direct.verdict is not None and direct.verdict.first_failing_replicas == 6
+    assert direct.steps[0].replicas == 33
+    assert direct.steps[0].outcome == "Failed"
+    assert direct.verdict is not None
+    assert direct.verdict.first_failing_replicas == 6
     assert "direct: 5 replicas safe, fails at 6 (tooManyClients)" in status.comparison
     console = Console(width=200, record=True)
     console.print(cli.comparison_table(document))
     rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
-    assert "│ 6 (tooManyClients) " in rows[0] and "33" not in rows[0], rows[0]
+    assert "│ 6 (tooManyClients) " in rows[0], rows[0]
+    assert "33" not in rows[0], rows[0]
     # The comparison column names the pooler as its verdict does: pool + reserve, instances.
     assert "PgBouncer transaction, pool 3+1 × 2 instances, QueuePool" in " ".join(rows)
     tx = status.variants[1]
-    assert tx.verdict is not None and f"fails at {tx.verdict.first_failing_replicas} " in status.comparison
+    assert tx.verdict is not None
+    assert f"fails at {tx.verdict.first_failing_replicas} " in status.comparison
     assert f"│ {tx.verdict.first_failing_replicas} (tooManyClients)" in rows[1]
     # The "First error" line under each table is the first failing step's.
     first = cli.stopping_step(document["variants"][0]["verdict"], document["variants"][0]["steps"])
-    assert first is not None and first["replicas"] == 6
+    assert first is not None
+    assert first["replicas"] == 6
 
 
 def test_a_search_that_found_its_boundary_ends_boundary_found_at_n_of_n() -> None:
@@ -709,7 +755,8 @@ def test_progress_counts_the_steps_that_ran_as_it_goes() -> None:
     assert platform.seen[:first] == [f"{i}/16" for i in range(1, first + 1)]
     assert platform.seen[first] == f"{first + 1}/{first + 8}"
     ran = first + len(status.variants[1].steps)
-    assert len(platform.seen) == ran and status.progress == f"{ran}/{ran}"
+    assert len(platform.seen) == ran
+    assert status.progress == f"{ran}/{ran}"
 
 
 def test_progress_reaches_n_of_n_when_a_variant_stopped_early() -> None:
@@ -744,8 +791,10 @@ def test_one_replica_and_one_step_are_singular() -> None:
     assert status.verdict.summary.startswith("No step passed; 1 replica failed with tooManyClients")
     started = kinds(platform, StepStarted)[0]
     finished = kinds(platform, StepFinished)[0]
-    assert isinstance(started, StepStarted) and "scaling the workload to 1 replica (" in started.message
-    assert isinstance(finished, StepFinished) and finished.message.startswith("step 1: 1 replica Failed")
+    assert isinstance(started, StepStarted)
+    assert "scaling the workload to 1 replica (" in started.message
+    assert isinstance(finished, StepFinished)
+    assert finished.message.startswith("step 1: 1 replica Failed")
 
 
 class RollingMonitor(FakeMonitor):
@@ -828,12 +877,16 @@ def test_a_rollout_whose_old_replicas_hold_their_connections_beside_the_surge_pa
     surge = Script(work_done_at=0.5, finished_at=1.0)
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.variants[0].steps[-1]
-    assert rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
+    assert rollout.rollout_from == 2, rollout.reason
+    assert rollout.outcome == "Passed", rollout.reason
     assert rollout.peak_connections == rollout.predicted_peak == 9
     overlap = rollout.rollout_overlap
-    assert overlap is not None and overlap.achieved and overlap.measured_by == "applicationName"
+    assert overlap is not None
+    assert overlap.achieved
+    assert overlap.measured_by == "applicationName"
     assert (overlap.old_connections, overlap.old_connections_at_surge_peak, overlap.surge_peak_connections) == (6, 6, 3)
-    assert status.phase == "Completed" and status.verdict is not None
+    assert status.phase == "Completed"
+    assert status.verdict is not None
     assert status.verdict.summary.startswith("All steps passed up to 2 replicas")
     assert "2 replicas stay safe during a rolling update" in status.verdict.summary
 
@@ -845,15 +898,19 @@ def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive
     surge = Script(work_done_at=0.5, finished_at=1.0)
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.variants[0].steps[-1]
-    assert rollout.outcome == "Inconclusive" and rollout.errors.total() == 0
+    assert rollout.outcome == "Inconclusive"
+    assert rollout.errors.total() == 0
     overlap = rollout.rollout_overlap
-    assert overlap is not None and not overlap.achieved
+    assert overlap is not None
+    assert not overlap.achieved
     assert (overlap.old_connections, overlap.old_connections_at_surge_peak, overlap.surge_peak_connections) == (4, 0, 3)
-    assert rollout.reason is not None and rollout.reason.startswith(
+    assert rollout.reason is not None
+    assert rollout.reason.startswith(
         "old and new replicas did not overlap as in a rolling update: the old replicas held 0 of their 4"
         " connections when the surge pods peaked at 3")
     verdict = status.verdict
-    assert verdict is not None and verdict.max_safe_replicas == 2
+    assert verdict is not None
+    assert verdict.max_safe_replicas == 2
     assert not verdict.summary.startswith("All steps passed")
     assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
                                       " replicas was inconclusive")
@@ -867,9 +924,12 @@ def test_a_failing_rollout_never_opens_the_summary_with_all_steps_passed() -> No
     surge = Script(work_done_at=0.5, finished_at=1.0, outcomes={"ok": 3, "tooManyClients": 2})
     status = run_on(rolling_run(), Rolling([Script()], old, surge))
     rollout = status.variants[0].steps[-1]
-    assert rollout.outcome == "Failed" and rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
+    assert rollout.outcome == "Failed"
+    assert rollout.rollout_overlap is not None
+    assert rollout.rollout_overlap.achieved
     verdict = status.verdict
-    assert verdict is not None and verdict.max_safe_replicas == 2
+    assert verdict is not None
+    assert verdict.max_safe_replicas == 2
     assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
                                       " replicas failed")
     assert "2 replicas are safe at rest but not during a rolling update" in verdict.summary
@@ -883,7 +943,8 @@ def test_pooled_overlap_is_judged_from_the_replicas_work_times() -> None:
     assert rollout_overlap(["a", "b"], [], overlapping, pooled=True, usable=99).achieved
     apart = [report("a", 100.0, 101.0), report("b", 100.5, 102.0), report("c", 103.5, 110.0)]
     overlap = rollout_overlap(["a", "b"], [], apart, pooled=True, usable=99)
-    assert not overlap.achieved and overlap.measured_by == "workTimes"
+    assert not overlap.achieved
+    assert overlap.measured_by == "workTimes"
     assert overlap.detail == "an old replica had finished its work 2.5 s before the last surge pod started its work"
     unknown = [report("a", 100.0, 110.0), ReplicaReport("c")]
     assert not rollout_overlap(["a"], [], unknown, pooled=True, usable=99).achieved
@@ -905,7 +966,8 @@ def test_direct_overlap_needs_the_surge_peak_beside_every_old_connection_or_a_fu
     assert (apart.old_connections, apart.old_connections_at_surge_peak, apart.surge_peak_connections) == (6, 0, 3)
     assert apart.detail.endswith("(beside all of theirs the surge pods held at most 1)")
     beside = rollout_overlap(["old0"], reads((6, 0), (6, 3), (0, 3)), [], pooled=False, usable=19)
-    assert beside.achieved and beside.old_connections_at_surge_peak == 6
+    assert beside.achieved
+    assert beside.old_connections_at_surge_peak == 6
 
 
 def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None:
@@ -917,7 +979,9 @@ def test_a_rollout_that_passed_below_its_prediction_is_not_called_safe() -> None
     platform = Rolling([Script()], old, surge)
     status = run_on(run, platform)
     rollout = status.variants[0].steps[-1]
-    assert rollout.outcome == "Passed" and rollout.peak_connections == 6 and rollout.predicted_peak == 9
+    assert rollout.outcome == "Passed"
+    assert rollout.peak_connections == 6
+    assert rollout.predicted_peak == 9
     started = [e for e in kinds(platform, StepStarted) if isinstance(e, StepStarted)]
     assert "a rolling update: 2 replicas, then 1 surge pod beside them (predicted peak 9" in started[-1].message
     assert status.verdict is not None
@@ -933,6 +997,9 @@ def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
     run = spec(steps=[2], rollout={"maxSurge": 0, "measure": True})
     status = run_on(run, Rolling([Script()], old, Script()))
     rollout = status.variants[0].steps[-1]
-    assert rollout.replicas == rollout.rollout_from == 2 and rollout.outcome == "Passed", rollout.reason
-    assert rollout.rollout_overlap is not None and rollout.rollout_overlap.achieved
-    assert status.verdict is not None and "2 replicas stay safe during a rolling update" in status.verdict.summary
+    assert rollout.replicas == rollout.rollout_from == 2, rollout.reason
+    assert rollout.outcome == "Passed", rollout.reason
+    assert rollout.rollout_overlap is not None
+    assert rollout.rollout_overlap.achieved
+    assert status.verdict is not None
+    assert "2 replicas stay safe during a rolling update" in status.verdict.summary

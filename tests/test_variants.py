@@ -60,9 +60,13 @@ def test_pooler_arithmetic_knows_the_seed() -> None:
     spec = parse_spec(SEED)  # QueuePool 5 + 10, 15 threads: 15 per replica
     tx = PoolerSpec(pool_mode="transaction", default_pool_size=20, max_client_conn=200)
     p = predict(spec, 10, tx)
-    assert p.client_peak == 150 and p.client_capacity == 199  # 200 − the monitor's console connection
-    assert p.server_capacity == 20 and p.peak == 20  # the server sees the pool, not 150
-    assert p.waiting == 130 and p.idle == 50 and p.fits
+    assert p.client_peak == 150
+    assert p.client_capacity == 199
+    assert p.server_capacity == 20
+    assert p.peak == 20
+    assert p.waiting == 130
+    assert p.idle == 50
+    assert p.fits
     assert predict(spec, 2, tx).peak == 20  # min(30 clients, 20)
     assert predict(spec, 1, tx).peak == 15
     assert not predict(spec, 14, tx).fits  # 210 clients > 199
@@ -78,7 +82,9 @@ def test_pooler_arithmetic_knows_the_seed() -> None:
     assert pooled_safe_replicas(spec, session) == 5
     assert pooled_replica_limits(spec, session) == (1, 5)
     direct = predict(spec, 10)
-    assert direct.peak == 150 and direct.client_capacity == 0 and not direct.fits
+    assert direct.peak == 150
+    assert direct.client_capacity == 0
+    assert not direct.fits
 
 
 def test_pooled_verdict_puts_prediction_beside_measurement() -> None:
@@ -88,7 +94,8 @@ def test_pooled_verdict_puts_prediction_beside_measurement() -> None:
     passed = StepResult(replicas=10, outcome="Passed", pooler=at_pooler, peak_connections=20, predicted_peak=20)
     passed.latency_ms.p95 = 700.0
     verdict = pooled_verdict(spec, [passed], tx)
-    assert verdict.max_safe_replicas == 10 and verdict.first_failing_replicas is None
+    assert verdict.max_safe_replicas == 10
+    assert verdict.first_failing_replicas is None
     assert "all steps passed up to 10 replicas" in verdict.summary
     assert "20 server backends (predicted ≤ 20), 150 clients at the pooler (predicted 150)" in verdict.summary
     assert "server backends ≤ 1 × (20) = 20 of 99 usable" in verdict.reason
@@ -158,9 +165,11 @@ def test_pooled_ghosts_are_the_clients_held_after_the_work() -> None:
     acc.add(Sample(t=0.4, total=4, by_state={"idle": 4}, pooler=None))  # a tick without the pooler: a gap
     step = acc.fill(StepResult(replicas=2))
     assert step.pooler is not None
-    assert step.pooler.client_peak_connections == 10 and step.pooler.waiting_peak == 6
+    assert step.pooler.client_peak_connections == 10
+    assert step.pooler.waiting_peak == 6
     assert step.idle_at_end == 6  # the app's idle clients at the pooler, not the server's 4
-    assert step.server_idle_at_end == 4 and step.pooler.sample_gaps == 1
+    assert step.server_idle_at_end == 4
+    assert step.pooler.sample_gaps == 1
 
 
 def test_pgbouncer_config_from_the_variant() -> None:

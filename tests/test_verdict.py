@@ -105,7 +105,8 @@ def test_all_passed_is_completed() -> None:
     status = run_steps(s, [{"outcomes": {"ok": 1}}, {"outcomes": {"ok": 1}}]).finish()
     assert status.phase == "Completed"
     assert status.verdict is not None
-    assert status.verdict.max_safe_replicas == 2 and status.verdict.first_failing_replicas is None
+    assert status.verdict.max_safe_replicas == 2
+    assert status.verdict.first_failing_replicas is None
 
 
 def test_resume_replaces_an_unfinished_step_never_duplicates() -> None:
@@ -114,7 +115,8 @@ def test_resume_replaces_an_unfinished_step_never_duplicates() -> None:
     run.begin_step(cast(PlannedStep, run.next_step()))  # interrupted here
     resumed = BenchmarkRun(s, run.status.model_copy(deep=True), clock=utc_now)
     planned = resumed.next_step()
-    assert planned is not None and planned.index == 2
+    assert planned is not None
+    assert planned.index == 2
     resumed.begin_step(planned)
     assert [st.replicas for st in resumed.status.variants[0].steps] == [1, 2]
 
@@ -136,5 +138,7 @@ def test_a_database_restart_fails_the_step_and_says_so() -> None:
     run.add_sample(replace(sample_from_rows(0.2, []), server_restarted=True))
     step = run.finish_step([ReplicaReport.from_summary("x", ReplicaSummary.from_json({"outcomes": {"ok": 3}}))])
     assert step.outcome == "Failed"
-    assert step.database_restarts == 1 and step.sample_gaps == 1
-    assert step.reason is not None and step.reason.startswith("the database restarted")
+    assert step.database_restarts == 1
+    assert step.sample_gaps == 1
+    assert step.reason is not None
+    assert step.reason.startswith("the database restarted")

@@ -70,7 +70,8 @@ def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> Non
                                 engine={"poolSize": 2, "maxOverflow": 0}))
     assert s["outcomes"]["ok"] == 40
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
-    assert wait.total == 40 and latency.total == 40
+    assert wait.total == 40
+    assert latency.total == 40
     assert wait.sum_ms / wait.total >= 100, wait  # ≥ 150 ms by the arithmetic above, less start-up stagger
     assert wait.max_ms >= 300, wait  # the last of 8 first statements starts after 3 rounds of 2
     assert latency.percentile(0.5) >= 100, latency
@@ -87,7 +88,9 @@ def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg: 
     assert wait.percentile(0.5) <= 2.5, wait  # only the 4 first checkouts connect
     assert latency.percentile(0.5) >= 100, latency
     started, ended = s["workStartedAt"], s["workEndedAt"]
-    assert isinstance(started, float) and isinstance(ended, float) and ended > started
+    assert isinstance(started, float)
+    assert isinstance(ended, float)
+    assert ended > started
     throughput = ok / (ended - started)
     assert abs(throughput / (4 / 0.1) - 1) <= 0.2, (throughput, ended - started)
 
@@ -118,7 +121,8 @@ def test_prometheus_histograms_equal_the_summary(local_pg: Any, tmp_path: Path) 
         assert f"\n{name} " in body
     s = json.loads(Path(env["POOLBENCH_SUMMARY_PATH"]).read_text())
     scraped = parse_metrics(body)
-    assert 10.5 in s["latencyMs"]["boundsMs"] and 10.5 in scraped.latency.edges
+    assert 10.5 in s["latencyMs"]["boundsMs"]
+    assert 10.5 in scraped.latency.edges
     assert scraped.latency.counts == Histogram.from_json(s["latencyMs"]).counts
     assert scraped.latency.to_json() == s["latencyMs"]  # sum and max too (to the microsecond)
     assert scraped.checkout_wait.to_json() == s["checkoutWaitMs"]
@@ -129,14 +133,17 @@ def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg: Any, tmp_path: Path
     """One thread holds the only connection for 1 s; the other three give up after pool_timeout 0.2 s."""
     s = run_replica(replica_env(local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(1)", iterations=1,
                                 engine={"poolSize": 1, "maxOverflow": 0, "poolTimeout": 0.2}))
-    assert s["outcomes"]["ok"] == 1 and s["outcomes"]["poolTimeout"] == 3, s["outcomes"]
+    assert s["outcomes"]["ok"] == 1, s["outcomes"]
+    assert s["outcomes"]["poolTimeout"] == 3, s["outcomes"]
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
-    assert wait.total == 4 and latency.total == 1
+    assert wait.total == 4
+    assert latency.total == 1
     at_least_200 = sum(c for bound, c in zip(wait.edges, wait.counts, strict=True) if bound > 200)
     assert at_least_200 == 3, wait.counts
-    assert wait.sum_ms >= 3 * 200 and wait.max_ms >= 200
-    assert latency.max_ms >= 1000 and sum(
-        c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
+    assert wait.sum_ms >= 3 * 200
+    assert wait.max_ms >= 200
+    assert latency.max_ms >= 1000, latency.counts
+    assert sum( c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
 
 
 def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg: Any, tmp_path: Path) -> None:
@@ -146,8 +153,10 @@ def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg: An
                       on_error="crash", app_name="r" * 63)
     s = run_replica(env, expect_exit=1)
     assert len(s_path.read_bytes()) <= 4096
-    assert s["phase"] == "crashed" and s["firstError"].startswith("éé")
-    assert Histogram.from_json(s["checkoutWaitMs"]).total >= 1 and s["latencyMs"]["counts"] == []
+    assert s["phase"] == "crashed"
+    assert s["firstError"].startswith("éé")
+    assert Histogram.from_json(s["checkoutWaitMs"]).total >= 1
+    assert s["latencyMs"]["counts"] == []
     assert s["workStartedAt"] <= s["workEndedAt"]
 
 
@@ -162,11 +171,14 @@ def test_summary_json_shortens_the_free_texts_to_4096_bytes() -> None:
         replica.first_error = "é" * 5000  # 30,000 bytes as JSON
         text = replica.summary_json()
         data = json.loads(text)
-        assert len(text.encode()) <= 4096 and data["firstError"] == "" and data["replica"].startswith("nnn")
+        assert len(text.encode()) <= 4096
+        assert data["firstError"] == ""
+        assert data["replica"].startswith("nnn")
         assert data["latencyMs"] == Histogram().to_json()
         replica.cfg = WorkloadConfig.from_env({"POOLBENCH_APP_NAME": "r0"})
         replica.first_error = "é" * 5000
         data = json.loads(replica.summary_json())
-        assert 300 < len(data["firstError"]) < 700 and data["replica"] == "r0"
+        assert 300 < len(data["firstError"]) < 700
+        assert data["replica"] == "r0"
     finally:
         replica.engine.dispose()

@@ -51,7 +51,8 @@ def unfinished(status: kopf.Status, **_: Any) -> bool:
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5, when=unfinished)
 def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str | None,
                   stopped: kopf.DaemonStopped, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
-    assert namespace is not None and name is not None  # a namespaced resource always has both
+    assert namespace is not None
+    assert name is not None
     kube = Kube(namespace)
     try:
         parsed = parse_spec(dict(spec))

@@ -334,7 +334,8 @@ class BenchmarkRun:
     def finish_step(self, reports: list[ReplicaReport], *, timed_out: bool = False,
                     reason: str | None = None, overlap: RolloutOverlap | None = None) -> StepResult:
         """``overlap``: a rolling update's, judged with the step (no overlap measured no rollout)."""
-        assert self.step is not None and self.accumulator is not None
+        assert self.step is not None
+        assert self.accumulator is not None
         step = self.accumulator.fill(self.step)
         aggregate_reports(step, reports)
         step.timed_out = timed_out

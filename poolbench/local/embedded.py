@@ -202,7 +202,8 @@ class LocalPostgres:
         needs no initdb. It prints ``max_connections``, not the setting itself: for a runtime-computed
         parameter (``shared_memory_size``…) ``-C`` would go on into the server's start-up.
         """
-        assert self.root is not None and self.bin_dir is not None
+        assert self.root is not None
+        assert self.bin_dir is not None
         check_dir = self.root / "settings-check"
         try:
             check_dir.mkdir()

@@ -233,7 +233,8 @@ class ReplicaLauncher:
         return self
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
                 message = json.loads(line)

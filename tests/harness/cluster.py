@@ -240,7 +240,8 @@ class Cluster:
 
     @property
     def kubeconfig(self) -> Path:
-        assert self.control_plane is not None and self.control_plane.kubeconfig is not None, "start() first"
+        assert self.control_plane is not None, "start() first"
+        assert self.control_plane.kubeconfig is not None, "start() first"
         return self.control_plane.kubeconfig
 
     @property

@@ -57,7 +57,8 @@ def test_bad_input_corpus_is_rejected_with_field_paths(operator: Any, control_pl
         assert obj["status"]["phase"] == "Invalid", (name, obj["status"])
         assert field in obj["status"]["message"], (field, obj["status"]["message"])
         assert any(e["type"] == "Warning" and e["reason"] == "Invalid" for e in events(kube, ns, name)), name
-    assert operator.proc is not None and operator.proc.poll() is None, "the operator crashed"
+    assert operator.proc is not None, "the operator crashed"
+    assert operator.proc.poll() is None, "the operator crashed"
     apply_benchmark(control_plane, ns, quick("still-serving", steps=[1]))
     assert wait_phase(kube, ns, "still-serving", timeout=180)["status"]["phase"] == "Completed"
     assert benchmark(kube, ns, "still-serving")["status"]["verdict"]["maxSafeReplicas"] == 1

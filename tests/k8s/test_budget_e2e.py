@@ -34,15 +34,20 @@ def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator: A
     probes = [s for s in status["variants"][0]["steps"] if s.get("rolloutFrom") is None]
     assert [s["replicas"] for s in probes] == [3, 4]  # the prediction, confirmed in two probes
     three = probes[0]
-    assert three["outcome"] == "Passed" and three["peakConnections"] == three["predictedPeak"] == 12, three
+    assert three["outcome"] == "Passed", three
+    assert three["peakConnections"] == three["predictedPeak"] == 12, three
     assert three["queries"] > 0
     (rollout,) = [s for s in status["variants"][0]["steps"] if s.get("rolloutFrom") is not None]
-    assert rollout["rolloutFrom"] == 3 and rollout["replicas"] == 4 and rollout["outcome"] == "Failed"
-    assert rollout["predictedPeak"] == 16 and rollout["peakConnections"] == 13  # every usable slot, then refusals
+    assert rollout["rolloutFrom"] == 3
+    assert rollout["replicas"] == 4
+    assert rollout["outcome"] == "Failed"
+    assert rollout["predictedPeak"] == 16
+    assert rollout["peakConnections"] == 13
     # The surge pod came from a new pod template beside the 3 old pods (two ReplicaSets, none replaced),
     # and the server held all 12 of the old pods' connections while the surge took the 13th.
     overlap = rollout["rolloutOverlap"]
-    assert overlap["achieved"] and overlap["measuredBy"] == "applicationName", overlap
+    assert overlap["achieved"], overlap
+    assert overlap["measuredBy"] == "applicationName", overlap
     assert overlap["oldConnections"] == 12, overlap
     by_template: dict[str, int] = {}
     # Pod names: budget-workload-<pod-template-hash>-<suffix>. A refused login is a backend without an

@@ -112,7 +112,9 @@ def test_deployment_serves_http_through_pod_proxy(pod_runner: Any, kube: Any, na
     assert len(pods) == 2
     for pod in pods:
         ip = ipaddress.ip_address(pod["status"]["podIP"])
-        assert ip.is_private and ip.is_global is False and not ip.is_loopback
+        assert ip.is_private
+        assert ip.is_global is False
+        assert not ip.is_loopback
         assert pod["status"]["podIPs"] == [{"ip": str(ip)}]
         assert pod["status"]["phase"] == "Running"
         assert pod["spec"]["nodeName"] == pod_runner.node_name  # bound by the real kube-scheduler
@@ -172,10 +174,12 @@ def test_postgres_statefulset_reachable_from_host_with_password(postgres: Any) -
         with conn.cursor() as cur:
             cur.execute("SHOW max_connections")
             row = cur.fetchone()
-            assert row is not None and row[0] == "30"
+            assert row is not None
+            assert row[0] == "30"
             cur.execute("SHOW superuser_reserved_connections")
             row = cur.fetchone()
-            assert row is not None and row[0] == "3"
+            assert row is not None
+            assert row[0] == "3"
     finally:
         conn.close()
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
@@ -224,7 +228,8 @@ def test_pod_resolves_service_name_and_reports_termination_message(postgres: Any
     log = pod_runner.container_log(ns, "client", "client")
     assert pod["status"]["phase"] == "Succeeded", log
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert term["exitCode"] == 0 and term["reason"] == "Completed"
+    assert term["exitCode"] == 0
+    assert term["reason"] == "Completed"
     summary = json.loads(term["message"])
     db_ip = db_pod["status"]["podIP"]
     for host in ("db", f"db.{ns}", f"db.{ns}.svc.cluster.local"):
@@ -253,7 +258,8 @@ def test_failing_container_restarts_with_backoff_and_termination_message(pod_run
     pod = wait_for(restarted_twice, 60, what="restartCount >= 2")
     status = pod["status"]["containerStatuses"][0]
     last = status["lastState"]["terminated"]
-    assert last["exitCode"] == 1 and last["reason"] == "Error"
+    assert last["exitCode"] == 1
+    assert last["reason"] == "Error"
     assert last["message"] == "boom: crasher"
     assert pod["status"]["phase"] == "Running"  # restartPolicy Always: the pod keeps running
     waiting = wait_for(lambda: kube.get(f"/api/v1/namespaces/{namespace}/pods/crasher")["status"]
@@ -267,10 +273,12 @@ def test_namespace_deletion_removes_pods_processes_and_netns(pod_runner: Any, ku
     wait_for(lambda: kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/web")["status"].get("readyReplicas") == 2,
              60, what="2 ready replicas")
     infos = [pod_runner.pod_info(ns, p["metadata"]["name"]) for p in pods_of(kube, ns, "app=web")]
-    assert all(infos) and len(infos) == 2
+    assert all(infos)
+    assert len(infos) == 2
     pids = [pid for info in infos for pid in info["pids"].values()]
     netns = [info["netns"] for info in infos]
-    assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+    assert len(pids) == 2
+    assert all(pid_alive(pid) for pid in pids)
     assert set(netns) <= set(netns_list())
 
     kube.delete(f"/api/v1/namespaces/{ns}")

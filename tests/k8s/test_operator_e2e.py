@@ -76,17 +76,23 @@ def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 def assert_small_seed_steps(status: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """manifests/examples/small.yaml's answer: 2 replicas pass (peak = predicted, ghosts), 8 fail."""
-    assert [v["name"] for v in status["variants"]] == ["direct"] and "steps" not in status, status
+    assert [v["name"] for v in status["variants"]] == ["direct"], status
+    assert "steps" not in status, status
     assert status["variants"][0]["verdict"] == status["verdict"]  # the printer columns read the one verdict
     first, second = status["variants"][0]["steps"]
-    assert first["replicas"] == 2 and first["outcome"] == "Passed", first
-    assert first["predictedPeak"] == 10 and first["peakConnections"] == 10
+    assert first["replicas"] == 2, first
+    assert first["outcome"] == "Passed", first
+    assert first["predictedPeak"] == 10
+    assert first["peakConnections"] == 10
     assert first["idleAtEnd"] >= 4  # 2 replicas × min(poolSize 2, peak 5) ghosts
     assert sum(first["errors"].values()) == 0
-    assert second["replicas"] == 8 and second["outcome"] == "Failed", second
-    assert second["errors"]["tooManyClients"] > 0 and second["firstErrorClass"] == "tooManyClients"
+    assert second["replicas"] == 8, second
+    assert second["outcome"] == "Failed", second
+    assert second["errors"]["tooManyClients"] > 0
+    assert second["firstErrorClass"] == "tooManyClients"
     assert second["restarts"] > 0  # onError crash: the pods died and the kubelet restarted them
-    assert status["verdict"]["maxSafeReplicas"] == 2 and status["verdict"]["firstFailingReplicas"] == 8
+    assert status["verdict"]["maxSafeReplicas"] == 2
+    assert status["verdict"]["firstFailingReplicas"] == 8
     return first, second
 
 
@@ -107,13 +113,18 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     status = obj["status"]
     assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
     first, second = assert_small_seed_steps(status)
-    assert first["sampleGaps"] == 0 and second["sampleGaps"] == 0  # the probe is never locked out
+    assert first["sampleGaps"] == 0
+    assert second["sampleGaps"] == 0
     assert second["samples"] > 10
-    assert status["totalSteps"] == 2 and status["progress"] == "2/2"
+    assert status["totalSteps"] == 2
+    assert status["progress"] == "2/2"
     # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
-    assert first["throughput"] > 0 and first["latencyMs"]["p50"] > 0 and first["checkoutWaitMs"]["max"] > 0
+    assert first["throughput"] > 0
+    assert first["latencyMs"]["p50"] > 0
+    assert first["checkoutWaitMs"]["max"] > 0
     assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
-    assert first["peakByWaitEventType"] and first["connectionAgeSeconds"]["max"] > 0
+    assert first["peakByWaitEventType"]
+    assert first["connectionAgeSeconds"]["max"] > 0
     # Conditions in step with the phase, and `kubectl wait` works on the finished benchmark.
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Ready": ("False", "StepFailed"), "Reconciling": ("False", "Finished"),
@@ -160,10 +171,12 @@ def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed: Any
     # strict field validation (kubectl's default) refuses unknown fields by path before the schema
     proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(small_seed("x1", bogus=True)),
                    check=False)
-    assert proc.returncode != 0 and 'unknown field "spec.bogus"' in proc.stderr
+    assert proc.returncode != 0
+    assert 'unknown field "spec.bogus"' in proc.stderr
     too_long = small_seed("x" * 45)
     proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(too_long), check=False)
-    assert proc.returncode != 0 and "metadata.name" in proc.stderr
+    assert proc.returncode != 0
+    assert "metadata.name" in proc.stderr
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
@@ -173,9 +186,11 @@ def test_what_the_schema_cannot_catch_ends_invalid(operator: Any, control_plane:
     apply_benchmark(control_plane, ns, doc)
     obj = wait_phase(kube, ns, "contradiction", timeout=60)
     assert obj["status"]["phase"] == "Invalid"
-    assert "spec.workload.engine" in obj["status"]["message"] and "maxOverflow" in obj["status"]["message"]
+    assert "spec.workload.engine" in obj["status"]["message"]
+    assert "maxOverflow" in obj["status"]["message"]
     conditions = {c["type"]: (c["status"], c["reason"]) for c in obj["status"]["conditions"]}
-    assert conditions["Stalled"] == ("True", "InvalidSpec") and conditions["Ready"] == ("False", "InvalidSpec")
+    assert conditions["Stalled"] == ("True", "InvalidSpec")
+    assert conditions["Ready"] == ("False", "InvalidSpec")
     kubectl(control_plane, "-n", ns, "wait", "--for=condition=Stalled", "poolbenchmark/contradiction", "--timeout=20s")
     warnings = [e for e in events(kube, ns, "contradiction") if e["type"] == "Warning" and e["reason"] == "Invalid"]
     assert warnings
@@ -246,10 +261,13 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         for (sns, sname, replicas, started), seen in finished_seen.items():
             if (sns, sname) == (ns, name):
                 final = next(s for s in status["variants"][0]["steps"] if s["replicas"] == replicas)
-                assert final["startedAt"] == started and final["finishedAt"] == seen["finishedAt"]
+                assert final["startedAt"] == started
+                assert final["finishedAt"] == seen["finishedAt"]
         kids = children(kube, ns)
-        assert kids["statefulsets"] == [f"{name}-postgres"] and kids["deployments"] == [f"{name}-workload"]
-        assert kids["services"] == [f"{name}-postgres"] and kids["secrets"] == [f"{name}-credentials"]
+        assert kids["statefulsets"] == [f"{name}-postgres"]
+        assert kids["deployments"] == [f"{name}-workload"]
+        assert kids["services"] == [f"{name}-postgres"]
+        assert kids["secrets"] == [f"{name}-credentials"]
     for ns, name in runs:
         kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", name, "--timeout=90s")
         wait_for(lambda ns=ns: not any(children(kube, ns).values()), 90, interval=1.0, what=f"{ns} children gone")
@@ -275,10 +293,13 @@ def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(o
     status = obj["status"]
     first = status["variants"][0]["steps"][0]
     assert first["outcome"] == "Failed"
-    assert first["databaseRestarts"] >= 1 and "database restarted" in first["reason"]
+    assert first["databaseRestarts"] >= 1
+    assert "database restarted" in first["reason"]
     assert first["sampleGaps"] >= 1  # the gap is in the status, not hidden
-    assert len(direct_steps(status)) == 2 and direct_steps(status)[1]["outcome"] in ("Passed", "Failed")
-    assert operator.proc is not None and operator.proc.poll() is None  # the operator survived
+    assert len(direct_steps(status)) == 2
+    assert direct_steps(status)[1]["outcome"] in ("Passed", "Failed")
+    assert operator.proc is not None
+    assert operator.proc.poll() is None
     reasons = {e["reason"] for e in events(kube, ns, "pgkill")}
     assert "DatabaseRestarted" in reasons
     kube.delete(f"/api/v1/namespaces/{ns}")

@@ -39,17 +39,23 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane
     status = obj["status"]
     assert status["phase"] == "Completed", (status.get("message"), operator.log()[-3000:])
     direct, tx = status["variants"]
-    assert direct["name"] == "direct" and tx["name"] == "tx"
+    assert direct["name"] == "direct"
+    assert tx["name"] == "tx"
     (d,) = direct["steps"]
     # A direct step has no pooler: null in the status written, so absent from the merge-patched resource.
-    assert d["outcome"] == "Passed" and d.get("pooler") is None and d["peakConnections"] == 12, d
+    assert d["outcome"] == "Passed", d
+    assert d.get("pooler") is None, d
+    assert d["peakConnections"] == 12, d
     (t,) = tx["steps"]
-    assert t["outcome"] == "Passed" and t["pooler"] is not None, t
+    assert t["outcome"] == "Passed", t
+    assert t["pooler"] is not None, t
     assert 0 < t["peakConnections"] <= POOL, t  # the server saw the pooler's connections only
     assert t["pooler"]["clientPeakConnections"] > POOL, t  # 12 NullPool clients at most, at the pooler
-    assert t["pooler"]["sampleGaps"] == 0 and sum(t["errors"].values()) == 0, t
+    assert t["pooler"]["sampleGaps"] == 0, t
+    assert sum(t["errors"].values()) == 0, t
     assert status["comparison"], status
-    assert "steps" not in status and status["verdict"] == direct["verdict"]  # the printer columns: the first's
+    assert "steps" not in status
+    assert status["verdict"] == direct["verdict"]
 
     kids = children(kube, ns)
     assert sorted(kids["deployments"]) == ["ab--direct-workload", "ab--tx-pgbouncer", "ab--tx-workload"]
@@ -95,6 +101,7 @@ def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, con
     assert [s["replicas"] for s in tx["steps"]] == [2, 3], tx
     assert all(s["outcome"] == "Passed" for s in tx["steps"]), tx
     for step in tx["steps"]:
-        assert step["pooler"] and step["pooler"]["clientPeakConnections"] > 0, step
+        assert step["pooler"], step
+        assert step["pooler"]["clientPeakConnections"] > 0, step
         assert 0 < step["peakConnections"] <= POOL, step
     kube.delete(f"/api/v1/namespaces/{ns}")

@@ -46,11 +46,13 @@ def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster: Any, ku
     assert container["image"] == "localhost/poolbench-operator:dev"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["serviceAccountName"] == "poolbench-operator"
-    assert pod["status"]["phase"] == "Running" and pod["spec"]["nodeName"] == "poolbench-node"
+    assert pod["status"]["phase"] == "Running"
+    assert pod["spec"]["nodeName"] == "poolbench-node"
     # The image really cannot write its root (the operator still runs: it writes nothing).
     proc = kubectl(cluster, "-n", "poolbench-system", "exec", pod["metadata"]["name"], "--", "python3", "-c",
                    "open('/home/poolbench/x', 'w')", check=False)
-    assert proc.returncode != 0 and "Read-only file system" in proc.stderr, proc.stderr
+    assert proc.returncode != 0, proc.stderr
+    assert "Read-only file system" in proc.stderr, proc.stderr
 
 
 def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
@@ -74,7 +76,8 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     pods_wide = kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout
     assert status["phase"] == "Failed", (status.get("message"), pods_wide)
     first, _ = assert_small_seed_steps(status)
-    assert first["throughput"] > 0 and sum(first["latencyHistogram"]["counts"]) == first["queries"]
+    assert first["throughput"] > 0
+    assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
 
     table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
@@ -83,7 +86,8 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
                                str(status["failures"]), "2"]
     # Every child ran on the real node, from the local images, admitted by PSA restricted.
     pods = kube.items(f"/api/v1/namespaces/{ns}/pods")
-    assert pods and all(p["spec"]["nodeName"] == "poolbench-node" for p in pods)
+    assert pods
+    assert all(p["spec"]["nodeName"] == "poolbench-node" for p in pods)
     images = {c["image"] for p in pods for c in p["spec"]["containers"]}
     assert images == {POSTGRES_IMAGE} or images == {POSTGRES_IMAGE, WORKLOAD_IMAGE}, images
     event_list = sorted(events(kube, ns, "small"), key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
@@ -147,8 +151,10 @@ def test_postgres_pod_killed_mid_step_on_a_real_node(cluster: Any, kube: Any, he
     obj = wait_phase(kube, ns, "pgkill", timeout=420)
     status = obj["status"]
     first = status["variants"][0]["steps"][0]
-    assert first["outcome"] == "Failed" and "database restarted" in first["reason"], first
-    assert len(direct_steps(status)) == 2 and direct_steps(status)[1]["outcome"] in ("Passed", "Failed")
+    assert first["outcome"] == "Failed", first
+    assert "database restarted" in first["reason"], first
+    assert len(direct_steps(status)) == 2
+    assert direct_steps(status)[1]["outcome"] in ("Passed", "Failed")
     assert "DatabaseRestarted" in {e["reason"] for e in events(kube, ns, "pgkill")}
     kube.delete(f"/api/v1/namespaces/{ns}")
 
@@ -159,7 +165,8 @@ def test_restricted_namespace_really_enforces(cluster: Any, kube: Any) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rooty"},
            "spec": {"containers": [{"name": "c", "image": WORKLOAD_IMAGE}]}}
     proc = kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(pod), check=False)
-    assert proc.returncode != 0 and "violates PodSecurity" in proc.stderr, proc.stderr
+    assert proc.returncode != 0, proc.stderr
+    assert "violates PodSecurity" in proc.stderr, proc.stderr
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
@@ -188,5 +195,6 @@ def test_workload_image_is_slim_and_says_what_is_missing(cluster: Any, kube: Any
     assert time.monotonic() - started < 120
     terminated = bare["status"]["containerStatuses"][0]["state"]["terminated"]
     log = kubectl(cluster, "-n", ns, "logs", "bare").stdout + kubectl(cluster, "-n", ns, "logs", "bare").stderr
-    assert terminated["exitCode"] != 0 and "POOLBENCH_" in log, (terminated, log)
+    assert terminated["exitCode"] != 0, (terminated, log)
+    assert "POOLBENCH_" in log, (terminated, log)
     kube.delete(f"/api/v1/namespaces/{ns}")

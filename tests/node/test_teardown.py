@@ -20,8 +20,10 @@ pytestmark = pytest.mark.node
 def test_teardown_leaves_nothing(node_teardown: Any) -> None:
     # The fixture ran a pod (the earlier tests' pods may be gone) and stopped the node.
     during = node_teardown.during
-    assert any("kubelet" in p for p in during.processes) and any("shim" in p for p in during.processes)
-    assert BRIDGE in during.links and during.firewall - node_teardown.before.firewall
+    assert any("kubelet" in p for p in during.processes)
+    assert any("shim" in p for p in during.processes)
+    assert BRIDGE in during.links
+    assert during.firewall - node_teardown.before.firewall
     assert node_teardown.problems == [], node_teardown.problems
     after = node_teardown.after
     assert node_teardown.before.leftovers(after) == []
@@ -56,7 +58,8 @@ def test_a_node_whose_owner_was_killed_is_reclaimed_by_the_next_start(node_teard
     assert node_teardown.cluster.stopped  # the session's node is down
     owner = subprocess.Popen([sys.executable, "-c", OWNER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
-        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "up"
         state = json.loads(STATE_FILE.read_text())
         original = HostSnapshot.from_json(state["before"])
         owner.send_signal(signal.SIGKILL)
