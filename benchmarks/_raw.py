@@ -17,8 +17,14 @@ from collections.abc import Callable
 import psycopg2
 
 
-def measure_window(n: int, seconds: float, worker: Callable[[int], None], counts: list[int],
-                   stop: threading.Event, ready: threading.Barrier) -> dict[str, float]:
+def measure_window(
+    n: int,
+    seconds: float,
+    worker: Callable[[int], None],
+    counts: list[int],
+    stop: threading.Event,
+    ready: threading.Barrier,
+) -> dict[str, float]:
     """Start N workers (each counting into counts[i], starting at ``ready``, ending at ``stop``) and
     measure their rate and client CPU over the window: after the first second, before the last half."""
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]

@@ -162,7 +162,7 @@ class TreeMemory:
                     data = fh.read()
             except OSError:
                 continue
-            fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) "
+            fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
             pid = int(entry.name)
             parent[pid] = int(fields[1])
             rss[pid] = int(fields[21]) * self.PAGE

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from poolbench.local.embedded import LocalPostgres
 
 LOG_RE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[(\d+)\] LOG:  (connection authorized|disconnection): (.*)$")
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[(\d+)\] LOG:  (connection authorized|disconnection): (.*)$"
+)
 APP_RE = re.compile(r"application_name=(\S+)")
 PREFIX = "pbb-"
 
@@ -92,8 +93,9 @@ class Recorder:
         self.probe.close()
 
 
-def send_bursts(helper: subprocess.Popen[str], plan: list[tuple[int, int]],
-                rng: random.Random) -> list[tuple[str, int, int]]:
+def send_bursts(
+    helper: subprocess.Popen[str], plan: list[tuple[int, int]], rng: random.Random
+) -> list[tuple[str, int, int]]:
     """Have the helper open and hold each burst of ``plan`` (width ms, height connections) in turn, a
     random gap after each: the bursts' names, widths and heights."""
     assert helper.stdin is not None
@@ -119,8 +121,14 @@ def run(smoke: bool) -> Result:
     rng = random.Random(5)
     bursts: list[tuple[str, int, int]] = []
     with postgres(max_connections=100, settings=log_settings()) as pg:
-        helper = subprocess.Popen([sys.executable, "-m", "benchmarks._burst"], cwd=ROOT, env=client_env(pg),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._burst"],
+            cwd=ROOT,
+            env=client_env(pg),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         t0 = time.monotonic()
         recorders = [Recorder(pg, interval, t0) for _label, interval in intervals]
         try:
@@ -152,8 +160,13 @@ def run(smoke: bool) -> Result:
     for name, width, height in bursts:
         peak, plateau = peak_and_plateau(exact.get(name, []))
         plateau_by_width[width].append(plateau)
-        entry: dict[str, Any] = {"name": name, "width_ms": width, "height": height, "exact_peak": peak,
-                                 "exact_plateau_ms": round(plateau * 1000)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "width_ms": width,
+            "height": height,
+            "exact_peak": peak,
+            "exact_plateau_ms": round(plateau * 1000),
+        }
         for (label, _interval), r in zip(intervals, recorders, strict=True):
             sampled = r.peak(name)
             ratio = sampled / peak if peak else float("nan")
@@ -176,13 +189,20 @@ def run(smoke: bool) -> Result:
     for label, interval in intervals[:2]:
         wide = [w for w in widths if w >= 2 * interval * 1000]
         worst = min((min(by_cell[(label, w)]) for w in wide), default=float("nan"))
-        goals.append((f"{label}: every burst ≥ 2 × interval ({', '.join(f'{w} ms' for w in wide)}) at its exact "
-                      "peak (min ratio 1.00)", fmt(worst), worst >= 1.0))
+        goals.append(
+            (
+                f"{label}: every burst ≥ 2 × interval ({', '.join(f'{w} ms' for w in wide)}) at its exact "
+                "peak (min ratio 1.00)",
+                fmt(worst),
+                worst >= 1.0,
+            )
+        )
     fifty = by_cell.get(("probe 20 ms", 50), [])
     if fifty:
         mean50 = sum(fifty) / len(fifty)
-        goals.append(("probe 20 ms: 50 ms bursts, mean ratio ≥ 0.95", f"{fmt(mean50)} (min {fmt(min(fifty))})",
-                      mean50 >= 0.95))
+        goals.append(
+            ("probe 20 ms: 50 ms bursts, mean ratio ≥ 0.95", f"{fmt(mean50)} (min {fmt(min(fifty))})", mean50 >= 0.95)
+        )
     md = [
         f"{len(bursts)} bursts (heights {', '.join(map(str, heights))}; {per_width} per width, in random order with "
         "random gaps) from a helper process that opens all connections at once, holds them for the width, then closes "

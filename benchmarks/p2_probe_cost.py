@@ -62,8 +62,7 @@ class Sampling:
 def run_config(max_connections: int, idle: int, seconds: int, pairs: int) -> dict[str, Any]:
     with postgres(max_connections=max_connections) as pg:
         pgbench(pg, ["-i", "-s", "1", "-q"])
-        held = [psycopg2.connect(**pg.connect_kwargs(), application_name=f"{PREFIX}r{i // 10}")
-                for i in range(idle)]
+        held = [psycopg2.connect(**pg.connect_kwargs(), application_name=f"{PREFIX}r{i // 10}") for i in range(idle)]
         try:
             args = ["-S", "-c", "8", "-j", "2", "-T", str(seconds), "-n"]
             pgbench_tps(pg, ["-S", "-c", "8", "-j", "2", "-T", "1", "-n"])  # warm the cache
@@ -86,36 +85,56 @@ def run_config(max_connections: int, idle: int, seconds: int, pairs: int) -> dic
     ratios = [w / wo for w, wo in zip(with_probe, without, strict=True)]
     # CPU seconds are counted in clock ticks (10 ms): add them up over all runs before dividing.
     share = sum(c for c, _ in cpu_share) / (sum(e for _, e in cpu_share) * (os.cpu_count() or 1))
-    return {"max_connections": max_connections, "idle": idle, "without": without, "with": with_probe,
-            "ratios": ratios, "sample_rate_hz": rates, "probe_cpu_share": share}
+    return {
+        "max_connections": max_connections,
+        "idle": idle,
+        "without": without,
+        "with": with_probe,
+        "ratios": ratios,
+        "sample_rate_hz": rates,
+        "probe_cpu_share": share,
+    }
 
 
 def run(smoke: bool) -> Result:
     seconds, pairs = (2, 1) if smoke else (3, 12)
     configs = [(100, 0), (1000, 500)] if not smoke else [(100, 0), (300, 100)]
     results = [run_config(mc, idle, seconds, pairs) for mc, idle in configs]
-    rows = ["| max_connections | idle connections | tps without | tps with probe | ratio (median) | ratios: quartiles "
-            "(min … max) | probe rate "
-            "| probe CPU share → 1 − share |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| max_connections | idle connections | tps without | tps with probe | ratio (median) | ratios: quartiles "
+        "(min … max) | probe rate "
+        "| probe CPU share → 1 − share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     goals: list[tuple[str, str, bool | None]] = []
     for r in results:
         ratio = median(r["ratios"])
-        rows.append(f"| {r['max_connections']} | {r['idle']} | {median(r['without']):,.0f} | {median(r['with']):,.0f} "
-                    f"| **{fmt(ratio, 3)}** "
-                    f"| {fmt(percentile(r['ratios'], 25), 3)} – {fmt(percentile(r['ratios'], 75), 3)} "
-                    f"({fmt(min(r['ratios']), 3)} … {fmt(max(r['ratios']), 3)}) "
-                    f"| {median(r['sample_rate_hz']):.1f} Hz | {r['probe_cpu_share'] * 100:.2f} % → "
-                    f"{fmt(1 - r['probe_cpu_share'], 3)} |")
-        goals.append((f"pgbench -S with the probe at 20 Hz ≥ 0.99 × without "
-                      f"(max_connections {r['max_connections']}, {r['idle']} idle): median tps ratio",
-                      fmt(ratio, 3), ratio >= 0.99))
+        rows.append(
+            f"| {r['max_connections']} | {r['idle']} | {median(r['without']):,.0f} | {median(r['with']):,.0f} "
+            f"| **{fmt(ratio, 3)}** "
+            f"| {fmt(percentile(r['ratios'], 25), 3)} – {fmt(percentile(r['ratios'], 75), 3)} "
+            f"({fmt(min(r['ratios']), 3)} … {fmt(max(r['ratios']), 3)}) "
+            f"| {median(r['sample_rate_hz']):.1f} Hz | {r['probe_cpu_share'] * 100:.2f} % → "
+            f"{fmt(1 - r['probe_cpu_share'], 3)} |"
+        )
+        goals.append(
+            (
+                f"pgbench -S with the probe at 20 Hz ≥ 0.99 × without "
+                f"(max_connections {r['max_connections']}, {r['idle']} idle): median tps ratio",
+                fmt(ratio, 3),
+                ratio >= 0.99,
+            )
+        )
         by_cpu = 1 - r["probe_cpu_share"]
-        goals.append((f"the same, estimated from the probe's CPU share of the machine, 1 − share ≥ 0.99 "
-                      f"(max_connections {r['max_connections']}, {r['idle']} idle; "
-                      "cross-check free of neighbours' noise)",
-                      f"{fmt(by_cpu, 3)} ({r['probe_cpu_share'] * 100:.2f} % of {os.cpu_count()} cores)",
-                      by_cpu >= 0.99))
+        goals.append(
+            (
+                f"the same, estimated from the probe's CPU share of the machine, 1 − share ≥ 0.99 "
+                f"(max_connections {r['max_connections']}, {r['idle']} idle; "
+                "cross-check free of neighbours' noise)",
+                f"{fmt(by_cpu, 3)} ({r['probe_cpu_share'] * 100:.2f} % of {os.cpu_count()} cores)",
+                by_cpu >= 0.99,
+            )
+        )
     md = [
         f"`pgbench -S -c 8 -j 2 -T {seconds}` (after `pgbench -i -s 1`) with and without poolbench's probe sampling "
         "every 50 ms (a `Probe` on a `SamplerThread` in the benchmark process, samples folded into a "

@@ -52,9 +52,18 @@ def _ok(port: int) -> float:
 
 def replica_config(n: int, seconds: float, name: str, port: int, summary: Path) -> WorkloadConfig:
     """N threads on a QueuePool of N for ``seconds``, as the plain app runs."""
-    return WorkloadConfig(threads=n, statement=PLAIN_STATEMENT, duration_seconds=seconds, hold_seconds=0.0,
-                          on_error="count", engine=EngineSettings(pool_size=n, max_overflow=0), app_name=name,
-                          metrics_port=port, summary_path=str(summary), exit_after_hold=True)
+    return WorkloadConfig(
+        threads=n,
+        statement=PLAIN_STATEMENT,
+        duration_seconds=seconds,
+        hold_seconds=0.0,
+        on_error="count",
+        engine=EngineSettings(pool_size=n, max_overflow=0),
+        app_name=name,
+        metrics_port=port,
+        summary_path=str(summary),
+        exit_after_hold=True,
+    )
 
 
 def replica_env(pg: LocalPostgres, n: int, seconds: float, name: str, port: int, summary: Path) -> dict[str, str]:
@@ -69,8 +78,15 @@ def measure_replicas(pg: LocalPostgres, replicas: int, n: int, warm: float, wind
         for i in range(replicas):
             port = free_port()
             env = replica_env(pg, n, warm + window + 20, f"p3-r{i}", port, tmp / f"r{i}.json")
-            procs.append(subprocess.Popen([sys.executable, "-m", "workload"], env=env, cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "workload"],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             ports.append(port)
         deadline = time.monotonic() + 30
         while True:  # every replica serves metrics and has run a statement
@@ -105,8 +121,14 @@ def measure_replicas(pg: LocalPostgres, replicas: int, n: int, warm: float, wind
 
 
 def measure_raw(pg: LocalPostgres, n: int, seconds: float, mode: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks._raw", str(n), str(seconds), mode],
-                          env=client_env(pg), cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks._raw", str(n), str(seconds), mode],
+        env=client_env(pg),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"raw loop failed: {proc.stderr[-500:]}")
     return cast("dict[str, Any]", json.loads(proc.stdout))
@@ -122,8 +144,9 @@ def plain_main(n: int, seconds: float) -> int:
 
     from ._raw import measure_window
 
-    engine = create_engine("postgresql+psycopg2://", pool_size=n, max_overflow=0,
-                           connect_args={"application_name": "p3-plain"})
+    engine = create_engine(
+        "postgresql+psycopg2://", pool_size=n, max_overflow=0, connect_args={"application_name": "p3-plain"}
+    )
     counts = [0] * n
     stop = threading.Event()
     ready = threading.Barrier(n + 1)
@@ -144,8 +167,14 @@ def plain_main(n: int, seconds: float) -> int:
 
 
 def measure_plain(pg: LocalPostgres, n: int, seconds: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.p3_workload", "plain", str(n), str(seconds)],
-                          env=client_env(pg), cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.p3_workload", "plain", str(n), str(seconds)],
+        env=client_env(pg),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"plain SQLAlchemy loop failed: {proc.stderr[-500:]}")
     return cast("dict[str, Any]", json.loads(proc.stdout))
@@ -155,8 +184,12 @@ def profile_hot_loop(pg: LocalPostgres, iterations: int) -> tuple[str, float]:
     """cProfile of one caller thread's loop (N=1, SELECT 1), in this process; returns the top entries."""
     from workload.replica import Replica
 
-    cfg = replace(replica_config(1, 0, "p3-profile", 0, Path(os.devnull)), iterations=iterations,
-                  duration_seconds=None, summary_path=None)
+    cfg = replace(
+        replica_config(1, 0, "p3-profile", 0, Path(os.devnull)),
+        iterations=iterations,
+        duration_seconds=None,
+        summary_path=None,
+    )
     env = client_env(pg)
     saved = {k: os.environ.get(k) for k in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE")}
     os.environ.update({k: env[k] for k in saved})
@@ -179,8 +212,9 @@ def profile_hot_loop(pg: LocalPostgres, iterations: int) -> tuple[str, float]:
     text = buf.getvalue()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls")), 0)
-    top = "\n".join(ln.replace(str(Path(sys.prefix)), "…").replace(str(ROOT) + "/", "")
-                    for ln in lines[start:start + 13])
+    top = "\n".join(
+        ln.replace(str(Path(sys.prefix)), "…").replace(str(ROOT) + "/", "") for ln in lines[start : start + 13]
+    )
     return top, iterations / elapsed
 
 
@@ -209,25 +243,52 @@ def run(smoke: bool) -> Result:
             ratios_plain = [a / b for a, b in zip(rep, plain, strict=True)]
             ratios_txn = [a / b for a, b in zip(rep, raw_txn, strict=True)]
             ratios_auto = [a / b for a, b in zip(rep, raw_auto, strict=True)]
-            data[f"n{n}"] = {"replica": rep, "plain_sqlalchemy": plain, "raw_txn": raw_txn,
-                             "raw_autocommit": raw_auto, "ratio_plain": ratios_plain, "ratio_txn": ratios_txn,
-                             "ratio_autocommit": ratios_auto, "replica_client_cpu_us_per_query": rep_cpu,
-                             "plain_client_cpu_us_per_query": plain_cpu, "raw_txn_client_cpu_us_per_query": raw_cpu}
-            rows.append(f"| {n} | {median(rep):,.0f} | {median(plain):,.0f} | **{fmt(median(ratios_plain))}** "
-                        f"| {median(raw_txn):,.0f} | {fmt(median(ratios_txn))} "
-                        f"| {median(raw_auto):,.0f} | {fmt(median(ratios_auto))} | {median(rep_cpu):.0f} "
-                        f"| {median(plain_cpu):.0f} | {median(raw_cpu):.0f} |")
+            data[f"n{n}"] = {
+                "replica": rep,
+                "plain_sqlalchemy": plain,
+                "raw_txn": raw_txn,
+                "raw_autocommit": raw_auto,
+                "ratio_plain": ratios_plain,
+                "ratio_txn": ratios_txn,
+                "ratio_autocommit": ratios_auto,
+                "replica_client_cpu_us_per_query": rep_cpu,
+                "plain_client_cpu_us_per_query": plain_cpu,
+                "raw_txn_client_cpu_us_per_query": raw_cpu,
+            }
+            rows.append(
+                f"| {n} | {median(rep):,.0f} | {median(plain):,.0f} | **{fmt(median(ratios_plain))}** "
+                f"| {median(raw_txn):,.0f} | {fmt(median(ratios_txn))} "
+                f"| {median(raw_auto):,.0f} | {fmt(median(ratios_auto))} | {median(rep_cpu):.0f} "
+                f"| {median(plain_cpu):.0f} | {median(raw_cpu):.0f} |"
+            )
             ratio_plain = median(ratios_plain)
-            goals.append((f"one replica ≥ 0.95 × the plain SQLAlchemy app (N={n}, engine.begin() + "
-                          "conn.execute(text('SELECT 1')), same pool and duration; median of "
-                          f"{', '.join(fmt(r) for r in ratios_plain)})", fmt(ratio_plain), ratio_plain >= 0.95))
+            goals.append(
+                (
+                    f"one replica ≥ 0.95 × the plain SQLAlchemy app (N={n}, engine.begin() + "
+                    "conn.execute(text('SELECT 1')), same pool and duration; median of "
+                    f"{', '.join(fmt(r) for r in ratios_plain)})",
+                    fmt(ratio_plain),
+                    ratio_plain >= 0.95,
+                )
+            )
         top_n = max(ns)
         ratio = median(data[f"n{top_n}"]["ratio_txn"])
-        goals.append((f"one replica vs raw psycopg2 (N={top_n}, same BEGIN/SELECT 1/COMMIT per statement, no "
-                      "SQLAlchemy; information)", fmt(ratio), None))
+        goals.append(
+            (
+                f"one replica vs raw psycopg2 (N={top_n}, same BEGIN/SELECT 1/COMMIT per statement, no "
+                "SQLAlchemy; information)",
+                fmt(ratio),
+                None,
+            )
+        )
         ratio_auto = median(data[f"n{top_n}"]["ratio_autocommit"])
-        goals.append((f"one replica vs raw psycopg2 in autocommit (N={top_n}, 1 round trip instead of 3; "
-                      "information)", fmt(ratio_auto), None))
+        goals.append(
+            (
+                f"one replica vs raw psycopg2 in autocommit (N={top_n}, 1 round trip instead of 3; information)",
+                fmt(ratio_auto),
+                None,
+            )
+        )
 
         # Four replicas against pgbench with the same number of connections.
         n = 4 if smoke else 8
@@ -246,14 +307,30 @@ def run(smoke: bool) -> Result:
         finally:
             shutil.rmtree(script.parent, ignore_errors=True)
         agg_ratios = [a / b for a, b in zip(agg, pgb, strict=True)]
-        data["aggregate"] = {"replicas": 4, "threads": n, "qps": agg, "pgbench_tps": pgb, "ratio": agg_ratios,
-                             "pgbench_txn_tps": pgb_txn}
+        data["aggregate"] = {
+            "replicas": 4,
+            "threads": n,
+            "qps": agg,
+            "pgbench_tps": pgb,
+            "ratio": agg_ratios,
+            "pgbench_txn_tps": pgb_txn,
+        }
         txn_ratio = median([a / b for a, b in zip(agg, pgb_txn, strict=True)])
         agg_ratio = median(agg_ratios)
-        goals.append((f"4 replicas × {n} threads ≥ 0.3 × pgbench (-f SELECT 1, -c {clients} -j 2)",
-                      fmt(agg_ratio), agg_ratio >= 0.3))
-        goals.append(("4 replicas vs pgbench with the same BEGIN; SELECT 1; COMMIT; per statement (information)",
-                      fmt(txn_ratio), None))
+        goals.append(
+            (
+                f"4 replicas × {n} threads ≥ 0.3 × pgbench (-f SELECT 1, -c {clients} -j 2)",
+                fmt(agg_ratio),
+                agg_ratio >= 0.3,
+            )
+        )
+        goals.append(
+            (
+                "4 replicas vs pgbench with the same BEGIN; SELECT 1; COMMIT; per statement (information)",
+                fmt(txn_ratio),
+                None,
+            )
+        )
         top, single_qps = profile_hot_loop(pg, 2000 if smoke else 20000)
     md = [
         "One replica (`python -m workload`, `SELECT 1`, N threads, QueuePool poolSize N maxOverflow 0, latency and",

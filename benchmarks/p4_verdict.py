@@ -54,8 +54,14 @@ def seed_copy(tmp: Path, smoke: bool) -> Path:
 def timed_run(spec: Path, env_extra: dict[str, str], out: Path) -> tuple[float, dict[str, Any]]:
     env = {**os.environ, **env_extra}
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(spec), "--output", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolbench.cli", "run", str(spec), "--output", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     elapsed = time.monotonic() - t
     if proc.returncode != 0:
         raise RuntimeError(f"poolbench run failed ({proc.returncode}): {proc.stderr[-500:]}")
@@ -66,8 +72,15 @@ def traced_run(spec: Path, env_extra: dict[str, str], tmp: Path) -> dict[str, fl
     events_path = tmp / "events.json"
     env = {**os.environ, **env_extra}
     launch = time.time()
-    subprocess.run([sys.executable, "-m", "benchmarks._p4trace", str(events_path), str(spec)], cwd=ROOT, env=env,
-                   capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks._p4trace", str(events_path), str(spec)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     end = time.time()
     events = {"launch": 0.0, "exit": end - launch}
     step = 0
@@ -83,11 +96,19 @@ def breakdown(events: dict[str, float], steps: int) -> list[tuple[str, float]]:
     rows = [(label, events.get(b, float("nan")) - events.get(a, float("nan"))) for label, a, b in PHASES]
     for i in range(1, steps + 1):
         for label, a, b in STEP_PHASES:
-            rows.append((f"step {i}: {label}", events.get(f"step {i}: {b}", float("nan"))
-                         - events.get(f"step {i}: {a}", float("nan"))))
+            rows.append(
+                (
+                    f"step {i}: {label}",
+                    events.get(f"step {i}: {b}", float("nan")) - events.get(f"step {i}: {a}", float("nan")),
+                )
+            )
         if i < steps:
-            rows.append((f"step {i} → step {i + 1}", events.get(f"step {i + 1}: begin", float("nan"))
-                         - events.get(f"step {i}: drained", float("nan"))))
+            rows.append(
+                (
+                    f"step {i} → step {i + 1}",
+                    events.get(f"step {i + 1}: begin", float("nan")) - events.get(f"step {i}: drained", float("nan")),
+                )
+            )
     rows += [(label, events.get(b, float("nan")) - events.get(a, float("nan"))) for label, a, b in TAIL]
     rows.append(("**total**", events["exit"]))
     return rows
@@ -113,19 +134,26 @@ def run(smoke: bool) -> Result:
     now = "now (cached initdb template, forked replicas)"
     best = median(walls[now])
     goals: list[tuple[str, str, bool | None]] = [
-        ("`poolbench run` seed (hold 1 s) ≤ 15 s, process start to the final table",
-         f"{fmt(best, 1)} s (median of {reps})", best <= 15.0)]
+        (
+            "`poolbench run` seed (hold 1 s) ≤ 15 s, process start to the final table",
+            f"{fmt(best, 1)} s (median of {reps})",
+            best <= 15.0,
+        )
+    ]
     names = list(configs)
     md = [
         "`python -m poolbench.cli run seed.yaml` (the seed with `holdSeconds: 1`"
-        + (", smoke: `iterations: 10`" if smoke else "") + f"), wall time from process start to exit, "
+        + (", smoke: `iterations: 10`" if smoke else "")
+        + f"), wall time from process start to exit, "
         f"{reps} runs per configuration, alternated. The 'before' configuration is the same code with "
         "`POOLBENCH_CACHE_DIR=off POOLBENCH_LAUNCHER=off` (initdb on every run, one fresh interpreter per replica).",
         "",
         "| configuration | wall (median) | runs | verdict (maxSafe, firstFailing) |",
         "|---|---|---|---|",
-        *[f"| {n} | **{fmt(median(walls[n]), 2)} s** | {', '.join(fmt(w, 2) for w in walls[n])} | {verdicts[n]} |"
-          for n in names],
+        *[
+            f"| {n} | **{fmt(median(walls[n]), 2)} s** | {', '.join(fmt(w, 2) for w in walls[n])} | {verdicts[n]} |"
+            for n in names
+        ],
         "",
         "Where the time goes (one traced run per configuration: the same CLI with timestamps at each phase; "
         "the sampler's 100 ms interval blurs 'first connection sampled'):",
@@ -135,6 +163,14 @@ def run(smoke: bool) -> Result:
     ]
     for i, (label, _) in enumerate(traces[names[0]]):
         md.append(f"| {label} | " + " | ".join(f"{fmt(traces[n][i][1], 2)} s" for n in names) + " |")
-    return Result("P4", "Time to verdict", goals, "\n".join(md),
-                  {"walls": walls, "verdicts": {k: list(v) for k, v in verdicts.items()},
-                   "breakdown": {n: traces[n] for n in names}})
+    return Result(
+        "P4",
+        "Time to verdict",
+        goals,
+        "\n".join(md),
+        {
+            "walls": walls,
+            "verdicts": {k: list(v) for k, v in verdicts.items()},
+            "breakdown": {n: traces[n] for n in names},
+        },
+    )

@@ -24,9 +24,14 @@ def spec_doc(replicas: int, threads: int, interval_ms: int) -> dict[str, Any]:
         "metadata": {"name": "scale"},
         "spec": {
             "postgres": {"maxConnections": replicas * threads + 100},
-            "workload": {"threads": threads, "statement": "SELECT pg_sleep(0.05)", "iterations": 10,
-                         "holdSeconds": 6, "onError": "count",
-                         "engine": {"poolClass": "QueuePool", "poolSize": threads, "maxOverflow": 0}},
+            "workload": {
+                "threads": threads,
+                "statement": "SELECT pg_sleep(0.05)",
+                "iterations": 10,
+                "holdSeconds": 6,
+                "onError": "count",
+                "engine": {"poolClass": "QueuePool", "poolSize": threads, "maxOverflow": 0},
+            },
             "steps": [replicas],
             "stepTimeoutSeconds": 240,
             "sampling": {"intervalMs": interval_ms},
@@ -42,9 +47,14 @@ def run(smoke: bool) -> Result:
         spec.write_text(yaml.safe_dump(spec_doc(replicas, threads, interval_ms)))
         out = tmp / "r.json"
         t = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "poolbench.cli", "run", str(spec), "--output", str(out)],
-                                cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "poolbench.cli", "run", str(spec), "--output", str(out)],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         memory = TreeMemory([proc.pid], interval=0.5, pss_every=6).start()
         try:
             stdout, stderr = proc.communicate(timeout=600)
@@ -70,19 +80,28 @@ def run(smoke: bool) -> Result:
     def dist(values: list[float]) -> str:
         if not values:
             return "n/a"
-        return (f"{median(values) * 1000:.0f} / {percentile(values, 99) * 1000:.0f} / {max(values) * 1000:.0f} ms "
-                f"({len(values)} gaps)")
+        return (
+            f"{median(values) * 1000:.0f} / {percentile(values, 99) * 1000:.0f} / {max(values) * 1000:.0f} ms "
+            f"({len(values)} gaps)"
+        )
 
     p99 = percentile(loaded or gaps, 99)
     goals = [
-        (f"{replicas} replicas × {threads} connections complete (step passed, peak = predicted)",
-         f"{step['outcome']}, peak {step['peakConnections']} of {step['predictedPeak']} predicted",
-         step["outcome"] == "Passed" and step["peakConnections"] == step["predictedPeak"]),
-        (f"samples stay on their {interval_ms} ms interval under load (p99 gap ≤ 1.5 × interval, no failed read)",
-         f"p99 {p99 * 1000:.0f} ms, max {max(loaded or gaps) * 1000:.0f} ms, {failed} failed",
-         p99 <= 1.5 * interval and failed == 0),
-        ("peak memory of the whole run reported (runner + launcher + replicas + postgres)",
-         f"RSS sum {memory.peak_rss / 2**30:.2f} GiB, PSS sum {memory.peak_pss / 2**30:.2f} GiB", None),
+        (
+            f"{replicas} replicas × {threads} connections complete (step passed, peak = predicted)",
+            f"{step['outcome']}, peak {step['peakConnections']} of {step['predictedPeak']} predicted",
+            step["outcome"] == "Passed" and step["peakConnections"] == step["predictedPeak"],
+        ),
+        (
+            f"samples stay on their {interval_ms} ms interval under load (p99 gap ≤ 1.5 × interval, no failed read)",
+            f"p99 {p99 * 1000:.0f} ms, max {max(loaded or gaps) * 1000:.0f} ms, {failed} failed",
+            p99 <= 1.5 * interval and failed == 0,
+        ),
+        (
+            "peak memory of the whole run reported (runner + launcher + replicas + postgres)",
+            f"RSS sum {memory.peak_rss / 2**30:.2f} GiB, PSS sum {memory.peak_pss / 2**30:.2f} GiB",
+            None,
+        ),
     ]
     md = [
         f"`poolbench run` with {replicas} replicas × {threads} threads (QueuePool poolSize {threads} maxOverflow 0, "
@@ -107,8 +126,13 @@ def run(smoke: bool) -> Result:
         f"{memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms each "
         "(in the benchmark process, not the runner) |",
     ]
-    data = {"wall": wall, "step": step, "gaps_ms": {"median": median(gaps) * 1000,
-                                                   "p99": percentile(gaps, 99) * 1000, "max": max(gaps) * 1000},
-            "loaded_gaps_ms": {"median": median(loaded) * 1000 if loaded else None, "p99": p99 * 1000},
-            "peak_rss": memory.peak_rss, "peak_pss": memory.peak_pss, "peak_procs": memory.peak_procs}
+    data = {
+        "wall": wall,
+        "step": step,
+        "gaps_ms": {"median": median(gaps) * 1000, "p99": percentile(gaps, 99) * 1000, "max": max(gaps) * 1000},
+        "loaded_gaps_ms": {"median": median(loaded) * 1000 if loaded else None, "p99": p99 * 1000},
+        "peak_rss": memory.peak_rss,
+        "peak_pss": memory.peak_pss,
+        "peak_procs": memory.peak_procs,
+    }
     return Result("P5", "Scale", goals, "\n".join(md), data)

@@ -25,10 +25,16 @@ GOAL_PATCHES_PER_SECOND = 1.0
 
 def small_benchmark(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
-        "spec": {"postgres": {"maxConnections": 20},
-                 "workload": {"threads": 2, "iterations": 20, "holdSeconds": 2, "onError": "count"},
-                 "steps": [1, 2], "stepTimeoutSeconds": 300, "sampling": {"intervalMs": 100}},
+        "apiVersion": "poolbench.dev/v1alpha1",
+        "kind": "PoolBenchmark",
+        "metadata": {"name": name},
+        "spec": {
+            "postgres": {"maxConnections": 20},
+            "workload": {"threads": 2, "iterations": 20, "holdSeconds": 2, "onError": "count"},
+            "steps": [1, 2],
+            "stepTimeoutSeconds": 300,
+            "sampling": {"intervalMs": 100},
+        },
     }
 
 
@@ -67,11 +73,17 @@ class StatusWatch(threading.Thread):
 def run(smoke: bool = False) -> Result:
     d = measure(smoke)
     goals = [
-        (f"{d['benchmarks']} benchmarks at once end Completed/Failed", f"{d['completed']} of {d['benchmarks']}"
-         f" (phases {', '.join(d['phases'])})", d["completed"] == d["benchmarks"]),
-        (f"status patches per second per resource ≤ {GOAL_PATCHES_PER_SECOND:g}",
-         f"max {d['status_patches_per_second_per_resource']['max']}, median "
-         f"{d['status_patches_per_second_per_resource']['median']}", d["goal_met"]),
+        (
+            f"{d['benchmarks']} benchmarks at once end Completed/Failed",
+            f"{d['completed']} of {d['benchmarks']} (phases {', '.join(d['phases'])})",
+            d["completed"] == d["benchmarks"],
+        ),
+        (
+            f"status patches per second per resource ≤ {GOAL_PATCHES_PER_SECOND:g}",
+            f"max {d['status_patches_per_second_per_resource']['max']}, median "
+            f"{d['status_patches_per_second_per_resource']['median']}",
+            d["goal_met"],
+        ),
     ]
     md = [
         "The test control plane of tests/harness (etcd, kube-apiserver, controller-manager, scheduler built from Go;",
@@ -117,10 +129,14 @@ def measure(smoke: bool = False, count: int | None = None) -> dict[str, Any]:
         kubectl(cp, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
         kubectl(cp, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev", "--timeout=60s")
         kubectl(cp, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
-        wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
-                 30, what="ServiceAccount")
-        op = OperatorProcess(cp.kubeconfig_for_service_account("poolbench-system", "poolbench-operator"),
-                             cp.logs_dir / "operator.log")
+        wait_for(
+            lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
+            30,
+            what="ServiceAccount",
+        )
+        op = OperatorProcess(
+            cp.kubeconfig_for_service_account("poolbench-system", "poolbench-operator"), cp.logs_dir / "operator.log"
+        )
         op.start()
         assert op.proc is not None, "start() spawns the operator"
         watch.start()
@@ -142,8 +158,10 @@ def measure(smoke: bool = False, count: int | None = None) -> dict[str, Any]:
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         phases = {k: yaml.safe_load(watch.last_status.get(k, "{}") or "{}").get("phase") for k in keys}
         durations = sorted(watch.terminal[k] - watch.created.get(k, t0) for k in keys if k in watch.terminal)
-        rates = sorted(watch.changes.get(k, 0) / max(1e-6, watch.terminal.get(k, time.monotonic())
-                                                    - watch.created.get(k, t0)) for k in keys)
+        rates = sorted(
+            watch.changes.get(k, 0) / max(1e-6, watch.terminal.get(k, time.monotonic()) - watch.created.get(k, t0))
+            for k in keys
+        )
         return {
             "benchmarks": n,
             "completed": sum(1 for p in phases.values() if p in ("Completed", "Failed")),
@@ -153,11 +171,15 @@ def measure(smoke: bool = False, count: int | None = None) -> dict[str, Any]:
             "operator_cpu_seconds": round(cpu, 1),
             "operator_cpu_percent_of_one_core": round(100 * cpu / wall, 1),
             "wall_seconds": round(wall, 1),
-            "apply_to_done_seconds": {"min": round(durations[0], 1) if durations else None,
-                                      "median": round(durations[len(durations) // 2], 1) if durations else None,
-                                      "max": round(durations[-1], 1) if durations else None},
-            "status_patches_per_second_per_resource": {"median": round(rates[len(rates) // 2], 3),
-                                                      "max": round(rates[-1], 3)},
+            "apply_to_done_seconds": {
+                "min": round(durations[0], 1) if durations else None,
+                "median": round(durations[len(durations) // 2], 1) if durations else None,
+                "max": round(durations[-1], 1) if durations else None,
+            },
+            "status_patches_per_second_per_resource": {
+                "median": round(rates[len(rates) // 2], 3),
+                "max": round(rates[-1], 3),
+            },
             "goal_met": bool(rates) and rates[-1] <= GOAL_PATCHES_PER_SECOND,
         }
     finally:

@@ -37,8 +37,13 @@ def _condition(pod: dict[str, Any], kind: str) -> float | None:
 
 def local_run() -> tuple[float, str]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(EXAMPLE)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolbench.cli", "run", str(EXAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - t0
     verdict = next((line.strip() for line in proc.stdout.splitlines() if "replicas ran safely" in line), "")
     return wall, verdict
@@ -80,8 +85,9 @@ def node_run() -> dict[str, Any]:
         scheduled = _condition(pg, "PodScheduled")
         started = _ts(pg["status"]["containerStatuses"][0]["state"].get("running", {}).get("startedAt"))
         ready = _condition(pg, "Ready")
-        steps = [(s["replicas"], _ts(s.get("startedAt")), _ts(s.get("finishedAt")))
-                 for s in status["variants"][0]["steps"]]
+        steps = [
+            (s["replicas"], _ts(s.get("startedAt")), _ts(s.get("finishedAt"))) for s in status["variants"][0]["steps"]
+        ]
         first_step = steps[0][1] or applied
         phases = {
             "apply → Postgres pod scheduled (operator: children created)": (scheduled or applied) - applied,
@@ -96,10 +102,14 @@ def node_run() -> dict[str, Any]:
             phases[label] = (end or 0) - (begin or 0)
         last_end = steps[-1][2] or time.time()
         phases["last step → verdict written"] = max(0.0, applied + to_verdict - last_end)
-        return {"node_up_seconds": round(node_up, 1), "node_timings": cluster.timings,
-                "helm_install_seconds": round(helm_seconds, 1), "to_verdict_seconds": round(to_verdict, 1),
-                "verdict": status.get("verdict", {}).get("summary") or status.get("message", ""),
-                "phases": {k: round(v, 1) for k, v in phases.items()}}
+        return {
+            "node_up_seconds": round(node_up, 1),
+            "node_timings": cluster.timings,
+            "helm_install_seconds": round(helm_seconds, 1),
+            "to_verdict_seconds": round(to_verdict, 1),
+            "verdict": status.get("verdict", {}).get("summary") or status.get("message", ""),
+            "phases": {k: round(v, 1) for k, v in phases.items()},
+        }
     finally:
         kube.close()
         problems = cluster.stop()
@@ -111,12 +121,20 @@ def run(smoke: bool = False) -> Result:
     local_wall, local_verdict = local_run()
     node = node_run()
     ratio = node["to_verdict_seconds"] / local_wall
-    goals: list[tuple[str, str, bool | None]] = [("the node run reaches the local run's verdict",
-              f"node: {node['verdict'][:80]}; local: {local_verdict[:80]}",
-              bool(node["verdict"]) and "2 replicas ran safely" in node["verdict"]
-              and "2 replicas ran safely" in local_verdict),
-             ("node apply → verdict ÷ local `poolbench run` of the same spec (information)",
-              f"{ratio:.2f} ({node['to_verdict_seconds']} s ÷ {local_wall:.1f} s)", None)]
+    goals: list[tuple[str, str, bool | None]] = [
+        (
+            "the node run reaches the local run's verdict",
+            f"node: {node['verdict'][:80]}; local: {local_verdict[:80]}",
+            bool(node["verdict"])
+            and "2 replicas ran safely" in node["verdict"]
+            and "2 replicas ran safely" in local_verdict,
+        ),
+        (
+            "node apply → verdict ÷ local `poolbench run` of the same spec (information)",
+            f"{ratio:.2f} ({node['to_verdict_seconds']} s ÷ {local_wall:.1f} s)",
+            None,
+        ),
+    ]
     md = [
         "`manifests/examples/small.yaml` (steps 2 and 8, 6 threads × 20 × `SELECT pg_sleep(0.05)`, 3 s hold)",
         "two ways in the same run: `poolbench run` (embedded PostgreSQL, local processes) and `kubectl apply`",

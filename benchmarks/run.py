@@ -44,10 +44,16 @@ BENCHMARKS = {
 
 def git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -68,8 +74,12 @@ def run_one(key: str, smoke: bool) -> Result:
         module = __import__(module_name, fromlist=["run"])
         result: Result = module.run(smoke)
     except Exception:  # noqa: BLE001 - a broken benchmark is reported, the others still run
-        result = Result(key, title, [("ran to the end", "error", False)],
-                        "The benchmark failed:\n\n```\n" + traceback.format_exc()[-3000:] + "```")
+        result = Result(
+            key,
+            title,
+            [("ran to the end", "error", False)],
+            "The benchmark failed:\n\n```\n" + traceback.format_exc()[-3000:] + "```",
+        )
         result.data["error"] = True
     result.seconds = time.monotonic() - started
     result.data["load_before"], result.data["load_after"] = load_before, loadavg()
@@ -114,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, under a minute: do they still run?")
     parser.add_argument("--only", help="comma-separated selection, e.g. P1,P3")
-    parser.add_argument("--output", help="where to write the report (default: benchmarks/RESULTS.md for a full "
-                                         "run; a smoke run only prints it)")
+    parser.add_argument(
+        "--output",
+        help="where to write the report (default: benchmarks/RESULTS.md for a full run; a smoke run only prints it)",
+    )
     args = parser.parse_args(argv)
     keys = list(BENCHMARKS)
     if args.only:

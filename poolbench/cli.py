@@ -43,8 +43,9 @@ class MissingExtra(Exception):
     """A command needs an optional part of poolbench that is not installed."""
 
     def __init__(self, extra: str, module: str, purpose: str):
-        super().__init__(f"{purpose} needs the '{extra}' extra ({module} is not installed):"
-                         f" pip install 'poolbench[{extra}]'")
+        super().__init__(
+            f"{purpose} needs the '{extra}' extra ({module} is not installed): pip install 'poolbench[{extra}]'"
+        )
 
 
 def require(extra: str, module: str, purpose: str) -> None:
@@ -74,13 +75,19 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
     title = f"PoolBenchmark results (max_connections {status['maxConnections']})"
     if status.get("comparison"):
         pooler = variant.get("pooler")
-        how = (f"through PgBouncer ({pooler['poolMode']} mode, pool {pooler['defaultPoolSize']}"
-               + (f"+{pooler['reservePoolSize']}" if pooler["reservePoolSize"] else "")
-               + f", max_client_conn {pooler['maxClientConn']}"
-               + (f", {pooler['replicas']} instances" if pooler["replicas"] > 1 else "") + ")"
-               if pooler else "direct")
-        title = f"variant {variant['name']}: {how}, {variant['engine']['poolClass']} (max_connections" \
-                f" {status['maxConnections']})"
+        how = (
+            f"through PgBouncer ({pooler['poolMode']} mode, pool {pooler['defaultPoolSize']}"
+            + (f"+{pooler['reservePoolSize']}" if pooler["reservePoolSize"] else "")
+            + f", max_client_conn {pooler['maxClientConn']}"
+            + (f", {pooler['replicas']} instances" if pooler["replicas"] > 1 else "")
+            + ")"
+            if pooler
+            else "direct"
+        )
+        title = (
+            f"variant {variant['name']}: {how}, {variant['engine']['poolClass']} (max_connections"
+            f" {status['maxConnections']})"
+        )
     table = Table(title=title)
     columns = ["step", "replicas", "predicted peak", "measured peak"]
     if pooled:
@@ -90,8 +97,9 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
     # the other columns (their headers and "316 ms" wrap at spaces) instead of cutting a class name.
     errors_of = [[f"{k} {v}" for k, v in s["errors"].items() if v] or ["0"] for s in steps]
     for col in columns:
-        table.add_column(col, justify="right" if col not in ("errors", "outcome") else "left",
-                         no_wrap=col in ("errors", "outcome"))
+        table.add_column(
+            col, justify="right" if col not in ("errors", "outcome") else "left", no_wrap=col in ("errors", "outcome")
+        )
     for i, (s, error_lines) in enumerate(zip(steps, errors_of, strict=True), start=1):
         errors = "\n".join(error_lines)
         reads = s["samples"] + s["sampleGaps"]
@@ -108,11 +116,20 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
         row = [str(i), replicas, peak, str(s["peakConnections"])]
         if pooled:
             expected = at_pooler.get("predictedOutcome") or "?"  # fits, waits or fails, by the placement rule
-            row += [f"{at_pooler.get('predictedClientPeak', 0)} ({expected})",
-                    str(at_pooler.get("clientPeakConnections", 0)), str(at_pooler.get("waitingPeak", 0)),
-                    f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms"]
-        row += [str(s["idleAtEnd"]), errors, gaps, f"{s['throughput']:.0f}", f"{s['latencyMs']['p95']:g} ms",
-                f"{s['checkoutWaitMs']['p95']:g} ms"]
+            row += [
+                f"{at_pooler.get('predictedClientPeak', 0)} ({expected})",
+                str(at_pooler.get("clientPeakConnections", 0)),
+                str(at_pooler.get("waitingPeak", 0)),
+                f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms",
+            ]
+        row += [
+            str(s["idleAtEnd"]),
+            errors,
+            gaps,
+            f"{s['throughput']:.0f}",
+            f"{s['latencyMs']['p95']:g} ms",
+            f"{s['checkoutWaitMs']['p95']:g} ms",
+        ]
         table.add_row(*row, Text(label, style=style))
     return table
 
@@ -145,8 +162,14 @@ def comparison_table(status: dict[str, Any]) -> Table:
     from .core.spec import PoolerSpec
 
     table = Table(title="Variants compared")
-    for col in ("variant", "connects", "max safe replicas", "first failing", "peak server backends",
-                "p95 latency at largest passing step"):
+    for col in (
+        "variant",
+        "connects",
+        "max safe replicas",
+        "first failing",
+        "peak server backends",
+        "p95 latency at largest passing step",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "connects", "first failing") else "right")
     for v in status["variants"]:
         verdict = v.get("verdict") or {}
@@ -154,8 +177,9 @@ def comparison_table(status: dict[str, Any]) -> Table:
         passing = [s for s in steps if s["outcome"] == "Passed" and s.get("rolloutFrom") is None]  # steps at rest
         largest = max(passing, key=lambda s: s["replicas"]) if passing else None
         failing = stopping_step(verdict, steps)
-        unseen = next((s for s in steps if s["outcome"] not in ("Passed", "Failed") and s.get("rolloutFrom") is None),
-                      None)
+        unseen = next(
+            (s for s in steps if s["outcome"] not in ("Passed", "Failed") and s.get("rolloutFrom") is None), None
+        )
         pooler = v.get("pooler")
         # The pooler as its variant's verdict names it: mode, pool (+ reserve) and instances.
         connects = (PoolerSpec.model_validate(pooler).label() if pooler else "direct") + f", {v['engine']['poolClass']}"
@@ -164,9 +188,14 @@ def comparison_table(status: dict[str, Any]) -> Table:
         else:
             first = f"- ({unseen['replicas']} inconclusive)" if unseen is not None else "-"
         safe = verdict.get("maxSafeReplicas")
-        table.add_row(v["name"], connects, "-" if safe is None else str(safe), first,
-                      str(max((s["peakConnections"] for s in steps), default=0)),
-                      f"{largest['latencyMs']['p95']:g} ms at {largest['replicas']}" if largest else "-")
+        table.add_row(
+            v["name"],
+            connects,
+            "-" if safe is None else str(safe),
+            first,
+            str(max((s["peakConnections"] for s in steps), default=0)),
+            f"{largest['latencyMs']['p95']:g} ms at {largest['replicas']}" if largest else "-",
+        )
     return table
 
 
@@ -174,9 +203,16 @@ def timeline_row(sample: Sample) -> dict[str, Any]:
     """One probe read for ``--output``: server backends by state and, in a pooled variant, the pooler's side."""
     row: dict[str, Any] = {"t": round(sample.t, 3), "ok": sample.ok, "total": sample.total, **sample.by_state}
     if sample.pooler is not None:
-        row["pooler"] = ({"clients": sample.pooler.clients, "waiting": sample.pooler.waiting,
-                          "maxWaitMs": sample.pooler.max_wait_ms, "servers": sample.pooler.servers}
-                         if sample.pooler.ok else {"error": sample.pooler.error})
+        row["pooler"] = (
+            {
+                "clients": sample.pooler.clients,
+                "waiting": sample.pooler.waiting,
+                "maxWaitMs": sample.pooler.max_wait_ms,
+                "servers": sample.pooler.servers,
+            }
+            if sample.pooler.ok
+            else {"error": sample.pooler.error}
+        )
     return row
 
 
@@ -274,9 +310,11 @@ def runnable_benchmark(args: argparse.Namespace) -> PoolBenchmark:
 def progress_line(p: Progress) -> str:
     """One line of the run's progress, for the live display and for the log."""
     variant = f"{p.variant}: " if p.variant else ""
-    return (f"{variant}step {p.step}/{p.total_steps} · {counted(p.replicas, 'replica')} ({p.running} running) · "
-            f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
-            f"live connections {p.live} (peak {p.peak})")
+    return (
+        f"{variant}step {p.step}/{p.total_steps} · {counted(p.replicas, 'replica')} ({p.running} running) · "
+        f"{p.step_elapsed:5.1f}s in step, {p.elapsed:5.1f}s total · "
+        f"live connections {p.live} (peak {p.peak})"
+    )
 
 
 def run_with_progress(bench: PoolBenchmark, err_console: Console) -> LocalResult:
@@ -321,30 +359,35 @@ def print_results(out_console: Console, status: dict[str, Any]) -> None:
         out_console.print(f"[bold]Verdict:[/] {escape(verdict.get('summary', status['message']))}", highlight=False)
         failing = stopping_step(verdict, variant["steps"])
         if failing is not None and failing.get("firstError"):
-            out_console.print(f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}",
-                              highlight=False)
+            out_console.print(
+                f"[bold]First error[/] ({failing['firstErrorClass']}): {escape(failing['firstError'])}", highlight=False
+            )
     if status["comparison"]:
         out_console.print(comparison_table(status))
         out_console.print(f"[bold]Comparison:[/] {escape(status['comparison'])}", highlight=False)
 
 
-def save_results(args: argparse.Namespace, bench: PoolBenchmark, result: LocalResult, status: dict[str, Any],
-                 err_console: Console) -> int:
+def save_results(
+    args: argparse.Namespace, bench: PoolBenchmark, result: LocalResult, status: dict[str, Any], err_console: Console
+) -> int:
     """Write ``--output`` and ``--plot`` when asked; EXIT_ENV when either could not be written."""
     from rich.markup import escape
 
     code = EXIT_OK
     if args.output:
         document = {
-            "apiVersion": bench.api_version, "kind": bench.kind, "metadata": {"name": bench.name},
+            "apiVersion": bench.api_version,
+            "kind": bench.kind,
+            "metadata": {"name": bench.name},
             "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
             "status": status,
             "timeline": [timeline_row(s) for s in result.timeline],
         }
         written, error = write_results(args.output, document)
         if error:
-            err_console.print(f"[red]poolbench: could not write the results:[/] {escape(error)};"
-                              f" they are in {escape(written)}")
+            err_console.print(
+                f"[red]poolbench: could not write the results:[/] {escape(error)}; they are in {escape(written)}"
+            )
             code = EXIT_ENV
         else:
             err_console.print(f"results written to {escape(written)}")
@@ -355,8 +398,9 @@ def save_results(args: argparse.Namespace, bench: PoolBenchmark, result: LocalRe
             plot_connections(result, bench.spec.postgres.max_connections, args.plot, title=bench.name)
             err_console.print(f"plot written to {escape(args.plot)}")
         except OSError as err:
-            err_console.print(f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}:"
-                              f" {escape(str(err.strerror or err))}")
+            err_console.print(
+                f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}: {escape(str(err.strerror or err))}"
+            )
             code = EXIT_ENV
     return code
 
@@ -375,10 +419,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # never wrap a log mid-line
     # Wide enough for the results table when the output is a file or a CI log.
     out_console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
-    variants = (f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else "")
-    err_console.print(f"poolbench: running [bold]{escape(bench.name)}[/] locally "
-                      f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
-                      f"{escape(variants)})")
+    variants = f", variants {', '.join(v.name for v in bench.spec.variants)}" if bench.spec.variants else ""
+    err_console.print(
+        f"poolbench: running [bold]{escape(bench.name)}[/] locally "
+        f"({bench.spec.describe_steps()}, max_connections {bench.spec.postgres.max_connections}"
+        f"{escape(variants)})"
+    )
     footprint = Footprint()
     try:
         with footprint.recording():
@@ -392,8 +438,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ENV
     except KeyboardInterrupt:
         if not report_leftovers(footprint, err_console, "interrupted"):
-            err_console.print("[yellow]poolbench: interrupted; every process and temporary directory of the run"
-                              " is gone (checked in /proc and on disk)[/]")
+            err_console.print(
+                "[yellow]poolbench: interrupted; every process and temporary directory of the run"
+                " is gone (checked in /proc and on disk)[/]"
+            )
         return 130
     report_leftovers(footprint, err_console, "after the clean-up")
     status = result.status.to_json()
@@ -434,13 +482,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if provider:
             print(f"  server: {provider}")
         processes = spec.workload.processes
-        print(f"  per replica: at most {p.per_replica_peak} connections, {p.per_replica_idle} kept idle (ghosts)"
-              + (f" ({processes} worker processes, each its own pool)" if processes > 1 else ""))
+        print(
+            f"  per replica: at most {p.per_replica_peak} connections, {p.per_replica_idle} kept idle (ghosts)"
+            + (f" ({processes} worker processes, each its own pool)" if processes > 1 else "")
+        )
         why = spec.postgres.reserved_text(spec.workload.role)
-        print(f"  usable: {p.usable_connections} of max_connections {spec.postgres.max_connections}"
-              + (f" ({why})" if why else "") + " (production: no benchmark monitor)")
-        print(f"  max safe replicas: {p.max_safe_replicas}; during a rolling update (maxSurge {p.max_surge}):"
-              f" {p.max_safe_replicas_during_rollout}")
+        print(
+            f"  usable: {p.usable_connections} of max_connections {spec.postgres.max_connections}"
+            + (f" ({why})" if why else "")
+            + " (production: no benchmark monitor)"
+        )
+        print(
+            f"  max safe replicas: {p.max_safe_replicas}; during a rolling update (maxSurge {p.max_surge}):"
+            f" {p.max_safe_replicas_during_rollout}"
+        )
         for note in p.notes:
             print(f"  {note}")
         for r in p.recommendations:
@@ -459,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolbench",
         description="Measure SQLAlchemy connection pools against one PostgreSQL: run a PoolBenchmark"
-                    " locally, validate one, or print the generated CRD.",
+        " locally, validate one, or print the generated CRD.",
         epilog="Exit codes: 0 the benchmark ran (whatever its verdict), 1 the environment failed,"
-               " 2 invalid input, 130 interrupted.",
+        " 2 invalid input, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"poolbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -469,8 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="PoolBenchmark YAML")
     run.add_argument("--output", "-o", help="write the results (status + timeline) as JSON")
     run.add_argument("--plot", help="write a PNG of connections over time")
-    run.add_argument("--allow-large", action="store_true",
-                     help="run a plan larger than this machine comfortably holds (memory, processes)")
+    run.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run a plan larger than this machine comfortably holds (memory, processes)",
+    )
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a PoolBenchmark file and exit")
     val.add_argument("file")
@@ -502,8 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, or a failure nobody foresaw: one line, not a traceback
         if os.environ.get("POOLBENCH_DEBUG"):
             raise
-        sys.stderr.write(f"poolbench: unexpected error: {type(err).__name__}: {err}"
-                         " (POOLBENCH_DEBUG=1 shows the traceback)\n")
+        sys.stderr.write(
+            f"poolbench: unexpected error: {type(err).__name__}: {err} (POOLBENCH_DEBUG=1 shows the traceback)\n"
+        )
         return EXIT_ENV
 
 

@@ -54,6 +54,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     except BuildError as err:
         raise pytest.UsageError(str(err)) from err
 
+
 BASE_DOC: dict[str, Any] = {
     "apiVersion": "poolbench.dev/v1alpha1",
     "kind": "PoolBenchmark",

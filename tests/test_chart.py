@@ -21,8 +21,12 @@ def helm() -> str:
 
 
 def render(*args: str) -> list[dict[str, Any]]:
-    out = subprocess.run([helm(), "template", "poolbench", str(ROOT / "charts/poolbench"), *args],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [helm(), "template", "poolbench", str(ROOT / "charts/poolbench"), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -51,11 +55,15 @@ def test_chart_crd_is_the_generated_crd() -> None:
 
 def test_watched_namespaces_bind_children_rbac_per_namespace() -> None:
     rendered = render("--set", "watchNamespaces={team-a,team-b}", "--set", "image.workload=reg/w:1")
-    bindings = [d for d in rendered if d["kind"] == "RoleBinding"
-                and d["metadata"]["name"] == "poolbench-operator-children"]
+    bindings = [
+        d for d in rendered if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "poolbench-operator-children"
+    ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    assert not [d for d in rendered if d["kind"] == "ClusterRoleBinding"
-                and d["metadata"]["name"] == "poolbench-operator-children"]
+    assert not [
+        d
+        for d in rendered
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "poolbench-operator-children"
+    ]
     deploy = next(d for d in rendered if d["kind"] == "Deployment")
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert "--namespace=team-a" in container["args"]

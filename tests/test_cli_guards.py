@@ -46,12 +46,17 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["missing-dir", "is-input", "is-dir", "same-as-plot", "empty"])
-def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path: Path, no_run: list[str],
-                                                                    capsys: pytest.CaptureFixture[str],
-                                                                    case: str) -> None:
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     spec = write(tmp_path, make_doc(steps=[1]))
-    output = {"missing-dir": str(tmp_path / "nope" / "r.json"), "is-input": str(spec),
-              "is-dir": str(tmp_path), "same-as-plot": str(tmp_path / "x.png"), "empty": " "}[case]
+    output = {
+        "missing-dir": str(tmp_path / "nope" / "r.json"),
+        "is-input": str(spec),
+        "is-dir": str(tmp_path),
+        "same-as-plot": str(tmp_path / "x.png"),
+        "empty": " ",
+    }[case]
     argv = ["run", str(spec), "--output", output]
     if case == "same-as-plot":
         argv += ["--plot", output]
@@ -63,8 +68,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path: Pa
     assert spec.read_text().startswith("apiVersion")  # the input is untouched
 
 
-def test_an_unwritable_plot_is_refused_before_the_run(tmp_path: Path, no_run: list[str],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_plot_is_refused_before_the_run(
+    tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     if os.geteuid() == 0:
         target = "/proc/poolbench.png"  # even root cannot create files there
     else:
@@ -76,10 +82,10 @@ def test_an_unwritable_plot_is_refused_before_the_run(tmp_path: Path, no_run: li
     assert no_run == []
 
 
-def test_a_plan_too_large_for_the_machine_is_refused_unless_allowed(tmp_path: Path, no_run: list[str],
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    doc = make_doc(steps=[2, 500], workload={"threads": 500, "holdSeconds": 1},
-                   postgres={"maxConnections": 10000})
+def test_a_plan_too_large_for_the_machine_is_refused_unless_allowed(
+    tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = make_doc(steps=[2, 500], workload={"threads": 500, "holdSeconds": 1}, postgres={"maxConnections": 10000})
     path = write(tmp_path, doc)
     assert cli.main(["run", str(path)]) == 2
     err = capsys.readouterr().err
@@ -92,8 +98,9 @@ def test_a_plan_too_large_for_the_machine_is_refused_unless_allowed(tmp_path: Pa
 
 
 def test_capacity_arithmetic() -> None:
-    spec = parse_spec({"steps": [10, 50], "workload": {"threads": 20, "holdSeconds": 1},
-                       "postgres": {"maxConnections": 2000}})
+    spec = parse_spec(
+        {"steps": [10, 50], "workload": {"threads": 20, "holdSeconds": 1}, "postgres": {"maxConnections": 2000}}
+    )
     assert local_capacity_problems(spec, Machine(cores=2, memory_bytes=24 * 2**30)) == []
     small = local_capacity_problems(spec, Machine(cores=2, memory_bytes=2 * 2**30))
     assert [p for p, _ in small] == ["spec.steps[1]"]
@@ -104,19 +111,30 @@ def test_capacity_arithmetic() -> None:
     assert one_core == [("spec.steps[0]", "300 replica processes are more than 200 on 1 cores")]
 
 
-@pytest.mark.parametrize(("doc", "path"), [
-    (make_doc(workload={"holdSeconds": 400}), "spec.workload.holdSeconds"),
-    (make_doc(stepTimeoutSeconds=10, workload={"durationSeconds": 8, "holdSeconds": 2}), "spec.workload.holdSeconds"),
-    (make_doc(postgres={"maxConnections": 4, "superuserReservedConnections": 3}, workload={"role": "app"}),
-     "spec.postgres.maxConnections"),
-    (make_doc(postgres={"maxConnections": 2, "superuserReservedConnections": 1}, workload={"role": "app"}),
-     "spec.postgres.maxConnections"),
-    (make_doc(workload={"statement": "SELECT 1\x00; DROP TABLE x"}), "spec.workload.statement"),
-    (make_doc(postgres={"settings": {"work_mem": "4MB\x00"}}), "spec.postgres.settings"),
-    (make_doc(postgres={"settings": {"lc_messages": "de_DE"}}), "spec.postgres.settings"),
-])
-def test_contradictions_are_refused_by_field(doc: dict[str, Any], path: str, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("doc", "path"),
+    [
+        (make_doc(workload={"holdSeconds": 400}), "spec.workload.holdSeconds"),
+        (
+            make_doc(stepTimeoutSeconds=10, workload={"durationSeconds": 8, "holdSeconds": 2}),
+            "spec.workload.holdSeconds",
+        ),
+        (
+            make_doc(postgres={"maxConnections": 4, "superuserReservedConnections": 3}, workload={"role": "app"}),
+            "spec.postgres.maxConnections",
+        ),
+        (
+            make_doc(postgres={"maxConnections": 2, "superuserReservedConnections": 1}, workload={"role": "app"}),
+            "spec.postgres.maxConnections",
+        ),
+        (make_doc(workload={"statement": "SELECT 1\x00; DROP TABLE x"}), "spec.workload.statement"),
+        (make_doc(postgres={"settings": {"work_mem": "4MB\x00"}}), "spec.postgres.settings"),
+        (make_doc(postgres={"settings": {"lc_messages": "de_DE"}}), "spec.postgres.settings"),
+    ],
+)
+def test_contradictions_are_refused_by_field(
+    doc: dict[str, Any], path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli.main(["validate", str(write(tmp_path, doc))]) == 2
     err = capsys.readouterr().err
     assert path in err
@@ -125,17 +143,24 @@ def test_contradictions_are_refused_by_field(doc: dict[str, Any], path: str, tmp
 
 def test_a_plan_that_can_pass_is_not_refused() -> None:
     # Exactly one usable slot is enough; hold just under the timeout is allowed.
-    doc = make_doc(postgres={"maxConnections": 5, "superuserReservedConnections": 3}, stepTimeoutSeconds=10,
-                   workload={"role": "app", "holdSeconds": 9.5})
+    doc = make_doc(
+        postgres={"maxConnections": 5, "superuserReservedConnections": 3},
+        stepTimeoutSeconds=10,
+        workload={"role": "app", "holdSeconds": 9.5},
+    )
     load_text(yaml.safe_dump(doc))
 
 
-@pytest.mark.parametrize("text", [
-    "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a}\nspec:\n  steps: [1]\n  steps: [9]\n",
-    "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a, name: b}\nspec: {steps: [1]}\n",
-    "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a}\n"
-    "spec: {steps: [1], postgres: {settings: {work_mem: 4MB, work_mem: 8MB}}}\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a}\n"
+        "spec:\n  steps: [1]\n  steps: [9]\n",
+        "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a, name: b}\nspec: {steps: [1]}\n",
+        "apiVersion: poolbench.dev/v1alpha1\nkind: PoolBenchmark\nmetadata: {name: a}\n"
+        "spec: {steps: [1], postgres: {settings: {work_mem: 4MB, work_mem: 8MB}}}\n",
+    ],
+)
 def test_a_key_given_twice_is_refused_with_its_path(text: str) -> None:
     with pytest.raises(SpecError) as err:
         load_text(text)
@@ -143,9 +168,10 @@ def test_a_key_given_twice_is_refused_with_its_path(text: str) -> None:
     assert any(path.count(".") >= 1 for path, _ in err.value.problems)
 
 
-def test_an_environment_failure_is_one_unwrapped_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    reason = "postgres exited at start: FATAL:  could not bind IPv4 address \"127.0.0.1\": " + "x" * 200 + " [1]"
+def test_an_environment_failure_is_one_unwrapped_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = 'postgres exited at start: FATAL:  could not bind IPv4 address "127.0.0.1": ' + "x" * 200 + " [1]"
 
     def failing(bench: Any, progress: Any = None) -> runner.LocalResult:
         raise EnvironmentFailure(reason)
@@ -156,8 +182,9 @@ def test_an_environment_failure_is_one_unwrapped_line(tmp_path: Path, monkeypatc
     assert any(reason in line for line in err.splitlines())  # one line, brackets kept, not wrapped
 
 
-def test_an_unforeseen_error_is_one_line_without_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unforeseen_error_is_one_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def broken(bench: Any, progress: Any = None) -> runner.LocalResult:
         raise ValueError("something nobody foresaw")
 
@@ -169,8 +196,9 @@ def test_an_unforeseen_error_is_one_line_without_a_traceback(tmp_path: Path, mon
     assert "Traceback" not in err
 
 
-def test_results_that_cannot_be_written_at_the_end_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_results_that_cannot_be_written_at_the_end_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = write(tmp_path, make_doc(steps=[1]))
     out = tmp_path / "out"
     out.mkdir()
@@ -201,8 +229,9 @@ def test_version_and_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Exit codes" in help_text
 
 
-def test_a_pooled_variant_without_pgbouncer_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_pooled_variant_without_pgbouncer_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Checked before anything starts: exit 1, one line naming the package, no traceback."""
     monkeypatch.delenv("POOLBENCH_PGBOUNCER", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no pgbouncer on PATH ...

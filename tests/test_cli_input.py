@@ -53,8 +53,9 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("doc,field", MALFORMED, ids=[f for _, f in MALFORMED])
-def test_malformed_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: Any,
-                                            field: str) -> None:
+def test_malformed_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], doc: Any, field: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, allow_unicode=True))
     code = main(["run", str(path)])
@@ -72,8 +73,9 @@ def test_missing_file_is_invalid_input(tmp_path: Path, capsys: pytest.CaptureFix
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(make_doc(steps=[], workload={"threads": -1})))
-    proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path)], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolbench.cli", "run", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 2
     assert "spec.steps" in proc.stderr
     assert "spec.workload.threads" in proc.stderr

@@ -23,15 +23,26 @@ from poolbench.core.words import clipped
 
 
 def pooled_status() -> dict[str, Any]:
-    pooler = PoolerSpec(pool_mode="transaction", default_pool_size=3, reserve_pool_size=1, max_client_conn=6,
-                        replicas=2)
-    steps = [StepResult(replicas=2, pooler=PoolerStepResult(), outcome="Passed", predicted_peak=8, peak_connections=6),
-             StepResult(replicas=3, pooler=PoolerStepResult(), outcome="Failed", predicted_peak=8, peak_connections=6,
-                        errors=ErrorCounts(pooler_max_client_conn=31, too_many_clients=3), leftover_backends=3,
-                        first_error_class="poolerMaxClientConn")]
+    pooler = PoolerSpec(
+        pool_mode="transaction", default_pool_size=3, reserve_pool_size=1, max_client_conn=6, replicas=2
+    )
+    steps = [
+        StepResult(replicas=2, pooler=PoolerStepResult(), outcome="Passed", predicted_peak=8, peak_connections=6),
+        StepResult(
+            replicas=3,
+            pooler=PoolerStepResult(),
+            outcome="Failed",
+            predicted_peak=8,
+            peak_connections=6,
+            errors=ErrorCounts(pooler_max_client_conn=31, too_many_clients=3),
+            leftover_backends=3,
+            first_error_class="poolerMaxClientConn",
+        ),
+    ]
     verdict = Verdict(max_safe_replicas=2, first_failing_replicas=3)
-    status = BenchmarkStatus(max_connections=14, variants=[VariantStatus(name="tx", pooler=pooler, steps=steps,
-                                                                         verdict=verdict)])
+    status = BenchmarkStatus(
+        max_connections=14, variants=[VariantStatus(name="tx", pooler=pooler, steps=steps, verdict=verdict)]
+    )
     return status.to_json()
 
 
@@ -58,12 +69,15 @@ def test_the_comparison_names_reserve_pool_and_instances() -> None:
 
 def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
     # 2 replicas passed at rest; the rolling update ran them with 1 surge pod (3 pods) and passed too.
-    steps = [StepResult(replicas=2, outcome="Passed", predicted_peak=6, peak_connections=6),
-             StepResult(replicas=3, rollout_from=2, outcome="Passed", predicted_peak=9, peak_connections=9)]
+    steps = [
+        StepResult(replicas=2, outcome="Passed", predicted_peak=6, peak_connections=6),
+        StepResult(replicas=3, rollout_from=2, outcome="Passed", predicted_peak=9, peak_connections=9),
+    ]
     steps[0].latency_ms.p95, steps[1].latency_ms.p95 = 20.0, 35.0
     verdict = Verdict(max_safe_replicas=2)
-    status = BenchmarkStatus(max_connections=14, verdict=verdict,
-                             variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
+    status = BenchmarkStatus(
+        max_connections=14, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
+    ).to_json()
     console = Console(width=200, record=True)
     console.print(cli.results_table(status, status["variants"][0]))
     rows = [line for line in console.export_text().splitlines() if "Passed" in line]
@@ -78,27 +92,33 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
 
 def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
     # No failed attempt: the step failed on its p95 latency limit, which the column names.
-    steps = [StepResult(replicas=1, outcome="Failed",
-                        reason="latency p95 61.887 ms exceeds limits.maxLatencyP95Ms 40 ms")]
+    steps = [
+        StepResult(replicas=1, outcome="Failed", reason="latency p95 61.887 ms exceeds limits.maxLatencyP95Ms 40 ms")
+    ]
     verdict = Verdict(first_failing_replicas=1)
-    status = BenchmarkStatus(max_connections=20, verdict=verdict,
-                             variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]).to_json()
+    status = BenchmarkStatus(
+        max_connections=20, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
+    ).to_json()
     console = Console(width=200, record=True)
     console.print(cli.comparison_table(status))
     assert "1 (limits.maxLatencyP95Ms)" in console.export_text()
 
 
-@pytest.mark.parametrize("message", [
-    # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
-    'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',
-    'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients'
-    ' already',
-    'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL: sorry, too many'
-    ' clients already',
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        # libpq (psycopg2) and psycopg 3, which opens the same text with its own prefix
+        'connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients already',
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL: sorry, too many clients'
+        " already",
+        'connection failed: connection to server on socket "/tmp/.s.PGSQL.5432" failed: FATAL: sorry, too many'
+        " clients already",
+    ],
+)
 def test_the_cause_drops_the_drivers_connection_prefix(message: str) -> None:
-    step = StepResult(replicas=3, outcome="Failed", first_error=f"pb-x-s1-r0: {message}",
-                      first_error_class="tooManyClients")
+    step = StepResult(
+        replicas=3, outcome="Failed", first_error=f"pb-x-s1-r0: {message}", first_error_class="tooManyClients"
+    )
     assert failure_cause(step) == "tooManyClients (FATAL: sorry, too many clients already)"
 
 
@@ -119,8 +139,10 @@ def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> N
     steps = [StepResult(replicas=1, outcome="Passed", predicted_peak=3, peak_connections=3)]
     plain = BenchmarkStatus(max_connections=20, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
     named = {**plain, "comparison": "Scales furthest: direct (1 replica). direct: 1 replica safe, peak 3."}
-    for status, title in ((plain, "PoolBenchmark results (max_connections 20)"),
-                          (named, "variant direct: direct, QueuePool (max_connections 20)")):
+    for status, title in (
+        (plain, "PoolBenchmark results (max_connections 20)"),
+        (named, "variant direct: direct, QueuePool (max_connections 20)"),
+    ):
         console = Console(width=200, record=True)
         console.print(cli.results_table(status, status["variants"][0]))
         assert title in console.export_text()

@@ -40,8 +40,9 @@ class ArithmeticOracle(FakePlatform):
         if p.fits:
             self.scripts = [Script()]
         else:
-            cls = {"clients": "poolerMaxClientConn", "kept": "poolerQueryWaitTimeout"}.get(p.check.cause,
-                                                                                          "tooManyClients")
+            cls = {"clients": "poolerMaxClientConn", "kept": "poolerQueryWaitTimeout"}.get(
+                p.check.cause, "tooManyClients"
+            )
             self.scripts = [Script(crashed=True, outcomes={cls: 1})]
         super().scale(planned)
 
@@ -57,25 +58,38 @@ class ArithmeticOracle(FakePlatform):
 
 
 POSTGRES = st.one_of(
-    st.builds(lambda m, r: {"maxConnections": m, "superuserReservedConnections": r},
-              st.integers(8, 300), st.integers(0, 5)),
+    st.builds(
+        lambda m, r: {"maxConnections": m, "superuserReservedConnections": r}, st.integers(8, 300), st.integers(0, 5)
+    ),
     st.builds(lambda g: {"provider": {"name": "rds", "memoryGiB": g}}, st.sampled_from([0.1, 0.25, 0.5, 1.0])),
     st.builds(lambda g: {"provider": {"name": "azure", "memoryGiB": g}}, st.sampled_from([2, 4])),
     st.builds(lambda g: {"provider": {"name": "cloudsql", "memoryGiB": g}}, st.sampled_from([0.6, 1.7, 3.75, 6.0])),
 )
 ENGINE = st.one_of(
-    st.builds(lambda s, o: {"poolClass": "QueuePool", "poolSize": s, "maxOverflow": o},
-              st.integers(0, 8), st.integers(-1, 8)),
+    st.builds(
+        lambda s, o: {"poolClass": "QueuePool", "poolSize": s, "maxOverflow": o}, st.integers(0, 8), st.integers(-1, 8)
+    ),
     st.just({"poolClass": "NullPool"}),
 )
 POOLER = st.builds(
-    lambda mode, pool, reserve, clients, instances: {"poolMode": mode, "defaultPoolSize": pool,
-                                                     "reservePoolSize": reserve, "maxClientConn": clients,
-                                                     "replicas": instances},
-    st.sampled_from(["session", "transaction"]), st.integers(1, 30), st.integers(0, 4), st.integers(2, 120),
-    st.integers(1, 3))
-VARIANT = st.builds(lambda pooler, engine: {"pooler": pooler, "engine": engine},
-                    st.one_of(st.none(), POOLER), st.one_of(st.none(), ENGINE))
+    lambda mode, pool, reserve, clients, instances: {
+        "poolMode": mode,
+        "defaultPoolSize": pool,
+        "reservePoolSize": reserve,
+        "maxClientConn": clients,
+        "replicas": instances,
+    },
+    st.sampled_from(["session", "transaction"]),
+    st.integers(1, 30),
+    st.integers(0, 4),
+    st.integers(2, 120),
+    st.integers(1, 3),
+)
+VARIANT = st.builds(
+    lambda pooler, engine: {"pooler": pooler, "engine": engine},
+    st.one_of(st.none(), POOLER),
+    st.one_of(st.none(), ENGINE),
+)
 STEPS = st.one_of(
     st.lists(st.integers(1, 30), min_size=1, max_size=4),
     st.builds(lambda lo, width: {"search": {"min": lo, "max": lo + width}}, st.integers(1, 10), st.integers(1, 30)),
@@ -90,14 +104,20 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
         "stepTimeoutSeconds": 30,
         "stopOnFailure": draw(st.booleans()),
         "postgres": draw(POSTGRES),
-        "workload": {"threads": draw(st.integers(1, 12)), "processes": draw(st.integers(1, 3)),
-                     "role": draw(st.sampled_from(["superuser", "app"])), "holdSeconds": 1,
-                     "engine": draw(ENGINE)},
+        "workload": {
+            "threads": draw(st.integers(1, 12)),
+            "processes": draw(st.integers(1, 3)),
+            "role": draw(st.sampled_from(["superuser", "app"])),
+            "holdSeconds": 1,
+            "engine": draw(ENGINE),
+        },
         "rollout": {"maxSurge": draw(st.sampled_from([0, 1, 2, "25%", "100%"]))},
     }
     if len(variants) > 1 or variants[0]["pooler"] is not None:
-        doc["variants"] = [{"name": f"v{i}", **{k: v for k, v in variant.items() if v is not None}}
-                           for i, variant in enumerate(variants)]
+        doc["variants"] = [
+            {"name": f"v{i}", **{k: v for k, v in variant.items() if v is not None}}
+            for i, variant in enumerate(variants)
+        ]
     return doc
 
 
@@ -105,8 +125,14 @@ def counts_named(text: str, pattern: str) -> set[int]:
     return {int(n) for n in re.findall(pattern, text)}
 
 
-def check_summary(summary: str, spec: PoolBenchmarkSpec, pooler: PoolerSpec | None, safe: int,
-                  steps: list[StepResult], measured: list[StepResult]) -> None:
+def check_summary(
+    summary: str,
+    spec: PoolBenchmarkSpec,
+    pooler: PoolerSpec | None,
+    safe: int,
+    steps: list[StepResult],
+    measured: list[StepResult],
+) -> None:
     """The verdict's sentence names the predicted count, never calls a failed run passed, and names
     only probes that ran."""
     # The verdict's fit sentence names the predicted count, never another.

@@ -37,13 +37,33 @@ from tests.conftest import ROOT
 from workload.metrics import Measures, ReplicaMetrics
 from workload.replica import Replica
 
-FULL_ENGINE = EngineSettings(pool_class="QueuePool", pool_size=3, max_overflow=-1, pool_timeout=2.5, pool_recycle=600,
-                             pool_pre_ping=True, pool_use_lifo=False)
+FULL_ENGINE = EngineSettings(
+    pool_class="QueuePool",
+    pool_size=3,
+    max_overflow=-1,
+    pool_timeout=2.5,
+    pool_recycle=600,
+    pool_pre_ping=True,
+    pool_use_lifo=False,
+)
 FULL_CONFIG = WorkloadConfig(
-    threads=7, statement="SELECT '%s', ':x', 'é'", processes=2, driver="psycopg", iterations=None,
-    duration_seconds=1.5, hold_seconds=0.25, on_error="crash", engine=FULL_ENGINE, app_name="bench-r0",
-    metrics_port=9187, summary_path="/dev/termination-log", exit_after_hold=False, pooler="PgBouncer",
-    pool_mode="transaction", histogram_edges_ms=(0.5, 60.0), pooler_hosts=(("127.0.0.1", 6432), ("::1", 6433)),
+    threads=7,
+    statement="SELECT '%s', ':x', 'é'",
+    processes=2,
+    driver="psycopg",
+    iterations=None,
+    duration_seconds=1.5,
+    hold_seconds=0.25,
+    on_error="crash",
+    engine=FULL_ENGINE,
+    app_name="bench-r0",
+    metrics_port=9187,
+    summary_path="/dev/termination-log",
+    exit_after_hold=False,
+    pooler="PgBouncer",
+    pool_mode="transaction",
+    histogram_edges_ms=(0.5, 60.0),
+    pooler_hosts=(("127.0.0.1", 6432), ("::1", 6433)),
 )
 
 
@@ -60,23 +80,34 @@ def test_every_setting_of_a_replica_survives_its_environment() -> None:
 engines = st.builds(
     EngineSettings,
     pool_class=st.sampled_from(["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]),
-    pool_size=st.none() | st.integers(0, 1000), max_overflow=st.none() | st.integers(-1, 1000),
-    pool_timeout=st.none() | st.floats(0, 3600), pool_recycle=st.none() | st.integers(-1, 86400),
-    pool_pre_ping=st.none() | st.booleans(), pool_use_lifo=st.none() | st.booleans(),
+    pool_size=st.none() | st.integers(0, 1000),
+    max_overflow=st.none() | st.integers(-1, 1000),
+    pool_timeout=st.none() | st.floats(0, 3600),
+    pool_recycle=st.none() | st.integers(-1, 86400),
+    pool_pre_ping=st.none() | st.booleans(),
+    pool_use_lifo=st.none() | st.booleans(),
 )
 configs = st.builds(
     WorkloadConfig,
-    threads=st.integers(1, 500), statement=st.text(st.characters(blacklist_characters="\x00"), min_size=1),
-    processes=st.integers(1, 64), driver=st.sampled_from(DRIVERS), iterations=st.none() | st.integers(1, 10**7),
-    duration_seconds=st.none() | st.floats(0.001, 86400), hold_seconds=st.floats(0, 86400),
-    on_error=st.sampled_from(["crash", "count"]), engine=engines,
+    threads=st.integers(1, 500),
+    statement=st.text(st.characters(blacklist_characters="\x00"), min_size=1),
+    processes=st.integers(1, 64),
+    driver=st.sampled_from(DRIVERS),
+    iterations=st.none() | st.integers(1, 10**7),
+    duration_seconds=st.none() | st.floats(0.001, 86400),
+    hold_seconds=st.floats(0, 86400),
+    on_error=st.sampled_from(["crash", "count"]),
+    engine=engines,
     app_name=st.text(st.characters(blacklist_characters="\x00"), min_size=1),
-    metrics_port=st.integers(0, 65535), summary_path=st.none() | st.text("abc/._", min_size=1),
-    exit_after_hold=st.booleans(), pooler=st.none() | st.just("PgBouncer"),
+    metrics_port=st.integers(0, 65535),
+    summary_path=st.none() | st.text("abc/._", min_size=1),
+    exit_after_hold=st.booleans(),
+    pooler=st.none() | st.just("PgBouncer"),
     pool_mode=st.none() | st.sampled_from(["session", "transaction"]),
     histogram_edges_ms=st.lists(st.floats(0.001, 1e6), max_size=3).map(lambda v: tuple(sorted(set(v)))),
-    pooler_hosts=st.lists(st.tuples(st.sampled_from(["127.0.0.1", "::1", "pgb"]), st.integers(1, 65535)),
-                          max_size=3).map(tuple),
+    pooler_hosts=st.lists(
+        st.tuples(st.sampled_from(["127.0.0.1", "::1", "pgb"]), st.integers(1, 65535)), max_size=3
+    ).map(tuple),
 )
 
 
@@ -90,20 +121,34 @@ def test_the_engine_settings_are_the_specs_engine_under_its_own_names() -> None:
     """A field added to or renamed in the spec's engine must reach the replica: the same fields, and the
     variable carries the spec's own camelCase JSON."""
     assert [f.name for f in dataclasses.fields(EngineSettings)] == list(EngineSpec.model_fields)
-    spec = parse_spec({"steps": [1], "workload": {"engine": {"poolSize": 3, "maxOverflow": 0, "poolTimeout": 2,
-                                                             "poolRecycle": 60, "poolPrePing": True,
-                                                             "poolUseLifo": True}}})
+    spec = parse_spec(
+        {
+            "steps": [1],
+            "workload": {
+                "engine": {
+                    "poolSize": 3,
+                    "maxOverflow": 0,
+                    "poolTimeout": 2,
+                    "poolRecycle": 60,
+                    "poolPrePing": True,
+                    "poolUseLifo": True,
+                }
+            },
+        }
+    )
     env = workload_env(spec)
-    assert env[ENGINE_ENV] == json.dumps(spec.workload.engine.model_dump(by_alias=True, exclude_none=True),
-                                         sort_keys=True)
+    assert env[ENGINE_ENV] == json.dumps(
+        spec.workload.engine.model_dump(by_alias=True, exclude_none=True), sort_keys=True
+    )
     named = WorkloadConfig.from_env(env | {APP_NAME_ENV: "bench-r0"})  # the platform names each replica
     assert named == dataclasses.replace(workload_config(spec), app_name="bench-r0")
 
 
 def test_a_variants_pooler_and_the_limits_reach_the_environment() -> None:
     spec = parse_spec({"steps": [1], "limits": {"maxLatencyP95Ms": 60}, "workload": {"durationSeconds": 2}})
-    pooled = WorkloadConfig.from_env(workload_env(spec, pooler=PoolerSpec(pool_mode="transaction"),
-                                                  exit_after_hold=False))
+    pooled = WorkloadConfig.from_env(
+        workload_env(spec, pooler=PoolerSpec(pool_mode="transaction"), exit_after_hold=False)
+    )
     assert (pooled.pooler, pooled.pool_mode, pooled.transaction_pooled) == ("PgBouncer", "transaction", True)
     assert pooled.histogram_edges_ms == (60.0,)
     assert pooled.duration_seconds == 2.0
@@ -114,8 +159,9 @@ def test_a_variants_pooler_and_the_limits_reach_the_environment() -> None:
 
 
 def test_the_engine_settings_are_create_engine_arguments() -> None:
-    engine = create_engine(SQLALCHEMY_URLS["psycopg2"], poolclass=getattr(pool, FULL_ENGINE.pool_class),
-                           **FULL_ENGINE.pool_arguments())
+    engine = create_engine(
+        SQLALCHEMY_URLS["psycopg2"], poolclass=getattr(pool, FULL_ENGINE.pool_class), **FULL_ENGINE.pool_arguments()
+    )
     try:
         assert isinstance(engine.pool, pool.QueuePool)
         assert (engine.pool.size(), engine.pool.timeout()) == (3, 2.5)
@@ -124,25 +170,31 @@ def test_the_engine_settings_are_create_engine_arguments() -> None:
     assert EngineSettings().pool_arguments() == {}
 
 
-@pytest.mark.parametrize(("engine", "named"), [
-    ('{"poolsize": 3}', "'poolsize' is not one of poolClass, poolSize"),
-    ('{"poolSize": "3"}', "poolSize '3' is not"),
-    ('{"poolSize": true}', "poolSize True is not"),
-    ('{"poolPrePing": 1}', "poolPrePing 1 is not"),
-    ('{"poolClass": "AssertionPool"}', "poolClass 'AssertionPool' is not"),
-    ("[]", "is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("engine", "named"),
+    [
+        ('{"poolsize": 3}', "'poolsize' is not one of poolClass, poolSize"),
+        ('{"poolSize": "3"}', "poolSize '3' is not"),
+        ('{"poolSize": true}', "poolSize True is not"),
+        ('{"poolPrePing": 1}', "poolPrePing 1 is not"),
+        ('{"poolClass": "AssertionPool"}', "poolClass 'AssertionPool' is not"),
+        ("[]", "is not a JSON object"),
+    ],
+)
 def test_a_malformed_engine_is_named(engine: str, named: str) -> None:
     with pytest.raises(WorkloadEnvError, match=f"POOLBENCH_ENGINE is malformed: .*{named}"):
         WorkloadConfig.from_env({ENGINE_ENV: engine})
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({"POOLBENCH_DRIVER": "pg8000"}, "POOLBENCH_DRIVER is malformed: 'pg8000' is not one of psycopg2, psycopg"),
-    ({"POOLBENCH_ON_ERROR": "retry"}, "POOLBENCH_ON_ERROR is malformed: 'retry' is not one of crash, count"),
-    ({"POOLBENCH_POOL_MODE": "statement"}, "POOLBENCH_POOL_MODE is malformed: 'statement'"),
-    ({"POOLBENCH_HISTOGRAM_EDGES_MS": "0"}, "POOLBENCH_HISTOGRAM_EDGES_MS is malformed"),
-])
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"POOLBENCH_DRIVER": "pg8000"}, "POOLBENCH_DRIVER is malformed: 'pg8000' is not one of psycopg2, psycopg"),
+        ({"POOLBENCH_ON_ERROR": "retry"}, "POOLBENCH_ON_ERROR is malformed: 'retry' is not one of crash, count"),
+        ({"POOLBENCH_POOL_MODE": "statement"}, "POOLBENCH_POOL_MODE is malformed: 'statement'"),
+        ({"POOLBENCH_HISTOGRAM_EDGES_MS": "0"}, "POOLBENCH_HISTOGRAM_EDGES_MS is malformed"),
+    ],
+)
 def test_a_malformed_setting_is_named(env: dict[str, str], named: str) -> None:
     with pytest.raises(WorkloadEnvError, match=named):
         WorkloadConfig.from_env(env)
@@ -166,16 +218,25 @@ def _histogram(*values: float) -> Histogram:
 
 
 FULL_SUMMARY = ReplicaSummary(
-    replica="bench-r0", phase=CRASHED, outcomes={"ok": 41, "tooManyClients": 2}, first_error="FATAL: sorry, too many",
-    first_error_class="tooManyClients", first_error_at=1764064198.25, peak_checked_out=7,
-    started_at="2026-01-01T00:00:00.000+00:00", work_done_at="2026-01-01T00:00:01.000+00:00",
-    finished_at="2026-01-01T00:00:02.000+00:00", latency=_histogram(0.5, 3.25, 70.0),
-    checkout_wait=_histogram(0.001, 12.0), work_started_at=1764064197.5, work_ended_at=1764064199.75, processes=3,
+    replica="bench-r0",
+    phase=CRASHED,
+    outcomes={"ok": 41, "tooManyClients": 2},
+    first_error="FATAL: sorry, too many",
+    first_error_class="tooManyClients",
+    first_error_at=1764064198.25,
+    peak_checked_out=7,
+    started_at="2026-01-01T00:00:00.000+00:00",
+    work_done_at="2026-01-01T00:00:01.000+00:00",
+    finished_at="2026-01-01T00:00:02.000+00:00",
+    latency=_histogram(0.5, 3.25, 70.0),
+    checkout_wait=_histogram(0.001, 12.0),
+    work_started_at=1764064197.5,
+    work_ended_at=1764064199.75,
+    processes=3,
 )
 
 
-@pytest.mark.parametrize("summary", [FULL_SUMMARY, dataclasses.replace(FULL_SUMMARY, processes=None),
-                                     ReplicaSummary()])
+@pytest.mark.parametrize("summary", [FULL_SUMMARY, dataclasses.replace(FULL_SUMMARY, processes=None), ReplicaSummary()])
 def test_a_summary_reads_back_as_written(summary: ReplicaSummary) -> None:
     text = summary.to_text()
     assert len(text) <= SUMMARY_LIMIT
@@ -189,11 +250,20 @@ def test_a_message_that_is_no_summary_reads_as_none(text: str | None) -> None:
 
 
 def test_a_summary_reader_keeps_what_it_can_of_a_malformed_message() -> None:
-    read = ReplicaSummary.from_json({
-        "phase": "exploded", "outcomes": {"ok": 3, "other": "many", "tooManyClients": 1.0}, "firstError": 7,
-        "firstErrorAt": "soon", "peakCheckedOut": True, "latencyMs": [1], "checkoutWaitMs": {"boundsMs": "x"},
-        "workStartedAt": 12, "workEndedAt": None, "processes": "2",
-    })
+    read = ReplicaSummary.from_json(
+        {
+            "phase": "exploded",
+            "outcomes": {"ok": 3, "other": "many", "tooManyClients": 1.0},
+            "firstError": 7,
+            "firstErrorAt": "soon",
+            "peakCheckedOut": True,
+            "latencyMs": [1],
+            "checkoutWaitMs": {"boundsMs": "x"},
+            "workStartedAt": 12,
+            "workEndedAt": None,
+            "processes": "2",
+        }
+    )
     assert read == ReplicaSummary(outcomes={"ok": 3, "tooManyClients": 1}, work_started_at=12.0)
     assert read.phase is None
     assert read.first_error is None
@@ -260,8 +330,10 @@ def test_the_spec_and_the_replica_know_the_same_drivers() -> None:
 def test_a_replica_starts_without_pydantic_or_yaml() -> None:
     """What ``python -m workload`` imports before it reads its environment (package __init__ files
     included, which import-linter does not follow)."""
-    code = ("import sys, workload.__main__, workload.processes; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'yaml')))")
+    code = (
+        "import sys, workload.__main__, workload.processes; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'yaml')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

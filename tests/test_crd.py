@@ -29,21 +29,58 @@ def test_schema_is_structural() -> None:
     engine = spec["properties"]["workload"]["properties"]["engine"]["properties"]
     assert engine["poolClass"]["enum"] == ["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
     status = schema["properties"]["status"]["properties"]
-    for key in ("phase", "message", "currentStep", "totalSteps", "replicas", "maxConnections",
-                "peakConnections", "failures", "variants", "verdict", "progress"):
+    for key in (
+        "phase",
+        "message",
+        "currentStep",
+        "totalSteps",
+        "replicas",
+        "maxConnections",
+        "peakConnections",
+        "failures",
+        "variants",
+        "verdict",
+        "progress",
+    ):
         assert key in status, key
     assert "steps" not in status  # a benchmark's steps are its variants', each written once
     variant = status["variants"]["items"]["properties"]
     assert {"name", "pooler", "engine", "steps", "verdict"} <= set(variant)
     step = variant["steps"]["items"]["properties"]
-    for key in ("replicas", "startedAt", "finishedAt", "predictedPeak", "peakConnections", "peakByState",
-                "idleAtEnd", "oldestIdleSeconds", "errors", "restarts", "outcome", "pooler"):
+    for key in (
+        "replicas",
+        "startedAt",
+        "finishedAt",
+        "predictedPeak",
+        "peakConnections",
+        "peakByState",
+        "idleAtEnd",
+        "oldestIdleSeconds",
+        "errors",
+        "restarts",
+        "outcome",
+        "pooler",
+    ):
         assert key in step, key
-    assert set(step["pooler"]["properties"]) == {"predictedClientPeak", "clientCapacity", "serverCapacity",
-                                                 "predictedOutcome", "clientPeakConnections", "waitingPeak",
-                                                 "maxWaitMs", "sampleGaps"}
+    assert set(step["pooler"]["properties"]) == {
+        "predictedClientPeak",
+        "clientCapacity",
+        "serverCapacity",
+        "predictedOutcome",
+        "clientPeakConnections",
+        "waitingPeak",
+        "maxWaitMs",
+        "sampleGaps",
+    }
     assert step["pooler"]["nullable"] is True
-    assert set(step["errors"]["properties"]) == {"tooManyClients", "reservedSlots", "poolTimeout", "other",
-                                                 "poolerMaxClientConn", "poolerServerLogin", "poolerQueryWaitTimeout",
-                                                 "preparedStatementClash"}
+    assert set(step["errors"]["properties"]) == {
+        "tooManyClients",
+        "reservedSlots",
+        "poolTimeout",
+        "other",
+        "poolerMaxClientConn",
+        "poolerServerLogin",
+        "poolerQueryWaitTimeout",
+        "preparedStatementClash",
+    }
     assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]

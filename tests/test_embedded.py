@@ -39,6 +39,7 @@ from tests.conftest import ROOT, make_doc
 
 pytestmark = pytest.mark.postgres
 
+
 @pytest.fixture
 def require_root() -> None:
     """These cases exist only as root (the server then runs as another user). The suite runs as root,
@@ -96,6 +97,7 @@ def the_template(cache: Path) -> Path:
 
 
 # -- 1. the cache heals itself --------------------------------------------------------------------------
+
 
 def _all_entries(root: Path) -> list[Path]:
     return [Path(d) / n for d, dirs, files in os.walk(root) for n in dirs + files]
@@ -156,15 +158,25 @@ def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
 
 
 DAMAGE: list[Callable[[Path, pytest.MonkeyPatch], None]] = [
-    missing_pg_version, truncated_pg_control, garbage_pg_control, regular_file, empty_directory,
-    unreadable_for_the_server, missing_relation_file, stored_by_an_older_poolbench, copy_fails,
+    missing_pg_version,
+    truncated_pg_control,
+    garbage_pg_control,
+    regular_file,
+    empty_directory,
+    unreadable_for_the_server,
+    missing_relation_file,
+    stored_by_an_older_poolbench,
+    copy_fails,
 ]
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=[d.__name__ for d in DAMAGE])
-def test_a_damaged_template_is_rebuilt_in_the_same_run(cache: Path, server: list[LocalPostgres],
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       damage: Callable[[Path, pytest.MonkeyPatch], None]) -> None:
+def test_a_damaged_template_is_rebuilt_in_the_same_run(
+    cache: Path,
+    server: list[LocalPostgres],
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Path, pytest.MonkeyPatch], None],
+) -> None:
     first = start(server)
     assert not first.from_template
     first.stop()
@@ -214,6 +226,7 @@ def test_an_incomplete_template_in_the_way_is_replaced_not_kept(cache: Path, ser
 
 
 # -- 2. never change the mode of a directory poolbench did not create ------------------------------------
+
 
 def _modes(paths: list[Path]) -> dict[Path, tuple[int, int, int]]:
     out = {}
@@ -265,17 +278,25 @@ def _watched(tmpdir: Path, copied_bin: Path) -> list[Path]:
     """Every directory that existed before the run and that the server needs to reach, plus the copy."""
     venv = copied_bin.parents[3]
     real_install = pg_bin_dir().parent
-    return list(dict.fromkeys([
-        *_with_parents(tmpdir), *_with_parents(venv), venv, *_all_entries(venv),
-        *_with_parents(real_install), *_all_entries(real_install),
-        *(Path(base) for base in access.TEMP_BASES if Path(base).exists()),
-    ]))
+    return list(
+        dict.fromkeys(
+            [
+                *_with_parents(tmpdir),
+                *_with_parents(venv),
+                venv,
+                *_all_entries(venv),
+                *_with_parents(real_install),
+                *_all_entries(real_install),
+                *(Path(base) for base in access.TEMP_BASES if Path(base).exists()),
+            ]
+        )
+    )
 
 
 @as_root
 def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
-        cache: Path, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        server: list[LocalPostgres]) -> None:
+    cache: Path, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: list[LocalPostgres]
+) -> None:
     copied_bin = _private_install(tmp_path)
     monkeypatch.setattr(embedded, "pg_bin_dir", lambda: copied_bin)
     watched = _watched(private_tmpdir, copied_bin)
@@ -313,8 +334,8 @@ def test_as_root_a_private_tmpdir_and_unreadable_binaries_change_no_mode(
 
 @as_root
 def test_as_root_with_the_cache_off_the_binaries_are_copied_into_the_run(
-        no_cache: None, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        server: list[LocalPostgres]) -> None:
+    no_cache: None, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: list[LocalPostgres]
+) -> None:
     copied_bin = _private_install(tmp_path)
     monkeypatch.setattr(embedded, "pg_bin_dir", lambda: copied_bin)
     watched = _watched(private_tmpdir, copied_bin)
@@ -345,7 +366,8 @@ def test_as_root_the_readable_wheel_runs_in_place(cache: Path, server: list[Loca
 
 @as_root
 def test_as_root_no_reachable_temporary_base_is_a_clear_environment_failure(
-        cache: Path, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache: Path, private_tmpdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     bases = [closed / "a", closed / "b"]
@@ -400,12 +422,22 @@ def test_good_settings_pass_and_are_in_effect(cache: Path, server: list[LocalPos
 
 
 def test_the_cli_exits_2_naming_each_bad_setting(cache: Path, tmp_path: Path) -> None:
-    doc = make_doc(name="settings", steps=[1], workload={"threads": 1, "iterations": 1, "holdSeconds": 0},
-                   postgres={"settings": {"work_mem": "-5", "statement_timeout": "abc", "lock_timeout": "1s"}})
+    doc = make_doc(
+        name="settings",
+        steps=[1],
+        workload={"threads": 1, "iterations": 1, "holdSeconds": 0},
+        postgres={"settings": {"work_mem": "-5", "statement_timeout": "abc", "lock_timeout": "1s"}},
+    )
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
-    proc = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, CACHE_ENV: str(cache)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolbench.cli", "run", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, CACHE_ENV: str(cache)},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "spec.postgres.settings.work_mem: -5 kB is outside the valid range" in proc.stderr
@@ -414,6 +446,7 @@ def test_the_cli_exits_2_naming_each_bad_setting(cache: Path, tmp_path: Path) ->
 
 
 # -- 4. an environment error names its cause ---------------------------------------------------------------
+
 
 def test_a_port_in_use_quotes_the_fatal_line_and_keeps_the_good_template(cache: Path) -> None:
     LocalPostgres().start().stop()
@@ -455,8 +488,9 @@ def test_a_restart_on_a_damaged_control_file_quotes_the_fatal_line(no_cache: Non
     with pytest.raises(EnvironmentFailure) as info:
         pg.restart()
     message = str(info.value)
-    assert re.search(r"FATAL:  (database files are incompatible with server|incorrect checksum in control file)",
-                     message), message
+    assert re.search(
+        r"FATAL:  (database files are incompatible with server|incorrect checksum in control file)", message
+    ), message
     assert "LOG:" not in message
 
 
@@ -473,4 +507,5 @@ def test_without_a_fatal_line_the_tail_is_quoted() -> None:
     log = "\n".join(f"LOG:  line {i}" for i in range(30))
     assert serverlog.explain(log).splitlines()[0] == "LOG:  line 10"
     assert serverlog.cause_lines("x [1] PANIC:  could not locate a valid checkpoint record\nx [1] LOG:  y") == [
-        "PANIC:  could not locate a valid checkpoint record"]
+        "PANIC:  could not locate a valid checkpoint record"
+    ]

@@ -82,9 +82,13 @@ def test_a_true_p95_just_under_a_limit_inside_a_coarse_bucket_passes() -> None:
 def step_with(latencies: list[float], waits: list[float], limits: LimitsSpec) -> StepResult:
     edges = edges_with([v for v in (limits.max_latency_p95_ms, limits.max_checkout_wait_p95_ms) if v])
     latency, wait = filled(latencies, edges), filled(waits, edges)
-    return StepResult(replicas=1, latency_histogram=HistogramCounts.model_validate(latency.to_json()),
-                      checkout_wait_histogram=HistogramCounts.model_validate(wait.to_json()),
-                      latency_ms=Percentiles(**latency.summary()), checkout_wait_ms=Percentiles(**wait.summary()))
+    return StepResult(
+        replicas=1,
+        latency_histogram=HistogramCounts.model_validate(latency.to_json()),
+        checkout_wait_histogram=HistogramCounts.model_validate(wait.to_json()),
+        latency_ms=Percentiles(**latency.summary()),
+        checkout_wait_ms=Percentiles(**wait.summary()),
+    )
 
 
 def test_limit_breaches_judge_the_counts_and_quote_a_reading_on_the_same_side() -> None:
@@ -92,7 +96,9 @@ def test_limit_breaches_judge_the_counts_and_quote_a_reading_on_the_same_side() 
     assert limit_breaches(step_with([59.5] * 100, [0.49] * 100, limits), limits) == []
     step = step_with([60.2] * 100, [0.51] * 100, limits)
     assert [b.split(" exceeds ")[1] for b in limit_breaches(step, limits)] == [
-        "limits.maxLatencyP95Ms 60 ms", "limits.maxCheckoutWaitP95Ms 0.5 ms"]
+        "limits.maxLatencyP95Ms 60 ms",
+        "limits.maxCheckoutWaitP95Ms 0.5 ms",
+    ]
     assert step.latency_ms.p95 > 60
     assert step.checkout_wait_ms.p95 > 0.5
     assert f"latency p95 {step.latency_ms.p95:g} ms exceeds" in limit_breaches(step, limits)[0]
@@ -132,9 +138,16 @@ def test_prometheus_labels_are_decimal_seconds_that_read_back_to_the_same_edge()
 
 
 def test_malformed_histograms_count_as_empty() -> None:
-    for bad in (None, {}, {"counts": [1, 2]}, {"boundsMs": [1.0], "counts": ["x"]}, {"boundsMs": "a", "counts": []},
-                {"boundsMs": [2.0, 1.0], "counts": [1, 1]}, {"boundsMs": [-1.0], "counts": [1]},
-                {"boundsMs": [1.0], "counts": [-3]}):
+    for bad in (
+        None,
+        {},
+        {"counts": [1, 2]},
+        {"boundsMs": [1.0], "counts": ["x"]},
+        {"boundsMs": "a", "counts": []},
+        {"boundsMs": [2.0, 1.0], "counts": [1, 1]},
+        {"boundsMs": [-1.0], "counts": [1]},
+        {"boundsMs": [1.0], "counts": [-3]},
+    ):
         assert Histogram.from_json(bad).total == 0
     assert Histogram.from_cumulative([("x", 1.0)], 0.0, 0.0).total == 0
     assert Histogram.from_cumulative([("0.001", 5.0), ("+Inf", 3.0)], 0.0, 0.0).total == 0
@@ -166,8 +179,9 @@ def test_a_percentile_is_within_the_stated_error_of_the_truth(values: list[float
 
 @settings(max_examples=300, deadline=None)
 @given(values_ms, quantiles, st.floats(min_value=0.001, max_value=1e8, allow_nan=False), st.integers(1, 5))
-def test_a_limit_is_judged_exactly_and_merges_across_replicas(values: list[float], q: float, limit: float,
-                                                               replicas: int) -> None:
+def test_a_limit_is_judged_exactly_and_merges_across_replicas(
+    values: list[float], q: float, limit: float, replicas: int
+) -> None:
     edges = edges_with([limit])
     parts = [filled(values[i::replicas], edges) for i in range(replicas)]
     scraped = [Histogram.from_cumulative(p.cumulative(), p.sum_ms, p.max_ms) for p in parts]
@@ -206,9 +220,14 @@ def test_a_step_of_several_replicas_is_judged_on_their_merged_counts() -> None:
     edges = edges_with([60.0])
 
     def replica(name: str, values: list[float]) -> ReplicaReport:
-        return ReplicaReport(name, outcomes={"ok": len(values)}, latency=filled(values, edges),
-                             checkout_wait=filled([0.05] * len(values), edges), work_started_at=0.0,
-                             work_ended_at=1.0)
+        return ReplicaReport(
+            name,
+            outcomes={"ok": len(values)},
+            latency=filled(values, edges),
+            checkout_wait=filled([0.05] * len(values), edges),
+            work_started_at=0.0,
+            work_ended_at=1.0,
+        )
 
     spec = {"steps": [3], "limits": {"maxLatencyP95Ms": 60}}
     parts = [[20.0] * 40, [59.9] * 30 + [75.0] * 3, [45.0] * 25 + [75.0] * 2]
@@ -227,4 +246,5 @@ def test_a_step_without_a_histogram_is_judged_on_its_reported_p95() -> None:
     limits = LimitsSpec(max_latency_p95_ms=60)
     assert limit_breaches(StepResult(replicas=1, latency_ms=Percentiles(p95=60)), limits) == []
     assert limit_breaches(StepResult(replicas=1, latency_ms=Percentiles(p95=61)), limits) == [
-        "latency p95 61 ms exceeds limits.maxLatencyP95Ms 60 ms"]
+        "latency p95 61 ms exceeds limits.maxLatencyP95Ms 60 ms"
+    ]

@@ -29,15 +29,33 @@ pytestmark = pytest.mark.postgres
 SLEEP = "SELECT pg_sleep(0.3)"
 
 
-def run_steps(name: str, steps: list[int], settings: dict[str, str] | None = None, timeout: int = 30,
-              interval_ms: int = 50, **workload: Any) -> list[StepResult]:
-    wl = {"threads": 2, "iterations": 2, "holdSeconds": 1.5, "statement": SLEEP,
-          "engine": {"poolSize": 2, "maxOverflow": 0}, **workload}
-    bench = parse_document(make_doc(
-        name=name, steps=steps, workload=wl, stepTimeoutSeconds=timeout,
-        stopOnFailure=False, sampling={"intervalMs": interval_ms},
-        postgres={"maxConnections": 30, "settings": settings or {}},
-    ))
+def run_steps(
+    name: str,
+    steps: list[int],
+    settings: dict[str, str] | None = None,
+    timeout: int = 30,
+    interval_ms: int = 50,
+    **workload: Any,
+) -> list[StepResult]:
+    wl = {
+        "threads": 2,
+        "iterations": 2,
+        "holdSeconds": 1.5,
+        "statement": SLEEP,
+        "engine": {"poolSize": 2, "maxOverflow": 0},
+        **workload,
+    }
+    bench = parse_document(
+        make_doc(
+            name=name,
+            steps=steps,
+            workload=wl,
+            stepTimeoutSeconds=timeout,
+            stopOnFailure=False,
+            sampling={"intervalMs": interval_ms},
+            postgres={"maxConnections": 30, "settings": settings or {}},
+        )
+    )
     return run_local(bench).status.variants[0].steps
 
 
@@ -59,8 +77,16 @@ MONITOR_KILLERS = [
 
 @pytest.mark.parametrize("settings", MONITOR_KILLERS, ids=[",".join(s) for s in MONITOR_KILLERS])
 def test_the_monitor_is_immune_to_the_servers_timeouts(settings: dict[str, str]) -> None:
-    (step,) = run_steps("immune", [2], settings, onError="count", iterations=1, holdSeconds=2.5,
-                        statement="SELECT pg_sleep(0.3); SELECT pg_sleep(0.3)", interval_ms=100)
+    (step,) = run_steps(
+        "immune",
+        [2],
+        settings,
+        onError="count",
+        iterations=1,
+        holdSeconds=2.5,
+        statement="SELECT pg_sleep(0.3); SELECT pg_sleep(0.3)",
+        interval_ms=100,
+    )
     assert step.sample_gaps == 0, step.monitor_error
     assert step.samples >= 20, step.monitor_error
     assert step.outcome != "Inconclusive"
@@ -83,11 +109,14 @@ def test_role_app_works_on_a_read_only_server() -> None:
     assert step.peak_connections == 4
 
 
-@pytest.mark.parametrize("statement", [
-    "SET application_name = 'hidden'; SELECT pg_sleep(0.3)",
-    "SET application_name = ''; SELECT pg_sleep(0.3)",
-    "SELECT set_config('application_name', 'pb-other-name', false), pg_sleep(0.3)",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SET application_name = 'hidden'; SELECT pg_sleep(0.3)",
+        "SET application_name = ''; SELECT pg_sleep(0.3)",
+        "SELECT set_config('application_name', 'pb-other-name', false), pg_sleep(0.3)",
+    ],
+)
 def test_connections_are_counted_however_they_name_themselves(statement: str) -> None:
     (step,) = run_steps("renamed", [2], statement=statement)
     assert step.outcome == "Passed", step.reason
@@ -121,12 +150,20 @@ RAW_SQL = [
 
 
 @pytest.mark.parametrize(("statement", "error"), RAW_SQL, ids=[s[:30] for s, _ in RAW_SQL])
-def test_statements_run_as_raw_sql(statement: str, error: str | None, local_pg: LocalPostgres,
-                                   tmp_path: Path) -> None:
+def test_statements_run_as_raw_sql(statement: str, error: str | None, local_pg: LocalPostgres, tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
-    env = {**os.environ, **local_pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres",
-           "POOLBENCH_THREADS": "1", "POOLBENCH_ITERATIONS": "3", "POOLBENCH_STATEMENT": statement,
-           "POOLBENCH_HOLD_SECONDS": "0", "POOLBENCH_ON_ERROR": "count", "POOLBENCH_SUMMARY_PATH": str(summary)}
+    env = {
+        **os.environ,
+        **local_pg.client_env(),
+        "PGUSER": "postgres",
+        "PGDATABASE": "postgres",
+        "POOLBENCH_THREADS": "1",
+        "POOLBENCH_ITERATIONS": "3",
+        "POOLBENCH_STATEMENT": statement,
+        "POOLBENCH_HOLD_SECONDS": "0",
+        "POOLBENCH_ON_ERROR": "count",
+        "POOLBENCH_SUMMARY_PATH": str(summary),
+    }
     subprocess.run([sys.executable, "-m", "workload"], env=env, cwd=ROOT, timeout=60, check=True)
     result = json.loads(summary.read_text())
     if error is None:
@@ -138,12 +175,16 @@ def test_statements_run_as_raw_sql(statement: str, error: str | None, local_pg: 
 
 
 def test_the_verdict_names_the_first_error_and_the_cli_prints_it(tmp_path: Path) -> None:
-    doc = make_doc(name="syntax", steps=[1], workload={"statement": "SELEC 1", "threads": 1, "iterations": 2,
-                                                        "holdSeconds": 0.2, "onError": "count"})
+    doc = make_doc(
+        name="syntax",
+        steps=[1],
+        workload={"statement": "SELEC 1", "threads": 1, "iterations": 2, "holdSeconds": 0.2, "onError": "count"},
+    )
     path = tmp_path / "b.yaml"
     path.write_text(json.dumps(doc))
-    done = subprocess.run([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     out = " ".join(done.stdout.split())
     assert 'failed with other (syntax error at or near "SELEC"' in out

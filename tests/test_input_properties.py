@@ -20,12 +20,18 @@ from poolbench.local import runner
 SEED = yaml.safe_load((Path(__file__).resolve().parent.parent / "manifests" / "examples" / "seed.yaml").read_text())
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
     st.sampled_from(["", " ", "\x00", "5", "-1", "1e309", "NaN", "QueuePool", "app", "crash", "30s", "%s", ":x"]),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -90,8 +96,9 @@ def test_any_yaml_document_is_valid_or_invalid_input(harness: Any, doc: Any) -> 
 
 @common
 @given(path=st.sampled_from(SEED_PATHS), value=values, command=st.sampled_from(["validate", "run"]))
-def test_a_mutated_seed_is_valid_or_invalid_input(harness: Any, path: tuple[Any, ...], value: Any,
-                                                 command: str) -> None:
+def test_a_mutated_seed_is_valid_or_invalid_input(
+    harness: Any, path: tuple[Any, ...], value: Any, command: str
+) -> None:
     doc = copy.deepcopy(SEED)
     node = doc
     for key in path[:-1]:
@@ -101,8 +108,13 @@ def test_a_mutated_seed_is_valid_or_invalid_input(harness: Any, path: tuple[Any,
 
 
 @common
-@given(extra=st.dictionaries(st.sampled_from(["spec", "metadata", "status", "kind", "apiVersion", "x"]), values,
-                             max_size=3), command=st.sampled_from(["validate", "run"]))
-def test_a_seed_with_replaced_sections_is_valid_or_invalid_input(harness: Any, extra: dict[str, Any],
-                                                                command: str) -> None:
+@given(
+    extra=st.dictionaries(
+        st.sampled_from(["spec", "metadata", "status", "kind", "apiVersion", "x"]), values, max_size=3
+    ),
+    command=st.sampled_from(["validate", "run"]),
+)
+def test_a_seed_with_replaced_sections_is_valid_or_invalid_input(
+    harness: Any, extra: dict[str, Any], command: str
+) -> None:
     harness(yaml.safe_dump({**copy.deepcopy(SEED), **extra}, allow_unicode=True), command)

@@ -26,13 +26,18 @@ from tests.conftest import ROOT, make_doc
 pytestmark = pytest.mark.postgres
 
 
-def bench(name: str, steps: list[int], max_connections: int = 40, reserved: int = 3,
-          **workload: Any) -> PoolBenchmark:
+def bench(name: str, steps: list[int], max_connections: int = 40, reserved: int = 3, **workload: Any) -> PoolBenchmark:
     wl = {"threads": 4, "iterations": 30, "holdSeconds": 1.5, "statement": "SELECT pg_sleep(0.05)", **workload}
-    return parse_document(make_doc(
-        name=name, steps=steps, workload=wl, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-        postgres={"maxConnections": max_connections, "superuserReservedConnections": reserved},
-    ))
+    return parse_document(
+        make_doc(
+            name=name,
+            steps=steps,
+            workload=wl,
+            stepTimeoutSeconds=60,
+            sampling={"intervalMs": 20},
+            postgres={"maxConnections": max_connections, "superuserReservedConnections": reserved},
+        )
+    )
 
 
 def test_probe_sees_changes_in_autocommit_and_excludes_itself(local_pg: LocalPostgres) -> None:
@@ -59,7 +64,8 @@ def test_probe_records_a_gap_and_reconnects(local_pg: LocalPostgres) -> None:
     admin = psycopg2.connect(**local_pg.connect_kwargs())
     admin.autocommit = True
     admin.cursor().execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'poolbench-monitor'")
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'poolbench-monitor'"
+    )
     gap = probe.read(0.0)
     assert not gap.ok
     assert gap.error
@@ -72,12 +78,18 @@ def test_probe_records_a_gap_and_reconnects(local_pg: LocalPostgres) -> None:
 def test_workload_serves_metrics_and_writes_a_summary(local_pg: LocalPostgres, tmp_path: Path) -> None:
     spec = bench("m", [1], threads=3, iterations=20, holdSeconds=1.0).spec
     summary = tmp_path / "summary.json"
-    env = {**os.environ, **workload_env(spec), **local_pg.client_env(), "POOLBENCH_APP_NAME": "metrics-r0",
-           "POOLBENCH_SUMMARY_PATH": str(summary), "POOLBENCH_METRICS_PORT": "19187"}
+    env = {
+        **os.environ,
+        **workload_env(spec),
+        **local_pg.client_env(),
+        "POOLBENCH_APP_NAME": "metrics-r0",
+        "POOLBENCH_SUMMARY_PATH": str(summary),
+        "POOLBENCH_METRICS_PORT": "19187",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "workload"], env=env, cwd=ROOT)
     body = ""
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "poolbench_phase{poolbench_phase=\"holding\"} 1.0" not in body:
+    while time.monotonic() < deadline and 'poolbench_phase{poolbench_phase="holding"} 1.0' not in body:
         with contextlib.suppress(OSError):
             body = urllib.request.urlopen("http://127.0.0.1:19187/metrics", timeout=1).read().decode()
         time.sleep(0.05)
@@ -126,8 +138,17 @@ def test_nullpool_leaves_no_ghosts() -> None:
 
 def test_app_role_meets_reserved_slots_not_too_many_clients() -> None:
     # usable for a normal role: 20 - 3 reserved - 1 monitor = 16; 2 × 10 = 20 needed.
-    b = bench("app", [2], max_connections=20, threads=10, role="app", onError="count",
-              engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
+    b = bench(
+        "app",
+        [2],
+        max_connections=20,
+        threads=10,
+        role="app",
+        onError="count",
+        engine={"poolSize": 10, "maxOverflow": 0},
+        iterations=40,
+        holdSeconds=2,
+    )
     status = run_local(b).status
     step = status.variants[0].steps[0]
     assert step.outcome == "Failed"
@@ -142,8 +163,16 @@ def test_app_role_meets_reserved_slots_not_too_many_clients() -> None:
 
 
 def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
-    b = bench("crash", [1, 3], max_connections=20, threads=10, onError="crash",
-              engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=2)
+    b = bench(
+        "crash",
+        [1, 3],
+        max_connections=20,
+        threads=10,
+        onError="crash",
+        engine={"poolSize": 10, "maxOverflow": 0},
+        iterations=40,
+        holdSeconds=2,
+    )
     status = run_local(b).status
     first, second = status.variants[0].steps
     assert first.outcome == "Passed"
@@ -160,8 +189,16 @@ def test_superuser_meets_too_many_clients_and_crash_kills_the_replica() -> None:
 
 
 def test_count_mode_keeps_counting() -> None:
-    b = bench("count", [3], max_connections=20, threads=10, onError="count",
-              engine={"poolSize": 10, "maxOverflow": 0}, iterations=40, holdSeconds=1)
+    b = bench(
+        "count",
+        [3],
+        max_connections=20,
+        threads=10,
+        onError="count",
+        engine={"poolSize": 10, "maxOverflow": 0},
+        iterations=40,
+        holdSeconds=1,
+    )
     step = run_local(b).status.variants[0].steps[0]
     assert step.outcome == "Failed"
     assert step.crashed_replicas == 0
@@ -173,9 +210,21 @@ def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     plot = tmp_path / "c.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "poolbench.cli", "run", str(ROOT / "manifests/examples/seed.yaml"),
-         "--output", str(out), "--plot", str(plot)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "poolbench.cli",
+            "run",
+            str(ROOT / "manifests/examples/seed.yaml"),
+            "--output",
+            str(out),
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     status = json.loads(out.read_text())["status"]
@@ -211,8 +260,11 @@ def test_cleanup_leaves_nothing_behind() -> None:
     dirs_before = set(glob.glob("/tmp/poolbench-*"))
     run_local(bench("clean", [1], threads=2, iterations=2, holdSeconds=0))
     assert set(glob.glob("/tmp/poolbench-*")) - dirs_before == set()
-    left = [c for c in me.children(recursive=True) if c.pid not in children_before and c.is_running()
-            and c.status() != psutil.STATUS_ZOMBIE]
+    left = [
+        c
+        for c in me.children(recursive=True)
+        if c.pid not in children_before and c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+    ]
     assert left == []
 
 
@@ -223,8 +275,7 @@ def test_postgres_killed_mid_step_fails_the_step_and_the_run_goes_on() -> None:
 
     from poolbench.local.runner import LocalRunner
 
-    b = bench("pgkill", [2, 1], threads=3, durationSeconds=4, holdSeconds=1, onError="count",
-              iterations=None)
+    b = bench("pgkill", [2, 1], threads=3, durationSeconds=4, holdSeconds=1, onError="count", iterations=None)
     b.spec.stop_on_failure = False
     killed: list[float] = []
 

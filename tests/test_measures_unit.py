@@ -15,15 +15,17 @@ from poolbench.core.sampling import Sample
 from poolbench.core.spec import parse_spec
 
 
-def report(name: str, ok: int, start: float, end: float, latency_ms: list[float],
-           waits_ms: list[float]) -> ReplicaReport:
+def report(
+    name: str, ok: int, start: float, end: float, latency_ms: list[float], waits_ms: list[float]
+) -> ReplicaReport:
     latency, wait = Histogram(), Histogram()
     for v in latency_ms:
         latency.add(v)
     for v in waits_ms:
         wait.add(v)
-    return ReplicaReport(name, outcomes={"ok": ok}, latency=latency, checkout_wait=wait,
-                         work_started_at=start, work_ended_at=end)
+    return ReplicaReport(
+        name, outcomes={"ok": ok}, latency=latency, checkout_wait=wait, work_started_at=start, work_ended_at=end
+    )
 
 
 def test_throughput_is_over_the_whole_work_phase() -> None:
@@ -52,8 +54,11 @@ def seen(run: BenchmarkRun) -> None:
 
 def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
     slow = [report("r0", 40, 0.0, 2.0, [120.0] * 39 + [130.0], [80.0] * 39 + [90.0])]
-    spec = {"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}},
-            "limits": {"maxLatencyP95Ms": 100, "maxCheckoutWaitP95Ms": 50}}
+    spec = {
+        "steps": [1],
+        "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}},
+        "limits": {"maxLatencyP95Ms": 100, "maxCheckoutWaitP95Ms": 50},
+    }
     run = run_one_step(spec, slow)
     step = run.status.variants[0].steps[0]
     assert step.outcome == "Failed"
@@ -70,14 +75,13 @@ def test_a_step_over_a_limit_fails_naming_the_limit_and_the_value() -> None:
 
 def test_the_verdict_explains_threads_queueing_for_connections() -> None:
     queued = [report("r0", 40, 0.0, 2.0, [150.0] * 40, [90.0] * 30 + [700.0] * 9 + [800.0])]
-    run = run_one_step({"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}}},
-                       queued)
+    run = run_one_step({"steps": [1], "workload": {"threads": 8, "engine": {"poolSize": 2, "maxOverflow": 0}}}, queued)
     assert run.status.verdict is not None  # the true p95 wait is 700 ms: read as 694.35 (within 2 %)
-    assert ("Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
-            " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replica).") in (
-        run.status.verdict.summary)
-    one = run_one_step({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 0}}},
-                       queued)
+    assert (
+        "Threads queue for connections: each replica runs 8 threads on at most 2 pooled connections,"
+        " so 6 wait for a checkout (mean 245 ms, p95 694.35 ms, max 800 ms at 1 replica)."
+    ) in (run.status.verdict.summary)
+    one = run_one_step({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 0}}}, queued)
     assert one.status.verdict is not None
     assert "runs 3 threads on at most 2 pooled connections, so 1 waits for a checkout" in one.status.verdict.summary
     plenty = run_one_step({"steps": [1], "workload": {"threads": 2}}, queued)
@@ -93,8 +97,11 @@ def test_conditions_follow_the_phase() -> None:
     run = BenchmarkRun(parse_spec({"steps": [1, 2], "workload": {"holdSeconds": 1}}), clock=utc_now)
     run.status.observed_generation = 3
     run.provisioning()
-    assert conditions(run.status) == {"Ready": ("False", "Provisioning"), "Reconciling": ("True", "Provisioning"),
-                                      "Stalled": ("False", "Progressing")}
+    assert conditions(run.status) == {
+        "Ready": ("False", "Provisioning"),
+        "Reconciling": ("True", "Provisioning"),
+        "Stalled": ("False", "Progressing"),
+    }
     planned = run.next_step()
     assert planned is not None
     run.begin_step(planned)
@@ -107,14 +114,23 @@ def test_conditions_follow_the_phase() -> None:
     seen(run)
     run.finish_step([ReplicaReport("r", outcomes={"ok": 1})])
     run.finish()
-    assert conditions(run.status) == {"Ready": ("True", "AllStepsPassed"), "Reconciling": ("False", "Finished"),
-                                      "Stalled": ("False", "Finished")}
+    assert conditions(run.status) == {
+        "Ready": ("True", "AllStepsPassed"),
+        "Reconciling": ("False", "Finished"),
+        "Stalled": ("False", "Finished"),
+    }
     assert all(c.observed_generation == 3 for c in run.status.conditions)
 
 
 def test_failed_inconclusive_broken_and_invalid_conditions() -> None:
-    failed = run_one_step({"steps": [1]}, [ReplicaReport("r", outcomes={"tooManyClients": 1}, crashed=True,
-                                                        first_error="x", first_error_class="tooManyClients")])
+    failed = run_one_step(
+        {"steps": [1]},
+        [
+            ReplicaReport(
+                "r", outcomes={"tooManyClients": 1}, crashed=True, first_error="x", first_error_class="tooManyClients"
+            )
+        ],
+    )
     assert conditions(failed.status)["Ready"] == ("False", "StepFailed")
     assert conditions(failed.status)["Stalled"][0] == "False"
     broken = BenchmarkRun(parse_spec({"steps": [1]}), clock=utc_now)
@@ -122,8 +138,11 @@ def test_failed_inconclusive_broken_and_invalid_conditions() -> None:
     assert conditions(broken.status)["Stalled"] == ("True", "EnvironmentFailed")
     assert conditions(broken.status)["Reconciling"] == ("False", "Finished")
     invalid = invalid_status("spec.workload: contradiction", 2, utc_now())
-    assert conditions(invalid) == {"Ready": ("False", "InvalidSpec"), "Reconciling": ("False", "Finished"),
-                                   "Stalled": ("True", "InvalidSpec")}
+    assert conditions(invalid) == {
+        "Ready": ("False", "InvalidSpec"),
+        "Reconciling": ("False", "Finished"),
+        "Stalled": ("True", "InvalidSpec"),
+    }
     assert invalid.to_json()["phase"] == "Invalid"
 
 
@@ -140,8 +159,11 @@ def test_the_status_is_stamped_by_the_clock_passed_in() -> None:
     run.finish()
     assert (step.started_at, step.finished_at) == ("2026-01-01T00:00:01Z", "2026-01-01T00:00:03Z")
     times = {c.type: c.last_transition_time for c in run.status.conditions}
-    assert times == {"Ready": "2026-01-01T00:00:04Z", "Reconciling": "2026-01-01T00:00:04Z",
-                     "Stalled": "2026-01-01T00:00:00Z"}
+    assert times == {
+        "Ready": "2026-01-01T00:00:04Z",
+        "Reconciling": "2026-01-01T00:00:04Z",
+        "Stalled": "2026-01-01T00:00:00Z",
+    }
     invalid = invalid_status("spec.workload: contradiction", 2, "2026-01-02T00:00:00Z")
     assert invalid.updated_at == "2026-01-02T00:00:00Z"
     assert {c.last_transition_time for c in invalid.conditions} == {"2026-01-02T00:00:00Z"}
@@ -160,16 +182,23 @@ def test_a_transition_time_changes_only_with_the_status() -> None:
     assert times["Stalled"] == "2026-01-01T00:00:00Z"  # False before and after
 
 
-@pytest.mark.parametrize("prefix", [
-    'connection to server at "127.0.0.1", port 5432 failed: ',
-    'connection to server at "small-postgres" (10.0.0.73), port 5432 failed: ',  # a Service name (the node tier)
-    'connection to server at "db.example" (2001:db8::1), port 6432 failed: ',
-    'connection to server on socket "/tmp/.s.PGSQL.5432" failed: ',
-])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        'connection to server at "127.0.0.1", port 5432 failed: ',
+        'connection to server at "small-postgres" (10.0.0.73), port 5432 failed: ',  # a Service name (the node tier)
+        'connection to server at "db.example" (2001:db8::1), port 6432 failed: ',
+        'connection to server on socket "/tmp/.s.PGSQL.5432" failed: ',
+    ],
+)
 def test_the_verdict_quotes_the_servers_words_without_libpqs_prefix(prefix: str) -> None:
     from poolbench.core.results import StepResult
     from poolbench.core.verdict import failure_cause
 
-    step = StepResult(replicas=8, outcome="Failed", first_error_class="tooManyClients",
-                      first_error=f"replica-3: {prefix}FATAL:  sorry, too many clients already")
+    step = StepResult(
+        replicas=8,
+        outcome="Failed",
+        first_error_class="tooManyClients",
+        first_error=f"replica-3: {prefix}FATAL:  sorry, too many clients already",
+    )
     assert failure_cause(step) == "tooManyClients (FATAL:  sorry, too many clients already)"

@@ -18,22 +18,29 @@ def test_defaults_without_environment() -> None:
 
 
 def test_every_setting_is_read() -> None:
-    config = Config.from_env({
-        "POOLBENCH_WORKLOAD_IMAGE": "registry.local/w:1", "POOLBENCH_MAX_CONCURRENT": "3",
-        "POOLBENCH_WATCH_TIMEOUT": "30", "POOLBENCH_POSTGRES_ADDRESS": "localhost:15432",
-        "POOLBENCH_NAMESPACE": "ops",
-    })
+    config = Config.from_env(
+        {
+            "POOLBENCH_WORKLOAD_IMAGE": "registry.local/w:1",
+            "POOLBENCH_MAX_CONCURRENT": "3",
+            "POOLBENCH_WATCH_TIMEOUT": "30",
+            "POOLBENCH_POSTGRES_ADDRESS": "localhost:15432",
+            "POOLBENCH_NAMESPACE": "ops",
+        }
+    )
     assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops")
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("POOLBENCH_MAX_CONCURRENT", "many"),
-    ("POOLBENCH_MAX_CONCURRENT", "0"),
-    ("POOLBENCH_WATCH_TIMEOUT", "1.5"),
-    ("POOLBENCH_POSTGRES_ADDRESS", "localhost"),
-    ("POOLBENCH_POSTGRES_ADDRESS", "host:port"),
-    ("POOLBENCH_POSTGRES_ADDRESS", ":5432"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POOLBENCH_MAX_CONCURRENT", "many"),
+        ("POOLBENCH_MAX_CONCURRENT", "0"),
+        ("POOLBENCH_WATCH_TIMEOUT", "1.5"),
+        ("POOLBENCH_POSTGRES_ADDRESS", "localhost"),
+        ("POOLBENCH_POSTGRES_ADDRESS", "host:port"),
+        ("POOLBENCH_POSTGRES_ADDRESS", ":5432"),
+    ],
+)
 def test_a_malformed_setting_is_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Config.from_env({name: value})

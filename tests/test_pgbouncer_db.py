@@ -30,17 +30,40 @@ def test_pgbouncer_is_installed() -> None:
     assert find_pgbouncer()
 
 
-def run(name: str, *, replicas: list[int], threads: int, pooler: dict[str, Any], on_error: str = "count",
-        hold: float = 1.0, iterations: int = 5, sleep: float = 0.1, direct_first: bool = False,
-        role: str = "superuser") -> BenchmarkStatus:
+def run(
+    name: str,
+    *,
+    replicas: list[int],
+    threads: int,
+    pooler: dict[str, Any],
+    on_error: str = "count",
+    hold: float = 1.0,
+    iterations: int = 5,
+    sleep: float = 0.1,
+    direct_first: bool = False,
+    role: str = "superuser",
+) -> BenchmarkStatus:
     variants = [{"name": "pooled", "pooler": {"type": "PgBouncer", **pooler}}]
     if direct_first:
         variants.insert(0, {"name": "direct"})
-    doc = make_doc(name=name, steps=replicas, stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-                   postgres={"maxConnections": 40}, stopOnFailure=False, variants=variants,
-                   workload={"threads": threads, "iterations": iterations, "holdSeconds": hold,
-                             "statement": f"SELECT pg_sleep({sleep})", "onError": on_error, "role": role,
-                             "engine": {"poolSize": threads, "maxOverflow": 0}})
+    doc = make_doc(
+        name=name,
+        steps=replicas,
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 20},
+        postgres={"maxConnections": 40},
+        stopOnFailure=False,
+        variants=variants,
+        workload={
+            "threads": threads,
+            "iterations": iterations,
+            "holdSeconds": hold,
+            "statement": f"SELECT pg_sleep({sleep})",
+            "onError": on_error,
+            "role": role,
+            "engine": {"poolSize": threads, "maxOverflow": 0},
+        },
+    )
     return runner.run_local(parse_document(doc)).status
 
 
@@ -75,8 +98,13 @@ def test_session_mode_pins_server_connections_and_waiting_clients_time_out() -> 
     # 2 replicas × 3 threads hold 6 clients; session mode gives 4 of them a server connection each
     # for as long as they stay open (the pools keep them through the 4 s hold), so exactly 2 wait,
     # until query_wait_timeout (2 s) disconnects them.
-    status = run("session", replicas=[2], threads=3, hold=4.0,
-                 pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2})
+    status = run(
+        "session",
+        replicas=[2],
+        threads=3,
+        hold=4.0,
+        pooler={"poolMode": "session", "defaultPoolSize": 4, "queryWaitTimeoutSeconds": 2},
+    )
     step = pooled_steps(status)[0]
     assert step.pooler is not None, step
     assert step.outcome == "Failed"
@@ -99,8 +127,12 @@ def test_session_mode_pins_server_connections_and_waiting_clients_time_out() -> 
 
 def test_max_client_conn_refuses_clients_beyond_it() -> None:
     # max_client_conn 5, one taken by the benchmark's monitor: 4 of the 6 client connections fit.
-    status = run("maxclient", replicas=[2], threads=3,
-                 pooler={"poolMode": "transaction", "defaultPoolSize": 10, "maxClientConn": 5})
+    status = run(
+        "maxclient",
+        replicas=[2],
+        threads=3,
+        pooler={"poolMode": "transaction", "defaultPoolSize": 10, "maxClientConn": 5},
+    )
     step = pooled_steps(status)[0]
     assert step.pooler is not None, step
     assert step.outcome == "Failed"
@@ -118,8 +150,9 @@ def test_max_client_conn_refuses_clients_beyond_it() -> None:
 def test_variants_run_in_turn_against_one_server_from_a_clean_slate() -> None:
     # direct, then pooled; two steps each. The pooler's server connections are dropped between steps
     # (KILL + RESUME on its console), so nothing is left over for the loop to terminate.
-    status = run("ab", replicas=[1, 2], threads=4, direct_first=True,
-                 pooler={"poolMode": "transaction", "defaultPoolSize": 3})
+    status = run(
+        "ab", replicas=[1, 2], threads=4, direct_first=True, pooler={"poolMode": "transaction", "defaultPoolSize": 3}
+    )
     assert [v.name for v in status.variants] == ["direct", "pooled"]
     direct, pooled = status.variants
     assert status.verdict == direct.verdict  # the printer columns show the first
@@ -136,8 +169,7 @@ def test_variants_run_in_turn_against_one_server_from_a_clean_slate() -> None:
 
 def test_a_normal_role_logs_in_through_the_pooler() -> None:
     # role app: the pooler logs in to the server as poolbench_app with the generated password.
-    status = run("approle", replicas=[2], threads=3, role="app",
-                 pooler={"poolMode": "session", "defaultPoolSize": 6})
+    status = run("approle", replicas=[2], threads=3, role="app", pooler={"poolMode": "session", "defaultPoolSize": 6})
     step = pooled_steps(status)[0]
     assert step.pooler is not None, step
     assert step.outcome == "Passed", step.reason
@@ -150,8 +182,22 @@ def test_the_seed_with_pgbouncer_through_the_cli(tmp_path: Path) -> None:
     mode with NullPool carries 10 replicas on at most 20 server backends; session mode's clients wait."""
     out, plot = tmp_path / "r.json", tmp_path / "v.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "poolbench.cli", "run", str(ROOT / "manifests/examples/seed-pgbouncer.yaml"),
-         "--output", str(out), "--plot", str(plot)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "poolbench.cli",
+            "run",
+            str(ROOT / "manifests/examples/seed-pgbouncer.yaml"),
+            "--output",
+            str(out),
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     document = json.loads(out.read_text())
     status = document["status"]
@@ -184,20 +230,42 @@ def test_the_seed_with_pgbouncer_through_the_cli(tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
 
 
-@pytest.mark.parametrize(("driver", "mode", "pool"), [("asyncpg", "transaction", 2), ("psycopg", "transaction", 2),
-                                                    ("asyncpg", "session", 8), ("psycopg", "session", 8)])
-def test_each_driver_runs_through_each_pool_mode_without_prepared_statement_clashes(driver: str, mode: str,
-                                                                                    pool: int) -> None:
+@pytest.mark.parametrize(
+    ("driver", "mode", "pool"),
+    [
+        ("asyncpg", "transaction", 2),
+        ("psycopg", "transaction", 2),
+        ("asyncpg", "session", 8),
+        ("psycopg", "session", 8),
+    ],
+)
+def test_each_driver_runs_through_each_pool_mode_without_prepared_statement_clashes(
+    driver: str, mode: str, pool: int
+) -> None:
     # 2 replicas × 4 tasks/threads. In transaction mode they share 2 server connections: each statement may
     # land on a server connection another client prepared statements on; in session mode each client keeps
     # its own. Configured for the mode, the drivers never clash: every attempt succeeds, direct and pooled.
-    doc = make_doc(name=f"{mode[:2]}-{driver}", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-                   postgres={"maxConnections": 40}, stopOnFailure=False,
-                   variants=[{"name": "direct"},
-                             {"name": "pooled", "pooler": {"type": "PgBouncer", "poolMode": mode,
-                                                            "defaultPoolSize": pool}}],
-                   workload={"driver": driver, "threads": 4, "iterations": 15, "holdSeconds": 1, "onError": "count",
-                             "statement": "SELECT pg_sleep(0.01)", "engine": {"poolSize": 4, "maxOverflow": 0}})
+    doc = make_doc(
+        name=f"{mode[:2]}-{driver}",
+        steps=[2],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 20},
+        postgres={"maxConnections": 40},
+        stopOnFailure=False,
+        variants=[
+            {"name": "direct"},
+            {"name": "pooled", "pooler": {"type": "PgBouncer", "poolMode": mode, "defaultPoolSize": pool}},
+        ],
+        workload={
+            "driver": driver,
+            "threads": 4,
+            "iterations": 15,
+            "holdSeconds": 1,
+            "onError": "count",
+            "statement": "SELECT pg_sleep(0.01)",
+            "engine": {"poolSize": 4, "maxOverflow": 0},
+        },
+    )
     status = runner.run_local(parse_document(doc)).status
     direct, pooled = status.variants
     for step in direct.steps + pooled.steps:

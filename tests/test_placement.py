@@ -47,8 +47,9 @@ def passed(replicas: int) -> StepResult:
 def exact_risk(clients: int, instances: int, capacity: int) -> Fraction:
     """instances × P(Binomial(clients, 1/instances) > capacity), in exact rationals."""
     p = Fraction(1, instances)
-    tail = sum(Fraction(math.comb(clients, k)) * p**k * (1 - p) ** (clients - k)
-               for k in range(capacity + 1, clients + 1))
+    tail = sum(
+        Fraction(math.comb(clients, k)) * p**k * (1 - p) ** (clients - k) for k in range(capacity + 1, clients + 1)
+    )
     return min(Fraction(1), Fraction(instances) * tail)
 
 
@@ -60,12 +61,23 @@ def test_one_instance_is_exact() -> None:
         assert placement_overflows(capacity + 1, 1, capacity)
 
 
-@pytest.mark.parametrize(("clients", "instances", "capacity"), [
-    (6, 3, 4), (20, 2, 15), (40, 2, 30), (60, 2, 45), (100, 3, 60), (200, 4, 90), (10, 2, 9), (30, 2, 25),
-])
+@pytest.mark.parametrize(
+    ("clients", "instances", "capacity"),
+    [
+        (6, 3, 4),
+        (20, 2, 15),
+        (40, 2, 30),
+        (60, 2, 45),
+        (100, 3, 60),
+        (200, 4, 90),
+        (10, 2, 9),
+        (30, 2, 25),
+    ],
+)
 def test_the_risk_is_the_union_bound_of_binomial_tails(clients: int, instances: int, capacity: int) -> None:
-    assert overflow_risk(clients, instances, capacity) == pytest.approx(float(exact_risk(clients, instances,
-                                                                                        capacity)), rel=1e-9)
+    assert overflow_risk(clients, instances, capacity) == pytest.approx(
+        float(exact_risk(clients, instances, capacity)), rel=1e-9
+    )
 
 
 def test_known_boundaries() -> None:
@@ -116,14 +128,17 @@ def session_opening(free: int, safe: int, instances: int) -> str:
     return f"fits without waiting up to {free} {'replica' if free == 1 else 'replicas'}"
 
 
-@pytest.mark.parametrize("pooler", [
-    PoolerSpec(pool_mode="transaction", default_pool_size=20, max_client_conn=200),
-    PoolerSpec(pool_mode="transaction", default_pool_size=10, max_client_conn=60, replicas=3),
-    PoolerSpec(pool_mode="session", default_pool_size=20, max_client_conn=200),
-    PoolerSpec(pool_mode="session", default_pool_size=20, reserve_pool_size=5, max_client_conn=200, replicas=2),
-    PoolerSpec(pool_mode="session", default_pool_size=8, max_client_conn=40, replicas=4),
-    PoolerSpec(pool_mode="transaction", default_pool_size=60, max_client_conn=500, replicas=2),  # 120 > 99 usable
-])
+@pytest.mark.parametrize(
+    "pooler",
+    [
+        PoolerSpec(pool_mode="transaction", default_pool_size=20, max_client_conn=200),
+        PoolerSpec(pool_mode="transaction", default_pool_size=10, max_client_conn=60, replicas=3),
+        PoolerSpec(pool_mode="session", default_pool_size=20, max_client_conn=200),
+        PoolerSpec(pool_mode="session", default_pool_size=20, reserve_pool_size=5, max_client_conn=200, replicas=2),
+        PoolerSpec(pool_mode="session", default_pool_size=8, max_client_conn=40, replicas=4),
+        PoolerSpec(pool_mode="transaction", default_pool_size=60, max_client_conn=500, replicas=2),  # 120 > 99 usable
+    ],
+)
 def test_the_prediction_the_verdict_and_plan_use_one_rule(pooler: PoolerSpec) -> None:
     spec = parse_spec(SEED)  # 15 clients per replica at the peak, 5 kept
     free, safe = pooled_replica_limits(spec, pooler)
@@ -159,27 +174,41 @@ def test_the_old_contradiction_is_not_predicted_safe() -> None:
     assert not predict(spec, 1, pooler).fits
     summary = pooled_verdict(spec, [passed(1)], pooler).summary
     assert "at most 0 replicas fit the poolers" in summary
-    assert ("connections land on the 3 PgBouncer instances at random, as through a Service: counted safe when the"
-            " chance that one instance gets more than its 4 clients is below one in a million") in summary
+    assert (
+        "connections land on the 3 PgBouncer instances at random, as through a Service: counted safe when the"
+        " chance that one instance gets more than its 4 clients is below one in a million"
+    ) in summary
 
 
 def test_session_mode_waits_before_it_fails() -> None:
     # poolSize 1 + maxOverflow 2: 3 clients at the peak, 1 kept, per replica; 4 server connections.
-    spec = parse_spec({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 1, "maxOverflow": 2}},
-                       "postgres": {"maxConnections": 40}})
+    spec = parse_spec(
+        {
+            "steps": [1],
+            "workload": {"threads": 3, "engine": {"poolSize": 1, "maxOverflow": 2}},
+            "postgres": {"maxConnections": 40},
+        }
+    )
     pooler = PoolerSpec(pool_mode="session", default_pool_size=4, query_wait_timeout_seconds=3)
     assert usable_connections(spec) == 39
     # 3 replicas keep 3 clients: the others take turns on the fourth server connection. 4 keep 4: all
     # of them, and the 8 others wait until query_wait_timeout.
     assert pooled_replica_limits(spec, pooler) == (1, 3)
     assert [predict(spec, r, pooler).check.outcome for r in (1, 2, 3, 4, 5)] == [
-        "fits", "waits", "waits", "fails", "fails"]
+        "fits",
+        "waits",
+        "waits",
+        "fails",
+        "fails",
+    ]
     assert predict(spec, 4, pooler).check.cause == "kept"
     reason = pooled_verdict(spec, [passed(2)], pooler).reason
-    assert ("fits without waiting up to 1 replica, waits beyond (a waiting client runs when an overflow client"
-            " disconnects), fails beyond 3 (the pools of 4 replicas keep 4 clients open for good, enough to hold"
-            " all the pooler's 4 server connections: the other clients wait until query_wait_timeout (3 s) and"
-            " are disconnected)") in reason
+    assert (
+        "fits without waiting up to 1 replica, waits beyond (a waiting client runs when an overflow client"
+        " disconnects), fails beyond 3 (the pools of 4 replicas keep 4 clients open for good, enough to hold"
+        " all the pooler's 4 server connections: the other clients wait until query_wait_timeout (3 s) and"
+        " are disconnected)"
+    ) in reason
 
 
 def test_kept_clients_that_hold_every_server_connection_starve_the_others() -> None:
@@ -198,15 +227,22 @@ def test_the_reserve_counts_only_when_a_client_may_wait_for_it() -> None:
     # 1 replica: 3 clients, 2 kept, on defaultPoolSize 2 + reservePoolSize 1. The reserve opens for a
     # client that waited reserve_pool_timeout (5 s): beyond the pool the third client waits, and fails
     # when query_wait_timeout ends its wait first.
-    spec = parse_spec({"steps": [1], "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 1}},
-                       "postgres": {"maxConnections": 40}})
+    spec = parse_spec(
+        {
+            "steps": [1],
+            "workload": {"threads": 3, "engine": {"poolSize": 2, "maxOverflow": 1}},
+            "postgres": {"maxConnections": 40},
+        }
+    )
     for timeout, outcome in ((2, "fails"), (5, "fails"), (6, "waits"), (0, "waits")):
-        pooler = PoolerSpec(pool_mode="session", default_pool_size=2, reserve_pool_size=1,
-                            query_wait_timeout_seconds=timeout)
+        pooler = PoolerSpec(
+            pool_mode="session", default_pool_size=2, reserve_pool_size=1, query_wait_timeout_seconds=timeout
+        )
         assert pooler.reachable_server_connections() == (2 if outcome == "fails" else 3)
         assert predict(spec, 1, pooler).check.outcome == outcome, timeout
-    no_reserve_needed = PoolerSpec(pool_mode="session", default_pool_size=3, reserve_pool_size=1,
-                                   query_wait_timeout_seconds=2)
+    no_reserve_needed = PoolerSpec(
+        pool_mode="session", default_pool_size=3, reserve_pool_size=1, query_wait_timeout_seconds=2
+    )
     assert predict(spec, 1, no_reserve_needed).check.outcome == "fits"
 
 
@@ -232,22 +268,48 @@ def test_pooler_hosts_travel_in_one_variable() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(threads=st.integers(1, 40), size=st.integers(0, 20), overflow=st.integers(-1, 20),
-       pool_class=st.sampled_from(["QueuePool", "NullPool", "StaticPool"]), instances=st.integers(1, 6),
-       mode=st.sampled_from(["session", "transaction"]), pool=st.integers(1, 60), reserve=st.integers(0, 10),
-       clients=st.integers(2, 400), max_connections=st.integers(20, 400), surge=st.sampled_from([0, 1, "25%", "100%"]))
+@given(
+    threads=st.integers(1, 40),
+    size=st.integers(0, 20),
+    overflow=st.integers(-1, 20),
+    pool_class=st.sampled_from(["QueuePool", "NullPool", "StaticPool"]),
+    instances=st.integers(1, 6),
+    mode=st.sampled_from(["session", "transaction"]),
+    pool=st.integers(1, 60),
+    reserve=st.integers(0, 10),
+    clients=st.integers(2, 400),
+    max_connections=st.integers(20, 400),
+    surge=st.sampled_from([0, 1, "25%", "100%"]),
+)
 def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
-        threads: int, size: int, overflow: int, pool_class: str, instances: int, mode: PoolMode, pool: int,
-        reserve: int, clients: int, max_connections: int, surge: int | str) -> None:
+    threads: int,
+    size: int,
+    overflow: int,
+    pool_class: str,
+    instances: int,
+    mode: PoolMode,
+    pool: int,
+    reserve: int,
+    clients: int,
+    max_connections: int,
+    surge: int | str,
+) -> None:
     engine: dict[str, object] = {"poolClass": pool_class}
     if pool_class == "StaticPool":  # one connection shared by threads is refused beyond one thread
         threads = 1
     if pool_class == "QueuePool":
         engine.update(poolSize=size, maxOverflow=overflow)
-    spec = parse_spec({"steps": [1], "postgres": {"maxConnections": max_connections},
-                       "rollout": {"maxSurge": surge}, "workload": {"threads": threads, "engine": engine}})
-    pooler = PoolerSpec(pool_mode=mode, default_pool_size=pool, reserve_pool_size=reserve, max_client_conn=clients,
-                        replicas=instances)
+    spec = parse_spec(
+        {
+            "steps": [1],
+            "postgres": {"maxConnections": max_connections},
+            "rollout": {"maxSurge": surge},
+            "workload": {"threads": threads, "engine": engine},
+        }
+    )
+    pooler = PoolerSpec(
+        pool_mode=mode, default_pool_size=pool, reserve_pool_size=reserve, max_client_conn=clients, replicas=instances
+    )
     free, safe = pooled_replica_limits(spec, pooler)
     assert free <= safe
     for replicas in range(max(0, free - 2), safe + 4):
@@ -266,9 +328,13 @@ def test_no_count_is_called_safe_that_the_same_arithmetic_calls_unsafe(
 
 def test_the_step_message_states_each_instances_allowance_and_the_predicted_outcome() -> None:
     # One replica × 6 clients on 3 instances of 4: the total (12) would fit, but not by the placement rule.
-    spec = parse_spec({"steps": [1], "workload": {"threads": 6, "engine": {"poolSize": 6, "maxOverflow": 0}},
-                       "variants": [{"name": "tx", "pooler": {"poolMode": "transaction", "maxClientConn": 5,
-                                                             "replicas": 3}}]})
+    spec = parse_spec(
+        {
+            "steps": [1],
+            "workload": {"threads": 6, "engine": {"poolSize": 6, "maxOverflow": 0}},
+            "variants": [{"name": "tx", "pooler": {"poolMode": "transaction", "maxClientConn": 5, "replicas": 3}}],
+        }
+    )
     variant = spec.effective_variants()[0]
     planned = planned_step(spec, variant, 0, 1, 1, 0)
     message = StepStarted(planned, 1).message

@@ -19,12 +19,25 @@ from tests.conftest import make_doc
 pytestmark = pytest.mark.postgres
 
 
-def bench(name: str, *, threads: int, engine: dict[str, Any], processes: int = 2, driver: str = "psycopg2",
-          replicas: int = 2) -> dict[str, Any]:
-    return make_doc(name=name, steps=[replicas], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-                    postgres={"maxConnections": 40},
-                    workload={"driver": driver, "threads": threads, "processes": processes, "iterations": 5,
-                              "holdSeconds": 1, "statement": "SELECT pg_sleep(0.1)", "engine": engine})
+def bench(
+    name: str, *, threads: int, engine: dict[str, Any], processes: int = 2, driver: str = "psycopg2", replicas: int = 2
+) -> dict[str, Any]:
+    return make_doc(
+        name=name,
+        steps=[replicas],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 20},
+        postgres={"maxConnections": 40},
+        workload={
+            "driver": driver,
+            "threads": threads,
+            "processes": processes,
+            "iterations": 5,
+            "holdSeconds": 1,
+            "statement": "SELECT pg_sleep(0.1)",
+            "engine": engine,
+        },
+    )
 
 
 # (name, threads, engine, driver, per-replica peak, per-replica ghosts): 2 worker processes per replica.
@@ -39,8 +52,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "threads", "engine", "driver", "peak", "ghosts"), CASES, ids=[c[0] for c in CASES])
-def test_measured_equals_predicted_for_each_pool_class(name: str, threads: int, engine: dict[str, Any], driver: str,
-                                                       peak: int, ghosts: int) -> None:
+def test_measured_equals_predicted_for_each_pool_class(
+    name: str, threads: int, engine: dict[str, Any], driver: str, peak: int, ghosts: int
+) -> None:
     doc = bench(name, threads=threads, engine=engine, driver=driver)
     pred = predict(parse_document(doc).spec, 2)
     assert (pred.peak, pred.idle) == (2 * peak, 2 * ghosts)  # the arithmetic's answer, known in advance
@@ -53,23 +67,48 @@ def test_measured_equals_predicted_for_each_pool_class(name: str, threads: int, 
 
 
 REFUSED = [
-    ({"threads": 6, "engine": {"poolClass": "SingletonThreadPool"}}, None,
-     "spec.workload.engine.poolSize", "spec.workload.threads (6) is more than poolSize (5, SQLAlchemy's default)"),
-    ({"threads": 4, "engine": {"poolClass": "SingletonThreadPool", "poolSize": 3}}, None,
-     "spec.workload.engine.poolSize", "spec.workload.threads (4) is more than poolSize (3)"),
-    ({"threads": 2, "engine": {"poolClass": "SingletonThreadPool", "poolSize": 0}}, None,
-     "spec.workload.engine.poolSize", "poolSize 0 leaves SingletonThreadPool no connection to keep"),
-    ({"threads": 4}, [{"name": "a"}, {"name": "b", "engine": {"poolClass": "SingletonThreadPool", "poolSize": 2}}],
-     "spec.variants[1].engine.poolSize", "spec.workload.threads (4) is more than poolSize (2)"),
-    ({"threads": 4, "engine": {"poolClass": "StaticPool"}}, None,
-     "spec.workload.engine.poolClass", "the 4 threads of spec.workload.threads starting together may each open one"),
+    (
+        {"threads": 6, "engine": {"poolClass": "SingletonThreadPool"}},
+        None,
+        "spec.workload.engine.poolSize",
+        "spec.workload.threads (6) is more than poolSize (5, SQLAlchemy's default)",
+    ),
+    (
+        {"threads": 4, "engine": {"poolClass": "SingletonThreadPool", "poolSize": 3}},
+        None,
+        "spec.workload.engine.poolSize",
+        "spec.workload.threads (4) is more than poolSize (3)",
+    ),
+    (
+        {"threads": 2, "engine": {"poolClass": "SingletonThreadPool", "poolSize": 0}},
+        None,
+        "spec.workload.engine.poolSize",
+        "poolSize 0 leaves SingletonThreadPool no connection to keep",
+    ),
+    (
+        {"threads": 4},
+        [{"name": "a"}, {"name": "b", "engine": {"poolClass": "SingletonThreadPool", "poolSize": 2}}],
+        "spec.variants[1].engine.poolSize",
+        "spec.workload.threads (4) is more than poolSize (2)",
+    ),
+    (
+        {"threads": 4, "engine": {"poolClass": "StaticPool"}},
+        None,
+        "spec.workload.engine.poolClass",
+        "the 4 threads of spec.workload.threads starting together may each open one",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("workload", "variants", "path", "text"), REFUSED, ids=[r[2] + r[3][-12:] for r in REFUSED])
 def test_a_pool_class_its_threads_would_break_is_refused_with_the_reason(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], workload: dict[str, Any], variants: list[Any] | None,
-        path: str, text: str) -> None:
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    workload: dict[str, Any],
+    variants: list[Any] | None,
+    path: str,
+    text: str,
+) -> None:
     doc = make_doc(name="refused", steps=[1], workload=workload, **({"variants": variants} if variants else {}))
     with pytest.raises(SpecError) as info:
         parse_document(doc)

@@ -14,10 +14,21 @@ pytestmark = pytest.mark.postgres
 
 def test_three_processes_each_open_their_own_pool() -> None:
     # Per process: QueuePool min(4 threads, 2 + 1) = 3 connections, 2 kept; × 3 processes × 2 replicas.
-    doc = make_doc(name="procs", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-                   postgres={"maxConnections": 60},
-                   workload={"threads": 4, "processes": 3, "iterations": 10, "holdSeconds": 2,
-                             "statement": "SELECT pg_sleep(0.1)", "engine": {"poolSize": 2, "maxOverflow": 1}})
+    doc = make_doc(
+        name="procs",
+        steps=[2],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 20},
+        postgres={"maxConnections": 60},
+        workload={
+            "threads": 4,
+            "processes": 3,
+            "iterations": 10,
+            "holdSeconds": 2,
+            "statement": "SELECT pg_sleep(0.1)",
+            "engine": {"poolSize": 2, "maxOverflow": 1},
+        },
+    )
     status = runner.run_local(parse_document(doc)).status
     step = status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
@@ -33,9 +44,21 @@ def test_three_processes_each_open_their_own_pool() -> None:
 def test_a_crashing_worker_crashes_its_replica() -> None:
     # 2 replicas × 2 processes × 3 connections = 12 on a server with 7 usable: someone is refused, and
     # with onError crash the worker dies, taking its replica (all its processes) down.
-    doc = make_doc(name="proccrash", steps=[2], stepTimeoutSeconds=60, postgres={"maxConnections": 8},
-                   workload={"threads": 3, "processes": 2, "iterations": 20, "holdSeconds": 2, "onError": "crash",
-                             "statement": "SELECT pg_sleep(0.1)", "engine": {"poolSize": 3, "maxOverflow": 0}})
+    doc = make_doc(
+        name="proccrash",
+        steps=[2],
+        stepTimeoutSeconds=60,
+        postgres={"maxConnections": 8},
+        workload={
+            "threads": 3,
+            "processes": 2,
+            "iterations": 20,
+            "holdSeconds": 2,
+            "onError": "crash",
+            "statement": "SELECT pg_sleep(0.1)",
+            "engine": {"poolSize": 3, "maxOverflow": 0},
+        },
+    )
     step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Failed"
     assert step.first_error_class == "tooManyClients"

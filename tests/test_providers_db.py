@@ -27,16 +27,20 @@ RDS_SMALL = {"provider": {"name": "rds", "memoryGiB": 0.1}}
 
 
 def test_the_local_server_refuses_each_role_exactly_where_the_provider_would() -> None:
-    specs = {role: parse_spec({"steps": [1], "postgres": RDS_SMALL, "workload": {"role": role}})
-             for role in ("superuser", "app")}
+    specs = {
+        role: parse_spec({"steps": [1], "postgres": RDS_SMALL, "workload": {"role": role}})
+        for role in ("superuser", "app")
+    }
     assert {r: usable_connections(s) for r, s in specs.items()} == {"superuser": 7, "app": 5}
     pg_spec = specs["app"].postgres
     superuser_reserved, reserved = pg_spec.server_reserved()
     assert (pg_spec.max_connections, superuser_reserved, reserved) == (11, 3, 2)
     with LocalPostgres(pg_spec.max_connections, superuser_reserved, reserved_connections=reserved) as pg:
+
         def connect(**extra: object) -> psycopg2.extensions.connection:
-            return cast(psycopg2.extensions.connection,
-                        psycopg2.connect(**{**pg.connect_kwargs(), **extra}, connect_timeout=5))
+            return cast(
+                psycopg2.extensions.connection, psycopg2.connect(**{**pg.connect_kwargs(), **extra}, connect_timeout=5)
+            )
 
         monitor = Probe(connect)
         monitor.open()  # the benchmark's monitor holds its slot first, as in a run
@@ -67,11 +71,23 @@ def test_the_local_server_refuses_each_role_exactly_where_the_provider_would() -
 def test_a_local_run_of_a_provider_fails_where_the_providers_admin_role_would() -> None:
     # 2 connections per replica; role superuser is RDS's master user: 7 usable, so 3 replicas (6) fit, 4 (8) do
     # not. A real superuser would have fit 5 (10 of 11 with the monitor).
-    bench = parse_document(make_doc(
-        name="rds", steps=[3, 4], stepTimeoutSeconds=60, sampling={"intervalMs": 20}, postgres=RDS_SMALL,
-        workload={"threads": 2, "iterations": 30, "holdSeconds": 1.5, "statement": "SELECT pg_sleep(0.05)",
-                  "onError": "count", "engine": {"poolSize": 2, "maxOverflow": 0}},
-    ))
+    bench = parse_document(
+        make_doc(
+            name="rds",
+            steps=[3, 4],
+            stepTimeoutSeconds=60,
+            sampling={"intervalMs": 20},
+            postgres=RDS_SMALL,
+            workload={
+                "threads": 2,
+                "iterations": 30,
+                "holdSeconds": 1.5,
+                "statement": "SELECT pg_sleep(0.05)",
+                "onError": "count",
+                "engine": {"poolSize": 2, "maxOverflow": 0},
+            },
+        )
+    )
     status = run_local(bench).status
     fit, over = status.variants[0].steps
     assert fit.outcome == "Passed", fit.reason
@@ -87,12 +103,24 @@ def test_a_local_run_of_a_provider_fails_where_the_providers_admin_role_would() 
 def test_a_pooled_run_of_a_provider_logs_in_as_its_admin_role_not_a_superuser() -> None:
     # PgBouncer in session mode, 6 server connections, in front of RDS 0.1 GiB (7 usable for the master user):
     # 2 replicas × 3 clients hold 6 server connections, each logged in as the non-superuser admin role.
-    bench = parse_document(make_doc(
-        name="rdspool", steps=[2], stepTimeoutSeconds=60, sampling={"intervalMs": 20}, postgres=RDS_SMALL,
-        variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", "poolMode": "session", "defaultPoolSize": 6}}],
-        workload={"threads": 3, "iterations": 5, "holdSeconds": 1.0, "statement": "SELECT pg_sleep(0.1)",
-                  "onError": "count", "engine": {"poolSize": 3, "maxOverflow": 0}},
-    ))
+    bench = parse_document(
+        make_doc(
+            name="rdspool",
+            steps=[2],
+            stepTimeoutSeconds=60,
+            sampling={"intervalMs": 20},
+            postgres=RDS_SMALL,
+            variants=[{"name": "pooled", "pooler": {"type": "PgBouncer", "poolMode": "session", "defaultPoolSize": 6}}],
+            workload={
+                "threads": 3,
+                "iterations": 5,
+                "holdSeconds": 1.0,
+                "statement": "SELECT pg_sleep(0.1)",
+                "onError": "count",
+                "engine": {"poolSize": 3, "maxOverflow": 0},
+            },
+        )
+    )
     status = run_local(bench).status
     step = status.variants[0].steps[0]
     assert step.pooler is not None, step

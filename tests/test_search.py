@@ -59,8 +59,9 @@ def test_the_verdict_shows_found_beside_predicted() -> None:
     verdict = overall_verdict(spec, probes)
     assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (5, 6)
     assert verdict.predicted_max_safe_replicas == 6
-    assert verdict.summary.startswith(f"Search 1..30 in {len(probes)} steps: found between 5 and 6;"
-                                      " the arithmetic predicted 6.")
+    assert verdict.summary.startswith(
+        f"Search 1..30 in {len(probes)} steps: found between 5 and 6; the arithmetic predicted 6."
+    )
 
 
 def test_a_search_spec_is_refused_with_paths() -> None:
@@ -75,10 +76,16 @@ def test_a_search_spec_is_refused_with_paths() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(lo=st.integers(1, 20), width=st.integers(1, 60), breaking=st.integers(0, 90), predicted=st.integers(0, 90),
-       unseen_at=st.integers(0, 8))
-def test_the_verdict_names_only_probed_counts_and_one_first_failing(lo: int, width: int, breaking: int,
-                                                                    predicted: int, unseen_at: int) -> None:
+@given(
+    lo=st.integers(1, 20),
+    width=st.integers(1, 60),
+    breaking=st.integers(0, 90),
+    predicted=st.integers(0, 90),
+    unseen_at=st.integers(0, 8),
+)
+def test_the_verdict_names_only_probed_counts_and_one_first_failing(
+    lo: int, width: int, breaking: int, predicted: int, unseen_at: int
+) -> None:
     """Any range, breaking point and prediction, with the monitor blind at the ``unseen_at``-th probe (or
     never): the search's findings name only counts that were probed, firstFailingReplicas is a probe that
     failed (the comparison says the same count), and BoundaryFound holds exactly for adjacent counts."""
@@ -87,9 +94,12 @@ def test_the_verdict_names_only_probed_counts_and_one_first_failing(lo: int, wid
     search = SearchRange(min=lo, max=hi)
     probes: list[StepResult] = []
     while (replicas := next_probe(search, predicted, probes)) is not None:
-        outcome = ("Inconclusive" if len(probes) == unseen_at else "Passed" if replicas <= breaking else "Failed")
-        probes.append(StepResult(replicas=replicas, outcome=outcome, first_error_class="tooManyClients"
-                                 if outcome == "Failed" else None))
+        outcome = "Inconclusive" if len(probes) == unseen_at else "Passed" if replicas <= breaking else "Failed"
+        probes.append(
+            StepResult(
+                replicas=replicas, outcome=outcome, first_error_class="tooManyClients" if outcome == "Failed" else None
+            )
+        )
     verdict = overall_verdict(spec, probes)
     probed = {p.replicas for p in probes}
     findings_text = verdict.summary.split(": ", 1)[1].split("; the arithmetic predicted")[0]

@@ -15,10 +15,20 @@ pytestmark = pytest.mark.postgres
 
 
 def test_a_search_between_1_and_30_finds_the_exact_breaking_point() -> None:
-    doc = make_doc(name="search", steps={"search": {"min": 1, "max": 30}}, stepTimeoutSeconds=60,
-                   postgres={"maxConnections": 20},  # 20 − the monitor = 19 usable: 4 × 4 fit, 5 × 4 do not
-                   workload={"threads": 4, "iterations": 3, "holdSeconds": 1, "onError": "count",
-                             "statement": "SELECT pg_sleep(0.3)", "engine": {"poolSize": 4, "maxOverflow": 0}})
+    doc = make_doc(
+        name="search",
+        steps={"search": {"min": 1, "max": 30}},
+        stepTimeoutSeconds=60,
+        postgres={"maxConnections": 20},  # 20 − the monitor = 19 usable: 4 × 4 fit, 5 × 4 do not
+        workload={
+            "threads": 4,
+            "iterations": 3,
+            "holdSeconds": 1,
+            "onError": "count",
+            "statement": "SELECT pg_sleep(0.3)",
+            "engine": {"poolSize": 4, "maxOverflow": 0},
+        },
+    )
     status = runner.run_local(parse_document(doc)).status
     verdict = status.verdict
     assert verdict is not None

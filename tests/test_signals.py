@@ -40,6 +40,7 @@ STOP_BITS = sum(1 << (s - 1) for s in (signal.SIGINT, signal.SIGTERM, signal.SIG
 
 # -- /proc, read directly -----------------------------------------------------------------------------
 
+
 def processes_of(tmpdir: Path) -> dict[int, str]:
     """Every live (not zombie) process whose command line, environment or working directory points
     into ``tmpdir``, with its command line."""
@@ -95,9 +96,14 @@ def run_tmpdir() -> Iterator[Path]:
 
 
 def start_run(path: Path, tmpdir: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "poolbench.cli", "run", str(path)], cwd=ROOT,
-                            env={**os.environ, "TMPDIR": str(tmpdir)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "poolbench.cli", "run", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmpdir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def signal_and_check(proc: subprocess.Popen[str], sig: signal.Signals, tmpdir: Path, codes: tuple[int, ...]) -> str:
@@ -111,12 +117,15 @@ def signal_and_check(proc: subprocess.Popen[str], sig: signal.Signals, tmpdir: P
     assert list(tmpdir.iterdir()) == [], err
     if proc.returncode == 130:
         assert "left behind" not in err
-        assert ("every process and temporary directory of the run is gone (checked in /proc and on disk)" in err
-                or "interrupted; nothing of the run was running" in err), err
+        assert (
+            "every process and temporary directory of the run is gone (checked in /proc and on disk)" in err
+            or "interrupted; nothing of the run was running" in err
+        ), err
     return err
 
 
 # -- the direct benchmark ------------------------------------------------------------------------------
+
 
 def wait_until(proc: subprocess.Popen[str], reached: Callable[[], bool], what: str) -> None:
     """Poll the run's files until ``reached``; fail, naming the moment, if the run ends first."""
@@ -144,15 +153,28 @@ DIRECT_MOMENTS: dict[str, Callable[[Path], bool]] = {
 }
 # SIGINT at "imports" is left out: Python's own handler turns it into a KeyboardInterrupt before
 # poolbench has a say. SIGTERM and SIGHUP there end the process before anything was started.
-DIRECT = [(signal.SIGTERM, "imports"), (signal.SIGINT, "setup"), (signal.SIGTERM, "server"),
-          (signal.SIGINT, "step1"), (signal.SIGTERM, "step2"), (signal.SIGHUP, "imports"), (signal.SIGHUP, "setup"),
-          (signal.SIGHUP, "server"), (signal.SIGHUP, "step1"), (signal.SIGHUP, "step2")]
+DIRECT = [
+    (signal.SIGTERM, "imports"),
+    (signal.SIGINT, "setup"),
+    (signal.SIGTERM, "server"),
+    (signal.SIGINT, "step1"),
+    (signal.SIGTERM, "step2"),
+    (signal.SIGHUP, "imports"),
+    (signal.SIGHUP, "setup"),
+    (signal.SIGHUP, "server"),
+    (signal.SIGHUP, "step1"),
+    (signal.SIGHUP, "step2"),
+]
 
 
 @pytest.mark.parametrize("sig,moment", DIRECT, ids=[f"{s.name}@{m}" for s, m in DIRECT])
 def test_signal_cleans_up_everything(tmp_path: Path, sig: signal.Signals, moment: str) -> None:
-    spec = make_doc(name="sig", steps=[2, 3], workload={"threads": 4, "iterations": 20, "holdSeconds": 2},
-                    postgres={"maxConnections": 30})
+    spec = make_doc(
+        name="sig",
+        steps=[2, 3],
+        workload={"threads": 4, "iterations": 20, "holdSeconds": 2},
+        postgres={"maxConnections": 30},
+    )
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(spec))
     with run_tmpdir() as tmpdir:
@@ -184,9 +206,13 @@ SCENARIOS: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {
 
 def scenario_doc(name: str) -> dict[str, Any]:
     fields, _ = SCENARIOS[name]
-    return make_doc(name=f"sig{name[:3]}", postgres={"maxConnections": 30}, stepTimeoutSeconds=60,
-                    **{"workload": WORKLOAD, **fields},
-                    variants=[{"name": "tx", "pooler": POOLED}, {"name": "ses", "pooler": SESSION}])
+    return make_doc(
+        name=f"sig{name[:3]}",
+        postgres={"maxConnections": 30},
+        stepTimeoutSeconds=60,
+        **{"workload": WORKLOAD, **fields},
+        variants=[{"name": "tx", "pooler": POOLED}, {"name": "ses", "pooler": SESSION}],
+    )
 
 
 def dirs(tmpdir: Path, prefix: str) -> list[Path]:
@@ -242,12 +268,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # signal alternating so each moment and each scenario sees both.
 MATRIX = [("pooled", moment, sig) for moment in MOMENT_CODES for sig in SIGNALS] + [
     (scenario, moment, SIGNALS[(i + j) % 2])
-    for i, scenario in enumerate(["processes", "search", "rollout"]) for j, moment in enumerate(MOMENT_CODES)]
+    for i, scenario in enumerate(["processes", "search", "rollout"])
+    for j, moment in enumerate(MOMENT_CODES)
+]
 
 
 @pytest.mark.parametrize("scenario,moment,sig", MATRIX, ids=[f"{s}-{m}-{g.name}" for s, m, g in MATRIX])
-def test_signal_at_a_moment_of_a_pooled_run_leaves_nothing(tmp_path: Path, scenario: str, moment: str,
-                                                           sig: signal.Signals) -> None:
+def test_signal_at_a_moment_of_a_pooled_run_leaves_nothing(
+    tmp_path: Path, scenario: str, moment: str, sig: signal.Signals
+) -> None:
     doc = scenario_doc(scenario)
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -286,6 +315,7 @@ def test_every_child_of_a_pooled_run_starts_with_no_stop_signal_blocked(tmp_path
 
 # -- the pieces: held signals, spawned children, PgBouncer's stop, the footprint ---------------------------
 
+
 def test_a_signal_held_while_a_child_starts_arrives_after_it_is_recorded_and_the_child_has_a_clean_mask() -> None:
     got: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda s, f: got.append(s))
@@ -307,8 +337,9 @@ def test_a_signal_held_while_a_child_starts_arrives_after_it_is_recorded_and_the
 
 def pooler(pg: LocalPostgres, **fields: Any) -> LocalPgBouncer:
     spec = PoolerSpec.model_validate({"poolMode": "transaction", "defaultPoolSize": 2, **fields})
-    return LocalPgBouncer(spec, server_host=pg.host, server_port=pg.port, database="postgres",
-                          passwords={"postgres": "pw"})
+    return LocalPgBouncer(
+        spec, server_host=pg.host, server_port=pg.port, database="postgres", passwords={"postgres": "pw"}
+    )
 
 
 def test_pgbouncer_started_as_the_runner_does_exits_by_itself_when_stopped(local_pg: LocalPostgres) -> None:
@@ -341,8 +372,9 @@ def test_stop_ends_pgbouncer_by_signal_even_with_a_client_holding_a_session(loca
     bouncer = pooler(local_pg, poolMode="session").start()
     processes = list(bouncer.processes)
     root = bouncer.root
-    client = psycopg2.connect(host=bouncer.host, port=bouncer.ports[0], user="postgres", password="pw",
-                              dbname="postgres", connect_timeout=5)
+    client = psycopg2.connect(
+        host=bouncer.host, port=bouncer.ports[0], user="postgres", password="pw", dbname="postgres", connect_timeout=5
+    )
     try:
         client.cursor().execute("SELECT 1")
         bouncer.stop()

@@ -24,13 +24,24 @@ pytestmark = pytest.mark.postgres
 SLEEP_S = 0.1
 
 
-def run(name: str, replicas: int, threads: int, pool: int, limits: dict[str, float] | None = None,
-        iterations: int = 5) -> BenchmarkStatus:
-    doc = make_doc(name=name, steps=[replicas], stepTimeoutSeconds=60, sampling={"intervalMs": 20},
-                   postgres={"maxConnections": 60}, limits=limits or {},
-                   workload={"threads": threads, "iterations": iterations, "holdSeconds": 1,
-                             "statement": f"SELECT pg_sleep({SLEEP_S})",
-                             "engine": {"poolSize": pool, "maxOverflow": 0}})
+def run(
+    name: str, replicas: int, threads: int, pool: int, limits: dict[str, float] | None = None, iterations: int = 5
+) -> BenchmarkStatus:
+    doc = make_doc(
+        name=name,
+        steps=[replicas],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 20},
+        postgres={"maxConnections": 60},
+        limits=limits or {},
+        workload={
+            "threads": threads,
+            "iterations": iterations,
+            "holdSeconds": 1,
+            "statement": f"SELECT pg_sleep({SLEEP_S})",
+            "engine": {"poolSize": pool, "maxOverflow": 0},
+        },
+    )
     return runner.run_local(parse_document(doc)).status
 
 
@@ -97,15 +108,27 @@ def test_the_steps_histograms_are_exactly_the_sum_of_the_replicas(monkeypatch: p
 #: One thread on one connection, so one session and one temporary sequence: the 60th statement sleeps
 #: 400 ms, every other one 200 ms. Of 60 statements the 57th smallest (the p95) is a 200 ms one, even
 #: when two of them take 50 ms longer than their sleep (a loaded machine).
-LAST_OF_60_SLOW = ("DO $$BEGIN CREATE TEMP SEQUENCE IF NOT EXISTS sixty;"
-                   " PERFORM pg_sleep(CASE WHEN nextval('sixty') % 60 = 0 THEN 0.4 ELSE 0.2 END); END$$")
+LAST_OF_60_SLOW = (
+    "DO $$BEGIN CREATE TEMP SEQUENCE IF NOT EXISTS sixty;"
+    " PERFORM pg_sleep(CASE WHEN nextval('sixty') % 60 = 0 THEN 0.4 ELSE 0.2 END); END$$"
+)
 
 
 def limit_run(name: str, limit_ms: float, iterations: int) -> BenchmarkStatus:
-    doc = make_doc(name=name, steps=[1], stepTimeoutSeconds=60, postgres={"maxConnections": 20},
-                   limits={"maxLatencyP95Ms": limit_ms},
-                   workload={"threads": 1, "iterations": iterations, "holdSeconds": 0.2,
-                             "statement": LAST_OF_60_SLOW, "engine": {"poolSize": 1, "maxOverflow": 0}})
+    doc = make_doc(
+        name=name,
+        steps=[1],
+        stepTimeoutSeconds=60,
+        postgres={"maxConnections": 20},
+        limits={"maxLatencyP95Ms": limit_ms},
+        workload={
+            "threads": 1,
+            "iterations": iterations,
+            "holdSeconds": 0.2,
+            "statement": LAST_OF_60_SLOW,
+            "engine": {"poolSize": 1, "maxOverflow": 0},
+        },
+    )
     return runner.run_local(parse_document(doc)).status
 
 

@@ -135,8 +135,15 @@ class FakeMonitor:
 class FakePlatform:
     """The replicas, each step's by its script, on a fake clock; the server they load is its monitor's."""
 
-    def __init__(self, scripts: list[Script], *, keeps_last_step: bool = False, stop_at: float | None = None,
-                 leftover: int = 0, look_seconds: float = 0.0):
+    def __init__(
+        self,
+        scripts: list[Script],
+        *,
+        keeps_last_step: bool = False,
+        stop_at: float | None = None,
+        leftover: int = 0,
+        look_seconds: float = 0.0,
+    ):
         self.scripts = list(scripts)
         self.keeps_last_step = keeps_last_step
         self.stop_at = stop_at
@@ -203,10 +210,16 @@ class FakePlatform:
         assert self.script is not None
         self.calls.append("collect")
         s = self.script
-        return [ReplicaReport(f"r{i}", outcomes=dict(s.outcomes), crashed=s.crashed,
-                              first_error="boom" if s.crashed else None,
-                              first_error_class="tooManyClients" if s.crashed else None)
-                for i in range(self.replicas)]
+        return [
+            ReplicaReport(
+                f"r{i}",
+                outcomes=dict(s.outcomes),
+                crashed=s.crashed,
+                first_error="boom" if s.crashed else None,
+                first_error_class="tooManyClients" if s.crashed else None,
+            )
+            for i in range(self.replicas)
+        ]
 
     def scale_to_zero(self) -> None:
         self.calls.append("scale 0")
@@ -253,8 +266,17 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     assert [s.peak_connections for s in status.variants[0].steps] == [6, 12]  # replicas × connections while working
     assert [s.idle_at_end for s in status.variants[0].steps] == [0, 0]  # by_state has only "active" here
     assert [s.queries for s in status.variants[0].steps] == [20, 40]
-    assert platform.calls == ["scale 0", "scale 2", "ages", "collect", "scale 0", "scale 4", "ages", "collect",
-                              "scale 0"]
+    assert platform.calls == [
+        "scale 0",
+        "scale 2",
+        "ages",
+        "collect",
+        "scale 0",
+        "scale 4",
+        "ages",
+        "collect",
+        "scale 0",
+    ]
     # Ages are read once, when the work is done: 2 replicas × 2 ghosts → [1, 2, 3, 4] s.
     assert status.variants[0].steps[0].connection_age_seconds.to_json() == {"p50": 2.0, "max": 4.0}
     assert status.verdict is not None
@@ -271,7 +293,12 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     assert "steps" not in document
     assert document["variants"][0]["steps"][0]["pooler"] is None
     assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
-        StepStarted, StepFinished, StepStarted, StepFinished, BenchmarkFinished]
+        StepStarted,
+        StepFinished,
+        StepStarted,
+        StepFinished,
+        BenchmarkFinished,
+    ]
 
 
 def test_ghosts_count_only_samples_read_after_the_work_was_done() -> None:
@@ -372,8 +399,11 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     (direct,) = saved["variants"]
     finished_step = direct["steps"][0]
     # An operator restart mid step 2: status shows step 1 finished and step 2 half measured.
-    half = {**direct, "verdict": None,
-            "steps": [finished_step, {**direct["steps"][1], "outcome": None, "finishedAt": None}]}
+    half = {
+        **direct,
+        "verdict": None,
+        "steps": [finished_step, {**direct["steps"][1], "outcome": None, "finishedAt": None}],
+    }
     interrupted = {**saved, "phase": "Running", "verdict": None, "variants": [half]}
     resumed_status = status_from_resource(interrupted)
     assert resumed_status is not None
@@ -512,9 +542,10 @@ def test_a_step_whose_reads_mostly_failed_is_inconclusive_and_ends_the_run() -> 
 
 # -- variants: each runs the whole plan in turn ---------------------------------------------------------
 
-VARIANTS = [{"name": "direct"},
-            {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 5},
-             "engine": {"poolClass": "NullPool"}}]
+VARIANTS = [
+    {"name": "direct"},
+    {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 5}, "engine": {"poolClass": "NullPool"}},
+]
 
 
 def test_variants_run_in_turn_each_through_every_step() -> None:
@@ -614,7 +645,10 @@ def test_a_search_runs_probes_as_steps_until_adjacent_counts() -> None:
     assert (status.total_steps, status.progress) == (len(probes), f"{len(probes)}/{len(probes)}")  # at the end: n/n
     assert status.phase == "BoundaryFound"
     assert [(c.type, c.status, c.reason) for c in status.conditions] == [
-        ("Ready", "True", "BoundaryFound"), ("Reconciling", "False", "Finished"), ("Stalled", "False", "Finished")]
+        ("Ready", "True", "BoundaryFound"),
+        ("Reconciling", "False", "Finished"),
+        ("Stalled", "False", "Finished"),
+    ]
     assert "Search 1..40" in status.verdict.summary
 
 
@@ -657,9 +691,11 @@ def test_an_inconclusive_first_probe_names_only_that_probe() -> None:
     verdict = status.verdict
     assert verdict is not None
     assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (None, None)
-    assert verdict.summary.startswith("Search 1..40 in 1 step: stopped by the probe of 33, which was inconclusive"
-                                      " (no probe before it); the arithmetic predicted 33. No step passed;"
-                                      " 33 replicas were inconclusive: the monitor lost")
+    assert verdict.summary.startswith(
+        "Search 1..40 in 1 step: stopped by the probe of 33, which was inconclusive"
+        " (no probe before it); the arithmetic predicted 33. No step passed;"
+        " 33 replicas were inconclusive: the monitor lost"
+    )
     assert "min" not in verdict.summary
     assert "failed" not in verdict.summary
     assert status.phase == "Failed"
@@ -670,12 +706,17 @@ def test_an_inconclusive_probe_after_a_bracket_names_what_was_probed() -> None:
     # 33 fails, 16 passes, then 24 (the middle) is not seen: the search stops with 16 and 33 known.
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}), Oracle(breaking=30, blind=(24,)))
     assert [(s.replicas, s.outcome) for s in status.variants[0].steps] == [
-        (33, "Failed"), (16, "Passed"), (24, "Inconclusive")]
+        (33, "Failed"),
+        (16, "Passed"),
+        (24, "Inconclusive"),
+    ]
     verdict = status.verdict
     assert verdict is not None
     assert (verdict.max_safe_replicas, verdict.first_failing_replicas) == (16, None)
-    assert verdict.summary.startswith("Search 1..40 in 3 steps: stopped by the probe of 24, which was inconclusive"
-                                      " (before it, 16 passed and 33 failed); the arithmetic predicted 33.")
+    assert verdict.summary.startswith(
+        "Search 1..40 in 3 steps: stopped by the probe of 24, which was inconclusive"
+        " (before it, 16 passed and 33 failed); the arithmetic predicted 33."
+    )
     assert "the search's max" not in verdict.summary
     assert "every probe passed" not in verdict.summary
     assert status.phase == "Failed"
@@ -691,9 +732,19 @@ def test_a_search_that_bottoms_out_says_its_min_failed_only_when_the_min_was_pro
 
 
 def search_with_variants() -> tuple[dict[str, Any], BenchmarkStatus]:
-    variants = [{"name": "direct"},
-                {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 3, "reservePoolSize": 1,
-                                          "maxClientConn": 200, "replicas": 2}}]
+    variants = [
+        {"name": "direct"},
+        {
+            "name": "tx",
+            "pooler": {
+                "poolMode": "transaction",
+                "defaultPoolSize": 3,
+                "reservePoolSize": 1,
+                "maxClientConn": 200,
+                "replicas": 2,
+            },
+        },
+    ]
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}, variants=variants), Oracle(breaking=5))
     return status.to_json(), status
 
@@ -783,8 +834,9 @@ def test_one_replica_and_one_step_are_singular() -> None:
     assert status.verdict.summary.startswith("Search 1..2 in 1 step: up to 2 (the search's max) every probe passed")
     status = run_on(spec(steps=[1]), FakePlatform([Script()]))
     assert status.verdict is not None
-    assert status.verdict.summary.startswith("All steps passed up to 1 replica (each may open 3; at most 33 replicas"
-                                             " fit in 99 usable connections)")
+    assert status.verdict.summary.startswith(
+        "All steps passed up to 1 replica (each may open 3; at most 33 replicas fit in 99 usable connections)"
+    )
     platform = FakePlatform([Script(crashed=True, outcomes={"tooManyClients": 1})])
     status = run_on(spec(steps=[1]), platform)
     assert status.verdict is not None
@@ -859,8 +911,11 @@ class Rolling(FakePlatform):
         if not self.cohorts:
             return super().collect()
         self.calls.append("collect")
-        return [ReplicaReport(f"{name}{i}", outcomes=dict(script.outcomes))
-                for name, script, _, count in self.cohorts for i in range(count)]
+        return [
+            ReplicaReport(f"{name}{i}", outcomes=dict(script.outcomes))
+            for name, script, _, count in self.cohorts
+            for i in range(count)
+        ]
 
     def scale_to_zero(self) -> None:
         self.cohorts = []
@@ -907,13 +962,15 @@ def test_a_rollout_whose_old_replicas_were_gone_before_the_surge_is_inconclusive
     assert rollout.reason is not None
     assert rollout.reason.startswith(
         "old and new replicas did not overlap as in a rolling update: the old replicas held 0 of their 4"
-        " connections when the surge pods peaked at 3")
+        " connections when the surge pods peaked at 3"
+    )
     verdict = status.verdict
     assert verdict is not None
     assert verdict.max_safe_replicas == 2
     assert not verdict.summary.startswith("All steps passed")
-    assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
-                                      " replicas was inconclusive")
+    assert verdict.summary.startswith(
+        "Every step at rest passed up to 2 replicas, but the rolling update of 2 replicas was inconclusive"
+    )
     assert "whether 2 replicas stay safe during a rolling update was not measured" in verdict.summary
     assert status.phase == "Failed"
     assert [c.reason for c in status.conditions if c.type == "Ready"] == ["Inconclusive"]
@@ -930,8 +987,9 @@ def test_a_failing_rollout_never_opens_the_summary_with_all_steps_passed() -> No
     verdict = status.verdict
     assert verdict is not None
     assert verdict.max_safe_replicas == 2
-    assert verdict.summary.startswith("Every step at rest passed up to 2 replicas, but the rolling update of 2"
-                                      " replicas failed")
+    assert verdict.summary.startswith(
+        "Every step at rest passed up to 2 replicas, but the rolling update of 2 replicas failed"
+    )
     assert "2 replicas are safe at rest but not during a rolling update" in verdict.summary
 
 
@@ -952,14 +1010,16 @@ def test_pooled_overlap_is_judged_from_the_replicas_work_times() -> None:
 
 def test_direct_overlap_needs_the_surge_peak_beside_every_old_connection_or_a_full_server() -> None:
     def reads(*pairs: tuple[int, int]) -> list[Sample]:
-        return [Sample(t=i / 10, total=old + new, by_app={"old0": old, "new0": new})
-                for i, (old, new) in enumerate(pairs)]
+        return [
+            Sample(t=i / 10, total=old + new, by_app={"old0": old, "new0": new}) for i, (old, new) in enumerate(pairs)
+        ]
 
     # Refused for want of slots: 12 old + 1 new fill the 13 usable; the surge's 4 come after the old ones.
     full = rollout_overlap(["old0"], reads((12, 0), (12, 1), (0, 4)), [], pooled=False, usable=13)
     assert full.achieved
-    assert full.detail == ("the old replicas held all 12 of their connections while the surge pods took the rest of"
-                           " the 13 usable")
+    assert full.detail == (
+        "the old replicas held all 12 of their connections while the surge pods took the rest of the 13 usable"
+    )
     # Room to spare, yet the surge pod held 1 beside the old ones and its 3 only once they were gone.
     apart = rollout_overlap(["old0"], reads((6, 0), (6, 1), (0, 3)), [], pooled=False, usable=19)
     assert not apart.achieved

@@ -37,19 +37,22 @@ def test_a_variant_engine_replaces_the_workload_engine() -> None:
     assert spec.workload.engine.pool_class == "QueuePool"  # the spec itself is unchanged
 
 
-@pytest.mark.parametrize(("variants", "path", "text"), [
-    ([{"name": "a"}, {"name": "a", "pooler": {}}], "spec.variants[1].name", "duplicate variant name 'a'"),
-    ([{"name": "a"}, {"name": "b"}], "spec.variants[1]", "same pooler and engine as spec.variants[0]"),
-    ([{"name": "Tx"}], "spec.variants[0].name", "String should match pattern"),
-    ([{"name": "tx--a"}], "spec.variants[0].name", "String should match pattern"),  # "--" separates children
-    ([{"name": "a-very-long-name"}], "spec.variants[0].name", "at most 11 characters"),
-    ([{"name": "p", "pooler": {"poolMode": "statement"}}], "spec.variants[0].pooler.poolMode", "session"),
-    ([{"name": "p", "pooler": {"maxClientConn": 1}}], "spec.variants[0].pooler.maxClientConn", "greater than"),
-    ([{"name": "p", "pooler": {"defaultPoolSize": 0}}], "spec.variants[0].pooler.defaultPoolSize", "greater than"),
-    ([{"name": "p", "pooler": {"type": "Odyssey"}}], "spec.variants[0].pooler.type", "PgBouncer"),
-    ([{"name": "p", "pooler": {"poolSize": 3}}], "spec.variants[0].pooler.poolSize", "unknown field"),
-    ([], "spec.variants", "at least 1 item"),
-])
+@pytest.mark.parametrize(
+    ("variants", "path", "text"),
+    [
+        ([{"name": "a"}, {"name": "a", "pooler": {}}], "spec.variants[1].name", "duplicate variant name 'a'"),
+        ([{"name": "a"}, {"name": "b"}], "spec.variants[1]", "same pooler and engine as spec.variants[0]"),
+        ([{"name": "Tx"}], "spec.variants[0].name", "String should match pattern"),
+        ([{"name": "tx--a"}], "spec.variants[0].name", "String should match pattern"),  # "--" separates children
+        ([{"name": "a-very-long-name"}], "spec.variants[0].name", "at most 11 characters"),
+        ([{"name": "p", "pooler": {"poolMode": "statement"}}], "spec.variants[0].pooler.poolMode", "session"),
+        ([{"name": "p", "pooler": {"maxClientConn": 1}}], "spec.variants[0].pooler.maxClientConn", "greater than"),
+        ([{"name": "p", "pooler": {"defaultPoolSize": 0}}], "spec.variants[0].pooler.defaultPoolSize", "greater than"),
+        ([{"name": "p", "pooler": {"type": "Odyssey"}}], "spec.variants[0].pooler.type", "PgBouncer"),
+        ([{"name": "p", "pooler": {"poolSize": 3}}], "spec.variants[0].pooler.poolSize", "unknown field"),
+        ([], "spec.variants", "at least 1 item"),
+    ],
+)
 def test_bad_variants_are_named_by_path(variants: list[Any], path: str, text: str) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec({**SEED, "variants": variants})
@@ -71,8 +74,9 @@ def test_pooler_arithmetic_knows_the_seed() -> None:
     assert predict(spec, 1, tx).peak == 15
     assert not predict(spec, 14, tx).fits  # 210 clients > 199
     assert pooled_safe_replicas(spec, tx) == 13  # 199 // 15
-    session = PoolerSpec(pool_mode="session", default_pool_size=20, reserve_pool_size=5, max_client_conn=200,
-                         replicas=2)
+    session = PoolerSpec(
+        pool_mode="session", default_pool_size=20, reserve_pool_size=5, max_client_conn=200, replicas=2
+    )
     assert predict(spec, 10, session).server_capacity == 50  # 2 instances × (20 + 5)
     assert predict(spec, 10, session).client_capacity == 398
     # 5 kept clients per replica at random over 2 instances of 25 server connections each: 5 replicas'
@@ -119,16 +123,27 @@ def test_comparison_names_the_variant_that_scales_furthest() -> None:
     assert "direct: 5 replicas safe, fails at 10 (tooManyClients), peak 99 server backends" in text
 
 
-@pytest.mark.parametrize(("message", "pooled", "cls"), [
-    ('connection to server at "127.0.0.1", port 6432 failed: FATAL:  no more connections allowed (max_client_conn)',
-     True, "poolerMaxClientConn"),
-    ("FATAL:  query_wait_timeout\nserver closed the connection unexpectedly", True, "poolerQueryWaitTimeout"),
-    ("ERROR: server login has been failing, try again later (server_login_retry)", True, "poolerServerLogin"),
-    ("FATAL: sorry, too many clients already", True, "poolerServerLogin"),  # the server refused the pooler
-    ("FATAL: sorry, too many clients already", False, "tooManyClients"),
-    ("FATAL: remaining connection slots are reserved for roles with the SUPERUSER attribute", False, "reservedSlots"),
-    ("server closed the connection unexpectedly", True, "other"),
-])
+@pytest.mark.parametrize(
+    ("message", "pooled", "cls"),
+    [
+        (
+            'connection to server at "127.0.0.1", port 6432 failed: '
+            "FATAL:  no more connections allowed (max_client_conn)",
+            True,
+            "poolerMaxClientConn",
+        ),
+        ("FATAL:  query_wait_timeout\nserver closed the connection unexpectedly", True, "poolerQueryWaitTimeout"),
+        ("ERROR: server login has been failing, try again later (server_login_retry)", True, "poolerServerLogin"),
+        ("FATAL: sorry, too many clients already", True, "poolerServerLogin"),  # the server refused the pooler
+        ("FATAL: sorry, too many clients already", False, "tooManyClients"),
+        (
+            "FATAL: remaining connection slots are reserved for roles with the SUPERUSER attribute",
+            False,
+            "reservedSlots",
+        ),
+        ("server closed the connection unexpectedly", True, "other"),
+    ],
+)
 def test_pooler_texts_have_their_own_classes(message: str, pooled: bool, cls: str) -> None:
     assert classify_message(message, pooled=pooled) == cls
 
@@ -142,14 +157,31 @@ def test_the_full_libpq_message_kept_by_the_workload_is_classified() -> None:
     assert short_message(exc).startswith("FATAL: query_wait_timeout")
 
 
-COLUMNS = ["database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
-           "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested", "sv_login",
-           "maxwait", "maxwait_us", "pool_mode"]
+COLUMNS = [
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "cl_active_cancel_req",
+    "cl_waiting_cancel_req",
+    "sv_active",
+    "sv_active_cancel",
+    "sv_being_canceled",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+]
 
 
 def test_show_pools_rows_of_the_benchmark_database_only() -> None:
-    rows = [("pgbouncer", "pgbouncer", 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "statement"),  # the console itself
-            ("postgres", "postgres", 12, 4, 0, 0, 12, 0, 0, 0, 0, 0, 0, 1, 427000, "session")]
+    rows = [
+        ("pgbouncer", "pgbouncer", 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "statement"),  # the console itself
+        ("postgres", "postgres", 12, 4, 0, 0, 12, 0, 0, 0, 0, 0, 0, 1, 427000, "session"),
+    ]
     read = pooler_read_from_rows(COLUMNS, rows, "postgres")
     assert (read.clients, read.waiting, read.servers, read.max_wait_ms) == (16, 4, 12, 1427.0)
     both = merge_pooler_reads([read, PoolerRead(clients=3, waiting=1, max_wait_ms=5.0, servers=2)])
@@ -173,17 +205,39 @@ def test_pooled_ghosts_are_the_clients_held_after_the_work() -> None:
 
 
 def test_pgbouncer_config_from_the_variant() -> None:
-    pooler = PoolerSpec(pool_mode="transaction", default_pool_size=20, reserve_pool_size=5, max_client_conn=200,
-                        server_idle_timeout_seconds=30, query_wait_timeout_seconds=10)
-    ini = pgbouncer_ini(pooler, server_host="db", server_port=5432, database="postgres", listen_addr="*",
-                        listen_port=6432, auth_file="/etc/x/userlist.txt")
+    pooler = PoolerSpec(
+        pool_mode="transaction",
+        default_pool_size=20,
+        reserve_pool_size=5,
+        max_client_conn=200,
+        server_idle_timeout_seconds=30,
+        query_wait_timeout_seconds=10,
+    )
+    ini = pgbouncer_ini(
+        pooler,
+        server_host="db",
+        server_port=5432,
+        database="postgres",
+        listen_addr="*",
+        listen_port=6432,
+        auth_file="/etc/x/userlist.txt",
+    )
     lines = set(ini.splitlines())
     assert "postgres = host=db port=5432 dbname=postgres" in lines
-    for line in ("pool_mode = transaction", "default_pool_size = 20", "reserve_pool_size = 5",
-                 "max_client_conn = 200", "server_idle_timeout = 30", "query_wait_timeout = 10",
-                 "reserve_pool_timeout = 5",
-                 f"admin_users = {ADMIN_USER}", "auth_type = scram-sha-256", "unix_socket_dir = ",
-                 "listen_addr = *", "listen_port = 6432"):
+    for line in (
+        "pool_mode = transaction",
+        "default_pool_size = 20",
+        "reserve_pool_size = 5",
+        "max_client_conn = 200",
+        "server_idle_timeout = 30",
+        "query_wait_timeout = 10",
+        "reserve_pool_timeout = 5",
+        f"admin_users = {ADMIN_USER}",
+        "auth_type = scram-sha-256",
+        "unix_socket_dir = ",
+        "listen_addr = *",
+        "listen_port = 6432",
+    ):
         assert line in lines, line
     # A quote inside a password is doubled (PgBouncer's auth_file syntax); one line per user, sorted.
     assert userlist({"postgres": 'pa"ss', ADMIN_USER: "x"}) == f'"{ADMIN_USER}" "x"\n"postgres" "pa""ss"\n'

@@ -26,15 +26,32 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.postgres
 
 
-def replica_env(local_pg: Any, tmp_path: Path, *, threads: int, statement: str, iterations: int,
-                engine: dict[str, Any], on_error: str = "count", hold: float = 0.2, app_name: str = "measures-r0",
-                metrics_port: int | None = None) -> dict[str, str]:
+def replica_env(
+    local_pg: Any,
+    tmp_path: Path,
+    *,
+    threads: int,
+    statement: str,
+    iterations: int,
+    engine: dict[str, Any],
+    on_error: str = "count",
+    hold: float = 0.2,
+    app_name: str = "measures-r0",
+    metrics_port: int | None = None,
+) -> dict[str, str]:
     env = {
-        **os.environ, **local_pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres",
-        "POOLBENCH_THREADS": str(threads), "POOLBENCH_STATEMENT": statement,
-        "POOLBENCH_ITERATIONS": str(iterations), "POOLBENCH_HOLD_SECONDS": str(hold),
-        "POOLBENCH_ON_ERROR": on_error, "POOLBENCH_ENGINE": json.dumps({"poolClass": "QueuePool", **engine}),
-        "POOLBENCH_APP_NAME": app_name, "POOLBENCH_SUMMARY_PATH": str(tmp_path / "summary.json"),
+        **os.environ,
+        **local_pg.client_env(),
+        "PGUSER": "postgres",
+        "PGDATABASE": "postgres",
+        "POOLBENCH_THREADS": str(threads),
+        "POOLBENCH_STATEMENT": statement,
+        "POOLBENCH_ITERATIONS": str(iterations),
+        "POOLBENCH_HOLD_SECONDS": str(hold),
+        "POOLBENCH_ON_ERROR": on_error,
+        "POOLBENCH_ENGINE": json.dumps({"poolClass": "QueuePool", **engine}),
+        "POOLBENCH_APP_NAME": app_name,
+        "POOLBENCH_SUMMARY_PATH": str(tmp_path / "summary.json"),
         "POOLBENCH_EXIT_AFTER_HOLD": "true",
     }
     if metrics_port:
@@ -43,8 +60,9 @@ def replica_env(local_pg: Any, tmp_path: Path, *, threads: int, statement: str, 
 
 
 def run_replica(env: dict[str, str], expect_exit: int = 0) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "workload"], env=env, cwd=ROOT, timeout=60,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workload"], env=env, cwd=ROOT, timeout=60, capture_output=True, text=True
+    )
     assert proc.returncode == expect_exit, proc.stderr[-2000:]
     data: dict[str, Any] = json.loads(Path(env["POOLBENCH_SUMMARY_PATH"]).read_text())
     return data
@@ -66,8 +84,16 @@ def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> Non
     yet), so a thread runs its statements back to back and most checkouts wait nothing, while the
     last threads wait seconds (e.g. counts [32, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 2, 4, 0, …]).
     """
-    s = run_replica(replica_env(local_pg, tmp_path, threads=8, statement="SELECT pg_sleep(0.1)", iterations=5,
-                                engine={"poolSize": 2, "maxOverflow": 0}))
+    s = run_replica(
+        replica_env(
+            local_pg,
+            tmp_path,
+            threads=8,
+            statement="SELECT pg_sleep(0.1)",
+            iterations=5,
+            engine={"poolSize": 2, "maxOverflow": 0},
+        )
+    )
     assert s["outcomes"]["ok"] == 40
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
     assert wait.total == 40
@@ -80,8 +106,11 @@ def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> Non
 
 
 def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg: Any, tmp_path: Path) -> None:
-    s = run_replica(replica_env(local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(0.1)", iterations=5,
-                                engine={"poolSize": 4}))
+    s = run_replica(
+        replica_env(
+            local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(0.1)", iterations=5, engine={"poolSize": 4}
+        )
+    )
     ok = s["outcomes"]["ok"]
     assert ok == 20
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
@@ -97,8 +126,16 @@ def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg: 
 
 def test_prometheus_histograms_equal_the_summary(local_pg: Any, tmp_path: Path) -> None:
     port = free_port()
-    env = replica_env(local_pg, tmp_path, threads=3, statement="SELECT pg_sleep(0.01)", iterations=10,
-                      engine={"poolSize": 2, "maxOverflow": 0}, hold=2.0, metrics_port=port)
+    env = replica_env(
+        local_pg,
+        tmp_path,
+        threads=3,
+        statement="SELECT pg_sleep(0.01)",
+        iterations=10,
+        engine={"poolSize": 2, "maxOverflow": 0},
+        hold=2.0,
+        metrics_port=port,
+    )
     env["POOLBENCH_HISTOGRAM_EDGES_MS"] = "10.5"  # a limit: an edge on every replica, listed even when empty
     proc = subprocess.Popen([sys.executable, "-m", "workload"], env=env, cwd=ROOT)
     try:
@@ -116,8 +153,12 @@ def test_prometheus_histograms_equal_the_summary(local_pg: Any, tmp_path: Path) 
     assert "poolbench_statement_latency_seconds_count 30.0" in body
     assert 'poolbench_checkout_wait_seconds_bucket{le="+Inf"} 30.0' in body
     assert 'poolbench_statement_latency_seconds_bucket{le="0.0105"}' in body
-    for name in ("poolbench_statement_latency_max_seconds", "poolbench_checkout_wait_max_seconds",
-                 "poolbench_work_started_timestamp_seconds", "poolbench_work_ended_timestamp_seconds"):
+    for name in (
+        "poolbench_statement_latency_max_seconds",
+        "poolbench_checkout_wait_max_seconds",
+        "poolbench_work_started_timestamp_seconds",
+        "poolbench_work_ended_timestamp_seconds",
+    ):
         assert f"\n{name} " in body
     s = json.loads(Path(env["POOLBENCH_SUMMARY_PATH"]).read_text())
     scraped = parse_metrics(body)
@@ -131,8 +172,16 @@ def test_prometheus_histograms_equal_the_summary(local_pg: Any, tmp_path: Path) 
 
 def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg: Any, tmp_path: Path) -> None:
     """One thread holds the only connection for 1 s; the other three give up after pool_timeout 0.2 s."""
-    s = run_replica(replica_env(local_pg, tmp_path, threads=4, statement="SELECT pg_sleep(1)", iterations=1,
-                                engine={"poolSize": 1, "maxOverflow": 0, "poolTimeout": 0.2}))
+    s = run_replica(
+        replica_env(
+            local_pg,
+            tmp_path,
+            threads=4,
+            statement="SELECT pg_sleep(1)",
+            iterations=1,
+            engine={"poolSize": 1, "maxOverflow": 0, "poolTimeout": 0.2},
+        )
+    )
     assert s["outcomes"]["ok"] == 1, s["outcomes"]
     assert s["outcomes"]["poolTimeout"] == 3, s["outcomes"]
     wait, latency = hist(s, "checkoutWaitMs"), hist(s, "latencyMs")
@@ -143,14 +192,22 @@ def test_a_failed_checkout_is_a_wait_not_a_latency(local_pg: Any, tmp_path: Path
     assert wait.sum_ms >= 3 * 200
     assert wait.max_ms >= 200
     assert latency.max_ms >= 1000, latency.counts
-    assert sum( c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
+    assert sum(c for bound, c in zip(latency.edges, latency.counts, strict=True) if bound < 1000) == 0, latency.counts
 
 
 def test_summary_fits_a_termination_message_with_a_long_first_error(local_pg: Any, tmp_path: Path) -> None:
     statement = "DO $$BEGIN RAISE EXCEPTION '%', repeat('é', 5000); END$$"
     s_path = tmp_path / "summary.json"
-    env = replica_env(local_pg, tmp_path, threads=4, statement=statement, iterations=3, engine={"poolSize": 1},
-                      on_error="crash", app_name="r" * 63)
+    env = replica_env(
+        local_pg,
+        tmp_path,
+        threads=4,
+        statement=statement,
+        iterations=3,
+        engine={"poolSize": 1},
+        on_error="crash",
+        app_name="r" * 63,
+    )
     s = run_replica(env, expect_exit=1)
     assert len(s_path.read_bytes()) <= 4096
     assert s["phase"] == "crashed"

@@ -77,18 +77,24 @@ class MeasuresCollector:
 
     @staticmethod
     def _families(m: Measures) -> Iterator[Metric]:
-        yield histogram_family(metrics.STATEMENT_LATENCY,
-                               "Successful statements, from the checkout request to the commit", m.latency)
-        yield histogram_family(metrics.CHECKOUT_WAIT,
-                               "Pool checkouts (connect included; a failed one until it failed)", m.checkout_wait)
-        yield GaugeMetricFamily(metrics.STATEMENT_LATENCY_MAX, "Slowest successful statement",
-                                value=round(m.latency.max_ms, 3) / 1000)
-        yield GaugeMetricFamily(metrics.CHECKOUT_WAIT_MAX, "Longest checkout wait",
-                                value=round(m.checkout_wait.max_ms, 3) / 1000)
-        yield GaugeMetricFamily(metrics.WORK_STARTED,
-                                "When the first attempt started (0 until then)", value=m.work_started_at or 0.0)
-        yield GaugeMetricFamily(metrics.WORK_ENDED,
-                                "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0)
+        yield histogram_family(
+            metrics.STATEMENT_LATENCY, "Successful statements, from the checkout request to the commit", m.latency
+        )
+        yield histogram_family(
+            metrics.CHECKOUT_WAIT, "Pool checkouts (connect included; a failed one until it failed)", m.checkout_wait
+        )
+        yield GaugeMetricFamily(
+            metrics.STATEMENT_LATENCY_MAX, "Slowest successful statement", value=round(m.latency.max_ms, 3) / 1000
+        )
+        yield GaugeMetricFamily(
+            metrics.CHECKOUT_WAIT_MAX, "Longest checkout wait", value=round(m.checkout_wait.max_ms, 3) / 1000
+        )
+        yield GaugeMetricFamily(
+            metrics.WORK_STARTED, "When the first attempt started (0 until then)", value=m.work_started_at or 0.0
+        )
+        yield GaugeMetricFamily(
+            metrics.WORK_ENDED, "When the last caller thread finished (0 until then)", value=m.work_ended_at or 0.0
+        )
 
 
 class ReplicaMetrics:
@@ -97,8 +103,7 @@ class ReplicaMetrics:
 
     def __init__(self, outcome_counts: Callable[[], dict[str, int]], measures: Callable[[], Measures]):
         self.registry = CollectorRegistry()
-        attempts = Counter(metrics.ATTEMPTS, "Statements attempted, by outcome", [metrics.OUTCOME_LABEL],
-                           registry=None)
+        attempts = Counter(metrics.ATTEMPTS, "Statements attempted, by outcome", [metrics.OUTCOME_LABEL], registry=None)
         for outcome in OUTCOMES:
             attempts.labels(outcome)
         self.registry.register(TalliedCounter(attempts, outcome_counts))

@@ -101,7 +101,8 @@ def merge_summaries(name: str, phase: ReplicaPhase, summaries: list[ReplicaSumma
         peak_checked_out=sum(s.peak_checked_out for s in summaries),
         started_at=min((s.started_at for s in summaries if s.started_at), default=None),
         work_done_at=max((s.work_done_at for s in summaries if s.work_done_at), default=None)
-        if phase in WORK_OVER else None,
+        if phase in WORK_OVER
+        else None,
         finished_at=now_iso() if phase in FINISHED else None,
         latency=latency,
         checkout_wait=wait,
@@ -166,8 +167,9 @@ class ProcessGroup:
             self.pids.append(pid)
             ends.append(r)
         for index, fd in enumerate(ends):
-            threading.Thread(target=self._read, args=(index, os.fdopen(fd)), daemon=True,
-                             name=f"poolbench-worker-{index}").start()
+            threading.Thread(
+                target=self._read, args=(index, os.fdopen(fd)), daemon=True, name=f"poolbench-worker-{index}"
+            ).start()
 
     def _reap(self) -> None:
         for index, pid in enumerate(self.pids):
@@ -189,9 +191,11 @@ class ProcessGroup:
                 with self.lock:
                     said = self.latest.get(index, ReplicaSummary())
                     self.latest[index] = replace(
-                        said, phase=CRASHED,
+                        said,
+                        phase=CRASHED,
                         first_error=said.first_error or f"worker process {index} exited with code {code}",
-                        first_error_at=time.time())
+                        first_error_at=time.time(),
+                    )
         return phases
 
     def kill_workers(self, sig: int = signal.SIGKILL) -> None:

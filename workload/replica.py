@@ -116,8 +116,9 @@ def _engine(cfg: WorkloadConfig) -> Any:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         poolclass = pool.AsyncAdaptedQueuePool if pool_name == "QueuePool" else getattr(pool, pool_name)
-        return create_async_engine(url, poolclass=poolclass, connect_args=connect_args,
-                                   execution_options={"no_parameters": True}, **kwargs)
+        return create_async_engine(
+            url, poolclass=poolclass, connect_args=connect_args, execution_options={"no_parameters": True}, **kwargs
+        )
     return create_engine(
         url,
         poolclass=getattr(pool, pool_name),
@@ -187,8 +188,11 @@ def keep_full_message(ctx: Any) -> None:
     if ctx.connection is not None and ctx.connection.invalidated:  # never make .connection reconnect
         return
     try:
-        full = (libpq_message(ctx.connection.connection.dbapi_connection) if ctx.connection is not None
-                else getattr(_CONNECTING, "message", ""))
+        full = (
+            libpq_message(ctx.connection.connection.dbapi_connection)
+            if ctx.connection is not None
+            else getattr(_CONNECTING, "message", "")
+        )
     except Exception:  # noqa: BLE001 - a connection already closed by the pool has nothing more to tell
         return
     lost = "server closed the connection unexpectedly"
@@ -204,8 +208,7 @@ class CallerTally:
     maxima, registered with its replica so scrapes and summaries see them, written only by this
     caller: no lock and no Prometheus call per statement."""
 
-    __slots__ = ("replica", "tally", "edges", "latency", "wait", "extremes", "left", "deadline", "stopped",
-                 "crashed")
+    __slots__ = ("replica", "tally", "edges", "latency", "wait", "extremes", "left", "deadline", "stopped", "crashed")
 
     def __init__(self, replica: Replica):
         self.replica = replica
@@ -313,15 +316,19 @@ class Replica:
         event.listen(sync_engine, "checkout", forget_connecting)
         keep_message_before_closing(sync_engine.dialect)
         pool_ = sync_engine.pool
-        Gauge(metrics.POOL_CHECKED_OUT, "Connections checked out of the pool",
-              registry=self.registry).set_function(lambda: self.checked_out)
-        Gauge(metrics.POOL_PEAK_CHECKED_OUT, "Most connections checked out at once",
-              registry=self.registry).set_function(lambda: self.peak_checked_out)
+        Gauge(metrics.POOL_CHECKED_OUT, "Connections checked out of the pool", registry=self.registry).set_function(
+            lambda: self.checked_out
+        )
+        Gauge(
+            metrics.POOL_PEAK_CHECKED_OUT, "Most connections checked out at once", registry=self.registry
+        ).set_function(lambda: self.peak_checked_out)
         if isinstance(pool_, pool.QueuePool):
-            Gauge(metrics.POOL_OVERFLOW, "QueuePool overflow (starts at -pool_size)",
-                  registry=self.registry).set_function(pool_.overflow)
-            Gauge(metrics.POOL_IDLE, "Connections idle in the pool",
-                  registry=self.registry).set_function(pool_.checkedin)
+            Gauge(
+                metrics.POOL_OVERFLOW, "QueuePool overflow (starts at -pool_size)", registry=self.registry
+            ).set_function(pool_.overflow)
+            Gauge(metrics.POOL_IDLE, "Connections idle in the pool", registry=self.registry).set_function(
+                pool_.checkedin
+            )
 
     @property
     def current_phase(self) -> ReplicaPhase:
@@ -437,8 +444,12 @@ class Replica:
         self._set_phase(RUNNING)
         if self.cfg.driver == ASYNC_DRIVER:
             work_done, held = threading.Event(), threading.Event()
-            loop_thread = threading.Thread(target=asyncio.run, args=(self._async_lifecycle(work_done, held),),
-                                           daemon=True, name="poolbench-event-loop")
+            loop_thread = threading.Thread(
+                target=asyncio.run,
+                args=(self._async_lifecycle(work_done, held),),
+                daemon=True,
+                name="poolbench-event-loop",
+            )
             loop_thread.start()
             threads = [loop_thread]
             while not work_done.is_set() and loop_thread.is_alive():
@@ -489,4 +500,3 @@ class Replica:
         self._set_phase(CRASHED)
         self.write_summary()
         return 1
-

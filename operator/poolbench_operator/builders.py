@@ -116,8 +116,12 @@ def postgres_args(spec: PoolBenchmarkSpec) -> list[str]:
     has superuser_reserved_connections; reserved_connections needs 16+): a normal role loses exactly what
     the provider takes from it, while role superuser stays a real superuser in the cluster."""
     pg = spec.postgres
-    args = ["-c", f"max_connections={pg.max_connections}",
-            "-c", f"superuser_reserved_connections={pg.reserved_for('app')}"]
+    args = [
+        "-c",
+        f"max_connections={pg.max_connections}",
+        "-c",
+        f"superuser_reserved_connections={pg.reserved_for('app')}",
+    ]
     for key, value in sorted(pg.settings.items()):
         args += ["-c", f"{key}={value}"]
     return args
@@ -151,35 +155,44 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
                 "metadata": {"labels": labels(benchmark, "postgres")},
                 "spec": {
                     # The image's own postgres user, so the entrypoint initialises PGDATA as that user.
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": spec.postgres.run_as_user,
-                                        "runAsGroup": spec.postgres.run_as_user,
-                                        "fsGroup": spec.postgres.run_as_user},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": spec.postgres.run_as_user,
+                        "runAsGroup": spec.postgres.run_as_user,
+                        "fsGroup": spec.postgres.run_as_user,
+                    },
                     "automountServiceAccountToken": False,
-                    "containers": [{
-                        "name": "postgres",
-                        "image": spec.postgres.image,
-                        "args": postgres_args(spec),
-                        "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT}],
-                        "env": [
-                            {"name": "POSTGRES_USER", "value": SUPERUSER},
-                            {"name": "POSTGRES_DB", "value": "postgres"},
-                            {"name": "POSTGRES_PASSWORD", "valueFrom": secret_ref},
-                            {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
-                        ],
-                        # A TCP check, not pg_isready: pg_isready logs in (a client backend every period)
-                        # and the monitor would count that session in the step's peak. A connect without a
-                        # startup packet never becomes a session and PostgreSQL does not log it.
-                        "readinessProbe": {
-                            "tcpSocket": {"port": POSTGRES_PORT},
-                            "periodSeconds": 2,
-                            "failureThreshold": 3,
-                        },
-                        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
-                                      "limits": {"cpu": "2", "memory": "1Gi"}},
-                        "securityContext": container_security(),
-                        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"},
-                                         {"name": "run", "mountPath": "/var/run/postgresql"}],
-                    }],
+                    "containers": [
+                        {
+                            "name": "postgres",
+                            "image": spec.postgres.image,
+                            "args": postgres_args(spec),
+                            "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT}],
+                            "env": [
+                                {"name": "POSTGRES_USER", "value": SUPERUSER},
+                                {"name": "POSTGRES_DB", "value": "postgres"},
+                                {"name": "POSTGRES_PASSWORD", "valueFrom": secret_ref},
+                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                            ],
+                            # A TCP check, not pg_isready: pg_isready logs in (a client backend every period)
+                            # and the monitor would count that session in the step's peak. A connect without a
+                            # startup packet never becomes a session and PostgreSQL does not log it.
+                            "readinessProbe": {
+                                "tcpSocket": {"port": POSTGRES_PORT},
+                                "periodSeconds": 2,
+                                "failureThreshold": 3,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "256Mi"},
+                                "limits": {"cpu": "2", "memory": "1Gi"},
+                            },
+                            "securityContext": container_security(),
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                {"name": "run", "mountPath": "/var/run/postgresql"},
+                            ],
+                        }
+                    ],
                     "volumes": [{"name": "data", "emptyDir": {}}, {"name": "run", "emptyDir": {}}],
                 },
             },
@@ -203,15 +216,18 @@ def rollout_strategy(spec: PoolBenchmarkSpec) -> dict[str, Any]:
     hold = spec.step_timeout_seconds + 60
     no_surge = surge_pods(1, rollout.max_surge) == 0
     return {
-        "strategy": {"type": "RollingUpdate",
-                     "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": 1 if no_surge else 0}},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": 1 if no_surge else 0},
+        },
         "minReadySeconds": hold,
         "progressDeadlineSeconds": hold + 600,  # the API requires it above minReadySeconds
     }
 
 
-def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: str,
-                              variant: VariantSpec | None = None) -> dict:
+def build_workload_deployment(
+    benchmark: str, spec: PoolBenchmarkSpec, image: str, variant: VariantSpec | None = None
+) -> dict:
     """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one.
     ``variant``: one of ``spec.variants`` (its engine; its pooler's Service as PGHOST when pooled)."""
     names = Names(benchmark, variant.name if variant else None)
@@ -219,8 +235,7 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
     pooler = variant.pooler if variant is not None else None
     password_key = SECRET_APP_KEY if spec.workload.role == "app" else SECRET_SUPERUSER_KEY
     env: list[dict[str, Any]] = [
-        {"name": k, "value": v}
-        for k, v in sorted(workload_env(seen_by, exit_after_hold=False, pooler=pooler).items())
+        {"name": k, "value": v} for k, v in sorted(workload_env(seen_by, exit_after_hold=False, pooler=pooler).items())
     ]
     host, port = (names.pooler, LISTEN_PORT) if pooler is not None else (names.postgres, POSTGRES_PORT)
     env += [
@@ -243,37 +258,53 @@ def build_workload_deployment(benchmark: str, spec: PoolBenchmarkSpec, image: st
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": WORKLOAD_UID,
-                                        "runAsGroup": WORKLOAD_UID},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": WORKLOAD_UID, "runAsGroup": WORKLOAD_UID},
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 5,
-                    "containers": [{
-                        "name": "workload",
-                        "image": image,
-                        "command": ["python", "-m", "workload"],
-                        "env": env,
-                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-                        "terminationMessagePath": TERMINATION_PATH,
-                        "terminationMessagePolicy": "File",
-                        # Each worker process (workload.processes) is an interpreter with its own pool.
-                        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                      "limits": {"cpu": "500m",
-                                                 "memory": f"{128 + 128 * spec.workload.processes}Mi"}},
-                        "securityContext": container_security(),
-                    }],
+                    "containers": [
+                        {
+                            "name": "workload",
+                            "image": image,
+                            "command": ["python", "-m", "workload"],
+                            "env": env,
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                            "terminationMessagePath": TERMINATION_PATH,
+                            "terminationMessagePolicy": "File",
+                            # Each worker process (workload.processes) is an interpreter with its own pool.
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"cpu": "500m", "memory": f"{128 + 128 * spec.workload.processes}Mi"},
+                            },
+                            "securityContext": container_security(),
+                        }
+                    ],
                 },
             },
         },
     }
 
 
-def build_pooler_secret(benchmark: str, spec: PoolBenchmarkSpec, variant: str, pooler: PoolerSpec, *,
-                        workload_password: str, admin_password: str) -> dict:
+def build_pooler_secret(
+    benchmark: str,
+    spec: PoolBenchmarkSpec,
+    variant: str,
+    pooler: PoolerSpec,
+    *,
+    workload_password: str,
+    admin_password: str,
+) -> dict:
     """The variant's ``pgbouncer.ini`` and auth file: the workload's role (its own password: PgBouncer
     logs in to the server with it) and the admin-console user the operator samples with."""
     names = Names(benchmark, variant)
-    ini = pgbouncer_ini(pooler, server_host=names.postgres, server_port=POSTGRES_PORT, database=DATABASE,
-                        listen_addr="*", listen_port=LISTEN_PORT, auth_file=f"{CONFIG_DIR}/{PGBOUNCER_USERLIST}")
+    ini = pgbouncer_ini(
+        pooler,
+        server_host=names.postgres,
+        server_port=POSTGRES_PORT,
+        database=DATABASE,
+        listen_addr="*",
+        listen_port=LISTEN_PORT,
+        auth_file=f"{CONFIG_DIR}/{PGBOUNCER_USERLIST}",
+    )
     users = {role_name(spec.workload): workload_password, ADMIN_USER: admin_password}
     return {
         "apiVersion": "v1",
@@ -316,22 +347,32 @@ def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) ->
             "template": {
                 "metadata": {"labels": pod_labels},
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": pooler.run_as_user,
-                                        "fsGroup": pooler.run_as_user},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": pooler.run_as_user,
+                        "fsGroup": pooler.run_as_user,
+                    },
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": 10,
-                    "containers": [{
-                        "name": "pgbouncer",
-                        "image": pooler.image,
-                        "command": ["pgbouncer", f"{CONFIG_DIR}/{PGBOUNCER_INI}"],
-                        "ports": [{"name": "pgbouncer", "containerPort": LISTEN_PORT}],
-                        "readinessProbe": {"tcpSocket": {"port": LISTEN_PORT}, "periodSeconds": 2,
-                                           "failureThreshold": 3},
-                        "resources": {"requests": {"cpu": "50m", "memory": "32Mi"},
-                                      "limits": {"cpu": "1", "memory": "128Mi"}},
-                        "securityContext": container_security(),
-                        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
-                    }],
+                    "containers": [
+                        {
+                            "name": "pgbouncer",
+                            "image": pooler.image,
+                            "command": ["pgbouncer", f"{CONFIG_DIR}/{PGBOUNCER_INI}"],
+                            "ports": [{"name": "pgbouncer", "containerPort": LISTEN_PORT}],
+                            "readinessProbe": {
+                                "tcpSocket": {"port": LISTEN_PORT},
+                                "periodSeconds": 2,
+                                "failureThreshold": 3,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "32Mi"},
+                                "limits": {"cpu": "1", "memory": "128Mi"},
+                            },
+                            "securityContext": container_security(),
+                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                        }
+                    ],
                     "volumes": [{"name": "config", "secret": {"secretName": names.pooler, "defaultMode": 0o440}}],
                 },
             },
@@ -339,8 +380,15 @@ def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) ->
     }
 
 
-def build_children(benchmark: str, spec: PoolBenchmarkSpec, *, workload_image: str,
-                   superuser_password: str, app_password: str, pooler_admin_password: str | None = None) -> list[dict]:
+def build_children(
+    benchmark: str,
+    spec: PoolBenchmarkSpec,
+    *,
+    workload_image: str,
+    superuser_password: str,
+    app_password: str,
+    pooler_admin_password: str | None = None,
+) -> list[dict]:
     """Everything one benchmark owns, in creation order (each pooler before the workload that uses it)."""
     children = [
         build_secret(benchmark, superuser_password, app_password),
@@ -355,8 +403,14 @@ def build_children(benchmark: str, spec: PoolBenchmarkSpec, *, workload_image: s
             if not pooler_admin_password:
                 raise ValueError("a pooled variant needs pooler_admin_password")
             children += [
-                build_pooler_secret(benchmark, spec, variant.name, variant.pooler,
-                                    workload_password=workload_password, admin_password=pooler_admin_password),
+                build_pooler_secret(
+                    benchmark,
+                    spec,
+                    variant.name,
+                    variant.pooler,
+                    workload_password=workload_password,
+                    admin_password=pooler_admin_password,
+                ),
                 build_pooler_service(benchmark, variant.name),
                 build_pooler_deployment(benchmark, variant.name, variant.pooler),
             ]
@@ -366,8 +420,11 @@ def build_children(benchmark: str, spec: PoolBenchmarkSpec, *, workload_image: s
 
 def child_refs(benchmark: str, spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
     """(kind, name) of every child, in deletion order (the reverse of creation); no passwords needed."""
-    refs = [("Secret", Names(benchmark).secret), ("Service", Names(benchmark).postgres),
-            ("StatefulSet", Names(benchmark).postgres)]
+    refs = [
+        ("Secret", Names(benchmark).secret),
+        ("Service", Names(benchmark).postgres),
+        ("StatefulSet", Names(benchmark).postgres),
+    ]
     pooled = {v.name for v in spec.variants or [] if v.pooler is not None}
     for variant in variant_names(spec):
         names = Names(benchmark, variant)

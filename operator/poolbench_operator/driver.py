@@ -87,9 +87,19 @@ def postgres_host(kube: Kube, names: Names, address: str) -> tuple[str, int]:
 class Driver:
     """Runs one PoolBenchmark to a terminal phase; implements the step loop's ``Platform``."""
 
-    def __init__(self, *, kube: Kube, body: dict[str, Any], spec: PoolBenchmarkSpec, stopped: StopFlag,
-                 adopt: Callable[[dict[str, Any]], None], event: EventPoster, logger: Logger,
-                 config: Config, key: bytes):
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        body: dict[str, Any],
+        spec: PoolBenchmarkSpec,
+        stopped: StopFlag,
+        adopt: Callable[[dict[str, Any]], None],
+        event: EventPoster,
+        logger: Logger,
+        config: Config,
+        key: bytes,
+    ):
         self.kube = kube
         self.name: str = body["metadata"]["name"]
         self.names = Names(self.name)
@@ -143,8 +153,11 @@ class Driver:
             self.run.provisioning("creating PostgreSQL and the workload")
             self.patch(force=True)
         children = build_children(
-            self.name, self.spec, workload_image=self.config.workload_image,
-            superuser_password=self.superuser_password, app_password=self.app_password,
+            self.name,
+            self.spec,
+            workload_image=self.config.workload_image,
+            superuser_password=self.superuser_password,
+            app_password=self.app_password,
             pooler_admin_password=self.pooler_admin_password,
         )
         for child in children:
@@ -167,15 +180,24 @@ class Driver:
                 return
             except (psycopg2.OperationalError, RuntimeError) as err:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL was ready but not reachable after {PROVISION_TIMEOUT:.0f}s:"
-                                       f" {' '.join(str(err).split())}") from None
+                    raise RuntimeError(
+                        f"PostgreSQL was ready but not reachable after {PROVISION_TIMEOUT:.0f}s:"
+                        f" {' '.join(str(err).split())}"
+                    ) from None
             self.wait(TIMING.poll_seconds)
 
     def connect(self, **extra: Any) -> psycopg2.extensions.connection:
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
         host, port = postgres_host(self.kube, self.names, self.config.postgres_address)
-        return psycopg2.connect(host=host, port=port, user=SUPERUSER, password=self.superuser_password,
-                                dbname="postgres", connect_timeout=5, **extra)
+        return psycopg2.connect(
+            host=host,
+            port=port,
+            user=SUPERUSER,
+            password=self.superuser_password,
+            dbname="postgres",
+            connect_timeout=5,
+            **extra,
+        )
 
     def ensure_app_role(self) -> None:
         """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""
@@ -234,8 +256,10 @@ class Driver:
         self.kube.scale_deployment(names.pooler, pooler.replicas)  # idempotent; back up if scaled down
         self.wait_for_pooler(self.variant, pooler)
         if self.config.postgres_address not in ("service", "pod-ip"):
-            message = (f"variant {self.variant}: PgBouncer's admin console is reached by pod IP, not through"
-                       f" POOLBENCH_POSTGRES_ADDRESS={self.config.postgres_address}; the pooler is not sampled")
+            message = (
+                f"variant {self.variant}: PgBouncer's admin console is reached by pod IP, not through"
+                f" POOLBENCH_POSTGRES_ADDRESS={self.config.postgres_address}; the pooler is not sampled"
+            )
             self.logger.warning(message)
             self.event("Warning", "PoolerNotSampled", message)
             return []
@@ -254,8 +278,14 @@ class Driver:
         ips = self.kube.pooler_pod_ips(self.name, variant)
         if index >= len(ips):
             raise RuntimeError(f"PgBouncer instance {index + 1} of variant {variant} is not ready")
-        return psycopg2.connect(host=ips[index], port=LISTEN_PORT, user=ADMIN_USER,
-                                password=self.pooler_admin_password, dbname=ADMIN_DATABASE, connect_timeout=5)
+        return psycopg2.connect(
+            host=ips[index],
+            port=LISTEN_PORT,
+            user=ADMIN_USER,
+            password=self.pooler_admin_password,
+            dbname=ADMIN_DATABASE,
+            connect_timeout=5,
+        )
 
     def scale(self, planned: PlannedStep) -> None:
         """A rolling update's surge (``planned.replicas`` beyond its old replicas, already running) is the
@@ -270,8 +300,11 @@ class Driver:
 
     def observe(self, expected: int) -> ReplicaProgress:
         self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name, self.variant)]
-        return ReplicaProgress(running=len(self.views), work_done=podstate.work_done(self.views, expected),
-                               finished=podstate.step_done(self.views, expected))
+        return ReplicaProgress(
+            running=len(self.views),
+            work_done=podstate.work_done(self.views, expected),
+            finished=podstate.step_done(self.views, expected),
+        )
 
     def replica_names(self) -> list[str]:
         return [p.metadata.name for p in self.kube.workload_pods(self.name, self.variant)]  # POOLBENCH_APP_NAME
@@ -281,8 +314,11 @@ class Driver:
 
     def scale_to_zero(self) -> None:
         # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
-        targets = ([self.workload_names] if self.variant is not None
-                   else [Names(self.name, v) for v in variant_names(self.spec)])
+        targets = (
+            [self.workload_names]
+            if self.variant is not None
+            else [Names(self.name, v) for v in variant_names(self.spec)]
+        )
         for names in targets:
             self.kube.scale_workload(names, 0)
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
@@ -306,11 +342,15 @@ class Driver:
             self.event("Normal", "StepStarted", event.message)
         elif isinstance(event, StepFinished):
             self.patch(force=True)
-            self.event("Normal" if event.step.outcome == "Passed" else "Warning", f"Step{event.step.outcome}",
-                       event.message)
+            self.event(
+                "Normal" if event.step.outcome == "Passed" else "Warning", f"Step{event.step.outcome}", event.message
+            )
         elif isinstance(event, DatabaseRestarted):
             self.event("Warning", "DatabaseRestarted", event.message)
         elif isinstance(event, BenchmarkFinished):
             self.patch(force=True)
-            self.event("Normal" if event.status.phase in ("Completed", "BoundaryFound") else "Warning", "Finished",
-                       event.message)
+            self.event(
+                "Normal" if event.status.phase in ("Completed", "BoundaryFound") else "Warning",
+                "Finished",
+                event.message,
+            )

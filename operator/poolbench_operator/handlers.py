@@ -49,8 +49,16 @@ def unfinished(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5, when=unfinished)
-def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name: str | None,
-                  stopped: kopf.DaemonStopped, logger: kopf.Logger, memo: kopf.Memo, **_: Any) -> None:
+def run_benchmark(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    namespace: str | None,
+    name: str | None,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     assert namespace is not None
     assert name is not None
     kube = Kube(namespace)
@@ -70,8 +78,17 @@ def run_benchmark(body: kopf.Body, spec: kopf.Spec, namespace: str | None, name:
     def event(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
-    driver = Driver(kube=kube, body=dict(body), spec=parsed, stopped=stopped, adopt=adopt, event=event,
-                    logger=logger, config=memo.config, key=memo.key)
+    driver = Driver(
+        kube=kube,
+        body=dict(body),
+        spec=parsed,
+        stopped=stopped,
+        adopt=adopt,
+        event=event,
+        logger=logger,
+        config=memo.config,
+        key=memo.key,
+    )
     try:
         driver.execute()
     except Stopped:

@@ -31,9 +31,13 @@ def operator_key(namespace: str) -> bytes:
         except ApiException as err:
             if err.status != 404:
                 raise
-        body: Any = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": KEY_SECRET_NAME, "labels": {"app.kubernetes.io/name": "poolbench-operator"}},
-                "data": {KEY_FIELD: base64.b64encode(secrets.token_bytes(32)).decode()}}
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": KEY_SECRET_NAME, "labels": {"app.kubernetes.io/name": "poolbench-operator"}},
+            "data": {KEY_FIELD: base64.b64encode(secrets.token_bytes(32)).decode()},
+        }
         try:
             core.create_namespaced_secret(namespace, body)
         except ApiException as err:

@@ -72,8 +72,9 @@ def parse_metrics(text: str) -> Metrics:
             return Histogram()
         return Histogram.from_cumulative(buckets[name], sums.get(name, 0.0), maxima.get(name, 0.0))
 
-    return Metrics(phase, outcomes, histogram(LATENCY), histogram(CHECKOUT_WAIT), stamps.get(STARTED),
-                   stamps.get(ENDED))
+    return Metrics(
+        phase, outcomes, histogram(LATENCY), histogram(CHECKOUT_WAIT), stamps.get(STARTED), stamps.get(ENDED)
+    )
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,7 @@ def work_done(pods: list[PodView], expected: int) -> bool:
 
 def step_done(pods: list[PodView], expected: int) -> bool:
     """Every replica finished its hold, or crashed at least once."""
-    return len(pods) >= expected and all(
-        p.crashed or (p.metrics is not None and p.metrics.phase == DONE) for p in pods
-    )
+    return len(pods) >= expected and all(p.crashed or (p.metrics is not None and p.metrics.phase == DONE) for p in pods)
 
 
 def reports(pods: list[PodView]) -> list[ReplicaReport]:

@@ -67,30 +67,48 @@ class PlannedStep:
         """The pooled step's predictions, to be measured beside (None for a direct step)."""
         if self.pooler is None:
             return None
-        return PoolerStepResult(predicted_client_peak=self.predicted_client_peak, client_capacity=self.client_capacity,
-                                server_capacity=self.server_capacity, predicted_outcome=self.pooled_outcome)
+        return PoolerStepResult(
+            predicted_client_peak=self.predicted_client_peak,
+            client_capacity=self.client_capacity,
+            server_capacity=self.server_capacity,
+            predicted_outcome=self.pooled_outcome,
+        )
 
 
-def planned_step(spec: PoolBenchmarkSpec, variant: VariantSpec, variant_index: int, index: int,
-                 replicas: int, offset: int) -> PlannedStep:
+def planned_step(
+    spec: PoolBenchmarkSpec, variant: VariantSpec, variant_index: int, index: int, replicas: int, offset: int
+) -> PlannedStep:
     """One step of one variant with its predictions. ``offset``: steps planned before this variant's."""
     pooler = variant.pooler
     p = predict(spec.for_variant(variant), replicas, pooler)
     return PlannedStep(
-        index, replicas, p.peak, p.idle, p.usable, variant=variant.name, variant_index=variant_index,
-        position=offset + index, tag=spec.variant_tag(variant), pooler=pooler,
-        predicted_client_peak=p.client_peak if pooler else 0, client_capacity=p.client_capacity,
-        server_capacity=p.server_capacity, pooled_outcome=p.check.outcome if pooler else "",
+        index,
+        replicas,
+        p.peak,
+        p.idle,
+        p.usable,
+        variant=variant.name,
+        variant_index=variant_index,
+        position=offset + index,
+        tag=spec.variant_tag(variant),
+        pooler=pooler,
+        predicted_client_peak=p.client_peak if pooler else 0,
+        client_capacity=p.client_capacity,
+        server_capacity=p.server_capacity,
+        pooled_outcome=p.check.outcome if pooler else "",
     )
 
 
-def plan_steps(spec: PoolBenchmarkSpec, variant: VariantSpec | None = None, variant_index: int = 0,
-               offset: int = 0) -> list[PlannedStep]:
+def plan_steps(
+    spec: PoolBenchmarkSpec, variant: VariantSpec | None = None, variant_index: int = 0, offset: int = 0
+) -> list[PlannedStep]:
     """One variant's listed steps (the first variant's by default); a search has no list: its probes
     are chosen as it goes (``search.next_probe``)."""
     variant = variant or spec.effective_variants()[0]
-    return [planned_step(spec, variant, variant_index, i, replicas, offset)
-            for i, replicas in enumerate(spec.steps if isinstance(spec.steps, list) else [], start=1)]
+    return [
+        planned_step(spec, variant, variant_index, i, replicas, offset)
+        for i, replicas in enumerate(spec.steps if isinstance(spec.steps, list) else [], start=1)
+    ]
 
 
 @dataclass
@@ -110,8 +128,9 @@ class ReplicaReport:
     work_ended_at: float | None = None  # epoch seconds: its last caller thread finished
 
     @classmethod
-    def from_summary(cls, name: str, summary: ReplicaSummary | None, *, exit_code: int | None = None,
-                     restarts: int = 0) -> ReplicaReport:
+    def from_summary(
+        cls, name: str, summary: ReplicaSummary | None, *, exit_code: int | None = None, restarts: int = 0
+    ) -> ReplicaReport:
         summary = summary if summary is not None else ReplicaSummary()
         return cls(
             name=name,
@@ -209,7 +228,8 @@ class BenchmarkRun:
     def _judge_variant(self, variant_index: int) -> None:
         """A variant whose steps are done gets its verdict; ``status.verdict`` is always the first's."""
         self.status.variants[variant_index].verdict = overall_verdict(
-            self.variant_specs[variant_index], self._finished(variant_index), self.variants[variant_index].pooler)
+            self.variant_specs[variant_index], self._finished(variant_index), self.variants[variant_index].pooler
+        )
         self.status.verdict = self.status.variants[0].verdict
 
     # -- progress through the phases -------------------------------------------------------
@@ -249,8 +269,14 @@ class BenchmarkRun:
         old = rollout.replicas or largest_safe(spec, finished)[0]
         if not old:
             return None  # nothing passed: there is no safe count to roll
-        step = planned_step(self.spec, variant, variant_index, len(finished) + 1,
-                            old + surge_pods(old, rollout.max_surge), self.offsets[variant_index])
+        step = planned_step(
+            self.spec,
+            variant,
+            variant_index,
+            len(finished) + 1,
+            old + surge_pods(old, rollout.max_surge),
+            self.offsets[variant_index],
+        )
         return replace(step, rollout_from=old)
 
     def _next_measured(self, variant_index: int, finished: list[StepResult]) -> PlannedStep | None:
@@ -260,8 +286,9 @@ class BenchmarkRun:
             replicas = next_probe(search, predicted_safe_replicas(spec, variant.pooler), finished)
             if replicas is None:
                 return None
-            return planned_step(self.spec, variant, variant_index, len(finished) + 1, replicas,
-                                self.offsets[variant_index])
+            return planned_step(
+                self.spec, variant, variant_index, len(finished) + 1, replicas, self.offsets[variant_index]
+            )
         plan = self.plans[variant_index]
         done = len(finished)
         if done and self.spec.stop_on_failure and finished[-1].outcome != "Passed":
@@ -275,12 +302,13 @@ class BenchmarkRun:
         position = ran + planned.index
         self.status.phase = "Running"
         self.status.current_step = position
-        self.status.total_steps = ran + sum(self.totals[planned.variant_index:])
+        self.status.total_steps = ran + sum(self.totals[planned.variant_index :])
         self.status.current_variant = planned.tag
         self.status.replicas = planned.replicas
         self.status.progress = f"{position}/{self.status.total_steps}"
-        self.status.message = (f"{planned.label}/{self.totals[planned.variant_index]}:"
-                               f" {counted(planned.replicas, 'replica')}")
+        self.status.message = (
+            f"{planned.label}/{self.totals[planned.variant_index]}: {counted(planned.replicas, 'replica')}"
+        )
         step = StepResult(
             replicas=planned.replicas,
             started_at=self.clock(),
@@ -323,16 +351,23 @@ class BenchmarkRun:
         if self.step is None or not ages:
             return
         ordered = sorted(ages)
-        self.step.connection_age_seconds = AgeStats(p50=round(ordered[(len(ordered) - 1) // 2], 3),
-                                                    max=round(ordered[-1], 3))
+        self.step.connection_age_seconds = AgeStats(
+            p50=round(ordered[(len(ordered) - 1) // 2], 3), max=round(ordered[-1], 3)
+        )
 
     def mark_work_done(self, at: float = float("-inf")) -> None:
         """Every replica finished its work at ``at`` (sample time): later samples read the ghosts."""
         if self.accumulator is not None:
             self.accumulator.mark_work_done(at)
 
-    def finish_step(self, reports: list[ReplicaReport], *, timed_out: bool = False,
-                    reason: str | None = None, overlap: RolloutOverlap | None = None) -> StepResult:
+    def finish_step(
+        self,
+        reports: list[ReplicaReport],
+        *,
+        timed_out: bool = False,
+        reason: str | None = None,
+        overlap: RolloutOverlap | None = None,
+    ) -> StepResult:
         """``overlap``: a rolling update's, judged with the step (no overlap measured no rollout)."""
         assert self.step is not None
         assert self.accumulator is not None
@@ -363,9 +398,11 @@ class BenchmarkRun:
             if variant.verdict is None:
                 self._judge_variant(i)
         if self.spec.variants:  # the variants the spec names, side by side
-            self.status.comparison = comparison([v.name for v in self.status.variants],
-                                                [v.verdict for v in self.status.variants],
-                                                [v.steps for v in self.status.variants])
+            self.status.comparison = comparison(
+                [v.name for v in self.status.variants],
+                [v.verdict for v in self.status.variants],
+                [v.steps for v in self.status.variants],
+            )
         verdict = self.status.verdict
         assert verdict is not None
         self.status.current_variant = ""
@@ -437,7 +474,8 @@ def set_conditions(status: BenchmarkStatus, now: str) -> None:
         ready = ("False", phase or "Pending")
     wanted = {
         "Ready": ready,
-        "Reconciling": ("True", phase or "Pending") if phase in ("Pending", "Provisioning", "Running", "")
+        "Reconciling": ("True", phase or "Pending")
+        if phase in ("Pending", "Provisioning", "Running", "")
         else ("False", "Finished"),
         "Stalled": ("True", ready[1]) if broken else ("False", "Progressing" if not status.verdict else "Finished"),
     }
@@ -446,11 +484,16 @@ def set_conditions(status: BenchmarkStatus, now: str) -> None:
     for kind, (value, reason) in wanted.items():
         before = previous.get(kind)
         changed = before is None or before.status != value
-        conditions.append(Condition(
-            type=kind, status=value, reason=reason, message=message,
-            last_transition_time=now if changed or before is None else before.last_transition_time,
-            observed_generation=status.observed_generation,
-        ))
+        conditions.append(
+            Condition(
+                type=kind,
+                status=value,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed or before is None else before.last_transition_time,
+                observed_generation=status.observed_generation,
+            )
+        )
     status.conditions = conditions
 
 

@@ -91,8 +91,13 @@ def overflow_risk(clients: int, instances: int, capacity: int) -> float:
     k = capacity + 1
     if k <= clients // instances:  # at or below the median: the tail holds at least half the mass
         return 1.0
-    log_first = (math.lgamma(clients + 1) - math.lgamma(k + 1) - math.lgamma(clients - k + 1)
-                 + k * math.log(p) + (clients - k) * math.log1p(-p))
+    log_first = (
+        math.lgamma(clients + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(clients - k + 1)
+        + k * math.log(p)
+        + (clients - k) * math.log1p(-p)
+    )
     # k is at or above the mode, so the terms only shrink: sum them relative to the first.
     total, term, odds = 1.0, 1.0, p / (1.0 - p)
     for j in range(k, clients):
@@ -184,8 +189,9 @@ def pooled_check(pooler: PoolerSpec, clients: int, kept: int, usable: int, per_i
     return PooledCheck("fits")
 
 
-def pooled_limits(per_peak: int, per_idle: int, pooler: PoolerSpec, usable: int, per_instance: int,
-                  max_surge: int | str | None = None) -> tuple[int, int]:
+def pooled_limits(
+    per_peak: int, per_idle: int, pooler: PoolerSpec, usable: int, per_instance: int, max_surge: int | str | None = None
+) -> tuple[int, int]:
     """(most replicas without waiting, most replicas without failing) through ``pooler``; with
     ``max_surge``, with a rolling update's surge pods beside them."""
     if per_peak <= 0:
@@ -334,8 +340,9 @@ def rollout_safe(per_replica: int, budget: int, max_surge: int | str | None = No
 def pooled_replica_limits(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> tuple[int, int]:
     """(most replicas without waiting, most replicas without failing) through the benchmark's poolers
     (each instance's console holds one of its max_client_conn for the monitor)."""
-    return pooled_limits(per_replica_peak(spec), per_replica_idle(spec), pooler, usable_connections(spec),
-                         pooler.usable_clients())
+    return pooled_limits(
+        per_replica_peak(spec), per_replica_idle(spec), pooler, usable_connections(spec), pooler.usable_clients()
+    )
 
 
 def pooled_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> int:

@@ -41,11 +41,14 @@ def local_capacity_problems(spec: PoolBenchmarkSpec, machine: Machine) -> list[t
     need = estimated_bytes(spec, largest)
     allowed = int(machine.memory_bytes * MEMORY_SHARE)
     if need > allowed:
-        problems.append((where,
-                         f"{largest} replicas need about {need / 2**30:.1f} GiB here (processes and server"
-                         f" backends), more than half of this machine's {machine.memory_bytes / 2**30:.1f} GiB"))
+        problems.append(
+            (
+                where,
+                f"{largest} replicas need about {need / 2**30:.1f} GiB here (processes and server"
+                f" backends), more than half of this machine's {machine.memory_bytes / 2**30:.1f} GiB",
+            )
+        )
     max_processes = MAX_PROCESSES_PER_CORE * max(1, machine.cores)
     if largest > max_processes:
-        problems.append((where,
-                         f"{largest} replica processes are more than {max_processes} on {machine.cores} cores"))
+        problems.append((where, f"{largest} replica processes are more than {max_processes} on {machine.cores} cores"))
     return problems

@@ -39,8 +39,11 @@ def _marked(node: dict[str, Any], keep_defaults: bool) -> dict[str, Any] | None:
     if node.get("x-kubernetes-preserve-unknown-fields"):  # a union of shapes (list or object): the operator validates
         return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-preserve-unknown-fields")}
     if node.get("x-kubernetes-int-or-string"):  # structural: no types, the marker says integer or string
-        return {k: v for k, v in node.items() if k in ("description", "x-kubernetes-int-or-string")
-                or (k == "default" and keep_defaults)}
+        return {
+            k: v
+            for k, v in node.items()
+            if k in ("description", "x-kubernetes-int-or-string") or (k == "default" and keep_defaults)
+        }
     return None
 
 

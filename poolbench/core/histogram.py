@@ -28,8 +28,9 @@ PER_DECADE = 60
 MANTISSAS: tuple[str, ...] = tuple(f"{10 ** (j / PER_DECADE):.4g}" for j in range(PER_DECADE))
 FIRST_DECADE, LAST_DECADE = -3, 9  # edges from 0.001 ms; the top edge is 10⁹ ms (11.6 days)
 #: The grid's bucket upper bounds in milliseconds (inclusive). Values above the top count in the top bucket.
-GRID_MS: tuple[float, ...] = tuple(
-    float(f"{m}e{d}") for d in range(FIRST_DECADE, LAST_DECADE) for m in MANTISSAS) + (10.0 ** LAST_DECADE,)
+GRID_MS: tuple[float, ...] = tuple(float(f"{m}e{d}") for d in range(FIRST_DECADE, LAST_DECADE) for m in MANTISSAS) + (
+    10.0**LAST_DECADE,
+)
 _GRID_SET = frozenset(GRID_MS)
 _WIDEST = max((b - a) / (b + a) for a, b in zip(GRID_MS, GRID_MS[1:], strict=False))
 #: The largest relative error of a percentile read from a grid bucket: (hi − lo) / (hi + lo) at the
@@ -99,7 +100,7 @@ class Histogram:
         if not self.counts:
             self.counts = [0] * n
         elif len(self.counts) == n + 1:  # a caller's tally with its above-the-top slot: fold it in
-            self.counts = list(self.counts[:n - 1]) + [self.counts[n - 1] + self.counts[n]]
+            self.counts = list(self.counts[: n - 1]) + [self.counts[n - 1] + self.counts[n]]
         elif len(self.counts) != n:
             raise ValueError(f"{len(self.counts)} counts for {n} edges")
 
@@ -175,8 +176,13 @@ class Histogram:
         connection often takes it straight back, most checkouts wait nothing and a few wait long,
         so the median hides a queue that the mean and the tail show."""
         mean = self.sum_ms / self.total if self.total else 0.0
-        return {"p50": self.percentile(0.50), "p95": self.percentile(0.95), "p99": self.percentile(0.99),
-                "max": round(self.max_ms, 3), "mean": round(mean, 3)}
+        return {
+            "p50": self.percentile(0.50),
+            "p95": self.percentile(0.95),
+            "p99": self.percentile(0.99),
+            "max": round(self.max_ms, 3),
+            "mean": round(mean, 3),
+        }
 
     def extra_edges(self) -> list[float]:
         return [e for e in self.edges if e not in _GRID_SET]
@@ -188,13 +194,17 @@ class Histogram:
 
     def to_json(self) -> dict[str, Any]:
         pairs = self.buckets()
-        return {"boundsMs": [e for e, _ in pairs], "counts": [c for _, c in pairs],
-                "sumMs": round(self.sum_ms, 3), "maxMs": round(self.max_ms, 3)}
+        return {
+            "boundsMs": [e for e, _ in pairs],
+            "counts": [c for _, c in pairs],
+            "sumMs": round(self.sum_ms, 3),
+            "maxMs": round(self.max_ms, 3),
+        }
 
     def coarsened(self) -> Histogram:
         """On every COARSE_STEP-th grid edge plus the extra edges (each count moves up to the next kept
         edge): totals and limit counts stay exact."""
-        kept = tuple(sorted(set(GRID_MS[COARSE_STEP - 1::COARSE_STEP]) | {GRID_MS[-1]} | set(self.extra_edges())))
+        kept = tuple(sorted(set(GRID_MS[COARSE_STEP - 1 :: COARSE_STEP]) | {GRID_MS[-1]} | set(self.extra_edges())))
         return Histogram(kept, self._on(kept), self.sum_ms, self.max_ms)
 
     @classmethod
@@ -218,8 +228,9 @@ class Histogram:
         """From (upper bound, count) pairs, ascending; empty when they are not."""
         pairs = list(pairs)
         bounds = [b for b, _ in pairs]
-        if (any(not (isfinite(b) and b > 0) or c < 0 for b, c in pairs)
-                or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False))):
+        if any(not (isfinite(b) and b > 0) or c < 0 for b, c in pairs) or any(
+            a >= b for a, b in zip(bounds, bounds[1:], strict=False)
+        ):
             return cls()
         h = cls(edges_with(bounds), sum_ms=sum_ms, max_ms=max_ms)
         for b, c in pairs:

@@ -23,8 +23,17 @@ PREPARED_STATEMENT_CLASH = "preparedStatementClash"
 OTHER = "other"
 OK = "ok"
 #: In order of significance: what ran out first (server slots, then the pooler's) comes first.
-OUTCOMES = (OK, TOO_MANY_CLIENTS, RESERVED_SLOTS, POOLER_MAX_CLIENT_CONN, POOLER_SERVER_LOGIN,
-            POOLER_QUERY_WAIT_TIMEOUT, POOL_TIMEOUT, PREPARED_STATEMENT_CLASH, OTHER)
+OUTCOMES = (
+    OK,
+    TOO_MANY_CLIENTS,
+    RESERVED_SLOTS,
+    POOLER_MAX_CLIENT_CONN,
+    POOLER_SERVER_LOGIN,
+    POOLER_QUERY_WAIT_TIMEOUT,
+    POOL_TIMEOUT,
+    PREPARED_STATEMENT_CLASH,
+    OTHER,
+)
 #: Classes that say nothing about connection capacity: the driver's configuration, with its fix.
 DRIVER_SETTING_FIXES = {
     PREPARED_STATEMENT_CLASH: (
@@ -40,8 +49,10 @@ DRIVER_SETTING_FIXES = {
 #: ("server closed the connection unexpectedly").
 FULL_MESSAGE = "poolbench_full_message"
 
-SLOT_ERRORS = {"sorry, too many clients already": TOO_MANY_CLIENTS,
-               "remaining connection slots are reserved": RESERVED_SLOTS}
+SLOT_ERRORS = {
+    "sorry, too many clients already": TOO_MANY_CLIENTS,
+    "remaining connection slots are reserved": RESERVED_SLOTS,
+}
 POOLER_ERRORS = {
     "no more connections allowed (max_client_conn)": POOLER_MAX_CLIENT_CONN,
     "query_wait_timeout": POOLER_QUERY_WAIT_TIMEOUT,

@@ -29,8 +29,16 @@ def userlist(passwords: dict[str, str]) -> str:
     return "".join(f"{_quoted(user)} {_quoted(password)}\n" for user, password in sorted(passwords.items()))
 
 
-def pgbouncer_ini(pooler: PoolerSpec, *, server_host: str, server_port: int, database: str, listen_addr: str,
-                  listen_port: int, auth_file: str) -> str:
+def pgbouncer_ini(
+    pooler: PoolerSpec,
+    *,
+    server_host: str,
+    server_port: int,
+    database: str,
+    listen_addr: str,
+    listen_port: int,
+    auth_file: str,
+) -> str:
     """pgbouncer.ini for one instance. Logging goes to stderr (a log file or the pod log); no pid
     file and no Unix socket, so the instance needs no writable directory."""
     settings = {
@@ -55,7 +63,6 @@ def pgbouncer_ini(pooler: PoolerSpec, *, server_host: str, server_port: int, dat
         "log_pooler_errors": "1",
         "ignore_startup_parameters": "extra_float_digits",
     }
-    lines = ["[databases]", f"{database} = host={server_host} port={server_port} dbname={database}", "",
-             "[pgbouncer]"]
+    lines = ["[databases]", f"{database} = host={server_host} port={server_port} dbname={database}", "", "[pgbouncer]"]
     lines += [f"{key} = {value}" for key, value in settings.items()]
     return "\n".join(lines) + "\n"

@@ -123,7 +123,8 @@ class RolloutOverlap(_Out):
     )
     old_connections: int = Field(0, description="Most connections the old replicas held in one read.")
     old_connections_at_surge_peak: int = Field(
-        0, description="The old replicas' connections in the read where the surge pods held the most.")
+        0, description="The old replicas' connections in the read where the surge pods held the most."
+    )
     surge_peak_connections: int = Field(0, description="Most connections the surge pods held in one read.")
     detail: str = ""
 
@@ -133,12 +134,15 @@ class PoolerStepResult(_Out):
 
     predicted_client_peak: int = Field(0, description="Client connections the engines may open at the pooler.")
     client_capacity: int = Field(0, description="Client connections the poolers accept (maxClientConn × instances).")
-    server_capacity: int = Field(0, description="Most server connections the poolers open"
-                                 " (instances × (defaultPoolSize + reservePoolSize)).")
+    server_capacity: int = Field(
+        0, description="Most server connections the poolers open (instances × (defaultPoolSize + reservePoolSize))."
+    )
     predicted_outcome: str = Field(
-        "", description="What the arithmetic expects at the poolers for this step: fits, waits (session mode:"
+        "",
+        description="What the arithmetic expects at the poolers for this step: fits, waits (session mode:"
         " clients queue for a server connection, then run) or fails (connections placed on the instances at"
-        " random, as through a Service).")
+        " random, as through a Service).",
+    )
     client_peak_connections: int = Field(0, description="Peak clients at the pooler (cl_active + cl_waiting).")
     waiting_peak: int = Field(0, description="Peak clients waiting for a server connection (cl_waiting).")
     max_wait_ms: float = Field(0.0, description="Longest wait of a queued client seen (SHOW POOLS maxwait).")
@@ -187,15 +191,19 @@ class StepResult(_Out):
         default_factory=AgeStats, description="Age (backend_start) of the workload's backends when the work ended."
     )
     rollout_from: int | None = Field(
-        None, description="A rolling update: this many old replicas were working when the new ones (the rest of"
-        " ``replicas``) started.")
+        None,
+        description="A rolling update: this many old replicas were working when the new ones (the rest of"
+        " ``replicas``) started.",
+    )
     rollout_overlap: RolloutOverlap | None = Field(
-        None, description="A rolling update: whether its old and surge replicas held connections at once.")
+        None, description="A rolling update: whether its old and surge replicas held connections at once."
+    )
     pooler: PoolerStepResult | None = Field(
-        None, description="Pooled: the workload connected through a pooler; peaks count server backends (the"
-        " pooler's), ghosts are the app's idle connections at the pooler. Null for a direct step.")
-    server_idle_at_end: int = Field(
-        0, description="Idle server backends when the work ended (pooled: the pooler's).")
+        None,
+        description="Pooled: the workload connected through a pooler; peaks count server backends (the"
+        " pooler's), ghosts are the app's idle connections at the pooler. Null for a direct step.",
+    )
+    server_idle_at_end: int = Field(0, description="Idle server backends when the work ended (pooled: the pooler's).")
     outcome: Outcome | None = None
     reason: str | None = None
 
@@ -204,7 +212,8 @@ class Verdict(_Out):
     max_safe_replicas: int | None = None
     first_failing_replicas: int | None = None
     predicted_max_safe_replicas: int | None = Field(
-        None, description="What the pool arithmetic predicted maxSafeReplicas to be (beside what was found).")
+        None, description="What the pool arithmetic predicted maxSafeReplicas to be (beside what was found)."
+    )
     reason: str = ""
     summary: str = ""
 
@@ -230,15 +239,18 @@ class BenchmarkStatus(_Out):
     peak_connections: int = 0
     failures: int = 0
     live_connections: int = 0
-    verdict: Verdict | None = Field(None, description="The first variant's (the one of a benchmark without"
-                                    " spec.variants): what the printer columns show.")
+    verdict: Verdict | None = Field(
+        None,
+        description="The first variant's (the one of a benchmark without"
+        " spec.variants): what the printer columns show.",
+    )
     observed_generation: int | None = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     current_variant: str = Field("", description="The variant being measured (with spec.variants).")
     variants: list[VariantStatus] = Field(
-        default_factory=list, description="Per variant, in order: spec.variants, or the one direct variant of a"
-        " benchmark without them."
+        default_factory=list,
+        description="Per variant, in order: spec.variants, or the one direct variant of a benchmark without them.",
     )
     comparison: str = Field("", description="The variants side by side, in one sentence (with spec.variants).")
 

@@ -13,8 +13,12 @@ from typing import Any
 
 from .results import PeakByState, PoolerStepResult, StepResult
 
-STATE_KEYS = {"active": "active", "idle": "idle", "idle in transaction": "idle_in_transaction",
-              "idle in transaction (aborted)": "idle_in_transaction"}
+STATE_KEYS = {
+    "active": "active",
+    "idle": "idle",
+    "idle in transaction": "idle_in_transaction",
+    "idle in transaction (aborted)": "idle_in_transaction",
+}
 
 
 @dataclass(frozen=True)
@@ -52,9 +56,12 @@ def merge_pooler_reads(reads: Sequence[PoolerRead]) -> PoolerRead:
     failed = [r for r in reads if not r.ok]
     if failed:
         return PoolerRead(ok=False, error=failed[0].error)
-    return PoolerRead(clients=sum(r.clients for r in reads), waiting=sum(r.waiting for r in reads),
-                      max_wait_ms=max((r.max_wait_ms for r in reads), default=0.0),
-                      servers=sum(r.servers for r in reads))
+    return PoolerRead(
+        clients=sum(r.clients for r in reads),
+        waiting=sum(r.waiting for r in reads),
+        max_wait_ms=max((r.max_wait_ms for r in reads), default=0.0),
+        servers=sum(r.servers for r in reads),
+    )
 
 
 @dataclass(frozen=True)

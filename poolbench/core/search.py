@@ -70,11 +70,13 @@ def findings(search: SearchRange, probes: list[StepResult]) -> str:
     """What the probes that ran showed, for the verdict: only counts that were probed are named."""
     unseen = next((s for s in probes if s.outcome not in ("Passed", "Failed")), None)
     lo, hi = bracket(search, probes)
-    known = " and ".join(([f"{lo} passed"] if lo >= search.min else [])
-                         + ([f"{hi} failed"] if hi <= search.max else []))
+    known = " and ".join(
+        ([f"{lo} passed"] if lo >= search.min else []) + ([f"{hi} failed"] if hi <= search.max else [])
+    )
     if unseen is not None:
-        return (f"stopped by the probe of {unseen.replicas}, which was {(unseen.outcome or 'unfinished').lower()}"
-                + (f" (before it, {known})" if known else " (no probe before it)"))
+        return f"stopped by the probe of {unseen.replicas}, which was {(unseen.outcome or 'unfinished').lower()}" + (
+            f" (before it, {known})" if known else " (no probe before it)"
+        )
     if hi - lo > 1:
         return f"unfinished: {known}" if known else "no probe ran"
     if lo < search.min:

@@ -107,10 +107,15 @@ class ProviderRule(BaseModel):
 #: non-superuser, defaults 3 and 2; the master user is a member of rds_superuser (not a superuser), which may
 #: take the 2 but not the 3 (https://aws.amazon.com/premiumsupport/knowledge-center/rds-postgresql-error-connection-slots/).
 RDS_RULE = ProviderRule(
-    title="RDS", admin_role="rds_superuser", superuser_reserved=3, admin_reserved=2, min_connections=6,
-    max_connections=PG_MAX_CONNECTIONS, checked="2026-12-01",
+    title="RDS",
+    admin_role="rds_superuser",
+    superuser_reserved=3,
+    admin_reserved=2,
+    min_connections=6,
+    max_connections=PG_MAX_CONNECTIONS,
+    checked="2026-12-01",
     source="https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html#RDS_Limits.MaxConnections,"
-           " https://aws.amazon.com/premiumsupport/knowledge-center/rds-postgresql-error-connection-slots/",
+    " https://aws.amazon.com/premiumsupport/knowledge-center/rds-postgresql-error-connection-slots/",
 )
 RDS_BYTES_PER_CONNECTION = 9531392
 RDS_MAX = 5000
@@ -120,8 +125,13 @@ RDS_MAX = 5000
 #: (https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-limits; allowed range:
 #: https://learn.microsoft.com/azure/postgresql/flexible-server/param-connections-authentication-connection-settings).
 AZURE_RULE = ProviderRule(
-    title="Azure Flexible Server", admin_role="azure_pg_admin", superuser_reserved=15, admin_reserved=0,
-    min_connections=25, max_connections=5000, checked="2026-12-01",
+    title="Azure Flexible Server",
+    admin_role="azure_pg_admin",
+    superuser_reserved=15,
+    admin_reserved=0,
+    min_connections=25,
+    max_connections=5000,
+    checked="2026-12-01",
     source="https://learn.microsoft.com/azure/postgresql/flexible-server/concepts-limits",
 )
 AZURE_BY_MEMORY = {2: 50, 4: 429, 8: 859, 16: 1718, 32: 3437}
@@ -134,8 +144,13 @@ AZURE_TOP_FROM_GIB = 48
 #: to 262143. superuser_reserved_connections stays PostgreSQL's 3, and cloudsqlsuperuser is not a superuser
 #: (https://cloud.google.com/sql/docs/postgres/users).
 CLOUDSQL_RULE = ProviderRule(
-    title="Cloud SQL", admin_role="cloudsqlsuperuser", superuser_reserved=3, admin_reserved=0,
-    min_connections=4, max_connections=PG_MAX_CONNECTIONS, checked="2026-12-01",  # min: PostgreSQL's own, 3 + 1
+    title="Cloud SQL",
+    admin_role="cloudsqlsuperuser",
+    superuser_reserved=3,
+    admin_reserved=0,
+    min_connections=4,
+    max_connections=PG_MAX_CONNECTIONS,
+    checked="2026-12-01",  # min: PostgreSQL's own, 3 + 1
     source="https://cloud.google.com/sql/docs/postgres/flags, https://cloud.google.com/sql/docs/postgres/users",
 )
 CLOUDSQL_SHARED_CORE = ((0.6, 25), (1.7, 50))  # (up to GB, connections): db-f1-micro, db-g1-small
@@ -150,7 +165,10 @@ class ProviderSpec(_Model):
 
     name: Provider = Field(..., description="rds (AWS RDS for PostgreSQL), azure (Flexible Server), cloudsql.")
     memory_gib: float = Field(
-        ..., alias="memoryGiB", gt=0, le=4096,
+        ...,
+        alias="memoryGiB",
+        gt=0,
+        le=4096,
         description="The instance's memory in GiB (RDS: DBInstanceClassMemory, which AWS gives as the class's"
         " memory minus an unpublished OS reserve: the nominal memory is an upper bound).",
     )
@@ -159,15 +177,21 @@ class ProviderSpec(_Model):
     def _published(self) -> ProviderSpec:
         m = self.memory_gib
         if self.name == "azure" and m < AZURE_TOP_FROM_GIB and m not in AZURE_BY_MEMORY:
-            raise ValueError(f"azure: no published default for {m:g} GiB (the table has"
-                             f" {', '.join(str(g) for g in AZURE_BY_MEMORY)} and {AZURE_TOP_FROM_GIB} or more)")
+            raise ValueError(
+                f"azure: no published default for {m:g} GiB (the table has"
+                f" {', '.join(str(g) for g in AZURE_BY_MEMORY)} and {AZURE_TOP_FROM_GIB} or more)"
+            )
         if self.name == "cloudsql" and CLOUDSQL_SHARED_CORE[-1][0] < m < CLOUDSQL_DEDICATED_FROM_GB:
-            raise ValueError(f"cloudsql: no machine has {m:g} GB (shared-core: 0.6 and 1.7 GB; dedicated-core from"
-                             f" {CLOUDSQL_DEDICATED_FROM_GB:g} GB), so Google publishes no default for it")
+            raise ValueError(
+                f"cloudsql: no machine has {m:g} GB (shared-core: 0.6 and 1.7 GB; dedicated-core from"
+                f" {CLOUDSQL_DEDICATED_FROM_GB:g} GB), so Google publishes no default for it"
+            )
         rule = self.rule
         if self.max_connections() < rule.min_connections:
-            raise ValueError(f"{self.name}: {m:g} GiB gives max_connections {self.max_connections()}, below"
-                             f" {rule.title}'s minimum {rule.min_connections}")
+            raise ValueError(
+                f"{self.name}: {m:g} GiB gives max_connections {self.max_connections()}, below"
+                f" {rule.title}'s minimum {rule.min_connections}"
+            )
         return self
 
     @property
@@ -190,24 +214,26 @@ class ProviderSpec(_Model):
         rule = self.rule
         how = {
             "rds": f"LEAST(DBInstanceClassMemory/{RDS_BYTES_PER_CONNECTION}, {RDS_MAX}) with the nominal"
-                   f" {self.memory_gib:g} GiB (an upper bound: AWS subtracts an unpublished OS reserve)",
+            f" {self.memory_gib:g} GiB (an upper bound: AWS subtracts an unpublished OS reserve)",
             "azure": f"the published table for {self.memory_gib:g} GiB",
             "cloudsql": f"the flags page's band for {self.memory_gib:g} GB (check SHOW max_connections there)",
         }[self.name]
-        reserved = (f"{rule.superuser_reserved} reserved from every role" if not rule.admin_reserved else
-                    f"{rule.superuser_reserved} superuser-reserved + {rule.admin_reserved} only {rule.admin_role} may"
-                    " take")
-        return (f"{rule.title}: {how}, max_connections {self.max_connections()}; {reserved}"
-                f" ({rule.admin_role} is not a superuser); source {rule.source}, checked {rule.checked}")
+        reserved = (
+            f"{rule.superuser_reserved} reserved from every role"
+            if not rule.admin_reserved
+            else f"{rule.superuser_reserved} superuser-reserved + {rule.admin_reserved} only {rule.admin_role} may take"
+        )
+        return (
+            f"{rule.title}: {how}, max_connections {self.max_connections()}; {reserved}"
+            f" ({rule.admin_role} is not a superuser); source {rule.source}, checked {rule.checked}"
+        )
 
 
 class PostgresSpec(_Model):
     """The server under test. Limits become server arguments."""
 
     max_connections: int = Field(100, ge=2, le=10000, description="PostgreSQL max_connections.")
-    superuser_reserved_connections: int = Field(
-        3, ge=0, le=1000, description="Slots only superusers may take."
-    )
+    superuser_reserved_connections: int = Field(3, ge=0, le=1000, description="Slots only superusers may take.")
     image: str = Field(
         "postgres:16-bookworm",
         min_length=1,
@@ -246,7 +272,8 @@ class PostgresSpec(_Model):
         return value
 
     provider: ProviderSpec | None = Field(
-        None, description="A managed PostgreSQL to mimic: fills maxConnections and superuserReservedConnections by"
+        None,
+        description="A managed PostgreSQL to mimic: fills maxConnections and superuserReservedConnections by"
         " the provider's published defaults (give neither of those then); no role is a superuser there.",
     )
 
@@ -254,9 +281,14 @@ class PostgresSpec(_Model):
     def _provider_fills_the_limits(self) -> PostgresSpec:
         if self.provider is None:
             return self
-        given = [alias for name, alias in (("max_connections", "maxConnections"),
-                                           ("superuser_reserved_connections", "superuserReservedConnections"))
-                 if name in self.model_fields_set]
+        given = [
+            alias
+            for name, alias in (
+                ("max_connections", "maxConnections"),
+                ("superuser_reserved_connections", "superuserReservedConnections"),
+            )
+            if name in self.model_fields_set
+        ]
         if given:
             raise ValueError(f"{' and '.join(given)} cannot be given with provider: the provider's defaults fill them")
         self.max_connections = self.provider.max_connections()
@@ -295,8 +327,10 @@ class PostgresSpec(_Model):
             return f"{reserved} reserved for superusers" if reserved else ""
         rule = self.provider.rule
         if role == "app" and rule.admin_reserved:
-            return (f"{reserved} reserved: {rule.superuser_reserved} for superusers + {rule.admin_reserved} for"
-                    f" {rule.admin_role}")
+            return (
+                f"{reserved} reserved: {rule.superuser_reserved} for superusers + {rule.admin_reserved} for"
+                f" {rule.admin_role}"
+            )
         who = f"whose {rule.admin_role} is not a superuser" if role == "superuser" else "for every role"
         return f"{reserved} reserved on {rule.title}, {who}"
 
@@ -359,23 +393,32 @@ class EngineSpec(_Model):
         StaticPool shares one connection among all threads, created without a lock: threads that start
         together each open one and all but one are dropped at random, so its peak is no fixed number."""
         if self.pool_class == "StaticPool" and threads > 1:
-            return ("poolClass", f"StaticPool shares one connection among all threads and creates it without a lock:"
-                                 f" the {threads} threads of {threads_path} starting together may each open one (the"
-                                 " server sees anywhere from 1 to all of them) and their transactions interleave on"
-                                 f" the one kept; set {threads_path} to 1 (spec.workload.processes for more"
-                                 " callers) or use another poolClass")
+            return (
+                "poolClass",
+                f"StaticPool shares one connection among all threads and creates it without a lock:"
+                f" the {threads} threads of {threads_path} starting together may each open one (the"
+                " server sees anywhere from 1 to all of them) and their transactions interleave on"
+                f" the one kept; set {threads_path} to 1 (spec.workload.processes for more"
+                " callers) or use another poolClass",
+            )
         if self.pool_class != "SingletonThreadPool":
             return None
         size = self.effective_pool_size()
         if size == 0:
-            return ("poolSize", "poolSize 0 leaves SingletonThreadPool no connection to keep: its clean-up"
-                                f" fails at every checkout; give at least {threads_path} ({threads})")
+            return (
+                "poolSize",
+                "poolSize 0 leaves SingletonThreadPool no connection to keep: its clean-up"
+                f" fails at every checkout; give at least {threads_path} ({threads})",
+            )
         if threads > size:
             given = f"{size}" if self.pool_size is not None else f"{size}, SQLAlchemy's default"
-            return ("poolSize", f"SingletonThreadPool keeps one connection per thread and closes other threads'"
-                                f" connections, even in use, once more than poolSize are open: {threads_path}"
-                                f" ({threads}) is more than poolSize ({given}), so statements would fail at"
-                                f" random (\"connection pointer is NULL\"); set poolSize to at least {threads}")
+            return (
+                "poolSize",
+                f"SingletonThreadPool keeps one connection per thread and closes other threads'"
+                f" connections, even in use, once more than poolSize are open: {threads_path}"
+                f" ({threads}) is more than poolSize ({given}), so statements would fail at"
+                f' random ("connection pointer is NULL"); set poolSize to at least {threads}',
+            )
         return None
 
     def effective_max_overflow(self) -> int:
@@ -387,11 +430,15 @@ class WorkloadSpec(_Model):
 
     threads: int = Field(15, ge=1, le=500, description="Caller threads per worker process.")
     driver: Driver = Field(
-        "psycopg2", description="psycopg2 (the default), psycopg (psycopg 3) or asyncpg (create_async_engine; threads"
+        "psycopg2",
+        description="psycopg2 (the default), psycopg (psycopg 3) or asyncpg (create_async_engine; threads"
         " are then concurrent tasks on one event loop per process).",
     )
     processes: int = Field(
-        1, ge=1, le=64, description="Worker processes per replica (gunicorn/uvicorn workers), forked after the"
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes per replica (gunicorn/uvicorn workers), forked after the"
         " engine is configured; each opens its own pool.",
     )
     statement: str = Field(
@@ -409,9 +456,7 @@ class WorkloadSpec(_Model):
     role: Role = Field(
         "superuser", description="superuser (the postgres role) or app (a normal role the benchmark creates)."
     )
-    on_error: OnError = Field(
-        "crash", description="crash: the replica dies on the first error; count: keep going."
-    )
+    on_error: OnError = Field("crash", description="crash: the replica dies on the first error; count: keep going.")
     engine: EngineSpec = Field(default_factory=EngineSpec)
 
     @field_validator("statement")
@@ -426,8 +471,10 @@ class WorkloadSpec(_Model):
     @model_validator(mode="after")
     def _async_pools(self) -> WorkloadSpec:
         if self.driver == ASYNC_DRIVER and self.engine.pool_class not in ("QueuePool", "NullPool"):
-            raise ValueError(f"driver {ASYNC_DRIVER} takes poolClass QueuePool (as AsyncAdaptedQueuePool) or NullPool,"
-                             f" not {self.engine.pool_class}")
+            raise ValueError(
+                f"driver {ASYNC_DRIVER} takes poolClass QueuePool (as AsyncAdaptedQueuePool) or NullPool,"
+                f" not {self.engine.pool_class}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -467,19 +514,25 @@ class PoolerSpec(_Model):
 
     type: Literal["PgBouncer"] = Field("PgBouncer", description="The pooler (PgBouncer only).")
     pool_mode: PoolMode = Field(
-        "session", description="session: a client keeps its server connection until it disconnects;"
-        " transaction: only for the length of a transaction."
+        "session",
+        description="session: a client keeps its server connection until it disconnects;"
+        " transaction: only for the length of a transaction.",
     )
     default_pool_size: int = Field(
         20, ge=1, le=10000, description="Server connections per (database, user) pair, per pooler instance."
     )
     max_client_conn: int = Field(
-        100, ge=1 + POOLER_MONITOR_CONNECTIONS, le=100000,
+        100,
+        ge=1 + POOLER_MONITOR_CONNECTIONS,
+        le=100000,
         description="Client connections each pooler instance accepts (the benchmark's monitor takes one of them).",
     )
     reserve_pool_size: int = Field(
-        0, ge=0, le=10000, description="Extra server connections for a pool whose clients waited"
-        f" reserve_pool_timeout ({RESERVE_POOL_TIMEOUT_SECONDS} s)."
+        0,
+        ge=0,
+        le=10000,
+        description="Extra server connections for a pool whose clients waited"
+        f" reserve_pool_timeout ({RESERVE_POOL_TIMEOUT_SECONDS} s).",
     )
     server_idle_timeout_seconds: int = Field(
         600, ge=0, le=86400, description="Close a server connection idle this long (0: never)."
@@ -491,12 +544,15 @@ class PoolerSpec(_Model):
         1, ge=1, le=20, description="Pooler instances. Each has its own pools: they multiply server connections."
     )
     image: str = Field(
-        "ghcr.io/cloudnative-pg/pgbouncer:1.24.0", min_length=1,
+        "ghcr.io/cloudnative-pg/pgbouncer:1.24.0",
+        min_length=1,
         description="Container image with a pgbouncer binary on PATH (cluster only); it runs"
         " `pgbouncer /etc/poolbench-pgbouncer/pgbouncer.ini` from a generated Secret.",
     )
     run_as_user: int = Field(
-        998, ge=1, le=2147483647,
+        998,
+        ge=1,
+        le=2147483647,
         description="UID the pooler pod runs as: the image's pgbouncer user (998 in CloudNativePG's image;"
         " cluster only).",
     )
@@ -521,17 +577,24 @@ class PoolerSpec(_Model):
         return self.default_pool_size + (self.reserve_pool_size if self.reserve_reachable() else 0)
 
     def label(self) -> str:
-        return (f"PgBouncer {self.pool_mode}, pool {self.default_pool_size}"
-                + (f"+{self.reserve_pool_size}" if self.reserve_pool_size else "")
-                + (f" × {self.replicas} instances" if self.replicas > 1 else ""))
+        return (
+            f"PgBouncer {self.pool_mode}, pool {self.default_pool_size}"
+            + (f"+{self.reserve_pool_size}" if self.reserve_pool_size else "")
+            + (f" × {self.replicas} instances" if self.replicas > 1 else "")
+        )
 
 
 class VariantSpec(_Model):
     """One way of connecting, measured through the whole step plan: direct, or through a pooler,
     optionally with its own engine settings (NullPool behind a pooler, say)."""
 
-    name: str = Field(..., min_length=1, max_length=MAX_VARIANT_NAME_LENGTH, pattern=NAME_PATTERN,
-                      description="Short name (lowercase letters, digits, single '-'); part of child object names.")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_VARIANT_NAME_LENGTH,
+        pattern=NAME_PATTERN,
+        description="Short name (lowercase letters, digits, single '-'); part of child object names.",
+    )
     pooler: PoolerSpec | None = Field(None, description="Connect through this pooler (omitted: directly).")
     engine: EngineSpec | None = Field(None, description="Replaces spec.workload.engine for this variant.")
 
@@ -578,11 +641,13 @@ class RolloutSpec(_Model):
         json_schema_extra={"x-kubernetes-int-or-string": True},
     )
     measure: bool = Field(
-        False, description="After the steps, measure a rolling update for real: the old replicas work while"
+        False,
+        description="After the steps, measure a rolling update for real: the old replicas work while"
         " maxSurge new ones start, and the overlap's peak is set beside its prediction.",
     )
     replicas: ReplicaCount | None = Field(
-        None, description="The replica count to roll (default: the largest count that passed).")
+        None, description="The replica count to roll (default: the largest count that passed)."
+    )
 
     @field_validator("max_surge", mode="before")
     @classmethod
@@ -595,8 +660,10 @@ class RolloutSpec(_Model):
             return value
         if isinstance(value, str):
             if not PERCENT.match(value):
-                raise ValueError(f"must be a count of pods (0 to 1000) or a percentage from '0%' to '1000%'"
-                                 f" like '25%', not {value!r}")
+                raise ValueError(
+                    f"must be a count of pods (0 to 1000) or a percentage from '0%' to '1000%'"
+                    f" like '25%', not {value!r}"
+                )
             if int(value[:-1]) > 1000:
                 raise ValueError(f"must be a percentage from '0%' to '1000%', not {value!r}")
             return value
@@ -608,7 +675,8 @@ class PoolBenchmarkSpec(_Model):
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     steps: Annotated[list[ReplicaCount], Field(min_length=1, max_length=50)] | StepSearch = Field(
-        ..., description="Replica counts, run in order; or {search: {min, max}}: the largest passing count,"
+        ...,
+        description="Replica counts, run in order; or {search: {min, max}}: the largest passing count,"
         " found by bisection (each probe a real step from a clean slate).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
@@ -616,15 +684,16 @@ class PoolBenchmarkSpec(_Model):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     stop_on_failure: bool = Field(True, description="Skip the remaining steps after a failed one.")
-    cleanup: CleanupPolicy = Field(
-        "ScaleDown", description="Cluster only: what to do with children when done."
-    )
+    cleanup: CleanupPolicy = Field("ScaleDown", description="Cluster only: what to do with children when done.")
     rollout: RolloutSpec | None = Field(
-        None, description="The app's rolling update (maxSurge): the verdict and `poolbench plan` also state the"
+        None,
+        description="The app's rolling update (maxSurge): the verdict and `poolbench plan` also state the"
         " replicas that stay safe while old and new pods overlap.",
     )
     variants: list[VariantSpec] | None = Field(
-        None, min_length=1, max_length=MAX_VARIANTS,
+        None,
+        min_length=1,
+        max_length=MAX_VARIANTS,
         description="Ways of connecting to compare, each run through every step against the same server"
         " (omitted: one direct variant).",
     )
@@ -667,20 +736,33 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
     busy = w.hold_seconds + (w.duration_seconds or 0)
     if benchmark and busy >= spec.step_timeout_seconds:
         what = "holdSeconds + durationSeconds" if w.duration_seconds else "holdSeconds"
-        problems.append(("spec.workload.holdSeconds",
-                         f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
-                         f" ({spec.step_timeout_seconds}s): every step would time out"))
+        problems.append(
+            (
+                "spec.workload.holdSeconds",
+                f"{what} ({busy:g}s) must be shorter than stepTimeoutSeconds"
+                f" ({spec.step_timeout_seconds}s): every step would time out",
+            )
+        )
     if benchmark and pg.usable_slots(w.role, MONITOR_CONNECTIONS) <= 0:
         why = pg.reserved_text(w.role)
-        problems.append(("spec.postgres.maxConnections",
-                         f"maxConnections {pg.max_connections} leaves no connection for the workload"
-                         f" ({why + ', ' if why else ''}{MONITOR_CONNECTIONS} for the benchmark's monitor)"))
+        problems.append(
+            (
+                "spec.postgres.maxConnections",
+                f"maxConnections {pg.max_connections} leaves no connection for the workload"
+                f" ({why + ', ' if why else ''}{MONITOR_CONNECTIONS} for the benchmark's monitor)",
+            )
+        )
     elif pg.usable_slots(w.role) <= 0:
-        problems.append(("spec.postgres.maxConnections",
-                         f"maxConnections {pg.max_connections} leaves no connection for the workload"
-                         f" ({pg.reserved_text(w.role)})"))
+        problems.append(
+            (
+                "spec.postgres.maxConnections",
+                f"maxConnections {pg.max_connections} leaves no connection for the workload"
+                f" ({pg.reserved_text(w.role)})",
+            )
+        )
     for where, engine in [("spec.workload.engine", w.engine)] + [
-            (f"spec.variants[{i}].engine", v.engine) for i, v in enumerate(spec.variants or []) if v.engine]:
+        (f"spec.variants[{i}].engine", v.engine) for i, v in enumerate(spec.variants or []) if v.engine
+    ]:
         problem = engine.threads_problem(w.threads, "spec.workload.threads")
         if problem:
             problems.append((f"{where}.{problem[0]}", problem[1]))
@@ -688,15 +770,20 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
     shapes: dict[str, int] = {}
     for i, variant in enumerate(spec.variants or []):
         if variant.name in seen:
-            problems.append((f"spec.variants[{i}].name",
-                             f"duplicate variant name {variant.name!r} (also spec.variants[{seen[variant.name]}])"))
+            problems.append(
+                (
+                    f"spec.variants[{i}].name",
+                    f"duplicate variant name {variant.name!r} (also spec.variants[{seen[variant.name]}])",
+                )
+            )
         seen.setdefault(variant.name, i)
         # The same pooler and engine as an earlier variant: a copy-paste slip that would measure nothing new.
         engine = variant.engine or spec.workload.engine
         shape = repr((variant.pooler.model_dump() if variant.pooler else None, engine.model_dump()))
         if shape in shapes:
-            problems.append((f"spec.variants[{i}]", f"measures the same pooler and engine as"
-                                                    f" spec.variants[{shapes[shape]}]"))
+            problems.append(
+                (f"spec.variants[{i}]", f"measures the same pooler and engine as spec.variants[{shapes[shape]}]")
+            )
         shapes.setdefault(shape, i)
     return problems
 
@@ -757,7 +844,7 @@ def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[
                 shape_misses.add(where)
                 continue
             deep.add(where)
-            loc = loc[:tag] + loc[tag + 1:]
+            loc = loc[:tag] + loc[tag + 1 :]
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -809,8 +896,13 @@ def _duplicate_keys(node: yaml.Node, path: str = "", seen_nodes: set[int] | None
             key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
             where = f"{path}.{key}" if path else key
             if isinstance(key_node, yaml.ScalarNode) and key in seen:
-                problems.append((where, f"duplicate key (line {key_node.start_mark.line + 1}):"
-                                        " YAML would silently keep only the last value"))
+                problems.append(
+                    (
+                        where,
+                        f"duplicate key (line {key_node.start_mark.line + 1}):"
+                        " YAML would silently keep only the last value",
+                    )
+                )
             seen.add(key)
             problems += _duplicate_keys(value_node, where, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):

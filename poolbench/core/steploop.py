@@ -59,18 +59,23 @@ class StepStarted:
     def message(self) -> str:
         p = self.planned
         if p.rollout_from is not None:
-            return (f"{p.label}/{self.total_steps}: a rolling update: {counted(p.rollout_from, 'replica')}, then"
-                    f" {counted(p.replicas - p.rollout_from, 'surge pod')} beside"
-                    f" {'it' if p.rollout_from == 1 else 'them'} (predicted peak {p.predicted_peak},"
-                    f" usable {p.usable})")
+            return (
+                f"{p.label}/{self.total_steps}: a rolling update: {counted(p.rollout_from, 'replica')}, then"
+                f" {counted(p.replicas - p.rollout_from, 'surge pod')} beside"
+                f" {'it' if p.rollout_from == 1 else 'them'} (predicted peak {p.predicted_peak},"
+                f" usable {p.usable})"
+            )
         if p.pooler is not None:
             each = f" at each of {p.pooler.replicas} instances" if p.pooler.replicas > 1 else ""
-            return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')} through"
-                    f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients, {p.pooler.usable_clients()}"
-                    f" allowed{each}"
-                    + f": {p.pooled_outcome}; server peak ≤ {p.predicted_peak}, usable {p.usable})")
-        return (f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')}"
-                f" (predicted peak {p.predicted_peak}, usable {p.usable})")
+            return (
+                f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')} through"
+                f" {p.pooler.label()} (predicted {p.predicted_client_peak} clients, {p.pooler.usable_clients()}"
+                f" allowed{each}" + f": {p.pooled_outcome}; server peak ≤ {p.predicted_peak}, usable {p.usable})"
+            )
+        return (
+            f"{p.label}/{self.total_steps}: scaling the workload to {counted(p.replicas, 'replica')}"
+            f" (predicted peak {p.predicted_peak}, usable {p.usable})"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,9 @@ class StepFinished:
 
     @property
     def message(self) -> str:
-        return (f"{self.planned.label}: {counted(self.planned.replicas, 'replica')} {self.step.outcome}:"
-                f" {self.step.reason}")
+        return (
+            f"{self.planned.label}: {counted(self.planned.replicas, 'replica')} {self.step.outcome}: {self.step.reason}"
+        )
 
 
 @dataclass(frozen=True)
@@ -285,11 +291,15 @@ class StepLoop:
         self.feed()  # the reads up to the end of the step count in its peaks
         overlap = None
         if old_names is not None and planned.replicas == planned.rollout_from:
-            overlap = RolloutOverlap(achieved=True, measured_by="applicationName",
-                                     detail="maxSurge adds no pod: a rolling update never runs more than the replicas")
+            overlap = RolloutOverlap(
+                achieved=True,
+                measured_by="applicationName",
+                detail="maxSurge adds no pod: a rolling update never runs more than the replicas",
+            )
         elif old_names is not None:
-            overlap = rollout_overlap(old_names, self.rollout_samples or [], reports, planned.pooler is not None,
-                                      planned.usable)
+            overlap = rollout_overlap(
+                old_names, self.rollout_samples or [], reports, planned.pooler is not None, planned.usable
+            )
             self.rollout_samples = None
         step = self.run.finish_step(reports, timed_out=timed_out, overlap=overlap)
         platform.notify(StepFinished(planned, step))
@@ -353,13 +363,23 @@ class StepLoop:
     def progress(self, planned: PlannedStep, started: float, now: float, running: int) -> Progress:
         status = self.run.status
         step = self.run.step
-        return Progress(planned.index, self.run.totals[planned.variant_index], planned.replicas, now,
-                        now - started, status.live_connections, step.peak_connections if step else 0, running,
-                        status.phase, planned.tag)
+        return Progress(
+            planned.index,
+            self.run.totals[planned.variant_index],
+            planned.replicas,
+            now,
+            now - started,
+            status.live_connections,
+            step.peak_connections if step else 0,
+            running,
+            status.phase,
+            planned.tag,
+        )
 
 
-def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[ReplicaReport], pooled: bool,
-                    usable: int) -> RolloutOverlap:
+def rollout_overlap(
+    old_names: list[str], samples: list[Sample], reports: list[ReplicaReport], pooled: bool, usable: int
+) -> RolloutOverlap:
     """Did the server hold the old replicas' connections and the surge pods' at once? Direct: from the
     server's backends per application_name, some read must show every connection the old replicas
     held in the step beside the surge pods' peak, or beside as many as the server still allowed (its
@@ -369,8 +389,12 @@ def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[R
     old = {name[:APP_NAME_MAX] for name in old_names}
     if pooled:
         return overlap_by_work_times(old, reports)
-    reads = [(held, sample.total - held) for sample in samples if sample.ok
-             for held in [sum(count for app, count in sample.by_app.items() if app in old)]]
+    reads = [
+        (held, sample.total - held)
+        for sample in samples
+        if sample.ok
+        for held in [sum(count for app, count in sample.by_app.items() if app in old)]
+    ]
     old_peak = max((held for held, _ in reads), default=0)
     surge_peak = max((surge for _, surge in reads), default=0)
     old_at_peak = max((held for held, surge in reads if surge == surge_peak and surge), default=0)
@@ -378,23 +402,33 @@ def rollout_overlap(old_names: list[str], samples: list[Sample], reports: list[R
     full = any(held + surge >= usable for held, surge in reads if held >= old_peak and surge)
     achieved = old_peak > 0 and surge_peak > 0 and (max(beside, default=0) >= surge_peak or full)
     if achieved and max(beside, default=0) >= surge_peak:
-        detail = (f"at the surge pods' peak ({surge_peak} {connections(surge_peak)}) the old replicas still held"
-                  f" all {old_peak} of theirs")
+        detail = (
+            f"at the surge pods' peak ({surge_peak} {connections(surge_peak)}) the old replicas still held"
+            f" all {old_peak} of theirs"
+        )
     elif achieved:
-        detail = (f"the old replicas held all {old_peak} of their connections while the surge pods took the rest of"
-                  f" the {usable} usable")
+        detail = (
+            f"the old replicas held all {old_peak} of their connections while the surge pods took the rest of"
+            f" the {usable} usable"
+        )
     elif old_peak == 0:
         detail = "the monitor saw no connection of the old replicas"
     elif surge_peak == 0:
         detail = "the monitor saw no connection of the surge pods"
     else:
-        detail = (f"the old replicas held {old_at_peak} of their {old_peak} {connections(old_peak)} when the surge pods"
-                  f" peaked at {surge_peak}: they had finished their work or closed their pools before the new"
-                  " ones connected"
-                  + (f" (beside all of theirs the surge pods held at most {max(beside)})" if beside else ""))
-    return RolloutOverlap(achieved=achieved, measured_by="applicationName", old_connections=old_peak,
-                          old_connections_at_surge_peak=old_at_peak, surge_peak_connections=surge_peak,
-                          detail=detail)
+        detail = (
+            f"the old replicas held {old_at_peak} of their {old_peak} {connections(old_peak)} when the surge pods"
+            f" peaked at {surge_peak}: they had finished their work or closed their pools before the new"
+            " ones connected" + (f" (beside all of theirs the surge pods held at most {max(beside)})" if beside else "")
+        )
+    return RolloutOverlap(
+        achieved=achieved,
+        measured_by="applicationName",
+        old_connections=old_peak,
+        old_connections_at_surge_peak=old_at_peak,
+        surge_peak_connections=surge_peak,
+        detail=detail,
+    )
 
 
 def connections(count: int) -> str:
@@ -407,15 +441,20 @@ def overlap_by_work_times(old: set[str], reports: list[ReplicaReport]) -> Rollou
     ends = [r.work_ended_at for r in olds]
     starts = [r.work_started_at for r in surge]
     if not olds or not surge or None in ends or None in starts:
-        return RolloutOverlap(achieved=False, measured_by="workTimes",
-                              detail="the replicas did not report when their work started and ended")
+        return RolloutOverlap(
+            achieved=False,
+            measured_by="workTimes",
+            detail="the replicas did not report when their work started and ended",
+        )
     first_end = min(t for t in ends if t is not None)
     last_start = max(t for t in starts if t is not None)
     if first_end >= last_start:
         detail = "every old replica was still working when the last surge pod started its work"
         return RolloutOverlap(achieved=True, measured_by="workTimes", detail=detail)
-    detail = (f"an old replica had finished its work {last_start - first_end:.1f} s before the last surge pod"
-              " started its work")
+    detail = (
+        f"an old replica had finished its work {last_start - first_end:.1f} s before the last surge pod"
+        " started its work"
+    )
     return RolloutOverlap(achieved=False, measured_by="workTimes", detail=detail)
 
 

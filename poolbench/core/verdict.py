@@ -29,28 +29,35 @@ from .words import clipped, counted, placement_words, replicas_fit, replicas_wor
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
 #: psycopg 3 opens the same message with its own 'connection failed: '.
 CONNECTION_PREFIX = re.compile(
-    r'^(connection failed: )?(connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: )?')
+    r'^(connection failed: )?(connection to server (at|on) (socket )?"[^"]*"( \([^)]*\))?(, port \d+)? failed: )?'
+)
 
 
 def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
     """The pooler arithmetic in one sentence, for verdicts."""
     usable = usable_connections(spec)
     server = server_capacity(pooler)
-    per_instance = f"{pooler.default_pool_size}" + (f" + {pooler.reserve_pool_size} reserve"
-                                                   if pooler.reserve_pool_size else "")
-    text = (f"server backends ≤ {pooler.replicas} × ({per_instance}) = {server}"
-            + (f" of {usable} usable" if server <= usable else f", more than the {usable} usable:"
-               " the server refuses the poolers' logins beyond that")
-            + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
-              f" {client_capacity(pooler, pooler.usable_clients())}")
+    per_instance = f"{pooler.default_pool_size}" + (
+        f" + {pooler.reserve_pool_size} reserve" if pooler.reserve_pool_size else ""
+    )
+    text = (
+        f"server backends ≤ {pooler.replicas} × ({per_instance}) = {server}"
+        + (
+            f" of {usable} usable"
+            if server <= usable
+            else f", more than the {usable} usable: the server refuses the poolers' logins beyond that"
+        )
+        + f"; clients ≤ {pooler.replicas} × ({pooler.max_client_conn} max_client_conn − 1 monitor) ="
+        f" {client_capacity(pooler, pooler.usable_clients())}"
+    )
     placement = placement_words(pooler, pooler.usable_clients())
     if placement:
         text += f"; {placement}"
     if pooler.pool_mode == "session":
         free, safe = pooled_replica_limits(spec, pooler)
-        text += ("; in session mode a client holds its server connection while it is open: "
-                 + session_words(pooler, per_replica_peak(spec), per_replica_idle(spec), usable,
-                                 pooler.usable_clients(), free, safe))
+        text += "; in session mode a client holds its server connection while it is open: " + session_words(
+            pooler, per_replica_peak(spec), per_replica_idle(spec), usable, pooler.usable_clients(), free, safe
+        )
     return text
 
 
@@ -67,9 +74,15 @@ def limit_breaches(step: StepResult, limits: LimitsSpec | None) -> list[str]:
         return []
     breaches = []
     for what, name, limit, counts, measured in (
-            ("latency", "maxLatencyP95Ms", limits.max_latency_p95_ms, step.latency_histogram, step.latency_ms),
-            ("checkout wait", "maxCheckoutWaitP95Ms", limits.max_checkout_wait_p95_ms, step.checkout_wait_histogram,
-             step.checkout_wait_ms)):
+        ("latency", "maxLatencyP95Ms", limits.max_latency_p95_ms, step.latency_histogram, step.latency_ms),
+        (
+            "checkout wait",
+            "maxCheckoutWaitP95Ms",
+            limits.max_checkout_wait_p95_ms,
+            step.checkout_wait_histogram,
+            step.checkout_wait_ms,
+        ),
+    ):
         if limit is None:
             continue
         histogram = Histogram.from_json(counts.model_dump(by_alias=True))
@@ -98,12 +111,16 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
     blind = monitor_blind(step)
     if blind:
         total = step.samples + step.sample_gaps
-        reasons.append(f"the monitor lost {step.sample_gaps} of {total} reads"
-                       + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
+        reasons.append(
+            f"the monitor lost {step.sample_gaps} of {total} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
     elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
         blind = True  # the pooler's side of the step was not seen: its client and wait figures mean nothing
-        reasons.append(f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
-                       + (f" (last: {step.monitor_error})" if step.monitor_error else ""))
+        reasons.append(
+            f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
     if reasons:
         only_blind = blind and len(reasons) == 1
         step.outcome = "Inconclusive" if only_blind else "Failed"
@@ -112,13 +129,17 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
     step.outcome = "Passed"
     if step.pooler is not None:
         pooler = step.pooler
-        step.reason = (f"peak {step.peak_connections} server backends (at most {pooler.server_capacity}) of"
-                       f" {step.usable_connections} usable, {pooler.client_peak_connections} clients at the pooler"
-                       f" ({pooler.waiting_peak} waiting at most, longest wait {pooler.max_wait_ms:g} ms),"
-                       f" {step.idle_at_end} idle clients at end")
+        step.reason = (
+            f"peak {step.peak_connections} server backends (at most {pooler.server_capacity}) of"
+            f" {step.usable_connections} usable, {pooler.client_peak_connections} clients at the pooler"
+            f" ({pooler.waiting_peak} waiting at most, longest wait {pooler.max_wait_ms:g} ms),"
+            f" {step.idle_at_end} idle clients at end"
+        )
     else:
-        step.reason = (f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
-                       f" {step.idle_at_end} idle at end")
+        step.reason = (
+            f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
+            f" {step.idle_at_end} idle at end"
+        )
     if step.sample_gaps:
         step.reason += f", {step.sample_gaps} of {step.samples + step.sample_gaps} reads lost"
     return step
@@ -169,28 +190,33 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     who = "each worker process" if spec.workload.processes > 1 else "each replica"
     callers = "tasks" if spec.workload.driver == "asyncpg" else "threads"
     waiting = threads - cap
-    return (f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
-            f" connections, so {waiting} {'waits' if waiting == 1 else 'wait'} for a checkout"
-            f" (mean {last.checkout_wait_ms.mean:g} ms,"
-            f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at"
-            f" {counted(last.replicas, 'replica')}).")
+    return (
+        f"{callers.capitalize()} queue for connections: {who} runs {threads} {callers} on at most {cap} pooled"
+        f" connections, so {waiting} {'waits' if waiting == 1 else 'wait'} for a checkout"
+        f" (mean {last.checkout_wait_ms.mean:g} ms,"
+        f" p95 {last.checkout_wait_ms.p95:g} ms, max {last.checkout_wait_ms.max:g} ms at"
+        f" {counted(last.replicas, 'replica')})."
+    )
 
 
 def overall_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec | None = None) -> Verdict:
     """maxSafeReplicas: the largest passing step before the first failure."""
     rollouts = [s for s in steps if s.rollout_from is not None]
     steps = [s for s in steps if s.rollout_from is None]
-    verdict = (pooled_verdict(spec, steps, pooler, rollouts) if pooler is not None
-               else direct_verdict(spec, steps, rollouts))
+    verdict = (
+        pooled_verdict(spec, steps, pooler, rollouts) if pooler is not None else direct_verdict(spec, steps, rollouts)
+    )
     verdict.first_failing_replicas = first_failing(largest_safe(spec, steps)[1])
     verdict.predicted_max_safe_replicas = predicted_safe_replicas(spec, pooler)
     for step in rollouts:
         verdict.summary += " " + rollout_line(spec, step, pooler)
     search = spec.search
     if search is not None:
-        verdict.summary = (f"Search {search.min}..{search.max} in {counted(len(steps), 'step')}:"
-                           f" {findings(search, steps)}; the arithmetic predicted"
-                           f" {verdict.predicted_max_safe_replicas}. " + verdict.summary)
+        verdict.summary = (
+            f"Search {search.min}..{search.max} in {counted(len(steps), 'step')}:"
+            f" {findings(search, steps)}; the arithmetic predicted"
+            f" {verdict.predicted_max_safe_replicas}. " + verdict.summary
+        )
     return verdict
 
 
@@ -204,8 +230,14 @@ def first_failing_step(verdict: Verdict, steps: list[StepResult]) -> StepResult 
     """The measured step (never a rollout's) the verdict's firstFailingReplicas names."""
     if verdict.first_failing_replicas is None:
         return None
-    return next((s for s in steps if s.rollout_from is None and s.outcome == "Failed"
-                 and s.replicas == verdict.first_failing_replicas), None)
+    return next(
+        (
+            s
+            for s in steps
+            if s.rollout_from is None and s.outcome == "Failed" and s.replicas == verdict.first_failing_replicas
+        ),
+        None,
+    )
 
 
 def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec | None = None) -> str:
@@ -214,24 +246,34 @@ def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec |
     means for the count rolled, in the same words as the verdict's opening."""
     old = step.rollout_from or 0
     rolled, one = counted(old, "replica"), old == 1
-    text = (f"A rolling update of {rolled} ({step.replicas} pods at once): peak {step.peak_connections}"
-            f" connections (predicted {step.predicted_peak}) of {step.usable_connections} usable")
-    how = (f"measured as its first surge: the {old} old {replicas_word(old)} kept,"
-           f" {counted(step.replicas - old, 'surge pod')} started beside {'it' if one else 'them'}, no pod replaced")
+    text = (
+        f"A rolling update of {rolled} ({step.replicas} pods at once): peak {step.peak_connections}"
+        f" connections (predicted {step.predicted_peak}) of {step.usable_connections} usable"
+    )
+    how = (
+        f"measured as its first surge: the {old} old {replicas_word(old)} kept,"
+        f" {counted(step.replicas - old, 'surge pod')} started beside {'it' if one else 'them'}, no pod replaced"
+    )
     stay = "stays" if one else "stay"
     if step.outcome == "Passed":
         overlap = f"; {step.rollout_overlap.detail}" if step.rollout_overlap is not None else ""
         fits = predict(spec, step.replicas, pooler).fits  # every pod at once, by the one rule
         if not fits:  # the pools opened fewer than they may: the arithmetic's worst case still does not fit
-            return (f"{text}, Passed ({how}{overlap}), but only because the pools opened fewer connections than"
-                    f" they may: by the arithmetic {rolled} {'does' if one else 'do'} not stay safe during a"
-                    " rolling update.")
+            return (
+                f"{text}, Passed ({how}{overlap}), but only because the pools opened fewer connections than"
+                f" they may: by the arithmetic {rolled} {'does' if one else 'do'} not stay safe during a"
+                " rolling update."
+            )
         return f"{text}, Passed ({how}{overlap}): {rolled} {stay} safe during a rolling update."
     if step.outcome == "Failed":
-        return (f"{text}, Failed with {failure_cause(step)} ({how}): {rolled} {'is' if one else 'are'} safe at"
-                " rest but not during a rolling update.")
-    return (f"{text}, Inconclusive: {step.reason} ({how}): whether {rolled} {stay} safe during a rolling update"
-            " was not measured.")
+        return (
+            f"{text}, Failed with {failure_cause(step)} ({how}): {rolled} {'is' if one else 'are'} safe at"
+            " rest but not during a rolling update."
+        )
+    return (
+        f"{text}, Inconclusive: {step.reason} ({how}): whether {rolled} {stay} safe during a rolling update"
+        " was not measured."
+    )
 
 
 def passed_opening(max_safe: int, rollouts: list[StepResult]) -> str:
@@ -241,8 +283,10 @@ def passed_opening(max_safe: int, rollouts: list[StepResult]) -> str:
     if not unsafe:
         return f"All steps passed up to {counted(max_safe, 'replica')}"
     how = "failed" if unsafe[0].outcome == "Failed" else "was inconclusive"
-    return (f"Every step at rest passed up to {counted(max_safe, 'replica')}, but the rolling update of"
-            f" {counted(unsafe[0].rollout_from or 0, 'replica')} {how}")
+    return (
+        f"Every step at rest passed up to {counted(max_safe, 'replica')}, but the rolling update of"
+        f" {counted(unsafe[0].rollout_from or 0, 'replica')} {how}"
+    )
 
 
 def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int | None, StepResult | None]:
@@ -259,8 +303,9 @@ def largest_safe(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> tuple[int 
     return max_safe, None
 
 
-def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: list[StepResult] | None = None
-                   ) -> Verdict:
+def direct_verdict(
+    spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: list[StepResult] | None = None
+) -> Verdict:
     max_safe, failing_step = largest_safe(spec, steps)
     per_peak = per_replica_peak(spec)
     usable = usable_connections(spec)
@@ -279,8 +324,11 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: l
         reason = "no step ran"
     safe_limit = rollout_safe(per_peak, usable) if per_peak else None
     if failing_step is not None:
-        verb = ("was" if failing_step.replicas == 1 else "were") if failing_step.outcome == "Inconclusive" \
+        verb = (
+            ("was" if failing_step.replicas == 1 else "were")
+            if failing_step.outcome == "Inconclusive"
             else "failed with"
+        )
         summary = (
             (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "No step passed;")
             + f" {counted(failing_step.replicas, 'replica')} {verb} {failure_cause(failing_step)}"
@@ -295,8 +343,10 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: l
         summary = "No step completed."
     if spec.rollout is not None and per_peak:
         during = rollout_safe(per_peak, usable, spec.rollout.max_surge)
-        summary += (f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {replicas_fit(during)}:"
-                    f" old and new pods hold connections at once.")
+        summary += (
+            f" During a rolling update (maxSurge {spec.rollout.max_surge}) at most {replicas_fit(during)}:"
+            f" old and new pods hold connections at once."
+        )
     waiting = queueing(spec, steps)
     if waiting:
         summary += " " + waiting
@@ -305,8 +355,9 @@ def direct_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], rollouts: l
     )
 
 
-def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec,
-                   rollouts: list[StepResult] | None = None) -> Verdict:
+def pooled_verdict(
+    spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: PoolerSpec, rollouts: list[StepResult] | None = None
+) -> Verdict:
     """A pooled variant: the same steps, judged the same way, explained with the pooler's arithmetic
     (prediction beside measurement)."""
     max_safe, failing = largest_safe(spec, steps)
@@ -314,8 +365,9 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     budget = pooler_budget(spec, pooler)
     free, fit = pooled_replica_limits(spec, pooler)
     if pooler.pool_mode == "session":
-        fit_text = "session mode: " + session_words(pooler, per_peak, per_replica_idle(spec), usable_connections(spec),
-                                                    pooler.usable_clients(), free, fit)
+        fit_text = "session mode: " + session_words(
+            pooler, per_peak, per_replica_idle(spec), usable_connections(spec), pooler.usable_clients(), free, fit
+        )
     else:
         fit_text = f"at most {replicas_fit(fit)} the poolers"
     placement = placement_words(pooler, pooler.usable_clients())
@@ -326,41 +378,52 @@ def pooled_verdict(spec: PoolBenchmarkSpec, steps: list[StepResult], pooler: Poo
     if passed:
         last = max(passed, key=lambda s: s.replicas)
         at_pooler = last.pooler or PoolerStepResult()
-        measured = (f" At {counted(last.replicas, 'replica')}: {last.peak_connections} server backends (predicted ≤"
-                    f" {last.predicted_peak}), {at_pooler.client_peak_connections} clients at the pooler (predicted"
-                    f" {at_pooler.predicted_client_peak}), {at_pooler.waiting_peak} waiting at most,"
-                    f" p95 latency {last.latency_ms.p95:g} ms.")
+        measured = (
+            f" At {counted(last.replicas, 'replica')}: {last.peak_connections} server backends (predicted ≤"
+            f" {last.predicted_peak}), {at_pooler.client_peak_connections} clients at the pooler (predicted"
+            f" {at_pooler.predicted_client_peak}), {at_pooler.waiting_peak} waiting at most,"
+            f" p95 latency {last.latency_ms.p95:g} ms."
+        )
     if failing is not None:
         pred = predict(spec, failing.replicas, pooler)
-        reason = (f"{counted(failing.replicas, 'replica')} × {per_peak} = {pred.client_peak} clients; {budget};"
-                  f" {failing.reason}")
+        reason = (
+            f"{counted(failing.replicas, 'replica')} × {per_peak} = {pred.client_peak} clients; {budget};"
+            f" {failing.reason}"
+        )
         verb = ("was" if failing.replicas == 1 else "were") if failing.outcome == "Inconclusive" else "failed with"
-        summary = (f"{pooler.label()}: "
-                   + (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "no step passed;")
-                   + f" {counted(failing.replicas, 'replica')} {verb} {failure_cause(failing)} (each replica may open"
-                   f" {per_peak} clients; {fit_text}).{measured}")
+        summary = (
+            f"{pooler.label()}: "
+            + (f"{counted(max_safe, 'replica')} ran safely;" if max_safe is not None else "no step passed;")
+            + f" {counted(failing.replicas, 'replica')} {verb} {failure_cause(failing)} (each replica may open"
+            f" {per_peak} clients; {fit_text}).{measured}"
+        )
         first_failing = failing.replicas if failing.outcome == "Failed" else None
         if pooler.pool_mode == "transaction" and failing.errors.pooler_query_wait_timeout:
-            summary += (f" In transaction mode clients beyond the {counted(pred.server_capacity, 'server connection')}"
-                        f" wait for a transaction to end, and these waited longer than query_wait_timeout"
-                        f" ({pooler.query_wait_timeout_seconds} s): the arithmetic counts connections, not how long"
-                        f" each transaction holds one (p95 latency {failing.latency_ms.p95:g} ms), so its count fits"
-                        " the poolers' capacity, not this wait.")
+            summary += (
+                f" In transaction mode clients beyond the {counted(pred.server_capacity, 'server connection')}"
+                f" wait for a transaction to end, and these waited longer than query_wait_timeout"
+                f" ({pooler.query_wait_timeout_seconds} s): the arithmetic counts connections, not how long"
+                f" each transaction holds one (p95 latency {failing.latency_ms.p95:g} ms), so its count fits"
+                " the poolers' capacity, not this wait."
+            )
     elif max_safe is not None:
         reason = f"every step passed; {budget}"
         opening = passed_opening(max_safe, rollouts or [])
-        summary = (f"{pooler.label()}: {opening[0].lower() + opening[1:]} (each may open {per_peak}"
-                   f" clients; {fit_text}).{measured}")
+        summary = (
+            f"{pooler.label()}: {opening[0].lower() + opening[1:]} (each may open {per_peak}"
+            f" clients; {fit_text}).{measured}"
+        )
         first_failing = None
     else:
         reason, summary, first_failing = "no step ran", f"{pooler.label()}: no step completed.", None
     server, usable = server_capacity(pooler), usable_connections(spec)
     if server > usable:
-        summary += (f" The poolers may open {server} server connections but the server allows {usable}:"
-                    " their logins beyond that are refused (PgBouncer retries them and may turn its clients"
-                    " away), so more clients than that are not counted safe.")
-    return Verdict(max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason,
-                   summary=summary)
+        summary += (
+            f" The poolers may open {server} server connections but the server allows {usable}:"
+            " their logins beyond that are refused (PgBouncer retries them and may turn its clients"
+            " away), so more clients than that are not counted safe."
+        )
+    return Verdict(max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary)
 
 
 def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[list[StepResult]]) -> str:
@@ -381,7 +444,7 @@ def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[lis
     ranked = [(v.max_safe_replicas or 0, n) for n, v in zip(names, verdicts, strict=True) if v is not None]
     best = max(ranked)[0] if ranked else 0
     winners = [n for safe, n in ranked if safe == best and best > 0]
-    lead = (f"Scales furthest: {', '.join(winners)} ({counted(best, 'replica')}). " if winners else "")
+    lead = f"Scales furthest: {', '.join(winners)} ({counted(best, 'replica')}). " if winners else ""
     settings = driver_setting_failures(names, steps)
     if settings:  # no ranking: a variant failed on its driver's configuration, which no pooling choice changes
         lead = "No winner: " + "; ".join(settings) + ". "

@@ -43,11 +43,17 @@ def placement_words(pooler: PoolerSpec, capacity: int) -> str:
     instances = pooler.replicas
     if instances <= 1:
         return ""
-    also = (f", or all its {pooler.reachable_server_connections()} server connections to clients the pools keep"
-            " open while others wait," if pooler.pool_mode == "session" else "")
-    return (f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
-            f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
-            f" {PLACEMENT_RISK_WORDS}")
+    also = (
+        f", or all its {pooler.reachable_server_connections()} server connections to clients the pools keep"
+        " open while others wait,"
+        if pooler.pool_mode == "session"
+        else ""
+    )
+    return (
+        f"connections land on the {instances} PgBouncer instances at random, as through a Service: counted"
+        f" safe when the chance that one instance gets more than its {capacity} clients{also} is below"
+        f" {PLACEMENT_RISK_WORDS}"
+    )
 
 
 def more_than(count: int, instances: int, capacity: int, what: str) -> str:
@@ -59,27 +65,38 @@ def more_than(count: int, instances: int, capacity: int, what: str) -> str:
     return f"and at random one of the {instances} instances may get more than its {capacity} {what}"
 
 
-def pooled_failure_words(pooler: PoolerSpec, check: PooledCheck, replicas: int, clients: int, kept: int,
-                         usable: int, client_capacity: int) -> str:
+def pooled_failure_words(
+    pooler: PoolerSpec, check: PooledCheck, replicas: int, clients: int, kept: int, usable: int, client_capacity: int
+) -> str:
     """Why ``replicas`` (opening ``clients``, keeping ``kept``) are not safe, in words."""
     n = pooler.replicas
     if check.cause == "clients":
         monitor = ", one for the monitor" if client_capacity < pooler.max_client_conn else ""
-        return (f"{replicas} {replicas_word(replicas)} open {clients} clients,"
-                f" {more_than(clients, n, client_capacity, 'clients')} (max_client_conn {pooler.max_client_conn}"
-                f"{monitor})")
+        return (
+            f"{replicas} {replicas_word(replicas)} open {clients} clients,"
+            f" {more_than(clients, n, client_capacity, 'clients')} (max_client_conn {pooler.max_client_conn}"
+            f"{monitor})"
+        )
     if check.cause == "server":
-        return (f"the poolers would open {server_backends(pooler, clients)} server connections of {usable} usable:"
-                " the server refuses their logins beyond that")
+        return (
+            f"the poolers would open {server_backends(pooler, clients)} server connections of {usable} usable:"
+            " the server refuses their logins beyond that"
+        )
     timeout = pooler.query_wait_timeout_seconds
-    until = (f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout
-             else "for good (query_wait_timeout 0)")
+    until = (
+        f"until query_wait_timeout ({timeout} s) and are disconnected" if timeout else "for good (query_wait_timeout 0)"
+    )
     reachable = pooler.reachable_server_connections()
-    reserve = (f" (its reserve of {pooler.reserve_pool_size} opens only for a client that waited"
-               f" reserve_pool_timeout, {RESERVE_POOL_TIMEOUT_SECONDS} s: query_wait_timeout disconnects it first)"
-               if pooler.reserve_pool_size and not pooler.reserve_reachable() else "")
-    return (f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
-            f" {holds_all(kept, n, reachable)}{reserve}: the other clients wait {until}")
+    reserve = (
+        f" (its reserve of {pooler.reserve_pool_size} opens only for a client that waited"
+        f" reserve_pool_timeout, {RESERVE_POOL_TIMEOUT_SECONDS} s: query_wait_timeout disconnects it first)"
+        if pooler.reserve_pool_size and not pooler.reserve_reachable()
+        else ""
+    )
+    return (
+        f"the pools of {counted(replicas, 'replica')} keep {counted(kept, 'client')} open for good,"
+        f" {holds_all(kept, n, reachable)}{reserve}: the other clients wait {until}"
+    )
 
 
 def holds_all(kept: int, instances: int, server: int) -> str:
@@ -92,8 +109,9 @@ def holds_all(kept: int, instances: int, server: int) -> str:
     return f"and at random they may hold all {server} server connections of one of the {instances} instances"
 
 
-def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int,
-                  free: int, safe: int) -> str:
+def session_words(
+    pooler: PoolerSpec, peak: int, idle: int, usable: int, client_capacity: int, free: int, safe: int
+) -> str:
     """Session mode's regimes for replicas opening ``peak`` and keeping ``idle`` clients each: fits
     without waiting up to ``free``, waits beyond, fails beyond ``safe`` (``pooled_limits``)."""
     over = safe + 1
@@ -101,8 +119,15 @@ def session_words(pooler: PoolerSpec, peak: int, idle: int, usable: int, client_
     fails = "fails" if pooler.replicas == 1 else "may fail"
     why = pooled_failure_words(pooler, check, over, over * peak, over * idle, usable, client_capacity)
     if free == 0:  # already one replica's clients wait, or fail
-        return (f"waits from 1 replica (a waiting client runs when an overflow client disconnects), {fails} beyond"
-                f" {safe} ({why})" if safe > 0 else f"{fails} from 1 replica ({why})")
-    waits = (f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
-             if safe > free else f", {fails} beyond")
+        return (
+            f"waits from 1 replica (a waiting client runs when an overflow client disconnects), {fails} beyond"
+            f" {safe} ({why})"
+            if safe > 0
+            else f"{fails} from 1 replica ({why})"
+        )
+    waits = (
+        f", waits beyond (a waiting client runs when an overflow client disconnects), {fails} beyond {safe}"
+        if safe > free
+        else f", {fails} beyond"
+    )
     return f"fits without waiting up to {counted(free, 'replica')}{waits} ({why})"

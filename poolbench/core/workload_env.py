@@ -40,14 +40,20 @@ def limit_edges(spec: PoolBenchmarkSpec) -> list[float]:
 
 def engine_settings(engine: EngineSpec) -> EngineSettings:
     """The spec's engine as the replica's environment carries it."""
-    return EngineSettings(pool_class=engine.pool_class, pool_size=engine.pool_size,
-                          max_overflow=engine.max_overflow, pool_timeout=engine.pool_timeout,
-                          pool_recycle=engine.pool_recycle, pool_pre_ping=engine.pool_pre_ping,
-                          pool_use_lifo=engine.pool_use_lifo)
+    return EngineSettings(
+        pool_class=engine.pool_class,
+        pool_size=engine.pool_size,
+        max_overflow=engine.max_overflow,
+        pool_timeout=engine.pool_timeout,
+        pool_recycle=engine.pool_recycle,
+        pool_pre_ping=engine.pool_pre_ping,
+        pool_use_lifo=engine.pool_use_lifo,
+    )
 
 
-def workload_config(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True,
-                    pooler: PoolerSpec | None = None) -> WorkloadConfig:
+def workload_config(
+    spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
+) -> WorkloadConfig:
     """What every replica of ``spec`` is configured with; the platform adds each one's name, summary path,
     metrics port and connection target. ``spec``: as the variant sees it (``PoolBenchmarkSpec.for_variant``)."""
     w = spec.workload
@@ -69,8 +75,9 @@ def workload_config(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True,
     )
 
 
-def workload_env(spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
-                 ) -> dict[str, str]:
+def workload_env(
+    spec: PoolBenchmarkSpec, *, exit_after_hold: bool = True, pooler: PoolerSpec | None = None
+) -> dict[str, str]:
     """Environment for one replica, without the connection target and the replica's own name: the
     ``workload_config`` and the role and database it logs in to (libpq's PGUSER and PGDATABASE)."""
     env = workload_config(spec, exit_after_hold=exit_after_hold, pooler=pooler).to_env()

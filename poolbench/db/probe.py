@@ -38,15 +38,22 @@ OTHER_CLIENTS = """
  WHERE backend_type = 'client backend'
    AND pid <> pg_catalog.pg_backend_pid()"""
 #: The backends that count: established sessions (see the module's docstring), named as asked.
-COUNTED = OTHER_CLIENTS + """
+COUNTED = (
+    OTHER_CLIENTS
+    + """
    AND state IS NOT NULL AND state <> 'starting'
    AND application_name LIKE %s"""
-QUERY = """
+)
+QUERY = (
+    """
 SELECT state, application_name, count(*)::int,
        max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle'),
-       wait_event_type""" + COUNTED + """
+       wait_event_type"""
+    + COUNTED
+    + """
  GROUP BY state, application_name, wait_event_type
 """
+)
 PREPARED = "poolbench_sample"
 AGES = "SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8" + COUNTED
 #: Leftovers are every other client backend, starting ones included.

@@ -25,6 +25,7 @@ TEMP_BASES = ("/var/tmp", "/tmp", "/dev/shm")
 
 # -- the server's user ------------------------------------------------------------------------------
 
+
 def run_as_kwargs(user: str | None) -> dict[str, Any]:
     """preexec-free way to run a child as another user: subprocess's user/group args."""
     if user is None:
@@ -47,19 +48,26 @@ def ensure_system_user() -> str:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         try:
-            subprocess.run(["useradd", "--system", "--shell", "/usr/sbin/nologin", SYSTEM_USER], check=True,
-                           capture_output=True, text=True)
+            subprocess.run(
+                ["useradd", "--system", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         except (OSError, subprocess.CalledProcessError) as err:
             try:
                 pwd.getpwnam(SYSTEM_USER)  # another run created it meanwhile
             except KeyError:
                 detail = getattr(err, "stderr", None) or err
-                raise EnvironmentFailure(f"could not create the system user {SYSTEM_USER} that runs PostgreSQL "
-                                         f"as root: {str(detail).strip()}") from None
+                raise EnvironmentFailure(
+                    f"could not create the system user {SYSTEM_USER} that runs PostgreSQL "
+                    f"as root: {str(detail).strip()}"
+                ) from None
     return SYSTEM_USER
 
 
 # -- what the server user may reach, without changing anything ---------------------------------------
+
 
 def _grants(st: os.stat_result, uid: int, gid: int, want: int) -> bool:
     """Whether a file's mode gives uid/gid every permission in ``want`` (r=4, w=2, x=1).
@@ -105,7 +113,8 @@ def reachable_run_base(uid: int, gid: int) -> Path:
     raise EnvironmentFailure(
         f"no temporary directory that the PostgreSQL user {SYSTEM_USER} can reach: {'; '.join(tried)}. "
         "Set TMPDIR to a writable directory whose parents are all searchable by others (o+x); "
-        "poolbench does not change the mode of directories it did not create")
+        "poolbench does not change the mode of directories it did not create"
+    )
 
 
 def readable_in_place(root: Path, uid: int, gid: int) -> bool:
@@ -134,6 +143,7 @@ def readable_in_place(root: Path, uid: int, gid: int) -> bool:
 
 
 # -- directories poolbench creates: only those get a mode ----------------------------------------------
+
 
 def make_dirs(path: Path, mode: int) -> None:
     """Create ``path`` and its missing parents with exactly ``mode``; only directories this call

@@ -83,8 +83,12 @@ def _bin_cache_home(uid: int, gid: int, run_base: Path) -> Path | None:
             st = home.lstat()
         except OSError:
             continue
-        if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-                and blocked_at(home, uid, gid) is None):
+        if (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.geteuid()
+            and not st.st_mode & 0o022
+            and blocked_at(home, uid, gid) is None
+        ):
             return home
     return None
 
@@ -122,10 +126,11 @@ def server_bin_dir(wheel_bin: Path, uid: int, gid: int, run_root: Path, run_base
         if not verified(entry):
             discard(entry)
             _prune_installs(home, entry)
-            if not store(entry, lambda built: _copy_install(parts, built),
-                          {"source": str(wheel_bin), "key": digest}):
+            if not store(entry, lambda built: _copy_install(parts, built), {"source": str(wheel_bin), "key": digest}):
                 raise EnvironmentFailure(f"could not store a copy of the PostgreSQL binaries at {entry}")
         return entry / rel_bin
     except (OSError, subprocess.CalledProcessError) as err:
-        raise EnvironmentFailure(f"the PostgreSQL user {SYSTEM_USER} cannot read the binaries at {wheel_bin}, "
-                                 f"and copying them for it failed: {err}") from None
+        raise EnvironmentFailure(
+            f"the PostgreSQL user {SYSTEM_USER} cannot read the binaries at {wheel_bin}, "
+            f"and copying them for it failed: {err}"
+        ) from None

@@ -42,8 +42,19 @@ from .template import LOCALE_ENV, PG_CONTROL_SIZE, copy_template, store_template
 # The constants from access, cache and template are re-exported: importable from here with the server, but
 # defined (and so to be monkeypatched) in their own modules.
 __all__ = [
-    "CACHE_ENV", "CHECK_BATCH", "INITDB_ARGS", "LOCALE_ENV", "MANIFEST", "PG_CONTROL_SIZE", "PG_USER",
-    "SETTINGS_FIELD", "SYSTEM_USER", "TEMP_BASES", "EnvironmentFailure", "LocalPostgres", "SettingsError",
+    "CACHE_ENV",
+    "CHECK_BATCH",
+    "INITDB_ARGS",
+    "LOCALE_ENV",
+    "MANIFEST",
+    "PG_CONTROL_SIZE",
+    "PG_USER",
+    "SETTINGS_FIELD",
+    "SYSTEM_USER",
+    "TEMP_BASES",
+    "EnvironmentFailure",
+    "LocalPostgres",
+    "SettingsError",
     "pg_bin_dir",
 ]
 
@@ -164,7 +175,11 @@ class LocalPostgres:
         try:
             subprocess.run(
                 [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), *INITDB_ARGS],
-                check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL, **run_as_kwargs(self.run_as),
+                check=True,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                **run_as_kwargs(self.run_as),
             )
         except subprocess.CalledProcessError as err:
             output = err.stderr if cause_lines(err.stderr or "") else f"{err.stdout or ''}{err.stderr or ''}"
@@ -177,13 +192,27 @@ class LocalPostgres:
     def _server_args(self) -> list[str]:
         """What the benchmark sets on every server (the spec's settings come after, see ``_launch``)."""
         return [
-            "-c", f"listen_addresses={self.host}", "-c", f"port={self.port}",
-            "-c", f"unix_socket_directories={self.root}",
-            "-c", f"max_connections={self.max_connections}",
-            "-c", f"superuser_reserved_connections={self.superuser_reserved_connections}",
+            "-c",
+            f"listen_addresses={self.host}",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"unix_socket_directories={self.root}",
+            "-c",
+            f"max_connections={self.max_connections}",
+            "-c",
+            f"superuser_reserved_connections={self.superuser_reserved_connections}",
             *(["-c", f"reserved_connections={self.reserved_connections}"] if self.reserved_connections else []),
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "shared_buffers=16MB", "-c", "dynamic_shared_memory_type=posix",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "shared_buffers=16MB",
+            "-c",
+            "dynamic_shared_memory_type=posix",
         ]
 
     def _settings_args(self, settings: dict[str, str] | None = None) -> list[str]:
@@ -211,8 +240,7 @@ class LocalPostgres:
             for name in ("postgresql.conf", "postgresql.auto.conf"):
                 (check_dir / name).write_text("")
                 (check_dir / name).chmod(0o644)
-            base = [str(self.bin_dir / "postgres"), "-D", str(check_dir), "-C", "max_connections",
-                    *self._server_args()]
+            base = [str(self.bin_dir / "postgres"), "-D", str(check_dir), "-C", "max_connections", *self._server_args()]
             (together,) = self._ask([base + self._settings_args()])
             if together is None:
                 return
@@ -220,13 +248,16 @@ class LocalPostgres:
             answers: list[str | None] = []
             commands = [base] + [base + self._settings_args({n: self.settings[n]}) for n in names]
             for i in range(0, len(commands), CHECK_BATCH):
-                answers += self._ask(commands[i:i + CHECK_BATCH])
+                answers += self._ask(commands[i : i + CHECK_BATCH])
         finally:
             remove_tree(check_dir)
         if answers[0] is not None:
             raise EnvironmentFailure(f"postgres refused poolbench's own settings: {answers[0]}")
-        problems = [(f"{SETTINGS_FIELD}.{name}", answer) for name, answer in zip(names, answers[1:], strict=True)
-                    if answer is not None]
+        problems = [
+            (f"{SETTINGS_FIELD}.{name}", answer)
+            for name, answer in zip(names, answers[1:], strict=True)
+            if answer is not None
+        ]
         raise SettingsError(problems or [(SETTINGS_FIELD, f"refused together: {together}")])
 
     def _ask(self, commands: list[list[str]]) -> list[str | None]:
@@ -234,8 +265,16 @@ class LocalPostgres:
         procs: list[subprocess.Popen[str]] = []
         try:
             for cmd in commands:
-                procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.PIPE, text=True, **run_as_kwargs(self.run_as)))
+                procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        **run_as_kwargs(self.run_as),
+                    )
+                )
             answers: list[str | None] = []
             for proc in procs:
                 _, err = proc.communicate(timeout=30)
@@ -254,16 +293,16 @@ class LocalPostgres:
     def _launch(self, timeout: float) -> None:
         """Start the server on the initialised data directory and wait until it accepts connections."""
         assert self.bin_dir is not None
-        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *self._server_args(),
-                *self._settings_args()]
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *self._server_args(), *self._settings_args()]
         since = self.log_path.stat().st_size if self.log_path.exists() else 0
         # Opened here and handed over as stdout: the server never opens it itself, so the file keeps
         # the runner's owner and umask (never world-writable).
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed below, once the child has it
         try:
             with deferred_signals():
-                self.process = spawn(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     **run_as_kwargs(self.run_as))
+                self.process = spawn(
+                    args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **run_as_kwargs(self.run_as)
+                )
         except OSError as err:
             raise EnvironmentFailure(f"could not run postgres: {err}") from None
         finally:
@@ -295,14 +334,16 @@ class LocalPostgres:
             try:
                 # poolbench's own session settings: a server setting such as a 2 ms transaction_timeout
                 # must not refuse the readiness check itself on a busy machine.
-                admin_session(lambda **kw: psycopg2.connect(**self.connect_kwargs(), connect_timeout=2, **kw),
-                              ADMIN_NAME).close()
+                admin_session(
+                    lambda **kw: psycopg2.connect(**self.connect_kwargs(), connect_timeout=2, **kw), ADMIN_NAME
+                ).close()
                 return
             except psycopg2.OperationalError as err:
                 last = err
                 time.sleep(0.05)
-        raise EnvironmentFailure(f"postgres did not accept connections in {timeout}s: {str(last).strip()}\n  "
-                                 f"{self._start_failure(since)}")
+        raise EnvironmentFailure(
+            f"postgres did not accept connections in {timeout}s: {str(last).strip()}\n  {self._start_failure(since)}"
+        )
 
     def _start_failure(self, since: int) -> str:
         """Why this start failed: the FATAL/PANIC lines the server logged since ``since`` (a byte

@@ -31,7 +31,7 @@ LAUNCHER_READY_SECONDS = 30.0
 def _launcher_send(message: dict) -> None:
     data = (json.dumps(message) + "\n").encode()
     while data:
-        data = data[os.write(1, data):]
+        data = data[os.write(1, data) :]
 
 
 def _launcher_child(env: dict[str, str], log_path: str, sync_w: int, close: list[int]) -> None:
@@ -222,8 +222,12 @@ class ReplicaLauncher:
     def start(self) -> ReplicaLauncher:
         try:
             with deferred_signals():
-                self.proc = spawn([sys.executable, "-c", LAUNCHER_CODE, LAUNCHER_NAME], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self.proc = spawn(
+                    [sys.executable, "-c", LAUNCHER_CODE, LAUNCHER_NAME],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                )
         except OSError:
             self.dead = True
             self.ready.set()

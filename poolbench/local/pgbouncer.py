@@ -42,21 +42,24 @@ def find_pgbouncer() -> str:
         return given
     path = shutil.which("pgbouncer")
     if not path:
-        path = next((str(Path(d) / "pgbouncer") for d in SEARCH_DIRS if os.access(Path(d) / "pgbouncer", os.X_OK)),
-                    None)
+        path = next(
+            (str(Path(d) / "pgbouncer") for d in SEARCH_DIRS if os.access(Path(d) / "pgbouncer", os.X_OK)), None
+        )
     if not path or not os.access(path, os.X_OK):
         raise EnvironmentFailure(
             "a variant uses PgBouncer, but no pgbouncer binary was found (PATH, /usr/sbin, /usr/local/sbin, or"
             " POOLBENCH_PGBOUNCER): install the 'pgbouncer' package (Debian/Ubuntu: apt-get install pgbouncer;"
-            " scripts/setup does it as root)")
+            " scripts/setup does it as root)"
+        )
     return path
 
 
 class LocalPgBouncer:
     """``pooler.replicas`` PgBouncer processes in front of one server, each on its own port."""
 
-    def __init__(self, pooler: PoolerSpec, *, server_host: str, server_port: int, database: str,
-                 passwords: dict[str, str]):
+    def __init__(
+        self, pooler: PoolerSpec, *, server_host: str, server_port: int, database: str, passwords: dict[str, str]
+    ):
         self.pooler = pooler
         self.server_host, self.server_port, self.database = server_host, server_port, database
         self.admin_password = passwords[ADMIN_USER] if ADMIN_USER in passwords else os.urandom(18).hex()
@@ -95,14 +98,29 @@ class LocalPgBouncer:
         for i in range(self.pooler.replicas):
             port = free_port()
             ini = self.root / f"pgbouncer-{i}.ini"
-            ini.write_text(pgbouncer_ini(self.pooler, server_host=self.server_host, server_port=self.server_port,
-                                         database=self.database, listen_addr=self.host, listen_port=port,
-                                         auth_file=str(auth)))
+            ini.write_text(
+                pgbouncer_ini(
+                    self.pooler,
+                    server_host=self.server_host,
+                    server_port=self.server_port,
+                    database=self.database,
+                    listen_addr=self.host,
+                    listen_port=port,
+                    auth_file=str(auth),
+                )
+            )
             log = open(self.root / f"pgbouncer-{i}.log", "ab")  # noqa: SIM115 - closed once the child has it
             try:
                 with deferred_signals():
-                    self.processes.append(spawn([binary, str(ini)], stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, **run_as_kwargs(self.run_as)))
+                    self.processes.append(
+                        spawn(
+                            [binary, str(ini)],
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL,
+                            **run_as_kwargs(self.run_as),
+                        )
+                    )
             except OSError as err:
                 raise EnvironmentFailure(f"could not run {binary}: {err}") from None
             finally:
@@ -116,8 +134,9 @@ class LocalPgBouncer:
         last = ""
         while time.monotonic() < deadline:
             if self.processes[i].poll() is not None:
-                raise EnvironmentFailure(f"pgbouncer exited at start (code {self.processes[i].returncode}):"
-                                         f" {self.log_tail(i)}")
+                raise EnvironmentFailure(
+                    f"pgbouncer exited at start (code {self.processes[i].returncode}): {self.log_tail(i)}"
+                )
             try:
                 self.admin_connect(i).close()
                 return
@@ -142,14 +161,23 @@ class LocalPgBouncer:
         return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("pgbouncer-*.log")))
 
     def admin_connect(self, i: int) -> psycopg2.extensions.connection:
-        return psycopg2.connect(host=self.host, port=self.ports[i], user=ADMIN_USER, password=self.admin_password,
-                                dbname=ADMIN_DATABASE, connect_timeout=5)
+        return psycopg2.connect(
+            host=self.host,
+            port=self.ports[i],
+            user=ADMIN_USER,
+            password=self.admin_password,
+            dbname=ADMIN_DATABASE,
+            connect_timeout=5,
+        )
 
     def client_env(self) -> dict[str, str]:
         """The workload's variables for these instances: each new connection picks one at random (as a
         Kubernetes Service places each connection), PGHOST/PGPORT name the first for anything else."""
-        return {"PGHOST": self.host, "PGPORT": str(self.ports[0]),
-                POOLER_HOSTS_ENV: render_pooler_hosts([(self.host, port) for port in self.ports])}
+        return {
+            "PGHOST": self.host,
+            "PGPORT": str(self.ports[0]),
+            POOLER_HOSTS_ENV: render_pooler_hosts([(self.host, port) for port in self.ports]),
+        }
 
     def stop(self) -> None:
         """Stop every instance and remove the directory. Safe to call twice; runs to its end whatever

@@ -23,13 +23,21 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
     active = [s.by_state.get("active", 0) for s in samples]
     idle = [s.by_state.get("idle", 0) for s in samples]
     in_tx = [s.by_state.get("idle_in_transaction", 0) for s in samples]
-    ax.stackplot(t, active, idle, in_tx, labels=["active", "idle", "idle in transaction"],
-                 colors=["#d62728", "#1f77b4", "#ff7f0e"], alpha=0.8)
+    ax.stackplot(
+        t,
+        active,
+        idle,
+        in_tx,
+        labels=["active", "idle", "idle in transaction"],
+        colors=["#d62728", "#1f77b4", "#ff7f0e"],
+        alpha=0.8,
+    )
     ax.axhline(max_connections, color="black", linestyle="--", label=f"max_connections {max_connections}")
     for span in result.spans:
         ax.axvline(span.start, color="grey", linewidth=0.8)
-        ax.text(span.start, max_connections * 1.02, f" step {span.index}: {span.replicas} replicas",
-                fontsize=8, va="bottom")
+        ax.text(
+            span.start, max_connections * 1.02, f" step {span.index}: {span.replicas} replicas", fontsize=8, va="bottom"
+        )
     gaps = [s.t for s in result.timeline if not s.ok]
     if gaps:
         ax.plot(gaps, [0] * len(gaps), "kx", label="probe gap")
@@ -49,18 +57,34 @@ def _latency_panel(ax: Axes, result: LocalResult) -> None:
     plotted: list[float] = []
     for span, step in zip(result.spans, result.status.all_steps(), strict=False):
         end = span.end if span.end is not None else span.start
-        for values, color, name in ((step.latency_ms, "#9467bd", "latency"),
-                                    (step.checkout_wait_ms, "#2ca02c", "checkout wait")):
+        for values, color, name in (
+            (step.latency_ms, "#9467bd", "latency"),
+            (step.checkout_wait_ms, "#2ca02c", "checkout wait"),
+        ):
             dashed = values is step.checkout_wait_ms
             if values.max <= 0:
                 continue
             plotted += [v for v in (values.p50, values.p95) if v > 0]
             hidden = drawn  # one legend entry per series ("_" labels are left out of legends)
             # Dashed checkout wait: a queued caller's latency is mostly its wait, so the lines may meet.
-            ax.hlines(values.p95, span.start, end, colors=color, linewidth=2.5, linestyles="--" if dashed else "-",
-                      label="_p95" if hidden else f"{name} p95")
-            ax.hlines(values.p50, span.start, end, colors=color, linewidth=1, linestyles=":",
-                      label="_p50" if hidden else f"{name} p50")
+            ax.hlines(
+                values.p95,
+                span.start,
+                end,
+                colors=color,
+                linewidth=2.5,
+                linestyles="--" if dashed else "-",
+                label="_p95" if hidden else f"{name} p95",
+            )
+            ax.hlines(
+                values.p50,
+                span.start,
+                end,
+                colors=color,
+                linewidth=1,
+                linestyles=":",
+                label="_p50" if hidden else f"{name} p50",
+            )
         drawn = drawn or step.latency_ms.max > 0 or step.checkout_wait_ms.max > 0
     ax.set_xlabel("seconds")
     ax.set_ylabel("ms per statement")
@@ -95,18 +119,34 @@ def plot_variants(result: LocalResult, max_connections: int, path: str, title: s
             clients = [(s.t - start, s.pooler.clients) for s in samples if s.pooler is not None and s.pooler.ok]
             if clients:
                 top = max(top, max(c for _, c in clients))
-                ax.plot([c[0] for c in clients], [c[1] for c in clients], color=color, linestyle=":", linewidth=1.4,
-                        label=f"{variant.name}: clients at the pooler")
+                ax.plot(
+                    [c[0] for c in clients],
+                    [c[1] for c in clients],
+                    color=color,
+                    linestyle=":",
+                    linewidth=1.4,
+                    label=f"{variant.name}: clients at the pooler",
+                )
         for span in spans:
             ax.axvline(span.start - start, color=color, linewidth=0.5, alpha=0.5)
         steps = [s for s in variant.steps if s.latency_ms.max > 0]
         if steps:
-            lat.plot([s.replicas for s in steps], [s.latency_ms.p95 for s in steps], marker="o", color=color,
-                     label=variant.name)
+            lat.plot(
+                [s.replicas for s in steps],
+                [s.latency_ms.p95 for s in steps],
+                marker="o",
+                color=color,
+                label=variant.name,
+            )
         failed = [s for s in variant.steps if s.outcome != "Passed"]
         if failed:
-            lat.plot([s.replicas for s in failed], [max(s.latency_ms.p95, 0.1) for s in failed], "x", color=color,
-                     markersize=10)
+            lat.plot(
+                [s.replicas for s in failed],
+                [max(s.latency_ms.p95, 0.1) for s in failed],
+                "x",
+                color=color,
+                markersize=10,
+            )
     ax.axhline(max_connections, color="black", linestyle="--", label=f"max_connections {max_connections}")
     ax.set_ylim(0, top * 1.12)
     ax.set_xlabel("seconds since the variant's first step")

@@ -173,7 +173,7 @@ def _live_processes() -> Iterator[tuple[int, int, str]]:
         try:
             with open(f"/proc/{entry.name}/stat", "rb") as fh:
                 stat = fh.read().decode(errors="replace")
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp …
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp …
             if fields[0] in ("Z", "X"):
                 continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as fh:

@@ -90,8 +90,13 @@ class ReplicaProcess:
             self.proc = forked
             return
         with open(self.log_path, "wb") as log:
-            self.proc = spawn([sys.executable, "-m", "workload"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+            self.proc = spawn(
+                [sys.executable, "-m", "workload"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def summary(self) -> ReplicaSummary | None:
         try:
@@ -159,8 +164,9 @@ class LocalRunner:
                 self.launcher.start()  # it imports the workload while PostgreSQL starts
             pg_spec = self.spec.postgres
             superuser_reserved, reserved = pg_spec.server_reserved()  # a provider's server refuses where it would
-            self.pg = pg = LocalPostgres(pg_spec.max_connections, superuser_reserved, dict(pg_spec.settings),
-                                         reserved_connections=reserved)
+            self.pg = pg = LocalPostgres(
+                pg_spec.max_connections, superuser_reserved, dict(pg_spec.settings), reserved_connections=reserved
+            )
             pg.start()
             self.env = {**os.environ, **workload_env(self.spec), **pg.client_env(), "PGUSER": self.login}
 
@@ -171,8 +177,9 @@ class LocalRunner:
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)
                 ensure_role(connect, self.login, password, use_reserved=self.login == PROVIDER_ADMIN_ROLE)
             self.base_env = dict(self.env)
-            self.monitor = Monitor(connect, self.spec.sampling.interval_ms / 1000, self.t0,
-                                   timeline=self.result.timeline)
+            self.monitor = Monitor(
+                connect, self.spec.sampling.interval_ms / 1000, self.t0, timeline=self.result.timeline
+            )
             self.monitor.start()  # before any load: the monitor must hold its slot first
             run_steps(self.run, self, self.monitor, TIMING)
         except EnvironmentFailure as err:
@@ -208,8 +215,9 @@ class LocalRunner:
         role = self.login
         password = env.get("PGPASSWORD") or secrets.token_urlsafe(24)  # the superuser logs in to the server by trust
         with deferred_signals():
-            self.bouncer = bouncer = LocalPgBouncer(planned.pooler, server_host=pg.host, server_port=pg.port,
-                                                    database=DATABASE, passwords={role: password})
+            self.bouncer = bouncer = LocalPgBouncer(
+                planned.pooler, server_host=pg.host, server_port=pg.port, database=DATABASE, passwords={role: password}
+            )
         bouncer.start()
         self.variant_env = {**env, **bouncer.client_env(), "PGPASSWORD": password}  # every instance, at random
         return [functools.partial(bouncer.admin_connect, i) for i in range(planned.pooler.replicas)]
@@ -258,8 +266,7 @@ class LocalRunner:
             self.progress(event)
         elif isinstance(event, StepStarted):
             planned = event.planned
-            self.result.spans.append(StepSpan(planned.index, planned.replicas, self.now(),
-                                              variant=planned.tag))
+            self.result.spans.append(StepSpan(planned.index, planned.replicas, self.now(), variant=planned.tag))
         elif isinstance(event, StepFinished) and self.result.spans:
             self.result.spans[-1].end = self.now()
 

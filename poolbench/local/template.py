@@ -16,8 +16,18 @@ from pathlib import Path
 from .access import make_dirs
 from .cache import MANIFEST, cache_base, copy_tree, discard, remove_tree, store, verified
 
-LOCALE_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_MONETARY", "LC_NUMERIC",
-              "LC_TIME", "TZ")
+LOCALE_ENV = (
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_COLLATE",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "TZ",
+)
 PG_CONTROL_SIZE = 8192  # PG_CONTROL_FILE_SIZE: pg_control is always one 8 kB block
 
 
@@ -35,9 +45,15 @@ def template_dir(bin_dir: Path, run_as: str | None, initdb_args: list[str]) -> P
         binary = (bin_dir / "postgres").stat()
     except OSError:
         return None
-    key = [str(bin_dir.resolve()), str(binary.st_size), str(binary.st_mtime_ns), *initdb_args,
-           run_as or str(os.geteuid()), os.path.realpath("/etc/localtime"),
-           *(f"{name}={os.environ.get(name, '')}" for name in LOCALE_ENV)]
+    key = [
+        str(bin_dir.resolve()),
+        str(binary.st_size),
+        str(binary.st_mtime_ns),
+        *initdb_args,
+        run_as or str(os.geteuid()),
+        os.path.realpath("/etc/localtime"),
+        *(f"{name}={os.environ.get(name, '')}" for name in LOCALE_ENV),
+    ]
     digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:20]
     return base / f"initdb-{digest}"
 

@@ -60,13 +60,34 @@ STATE_FILE = Path("/run/poolbench-node.json")
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 #: Sysctls a node changes: the kubelet rewrites the first three; pods need forwarding for ClusterIPs
 #: (DNAT to a pod on the same bridge is routed) and bridged traffic through iptables.
-SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward",
-           "net/bridge/bridge-nf-call-iptables")
-NODE_PROCESSES = ("containerd", "containerd-shim", "containerd-shim-runc-v2", "kubelet", "kube-proxy",
-                  "coredns", "pause")
+SYSCTLS = (
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "net/ipv4/ip_forward",
+    "net/bridge/bridge-nf-call-iptables",
+)
+NODE_PROCESSES = (
+    "containerd",
+    "containerd-shim",
+    "containerd-shim-runc-v2",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
+    "pause",
+)
 #: Public registries resolve to a closed local port, so a pull that should not happen fails at once.
-BLOCKED_REGISTRIES = ("docker.io", "registry-1.docker.io", "registry.k8s.io", "k8s.gcr.io", "gcr.io", "quay.io",
-                      "ghcr.io", "public.ecr.aws", "mcr.microsoft.com")
+BLOCKED_REGISTRIES = (
+    "docker.io",
+    "registry-1.docker.io",
+    "registry.k8s.io",
+    "k8s.gcr.io",
+    "gcr.io",
+    "quay.io",
+    "ghcr.io",
+    "public.ecr.aws",
+    "mcr.microsoft.com",
+)
 
 
 class NodeError(RuntimeError):
@@ -156,24 +177,33 @@ class HostSnapshot:
 
     @classmethod
     def take(cls) -> HostSnapshot:
-        return cls(frozenset(_processes()), frozenset(_firewall()), frozenset(_links()), frozenset(_mounts()),
-                   frozenset(_netns()), frozenset(_kubepods_cgroups()), tuple(read_sysctls().items()))
+        return cls(
+            frozenset(_processes()),
+            frozenset(_firewall()),
+            frozenset(_links()),
+            frozenset(_mounts()),
+            frozenset(_netns()),
+            frozenset(_kubepods_cgroups()),
+            tuple(read_sysctls().items()),
+        )
 
     def to_json(self) -> dict:
         return {k: sorted(getattr(self, k)) for k in SNAPSHOT_SETS} | {"sysctls": list(self.sysctls)}
 
     @classmethod
     def from_json(cls, data: dict) -> HostSnapshot:
-        return cls(**{k: frozenset(data[k]) for k in SNAPSHOT_SETS},
-                   sysctls=tuple((k, v) for k, v in data["sysctls"]))
+        return cls(**{k: frozenset(data[k]) for k in SNAPSHOT_SETS}, sysctls=tuple((k, v) for k, v in data["sysctls"]))
 
     def leftovers(self, after: HostSnapshot) -> list[str]:
         """What ``after`` has that this snapshot had not (or changed sysctls), one line each."""
         found = []
         for kind in SNAPSHOT_SETS:
             found += [f"{kind}: {item}" for item in sorted(getattr(after, kind) - getattr(self, kind))]
-        found += [f"sysctl {k}: {v} -> {dict(after.sysctls).get(k)}" for k, v in self.sysctls
-                  if dict(after.sysctls).get(k) != v]
+        found += [
+            f"sysctl {k}: {v} -> {dict(after.sysctls).get(k)}"
+            for k, v in self.sysctls
+            if dict(after.sysctls).get(k) != v
+        ]
         return found
 
 
@@ -203,10 +233,17 @@ def reclaim_stale_node() -> None:
         return
     owner = int(state.get("pid", 0))
     if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
-        raise NodeError(f"a node is already up here (process {owner}, work dir {state.get('work_dir')}): "
-                        "stop it first (Ctrl-C in hack/node.sh)")
-    stale = Cluster(cp_bin=Path(), node_bin=Path(), images_dir=Path(), work_dir=Path(state["work_dir"]),
-                    before=HostSnapshot.from_json(state["before"]))
+        raise NodeError(
+            f"a node is already up here (process {owner}, work dir {state.get('work_dir')}): "
+            "stop it first (Ctrl-C in hack/node.sh)"
+        )
+    stale = Cluster(
+        cp_bin=Path(),
+        node_bin=Path(),
+        images_dir=Path(),
+        work_dir=Path(state["work_dir"]),
+        before=HostSnapshot.from_json(state["before"]),
+    )
     problems = stale.stop(keep_logs=True)
     if problems:
         raise NodeError(f"a node left by process {owner} could not be reclaimed: {problems}")
@@ -231,8 +268,11 @@ class Cluster:
 
     @classmethod
     def from_env(cls) -> Cluster:
-        return cls(cp_bin=find_bin_dir(), node_bin=last_line_of("build-node.sh", "POOLBENCH_NODE_BIN"),
-                   images_dir=last_line_of("build-images.sh", "POOLBENCH_IMAGES"))
+        return cls(
+            cp_bin=find_bin_dir(),
+            node_bin=last_line_of("build-node.sh", "POOLBENCH_NODE_BIN"),
+            images_dir=last_line_of("build-images.sh", "POOLBENCH_IMAGES"),
+        )
 
     @property
     def logs_dir(self) -> Path:
@@ -272,12 +312,14 @@ class Cluster:
             raise NodeError("no CNI plugins (Debian package containernetworking-plugins)")
         reclaim_stale_node()
         if BRIDGE in _links():
-            raise NodeError(f"bridge {BRIDGE} exists but no node recorded it in {STATE_FILE}: "
-                            f"remove it with `ip link del {BRIDGE}`")
+            raise NodeError(
+                f"bridge {BRIDGE} exists but no node recorded it in {STATE_FILE}: remove it with `ip link del {BRIDGE}`"
+            )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.before = HostSnapshot.take()
-        STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "work_dir": str(self.work_dir),
-                                          "before": self.before.to_json()}))
+        STATE_FILE.write_text(
+            json.dumps({"pid": os.getpid(), "work_dir": str(self.work_dir), "before": self.before.to_json()})
+        )
         try:
             self._timed("network", self._network_up)
             self._timed("control plane", self._control_plane_up)
@@ -319,28 +361,46 @@ class Cluster:
             run(["iptables", "-w", *rule])
         net_d = self.work_dir / "cni" / "net.d"
         net_d.mkdir(parents=True)
-        (net_d / "10-poolbench.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": CNI_NETWORK,
-            "plugins": [
-                {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.245.0.10",
-                                                            "gateway": GATEWAY}]],
-                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.work_dir / "cni" / "ipam")}},
-                {"type": "loopback"},
-            ],
-        }, indent=1))
+        (net_d / "10-poolbench.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": CNI_NETWORK,
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR, "rangeStart": "10.245.0.10", "gateway": GATEWAY}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.work_dir / "cni" / "ipam"),
+                            },
+                        },
+                        {"type": "loopback"},
+                    ],
+                },
+                indent=1,
+            )
+        )
 
     def _control_plane_up(self) -> None:
         # Its data inside the node's work dir: a reclaimed node's control plane leaves nothing in /tmp either.
         (self.work_dir / "control-plane").mkdir(parents=True, exist_ok=True)
-        cp = ControlPlane(bin_dir=self.cp_bin, work_dir=self.work_dir / "control-plane", logs_dir=self.logs_dir,
-                          bind_address=GATEWAY)
+        cp = ControlPlane(
+            bin_dir=self.cp_bin, work_dir=self.work_dir / "control-plane", logs_dir=self.logs_dir, bind_address=GATEWAY
+        )
         self.control_plane = cp
         certs = cp.certs
         # The API server talks to the kubelet (logs, exec) with the admin client certificate.
-        cp.extra_apiserver_args = [f"--kubelet-client-certificate={certs.admin_crt}",
-                                   f"--kubelet-client-key={certs.admin_key}",
-                                   "--kubelet-preferred-address-types=InternalIP"]
+        cp.extra_apiserver_args = [
+            f"--kubelet-client-certificate={certs.admin_crt}",
+            f"--kubelet-client-key={certs.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
         try:
             cp.start()
         except ControlPlaneError as err:
@@ -359,17 +419,18 @@ class Cluster:
         for registry in BLOCKED_REGISTRIES:
             (certs_d / registry).mkdir(parents=True)
             (certs_d / registry / "hosts.toml").write_text(
-                f'server = "{closed}"\n[host."{closed}"]\n  capabilities = ["pull", "resolve"]\n')
+                f'server = "{closed}"\n[host."{closed}"]\n  capabilities = ["pull", "resolve"]\n'
+            )
         cni_bin = next(d for d in CNI_BIN_DIRS if Path(d, "bridge").exists())
         config = f"""version = 2
-root = "{base / 'root'}"
-state = "{base / 'state'}"
+root = "{base / "root"}"
+state = "{base / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 [grpc]
   address = "{self.containerd_socket}"
 [ttrpc]
-  address = "{base / 'containerd.sock.ttrpc'}"
+  address = "{base / "containerd.sock.ttrpc"}"
 [debug]
   address = ""
 [metrics]
@@ -386,14 +447,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
-    conf_dir = "{self.work_dir / 'cni' / 'net.d'}"
+    conf_dir = "{self.work_dir / "cni" / "net.d"}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs_d}"
 """
         (base / "config.toml").write_text(config)
         self._spawn("containerd", ["containerd", f"--config={base / 'config.toml'}"])
-        self._wait(lambda: run(["ctr", f"--address={self.containerd_socket}", "version"]).returncode == 0, 60,
-                   "containerd")
+        self._wait(
+            lambda: run(["ctr", f"--address={self.containerd_socket}", "version"]).returncode == 0, 60, "containerd"
+        )
 
     def ctr(self, *args: str, timeout: float = 600) -> str:
         return run(["ctr", f"--address={self.containerd_socket}", "-n", "k8s.io", *args], timeout=timeout).stdout
@@ -413,8 +475,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         corefile.write_text(f""".:53 {{
     bind {GATEWAY}
     errors
-    health 127.0.0.1:{p['dns_health']}
-    ready 127.0.0.1:{p['dns_ready']}
+    health 127.0.0.1:{p["dns_health"]}
+    ready 127.0.0.1:{p["dns_ready"]}
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
         kubeconfig {kubeconfig}
         pods insecure
@@ -428,50 +490,87 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self._spawn("coredns", [str(self.node_bin / "coredns"), "-conf", str(corefile)])
 
         proxy_config = self.work_dir / "kube-proxy.yaml"
-        proxy_config.write_text(yaml.safe_dump({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": kubeconfig}, "mode": "iptables", "clusterCIDR": POD_CIDR,
-            "hostnameOverride": NODE_NAME, "bindAddress": GATEWAY,
-            "healthzBindAddress": f"127.0.0.1:{p['proxy_healthz']}",
-            "metricsBindAddress": f"127.0.0.1:{p['proxy_metrics']}",
-            # Leave the machine's conntrack and route_localnet sysctls alone.
-            "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-            "iptables": {"localhostNodePorts": False},
-        }))
+        proxy_config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                    "kind": "KubeProxyConfiguration",
+                    "clientConnection": {"kubeconfig": kubeconfig},
+                    "mode": "iptables",
+                    "clusterCIDR": POD_CIDR,
+                    "hostnameOverride": NODE_NAME,
+                    "bindAddress": GATEWAY,
+                    "healthzBindAddress": f"127.0.0.1:{p['proxy_healthz']}",
+                    "metricsBindAddress": f"127.0.0.1:{p['proxy_metrics']}",
+                    # Leave the machine's conntrack and route_localnet sysctls alone.
+                    "conntrack": {"maxPerCore": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+                    "iptables": {"localhostNodePorts": False},
+                }
+            )
+        )
         self._spawn("kube-proxy", [str(self.node_bin / "kube-proxy"), f"--config={proxy_config}"])
 
         kubelet_dir = self.work_dir / "kubelet"
         kubelet_dir.mkdir()
         kubelet_config = self.work_dir / "kubelet.yaml"
         assert self.control_plane is not None
-        kubelet_config.write_text(yaml.safe_dump({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": GATEWAY, "port": 10250, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": p["kubelet_healthz"],
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                               "x509": {"clientCAFile": str(self.control_plane.certs.ca_crt)}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-            "resolvConf": "", "clusterDNS": [GATEWAY], "clusterDomain": "cluster.local",
-            "podLogsDir": str(self.work_dir / "pod-logs"),
-            "staticPodPath": "", "registerNode": True, "serializeImagePulls": False,
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "maxPods": 110, "syncFrequency": "10s", "nodeStatusUpdateFrequency": "4s",
-        }))
-        self._spawn("kubelet", [
-            str(self.node_bin / "kubelet"), f"--config={kubelet_config}", f"--kubeconfig={kubeconfig}",
-            f"--root-dir={kubelet_dir}", f"--cert-dir={kubelet_dir / 'pki'}", f"--hostname-override={NODE_NAME}",
-            f"--node-ip={GATEWAY}", "--v=1",
-        ])
+        kubelet_config.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "address": GATEWAY,
+                    "port": 10250,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": p["kubelet_healthz"],
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": False},
+                        "x509": {"clientCAFile": str(self.control_plane.certs.ca_crt)},
+                    },
+                    "authorization": {"mode": "AlwaysAllow"},
+                    "cgroupDriver": "cgroupfs",
+                    "failCgroupV1": False,
+                    "failSwapOn": False,
+                    "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+                    "resolvConf": "",
+                    "clusterDNS": [GATEWAY],
+                    "clusterDomain": "cluster.local",
+                    "podLogsDir": str(self.work_dir / "pod-logs"),
+                    "staticPodPath": "",
+                    "registerNode": True,
+                    "serializeImagePulls": False,
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                    "maxPods": 110,
+                    "syncFrequency": "10s",
+                    "nodeStatusUpdateFrequency": "4s",
+                }
+            )
+        )
+        self._spawn(
+            "kubelet",
+            [
+                str(self.node_bin / "kubelet"),
+                f"--config={kubelet_config}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={kubelet_dir}",
+                f"--cert-dir={kubelet_dir / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={GATEWAY}",
+                "--v=1",
+            ],
+        )
         self._wait(lambda: http_ok(f"http://127.0.0.1:{p['proxy_healthz']}/healthz"), 60, "kube-proxy healthz")
         self._wait(lambda: http_ok(f"http://127.0.0.1:{p['dns_ready']}/ready"), 60, "CoreDNS ready")
         assert self.control_plane is not None
         kube = self.control_plane.client()  # one client for the whole wait
         try:
-            self._wait(lambda: node_ready(kube.get_or_none(f"/api/v1/nodes/{NODE_NAME}")), 120,
-                       f"Node {NODE_NAME} Ready")
+            self._wait(
+                lambda: node_ready(kube.get_or_none(f"/api/v1/nodes/{NODE_NAME}")), 120, f"Node {NODE_NAME} Ready"
+            )
         finally:
             kube.close()
 
@@ -525,10 +624,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _kill_containers(self) -> None:
         """SIGKILL every process in the kubepods cgroups (containers and pause), until none is left."""
+
         def pids() -> set[int]:
             found: set[int] = set()
-            for procs in [*Path("/sys/fs/cgroup/pids").glob("kubepods*/cgroup.procs"),
-                          *Path("/sys/fs/cgroup/pids").glob("kubepods*/**/cgroup.procs")]:
+            for procs in [
+                *Path("/sys/fs/cgroup/pids").glob("kubepods*/cgroup.procs"),
+                *Path("/sys/fs/cgroup/pids").glob("kubepods*/**/cgroup.procs"),
+            ]:
                 with contextlib.suppress(OSError):
                     found |= {int(x) for x in procs.read_text().split()}
             return found
@@ -623,20 +725,29 @@ class Teardown:
 def observed_teardown(cluster: Cluster, kube: Kube, keep_logs: bool = False) -> Teardown:
     """Runs a pod (so there is something to tear down), stops the node and snapshots the host around it."""
     assert cluster.before is not None, "start() first"
-    kube.create("/api/v1/namespaces/default/pods", {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "last"},
-        "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10", "imagePullPolicy": "Never"}]}})
-    wait_for(lambda: kube.get("/api/v1/namespaces/default/pods/last")["status"].get("phase") == "Running", 120,
-             what="a pod to tear down")
+    kube.create(
+        "/api/v1/namespaces/default/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "last"},
+            "spec": {"containers": [{"name": "c", "image": "localhost/pause:3.10", "imagePullPolicy": "Never"}]},
+        },
+    )
+    wait_for(
+        lambda: kube.get("/api/v1/namespaces/default/pods/last")["status"].get("phase") == "Running",
+        120,
+        what="a pod to tear down",
+    )
     during = HostSnapshot.take()
     problems = cluster.stop(keep_logs=keep_logs)
-    return Teardown(cluster=cluster, before=cluster.before, during=during, problems=problems,
-                    after=HostSnapshot.take())
+    return Teardown(cluster=cluster, before=cluster.before, during=during, problems=problems, after=HostSnapshot.take())
 
 
 def _split_rule(rule: str) -> list[str]:
     """An ``iptables-save`` rule line as argv (quoted comments stay one word)."""
     import shlex
+
     return shlex.split(rule)
 
 
@@ -646,6 +757,7 @@ def main() -> None:  # pragma: no cover - a contributor's tool
     cluster.start()
     print(f"ready in {sum(cluster.timings.values()):.0f}s {cluster.timings}")
     print(f"export KUBECONFIG={cluster.kubeconfig}\nCtrl-C (or SIGTERM, SIGHUP) tears it down.", flush=True)
+
     def interrupted(_sig, _frame):
         raise KeyboardInterrupt
 

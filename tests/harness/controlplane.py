@@ -57,8 +57,7 @@ def find_bin_dir() -> Path:
         proc = subprocess.run([str(script)], cwd=ROOT, capture_output=True, text=True)
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
-            raise ControlPlaneError(
-                f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise ControlPlaneError(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         path = Path(lines[-1].strip())
     missing = [b for b in BINARIES if not os.access(path / b, os.X_OK)]
     if missing:
@@ -79,6 +78,7 @@ def free_port(taken: set[int] | None = None) -> int:
 
 # --- certificates --------------------------------------------------------------------------------
 
+
 def _name(cn: str, org: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
     if org:
@@ -87,8 +87,9 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -100,21 +101,36 @@ class Certs:
     dir: Path
 
     @property
-    def ca_crt(self) -> Path: return self.dir / "ca.crt"
+    def ca_crt(self) -> Path:
+        return self.dir / "ca.crt"
+
     @property
-    def ca_key(self) -> Path: return self.dir / "ca.key"
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
     @property
-    def serving_crt(self) -> Path: return self.dir / "apiserver.crt"
+    def serving_crt(self) -> Path:
+        return self.dir / "apiserver.crt"
+
     @property
-    def serving_key(self) -> Path: return self.dir / "apiserver.key"
+    def serving_key(self) -> Path:
+        return self.dir / "apiserver.key"
+
     @property
-    def admin_crt(self) -> Path: return self.dir / "admin.crt"
+    def admin_crt(self) -> Path:
+        return self.dir / "admin.crt"
+
     @property
-    def admin_key(self) -> Path: return self.dir / "admin.key"
+    def admin_key(self) -> Path:
+        return self.dir / "admin.key"
+
     @property
-    def sa_key(self) -> Path: return self.dir / "sa.key"
+    def sa_key(self) -> Path:
+        return self.dir / "sa.key"
+
     @property
-    def sa_pub(self) -> Path: return self.dir / "sa.pub"
+    def sa_pub(self) -> Path:
+        return self.dir / "sa.pub"
 
     def generate(self, extra_ips: tuple[str, ...] = ()) -> Certs:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -122,37 +138,67 @@ class Certs:
         later = now + dt.timedelta(days=2)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = _name("poolbench-test-ca")
-        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now).not_valid_after(later)
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                           content_commitment=False, key_encipherment=False,
-                                           data_encipherment=False, key_agreement=False,
-                                           encipher_only=False, decipher_only=False), critical=True)
-              .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(later)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
 
         def leaf(cn: str, org: str | None, usages, sans=None):
             key = ec.generate_private_key(ec.SECP256R1())
-            b = (x509.CertificateBuilder().subject_name(_name(cn, org)).issuer_name(ca_name)
-                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                 .not_valid_before(now).not_valid_after(later)
-                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                 .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                critical=False))
+            b = (
+                x509.CertificateBuilder()
+                .subject_name(_name(cn, org))
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(later)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            )
             if sans:
                 b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             return key, b.sign(ca_key, hashes.SHA256())
 
         svc_ip = next(ipaddress.IPv4Network(SERVICE_CIDR).hosts())
-        serving_key, serving = leaf("kube-apiserver", None, [ExtendedKeyUsageOID.SERVER_AUTH], [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(svc_ip),
-            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
-            x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default"),
-            x509.DNSName("kubernetes.default.svc"), x509.DNSName("kubernetes.default.svc.cluster.local"),
-        ])
+        serving_key, serving = leaf(
+            "kube-apiserver",
+            None,
+            [ExtendedKeyUsageOID.SERVER_AUTH],
+            [
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                x509.IPAddress(svc_ip),
+                *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
+                x509.DNSName("localhost"),
+                x509.DNSName("kubernetes"),
+                x509.DNSName("kubernetes.default"),
+                x509.DNSName("kubernetes.default.svc"),
+                x509.DNSName("kubernetes.default.svc.cluster.local"),
+            ],
+        )
         admin_key, admin = leaf("poolbench-admin", "system:masters", [ExtendedKeyUsageOID.CLIENT_AUTH])
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -163,8 +209,11 @@ class Certs:
         self.admin_crt.write_bytes(_pem_cert(admin))
         self.admin_key.write_bytes(_pem_key(admin_key))
         self.sa_key.write_bytes(_pem_key(sa_key))
-        self.sa_pub.write_bytes(sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.sa_pub.write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
         for p in self.dir.iterdir():
             os.chmod(p, 0o600)
         return self
@@ -174,9 +223,17 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, *, user: str, client_crt: Path | None = None,
-                     client_key: Path | None = None, token: str | None = None,
-                     namespace: str | None = None) -> Path:
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca: Path,
+    *,
+    user: str,
+    client_crt: Path | None = None,
+    client_key: Path | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+) -> Path:
     creds: dict = {}
     if client_crt is not None:
         assert client_key is not None, "a client certificate needs its key"
@@ -187,7 +244,8 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, user: str, client_crt
     if namespace:
         context["namespace"] = namespace
     doc = {
-        "apiVersion": "v1", "kind": "Config",
+        "apiVersion": "v1",
+        "kind": "Config",
         "clusters": [{"name": "poolbench", "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}],
         "users": [{"name": user, "user": creds}],
         "contexts": [{"name": user, "context": context}],
@@ -235,13 +293,21 @@ def kill_until_gone(list_pids, what: str, attempts: int = 50) -> None:
     raise RuntimeError(f"{what} survived SIGKILL")
 
 
-def spawn_logged(name: str, argv: list[str], logs_dir: Path, cwd: Path,
-                 env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn_logged(
+    name: str, argv: list[str], logs_dir: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """A long-running component: its own process group, output in ``logs_dir/NAME.log``, killed with us."""
     with open(logs_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                start_new_session=True, preexec_fn=_die_with_parent,
-                                env=None if env is None else {**os.environ, **env})
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=None if env is None else {**os.environ, **env},
+        )
 
 
 def log_tail(logs_dir: Path, name: str, lines: int = 40) -> str:
@@ -252,15 +318,23 @@ def log_tail(logs_dir: Path, name: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_running(check, deadline: float, what: str, watched: dict[str, subprocess.Popen], logs_dir: Path,
-                 error: type[Exception] = ControlPlaneError) -> None:
+def wait_running(
+    check,
+    deadline: float,
+    what: str,
+    watched: dict[str, subprocess.Popen],
+    logs_dir: Path,
+    error: type[Exception] = ControlPlaneError,
+) -> None:
     """Polls ``check()`` (exceptions mean "not yet") until it is true; fails at once, with the log's
     tail, when a watched component exits, and with every tail at the deadline."""
     while True:
         for name, proc in watched.items():
             if proc.poll() is not None:
-                raise error(f"{name} exited with {proc.returncode} while waiting for {what} "
-                            f"(logs: {logs_dir}):\n{log_tail(logs_dir, name)}")
+                raise error(
+                    f"{name} exited with {proc.returncode} while waiting for {what} "
+                    f"(logs: {logs_dir}):\n{log_tail(logs_dir, name)}"
+                )
         with contextlib.suppress(Exception):
             if check():
                 return
@@ -309,63 +383,116 @@ class ControlPlane:
             p[name] = free_port(taken)
         self.server = f"https://{self.bind_address}:{p['apiserver']}"
         self.kubeconfig = kubeconfig = write_kubeconfig(
-            self.work_dir / "admin.kubeconfig", self.server, certs.ca_crt,
-            user="admin", client_crt=certs.admin_crt, client_key=certs.admin_key)
+            self.work_dir / "admin.kubeconfig",
+            self.server,
+            certs.ca_crt,
+            user="admin",
+            client_crt=certs.admin_crt,
+            client_key=certs.admin_key,
+        )
 
         etcd_url = f"http://127.0.0.1:{p['etcd']}"
         peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
-        self._spawn("etcd", [
-            "--name=default", f"--data-dir={self.work_dir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.work_dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
         self._wait(lambda: self._http_ok(f"{etcd_url}/health"), deadline, "etcd /health", ["etcd"])
 
-        self._spawn("kube-apiserver", [
-            f"--etcd-servers={etcd_url}",
-            f"--secure-port={p['apiserver']}", f"--bind-address={self.bind_address}",
-            f"--advertise-address={self.bind_address}",
-            f"--endpoint-reconciler-type={'none' if self.bind_address == '127.0.0.1' else 'lease'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-            "--authorization-mode=Node,RBAC",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={certs.sa_pub}",
-            f"--service-account-signing-key-file={certs.sa_key}",
-            f"--client-ca-file={certs.ca_crt}",
-            f"--tls-cert-file={certs.serving_crt}", f"--tls-private-key-file={certs.serving_key}",
-            f"--cert-dir={self.work_dir / 'apiserver-certs'}",
-            "--enable-admission-plugins=ServiceAccount,NamespaceLifecycle",
-            "--profiling=false", *self.extra_apiserver_args,
-        ])
-        self._wait(lambda: self._https_ok(f"{self.server}/readyz"), deadline, "kube-apiserver /readyz",
-                   ["etcd", "kube-apiserver"])
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                f"--secure-port={p['apiserver']}",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
+                f"--endpoint-reconciler-type={'none' if self.bind_address == '127.0.0.1' else 'lease'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={certs.sa_pub}",
+                f"--service-account-signing-key-file={certs.sa_key}",
+                f"--client-ca-file={certs.ca_crt}",
+                f"--tls-cert-file={certs.serving_crt}",
+                f"--tls-private-key-file={certs.serving_key}",
+                f"--cert-dir={self.work_dir / 'apiserver-certs'}",
+                "--enable-admission-plugins=ServiceAccount,NamespaceLifecycle",
+                "--profiling=false",
+                *self.extra_apiserver_args,
+            ],
+        )
+        self._wait(
+            lambda: self._https_ok(f"{self.server}/readyz"),
+            deadline,
+            "kube-apiserver /readyz",
+            ["etcd", "kube-apiserver"],
+        )
 
         kc = str(self.kubeconfig)
-        self._spawn("kube-controller-manager", [
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false", "--use-service-account-credentials=false", "--controllers=*",
-            f"--service-account-private-key-file={certs.sa_key}", f"--root-ca-file={certs.ca_crt}",
-            "--bind-address=127.0.0.1", f"--secure-port={p['controller_manager']}",
-            f"--cert-dir={self.work_dir / 'kcm-certs'}",
-            "--node-monitor-period=2s",
-        ])
-        self._spawn("kube-scheduler", [
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}",
-            f"--cert-dir={self.work_dir / 'scheduler-certs'}",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--controllers=*",
+                f"--service-account-private-key-file={certs.sa_key}",
+                f"--root-ca-file={certs.ca_crt}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['controller_manager']}",
+                f"--cert-dir={self.work_dir / 'kcm-certs'}",
+                "--node-monitor-period=2s",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={self.work_dir / 'scheduler-certs'}",
+            ],
+        )
         everything = list(self.processes)
-        self._wait(lambda: self._https_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz", verify=False),
-                   deadline, "kube-controller-manager /healthz", everything)
-        self._wait(lambda: self._https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", verify=False),
-                   deadline, "kube-scheduler /healthz", everything)
+        self._wait(
+            lambda: self._https_ok(f"https://127.0.0.1:{p['controller_manager']}/healthz", verify=False),
+            deadline,
+            "kube-controller-manager /healthz",
+            everything,
+        )
+        self._wait(
+            lambda: self._https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz", verify=False),
+            deadline,
+            "kube-scheduler /healthz",
+            everything,
+        )
         # The service-account controller (in the controller manager) is really working:
         from .kube import Kube
+
         kube = Kube(kubeconfig)
         try:
-            self._wait(lambda: kube.get_or_none("/api/v1/namespaces/default/serviceaccounts/default"),
-                       deadline, "the default ServiceAccount (controller manager working)", everything)
+            self._wait(
+                lambda: kube.get_or_none("/api/v1/namespaces/default/serviceaccounts/default"),
+                deadline,
+                "the default ServiceAccount (controller manager working)",
+                everything,
+            )
         finally:
             kube.close()
         return self
@@ -400,6 +527,7 @@ class ControlPlane:
     def client(self):
         """A ``kube.Kube`` with admin rights."""
         from .kube import Kube
+
         assert self.kubeconfig is not None, "start() the control plane first"
         return Kube(self.kubeconfig)
 
@@ -409,15 +537,19 @@ class ControlPlane:
         try:
             resp = kube.create(
                 f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-                {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                 "spec": {"expirationSeconds": expiration_seconds}},
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": {"expirationSeconds": expiration_seconds},
+                },
             )
         finally:
             kube.close()
         token = resp["status"]["token"]
         path = self.work_dir / f"sa-{namespace}-{name}.kubeconfig"
-        return write_kubeconfig(path, self.server, self.certs.ca_crt, user=f"{namespace}-{name}",
-                                token=token, namespace=namespace)
+        return write_kubeconfig(
+            path, self.server, self.certs.ca_crt, user=f"{namespace}-{name}", token=token, namespace=namespace
+        )
 
     def stop(self, keep_logs: bool = False) -> None:
         """Stops every component by PID (reverse start order); removes the data; logs kept on request."""

@@ -47,21 +47,39 @@ class Kube:
     def close(self) -> None:
         self.api.close()
 
-    def _call(self, method: str, path: str, body: Any, query: dict | None, content_type: str | None,
-              timeout: Any):
+    def _call(self, method: str, path: str, body: Any, query: dict | None, content_type: str | None, timeout: Any):
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         query_list = [(k, v) for k, v in (query or {}).items() if v is not None]
         m, url, hdrs, b, post = self.api.param_serialize(
-            method=method, resource_path=path, query_params=query_list, header_params=headers,
-            body=body, auth_settings=["BearerToken"],
+            method=method,
+            resource_path=path,
+            query_params=query_list,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
         )
-        return self.api.call_api(m, url, header_params=hdrs, body=b, post_params=post,
-                                 _request_timeout=timeout if timeout is not None else self.timeout)
+        return self.api.call_api(
+            m,
+            url,
+            header_params=hdrs,
+            body=b,
+            post_params=post,
+            _request_timeout=timeout if timeout is not None else self.timeout,
+        )
 
-    def request(self, method: str, path: str, body: Any = None, *, query: dict | None = None,
-                content_type: str | None = None, timeout: Any = None, raw: bool = False):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict | None = None,
+        content_type: str | None = None,
+        timeout: Any = None,
+        raw: bool = False,
+    ):
         resp = self._call(method, path, body, query, content_type, timeout)
         data = resp.read()
         if not 200 <= resp.status < 300:
@@ -99,8 +117,7 @@ class Kube:
     def items(self, path: str, **query) -> list[dict]:
         return self.get(path, query=query or None)["items"]
 
-    def watch(self, path: str, query: dict | None = None, timeout_seconds: int = 60,
-              on_open=None) -> Iterator[dict]:
+    def watch(self, path: str, query: dict | None = None, timeout_seconds: int = 60, on_open=None) -> Iterator[dict]:
         """Yields watch events ({type, object}); ends when the server closes the watch.
 
         ``on_open(close)`` receives a function that aborts the watch from another thread.
@@ -145,6 +162,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "con
 def _shutdown(raw) -> None:
     """Unblocks a thread reading a streaming response (closing alone can wait on the read)."""
     import socket
+
     try:
         sock = getattr(getattr(raw, "connection", None), "sock", None)
         if sock is not None:

@@ -16,17 +16,27 @@ from .kube import Kube, wait_for
 def create_namespace(kube: Kube, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
     """A fresh namespace, returned once its default ServiceAccount exists (pods need it)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                       "metadata": {"name": name, "labels": labels or {}}})
-    wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30,
-             what=f"ServiceAccount {name}/default")
+    kube.create(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}},
+    )
+    wait_for(
+        lambda: kube.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+        30,
+        what=f"ServiceAccount {name}/default",
+    )
     return name
 
 
 def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     """``kubectl`` against ``control_plane`` (anything with a ``kubeconfig``); raises on failure if ``check``."""
-    proc = subprocess.run(["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args], capture_output=True,
-                          text=True, input=input, timeout=120)
+    proc = subprocess.run(
+        ["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -35,11 +45,13 @@ def kubectl(control_plane, *args: str, check: bool = True, input: str | None = N
 def install_manifests(control_plane: ControlPlane, kube: Kube) -> None:
     """CRD + RBAC installed with kubectl, as a user would."""
     kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
-    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev",
-            "--timeout=60s")
+    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev", "--timeout=60s")
     kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
-    wait_for(lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
-             30, what="operator ServiceAccount")
+    wait_for(
+        lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
+        30,
+        what="operator ServiceAccount",
+    )
 
 
 class OperatorProcess:
@@ -50,13 +62,31 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
-               "POOLBENCH_WATCH_TIMEOUT": "30", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
+            "POOLBENCH_WATCH_TIMEOUT": "30",
+            "PYTHONPATH": str(ROOT),
+        }
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "-m", "poolbench_operator.handlers", "--standalone",
-                 "--all-namespaces", "--verbose"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "kopf",
+                    "run",
+                    "-m",
+                    "poolbench_operator.handlers",
+                    "--standalone",
+                    "--all-namespaces",
+                    "--verbose",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
             )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

@@ -23,32 +23,58 @@ def helm_binary() -> str:
 def helm_install(cluster: Cluster) -> subprocess.CompletedProcess:
     """``helm install --wait`` of charts/poolbench with the locally built images (never pulled)."""
     return subprocess.run(
-        [helm_binary(), "install", "poolbench", str(ROOT / "charts/poolbench"), f"--kubeconfig={cluster.kubeconfig}",
-         "--set", f"image.operator={OPERATOR_IMAGE}", "--set", f"image.workload={WORKLOAD_IMAGE}",
-         "--set", "image.pullPolicy=Never", "--wait", "--timeout=180s"],
-        capture_output=True, text=True, timeout=240)
+        [
+            helm_binary(),
+            "install",
+            "poolbench",
+            str(ROOT / "charts/poolbench"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "--set",
+            f"image.operator={OPERATOR_IMAGE}",
+            "--set",
+            f"image.workload={WORKLOAD_IMAGE}",
+            "--set",
+            "image.pullPolicy=Never",
+            "--wait",
+            "--timeout=180s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def save_operator_log(cluster: Cluster) -> None:
     """The operator pod's log tail, kept with the node's logs (while the node is still up)."""
     if not cluster.stopped:
-        log = kubectl(cluster, "-n", "poolbench-system", "logs", "deploy/poolbench-operator", "--tail=200",
-                      check=False).stdout
+        log = kubectl(
+            cluster, "-n", "poolbench-system", "logs", "deploy/poolbench-operator", "--tail=200", check=False
+        ).stdout
         (cluster.logs_dir / "operator-tail.log").write_text(log)
 
 
 def operator_pod(kube: Kube) -> dict:
-    pods = [p for p in kube.items("/api/v1/namespaces/poolbench-system/pods",
-                                  labelSelector="app.kubernetes.io/name=poolbench-operator")
-            if not p["metadata"].get("deletionTimestamp")]
+    pods = [
+        p
+        for p in kube.items(
+            "/api/v1/namespaces/poolbench-system/pods", labelSelector="app.kubernetes.io/name=poolbench-operator"
+        )
+        if not p["metadata"].get("deletionTimestamp")
+    ]
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     return pods[0]
 
 
 def create_restricted_namespace(kube: Kube, prefix: str) -> str:
     """A fresh namespace that enforces Pod Security Admission ``restricted`` on every pod."""
-    return create_namespace(kube, prefix, labels={"pod-security.kubernetes.io/enforce": "restricted",
-                                                  "pod-security.kubernetes.io/enforce-version": "latest"})
+    return create_namespace(
+        kube,
+        prefix,
+        labels={
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        },
+    )
 
 
 #: What ``record`` quoted during this run, in order (the node tier prints it at the end).

@@ -72,8 +72,7 @@ def control_plane():
 def pod_runner(control_plane):
     if not shutil.which("ip") or not shutil.which("setpriv"):
         pytest.fail("the pod runner needs iproute2 (ip netns) and util-linux (setpriv)", pytrace=False)
-    runner = PodRunner(control_plane.kubeconfig, logs_dir=control_plane.logs_dir / "pods",
-                       python_path=[str(ROOT)])
+    runner = PodRunner(control_plane.kubeconfig, logs_dir=control_plane.logs_dir / "pods", python_path=[str(ROOT)])
     try:
         runner.start()
         runner.wait_node_ready(60)

@@ -21,18 +21,30 @@ pytestmark = pytest.mark.k8s
 
 # The same corpus as the CLI's, less what is not a PoolBenchmark document at all (raw YAML text,
 # another kind or apiVersion: those never reach this resource's schema).
-CORPUS = [(doc, field) for doc, field in MALFORMED
-          if isinstance(doc, dict) and doc.get("kind") == "PoolBenchmark"
-          and doc.get("apiVersion") == "poolbench.dev/v1alpha1"]
+CORPUS = [
+    (doc, field)
+    for doc, field in MALFORMED
+    if isinstance(doc, dict)
+    and doc.get("kind") == "PoolBenchmark"
+    and doc.get("apiVersion") == "poolbench.dev/v1alpha1"
+]
 CORPUS += [
-    ({**quick("absurd-interval"), "spec": {**quick("x")["spec"], "sampling": {"intervalMs": 10**9}}},
-     "spec.sampling.intervalMs"),
+    (
+        {**quick("absurd-interval"), "spec": {**quick("x")["spec"], "sampling": {"intervalMs": 10**9}}},
+        "spec.sampling.intervalMs",
+    ),
     ({**quick("many-steps"), "spec": {**quick("x")["spec"], "steps": list(range(1, 200))}}, "spec.steps"),
-    ({**quick("nonascii-setting"), "spec": {**quick("x")["spec"], "postgres": {"settings": {"wörk_mem": "4MB"}}}},
-     "spec.postgres.settings"),
-    ({**quick("forbidden-setting"),
-      "spec": {**quick("x")["spec"], "postgres": {"settings": {"listen_addresses": "*"}}}},
-     "spec.postgres.settings"),
+    (
+        {**quick("nonascii-setting"), "spec": {**quick("x")["spec"], "postgres": {"settings": {"wörk_mem": "4MB"}}}},
+        "spec.postgres.settings",
+    ),
+    (
+        {
+            **quick("forbidden-setting"),
+            "spec": {**quick("x")["spec"], "postgres": {"settings": {"listen_addresses": "*"}}},
+        },
+        "spec.postgres.settings",
+    ),
 ]
 
 
@@ -44,8 +56,9 @@ def test_bad_input_corpus_is_rejected_with_field_paths(operator: Any, control_pl
         doc = yaml.safe_load(yaml.safe_dump(doc))
         if not doc["metadata"].get("name") or doc["metadata"]["name"] == "t":
             doc["metadata"]["name"] = f"bad-{i}"
-        proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(doc, allow_unicode=True),
-                       check=False)
+        proc = kubectl(
+            control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(doc, allow_unicode=True), check=False
+        )
         if proc.returncode != 0:
             assert field.split("[")[0].split(".")[-1] in proc.stderr or field in proc.stderr, (field, proc.stderr)
             assert "Traceback" not in proc.stderr

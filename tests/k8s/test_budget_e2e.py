@@ -16,20 +16,34 @@ from .test_operator_e2e import apply_benchmark, quick, wait_phase
 pytestmark = pytest.mark.k8s
 
 
-def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(operator: Any, control_plane: Any, kube: Any,
-                                                                     pod_runner: Any) -> None:
+def test_a_search_with_worker_processes_and_a_rollout_in_the_cluster(
+    operator: Any, control_plane: Any, kube: Any, pod_runner: Any
+) -> None:
     # Per replica: 2 processes × QueuePool min(2 threads, 2 + 0) = 4 connections; 14 − the monitor = 13
     # usable: 3 replicas fit (12), 4 do not (16). A rollout of 3 with maxSurge 1 needs 16: it fails.
     ns = create_namespace(kube, "budget")
-    doc = quick("budget", steps={"search": {"min": 1, "max": 6}}, postgres={"maxConnections": 14},
-                rollout={"maxSurge": 1, "measure": True},
-                workload={"threads": 2, "processes": 2, "durationSeconds": 8, "holdSeconds": 3, "onError": "count",
-                          "statement": "SELECT pg_sleep(0.2)", "engine": {"poolSize": 2, "maxOverflow": 0}})
+    doc = quick(
+        "budget",
+        steps={"search": {"min": 1, "max": 6}},
+        postgres={"maxConnections": 14},
+        rollout={"maxSurge": 1, "measure": True},
+        workload={
+            "threads": 2,
+            "processes": 2,
+            "durationSeconds": 8,
+            "holdSeconds": 3,
+            "onError": "count",
+            "statement": "SELECT pg_sleep(0.2)",
+            "engine": {"poolSize": 2, "maxOverflow": 0},
+        },
+    )
     apply_benchmark(control_plane, ns, doc)
     status = wait_phase(kube, ns, "budget", timeout=420)["status"]
     verdict = status["verdict"]
-    assert (verdict["maxSafeReplicas"], verdict["firstFailingReplicas"]) == (3, 4), (status["message"],
-                                                                                   operator.log()[-3000:])
+    assert (verdict["maxSafeReplicas"], verdict["firstFailingReplicas"]) == (3, 4), (
+        status["message"],
+        operator.log()[-3000:],
+    )
     assert verdict["predictedMaxSafeReplicas"] == 3
     probes = [s for s in status["variants"][0]["steps"] if s.get("rolloutFrom") is None]
     assert [s["replicas"] for s in probes] == [3, 4]  # the prediction, confirmed in two probes

@@ -35,8 +35,9 @@ def benchmark(kube: Any, namespace: str, name: str) -> dict[str, Any]:
     return cast("dict[str, Any]", kube.get(f"{GROUP_PATH}/namespaces/{namespace}/poolbenchmarks/{name}"))
 
 
-def wait_phase(kube: Any, namespace: str, name: str, phases: tuple[str, ...] = TERMINAL,
-               timeout: float = 300) -> dict[str, Any]:
+def wait_phase(
+    kube: Any, namespace: str, name: str, phases: tuple[str, ...] = TERMINAL, timeout: float = 300
+) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         obj = benchmark(kube, namespace, name)
         return obj if (obj.get("status") or {}).get("phase") in phases else None
@@ -127,19 +128,36 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert first["connectionAgeSeconds"]["max"] > 0
     # Conditions in step with the phase, and `kubectl wait` works on the finished benchmark.
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
-    assert conditions == {"Ready": ("False", "StepFailed"), "Reconciling": ("False", "Finished"),
-                          "Stalled": ("False", "Finished")}
+    assert conditions == {
+        "Ready": ("False", "StepFailed"),
+        "Reconciling": ("False", "Finished"),
+        "Stalled": ("False", "Finished"),
+    }
     assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
-    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Reconciling=false", "poolbenchmark/seed-small",
-            "--timeout=20s")
-    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready=false", "poolbenchmark/seed-small",
-            "--timeout=20s")
+    kubectl(
+        control_plane,
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Reconciling=false",
+        "poolbenchmark/seed-small",
+        "--timeout=20s",
+    )
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready=false", "poolbenchmark/seed-small", "--timeout=20s")
 
     table = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
     assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
-    assert row.split()[:8] == ["seed-small", "Failed", "2/2", "8", str(status["peakConnections"]), "30",
-                               str(status["failures"]), "2"]
+    assert row.split()[:8] == [
+        "seed-small",
+        "Failed",
+        "2/2",
+        "8",
+        str(status["peakConnections"]),
+        "30",
+        str(status["failures"]),
+        "2",
+    ]
     reasons = {e["reason"] for e in events(kube, ns, "seed-small")}
     assert {"StepStarted", "StepPassed", "StepFailed", "Finished"} <= reasons, reasons
 
@@ -152,16 +170,24 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert password not in json.dumps(events(kube, ns, "seed-small"))
     assert password not in operator.log()
 
-    assert_scaled_down_then_collected(kube, ns, "seed-small",
-                                      lambda: kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "seed-small",
-                                                      "--timeout=90s"))
+    assert_scaled_down_then_collected(
+        kube,
+        ns,
+        "seed-small",
+        lambda: kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "seed-small", "--timeout=90s"),
+    )
 
 
-def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed: Any, control_plane: Any,
-                                                                  kube: Any) -> None:
+def test_malformed_is_rejected_by_the_api_server_with_field_paths(
+    installed: Any, control_plane: Any, kube: Any
+) -> None:
     ns = create_namespace(kube, "bad")
-    bad = small_seed("bad-one", steps=[0], workload={"threads": "six", "engine": {"poolClass": "MagicPool"}},
-                     sampling={"intervalMs": 1})
+    bad = small_seed(
+        "bad-one",
+        steps=[0],
+        workload={"threads": "six", "engine": {"poolClass": "MagicPool"}},
+        sampling={"intervalMs": 1},
+    )
     proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert proc.returncode != 0
     # spec.steps is a list or {search: …}, which no structural schema can say: the operator checks it
@@ -169,8 +195,9 @@ def test_malformed_is_rejected_by_the_api_server_with_field_paths(installed: Any
     for path in ("spec.workload.threads", "spec.workload.engine.poolClass", "spec.sampling.intervalMs"):
         assert path in proc.stderr, (path, proc.stderr)
     # strict field validation (kubectl's default) refuses unknown fields by path before the schema
-    proc = kubectl(control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(small_seed("x1", bogus=True)),
-                   check=False)
+    proc = kubectl(
+        control_plane, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(small_seed("x1", bogus=True)), check=False
+    )
     assert proc.returncode != 0
     assert 'unknown field "spec.bogus"' in proc.stderr
     too_long = small_seed("x" * 45)
@@ -204,10 +231,18 @@ def test_every_manifest_and_the_chart_pass_server_dry_run(installed: Any, contro
         if path.parent.name == "examples":
             args = ["-n", "default", *args]
         kubectl(control_plane, *args)
-    helm = os.environ.get("POOLBENCH_HELM") or subprocess.run(
-        [str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True, check=True).stdout.split()[-1]
-    rendered = subprocess.run([helm, "template", "poolbench", str(ROOT / "charts/poolbench"), "--include-crds"],
-                              capture_output=True, text=True, check=True).stdout
+    helm = (
+        os.environ.get("POOLBENCH_HELM")
+        or subprocess.run(
+            [str(ROOT / "hack/build-helm.sh")], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    )
+    rendered = subprocess.run(
+        [helm, "template", "poolbench", str(ROOT / "charts/poolbench"), "--include-crds"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     chart = tmp_path / "chart.yaml"
     chart.write_text(rendered)
     kubectl(control_plane, "apply", "--dry-run=server", "-f", str(chart))
@@ -215,16 +250,24 @@ def test_every_manifest_and_the_chart_pass_server_dry_run(installed: Any, contro
 
 def quick(name: str, **spec: Any) -> dict[str, Any]:
     """A benchmark that passes in a few seconds per step."""
-    doc: dict[str, Any] = {"apiVersion": "poolbench.dev/v1alpha1", "kind": "PoolBenchmark", "metadata": {"name": name},
-           "spec": {"postgres": {"maxConnections": 20},
-                    "workload": {"threads": 2, "iterations": 10, "holdSeconds": 1, "onError": "count"},
-                    "steps": [1, 2], "stepTimeoutSeconds": 90}}
+    doc: dict[str, Any] = {
+        "apiVersion": "poolbench.dev/v1alpha1",
+        "kind": "PoolBenchmark",
+        "metadata": {"name": name},
+        "spec": {
+            "postgres": {"maxConnections": 20},
+            "workload": {"threads": 2, "iterations": 10, "holdSeconds": 1, "onError": "count"},
+            "steps": [1, 2],
+            "stepTimeoutSeconds": 90,
+        },
+    }
     doc["spec"].update(spec)
     return doc
 
 
 def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_steps(
-        operator: Any, control_plane: Any, kube: Any) -> None:
+    operator: Any, control_plane: Any, kube: Any
+) -> None:
     """SIGKILL the operator 10 times at seeded random moments while 3 benchmarks run."""
     import random
 
@@ -274,13 +317,21 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(operator: Any, control_plane: Any,
-                                                                               kube: Any) -> None:
+def test_postgres_pod_killed_mid_step_fails_the_step_and_the_operator_survives(
+    operator: Any, control_plane: Any, kube: Any
+) -> None:
     """The database restarts under the workload; status says so, the monitor reconnects."""
     ns = create_namespace(kube, "pgkill")
-    apply_benchmark(control_plane, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
-                                             workload={"threads": 2, "durationSeconds": 8, "holdSeconds": 1,
-                                                       "onError": "count"}))
+    apply_benchmark(
+        control_plane,
+        ns,
+        quick(
+            "pgkill",
+            steps=[2, 2],
+            stopOnFailure=False,
+            workload={"threads": 2, "durationSeconds": 8, "holdSeconds": 1, "onError": "count"},
+        ),
+    )
 
     def running_step() -> Any:
         status = benchmark(kube, ns, "pgkill").get("status") or {}
@@ -318,11 +369,21 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
-    for denied in (["get", "secrets", "-n", "default"], ["get", "secrets", "-n", "kube-system"],
-                   ["get", "secrets/other", "-n", "poolbench-system"], ["list", "secrets", "-A"],
-                   ["watch", "secrets", "-n", "default"], ["update", "secrets", "-n", "x"],
-                   ["create", "pods", "-n", "default"], ["create", "pods/exec", "-n", "default"],
-                   ["delete", "pods", "-n", "default"], ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
-                   ["create", "clusterrolebindings"], ["patch", "nodes"], ["update", "customresourcedefinitions"],
-                   ["delete", "namespaces"], ["get", "configmaps", "-n", "kube-system"]):
+    for denied in (
+        ["get", "secrets", "-n", "default"],
+        ["get", "secrets", "-n", "kube-system"],
+        ["get", "secrets/other", "-n", "poolbench-system"],
+        ["list", "secrets", "-A"],
+        ["watch", "secrets", "-n", "default"],
+        ["update", "secrets", "-n", "x"],
+        ["create", "pods", "-n", "default"],
+        ["create", "pods/exec", "-n", "default"],
+        ["delete", "pods", "-n", "default"],
+        ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
+        ["create", "clusterrolebindings"],
+        ["patch", "nodes"],
+        ["update", "customresourcedefinitions"],
+        ["delete", "namespaces"],
+        ["get", "configmaps", "-n", "kube-system"],
+    ):
         assert not can(*denied), denied

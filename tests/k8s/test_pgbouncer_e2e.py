@@ -22,17 +22,37 @@ POOL = 2
 
 
 def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict[str, Any]:
-    return quick(name, steps=list(steps), cleanup="ScaleDown",
-                 workload={"threads": 4, "iterations": 10, "holdSeconds": 1, "role": "app", "onError": "count",
-                           "statement": "SELECT pg_sleep(0.05)"},
-                 variants=[{"name": "direct"},
-                           {"name": "tx", "pooler": {"type": "PgBouncer", "poolMode": "transaction",
-                                                      "defaultPoolSize": POOL, "maxClientConn": 50},
-                            "engine": {"poolClass": "NullPool"}}])
+    return quick(
+        name,
+        steps=list(steps),
+        cleanup="ScaleDown",
+        workload={
+            "threads": 4,
+            "iterations": 10,
+            "holdSeconds": 1,
+            "role": "app",
+            "onError": "count",
+            "statement": "SELECT pg_sleep(0.05)",
+        },
+        variants=[
+            {"name": "direct"},
+            {
+                "name": "tx",
+                "pooler": {
+                    "type": "PgBouncer",
+                    "poolMode": "transaction",
+                    "defaultPoolSize": POOL,
+                    "maxClientConn": 50,
+                },
+                "engine": {"poolClass": "NullPool"},
+            },
+        ],
+    )
 
 
-def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane: Any, kube: Any,
-                                                    pod_runner: Any) -> None:
+def test_direct_and_pgbouncer_variants_side_by_side(
+    operator: Any, control_plane: Any, kube: Any, pod_runner: Any
+) -> None:
     ns = create_namespace(kube, "pgb")
     apply_benchmark(control_plane, ns, ab("ab"))
     obj = wait_phase(kube, ns, "ab", timeout=300)
@@ -64,9 +84,12 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane
     # cleanup ScaleDown: the workloads and the pooler at 0, PostgreSQL kept
     for name in ("ab--direct-workload", "ab--tx-workload", "ab--tx-pgbouncer"):
         assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")["spec"]["replicas"] == 0, name
-    wait_for(lambda: not kube.items(f"/api/v1/namespaces/{ns}/pods",
-                                    labelSelector="app.kubernetes.io/component=pgbouncer"),
-             60, interval=1.0, what="the pooler pods gone")
+    wait_for(
+        lambda: not kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=pgbouncer"),
+        60,
+        interval=1.0,
+        what="the pooler pods gone",
+    )
     messages = [e["message"] for e in events(kube, ns, "ab")]
     assert any("through PgBouncer transaction" in m for m in messages), messages
     assert any("PgBouncer scaled to 0" in m for m in messages), messages
@@ -76,8 +99,9 @@ def test_direct_and_pgbouncer_variants_side_by_side(operator: Any, control_plane
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
-def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, control_plane: Any, kube: Any,
-                                                              pod_runner: Any) -> None:
+def test_operator_killed_during_the_pooled_variant_resumes_it(
+    operator: Any, control_plane: Any, kube: Any, pod_runner: Any
+) -> None:
     ns = create_namespace(kube, "pgbkill")
     apply_benchmark(control_plane, ns, ab("abk", steps=(2, 3)))
 
@@ -85,8 +109,11 @@ def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, con
         status = benchmark(kube, ns, "abk").get("status") or {}
         variants = status.get("variants") or []
         steps = variants[1].get("steps") if len(variants) > 1 else []
-        return (status.get("currentVariant") == "tx" and steps
-                and (steps[-1].get("pooler") or {}).get("clientPeakConnections", 0) > 0)
+        return (
+            status.get("currentVariant") == "tx"
+            and steps
+            and (steps[-1].get("pooler") or {}).get("clientPeakConnections", 0) > 0
+        )
 
     wait_for(pooled_step_running, 240, interval=0.3, what="load on tx's first step")
     before = benchmark(kube, ns, "abk")["status"]
@@ -96,8 +123,9 @@ def test_operator_killed_during_the_pooled_variant_resumes_it(operator: Any, con
     assert status["phase"] == "Completed", (status.get("message"), operator.log()[-3000:])
     direct, tx = status["variants"]
     kept = [(s["replicas"], s["startedAt"], s["finishedAt"], s["outcome"]) for s in direct["steps"]]
-    assert kept == [(s["replicas"], s["startedAt"], s["finishedAt"], s["outcome"])
-                    for s in before["variants"][0]["steps"]], (direct, before)  # finished before the kill: not redone
+    assert kept == [
+        (s["replicas"], s["startedAt"], s["finishedAt"], s["outcome"]) for s in before["variants"][0]["steps"]
+    ], (direct, before)  # finished before the kill: not redone
     assert [s["replicas"] for s in tx["steps"]] == [2, 3], tx
     assert all(s["outcome"] == "Passed" for s in tx["steps"]), tx
     for step in tx["steps"]:

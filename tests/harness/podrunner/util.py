@@ -60,9 +60,10 @@ _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 
 def expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion ($$ escapes; unknown references stay as they are)."""
+
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         return env.get(m.group(1), m.group(0))
-    return _VAR_REF.sub(sub, value)
 
+    return _VAR_REF.sub(sub, value)

