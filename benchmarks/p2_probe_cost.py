@@ -44,9 +44,9 @@ class Sampling:
         return total
 
     def __enter__(self) -> Sampling:
-        conn = self.probe._conn
-        assert conn is not None, "the probe is opened in __init__"
-        self.backend = psutil.Process(conn.get_backend_pid())
+        pid = self.probe.backend_pid()
+        assert pid is not None, "the probe is opened in __init__"
+        self.backend = psutil.Process(pid)
         self.t = time.monotonic()
         self.thread.start()
         self.cpu0 = self._cpu()

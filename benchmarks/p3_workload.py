@@ -197,7 +197,7 @@ def profile_hot_loop(pg: LocalPostgres, iterations: int) -> tuple[str, float]:
         replica = Replica(cfg)
         prof = cProfile.Profile()
         t = time.perf_counter()
-        prof.runcall(replica._caller)
+        prof.runcall(replica.caller)
         elapsed = time.perf_counter() - t
         replica.engine.dispose()
     finally:

@@ -369,7 +369,7 @@ class Replica:
                 self.first_error_class = outcome
                 self.first_error_at = time.time()
 
-    def _caller(self) -> None:
+    def caller(self) -> None:
         """One caller thread. The statement runs as raw SQL (``exec_driver_sql``): sent as written, with
         no bind-parameter parsing (``:word`` in a JSON or time literal, ``%`` in a LIKE pattern stay
         literal); an invalid statement fails, and is counted, at each attempt.
@@ -393,8 +393,8 @@ class Replica:
         finally:
             caller.done()
 
-    async def _caller_async(self) -> None:
-        """``_caller`` as a task on the replica's event loop (asyncpg): the same attempts, clocks and tallies."""
+    async def caller_async(self) -> None:
+        """``caller`` as a task on the replica's event loop (asyncpg): the same attempts, clocks and tallies."""
         statement, begin, perf = self.cfg.statement, self.engine.begin, time.perf_counter
         caller = CallerTally(self)
         try:
@@ -458,7 +458,7 @@ class Replica:
                 if self.stop.is_set():
                     break
         else:
-            threads = [threading.Thread(target=self._caller, daemon=True) for _ in range(self.cfg.threads)]
+            threads = [threading.Thread(target=self.caller, daemon=True) for _ in range(self.cfg.threads)]
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
@@ -486,7 +486,7 @@ class Replica:
     async def _async_lifecycle(self, work_done: threading.Event, held: threading.Event) -> None:
         """asyncpg: the callers as tasks, then the hold (the pool keeps its ghosts), then dispose, all on
         the one event loop the connections belong to."""
-        await asyncio.gather(*(self._caller_async() for _ in range(self.cfg.threads)))
+        await asyncio.gather(*(self.caller_async() for _ in range(self.cfg.threads)))
         work_done.set()
         await asyncio.get_running_loop().run_in_executor(None, held.wait)
         await self.engine.dispose()

@@ -87,6 +87,10 @@ class Probe:
         self.server_started_at = started
         self._conn = conn
 
+    def backend_pid(self) -> int | None:
+        """The monitor session's server process (its cost is measured per process), None before open()."""
+        return None if self._conn is None else self._conn.get_backend_pid()
+
     def read(self, t: float) -> Sample:
         try:
             with self._lock:
