@@ -9,10 +9,14 @@ selected tiers need are made (``tests.harness.builds``) unless their environment
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from poolbench.local.embedded import LocalPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +67,7 @@ BASE_DOC: dict[str, Any] = {
 }
 
 
-def make_doc(name: str = "t", **spec) -> dict:
+def make_doc(name: str = "t", **spec: Any) -> dict[str, Any]:
     doc = copy.deepcopy(BASE_DOC)
     doc["metadata"]["name"] = name
     doc["spec"].update(spec)
@@ -71,7 +75,7 @@ def make_doc(name: str = "t", **spec) -> dict:
 
 
 @pytest.fixture(scope="session")
-def local_pg():
+def local_pg() -> Iterator[LocalPostgres]:
     """One real PostgreSQL for probe/workload tests that don't need their own limits."""
     from poolbench.local.embedded import LocalPostgres
 

@@ -27,6 +27,7 @@ from poolbench.core.spec import SpecError
 from poolbench.local import access, binaries, embedded, serverlog
 from poolbench.local import cache as cache_store
 from poolbench.local import template as initdb_template
+from poolbench.local.cache import copy_tree
 from poolbench.local.embedded import (
     CACHE_ENV,
     MANIFEST,
@@ -145,7 +146,7 @@ def stored_by_an_older_poolbench(template: Path, _mp: pytest.MonkeyPatch) -> Non
 
 
 def copy_fails(template: Path, mp: pytest.MonkeyPatch) -> None:
-    real = initdb_template.copy_tree
+    real = copy_tree
     failed: list[Path] = []
 
     def flaky(src: Path, dst: Path, keep_owner: bool = True) -> None:

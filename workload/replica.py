@@ -337,12 +337,12 @@ class Replica:
     def _set_phase(self, phase: ReplicaPhase) -> None:
         self.metrics.set_phase(phase)
 
-    def _on_checkout(self, *_args) -> None:
+    def _on_checkout(self, *_args: object) -> None:
         with self.lock:
             self.checked_out += 1
             self.peak_checked_out = max(self.peak_checked_out, self.checked_out)
 
-    def _on_checkin(self, *_args) -> None:
+    def _on_checkin(self, *_args: object) -> None:
         with self.lock:
             self.checked_out -= 1
 

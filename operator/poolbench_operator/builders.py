@@ -92,7 +92,7 @@ def variant_names(spec: PoolBenchmarkSpec) -> list[str | None]:
     return [v.name for v in spec.variants] if spec.variants else [None]
 
 
-def container_security() -> dict:
+def container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -101,7 +101,7 @@ def container_security() -> dict:
     }
 
 
-def build_secret(benchmark: str, superuser_password: str, app_password: str) -> dict:
+def build_secret(benchmark: str, superuser_password: str, app_password: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -127,7 +127,7 @@ def postgres_args(spec: PoolBenchmarkSpec) -> list[str]:
     return args
 
 
-def build_postgres_service(benchmark: str) -> dict:
+def build_postgres_service(benchmark: str) -> dict[str, Any]:
     names = Names(benchmark)
     return {
         "apiVersion": "v1",
@@ -140,7 +140,7 @@ def build_postgres_service(benchmark: str) -> dict:
     }
 
 
-def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict:
+def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict[str, Any]:
     names = Names(benchmark)
     secret_ref = {"secretKeyRef": {"name": names.secret, "key": SECRET_SUPERUSER_KEY}}
     return {
@@ -227,7 +227,7 @@ def rollout_strategy(spec: PoolBenchmarkSpec) -> dict[str, Any]:
 
 def build_workload_deployment(
     benchmark: str, spec: PoolBenchmarkSpec, image: str, variant: VariantSpec | None = None
-) -> dict:
+) -> dict[str, Any]:
     """The replicas. After the hold each pod stays up (done), so a Deployment never restarts a finished one.
     ``variant``: one of ``spec.variants`` (its engine; its pooler's Service as PGHOST when pooled)."""
     names = Names(benchmark, variant.name if variant else None)
@@ -292,7 +292,7 @@ def build_pooler_secret(
     *,
     workload_password: str,
     admin_password: str,
-) -> dict:
+) -> dict[str, Any]:
     """The variant's ``pgbouncer.ini`` and auth file: the workload's role (its own password: PgBouncer
     logs in to the server with it) and the admin-console user the operator samples with."""
     names = Names(benchmark, variant)
@@ -315,7 +315,7 @@ def build_pooler_secret(
     }
 
 
-def build_pooler_service(benchmark: str, variant: str) -> dict:
+def build_pooler_service(benchmark: str, variant: str) -> dict[str, Any]:
     names = Names(benchmark, variant)
     return {
         "apiVersion": "v1",
@@ -328,7 +328,7 @@ def build_pooler_service(benchmark: str, variant: str) -> dict:
     }
 
 
-def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) -> dict:
+def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) -> dict[str, Any]:
     """``pooler.replicas`` PgBouncer pods reading their configuration from the Secret (read-only).
 
     The pod runs as ``pooler.run_as_user`` (the image's pgbouncer user: PgBouncer refuses root) and
@@ -388,7 +388,7 @@ def build_children(
     superuser_password: str,
     app_password: str,
     pooler_admin_password: str | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Everything one benchmark owns, in creation order (each pooler before the workload that uses it)."""
     children = [
         build_secret(benchmark, superuser_password, app_password),

@@ -189,7 +189,7 @@ class Driver:
     def connect(self, **extra: Any) -> psycopg2.extensions.connection:
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
         host, port = postgres_host(self.kube, self.names, self.config.postgres_address)
-        return psycopg2.connect(
+        conn: psycopg2.extensions.connection = psycopg2.connect(
             host=host,
             port=port,
             user=SUPERUSER,
@@ -198,6 +198,7 @@ class Driver:
             connect_timeout=5,
             **extra,
         )
+        return conn
 
     def ensure_app_role(self) -> None:
         """The normal role for ``role: app``; again after a database restart (emptyDir: a new cluster)."""

@@ -22,9 +22,10 @@ import kopf
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import invalid_status
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
+from poolbench.core.steploop import Stopped
 
 from .config import Config
-from .driver import TERMINAL, Driver, Stopped
+from .driver import TERMINAL, Driver
 from .kube import Kube, load_config, operator_key
 
 

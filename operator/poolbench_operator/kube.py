@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .procs import adopt_group, deferred_signals, kill_group, spawn
 
@@ -28,7 +29,7 @@ LAUNCHER_ENV = "POOLBENCH_LAUNCHER"  # "off": every replica is its own ``python 
 LAUNCHER_READY_SECONDS = 30.0
 
 
-def _launcher_send(message: dict) -> None:
+def _launcher_send(message: dict[str, Any]) -> None:
     data = (json.dumps(message) + "\n").encode()
     while data:
         data = data[os.write(1, data) :]
@@ -107,7 +108,7 @@ class LauncherProcess:
             self.children.discard(pid)
             _launcher_send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
-    def fork_replica(self, request: dict) -> None:
+    def fork_replica(self, request: dict[str, Any]) -> None:
         """Fork one replica and answer with its pid once it leads its own session."""
         sync_r, sync_w = os.pipe()
         try:
@@ -209,13 +210,13 @@ class ForkedProcess:
 class ReplicaLauncher:
     """Runner side of the launcher: ``spawn()`` returns a ForkedProcess, or None to fall back."""
 
-    def __init__(self):
-        self.proc: subprocess.Popen | None = None
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.dead = False
         self.cond = threading.Condition()
         self.exits: dict[int, int] = {}
-        self.replies: list[dict | None] = []
+        self.replies: list[dict[str, Any] | None] = []
         self.spawn_lock = threading.Lock()
         self.reader: threading.Thread | None = None
 

@@ -171,7 +171,10 @@ class LocalRunner:
             self.env = {**os.environ, **workload_env(self.spec), **pg.client_env(), "PGUSER": self.login}
 
             def connect(**extra: Any) -> psycopg2.extensions.connection:
-                return psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **extra)
+                conn: psycopg2.extensions.connection = psycopg2.connect(
+                    **pg.connect_kwargs(), connect_timeout=5, **extra
+                )
+                return conn
 
             if self.login != SUPERUSER:
                 self.env["PGPASSWORD"] = password = secrets.token_urlsafe(24)

@@ -29,8 +29,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
 
 import yaml
 
@@ -187,11 +190,11 @@ class HostSnapshot:
             tuple(read_sysctls().items()),
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {k: sorted(getattr(self, k)) for k in SNAPSHOT_SETS} | {"sysctls": list(self.sysctls)}
 
     @classmethod
-    def from_json(cls, data: dict) -> HostSnapshot:
+    def from_json(cls, data: dict[str, Any]) -> HostSnapshot:
         return cls(**{k: frozenset(data[k]) for k in SNAPSHOT_SETS}, sysctls=tuple((k, v) for k, v in data["sysctls"]))
 
     def leftovers(self, after: HostSnapshot) -> list[str]:
@@ -219,7 +222,7 @@ def write_sysctl(name: str, value: str) -> None:
     (Path("/proc/sys") / name).write_text(value + "\n")
 
 
-def node_ready(node: dict | None) -> bool:
+def node_ready(node: dict[str, Any] | None) -> bool:
     conditions = (node or {}).get("status", {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
@@ -260,7 +263,7 @@ class Cluster:
     images_dir: Path
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="poolbench-node-")))
     control_plane: ControlPlane | None = None
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     before: HostSnapshot | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -331,7 +334,7 @@ class Cluster:
             raise
         return self
 
-    def _timed(self, what: str, step) -> None:
+    def _timed(self, what: str, step: Callable[[], object]) -> None:
         t0 = time.monotonic()
         step()
         self.timings[what] = round(time.monotonic() - t0, 1)
@@ -409,7 +412,7 @@ class Cluster:
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.processes[name] = spawn_logged(name, argv, self.logs_dir, self.work_dir)
 
-    def _wait(self, check, timeout: float, what: str) -> None:
+    def _wait(self, check: Callable[[], object], timeout: float, what: str) -> None:
         wait_running(check, time.monotonic() + timeout, what, self.processes, self.logs_dir, NodeError)
 
     def _containerd_up(self) -> None:
@@ -582,7 +585,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.stopped = True
         problems: list[str] = []
 
-        def attempt(what: str, action) -> None:
+        def attempt(what: str, action: Callable[..., object]) -> None:
             try:
                 action()
             except Exception as err:  # noqa: BLE001 - go on tearing down, report at the end
@@ -758,7 +761,7 @@ def main() -> None:  # pragma: no cover - a contributor's tool
     print(f"ready in {sum(cluster.timings.values()):.0f}s {cluster.timings}")
     print(f"export KUBECONFIG={cluster.kubeconfig}\nCtrl-C (or SIGTERM, SIGHUP) tears it down.", flush=True)
 
-    def interrupted(_sig, _frame):
+    def interrupted(_sig: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     # Installed explicitly: a shell's background job inherits SIGINT ignored, and Python keeps that.

@@ -27,14 +27,19 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from .kube import Kube
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -69,7 +74,7 @@ def free_port(taken: set[int] | None = None) -> int:
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+            port: int = s.getsockname()[1]
         if taken is None or port not in taken:
             if taken is not None:
                 taken.add(port)
@@ -86,7 +91,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _pem_key(key) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -165,7 +170,12 @@ class Certs:
             .sign(ca_key, hashes.SHA256())
         )
 
-        def leaf(cn: str, org: str | None, usages, sans=None):
+        def leaf(
+            cn: str,
+            org: str | None,
+            usages: list[x509.ObjectIdentifier],
+            sans: list[x509.GeneralName] | None = None,
+        ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             key = ec.generate_private_key(ec.SECP256R1())
             b = (
                 x509.CertificateBuilder()
@@ -234,7 +244,7 @@ def write_kubeconfig(
     token: str | None = None,
     namespace: str | None = None,
 ) -> Path:
-    creds: dict = {}
+    creds: dict[str, Any] = {}
     if client_crt is not None:
         assert client_key is not None, "a client certificate needs its key"
         creds = {"client-certificate-data": _b64(client_crt), "client-key-data": _b64(client_key)}
@@ -266,7 +276,7 @@ def _die_with_parent() -> None:  # runs in the child before exec (started from t
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``grace``; by PID (each component is its own process group)."""
     if proc.poll() is not None:
         return
@@ -280,7 +290,7 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             continue
 
 
-def kill_until_gone(list_pids, what: str, attempts: int = 50) -> None:
+def kill_until_gone(list_pids: Callable[[], Iterable[int]], what: str, attempts: int = 50) -> None:
     """SIGKILLs whatever ``list_pids()`` returns until it returns nothing (processes that fork as they die)."""
     for _ in range(attempts):
         pids = list_pids()
@@ -295,7 +305,7 @@ def kill_until_gone(list_pids, what: str, attempts: int = 50) -> None:
 
 def spawn_logged(
     name: str, argv: list[str], logs_dir: Path, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen:
+) -> subprocess.Popen[bytes]:
     """A long-running component: its own process group, output in ``logs_dir/NAME.log``, killed with us."""
     with open(logs_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
@@ -319,10 +329,10 @@ def log_tail(logs_dir: Path, name: str, lines: int = 40) -> str:
 
 
 def wait_running(
-    check,
+    check: Callable[[], object],
     deadline: float,
     what: str,
-    watched: dict[str, subprocess.Popen],
+    watched: dict[str, subprocess.Popen[bytes]],
     logs_dir: Path,
     error: type[Exception] = ControlPlaneError,
 ) -> None:
@@ -356,7 +366,7 @@ class ControlPlane:
     logs_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="poolbench-k8s-logs-")))
     server: str = ""
     kubeconfig: Path | None = None
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     #: Where kube-apiserver listens and what it advertises. A real node binds it on the pod bridge's
     #: address, so pods reach it through the ``kubernetes`` Service (its endpoint is then reconciled).
@@ -503,7 +513,7 @@ class ControlPlane:
     def log_tail(self, name: str, lines: int = 40) -> str:
         return log_tail(self.logs_dir, name, lines)
 
-    def _wait(self, check, deadline: float, what: str, watched: list[str]) -> None:
+    def _wait(self, check: Callable[[], object], deadline: float, what: str, watched: list[str]) -> None:
         wait_running(check, deadline, what, {n: self.processes[n] for n in watched}, self.logs_dir)
 
     @staticmethod
@@ -524,7 +534,7 @@ class ControlPlane:
         return http_ok(url, timeout=3, context=self._ssl_context(verify))
 
     # ---------------------------------------------------------------------------------------------
-    def client(self):
+    def client(self) -> Kube:
         """A ``kube.Kube`` with admin rights."""
         from .kube import Kube
 

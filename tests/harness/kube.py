@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ class Kube:
     def close(self) -> None:
         self.api.close()
 
-    def _call(self, method: str, path: str, body: Any, query: dict | None, content_type: str | None, timeout: Any):
+    def _call(
+        self, method: str, path: str, body: Any, query: dict[str, Any] | None, content_type: str | None, timeout: Any
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -75,11 +77,11 @@ class Kube:
         path: str,
         body: Any = None,
         *,
-        query: dict | None = None,
+        query: dict[str, Any] | None = None,
         content_type: str | None = None,
         timeout: Any = None,
         raw: bool = False,
-    ):
+    ) -> Any:
         resp = self._call(method, path, body, query, content_type, timeout)
         data = resp.read()
         if not 200 <= resp.status < 300:
@@ -89,10 +91,10 @@ class Kube:
         return json.loads(data) if data else None
 
     # conveniences -----------------------------------------------------------------------------
-    def get(self, path: str, **kw):
+    def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
-    def get_or_none(self, path: str, **kw):
+    def get_or_none(self, path: str, **kw: Any) -> Any:
         try:
             return self.get(path, **kw)
         except KubeError as err:
@@ -100,13 +102,13 @@ class Kube:
                 return None
             raise
 
-    def create(self, path: str, body: dict, **kw):
+    def create(self, path: str, body: dict[str, Any], **kw: Any) -> Any:
         return self.request("POST", path, body, **kw)
 
-    def patch(self, path: str, body: Any, content_type: str = SMP, **kw):
+    def patch(self, path: str, body: Any, content_type: str = SMP, **kw: Any) -> Any:
         return self.request("PATCH", path, body, content_type=content_type, **kw)
 
-    def delete(self, path: str, body: dict | None = None, *, missing_ok: bool = True, **kw):
+    def delete(self, path: str, body: dict[str, Any] | None = None, *, missing_ok: bool = True, **kw: Any) -> Any:
         try:
             return self.request("DELETE", path, body, **kw)
         except KubeError as err:
@@ -114,10 +116,17 @@ class Kube:
                 return None
             raise
 
-    def items(self, path: str, **query) -> list[dict]:
-        return self.get(path, query=query or None)["items"]
+    def items(self, path: str, **query: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get(path, query=query or None)["items"]
+        return items
 
-    def watch(self, path: str, query: dict | None = None, timeout_seconds: int = 60, on_open=None) -> Iterator[dict]:
+    def watch(
+        self,
+        path: str,
+        query: dict[str, Any] | None = None,
+        timeout_seconds: int = 60,
+        on_open: Callable[[Callable[[], None]], object] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Yields watch events ({type, object}); ends when the server closes the watch.
 
         ``on_open(close)`` receives a function that aborts the watch from another thread.
@@ -142,7 +151,7 @@ class Kube:
             raw.release_conn()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
+def wait_for(predicate: Callable[..., Any], timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
     """Polls ``predicate`` until it returns a truthy value; raises TimeoutError with the last value/error."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -159,7 +168,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "con
         time.sleep(interval)
 
 
-def _shutdown(raw) -> None:
+def _shutdown(raw: Any) -> None:
     """Unblocks a thread reading a streaming response (closing alone can wait on the read)."""
     import socket
 

@@ -8,9 +8,17 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 from .controlplane import ROOT, ControlPlane
 from .kube import Kube, wait_for
+
+
+class HasKubeconfig(Protocol):
+    """A control plane or a cluster: whatever ``kubectl`` can point at."""
+
+    @property
+    def kubeconfig(self) -> Path | None: ...
 
 
 def create_namespace(kube: Kube, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
@@ -28,7 +36,9 @@ def create_namespace(kube: Kube, prefix: str = "t", labels: dict[str, str] | Non
     return name
 
 
-def kubectl(control_plane, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+def kubectl(
+    control_plane: HasKubeconfig, *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``kubectl`` against ``control_plane`` (anything with a ``kubeconfig``); raises on failure if ``check``."""
     proc = subprocess.run(
         ["kubectl", f"--kubeconfig={control_plane.kubeconfig}", *args],
@@ -59,7 +69,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: Path, log_path: Path):
         self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {

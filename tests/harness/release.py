@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 from .builds import ensure
-from .cluster import ROOT, Cluster
+from .cluster import Cluster
+from .controlplane import ROOT
 from .kube import Kube
 from .operator import create_namespace, kubectl
 
@@ -20,7 +22,7 @@ def helm_binary() -> str:
     return str(ensure("POOLBENCH_HELM"))
 
 
-def helm_install(cluster: Cluster) -> subprocess.CompletedProcess:
+def helm_install(cluster: Cluster) -> subprocess.CompletedProcess[str]:
     """``helm install --wait`` of charts/poolbench with the locally built images (never pulled)."""
     return subprocess.run(
         [
@@ -53,7 +55,7 @@ def save_operator_log(cluster: Cluster) -> None:
         (cluster.logs_dir / "operator-tail.log").write_text(log)
 
 
-def operator_pod(kube: Kube) -> dict:
+def operator_pod(kube: Kube) -> dict[str, Any]:
     pods = [
         p
         for p in kube.items(

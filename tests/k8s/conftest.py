@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import TypedDict
+from collections.abc import Generator, Iterator
+from typing import Any, TypedDict
 
 import pytest
 
@@ -36,20 +37,20 @@ _state: _State = {"failed": False, "kept_logs": None}
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
     if report.failed:
         _state["failed"] = True
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _state["kept_logs"]:
         terminalreporter.write_sep("-", f"k8s logs kept in {_state['kept_logs']}")
 
 
 @pytest.fixture(scope="session")
-def control_plane():
+def control_plane() -> Iterator[ControlPlane]:
     try:
         cp = ControlPlane.from_env()
     except ControlPlaneError as err:
@@ -69,9 +70,10 @@ def control_plane():
 
 
 @pytest.fixture(scope="session")
-def pod_runner(control_plane):
+def pod_runner(control_plane: ControlPlane) -> Iterator[PodRunner]:
     if not shutil.which("ip") or not shutil.which("setpriv"):
         pytest.fail("the pod runner needs iproute2 (ip netns) and util-linux (setpriv)", pytrace=False)
+    assert control_plane.kubeconfig is not None, "the control plane has started"
     runner = PodRunner(control_plane.kubeconfig, logs_dir=control_plane.logs_dir / "pods", python_path=[str(ROOT)])
     try:
         runner.start()
@@ -85,14 +87,15 @@ def pod_runner(control_plane):
 
 
 @pytest.fixture(scope="session")
-def kube(control_plane):
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    assert control_plane.kubeconfig is not None, "the control plane has started"
     client = Kube(control_plane.kubeconfig)
     yield client
     client.close()
 
 
 @pytest.fixture
-def namespace(kube, request):
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     prefix = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().removeprefix("test_"))[:20].strip("-")
     name = create_namespace(kube, prefix)
     yield name
@@ -100,14 +103,14 @@ def namespace(kube, request):
 
 
 @pytest.fixture(scope="session")
-def installed(control_plane, kube):
+def installed(control_plane: ControlPlane, kube: Kube) -> ControlPlane:
     """CRD + RBAC installed with kubectl, as a user would."""
     install_manifests(control_plane, kube)
     return control_plane
 
 
 @pytest.fixture(scope="session")
-def operator(installed, pod_runner):
+def operator(installed: ControlPlane, pod_runner: PodRunner) -> Iterator[OperatorProcess]:
     kubeconfig = installed.kubeconfig_for_service_account("poolbench-system", "poolbench-operator")
     op = OperatorProcess(kubeconfig, installed.logs_dir / "operator.log")
     op.start()

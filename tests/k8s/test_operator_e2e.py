@@ -362,7 +362,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
 
     def can(*args: str) -> bool:
         proc = kubectl(control_plane, "auth", "can-i", f"--as={sa}", *args, check=False)
-        return cast(str, proc.stdout).strip() == "yes"
+        return proc.stdout.strip() == "yes"
 
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")

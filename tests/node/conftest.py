@@ -15,6 +15,8 @@ directory when a test failed or POOLBENCH_K8S_KEEP_LOGS=1; the path is printed.
 from __future__ import annotations
 
 import os
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 
@@ -31,14 +33,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: "node_teardown" in getattr(item, "fixturenames", ()))
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if REPORT:
         terminalreporter.write_sep("-", "node tier: quoted outputs")
         terminalreporter.write("".join(REPORT) + "\n")
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     if outcome.get_result().failed:
         _failed["any"] = True
@@ -49,7 +51,7 @@ def keep_logs() -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster() -> Iterator[Cluster]:
     try:
         node = Cluster.from_env()
     except NodeError as err:
@@ -68,14 +70,14 @@ def cluster():
 
 
 @pytest.fixture(scope="session")
-def kube(cluster):
+def kube(cluster: Cluster) -> Iterator[Kube]:
     client = Kube(cluster.kubeconfig)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
-def helm_release(cluster, kube):
+def helm_release(cluster: Cluster, kube: Kube) -> Iterator[str]:
     """``helm install`` of charts/poolbench: the chart's CRD, RBAC and Deployment, the local images."""
     proc = helm_install(cluster)
     if proc.returncode != 0:
@@ -88,7 +90,7 @@ def helm_release(cluster, kube):
 
 
 @pytest.fixture(scope="session")
-def node_teardown(cluster, kube) -> Teardown:
+def node_teardown(cluster: Cluster, kube: Kube) -> Teardown:
     """The session's node torn down, with a pod running until then: what it left, observed."""
     save_operator_log(cluster)
     if keep_logs():

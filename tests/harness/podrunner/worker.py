@@ -613,9 +613,11 @@ class PodWorker(threading.Thread):
     def _value_from(self, c: Container, vf: dict[str, Any]) -> str | None:
         """An env entry's ``valueFrom``: a secret's or config map's key, a pod field or a resource; None when absent."""
         if "secretKeyRef" in vf:
-            return self._lookup("secret", vf["secretKeyRef"], vf["secretKeyRef"]["key"])
+            secret_key: str = vf["secretKeyRef"]["key"]
+            return self._lookup("secret", vf["secretKeyRef"], secret_key)
         if "configMapKeyRef" in vf:
-            return self._lookup("configmap", vf["configMapKeyRef"], vf["configMapKeyRef"]["key"])
+            config_key: str = vf["configMapKeyRef"]["key"]
+            return self._lookup("configmap", vf["configMapKeyRef"], config_key)
         if "fieldRef" in vf:
             return self._field(vf["fieldRef"]["fieldPath"])
         if "resourceFieldRef" in vf:
