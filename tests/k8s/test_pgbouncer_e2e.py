@@ -6,9 +6,12 @@ operator samples its admin console by pod IP, as it reaches PostgreSQL.
 
 from __future__ import annotations
 
+import base64
 import signal
+import time
 from typing import Any
 
+import psycopg2
 import pytest
 
 from tests.harness.kube import wait_for
@@ -48,6 +51,34 @@ def ab(name: str, steps: tuple[int, ...] = (3,)) -> dict[str, Any]:
             },
         ],
     )
+
+
+def sessions_opened_while_idle(kube: Any, ns: str, name: str, seconds: float) -> int:
+    """Sessions the benchmark's PostgreSQL pod established over ``seconds`` with no workload running
+    (``pg_stat_database.sessions``, beside this one): anything the pod's own checks open would be
+    counted in a step's peak."""
+    secret = kube.get(f"/api/v1/namespaces/{ns}/secrets/{name}-credentials")
+    password = base64.b64decode(secret["data"]["postgres-password"]).decode()
+    ip = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}-postgres-0")["status"]["podIP"]
+    conn = psycopg2.connect(host=ip, port=5432, user="postgres", password=password, dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET stats_fetch_consistency = none")
+
+            def sessions() -> int:
+                cur.execute("SELECT pg_stat_force_next_flush()")
+                time.sleep(1.0)  # another backend's counts reach shared memory when it flushes or exits
+                cur.execute("SELECT sum(sessions)::int FROM pg_stat_database")
+                row = cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+            before = sessions()
+            time.sleep(seconds)
+            return sessions() - before
+    finally:
+        conn.close()
 
 
 def test_direct_and_pgbouncer_variants_side_by_side(
@@ -90,6 +121,7 @@ def test_direct_and_pgbouncer_variants_side_by_side(
         interval=1.0,
         what="the pooler pods gone",
     )
+    assert sessions_opened_while_idle(kube, ns, "ab", seconds=7) == 0  # readiness checks log in to nothing
     messages = [e["message"] for e in events(kube, ns, "ab")]
     assert any("through PgBouncer transaction" in m for m in messages), messages
     assert any("PgBouncer scaled to 0" in m for m in messages), messages
