@@ -408,7 +408,9 @@ def save_results(
 def cmd_run(args: argparse.Namespace) -> int:
     bench = runnable_benchmark(args)  # SpecError → exit 2 in main()
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _interrupt_once)
+        # One its starter ignores stays ignored: `nohup poolbench run` must outlive a closed terminal.
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _interrupt_once)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # even if whoever started us had them blocked
     from rich.console import Console
     from rich.markup import escape

@@ -95,7 +95,14 @@ def run_tmpdir() -> Iterator[Path]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def start_run(path: Path, tmpdir: Path) -> subprocess.Popen[str]:
+def start_run(path: Path, tmpdir: Path, ignored: tuple[signal.Signals, ...] = ()) -> subprocess.Popen[str]:
+    """``poolbench run`` as a terminal starts it: the stop signals at their defaults (whatever this test
+    process inherited, e.g. under nohup), except those ``ignored`` as its starter would."""
+
+    def dispositions() -> None:  # pragma: no cover - runs in the child between fork and exec
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+
     return subprocess.Popen(
         [sys.executable, "-m", "poolbench.cli", "run", str(path)],
         cwd=ROOT,
@@ -103,6 +110,7 @@ def start_run(path: Path, tmpdir: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=dispositions,
     )
 
 
@@ -183,6 +191,30 @@ def test_signal_cleans_up_everything(tmp_path: Path, sig: signal.Signals, moment
         # 130: interrupted and cleaned up; -sig: the signal came before the handlers were installed
         # (still importing), when nothing had been started yet.
         signal_and_check(proc, sig, tmpdir, (130, -sig) if moment == "imports" else (130,))
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path: Path) -> None:
+    """Started with SIGHUP ignored (``nohup poolbench run``): a hangup in the middle of a step changes
+    nothing, the run finishes both steps and cleans up as usual."""
+    spec = make_doc(
+        name="nohup",
+        steps=[2, 3],
+        workload={"threads": 4, "iterations": 20, "holdSeconds": 2},
+        postgres={"maxConnections": 30},
+    )
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with run_tmpdir() as tmpdir:
+        proc = start_run(path, tmpdir, ignored=(signal.SIGHUP,))
+        wait_until(proc, lambda: holding(tmpdir, "nohup", 1), "step1")
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+        assert "interrupted" not in err, err
+        assert "Verdict:" in out, out
+        assert processes_of(tmpdir) == {}, err
+        assert list(tmpdir.iterdir()) == [], err
 
 
 # -- pooled variants, worker processes, a search, a measured rollout: at moments the run shows ------------
