@@ -57,6 +57,7 @@ MONITOR_KILLERS = [
 ]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("settings", MONITOR_KILLERS, ids=[",".join(s) for s in MONITOR_KILLERS])
 def test_the_monitor_is_immune_to_the_servers_timeouts(settings: dict[str, str]) -> None:
     (step,) = run_steps("immune", [2], settings, onError="count", iterations=1, holdSeconds=2.5,
