@@ -75,6 +75,7 @@ MONITOR_KILLERS = [
 ]
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("settings", MONITOR_KILLERS, ids=[",".join(s) for s in MONITOR_KILLERS])
 def test_the_monitor_is_immune_to_the_servers_timeouts(settings: dict[str, str]) -> None:
     (step,) = run_steps(

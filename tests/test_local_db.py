@@ -250,6 +250,7 @@ def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
     assert plot.stat().st_size > 10_000
 
 
+@pytest.mark.serial  # any run's directory in /tmp counts, a parallel test's too
 def test_cleanup_leaves_nothing_behind() -> None:
     import glob
 

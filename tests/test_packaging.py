@@ -2,19 +2,21 @@
 
 The wheel is built the way the Dockerfile's build stage builds it (``pip wheel --no-deps .``) and
 installed into fresh virtualenvs: without extras (the workload image) and with ``[operator]`` (the
-operator image). Dependencies come from the package index through pip's cache.
+operator image). The virtualenvs are made and filled by uv (the same resolution from the package index
+as pip's, in seconds rather than a minute), its cache outside the repository.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uv import find_uv_bin
 
 from poolbench.local.embedded import LocalPostgres
 from tests.conftest import ROOT
@@ -38,10 +40,22 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def install(target: Path, requirement: str) -> Path:
-    venv.create(target, with_pip=True)
+    """A fresh virtualenv on this interpreter at ``target`` with ``requirement`` and its dependencies."""
+    uv = find_uv_bin()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "poolbench" / "uv"
+    env = {**os.environ, "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_CONFIG": "1"}
+    made = subprocess.run(
+        [uv, "venv", "--quiet", "--python", sys.executable, str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=target.parent,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
     python = target / "bin" / "python"
     result = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement],
+        [uv, "pip", "install", "--quiet", "--python", str(python), requirement],
+        env=env,
         capture_output=True,
         text=True,
         cwd=target,

@@ -45,6 +45,7 @@ def run(
     return runner.run_local(parse_document(doc)).status
 
 
+@pytest.mark.serial
 def test_threads_queue_behind_a_small_pool_and_a_wait_limit_fails_the_step() -> None:
     status = run("queued", replicas=2, threads=8, pool=2, limits={"maxCheckoutWaitP95Ms": 50})
     step = status.variants[0].steps[0]
@@ -66,6 +67,7 @@ def test_threads_queue_behind_a_small_pool_and_a_wait_limit_fails_the_step() -> 
     assert step.peak_by_wait_event_type.get("Timeout") == 4
 
 
+@pytest.mark.serial
 def test_a_connection_per_thread_waits_for_nothing_and_runs_at_threads_per_sleep() -> None:
     status = run("direct", replicas=2, threads=4, pool=4, limits={"maxCheckoutWaitP95Ms": 50}, iterations=10)
     step = status.variants[0].steps[0]
@@ -132,6 +134,7 @@ def limit_run(name: str, limit_ms: float, iterations: int) -> BenchmarkStatus:
     return runner.run_local(parse_document(doc)).status
 
 
+@pytest.mark.serial
 def test_a_latency_limit_is_judged_on_the_true_p95() -> None:
     """The true p95 is a 200 ms statement (its sleep and the round trip); the limit, 250 ms, lies
     inside the ten-per-decade bucket (200, 251]: read as that bucket's upper bound, the p95 would be

@@ -74,6 +74,7 @@ def hist(summary: dict[str, Any], key: str) -> Histogram:
     return h
 
 
+@pytest.mark.serial
 def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> None:
     """8 threads × 5 statements of 0.1 s on 2 connections: the threads wait, 6 s at least in all.
 
@@ -105,6 +106,7 @@ def test_threads_queue_behind_a_small_pool(local_pg: Any, tmp_path: Path) -> Non
     assert latency.max_ms >= wait.max_ms
 
 
+@pytest.mark.serial
 def test_enough_connections_no_wait_and_throughput_from_the_work_span(local_pg: Any, tmp_path: Path) -> None:
     s = run_replica(
         replica_env(
