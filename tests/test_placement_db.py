@@ -35,16 +35,16 @@ class WatchingRunner(runner.LocalRunner):
         self.per_instance: list[int] = []
 
     def execute(self) -> Any:
-        read_one = PoolerProbe._read_one
+        read_instance = PoolerProbe.read_instance
 
         def recording(probe: PoolerProbe, i: int) -> PoolerRead:
-            read = read_one(probe, i)
+            read = read_instance(probe, i)
             if read.ok:
                 self.per_instance += [0] * (i + 1 - len(self.per_instance))
                 self.per_instance[i] = max(self.per_instance[i], read.clients)
             return read
 
-        with mock.patch.object(PoolerProbe, "_read_one", recording):
+        with mock.patch.object(PoolerProbe, "read_instance", recording):
             return super().execute()
 
 

@@ -38,7 +38,8 @@ class PoolerProbe:
             self._conns[i] = conn
         return conn
 
-    def _read_one(self, i: int) -> PoolerRead:
+    def read_instance(self, i: int) -> PoolerRead:
+        """Instance ``i``'s SHOW POOLS for the benchmark's database; a failed read is ``ok=False``."""
         try:
             with self._console(i).cursor() as cur:
                 cur.execute("SHOW POOLS")
@@ -50,7 +51,7 @@ class PoolerProbe:
 
     def read(self) -> PoolerRead:
         with self._lock:
-            return merge_pooler_reads([self._read_one(i) for i in range(len(self.connects))])
+            return merge_pooler_reads([self.read_instance(i) for i in range(len(self.connects))])
 
     def drop_server_connections(self) -> bool:
         """Every instance closes its server connections (and any client still connected); True when
