@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from .contracts.drivers import ASYNC_DRIVER, Driver
 from .contracts.replica_env import OnError, PoolClass, PoolMode
+from .serverlog import SERVER_LOG_SETTINGS
 
 API_GROUP = "poolbench.dev"
 API_VERSION = "v1alpha1"
@@ -41,12 +42,13 @@ FORBIDDEN_SETTINGS = frozenset(
         "max_worker_processes",
         "log_destination",
         "logging_collector",
+
         "log_directory",
         "log_filename",
         "lc_messages",  # errors are classified by the server's English texts
         "track_activities",  # off, pg_stat_activity shows no state: the monitor would be blind
     }
-)
+) | frozenset(SERVER_LOG_SETTINGS)  # the server log poolbench reads depends on each of these
 SETTING_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$")
 
 #: The benchmark's own monitor connection holds one slot for the whole run.
