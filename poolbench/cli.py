@@ -113,7 +113,7 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
         peak = f"≤ {s['predictedPeak']}" if at_pooler else str(s["predictedPeak"])
         rolled = s.get("rolloutFrom")  # a measured rolling update: the old replicas and the surge pods beside them
         replicas = f"{rolled} + {s['replicas'] - rolled} surge" if rolled is not None else str(s["replicas"])
-        row = [str(i), replicas, peak, str(s["peakConnections"])]
+        row = [str(i), replicas, peak, peak_cell(s)]
         if pooled:
             expected = at_pooler.get("predictedOutcome") or "?"  # fits, waits or fails, by the placement rule
             row += [
@@ -122,8 +122,11 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
                 str(at_pooler.get("waitingPeak", 0)),
                 f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms",
             ]
+        ghosts = str(s["idleAtEnd"])
+        if s.get("serverGhosts") is not None and s["serverGhosts"] != s["idleAtEnd"]:
+            ghosts += f"\n(log {s['serverGhosts']})"
         row += [
-            str(s["idleAtEnd"]),
+            ghosts,
             errors,
             gaps,
             f"{s['throughput']:.0f}",
@@ -132,6 +135,16 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
         ]
         table.add_row(*row, Text(label, style=style))
     return table
+
+
+def peak_cell(step: dict[str, Any]) -> str:
+    """The step's peak and where it comes from: the server's log (exact), with the reads' peak under it
+    when they saw less; or the reads alone."""
+    peak = step["peakConnections"]
+    if step.get("peakSource") != "serverLog":
+        return f"{peak} (sampled)"
+    sampled = step.get("sampledPeakConnections", peak)
+    return f"{peak} (log)" + (f"\n{sampled} sampled" if sampled != peak else "")
 
 
 def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:

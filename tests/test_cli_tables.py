@@ -146,3 +146,27 @@ def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> N
         console = Console(width=200, record=True)
         console.print(cli.results_table(status, status["variants"][0]))
         assert title in console.export_text()
+
+
+def test_the_peak_names_its_source_and_the_sampled_one_beside_it() -> None:
+    steps = [
+        StepResult(
+            replicas=1,
+            outcome="Passed",
+            predicted_peak=12,
+            peak_connections=12,
+            peak_source="serverLog",
+            sampled_peak_connections=4,
+            idle_at_end=3,
+            server_ghosts=2,
+        ),
+        StepResult(replicas=2, outcome="Passed", predicted_peak=24, peak_connections=20, sampled_peak_connections=20),
+    ]
+    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.results_table(status, status["variants"][0]))
+    text = console.export_text()
+    assert "12 (log)" in text
+    assert "4 sampled" in text
+    assert "20 (sampled)" in text
+    assert "(log 2)" in text  # the log's ghosts beside the reads' when they differ
