@@ -212,6 +212,20 @@ def comparison_table(status: dict[str, Any]) -> Table:
     return table
 
 
+def server_timeline_rows(result: LocalResult) -> list[dict[str, Any]]:
+    """The server's exact account for ``--output``, one entry per step read from its log: the count of
+    open client backends after each change (seconds on the samples' clock) and each refusal."""
+    return [
+        {
+            "start": round(a.start, 3),
+            "end": round(a.end, 3),
+            "open": [[round(t, 3), n] for t, n in a.points],
+            "refusals": [{"t": round(r.at, 3), "class": r.cause, "pid": r.pid} for r in a.refusals],
+        }
+        for a in result.server_accounts
+    ]
+
+
 def timeline_row(sample: Sample) -> dict[str, Any]:
     """One probe read for ``--output``: server backends by state and, in a pooled variant, the pooler's side."""
     row: dict[str, Any] = {"t": round(sample.t, 3), "ok": sample.ok, "total": sample.total, **sample.by_state}
@@ -395,6 +409,7 @@ def save_results(
             "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
             "status": status,
             "timeline": [timeline_row(s) for s in result.timeline],
+            "serverTimeline": server_timeline_rows(result),
         }
         written, error = write_results(args.output, document)
         if error:
