@@ -13,8 +13,9 @@ server's exact account of its connections (``core.timeline``): it parses what th
 of the loop's looks, leaves its own sessions out (their PIDs, from ``pg_backend_pid()``), and at a
 step's end writes a marker into the log from its own session and reads until the marker shows, so
 the account covers the whole step before it is judged. The log's times are the server's clock: the
-offset to the platform's clock is read at the start (one round trip, its middle), so a server whose
-clock differs does not move events across a step's boundaries. When the log cannot be read, or does
+offset to the platform's clock is read at the start (one round trip, its middle) and refined by each
+marker (the statement's round trip around its logged time), so a server whose clock differs does not
+move events across a step's boundaries. When the log cannot be read, or does
 not catch up in time, the step keeps its sampled peak and says why.
 """
 
