@@ -241,3 +241,20 @@ def test_a_server_killed_mid_step_ends_every_backend_in_the_account() -> None:
     workload = [c for c in account.at_peak if c.application_name.startswith("pb-pgkill-")]
     assert len(workload) <= step.predicted_peak == 6
     assert step.peak_connections - len(workload) <= 1
+
+
+def test_an_app_roles_refusals_by_class_are_the_workloads_own() -> None:
+    """A normal role meets the reserved slots first; a storm of connects also meets the full server.
+    The server's wording tells the two apart as the workload's classes do, attempt for attempt."""
+    doc = yaml.safe_load((ROOT / "manifests/examples/seed.yaml").read_text())
+    doc["spec"]["steps"] = [10]
+    doc["spec"]["workload"].update({"role": "app", "onError": "count", "iterations": 10})
+    result = runner.run_local(parse_document(doc))
+    step = result.status.variants[0].steps[0]
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    assert step.peak_connections == step.usable_connections == 100 - 3 - 1
+    assert step.errors.reserved_slots > 0
+    assert step.refusals_by_class.get("reservedSlots", 0) == step.errors.reserved_slots
+    assert step.refusals_by_class.get("tooManyClients", 0) == step.errors.too_many_clients
+    assert step.refusals == step.errors.reserved_slots + step.errors.too_many_clients
+    assert step.witness_disagreement is None
