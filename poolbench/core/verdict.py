@@ -20,10 +20,21 @@ from .budget import (
 )
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
-from .results import PoolerStepResult, StepResult, Verdict, to_snake
+from .results import GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .timeline import WindowAccount
 from .words import clipped, counted, placement_words, replicas_fit, replicas_word, session_words
+
+#: A read of pg_stat_activity and the log's account of the same moment may differ by what changed
+#: within this long: the read's snapshot is taken during the query, after its stamp; a backend whose
+#: disconnection is logged stays in pg_stat_activity until its process has finished exiting.
+READ_TOLERANCE_SECONDS = 0.25
+#: A backend beyond what its replica may hold at once must have ended within this long to count as
+#: one still exiting (its client closed it and opened a newer one); one that lingers is no such thing.
+EXIT_GRACE_SECONDS = 1.0
+#: Ghosts listed one by one in the status (all of them are counted).
+GHOSTS_LISTED = 50
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
@@ -59,6 +70,127 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
             pooler, per_replica_peak(spec), per_replica_idle(spec), usable, pooler.usable_clients(), free, safe
         )
     return text
+
+
+def most_open(points: tuple[tuple[float, int], ...], start: float, end: float) -> int:
+    """The most connections the account's ``points`` show open at any moment of ``[start, end]``."""
+    before = [n for t, n in points if t <= start]
+    most = before[-1] if before else (points[0][1] if points else 0)
+    for t, n in points:
+        if start < t <= end:
+            most = max(most, n)
+    return most
+
+
+def apply_server_account(
+    step: StepResult, server: WindowAccount | str | None, reads: list[tuple[float, int]] | None = None
+) -> StepResult:
+    """The server's account beside the reads: the exact peak becomes the step's peak (the sampled one is
+    kept), with its refusals and ghosts; a read that saw more than the log shows around its time is a
+    disagreement between the witnesses. Without an account the peak stays the sampled one, saying why."""
+    step.sampled_peak_connections = step.peak_connections
+    if not isinstance(server, WindowAccount):
+        step.peak_source = "sampled"
+        step.peak_source_reason = server or "this platform does not read the server's log"
+        return step
+    step.peak_source = "serverLog"
+    step.peak_source_reason = None
+    step.peak_connections = server.peak
+    step.peak_at_seconds = round(server.peak_at - server.start, 3)
+    step.refusals = len(server.refusals)
+    step.refusals_by_class = dict(sorted(server.refusals_by_cause().items()))
+    first = server.first_refusal_at
+    step.first_refusal_at = server.iso(first) if first is not None else None
+    duration = server.end - server.start
+    step.refusals_per_second = round(step.refusals / duration, 3) if duration > 0 else 0.0
+    step.server_ghosts = len(server.ghosts)
+    step.ghost_connections = [
+        GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3))
+        for c in server.ghosts[:GHOSTS_LISTED]
+    ]
+    # Per replica: what one may hold at once (pooled, the server's backends are the poolers': no such bound).
+    per_replica = step.predicted_peak // step.replicas if step.replicas and step.pooler is None else 0
+    step.exiting_at_peak = exiting_at_peak(server, per_replica)
+    step.witness_disagreement = None
+    for t, total in reads or []:
+        if not server.start <= t <= server.end:
+            continue
+        shown = most_open(server.points, t - READ_TOLERANCE_SECONDS, t + READ_TOLERANCE_SECONDS)
+        if total > shown:
+            step.witness_disagreement = (
+                f"a read at {t - server.start:.2f} s into the step saw {total} connections where the server's log"
+                f" shows at most {shown} within {READ_TOLERANCE_SECONDS:g} s of it"
+            )
+            break
+    return step
+
+
+def exiting_at_peak(server: WindowAccount, per_replica: int) -> int:
+    """Backends open at the peak beyond the ``per_replica`` newest of their replica (by application_name)
+    that ended within ``EXIT_GRACE_SECONDS``: a pool that closes a connection and opens the next at once
+    (NullPool) has the old backend logged open until it has exited. 0 without a per-replica bound."""
+    if per_replica <= 0:
+        return 0
+    by_replica: dict[str, list[float | None]] = {}
+    for connection in sorted(server.at_peak, key=lambda c: c.opened_at, reverse=True):
+        by_replica.setdefault(connection.application_name, []).append(connection.closed_at)
+    return sum(
+        1
+        for closes in by_replica.values()
+        for closed in closes[per_replica:]
+        if closed is not None and closed <= server.peak_at + EXIT_GRACE_SECONDS
+    )
+
+
+def unseen_work(step: StepResult) -> str | None:
+    """Statements ran but no witness saw a connection: the step's measurement missed its work."""
+    if step.queries and step.peak_connections == 0 and step.sampled_peak_connections == 0:
+        return (
+            f"{step.queries} statements ran but no witness saw a connection"
+            + (" (the server's log shows none, and no read did)" if step.peak_source == "serverLog" else "")
+            + (f"; {step.peak_source_reason}" if step.peak_source_reason else "")
+        )
+    return None
+
+
+def peak_source_words(step: StepResult) -> str:
+    """Where the peak comes from, and what the other witness saw, in a few words for a step's reason."""
+    if step.peak_source != "serverLog":
+        return " (sampled)"
+    words = " (server log"
+    if step.sampled_peak_connections < step.peak_connections:
+        words += f"; the reads saw at most {step.sampled_peak_connections}: the rest came and went between them"
+    if step.exiting_at_peak and step.peak_connections > step.predicted_peak:
+        words += (
+            f"; {step.exiting_at_peak} of them still exiting: closed by replicas that had already opened newer"
+            " connections"
+        )
+    return words + ")"
+
+
+def measurement_doubts(step: StepResult) -> list[str]:
+    """What makes the step's measurement itself untrustworthy (Inconclusive, unless something failed):
+    the monitor lost its reads, or the pooler's, statements ran unseen, or the witnesses disagree."""
+    doubts = []
+    if monitor_blind(step):
+        total = step.samples + step.sample_gaps
+        doubts.append(
+            f"the monitor lost {step.sample_gaps} of {total} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
+    elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
+        # the pooler's side of the step was not seen: its client and wait figures mean nothing
+        doubts.append(
+            f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
+    else:
+        unseen = unseen_work(step)  # (a blind monitor explains seeing nothing)
+        if unseen:
+            doubts.append(unseen)
+    if step.witness_disagreement:
+        doubts.append(f"the witnesses disagree: {step.witness_disagreement}")
+    return doubts
 
 
 def monitor_blind(step: StepResult) -> bool:
@@ -108,23 +240,10 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
     if step.database_restarts:
         reasons.insert(0, f"the database restarted during the step ({step.database_restarts}x)")
     reasons += limit_breaches(step, limits)
-    blind = monitor_blind(step)
-    if blind:
-        total = step.samples + step.sample_gaps
-        reasons.append(
-            f"the monitor lost {step.sample_gaps} of {total} reads"
-            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
-        )
-    elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
-        blind = True  # the pooler's side of the step was not seen: its client and wait figures mean nothing
-        reasons.append(
-            f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
-            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
-        )
-    if reasons:
-        only_blind = blind and len(reasons) == 1
-        step.outcome = "Inconclusive" if only_blind else "Failed"
-        step.reason = "; ".join(reasons)
+    doubts = measurement_doubts(step)
+    if reasons or doubts:
+        step.outcome = "Failed" if reasons else "Inconclusive"
+        step.reason = "; ".join(reasons + doubts)
         return step
     step.outcome = "Passed"
     if step.pooler is not None:
@@ -137,8 +256,8 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
         )
     else:
         step.reason = (
-            f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
-            f" {step.idle_at_end} idle at end"
+            f"peak {step.peak_connections} of {step.usable_connections} usable connections"
+            f"{peak_source_words(step)}, {step.idle_at_end} idle at end"
         )
     if step.sample_gaps:
         step.reason += f", {step.sample_gaps} of {step.samples + step.sample_gaps} reads lost"
