@@ -1,0 +1,228 @@
+"""The client witness's arithmetic (pure): timelines merged by time, coarsened into buckets, carried in a
+replica's summary within its 4096 bytes, and summed into the step's client peak."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poolbench.core.benchmark import ReplicaReport, aggregate_reports
+from poolbench.core.client_timeline import COARSE_BUCKETS_US, OpenTimeline, iso_utc, merge_open_timelines
+from poolbench.core.contracts.summary import SUMMARY_LIMIT, ReplicaSummary
+from poolbench.core.histogram import Histogram
+from poolbench.core.results import StepResult
+
+T0 = 1_764_657_000_000_000  # epoch microseconds
+
+
+def timeline(points: list[tuple[int, int]], connects: int = 0, closes: int = 0) -> OpenTimeline:
+    times = tuple(t for t, _ in points)
+    counts = tuple(n for _, n in points)
+    return OpenTimeline(times, counts, max(counts, default=0), connects, closes, 0)
+
+
+def value_at(t: OpenTimeline, moment: int) -> int:
+    """The count a timeline holds at ``moment`` (0 before its first point)."""
+    held = 0
+    for time, count in zip(t.times_us, t.counts, strict=True):
+        if time > moment:
+            break
+        held = count
+    return held
+
+
+def brute_force_peak(timelines: list[OpenTimeline]) -> int:
+    moments = {time for t in timelines for time in t.times_us}
+    return max((sum(value_at(t, m) for t in timelines) for m in moments), default=0)
+
+
+@st.composite
+def exact_timelines(draw: st.DrawFn) -> OpenTimeline:
+    """A pool's real history: connects (+1) and closes (-1), never below zero, at increasing microseconds."""
+    steps = draw(st.lists(st.tuples(st.integers(1, 30_000), st.booleans()), max_size=60))
+    time, count, points, connects, closes = T0 + draw(st.integers(0, 50_000)), 0, [], 0, 0
+    for gap, opens in steps:
+        time += gap
+        if opens or count == 0:
+            count, connects = count + 1, connects + 1
+        else:
+            count, closes = count - 1, closes + 1
+        points.append((time, count))
+    return timeline(points, connects, closes)
+
+
+def test_three_pools_of_fifteen_peak_at_forty_five_when_they_overlap() -> None:
+    a = timeline([(T0 + 10, 5), (T0 + 20, 15), (T0 + 90, 5), (T0 + 200, 0)])
+    b = timeline([(T0 + 15, 15), (T0 + 95, 5), (T0 + 210, 0)])
+    c = timeline([(T0 + 30, 15), (T0 + 80, 5), (T0 + 220, 0)])
+    merged = merge_open_timelines([a, b, c])
+    assert merged.max_open == 45
+    assert merged.exact
+    assert merged.peak_at_us == T0 + 30
+    assert merged.counts[-1] == 0
+    # Apart in time, the same pools never hold more than one's 15 plus the others' kept 5.
+    late = timeline([(T0 + 100, 15), (T0 + 150, 5)])
+    assert merge_open_timelines([a, late]).max_open == 20
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(exact_timelines(), min_size=1, max_size=6))
+def test_merging_equals_brute_force_over_every_change_time(timelines: list[OpenTimeline]) -> None:
+    merged = merge_open_timelines(timelines)
+    assert merged.exact
+    assert merged.max_open == brute_force_peak(timelines)
+    for moment in merged.times_us:
+        assert value_at(merged, moment) == sum(value_at(t, moment) for t in timelines)
+    assert merged.connects == sum(t.connects for t in timelines)
+    assert merged.closes == sum(t.closes for t in timelines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(exact_timelines(), st.sampled_from(COARSE_BUCKETS_US[:8]))
+def test_a_coarsened_timeline_is_at_or_above_the_exact_one_and_keeps_its_maximum(
+    exact: OpenTimeline, bucket_us: int
+) -> None:
+    coarse = exact.coarsened(bucket_us)
+    assert not coarse.exact
+    assert coarse.bucket_us == bucket_us
+    assert coarse.max_open == exact.max_open == max(coarse.counts, default=0)
+    assert all(t % bucket_us == 0 for t in coarse.times_us)
+    moments = set(exact.times_us) | set(coarse.times_us) | {t + bucket_us - 1 for t in coarse.times_us}
+    for moment in moments:
+        assert value_at(coarse, moment) >= value_at(exact, moment)
+    # Each bucket with a change holds exactly the most the exact timeline held in it.
+    for start in {t - t % bucket_us for t in exact.times_us}:
+        inside = [n for t, n in zip(exact.times_us, exact.counts, strict=True) if start <= t < start + bucket_us]
+        carried = [] if start in exact.times_us else [value_at(exact, start - 1)]
+        assert value_at(coarse, start) == max([*carried, *inside])
+    # Coarsening what was coarsened gives the same as coarsening the exact timeline.
+    wider = next(w for w in COARSE_BUCKETS_US if w > bucket_us)
+    assert coarse.coarsened(wider) == exact.coarsened(wider)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(exact_timelines(), st.sampled_from((0, *COARSE_BUCKETS_US[:8]))), min_size=1, max_size=5))
+def test_a_merge_with_coarsened_inputs_is_an_upper_bound_of_the_exact_merge(
+    inputs: list[tuple[OpenTimeline, int]],
+) -> None:
+    exact = merge_open_timelines([t for t, _ in inputs])
+    mixed = merge_open_timelines([t.coarsened(w) if w else t for t, w in inputs])
+    assert mixed.max_open >= exact.max_open
+    assert mixed.exact == all(w == 0 for _, w in inputs)
+    for moment in exact.times_us:
+        assert value_at(mixed, moment) >= value_at(exact, moment)
+    # A replica that said only its maximum counts it for all time: still a bound.
+    bound = merge_open_timelines([inputs[0][0].maximum_only(), *[t for t, _ in inputs[1:]]])
+    assert bound.max_open >= exact.max_open
+    assert bound.bucket_us is None
+    assert not bound.exact
+
+
+def churn(connects: int, open_at_once: int = 8, gap_us: int = 1_700) -> OpenTimeline:
+    """NullPool's shape: each caller connects and closes again for every statement."""
+    points, count, time = [], 0, T0
+    for i in range(2 * connects):
+        time += gap_us + (i * 7919) % 997
+        count = count + 1 if (i // open_at_once) % 2 == 0 else count - 1
+        points.append((time, count))
+    return timeline(points, connects, connects)
+
+
+def busy_summary(connections: OpenTimeline, error: str | None = None) -> ReplicaSummary:
+    latency = Histogram()
+    for i in range(4000):
+        latency.add(0.5 + (i * 37 % 1000) * 0.731)
+    return ReplicaSummary(
+        replica="pb-churn-s1-r0",
+        phase="crashed" if error else "done",
+        outcomes={"ok": 4000},
+        first_error=error,
+        latency=latency,
+        checkout_wait=latency,
+        connections=connections,
+    )
+
+
+def test_a_long_timeline_is_coarsened_to_fit_the_termination_message_with_the_maximum_exact() -> None:
+    exact = churn(5_000)
+    for error in (None, "sorry, too many clients already " * 40):
+        summary = busy_summary(exact, error)
+        text = summary.to_text()
+        assert len(text.encode()) <= SUMMARY_LIMIT
+        read = ReplicaSummary.parse(text)
+        assert read is not None
+        assert read.connections is not None
+        said = read.connections
+        assert (said.max_open, said.connects, said.closes) == (exact.max_open, 5_000, 5_000)
+        assert not said.exact
+        assert said.bucket_us in COARSE_BUCKETS_US
+        assert said == exact.coarsened(said.bucket_us)  # the narrowest buckets that fit, nothing else lost
+        narrower = COARSE_BUCKETS_US.index(said.bucket_us) - 1
+        if narrower >= 0:  # the next narrower buckets would not have fitted
+            finer = busy_summary(exact.coarsened(COARSE_BUCKETS_US[narrower]), error)
+            assert len(finer.to_text(limit=None)) > SUMMARY_LIMIT
+        # The histograms were not coarsened for the timeline: they fit at full resolution.
+        if error is None:
+            assert read.latency == summary.latency
+    # Uncapped (a worker's pipe), the timeline stays exact.
+    whole = ReplicaSummary.parse(busy_summary(exact).to_text(limit=None))
+    assert whole is not None
+    assert whole.connections == exact
+
+
+def test_a_short_timeline_stays_exact_in_the_summary() -> None:
+    exact = timeline(
+        [(T0 + 1_000 * i, min(i + 1, 15)) for i in range(15)] + [(T0 + 90_000, 5), (T0 + 99_999, 0)], 15, 15
+    )
+    read = ReplicaSummary.parse(busy_summary(exact).to_text())
+    assert read is not None
+    assert read.connections == exact
+    assert read.connections.exact
+
+
+def test_a_malformed_timeline_reads_as_its_maximum_or_as_unknown() -> None:
+    good = json.loads(busy_summary(timeline([(T0, 1), (T0 + 5, 2), (T0 + 9, 0)], 2, 2)).to_text())
+    for broken in ({"dt": [5]}, {"n": [1, -2, 0]}, {"dt": [5, 0]}, {"bucketUs": 3}, {"t0": "x"}, {"n": [1, 3, 0]}):
+        data = {**good, "connections": {**good["connections"], **broken}}
+        said = ReplicaSummary.from_json(data).connections
+        assert said is not None
+        assert said.bucket_us is None
+        assert said.times_us == ()
+        assert said.max_open == 2
+        assert (said.connects, said.closes) == (2, 2)
+    for unknown in ({"maxOpen": None}, {"maxOpen": -1}, {"maxOpen": True}):
+        data = {**good, "connections": {**good["connections"], **unknown}}
+        assert ReplicaSummary.from_json(data).connections is None
+    assert ReplicaSummary.from_json({**good, "connections": [1, 2]}).connections is None
+    assert ReplicaSummary.from_json({k: v for k, v in good.items() if k != "connections"}).connections is None
+
+
+def test_the_step_carries_the_merged_client_peak_and_says_whether_it_is_exact() -> None:
+    a = timeline([(T0 + 10, 15), (T0 + 90, 5)], 15, 10)
+    b = timeline([(T0 + 20, 15), (T0 + 95, 5)], 15, 10)
+    step = aggregate_reports(StepResult(replicas=2), [report("r0", a), report("r1", b)])
+    assert (step.client_peak_connections, step.client_peak_exact, step.client_connects) == (30, True, 30)
+    assert step.client_peak_at == iso_utc(T0 + 20)
+    coarse = aggregate_reports(StepResult(replicas=2), [report("r0", a.coarsened(1000)), report("r1", b)])
+    assert coarse.client_peak_connections == 30
+    assert coarse.client_peak_exact is False
+    unknown = aggregate_reports(StepResult(replicas=2), [report("r0", a), report("r1", None)])
+    assert unknown.client_peak_connections is None
+    assert unknown.client_peak_exact is None
+    as_json = step.to_json()
+    assert as_json["clientPeakConnections"] == 30
+    assert as_json["clientPeakExact"] is True
+
+
+def report(name: str, connections: OpenTimeline | None) -> ReplicaReport:
+    return ReplicaReport.from_summary(name, ReplicaSummary(replica=name, phase="done", connections=connections))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 4_102_444_800_000_000))
+def test_iso_times_match_the_standard_library(epoch_us: int) -> None:
+    expected = datetime.fromtimestamp(epoch_us // 1000 / 1000, UTC).isoformat(timespec="milliseconds")
+    assert iso_utc(epoch_us) == expected
