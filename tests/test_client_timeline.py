@@ -14,6 +14,8 @@ from poolbench.core.client_timeline import COARSE_BUCKETS_US, OpenTimeline, iso_
 from poolbench.core.contracts.summary import SUMMARY_LIMIT, ReplicaSummary
 from poolbench.core.histogram import Histogram
 from poolbench.core.results import StepResult
+from poolbench_operator.podstate import PodView, parse_metrics, reports
+from workload.metrics import Measures, ReplicaMetrics
 
 T0 = 1_764_657_000_000_000  # epoch microseconds
 
@@ -226,3 +228,35 @@ def report(name: str, connections: OpenTimeline | None) -> ReplicaReport:
 def test_iso_times_match_the_standard_library(epoch_us: int) -> None:
     expected = datetime.fromtimestamp(epoch_us // 1000 / 1000, UTC).isoformat(timespec="milliseconds")
     assert iso_utc(epoch_us) == expected
+
+
+def served_metrics(connections: OpenTimeline | None) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(ReplicaMetrics(dict, Measures, lambda: connections).registry).decode()
+
+
+def test_a_running_pod_serves_its_pools_maximum_and_the_cluster_step_sums_the_maxima_as_a_bound() -> None:
+    a = timeline([(T0 + 10, 15), (T0 + 90, 5)], 15, 10)
+    b = timeline([(T0 + 200, 12), (T0 + 300, 5)], 12, 7)
+    read = parse_metrics(served_metrics(a))
+    assert read.connections == a.maximum_only()
+    assert parse_metrics(served_metrics(None)).connections is None  # a replica that serves none: unknown
+    pods = [
+        PodView("r0", metrics=parse_metrics(served_metrics(a))),
+        PodView("r1", metrics=parse_metrics(served_metrics(b))),
+    ]
+    step = aggregate_reports(StepResult(replicas=2), reports(pods))
+    # Apart in time the pools held at most 15 + 5 at once; from their maxima alone 27 is all that can be said.
+    assert merge_open_timelines([a, b]).max_open == 17
+    assert step.client_peak_connections == 27
+    assert step.client_peak_exact is False
+    assert step.client_connects == 27
+    # A restarted pod: the crashed container's timeline (its summary) beside the running one's maximum.
+    crashed = ReplicaSummary(replica="r0", phase="crashed", connections=timeline([(T0, 3), (T0 + 5, 0)], 3, 3))
+    restarted = PodView("r0", restarts=1, metrics=parse_metrics(served_metrics(a)), last_message=crashed.to_text())
+    (report_,) = reports([restarted])
+    assert report_.connections is not None
+    assert report_.connections.max_open == 18
+    assert report_.connections.connects == 18
+    assert not report_.connections.exact

@@ -141,7 +141,7 @@ class ProcessGroup:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.pids: list[int] = []
-        self.metrics = ReplicaMetrics(lambda: self.merged().outcomes, self.measures)
+        self.metrics = ReplicaMetrics(lambda: self.merged().outcomes, self.measures, lambda: self.merged().connections)
         self.registry = self.metrics.registry
 
     @property

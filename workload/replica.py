@@ -286,7 +286,9 @@ class Replica:
     def __init__(self, cfg: WorkloadConfig, engine: Any = None, publish: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.publish = publish
-        self.metrics = ReplicaMetrics(self.outcome_counts, self.measures)
+        self.metrics = ReplicaMetrics(
+            self.outcome_counts, self.measures, lambda: self.connections.timeline(points=False)
+        )
         self.registry = self.metrics.registry
         # One tally per caller thread (a list indexed like OUTCOMES), written only by its thread.
         self.tallies: list[list[int]] = []
