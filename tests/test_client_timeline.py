@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from poolbench.core.benchmark import ReplicaReport, aggregate_reports
 from poolbench.core.client_timeline import COARSE_BUCKETS_US, OpenTimeline, iso_utc, merge_open_timelines
+from poolbench.core.contracts.phases import ReplicaPhase
 from poolbench.core.contracts.summary import SUMMARY_LIMIT, ReplicaSummary
 from poolbench.core.histogram import Histogram
 from poolbench.core.results import StepResult
@@ -230,10 +231,12 @@ def test_iso_times_match_the_standard_library(epoch_us: int) -> None:
     assert iso_utc(epoch_us) == expected
 
 
-def served_metrics(connections: OpenTimeline | None) -> str:
+def served_metrics(connections: OpenTimeline | None, phase: ReplicaPhase = "done") -> str:
     from prometheus_client import generate_latest
 
-    return generate_latest(ReplicaMetrics(dict, Measures, lambda: connections).registry).decode()
+    served = ReplicaMetrics(dict, Measures, lambda: connections)
+    served.set_phase(phase)
+    return generate_latest(served.registry).decode()
 
 
 def test_a_running_pod_serves_its_pools_maximum_and_the_cluster_step_sums_the_maxima_as_a_bound() -> None:
@@ -260,3 +263,22 @@ def test_a_running_pod_serves_its_pools_maximum_and_the_cluster_step_sums_the_ma
     assert report_.connections.max_open == 18
     assert report_.connections.connects == 18
     assert not report_.connections.exact
+    # Still working: it may connect again after this read, so its maximum bounds nothing yet.
+    (working,) = reports([PodView("r0", metrics=parse_metrics(served_metrics(a, "running")))])
+    assert working.connections is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(exact_timelines(), st.sampled_from((0, *COARSE_BUCKETS_US[:6])), st.integers(0, 10_000_000))
+def test_a_process_found_dead_has_its_connections_closed_no_earlier_than_known(
+    exact: OpenTimeline, bucket_us: int, after_us: int
+) -> None:
+    t = exact.coarsened(bucket_us) if bucket_us else exact
+    found_dead = (t.times_us[-1] if t.times_us else T0) + after_us
+    ended = t.closed_at(found_dead)
+    assert value_at(ended, found_dead + max(bucket_us, 1)) == 0
+    assert ended.connects - ended.closes == 0 or not t.counts
+    for moment in t.times_us:
+        assert value_at(ended, moment) == value_at(t, moment)
+    assert ended.max_open == t.max_open
+    assert ended.bucket_us == t.bucket_us

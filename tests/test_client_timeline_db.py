@@ -303,3 +303,37 @@ def test_a_replica_of_worker_processes_merges_its_workers_exactly() -> None:
     as_json = step.to_json()
     assert as_json["clientPeakConnections"] == 18
     assert as_json["clientPeakExact"] is True
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_crashing_replicas_never_count_more_connections_than_the_server_let_in(processes: int) -> None:
+    # 3 replicas × 2 processes × 3 connections (or 3 × 6) = 18 on a server with 7 usable: refused, and each
+    # replica dies on its first refusal. Its connections close with it: the sum never passes the usable slots.
+    doc = make_doc(
+        name=f"ctcrash{processes}",
+        steps=[3],
+        stepTimeoutSeconds=60,
+        postgres={"maxConnections": 8},
+        workload={
+            "threads": 6 // processes,
+            "processes": processes,
+            "iterations": 20,
+            "holdSeconds": 1,
+            "onError": "crash",
+            "statement": "SELECT pg_sleep(0.1)",
+            "engine": {"poolSize": 6 // processes, "maxOverflow": 0},
+        },
+    )
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
+    assert step.outcome == "Failed"
+    assert step.first_error_class == "tooManyClients"
+    assert step.usable_connections == 7
+    if processes == 1:  # each replica said its last word before it exited
+        assert step.client_peak_exact is True
+    if step.client_peak_connections is None:
+        # A worker its replica killed while it worked said nothing of what it opened since its last report.
+        assert processes == 2
+        return
+    assert 0 < step.client_peak_connections <= step.usable_connections
+    assert step.client_connects is not None
+    assert step.client_connects >= step.client_peak_connections

@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from poolbench.core.client_timeline import merge_open_timelines
+from poolbench.core.client_timeline import OpenTimeline, merge_open_timelines
 from poolbench.core.contracts.phases import (
     CRASHED,
     DONE,
@@ -113,6 +113,15 @@ def merge_summaries(name: str, phase: ReplicaPhase, summaries: list[ReplicaSumma
         # Every worker's pool, summed by time (unknown while a worker has not said).
         connections=merge_open_timelines(timelines) if timelines and len(timelines) == len(summaries) else None,
     )
+
+
+def died_with(said: ReplicaSummary) -> OpenTimeline | None:
+    """The connections of a worker that died without a last word: those it reported when its work was
+    over (no connect after that) closed by the time it was found dead; unknown if it was still working
+    (it may have connected since its last report)."""
+    if said.connections is None or said.phase not in WORK_OVER:
+        return None
+    return said.connections.closed_at(time.time_ns() // 1000)
 
 
 def keep_points(before: ReplicaSummary | None, now: ReplicaSummary) -> ReplicaSummary:
@@ -214,6 +223,7 @@ class ProcessGroup:
                         phase=CRASHED,
                         first_error=said.first_error or f"worker process {index} exited with code {code}",
                         first_error_at=time.time(),
+                        connections=died_with(said),
                     )
         return phases
 
@@ -235,6 +245,7 @@ class ProcessGroup:
                 while len(self.exits) < len(self.pids):
                     self._reap()
                     time.sleep(0.01)
+                self._worker_phases()  # the workers it killed: their connections closed with them
                 self._set_phase(CRASHED)
                 self.write_summary()
                 return 1

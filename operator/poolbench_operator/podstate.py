@@ -142,8 +142,9 @@ def reports(pods: list[PodView]) -> list[ReplicaReport]:
             ended = [t for t in (report.work_ended_at, m.work_ended_at) if t is not None]
             report.work_started_at = min(started) if started else None
             report.work_ended_at = max(ended) if ended else None
-            # The running container's pool: its maximum for all time (an upper bound), beside the crashed one's.
-            if m.connections is None:
+            # The running container's pool: its maximum for all time (an upper bound), beside the crashed one's;
+            # final only once its work is over (a working replica may connect again after this read).
+            if m.connections is None or m.phase not in (HOLDING, DONE):
                 report.connections = None
             elif report.connections is None and pod.restarts == 0:
                 report.connections = m.connections

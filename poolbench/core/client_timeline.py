@@ -83,6 +83,22 @@ class OpenTimeline:
                 emit((bucket + 1) * bucket_us, carried)
         return OpenTimeline(tuple(times), tuple(counts), self.max_open, self.connects, self.closes, bucket_us)
 
+    def closed_at(self, time_us: int) -> OpenTimeline:
+        """Every connection still open counted closed at ``time_us`` (a process found dead: the system closed
+        them by then), at the start of the next bucket when coarsened (never earlier than known)."""
+        if not self.counts or self.counts[-1] == 0 or self.bucket_us is None:
+            return self
+        unit = self.bucket_us or 1
+        time_us = max(-(-time_us // unit) * unit, self.times_us[-1] + unit)
+        return OpenTimeline(
+            (*self.times_us, time_us),
+            (*self.counts, 0),
+            self.max_open,
+            self.connects,
+            self.closes + self.counts[-1],
+            self.bucket_us,
+        )
+
     def maximum_only(self) -> OpenTimeline:
         """The same maximum and totals without points: the loosest bound, for when nothing else fits."""
         return OpenTimeline((), (), self.max_open, self.connects, self.closes, None)
