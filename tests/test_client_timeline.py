@@ -282,3 +282,21 @@ def test_a_process_found_dead_has_its_connections_closed_no_earlier_than_known(
         assert value_at(ended, moment) == value_at(t, moment)
     assert ended.max_open == t.max_open
     assert ended.bucket_us == t.bucket_us
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 20_000), st.integers(1, 40), st.integers(1, 50_000), st.sampled_from([None, "x" * 3000]))
+def test_any_timeline_fits_the_termination_message_and_keeps_its_maximum_and_totals(
+    connects: int, open_at_once: int, gap_us: int, error: str | None
+) -> None:
+    exact = churn(connects, open_at_once, gap_us)
+    text = busy_summary(exact, error).to_text()
+    assert len(text.encode()) <= SUMMARY_LIMIT
+    read = ReplicaSummary.parse(text)
+    assert read is not None
+    said = read.connections
+    assert said is not None
+    assert (said.max_open, said.connects, said.closes) == (exact.max_open, exact.connects, exact.closes)
+    assert said.exact == (said == exact)
+    if said.bucket_us:
+        assert said == exact.coarsened(said.bucket_us)

@@ -337,3 +337,28 @@ def test_crashing_replicas_never_count_more_connections_than_the_server_let_in(p
     assert 0 < step.client_peak_connections <= step.usable_connections
     assert step.client_connects is not None
     assert step.client_connects >= step.client_peak_connections
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_each_driver_counts_its_pools_connections(driver: str) -> None:
+    # Per replica: QueuePool min(6 callers, 3 + 2) = 5 connections; 2 replicas. asyncpg: its adapted pool's events.
+    doc = make_doc(
+        name=f"ctdrv-{driver}",
+        steps=[2],
+        stepTimeoutSeconds=60,
+        postgres={"maxConnections": 40},
+        workload={
+            "driver": driver,
+            "threads": 6,
+            "iterations": 6,
+            "holdSeconds": 1,
+            "statement": "SELECT pg_sleep(0.3)",
+            "engine": {"poolSize": 3, "maxOverflow": 2},
+        },
+    )
+    step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
+    assert step.outcome == "Passed", step.reason
+    assert step.client_peak_connections == step.predicted_peak == 10
+    assert step.client_peak_exact is True
+    assert step.client_connects is not None
+    assert step.client_connects >= 10
