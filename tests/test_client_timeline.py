@@ -255,6 +255,7 @@ def test_a_running_pod_serves_its_pools_maximum_and_the_cluster_step_sums_the_ma
     assert step.client_peak_connections == 27
     assert step.client_peak_exact is False
     assert step.client_connects == 27
+    assert step.client_peak_at is None  # a sum of maxima has no moment
     # A restarted pod: the crashed container's timeline (its summary) beside the running one's maximum.
     crashed = ReplicaSummary(replica="r0", phase="crashed", connections=timeline([(T0, 3), (T0 + 5, 0)], 3, 3))
     restarted = PodView("r0", restarts=1, metrics=parse_metrics(served_metrics(a)), last_message=crashed.to_text())

@@ -176,7 +176,8 @@ def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepRes
         step.client_peak_connections = client.max_open
         step.client_peak_exact = client.exact
         peak_at = client.peak_at_us
-        step.client_peak_at = iso_utc(peak_at) if peak_at else None
+        # A replica's maximum alone bounds all time: the sum has no moment of its own then.
+        step.client_peak_at = iso_utc(peak_at) if peak_at and client.bucket_us is not None else None
         step.client_connects = client.connects
     return step
 
