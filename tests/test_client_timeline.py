@@ -301,3 +301,45 @@ def test_any_timeline_fits_the_termination_message_and_keeps_its_maximum_and_tot
     assert said.exact == (said == exact)
     if said.bucket_us:
         assert said == exact.coarsened(said.bucket_us)
+
+
+def test_a_done_pod_serves_its_timeline_and_the_cluster_step_sums_it_exactly() -> None:
+    a = timeline([(T0 + 10, 15), (T0 + 90, 5), (T0 + 400, 0)], 15, 15)
+    b = timeline([(T0 + 200, 12), (T0 + 300, 5), (T0 + 410, 0)], 12, 12)
+    pods = [
+        PodView(name, metrics=parse_metrics(served_metrics(t)), summary=ReplicaSummary(replica=name, connections=t))
+        for name, t in (("r0", a), ("r1", b))
+    ]
+    step = aggregate_reports(StepResult(replicas=2), reports(pods))
+    assert step.client_peak_connections == 17
+    assert step.client_peak_exact is True
+    assert step.client_peak_at == iso_utc(T0 + 200)
+    # Holding, its summary is not read yet: the maximum stands, as a bound.
+    holding = [PodView("r0", metrics=parse_metrics(served_metrics(a, "holding")), summary=pods[0].summary)]
+    (report_,) = reports(holding)
+    assert report_.connections == a.maximum_only()
+
+
+def test_a_replica_serves_its_summary_beside_its_metrics() -> None:
+    import urllib.request
+
+    from poolbench.core.contracts import metrics
+    from poolbench.core.contracts.replica_env import WorkloadConfig
+    from workload.metrics import serve_http
+    from workload.replica import Replica
+
+    replica = Replica(WorkloadConfig(app_name="served-r0"))  # an engine that never connects here
+    server = serve_http(0, replica.registry, replica.summary_json)
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{metrics.SUMMARY_HTTP_PATH}", timeout=5) as response:
+            served = ReplicaSummary.parse(response.read().decode())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            scraped = parse_metrics(response.read().decode())
+    finally:
+        server.shutdown()
+        replica.engine.dispose()
+    assert served is not None
+    assert served.replica == "served-r0"
+    assert served.connections == OpenTimeline()
+    assert scraped.connections == OpenTimeline(bucket_us=None)

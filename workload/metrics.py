@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Enum
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -148,3 +149,28 @@ class ReplicaMetrics:
     def set_phase(self, phase: ReplicaPhase) -> None:
         self.phase = phase
         self._phase.state(phase)
+
+
+def serve_http(port: int, registry: CollectorRegistry, summary: Callable[[], str]) -> ThreadingHTTPServer:
+    """The replica's port: ``/summary`` its summary as it is now (the 4096-byte form), every other path its
+    Prometheus metrics. Serves from a daemon thread; returns the server (``server_address`` for port 0)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.strip("/").split("?")[0] == metrics.SUMMARY_HTTP_PATH:
+                body, content_type = summary().encode(), "application/json"
+            else:
+                body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:  # scrapes are not the replica's log
+            pass
+
+    server = ThreadingHTTPServer(("", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="poolbench-http").start()
+    return server

@@ -169,6 +169,9 @@ class ProcessGroup:
         m = self.merged()
         return Measures(m.latency, m.checkout_wait, m.work_started_at, m.work_ended_at)
 
+    def summary_json(self) -> str:
+        return self.merged().to_text()
+
     def write_summary(self) -> None:
         if self.cfg.summary_path:
             write_summary_file(self.cfg.summary_path, self.merged().to_text())

@@ -104,6 +104,7 @@ class PodView:
     restarts: int = 0
     metrics: Metrics | None = None  # None: not reachable (starting, or crashed)
     last_message: str | None = None  # termination message of the last terminated container
+    summary: ReplicaSummary | None = None  # the running container's own summary, read once it is done
 
     @property
     def crashed(self) -> bool:
@@ -142,14 +143,16 @@ def reports(pods: list[PodView]) -> list[ReplicaReport]:
             ended = [t for t in (report.work_ended_at, m.work_ended_at) if t is not None]
             report.work_started_at = min(started) if started else None
             report.work_ended_at = max(ended) if ended else None
-            # The running container's pool: its maximum for all time (an upper bound), beside the crashed one's;
-            # final only once its work is over (a working replica may connect again after this read).
-            if m.connections is None or m.phase not in (HOLDING, DONE):
+            # The running container's pool: its timeline once it is done (its summary), else its maximum for all
+            # time (an upper bound), beside the crashed one's; final only once its work is over (a working
+            # replica may connect again after this read).
+            running = pod.summary.connections if pod.summary is not None and m.phase == DONE else m.connections
+            if running is None or m.phase not in (HOLDING, DONE):
                 report.connections = None
             elif report.connections is None and pod.restarts == 0:
-                report.connections = m.connections
+                report.connections = running
             elif report.connections is not None:
-                report.connections = merge_open_timelines([report.connections, m.connections])
+                report.connections = merge_open_timelines([report.connections, running])
         if pod.crashed and not report.first_error:
             report.first_error = "the replica exited (no summary)"
         out.append(report)

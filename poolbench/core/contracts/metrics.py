@@ -35,5 +35,9 @@ POOL_CONNECTS = "poolbench_pool_connects"
 POOL_CLOSES = "poolbench_pool_closes"
 TOTAL = "_total"
 
+#: The HTTP path (beside ``/metrics``, on the same port) where a replica serves its summary now
+#: (``summary.ReplicaSummary.to_text``): the operator reads a running replica's connections timeline there.
+SUMMARY_HTTP_PATH = "summary"
+
 #: Sample suffixes of a Prometheus histogram.
 BUCKET, SUM = "_bucket", "_sum"
