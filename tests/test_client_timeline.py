@@ -4,6 +4,7 @@ replica's summary within its 4096 bytes, and summed into the step's client peak.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
@@ -343,3 +344,20 @@ def test_a_replica_serves_its_summary_beside_its_metrics() -> None:
     assert served.replica == "served-r0"
     assert served.connections == OpenTimeline()
     assert scraped.connections == OpenTimeline(bucket_us=None)
+
+
+def test_a_worker_report_without_points_keeps_the_points_only_while_nothing_changed() -> None:
+    from workload.processes import died_with, keep_points
+
+    whole = timeline([(T0, 1), (T0 + 5, 3)], 3, 0)
+    holding = ReplicaSummary(phase="holding", connections=whole)
+    same = ReplicaSummary(phase="holding", connections=whole.maximum_only())
+    assert keep_points(holding, same).connections == whole
+    moved = timeline([(T0, 1), (T0 + 5, 3), (T0 + 9, 2)], 3, 1).maximum_only()  # a close since
+    assert keep_points(holding, replace(same, connections=moved)).connections == moved
+    # Found dead after its work: closed by then; while working: unknown.
+    ended = died_with(holding)
+    assert ended is not None
+    assert ended.counts[-1] == 0
+    assert ended.closes == 3
+    assert died_with(replace(holding, phase="running")) is None
