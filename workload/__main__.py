@@ -8,10 +8,9 @@ import signal
 import sys
 from typing import Any
 
-from prometheus_client import start_http_server
-
 from poolbench.core.contracts.replica_env import WorkloadConfig, WorkloadEnvError
 
+from .metrics import serve_http
 from .processes import ProcessGroup
 from .replica import Replica
 
@@ -34,7 +33,7 @@ def run(env: dict[str, str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     if cfg.metrics_port:
-        start_http_server(cfg.metrics_port, registry=replica.registry)
+        serve_http(cfg.metrics_port, replica.registry, replica.summary_json)
     code = replica.run()
     if code:
         # Don't wait for caller threads stuck in a query: a crash is a crash.

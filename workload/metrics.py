@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Enum
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from poolbench.core.client_timeline import OpenTimeline
 from poolbench.core.contracts import metrics
 from poolbench.core.contracts.phases import PHASES, STARTING, ReplicaPhase
 from poolbench.core.histogram import Histogram
@@ -97,11 +99,42 @@ class MeasuresCollector:
         )
 
 
+class ConnectionsCollector:
+    """Serves the pool's real connections (open now, the most at once, connects and closes), read at each
+    scrape: what the operator has of a running replica's client witness (it writes no summary until it exits)."""
+
+    def __init__(self, read: Callable[[], OpenTimeline | None]):
+        self.read = read
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(OpenTimeline())
+
+    def collect(self) -> Iterator[Metric]:
+        timeline = self.read()
+        return self._families(timeline) if timeline is not None else iter(())
+
+    @staticmethod
+    def _families(t: OpenTimeline) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            metrics.POOL_OPEN_CONNECTIONS, "Real DB-API connections open now", value=t.connects - t.closes
+        )
+        yield GaugeMetricFamily(
+            metrics.POOL_MAX_OPEN_CONNECTIONS, "Most real DB-API connections open at once", value=t.max_open
+        )
+        yield CounterMetricFamily(metrics.POOL_CONNECTS, "Real DB-API connections made", value=t.connects)
+        yield CounterMetricFamily(metrics.POOL_CLOSES, "Real DB-API connections closed", value=t.closes)
+
+
 class ReplicaMetrics:
     """A replica's registry: attempts by outcome, its phase and its measures, read from ``outcome_counts``
     and ``measures`` at each scrape. ``phase`` is what the replica says it is doing (summary and metric)."""
 
-    def __init__(self, outcome_counts: Callable[[], dict[str, int]], measures: Callable[[], Measures]):
+    def __init__(
+        self,
+        outcome_counts: Callable[[], dict[str, int]],
+        measures: Callable[[], Measures],
+        connections: Callable[[], OpenTimeline | None] = lambda: None,
+    ):
         self.registry = CollectorRegistry()
         attempts = Counter(metrics.ATTEMPTS, "Statements attempted, by outcome", [metrics.OUTCOME_LABEL], registry=None)
         for outcome in OUTCOMES:
@@ -109,9 +142,35 @@ class ReplicaMetrics:
         self.registry.register(TalliedCounter(attempts, outcome_counts))
         self._phase = Enum(metrics.PHASE, "Replica phase", states=list(PHASES), registry=self.registry)
         self.registry.register(MeasuresCollector(measures))
+        self.registry.register(ConnectionsCollector(connections))
         self.phase: ReplicaPhase = STARTING
         self.set_phase(STARTING)
 
     def set_phase(self, phase: ReplicaPhase) -> None:
         self.phase = phase
         self._phase.state(phase)
+
+
+def serve_http(port: int, registry: CollectorRegistry, summary: Callable[[], str]) -> ThreadingHTTPServer:
+    """The replica's port: ``/summary`` its summary as it is now (the 4096-byte form), every other path its
+    Prometheus metrics. Serves from a daemon thread; returns the server (``server_address`` for port 0)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.strip("/").split("?")[0] == metrics.SUMMARY_HTTP_PATH:
+                body, content_type = summary().encode(), "application/json"
+            else:
+                body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:  # scrapes are not the replica's log
+            pass
+
+    server = ThreadingHTTPServer(("", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="poolbench-http").start()
+    return server

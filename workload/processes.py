@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from poolbench.core.client_timeline import OpenTimeline, merge_open_timelines
 from poolbench.core.contracts.phases import (
     CRASHED,
     DONE,
@@ -63,12 +64,12 @@ def _worker(cfg: WorkloadConfig, engine: Any, out: int, index: int) -> None:
 
         def report() -> None:
             while not done.wait(REPORT_SECONDS):
-                publish(replica.summary_json())
+                publish(replica.summary(points=False).to_text(limit=None))  # the timeline at each phase only
 
         threading.Thread(target=report, daemon=True, name=f"poolbench-report-{index}").start()
         code = replica.run()
         done.set()
-        publish(replica.summary_json())
+        publish(replica.summary().to_text(limit=None))
     except BaseException:  # noqa: BLE001 - reported as this worker's exit code; the parent names it
         import traceback
 
@@ -90,6 +91,7 @@ def merge_summaries(name: str, phase: ReplicaPhase, summaries: list[ReplicaSumma
     first = min(failed, key=lambda s: s.first_error_at or float("inf")) if failed else ReplicaSummary()
     starts = [s.work_started_at for s in summaries if s.work_started_at is not None]
     ends = [s.work_ended_at for s in summaries if s.work_ended_at is not None]
+    timelines = [s.connections for s in summaries if s.connections is not None]
     return ReplicaSummary(
         replica=name,
         phase=phase,
@@ -108,7 +110,33 @@ def merge_summaries(name: str, phase: ReplicaPhase, summaries: list[ReplicaSumma
         checkout_wait=wait,
         work_started_at=min(starts) if starts else None,
         work_ended_at=max(ends) if ends and len(ends) == len(summaries) else None,
+        # Every worker's pool, summed by time (unknown while a worker has not said).
+        connections=merge_open_timelines(timelines) if timelines and len(timelines) == len(summaries) else None,
     )
+
+
+def died_with(said: ReplicaSummary) -> OpenTimeline | None:
+    """The connections of a worker that died without a last word: those it reported when its work was
+    over (no connect after that) closed by the time it was found dead; unknown if it was still working
+    (it may have connected since its last report)."""
+    if said.connections is None or said.phase not in WORK_OVER:
+        return None
+    return said.connections.closed_at(time.time_ns() // 1000)
+
+
+def keep_points(before: ReplicaSummary | None, now: ReplicaSummary) -> ReplicaSummary:
+    """A report without the connections' points keeps the points of the one before when no connect or
+    close happened since (the same totals: the same timeline); otherwise only its maximum is known."""
+    said, kept = now.connections, before.connections if before is not None else None
+    if (
+        said is not None
+        and said.bucket_us is None
+        and kept is not None
+        and kept.bucket_us is not None
+        and (kept.connects, kept.closes, kept.max_open) == (said.connects, said.closes, said.max_open)
+    ):
+        return replace(now, connections=kept)
+    return now
 
 
 class ProcessGroup:
@@ -122,7 +150,7 @@ class ProcessGroup:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.pids: list[int] = []
-        self.metrics = ReplicaMetrics(lambda: self.merged().outcomes, self.measures)
+        self.metrics = ReplicaMetrics(lambda: self.merged().outcomes, self.measures, lambda: self.merged().connections)
         self.registry = self.metrics.registry
 
     @property
@@ -141,6 +169,9 @@ class ProcessGroup:
         m = self.merged()
         return Measures(m.latency, m.checkout_wait, m.work_started_at, m.work_ended_at)
 
+    def summary_json(self) -> str:
+        return self.merged().to_text()
+
     def write_summary(self) -> None:
         if self.cfg.summary_path:
             write_summary_file(self.cfg.summary_path, self.merged().to_text())
@@ -150,7 +181,7 @@ class ProcessGroup:
             summary = ReplicaSummary.parse(line)
             if summary is not None:
                 with self.lock:
-                    self.latest[index] = summary
+                    self.latest[index] = keep_points(self.latest.get(index), summary)
 
     def start(self) -> None:
         """Fork every worker before any thread of ours runs (a fork copies no thread, but it would copy
@@ -195,6 +226,7 @@ class ProcessGroup:
                         phase=CRASHED,
                         first_error=said.first_error or f"worker process {index} exited with code {code}",
                         first_error_at=time.time(),
+                        connections=died_with(said),
                     )
         return phases
 
@@ -216,6 +248,7 @@ class ProcessGroup:
                 while len(self.exits) < len(self.pids):
                     self._reap()
                     time.sleep(0.01)
+                self._worker_phases()  # the workers it killed: their connections closed with them
                 self._set_phase(CRASHED)
                 self.write_summary()
                 return 1

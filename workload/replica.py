@@ -45,6 +45,7 @@ from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.histogram import Histogram, edges_with
 from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_exception, short_message
 
+from .connections import ConnectionCounter
 from .metrics import Measures, ReplicaMetrics
 
 #: ``onError: crash``: how long the replica lets its other callers finish the attempt they are in before
@@ -289,7 +290,9 @@ class Replica:
     def __init__(self, cfg: WorkloadConfig, engine: Any = None, publish: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.publish = publish
-        self.metrics = ReplicaMetrics(self.outcome_counts, self.measures)
+        self.metrics = ReplicaMetrics(
+            self.outcome_counts, self.measures, lambda: self.connections.timeline(points=False)
+        )
         self.registry = self.metrics.registry
         # One tally per caller thread (a list indexed like OUTCOMES), written only by its thread.
         self.tallies: list[list[int]] = []
@@ -319,6 +322,7 @@ class Replica:
             event.listen(sync_engine, setup, remember_connecting, insert=True)
         event.listen(sync_engine, "checkout", forget_connecting)
         keep_message_before_closing(sync_engine.dialect)
+        self.connections = ConnectionCounter().attach(sync_engine)
         pool_ = sync_engine.pool
         Gauge(metrics.POOL_CHECKED_OUT, "Connections checked out of the pool", registry=self.registry).set_function(
             lambda: self.checked_out
@@ -416,7 +420,8 @@ class Replica:
         finally:
             caller.done()
 
-    def summary(self) -> ReplicaSummary:
+    def summary(self, points: bool = True) -> ReplicaSummary:
+        """``points=False``: the connections' maximum and totals without their timeline (cheap)."""
         m = self.measures()
         return ReplicaSummary(
             replica=self.cfg.app_name,
@@ -433,14 +438,15 @@ class Replica:
             checkout_wait=m.checkout_wait,
             work_started_at=m.work_started_at,
             work_ended_at=m.work_ended_at,
+            connections=self.connections.timeline(points),
         )
 
     def summary_json(self) -> str:
         return self.summary().to_text()
 
     def write_summary(self) -> None:
-        if self.publish is not None:
-            self.publish(self.summary_json())
+        if self.publish is not None:  # a worker's pipe: whole, the timeline exact, for the parent to merge
+            self.publish(self.summary().to_text(limit=None))
         elif self.cfg.summary_path:
             write_summary_file(self.cfg.summary_path, self.summary_json())
 
@@ -504,6 +510,7 @@ class Replica:
         with self.lock:
             if self.work_ended_at is None:
                 self.work_ended_at = time.time()
+        self.connections.exiting()
         self._set_phase(CRASHED)
         self.write_summary()
         return 1

@@ -10,6 +10,9 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from poolbench.core.contracts import metrics as metrics_contract
+from poolbench.core.contracts.phases import DONE
+from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .builders import METRICS_PORT, ROLLOUT_ANNOTATION, Names, selector
@@ -59,6 +62,8 @@ class Kube:
         self.core = kubernetes.client.CoreV1Api()
         self.apps = kubernetes.client.AppsV1Api()
         self.custom = kubernetes.client.CustomObjectsApi()
+        # A done replica's summary is final: read once per pod and container restart count.
+        self.done_summaries: dict[tuple[str, int], ReplicaSummary] = {}
 
     # -- children ---------------------------------------------------------------------------
     def ensure(self, obj: dict[str, Any]) -> bool:
@@ -163,7 +168,29 @@ class Kube:
                 metrics = parse_metrics(text)
             except Exception:  # noqa: BLE001 - API, urllib3 or parse errors: an unreachable pod is just not reporting yet
                 metrics = None
-        return PodView(pod.metadata.name, restarts, metrics, last_message)
+        summary = None
+        if metrics is not None and metrics.phase == DONE:
+            key = (pod.metadata.name, restarts)
+            summary = self.done_summaries.get(key) or self._summary(pod.metadata.name)
+            if summary is not None:
+                self.done_summaries[key] = summary
+        return PodView(pod.metadata.name, restarts, metrics, last_message, summary)
+
+    def _summary(self, pod_name: str) -> ReplicaSummary | None:
+        """A replica's summary once it is done (its pool's connections timeline: the client witness), as it
+        serves it; raw bytes, as the API client would turn a JSON body into a Python repr."""
+        try:
+            response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod_name}:{METRICS_PORT}",
+                self.namespace,
+                metrics_contract.SUMMARY_HTTP_PATH,
+                _request_timeout=3,
+                _preload_content=False,
+            )
+            raw: Any = getattr(response, "data", response)  # a urllib3 response without preloading
+            return ReplicaSummary.parse(raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw))
+        except Exception:  # noqa: BLE001 - not served (an older image) or unreachable: the metrics' maximum stands
+            return None
 
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolbench.core.benchmark import ReplicaReport
+from poolbench.core.client_timeline import OpenTimeline, merge_open_timelines
 from poolbench.core.contracts import metrics
 from poolbench.core.contracts.phases import DONE, HOLDING, ReplicaPhase, known_phase
 from poolbench.core.contracts.summary import ReplicaSummary
@@ -26,6 +27,9 @@ from poolbench.core.outcomes import OUTCOMES
 LATENCY, CHECKOUT_WAIT = metrics.STATEMENT_LATENCY, metrics.CHECKOUT_WAIT
 MAX_GAUGES = {metrics.STATEMENT_LATENCY_MAX: LATENCY, metrics.CHECKOUT_WAIT_MAX: CHECKOUT_WAIT}
 STARTED, ENDED = metrics.WORK_STARTED, metrics.WORK_ENDED
+MAX_OPEN = metrics.POOL_MAX_OPEN_CONNECTIONS
+CONNECTS, CLOSES = metrics.POOL_CONNECTS + metrics.TOTAL, metrics.POOL_CLOSES + metrics.TOTAL
+READINGS = (STARTED, ENDED, MAX_OPEN, CONNECTS, CLOSES)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Metrics:
     checkout_wait: Histogram = field(default_factory=Histogram)
     work_started_at: float | None = None  # epoch seconds; None until the replica says
     work_ended_at: float | None = None
+    connections: OpenTimeline | None = None  # the pool's maximum and totals only (no timeline in metrics)
 
 
 def _ms(seconds: float) -> float:
@@ -48,7 +53,7 @@ def parse_metrics(text: str) -> Metrics:
     buckets: dict[str, list[tuple[str, float]]] = {LATENCY: [], CHECKOUT_WAIT: []}
     sums: dict[str, float] = {}
     maxima: dict[str, float] = {}
-    stamps: dict[str, float] = {}
+    readings: dict[str, float] = {}  # the work's times and the pool's connections
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name
@@ -64,16 +69,32 @@ def parse_metrics(text: str) -> Metrics:
                 sums[name[: -len(metrics.SUM)]] = _ms(sample.value)
             elif name in MAX_GAUGES:
                 maxima[MAX_GAUGES[name]] = _ms(sample.value)
-            elif name in (STARTED, ENDED) and sample.value > 0:
-                stamps[name] = sample.value
+            elif name in READINGS and sample.value >= 0:
+                readings[name] = sample.value
 
     def histogram(name: str) -> Histogram:
         if not buckets[name]:
             return Histogram()
         return Histogram.from_cumulative(buckets[name], sums.get(name, 0.0), maxima.get(name, 0.0))
 
+    stamps = {name: readings[name] for name in (STARTED, ENDED) if readings.get(name, 0) > 0}  # 0: not yet
     return Metrics(
-        phase, outcomes, histogram(LATENCY), histogram(CHECKOUT_WAIT), stamps.get(STARTED), stamps.get(ENDED)
+        phase,
+        outcomes,
+        histogram(LATENCY),
+        histogram(CHECKOUT_WAIT),
+        stamps.get(STARTED),
+        stamps.get(ENDED),
+        pool_connections(readings),
+    )
+
+
+def pool_connections(readings: dict[str, float]) -> OpenTimeline | None:
+    """The pool's maximum and totals as served (no timeline: an upper bound for all time); None when not served."""
+    if MAX_OPEN not in readings:
+        return None
+    return OpenTimeline(
+        (), (), int(readings[MAX_OPEN]), int(readings.get(CONNECTS, 0)), int(readings.get(CLOSES, 0)), None
     )
 
 
@@ -83,6 +104,7 @@ class PodView:
     restarts: int = 0
     metrics: Metrics | None = None  # None: not reachable (starting, or crashed)
     last_message: str | None = None  # termination message of the last terminated container
+    summary: ReplicaSummary | None = None  # the running container's own summary, read once it is done
 
     @property
     def crashed(self) -> bool:
@@ -121,6 +143,16 @@ def reports(pods: list[PodView]) -> list[ReplicaReport]:
             ended = [t for t in (report.work_ended_at, m.work_ended_at) if t is not None]
             report.work_started_at = min(started) if started else None
             report.work_ended_at = max(ended) if ended else None
+            # The running container's pool: its timeline once it is done (its summary), else its maximum for all
+            # time (an upper bound), beside the crashed one's; final only once its work is over (a working
+            # replica may connect again after this read).
+            running = pod.summary.connections if pod.summary is not None and m.phase == DONE else m.connections
+            if running is None or m.phase not in (HOLDING, DONE):
+                report.connections = None
+            elif report.connections is None and pod.restarts == 0:
+                report.connections = running
+            elif report.connections is not None:
+                report.connections = merge_open_timelines([report.connections, running])
         if pod.crashed and not report.first_error:
             report.first_error = "the replica exited (no summary)"
         out.append(report)

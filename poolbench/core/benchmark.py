@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .budget import predict, predicted_safe_replicas, surge_pods
+from .client_timeline import OpenTimeline, iso_utc, merge_open_timelines
 from .contracts.phases import CRASHED
 from .contracts.summary import ReplicaSummary
 from .histogram import Histogram, merged
@@ -134,6 +135,7 @@ class ReplicaReport:
     checkout_wait: Histogram = field(default_factory=Histogram)  # every checkout (or failed one)
     work_started_at: float | None = None  # epoch seconds: the replica's first attempt
     work_ended_at: float | None = None  # epoch seconds: its last caller thread finished
+    connections: OpenTimeline | None = None  # its pools' real connections over time; None: not said
 
     @classmethod
     def from_summary(
@@ -152,6 +154,7 @@ class ReplicaReport:
             checkout_wait=summary.checkout_wait,
             work_started_at=summary.work_started_at,
             work_ended_at=summary.work_ended_at,
+            connections=summary.connections,
         )
 
 
@@ -176,7 +179,24 @@ def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepRes
     step.latency_ms = Percentiles(**latency.summary())
     step.checkout_wait_ms = Percentiles(**checkout.summary())
     step.throughput = throughput(reports)
+    client = client_timeline(reports)
+    if client is not None:
+        step.client_peak_connections = client.max_open
+        step.client_peak_exact = client.exact
+        peak_at = client.peak_at_us
+        # A replica's maximum alone bounds all time: the sum has no moment of its own then.
+        step.client_peak_at = iso_utc(peak_at) if peak_at and client.bucket_us is not None else None
+        step.client_connects = client.connects
     return step
+
+
+def client_timeline(reports: list[ReplicaReport]) -> OpenTimeline | None:
+    """The step's client witness: every replica's pool connections summed by time; None when a replica
+    did not say (no summary, or one without its pool's counts): no sum can be claimed then."""
+    timelines = [r.connections for r in reports]
+    if not reports or any(t is None for t in timelines):
+        return None
+    return merge_open_timelines([t for t in timelines if t is not None])
 
 
 def throughput(reports: list[ReplicaReport]) -> float:

@@ -246,6 +246,21 @@ class StepResult(_Out):
         " pooler's), ghosts are the app's idle connections at the pooler. Null for a direct step.",
     )
     server_idle_at_end: int = Field(0, description="Idle server backends when the work ended (pooled: the pooler's).")
+    client_peak_connections: int | None = Field(
+        None,
+        description="Most real connections the replicas' pools held open at once (their pools' connect and close"
+        " events, summed over the replicas by time; pooled: connections to the pooler). Null when a replica did"
+        " not report its pool.",
+    )
+    client_peak_exact: bool | None = Field(
+        None,
+        description="True: clientPeakConnections is exact; false: an upper bound (a replica's timeline was coarsened"
+        " into time buckets to fit its summary, or it reported only its own maximum).",
+    )
+    client_peak_at: str | None = Field(
+        None, description="When the client peak was first reached (coarsened: the start of its time bucket)."
+    )
+    client_connects: int | None = Field(None, description="Real connections the replicas' pools opened (exact).")
     outcome: Outcome | None = None
     reason: str | None = None
 

@@ -42,7 +42,6 @@ FORBIDDEN_SETTINGS = frozenset(
         "max_worker_processes",
         "log_destination",
         "logging_collector",
-
         "log_directory",
         "log_filename",
         "lc_messages",  # errors are classified by the server's English texts

@@ -27,6 +27,17 @@ POOL_CHECKED_OUT = "poolbench_pool_checked_out"
 POOL_PEAK_CHECKED_OUT = "poolbench_pool_peak_checked_out"
 POOL_OVERFLOW = "poolbench_pool_overflow"
 POOL_IDLE = "poolbench_pool_idle"
+#: The engine's real DB-API connections (the client witness, ``workload.connections``): open now, the
+#: most open at once (exact), and counters of connects and closes (served with ``_total``).
+POOL_OPEN_CONNECTIONS = "poolbench_pool_open_connections"
+POOL_MAX_OPEN_CONNECTIONS = "poolbench_pool_max_open_connections"
+POOL_CONNECTS = "poolbench_pool_connects"
+POOL_CLOSES = "poolbench_pool_closes"
+TOTAL = "_total"
+
+#: The HTTP path (beside ``/metrics``, on the same port) where a replica serves its summary now
+#: (``summary.ReplicaSummary.to_text``): the operator reads a running replica's connections timeline there.
+SUMMARY_HTTP_PATH = "summary"
 
 #: Sample suffixes of a Prometheus histogram.
 BUCKET, SUM = "_bucket", "_sum"

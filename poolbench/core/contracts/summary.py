@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..client_timeline import COARSE_BUCKETS_US, OpenTimeline
 from ..histogram import Histogram
 from .phases import ReplicaPhase, known_phase
 
@@ -40,6 +41,7 @@ class ReplicaSummary:
     work_started_at: float | None = None  # epoch seconds: the first attempt
     work_ended_at: float | None = None  # epoch seconds: the last caller finished
     processes: int | None = None  # a replica of worker processes: how many summaries it merged
+    connections: OpenTimeline | None = None  # its pools' real connections over time; None: not said
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"replica": self.replica, "phase": self.phase}
@@ -61,25 +63,43 @@ class ReplicaSummary:
                 "workEndedAt": self.work_ended_at,
             }
         )
+        if self.connections is not None:
+            data["connections"] = timeline_json(self.connections)
         return data
 
-    def to_text(self) -> str:
-        """Compact JSON of at most SUMMARY_LIMIT bytes (Kubernetes truncates a longer termination
-        message, which would no longer parse): when needed, the histograms are coarsened
-        (``Histogram.coarsened``: totals and limit counts exact), then the free texts, the first error and
-        then the replica's name, are shortened. ASCII-escaped, so characters are bytes."""
+    def to_text(self, limit: int | None = SUMMARY_LIMIT) -> str:
+        """Compact JSON of at most ``limit`` bytes (SUMMARY_LIMIT: Kubernetes truncates a longer
+        termination message, which would no longer parse; None: no limit, for a worker's pipe). When
+        needed, the connections timeline is coarsened first (``OpenTimeline.coarser_versions``: the
+        narrowest epoch-aligned buckets that fit; its maximum and totals stay exact), then the histograms
+        (``Histogram.coarsened``: totals and limit counts exact, each time with the finest timeline that
+        then fits), then the free texts, the first error and then the replica's name, are shortened.
+        ASCII-escaped, so characters are bytes."""
         data = self.to_json()
         text = json.dumps(data, separators=(",", ":"))
-        for key, histogram in (("latencyMs", self.latency), ("checkoutWaitMs", self.checkout_wait)):
-            if len(text) > SUMMARY_LIMIT:
+        if limit is None or len(text) <= limit:
+            return text
+        versions = list(self.connections.coarser_versions()) if self.connections is not None else []
+        for key, histogram in ((None, None), ("latencyMs", self.latency), ("checkoutWaitMs", self.checkout_wait)):
+            if key is not None and histogram is not None:
                 data[key] = histogram.coarsened().to_json()
+            for version in versions:
+                if 4 * len(version.counts) > limit:  # each point takes at least "d,n,": cannot fit
+                    continue
+                data["connections"] = timeline_json(version)
                 text = json.dumps(data, separators=(",", ":"))
+                if len(text) <= limit:
+                    break
+            else:
+                text = json.dumps(data, separators=(",", ":"))
+            if len(text) <= limit:
+                break
         for key in ("firstError", "replica"):
             value = data.get(key) or ""
-            while len(text) > SUMMARY_LIMIT and value:
+            while len(text) > limit and value:
                 # Cut as many characters as the excess takes at this text's mean escaped width.
                 width = (len(json.dumps(value)) - 2) / len(value)
-                value = value[: max(0, len(value) - max(1, math.ceil((len(text) - SUMMARY_LIMIT) / width)))]
+                value = value[: max(0, len(value) - max(1, math.ceil((len(text) - limit) / width)))]
                 data[key] = value
                 text = json.dumps(data, separators=(",", ":"))
         return text
@@ -105,6 +125,7 @@ class ReplicaSummary:
             work_started_at=_number(data.get("workStartedAt")),
             work_ended_at=_number(data.get("workEndedAt")),
             processes=processes,
+            connections=timeline_from_json(_mapping(data.get("connections"))),
         )
 
     @classmethod
@@ -115,6 +136,63 @@ class ReplicaSummary:
         except ValueError:
             return None
         return cls.from_json(data) if isinstance(data, dict) else None
+
+
+def timeline_json(timeline: OpenTimeline) -> dict[str, Any]:
+    """``maxOpen``, ``connects``, ``closes`` (exact); ``bucketUs`` (0: exact, a width: coarsened, null: the
+    maximum alone); the points as ``t0`` (the first time) and ``dt`` (each next one's distance), both in
+    units of the bucket (microseconds when exact), and ``n`` (the count from that time on)."""
+    data: dict[str, Any] = {
+        "maxOpen": timeline.max_open,
+        "connects": timeline.connects,
+        "closes": timeline.closes,
+        "bucketUs": timeline.bucket_us,
+    }
+    if timeline.bucket_us is not None:
+        unit = timeline.bucket_us or 1
+        times = timeline.times_us
+        data["t0"] = times[0] // unit if times else 0
+        data["dt"] = [(b - a) // unit for a, b in zip(times, times[1:], strict=False)]
+        data["n"] = list(timeline.counts)
+    return data
+
+
+def timeline_from_json(data: Mapping[str, Any] | None) -> OpenTimeline | None:
+    """The reader of ``timeline_json``. Points that do not make a timeline (lengths apart, times not
+    increasing, negative counts, a bucket width not ours) are dropped: the maximum alone remains."""
+    if data is None:
+        return None
+    max_open, connects, closes = (_integer(data.get(k)) for k in ("maxOpen", "connects", "closes"))
+    if max_open is None or max_open < 0:
+        return None
+    totals = (max(connects or 0, 0), max(closes or 0, 0))
+    bucket_us = _integer(data.get("bucketUs"))
+    t0, deltas, counts = _integer(data.get("t0")), _integers(data.get("dt")), _integers(data.get("n"))
+    if (
+        (bucket_us != 0 and bucket_us not in COARSE_BUCKETS_US)
+        or t0 is None
+        or t0 < 0
+        or deltas is None
+        or counts is None
+        or len(deltas) != max(len(counts) - 1, 0)
+        or any(d <= 0 for d in deltas)
+        or any(n < 0 for n in counts)
+        or max(counts, default=0) > max_open
+        or (bucket_us == 0 and max(counts, default=0) != max_open)
+    ):
+        return OpenTimeline((), (), max_open, *totals, None)
+    unit = bucket_us or 1
+    times = [t0 * unit]
+    for d in deltas:
+        times.append(times[-1] + d * unit)
+    return OpenTimeline(tuple(times[: len(counts)]), tuple(counts), max_open, *totals, bucket_us)
+
+
+def _integers(value: Any) -> list[int] | None:
+    if not isinstance(value, list):
+        return None
+    numbers = [_integer(v) for v in value]
+    return None if any(n is None for n in numbers) else [n for n in numbers if n is not None]
 
 
 def _text(value: Any) -> str | None:
