@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Enum, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Enum, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 
 from poolbench.core.client_timeline import OpenTimeline
@@ -151,26 +153,26 @@ class ReplicaMetrics:
         self._phase.state(phase)
 
 
-def serve_http(port: int, registry: CollectorRegistry, summary: Callable[[], str]) -> ThreadingHTTPServer:
-    """The replica's port: ``/summary`` its summary as it is now (the 4096-byte form), every other path its
-    Prometheus metrics. Serves from a daemon thread; returns the server (``server_address`` for port 0)."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not the replica's log
+        pass
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.strip("/").split("?")[0] == metrics.SUMMARY_HTTP_PATH:
-                body, content_type = summary().encode(), "application/json"
-            else:
-                body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
-        def log_message(self, *_args: object) -> None:  # scrapes are not the replica's log
-            pass
+def serve_http(port: int, registry: CollectorRegistry, summary: Callable[[], str]) -> ThreadingWSGIServer:
+    """The replica's port: ``/summary`` its summary as it is now (the 4096-byte form), every other path
+    prometheus-client's own metrics app (content negotiation, compression). Serves from a daemon thread;
+    returns the server (``server_address`` for port 0)."""
+    metrics_app = make_wsgi_app(registry)
 
-    server = ThreadingHTTPServer(("", port), Handler)
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").strip("/") == metrics.SUMMARY_HTTP_PATH:
+            body = summary().encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        answer: Iterable[bytes] = metrics_app(environ, start_response)
+        return answer
+
+    server = make_server("", port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="poolbench-http").start()
     return server
