@@ -109,7 +109,8 @@ def client_env(pg: LocalPostgres) -> dict[str, str]:
     return {**os.environ, **pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres"}
 
 
-TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+# pgbench reports the rate without its first connects, or with them when it connects per transaction (-C).
+TPS_RE = re.compile(r"tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)")
 
 
 def pgbench(pg: LocalPostgres, args: list[str], timeout: float = 300) -> str:
@@ -126,6 +127,29 @@ def pgbench_tps(pg: LocalPostgres, args: list[str], timeout: float = 300) -> flo
     if not m:
         raise RuntimeError(f"no tps in pgbench output: {out[-500:]}")
     return float(m.group(1))
+
+
+def server_cpu_seconds(pg: LocalPostgres) -> float:
+    """CPU seconds the server has used so far: the postmaster, every backend it has reaped, and the
+    processes still running under it (a backend's time reaches its parent only once it has exited)."""
+    assert pg.process is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == pg.process.pid:
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        elif ppid == pg.process.pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 @dataclass
