@@ -167,6 +167,8 @@ class TreeMemory:
     peak_rss: int = 0
     peak_pss: int = 0
     peak_procs: int = 0
+    #: At the sweep of the peak PSS: command name → (PSS bytes, processes).
+    peak_pss_by_command: dict[str, tuple[int, int]] = field(default_factory=dict)
     sweeps: int = 0
     sweep_seconds: float = 0.0  # time spent measuring (it costs CPU on a small machine)
     _halt: threading.Event = field(default_factory=threading.Event)
@@ -174,10 +176,10 @@ class TreeMemory:
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    def _tree(self) -> dict[int, int]:
-        """pid → RSS bytes for the roots and all their descendants."""
+    def _tree(self) -> dict[int, tuple[int, str]]:
+        """pid → (RSS bytes, command name) for the roots and all their descendants."""
         parent: dict[int, int] = {}
-        rss: dict[int, int] = {}
+        rss: dict[int, tuple[int, str]] = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
@@ -186,14 +188,15 @@ class TreeMemory:
                     data = fh.read()
             except OSError:
                 continue
-            fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
+            close = data.rindex(b")")
+            fields = data[close + 2 :].split()  # after "pid (comm) "
             pid = int(entry.name)
             parent[pid] = int(fields[1])
-            rss[pid] = int(fields[21]) * self.PAGE
+            rss[pid] = (int(fields[21]) * self.PAGE, data[data.index(b"(") + 1 : close].decode(errors="replace"))
         children: dict[int, list[int]] = {}
         for pid, ppid in parent.items():
             children.setdefault(ppid, []).append(pid)
-        found: dict[int, int] = {}
+        found: dict[int, tuple[int, str]] = {}
         todo = [pid for pid in self.roots if pid in rss]
         while todo:
             pid = todo.pop()
@@ -216,10 +219,16 @@ class TreeMemory:
     def sample(self) -> None:
         t = time.monotonic()
         tree = self._tree()
-        self.peak_rss = max(self.peak_rss, sum(tree.values()))
+        self.peak_rss = max(self.peak_rss, sum(r for r, _ in tree.values()))
         self.peak_procs = max(self.peak_procs, len(tree))
         if self.sweeps % self.pss_every == 0:
-            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in tree))
+            by_command: dict[str, tuple[int, int]] = {}
+            for pid, (_rss, command) in tree.items():
+                pss, count = by_command.get(command, (0, 0))
+                by_command[command] = (pss + self._pss(pid), count + 1)
+            total = sum(p for p, _ in by_command.values())
+            if total > self.peak_pss:
+                self.peak_pss, self.peak_pss_by_command = total, by_command
         self.sweeps += 1
         self.sweep_seconds += time.monotonic() - t
 
