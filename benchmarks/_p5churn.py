@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 
 from poolbench.core.sampling import Sample
-from poolbench.core.serverlog import SERVER_LOG_SETTINGS
+from poolbench.core.serverlog import OPENED, SERVER_LOG_SETTINGS
 from poolbench.db.probe import Probe, SamplerThread
+from poolbench.local.logtail import LogFile
 
-from ._logread import LogFollower, TimelineReader
+from ._logread import TimelineReader
 from .common import ROOT, TreeMemory, client_env, median, percentile, pg_bin, postgres, server_cpu_seconds
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class ReaderThread:
     """Drains the log every ``poll`` seconds and feeds the timeline, noting when each marker was parsed
     and the CPU the reading cost."""
 
-    follower: LogFollower
+    follower: LogFile
     reader: TimelineReader
     poll: float
     seen_marker: dict[str, float] = field(default_factory=dict)
@@ -52,15 +53,22 @@ class ReaderThread:
     line_lag: list[float] = field(default_factory=list)  # parse time − the line's own server time
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return self.reader.open_count()
 
     def drain(self) -> None:
         cpu0 = time.thread_time()
         batch = self.follower.read_lines()
-        for event in self.reader.feed(batch):
-            if event.kind == "connect" and event.app.startswith(MARK_APP):
+        with self._lock:
+            events = self.reader.feed(batch)
+        for event in events:
+            if event.kind == OPENED and event.application_name.startswith(MARK_APP):
                 now = time.time()
-                self.seen_marker[event.app] = now
-                self.line_lag.append(now - event.t)
+                self.seen_marker[event.application_name] = now
+                self.line_lag.append(now - event.at)
         self.lines += len(batch)
         self.max_batch = max(self.max_batch, len(batch))
         self.cpu += time.thread_time() - cpu0
@@ -175,22 +183,33 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
     with postgres(max_connections=max_connections, settings=SERVER_LOG_SETTINGS) as pg:
         script = Path(pg.root or ".") / "churn.sql"
         script.write_text(CHURN_SCRIPT)
-        reading = ReaderThread(LogFollower(pg.log_path), TimelineReader(), poll).start()
+        samples: list[Sample] = []
+        read_seconds: list[float] = []  # each read's duration: from its start (``t``) to its arrival
+        t0 = time.monotonic()
+
+        def keep(sample: Sample) -> None:
+            read_seconds.append(time.monotonic() - t0 - sample.t)
+            samples.append(sample)
+
+        probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=10, **kw))
+        probe.open()
+        reader = TimelineReader()
+        monitor_pid = probe.backend_pid()
+        assert monitor_pid is not None
+        reader.exclude(monitor_pid)  # as the monitor does: its own session is not the workload's
+        reading = ReaderThread(LogFile(pg.log_path), reader, poll).start()
         t_hold = time.monotonic()
         bulk = start_holders(pg, held, holders)
         hold_seconds = time.monotonic() - t_hold
         assert pg.process is not None
-        memory = TreeMemory([pg.process.pid, *(h.pid for h in bulk)], interval=1.0, pss_every=5).start()
-        samples: list[Sample] = []
-        t0 = time.monotonic()
-        probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=10, **kw))
-        probe.open()
-        sampler = SamplerThread(probe, interval, samples.append, t0)
+        memory = TreeMemory([pg.process.pid, *(h.pid for h in bulk)], interval=2.0, pss_on_plateau=True).start()
+        sampler = SamplerThread(probe, interval, keep, t0)
         markers = Markers(pg, 0.1)
         try:
             sampler.start()
-            time.sleep(1.0)  # a quiet second: the plateau of the bulk alone
-            quiet_until = time.monotonic() - t0
+            time.sleep(2.0)  # quiet: the plateau of the bulk alone
+            quiet_from, quiet_until = time.monotonic() - t0 - 1.0, time.monotonic() - t0
+            open_quiet = reading.open_count()
             lines0, cpu0 = reading.lines, reading.cpu
             markers.start()
             t_churn, server_cpu0 = time.monotonic(), server_cpu_seconds(pg)
@@ -206,20 +225,26 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
             markers.join(15)
             time.sleep(max(1.0, 3 * poll))  # the reader drains the tail
             lines, cpu = reading.lines - lines0, reading.cpu - cpu0
-            open_after_churn = reading.reader.open_count()
+            open_after_churn = reading.open_count()
         finally:
             sampler.stop()
             probe.close()
             markers.halt.set()
             stop_holders(bulk)
             memory.stop()
-        time.sleep(max(1.0, 3 * poll))
+        deadline = time.monotonic() + 60  # thousands of backends take a while to exit
+        while reading.open_count() > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
         reading.stop()
-        open_at_end = reading.reader.open_count()
+        open_at_end = reading.open_count()
+        exact_peak, _ = reader.peak()
         capture = pg.log_path.read_text(errors="replace")
     processed = int(_field(out, "number of transactions actually processed: "))
     lags = [reading.seen_marker[name] - t for name, t in markers.connected.items() if name in reading.seen_marker]
     loaded = [s for s in samples if quiet_until <= s.t <= churn_until]
+    quiet = [s for s in samples if quiet_from <= s.t <= quiet_until and s.ok]
+    quiet_reads = [d for s, d in zip(samples, read_seconds, strict=True) if quiet_from <= s.t <= quiet_until]
+    loaded_reads = [d for s, d in zip(samples, read_seconds, strict=True) if quiet_until <= s.t <= churn_until]
     return {
         "held": held,
         "holders": holders,
@@ -242,13 +267,17 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
         "markers_failed": markers.failed,
         "lag": lags,
         "line_lag": reading.line_lag,
-        "exact_peak": reading.reader.peak,
+        "exact_open_quiet": open_quiet,
+        "sampled_quiet": sorted({s.total for s in quiet}),
+        "exact_peak": exact_peak,
         "open_after_churn": open_after_churn,
         "open_at_end": open_at_end,
         "sampled_peak": max((s.total for s in samples if s.ok), default=0),
         "samples": len(samples),
         "failed_reads": sum(1 for s in samples if not s.ok),
         "gaps_loaded": gaps(loaded),
+        "reads_quiet": quiet_reads,
+        "reads_loaded": loaded_reads,
         "sampled_during_churn_min": min((s.total for s in loaded if s.ok), default=0),
         "peak_rss": memory.peak_rss,
         "peak_pss": memory.peak_pss,
@@ -272,7 +301,7 @@ def replay(capture: str, connects_per_second: float | None, poll: float, workdir
     per_line = connects / len(lines)
     path = workdir / f"replay-{connects_per_second or 'max'}.log"
     path.touch()
-    reading = ReaderThread(LogFollower(path), TimelineReader(), poll)
+    reading = ReaderThread(LogFile(path), TimelineReader(), poll)
     written: dict[str, float] = {}
     reading.start()
     t = time.monotonic()

@@ -164,6 +164,9 @@ class TreeMemory:
     roots: list[int]
     interval: float = 0.5
     pss_every: int = 4
+    #: Read PSS only on a plateau instead: the process count as at the sweep before and the RSS sum 2 % above
+    #: the last PSS read's (reading thousands of ``smaps_rollup`` files takes seconds of CPU).
+    pss_on_plateau: bool = False
     peak_rss: int = 0
     peak_pss: int = 0
     peak_procs: int = 0
@@ -171,6 +174,9 @@ class TreeMemory:
     peak_pss_by_command: dict[str, tuple[int, int]] = field(default_factory=dict)
     sweeps: int = 0
     sweep_seconds: float = 0.0  # time spent measuring (it costs CPU on a small machine)
+    pss_reads: int = 0
+    _last_procs: int = 0
+    _pss_read_at_rss: int = 0
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -219,9 +225,16 @@ class TreeMemory:
     def sample(self) -> None:
         t = time.monotonic()
         tree = self._tree()
-        self.peak_rss = max(self.peak_rss, sum(r for r, _ in tree.values()))
+        rss = sum(r for r, _ in tree.values())
+        self.peak_rss = max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, len(tree))
-        if self.sweeps % self.pss_every == 0:
+        due = self.sweeps % self.pss_every == 0
+        if self.pss_on_plateau:
+            due = len(tree) == self._last_procs and rss > self._pss_read_at_rss * 1.02
+        self._last_procs = len(tree)
+        if due:
+            self._pss_read_at_rss = rss
+            self.pss_reads += 1
             by_command: dict[str, tuple[int, int]] = {}
             for pid, (_rss, command) in tree.items():
                 pss, count = by_command.get(command, (0, 0))
