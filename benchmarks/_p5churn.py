@@ -202,7 +202,7 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
         bulk = start_holders(pg, held, holders)
         hold_seconds = time.monotonic() - t_hold
         assert pg.process is not None
-        memory = TreeMemory([pg.process.pid, *(h.pid for h in bulk)], interval=2.0, pss_on_plateau=True).start()
+        memory = TreeMemory([pg.process.pid, *(h.pid for h in bulk)], interval=5.0, pss_on_plateau=True).start()
         sampler = SamplerThread(probe, interval, keep, t0)
         markers = Markers(pg, 0.1)
         try:

@@ -30,7 +30,7 @@ class Sampling:
     def __init__(self, pg: LocalPostgres, interval: float) -> None:
         self.acc = StepAccumulator(replicas=1)
         self.lock = threading.Lock()
-        self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=5, **kw), PREFIX)
+        self.probe = Probe(lambda **kw: psycopg2.connect(**pg.connect_kwargs(), connect_timeout=30, **kw), PREFIX)
         self.probe.open()
         self.thread = SamplerThread(self.probe, interval, self._sink, time.monotonic())
 

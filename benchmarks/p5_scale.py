@@ -59,7 +59,7 @@ def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> d
             text=True,
         )
         # Sweeps of thousands of processes cost the machine CPU: few, and PSS (seconds of CPU) on the plateau only.
-        memory = TreeMemory([proc.pid], interval=2.0, pss_on_plateau=True).start()
+        memory = TreeMemory([proc.pid], interval=5.0, pss_on_plateau=True).start()
         try:
             _stdout, stderr = proc.communicate(timeout=900)
         finally:
@@ -107,7 +107,7 @@ def replay_label(r: dict[str, Any]) -> str:
 
 def run(smoke: bool) -> Result:
     interval_ms = 100
-    replicas, threads, hold = (5, 20, 4) if smoke else (40, 125, 45)
+    replicas, threads, hold = (5, 20, 4) if smoke else (40, 125, 120)
     held, holders, churn_seconds = (300, 2, 4) if smoke else (5000, 5, 20)
     clients, poll = 8, 0.05
     a = run_poolbench(replicas, threads, interval_ms, hold)
@@ -213,14 +213,15 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         "sampled one. Fewer replica processes with more threads each: a replica's own memory is paid per process, "
         "a thread costs little (poolbench's own estimate, 40 MiB a replica and 2 MiB a backend, keeps the run under "
         "half the machine's memory without `--allow-large`). Memory: the process tree of the CLI (runner, replica "
-        "launcher, replicas, postmaster and every backend), RSS every 2 s and PSS once the process count stops "
+        "launcher, replicas, postmaster and every backend), RSS every 5 s and PSS once the process count stops "
         "changing; RSS counts shared pages again in every process that maps them (an upper bound), PSS shares "
         "them out (the honest total).",
         "",
         "| measure | value |",
         "|---|---|",
         f"| wall time | {a['wall']:.1f} s |",
-        f"| outcome | {step['outcome']} ({step['queries']:,} queries, errors {sum(step['errors'].values())}) |",
+        f"| outcome | {step['outcome']} ({step['queries']:,} queries, errors {sum(step['errors'].values())}): "
+        f"{step.get('reason') or ''} |",
         f"| peak: exact (server log) / sampled / predicted | {step['peakConnections']:,} ({step.get('peakSource')}) / "
         f"{step.get('sampledPeakConnections', 0):,} / {step['predictedPeak']:,} |",
         f"| idle at end: measured / predicted | {step['idleAtEnd']:,} / {step['predictedIdle']:,} |",
