@@ -210,6 +210,8 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
             time.sleep(2.0)  # quiet: the plateau of the bulk alone
             quiet_from, quiet_until = time.monotonic() - t0 - 1.0, time.monotonic() - t0
             open_quiet = reading.open_count()
+            plateau = TreeMemory(memory.roots, pss_every=1)
+            plateau.sample()  # PSS of the bulk once: the churn never lets the process count settle
             lines0, cpu0 = reading.lines, reading.cpu
             markers.start()
             t_churn, server_cpu0 = time.monotonic(), server_cpu_seconds(pg)
@@ -280,7 +282,8 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
         "reads_loaded": loaded_reads,
         "sampled_during_churn_min": min((s.total for s in loaded if s.ok), default=0),
         "peak_rss": memory.peak_rss,
-        "peak_pss": memory.peak_pss,
+        "peak_pss": max(memory.peak_pss, plateau.peak_pss),
+        "pss_by_command": plateau.peak_pss_by_command,
         "peak_procs": memory.peak_procs,
         "capture": capture,
     }

@@ -94,11 +94,34 @@ def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> d
 
 
 def memory_cells(memory: TreeMemory) -> str:
+    return pss_cells(memory.peak_pss_by_command)
+
+
+def pss_cells(by_command: dict[str, tuple[int, int]]) -> str:
     parts = [
         f"{command} {pss / 2**30:.2f} GiB ({count:,} processes)"
-        for command, (pss, count) in sorted(memory.peak_pss_by_command.items(), key=lambda kv: -kv[1][0])
+        for command, (pss, count) in sorted(by_command.items(), key=lambda kv: -kv[1][0])
     ]
     return "; ".join(parts)
+
+
+def plateau_gaps(timeline: list[tuple[float, int, bool]]) -> list[float]:
+    """The gaps between reads from the first read at the peak to the last one."""
+    peak = max((total for _t, total, ok in timeline if ok), default=0)
+    at_peak = [i for i, (_t, total, ok) in enumerate(timeline) if ok and total == peak]
+    if not at_peak:
+        return []
+    times = [t for t, _total, _ok in timeline[at_peak[0] : at_peak[-1] + 1]]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def longest_gap(timeline: list[tuple[float, int, bool]]) -> str:
+    """Where the longest gap between two reads fell: when, and what the reads on either side saw."""
+    if len(timeline) < 2:
+        return "n/a"
+    i = max(range(len(timeline) - 1), key=lambda k: timeline[k + 1][0] - timeline[k][0])
+    (t1, n1, _), (t2, n2, _) = timeline[i], timeline[i + 1]
+    return f"{(t2 - t1) * 1000:.0f} ms at {t1:.1f} s, between reads of {n1:,} and {n2:,} backends"
 
 
 def replay_label(r: dict[str, Any]) -> str:
@@ -228,6 +251,9 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         f"| samples | {a['samples']} ({a['failed']} failed reads) |",
         f"| inter-sample gap, whole run: median / p99 / max | {dist_ms(a['gaps'])} |",
         f"| inter-sample gap, while connections are open | {dist_ms(a['loaded'])} |",
+        f"| inter-sample gap on the plateau (every read at {step.get('sampledPeakConnections', 0):,}) "
+        f"| {dist_ms(plateau_gaps(a['timeline']))} |",
+        f"| the longest gap | {longest_gap(a['timeline'])} |",
         f"| peak memory, RSS sum | {memory.peak_rss / 2**30:.2f} GiB ({memory.peak_procs:,} processes) |",
         f"| peak memory, PSS sum | {memory.peak_pss / 2**30:.2f} GiB |",
         f"| PSS by process at that peak | {memory_cells(memory)} |",
@@ -267,6 +293,7 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         f"| inter-sample gap during the churn: median / p99 / max | {dist_ms(churn_gaps)} |",
         f"| peak memory, RSS / PSS sum (server and holders) | {b['peak_rss'] / 2**30:.2f} / "
         f"{b['peak_pss'] / 2**30:.2f} GiB ({b['peak_procs']:,} processes) |",
+        f"| PSS by process, the bulk held before the churn | {pss_cells(b['pss_by_command'])} |",
         "",
         "| replay | lines | connects/s written | caught up after | lag, written → parsed: median / p99 / max "
         "| lines per CPU second |",
