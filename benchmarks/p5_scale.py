@@ -28,9 +28,10 @@ def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int) -> dict[s
             "postgres": {"maxConnections": replicas * threads + 100},
             "workload": {
                 "threads": threads,
-                # Each statement outlasts a replica's own connects, so every thread holds its connection at once.
-                "statement": "SELECT pg_sleep(1)",
-                "iterations": 3,
+                # A statement outlasts the stagger of a replica's thread starts on a loaded machine: no thread
+                # finds another's connection idle, so every thread opens its own and all are open at once.
+                "statement": "SELECT pg_sleep(5)",
+                "iterations": 2,
                 "holdSeconds": hold,
                 "onError": "count",
                 "engine": {"poolClass": "QueuePool", "poolSize": threads, "maxOverflow": 0},
@@ -230,7 +231,7 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         "Two parts, each on its own embedded PostgreSQL 18 with the connection log on (`SERVER_LOG_SETTINGS`).",
         "",
         f"**`poolbench run` at {backends:,} backends.** {a['replicas']} replicas × {a['threads']} threads (QueuePool "
-        f"poolSize {a['threads']} maxOverflow 0, `SELECT pg_sleep(1)` × 3 iterations, hold {a['hold']} s so that "
+        f"poolSize {a['threads']} maxOverflow 0, `SELECT pg_sleep(5)` × 2 iterations, hold {a['hold']} s so that "
         f"every replica's connections overlap), max_connections {backends + 100}, sampling every "
         f"{interval * 1000:.0f} ms; the runner follows the server's log and reports the exact peak beside the "
         "sampled one. Fewer replica processes with more threads each: a replica's own memory is paid per process, "
