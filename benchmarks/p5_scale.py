@@ -19,7 +19,7 @@ from ._p5churn import dist_ms, replay, run_churn
 from .common import ROOT, Result, TreeMemory, median, percentile
 
 
-def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int) -> dict[str, Any]:
+def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int, sleep: float) -> dict[str, Any]:
     return {
         "apiVersion": "poolbench.dev/v1alpha1",
         "kind": "PoolBenchmark",
@@ -30,7 +30,7 @@ def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int) -> dict[s
                 "threads": threads,
                 # A statement outlasts the stagger of a replica's thread starts on a loaded machine: no thread
                 # finds another's connection idle, so every thread opens its own and all are open at once.
-                "statement": "SELECT pg_sleep(5)",
+                "statement": f"SELECT pg_sleep({sleep:g})",
                 "iterations": 2,
                 "holdSeconds": hold,
                 "onError": "count",
@@ -43,12 +43,14 @@ def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int) -> dict[s
     }
 
 
-def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> dict[str, Any]:
+def run_poolbench(
+    replicas: int, threads: int, interval_ms: int, hold: int, sleep: float, sweep: float
+) -> dict[str, Any]:
     """One ``poolbench run`` of a step of ``replicas`` × ``threads``; its step, timeline and memory."""
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-p5-"))
     try:
         spec = tmp / "scale.yaml"
-        spec.write_text(yaml.safe_dump(spec_doc(replicas, threads, interval_ms, hold)))
+        spec.write_text(yaml.safe_dump(spec_doc(replicas, threads, interval_ms, hold, sleep)))
         out = tmp / "r.json"
         t = time.monotonic()
         proc = subprocess.Popen(
@@ -60,7 +62,7 @@ def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> d
             text=True,
         )
         # Sweeps of thousands of processes cost the machine CPU: few, and PSS (seconds of CPU) on the plateau only.
-        memory = TreeMemory([proc.pid], interval=5.0, pss_on_plateau=True).start()
+        memory = TreeMemory([proc.pid], interval=sweep, pss_on_plateau=True).start()
         try:
             _stdout, stderr = proc.communicate(timeout=900)
         finally:
@@ -81,6 +83,7 @@ def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> d
         "threads": threads,
         "interval": interval_ms / 1000,
         "hold": hold,
+        "sleep": sleep,
         "wall": wall,
         "step": doc["status"]["variants"][0]["steps"][0],
         "samples": len(timeline),
@@ -92,6 +95,11 @@ def run_poolbench(replicas: int, threads: int, interval_ms: int, hold: int) -> d
         "memory": memory,
         "timeline": [(s["t"], s["total"], s["ok"]) for s in timeline],
     }
+
+
+def gib(size: int, reads: int) -> str:
+    """A PSS figure, or n/a when the run was too short for a read on a plateau."""
+    return f"{size / 2**30:.2f} GiB" if reads else "n/a (no plateau to read it on)"
 
 
 def memory_cells(memory: TreeMemory) -> str:
@@ -134,7 +142,7 @@ def run(smoke: bool) -> Result:
     replicas, threads, hold = (5, 20, 4) if smoke else (40, 125, 120)
     held, holders, churn_seconds = (300, 2, 4) if smoke else (5000, 5, 20)
     clients, poll = 8, 0.05
-    a = run_poolbench(replicas, threads, interval_ms, hold)
+    a = run_poolbench(replicas, threads, interval_ms, hold, sleep=0.5 if smoke else 5, sweep=1.0 if smoke else 5.0)
     b = run_churn(held, holders, churn_seconds, interval_ms / 1000, clients, poll)
     capture = b.pop("capture")
     with tempfile.TemporaryDirectory(prefix="pb-bench-p5-replay-") as workdir:
@@ -222,7 +230,7 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         ),
         (
             "peak memory reported (poolbench run: runner + replicas + postgres; churn: postgres + holders)",
-            f"PSS {memory.peak_pss / 2**30:.2f} GiB at {backends:,} backends; "
+            f"PSS {gib(memory.peak_pss, memory.pss_reads)} at {backends:,} backends; "
             f"{b['peak_pss'] / 2**30:.2f} GiB with {b['held']:,} held",
             None,
         ),
@@ -231,15 +239,15 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         "Two parts, each on its own embedded PostgreSQL 18 with the connection log on (`SERVER_LOG_SETTINGS`).",
         "",
         f"**`poolbench run` at {backends:,} backends.** {a['replicas']} replicas × {a['threads']} threads (QueuePool "
-        f"poolSize {a['threads']} maxOverflow 0, `SELECT pg_sleep(5)` × 2 iterations, hold {a['hold']} s so that "
-        f"every replica's connections overlap), max_connections {backends + 100}, sampling every "
+        f"poolSize {a['threads']} maxOverflow 0, `SELECT pg_sleep({a['sleep']:g})` × 2 iterations, hold "
+        f"{a['hold']} s so that every replica's connections overlap), max_connections {backends + 100}, sampling every "
         f"{interval * 1000:.0f} ms; the runner follows the server's log and reports the exact peak beside the "
         "sampled one. Fewer replica processes with more threads each: a replica's own memory is paid per process, "
         "a thread costs little (poolbench's own estimate, 40 MiB a replica and 2 MiB a backend, keeps the run under "
         "half the machine's memory without `--allow-large`). Memory: the process tree of the CLI (runner, replica "
-        "launcher, replicas, postmaster and every backend), RSS every 5 s and PSS once the process count stops "
-        "changing; RSS counts shared pages again in every process that maps them (an upper bound), PSS shares "
-        "them out (the honest total).",
+        "launcher, replicas, postmaster and every backend), RSS every 5 s (1 s in a smoke run) and PSS once the "
+        "process count stops changing; RSS counts shared pages again in every process that maps them (an upper "
+        "bound), PSS shares them out (the honest total).",
         "",
         "| measure | value |",
         "|---|---|",
@@ -256,7 +264,7 @@ def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) 
         f"| {dist_ms(plateau_gaps(a['timeline']))} |",
         f"| the longest gap | {longest_gap(a['timeline'])} |",
         f"| peak memory, RSS sum | {memory.peak_rss / 2**30:.2f} GiB ({memory.peak_procs:,} processes) |",
-        f"| peak memory, PSS sum | {memory.peak_pss / 2**30:.2f} GiB |",
+        f"| peak memory, PSS sum | {gib(memory.peak_pss, memory.pss_reads)} |",
         f"| PSS by process at that peak | {memory_cells(memory)} |",
         f"| memory sampling cost | {memory.sweeps} sweeps, "
         f"{memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms each (in the benchmark process) |",
