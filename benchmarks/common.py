@@ -109,7 +109,8 @@ def client_env(pg: LocalPostgres) -> dict[str, str]:
     return {**os.environ, **pg.client_env(), "PGUSER": "postgres", "PGDATABASE": "postgres"}
 
 
-TPS_RE = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+# pgbench reports the rate without its first connects, or with them when it connects per transaction (-C).
+TPS_RE = re.compile(r"tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)")
 
 
 def pgbench(pg: LocalPostgres, args: list[str], timeout: float = 300) -> str:
@@ -128,6 +129,29 @@ def pgbench_tps(pg: LocalPostgres, args: list[str], timeout: float = 300) -> flo
     return float(m.group(1))
 
 
+def server_cpu_seconds(pg: LocalPostgres) -> float:
+    """CPU seconds the server has used so far: the postmaster, every backend it has reaped, and the
+    processes still running under it (a backend's time reaches its parent only once it has exited)."""
+    assert pg.process is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == pg.process.pid:
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        elif ppid == pg.process.pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 @dataclass
 class TreeMemory:
     """Samples the summed RSS (and PSS, which counts shared pages once) of process trees.
@@ -140,20 +164,28 @@ class TreeMemory:
     roots: list[int]
     interval: float = 0.5
     pss_every: int = 4
+    #: Read PSS only on a plateau instead: the process count as at the sweep before and the RSS sum 2 % above
+    #: the last PSS read's (reading thousands of ``smaps_rollup`` files takes seconds of CPU).
+    pss_on_plateau: bool = False
     peak_rss: int = 0
     peak_pss: int = 0
     peak_procs: int = 0
+    #: At the sweep of the peak PSS: command name → (PSS bytes, processes).
+    peak_pss_by_command: dict[str, tuple[int, int]] = field(default_factory=dict)
     sweeps: int = 0
     sweep_seconds: float = 0.0  # time spent measuring (it costs CPU on a small machine)
+    pss_reads: int = 0
+    _last_procs: int = 0
+    _pss_read_at_rss: int = 0
     _halt: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    def _tree(self) -> dict[int, int]:
-        """pid → RSS bytes for the roots and all their descendants."""
+    def _tree(self) -> dict[int, tuple[int, str]]:
+        """pid → (RSS bytes, command name) for the roots and all their descendants."""
         parent: dict[int, int] = {}
-        rss: dict[int, int] = {}
+        rss: dict[int, tuple[int, str]] = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
@@ -162,14 +194,15 @@ class TreeMemory:
                     data = fh.read()
             except OSError:
                 continue
-            fields = data[data.rindex(b")") + 2 :].split()  # after "pid (comm) "
+            close = data.rindex(b")")
+            fields = data[close + 2 :].split()  # after "pid (comm) "
             pid = int(entry.name)
             parent[pid] = int(fields[1])
-            rss[pid] = int(fields[21]) * self.PAGE
+            rss[pid] = (int(fields[21]) * self.PAGE, data[data.index(b"(") + 1 : close].decode(errors="replace"))
         children: dict[int, list[int]] = {}
         for pid, ppid in parent.items():
             children.setdefault(ppid, []).append(pid)
-        found: dict[int, int] = {}
+        found: dict[int, tuple[int, str]] = {}
         todo = [pid for pid in self.roots if pid in rss]
         while todo:
             pid = todo.pop()
@@ -192,10 +225,23 @@ class TreeMemory:
     def sample(self) -> None:
         t = time.monotonic()
         tree = self._tree()
-        self.peak_rss = max(self.peak_rss, sum(tree.values()))
+        rss = sum(r for r, _ in tree.values())
+        self.peak_rss = max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, len(tree))
-        if self.sweeps % self.pss_every == 0:
-            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in tree))
+        due = self.sweeps % self.pss_every == 0
+        if self.pss_on_plateau:
+            due = len(tree) == self._last_procs and rss > self._pss_read_at_rss * 1.02
+        self._last_procs = len(tree)
+        if due:
+            self._pss_read_at_rss = rss
+            self.pss_reads += 1
+            by_command: dict[str, tuple[int, int]] = {}
+            for pid, (_rss, command) in tree.items():
+                pss, count = by_command.get(command, (0, 0))
+                by_command[command] = (pss + self._pss(pid), count + 1)
+            total = sum(p for p, _ in by_command.values())
+            if total > self.peak_pss:
+                self.peak_pss, self.peak_pss_by_command = total, by_command
         self.sweeps += 1
         self.sweep_seconds += time.monotonic() - t
 

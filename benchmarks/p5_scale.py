@@ -1,4 +1,5 @@
-"""P5 scale: 50 replicas × 20 connections through the local runner; sampling regularity and memory."""
+"""P5 scale: thousands of client backends through the local runner, with the server log on; the sampler's
+regularity, the log reader's lag under connection churn, and the memory it all takes."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Any
 
 import yaml
 
+from ._p5churn import dist_ms, replay, run_churn
 from .common import ROOT, Result, TreeMemory, median, percentile
 
 
-def spec_doc(replicas: int, threads: int, interval_ms: int) -> dict[str, Any]:
+def spec_doc(replicas: int, threads: int, interval_ms: int, hold: int, sleep: float) -> dict[str, Any]:
     return {
         "apiVersion": "poolbench.dev/v1alpha1",
         "kind": "PoolBenchmark",
@@ -26,25 +28,29 @@ def spec_doc(replicas: int, threads: int, interval_ms: int) -> dict[str, Any]:
             "postgres": {"maxConnections": replicas * threads + 100},
             "workload": {
                 "threads": threads,
-                "statement": "SELECT pg_sleep(0.05)",
-                "iterations": 10,
-                "holdSeconds": 6,
+                # A statement outlasts the stagger of a replica's thread starts on a loaded machine: no thread
+                # finds another's connection idle, so every thread opens its own and all are open at once.
+                "statement": f"SELECT pg_sleep({sleep:g})",
+                "iterations": 2,
+                "holdSeconds": hold,
                 "onError": "count",
                 "engine": {"poolClass": "QueuePool", "poolSize": threads, "maxOverflow": 0},
             },
             "steps": [replicas],
-            "stepTimeoutSeconds": 240,
+            "stepTimeoutSeconds": 300,
             "sampling": {"intervalMs": interval_ms},
         },
     }
 
 
-def run(smoke: bool) -> Result:
-    replicas, threads, interval_ms = (5, 20, 100) if smoke else (50, 20, 100)
+def run_poolbench(
+    replicas: int, threads: int, interval_ms: int, hold: int, sleep: float, sweep: float
+) -> dict[str, Any]:
+    """One ``poolbench run`` of a step of ``replicas`` × ``threads``; its step, timeline and memory."""
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-p5-"))
     try:
         spec = tmp / "scale.yaml"
-        spec.write_text(yaml.safe_dump(spec_doc(replicas, threads, interval_ms)))
+        spec.write_text(yaml.safe_dump(spec_doc(replicas, threads, interval_ms, hold, sleep)))
         out = tmp / "r.json"
         t = time.monotonic()
         proc = subprocess.Popen(
@@ -55,9 +61,10 @@ def run(smoke: bool) -> Result:
             stderr=subprocess.PIPE,
             text=True,
         )
-        memory = TreeMemory([proc.pid], interval=0.5, pss_every=6).start()
+        # Sweeps of thousands of processes cost the machine CPU: few, and PSS (seconds of CPU) on the plateau only.
+        memory = TreeMemory([proc.pid], interval=sweep, pss_on_plateau=True).start()
         try:
-            stdout, stderr = proc.communicate(timeout=600)
+            _stdout, stderr = proc.communicate(timeout=900)
         finally:
             memory.stop()
             if proc.poll() is None:
@@ -69,70 +76,251 @@ def run(smoke: bool) -> Result:
         doc = json.loads(out.read_text())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    status, timeline = doc["status"], doc["timeline"]
-    step = status["variants"][0]["steps"][0]
-    interval = interval_ms / 1000
+    timeline = doc["timeline"]
     times = [s["t"] for s in timeline]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    loaded = [b["t"] - a["t"] for a, b in zip(timeline, timeline[1:], strict=False) if a["total"] > 0 or b["total"] > 0]
-    failed = sum(1 for s in timeline if not s["ok"])
+    return {
+        "replicas": replicas,
+        "threads": threads,
+        "interval": interval_ms / 1000,
+        "hold": hold,
+        "sleep": sleep,
+        "wall": wall,
+        "step": doc["status"]["variants"][0]["steps"][0],
+        "samples": len(timeline),
+        "failed": sum(1 for s in timeline if not s["ok"]),
+        "gaps": [b - a for a, b in zip(times, times[1:], strict=False)],
+        "loaded": [
+            b["t"] - a["t"] for a, b in zip(timeline, timeline[1:], strict=False) if a["total"] > 0 or b["total"] > 0
+        ],
+        "memory": memory,
+        "timeline": [(s["t"], s["total"], s["ok"]) for s in timeline],
+    }
 
-    def dist(values: list[float]) -> str:
-        if not values:
-            return "n/a"
-        return (
-            f"{median(values) * 1000:.0f} / {percentile(values, 99) * 1000:.0f} / {max(values) * 1000:.0f} ms "
-            f"({len(values)} gaps)"
-        )
 
-    p99 = percentile(loaded or gaps, 99)
-    goals = [
+def gib(size: int, reads: int) -> str:
+    """A PSS figure, or n/a when the run was too short for a read on a plateau."""
+    return f"{size / 2**30:.2f} GiB" if reads else "n/a (no plateau to read it on)"
+
+
+def memory_cells(memory: TreeMemory) -> str:
+    return pss_cells(memory.peak_pss_by_command)
+
+
+def pss_cells(by_command: dict[str, tuple[int, int]]) -> str:
+    parts = [
+        f"{command} {pss / 2**30:.2f} GiB ({count:,} processes)"
+        for command, (pss, count) in sorted(by_command.items(), key=lambda kv: -kv[1][0])
+    ]
+    return "; ".join(parts)
+
+
+def plateau_gaps(timeline: list[tuple[float, int, bool]]) -> list[float]:
+    """The gaps between reads from the first read at the peak to the last one."""
+    peak = max((total for _t, total, ok in timeline if ok), default=0)
+    at_peak = [i for i, (_t, total, ok) in enumerate(timeline) if ok and total == peak]
+    if not at_peak:
+        return []
+    times = [t for t, _total, _ok in timeline[at_peak[0] : at_peak[-1] + 1]]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def longest_gap(timeline: list[tuple[float, int, bool]]) -> str:
+    """Where the longest gap between two reads fell: when, and what the reads on either side saw."""
+    if len(timeline) < 2:
+        return "n/a"
+    i = max(range(len(timeline) - 1), key=lambda k: timeline[k + 1][0] - timeline[k][0])
+    (t1, n1, _), (t2, n2, _) = timeline[i], timeline[i + 1]
+    return f"{(t2 - t1) * 1000:.0f} ms at {t1:.1f} s, between reads of {n1:,} and {n2:,} backends"
+
+
+def replay_label(r: dict[str, Any]) -> str:
+    return f"{r['target']:,.0f} connects/s" if r["target"] else "flat out"
+
+
+def run(smoke: bool) -> Result:
+    interval_ms = 100
+    replicas, threads, hold = (5, 20, 4) if smoke else (40, 125, 120)
+    held, holders, churn_seconds = (300, 2, 4) if smoke else (5000, 5, 20)
+    clients, poll = 8, 0.05
+    a = run_poolbench(replicas, threads, interval_ms, hold, sleep=0.5 if smoke else 5, sweep=1.0 if smoke else 5.0)
+    b = run_churn(held, holders, churn_seconds, interval_ms / 1000, clients, poll)
+    capture = b.pop("capture")
+    with tempfile.TemporaryDirectory(prefix="pb-bench-p5-replay-") as workdir:
+        replays = [replay(capture, rate, poll, Path(workdir)) for rate in (2000.0, 4000.0, None)]
+    return report(a, b, replays)
+
+
+def report(a: dict[str, Any], b: dict[str, Any], replays: list[dict[str, Any]]) -> Result:
+    step, interval, memory = a["step"], a["interval"], a["memory"]
+    backends = a["replicas"] * a["threads"]
+    p99 = percentile(a["loaded"] or a["gaps"], 99)
+    churn_gaps = b["gaps_loaded"]
+    churn_p99 = percentile(churn_gaps, 99)
+    paced = [r for r in replays if r["target"]]
+    flat = next(r for r in replays if not r["target"])
+    lag_p99 = percentile(b["lag"], 99)
+    exact_held = b["exact_open_quiet"] == b["held"] and b["sampled_quiet"] == [b["held"]]
+    # The bulk, then per churning client (pgbench's and the marker's) its session and the one before it, whose
+    # disconnection line may come after the next session is authorized (a backend logs its end as it exits).
+    churn_bound = b["held"] + 2 * (b["clients"] + 1)
+    goals: list[tuple[str, str, bool | None]] = [
         (
-            f"{replicas} replicas × {threads} connections complete (step passed, peak = predicted)",
-            f"{step['outcome']}, peak {step['peakConnections']} of {step['predictedPeak']} predicted",
-            step["outcome"] == "Passed" and step["peakConnections"] == step["predictedPeak"],
+            f"poolbench run, {a['replicas']} replicas × {a['threads']} connections = {backends:,} client backends: "
+            "step passed, exact peak from the server's log = predicted, sampled ≤ exact",
+            f"{step['outcome']}, peak {step['peakConnections']:,} ({step.get('peakSource')}) of "
+            f"{step['predictedPeak']:,} predicted, sampled {step.get('sampledPeakConnections', 0):,}",
+            step["outcome"] == "Passed"
+            and step.get("peakSource") == "serverLog"
+            and step["peakConnections"] == step["predictedPeak"]
+            and step.get("sampledPeakConnections", 0) <= step["peakConnections"],
         ),
         (
-            f"samples stay on their {interval_ms} ms interval under load (p99 gap ≤ 1.5 × interval, no failed read)",
-            f"p99 {p99 * 1000:.0f} ms, max {max(loaded or gaps) * 1000:.0f} ms, {failed} failed",
-            p99 <= 1.5 * interval and failed == 0,
+            f"poolbench run: samples stay on their {interval * 1000:.0f} ms interval at {backends:,} backends "
+            "(p99 gap ≤ 1.5 × interval, no failed read)",
+            f"p99 {p99 * 1000:.0f} ms, max {max(a['loaded'] or a['gaps']) * 1000:.0f} ms, {a['failed']} failed",
+            p99 <= 1.5 * interval and a["failed"] == 0,
         ),
         (
-            "peak memory of the whole run reported (runner + launcher + replicas + postgres)",
-            f"RSS sum {memory.peak_rss / 2**30:.2f} GiB, PSS sum {memory.peak_pss / 2**30:.2f} GiB",
+            f"{b['held']:,} idle backends held: the exact timeline and the sampler both count exactly them",
+            f"exact {b['exact_open_quiet']:,}, sampled {', '.join(f'{n:,}' for n in b['sampled_quiet'])}",
+            exact_held,
+        ),
+        (
+            "the same with connection churn on top: samples on their interval (p99 gap ≤ 1.5 × interval, no failed "
+            "read)",
+            f"p99 {churn_p99 * 1000:.0f} ms, max {max(churn_gaps) * 1000:.0f} ms, {b['failed_reads']} failed; "
+            f"a read takes {dist_ms(b['reads_loaded'])} (median / p99 / max)",
+            churn_p99 <= 1.5 * interval and b["failed_reads"] == 0,
+        ),
+        (
+            f"the exact peak under churn lies between the bulk and the bulk + two sessions per churning client "
+            f"({b['held']:,} … {churn_bound:,}: one open, one still exiting); the sampled one not above it; none left "
+            "open at the end",
+            f"exact {b['exact_peak']:,}, sampled {b['sampled_peak']:,}, open at the end {b['open_at_end']}",
+            b["held"] <= b["exact_peak"] <= churn_bound
+            and b["sampled_peak"] <= b["exact_peak"]
+            and b["open_at_end"] == 0,
+        ),
+        (
+            "connection churn reached by the generator (pgbench -C, Unix socket; goal ≥ 2,000 connects/s)",
+            f"{b['connects_per_second']:,.0f} connects/s beside {b['held']:,} idle backends; the server spends "
+            f"{b['server_cpu_per_connect'] * 1000:.1f} ms CPU per connect",
+            b["connects_per_second"] >= 2000,
+        ),
+        (
+            "the log reader keeps up with the live churn: every marker connect parsed, p99 lag from the connect's "
+            f"return ≤ 2 × the sampling interval ({2 * interval * 1000:.0f} ms)",
+            f"{b['markers_seen']} of {b['markers']} parsed, lag {dist_ms(b['lag'])} (median / p99 / max)",
+            b["markers_seen"] == b["markers"] and lag_p99 <= 2 * interval,
+        ),
+        *[
+            (
+                f"the log reader keeps up with the same lines replayed at {r['target']:,.0f} connects/s: "
+                f"all parsed, p99 lag ≤ 2 × the sampling interval ({2 * interval * 1000:.0f} ms)",
+                f"{r['achieved_connects_per_second']:,.0f} connects/s written, lag {dist_ms(r['lag'])}",
+                r["parsed_all"] and percentile(r["lag"], 99) <= 2 * interval,
+            )
+            for r in paced
+        ],
+        (
+            "the log reader's throughput (lines per CPU second of its thread, replayed flat out)",
+            f"{flat['lines_per_cpu_second']:,.0f} lines/s "
+            f"= {flat['lines_per_cpu_second'] * flat['connects'] / flat['lines']:,.0f} connects/s",
+            None,
+        ),
+        (
+            "peak memory reported (poolbench run: runner + replicas + postgres; churn: postgres + holders)",
+            f"PSS {gib(memory.peak_pss, memory.pss_reads)} at {backends:,} backends; "
+            f"{b['peak_pss'] / 2**30:.2f} GiB with {b['held']:,} held",
             None,
         ),
     ]
     md = [
-        f"`poolbench run` with {replicas} replicas × {threads} threads (QueuePool poolSize {threads} maxOverflow 0, "
-        f"`SELECT pg_sleep(0.05)` × 10 iterations, hold 6 s so that every replica overlaps), "
-        f"max_connections {replicas * threads + 100}, sampling "
-        f"every {interval_ms} ms. Memory: the process tree of the CLI (runner, replica launcher, replicas, postmaster "
-        "and every backend) summed every 0.5 s (PSS every 3 s); RSS counts shared pages again in every process that "
-        "maps them (an upper bound), PSS shares them out (the honest total).",
+        "Two parts, each on its own embedded PostgreSQL 18 with the connection log on (`SERVER_LOG_SETTINGS`).",
+        "",
+        f"**`poolbench run` at {backends:,} backends.** {a['replicas']} replicas × {a['threads']} threads (QueuePool "
+        f"poolSize {a['threads']} maxOverflow 0, `SELECT pg_sleep({a['sleep']:g})` × 2 iterations, hold "
+        f"{a['hold']} s so that every replica's connections overlap), max_connections {backends + 100}, sampling every "
+        f"{interval * 1000:.0f} ms; the runner follows the server's log and reports the exact peak beside the "
+        "sampled one. Fewer replica processes with more threads each: a replica's own memory is paid per process, "
+        "a thread costs little (poolbench's own estimate, 40 MiB a replica and 2 MiB a backend, keeps the run under "
+        "half the machine's memory without `--allow-large`). Memory: the process tree of the CLI (runner, replica "
+        "launcher, replicas, postmaster and every backend), RSS every 5 s (1 s in a smoke run) and PSS once the "
+        "process count stops changing; RSS counts shared pages again in every process that maps them (an upper "
+        "bound), PSS shares them out (the honest total).",
         "",
         "| measure | value |",
         "|---|---|",
-        f"| wall time | {wall:.1f} s |",
-        f"| outcome | {step['outcome']} ({step['queries']:,} queries, errors {sum(step['errors'].values())}) |",
-        f"| measured peak / predicted | {step['peakConnections']} / {step['predictedPeak']} "
-        f"(idle at end {step['idleAtEnd']} / {step['predictedIdle']}) |",
-        f"| samples | {len(timeline)} ({failed} failed reads) |",
-        f"| inter-sample gap, whole run: median / p99 / max | {dist(gaps)} |",
-        f"| inter-sample gap, while connections are open | {dist(loaded)} |",
-        f"| peak memory, RSS sum | {memory.peak_rss / 2**30:.2f} GiB ({memory.peak_procs} processes) |",
-        f"| peak memory, PSS sum | {memory.peak_pss / 2**30:.2f} GiB |",
+        f"| wall time | {a['wall']:.1f} s |",
+        f"| outcome | {step['outcome']} ({step['queries']:,} queries, errors {sum(step['errors'].values())}): "
+        f"{step.get('reason') or ''} |",
+        f"| peak: exact (server log) / sampled / predicted | {step['peakConnections']:,} ({step.get('peakSource')}) / "
+        f"{step.get('sampledPeakConnections', 0):,} / {step['predictedPeak']:,} |",
+        f"| idle at end: measured / predicted | {step['idleAtEnd']:,} / {step['predictedIdle']:,} |",
+        f"| samples | {a['samples']} ({a['failed']} failed reads) |",
+        f"| inter-sample gap, whole run: median / p99 / max | {dist_ms(a['gaps'])} |",
+        f"| inter-sample gap, while connections are open | {dist_ms(a['loaded'])} |",
+        f"| inter-sample gap on the plateau (every read at {step.get('sampledPeakConnections', 0):,}) "
+        f"| {dist_ms(plateau_gaps(a['timeline']))} |",
+        f"| the longest gap | {longest_gap(a['timeline'])} |",
+        f"| peak memory, RSS sum | {memory.peak_rss / 2**30:.2f} GiB ({memory.peak_procs:,} processes) |",
+        f"| peak memory, PSS sum | {gib(memory.peak_pss, memory.pss_reads)} |",
+        f"| PSS by process at that peak | {memory_cells(memory)} |",
         f"| memory sampling cost | {memory.sweeps} sweeps, "
-        f"{memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms each "
-        "(in the benchmark process, not the runner) |",
+        f"{memory.sweep_seconds / max(1, memory.sweeps) * 1000:.0f} ms each (in the benchmark process) |",
+        "",
+        f"**Churn beside {b['held']:,} idle backends.** {b['holders']} light holder processes "
+        f"(`benchmarks._hold`: psycopg2 connections and nothing else) open {b['held']:,} idle backends "
+        f"({b['hold_seconds']:.1f} s); then poolbench's sampler (`Probe` + `SamplerThread`, every "
+        f"{interval * 1000:.0f} ms), a log reader with poolbench's own parts (`LogFile` follows the file, "
+        f"`serverlog.parse_line`, `timeline.ServerTimeline`; the sampler's session excluded as the monitor does) "
+        f"draining the log every {b['reader_poll'] * 1000:.0f} ms, `pgbench -C -c {b['clients']} -j 2` (`SELECT 1`, "
+        f"a connect and a disconnect per transaction, Unix socket) for {b['churn_seconds']:.0f} s, and a marker "
+        "connect every 100 ms whose return time is noted: lag = parsed − returned. The same captured log is then "
+        "replayed into a fresh file at fixed connect rates (and flat out) with the reader following it: lag = "
+        "parsed − written.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| churn achieved | **{b['connects_per_second']:,.0f} connects/s** ({b['connects']:,} connects, "
+        f"pgbench {b['pgbench_tps']:,.0f} tps including reconnection) |",
+        f"| the server's CPU per connect (postmaster + backends) | {b['server_cpu_per_connect'] * 1000:.2f} ms; "
+        f"the server used {b['server_cpu_share'] * 100:.0f} % of the machine's {os.cpu_count()} cores |",
+        f"| log lines read during the churn | {b['lines']:,} ({b['lines'] / b['churn_seconds']:,.0f} lines/s; largest "
+        f"drain {b['max_batch']:,} lines) |",
+        f"| log reader CPU | {b['reader_cpu']:.2f} s = {b['reader_cpu_share'] * 100:.1f} % of one core "
+        f"({b['lines_per_cpu_second']:,.0f} lines per CPU second) |",
+        f"| marker lag, connect returned → parsed: median / p99 / max | {dist_ms(b['lag'])} |",
+        f"| line lag, the server's time of the line → parsed | {dist_ms(b['line_lag'])} |",
+        f"| before the churn: exact open / sampled | {b['exact_open_quiet']:,} / "
+        f"{', '.join(f'{n:,}' for n in b['sampled_quiet'])} |",
+        f"| exact: peak / open after the churn / open at the end | {b['exact_peak']:,} / "
+        f"{b['open_after_churn']:,} / {b['open_at_end']:,} |",
+        f"| sampled: peak / lowest during the churn | {b['sampled_peak']:,} / {b['sampled_during_churn_min']:,} |",
+        f"| one sampler read (pg_stat_activity): before / during the churn, median / p99 / max "
+        f"| {dist_ms(b['reads_quiet'])}; {dist_ms(b['reads_loaded'])} |",
+        f"| inter-sample gap during the churn: median / p99 / max | {dist_ms(churn_gaps)} |",
+        f"| peak memory, RSS / PSS sum (server and holders) | {b['peak_rss'] / 2**30:.2f} / "
+        f"{b['peak_pss'] / 2**30:.2f} GiB ({b['peak_procs']:,} processes) |",
+        f"| PSS by process, the bulk held before the churn | {pss_cells(b['pss_by_command'])} |",
+        "",
+        "| replay | lines | connects/s written | caught up after | lag, written → parsed: median / p99 / max "
+        "| lines per CPU second |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {replay_label(r)} | {r['lines']:,} "
+            f"| {r['achieved_connects_per_second']:,.0f} | {r['caught_up_seconds']:.2f} s | {dist_ms(r['lag'])} "
+            f"| {r['lines_per_cpu_second']:,.0f} |"
+            for r in replays
+        ],
     ]
     data = {
-        "wall": wall,
-        "step": step,
-        "gaps_ms": {"median": median(gaps) * 1000, "p99": percentile(gaps, 99) * 1000, "max": max(gaps) * 1000},
-        "loaded_gaps_ms": {"median": median(loaded) * 1000 if loaded else None, "p99": p99 * 1000},
-        "peak_rss": memory.peak_rss,
-        "peak_pss": memory.peak_pss,
-        "peak_procs": memory.peak_procs,
+        "run": {k: v for k, v in a.items() if k not in ("memory", "gaps", "loaded", "timeline")},
+        "run_gaps_ms": {"median": median(a["gaps"]) * 1000, "p99": percentile(a["gaps"], 99) * 1000},
+        "run_pss": memory.peak_pss,
+        "churn": {
+            k: v for k, v in b.items() if k not in ("lag", "line_lag", "gaps_loaded", "reads_quiet", "reads_loaded")
+        },
+        "replays": [{k: v for k, v in r.items() if k != "lag"} for r in replays],
     }
     return Result("P5", "Scale", goals, "\n".join(md), data)

@@ -33,7 +33,7 @@ from benchmarks.common import ROOT, Result, machine_info, mark  # noqa: E402
 
 BENCHMARKS = {
     "P1": ("benchmarks.p1_fidelity", "Probe fidelity"),
-    "P2": ("benchmarks.p2_probe_cost", "Probe cost"),
+    "P2": ("benchmarks.p2_probe_cost", "Probe and server-log cost"),
     "P3": ("benchmarks.p3_workload", "Workload driver"),
     "P4": ("benchmarks.p4_verdict", "Time to verdict"),
     "P5": ("benchmarks.p5_scale", "Scale"),
