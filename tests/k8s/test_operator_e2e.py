@@ -366,6 +366,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
 
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")
+    assert can("get", "pods", "--subresource=log", "-n", "default")  # the PostgreSQL pod's log
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
@@ -378,6 +379,11 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["update", "secrets", "-n", "x"],
         ["create", "pods", "-n", "default"],
         ["create", "pods/exec", "-n", "default"],
+        ["create", "pods", "--subresource=exec", "-n", "default"],
+        ["create", "pods", "--subresource=attach", "-n", "default"],
+        ["create", "pods", "--subresource=portforward", "-n", "default"],
+        ["patch", "pods", "--subresource=ephemeralcontainers", "-n", "default"],
+        ["create", "pods", "--subresource=log", "-n", "default"],
         ["delete", "pods", "-n", "default"],
         ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
         ["create", "clusterrolebindings"],
