@@ -249,6 +249,7 @@ def test_a_forbidden_log_says_which_permission_is_missing(sources: Any) -> None:
     core = FakeCore(error=api_error(403, 'pods "b-postgres-0" is forbidden: cannot get resource "pods/log"'))
     core.write("never read")
     source = sources(core)
+    assert source.wait_settled(10) == FORBIDDEN
     assert wait_reason(source, lambda r: r == FORBIDDEN) == "the operator may not read pods/log: grant get on pods/log"
     assert source.read_lines() == []
 
@@ -280,7 +281,7 @@ def test_close_ends_the_thread_even_while_a_stream_waits(sources: Any) -> None:
     core = FakeCore(hold=True)
     core.write("x")
     source = sources(core)
-    assert source.wait_following(10)
+    assert source.wait_settled(10) is None
     assert collect(source, 1) == ["x"]
     source.close()
     assert not source._thread.is_alive()

@@ -23,6 +23,7 @@ from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
+POSTGRES_CONTAINER = "postgres"  # the container whose log the operator follows
 METRICS_PORT = 9187
 TERMINATION_PATH = "/dev/termination-log"
 WORKLOAD_UID = 10001
@@ -176,7 +177,7 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict[
                     "automountServiceAccountToken": False,
                     "containers": [
                         {
-                            "name": "postgres",
+                            "name": POSTGRES_CONTAINER,
                             "image": spec.postgres.image,
                             "args": [*postgres_args(spec), *server_log_args()],
                             "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT}],

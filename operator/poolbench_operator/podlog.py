@@ -139,7 +139,7 @@ class PodLogSource:
         self._reason: str | None = NOT_STARTED
         self._gap: str | None = None  # lines of the current container were lost: holds until a new one
         self._stopped = threading.Event()
-        self._following = threading.Event()
+        self._settled = threading.Event()  # the first attempt is over: following, or a reason why not
         self._response: Any = None
         self._lock = threading.Lock()
         self._position: Position | None = None
@@ -166,10 +166,11 @@ class PodLogSource:
             _interrupt(response)
         self._thread.join(timeout=5)
 
-    def wait_following(self, timeout: float) -> bool:
-        """Until the first stream is open (or ``timeout``): whether it is. Lets the platform start its
-        first step with the log already read rather than racing the thread's first request."""
-        return self._following.wait(timeout)
+    def wait_settled(self, timeout: float) -> str | None:
+        """Until the first attempt is over (or ``timeout``), then ``unavailable()``: the platform starts
+        its first step knowing whether the log is read, rather than racing the thread's first request."""
+        self._settled.wait(timeout)
+        return self.unavailable()
 
     # -- the follower thread ----------------------------------------------------------------------
     def _say(self, reason: str | None) -> None:
@@ -179,6 +180,7 @@ class PodLogSource:
             else:
                 log.warning("cannot follow the log of pod %s/%s: %s", self.namespace, self.pod, reason)
         self._reason = reason
+        self._settled.set()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -288,7 +290,6 @@ class PodLogSource:
             self._response = response
         if follow:
             self._say(None)
-            self._following.set()
         overlap = Overlap(position)
         pending = b""
         handed = 0
