@@ -34,6 +34,7 @@ from poolbench.core.steploop import (
     rollout_overlap,
     run_steps,
 )
+from poolbench.core.timeline import WindowAccount
 
 TIMING = LoopTiming(poll_seconds=0.05, drain_seconds=2.0, recovery_seconds=1.0)
 INTERVAL = 0.1
@@ -123,6 +124,9 @@ class FakeMonitor:
     def connection_ages(self) -> list[float]:
         self.platform.calls.append("ages")
         return [1.0 + i for i in range(self._connections(self.platform.t))]
+
+    def server_account(self, start: float, end: float, ghosts_at: float | None = None) -> WindowAccount | str:
+        return "the fake server keeps no log"
 
     def terminate_backends(self) -> int:
         self.platform.calls.append("terminate")

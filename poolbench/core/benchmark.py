@@ -32,7 +32,15 @@ from .results import (
 from .sampling import Sample, StepAccumulator
 from .search import found, most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from .verdict import comparison, judge_rollout_overlap, judge_step, largest_safe, overall_verdict
+from .timeline import WindowAccount
+from .verdict import (
+    apply_server_account,
+    comparison,
+    judge_rollout_overlap,
+    judge_step,
+    largest_safe,
+    overall_verdict,
+)
 from .words import counted
 
 #: The wall clock the status is stamped with (RFC 3339, UTC), passed in by the platform: the core
@@ -360,6 +368,13 @@ class BenchmarkRun:
         if self.accumulator is not None:
             self.accumulator.mark_work_done(at)
 
+    def work_done_at(self) -> float | None:
+        """When the running step's work was seen done (the platform's clock), None while it is not."""
+        acc = self.accumulator
+        if acc is None or not acc.work_done or acc.work_done_at == float("-inf"):
+            return None
+        return acc.work_done_at
+
     def finish_step(
         self,
         reports: list[ReplicaReport],
@@ -367,11 +382,14 @@ class BenchmarkRun:
         timed_out: bool = False,
         reason: str | None = None,
         overlap: RolloutOverlap | None = None,
+        server: WindowAccount | str | None = None,
     ) -> StepResult:
-        """``overlap``: a rolling update's, judged with the step (no overlap measured no rollout)."""
+        """``overlap``: a rolling update's, judged with the step (no overlap measured no rollout).
+        ``server``: the server's account of the step from its log, or why there is none."""
         assert self.step is not None
         assert self.accumulator is not None
         step = self.accumulator.fill(self.step)
+        apply_server_account(step, server, self.accumulator.reads)
         aggregate_reports(step, reports)
         step.timed_out = timed_out
         step.reason = reason

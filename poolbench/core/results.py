@@ -129,6 +129,14 @@ class RolloutOverlap(_Out):
     detail: str = ""
 
 
+class GhostConnection(_Out):
+    """One connection open when the work ended, from the server's log: whose, and how old."""
+
+    pid: int
+    replica: str = Field(description="Its application_name: the replica that opened it.")
+    age_seconds: float = Field(description="Seconds it had been open when the work ended.")
+
+
 class PoolerStepResult(_Out):
     """A pooled step at the poolers: what the arithmetic predicted beside what their admin consoles showed."""
 
@@ -156,7 +164,36 @@ class StepResult(_Out):
     predicted_peak: int = 0
     predicted_idle: int = Field(0, description="Predicted ghosts: idle connections kept by the pools.")
     usable_connections: int = Field(0, description="Slots the workload's role may use (minus the monitor).")
-    peak_connections: int = 0
+    peak_connections: int = Field(
+        0,
+        description="The exact peak of open client backends from the server's log (peakSource serverLog),"
+        " else the sampled peak.",
+    )
+    peak_source: Literal["serverLog", "sampled"] = Field(
+        "sampled", description="serverLog: every connection's open and close in the server's log; sampled: reads."
+    )
+    peak_source_reason: str | None = Field(None, description="Why the peak is the sampled one.")
+    sampled_peak_connections: int = Field(0, description="The most client backends one pg_stat_activity read saw.")
+    peak_at_seconds: float | None = Field(
+        None, description="Seconds from the step's start to the moment the exact peak was first reached."
+    )
+    first_refusal_at: str | None = Field(None, description="The server's first refusal for want of a slot.")
+    refusals: int = Field(0, description="Connections the server refused for want of a slot (SQLSTATE 53300).")
+    refusals_per_second: float = Field(0.0, description="refusals ÷ the step's duration.")
+    refusals_by_class: dict[str, int] = Field(
+        default_factory=dict,
+        description="tooManyClients, reservedSlots, roleConnectionLimit, databaseConnectionLimit: from the server's"
+        " wording.",
+    )
+    server_ghosts: int | None = Field(
+        None, description="Connections open when the work ended, from the server's log (null: not read)."
+    )
+    ghost_connections: list[GhostConnection] = Field(
+        default_factory=list, description="The oldest of them (at most 50), each with its replica and age."
+    )
+    witness_disagreement: str | None = Field(
+        None, description="The server's log and the reads disagree beyond what their timing explains."
+    )
     peak_by_state: PeakByState = Field(default_factory=PeakByState)
     peak_by_replica: dict[str, int] = Field(default_factory=dict)
     idle_at_end: int = Field(0, description="Ghosts: idle connections open when the work ended.")

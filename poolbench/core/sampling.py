@@ -133,6 +133,7 @@ class StepAccumulator:
     max_wait_ms: float = 0.0
     last_clients: int = 0
     clients_after_work: int | None = None
+    reads: list[tuple[float, int]] = field(default_factory=list)  # (t, total) of each read, to check the log's
 
     def add(self, sample: Sample) -> None:
         if self.pooled:
@@ -142,6 +143,7 @@ class StepAccumulator:
             self.last_error = sample.error
             return
         self.samples += 1
+        self.reads.append((sample.t, sample.total))
         if sample.server_restarted:
             self.server_restarts += 1
         total = sample.total

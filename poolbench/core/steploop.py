@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
 from .results import BenchmarkStatus, RolloutOverlap, StepResult
 from .sampling import Sample
+from .timeline import WindowAccount
 from .words import counted
 
 #: PostgreSQL keeps the first NAMEDATALEN - 1 bytes of an application_name (the replicas' names are ASCII).
@@ -161,6 +162,11 @@ class Monitor(Protocol):
         """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
         ...
 
+    def server_account(self, start: float, end: float, ghosts_at: float | None = None) -> WindowAccount | str:
+        """The server's exact account (from its log) of ``[start, end]`` on the platform's clock, its
+        ghosts counted at ``ghosts_at`` (the work's end); or why there is none (no log, it lagged…)."""
+        ...
+
 
 class Platform(Protocol):
     """Where the replicas run, the clock, and what the loop reports; the database is the monitor's."""
@@ -261,6 +267,7 @@ class StepLoop:
         if platform.recover_database():  # between steps: recover before the next load
             self.await_restart_seen()
         self.feed()  # what was read before the step belongs to no step
+        began = platform.now()  # before any replica starts: the server's account starts here
         self.run.begin_step(planned)
         platform.notify(StepStarted(planned, self.run.totals[planned.variant_index]))
         old_names: list[str] | None = None
@@ -289,6 +296,7 @@ class StepLoop:
             platform.wait(self.timing.poll_seconds)
         reports = platform.collect()
         self.feed()  # the reads up to the end of the step count in its peaks
+        server = self.monitor.server_account(began, platform.now(), self.run.work_done_at())
         overlap = None
         if old_names is not None and planned.replicas == planned.rollout_from:
             overlap = RolloutOverlap(
@@ -301,7 +309,7 @@ class StepLoop:
                 old_names, self.rollout_samples or [], reports, planned.pooler is not None, planned.usable
             )
             self.rollout_samples = None
-        step = self.run.finish_step(reports, timed_out=timed_out, overlap=overlap)
+        step = self.run.finish_step(reports, timed_out=timed_out, overlap=overlap, server=server)
         platform.notify(StepFinished(planned, step))
         return step
 

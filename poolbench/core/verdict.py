@@ -20,10 +20,18 @@ from .budget import (
 )
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
-from .results import PoolerStepResult, StepResult, Verdict, to_snake
+from .results import GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
+from .timeline import WindowAccount
 from .words import clipped, counted, placement_words, replicas_fit, replicas_word, session_words
+
+#: A read of pg_stat_activity and the log's account of the same moment may differ by what changed
+#: within this long: the read's snapshot is taken during the query, after its stamp; a backend whose
+#: disconnection is logged stays in pg_stat_activity until its process has finished exiting.
+READ_TOLERANCE_SECONDS = 0.25
+#: Ghosts listed one by one in the status (all of them are counted).
+GHOSTS_LISTED = 50
 
 #: libpq's prefix: 'connection to server at "HOST" (ADDRESS), port N failed: ', where "(ADDRESS)" is
 #: there when HOST is a name (a Service name in a cluster), and 'on socket "…"' for a Unix socket;
@@ -59,6 +67,92 @@ def pooler_budget(spec: PoolBenchmarkSpec, pooler: PoolerSpec) -> str:
             pooler, per_replica_peak(spec), per_replica_idle(spec), usable, pooler.usable_clients(), free, safe
         )
     return text
+
+
+def most_open(points: tuple[tuple[float, int], ...], start: float, end: float) -> int:
+    """The most connections the account's ``points`` show open at any moment of ``[start, end]``."""
+    before = [n for t, n in points if t <= start]
+    most = before[-1] if before else (points[0][1] if points else 0)
+    for t, n in points:
+        if start < t <= end:
+            most = max(most, n)
+    return most
+
+
+def apply_server_account(
+    step: StepResult, server: WindowAccount | str | None, reads: list[tuple[float, int]] | None = None
+) -> StepResult:
+    """The server's account beside the reads: the exact peak becomes the step's peak (the sampled one is
+    kept), with its refusals and ghosts; a read that saw more than the log shows around its time is a
+    disagreement between the witnesses. Without an account the peak stays the sampled one, saying why."""
+    step.sampled_peak_connections = step.peak_connections
+    if not isinstance(server, WindowAccount):
+        step.peak_source = "sampled"
+        step.peak_source_reason = server or "this platform does not read the server's log"
+        return step
+    step.peak_source = "serverLog"
+    step.peak_source_reason = None
+    step.peak_connections = server.peak
+    step.peak_at_seconds = round(server.peak_at - server.start, 3)
+    step.refusals = len(server.refusals)
+    step.refusals_by_class = dict(sorted(server.refusals_by_cause().items()))
+    first = server.first_refusal_at
+    step.first_refusal_at = server.iso(first) if first is not None else None
+    duration = server.end - server.start
+    step.refusals_per_second = round(step.refusals / duration, 3) if duration > 0 else 0.0
+    step.server_ghosts = len(server.ghosts)
+    step.ghost_connections = [
+        GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3))
+        for c in server.ghosts[:GHOSTS_LISTED]
+    ]
+    step.witness_disagreement = None
+    for t, total in reads or []:
+        if not server.start <= t <= server.end:
+            continue
+        shown = most_open(server.points, t - READ_TOLERANCE_SECONDS, t + READ_TOLERANCE_SECONDS)
+        if total > shown:
+            step.witness_disagreement = (
+                f"a read at {t - server.start:.2f} s into the step saw {total} connections where the server's log"
+                f" shows at most {shown} within {READ_TOLERANCE_SECONDS:g} s of it"
+            )
+            break
+    return step
+
+
+def unseen_work(step: StepResult) -> str | None:
+    """Statements ran but no witness saw a connection: the step's measurement missed its work."""
+    if step.queries and step.peak_connections == 0 and step.sampled_peak_connections == 0:
+        return (
+            f"{step.queries} statements ran but no witness saw a connection"
+            + (" (the server's log shows none, and no read did)" if step.peak_source == "serverLog" else "")
+            + (f"; {step.peak_source_reason}" if step.peak_source_reason else "")
+        )
+    return None
+
+
+def measurement_doubts(step: StepResult) -> list[str]:
+    """What makes the step's measurement itself untrustworthy (Inconclusive, unless something failed):
+    the monitor lost its reads, or the pooler's, statements ran unseen, or the witnesses disagree."""
+    doubts = []
+    if monitor_blind(step):
+        total = step.samples + step.sample_gaps
+        doubts.append(
+            f"the monitor lost {step.sample_gaps} of {total} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
+    elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
+        # the pooler's side of the step was not seen: its client and wait figures mean nothing
+        doubts.append(
+            f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
+            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
+        )
+    else:
+        unseen = unseen_work(step)  # (a blind monitor explains seeing nothing)
+        if unseen:
+            doubts.append(unseen)
+    if step.witness_disagreement:
+        doubts.append(f"the witnesses disagree: {step.witness_disagreement}")
+    return doubts
 
 
 def monitor_blind(step: StepResult) -> bool:
@@ -108,23 +202,10 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
     if step.database_restarts:
         reasons.insert(0, f"the database restarted during the step ({step.database_restarts}x)")
     reasons += limit_breaches(step, limits)
-    blind = monitor_blind(step)
-    if blind:
-        total = step.samples + step.sample_gaps
-        reasons.append(
-            f"the monitor lost {step.sample_gaps} of {total} reads"
-            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
-        )
-    elif step.pooler is not None and step.pooler.sample_gaps * 2 > step.samples:
-        blind = True  # the pooler's side of the step was not seen: its client and wait figures mean nothing
-        reasons.append(
-            f"the monitor lost {step.pooler.sample_gaps} of the poolers' {step.samples} reads"
-            + (f" (last: {step.monitor_error})" if step.monitor_error else "")
-        )
-    if reasons:
-        only_blind = blind and len(reasons) == 1
-        step.outcome = "Inconclusive" if only_blind else "Failed"
-        step.reason = "; ".join(reasons)
+    doubts = measurement_doubts(step)
+    if reasons or doubts:
+        step.outcome = "Failed" if reasons else "Inconclusive"
+        step.reason = "; ".join(reasons + doubts)
         return step
     step.outcome = "Passed"
     if step.pooler is not None:

@@ -30,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ..core.sampling import Sample, sample_from_rows
+from ..core.serverlog import MARKER_TEXT
 from .pooler import PoolerProbe
 from .sessions import MONITOR_NAME, Connect, admin_session
 
@@ -56,6 +57,13 @@ SELECT state, application_name, count(*)::int,
 )
 PREPARED = "poolbench_sample"
 AGES = "SELECT extract(epoch FROM clock_timestamp() - backend_start)::float8" + COUNTED
+#: The server's start (a change is a restart), and the monitor session's own PID and start.
+OWN_SESSION = """
+SELECT pg_catalog.pg_postmaster_start_time(), pg_catalog.pg_backend_pid(),
+       (SELECT extract(epoch FROM backend_start)::float8
+          FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid())"""
+#: The server's clock, read in one round trip.
+SERVER_CLOCK = "SELECT extract(epoch FROM pg_catalog.clock_timestamp())::float8"
 #: Leftovers are every other client backend, starting ones included.
 TERMINATE = "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))::int" + OTHER_CLIENTS
 
@@ -73,14 +81,19 @@ class Probe:
         self.server_started_at: datetime | None = None  # pg_postmaster_start_time(): a change = a restart
         self.server_restarts = 0
         self._restart_pending = False
+        #: Each session the probe opened: (its PID, its backend_start as epoch seconds), for the
+        #: server-log reader to leave the monitor's own backends out. Appended by the sampler thread.
+        self.sessions: queue.SimpleQueue[tuple[int, float | None]] = queue.SimpleQueue()
 
     def open(self) -> None:
         conn = admin_session(self._connect, MONITOR_NAME)
         with conn.cursor() as cur:
             cur.execute(f"PREPARE {PREPARED}(text) AS {QUERY.replace('%s', '$1')}")
-            cur.execute("SELECT pg_postmaster_start_time()")
+            cur.execute(OWN_SESSION)
             row = cur.fetchone()
             started = row[0] if row else None
+            if row is not None:
+                self.sessions.put((int(row[1]), None if row[2] is None else float(row[2])))
         if self.server_started_at is not None and started != self.server_started_at:
             self.server_restarts += 1
             self._restart_pending = True
@@ -110,7 +123,9 @@ class Probe:
             self.close()
             return Sample.gap(t, " ".join(str(err).split())[:200] or type(err).__name__)
 
-    def _on_monitor(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[Any, ...]] | None:
+    def _on_monitor(
+        self, sql: str, params: tuple[str, ...] = (), *, fetch: bool = True
+    ) -> list[tuple[Any, ...]] | None:
         """Run one statement in the monitor's own session (it keeps its slot when the others are
         full), between two reads; None when the monitor is down."""
         try:
@@ -119,7 +134,7 @@ class Probe:
                     return None
                 with self._conn.cursor() as cur:
                     cur.execute(sql, params)
-                    return cur.fetchall()
+                    return cur.fetchall() if fetch else []
         except psycopg2.Error:
             return None
 
@@ -127,6 +142,26 @@ class Probe:
         """Seconds since each counted backend started (backend_start); [] when the monitor is down."""
         rows = self._on_monitor(AGES, (self._pattern,))
         return [float(age) for (age,) in rows or []]
+
+    def server_clock(self, tries: int = 5) -> tuple[float, float] | None:
+        """(local ``time.monotonic()``, the server's epoch seconds) at one moment: the read with the
+        shortest round trip, its server time taken as at the trip's middle. None when the monitor is down."""
+        best: tuple[float, float, float] | None = None
+        for _ in range(tries):
+            before = time.monotonic()
+            rows = self._on_monitor(SERVER_CLOCK)
+            after = time.monotonic()
+            if not rows:
+                return None
+            if best is None or after - before < best[0]:
+                best = (after - before, (before + after) / 2, float(rows[0][0]))
+        return None if best is None else (best[1], best[2])
+
+    def log_marker(self, token: str) -> bool:
+        """Write ``serverlog.MARKER_TEXT`` + ``token`` to the server's log from the monitor's session
+        (``token`` is poolbench's own: letters and digits). False when the monitor is down."""
+        assert token.isalnum()
+        return self._on_monitor(f"DO $$ BEGIN RAISE LOG '{MARKER_TEXT}{token}'; END $$", fetch=False) is not None
 
     def terminate_others(self) -> int:
         """End every client backend but the monitor; how many were ended. 0 when the monitor is down."""
