@@ -244,7 +244,7 @@ class PodLogSource:
         if err.status == 400:  # the container is between runs: "waiting to start", "terminated"
             self._say(f"the PostgreSQL pod's log is not served yet: {_message(err)}")
             return WAIT_SECONDS
-        self._say(f"the PostgreSQL pod's log is not served (no kubelet answered for it?): {_message(err)}")
+        self._say(f"the PostgreSQL pod's log is not served (no kubelet gave it to the API server): {_message(err)}")
         return RETRY_SECONDS
 
     def _stream(self, position: Position, *, follow: bool, previous: bool = False) -> float:

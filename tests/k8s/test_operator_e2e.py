@@ -118,6 +118,11 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert second["sampleGaps"] == 0
     assert second["samples"] > 10
     assert status["totalSteps"] == 2
+    for step in (first, second):
+        # The stand-in kubelet serves no logs: the step keeps its sampled peak and says why.
+        assert step["peakSource"] == "sampled", step
+        assert "log is not served" in step["peakSourceReason"], step
+        assert step["peakConnections"] == step["sampledPeakConnections"], step
     assert status["progress"] == "2/2"
     # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
     assert first["throughput"] > 0
