@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poolbench.core.outcomes import RESERVED_SLOTS, TOO_MANY_CLIENTS
+from poolbench.core.results import StepResult
 from poolbench.core.serverlog import (
     CLOSED,
     DATABASE_CONNECTION_LIMIT,
@@ -22,7 +23,8 @@ from poolbench.core.serverlog import (
     LogEvent,
     parse_line,
 )
-from poolbench.core.timeline import PID_REUSED, ServerTimeline, iso_utc
+from poolbench.core.timeline import PID_REUSED, ServerTimeline, WindowAccount, iso_utc
+from poolbench.core.verdict import apply_server_account, exiting_at_peak, judge_step
 
 PG18 = """\
 1796193045.004 [26276] postmaster 00000 LOG:  starting PostgreSQL 18.6 on x86_64-pc-linux-gnu, compiled by gcc (GCC) 14.2.1 20250110 (Red Hat 14.2.1-11), 64-bit
@@ -249,9 +251,10 @@ def test_peak_is_the_most_sessions_open_at_once(raw: list[tuple[int, int, str]],
     intervals: list[tuple[int, int]] = []
     for pid, (x, y, how) in enumerate(raw, start=100):
         opened, closed = min(x, y), max(x, y) + 1
-        lines.append((opened, 0, authorized(opened / 100, pid, f"app {pid}")))
+        # Within one tick the log has the ends first, then the openings: as half-open intervals do.
+        lines.append((opened, 2, authorized(opened / 100, pid, f"app {pid}")))
         if how == "refused":
-            lines.append((opened, 1, line(opened / 100, pid, "sorry, too many clients already", "53300", "FATAL")))
+            lines.append((opened, 3, line(opened / 100, pid, "sorry, too many clients already", "53300", "FATAL")))
             continue
         if how == "terminated":
             lines.append((closed, 0, line(closed / 100, pid, "terminating connection", "57P01", "FATAL")))
@@ -279,3 +282,84 @@ def test_iso_times_match_the_standard_library(epoch: float) -> None:
 
     expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=round(epoch * 1000))
     assert iso_utc(epoch) == expected.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def account_of(texts: list[str], start: float, end: float, ghosts_at: float | None = None) -> WindowAccount:
+    timeline = ServerTimeline()
+    timeline.add_all([e for t in texts if (e := parse_line(t)) is not None])
+    return timeline.window(start, end, ghosts_at)
+
+
+def test_backends_still_exiting_explain_a_peak_above_what_a_replica_may_hold() -> None:
+    texts = [
+        authorized(1.000, 1, "r0"),
+        authorized(1.001, 2, "r0"),
+        authorized(1.010, 3, "r0"),  # r0's client closed 1 and opened 3; 1 is still exiting
+        line(1.012, 1, "disconnection: x"),
+        authorized(1.020, 4, "r1"),
+        authorized(1.021, 5, "r1"),
+        authorized(1.030, 6, "r1"),  # r1 holds 4 for long: not an exiting backend
+        line(1.031, 6, "disconnection: x"),
+        line(9.000, 4, "disconnection: x"),
+    ]
+    account = account_of(texts, 0.0, 10.0)
+    assert (account.peak, account.peak_at) == (5, 1.030)
+    assert exiting_at_peak(account, per_replica=2) == 0  # at 1.030, 1 had already gone
+    account = account_of(texts[:4], 0.0, 10.0)
+    assert (account.peak, account.peak_at) == (3, 1.010)
+    assert exiting_at_peak(account, per_replica=2) == 1
+    assert exiting_at_peak(account, per_replica=3) == 0
+    lingering = account_of([*texts[:3], line(5.0, 1, "disconnection: x")], 0.0, 10.0)
+    assert exiting_at_peak(lingering, per_replica=2) == 0  # open four seconds on: not exiting
+
+
+def step_with(sampled: int, queries: int = 100, predicted: int = 10) -> StepResult:
+    return StepResult(
+        replicas=2,
+        peak_connections=sampled,
+        queries=queries,
+        predicted_peak=predicted,
+        samples=20,
+        usable_connections=99,
+    )
+
+
+def test_the_log_peak_replaces_the_sampled_one_and_a_read_above_it_is_flagged() -> None:
+    account = account_of([authorized(1.0, 1, "r0"), authorized(1.1, 2, "r1"), line(1.2, 2, "x")], 0.0, 2.0)
+    step = apply_server_account(step_with(sampled=1), account, [(0.5, 0), (1.5, 1)])
+    assert (step.peak_connections, step.sampled_peak_connections, step.peak_source) == (2, 1, "serverLog")
+    assert step.witness_disagreement is None
+    judge_step(step, expected_replicas=2)
+    assert step.outcome == "Passed"
+    assert "server log; the reads saw at most 1" in (step.reason or "")
+    account = account_of([authorized(1.0, 1, "r0"), line(1.1, 1, "disconnection: x")], 0.0, 2.0)
+    step = apply_server_account(step_with(sampled=3), account, [(0.5, 0), (1.5, 3)])
+    assert "saw 3 connections" in (step.witness_disagreement or "")
+    judge_step(step, expected_replicas=2)
+    assert step.outcome == "Inconclusive"
+
+
+def test_without_the_log_the_peak_is_sampled_and_says_why() -> None:
+    step = apply_server_account(step_with(sampled=7), "the server's log did not show the monitor's marker")
+    assert (step.peak_connections, step.peak_source, step.peak_source_reason) == (
+        7,
+        "sampled",
+        "the server's log did not show the monitor's marker",
+    )
+    judge_step(step, expected_replicas=2)
+    assert step.outcome == "Passed"
+    assert "(sampled)" in (step.reason or "")
+
+
+def test_statements_that_no_witness_saw_are_never_passed() -> None:
+    empty = account_of([], 0.0, 2.0)
+    step = apply_server_account(step_with(sampled=0), empty, [(0.5, 0), (1.5, 0)])
+    judge_step(step, expected_replicas=2)
+    assert step.outcome == "Inconclusive"
+    assert "100 statements ran but no witness saw a connection" in (step.reason or "")
+    step = apply_server_account(step_with(sampled=0), "no log here")
+    judge_step(step, expected_replicas=2)
+    assert step.outcome == "Inconclusive"
+    idle = apply_server_account(step_with(sampled=0, queries=0), empty, [(0.5, 0)])
+    judge_step(idle, expected_replicas=2)
+    assert idle.outcome == "Passed"  # nothing ran, nothing seen: nothing to doubt

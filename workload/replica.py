@@ -47,6 +47,10 @@ from poolbench.core.outcomes import FULL_MESSAGE, OK, OUTCOMES, classify_excepti
 
 from .metrics import Measures, ReplicaMetrics
 
+#: ``onError: crash``: how long the replica lets its other callers finish the attempt they are in before
+#: it reports and dies, so each attempt the server refused is in its count (a refused connect fails in
+#: milliseconds; a caller stuck in a long statement is not waited for beyond this).
+CRASH_SETTLE_SECONDS = 1.0
 OUTCOME_INDEX = {outcome: i for i, outcome in enumerate(OUTCOMES)}
 OK_INDEX = OUTCOME_INDEX[OK]
 # Indexes into a thread's ``extremes`` list.
@@ -493,7 +497,10 @@ class Replica:
 
     def _crash(self) -> int:
         """``onError: crash``: the replica dies on its first failed attempt (its work ends there too:
-        the other threads are not waited for)."""
+        the other threads are not waited for beyond ``CRASH_SETTLE_SECONDS``: each ends after its attempt)."""
+        deadline = time.monotonic() + CRASH_SETTLE_SECONDS
+        while self.threads_finished < self.cfg.threads and time.monotonic() < deadline:
+            time.sleep(0.005)
         with self.lock:
             if self.work_ended_at is None:
                 self.work_ended_at = time.time()

@@ -191,6 +191,11 @@ class StepResult(_Out):
     ghost_connections: list[GhostConnection] = Field(
         default_factory=list, description="The oldest of them (at most 50), each with its replica and age."
     )
+    exiting_at_peak: int = Field(
+        0,
+        description="Of the exact peak, backends whose replica already held as many newer ones as it may open:"
+        " closed by their client and still exiting (they ended within a second).",
+    )
     witness_disagreement: str | None = Field(
         None, description="The server's log and the reads disagree beyond what their timing explains."
     )

@@ -44,6 +44,13 @@ def iso_utc(epoch: float) -> str:
     return f"{year:04d}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{secs:02d}.{ms:03d}Z"
 
 
+def _shift(connection: OpenConnection, offset: float) -> OpenConnection:
+    closed = connection.closed_at
+    return replace(
+        connection, opened_at=connection.opened_at - offset, closed_at=None if closed is None else closed - offset
+    )
+
+
 def _same_start(opened_at: float, started_at: float | None) -> bool:
     """An authorized line at ``opened_at`` is the session that started at ``started_at`` (a PID is
     reused only after its backend ended: seconds apart at least, on a server with free PIDs)."""
@@ -80,6 +87,7 @@ class OpenConnection:
     application_name: str
     opened_at: float
     age: float  # seconds open at that moment
+    closed_at: float | None = None  # when it ended, if the log has said so yet
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class WindowAccount:
     ghosts: tuple[OpenConnection, ...]  # the connections open then, oldest first
     server_ends: tuple[tuple[float, str], ...]  # the server ended every backend: when, and its message
     points: tuple[tuple[float, int], ...]  # (time, open connections) after each change, from ``start``
+    at_peak: tuple[OpenConnection, ...] = ()  # the connections open when the peak was first reached
     epoch_offset: float = 0.0  # add to a time here to get the server's epoch seconds
 
     @property
@@ -117,7 +126,8 @@ class WindowAccount:
             peak_at=self.peak_at - offset,
             refusals=tuple(replace(r, at=r.at - offset) for r in self.refusals),
             ghosts_at=self.ghosts_at - offset,
-            ghosts=tuple(replace(c, opened_at=c.opened_at - offset) for c in self.ghosts),
+            ghosts=tuple(_shift(c, offset) for c in self.ghosts),
+            at_peak=tuple(_shift(c, offset) for c in self.at_peak),
             server_ends=tuple((t - offset, why) for t, why in self.server_ends),
             points=tuple((t - offset, n) for t, n in self.points),
             epoch_offset=self.epoch_offset + offset,
@@ -206,7 +216,7 @@ class ServerTimeline:
     def open_at(self, t: float) -> list[OpenConnection]:
         """The workload's connections open at ``t``, oldest first."""
         found = [
-            OpenConnection(b.pid, b.application_name, b.opened_at, t - b.opened_at)
+            OpenConnection(b.pid, b.application_name, b.opened_at, t - b.opened_at, b.closed_at)
             for b in self.backends
             if b.counted and b.opened_at <= t and (b.closed_at is None or b.closed_at > t)
         ]
@@ -232,12 +242,12 @@ class ServerTimeline:
                 changes.append((b.closed_at, b.close_seq, -1))
         changes.sort()
         count = peak = at_start
-        peak_at = start
+        peak_at, peak_seq = start, self.seq + 1  # at ``start``: after all of its changes
         points: list[tuple[float, int]] = [(start, at_start)]
-        for t, _, delta in changes:
+        for t, seq, delta in changes:
             count += delta
             if count > peak:
-                peak, peak_at = count, t
+                peak, peak_at, peak_seq = count, t, seq
             if points[-1][0] == t:
                 points[-1] = (t, count)
             else:
@@ -257,7 +267,20 @@ class ServerTimeline:
             ghosts=tuple(self.open_at(end if ghosts_at is None else ghosts_at)),
             server_ends=ends,
             points=tuple(points),
+            at_peak=tuple(self._open_at_seq(peak_at, peak_seq)),
         )
+
+    def _open_at_seq(self, t: float, seq: int) -> list[OpenConnection]:
+        """The connections open right after the change ``(t, seq)`` (the log's order within a millisecond)."""
+        found = [
+            OpenConnection(b.pid, b.application_name, b.opened_at, t - b.opened_at, b.closed_at)
+            for b in self.backends
+            if b.counted
+            and (b.opened_at, b.open_seq) <= (t, seq)
+            and (b.closed_at is None or (b.closed_at, b.close_seq) > (t, seq))
+        ]
+        found.sort(key=lambda c: c.opened_at)
+        return found
 
     def forget_before(self, t: float) -> None:
         """Drop what ended before ``t`` (a finished step's backends): windows only move forward."""

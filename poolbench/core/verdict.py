@@ -30,6 +30,9 @@ from .words import clipped, counted, placement_words, replicas_fit, replicas_wor
 #: within this long: the read's snapshot is taken during the query, after its stamp; a backend whose
 #: disconnection is logged stays in pg_stat_activity until its process has finished exiting.
 READ_TOLERANCE_SECONDS = 0.25
+#: A backend beyond what its replica may hold at once must have ended within this long to count as
+#: one still exiting (its client closed it and opened a newer one); one that lingers is no such thing.
+EXIT_GRACE_SECONDS = 1.0
 #: Ghosts listed one by one in the status (all of them are counted).
 GHOSTS_LISTED = 50
 
@@ -105,6 +108,7 @@ def apply_server_account(
         GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3))
         for c in server.ghosts[:GHOSTS_LISTED]
     ]
+    step.exiting_at_peak = exiting_at_peak(server, step.predicted_peak // step.replicas if step.replicas else 0)
     step.witness_disagreement = None
     for t, total in reads or []:
         if not server.start <= t <= server.end:
@@ -119,6 +123,23 @@ def apply_server_account(
     return step
 
 
+def exiting_at_peak(server: WindowAccount, per_replica: int) -> int:
+    """Backends open at the peak beyond the ``per_replica`` newest of their replica (by application_name)
+    that ended within ``EXIT_GRACE_SECONDS``: a pool that closes a connection and opens the next at once
+    (NullPool) has the old backend logged open until it has exited. 0 without a per-replica bound."""
+    if per_replica <= 0:
+        return 0
+    by_replica: dict[str, list[float | None]] = {}
+    for connection in sorted(server.at_peak, key=lambda c: c.opened_at, reverse=True):
+        by_replica.setdefault(connection.application_name, []).append(connection.closed_at)
+    return sum(
+        1
+        for closes in by_replica.values()
+        for closed in closes[per_replica:]
+        if closed is not None and closed <= server.peak_at + EXIT_GRACE_SECONDS
+    )
+
+
 def unseen_work(step: StepResult) -> str | None:
     """Statements ran but no witness saw a connection: the step's measurement missed its work."""
     if step.queries and step.peak_connections == 0 and step.sampled_peak_connections == 0:
@@ -128,6 +149,21 @@ def unseen_work(step: StepResult) -> str | None:
             + (f"; {step.peak_source_reason}" if step.peak_source_reason else "")
         )
     return None
+
+
+def peak_source_words(step: StepResult) -> str:
+    """Where the peak comes from, and what the other witness saw, in a few words for a step's reason."""
+    if step.peak_source != "serverLog":
+        return " (sampled)"
+    words = " (server log"
+    if step.sampled_peak_connections < step.peak_connections:
+        words += f"; the reads saw at most {step.sampled_peak_connections}: the rest came and went between them"
+    if step.exiting_at_peak and step.peak_connections > step.predicted_peak:
+        words += (
+            f"; {step.exiting_at_peak} of them still exiting: closed by replicas that had already opened newer"
+            " connections"
+        )
+    return words + ")"
 
 
 def measurement_doubts(step: StepResult) -> list[str]:
@@ -218,8 +254,8 @@ def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec |
         )
     else:
         step.reason = (
-            f"peak {step.peak_connections} of {step.usable_connections} usable connections,"
-            f" {step.idle_at_end} idle at end"
+            f"peak {step.peak_connections} of {step.usable_connections} usable connections"
+            f"{peak_source_words(step)}, {step.idle_at_end} idle at end"
         )
     if step.sample_gaps:
         step.reason += f", {step.sample_gaps} of {step.samples + step.sample_gaps} reads lost"

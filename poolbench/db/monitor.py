@@ -101,6 +101,7 @@ class Monitor:
         except Exception as err:  # noqa: BLE001 - a log that fails to read means sampled peaks, said why
             self.log_error = f"reading the server's log failed: {' '.join(str(err).split())[:200]}"
             return
+        self.log_error = None
         self.lines_read += len(lines)
         add = self.server.add
         for line in lines:

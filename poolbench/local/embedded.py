@@ -29,6 +29,7 @@ from typing import Any
 
 import psycopg2
 
+from ..core.serverlog import SERVER_LOG_SETTINGS
 from ..core.spec import SpecError
 from ..db.sessions import ADMIN_NAME, admin_session
 from .access import SYSTEM_USER, TEMP_BASES, ensure_system_user, reachable_run_base, run_as_kwargs, user_ids
@@ -190,7 +191,8 @@ class LocalPostgres:
             store_template(self.data_dir, template)
 
     def _server_args(self) -> list[str]:
-        """What the benchmark sets on every server (the spec's settings come after, see ``_launch``)."""
+        """What the benchmark sets on every server (the spec's settings come after, see ``_launch``),
+        its log settings included: the server's log is where the exact connection timeline comes from."""
         return [
             "-c",
             f"listen_addresses={self.host}",
@@ -213,6 +215,7 @@ class LocalPostgres:
             "shared_buffers=16MB",
             "-c",
             "dynamic_shared_memory_type=posix",
+            *(arg for name, value in SERVER_LOG_SETTINGS.items() for arg in ("-c", f"{name}={value}")),
         ]
 
     def _settings_args(self, settings: dict[str, str] | None = None) -> list[str]:

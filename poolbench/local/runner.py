@@ -44,11 +44,13 @@ from ..core.steploop import (
     StepStarted,
     run_steps,
 )
+from ..core.timeline import WindowAccount
 from ..core.workload_env import DATABASE, PROVIDER_ADMIN_ROLE, SUPERUSER, local_role, workload_env
 from ..db.monitor import Monitor
 from ..db.roles import ensure_role
 from .embedded import EnvironmentFailure, LocalPostgres
 from .launcher import LAUNCHER_ENV, ForkedProcess, ReplicaLauncher
+from .logtail import LogFile
 from .pgbouncer import LocalPgBouncer, find_pgbouncer
 from .procs import deferred_signals, kill_group, spawn, temp_dir
 
@@ -69,6 +71,10 @@ class LocalResult:
     status: BenchmarkStatus
     timeline: list[Sample] = field(default_factory=list)
     spans: list[StepSpan] = field(default_factory=list)
+    #: The exact count of open client backends from the server's log, (seconds, count) after each change
+    #: within each step read from the log; and each such step's account (its refusals for the plot).
+    server_points: list[tuple[float, int]] = field(default_factory=list)
+    server_accounts: list[WindowAccount] = field(default_factory=list)
 
 
 def app_prefix(name: str) -> str:
@@ -181,8 +187,14 @@ class LocalRunner:
                 ensure_role(connect, self.login, password, use_reserved=self.login == PROVIDER_ADMIN_ROLE)
             self.base_env = dict(self.env)
             self.monitor = Monitor(
-                connect, self.spec.sampling.interval_ms / 1000, self.t0, timeline=self.result.timeline
+                connect,
+                self.spec.sampling.interval_ms / 1000,
+                self.t0,
+                timeline=self.result.timeline,
+                log=LogFile(pg.log_path),
             )
+            self.result.server_points = self.monitor.server_points  # filled step by step
+            self.result.server_accounts = self.monitor.accounts
             self.monitor.start()  # before any load: the monitor must hold its slot first
             run_steps(self.run, self, self.monitor, TIMING)
         except EnvironmentFailure as err:

@@ -1,0 +1,151 @@
+"""The server's own account of its connections, read from the log of a real PostgreSQL, against cases
+whose answer the pool arithmetic knows: a burst between two reads, the seed's refused scale-up, and a
+NullPool's churn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import yaml
+
+from poolbench.core.results import StepResult
+from poolbench.core.spec import parse_document
+from poolbench.core.timeline import WindowAccount
+from poolbench.core.verdict import apply_server_account, most_open
+from poolbench.db.monitor import Monitor
+from poolbench.local import runner
+from poolbench.local.embedded import LocalPostgres
+from poolbench.local.logtail import LogFile
+from tests.conftest import make_doc
+
+pytestmark = pytest.mark.postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+BURST = 12  # connections opened at once
+BURST_WIDTH_S = 0.005  # how long all of them stay open together
+INTERVAL_S = 0.2
+
+
+def burst(pg: LocalPostgres, name: str) -> None:
+    """``BURST`` connections opened at once; once every one is open, held ``BURST_WIDTH_S``, then closed."""
+    conns: list[Any] = [None] * BURST
+    start = threading.Barrier(BURST + 1)
+
+    def connect(i: int) -> None:
+        start.wait()
+        conns[i] = psycopg2.connect(**pg.connect_kwargs(), application_name=name)
+
+    threads = [threading.Thread(target=connect, args=(i,)) for i in range(BURST)]
+    for t in threads:
+        t.start()
+    start.wait()
+    for t in threads:
+        t.join()
+    time.sleep(BURST_WIDTH_S)
+    for c in conns:
+        c.close()
+
+
+@pytest.mark.serial  # a burst is placed between two reads of the sampler: a busy machine may delay either
+def test_a_burst_between_two_reads_is_exact_in_the_log_and_missed_by_the_reads(local_pg: LocalPostgres) -> None:
+    t0 = time.monotonic()
+    monitor = Monitor(
+        lambda **kw: psycopg2.connect(**local_pg.connect_kwargs(), **kw), INTERVAL_S, t0, log=LogFile(local_pg.log_path)
+    )
+    monitor.start()
+    try:
+        missed = None
+        for attempt in range(8):
+            reads = monitor.samples()
+            while not reads:  # just after a read: the next one is INTERVAL_S away
+                time.sleep(0.002)
+                reads = monitor.samples()
+            began = time.monotonic() - t0
+            burst(local_pg, f"burst-{attempt}")
+            time.sleep(INTERVAL_S)  # the reads around the burst arrive
+            reads = [s for s in monitor.samples() if s.ok]
+            ended = time.monotonic() - t0
+            account = monitor.server_account(began, ended)
+            assert isinstance(account, WindowAccount), account
+            # Exactly the burst: every connection open at once, the monitor's own session left out.
+            assert account.peak == BURST
+            assert account.opened == BURST
+            assert account.ghosts == ()
+            assert account.refusals == ()
+            for read in reads:  # no read sees more than the log shows around it
+                assert read.total <= most_open(account.points, read.t - 0.25, read.t + 0.25)
+            sampled = max((s.total for s in reads if began <= s.t <= ended), default=0)
+            if sampled < BURST:
+                missed = (account, sampled, [(s.t, s.total) for s in reads])
+                break
+        assert missed is not None, "every burst overlapped a read"
+        account, sampled, read_list = missed
+        step = apply_server_account(StepResult(replicas=1, peak_connections=sampled), account, read_list)
+        assert (step.peak_source, step.peak_connections, step.sampled_peak_connections) == ("serverLog", BURST, sampled)
+        assert step.witness_disagreement is None  # the reads saw less: the burst fell between them
+    finally:
+        monitor.stop()
+
+
+def test_the_seeds_refused_scale_up_counted_by_the_server_as_by_the_workload() -> None:
+    doc = yaml.safe_load((ROOT / "manifests/examples/seed.yaml").read_text())
+    doc["spec"]["steps"] = [10]
+    result = runner.run_local(parse_document(doc))
+    step = result.status.variants[0].steps[0]
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    # The superuser may take every slot but the monitor's: the server filled them all, then refused.
+    assert step.peak_connections == step.usable_connections == 99
+    assert step.sampled_peak_connections <= step.peak_connections
+    assert step.errors.too_many_clients > 0
+    assert step.refusals == step.errors.too_many_clients
+    assert step.refusals_by_class == {"tooManyClients": step.refusals}
+    assert step.first_refusal_at is not None
+    (account,) = result.server_accounts
+    first = account.first_refusal_at
+    assert first is not None
+    # When the first refusal came, the usable slots were full (backends still starting hold slots
+    # the log counts only once they are authorized, a few milliseconds later).
+    assert most_open(account.points, first, first + 0.05) == step.usable_connections
+    assert step.witness_disagreement is None
+    assert step.outcome == "Failed"
+    # The ghosts: the surviving replicas' idle pools, exactly, each named by its replica.
+    assert step.server_ghosts == step.idle_at_end
+    assert all(g.replica.startswith("pb-seed-s1-r") for g in step.ghost_connections)
+
+
+def test_nullpool_churn_peaks_at_replicas_times_threads_plus_backends_still_exiting() -> None:
+    replicas, threads = 3, 4
+    doc = make_doc(
+        name="churn",
+        steps=[replicas],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 100},
+        postgres={"maxConnections": 60},
+        workload={
+            "threads": threads,
+            "iterations": 30,
+            "holdSeconds": 0,
+            "statement": "SELECT pg_sleep(0.02)",
+            "engine": {"poolClass": "NullPool"},
+        },
+    )
+    result = runner.run_local(parse_document(doc))
+    step = result.status.variants[0].steps[0]
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    assert step.errors.total() == 0
+    assert step.queries == replicas * threads * 30
+    assert step.predicted_peak == replicas * threads
+    (account,) = result.server_accounts
+    assert account.opened == replicas * threads * 30  # NullPool: a connection per statement
+    # Beyond replicas × threads, only backends whose replica had already opened a newer one: a
+    # NullPool closes a connection and opens the next at once, and the server logs the old
+    # backend's end only once it has exited.
+    assert step.peak_connections - step.exiting_at_peak <= replicas * threads
+    assert step.peak_connections >= step.sampled_peak_connections
+    assert step.witness_disagreement is None
+    assert step.outcome == "Passed", step.reason
