@@ -113,7 +113,7 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
         peak = f"≤ {s['predictedPeak']}" if at_pooler else str(s["predictedPeak"])
         rolled = s.get("rolloutFrom")  # a measured rolling update: the old replicas and the surge pods beside them
         replicas = f"{rolled} + {s['replicas'] - rolled} surge" if rolled is not None else str(s["replicas"])
-        row = [str(i), replicas, peak, str(s["peakConnections"])]
+        row = [str(i), replicas, peak, peak_cell(s)]
         if pooled:
             expected = at_pooler.get("predictedOutcome") or "?"  # fits, waits or fails, by the placement rule
             row += [
@@ -122,8 +122,11 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
                 str(at_pooler.get("waitingPeak", 0)),
                 f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms",
             ]
+        ghosts = str(s["idleAtEnd"])
+        if s.get("serverGhosts") is not None and s["serverGhosts"] != s["idleAtEnd"]:
+            ghosts += f"\n(log {s['serverGhosts']})"
         row += [
-            str(s["idleAtEnd"]),
+            ghosts,
             errors,
             gaps,
             f"{s['throughput']:.0f}",
@@ -132,6 +135,16 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
         ]
         table.add_row(*row, Text(label, style=style))
     return table
+
+
+def peak_cell(step: dict[str, Any]) -> str:
+    """The step's peak and where it comes from: the server's log (exact), with the reads' peak under it
+    when they saw less; or the reads alone."""
+    peak = step["peakConnections"]
+    if step.get("peakSource") != "serverLog":
+        return f"{peak} (sampled)"
+    sampled = step.get("sampledPeakConnections", peak)
+    return f"{peak} (log)" + (f"\n{sampled} sampled" if sampled != peak else "")
 
 
 def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -197,6 +210,20 @@ def comparison_table(status: dict[str, Any]) -> Table:
             f"{largest['latencyMs']['p95']:g} ms at {largest['replicas']}" if largest else "-",
         )
     return table
+
+
+def server_timeline_rows(result: LocalResult) -> list[dict[str, Any]]:
+    """The server's exact account for ``--output``, one entry per step read from its log: the count of
+    open client backends after each change (seconds on the samples' clock) and each refusal."""
+    return [
+        {
+            "start": round(a.start, 3),
+            "end": round(a.end, 3),
+            "open": [[round(t, 3), n] for t, n in a.points],
+            "refusals": [{"t": round(r.at, 3), "class": r.cause, "pid": r.pid} for r in a.refusals],
+        }
+        for a in result.server_accounts
+    ]
 
 
 def timeline_row(sample: Sample) -> dict[str, Any]:
@@ -382,6 +409,7 @@ def save_results(
             "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
             "status": status,
             "timeline": [timeline_row(s) for s in result.timeline],
+            "serverTimeline": server_timeline_rows(result),
         }
         written, error = write_results(args.output, document)
         if error:

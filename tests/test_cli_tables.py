@@ -146,3 +146,54 @@ def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> N
         console = Console(width=200, record=True)
         console.print(cli.results_table(status, status["variants"][0]))
         assert title in console.export_text()
+
+
+def test_the_peak_names_its_source_and_the_sampled_one_beside_it() -> None:
+    steps = [
+        StepResult(
+            replicas=1,
+            outcome="Passed",
+            predicted_peak=12,
+            peak_connections=12,
+            peak_source="serverLog",
+            sampled_peak_connections=4,
+            idle_at_end=3,
+            server_ghosts=2,
+        ),
+        StepResult(replicas=2, outcome="Passed", predicted_peak=24, peak_connections=20, sampled_peak_connections=20),
+    ]
+    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.results_table(status, status["variants"][0]))
+    text = console.export_text()
+    assert "12 (log)" in text
+    assert "4 sampled" in text
+    assert "20 (sampled)" in text
+    assert "(log 2)" in text  # the log's ghosts beside the reads' when they differ
+
+
+def test_the_output_carries_each_steps_exact_timeline_and_refusals() -> None:
+    from poolbench.core.serverlog import parse_line
+    from poolbench.core.timeline import ServerTimeline
+    from poolbench.local.runner import LocalResult
+
+    timeline = ServerTimeline()
+    for text in (
+        "100.000 [1] client backend 00000 LOG:  connection authorized: user=u database=d application_name=r0",
+        "100.250 [2] client backend 53300 FATAL:  sorry, too many clients already",
+        "100.500 [1] client backend 00000 LOG:  disconnection: session time: 0:00:00.500",
+    ):
+        event = parse_line(text)
+        assert event is not None
+        timeline.add(event)
+    account = timeline.window(99.0, 101.0).shifted(90.0)  # the server's epoch onto the samples' clock
+    result = LocalResult(status=BenchmarkStatus(), server_accounts=[account])
+    assert cli.server_timeline_rows(result) == [
+        {
+            "start": 9.0,
+            "end": 11.0,
+            "open": [[9.0, 0], [10.0, 1], [10.5, 0], [11.0, 0]],
+            "refusals": [{"t": 10.25, "class": "tooManyClients", "pid": 2}],
+        }
+    ]
+    assert account.iso(10.25) == "1970-01-01T00:01:40.250Z"

@@ -147,6 +147,25 @@ def test_postgresql_15_lines() -> None:
     ]
 
 
+VERBOSE = """\
+1796194257.797 [18660] client backend 00000 LOG:  00000: connection authorized: user=postgres database=postgres application_name=v
+1796194257.807 [18663] client backend 53300 FATAL:  53300: sorry, too many clients already
+1796194257.808 [18660] client backend 00000 LOG:  00000: disconnection: session time: 0:00:00.011 user=postgres database=postgres host=127.0.0.1 port=60246
+1796194258.125 [18644] postmaster 00000 LOG:  00000: database system is shut down
+"""
+
+
+def test_verbose_error_messages_read_the_same() -> None:
+    """``log_error_verbosity = verbose`` (a user's setting) puts the SQLSTATE before each message."""
+    found = [(e.kind, e.pid, e.application_name or e.cause) for e in events(VERBOSE)]
+    assert found == [
+        (OPENED, 18660, "v"),
+        (REFUSED, 18663, TOO_MANY_CLIENTS),
+        (CLOSED, 18660, ""),
+        (SERVER_ENDED, 18644, "database system is shut down"),
+    ]
+
+
 def test_lines_that_say_nothing_or_are_cut() -> None:
     line = PG18.splitlines()[4]
     for cut in range(len(line)):

@@ -149,3 +149,112 @@ def test_nullpool_churn_peaks_at_replicas_times_threads_plus_backends_still_exit
     assert step.peak_connections >= step.sampled_peak_connections
     assert step.witness_disagreement is None
     assert step.outcome == "Passed", step.reason
+
+
+def small_run(name: str, settings: dict[str, str] | None = None, **workload: Any) -> runner.LocalResult:
+    doc = make_doc(
+        name=name,
+        steps=[2],
+        stepTimeoutSeconds=60,
+        stopOnFailure=False,
+        sampling={"intervalMs": 50},
+        postgres={"maxConnections": 30, "settings": settings or {}},
+        workload={
+            "threads": 2,
+            "iterations": 2,
+            "holdSeconds": 1,
+            "statement": "SELECT pg_sleep(0.3)",
+            "engine": {"poolSize": 2, "maxOverflow": 0},
+            **workload,
+        },
+    )
+    return runner.run_local(parse_document(doc))
+
+
+def test_a_server_that_logs_less_falls_back_to_the_sampled_peak_and_says_why() -> None:
+    result = small_run("quiet", {"log_min_messages": "fatal"})  # no connection line, no marker
+    (step,) = result.status.variants[0].steps
+    assert step.peak_source == "sampled"
+    assert "did not show the monitor's marker" in (step.peak_source_reason or "")
+    assert step.peak_connections == step.sampled_peak_connections == 4
+    assert step.server_ghosts is None
+    assert step.outcome == "Passed", step.reason
+    assert "(sampled)" in (step.reason or "")
+
+
+def test_ghosts_exactly_with_their_owners_and_ages() -> None:
+    result = small_run("ghosts")
+    (step,) = result.status.variants[0].steps
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    assert step.peak_connections == step.predicted_peak == 4
+    # Each replica's pool keeps its 2 connections after the work: 4 ghosts, 2 per replica, each
+    # open since the work began (two 0.3 s statements per thread: at least 0.6 s old at its end).
+    assert step.server_ghosts == step.idle_at_end == step.predicted_idle == 4
+    owners = sorted(g.replica for g in step.ghost_connections)
+    assert owners == ["pb-ghosts-s1-r0"] * 2 + ["pb-ghosts-s1-r1"] * 2
+    assert all(g.age_seconds >= 0.6 for g in step.ghost_connections)
+    assert step.refusals == 0
+    assert step.first_refusal_at is None
+
+
+def test_a_server_killed_mid_step_ends_every_backend_in_the_account() -> None:
+    """SIGKILL leaves no line for the backends it kills; the restarted server's first lines end them,
+    so the replicas' reconnections never stack on the dead backends."""
+    import os
+    import signal
+
+    from poolbench.core.steploop import Progress
+
+    doc = make_doc(
+        name="pgkill",
+        steps=[2],
+        stepTimeoutSeconds=60,
+        sampling={"intervalMs": 50},
+        postgres={"maxConnections": 30},
+        workload={
+            "threads": 3,
+            "durationSeconds": 4,
+            "holdSeconds": 1,
+            "onError": "count",
+            "statement": "SELECT pg_sleep(0.05)",
+        },
+    )
+    killed: list[float] = []
+
+    def progress(p: Progress) -> None:
+        if p.step_elapsed > 1.5 and not killed and local.pg and local.pg.pid:
+            os.killpg(local.pg.pid, signal.SIGKILL)
+            killed.append(p.step_elapsed)
+
+    local = runner.LocalRunner(parse_document(doc), progress)
+    result = local.execute()
+    assert killed
+    (step,) = result.status.variants[0].steps
+    assert step.database_restarts == 1
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    (account,) = result.server_accounts
+    assert [why for _, why in account.server_ends][:1] == ["starting PostgreSQL"]
+    restarted = account.server_ends[0][0]
+    assert most_open(account.points, restarted, restarted) == 0  # whatever the old server held ended there
+    # The replicas' connections at the peak: never more than they may open (the restarted server's
+    # readiness check, poolbench's own admin session, is a client backend too, as the reads count it).
+    workload = [c for c in account.at_peak if c.application_name.startswith("pb-pgkill-")]
+    assert len(workload) <= step.predicted_peak == 6
+    assert step.peak_connections - len(workload) <= 1
+
+
+def test_an_app_roles_refusals_by_class_are_the_workloads_own() -> None:
+    """A normal role meets the reserved slots first; a storm of connects also meets the full server.
+    The server's wording tells the two apart as the workload's classes do, attempt for attempt."""
+    doc = yaml.safe_load((ROOT / "manifests/examples/seed.yaml").read_text())
+    doc["spec"]["steps"] = [10]
+    doc["spec"]["workload"].update({"role": "app", "onError": "count", "iterations": 10})
+    result = runner.run_local(parse_document(doc))
+    step = result.status.variants[0].steps[0]
+    assert step.peak_source == "serverLog", step.peak_source_reason
+    assert step.peak_connections == step.usable_connections == 100 - 3 - 1
+    assert step.errors.reserved_slots > 0
+    assert step.refusals_by_class.get("reservedSlots", 0) == step.errors.reserved_slots
+    assert step.refusals_by_class.get("tooManyClients", 0) == step.errors.too_many_clients
+    assert step.refusals == step.errors.reserved_slots + step.errors.too_many_clients
+    assert step.witness_disagreement is None

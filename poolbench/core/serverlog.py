@@ -144,6 +144,8 @@ def parse_line(line: str) -> LogEvent | None:
     if split < 0:
         return None
     message = line[split + 3 :].rstrip("\r\n")
+    if message[5:7] == ": " and message[:5].isalnum():
+        message = message[7:]  # log_error_verbosity = verbose repeats the SQLSTATE before the message
     found = _kind(line, split, message)
     if found is None:
         return None

@@ -108,7 +108,9 @@ def apply_server_account(
         GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3))
         for c in server.ghosts[:GHOSTS_LISTED]
     ]
-    step.exiting_at_peak = exiting_at_peak(server, step.predicted_peak // step.replicas if step.replicas else 0)
+    # Per replica: what one may hold at once (pooled, the server's backends are the poolers': no such bound).
+    per_replica = step.predicted_peak // step.replicas if step.replicas and step.pooler is None else 0
+    step.exiting_at_peak = exiting_at_peak(server, per_replica)
     step.witness_disagreement = None
     for t, total in reads or []:
         if not server.start <= t <= server.end:

@@ -13,8 +13,9 @@ server's exact account of its connections (``core.timeline``): it parses what th
 of the loop's looks, leaves its own sessions out (their PIDs, from ``pg_backend_pid()``), and at a
 step's end writes a marker into the log from its own session and reads until the marker shows, so
 the account covers the whole step before it is judged. The log's times are the server's clock: the
-offset to the platform's clock is read at the start (one round trip, its middle), so a server whose
-clock differs does not move events across a step's boundaries. When the log cannot be read, or does
+offset to the platform's clock is read at the start (one round trip, its middle) and refined by each
+marker (the statement's round trip around its logged time), so a server whose clock differs does not
+move events across a step's boundaries. When the log cannot be read, or does
 not catch up in time, the step keeps its sampled peak and says why.
 """
 
@@ -65,6 +66,7 @@ class Monitor:
         #: Each step's account, in order (the plot marks their refusals).
         self.accounts: list[WindowAccount] = []
         self.clock_offset: float | None = None  # the server's epoch seconds minus the platform's clock
+        self.clock_uncertainty = float("inf")  # half the round trip the offset was read in
         self.log_error: str | None = None  # why reading the log failed, when it did
         self.lines_read = 0
         self._markers = itertools.count(1)
@@ -83,8 +85,18 @@ class Monitor:
         """The offset from the platform's clock to the server's (epoch seconds)."""
         read = self.probe.server_clock()
         if read is not None:
-            local, server = read
+            local, server, half_trip = read
             self.clock_offset = server - (local - self.t0)
+            self.clock_uncertainty = half_trip
+
+    def refine_clock(self, before: float, after: float, server: float) -> None:
+        """A statement that ran between ``before`` and ``after`` (monotonic) logged ``server``: a reading
+        of the offset, kept when its round trip was shorter than the one in use (a busy machine may
+        have slowed the first)."""
+        half_trip = (after - before) / 2
+        if half_trip < self.clock_uncertainty:
+            self.clock_offset = server - ((before + after) / 2 - self.t0)
+            self.clock_uncertainty = half_trip
 
     def read_log(self) -> None:
         """Parse what the log brought since the last look (in the loop's thread, like all the rest)."""
@@ -122,7 +134,10 @@ class Monitor:
             if self.clock_offset is None:
                 return "the monitor could not read the server's clock"
         token = f"{self._marker_prefix}{next(self._markers)}"
-        if not self.probe.log_marker(token):
+        before = time.monotonic()
+        marked = self.probe.log_marker(token)
+        after = time.monotonic()
+        if not marked:
             return "the monitor's session was down at the step's end: it could not mark the server's log"
         deadline = time.monotonic() + LOG_CATCH_UP_SECONDS
         while True:
@@ -138,6 +153,7 @@ class Monitor:
                     " (it lags, or the server does not log what poolbench needs)"
                 )
             time.sleep(LOG_POLL_SECONDS)
+        self.refine_clock(before, after, self.server.markers[token])
         offset = self.clock_offset
         window = self.server.window(start + offset, end + offset, None if ghosts_at is None else ghosts_at + offset)
         self.server.forget_before(end + offset)

@@ -143,9 +143,10 @@ class Probe:
         rows = self._on_monitor(AGES, (self._pattern,))
         return [float(age) for (age,) in rows or []]
 
-    def server_clock(self, tries: int = 5) -> tuple[float, float] | None:
-        """(local ``time.monotonic()``, the server's epoch seconds) at one moment: the read with the
-        shortest round trip, its server time taken as at the trip's middle. None when the monitor is down."""
+    def server_clock(self, tries: int = 5) -> tuple[float, float, float] | None:
+        """(local ``time.monotonic()``, the server's epoch seconds, half the round trip) at one moment: the
+        read with the shortest round trip, its server time taken as at the trip's middle. None when the
+        monitor is down."""
         best: tuple[float, float, float] | None = None
         for _ in range(tries):
             before = time.monotonic()
@@ -155,7 +156,7 @@ class Probe:
                 return None
             if best is None or after - before < best[0]:
                 best = (after - before, (before + after) / 2, float(rows[0][0]))
-        return None if best is None else (best[1], best[2])
+        return None if best is None else (best[1], best[2], best[0] / 2)
 
     def log_marker(self, token: str) -> bool:
         """Write ``serverlog.MARKER_TEXT`` + ``token`` to the server's log from the monitor's session

@@ -1,4 +1,6 @@
-"""Connections over time by state, with step boundaries and the max_connections line."""
+"""Connections over time: the server's exact count from its log (each refusal marked), the sampled
+reads by state beside it (faint, once the exact count is there), step boundaries and the
+max_connections line."""
 
 from __future__ import annotations
 
@@ -8,7 +10,54 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
+from ..core.timeline import WindowAccount
 from .runner import LocalResult
+
+EXACT_COLOR = "#111111"
+REFUSAL_COLOR = "#d62728"
+
+
+def _exact(
+    ax: Axes, accounts: list[WindowAccount], shift: float = 0.0, color: str = EXACT_COLOR, label: str = ""
+) -> bool:
+    """Each step's exact count of open client backends (a step line: it changes only at a log event) and
+    its refusals, marked where they happened; False when no step has one."""
+    first = True
+    refused_label = True
+    for account in accounts:
+        if not account.points:
+            continue
+        ax.step(
+            [t - shift for t, _ in account.points],
+            [n for _, n in account.points],
+            where="post",
+            color=color,
+            linewidth=1.4,
+            label=(label or "open connections (server log)") if first else "_exact",
+        )
+        first = False
+        if account.refusals:
+            times = [r.at - shift for r in account.refusals]
+            levels = [_count_at(account, r.at) for r in account.refusals]
+            ax.plot(
+                times,
+                levels,
+                "v",
+                color=REFUSAL_COLOR,
+                markersize=5,
+                label=f"refused ({sum(len(a.refusals) for a in accounts)})" if refused_label else "_refused",
+            )
+            refused_label = False
+    return not first
+
+
+def _count_at(account: WindowAccount, t: float) -> int:
+    count = account.points[0][1]
+    for at, n in account.points:
+        if at > t:
+            break
+        count = n
+    return count
 
 
 def plot_connections(result: LocalResult, max_connections: int, path: str, title: str = "") -> None:
@@ -23,15 +72,17 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
     active = [s.by_state.get("active", 0) for s in samples]
     idle = [s.by_state.get("idle", 0) for s in samples]
     in_tx = [s.by_state.get("idle_in_transaction", 0) for s in samples]
+    exact = bool(result.server_accounts)
     ax.stackplot(
         t,
         active,
         idle,
         in_tx,
-        labels=["active", "idle", "idle in transaction"],
+        labels=[f"{state}{' (sampled)' if exact else ''}" for state in ("active", "idle", "idle in transaction")],
         colors=["#d62728", "#1f77b4", "#ff7f0e"],
-        alpha=0.8,
+        alpha=0.25 if exact else 0.8,  # beside the exact count, the reads are the faint comparison
     )
+    _exact(ax, result.server_accounts)
     ax.axhline(max_connections, color="black", linestyle="--", label=f"max_connections {max_connections}")
     for span in result.spans:
         ax.axvline(span.start, color="grey", linewidth=0.8)
@@ -43,7 +94,7 @@ def plot_connections(result: LocalResult, max_connections: int, path: str, title
         ax.plot(gaps, [0] * len(gaps), "kx", label="probe gap")
     ax.set_ylabel("client connections")
     ax.set_ylim(0, max_connections * 1.12)
-    ax.set_title(f"poolbench {title}: connections by state")
+    ax.set_title(f"poolbench {title}: " + ("open connections, exact" if exact else "connections by state"))
     ax.legend(loc="center right", fontsize=8)  # clear of the step labels along the top
     _latency_panel(lat, result)
     fig.tight_layout()
@@ -114,7 +165,16 @@ def plot_variants(result: LocalResult, max_connections: int, path: str, title: s
         end = max((s.end or s.start) for s in spans)
         samples = [s for s in result.timeline if s.ok and start <= s.t <= end]
         t = [s.t - start for s in samples]
-        ax.plot(t, [s.total for s in samples], color=color, linewidth=1.6, label=f"{variant.name}: server backends")
+        accounts = [a for a in result.server_accounts if start <= a.start <= end]
+        drawn = _exact(ax, accounts, start, color, f"{variant.name}: server backends (log)")
+        ax.plot(
+            t,
+            [s.total for s in samples],
+            color=color,
+            linewidth=1.0 if drawn else 1.6,
+            alpha=0.35 if drawn else 1.0,
+            label=f"{variant.name}: server backends" + (" (sampled)" if drawn else ""),
+        )
         if variant.pooler is not None:
             clients = [(s.t - start, s.pooler.clients) for s in samples if s.pooler is not None and s.pooler.ok]
             if clients:
