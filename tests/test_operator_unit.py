@@ -7,6 +7,7 @@ import pytest
 
 from poolbench.clock import utc_now
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
+from poolbench.core.serverlog import SERVER_LOG_SETTINGS
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench_operator.builders import (
     METRICS_PORT,
@@ -17,6 +18,7 @@ from poolbench_operator.builders import (
     build_children,
     child_refs,
     postgres_args,
+    server_log_args,
 )
 from poolbench_operator.podstate import Metrics, PodView, parse_metrics, reports, step_done, work_done
 
@@ -61,9 +63,31 @@ def test_limits_become_server_arguments() -> None:
         "work_mem=4MB",
     ]
     container = children()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == postgres_args(SPEC)
+    assert container["args"] == postgres_args(SPEC) + server_log_args()
     # no login: a readiness session would be counted in every step's peak
     assert container["readinessProbe"] == {"tcpSocket": {"port": 5432}, "periodSeconds": 2, "failureThreshold": 3}
+
+
+def test_the_server_logs_every_connection_in_the_parsed_form() -> None:
+    """Each setting is one argument after its ``-c``: the prefix keeps its spaces (the container's args
+    reach postgres as a list, through the image's entrypoint unsplit)."""
+    assert server_log_args() == [
+        "-c",
+        "log_connections=on",
+        "-c",
+        "log_disconnections=on",
+        "-c",
+        "log_line_prefix=%n [%p] %b %e ",
+        "-c",
+        "lc_messages=C",
+        "-c",
+        "log_min_error_statement=panic",
+    ]
+    args = children()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = dict(a.split("=", 1) for a in args[1::2])
+    assert args[0::2] == ["-c"] * len(settings)
+    assert {k: settings[k] for k in SERVER_LOG_SETTINGS} == SERVER_LOG_SETTINGS
+    assert settings["work_mem"] == "4MB"  # the user's own settings stay
 
 
 def test_password_only_by_reference() -> None:

@@ -1,7 +1,8 @@
 """Pure builders of a benchmark's child objects (dask-kubernetes style ``build_*``: dicts, no I/O).
 
 Children: a Secret (generated passwords), the Postgres Service and StatefulSet (the spec's limits
-as server arguments), and the workload Deployment (starts at 0 replicas; the driver scales it).
+and the connection-logging settings as server arguments), and the workload Deployment (starts at 0
+replicas; the driver scales it).
 With ``spec.variants`` there is one workload Deployment per variant (``<bench>--<variant>-workload``,
 labelled ``poolbench.dev/variant``), and per pooled variant a PgBouncer: a Secret with its
 ``pgbouncer.ini`` and auth file, a Deployment (``pooler.replicas`` pods) and a Service on 6432 that
@@ -17,10 +18,12 @@ from typing import Any
 from poolbench.core.budget import surge_pods
 from poolbench.core.contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
+from poolbench.core.serverlog import SERVER_LOG_SETTINGS
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
+POSTGRES_CONTAINER = "postgres"  # the container whose log the operator follows
 METRICS_PORT = 9187
 TERMINATION_PATH = "/dev/termination-log"
 WORKLOAD_UID = 10001
@@ -127,6 +130,16 @@ def postgres_args(spec: PoolBenchmarkSpec) -> list[str]:
     return args
 
 
+def server_log_args() -> list[str]:
+    """The settings that make the server log every client backend's start, refusal and end in the form
+    the monitor parses (``core.serverlog``); the operator follows them in the pod's log. One list
+    element per value, so the prefix's spaces reach the server unsplit."""
+    args: list[str] = []
+    for key, value in SERVER_LOG_SETTINGS.items():
+        args += ["-c", f"{key}={value}"]
+    return args
+
+
 def build_postgres_service(benchmark: str) -> dict[str, Any]:
     names = Names(benchmark)
     return {
@@ -164,9 +177,9 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict[
                     "automountServiceAccountToken": False,
                     "containers": [
                         {
-                            "name": "postgres",
+                            "name": POSTGRES_CONTAINER,
                             "image": spec.postgres.image,
-                            "args": postgres_args(spec),
+                            "args": [*postgres_args(spec), *server_log_args()],
                             "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT}],
                             "env": [
                                 {"name": "POSTGRES_USER", "value": SUPERUSER},

@@ -57,6 +57,7 @@ PATCH_INTERVAL = 1.2  # seconds between status patches of one resource: under on
 TIMING = LoopTiming(poll_seconds=0.5, drain_seconds=15.0)
 PROVISION_TIMEOUT = 300.0
 SCALE_DOWN_TIMEOUT = 120.0
+LOG_SETTLE_SECONDS = 10.0  # the first look at the PostgreSQL pod's log, before the first step
 
 
 class StopFlag(Protocol):
@@ -208,7 +209,13 @@ class Driver:
 
     def measure(self) -> None:
         self.ensure_app_role()
-        monitor = Monitor(self.connect, self.spec.sampling.interval_ms / 1000, self.t0)
+        server_log = self.kube.follow_postgres_log(self.names)  # the monitor closes it
+        why = server_log.wait_settled(LOG_SETTLE_SECONDS)
+        if why:
+            self.logger.warning(
+                "the PostgreSQL pod's log is not read; steps report sampled peaks while it is not: %s", why
+            )
+        monitor = Monitor(self.connect, self.spec.sampling.interval_ms / 1000, self.t0, log=server_log)
         monitor.start()  # before any load, so it holds its slot
         try:
             run_steps(self.run, self, monitor, TIMING)

@@ -15,8 +15,9 @@ from poolbench.core.contracts.phases import DONE
 from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
-from .builders import METRICS_PORT, ROLLOUT_ANNOTATION, Names, selector
+from .builders import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
+from .podlog import PodLogSource
 from .podstate import PodView, parse_metrics
 
 
@@ -112,6 +113,10 @@ class Kube:
                 return None
             raise
         return pod.status.pod_ip if pod.status else None
+
+    def follow_postgres_log(self, names: Names) -> PodLogSource:
+        """The PostgreSQL pod's log, followed from now on in a thread of its own (``close`` it)."""
+        return PodLogSource(self.core, self.namespace, names.postgres_pod, POSTGRES_CONTAINER)
 
     def scale_workload(self, names: Names, replicas: int) -> None:
         self.scale_deployment(names.workload, replicas)

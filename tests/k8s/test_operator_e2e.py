@@ -118,6 +118,11 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert second["sampleGaps"] == 0
     assert second["samples"] > 10
     assert status["totalSteps"] == 2
+    for step in (first, second):
+        # The stand-in kubelet serves no logs: the step keeps its sampled peak and says why.
+        assert step["peakSource"] == "sampled", step
+        assert "log is not served" in step["peakSourceReason"], step
+        assert step["peakConnections"] == step["sampledPeakConnections"], step
     assert status["progress"] == "2/2"
     # What the callers felt, read from the pods' metrics: every statement of step 1 timed.
     assert first["throughput"] > 0
@@ -370,6 +375,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
 
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")
+    assert can("get", "pods", "--subresource=log", "-n", "default")  # the PostgreSQL pod's log
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
@@ -382,6 +388,11 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["update", "secrets", "-n", "x"],
         ["create", "pods", "-n", "default"],
         ["create", "pods/exec", "-n", "default"],
+        ["create", "pods", "--subresource=exec", "-n", "default"],
+        ["create", "pods", "--subresource=attach", "-n", "default"],
+        ["create", "pods", "--subresource=portforward", "-n", "default"],
+        ["patch", "pods", "--subresource=ephemeralcontainers", "-n", "default"],
+        ["create", "pods", "--subresource=log", "-n", "default"],
         ["delete", "pods", "-n", "default"],
         ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
         ["create", "clusterrolebindings"],

@@ -65,6 +65,24 @@ def test_operator_pod_runs_from_the_chart_with_a_read_only_root(cluster: Any, ku
     assert "Read-only file system" in proc.stderr, proc.stderr
 
 
+def assert_exact_peaks_from_the_pods_log(first: dict[str, Any], second: dict[str, Any]) -> None:
+    """The operator followed the PostgreSQL pod's log: each step's peak is the server's exact one, and
+    it is the pool arithmetic's answer (manifests/examples/small.yaml: 2 replicas × min(threads 6,
+    poolSize 2 + maxOverflow 3) = 10 fit; 8 × 5 = 40 do not, on 30 slots of which the monitor holds one)."""
+    for step in (first, second):
+        assert step["peakSource"] == "serverLog", step.get("peakSourceReason")
+        assert step["sampledPeakConnections"] <= step["peakConnections"], step
+        assert step.get("witnessDisagreement") is None, step
+    assert first["peakConnections"] == first["predictedPeak"] == 10
+    assert first.get("refusals", 0) == 0
+    assert first.get("firstRefusalAt") is None
+    # The superuser may take every slot but the monitor's: the server filled them all, then refused.
+    assert second["peakConnections"] == second["usableConnections"] == 29
+    assert second["firstRefusalAt"] is not None
+    assert second["refusals"] == second["errors"]["tooManyClients"] > 0  # the server's count is the workload's
+    assert second["refusalsByClass"] == {"tooManyClients": second["refusals"]}
+
+
 def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "node")
     apply(cluster, ns, small_seed("small"))
@@ -98,7 +116,8 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     status = obj["status"]
     pods_wide = kubectl(cluster, "-n", ns, "get", "pods", "-o", "wide").stdout
     assert status["phase"] == "Failed", (status.get("message"), pods_wide)
-    first, _ = assert_small_seed_steps(status)
+    first, second = assert_small_seed_steps(status)
+    assert_exact_peaks_from_the_pods_log(first, second)
     assert first["throughput"] > 0
     assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
 
