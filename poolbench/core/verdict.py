@@ -237,7 +237,7 @@ def reads_behind(step: StepResult, interval_ms: float | None) -> str | None:
     )
     return (
         f"the monitor's reads fell behind: {p99:g} ms between reads at p99, more than {BEHIND_FACTOR:g} × the"
-        f" {interval_ms:g} ms interval (a read took that long; raise spec.sampling.intervalMs to"
+        f" {interval_ms:g} ms interval (raise spec.sampling.intervalMs to"
         f" {advised_interval_ms(p99)}; {consequence})"
     )
 
