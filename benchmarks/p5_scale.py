@@ -351,8 +351,8 @@ def report(
         "per row, and against the floor (`count(*)` of the function, nothing else), each prepared once, "
         f"{len(costs[largest]['view'])} reads of each alternated on one autocommit session while the holders below "
         "hold that many idle backends (nothing else running on the server). The function looks up each backend's "
-        "process in the process array one by one (`BackendPidGetProc`), so its cost grows with the square of the "
-        "backends; the query around it can only save what lies between it and the floor.",
+        "process with a scan of the process array (`BackendPidGetProc`, once per row), so its cost grows faster than "
+        "the backends; the query around it can only save what lies between it and the floor.",
         "",
         "| idle backends | the view: median / p99 / max | the probe's query | the function alone | probe ÷ view "
         "(medians) |",

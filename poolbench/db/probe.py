@@ -14,10 +14,10 @@ user's can blind or kill it. A failed read becomes a gap sample and the next rea
 are recorded, never silent. The query is prepared once per monitor connection: planning it (the
 view's joins) cost as much server CPU as running it. It reads ``pg_stat_get_activity(NULL)``, the
 function under the ``pg_stat_activity`` view, itself: the same rows, the columns by the same names, no
-view to expand. That function's cost grows with the square of the backends (it looks up each one's
-process in the process array, one by one), so at thousands of backends a read takes tens of
-milliseconds whatever the query around it; the query adds as little as it can: one clock reading per
-read for the idle ages, not one per row.
+view to expand. That function's cost grows faster than the backends (each row's process is found by
+a scan of the process array), so at thousands of backends a read takes tens of milliseconds whatever
+the query around it; the query adds as little as it can: one clock reading per read for the idle
+ages, not one per row.
 """
 
 from __future__ import annotations
