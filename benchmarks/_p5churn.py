@@ -24,7 +24,7 @@ import psycopg2
 
 from poolbench.core.sampling import Sample
 from poolbench.core.serverlog import OPENED, SERVER_LOG_SETTINGS
-from poolbench.db.probe import Probe, SamplerThread
+from poolbench.db.probe import QUERY, Probe, SamplerThread
 from poolbench.local.logtail import LogFile
 
 from ._logread import TimelineReader
@@ -36,6 +36,47 @@ if TYPE_CHECKING:
 HOLD_APP = "pb-hold"
 MARK_APP = "pb-mark-"
 CHURN_SCRIPT = "SELECT 1;\n"
+
+#: The probe's count read through the ``pg_stat_activity`` view, each idle age with its own clock reading.
+VIEW_QUERY = """
+SELECT state, application_name, count(*)::int,
+       max(extract(epoch FROM clock_timestamp() - state_change)) FILTER (WHERE state = 'idle'),
+       wait_event_type
+  FROM pg_catalog.pg_stat_activity
+ WHERE backend_type = 'client backend'
+   AND pid <> pg_catalog.pg_backend_pid()
+   AND state IS NOT NULL AND state <> 'starting'
+   AND application_name LIKE $1
+ GROUP BY state, application_name, wait_event_type
+"""
+#: The floor: the function under the view, every row counted and nothing else.
+FUNCTION_ONLY = "SELECT count(*)::int FROM pg_catalog.pg_stat_get_activity(NULL) WHERE $1::text IS NOT NULL"
+#: The read's forms compared, each prepared once as the probe prepares its own.
+READ_FORMS = {"view": VIEW_QUERY, "probe": QUERY.replace("%s", "$1"), "function": FUNCTION_ONLY}
+#: Reads of each form per stage.
+COST_ROUNDS = 30
+
+
+def read_costs(pg: LocalPostgres, rounds: int) -> dict[str, list[float]]:
+    """Each form's read time (seconds, client side), the forms alternated round by round on one
+    autocommit session (a fresh snapshot per read, as the probe's)."""
+    conn = psycopg2.connect(**pg.connect_kwargs(), application_name="pb-read-cost")
+    conn.autocommit = True
+    times: dict[str, list[float]] = {name: [] for name in READ_FORMS}
+    try:
+        with conn.cursor() as cur:
+            for name, sql in READ_FORMS.items():
+                cur.execute(f"PREPARE {name}(text) AS {sql}")
+            for k in range(rounds):
+                order = list(READ_FORMS) if k % 2 == 0 else list(reversed(READ_FORMS))
+                for name in order:
+                    t = time.perf_counter()
+                    cur.execute(f"EXECUTE {name}(%s)", ("%",))
+                    cur.fetchall()
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        conn.close()
+    return times
 
 
 @dataclass
@@ -178,7 +219,12 @@ def gaps(samples: list[Sample]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
-def run_churn(held: int, holders: int, seconds: float, interval: float, clients: int, poll: float) -> dict[str, Any]:
+def run_churn(
+    stages: tuple[int, ...], holders: int, seconds: float, interval: float, clients: int, poll: float
+) -> dict[str, Any]:
+    """``stages``: the idle backends held when the read's forms are compared, growing; the last is the
+    bulk the churn runs beside."""
+    held = stages[-1]
     max_connections = held + clients + 50
     with postgres(max_connections=max_connections, settings=SERVER_LOG_SETTINGS) as pg:
         script = Path(pg.root or ".") / "churn.sql"
@@ -198,9 +244,19 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
         assert monitor_pid is not None
         reader.exclude(monitor_pid)  # as the monitor does: its own session is not the workload's
         reading = ReaderThread(LogFile(pg.log_path), reader, poll).start()
-        t_hold = time.monotonic()
-        bulk = start_holders(pg, held, holders)
-        hold_seconds = time.monotonic() - t_hold
+        bulk: list[subprocess.Popen[str]] = []
+        costs: dict[int, dict[str, list[float]]] = {}
+        hold_seconds, opened = 0.0, 0
+        try:
+            for stage in stages:  # the holders' processes shared out in proportion to the backends they add
+                t_hold = time.monotonic()
+                bulk += start_holders(pg, stage - opened, max(1, round(holders * (stage - opened) / held)))
+                hold_seconds += time.monotonic() - t_hold
+                opened = stage
+                costs[stage] = read_costs(pg, COST_ROUNDS)
+        except BaseException:
+            stop_holders(bulk)
+            raise
         assert pg.process is not None
         memory = TreeMemory([pg.process.pid, *(h.pid for h in bulk)], interval=5.0, pss_on_plateau=True).start()
         sampler = SamplerThread(probe, interval, keep, t0)
@@ -250,6 +306,7 @@ def run_churn(held: int, holders: int, seconds: float, interval: float, clients:
     return {
         "held": held,
         "holders": holders,
+        "read_costs": costs,
         "hold_seconds": hold_seconds,
         "clients": clients,
         "churn_seconds": churn_wall,

@@ -409,13 +409,19 @@ class BenchmarkRun:
         assert self.step is not None
         assert self.accumulator is not None
         step = self.accumulator.fill(self.step)
+        step.sample_interval_p99_ms = self.accumulator.interval_p99_ms()
         apply_server_account(step, server, self.accumulator.reads)
         aggregate_reports(step, reports)
         step.timed_out = timed_out
         step.reason = reason
         step.finished_at = self.clock()
         step.rollout_overlap = overlap
-        judge_step(step, expected_replicas=step.replicas, limits=self.spec.limits)
+        judge_step(
+            step,
+            expected_replicas=step.replicas,
+            limits=self.spec.limits,
+            interval_ms=self.spec.sampling.interval_ms,
+        )
         judge_rollout_overlap(step)
         every = self.status.all_steps()
         self.status.failures = sum(s.errors.total() for s in every)

@@ -211,6 +211,11 @@ class StepResult(_Out):
     crashed_replicas: int = 0
     samples: int = 0
     sample_gaps: int = Field(0, description="Probe reads that failed; never silent.")
+    sample_interval_p99_ms: float | None = Field(
+        None,
+        description="The p99 time between two consecutive reads of the step (null: fewer than two reads). Above"
+        " 1.5 × spec.sampling.intervalMs the reads fell behind: one read took longer than the interval.",
+    )
     monitor_error: str | None = Field(None, description="Why the last failed probe read failed.")
     database_restarts: int = Field(0, description="Times the server restarted during the step.")
     leftover_backends: int = Field(

@@ -7,11 +7,21 @@ peaks between reads (peak-hold), counts gaps, and knows when the work ended so t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .histogram import rank
 from .results import PeakByState, PoolerStepResult, StepResult
+
+#: Reads whose p99 spacing exceeds this many intervals fell behind their schedule: a read took longer
+#: than the interval, and the sampler started the next one late.
+BEHIND_FACTOR = 1.5
+#: Advised intervals are whole multiples of this (milliseconds).
+INTERVAL_STEP_MS = 50
+#: The longest interval a spec may ask for (``SamplingSpec.interval_ms``).
+LONGEST_INTERVAL_MS = 60_000
 
 STATE_KEYS = {
     "active": "active",
@@ -106,6 +116,28 @@ def sample_from_rows(t: float, rows: Sequence[Sequence[Any]]) -> Sample:
     return Sample(t=t, total=total, by_state=by_state, by_app=by_app, by_wait=by_wait, oldest_idle_seconds=oldest)
 
 
+def interval_p99_ms(times: Sequence[float]) -> float | None:
+    """The p99 (nearest rank) of the time between consecutive reads, in milliseconds to 0.1; None with
+    fewer than two reads. Failed reads count: each was a read the sampler started."""
+    ordered = sorted(times)
+    spacings = sorted(b - a for a, b in zip(ordered, ordered[1:], strict=False))
+    if not spacings:
+        return None
+    return round(spacings[rank(0.99, len(spacings)) - 1] * 1000, 1)
+
+
+def fell_behind(p99_ms: float | None, interval_ms: float) -> bool:
+    """The reads did not keep their interval: p99 spacing above ``BEHIND_FACTOR`` × the interval."""
+    return p99_ms is not None and p99_ms > BEHIND_FACTOR * interval_ms
+
+
+def advised_interval_ms(read_ms: float) -> int:
+    """An interval no shorter than a read takes (``read_ms``), rounded up to ``INTERVAL_STEP_MS``: a
+    shorter one buys no more reads, it only keeps the server reading back to back."""
+    steps = max(1, math.ceil(round(read_ms, 6) / INTERVAL_STEP_MS))
+    return min(LONGEST_INTERVAL_MS, steps * INTERVAL_STEP_MS)
+
+
 @dataclass
 class StepAccumulator:
     """Peak-hold over the samples of one step."""
@@ -134,8 +166,10 @@ class StepAccumulator:
     last_clients: int = 0
     clients_after_work: int | None = None
     reads: list[tuple[float, int]] = field(default_factory=list)  # (t, total) of each read, to check the log's
+    read_times: list[float] = field(default_factory=list)  # every read's start, failed ones too
 
     def add(self, sample: Sample) -> None:
+        self.read_times.append(sample.t)
         if self.pooled:
             self.add_pooler(sample.t, sample.pooler)
         if not sample.ok:
@@ -185,6 +219,10 @@ class StepAccumulator:
         if not self.work_done:
             self.work_done = True
             self.work_done_at = at
+
+    def interval_p99_ms(self) -> float | None:
+        """How regular the step's reads were (``interval_p99_ms`` of their start times)."""
+        return interval_p99_ms(self.read_times)
 
     def fill(self, step: StepResult) -> StepResult:
         step.samples = self.samples

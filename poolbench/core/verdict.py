@@ -21,6 +21,7 @@ from .budget import (
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
+from .sampling import BEHIND_FACTOR, advised_interval_ms, fell_behind
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 from .timeline import WindowAccount
@@ -223,9 +224,43 @@ def limit_breaches(step: StepResult, limits: LimitsSpec | None) -> list[str]:
     return breaches
 
 
-def judge_step(step: StepResult, *, expected_replicas: int, limits: LimitsSpec | None = None) -> StepResult:
+def reads_behind(step: StepResult, interval_ms: float | None) -> str | None:
+    """A note when the step's reads fell behind their interval (not a failure: what was read is
+    right, there were fewer reads), with the interval the reads' own duration calls for."""
+    p99 = step.sample_interval_p99_ms
+    if interval_ms is None or p99 is None or not fell_behind(p99, interval_ms):
+        return None
+    consequence = (
+        "the exact peak from the server's log does not depend on it"
+        if step.peak_source == "serverLog"
+        else "the sampled peak misses what comes and goes between reads"
+    )
+    return (
+        f"the monitor's reads fell behind: {p99:g} ms between reads at p99, more than {BEHIND_FACTOR:g} × the"
+        f" {interval_ms:g} ms interval (raise spec.sampling.intervalMs to"
+        f" {advised_interval_ms(p99)}; {consequence})"
+    )
+
+
+def judge_step(
+    step: StepResult,
+    *,
+    expected_replicas: int,
+    limits: LimitsSpec | None = None,
+    interval_ms: float | None = None,
+) -> StepResult:
     """Set outcome and reason from what was measured. A step passes only when nothing failed and
-    the monitor saw it; a step with no failure whose reads mostly failed is Inconclusive."""
+    the monitor saw it; a step with no failure whose reads mostly failed is Inconclusive. Reads that
+    fell behind ``interval_ms`` (the spec's sampling interval) add a note, never change the outcome."""
+    judge_outcome(step, expected_replicas=expected_replicas, limits=limits)
+    note = reads_behind(step, interval_ms)
+    if note:
+        step.reason = f"{step.reason}; {note}" if step.reason else note
+    return step
+
+
+def judge_outcome(step: StepResult, *, expected_replicas: int, limits: LimitsSpec | None = None) -> StepResult:
+    """The outcome and its reason (``judge_step`` without the note on the reads' regularity)."""
     reasons = [step.reason] if step.reason else []  # what the driver saw (e.g. pods that never started)
     errors = step.errors.total()
     if errors:
