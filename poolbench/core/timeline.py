@@ -4,7 +4,9 @@ Each client backend holds a connection from its ``connection authorized`` line t
 disconnection, the FATAL error that ended it, or the server ending every backend (a crash, a
 shutdown, a new postmaster). A refused attempt never holds one, even when the server logged it as
 authorized before refusing it (a reserved slot, a role's or a database's CONNECTION LIMIT). The
-monitor's own sessions are left out: it names its PIDs (``exclude``). Times stay the server's
+monitor's own sessions are left out: it names its PIDs (``exclude``); so is every session of
+poolbench's own by its application_name (``serverlog.OWN_SESSION_NAMES``: the readiness check after a
+restart, the role setup), as the reads leave them out. Times stay the server's
 epoch seconds here; the monitor maps them onto the platform's clock.
 
 A step's account (``window``) gives the exact peak of open connections and when it was first
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .serverlog import CLOSED, ENDED, FAILED, MARKER, OPENED, REFUSED, SERVER_ENDED, LogEvent
+from .serverlog import CLOSED, ENDED, FAILED, MARKER, OPENED, OWN_SESSION_NAMES, REFUSED, SERVER_ENDED, LogEvent
 
 #: A FATAL start-up error cancels an opening at most this long before it (the server authorizes and
 #: then refuses within its start-up); an older backend of that PID was a stale one (its end went
@@ -195,6 +197,8 @@ class ServerTimeline:
         backend = Backend(event.pid, event.at, event.application_name, self.seq)
         if event.pid in self.monitor_pids and _same_start(event.at, self.monitor_pids[event.pid]):
             del self.monitor_pids[event.pid]
+            backend.counted = False
+        elif event.application_name in OWN_SESSION_NAMES:
             backend.counted = False
         self.open[event.pid] = backend
         self.backends.append(backend)
