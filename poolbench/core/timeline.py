@@ -110,6 +110,7 @@ class WindowAccount:
     points: tuple[tuple[float, int], ...]  # (time, open connections) after each change, from ``start``
     at_peak: tuple[OpenConnection, ...] = ()  # the connections open when the peak was first reached
     epoch_offset: float = 0.0  # add to a time here to get the server's epoch seconds
+    ended_by_server: int = 0  # connections the server ended itself in the window (a FATAL error, a crash)
 
     @property
     def first_refusal_at(self) -> float | None:
@@ -233,7 +234,7 @@ class ServerTimeline:
         ghosts are the connections open at ``ghosts_at`` (the work's end), else at ``end``."""
         at_start = 0
         changes: list[tuple[float, int, int]] = []
-        opened = 0
+        opened = ended_by_server = 0
         for b in self.backends:
             if not b.counted or b.opened_at > end or (b.closed_at is not None and b.closed_at <= start):
                 continue
@@ -244,6 +245,8 @@ class ServerTimeline:
                 changes.append((b.opened_at, b.open_seq, 1))
             if b.closed_at is not None and b.closed_at <= end:
                 changes.append((b.closed_at, b.close_seq, -1))
+                if b.ended_by not in ("", PID_REUSED):  # not its client's doing: the server's
+                    ended_by_server += 1
         changes.sort()
         count = peak = at_start
         peak_at, peak_seq = start, self.seq + 1  # at ``start``: after all of its changes
@@ -272,6 +275,7 @@ class ServerTimeline:
             server_ends=ends,
             points=tuple(points),
             at_peak=tuple(self._open_at_seq(peak_at, peak_seq)),
+            ended_by_server=ended_by_server,
         )
 
     def _open_at_seq(self, t: float, seq: int) -> list[OpenConnection]:
