@@ -98,7 +98,7 @@ def test_the_server_above_what_the_pools_may_hold_and_open_is_flagged() -> None:
     assert result.witness_disagreement == (
         "the server's log shows 17 connections open at once, 1 of them still exiting, 1 more than the pools may"
         " hold and open at once (15), while their own events counted at most 15 (the reads saw at most 16):"
-        " 1 were no pool's"
+        " 1 connection was no pool's"
     )
 
 

@@ -199,7 +199,8 @@ def client_witness_disagreement(step: StepResult) -> str | None:
         return (
             f"the server's log shows {server} connections open at once{exiting}, {beyond} more than the pools may"
             f" hold and open at once ({step.predicted_peak}), while their own events counted at most {client}"
-            f" (the reads saw at most {step.sampled_peak_connections}): {beyond} were no pool's"
+            f" (the reads saw at most {step.sampled_peak_connections}): {counted(beyond, 'connection')}"
+            f" {'was' if beyond == 1 else 'were'} no pool's"
         )
     return None
 
