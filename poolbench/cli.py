@@ -118,7 +118,7 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
             expected = at_pooler.get("predictedOutcome") or "?"  # fits, waits or fails, by the placement rule
             row += [
                 f"{at_pooler.get('predictedClientPeak', 0)} ({expected})",
-                str(at_pooler.get("clientPeakConnections", 0)),
+                str(at_pooler.get("clientPeakConnections", 0)) + pools_line(s),
                 str(at_pooler.get("waitingPeak", 0)),
                 f"{at_pooler.get('maxWaitMs', 0.0):.0f} ms",
             ]
@@ -139,12 +139,24 @@ def results_table(status: dict[str, Any], variant: dict[str, Any]) -> Table:
 
 def peak_cell(step: dict[str, Any]) -> str:
     """The step's peak and where it comes from: the server's log (exact), with the reads' peak under it
-    when they saw less; or the reads alone."""
+    when they saw less; or the reads alone. Under it, a direct step's third witness: the pools' own count."""
     peak = step["peakConnections"]
     if step.get("peakSource") != "serverLog":
-        return f"{peak} (sampled)"
-    sampled = step.get("sampledPeakConnections", peak)
-    return f"{peak} (log)" + (f"\n{sampled} sampled" if sampled != peak else "")
+        cell = f"{peak} (sampled)"
+    else:
+        sampled = step.get("sampledPeakConnections", peak)
+        cell = f"{peak} (log)" + (f"\n{sampled} sampled" if sampled != peak else "")
+    if not step.get("pooler"):  # pooled, the pools count clients at the pooler: beside the pooler's clients
+        cell += pools_line(step)
+    return cell
+
+
+def pools_line(step: dict[str, Any]) -> str:
+    """The pools' own count of their connections on a line of its own ("≤": an upper bound), or nothing."""
+    client = step.get("clientPeakConnections")
+    if client is None:
+        return ""
+    return f"\n{'' if step.get('clientPeakExact') else '≤ '}{client} pools"
 
 
 def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -170,6 +170,42 @@ def test_the_peak_names_its_source_and_the_sampled_one_beside_it() -> None:
     assert "4 sampled" in text
     assert "20 (sampled)" in text
     assert "(log 2)" in text  # the log's ghosts beside the reads' when they differ
+    assert "pools" not in text  # no replica reported its pool: no third witness
+
+
+def test_the_pools_own_count_stands_under_the_exact_peak() -> None:
+    steps = [
+        StepResult(
+            replicas=3,
+            outcome="Passed",
+            predicted_peak=15,
+            peak_connections=15,
+            peak_source="serverLog",
+            sampled_peak_connections=15,
+            client_peak_connections=15,
+            client_peak_exact=True,
+        ),
+        StepResult(
+            replicas=3,
+            outcome="Passed",
+            predicted_peak=15,
+            peak_connections=17,
+            peak_source="serverLog",
+            sampled_peak_connections=9,
+            client_peak_connections=12,
+            client_peak_exact=False,
+        ),
+    ]
+    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    console = Console(width=200, record=True)
+    console.print(cli.results_table(status, status["variants"][0]))
+    cells = [line.split("│")[4].strip() for line in console.export_text().splitlines() if line.count("│") > 5]
+    assert cells == ["15 (log)", "15 pools", "17 (log)", "9 sampled", "≤ 12 pools"]
+    pooled = pooled_status()
+    pooled["variants"][0]["steps"][0].update(clientPeakConnections=6, clientPeakExact=True)
+    console = Console(width=200, record=True)
+    console.print(cli.results_table(pooled, pooled["variants"][0]))
+    assert "6 pools" in console.export_text()  # beside the pooler's clients, not the server's backends
 
 
 def test_the_output_carries_each_steps_exact_timeline_and_refusals() -> None:

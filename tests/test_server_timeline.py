@@ -219,6 +219,25 @@ def authorized(at: float, pid: int, app: str) -> str:
     return line(at, pid, f"connection authorized: user=u database=d application_name={app}")
 
 
+def test_poolbenchs_own_sessions_are_left_out_by_name_as_the_reads_leave_them_out() -> None:
+    """A restarted server's readiness check and the role setup are poolbench's own admin sessions: the
+    account counts the replicas' backends only, the same set the probe's reads count."""
+    from poolbench.core.serverlog import OWN_SESSION_NAMES
+    from poolbench.db.probe import OTHER_CLIENTS
+
+    texts = [
+        authorized(1.000, 1, "pb-x-0"),
+        authorized(1.001, 2, "poolbench-admin"),
+        authorized(1.002, 3, "poolbench-monitor"),  # a monitor session the monitor did not announce
+        authorized(1.003, 4, "pb-x-1"),
+        line(1.010, 2, "disconnection: x"),
+    ]
+    account = account_of(texts, 0.0, 2.0)
+    assert account.peak == 2
+    assert [c.application_name for c in account.ghosts] == ["pb-x-0", "pb-x-1"]
+    assert all(f"'{name}'" in OTHER_CLIENTS for name in OWN_SESSION_NAMES)
+
+
 def test_a_reused_pid_closes_the_stale_backend() -> None:
     timeline = ServerTimeline()
     for text in (authorized(1.0, 7, "a"), authorized(2.0, 7, "b"), line(3.0, 7, "disconnection: session time: x")):

@@ -92,6 +92,44 @@ def test_a_burst_between_two_reads_is_exact_in_the_log_and_missed_by_the_reads(l
         monitor.stop()
 
 
+def test_poolbenchs_own_sessions_are_left_out_by_both_witnesses(local_pg: LocalPostgres) -> None:
+    """An admin session (a readiness check, the role setup) open beside one workload connection: the
+    log's account and the reads both count the workload's one, so a read never shows more than the log."""
+    from poolbench.core.serverlog import ADMIN_NAME
+    from poolbench.db.sessions import admin_session
+
+    t0 = time.monotonic()
+
+    def connect(**kw: Any) -> Any:
+        return psycopg2.connect(**local_pg.connect_kwargs(), **kw)
+
+    monitor = Monitor(connect, 0.05, t0, log=LogFile(local_pg.log_path))
+    monitor.start()
+    try:
+        monitor.samples()
+        began = time.monotonic() - t0
+        admin = admin_session(connect, ADMIN_NAME)
+        workload = connect(application_name="pb-own-0")
+        opened = time.monotonic() - t0
+        try:
+            reads: list[tuple[float, int]] = []
+            while len(reads) < 3:  # reads taken while both are open
+                reads += [(s.t, s.total) for s in monitor.samples() if s.ok and s.t > opened]
+                time.sleep(0.05)
+        finally:
+            workload.close()
+            admin.close()
+        ended = time.monotonic() - t0
+        account = monitor.server_account(began, ended)
+        assert isinstance(account, WindowAccount), account
+        assert account.peak == 1
+        assert [total for _, total in reads] == [1] * len(reads)
+        step = apply_server_account(StepResult(replicas=1, peak_connections=1), account, reads)
+        assert step.witness_disagreement is None
+    finally:
+        monitor.stop()
+
+
 def test_the_seeds_refused_scale_up_counted_by_the_server_as_by_the_workload() -> None:
     doc = yaml.safe_load((ROOT / "manifests/examples/seed.yaml").read_text())
     doc["spec"]["steps"] = [10]
@@ -236,11 +274,11 @@ def test_a_server_killed_mid_step_ends_every_backend_in_the_account() -> None:
     assert [why for _, why in account.server_ends][:1] == ["starting PostgreSQL"]
     restarted = account.server_ends[0][0]
     assert most_open(account.points, restarted, restarted) == 0  # whatever the old server held ended there
-    # The replicas' connections at the peak: never more than they may open (the restarted server's
-    # readiness check, poolbench's own admin session, is a client backend too, as the reads count it).
+    # The replicas' connections at the peak, and nothing else: the restarted server's readiness check
+    # (poolbench's own admin session) is left out by the log's account as by the reads.
     workload = [c for c in account.at_peak if c.application_name.startswith("pb-pgkill-")]
-    assert len(workload) <= step.predicted_peak == 6
-    assert step.peak_connections - len(workload) <= 1
+    assert len(workload) == len(account.at_peak) == step.peak_connections == step.predicted_peak == 6
+    assert all(not c.application_name.startswith("poolbench-") for c in account.ghosts)
 
 
 def test_an_app_roles_refusals_by_class_are_the_workloads_own() -> None:

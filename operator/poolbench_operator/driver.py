@@ -28,6 +28,7 @@ from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.results import TERMINAL_PHASES
+from poolbench.core.serverlog import ADMIN_NAME
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
     BenchmarkFinished,
@@ -177,7 +178,7 @@ class Driver:
             self.wait(TIMING.poll_seconds)
         while True:
             try:
-                self.connect().close()
+                self.connect(application_name=ADMIN_NAME).close()  # poolbench's own: no witness counts it
                 return
             except (psycopg2.OperationalError, RuntimeError) as err:
                 if time.monotonic() > deadline:

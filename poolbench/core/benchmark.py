@@ -35,6 +35,7 @@ from .search import found, most_probes, next_probe
 from .spec import DIRECT, PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from .timeline import WindowAccount
 from .verdict import (
+    apply_client_witness,
     apply_server_account,
     comparison,
     judge_rollout_overlap,
@@ -413,6 +414,7 @@ class BenchmarkRun:
         apply_server_account(step, server, self.accumulator.reads)
         aggregate_reports(step, reports)
         step.timed_out = timed_out
+        apply_client_witness(step)
         step.reason = reason
         step.finished_at = self.clock()
         step.rollout_overlap = overlap

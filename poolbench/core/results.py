@@ -196,8 +196,16 @@ class StepResult(_Out):
         description="Of the exact peak, backends whose replica already held as many newer ones as it may open:"
         " closed by their client and still exiting (they ended within a second).",
     )
+    server_ended_connections: int = Field(
+        0,
+        description="Of the workload's connections in the server's log, those the server ended itself during the"
+        " step (a FATAL error: terminated, timed out; a crash or a restart): a pool counts one open until it next"
+        " uses it.",
+    )
     witness_disagreement: str | None = Field(
-        None, description="The server's log and the reads disagree beyond what their timing explains."
+        None,
+        description="The witnesses (the server's log, the reads, the pools' own events) disagree beyond what"
+        " their timing explains.",
     )
     peak_by_state: PeakByState = Field(default_factory=PeakByState)
     peak_by_replica: dict[str, int] = Field(default_factory=dict)

@@ -19,6 +19,13 @@ from .outcomes import RESERVED_SLOTS, TOO_MANY_CLIENTS
 #: the SQLSTATE; then the severity and the message (``LOG:  connection authorized: ...``).
 LOG_LINE_PREFIX = "%n [%p] %b %e "
 
+#: The application_name of poolbench's own sessions: the monitor's, and the admin sessions that check a
+#: (re)started server is ready and set up the workload's role. No witness counts them as the workload's:
+#: neither the log's account (``core.timeline``) nor the reads (``db.probe``), so the two count the same set.
+MONITOR_NAME = "poolbench-monitor"
+ADMIN_NAME = "poolbench-admin"
+OWN_SESSION_NAMES = frozenset({MONITOR_NAME, ADMIN_NAME})
+
 #: The settings every server poolbench creates runs with, passed as ``-c name=value``.
 SERVER_LOG_SETTINGS: dict[str, str] = {
     "log_connections": "on",

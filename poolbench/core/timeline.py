@@ -4,7 +4,9 @@ Each client backend holds a connection from its ``connection authorized`` line t
 disconnection, the FATAL error that ended it, or the server ending every backend (a crash, a
 shutdown, a new postmaster). A refused attempt never holds one, even when the server logged it as
 authorized before refusing it (a reserved slot, a role's or a database's CONNECTION LIMIT). The
-monitor's own sessions are left out: it names its PIDs (``exclude``). Times stay the server's
+monitor's own sessions are left out: it names its PIDs (``exclude``); so is every session of
+poolbench's own by its application_name (``serverlog.OWN_SESSION_NAMES``: the readiness check after a
+restart, the role setup), as the reads leave them out. Times stay the server's
 epoch seconds here; the monitor maps them onto the platform's clock.
 
 A step's account (``window``) gives the exact peak of open connections and when it was first
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .serverlog import CLOSED, ENDED, FAILED, MARKER, OPENED, REFUSED, SERVER_ENDED, LogEvent
+from .serverlog import CLOSED, ENDED, FAILED, MARKER, OPENED, OWN_SESSION_NAMES, REFUSED, SERVER_ENDED, LogEvent
 
 #: A FATAL start-up error cancels an opening at most this long before it (the server authorizes and
 #: then refuses within its start-up); an older backend of that PID was a stale one (its end went
@@ -108,6 +110,7 @@ class WindowAccount:
     points: tuple[tuple[float, int], ...]  # (time, open connections) after each change, from ``start``
     at_peak: tuple[OpenConnection, ...] = ()  # the connections open when the peak was first reached
     epoch_offset: float = 0.0  # add to a time here to get the server's epoch seconds
+    ended_by_server: int = 0  # connections the server ended itself in the window (a FATAL error, a crash)
 
     @property
     def first_refusal_at(self) -> float | None:
@@ -196,6 +199,8 @@ class ServerTimeline:
         if event.pid in self.monitor_pids and _same_start(event.at, self.monitor_pids[event.pid]):
             del self.monitor_pids[event.pid]
             backend.counted = False
+        elif event.application_name in OWN_SESSION_NAMES:
+            backend.counted = False
         self.open[event.pid] = backend
         self.backends.append(backend)
 
@@ -229,7 +234,7 @@ class ServerTimeline:
         ghosts are the connections open at ``ghosts_at`` (the work's end), else at ``end``."""
         at_start = 0
         changes: list[tuple[float, int, int]] = []
-        opened = 0
+        opened = ended_by_server = 0
         for b in self.backends:
             if not b.counted or b.opened_at > end or (b.closed_at is not None and b.closed_at <= start):
                 continue
@@ -240,6 +245,8 @@ class ServerTimeline:
                 changes.append((b.opened_at, b.open_seq, 1))
             if b.closed_at is not None and b.closed_at <= end:
                 changes.append((b.closed_at, b.close_seq, -1))
+                if b.ended_by not in ("", PID_REUSED):  # not its client's doing: the server's
+                    ended_by_server += 1
         changes.sort()
         count = peak = at_start
         peak_at, peak_seq = start, self.seq + 1  # at ``start``: after all of its changes
@@ -268,6 +275,7 @@ class ServerTimeline:
             server_ends=ends,
             points=tuple(points),
             at_peak=tuple(self._open_at_seq(peak_at, peak_seq)),
+            ended_by_server=ended_by_server,
         )
 
     def _open_at_seq(self, t: float, seq: int) -> list[OpenConnection]:

@@ -112,6 +112,7 @@ def apply_server_account(
     # Per replica: what one may hold at once (pooled, the server's backends are the poolers': no such bound).
     per_replica = step.predicted_peak // step.replicas if step.replicas and step.pooler is None else 0
     step.exiting_at_peak = exiting_at_peak(server, per_replica)
+    step.server_ended_connections = server.ended_by_server
     step.witness_disagreement = None
     for t, total in reads or []:
         if not server.start <= t <= server.end:
@@ -143,12 +144,97 @@ def exiting_at_peak(server: WindowAccount, per_replica: int) -> int:
     )
 
 
-def unseen_work(step: StepResult) -> str | None:
-    """Statements ran but no witness saw a connection: the step's measurement missed its work."""
-    if step.queries and step.peak_connections == 0 and step.sampled_peak_connections == 0:
+def client_witness_disagreement(step: StepResult) -> str | None:
+    """The pools' own count of their connections (``clientPeakConnections``) beside the server's exact one,
+    where one bounds the other; None when they agree or cannot be compared.
+
+    A pool counts a connection from after its driver returned it (the server logged it authorized before)
+    until just before the pool closes it (the server logs its end after): every connection the pools count
+    open, the server holds open too, unless the server ended it itself (a FATAL error, a crash: the pool
+    counts it until it next uses it). So at every moment, and at the peaks,
+
+        client ≤ server + serverEndedConnections
+
+    and an exact client peak above that is no matter of timing (nor is a coarsened one, an upper bound,
+    when the server shows none: a pool's maximum above 0 is exact, so one really held a connection).
+
+    The other way, the server also holds the connects under way (authorized, not yet returned to their
+    pool) and the closes still exiting. A pool counts a connect under way against its own limit, so what
+    it holds and what it is opening stay within what the arithmetic lets it open (``predictedPeak``), and
+    only the backends still exiting come on top (``exitingAtPeak``: those beyond what their replica may
+    hold that ended within a second):
+
+        server − exitingAtPeak ≤ predictedPeak, when the pools stayed within it (client ≤ predictedPeak)
+
+    Beyond that the server counted connections that were no pool's (a session of another client's).
+
+    Not compared: without the server's log (the reads miss what happens between them: fewer is no
+    disagreement, more is flagged against the log itself); without every replica's account; when a
+    replica crashed, restarted or was stopped at the timeout (a dead process's connections are counted
+    closed when it was found dead, later than the server saw them go, and a restarted one opens anew while
+    the server still holds the old ones); behind a pooler: the pools count their connections to the pooler
+    and the server holds the pooler's, which no pool's event bounds, while the pooler's own count (its
+    admin console, read like the server's: sampled) holds each client from its login, before the driver
+    returns it, until it has processed the close, so a read of it may exceed the pools' exact peak by the
+    connects and closes under way, and no read can say how many those were.
+    """
+    client = step.client_peak_connections
+    if step.pooler is not None or step.peak_source != "serverLog" or client is None:
+        return None
+    if step.crashed_replicas or step.restarts or step.timed_out:
+        return None
+    server = step.peak_connections
+    ended = step.server_ended_connections
+    # A coarsened client peak is an upper bound, but one above 0 means a pool really held a connection.
+    if client > server + ended and (step.client_peak_exact or server + ended == 0):
+        counted_open = f"{client} connections" if step.client_peak_exact else f"connections (at most {client})"
         return (
-            f"{step.queries} statements ran but no witness saw a connection"
-            + (" (the server's log shows none, and no read did)" if step.peak_source == "serverLog" else "")
+            f"the pools' own events counted {counted_open} open at once, more than the server's log shows"
+            f" at any moment ({server}"
+            + (f", and {ended} it ended itself" if ended else "")
+            + f"; the reads saw at most {step.sampled_peak_connections})"
+        )
+    beyond = server - step.exiting_at_peak - step.predicted_peak
+    if client <= step.predicted_peak and beyond > 0:
+        exiting = f", {step.exiting_at_peak} of them still exiting" if step.exiting_at_peak else ""
+        return (
+            f"the server's log shows {server} connections open at once{exiting}, {beyond} more than the pools may"
+            f" hold and open at once ({step.predicted_peak}), while their own events counted at most {client}"
+            f" (the reads saw at most {step.sampled_peak_connections}): {counted(beyond, 'connection')}"
+            f" {'was' if beyond == 1 else 'were'} no pool's"
+        )
+    return None
+
+
+def apply_client_witness(step: StepResult) -> StepResult:
+    """The pools' own count beside the server's (``client_witness_disagreement``), once the replicas reported."""
+    found = client_witness_disagreement(step)
+    if found:
+        step.witness_disagreement = f"{step.witness_disagreement}; {found}" if step.witness_disagreement else found
+    return step
+
+
+def unseen_work(step: StepResult) -> str | None:
+    """Statements ran but no witness saw a connection (neither the server's log, nor a read, nor the pools'
+    own events): the step's measurement missed its work."""
+    if (
+        step.queries
+        and step.peak_connections == 0
+        and step.sampled_peak_connections == 0
+        and not step.client_peak_connections
+    ):
+        seen = []
+        if step.peak_source == "serverLog":
+            seen.append("the server's log shows none")
+        seen.append("no read did")
+        if step.client_peak_connections == 0:
+            seen.append("the pools' own events counted none")
+        return (
+            f"{step.queries} statements ran but no witness saw a connection ("
+            + ", ".join(seen[:-1])
+            + (" and " if len(seen) > 1 else "")
+            + seen[-1]
+            + ")"
             + (f"; {step.peak_source_reason}" if step.peak_source_reason else "")
         )
     return None
@@ -157,6 +243,10 @@ def unseen_work(step: StepResult) -> str | None:
 def peak_source_words(step: StepResult) -> str:
     """Where the peak comes from, and what the other witness saw, in a few words for a step's reason."""
     if step.peak_source != "serverLog":
+        client = step.client_peak_connections
+        if client is not None and client > step.peak_connections:  # the reads missed what the pools held
+            bound = "" if step.client_peak_exact else "at most "
+            return f" (sampled; the pools' own events counted {bound}{client} at once)"
         return " (sampled)"
     words = " (server log"
     if step.sampled_peak_connections < step.peak_connections:

@@ -3,9 +3,12 @@
 Opened before any load so it already holds its slot when the workload exhausts the others.
 Autocommit, because pg_stat_activity is a snapshot taken once per transaction: inside one
 transaction the counts would never change. Only ``client backend`` rows count (background workers
-have their own slots) and the monitor excludes itself by pid. The benchmark's database is its own,
-so every other client backend is the workload's, however it names itself (a statement may change
-its own ``application_name``); per-replica peaks use the name where it is still set. A backend
+have their own slots); the monitor excludes itself by pid and poolbench's own sessions by name
+(``serverlog.OWN_SESSION_NAMES``: a readiness check after a restart, the role setup), exactly the set
+the server's log account leaves out. The benchmark's database is its own, so every other client
+backend is the workload's, however it names itself (a statement may change its own
+``application_name``: one that takes a name of poolbench's is read as poolbench's, so the reads show
+less than the log, never more); per-replica peaks use the name where it is still set. A backend
 counts once its session is established (``state`` is set and no longer ``starting``, as PostgreSQL
 17 shows a backend during authentication): one still authenticating, or about to be refused for
 want of a slot, holds no connection of the workload's. The monitor's
@@ -35,14 +38,17 @@ import psycopg2
 import psycopg2.extensions
 
 from ..core.sampling import Sample, sample_from_rows
-from ..core.serverlog import MARKER_TEXT
+from ..core.serverlog import MARKER_TEXT, MONITOR_NAME, OWN_SESSION_NAMES
 from .pooler import PoolerProbe
-from .sessions import MONITOR_NAME, Connect, admin_session
+from .sessions import Connect, admin_session
 
-OTHER_CLIENTS = """
+#: poolbench's own sessions, left out by name as the server's log account leaves them out.
+OWN_NAMES = ", ".join(f"'{name}'" for name in sorted(OWN_SESSION_NAMES))
+OTHER_CLIENTS = f"""
   FROM pg_catalog.pg_stat_get_activity(NULL)
  WHERE backend_type = 'client backend'
-   AND pid <> pg_catalog.pg_backend_pid()"""
+   AND pid <> pg_catalog.pg_backend_pid()
+   AND coalesce(application_name, '') NOT IN ({OWN_NAMES})"""
 #: The backends that count: established sessions (see the module's docstring), named as asked.
 COUNTED = (
     OTHER_CLIENTS

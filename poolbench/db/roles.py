@@ -5,8 +5,9 @@ from __future__ import annotations
 import psycopg2.extensions
 from psycopg2 import sql
 
+from ..core.serverlog import ADMIN_NAME
 from ..core.workload_env import APP_ROLE
-from .sessions import ADMIN_NAME, Connect, admin_session
+from .sessions import Connect, admin_session
 
 #: PostgreSQL 16+: members may take the reserved_connections slots (RDS's rds_superuser may take its own 2).
 USE_RESERVED = "pg_use_reserved_connections"

@@ -1,4 +1,5 @@
-"""poolbench's own sessions (the monitor, the app-role setup): immune to the server's settings.
+"""poolbench's own sessions (the monitor, the app-role setup): immune to the server's settings. Their
+names (``serverlog.OWN_SESSION_NAMES``) keep them out of every count of the workload's connections.
 
 A user may give the server any setting (``spec.postgres.settings``), and the server applies it to
 every session: a short ``statement_timeout`` would cancel the monitor's reads, an
@@ -15,9 +16,6 @@ import psycopg2
 import psycopg2.extensions
 
 Connect = Callable[..., psycopg2.extensions.connection]  # called with libpq keyword arguments
-
-MONITOR_NAME = "poolbench-monitor"
-ADMIN_NAME = "poolbench-admin"
 
 #: Applied by the server before the session runs anything (libpq ``options``). The last two exist
 #: only in newer servers (14+, 17+); an older server refuses the connection naming the one it does

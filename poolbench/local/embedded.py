@@ -29,9 +29,9 @@ from typing import Any
 
 import psycopg2
 
-from ..core.serverlog import SERVER_LOG_SETTINGS
+from ..core.serverlog import ADMIN_NAME, SERVER_LOG_SETTINGS
 from ..core.spec import SpecError
-from ..db.sessions import ADMIN_NAME, admin_session
+from ..db.sessions import admin_session
 from .access import SYSTEM_USER, TEMP_BASES, ensure_system_user, reachable_run_base, run_as_kwargs, user_ids
 from .binaries import server_bin_dir
 from .cache import CACHE_ENV, MANIFEST, copy_tree, discard, remove_tree
