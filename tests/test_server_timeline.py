@@ -401,3 +401,24 @@ def test_statements_that_no_witness_saw_are_never_passed() -> None:
     idle = apply_server_account(step_with(sampled=0, queries=0), empty, [(0.5, 0)])
     judge_step(idle, expected_replicas=2)
     assert idle.outcome == "Passed"  # nothing ran, nothing seen: nothing to doubt
+
+
+def test_a_slot_handed_on_before_its_disconnection_is_logged_is_no_connection_beyond_the_server() -> None:
+    """A full server frees a backend's slot before the backend logs its disconnection, and a waiting
+    connection of another replica takes it at once: for a moment the log shows one more than the server
+    holds. The peak is what the server can hold, the other counted as exiting; one that does not end is
+    no such thing, and is flagged."""
+    full = [authorized(1.000 + i / 1000, i + 1, f"r{i % 3}") for i in range(3)]
+    handed_on = [*full, authorized(1.100, 9, "r0"), line(1.102, 2, "disconnection: x")]
+    step = apply_server_account(
+        step_with(sampled=3).model_copy(update={"usable_connections": 3}), account_of(handed_on, 0.0, 2.0)
+    )
+    assert (step.peak_connections, step.exiting_at_peak, step.witness_disagreement) == (3, 1, None)
+    judge_step(step, expected_replicas=2)
+    assert step.outcome != "Inconclusive"
+    lingering = [*full, authorized(1.100, 9, "r0"), line(3.000, 2, "disconnection: x")]
+    step = apply_server_account(
+        step_with(sampled=3).model_copy(update={"usable_connections": 3}), account_of(lingering, 0.0, 4.0)
+    )
+    assert step.peak_connections == 4
+    assert "more than the 3 the server lets the workload hold" in (step.witness_disagreement or "")

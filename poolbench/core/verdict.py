@@ -114,6 +114,22 @@ def apply_server_account(
     step.exiting_at_peak = exiting_at_peak(server, per_replica)
     step.server_ended_connections = server.ended_by_server
     step.witness_disagreement = None
+    beyond = server.peak - step.usable_connections if step.usable_connections else 0
+    if beyond > 0:
+        ending = sum(
+            1 for c in server.at_peak if c.closed_at is not None and c.closed_at <= server.peak_at + EXIT_GRACE_SECONDS
+        )
+        if ending >= beyond:
+            # Slots handed on: the server frees a backend's slot before it logs the disconnection, and at a
+            # full server a waiting connection takes the slot at once. No server holds more than it allows.
+            step.peak_connections = step.usable_connections
+            step.exiting_at_peak = max(step.exiting_at_peak, beyond)
+        else:
+            step.witness_disagreement = (
+                f"the server's log shows {server.peak} connections open at once, more than the"
+                f" {step.usable_connections} the server lets the workload hold, and only {ending} of them ended"
+                f" within {EXIT_GRACE_SECONDS:g} s"
+            )
     for t, total in reads or []:
         if not server.start <= t <= server.end:
             continue
