@@ -30,8 +30,10 @@ def test_p99_is_the_nearest_rank_of_the_spacings() -> None:
     assert interval_p99_ms(spaced([100.0] * 99 + [430.0])) == 100.0
     assert interval_p99_ms(spaced([100.0] * 98 + [430.0, 250.0])) == 250.0
     assert interval_p99_ms(spaced([100.0] * 98 + [430.0, 430.0])) == 430.0
-    # 10 spacings: rank ceil(9.9) = 10, the largest.
-    assert interval_p99_ms(spaced([100.0] * 9 + [370.0])) == 370.0
+    # 10 spacings: rank ceil(9.9) = 10 would be the largest: one stall alone is left out, two are not.
+    assert interval_p99_ms(spaced([100.0] * 9 + [370.0])) == 100.0
+    assert interval_p99_ms(spaced([100.0] * 8 + [370.0, 300.0])) == 300.0
+    assert interval_p99_ms(spaced([370.0])) == 370.0
 
 
 def test_p99_orders_the_reads_and_needs_two() -> None:

@@ -118,12 +118,16 @@ def sample_from_rows(t: float, rows: Sequence[Sequence[Any]]) -> Sample:
 
 def interval_p99_ms(times: Sequence[float]) -> float | None:
     """The p99 (nearest rank) of the time between consecutive reads, in milliseconds to 0.1; None with
-    fewer than two reads. Failed reads count: each was a read the sampler started."""
+    fewer than two reads. Failed reads count: each was a read the sampler started. Below 100 spacings
+    the nearest rank is the longest one: it is left out there (one stall is not a schedule)."""
     ordered = sorted(times)
     spacings = sorted(b - a for a, b in zip(ordered, ordered[1:], strict=False))
     if not spacings:
         return None
-    return round(spacings[rank(0.99, len(spacings)) - 1] * 1000, 1)
+    at = rank(0.99, len(spacings))
+    if len(spacings) > 1:
+        at = min(at, len(spacings) - 1)
+    return round(spacings[at - 1] * 1000, 1)
 
 
 def fell_behind(p99_ms: float | None, interval_ms: float) -> bool:
