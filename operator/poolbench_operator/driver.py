@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import psycopg2
@@ -54,9 +55,11 @@ from .kube import Kube
 
 TERMINAL = TERMINAL_PHASES
 PATCH_INTERVAL = 1.2  # seconds between status patches of one resource: under one patch a second
-TIMING = LoopTiming(poll_seconds=0.5, drain_seconds=15.0)
+DRAIN_SECONDS = 15.0
+SCRAPERS = 8  # replicas' metrics read at once
 PROVISION_TIMEOUT = 300.0
 SCALE_DOWN_TIMEOUT = 120.0
+SCALE_DOWN_WATCH_SECONDS = 2.0  # one watch of the scale-down at a time, so a stop is noticed between two
 
 
 class StopFlag(Protocol):
@@ -122,6 +125,7 @@ class Driver:
         #: The variant being measured (``use_variant``); None before the first, and without variants.
         self.variant: str | None = None
         self.workload_names = self.names  # the Deployment scale/observe/collect act on
+        self.timing = LoopTiming(poll_seconds=config.poll_seconds, drain_seconds=DRAIN_SECONDS)
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
@@ -173,7 +177,7 @@ class Driver:
         while not self.kube.postgres_ready(self.names):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
         while True:
             try:
                 self.connect().close()
@@ -184,7 +188,7 @@ class Driver:
                         f"PostgreSQL was ready but not reachable after {PROVISION_TIMEOUT:.0f}s:"
                         f" {' '.join(str(err).split())}"
                     ) from None
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
 
     def connect(self, **extra: Any) -> psycopg2.extensions.connection:
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
@@ -211,7 +215,7 @@ class Driver:
         monitor = Monitor(self.connect, self.spec.sampling.interval_ms / 1000, self.t0)
         monitor.start()  # before any load, so it holds its slot
         try:
-            run_steps(self.run, self, monitor, TIMING)
+            run_steps(self.run, self, monitor, self.timing)
         finally:
             monitor.stop()
         self.cleanup()
@@ -271,7 +275,7 @@ class Driver:
         while len(self.kube.pooler_pod_ips(self.name, variant)) < pooler.replicas:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"variant {variant}: PgBouncer was not ready after {PROVISION_TIMEOUT:.0f}s")
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
 
     def pooler_connect(self, variant: str, index: int) -> psycopg2.extensions.connection:
         """Pooler instance ``index``'s admin console; the pod's IP is looked up each time (a
@@ -300,7 +304,14 @@ class Driver:
         self.kube.scale_workload(self.workload_names, planned.replicas)
 
     def observe(self, expected: int) -> ReplicaProgress:
-        self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name, self.variant)]
+        pods = self.kube.workload_pods(self.name, self.variant)
+        # Each pod's metrics are one request through the API server's proxy: read side by side, so one
+        # look at many replicas takes about as long as a look at one.
+        if len(pods) < 2:
+            self.views = [self.kube.pod_view(p) for p in pods]
+        else:
+            with ThreadPoolExecutor(max_workers=min(SCRAPERS, len(pods))) as scrape:
+                self.views = list(scrape.map(self.kube.pod_view, pods))
         return ReplicaProgress(
             running=len(self.views),
             work_done=podstate.work_done(self.views, expected),
@@ -314,6 +325,8 @@ class Driver:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down
 
     def scale_to_zero(self) -> None:
+        """Returns once no replica can run any more: every pod gone, or deleted with its containers
+        terminated (the kubelet's teardown of the rest holds no connection), as a watch shows it."""
         # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
         targets = (
             [self.workload_names]
@@ -323,8 +336,8 @@ class Driver:
         for names in targets:
             self.kube.scale_workload(names, 0)
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
-        while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
-            self.wait(TIMING.poll_seconds)
+        while not self.kube.workload_stopped(self.name, SCALE_DOWN_WATCH_SECONDS) and time.monotonic() < deadline:
+            self.wait(0.05)  # a stop ends the wait here; a dropped watch is not retried in a tight loop
 
     def recover_database(self) -> bool:
         return False  # the StatefulSet recreates the pod; the probe notices the new server

@@ -8,13 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 import kubernetes
+import kubernetes.watch
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .builders import METRICS_PORT, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
-from .podstate import PodView, parse_metrics
+from .podstate import PodView, may_still_run, parse_metrics
 
 
 def operator_key(namespace: str) -> bytes:
@@ -130,10 +132,39 @@ class Kube:
         that variant's (with ``spec.variants``)."""
         return [p for p in self._pods(benchmark, "workload", variant) if p.metadata.deletion_timestamp is None]
 
-    def count_workload_pods(self, benchmark: str) -> int:
-        """Every workload pod of every variant, terminating ones included: zero means the scale-down
-        is complete."""
-        return len(self._pods(benchmark, "workload"))
+    def workload_stopped(self, benchmark: str, seconds: float) -> bool:
+        """Whether no replica of any variant can run any more (``podstate.may_still_run``: every pod
+        gone, or marked for deletion with all its containers terminated), waiting for it at most
+        ``seconds`` on a watch of the pods, so the end of a scale-down is seen as it happens."""
+        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
+        listing: Any = self.core.list_namespaced_pod(self.namespace, label_selector=sel)
+        pods: dict[str, Any] = {p.metadata.name: p for p in listing.items}
+        if not any(may_still_run(p) for p in pods.values()):
+            return True
+        watch = kubernetes.watch.Watch()
+        try:
+            for event in watch.stream(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=sel,
+                resource_version=listing.metadata.resource_version,
+                timeout_seconds=max(1, round(seconds)),
+                _request_timeout=seconds + 10,
+            ):
+                pod = event["object"]
+                if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                    continue
+                if event["type"] == "DELETED":
+                    pods.pop(pod.metadata.name, None)
+                else:
+                    pods[pod.metadata.name] = pod
+                if not any(may_still_run(p) for p in pods.values()):
+                    return True
+        except (ApiException, urllib3.exceptions.HTTPError):
+            pass  # an expired resource version or a dropped watch: the caller asks again, from a new list
+        finally:
+            watch.stop()
+        return False
 
     def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         """IPs of the variant's ready PgBouncer pods (not terminating), in pod-name order."""

@@ -13,6 +13,7 @@ are rounded to the microsecond, as the replica's summary has them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,6 +91,18 @@ class PodView:
 
     def summary_of_last_crash(self) -> ReplicaSummary | None:
         return ReplicaSummary.parse(self.last_message)
+
+
+def may_still_run(pod: Any) -> bool:
+    """Whether a workload pod (the API's ``V1Pod``) may still run its replica, which could open
+    connections: it is not marked for deletion, or one of its containers has not reported that it
+    terminated (running, starting, or never reported). Once every container has terminated in a pod
+    marked for deletion, the kubelet starts none again: what is left of the pod (its sandbox, its
+    volumes, the object itself) holds no connection."""
+    if pod.metadata.deletion_timestamp is None:
+        return True
+    statuses = (pod.status.container_statuses or []) if pod.status is not None else []
+    return not statuses or any(cs.state is None or cs.state.terminated is None for cs in statuses)
 
 
 def work_done(pods: list[PodView], expected: int) -> bool:
