@@ -98,8 +98,17 @@ class Kube:
                     raise
 
     def postgres_ready(self, names: Names) -> bool:
-        sts = self.apps.read_namespaced_stateful_set(names.postgres, self.namespace)
-        return bool(sts.status and (sts.status.ready_replicas or 0) >= 1)
+        """The database pod is Ready (its own condition, not the StatefulSet's count of it, which its
+        controller updates a moment later) and not being deleted."""
+        try:
+            pod = self.core.read_namespaced_pod(names.postgres_pod, self.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        if pod.metadata.deletion_timestamp is not None or pod.status is None:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
     def postgres_pod_ip(self, names: Names) -> str | None:
         try:

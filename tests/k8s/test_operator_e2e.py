@@ -366,6 +366,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
 
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")
+    assert can("watch", "pods", "-n", "default")  # the end of a scale-down, as it happens
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
@@ -379,6 +380,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["create", "pods", "-n", "default"],
         ["create", "pods/exec", "-n", "default"],
         ["delete", "pods", "-n", "default"],
+        ["get", "statefulsets", "-n", "default"],
         ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
         ["create", "clusterrolebindings"],
         ["patch", "nodes"],
