@@ -101,7 +101,7 @@ class Kube:
         """The database pod is Ready (its own condition, not the StatefulSet's count of it, which its
         controller updates a moment later) and not being deleted."""
         try:
-            pod = self.core.read_namespaced_pod(names.postgres_pod, self.namespace)
+            pod: Any = self.core.read_namespaced_pod(names.postgres_pod, self.namespace)
         except ApiException as err:
             if err.status == 404:
                 return False
