@@ -21,6 +21,7 @@ from poolbench_operator.builders import (
 from poolbench_operator.podstate import (
     Metrics,
     PodView,
+    finished_replicas,
     may_still_run,
     parse_metrics,
     reports,
@@ -118,7 +119,7 @@ def test_parse_metrics() -> None:
     assert m.outcomes == {"ok": 42, "tooManyClients": 2}
 
 
-def workload_pod(deleting: bool, *states: str) -> Any:
+def workload_pod(deleting: bool, *states: str, restarts: int = 0) -> Any:
     """A workload pod as the API returns it: marked for deletion or not, one container per state."""
     from datetime import UTC, datetime
 
@@ -132,7 +133,9 @@ def workload_pod(deleting: bool, *states: str) -> Any:
         return client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=kind))
 
     statuses = [
-        client.V1ContainerStatus(name=f"c{i}", image="i", image_id="", ready=False, restart_count=0, state=state(s))
+        client.V1ContainerStatus(
+            name=f"c{i}", image="i", image_id="", ready=False, restart_count=restarts, state=state(s)
+        )
         for i, s in enumerate(states)
     ]
     return client.V1Pod(
@@ -150,6 +153,18 @@ def test_a_replica_may_run_until_its_deleted_pods_containers_have_all_terminated
     assert may_still_run(workload_pod(True, "terminated", "running"))
     assert not may_still_run(workload_pod(True, "terminated"))
     assert not may_still_run(workload_pod(True, "terminated", "terminated"))
+
+
+def test_a_deleted_pod_whose_replica_said_it_is_done_connects_no_more() -> None:
+    done = PodView("p", restarts=1, metrics=Metrics("done", {"ok": 5}))
+    holding = PodView("p", restarts=1, metrics=Metrics("holding", {"ok": 5}))  # its pool still holds the ghosts
+    finished = finished_replicas([done])
+    assert finished == {"p": 1}
+    assert finished_replicas([holding]) == {}
+    assert not may_still_run(workload_pod(True, "running", restarts=1), finished)  # done, waiting for the signal
+    assert may_still_run(workload_pod(False, "running", restarts=1), finished)  # not told to stop yet
+    assert may_still_run(workload_pod(True, "running", restarts=2), finished)  # restarted since: a new replica
+    assert may_still_run(workload_pod(True, "running", restarts=1), {"other": 1})
 
 
 def test_step_progress_from_pods() -> None:
@@ -556,7 +571,7 @@ class FakeKube:
     def roll_workload(self, names: Names, token: str) -> None:
         self.calls.append(("roll", names.workload))
 
-    def workload_stopped(self, benchmark: str, seconds: float) -> bool:
+    def workload_stopped(self, benchmark: str, seconds: float, finished: Any) -> bool:
         return True
 
     def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:

@@ -324,8 +324,12 @@ class Driver:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down
 
     def scale_to_zero(self) -> None:
-        """Returns once no replica can run any more: every pod gone, or deleted with its containers
-        terminated (the kubelet's teardown of the rest holds no connection), as a watch shows it."""
+        """Returns once no replica can connect any more, as a watch shows it: every pod gone, or deleted
+        with its containers terminated or its replica done at the last look (engine disposed of, not
+        restarted since). The kubelet's teardown of the rest (sandbox, volumes, the pod object) holds
+        no connection, so the next step does not wait for it; the step loop still waits for the
+        server to show no client backend."""
+        finished = podstate.finished_replicas(self.views)
         # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
         targets = (
             [self.workload_names]
@@ -335,7 +339,10 @@ class Driver:
         for names in targets:
             self.kube.scale_workload(names, 0)
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
-        while not self.kube.workload_stopped(self.name, SCALE_DOWN_WATCH_SECONDS) and time.monotonic() < deadline:
+        while (
+            not self.kube.workload_stopped(self.name, SCALE_DOWN_WATCH_SECONDS, finished)
+            and time.monotonic() < deadline
+        ):
             self.wait(0.05)  # a stop ends the wait here; a dropped watch is not retried in a tight loop
 
     def recover_database(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -141,14 +141,14 @@ class Kube:
         that variant's (with ``spec.variants``)."""
         return [p for p in self._pods(benchmark, "workload", variant) if p.metadata.deletion_timestamp is None]
 
-    def workload_stopped(self, benchmark: str, seconds: float) -> bool:
-        """Whether no replica of any variant can run any more (``podstate.may_still_run``: every pod
-        gone, or marked for deletion with all its containers terminated), waiting for it at most
-        ``seconds`` on a watch of the pods, so the end of a scale-down is seen as it happens."""
+    def workload_stopped(self, benchmark: str, seconds: float, finished: Mapping[str, int]) -> bool:
+        """Whether no replica of any variant can connect any more (``podstate.may_still_run``: every pod
+        gone, or marked for deletion with all its containers terminated or its replica ``finished``),
+        waiting for it at most ``seconds`` on a watch of the pods, so it is seen as it happens."""
         sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
         listing: Any = self.core.list_namespaced_pod(self.namespace, label_selector=sel)
         pods: dict[str, Any] = {p.metadata.name: p for p in listing.items}
-        if not any(may_still_run(p) for p in pods.values()):
+        if not any(may_still_run(p, finished) for p in pods.values()):
             return True
         watch = kubernetes.watch.Watch()
         try:
@@ -167,7 +167,7 @@ class Kube:
                     pods.pop(pod.metadata.name, None)
                 else:
                     pods[pod.metadata.name] = pod
-                if not any(may_still_run(p) for p in pods.values()):
+                if not any(may_still_run(p, finished) for p in pods.values()):
                     return True
         except (ApiException, urllib3.exceptions.HTTPError):
             pass  # an expired resource version or a dropped watch: the caller asks again, from a new list
