@@ -15,7 +15,7 @@ def test_defaults_without_environment() -> None:
     assert config.watch_timeout_seconds == 300
     assert config.postgres_address == "service"
     assert config.namespace == "poolbench-system"
-    assert config.poll_ms == 250
+    assert config.poll_ms == 500
 
 
 def test_every_setting_is_read() -> None:

@@ -34,7 +34,7 @@ class Config:
     #: Milliseconds between two looks at a step's replicas (their pods and live metrics) and at a
     #: starting PostgreSQL or PgBouncer (POOLBENCH_POLL_MS): how late the operator may notice that a step
     #: ended or a server is up. Each look is one pod list plus one metrics read per replica.
-    poll_ms: int = 250
+    poll_ms: int = 500
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
