@@ -15,6 +15,7 @@ def test_defaults_without_environment() -> None:
     assert config.watch_timeout_seconds == 300
     assert config.postgres_address == "service"
     assert config.namespace == "poolbench-system"
+    assert config.poll_ms == 500
 
 
 def test_every_setting_is_read() -> None:
@@ -25,9 +26,11 @@ def test_every_setting_is_read() -> None:
             "POOLBENCH_WATCH_TIMEOUT": "30",
             "POOLBENCH_POSTGRES_ADDRESS": "localhost:15432",
             "POOLBENCH_NAMESPACE": "ops",
+            "POOLBENCH_POLL_MS": "100",
         }
     )
-    assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops")
+    assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops", 100)
+    assert config.poll_seconds == 0.1
 
 
 @pytest.mark.parametrize(
@@ -36,6 +39,8 @@ def test_every_setting_is_read() -> None:
         ("POOLBENCH_MAX_CONCURRENT", "many"),
         ("POOLBENCH_MAX_CONCURRENT", "0"),
         ("POOLBENCH_WATCH_TIMEOUT", "1.5"),
+        ("POOLBENCH_POLL_MS", "0"),
+        ("POOLBENCH_POLL_MS", "0.25"),
         ("POOLBENCH_POSTGRES_ADDRESS", "localhost"),
         ("POOLBENCH_POSTGRES_ADDRESS", "host:port"),
         ("POOLBENCH_POSTGRES_ADDRESS", ":5432"),

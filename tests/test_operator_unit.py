@@ -20,7 +20,16 @@ from poolbench_operator.builders import (
     postgres_args,
     server_log_args,
 )
-from poolbench_operator.podstate import Metrics, PodView, parse_metrics, reports, step_done, work_done
+from poolbench_operator.podstate import (
+    Metrics,
+    PodView,
+    finished_replicas,
+    may_still_run,
+    parse_metrics,
+    reports,
+    step_done,
+    work_done,
+)
 
 SPEC = parse_spec(
     {
@@ -65,7 +74,7 @@ def test_limits_become_server_arguments() -> None:
     container = children()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == postgres_args(SPEC) + server_log_args()
     # no login: a readiness session would be counted in every step's peak
-    assert container["readinessProbe"] == {"tcpSocket": {"port": 5432}, "periodSeconds": 2, "failureThreshold": 3}
+    assert container["readinessProbe"] == {"tcpSocket": {"port": 5432}, "periodSeconds": 1, "failureThreshold": 3}
 
 
 def test_the_server_logs_every_connection_in_the_parsed_form() -> None:
@@ -132,6 +141,54 @@ def test_parse_metrics() -> None:
     m = parse_metrics(METRICS_TEXT)
     assert m.phase == "holding"
     assert m.outcomes == {"ok": 42, "tooManyClients": 2}
+
+
+def workload_pod(deleting: bool, *states: str, restarts: int = 0) -> Any:
+    """A workload pod as the API returns it: marked for deletion or not, one container per state."""
+    from datetime import UTC, datetime
+
+    from kubernetes import client
+
+    def state(kind: str) -> Any:
+        if kind == "running":
+            return client.V1ContainerState(running=client.V1ContainerStateRunning())
+        if kind == "terminated":
+            return client.V1ContainerState(terminated=client.V1ContainerStateTerminated(exit_code=0))
+        return client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason=kind))
+
+    statuses = [
+        client.V1ContainerStatus(
+            name=f"c{i}", image="i", image_id="", ready=False, restart_count=restarts, state=state(s)
+        )
+        for i, s in enumerate(states)
+    ]
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p", deletion_timestamp=datetime.now(UTC) if deleting else None),
+        status=client.V1PodStatus(container_statuses=statuses or None),
+    )
+
+
+def test_a_replica_may_run_until_its_deleted_pods_containers_have_all_terminated() -> None:
+    assert may_still_run(workload_pod(False, "terminated"))  # not deleted: the kubelet restarts it
+    assert may_still_run(workload_pod(True, "running"))  # told to stop, still stopping
+    assert may_still_run(workload_pod(True))  # never reported a container: only its disappearance tells
+    assert may_still_run(workload_pod(True, "ContainerCreating"))  # may be starting as it is deleted
+    assert may_still_run(workload_pod(True, "CrashLoopBackOff"))
+    assert may_still_run(workload_pod(True, "terminated", "running"))
+    assert not may_still_run(workload_pod(True, "terminated"))
+    assert not may_still_run(workload_pod(True, "terminated", "terminated"))
+
+
+def test_a_deleted_pod_whose_replica_said_it_is_done_connects_no_more() -> None:
+    done = PodView("p", restarts=1, metrics=Metrics("done", {"ok": 5}))
+    holding = PodView("p", restarts=1, metrics=Metrics("holding", {"ok": 5}))  # its pool still holds the ghosts
+    finished = finished_replicas([done])
+    assert finished == {"p": 1}
+    assert finished_replicas([holding]) == {}
+    assert not may_still_run(workload_pod(True, "running", restarts=1), finished)  # done, waiting for the signal
+    assert may_still_run(workload_pod(False, "running", restarts=1), finished)  # not told to stop yet
+    assert may_still_run(workload_pod(True, "running", restarts=2), finished)  # restarted since: a new replica
+    assert may_still_run(workload_pod(True, "running", restarts=1), {"other": 1})
 
 
 def test_step_progress_from_pods() -> None:
@@ -538,8 +595,8 @@ class FakeKube:
     def roll_workload(self, names: Names, token: str) -> None:
         self.calls.append(("roll", names.workload))
 
-    def count_workload_pods(self, benchmark: str) -> int:
-        return 0
+    def workload_stopped(self, benchmark: str, seconds: float, finished: Any) -> bool:
+        return True
 
     def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         return ["10.0.0.7", "10.0.0.8"]

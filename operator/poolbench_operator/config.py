@@ -31,6 +31,10 @@ class Config:
     postgres_address: str = "service"
     #: The operator's namespace outside a pod, where its key Secret lives (POOLBENCH_NAMESPACE).
     namespace: str = "poolbench-system"
+    #: Milliseconds between two looks at a step's replicas (their pods and live metrics) and at a
+    #: starting PostgreSQL or PgBouncer (POOLBENCH_POLL_MS): how late the operator may notice that a step
+    #: ended or a server is up. Each look is one pod list plus one metrics read per replica.
+    poll_ms: int = 500
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -60,7 +64,12 @@ class Config:
             watch_timeout_seconds=integer("POOLBENCH_WATCH_TIMEOUT", defaults.watch_timeout_seconds),
             postgres_address=address,
             namespace=env.get("POOLBENCH_NAMESPACE") or defaults.namespace,
+            poll_ms=integer("POOLBENCH_POLL_MS", defaults.poll_ms),
         )
+
+    @property
+    def poll_seconds(self) -> float:
+        return self.poll_ms / 1000
 
     def operator_namespace(self) -> str:
         """Its own namespace in a pod, else the configured one."""

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import psycopg2
@@ -54,11 +55,13 @@ from .credentials import derive_password
 from .kube import Kube
 
 TERMINAL = TERMINAL_PHASES
-PATCH_INTERVAL = 1.2  # seconds between status patches of one resource: under one patch a second
-TIMING = LoopTiming(poll_seconds=0.5, drain_seconds=15.0)
+PATCH_INTERVAL = 1.2  # seconds after any status patch of one resource before a routine one: under one a second
+DRAIN_SECONDS = 15.0
+SCRAPERS = 8  # replicas' metrics read at once
 PROVISION_TIMEOUT = 300.0
 SCALE_DOWN_TIMEOUT = 120.0
 LOG_SETTLE_SECONDS = 10.0  # the first look at the PostgreSQL pod's log, before the first step
+SCALE_DOWN_WATCH_SECONDS = 2.0  # one watch of the scale-down at a time, so a stop is noticed between two
 
 
 class StopFlag(Protocol):
@@ -124,16 +127,16 @@ class Driver:
         #: The variant being measured (``use_variant``); None before the first, and without variants.
         self.variant: str | None = None
         self.workload_names = self.names  # the Deployment scale/observe/collect act on
+        self.timing = LoopTiming(poll_seconds=config.poll_seconds, drain_seconds=DRAIN_SECONDS)
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
-        """Write status. Routine progress is skipped inside the interval; a step boundary (force)
-        waits for the interval instead, so patches never come closer than PATCH_INTERVAL."""
-        elapsed = time.monotonic() - self.last_patch
-        if elapsed < PATCH_INTERVAL:
-            if not force:
-                return
-            self.stopped.wait(PATCH_INTERVAL - elapsed)
+        """Write status. Routine progress is skipped within PATCH_INTERVAL of the last patch; a boundary
+        (force: provisioning, a step's start and end, the verdict, a failure) is written at once, never
+        held back to a timer: there are at most two a step, so the resource still gets about one patch
+        a second, and the next step or the verdict is not delayed by the one before."""
+        if not force and time.monotonic() - self.last_patch < PATCH_INTERVAL:
+            return
         self.run.status.updated_at = utc_now()
         self.kube.patch_status(self.name, self.run.status.to_json())
         self.last_patch = time.monotonic()
@@ -175,7 +178,7 @@ class Driver:
         while not self.kube.postgres_ready(self.names):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL was not ready after {PROVISION_TIMEOUT:.0f}s")
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
         while True:
             try:
                 self.connect(application_name=ADMIN_NAME).close()  # poolbench's own: no witness counts it
@@ -186,7 +189,7 @@ class Driver:
                         f"PostgreSQL was ready but not reachable after {PROVISION_TIMEOUT:.0f}s:"
                         f" {' '.join(str(err).split())}"
                     ) from None
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
 
     def connect(self, **extra: Any) -> psycopg2.extensions.connection:
         """A superuser connection; the address is resolved each time (a restarted pod has a new IP)."""
@@ -219,7 +222,7 @@ class Driver:
         monitor = Monitor(self.connect, self.spec.sampling.interval_ms / 1000, self.t0, log=server_log)
         monitor.start()  # before any load, so it holds its slot
         try:
-            run_steps(self.run, self, monitor, TIMING)
+            run_steps(self.run, self, monitor, self.timing)
         finally:
             monitor.stop()
         self.cleanup()
@@ -279,7 +282,7 @@ class Driver:
         while len(self.kube.pooler_pod_ips(self.name, variant)) < pooler.replicas:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"variant {variant}: PgBouncer was not ready after {PROVISION_TIMEOUT:.0f}s")
-            self.wait(TIMING.poll_seconds)
+            self.wait(self.timing.poll_seconds)
 
     def pooler_connect(self, variant: str, index: int) -> psycopg2.extensions.connection:
         """Pooler instance ``index``'s admin console; the pod's IP is looked up each time (a
@@ -308,7 +311,14 @@ class Driver:
         self.kube.scale_workload(self.workload_names, planned.replicas)
 
     def observe(self, expected: int) -> ReplicaProgress:
-        self.views = [self.kube.pod_view(p) for p in self.kube.workload_pods(self.name, self.variant)]
+        pods = self.kube.workload_pods(self.name, self.variant)
+        # Each pod's metrics are one request through the API server's proxy: read side by side, so one
+        # look at many replicas takes about as long as a look at one.
+        if len(pods) < 2:
+            self.views = [self.kube.pod_view(p) for p in pods]
+        else:
+            with ThreadPoolExecutor(max_workers=min(SCRAPERS, len(pods))) as scrape:
+                self.views = list(scrape.map(self.kube.pod_view, pods))
         return ReplicaProgress(
             running=len(self.views),
             work_done=podstate.work_done(self.views, expected),
@@ -322,6 +332,12 @@ class Driver:
         return podstate.reports(self.views)  # what the last look saw; the pods go with the scale-down
 
     def scale_to_zero(self) -> None:
+        """Returns once no replica can connect any more, as a watch shows it: every pod gone, or deleted
+        with its containers terminated or its replica done at the last look (engine disposed of, not
+        restarted since). The kubelet's teardown of the rest (sandbox, volumes, the pod object) holds
+        no connection, so the next step does not wait for it; the step loop still waits for the
+        server to show no client backend."""
+        finished = podstate.finished_replicas(self.views)
         # Before the first variant (a resumed run's clean slate) any variant's workload may be up.
         targets = (
             [self.workload_names]
@@ -331,8 +347,11 @@ class Driver:
         for names in targets:
             self.kube.scale_workload(names, 0)
         deadline = time.monotonic() + SCALE_DOWN_TIMEOUT
-        while self.kube.count_workload_pods(self.name) and time.monotonic() < deadline:
-            self.wait(TIMING.poll_seconds)
+        while (
+            not self.kube.workload_stopped(self.name, SCALE_DOWN_WATCH_SECONDS, finished)
+            and time.monotonic() < deadline
+        ):
+            self.wait(0.05)  # a stop ends the wait here; a dropped watch is not retried in a tight loop
 
     def recover_database(self) -> bool:
         return False  # the StatefulSet recreates the pod; the probe notices the new server

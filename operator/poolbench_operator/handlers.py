@@ -49,7 +49,7 @@ def unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL
 
 
-@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, initial_delay=0.5, when=unfinished)
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=15.0, when=unfinished)
 def run_benchmark(
     body: kopf.Body,
     spec: kopf.Spec,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
+import kubernetes.watch
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from poolbench.core.contracts import metrics as metrics_contract
@@ -18,7 +20,7 @@ from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 from .builders import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
 from .podlog import PodLogSource
-from .podstate import PodView, parse_metrics
+from .podstate import PodView, may_still_run, parse_metrics
 
 
 def operator_key(namespace: str) -> bytes:
@@ -102,8 +104,17 @@ class Kube:
                     raise
 
     def postgres_ready(self, names: Names) -> bool:
-        sts = self.apps.read_namespaced_stateful_set(names.postgres, self.namespace)
-        return bool(sts.status and (sts.status.ready_replicas or 0) >= 1)
+        """The database pod is Ready (its own condition, not the StatefulSet's count of it, which its
+        controller updates a moment later) and not being deleted."""
+        try:
+            pod: Any = self.core.read_namespaced_pod(names.postgres_pod, self.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        if pod.metadata.deletion_timestamp is not None or pod.status is None:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
     def postgres_pod_ip(self, names: Names) -> str | None:
         try:
@@ -140,10 +151,39 @@ class Kube:
         that variant's (with ``spec.variants``)."""
         return [p for p in self._pods(benchmark, "workload", variant) if p.metadata.deletion_timestamp is None]
 
-    def count_workload_pods(self, benchmark: str) -> int:
-        """Every workload pod of every variant, terminating ones included: zero means the scale-down
-        is complete."""
-        return len(self._pods(benchmark, "workload"))
+    def workload_stopped(self, benchmark: str, seconds: float, finished: Mapping[str, int]) -> bool:
+        """Whether no replica of any variant can connect any more (``podstate.may_still_run``: every pod
+        gone, or marked for deletion with all its containers terminated or its replica ``finished``),
+        waiting for it at most ``seconds`` on a watch of the pods, so it is seen as it happens."""
+        sel = ",".join(f"{k}={v}" for k, v in selector(benchmark, "workload").items())
+        listing: Any = self.core.list_namespaced_pod(self.namespace, label_selector=sel)
+        pods: dict[str, Any] = {p.metadata.name: p for p in listing.items}
+        if not any(may_still_run(p, finished) for p in pods.values()):
+            return True
+        watch = kubernetes.watch.Watch()
+        try:
+            for event in watch.stream(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=sel,
+                resource_version=listing.metadata.resource_version,
+                timeout_seconds=max(1, round(seconds)),
+                _request_timeout=seconds + 10,
+            ):
+                pod = event["object"]
+                if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                    continue
+                if event["type"] == "DELETED":
+                    pods.pop(pod.metadata.name, None)
+                else:
+                    pods[pod.metadata.name] = pod
+                if not any(may_still_run(p, finished) for p in pods.values()):
+                    return True
+        except (ApiException, urllib3.exceptions.HTTPError):
+            pass  # an expired resource version or a dropped watch: the caller asks again, from a new list
+        finally:
+            watch.stop()
+        return False
 
     def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         """IPs of the variant's ready PgBouncer pods (not terminating), in pod-name order."""

@@ -12,7 +12,9 @@ are rounded to the microsecond, as the replica's summary has them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,6 +114,27 @@ class PodView:
 
     def summary_of_last_crash(self) -> ReplicaSummary | None:
         return ReplicaSummary.parse(self.last_message)
+
+
+def may_still_run(pod: Any, finished: Mapping[str, int] | None = None) -> bool:
+    """Whether a workload pod (the API's ``V1Pod``) may still run a replica that could open
+    connections. Not while it is marked for deletion (the kubelet starts no container again) and
+    either every container has terminated, or its replica said it is done (the hold over, its engine
+    disposed of: it only waits for the signal to exit) and has not restarted since: ``finished`` maps
+    such a pod's name to its restart count when it said so. A pod that was never seen done and has a
+    container running, starting or never reported may still connect."""
+    if pod.metadata.deletion_timestamp is None:
+        return True
+    statuses = (pod.status.container_statuses or []) if pod.status is not None else []
+    said_done = (finished or {}).get(pod.metadata.name)
+    if said_done is not None and statuses and sum(cs.restart_count or 0 for cs in statuses) == said_done:
+        return False
+    return not statuses or any(cs.state is None or cs.state.terminated is None for cs in statuses)
+
+
+def finished_replicas(pods: list[PodView]) -> dict[str, int]:
+    """The pods whose replica said it is done (``may_still_run``'s ``finished``), with their restart counts."""
+    return {p.name: p.restarts for p in pods if p.metrics is not None and p.metrics.phase == DONE}
 
 
 def work_done(pods: list[PodView], expected: int) -> bool:

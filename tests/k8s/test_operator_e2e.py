@@ -376,6 +376,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
     assert can("patch", "poolbenchmarks.poolbench.dev/status", "-n", "default")
     assert can("get", "pods", "--subresource=proxy", "-n", "default")
     assert can("get", "pods", "--subresource=log", "-n", "default")  # the PostgreSQL pod's log
+    assert can("watch", "pods", "-n", "default")  # the end of a scale-down, as it happens
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
@@ -394,6 +395,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["patch", "pods", "--subresource=ephemeralcontainers", "-n", "default"],
         ["create", "pods", "--subresource=log", "-n", "default"],
         ["delete", "pods", "-n", "default"],
+        ["get", "statefulsets", "-n", "default"],
         ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
         ["create", "clusterrolebindings"],
         ["patch", "nodes"],
