@@ -34,6 +34,7 @@ from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
+    LeftoversTerminated,
     LoopEvent,
     LoopTiming,
     PoolerConsole,
@@ -375,6 +376,9 @@ class Driver:
             )
         elif isinstance(event, DatabaseRestarted):
             self.event("Warning", "DatabaseRestarted", event.message)
+        elif isinstance(event, LeftoversTerminated):
+            self.patch(force=True)
+            self.event("Warning", "LeftoversTerminated", event.message)
         elif isinstance(event, BenchmarkFinished):
             self.patch(force=True)
             self.event(
