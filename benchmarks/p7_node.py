@@ -156,7 +156,7 @@ class Timeline:
             "↳ Ready → step 1 started (reachable, monitor, status patch)": span(m.get("postgres ready"), started[0]),
         }
 
-        def wind_down(i: int, until: float | None, what: str | None) -> None:
+        def wind_down(i: int, until: float | None, what: str) -> None:
             begin = started[i]
             end = started[i + 1] if i + 1 < len(started) else None
             pods = self.step_pods(begin, end) if begin is not None else []
@@ -164,9 +164,8 @@ class Timeline:
             ends = [min(p[k] for k in ("stopped", "gone") if k in p) for p in pods if "stopped" in p or "gone" in p]
             ended = max(ends) if pods and len(ends) == len(pods) else None
             gone = max((p["gone"] for p in pods if "gone" in p), default=None)
-            if what is not None:
-                out[f"↳ step {i + 1} finished → its pods told to stop (scale to 0)"] = span(finished[i], deleting)
-                out[f"↳ step {i + 1}'s pods told to stop → {what}"] = span(deleting, until)
+            out[f"↳ step {i + 1} finished → its pods told to stop (scale to 0)"] = span(finished[i], deleting)
+            out[f"↳ step {i + 1}'s pods told to stop → {what}"] = span(deleting, until)
             self.teardown[f"step {i + 1}"] = (span(deleting, ended), span(deleting, gone))
 
         for i, count in enumerate(replicas):
@@ -181,9 +180,12 @@ class Timeline:
             out[f"step {i + 1}: {count} replicas (started → finished)"] = span(begin, finished[i])
             out[f"↳ step {i + 1} started → {count} pods running (scale, pod start)"] = span(begin, up)
             out[f"↳ {count} pods running → step {i + 1} finished (work, hold, reports)"] = span(up, finished[i])
-        # The verdict is written before the last step's teardown (which nothing in it depends on).
-        out["last step → verdict written (status patch; the teardown follows)"] = span(finished[-1], m.get("verdict"))
-        wind_down(len(replicas) - 1, m.get("verdict"), None)
+        out["last step → verdict written"] = span(finished[-1], m.get("verdict"))
+        wind_down(
+            len(replicas) - 1,
+            m.get("verdict"),
+            "verdict written (replicas done or ended, drain verified, status patch)",
+        )
         return out
 
 
