@@ -23,7 +23,6 @@ from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
-    LeftoversTerminated,
     LoopEvent,
     LoopTiming,
     PoolerConsole,
@@ -1068,18 +1067,3 @@ def test_a_rollout_without_surge_pods_has_nothing_to_overlap() -> None:
     assert rollout.rollout_overlap.achieved
     assert status.verdict is not None
     assert "2 replicas stay safe during a rolling update" in status.verdict.summary
-
-
-def test_the_verdict_comes_before_the_last_steps_teardown_and_its_leftovers_are_still_reported() -> None:
-    run = spec(steps=[2], stopOnFailure=False)
-    platform = FakePlatform([Script(finished_at=None, stuck=3)])
-    status = run_on(run, platform)
-    (step,) = status.variants[0].steps
-    assert step.leftover_backends == 3
-    kinds = [type(e) for e in platform.events if not isinstance(e, Progress)]
-    assert kinds[-2:] == [BenchmarkFinished, LeftoversTerminated]
-    assert platform.calls[-2:] == ["scale 0", "terminate"]  # the teardown, after the verdict
-    assert status.verdict is not None
-    last = platform.events[-1]
-    assert isinstance(last, LeftoversTerminated)
-    assert last.message == "3 backends of the last step outlived the grace and were terminated"

@@ -34,7 +34,6 @@ from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec
 from poolbench.core.steploop import (
     BenchmarkFinished,
     DatabaseRestarted,
-    LeftoversTerminated,
     LoopEvent,
     LoopTiming,
     PoolerConsole,
@@ -376,9 +375,6 @@ class Driver:
             )
         elif isinstance(event, DatabaseRestarted):
             self.event("Warning", "DatabaseRestarted", event.message)
-        elif isinstance(event, LeftoversTerminated):
-            self.patch(force=True)
-            self.event("Warning", "LeftoversTerminated", event.message)
         elif isinstance(event, BenchmarkFinished):
             self.patch(force=True)
             self.event(

@@ -129,18 +129,7 @@ class Progress:
     variant: str = ""  # with spec.variants: the variant being measured
 
 
-@dataclass(frozen=True)
-class LeftoversTerminated:
-    """After the verdict: the last step's backends that outlived the grace were terminated."""
-
-    count: int
-
-    @property
-    def message(self) -> str:
-        return f"{counted(self.count, 'backend')} of the last step outlived the grace and were terminated"
-
-
-LoopEvent = StepStarted | StepFinished | DatabaseRestarted | BenchmarkFinished | LeftoversTerminated | Progress
+LoopEvent = StepStarted | StepFinished | DatabaseRestarted | BenchmarkFinished | Progress
 
 
 #: Opens one pooler instance's admin console (a DB-API connection); only the monitor calls it.
@@ -256,22 +245,11 @@ class StepLoop:
                 self.monitor.watch_pooler(self.platform.use_variant(planned))
             self.run_step(planned)
             planned = self.run.next_step()
-            if planned is not None:
+            if planned is not None or not self.platform.keeps_last_step:
                 self.run.record_leftovers(self.clean_slate())
         status = self.run.finish()
         self.platform.notify(BenchmarkFinished(status))
-        if not self.platform.keeps_last_step:
-            self.tear_down_last_step()
         return status
-
-    def tear_down_last_step(self) -> None:
-        """The last step's clean slate comes after the verdict, which depends on nothing in it (on a
-        cluster it waits for the kubelet to stop the pods). Backends that outlive the grace are still
-        terminated, and recorded on the last step (the platform hears of them)."""
-        leftovers = self.clean_slate()
-        if leftovers:
-            self.run.record_leftovers(leftovers)
-            self.platform.notify(LeftoversTerminated(leftovers))
 
     def feed(self) -> None:
         """Hand the monitor's new samples to the run; a sample from a new server is a restart."""
