@@ -233,26 +233,29 @@ class ReplicaLauncher:
             self.dead = True
             self.ready.set()
             return self
-        self.reader = threading.Thread(target=self._read, daemon=True, name="poolbench-launcher")
+        self.reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True, name="poolbench-launcher")
         self.reader.start()
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            with self.cond:
-                if "exit" in message:
-                    self.exits[message["exit"]] = message["code"]
-                elif "ready" in message:
-                    self.ready.set()
-                else:
-                    self.replies.append(message)
-                self.cond.notify_all()
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        """The launcher's messages, until it ends or ``close`` (maybe at once: an interrupt during the
+        start) has let it go and closed its pipe."""
+        try:
+            for line in proc.stdout or ():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                with self.cond:
+                    if "exit" in message:
+                        self.exits[message["exit"]] = message["code"]
+                    elif "ready" in message:
+                        self.ready.set()
+                    else:
+                        self.replies.append(message)
+                    self.cond.notify_all()
+        except (OSError, ValueError):  # the pipe was closed under the read
+            pass
         with self.cond:
             self.dead = True
             self.ready.set()
