@@ -277,34 +277,6 @@ def test_refused_connects_are_never_counted(monkeypatch: pytest.MonkeyPatch) -> 
     assert (counter.connects, counter.closes, len(counter.counts)) == (0, 0, 0)
 
 
-def test_a_replica_of_worker_processes_merges_its_workers_exactly() -> None:
-    # Per process: QueuePool min(4 threads, 2 + 1) = 3 connections; × 3 processes × 2 replicas.
-    doc = make_doc(
-        name="ctprocs",
-        steps=[2],
-        stepTimeoutSeconds=60,
-        postgres={"maxConnections": 60},
-        workload={
-            "threads": 4,
-            "processes": 3,
-            "iterations": 10,
-            "holdSeconds": 1,
-            "statement": "SELECT pg_sleep(0.2)",
-            "engine": {"poolSize": 2, "maxOverflow": 1},
-        },
-    )
-    status = runner.run_local(parse_document(doc)).status
-    step = status.variants[0].steps[0]
-    assert step.outcome == "Passed", step.reason
-    assert step.client_peak_connections == step.predicted_peak == 18
-    assert step.client_peak_exact is True
-    assert step.client_connects is not None
-    assert step.client_connects >= 18
-    as_json = step.to_json()
-    assert as_json["clientPeakConnections"] == 18
-    assert as_json["clientPeakExact"] is True
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_crashing_replicas_never_count_more_connections_than_the_server_let_in(processes: int) -> None:
     # 3 replicas × 2 processes × 3 connections (or 3 × 6) = 18 on a server with 7 usable: refused, and each

@@ -39,6 +39,14 @@ def test_three_processes_each_open_their_own_pool() -> None:
     assert step.peak_by_replica == {"pb-procs-s1-r0": 9, "pb-procs-s1-r1": 9}
     assert status.verdict is not None
     assert "each may open 9" in status.verdict.summary
+    # The pools' own count: each worker sends its parent its whole timeline, so the replica merges exactly.
+    assert step.client_peak_connections == step.predicted_peak == 18
+    assert step.client_peak_exact is True
+    assert step.client_connects is not None
+    assert step.client_connects >= 18
+    as_json = step.to_json()
+    assert as_json["clientPeakConnections"] == 18
+    assert as_json["clientPeakExact"] is True
 
 
 def test_a_crashing_worker_crashes_its_replica() -> None:
