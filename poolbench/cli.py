@@ -329,6 +329,16 @@ def runnable_benchmark(args: argparse.Namespace) -> PoolBenchmark:
     """The file's benchmark once every refusal that comes before starting PostgreSQL has passed: the
     output paths, the machine's capacity and the extras the run needs (SpecError or MissingExtra)."""
     bench = load_file(args.file)
+    if bench.spec.target is not None:
+        raise SpecError(
+            [
+                (
+                    "spec.target",
+                    "your own Deployment runs in a cluster (kubectl apply -f); here, watch your database"
+                    " with poolbench observe --dsn",
+                )
+            ]
+        )
     if args.output is not None:
         check_output_path("--output", args.output, args.file, args.plot or "")
     if args.plot is not None:

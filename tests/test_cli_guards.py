@@ -245,3 +245,16 @@ def test_a_pooled_variant_without_pgbouncer_names_the_package(
     monkeypatch.setenv("POOLBENCH_PGBOUNCER", str(tmp_path / "nope"))
     assert cli.main(["run", str(write(tmp_path, doc))]) == 1
     assert f"POOLBENCH_PGBOUNCER={tmp_path / 'nope'} is not an executable pgbouncer" in capsys.readouterr().err
+
+
+def test_an_own_app_benchmark_is_sent_to_the_cluster(
+    tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "own.yaml"
+    path.write_text((Path(__file__).parent.parent / "manifests/examples/own-app-step.yaml").read_text())
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.target" in err
+    assert "poolbench observe --dsn" in err
+    assert "Traceback" not in err
+    assert no_run == []

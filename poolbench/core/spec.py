@@ -627,6 +627,107 @@ SHAPE_ERRORS = ("list_type", "model_type", "dict_type", "model_attributes_type")
 STEPS_SHAPE = "must be a list of replica counts, or {search: {min: A, max: B}}"
 
 
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+TargetMode = Literal["Observe", "Step"]
+#: A Kubernetes object name (DNS-1123 subdomain), as a Deployment or Secret is named.
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+#: A Secret data key.
+SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
+#: The annotation a Deployment must carry before poolbench may change its replica count.
+ALLOW_SCALING_ANNOTATION = "poolbench.dev/allow-scaling"
+#: Owner labels that mean a GitOps tool will put the replica count back (poolbench warns).
+GITOPS_LABELS = (
+    "app.kubernetes.io/managed-by",
+    "argocd.argoproj.io/instance",
+    "kustomize.toolkit.fluxcd.io/name",
+    "helm.toolkit.fluxcd.io/name",
+)
+
+
+class SecretKeyRef(_Model):
+    """A Secret in the benchmark's namespace holding the monitor role's login: read by reference, never copied."""
+
+    name: str = Field(..., max_length=253, pattern=OBJECT_NAME, description="The Secret's name.")
+    username_key: str = Field("username", pattern=SECRET_KEY, description="The key holding the role name.")
+    password_key: str = Field("password", pattern=SECRET_KEY, description="The key holding the password.")
+
+
+class DatabaseSpec(_Model):
+    """An existing PostgreSQL (in the cluster or outside it) in place of the StatefulSet poolbench would create.
+
+    poolbench connects only as the monitor role, reads the server's limits live and never writes to it."""
+
+    host: str = Field(
+        ...,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?$",
+        description="Host name or address, e.g. a CloudNativePG cluster's `<name>-rw` Service.",
+    )
+    port: int = Field(5432, ge=1, le=65535, description="Port.")
+    dbname: str = Field("postgres", min_length=1, max_length=63, description="Database the monitor connects to.")
+    sslmode: SslMode = Field("prefer", description="libpq sslmode of the monitor's connection.")
+    monitor_secret: SecretKeyRef = Field(
+        ...,
+        description="Secret with the monitor role's login: a role with pg_monitor and a CONNECTION LIMIT"
+        " (on PostgreSQL 16+ also pg_use_reserved_connections).",
+    )
+
+
+class MatchSpec(_Model):
+    """Which backends are the app's when their client address is not a pod's (a proxy or pooler between)."""
+
+    usename: str | None = Field(None, min_length=1, max_length=63, description="The app's role.")
+    application_name: str | None = Field(None, max_length=63, description="The app's application_name.")
+    datname: str | None = Field(None, min_length=1, max_length=63, description="The app's database.")
+
+    @model_validator(mode="after")
+    def _some_field(self) -> MatchSpec:
+        if self.usename is None and self.application_name is None and self.datname is None:
+            raise ValueError("name at least one of usename, applicationName, datname")
+        return self
+
+
+class LoadJobSpec(_Model):
+    """A load generator the user brings (k6, hey, …) run as a Job for each step: poolbench makes no HTTP load."""
+
+    image: str = Field(..., min_length=1, max_length=512, description="The load generator's image.")
+    command: list[str] | None = Field(None, max_length=50, description="The container's command.")
+    args: list[str] | None = Field(None, max_length=200, description="The container's arguments.")
+
+
+class TargetSpec(_Model):
+    """The user's own Deployment (in the benchmark's namespace) in place of the built-in workload."""
+
+    deployment: str = Field(..., max_length=253, pattern=OBJECT_NAME, description="The Deployment's name.")
+    mode: TargetMode = Field(
+        "Observe",
+        description="Observe: change nothing, record replicas and connections for durationSeconds. Step: scale"
+        ' the Deployment through spec.steps (it must be annotated poolbench.dev/allow-scaling: "true")'
+        " and restore its replica count afterwards.",
+    )
+    duration_seconds: int = Field(300, ge=5, le=7 * 86400, description="Observe: how long to watch.")
+    hold_seconds: int = Field(
+        60, ge=5, le=86400, description="Step: how long to hold each step once its pods are ready."
+    )
+    match: MatchSpec | None = Field(
+        None, description="The app's backends by role/application/database, where client_addr is not a pod IP."
+    )
+    load: LoadJobSpec | None = Field(None, description="Step: a load Job run during each step's hold.")
+
+
+class SafetySpec(_Model):
+    """Limits that keep a benchmark against a real server from filling it."""
+
+    stop_at_used_fraction: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Stop a step (and the steps after it) once the server's client backends reach this"
+        " fraction of the slots a normal role may use: before the server refuses anyone.",
+    )
+
+
 #: A Deployment's own default (apps/v1 RollingUpdate): what a rollout does when the spec says nothing.
 DEFAULT_MAX_SURGE = "25%"
 PERCENT = re.compile(r"^(0|[1-9][0-9]{0,3})%$")
@@ -675,10 +776,11 @@ class RolloutSpec(_Model):
 class PoolBenchmarkSpec(_Model):
     postgres: PostgresSpec = Field(default_factory=PostgresSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
-    steps: Annotated[list[ReplicaCount], Field(min_length=1, max_length=50)] | StepSearch = Field(
-        ...,
+    steps: Annotated[list[ReplicaCount], Field(min_length=1, max_length=50)] | StepSearch | None = Field(
+        None,
         description="Replica counts, run in order; or {search: {min, max}}: the largest passing count,"
-        " found by bisection (each probe a real step from a clean slate).",
+        " found by bisection (each probe a real step from a clean slate). Required, except for a target"
+        " in Observe mode.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     step_timeout_seconds: int = Field(300, ge=5, le=86400, description="Give up on a step after this long.")
@@ -698,6 +800,15 @@ class PoolBenchmarkSpec(_Model):
         description="Ways of connecting to compare, each run through every step against the same server"
         " (omitted: one direct variant).",
     )
+    database: DatabaseSpec | None = Field(
+        None,
+        description="An existing PostgreSQL to measure, in place of the StatefulSet (with spec.target;"
+        " spec.postgres is then read from the server).",
+    )
+    target: TargetSpec | None = Field(
+        None, description="The user's own Deployment, in place of the built-in workload (with spec.database)."
+    )
+    safety: SafetySpec = Field(default_factory=SafetySpec)
 
     @property
     def search(self) -> SearchRange | None:
@@ -705,10 +816,14 @@ class PoolBenchmarkSpec(_Model):
 
     def step_counts(self) -> list[int]:
         """The listed replica counts; for a search, its bounds (what the largest probe may be)."""
+        if self.steps is None:
+            return []
         return list(self.steps) if isinstance(self.steps, list) else [self.steps.search.min, self.steps.search.max]
 
     def describe_steps(self) -> str:
         search = self.search
+        if self.steps is None:
+            return "no steps (observed)"
         return f"search {search.min}..{search.max}" if search else f"steps {self.steps}"
 
     def effective_variants(self) -> list[VariantSpec]:
@@ -732,7 +847,9 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
     """What each field allows alone but the fields together make impossible, by field path: a
     benchmark that could never pass, or never measure, is refused before it starts. ``benchmark``
     False: only what production could not run either (``poolbench plan``: no monitor slot there)."""
-    problems = []
+    problems = own_app_contradictions(spec)
+    if spec.target is not None:
+        return problems  # the built-in workload and server do not run: their rules do not apply
     w, pg = spec.workload, spec.postgres
     busy = w.hold_seconds + (w.duration_seconds or 0)
     if benchmark and busy >= spec.step_timeout_seconds:
@@ -786,6 +903,37 @@ def contradictions(spec: PoolBenchmarkSpec, benchmark: bool = True) -> list[tupl
                 (f"spec.variants[{i}]", f"measures the same pooler and engine as spec.variants[{shapes[shape]}]")
             )
         shapes.setdefault(shape, i)
+    return problems
+
+
+def own_app_contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
+    """The user's own app and database come together: poolbench has no credentials for the user's server
+    to run its built-in workload with, and the user's app cannot reach a server poolbench made up."""
+    problems = []
+    given = spec.model_fields_set
+    observing = spec.target is not None and spec.target.mode == "Observe"
+    if spec.steps is None and not observing:
+        problems.append(("spec.steps", "required (only a target in Observe mode runs without steps)"))
+    if spec.steps is not None and observing:
+        problems.append(
+            ("spec.steps", "an Observe target changes no replica count: remove spec.steps or use mode Step")
+        )
+    if spec.target is not None and spec.database is None:
+        problems.append(("spec.database", "spec.target needs spec.database: the server your app connects to"))
+    if spec.database is not None and spec.target is None:
+        problems.append(("spec.target", "spec.database needs spec.target: the Deployment of your app to measure"))
+    if spec.database is None:
+        return problems
+    for field, why in (
+        ("postgres", "the server's limits are read from spec.database"),
+        ("workload", "the app is spec.target's Deployment"),
+        ("variants", "your app connects one way; compare poolers with the built-in workload"),
+        ("rollout", "the Deployment's own maxSurge is read from it"),
+    ):
+        if field in given and getattr(spec, field) is not None:
+            problems.append((f"spec.{field}", f"not with spec.database: {why}"))
+    if spec.search is not None:
+        problems.append(("spec.steps", "a search is not run against your own app: list the replica counts"))
     return problems
 
 
