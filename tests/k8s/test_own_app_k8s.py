@@ -271,11 +271,17 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     ns = create_namespace(kube, "stepdone")
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=2, labels={"app.kubernetes.io/managed-by": "Helm"})
-    apply_benchmark(control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=5))
+    load = {"image": "load:1", "command": ["python", "-c", "import time; time.sleep(600)"]}
+    apply_benchmark(control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=5, load=load))
     seen_scaled = []
+    seen_jobs: set[str] = set()
+    job_owners: set[str] = set()
 
     def done() -> Any:
         seen_scaled.append(replicas(kube, ns))
+        for job in kube.items(f"/apis/batch/v1/namespaces/{ns}/jobs"):
+            seen_jobs.add(job["metadata"]["name"])
+            job_owners.update(o["name"] for o in job["metadata"].get("ownerReferences", []))
         obj = benchmark(kube, ns, "steps")
         return obj if (obj.get("status") or {}).get("phase") in ("Completed", "Failed", "Invalid") else None
 
@@ -297,6 +303,14 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     assert all(s["ready"] for s in target["steps"])
     assert [s["observation"]["appPeak"] for s in target["steps"]] == [4, 6]
     assert [s["observation"]["perPodPeak"] for s in target["steps"]] == [2, 2]
+    assert [s["loadJob"] for s in target["steps"]] == ["steps-load-1", "steps-load-2"]
+    assert seen_jobs <= {"steps-load-1", "steps-load-2"}
+    assert seen_jobs, "a load Job ran during a hold"
+    assert job_owners == {"steps"}
+    leftover = [
+        j for j in kube.items(f"/apis/batch/v1/namespaces/{ns}/jobs") if not j["metadata"].get("deletionTimestamp")
+    ]
+    assert not leftover, "every load Job is deleted after its hold"
     assert any("app.kubernetes.io/managed-by=Helm" in w for w in target["warnings"])
     assert target["answer"]["perPod"] == 2
     assert status["verdict"]["maxSafeReplicas"] == target["answer"]["safeInRollout"]
