@@ -268,6 +268,7 @@ def test_a_monitor_role_without_pg_monitor_is_refused_with_the_grant(
 def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     operator: Any, control_plane: Any, kube: Any, user_pg: str
 ) -> None:
+    wait_for(lambda: app_backends(user_pg) == 0, 60, interval=1.0, what="no app connection left by other tests")
     ns = create_namespace(kube, "stepdone")
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=2, labels={"app.kubernetes.io/managed-by": "Helm"})
@@ -313,13 +314,16 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     assert not leftover, "every load Job is deleted after its hold"
     assert any("app.kubernetes.io/managed-by=Helm" in w for w in target["warnings"])
     assert target["answer"]["perPod"] == 2
+    assert target["answer"]["others"] == 0, "a new pod's backends are its own, not another tenant's"
     assert status["verdict"]["maxSafeReplicas"] == target["answer"]["safeInRollout"]
     assert replicas(kube, ns) == 1
     reasons = [e["reason"] for e in events(kube, ns, "steps")]
     assert "GitOpsOwner" in reasons
     assert "Restored" in reasons
+    assert status["replicas"] == 1
+    assert status["progress"] == "2/2"
     printed = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "steps").stdout
-    assert "Completed" in printed
+    assert printed.split("\n")[1].split()[1:4] == ["Completed", "2/2", "1"]
     assert_no_password(kube, ns, "steps", operator)
     kube.delete(f"/api/v1/namespaces/{ns}")
 
