@@ -261,9 +261,10 @@ class OwnAppDriver:
         )
         return facts
 
-    def open_session(self) -> psycopg2.extensions.connection:
+    def open_session(self, attempts: int = CONNECT_ATTEMPTS) -> psycopg2.extensions.connection:
         """The monitor's session (a DSN without the password; the password travels apart and every error
-        comes back scrubbed of it). A few attempts: a server that is starting answers a moment later."""
+        comes back scrubbed of it). At the start a few attempts (a server that is starting answers a
+        moment later); mid-run one per look, so a server that is gone costs a gap, not a stall."""
         dsn = psycopg2.extensions.make_dsn(
             host=self.database.host,
             port=self.database.port,
@@ -271,12 +272,12 @@ class OwnAppDriver:
             user=self.monitor_role,
             sslmode=self.database.sslmode,
         )
-        for attempt in range(CONNECT_ATTEMPTS):
+        for attempt in range(attempts):
             try:
                 self.conn = open_watch(dsn, self.password)
                 return self.conn
             except psycopg2.Error as err:
-                if attempt == CONNECT_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise Refused(
                         f"spec.database: cannot connect to {self.database.host}:{self.database.port}"
                         f" as {self.monitor_role}: {self.scrubbed(str(err))}"
@@ -305,7 +306,7 @@ class OwnAppDriver:
         replicas, pods = self.cluster()
         try:
             if self.conn is None or self.conn.closed:
-                self.open_session()
+                self.open_session(attempts=1)
             assert self.conn is not None
             backends = read_backends(self.conn)
         except (psycopg2.Error, Refused) as err:
