@@ -139,6 +139,9 @@ class OwnAppDriver:
             self.measure()
             return
         step = f" during step {self.status.current_step}" if self.status.current_step else ""
+        if self.target.load is not None:  # a hold cut short leaves its Job: it goes now, not at its deadline
+            for index in range(1, len(self.spec.step_counts()) + 1):
+                self.kube.delete_job(load_job_name(self.name, index))
         if target.original_replicas is not None:
             self.restore()
             restored = target.restore_message or ""
