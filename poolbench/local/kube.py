@@ -114,7 +114,7 @@ def _read(client: Any, api: Any, namespace: str, name: str) -> DeploymentFacts:
             _request_timeout=REQUEST_TIMEOUT_SECONDS,
         )
         for pod in pods.items:
-            for ip in [p.ip for p in pod.status.pod_i_ps or []] or [pod.status.pod_ip]:
+            for ip in [p.ip for p in pod.status.pod_ips or []] or [pod.status.pod_ip]:
                 if ip:
                     pod_ips[ip] = pod.metadata.name
     return DeploymentFacts(namespace, name, deployment.spec.replicas, max_surge, hpa_name, hpa_min, hpa_max, pod_ips)
