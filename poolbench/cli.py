@@ -634,12 +634,13 @@ def owners_text(by_owner: dict[tuple[str, str], int]) -> str:
     return ", ".join(f"{role}" + (f" ({app})" if app else "") + f" {count}" for (role, app), count in ordered)
 
 
-def watch_progress(place: str, duration: float) -> Callable[[float, Attribution, Observation], str]:
+def watch_progress(place: str, duration: float, matched: bool) -> Callable[[float, Attribution, Observation], str]:
     def line(t: float, attribution: Attribution, obs: Observation) -> str:
+        split = f" (app {attribution.app_total}, others {len(attribution.others)})" if matched else ""
         return (
-            f"watching {place} · {t:5.1f}s of {duration:g}s · {attribution.total} client backends now"
-            f" ({attribution.app_total} grouped, {len(attribution.others)} others) · headroom"
-            f" {obs.usable - attribution.total if obs.usable is not None else '?'} (min {obs.min_headroom})"
+            f"watching {place} · {t:5.1f}s of {duration:g}s · {attribution.total} client backends now{split}"
+            f" · headroom {obs.usable - attribution.total if obs.usable is not None else '?'}"
+            f" (min {obs.min_headroom})"
         )
 
     return line
@@ -660,7 +661,7 @@ def run_watch(
 
     from .local.observe import watch_server
 
-    line = watch_progress(place, args.duration)
+    line = watch_progress(place, args.duration, match is not None)
     interval = args.interval / 1000
     if not err_console.is_terminal:
         last = [-2.0]

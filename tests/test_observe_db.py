@@ -173,7 +173,44 @@ def test_ctrl_c_ends_the_watch_and_still_prints_and_saves_what_was_seen(pg: Loca
     assert status["observation"]["pods"]["other@127.0.0.1 other-held"]["peakConnections"] == 3
 
 
-def plan_file(tmp_path: Path) -> Path:
+def test_a_watch_whose_session_is_ended_prints_what_it_saw_and_the_error(pg: LocalPostgres, tmp_path: Path) -> None:
+    watch = subprocess.Popen(
+        [POOLBENCH, "observe", "--dsn", dsn(pg), "--duration", "600", "--interval", "100"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stderr is not None
+    assert watch.stderr.readline().startswith("watching ")
+    admin = psycopg2.connect(**pg.connect_kwargs())
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'poolbench-observe'"
+            )
+            assert cur.fetchone() == (1,)
+    finally:
+        admin.close()
+    stdout, stderr = watch.communicate(timeout=30)
+    assert watch.returncode == 1, stderr
+    assert "the watch ended early, a read failed" in stderr
+    assert "Client backends on watcher@" in stdout  # what was seen is still printed
+    assert "Traceback" not in stderr
+
+
+def test_the_password_may_come_from_a_file(pg: LocalPostgres, tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text(PASSWORD + "\n")
+    done = run_cli("observe", "--dsn", dsn(pg), "--duration", "0.2", "--password-file", str(secret), password=None)
+    assert done.returncode == 0, done.stderr
+    assert "usable for a normal role" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def plan_file(tmp_path: Path, **more: Any) -> Path:
     """Per replica 2 connections (QueuePool 2 + 0, 2 threads), role app, maxSurge 1; the spec's postgres
     section says 100 slots: the live server's 40 must win."""
     doc = make_doc(
@@ -181,6 +218,7 @@ def plan_file(tmp_path: Path) -> Path:
         workload={"threads": 2, "role": "app", "engine": {"poolSize": 2, "maxOverflow": 0}},
         postgres={"maxConnections": 100},
         rollout={"maxSurge": 1},
+        **more,
     )
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -211,6 +249,22 @@ def test_plan_dsn_answers_with_the_live_limits_and_the_others(pg: LocalPostgres,
     assert "not the spec's postgres section" in text.stdout
     assert "max_connections 40" in text.stdout
     assert "max safe replicas: 16; during a rolling update (maxSurge 1): 15" in text.stdout
+
+
+def test_plan_dsn_counts_a_pooled_variant_in_what_the_others_leave(pg: LocalPostgres, tmp_path: Path) -> None:
+    # One PgBouncer, pool 40, max_client_conn 100: 2 clients per replica. Its server connections, min(2 × N,
+    # 40), must fit in 35 − 3 others = 32: 16 replicas (32), not 17 (34); in a rollout 15 + 1 surge (32).
+    others = hold(pg, "other", 3)
+    variants = [{"name": "direct"}, {"name": "tx", "pooler": {"poolMode": "transaction", "defaultPoolSize": 40}}]
+    try:
+        done = run_cli("plan", "--dsn", dsn(pg), "--json", str(plan_file(tmp_path, variants=variants)))
+    finally:
+        for conn in others:
+            conn.close()
+    assert done.returncode == 0, done.stderr
+    pooled = json.loads(done.stdout)["variants"][1]
+    assert (pooled["name"], pooled["available"]) == ("tx", 32)
+    assert (pooled["safeAtRest"], pooled["safeInRollout"], pooled["refusalsFrom"]) == (16, 15, 16)
 
 
 @pytest.mark.parametrize(
