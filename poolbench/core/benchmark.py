@@ -20,6 +20,7 @@ from .outcomes import OK
 from .results import (
     AgeStats,
     BenchmarkStatus,
+    Compatibility,
     Condition,
     ErrorCounts,
     HistogramCounts,
@@ -250,6 +251,10 @@ class BenchmarkRun:
             kept.get(v.name) or VariantStatus(name=v.name, pooler=v.pooler, engine=s.workload.engine)
             for v, s in zip(self.variants, self.variant_specs, strict=True)
         ]
+
+    def record_compatibility(self, variant_index: int, compatibility: Compatibility) -> None:
+        """The compatibility probe's findings for a pooled variant (before its load)."""
+        self.status.variants[variant_index].compatibility = compatibility
 
     def steps_of(self, variant_index: int) -> list[StepResult]:
         return self.status.variants[variant_index].steps
