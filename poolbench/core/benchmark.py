@@ -453,6 +453,7 @@ class BenchmarkRun:
                 [v.name for v in self.status.variants],
                 [v.verdict for v in self.status.variants],
                 [v.steps for v in self.status.variants],
+                [v.compatibility for v in self.status.variants],
             )
         verdict = self.status.verdict
         assert verdict is not None

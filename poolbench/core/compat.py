@@ -173,8 +173,9 @@ def state_fix(kind: FindingKind, item: str, on_connect: bool) -> str:
         )
     if kind == "advisoryLockHeld":
         return (
-            f"take it with pg_advisory_xact_lock({item}), released when the transaction ends; a client that"
-            " needs a session lock (migrations) connects with a direct URL or through a session-mode pool"
+            f"take it with pg_advisory_xact_lock({item}) (or pg_try_advisory_xact_lock), released when the"
+            " transaction ends; a client that needs a session lock (migrations) connects with a direct URL or"
+            " through a session-mode pool"
         )
     if kind == "listenLost":
         return (
@@ -385,8 +386,13 @@ def driver_findings(trace: ProbeTrace) -> list[CompatibilityFinding]:
         return []
     found = []
     for sqlstate, kind, what in (
-        (DUPLICATE_PREPARED_STATEMENT, "preparedStatementDuplicated", "already existed there"),
-        (INVALID_STATEMENT_NAME, "preparedStatementMissing", "was missing there"),
+        (DUPLICATE_PREPARED_STATEMENT, "preparedStatementDuplicated", "already existed on the server connection"),
+        (
+            INVALID_STATEMENT_NAME,
+            "preparedStatementMissing",
+            "was missing on the server connection the statement went to (client A's, while a third client's"
+            " transaction held the one A had used)",
+        ),
     ):
         errors = [e for e in run.errors if e.sqlstate == sqlstate]
         if not errors:
@@ -396,7 +402,7 @@ def driver_findings(trace: ProbeTrace) -> list[CompatibilityFinding]:
         found.append(
             CompatibilityFinding(
                 kind=kind,
-                evidence=f"two {run.driver} clients ({configured}) taking turns on backend"
+                evidence=f"two {run.driver} clients ({configured}) took turns on backend"
                 f"{'s' if len(set(run.pids)) > 1 else ''} {', '.join(str(p) for p in sorted(set(run.pids)))}:"
                 f" {counted(len(errors), 'statement')} failed because the driver's prepared statement {what}"
                 f" (client {first.client}: {first.message})",
@@ -422,6 +428,10 @@ def incompatibilities(compatibility: Compatibility | None) -> int:
     if compatibility is None:
         return 0
     return sum(1 for f in compatibility.findings if f.breaks_correctness)
+
+
+def incompatibilities_text(count: int) -> str:
+    return f"{count} incompatibilit{'y' if count == 1 else 'ies'}"
 
 
 def kinds_text(compatibility: Compatibility) -> str:

@@ -168,7 +168,11 @@ def interleave(
     errors: list[ProbeError] = []
     notes: list[str] = []
     a = watchdog.watch(client_connect(target, CLIENT_NAMES["A"]))
-    b = watchdog.watch(client_connect(target, CLIENT_NAMES["B"]))
+    try:
+        b = watchdog.watch(client_connect(target, CLIENT_NAMES["B"]))
+    except psycopg2.Error:
+        a.close()
+        raise
     try:
         a.autocommit = True
         with a.cursor() as cur:
@@ -438,6 +442,9 @@ def probe(
     dropped and waited for. What could not run is a note in the trace, never an exception (the load
     still runs)."""
     notes: list[str] = []
+    if request.pool_mode == "session" and request.pool_size < 2:
+        why = "a session-mode pool of one server connection serves one client at a time: no client shares one"
+        return failed_trace(request, why)
     with direct_session(connect) as direct:
         try:
             with Watchdog(WATCHDOG_SECONDS) as watchdog:
