@@ -196,7 +196,13 @@ class Monitor:
 
     def probe_compatibility(self, target: ClientTarget, request: ProbeRequest) -> Compatibility:
         version = self.pooler.version() if self.pooler is not None else ""
-        return findings(compat.probe(target, request, self.connect, self.drop_pooler_connections, version))
+        try:
+            trace = compat.probe(target, request, self.connect, self.drop_pooler_connections, version)
+        except Exception as err:  # noqa: BLE001 - the probe is advice: the load runs whatever happened to it
+            why = " ".join(str(err).split())[:300] or type(err).__name__
+            self.drop_pooler_connections()
+            return Compatibility(pool_mode=request.pool_mode, notes=[f"the compatibility probe could not run: {why}"])
+        return findings(trace)
 
     def connection_ages(self) -> list[float]:
         return self.probe.connection_ages()
