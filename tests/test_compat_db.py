@@ -315,3 +315,17 @@ def test_the_replicas_run_on_connect_on_each_connection_and_the_transactions_sta
     assert step.outcome == "Passed", (step.reason, step.first_error)
     assert step.errors.total() == 0
     assert step.queries == 2 * 2 * 5
+
+
+def test_a_probe_that_cannot_log_in_is_a_note_and_leaves_nothing(tx: Pooled) -> None:
+    # A wrong password: PgBouncer refuses the probe's clients. The run goes on; the status says why.
+    wrong = ClientTarget(tx.target.host, tx.target.port, SUPERUSER, DATABASE, "not-the-password")
+    request = ProbeRequest(
+        "transaction", POOL_SIZE, ("SET statement_timeout = '7s'",), ("SELECT 1",), "psycopg", "defaults"
+    )
+    result = findings(probe(wrong, request, tx.connect, tx.console.drop_server_connections, tx.console.version()))
+    assert result.findings == []
+    assert result.notes[0].startswith("the probe's clients could not run:"), result.notes
+    assert "not-the-password" not in " ".join(result.notes)
+    assert result.notes[1].startswith("the psycopg driver's prepared statements were not probed here:"), result.notes
+    tx.assert_nothing_left_behind()
