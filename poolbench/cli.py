@@ -427,6 +427,31 @@ def print_results(out_console: Console, status: dict[str, Any]) -> None:
     if status["comparison"]:
         out_console.print(comparison_table(status))
         out_console.print(f"[bold]Comparison:[/] {escape(status['comparison'])}", highlight=False)
+    for line in compatibility_lines(status):
+        out_console.print(escape(line), highlight=False)
+
+
+def compatibility_lines(status: dict[str, Any]) -> list[str]:
+    """Each probed variant's compatibility findings (kind, the statement, the evidence, the fix) and notes."""
+    lines = []
+    for variant in status["variants"]:
+        compatibility = variant.get("compatibility")
+        if not compatibility:
+            continue
+        found = compatibility["findings"]
+        mode = f"{compatibility['poolMode']} mode"
+        if not found:
+            lines.append(f"Compatibility of {variant['name']} ({mode}): the probe found nothing")
+        else:
+            lines.append(
+                f"Compatibility of {variant['name']} ({mode}): {len(found)} finding{'s' if len(found) > 1 else ''}"
+            )
+        for finding in found:
+            statement = f" {finding['statement']!r}" if finding["statement"] else " (the driver's own)"
+            lines.append(f"  {finding['kind']}:{statement}: {finding['evidence']}")
+            lines.append(f"    fix: {finding['fix']}")
+        lines += [f"  note: {note}" for note in compatibility["notes"]]
+    return lines
 
 
 def save_results(
