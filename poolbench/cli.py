@@ -504,6 +504,10 @@ def save_results(
     return code
 
 
+class InputError(Exception):
+    """A command's input file is not what the command reads: one line, exit 2."""
+
+
 def write_report(path: str, document: dict[str, Any]) -> str | None:
     """The document's HTML report written to ``path``; the error, if it could not be written."""
     from .report import render_html
@@ -524,17 +528,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         text = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise SpecError([("file", f"{args.file} cannot be read: {getattr(err, 'strerror', None) or err}")]) from None
+        raise InputError(f"{args.file} cannot be read: {getattr(err, 'strerror', None) or err}") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SpecError([("file", f"{args.file} is not JSON: {err.msg} at line {err.lineno}")]) from None
+        raise InputError(f"{args.file} is not JSON: {err.msg} at line {err.lineno}") from None
     if not isinstance(document, dict) or not isinstance(document.get("status"), dict):
-        raise SpecError(
-            [("file", f"{args.file} holds no status: give what poolbench run --output wrote, or a PoolBenchmark")]
-        )
+        raise InputError(f"{args.file} holds no status: give what poolbench run --output wrote, or a PoolBenchmark")
     if not isinstance(document.get("spec"), dict):
-        raise SpecError([("file", f"{args.file} holds no spec")])
+        raise InputError(f"{args.file} holds no spec: give what poolbench run --output wrote, or a PoolBenchmark")
     error = write_report(output, document)
     if error:
         sys.stderr.write(f"poolbench: could not write the report: {error}\n")
@@ -1130,7 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID
-    except LiveInputError as err:
+    except (LiveInputError, InputError) as err:
         sys.stderr.write(f"poolbench: {err}\n")
         return EXIT_INVALID
     except KeyboardInterrupt:  # during imports, or after the run and its checked clean-up

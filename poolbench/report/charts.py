@@ -102,7 +102,9 @@ class _Frame:
             }
         )
 
-    def hline(self, chart: Chart, value: float, color: str, label: str) -> None:
+    def hline(self, chart: Chart, value: float, color: str, label: str, below: bool = False) -> None:
+        """A limit across the plot, its label above the line (``below``: under it, so two close limits
+        keep both labels readable)."""
         y = self.y(value)
         chart.paths.append(
             {
@@ -114,7 +116,9 @@ class _Frame:
                 "kind": "limit",
             }
         )
-        chart.texts.append({"x": self.right - 4, "y": y - 5, "text": f"{label} {value:g}", "anchor": "end"})
+        chart.texts.append(
+            {"x": self.right - 4, "y": y + 13 if below else y - 5, "text": f"{label} {value:g}", "anchor": "end"}
+        )
         chart.legend.append({"color": color, "label": f"{label} ({value:g})", "dash": "1"})
 
 
@@ -163,7 +167,7 @@ def connections_over_time(
     _boundaries(chart, frame, server_timeline, step_labels)
     frame.hline(chart, max_connections, MAX_CONNECTIONS_COLOR, "max_connections")
     if usable is not None:
-        frame.hline(chart, usable, USABLE_COLOR, "usable")
+        frame.hline(chart, usable, USABLE_COLOR, "usable", below=True)
     if not rows and not drawn_exact:
         chart.note = "No read of the server succeeded: there is nothing to draw over time."
     return chart
@@ -237,10 +241,13 @@ def _boundaries(chart: Chart, frame: _Frame, server_timeline: list[dict[str, Any
 
 
 def _time_axis(chart: Chart, frame: _Frame) -> None:
-    for i in range(6):
-        value = frame.x0 + (frame.x1 - frame.x0) * i / 5
+    """Seconds from the first read, at round steps (about five of them)."""
+    span = frame.x1 - frame.x0
+    step = nice_max(span / 5)
+    count = int(span // step)
+    for i in range(count + 1):
         chart.texts.append(
-            {"x": frame.x(value), "y": frame.bottom + 16, "text": f"{value - frame.x0:.0f}", "anchor": "middle"}
+            {"x": frame.x(frame.x0 + i * step), "y": frame.bottom + 16, "text": f"{i * step:g}", "anchor": "middle"}
         )
     chart.texts.append(
         {"x": (frame.left + frame.right) / 2, "y": frame.bottom + 34, "text": "seconds", "anchor": "middle"}
@@ -294,8 +301,8 @@ def grouped_bars(
     chart.legend.extend(
         {"color": SERIES_COLORS[si % len(SERIES_COLORS)], "label": s.name} for si, s in enumerate(series)
     )
-    for label, value, color in limits:
-        frame.hline(chart, value, color, label)
+    for index, (label, value, color) in enumerate(limits):
+        frame.hline(chart, value, color, label, below=index % 2 == 1)
     if not values:
         chart.note = "No step measured this: nothing to draw."
     return chart
