@@ -201,6 +201,9 @@ def test_every_chart_has_shapes_and_the_variants_are_compared() -> None:
     compared = page.split('id="variants-compared"', 1)[1].split("</figure>", 1)[0]
     assert "direct · max safe replicas: 2" in compared
     assert "pgbouncer · max safe replicas: 6" in compared
+    connections = page.split('id="variants-connections"', 1)[1].split("</figure>", 1)[0]
+    assert "direct · highest peak connections: 29" in connections  # the 6-replica step's 5 × 6 − 1
+    assert "max_connections 30" in connections
     assert "pgbouncer holds 6 replicas where direct holds 2" in page
 
 

@@ -139,6 +139,7 @@ def test_a_small_runs_report_opens_offline_in_a_real_browser(tmp_path: Path, bro
         "latencyMs-per-step",
         "checkoutWaitMs-per-step",
         "variants-compared",
+        "variants-connections",
     ]
     for chart in charts:
         assert chart["filled"] > 0, chart  # data drawn, not only axes

@@ -421,24 +421,40 @@ def build_charts(document: dict[str, Any], spec: PoolBenchmarkSpec | None) -> li
             )
         )
     variants = status.get("variants") or []
+    names = [v.get("name", "") for v in variants]
     charts.append(
         grouped_bars(
             "variants-compared",
-            "The variants compared",
-            "Per variant: the largest replica count that passed, what the arithmetic predicted, and the"
-            " highest peak of open connections.",
-            [v.get("name", "") for v in variants],
+            "The variants compared: replicas",
+            "Per variant: the largest replica count that passed, beside what the arithmetic predicted.",
+            names,
             [
                 Series("max safe replicas", [(v.get("verdict") or {}).get("maxSafeReplicas") for v in variants]),
                 Series(
                     "predicted max safe replicas",
                     [(v.get("verdict") or {}).get("predictedMaxSafeReplicas") for v in variants],
                 ),
+            ],
+        )
+    )
+    charts.append(
+        grouped_bars(
+            "variants-connections",
+            "The variants compared: server connections",
+            "Per variant: the highest peak of open connections at the server and the most ghosts left at the"
+            " end of a step, against the server's limits.",
+            names,
+            [
                 Series(
                     "highest peak connections",
                     [max((s.get("peakConnections") or 0 for s in v.get("steps") or []), default=0) for v in variants],
                 ),
+                Series(
+                    "most ghosts at the end",
+                    [max((s.get("idleAtEnd") or 0 for s in v.get("steps") or []), default=0) for v in variants],
+                ),
             ],
+            limits=limit_lines,
         )
     )
     return charts
