@@ -312,3 +312,30 @@ def test_poolbench_report_will_not_overwrite_its_input(tmp_path: Path, capsys: p
     assert cli.main(["report", str(results), "-o", str(results)]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert json.loads(results.read_text())["kind"] == "PoolBenchmark"
+
+
+@pytest.mark.parametrize(
+    ("document", "shown"),
+    [
+        ({"spec": {}, "status": {}}, "No step ran."),
+        (
+            {
+                "spec": {"steps": {"search": {"min": 1, "max": 8}}},
+                "status": {"variants": [{"steps": [{"replicas": 3}]}]},
+            },
+            "Target replicas (the largest step)",
+        ),
+        (
+            {"spec": {"workload": {"threads": "many"}}, "status": {"phase": "Failed", "message": "the spec is wrong"}},
+            "The plan could not be computed: spec.workload.threads",
+        ),
+        (
+            {"spec": {"steps": [1]}, "status": {"variants": [{"steps": [{"replicas": 1}]}]}, "timeline": []},
+            "No read of the server succeeded",
+        ),
+    ],
+)
+def test_a_partial_or_early_document_still_renders_and_says_what_is_missing(
+    document: dict[str, Any], shown: str
+) -> None:
+    assert shown in render_html(document)

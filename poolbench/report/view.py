@@ -367,7 +367,7 @@ def build_charts(document: dict[str, Any], spec: PoolBenchmarkSpec | None) -> li
         limit_lines.append(("usable", float(usable), USABLE_COLOR))
     charts = []
     timeline = document.get("timeline")
-    if timeline:
+    if timeline is not None:  # a run's results, even one whose every read failed (the chart says so)
         charts.append(
             connections_over_time(timeline, list(document.get("serverTimeline") or []), labels, max_connections, usable)
         )
