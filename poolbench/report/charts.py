@@ -14,7 +14,7 @@ from typing import Any
 
 WIDTH = 720
 HEIGHT = 300
-LEFT, RIGHT, TOP, BOTTOM = 52, 14, 14, 44
+LEFT, RIGHT, TOP, BOTTOM = 64, 14, 14, 44
 #: Most points one series keeps: a long run's reads are bucketed, each bucket keeping its highest read.
 MAX_POINTS = 1200
 
