@@ -39,6 +39,7 @@ BENCHMARKS = {
     "P5": ("benchmarks.p5_scale", "Scale"),
     "P6": ("benchmarks.p6_operator", "Operator footprint"),
     "P7": ("benchmarks.p7_node", "Time to verdict on a real node"),
+    "P8": ("benchmarks.p8_compat", "Compatibility probe cost"),
 }
 
 

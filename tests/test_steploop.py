@@ -17,7 +17,8 @@ import pytest
 
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
-from poolbench.core.results import BenchmarkStatus
+from poolbench.core.compat import ClientTarget, ProbeRequest
+from poolbench.core.results import BenchmarkStatus, Compatibility, CompatibilityFinding
 from poolbench.core.sampling import PoolerRead, Sample
 from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import (
@@ -70,6 +71,7 @@ class FakeMonitor:
         self.restart_pending = False
         self.pooled = False  # the variant's pooler is read: samples carry its reads
         self.log: list[str] = []  # what the loop asked of the pooler, in order
+        self.findings: list[CompatibilityFinding] = []  # what the compatibility probe finds
 
     def _connections(self, t: float) -> int:
         platform = self.platform
@@ -120,6 +122,10 @@ class FakeMonitor:
 
     def drop_pooler_connections(self) -> None:
         self.log.append("drop")
+
+    def probe_compatibility(self, target: ClientTarget, request: ProbeRequest) -> Compatibility:
+        self.log.append(f"probe {target.host}:{target.port} {request.pool_mode} {' / '.join(request.on_connect)}")
+        return Compatibility(pool_mode=request.pool_mode, findings=list(self.findings))
 
     def connection_ages(self) -> list[float]:
         self.platform.calls.append("ages")
@@ -192,6 +198,9 @@ class FakePlatform:
         self.variants.append(planned.variant)
         self.pooler = planned.pooler
         return [lambda: None] * (planned.pooler.replicas if planned.pooler is not None else 0)
+
+    def probe_target(self, planned: PlannedStep) -> ClientTarget | None:
+        return ClientTarget("127.0.0.1", 6432, "postgres", "postgres") if planned.pooler is not None else None
 
     def scale(self, planned: PlannedStep) -> None:
         self.calls.append(f"scale {planned.replicas}")
@@ -588,7 +597,37 @@ def test_the_monitor_reads_each_variants_pooler_which_drops_its_server_connectio
     run_on(spec(variants=VARIANTS), platform)
     # The previous variant's pooler is let go before the next variant starts its own; the direct
     # variant has none, the tx variant's one instance is read. Every clean slate drops the servers.
-    assert platform.monitor.log == ["drop", "watch 0", "watch 0", "drop", "drop", "watch 0", "watch 1", "drop", "drop"]
+    assert platform.monitor.log == [
+        "drop",
+        "watch 0",
+        "watch 0",
+        "drop",
+        "drop",
+        "watch 0",
+        "watch 1",
+        "probe 127.0.0.1:6432 transaction ",
+        "drop",
+        "drop",
+    ]
+
+
+def test_each_pooled_variant_is_probed_for_compatibility_before_its_load() -> None:
+    # The probe runs once per pooled variant, after its pooler is up and before its first step, with the
+    # app's statements; its findings go to the variant's status. A direct variant is not probed.
+    leak = CompatibilityFinding(kind="sessionSettingLeaked", evidence="client B saw it", fix="SET LOCAL")
+    platform = FakePlatform([Script() for _ in range(4)])
+    platform.monitor.findings = [leak]
+    status = run_on(
+        spec(variants=VARIANTS, workload={"onConnect": ["SET jit = off"], "threads": 3, "holdSeconds": 1}), platform
+    )
+    assert [line for line in platform.monitor.log if line.startswith("probe")] == [
+        "probe 127.0.0.1:6432 transaction SET jit = off"
+    ]
+    direct, tx = status.variants
+    assert direct.compatibility is None
+    assert tx.compatibility is not None
+    assert tx.compatibility.findings == [leak]
+    assert tx.to_json()["compatibility"]["findings"][0]["kind"] == "sessionSettingLeaked"
 
 
 def test_a_failing_variant_stops_only_its_own_steps() -> None:

@@ -10,7 +10,7 @@ from poolbench.core.budget import pooled_replica_limits, pooled_safe_replicas, p
 from poolbench.core.contracts.replica_env import WorkloadConfig
 from poolbench.core.outcomes import FULL_MESSAGE, classify_exception, classify_message, short_message
 from poolbench.core.pooler import ADMIN_USER, pgbouncer_ini, userlist
-from poolbench.core.results import PoolerStepResult, StepResult
+from poolbench.core.results import Compatibility, CompatibilityFinding, PoolerStepResult, StepResult, Verdict
 from poolbench.core.sampling import PoolerRead, Sample, StepAccumulator, merge_pooler_reads, pooler_read_from_rows
 from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, SpecError, parse_spec
 from poolbench.core.verdict import comparison, pooled_verdict
@@ -121,6 +121,38 @@ def test_comparison_names_the_variant_that_scales_furthest() -> None:
     text = comparison(["direct", "tx"], [direct, pooled], [[ok5, fail10], [ok5, ok10]])
     assert text.startswith("Scales furthest: tx (10 replicas).")
     assert "direct: 5 replicas safe, fails at 10 (tooManyClients), peak 99 server backends" in text
+
+
+def test_a_variant_with_incompatibilities_is_not_the_winner_without_them() -> None:
+    spec = parse_spec(SEED)
+    ok5 = StepResult(replicas=5, outcome="Passed", peak_connections=75)
+    fail10 = StepResult(replicas=10, outcome="Failed", peak_connections=99, first_error_class="tooManyClients")
+    ok10 = StepResult(replicas=10, outcome="Passed", peak_connections=20)
+    from poolbench.core.verdict import overall_verdict
+
+    direct = overall_verdict(spec, [ok5, fail10])
+    pooled = pooled_verdict(spec, [ok5, ok10], PoolerSpec(pool_mode="transaction"))
+    leak = CompatibilityFinding(kind="sessionSettingLeaked", evidence="client B saw it", fix="SET LOCAL")
+    lost = CompatibilityFinding(kind="sessionSettingLost", evidence="client A lost it", fix="SET LOCAL")
+    found = Compatibility(pool_mode="transaction", findings=[leak, lost])
+    names, steps = ["direct", "tx-nullpool"], [[ok5, fail10], [ok5, ok10]]
+    verdicts: list[Verdict | None] = [direct, pooled]
+    text = comparison(names, verdicts, steps, [None, found])
+    assert text.startswith(
+        "tx-nullpool scales furthest, but: 2 incompatibilities (see its compatibility findings); without any:"
+        " direct (5 replicas)."
+    )
+    assert "tx-nullpool: 10 replicas safe, peak 75 server backends, 2 incompatibilities." in text
+    one = comparison(names, verdicts, steps, [None, Compatibility(findings=[leak])])
+    assert one.startswith("tx-nullpool scales furthest, but: 1 incompatibility")
+    alone = comparison(["tx-nullpool"], [pooled], [[ok5, ok10]], [found])
+    assert alone.startswith(
+        "tx-nullpool scales furthest, but: 2 incompatibilities (see its compatibility findings);"
+        " no variant without them passed a step."
+    )
+    # Findings that are not the furthest variant's change no ranking.
+    clean = comparison(names, verdicts, steps, [found, None])
+    assert clean.startswith("Scales furthest: tx-nullpool (10 replicas).")
 
 
 @pytest.mark.parametrize(

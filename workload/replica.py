@@ -77,14 +77,15 @@ def driver_settings(cfg: WorkloadConfig) -> tuple[str, dict[str, Any]]:
     psycopg2 never prepares."""
     name = cfg.app_name[:63]
     url = SQLALCHEMY_URLS[cfg.driver]
+    pooling = cfg.transaction_pooled and cfg.driver_options == "pooling"
     if cfg.driver == ASYNC_DRIVER:
         connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
-        if cfg.transaction_pooled:
+        if pooling:
             url += "?prepared_statement_cache_size=0"
             connect_args.update(statement_cache_size=0, prepared_statement_name_func=unique_statement_name)
         return url, connect_args
     connect_args = {"application_name": name}
-    if cfg.driver == "psycopg" and cfg.transaction_pooled:
+    if cfg.driver == "psycopg" and pooling:
         connect_args["prepare_threshold"] = None
     return url, connect_args
 
@@ -110,7 +111,28 @@ def build_engine(cfg: WorkloadConfig) -> Any:
     """The engine under test; connection target from libpq's PG* variables (asyncpg reads the same),
     or per connection one of the pooler instances (POOLBENCH_POOLER_HOSTS).
     asyncpg gets ``create_async_engine`` (QueuePool becomes its AsyncAdaptedQueuePool)."""
-    return spread_connections(_engine(cfg), cfg.pooler_hosts)
+    return run_on_connect(spread_connections(_engine(cfg), cfg.pooler_hosts), cfg.on_connect)
+
+
+def run_on_connect(engine: Any, statements: tuple[str, ...]) -> Any:
+    """The app's statements on each new DB-API connection, each committed on its own (autocommit for their
+    length, as SQLAlchemy's documentation sets a session variable in a ``connect`` listener)."""
+    if not statements:
+        return engine
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        before = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            cursor = dbapi_connection.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.close()
+        finally:
+            dbapi_connection.autocommit = before
+
+    event.listen(getattr(engine, "sync_engine", engine), "connect", on_connect)
+    return engine
 
 
 def _engine(cfg: WorkloadConfig) -> Any:
@@ -384,7 +406,7 @@ class Replica:
 
         Three clock reads per attempt: ``t0`` at the checkout request, ``t1`` once checked out (the
         ``with`` body starts), ``t2`` after the commit; a failed attempt's wait runs until it failed."""
-        statement, begin, perf = self.cfg.statement, self.engine.begin, time.perf_counter
+        statements, begin, perf = self.cfg.statements(), self.engine.begin, time.perf_counter
         caller = CallerTally(self)
         try:
             while caller.more():
@@ -392,7 +414,8 @@ class Replica:
                 try:
                     with begin() as conn:
                         t1 = perf()
-                        conn.exec_driver_sql(statement)
+                        for statement in statements:
+                            conn.exec_driver_sql(statement)
                 except Exception as exc:  # noqa: BLE001 - every failure is an outcome to count, not a crash of the thread
                     if caller.failed(t0, t1, exc):
                         return
@@ -403,7 +426,7 @@ class Replica:
 
     async def caller_async(self) -> None:
         """``caller`` as a task on the replica's event loop (asyncpg): the same attempts, clocks and tallies."""
-        statement, begin, perf = self.cfg.statement, self.engine.begin, time.perf_counter
+        statements, begin, perf = self.cfg.statements(), self.engine.begin, time.perf_counter
         caller = CallerTally(self)
         try:
             while caller.more():
@@ -411,7 +434,8 @@ class Replica:
                 try:
                     async with begin() as conn:
                         t1 = perf()
-                        await conn.exec_driver_sql(statement)
+                        for statement in statements:
+                            await conn.exec_driver_sql(statement)
                 except Exception as exc:  # noqa: BLE001 - counted like the threads' failures
                     if caller.failed(t0, t1, exc):
                         return

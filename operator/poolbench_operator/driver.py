@@ -27,6 +27,7 @@ import psycopg2.extensions
 
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
+from poolbench.core.compat import ClientTarget
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.results import TERMINAL_PHASES
 from poolbench.core.serverlog import ADMIN_NAME
@@ -44,7 +45,7 @@ from poolbench.core.steploop import (
     Stopped,
     run_steps,
 )
-from poolbench.core.workload_env import SUPERUSER
+from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name
 from poolbench.db.monitor import Monitor
 from poolbench.db.roles import ensure_app_role
 
@@ -298,6 +299,15 @@ class Driver:
             dbname=ADMIN_DATABASE,
             connect_timeout=5,
         )
+
+    def probe_target(self, planned: PlannedStep) -> ClientTarget | None:
+        """The workload's login at the variant's first PgBouncer pod, for the compatibility probe."""
+        ips = self.kube.pooler_pod_ips(self.name, self.variant) if planned.pooler and self.variant else []
+        if not ips or self.config.postgres_address not in ("service", "pod-ip"):
+            return None
+        app = self.spec.workload.role == "app"
+        password = self.app_password if app else self.superuser_password
+        return ClientTarget(ips[0], LISTEN_PORT, role_name(self.spec.workload), DATABASE, password)
 
     def scale(self, planned: PlannedStep) -> None:
         """A rolling update's surge (``planned.replicas`` beyond its old replicas, already running) is the

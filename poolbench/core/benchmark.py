@@ -20,6 +20,7 @@ from .outcomes import OK
 from .results import (
     AgeStats,
     BenchmarkStatus,
+    Compatibility,
     Condition,
     ErrorCounts,
     HistogramCounts,
@@ -251,6 +252,10 @@ class BenchmarkRun:
             for v, s in zip(self.variants, self.variant_specs, strict=True)
         ]
 
+    def record_compatibility(self, variant_index: int, compatibility: Compatibility) -> None:
+        """The compatibility probe's findings for a pooled variant (before its load)."""
+        self.status.variants[variant_index].compatibility = compatibility
+
     def steps_of(self, variant_index: int) -> list[StepResult]:
         return self.status.variants[variant_index].steps
 
@@ -448,6 +453,7 @@ class BenchmarkRun:
                 [v.name for v in self.status.variants],
                 [v.verdict for v in self.status.variants],
                 [v.steps for v in self.status.variants],
+                [v.compatibility for v in self.status.variants],
             )
         verdict = self.status.verdict
         assert verdict is not None

@@ -288,6 +288,42 @@ class Verdict(_Out):
     summary: str = ""
 
 
+#: What the compatibility probe can find: session state that one client of a pooled server connection
+#: leaves to another, or loses between its own transactions.
+FindingKind = Literal[
+    "sessionSettingLeaked",
+    "sessionSettingLost",
+    "preparedStatementDuplicated",
+    "preparedStatementMissing",
+    "advisoryLockHeld",
+    "listenLost",
+    "tempTableShared",
+    "holdCursorShared",
+]
+
+
+class CompatibilityFinding(_Out):
+    """One way the app's statements misbehave through this pooler, as the server showed it."""
+
+    kind: FindingKind
+    statement: str = Field("", description="The app's statement that caused it (empty: the driver's own).")
+    evidence: str = Field(description="What the server showed: which backend, which client saw what.")
+    fix: str = Field(description="What to change so the finding goes away.")
+    breaks_correctness: bool = Field(
+        True, description="The app would read or do something it did not mean (not only waste server memory)."
+    )
+
+
+class Compatibility(_Out):
+    """The app's statements run from several clients through the variant's pooler, before the load."""
+
+    pool_mode: str = ""
+    findings: list[CompatibilityFinding] = Field(default_factory=list)
+    notes: list[str] = Field(
+        default_factory=list, description="What the probe could not check, and why (never a finding)."
+    )
+
+
 class VariantStatus(_Out):
     """One variant's run through the step plan (``status.variants[]``)."""
 
@@ -296,6 +332,10 @@ class VariantStatus(_Out):
     engine: EngineSpec = Field(default_factory=EngineSpec)
     steps: list[StepResult] = Field(default_factory=list)
     verdict: Verdict | None = None
+    compatibility: Compatibility | None = Field(
+        None,
+        description="Pooled: the compatibility probe's findings (null: not probed, a direct variant).",
+    )
 
 
 # -- the user's own app against the user's own server (spec.database + spec.target) -------------------

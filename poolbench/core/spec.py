@@ -12,11 +12,11 @@ import re
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .contracts.drivers import ASYNC_DRIVER, Driver
-from .contracts.replica_env import OnError, PoolClass, PoolMode
+from .contracts.replica_env import DriverOptions, OnError, PoolClass, PoolMode
 from .serverlog import SERVER_LOG_SETTINGS
 
 API_GROUP = "poolbench.dev"
@@ -426,6 +426,23 @@ class EngineSpec(_Model):
         return 10 if self.max_overflow is None else self.max_overflow
 
 
+#: The most statements ``workload.onConnect`` and ``workload.transaction`` each take.
+MAX_APP_STATEMENTS = 20
+
+
+def checked_statement(value: str) -> str:
+    """One SQL statement as the app sends it: not blank, no NUL byte."""
+    if not value.strip():
+        raise ValueError("a statement must not be blank")
+    if "\x00" in value:
+        raise ValueError("a statement may not contain a NUL byte (PostgreSQL cannot take one)")
+    return value
+
+
+MAX_STATEMENT_LENGTH = 10000
+AppStatement = Annotated[str, Field(min_length=1, max_length=MAX_STATEMENT_LENGTH), AfterValidator(checked_statement)]
+
+
 class WorkloadSpec(_Model):
     """What each replica (one process or pod = one engine) does."""
 
@@ -445,6 +462,25 @@ class WorkloadSpec(_Model):
     statement: str = Field(
         "SELECT pg_sleep(0.05)", min_length=1, max_length=10000, description="SQL run per iteration."
     )
+    transaction: str | list[str] | None = Field(
+        None,
+        description="The statements of one unit of work, run in one transaction per iteration: one statement"
+        " (as statement) or a list, run in order. In place of statement.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    on_connect: list[AppStatement] = Field(
+        default_factory=list,
+        max_length=MAX_APP_STATEMENTS,
+        description="Statements the app runs on each new connection, before its first transaction, each on"
+        " its own (SET, LISTEN, PREPARE, a session advisory lock, the driver's own setup).",
+    )
+    driver_options: DriverOptions = Field(
+        "pooling",
+        description="pooling: behind a transaction-mode pooler, the driver's server-side statement cache is"
+        " off, as SQLAlchemy documents for PgBouncer (asyncpg: prepared_statement_cache_size=0,"
+        " statement_cache_size=0 and unique statement names; psycopg: prepare_threshold=None); defaults:"
+        " the driver as an app that sets none of them.",
+    )
     iterations: int | None = Field(
         None, ge=1, le=10_000_000, description="Statements per thread (default 20 unless durationSeconds)."
     )
@@ -463,11 +499,40 @@ class WorkloadSpec(_Model):
     @field_validator("statement")
     @classmethod
     def _statement_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("statement must not be blank")
-        if "\x00" in value:
-            raise ValueError("statement may not contain a NUL byte (PostgreSQL cannot take one)")
+        return checked_statement(value)
+
+    @field_validator("transaction", mode="before")
+    @classmethod
+    def _transaction_statements(cls, value: Any) -> Any:
+        """One message at the field's own path, checked before pydantic tries each member of the union."""
+        if value is None:
+            return value
+        if isinstance(value, str):
+            return checked_statement(value)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError("must be a statement or a list of statements")
+        if not 1 <= len(value) <= MAX_APP_STATEMENTS:
+            raise ValueError(f"give 1 to {MAX_APP_STATEMENTS} statements, not {len(value)}")
+        for i, item in enumerate(value):
+            try:
+                checked_statement(item)
+            except ValueError as err:
+                raise ValueError(f"statement {i + 1}: {err}") from None
+            if len(item) > MAX_STATEMENT_LENGTH:
+                raise ValueError(f"statement {i + 1}: at most {MAX_STATEMENT_LENGTH} characters")
         return value
+
+    @model_validator(mode="after")
+    def _statement_or_transaction(self) -> WorkloadSpec:
+        if self.transaction is not None and "statement" in self.model_fields_set:
+            raise ValueError("give statement or transaction, not both")
+        return self
+
+    def transaction_statements(self) -> list[str]:
+        """The statements of one unit of work, in order: ``transaction``, else ``statement``."""
+        if self.transaction is None:
+            return [self.statement]
+        return [self.transaction] if isinstance(self.transaction, str) else list(self.transaction)
 
     @model_validator(mode="after")
     def _async_pools(self) -> WorkloadSpec:

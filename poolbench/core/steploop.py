@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .benchmark import BenchmarkRun, PlannedStep, ReplicaReport
-from .results import BenchmarkStatus, RolloutOverlap, StepResult
+from .compat import ClientTarget, ProbeRequest, probe_request
+from .results import BenchmarkStatus, Compatibility, RolloutOverlap, StepResult
 from .sampling import Sample
 from .timeline import WindowAccount
 from .words import counted
@@ -162,6 +163,12 @@ class Monitor(Protocol):
         """End every client backend but the monitor's (``pg_terminate_backend``); how many it ended."""
         ...
 
+    def probe_compatibility(self, target: ClientTarget, request: ProbeRequest) -> Compatibility:
+        """Run the app's statements from several clients through the pooler at ``target`` so that they
+        share server connections, and say what the server showed (``poolbench.core.compat``); the
+        pooler's server connections are dropped afterwards, so the load starts from none."""
+        ...
+
     def server_account(self, start: float, end: float, ghosts_at: float | None = None) -> WindowAccount | str:
         """The server's exact account (from its log) of ``[start, end]`` on the platform's clock, its
         ghosts counted at ``ghosts_at`` (the work's end); or why there is none (no log, it lagged…)."""
@@ -186,6 +193,11 @@ class Platform(Protocol):
         """Before the first step of a variant (no replica running): connect the workload the
         variant's way (start its pooler, or none). Returns the pooler's admin consoles, one per
         instance, for the monitor to read (none: no pooler, or none it can reach)."""
+        ...
+
+    def probe_target(self, planned: PlannedStep) -> ClientTarget | None:
+        """After ``use_variant``: how a client logs in through the variant's pooler (its first instance)
+        for the compatibility probe; None when there is no pooler, or none the platform can reach."""
         ...
 
     def scale(self, planned: PlannedStep) -> None:
@@ -243,6 +255,7 @@ class StepLoop:
                 variant = planned.variant_index
                 self.monitor.watch_pooler(())  # before the previous variant's pooler goes
                 self.monitor.watch_pooler(self.platform.use_variant(planned))
+                self.probe_compatibility(planned)
             self.run_step(planned)
             planned = self.run.next_step()
             if planned is not None or not self.platform.keeps_last_step:
@@ -250,6 +263,16 @@ class StepLoop:
         status = self.run.finish()
         self.platform.notify(BenchmarkFinished(status))
         return status
+
+    def probe_compatibility(self, planned: PlannedStep) -> None:
+        """A pooled variant's compatibility probe, before its first step (again on a resumed run: it is cheap)."""
+        if planned.pooler is None:
+            return
+        target = self.platform.probe_target(planned)
+        if target is None:
+            return
+        request = probe_request(self.run.variant_specs[planned.variant_index], planned.pooler)
+        self.run.record_compatibility(planned.variant_index, self.monitor.probe_compatibility(target, request))
 
     def feed(self) -> None:
         """Hand the monitor's new samples to the run; a sample from a new server is a restart."""

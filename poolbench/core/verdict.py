@@ -18,9 +18,10 @@ from .budget import (
     server_capacity,
     usable_connections,
 )
+from .compat import incompatibilities, incompatibilities_text
 from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
-from .results import GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
+from .results import Compatibility, GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
 from .sampling import BEHIND_FACTOR, advised_interval_ms, fell_behind
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
@@ -686,10 +687,18 @@ def pooled_verdict(
     return Verdict(max_safe_replicas=max_safe, first_failing_replicas=first_failing, reason=reason, summary=summary)
 
 
-def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[list[StepResult]]) -> str:
-    """The variants side by side in one sentence: how far each scaled, and what the server saw."""
+def comparison(
+    names: list[str],
+    verdicts: list[Verdict | None],
+    steps: list[list[StepResult]],
+    compatibilities: list[Compatibility | None] | None = None,
+) -> str:
+    """The variants side by side in one sentence: how far each scaled, and what the server saw. A variant
+    whose compatibility probe found the app's statements misbehaving through it is never the winner
+    alone: the sentence says so, and names the furthest variant without such findings."""
+    found = [incompatibilities(c) for c in compatibilities or [None] * len(names)]
     parts = []
-    for name, verdict, variant_steps in zip(names, verdicts, steps, strict=True):
+    for name, verdict, variant_steps, count in zip(names, verdicts, steps, found, strict=True):
         if verdict is None:
             parts.append(f"{name}: not run")
             continue
@@ -700,11 +709,24 @@ def comparison(names: list[str], verdicts: list[Verdict | None], steps: list[lis
             failing = first_failing_step(verdict, variant_steps)
             if failing is not None:
                 text += f", fails at {failing.replicas} ({failing.first_error_class or failure_cause(failing)})"
-        parts.append(text + f", peak {peak} server backends")
+        parts.append(text + f", peak {peak} server backends" + (f", {incompatibilities_text(count)}" if count else ""))
     ranked = [(v.max_safe_replicas or 0, n) for n, v in zip(names, verdicts, strict=True) if v is not None]
     best = max(ranked)[0] if ranked else 0
     winners = [n for safe, n in ranked if safe == best and best > 0]
     lead = f"Scales furthest: {', '.join(winners)} ({counted(best, 'replica')}). " if winners else ""
+    flawed = {n: c for n, c in zip(names, found, strict=True) if c}
+    if any(n in flawed for n in winners):
+        but = "; ".join(
+            f"{n} scales furthest, but: {incompatibilities_text(flawed[n])}" for n in winners if n in flawed
+        )
+        clean = [(safe, n) for safe, n in ranked if n not in flawed]
+        clean_best = max(clean)[0] if clean else 0
+        clean_winners = [n for safe, n in clean if safe == clean_best and clean_best > 0]
+        lead = f"{but} (see its compatibility findings); " + (
+            f"without any: {', '.join(clean_winners)} ({counted(clean_best, 'replica')}). "
+            if clean_winners
+            else "no variant without them passed a step. "
+        )
     settings = driver_setting_failures(names, steps)
     if settings:  # no ranking: a variant failed on its driver's configuration, which no pooling choice changes
         lead = "No winner: " + "; ".join(settings) + ". "

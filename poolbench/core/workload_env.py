@@ -58,9 +58,13 @@ def workload_config(
     metrics port and connection target. ``spec``: as the variant sees it (``PoolBenchmarkSpec.for_variant``)."""
     w = spec.workload
     iterations = w.effective_iterations()
+    statements = w.transaction_statements()
     return WorkloadConfig(
         threads=w.threads,
-        statement=w.statement,
+        statement=statements[0],
+        transaction=tuple(statements) if len(statements) > 1 else (),
+        on_connect=tuple(w.on_connect),
+        driver_options=w.driver_options,
         processes=w.processes,
         driver=w.driver,
         iterations=iterations,

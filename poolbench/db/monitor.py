@@ -27,11 +27,14 @@ import queue
 import time
 from collections.abc import Sequence
 
+from ..core.compat import ClientTarget, ProbeRequest, findings
+from ..core.results import Compatibility
 from ..core.sampling import Sample
 from ..core.serverlog import LogSource, parse_line
 from ..core.steploop import PoolerConsole
 from ..core.timeline import ServerTimeline, WindowAccount
 from ..core.workload_env import DATABASE
+from . import compat
 from .pooler import PoolerProbe
 from .probe import Probe, SamplerThread
 from .sessions import Connect
@@ -54,6 +57,7 @@ class Monitor:
         timeline: list[Sample] | None = None,
         log: LogSource | None = None,
     ):
+        self.connect = connect
         self.probe = Probe(connect)
         self.sampler = SamplerThread(self.probe, interval, None, t0)
         self.pooler: PoolerProbe | None = None
@@ -189,6 +193,16 @@ class Monitor:
     def drop_pooler_connections(self) -> None:
         if self.pooler is not None:
             self.pooler.drop_server_connections()
+
+    def probe_compatibility(self, target: ClientTarget, request: ProbeRequest) -> Compatibility:
+        version = self.pooler.version() if self.pooler is not None else ""
+        try:
+            trace = compat.probe(target, request, self.connect, self.drop_pooler_connections, version)
+        except Exception as err:  # noqa: BLE001 - the probe is advice: the load runs whatever happened to it
+            why = " ".join(str(err).split())[:300] or type(err).__name__
+            self.drop_pooler_connections()
+            return Compatibility(pool_mode=request.pool_mode, notes=[f"the compatibility probe could not run: {why}"])
+        return findings(trace)
 
     def connection_ages(self) -> list[float]:
         return self.probe.connection_ages()

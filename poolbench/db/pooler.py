@@ -53,6 +53,18 @@ class PoolerProbe:
         with self._lock:
             return merge_pooler_reads([self.read_instance(i) for i in range(len(self.connects))])
 
+    def version(self) -> str:
+        """The first instance's ``SHOW VERSION`` ("PgBouncer 1.18.0"); empty when it cannot be read."""
+        with self._lock:
+            try:
+                with self._console(0).cursor() as cur:
+                    cur.execute("SHOW VERSION")
+                    row = cur.fetchone()
+                    return str(row[0]) if row else ""
+            except Exception:  # noqa: BLE001 - an unknown version only loses a hint in a fix
+                self._close(0)
+                return ""
+
     def drop_server_connections(self) -> bool:
         """Every instance closes its server connections (and any client still connected); True when
         every instance did."""

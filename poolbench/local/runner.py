@@ -28,6 +28,7 @@ import psycopg2.extensions
 
 from ..clock import utc_now
 from ..core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport
+from ..core.compat import ClientTarget
 from ..core.contracts.phases import WORK_OVER
 from ..core.contracts.replica_env import APP_NAME_ENV, SUMMARY_PATH_ENV
 from ..core.contracts.summary import ReplicaSummary
@@ -236,6 +237,14 @@ class LocalRunner:
         bouncer.start()
         self.variant_env = {**env, **bouncer.client_env(), "PGPASSWORD": password}  # every instance, at random
         return [functools.partial(bouncer.admin_connect, i) for i in range(planned.pooler.replicas)]
+
+    def probe_target(self, planned: PlannedStep) -> ClientTarget | None:
+        """The app's login at the variant's first PgBouncer instance."""
+        bouncer = self.bouncer
+        if planned.pooler is None or bouncer is None:
+            return None
+        password = self.variant_env.get("PGPASSWORD")
+        return ClientTarget(bouncer.host, bouncer.ports[0], self.login, DATABASE, password)
 
     def stop_pooler(self) -> None:
         bouncer, self.bouncer = self.bouncer, None

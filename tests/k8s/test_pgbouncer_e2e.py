@@ -85,7 +85,9 @@ def test_direct_and_pgbouncer_variants_side_by_side(
     operator: Any, control_plane: Any, kube: Any, pod_runner: Any
 ) -> None:
     ns = create_namespace(kube, "pgb")
-    apply_benchmark(control_plane, ns, ab("ab"))
+    doc = ab("ab")
+    doc["spec"]["workload"]["onConnect"] = ["SET statement_timeout = '5s'"]  # lost and leaked in transaction mode
+    apply_benchmark(control_plane, ns, doc)
     obj = wait_phase(kube, ns, "ab", timeout=300)
     status = obj["status"]
     assert status["phase"] == "Completed", (status.get("message"), operator.log()[-3000:])
@@ -104,7 +106,12 @@ def test_direct_and_pgbouncer_variants_side_by_side(
     assert t["pooler"]["clientPeakConnections"] > POOL, t  # 12 NullPool clients at most, at the pooler
     assert t["pooler"]["sampleGaps"] == 0, t
     assert sum(t["errors"].values()) == 0, t
-    assert status["comparison"], status
+    # The operator probed the pooled variant through its PgBouncer pod before the load, as the CLI does.
+    assert direct.get("compatibility") is None, direct
+    found = tx["compatibility"]
+    assert sorted(f["kind"] for f in found["findings"]) == ["sessionSettingLeaked", "sessionSettingLost"], found
+    assert found["notes"] == [], found
+    assert "2 incompatibilities" in status["comparison"], status
     assert "steps" not in status
     assert status["verdict"] == direct["verdict"]
 

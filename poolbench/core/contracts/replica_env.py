@@ -19,6 +19,13 @@ THREADS_ENV = PREFIX + "THREADS"
 PROCESSES_ENV = PREFIX + "PROCESSES"
 DRIVER_ENV = PREFIX + "DRIVER"
 STATEMENT_ENV = PREFIX + "STATEMENT"
+#: JSON list: the statements of one unit of work, in one transaction (set when there is more than one;
+#: STATEMENT_ENV then holds the first).
+TRANSACTION_ENV = PREFIX + "TRANSACTION"
+#: JSON list: statements run on each new connection, each on its own, before its first transaction.
+ON_CONNECT_ENV = PREFIX + "ON_CONNECT"
+#: "defaults": the driver keeps its own statement cache even behind a transaction-mode pooler.
+DRIVER_OPTIONS_ENV = PREFIX + "DRIVER_OPTIONS"
 ITERATIONS_ENV = PREFIX + "ITERATIONS"
 DURATION_SECONDS_ENV = PREFIX + "DURATION_SECONDS"
 HOLD_SECONDS_ENV = PREFIX + "HOLD_SECONDS"
@@ -51,6 +58,7 @@ DEFAULT_APP_NAME = "poolbench-replica"
 #: SQLAlchemy pools that make sense for a threaded sync engine.
 PoolClass = Literal["QueuePool", "NullPool", "StaticPool", "SingletonThreadPool"]
 OnError = Literal["crash", "count"]
+DriverOptions = Literal["pooling", "defaults"]
 PoolMode = Literal["session", "transaction"]
 
 
@@ -160,6 +168,14 @@ def parse_pooler_hosts(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(addresses)
 
 
+def parse_statements(raw: str) -> tuple[str, ...]:
+    """A JSON list of SQL statements (TRANSACTION_ENV, ON_CONNECT_ENV)."""
+    data = json.loads(raw)
+    if not isinstance(data, list) or not all(isinstance(item, str) and item.strip() for item in data):
+        raise ValueError(f"{raw[:80]!r} is not a JSON list of statements")
+    return tuple(data)
+
+
 def _member(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw not in options:
@@ -191,6 +207,13 @@ class WorkloadConfig:
     pool_mode: PoolMode | None = None  # the pooler's pool mode, None when direct
     histogram_edges_ms: tuple[float, ...] = ()  # the limits, as extra histogram edges
     pooler_hosts: tuple[tuple[str, int], ...] = ()  # one picked at random per connection
+    transaction: tuple[str, ...] = ()  # more than one statement per unit of work (``statement`` is the first)
+    on_connect: tuple[str, ...] = ()  # run on each new connection
+    driver_options: DriverOptions = "pooling"
+
+    def statements(self) -> tuple[str, ...]:
+        """The statements of one unit of work, in order."""
+        return self.transaction or (self.statement,)
 
     @property
     def pooled(self) -> bool:
@@ -224,6 +247,9 @@ class WorkloadConfig:
             POOL_MODE_ENV: self.pool_mode,
             HISTOGRAM_EDGES_ENV: render_edges(self.histogram_edges_ms) if self.histogram_edges_ms else None,
             POOLER_HOSTS_ENV: render_pooler_hosts(self.pooler_hosts) if self.pooler_hosts else None,
+            TRANSACTION_ENV: json.dumps(list(self.transaction)) if self.transaction else None,
+            ON_CONNECT_ENV: json.dumps(list(self.on_connect)) if self.on_connect else None,
+            DRIVER_OPTIONS_ENV: self.driver_options if self.driver_options != "pooling" else None,
         }
         return env | {name: value for name, value in optional.items() if value is not None}
 
@@ -262,4 +288,7 @@ class WorkloadConfig:
             pool_mode=parsed(POOL_MODE_ENV, _member(get_args(PoolMode))),
             histogram_edges_ms=parsed(HISTOGRAM_EDGES_ENV, parse_edges) or (),
             pooler_hosts=parsed(POOLER_HOSTS_ENV, parse_pooler_hosts) or (),
+            transaction=parsed(TRANSACTION_ENV, parse_statements) or (),
+            on_connect=parsed(ON_CONNECT_ENV, parse_statements) or (),
+            driver_options=parsed(DRIVER_OPTIONS_ENV, _member(get_args(DriverOptions)), "pooling"),
         )
