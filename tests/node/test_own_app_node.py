@@ -50,7 +50,7 @@ TENANT_OWNER = {"usename": TENANT_ROLE, "applicationName": TENANT_APPLICATION, "
 
 # -- the user's side, made once for the module --------------------------------------------------------
 @pytest.fixture(scope="module")
-def user_ns(kube: Kube, helm_release: Any) -> Iterator[str]:
+def user_ns(kube: Kube) -> Iterator[str]:
     """The user's namespace (PSA restricted): the database, the apps, the tenant and the benchmarks."""
     ns = create_restricted_namespace(kube, "own")
     yield ns
@@ -157,8 +157,44 @@ def delete_benchmark(cluster: Cluster, namespace: str, name: str) -> None:
 
 
 # -- the tests --------------------------------------------------------------------------------------------
+def client_rows(rows: list[Any]) -> list[tuple[str, str, int]]:
+    return sorted((str(role), str(address), int(count)) for role, address, count in rows)
+
+
+CLIENTS_QUERY = (
+    "SELECT usename, host(client_addr), count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+    " AND pid <> pg_backend_pid() GROUP BY 1, 2"
+)
+
+
+def test_the_users_servers_see_each_pods_own_address(
+    cluster: Cluster, kube: Kube, user_ns: str, cluster_db: UserDatabase, tenant_ip: str, host_db: HostDatabase
+) -> None:
+    """What attribution by pod IP rests on: neither pod-to-pod traffic nor pod-to-node traffic is
+    masqueraded on the node's bridge, so a server in the cluster and one on the node's address both see
+    each pod's own IP as client_addr. Sessions from this machine come from 127.0.0.1."""
+    ns = user_ns
+    create_app(kube, cluster, cluster_db, "probe", replicas=2)
+    try:
+        rows = client_rows(cluster_sql(cluster, ns, "userdb", CLIENTS_QUERY))
+        expected = [(APP_ROLE, ip, CLIENTS_PER_POD) for ip in app_pods(kube, ns, "probe").values()]
+        assert rows == sorted([*expected, (TENANT_ROLE, tenant_ip, TENANT_CONNECTIONS)]), rows
+        record(cluster, "client backends of the in-cluster database (pod to pod)", "\n".join(map(str, rows)))
+    finally:
+        delete_app(kube, ns, "probe")
+    create_app(kube, cluster, host_db.db, "probe-outside", replicas=1)
+    try:
+        with host_tenant(host_db):
+            rows = client_rows(host_db.sql(CLIENTS_QUERY))
+        (app_ip,) = app_pods(kube, ns, "probe-outside").values()
+        assert rows == sorted([(APP_ROLE, app_ip, CLIENTS_PER_POD), (TENANT_ROLE, "127.0.0.1", TENANT_CONNECTIONS)])
+        record(cluster, f"client backends of the database outside the cluster ({GATEWAY})", "\n".join(map(str, rows)))
+    finally:
+        delete_app(kube, ns, "probe-outside")
+
+
 def test_step_through_one_two_three_replicas_of_the_users_app(
-    cluster: Cluster, kube: Kube, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
 ) -> None:
     """Steps 1, 2, 3 of a pgbench Deployment: the app's peak is 4 per pod, on the pods that ran the
     step; the tenant's 3 sessions are another tenant's, by role; the replica count the Deployment had
@@ -166,18 +202,6 @@ def test_step_through_one_two_three_replicas_of_the_users_app(
     ns, app, name = user_ns, "shop", "shop-steps"
     create_app(kube, cluster, cluster_db, app, replicas=1)
     try:
-        # Pod-to-pod traffic is not masqueraded on the node's bridge: the server sees each pod's own IP.
-        rows = cluster_sql(
-            cluster,
-            ns,
-            "userdb",
-            "SELECT usename, host(client_addr), count(*) FROM pg_stat_activity"
-            " WHERE backend_type = 'client backend' AND usename <> 'postgres' GROUP BY 1, 2 ORDER BY 1",
-        )
-        (app_ip,) = app_pods(kube, ns, app).values()
-        assert rows == [[APP_ROLE, app_ip, str(CLIENTS_PER_POD)], [TENANT_ROLE, tenant_ip, str(TENANT_CONNECTIONS)]]
-        record(cluster, "pg_stat_activity of the in-cluster database (pod to pod)", "\n".join(map(" ".join, rows)))
-
         apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 5}, steps=[1, 2, 3]))
         held = held_pods_per_step(kube, ns, name, app, timeout=420)
         status = benchmark(kube, ns, name)["status"]
@@ -212,7 +236,7 @@ def test_step_through_one_two_three_replicas_of_the_users_app(
 
 
 def test_observe_changes_nothing_and_sees_a_hand_scaled_replica(
-    cluster: Cluster, kube: Kube, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
 ) -> None:
     """Observe mode while the user scales the app from 1 to 2 by hand: the status follows the replica
     count and each pod's connections, and the Deployment is exactly as the user left it."""
@@ -286,7 +310,7 @@ def wait_holding_step(kube: Kube, namespace: str, name: str, app: str, step: int
 
 
 def test_deleting_the_benchmark_mid_step_puts_the_replicas_back(
-    cluster: Cluster, kube: Kube, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
 ) -> None:
     ns, app, name = user_ns, "deleted", "deleted-steps"
     create_app(kube, cluster, cluster_db, app, replicas=2)
@@ -303,7 +327,7 @@ def test_deleting_the_benchmark_mid_step_puts_the_replicas_back(
 
 
 def test_operator_killed_mid_step_puts_the_replicas_back(
-    cluster: Cluster, kube: Kube, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, cluster_db: UserDatabase, tenant_ip: str
 ) -> None:
     ns, app, name = user_ns, "orphaned", "orphaned-steps"
     create_app(kube, cluster, cluster_db, app, replicas=2)
@@ -331,7 +355,9 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
         delete_app(kube, ns, app)
 
 
-def test_a_database_outside_the_cluster(cluster: Cluster, kube: Kube, user_ns: str, host_db: HostDatabase) -> None:
+def test_a_database_outside_the_cluster(
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, host_db: HostDatabase
+) -> None:
     """A PostgreSQL on the node's address, outside Kubernetes: the operator pod and the app pods reach
     it; two sessions of the app's role from this machine (a client that is not a pod, as behind a proxy)
     are the app's by ``target.match``; the tenant's sessions from this machine are another tenant's."""
@@ -340,15 +366,6 @@ def test_a_database_outside_the_cluster(cluster: Cluster, kube: Kube, user_ns: s
     create_app(kube, cluster, db, app, replicas=1)
     try:
         with host_tenant(host_db), host_tenant(host_db, count=2, role=APP_ROLE, application="proxy"):
-            rows = host_db.sql(
-                "SELECT usename, host(client_addr), count(*)::int FROM pg_stat_activity"
-                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1, 2 ORDER BY 1, 2"
-            )
-            (app_ip,) = app_pods(kube, ns, app).values()
-            # Pod to node: no masquerade either (the bridge plugin's ipMasq is off): the pod's own IP.
-            assert rows == [(APP_ROLE, "127.0.0.1", 2), (APP_ROLE, app_ip, 4), (TENANT_ROLE, "127.0.0.1", 3)], rows
-            record(cluster, f"pg_stat_activity of the database outside the cluster ({GATEWAY})", repr(rows))
-
             doc = own_benchmark(
                 name, db, app, "Step", target={"holdSeconds": 5, "match": {"usename": APP_ROLE}}, steps=[1, 2]
             )
@@ -375,7 +392,7 @@ def test_a_database_outside_the_cluster(cluster: Cluster, kube: Kube, user_ns: s
 
 
 def test_stop_at_used_fraction_stops_before_the_server_refuses(
-    cluster: Cluster, kube: Kube, user_ns: str, small_host_db: HostDatabase
+    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, small_host_db: HostDatabase
 ) -> None:
     """14 usable slots, 3 taken by another tenant, 4 per app pod: 1 pod uses 7 (0.5), 2 pods use 11
     (0.79), 3 pods would need 15 and be refused. With stopAtUsedFraction 0.7 step 2 is stopped, step 3
