@@ -19,7 +19,7 @@ from poolbench.core.budget import surge_pods
 from poolbench.core.contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
 from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
 from poolbench.core.serverlog import SERVER_LOG_SETTINGS
-from poolbench.core.spec import PoolBenchmarkSpec, PoolerSpec, VariantSpec
+from poolbench.core.spec import LoadJobSpec, PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
@@ -446,3 +446,51 @@ def child_refs(benchmark: str, spec: PoolBenchmarkSpec) -> list[tuple[str, str]]
             refs += [("Secret", names.pooler), ("Service", names.pooler), ("Deployment", names.pooler)]
         refs.append(("Deployment", names.workload))
     return refs[::-1]
+
+
+# -- the user's own app (spec.target) --------------------------------------------------------------
+
+
+def label_selector(selector: dict[str, Any]) -> str:
+    """A Deployment's ``spec.selector`` (matchLabels and matchExpressions, as the API returns it) as the
+    label-selector text a pod list takes."""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or selector.get("match_labels") or {}).items())]
+    for expr in selector.get("matchExpressions") or selector.get("match_expressions") or []:
+        key, operator, values = expr["key"], expr["operator"], expr.get("values") or []
+        if operator == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif operator == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif operator == "Exists":
+            parts.append(key)
+        elif operator == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+def load_job_name(benchmark: str, step: int) -> str:
+    return f"{benchmark}-load-{step}"
+
+
+def build_load_job(benchmark: str, step: int, load: LoadJobSpec, hold_seconds: int) -> dict[str, Any]:
+    """The user's load generator for one step's hold: one pod, never retried, deleted after the hold (and
+    ended by the API server if that is missed: activeDeadlineSeconds)."""
+    container: dict[str, Any] = {"name": "load", "image": load.image}
+    if load.command:
+        container["command"] = list(load.command)
+    if load.args:
+        container["args"] = list(load.args)
+    job_labels = labels(benchmark, "load")
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": load_job_name(benchmark, step), "labels": job_labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": hold_seconds + 300,
+            "template": {
+                "metadata": {"labels": job_labels},
+                "spec": {"restartPolicy": "Never", "containers": [container]},
+            },
+        },
+    }

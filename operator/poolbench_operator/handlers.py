@@ -27,6 +27,7 @@ from poolbench.core.steploop import Stopped
 from .config import Config
 from .driver import TERMINAL, Driver
 from .kube import Kube, load_config, operator_key
+from .ownapp import OwnAppDriver, restore_after_delete
 
 
 @kopf.on.startup()
@@ -79,6 +80,23 @@ def run_benchmark(
     def event(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
+    if parsed.target is not None:  # the user's own Deployment and server: nothing of ours is provisioned
+        own = OwnAppDriver(
+            kube=kube,
+            body=dict(body),
+            spec=parsed,
+            stopped=stopped,
+            adopt=adopt,
+            event=event,
+            logger=logger,
+            config=memo.config,
+        )
+        try:
+            own.execute()
+        except Stopped:
+            return
+        return
+
     driver = Driver(
         kube=kube,
         body=dict(body),
@@ -97,3 +115,15 @@ def run_benchmark(
     except Exception as err:  # the environment broke: a terminal, visible Failed, never a silent hang
         logger.exception("benchmark failed")
         driver.fail(f"{type(err).__name__}: {err}")
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, retries=6, backoff=5)
+def restore_on_delete(
+    spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """A Step benchmark deleted mid-step: the Deployment's replica count goes back (from status) before
+    the resource goes. The daemon, stopped by the deletion, does the same; either one is enough."""
+    assert namespace is not None
+    message = restore_after_delete(Kube(namespace), dict(spec), dict(status))
+    if message:
+        logger.info("%s: %s", name, message)

@@ -237,6 +237,50 @@ class Kube:
         except Exception:  # noqa: BLE001 - not served (an older image) or unreachable: the metrics' maximum stands
             return None
 
+    # -- the user's own Deployment, its HPA, its pods, the monitor's Secret (spec.target, spec.database) --
+    def secret_values(self, name: str, *keys: str) -> list[str | None]:
+        """The named keys of a Secret in this namespace, decoded (None: no such key). Never logged."""
+        secret: Any = self.core.read_namespaced_secret(name, self.namespace)
+        data = secret.data or {}
+        return [base64.b64decode(data[k]).decode("utf-8") if k in data else None for k in keys]
+
+    def deployment(self, name: str) -> Any:
+        return self.apps.read_namespaced_deployment(name, self.namespace)
+
+    def deployment_replicas(self, name: str) -> int:
+        """The replica count as the API server has it now (its scale subresource), read back after a change."""
+        scale: Any = self.apps.read_namespaced_deployment_scale(name, self.namespace)
+        return int(scale.spec.replicas or 0)
+
+    def autoscalers_of(self, deployment: str) -> list[tuple[str, int]]:
+        """(name, maxReplicas) of every autoscaling/v2 HPA that targets the Deployment."""
+        hpas: Any = kubernetes.client.AutoscalingV2Api().list_namespaced_horizontal_pod_autoscaler(self.namespace)
+        return [
+            (h.metadata.name, int(h.spec.max_replicas))
+            for h in hpas.items
+            if h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == deployment
+        ]
+
+    def pods_matching(self, label_selector: str) -> list[Any]:
+        """Pods of a selector that are not being deleted."""
+        pods: list[Any] = self.core.list_namespaced_pod(self.namespace, label_selector=label_selector).items
+        return [p for p in pods if p.metadata.deletion_timestamp is None]
+
+    def create_job(self, job: dict[str, Any]) -> None:
+        body: Any = job
+        try:
+            kubernetes.client.BatchV1Api().create_namespaced_job(self.namespace, body)
+        except ApiException as err:
+            if err.status != 409:  # already there: a resumed hold
+                raise
+
+    def delete_job(self, name: str) -> None:
+        try:
+            kubernetes.client.BatchV1Api().delete_namespaced_job(name, self.namespace, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

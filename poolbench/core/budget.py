@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .spec import MONITOR_CONNECTIONS, PoolBenchmarkSpec, PoolerSpec
 
@@ -357,3 +358,81 @@ def predicted_safe_replicas(spec: PoolBenchmarkSpec, pooler: PoolerSpec | None =
     if pooler is not None:
         return pooled_safe_replicas(spec, pooler)
     return rollout_safe(per_replica_peak(spec), usable_connections(spec))
+
+
+# -- the user's own app, measured live -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OwnAppAnswer:
+    """How many replicas of an app that holds ``per_pod`` connections per pod fit beside the other
+    tenants' ``others`` in ``usable`` slots, at rest and through a rolling update. ``per_pod`` 0 (nothing
+    measured) fits any count: then ``safe_at_rest`` and ``safe_in_rollout`` are 0 and ``refusals_from`` is
+    0, "no count known"."""
+
+    per_pod: int
+    usable: int
+    others: int
+    available: int  # usable - others (negative: the others alone are over)
+    safe_at_rest: int  # largest N with N * per_pod <= available
+    safe_in_rollout: int  # largest N with (N + surge(N)) * per_pod <= available
+    max_surge: int | str | None  # None: no rolling update's surge (Recreate, or not known)
+    hpa_max: int | None
+    replicas: int | None
+    needed_at_hpa_max: int | None  # (hpa_max + surge(hpa_max)) * per_pod
+    refusals_from: int  # the first replica count that does not fit in a rollout (0: per_pod 0)
+
+    def surge(self, replicas: int) -> int:
+        """Surge pods a rollout of ``replicas`` starts (0 without a maxSurge)."""
+        return 0 if self.max_surge is None else surge_pods(replicas, self.max_surge)
+
+    def needed(self, replicas: int) -> int:
+        """Connections ``replicas`` need through a rollout: (replicas + surge) × per_pod."""
+        return (replicas + self.surge(replicas)) * self.per_pod
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "perPod": self.per_pod,
+            "usable": self.usable,
+            "others": self.others,
+            "available": self.available,
+            "safeAtRest": self.safe_at_rest,
+            "safeInRollout": self.safe_in_rollout,
+            "maxSurge": self.max_surge,
+            "hpaMax": self.hpa_max,
+            "replicas": self.replicas,
+            "neededAtHpaMax": self.needed_at_hpa_max,
+            "refusalsFrom": self.refusals_from,
+        }
+
+
+def own_app_answer(
+    per_pod: int,
+    usable: int,
+    others: int,
+    max_surge: int | str | None = None,
+    hpa_max: int | None = None,
+    replicas: int | None = None,
+) -> OwnAppAnswer:
+    """The arithmetic of ``OwnAppAnswer`` (``rollout_safe``, ``surge_pods``)."""
+    available = usable - others
+    room = max(0, available)
+    at_rest = rollout_safe(per_pod, room)
+    in_rollout = rollout_safe(per_pod, room, max_surge)
+    needed = None
+    if hpa_max is not None:
+        surge = 0 if max_surge is None else surge_pods(hpa_max, max_surge)
+        needed = (hpa_max + surge) * per_pod
+    return OwnAppAnswer(
+        per_pod=per_pod,
+        usable=usable,
+        others=others,
+        available=available,
+        safe_at_rest=at_rest,
+        safe_in_rollout=in_rollout,
+        max_surge=max_surge,
+        hpa_max=hpa_max,
+        replicas=replicas,
+        needed_at_hpa_max=needed,
+        refusals_from=in_rollout + 1 if per_pod > 0 else 0,
+    )

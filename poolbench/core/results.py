@@ -298,6 +298,133 @@ class VariantStatus(_Out):
     verdict: Verdict | None = None
 
 
+# -- the user's own app against the user's own server (spec.database + spec.target) -------------------
+
+
+class DatabaseStatus(_Out):
+    """The user's server as the monitor read it at the start (its limits are never taken from the spec)."""
+
+    host: str
+    port: int
+    dbname: str
+    monitor_role: str = Field("", description="The role the monitor logs in as (from the Secret; never its password).")
+    server_version_num: int = 0
+    max_connections: int = 0
+    superuser_reserved_connections: int = 0
+    reserved_connections: int = Field(0, description="PostgreSQL 16+ reserved_connections (0 before).")
+    usable_for_normal_role: int = Field(
+        0, description="maxConnections - superuserReservedConnections - reservedConnections."
+    )
+
+
+class PodPeakStatus(_Out):
+    peak_connections: int = 0
+    kept_idle_peak: int = Field(0, description="Most idle (kept by the pool) backends of the pod in one read.")
+    oldest_backend_age_seconds: float = 0.0
+
+
+class OwnerPeakStatus(_Out):
+    """Another tenant's backends: its role and application_name, and their peak."""
+
+    usename: str
+    application_name: str
+    peak: int
+
+
+class SeriesPointStatus(_Out):
+    """Reads merged into one point: the first read's time (seconds), the least headroom, the most replicas."""
+
+    t: float
+    headroom: int
+    replicas: int | None = None
+
+
+class ObservationStatus(_Out):
+    """A watch of the live server: the app's backends by pod, the other tenants', the least headroom."""
+
+    reads: int = 0
+    duration_seconds: float = 0.0
+    usable: int | None = None
+    pods: dict[str, PodPeakStatus] = Field(default_factory=dict, description="Per app pod (by name).")
+    per_pod_peak: int = Field(0, description="The most backends one pod held at once.")
+    per_pod_kept_idle_peak: int = 0
+    app_peak: int = Field(0, description="The most backends of the app (every pod's and the matched ones).")
+    unplaced_peak: int = Field(0, description="Of them, matched by spec.target.match but from no pod's IP.")
+    others_peak: int = 0
+    others_peak_by_owner: list[OwnerPeakStatus] = Field(default_factory=list)
+    min_headroom: int | None = Field(None, description="The fewest usable slots left in one read.")
+    series: list[SeriesPointStatus] = Field(default_factory=list, description="Headroom and replicas over time.")
+
+
+class AnswerStatus(_Out):
+    """How many replicas fit, from the measured per-pod peak (``budget.own_app_answer``)."""
+
+    per_pod: int = 0
+    usable: int = 0
+    others: int = 0
+    available: int = 0
+    safe_at_rest: int = 0
+    safe_in_rollout: int = 0
+    max_surge: int | str | None = Field(None, json_schema_extra={"x-kubernetes-int-or-string": True})
+    hpa_max: int | None = None
+    replicas: int | None = None
+    needed_at_hpa_max: int | None = None
+    refusals_from: int = 0
+
+
+class PodHealth(_Out):
+    """An app pod's container restarts during the benchmark and its last termination (a refused app crashes)."""
+
+    restarts: int = 0
+    last_termination_reason: str | None = None
+    last_termination_message: str | None = None
+
+
+class OwnStepResult(_Out):
+    """One replica count of the user's Deployment, held once its pods were ready."""
+
+    replicas: int
+    started_at: str | None = None
+    finished_at: str | None = None
+    ready_replicas: int = Field(0, description="Ready pods seen (the hold starts when all are).")
+    ready: bool = Field(False, description="All replicas were ready within stepTimeoutSeconds.")
+    load_job: str | None = Field(None, description="The load Job run during the hold (deleted after it).")
+    stopped: bool = Field(False, description="Stopped by spec.safety.stopAtUsedFraction.")
+    stop_reason: str | None = None
+    observation: ObservationStatus = Field(default_factory=ObservationStatus)
+
+
+class TargetStatus(_Out):
+    """The user's Deployment: what poolbench saw of it, changed on it and put back."""
+
+    deployment: str
+    mode: Literal["Observe", "Step"]
+    original_replicas: int | None = Field(
+        None, description="Step: the replica count before the first scale, recorded before it; put back at the end."
+    )
+    restored: bool = Field(False, description="The Deployment was read back with originalReplicas.")
+    restore_message: str | None = None
+    max_surge: int | str | None = Field(
+        None,
+        description="The Deployment's RollingUpdate maxSurge (null: Recreate).",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    hpa: str | None = Field(None, description="The HorizontalPodAutoscaler that targets the Deployment, if any.")
+    hpa_max_replicas: int | None = None
+    warnings: list[str] = Field(default_factory=list)
+    replicas_over_time: list[SeriesPointStatus] = Field(
+        default_factory=list, description="The Deployment's replica count and the headroom, over time."
+    )
+    observation: ObservationStatus | None = Field(None, description="Observe: the whole watch.")
+    pod_health: dict[str, PodHealth] = Field(default_factory=dict, description="Per app pod that restarted.")
+    steps: list[OwnStepResult] = Field(default_factory=list, description="Step: one per replica count, in order.")
+    stopped_at_step: int | None = Field(None, description="Step: the step (1-based) the safety stop ended.")
+    sample_gaps: int = Field(0, description="Reads of the server that failed; never silent.")
+    monitor_error: str | None = Field(None, description="Why the last failed read failed.")
+    answer: AnswerStatus | None = None
+    answer_words: str = ""
+
+
 class BenchmarkStatus(_Out):
     phase: Phase = "Pending"
     message: str = ""
@@ -323,6 +450,8 @@ class BenchmarkStatus(_Out):
         description="Per variant, in order: spec.variants, or the one direct variant of a benchmark without them.",
     )
     comparison: str = Field("", description="The variants side by side, in one sentence (with spec.variants).")
+    database: DatabaseStatus | None = Field(None, description="spec.database: the server as read live.")
+    target: TargetStatus | None = Field(None, description="spec.target: the user's Deployment.")
 
     def all_steps(self) -> list[StepResult]:
         """Every variant's steps, in the order they ran."""

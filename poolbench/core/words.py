@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .budget import PLACEMENT_RISK_WORDS, PooledCheck, pooled_check, server_backends, surely_over
+from .budget import PLACEMENT_RISK_WORDS, OwnAppAnswer, PooledCheck, pooled_check, server_backends, surely_over
 from .spec import RESERVE_POOL_TIMEOUT_SECONDS, PoolerSpec
 
 #: Longest error text quoted in a verdict (a server message can run to several lines).
@@ -131,3 +131,43 @@ def session_words(
         else f", {fails} beyond"
     )
     return f"fits without waiting up to {counted(free, 'replica')}{waits} ({why})"
+
+
+def surge_words(max_surge: int | str | None, surge: int) -> str:
+    """'+ 25% surge (5 pods)', '+ 2 surge pods', '' without a surge."""
+    if max_surge is None:
+        return ""
+    if isinstance(max_surge, str):
+        return f" + {max_surge} surge ({counted(surge, 'pod')})"
+    return f" + {counted(surge, 'surge pod')}"
+
+
+def own_app_words(answer: OwnAppAnswer) -> str:
+    """The live answer in one sentence, every number the answer's: what the app's replicas (its HPA's
+    maximum, else its current count) need through a rollout, what the others leave, and where refusals
+    start."""
+    a = answer
+    left = (
+        f"{a.available} of {a.usable} usable are left after {a.others} used by others"
+        if a.available >= 0
+        else f"the others already use {a.others} of the {a.usable} usable"
+    )
+    if a.per_pod == 0:
+        return f"no connections measured per pod (0): the watch says nothing about how many replicas fit; {left}"
+    target, label = (a.hpa_max, "your HPA's max of") if a.hpa_max is not None else (a.replicas, "")
+    head = f"at your measured {a.per_pod} per pod"
+    if target is not None:
+        pods = counted(target, "replica")
+        what = f"{label} {pods}" if label else pods
+        head += f", {what}{surge_words(a.max_surge, a.surge(target))} need {a.needed(target)}"
+    if a.available < 0 or a.safe_in_rollout == 0:
+        ends = f"refusals start at {counted(a.refusals_from, 'replica')}" + (
+            " (the others alone are over)" if a.available < 0 else ""
+        )
+    else:
+        surge = "" if a.max_surge is not None else " (no surge)"
+        fits = f"{a.safe_at_rest} fit at rest, {a.safe_in_rollout} through a rollout{surge}"
+        ends = f"{fits}; refusals start at {counted(a.refusals_from, 'replica')}"
+        if a.max_surge is not None:
+            ends += f" ({a.refusals_from} + {a.surge(a.refusals_from)} surge need {a.needed(a.refusals_from)})"
+    return f"{head}; {left}: {ends}"
