@@ -35,6 +35,8 @@ MONITOR_CONNECTION_LIMIT = 3
 #: pgbench's clients per pod: each holds one connection for the pod's whole life (no -C).
 CLIENTS_PER_POD = 4
 TENANT_CONNECTIONS = 3
+#: The chart's default ``monitorSecretNames``: the only Secret name the operator may read.
+MONITOR_SECRET = "pb-monitor"
 TENANT_APPLICATION = "tenant-batch"
 #: The uid of the postgres image's postgres user and of the workload image's user.
 POSTGRES_UID = 999
@@ -80,10 +82,9 @@ class UserDatabase:
         """The app's and the tenant's passwords (keys ``password``, ``tenant-password``)."""
         return f"{self.name}-app"
 
-    @property
-    def monitor_secret(self) -> str:
-        """The monitor's login, under the keys ``spec.database.monitorSecret`` defaults to."""
-        return f"{self.name}-monitor"
+    #: The monitor's login, under the keys ``spec.database.monitorSecret`` defaults to, by the name the
+    #: chart lets the operator read (values.monitorSecretNames): one user database per namespace.
+    monitor_secret: str = MONITOR_SECRET
 
     def database_spec(self) -> dict[str, Any]:
         """``spec.database`` of a benchmark against this server (no TLS on the tests' servers)."""

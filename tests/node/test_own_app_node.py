@@ -69,19 +69,23 @@ def tenant_ip(kube: Kube, cluster_db: UserDatabase) -> str:
 
 
 @pytest.fixture(scope="module")
-def host_db(kube: Kube, user_ns: str) -> Iterator[HostDatabase]:
-    """A PostgreSQL outside the cluster, on the node's bridge address."""
-    server = start_host_database(kube, user_ns, "hostdb", max_connections=40)
+def host_db(kube: Kube) -> Iterator[HostDatabase]:
+    """A PostgreSQL outside the cluster, on the node's bridge address; its users in their own namespace."""
+    ns = create_restricted_namespace(kube, "outside")
+    server = start_host_database(kube, ns, "hostdb", max_connections=40)
     yield server
     server.stop()
+    kube.delete(f"/api/v1/namespaces/{ns}")
 
 
 @pytest.fixture(scope="module")
-def small_host_db(kube: Kube, user_ns: str) -> Iterator[HostDatabase]:
+def small_host_db(kube: Kube) -> Iterator[HostDatabase]:
     """A small one: 17 connections, 3 for superusers, so 14 usable by a normal role."""
-    server = start_host_database(kube, user_ns, "smalldb", max_connections=17)
+    ns = create_restricted_namespace(kube, "small")
+    server = start_host_database(kube, ns, "smalldb", max_connections=17)
     yield server
     server.stop()
+    kube.delete(f"/api/v1/namespaces/{ns}")
 
 
 # -- reading the benchmark ------------------------------------------------------------------------------
@@ -182,6 +186,7 @@ def test_the_users_servers_see_each_pods_own_address(
         record(cluster, "client backends of the in-cluster database (pod to pod)", "\n".join(map(str, rows)))
     finally:
         delete_app(kube, ns, "probe")
+    ns = host_db.db.namespace
     create_app(kube, cluster, host_db.db, "probe-outside", replicas=1)
     try:
         with host_tenant(host_db):
@@ -332,7 +337,7 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
     ns, app, name = user_ns, "orphaned", "orphaned-steps"
     create_app(kube, cluster, cluster_db, app, replicas=2)
     try:
-        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 30}, steps=[1, 3]))
+        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 300}, steps=[1, 3]))
         wait_holding_step(kube, ns, name, app, step=2, replicas=3)
         old = operator_pod(kube)["metadata"]["name"]
         kubectl(cluster, "-n", "poolbench-system", "delete", "pod", old, "--grace-period=0", "--force")
@@ -345,7 +350,14 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
         status = obj["status"]
         record(cluster, "status of a Step run whose operator was killed mid-step", summary(status))
         target = status["target"]
+        # The new operator does not go on with a hold that was cut: it puts the replicas back and says so.
+        assert status["phase"] == "Failed", status.get("message")
+        assert "the operator restarted during step 2" in status["message"], status["message"]
         assert target["originalReplicas"] == 2  # the resumed run did not take step 2's count for the user's
+        first = target["steps"][0]
+        assert first["replicas"] == 1, first  # step 1, finished before the kill, is kept
+        assert first["finishedAt"], first
+        assert first["observation"]["appPeak"] == CLIENTS_PER_POD, first
         assert target["restored"] is True, target.get("restoreMessage")
         assert replicas_now(kube, ns, app) == 2
         wait_for(lambda: app_settled(kube, ns, app, 2), 120, interval=0.5, what=f"{app} back at 2 pods")
@@ -355,14 +367,12 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
         delete_app(kube, ns, app)
 
 
-def test_a_database_outside_the_cluster(
-    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, host_db: HostDatabase
-) -> None:
+def test_a_database_outside_the_cluster(cluster: Cluster, kube: Kube, helm_release: Any, host_db: HostDatabase) -> None:
     """A PostgreSQL on the node's address, outside Kubernetes: the operator pod and the app pods reach
     it; two sessions of the app's role from this machine (a client that is not a pod, as behind a proxy)
     are the app's by ``target.match``; the tenant's sessions from this machine are another tenant's."""
-    ns, app, name = user_ns, "outside", "outside-steps"
     db = host_db.db
+    ns, app, name = db.namespace, "outside", "outside-steps"
     create_app(kube, cluster, db, app, replicas=1)
     try:
         with host_tenant(host_db), host_tenant(host_db, count=2, role=APP_ROLE, application="proxy"):
@@ -392,13 +402,13 @@ def test_a_database_outside_the_cluster(
 
 
 def test_stop_at_used_fraction_stops_before_the_server_refuses(
-    cluster: Cluster, kube: Kube, helm_release: Any, user_ns: str, small_host_db: HostDatabase
+    cluster: Cluster, kube: Kube, helm_release: Any, small_host_db: HostDatabase
 ) -> None:
     """14 usable slots, 3 taken by another tenant, 4 per app pod: 1 pod uses 7 (0.5), 2 pods use 11
     (0.79), 3 pods would need 15 and be refused. With stopAtUsedFraction 0.7 step 2 is stopped, step 3
     never runs, the server refuses no one and the app's pods never crash; the replicas go back."""
-    ns, app, name = user_ns, "small", "small-steps"
     db = small_host_db.db
+    ns, app, name = db.namespace, "small", "small-steps"
     create_app(kube, cluster, db, app, replicas=1)
     try:
         with host_tenant(small_host_db):
