@@ -156,6 +156,9 @@ class OwnAppDriver:
             if self.target.mode == "Observe"
             else f"stepping {self.target.deployment} through {self.spec.step_counts()}"
         )
+        warnings = self.status.target.warnings if self.status.target else []
+        if warnings:
+            self.status.message += f" ({'; '.join(warnings)})"
         self.run = OwnAppRun(self.spec, self.status, usable, utc_now)
         interval = self.spec.sampling.interval_ms / 1000
         if self.target.mode == "Observe":
