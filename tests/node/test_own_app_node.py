@@ -228,6 +228,12 @@ def test_step_through_one_two_three_replicas_of_the_users_app(
             assert observation["othersPeak"] == TENANT_CONNECTIONS, (number, observation)
             assert observation["othersPeakByOwner"] == [TENANT_OWNER], (number, observation)
         assert held[1] < held[2] < held[3]  # a step adds pods to the ones before it
+        # The answer is the measured one: 4 per pod, 3 held by the other tenant, 97 usable.
+        assert {k: target["answer"][k] for k in ("perPod", "others", "usable")} == {
+            "perPod": CLIENTS_PER_POD,
+            "others": TENANT_CONNECTIONS,
+            "usable": 97,
+        }, target["answer"]
         assert target["originalReplicas"] == 1
         assert target["restored"] is True, target.get("restoreMessage")
         assert replicas_now(kube, ns, app) == 1
@@ -281,6 +287,8 @@ def test_observe_changes_nothing_and_sees_a_hand_scaled_replica(
         assert counts == sorted(counts), counts
         assert target.get("originalReplicas") is None
         assert not target.get("steps")
+        assert target["answer"]["perPod"] == CLIENTS_PER_POD, target["answer"]
+        assert target["answer"]["others"] == TENANT_CONNECTIONS, target["answer"]
 
         after = deployment(kube, ns, app)
         # Nothing but the hand-made scale changed the Deployment: one generation, the replica count.
@@ -320,8 +328,9 @@ def test_deleting_the_benchmark_mid_step_puts_the_replicas_back(
     ns, app, name = user_ns, "deleted", "deleted-steps"
     create_app(kube, cluster, cluster_db, app, replicas=2)
     try:
-        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 300}, steps=[1, 3]))
-        wait_holding_step(kube, ns, name, app, step=2, replicas=3)
+        # One step held far longer than the test waits: it is mid-step whenever the deletion comes.
+        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 3600}, steps=[3]))
+        wait_holding_step(kube, ns, name, app, step=1, replicas=3)
         assert target_of(kube, ns, name)["originalReplicas"] == 2
         delete_benchmark(cluster, ns, name)  # returns once the resource is gone: its finalizer ran
         assert kube.get_or_none(f"{GROUP_PATH}/namespaces/{ns}/poolbenchmarks/{name}") is None
@@ -337,8 +346,8 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
     ns, app, name = user_ns, "orphaned", "orphaned-steps"
     create_app(kube, cluster, cluster_db, app, replicas=2)
     try:
-        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 300}, steps=[1, 3]))
-        wait_holding_step(kube, ns, name, app, step=2, replicas=3)
+        apply(cluster, ns, own_benchmark(name, cluster_db, app, "Step", target={"holdSeconds": 3600}, steps=[3]))
+        wait_holding_step(kube, ns, name, app, step=1, replicas=3)
         old = operator_pod(kube)["metadata"]["name"]
         kubectl(cluster, "-n", "poolbench-system", "delete", "pod", old, "--grace-period=0", "--force")
         wait_for(
@@ -352,12 +361,11 @@ def test_operator_killed_mid_step_puts_the_replicas_back(
         target = status["target"]
         # The new operator does not go on with a hold that was cut: it puts the replicas back and says so.
         assert status["phase"] == "Failed", status.get("message")
-        assert "the operator restarted during step 2" in status["message"], status["message"]
-        assert target["originalReplicas"] == 2  # the resumed run did not take step 2's count for the user's
-        first = target["steps"][0]
-        assert first["replicas"] == 1, first  # step 1, finished before the kill, is kept
-        assert first["finishedAt"], first
-        assert first["observation"]["appPeak"] == CLIENTS_PER_POD, first
+        assert "the operator restarted during step 1" in status["message"], status["message"]
+        assert target["originalReplicas"] == 2  # the resumed run did not take the step's count for the user's
+        (cut,) = target["steps"]  # what the step had measured before the kill is kept
+        assert cut["replicas"] == 3, cut
+        assert cut["observation"]["appPeak"] == 3 * CLIENTS_PER_POD, cut
         assert target["restored"] is True, target.get("restoreMessage")
         assert replicas_now(kube, ns, app) == 2
         wait_for(lambda: app_settled(kube, ns, app, 2), 120, interval=0.5, what=f"{app} back at 2 pods")
@@ -394,6 +402,7 @@ def test_a_database_outside_the_cluster(cluster: Cluster, kube: Kube, helm_relea
             assert observation["unplacedPeak"] == 2, (number, observation)
             assert observation["appPeak"] == CLIENTS_PER_POD * number + 2, (number, observation)
             assert observation["othersPeakByOwner"] == [TENANT_OWNER], (number, observation)
+        assert status["target"]["answer"]["others"] == TENANT_CONNECTIONS, status["target"]["answer"]
         assert status["target"]["restored"] is True
         assert replicas_now(kube, ns, app) == 1
         delete_benchmark(cluster, ns, name)
@@ -429,6 +438,11 @@ def test_stop_at_used_fraction_stops_before_the_server_refuses(
         used = second["observation"]["appPeak"] + second["observation"]["othersPeak"]
         assert 0.7 * 14 <= used <= 2 * CLIENTS_PER_POD + TENANT_CONNECTIONS, second
         assert "of 14 usable (0.7)" in second["stopReason"], second
+        # The second pod's sessions are the app's, however early in the step the stop came: the other
+        # tenant holds 3, and the answer is built on that.
+        assert second["observation"]["othersPeakByOwner"] == [TENANT_OWNER], second["observation"]
+        assert target["answer"]["perPod"] == CLIENTS_PER_POD, target["answer"]
+        assert target["answer"]["others"] == TENANT_CONNECTIONS, target["answer"]
         assert "step 2 stopped at" in status["message"], status["message"]
         assert target["restored"] is True
         assert replicas_now(kube, ns, app) == 1
