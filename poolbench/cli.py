@@ -1,10 +1,12 @@
-"""poolbench: run a PoolBenchmark locally, validate one, or print the generated CRD.
+"""poolbench: run a PoolBenchmark locally, validate one, plan its budget (offline, or with a live server's
+limits and tenants and a Deployment's replicas), watch a live server (``observe``), or print the CRD.
 
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
-``validate`` and ``crd`` need only the base install; ``run`` needs the ``local`` extra (embedded
-PostgreSQL, rich) and ``--plot`` the ``plot`` extra, and says so when they are missing.
+``validate`` and ``crd`` need only the base install; ``run`` and ``observe`` need the ``local`` extra
+(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra and ``plan --kube`` the ``operator`` extra
+(kubernetes), and each says so when it is missing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -28,11 +31,21 @@ from .core.spec import PoolBenchmark, SpecError, load_text
 from .core.words import counted
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import psycopg2.extensions
     from rich.console import Console
     from rich.table import Table
 
+    from .core.attribution import Attribution, MatchRule
+    from .core.budget import OwnAppAnswer
+    from .core.observation import Observation
     from .core.sampling import Sample
+    from .core.spec import PoolBenchmarkSpec
     from .core.steploop import Progress
+    from .db.live import ServerFacts
+    from .local.kube import DeploymentFacts
+    from .local.observe import WatchResult
     from .local.procs import Footprint
     from .local.runner import LocalResult
 
@@ -515,6 +528,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     bench = load_file(args.file, benchmark=False)
     if args.target_replicas is not None and not 1 <= args.target_replicas <= 100_000:
         raise SpecError([("--target-replicas", f"must be between 1 and 100000, not {args.target_replicas}")])
+    if args.dsn is not None or args.kube is not None:
+        return cmd_plan_live(args, bench)
     spec = bench.spec
     plans = [(v.name, plan(spec.for_variant(v), args.target_replicas, v.pooler)) for v in spec.effective_variants()]
     provider = spec.postgres.provider.source() if spec.postgres.provider else None
@@ -555,6 +570,410 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- the user's own server, live: observe and plan --dsn ---------------------------------------------
+
+
+class LiveInputError(Exception):
+    """A live command's input, or the server or cluster it names, refused it: one line, exit 2."""
+
+
+def parse_match_arg(text: str | None) -> MatchRule | None:
+    from .core.attribution import MatchError, parse_match
+
+    if text is None:
+        return None
+    try:
+        return parse_match(text)
+    except MatchError as err:
+        raise LiveInputError(f"--match: {err}") from None
+
+
+def open_live(args: argparse.Namespace) -> tuple[psycopg2.extensions.connection, ServerFacts, str | None, str]:
+    """The watching session on ``--dsn`` after every refusal a user can cause (a DSN with a password, an
+    unreadable password file, an unreachable server, a failed login, a role without pg_monitor), each
+    one line without the password: (connection, server facts, password, where it is)."""
+    import psycopg2
+
+    from .db.live import (
+        DsnError,
+        MonitorRoleError,
+        check_dsn,
+        check_monitor_role,
+        open_watch,
+        read_password,
+        read_server_facts,
+        scrub,
+        where,
+    )
+
+    try:
+        place = where(check_dsn(args.dsn))
+    except DsnError as err:
+        raise LiveInputError(str(err)) from None
+    try:
+        password = read_password(args.password_file, dict(os.environ))
+    except (OSError, UnicodeDecodeError) as err:
+        why = getattr(err, "strerror", None) or str(err)
+        raise LiveInputError(f"--password-file {args.password_file}: cannot read: {why}") from None
+    try:
+        conn = open_watch(args.dsn, password)
+    except psycopg2.Error as err:
+        raise LiveInputError(f"cannot connect to {place}: {err}") from None
+    try:
+        check_monitor_role(conn)
+        facts = read_server_facts(conn)
+    except MonitorRoleError as err:
+        conn.close()
+        raise LiveInputError(str(err)) from None
+    except psycopg2.Error as err:
+        conn.close()
+        raise LiveInputError(f"{place}: {scrub(' '.join(str(err).split()), password)}") from None
+    return conn, facts, password, place
+
+
+def server_line(facts: ServerFacts) -> str:
+    return (
+        f"PostgreSQL {facts.server_version_num // 10000}.{facts.server_version_num % 10000},"
+        f" max_connections {facts.max_connections} − {facts.superuser_reserved_connections}"
+        f" superuser_reserved_connections − {facts.reserved_connections} reserved_connections ="
+        f" {facts.usable_for_normal_role()} usable for a normal role"
+    )
+
+
+def owners_text(by_owner: dict[tuple[str, str], int]) -> str:
+    """'other (psql) 3, reporting 1': the other tenants by role and application, most first."""
+    ordered = sorted(by_owner.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{role}" + (f" ({app})" if app else "") + f" {count}" for (role, app), count in ordered)
+
+
+def watch_progress(place: str, duration: float, matched: bool) -> Callable[[float, Attribution, Observation], str]:
+    def line(t: float, attribution: Attribution, obs: Observation) -> str:
+        split = f" (app {attribution.app_total}, others {len(attribution.others)})" if matched else ""
+        return (
+            f"watching {place} · {t:5.1f}s of {duration:g}s · {attribution.total} client backends now{split}"
+            f" · headroom {obs.usable - attribution.total if obs.usable is not None else '?'}"
+            f" (min {obs.min_headroom})"
+        )
+
+    return line
+
+
+def run_watch(
+    conn: psycopg2.extensions.connection,
+    facts: ServerFacts,
+    match: MatchRule | None,
+    args: argparse.Namespace,
+    place: str,
+    password: str | None,
+    err_console: Console,
+) -> WatchResult:
+    """The watch with its progress on stderr: a live line on a terminal, a line every two seconds in a log."""
+    from rich.live import Live
+    from rich.text import Text
+
+    from .local.observe import watch_server
+
+    line = watch_progress(place, args.duration, match is not None)
+    interval = args.interval / 1000
+    if not err_console.is_terminal:
+        last = [-2.0]
+
+        def log_progress(t: float, attribution: Attribution, obs: Observation) -> None:
+            if t - last[0] >= 2.0:
+                last[0] = t
+                err_console.print(line(t, attribution, obs), highlight=False, markup=False)
+
+        return watch_server(conn, facts, match, args.duration, interval, log_progress, password)
+    with Live(Text(f"watching {place}…"), console=err_console, transient=True, refresh_per_second=8) as live:
+        return watch_server(
+            conn,
+            facts,
+            match,
+            args.duration,
+            interval,
+            lambda t, a, o: live.update(Text(line(t, a, o))),
+            password,
+        )
+
+
+def observation_answer(result: WatchResult) -> OwnAppAnswer | None:
+    """With --match: the matched app as one pod, beside the others' peak, in the normal role's slots."""
+    from .core.budget import own_app_answer
+
+    if result.match is None:
+        return None
+    obs = result.observation
+    return own_app_answer(obs.app_peak, result.facts.usable_for_normal_role(), obs.others_peak)
+
+
+def print_observation(out: Console, result: WatchResult, place: str) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .core.words import own_app_words
+
+    obs = result.observation
+    usable = result.facts.usable_for_normal_role()
+    table = Table(title=f"Client backends on {place} over {obs.duration_seconds:.1f} s ({counted(obs.reads, 'read')})")
+    for col in ("client (role@address application)", "peak", "kept idle (peak)", "oldest backend"):
+        table.add_column(col, justify="left" if col.startswith("client") else "right")
+    for group, peaks in sorted(obs.pods.items()):
+        table.add_row(
+            escape(group),
+            str(peaks.peak_connections),
+            str(peaks.kept_idle_peak),
+            f"{peaks.oldest_backend_age_seconds:.1f} s",
+        )
+    out.print(table)
+    if result.match is not None and obs.others_peak_by_owner:
+        others = Table(title="Other tenants")
+        for col in ("role", "application", "peak"):
+            others.add_column(col, justify="right" if col == "peak" else "left")
+        for (role, app), peak in sorted(obs.others_peak_by_owner.items()):
+            others.add_row(escape(role), escape(app), str(peak))
+        out.print(others)
+    out.print(f"[bold]server:[/] {escape(server_line(result.facts))}", highlight=False)
+    if result.match is not None:
+        out.print(
+            f"[bold]app[/] ({escape(result.match.describe())}): peak {obs.app_peak} connections;"
+            f" [bold]other tenants:[/] peak {obs.others_peak}"
+            + (f" ({escape(owners_text(obs.others_peak_by_owner))})" if obs.others_peak_by_owner else ""),
+            highlight=False,
+        )
+    if obs.min_headroom is not None:
+        out.print(
+            f"[bold]headroom:[/] at least {obs.min_headroom} of {usable} usable slots stayed free"
+            " (the watch's own session is not counted: it leaves with the watch)",
+            highlight=False,
+        )
+    answer = observation_answer(result)
+    if answer is not None:
+        out.print(
+            f"[bold]budget:[/] {escape(own_app_words(answer))} (the matched backends counted as one pod)",
+            highlight=False,
+        )
+    if result.interrupted:
+        out.print(f"[yellow]interrupted after {obs.duration_seconds:.1f} s: this is what was seen until then[/]")
+
+
+def observation_document(result: WatchResult, place: str) -> dict[str, Any]:
+    from .core.words import own_app_words
+
+    answer = observation_answer(result)
+    return {
+        "kind": "PoolbenchObservation",
+        "server": {"where": place, **result.facts.to_status()},
+        "match": result.match.describe() if result.match is not None else None,
+        "observation": result.observation.to_status(),
+        "answer": None if answer is None else {**answer.to_status(), "summary": own_app_words(answer)},
+        "interrupted": result.interrupted,
+        "error": result.error,
+        "timeline": [r.to_json() for r in result.reads],
+    }
+
+
+def check_watch_args(args: argparse.Namespace) -> None:
+    problems = []
+    if not 0 < args.duration <= 7 * 24 * 3600:
+        problems.append(("--duration", f"must be between 0 and 604800 seconds, not {args.duration:g}"))
+    if not 10 <= args.interval <= 3_600_000:
+        problems.append(("--interval", f"must be between 10 and 3600000 ms, not {args.interval}"))
+    if problems:
+        raise SpecError(problems)
+    if args.output is not None:
+        check_output_path("--output", args.output, "", args.plot or "")
+    if args.plot is not None:
+        check_output_path("--plot", args.plot, "")
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    """Watch a live server's client backends: peaks by client, kept idle ones, other tenants, headroom."""
+    match = parse_match_arg(args.match)
+    check_watch_args(args)
+    require("local", "rich", "poolbench observe")
+    if args.plot:
+        require("plot", "matplotlib", "poolbench observe --plot")
+    from rich.console import Console
+    from rich.markup import escape
+
+    conn, facts, password, place = open_live(args)
+    for sig in STOP_SIGNALS:  # each ends the watch early; what was seen is still printed and saved
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _interrupt_once)
+    err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+    out_console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+    try:
+        result = run_watch(conn, facts, match, args, place, password, err_console)
+    finally:
+        conn.close()
+    print_observation(out_console, result, place)
+    code = EXIT_OK
+    if args.output:
+        written, error = write_results(args.output, observation_document(result, place))
+        if error:
+            err_console.print(
+                f"[red]poolbench: could not write the results:[/] {escape(error)}; they are in {escape(written)}"
+            )
+            code = EXIT_ENV
+        else:
+            err_console.print(f"results written to {escape(written)}")
+    if args.plot:
+        from .local.plot import plot_watch
+
+        try:
+            plot_watch(result.reads, facts.usable_for_normal_role(), args.plot, title=f"poolbench observe {place}")
+            err_console.print(f"plot written to {escape(args.plot)}")
+        except OSError as err:
+            err_console.print(
+                f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}: {escape(str(err.strerror or err))}"
+            )
+            code = EXIT_ENV
+    if result.error:
+        err_console.print(
+            f"[red]poolbench: the watch ended early, a read failed:[/] {escape(result.error)}", highlight=False
+        )
+        code = EXIT_ENV
+    return code
+
+
+def live_usable(facts: ServerFacts, spec: PoolBenchmarkSpec) -> int:
+    """Slots the spec's role may take on the live server: role app a normal role's; role superuser every
+    slot (with a provider, its admin role: all but the superusers')."""
+    if spec.workload.role == "app":
+        return facts.usable_for_normal_role()
+    return facts.max_connections - (facts.superuser_reserved_connections if spec.postgres.provider else 0)
+
+
+@dataclass
+class LiveInputs:
+    """What ``plan`` reads live: the server (None: the spec's postgres section), the other tenants' backends
+    now, the app's own now, and the Deployment (None without --kube)."""
+
+    facts: ServerFacts | None = None
+    place: str = ""
+    others: int = 0
+    by_owner: dict[tuple[str, str], int] = field(default_factory=dict)
+    app_now: int = 0
+    deployment: DeploymentFacts | None = None
+
+
+def read_live_inputs(args: argparse.Namespace) -> LiveInputs:
+    """The cluster's Deployment (``--kube``), then one read of the server's backends (``--dsn``): the
+    Deployment's pod IPs and ``--match`` say which are the app's; the rest are the others'."""
+    import psycopg2
+
+    from .core.attribution import attribute
+    from .db.live import read_backends, scrub
+
+    match = parse_match_arg(args.match)
+    inputs = LiveInputs()
+    if args.kube is not None:
+        require("operator", "kubernetes", "poolbench plan --kube")
+        from .local.kube import KubeError, read_deployment
+
+        try:
+            inputs.deployment = read_deployment(args.kube, args.namespace)
+        except KubeError as err:
+            raise LiveInputError(f"--kube: {err}") from None
+    if args.dsn is None:
+        return inputs
+    conn, inputs.facts, password, inputs.place = open_live(args)
+    try:
+        now = attribute(read_backends(conn), inputs.deployment.pod_ips if inputs.deployment else {}, match)
+    except psycopg2.Error as err:
+        raise LiveInputError(f"{inputs.place}: {scrub(' '.join(str(err).split()), password)}") from None
+    finally:
+        conn.close()
+    inputs.others, inputs.by_owner, inputs.app_now = len(now.others), now.others_by_owner(), now.app_total
+    return inputs
+
+
+def cmd_plan_live(args: argparse.Namespace, bench: PoolBenchmark) -> int:
+    """``plan --dsn``/``--kube``: the server's limits and the other tenants' connections read live
+    (instead of the spec's postgres section), the Deployment's replicas, HPA and maxSurge from the
+    cluster, and the spec's pools: how many replicas fit (``own_app_answer``)."""
+    from .core.budget import own_app_answer, per_replica_idle, per_replica_peak, pooled_limits, production_usable
+    from .core.spec import DEFAULT_MAX_SURGE
+    from .core.words import own_app_words
+
+    live = read_live_inputs(args)
+    spec = bench.spec
+    facts, deployment, others, by_owner, app_now, place = (
+        live.facts,
+        live.deployment,
+        live.others,
+        live.by_owner,
+        live.app_now,
+        live.place,
+    )
+    max_surge: int | str | None
+    if deployment is not None:
+        max_surge = deployment.max_surge
+    else:
+        max_surge = spec.rollout.max_surge if spec.rollout is not None else DEFAULT_MAX_SURGE
+    hpa_max = deployment.hpa_max if deployment else None
+    replicas = deployment.replicas if deployment else None
+    documents: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for variant in spec.effective_variants():
+        vspec = spec.for_variant(variant)
+        usable = live_usable(facts, vspec) if facts is not None else production_usable(vspec)
+        peak, idle = per_replica_peak(vspec), per_replica_idle(vspec)
+        answer = own_app_answer(peak, usable, others, max_surge, hpa_max, replicas)
+        doc: dict[str, Any] = {
+            "name": variant.name,
+            "perReplicaPeak": peak,
+            "perReplicaIdle": idle,
+            **answer.to_status(),
+        }
+        head = f"{bench.name}" + (f" · variant {variant.name}" if spec.variants else "")
+        if variant.pooler is None:
+            doc["summary"] = own_app_words(answer)
+            safe, during = answer.safe_at_rest, answer.safe_in_rollout
+        else:  # the poolers' server connections, in what the others leave
+            room = max(0, answer.available)
+            safe = pooled_limits(peak, idle, variant.pooler, room, variant.pooler.max_client_conn)[1]
+            during = pooled_limits(peak, idle, variant.pooler, room, variant.pooler.max_client_conn, max_surge)[1]
+            doc.update(safeAtRest=safe, safeInRollout=during, refusalsFrom=during + 1)
+            head += f" (through {variant.pooler.label()})"
+        documents.append(doc)
+        lines.append(head)
+        if facts is not None:
+            lines.append(f"  server (live, {place}; not the spec's postgres section): {server_line(facts)}")
+            lines.append(
+                f"  other tenants (live, now): {others}"
+                + (f" ({owners_text(by_owner)})" if by_owner else "")
+                + f"; the app's own now: {app_now}"
+            )
+        else:
+            lines.append(f"  server: the spec's postgres section (offline): {usable} usable")
+        if deployment is not None:
+            lines.append(f"  cluster: {deployment.describe()}")
+        surge = "no surge" if max_surge is None else f"maxSurge {max_surge}"
+        lines.append(f"  per replica (the spec's pools): at most {peak} connections, {idle} kept idle (ghosts)")
+        lines.append(f"  usable for role {vspec.workload.role}: {usable}, {answer.available} after the others")
+        lines.append(f"  max safe replicas: {safe}; during a rolling update ({surge}): {during}")
+        if "summary" in doc:
+            lines.append(f"  {doc['summary']}")
+    if args.json:
+        first = {
+            "source": "live" if facts is not None else "spec",
+            "server": facts.to_status() if facts is not None else None,
+            "othersByOwner": [
+                {"usename": r, "applicationName": a, "count": n} for (r, a), n in sorted(by_owner.items())
+            ],
+            "appNow": app_now,
+            "deployment": deployment.to_status() if deployment is not None else None,
+            **documents[0],
+        }
+        if spec.variants:
+            first["variants"] = documents
+        print(json.dumps(first, indent=2))
+    else:
+        print("\n".join(lines))
+    return EXIT_OK
+
+
 def cmd_crd(_args: argparse.Namespace) -> int:
     from .core.crd import crd_yaml
 
@@ -589,7 +1008,32 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("file")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.add_argument("--target-replicas", type=int, metavar="N", help="say what would make N replicas fit")
+    pl.add_argument(
+        "--dsn",
+        metavar="URL",
+        help="read max_connections, the reserved slots and the other tenants' connections from this live server"
+        " (no password in it: PGPASSWORD, --password-file or ~/.pgpass)",
+    )
+    pl.add_argument("--password-file", metavar="PATH", help="the --dsn role's password, on the file's first line")
+    pl.add_argument(
+        "--match", metavar="usename=U,application_name=A,datname=D", help="the app's own backends (not others)"
+    )
+    pl.add_argument(
+        "--kube", metavar="deployment/NAME", help="read replicas, HPA min/max and maxSurge from the cluster"
+    )
+    pl.add_argument("--namespace", "-n", metavar="NS", help="the --kube Deployment's namespace")
     pl.set_defaults(func=cmd_plan)
+    obs = sub.add_parser("observe", help="watch a live server's client backends (only reads)")
+    obs.add_argument("--dsn", required=True, metavar="URL", help="the server, without a password")
+    obs.add_argument("--password-file", metavar="PATH", help="the role's password, on the file's first line")
+    obs.add_argument(
+        "--match", metavar="usename=U,application_name=A,datname=D", help="the app's backends: the rest are others"
+    )
+    obs.add_argument("--duration", type=float, default=60.0, metavar="SECONDS", help="how long to watch (60)")
+    obs.add_argument("--interval", type=int, default=500, metavar="MS", help="between two reads (500)")
+    obs.add_argument("--output", "-o", help="write what was seen as JSON")
+    obs.add_argument("--plot", help="write a PNG of connections and headroom over time")
+    obs.set_defaults(func=cmd_observe)
     crd = sub.add_parser("crd", help="print the CRD generated from the spec model")
     crd.set_defaults(func=cmd_crd)
     return parser
@@ -605,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ENV
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
+        return EXIT_INVALID
+    except LiveInputError as err:
+        sys.stderr.write(f"poolbench: {err}\n")
         return EXIT_INVALID
     except KeyboardInterrupt:  # during imports, or after the run and its checked clean-up
         sys.stderr.write("poolbench: interrupted; nothing of the run was running\n")

@@ -4,6 +4,8 @@ watching a live server (attribution, observation, the own-app answer and its wor
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from poolbench.core.attribution import (
     Attribution,
@@ -235,3 +237,33 @@ def test_an_hpa_max_above_the_safe_count_is_named_with_what_it_needs() -> None:
         " refusals start at 10 replicas (10 + 3 surge need 65)"
     )
     assert a.to_status()["refusalsFrom"] == 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    per_pod=st.integers(0, 40),
+    usable=st.integers(0, 400),
+    others=st.integers(0, 450),
+    surge=st.one_of(st.none(), st.integers(0, 5), st.sampled_from(["0%", "10%", "25%", "50%", "100%"])),
+)
+def test_the_answer_is_the_largest_count_that_fits_by_brute_force(
+    per_pod: int, usable: int, others: int, surge: int | str | None
+) -> None:
+    a = own_app_answer(per_pod, usable, others, surge)
+    assert a.available == usable - others
+    if per_pod == 0:
+        assert (a.safe_at_rest, a.safe_in_rollout, a.refusals_from) == (0, 0, 0)
+        return
+
+    def fits(n: int, with_surge: bool) -> bool:
+        extra = (
+            0
+            if surge is None or not with_surge
+            else (surge if isinstance(surge, int) else -(-n * int(surge[:-1]) // 100))
+        )
+        return (n + extra) * per_pod <= a.available
+
+    assert a.safe_at_rest == max(n for n in range(0, 401) if n == 0 or fits(n, False))
+    assert a.safe_in_rollout == max(n for n in range(0, 401) if n == 0 or fits(n, True))
+    assert a.refusals_from == a.safe_in_rollout + 1
+    assert not fits(a.refusals_from, True)

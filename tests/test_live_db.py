@@ -28,15 +28,12 @@ pytestmark = pytest.mark.postgres
 PASSWORD = "s3cret-Pa55-word"
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[LocalPostgres]:
-    """40 slots, 3 for superusers and 2 for pg_use_reserved_connections: 35 for a normal role. The server's
-    own timeouts are short: the watching session must outlive them."""
+def scram_server(**settings: str) -> LocalPostgres:
+    """40 slots, 3 for superusers and 2 for pg_use_reserved_connections: 35 for a normal role. Roles app,
+    other, blind log in with PASSWORD over TCP (scram-sha-256); watcher is also a member of pg_monitor; the
+    superuser stays trusted."""
     server = LocalPostgres(
-        max_connections=40,
-        superuser_reserved_connections=3,
-        reserved_connections=2,
-        settings={"statement_timeout": "100ms", "idle_session_timeout": "200ms"},
+        max_connections=40, superuser_reserved_connections=3, reserved_connections=2, settings=dict(settings)
     ).start()
     try:
         connect = connector(server)
@@ -46,18 +43,24 @@ def pg() -> Iterator[LocalPostgres]:
         admin.autocommit = True
         with admin.cursor() as cur:
             cur.execute("GRANT pg_monitor TO watcher")
-        admin.close()
-        # The roles log in with their password over TCP; the superuser stays trusted.
         hba = server.data_dir / "pg_hba.conf"
         hba.write_text("host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-        admin = connect(options="-c statement_timeout=0")
         with admin.cursor() as cur:
             cur.execute("SELECT pg_reload_conf()")
         admin.close()
         time.sleep(0.5)  # the postmaster reloads pg_hba.conf on SIGHUP, asynchronously
-        yield server
-    finally:
+    except BaseException:
         server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[LocalPostgres]:
+    """The server's own timeouts are short: the watching session must outlive them."""
+    server = scram_server(statement_timeout="100ms", idle_session_timeout="200ms")
+    yield server
+    server.stop()
 
 
 def connector(server: LocalPostgres) -> Any:

@@ -8,6 +8,10 @@ never blocked) and writes status through its own client, throttled to about one 
 Resuming is still status-driven: after a restart the daemon starts again and continues from the
 first step that status does not show as finished.
 
+A benchmark of the user's own Deployment and server (spec.target + spec.database) runs in the same
+daemon through ``ownapp.OwnAppDriver``; a Step one also has a deletion handler that puts the
+Deployment's replica count back from status before the resource goes.
+
 Operator state lives in kopf's ``memo``: the start-up handler puts the ``Config`` and the key the
 passwords are derived from there, and kopf hands a copy to every resource's daemon.
 """
@@ -117,7 +121,13 @@ def run_benchmark(
         driver.fail(f"{type(err).__name__}: {err}")
 
 
-@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, retries=6, backoff=5)
+def steps_own_app(spec: kopf.Spec, **_: Any) -> bool:
+    """A benchmark that may have changed the user's Deployment (spec.target in mode Step)."""
+    target = spec.get("target") or {}
+    return bool(target) and target.get("mode") == "Step"
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, PLURAL, retries=6, backoff=5, when=steps_own_app)
 def restore_on_delete(
     spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
 ) -> None:

@@ -262,9 +262,9 @@ class Kube:
         ]
 
     def pods_matching(self, label_selector: str) -> list[Any]:
-        """Pods of a selector that are not being deleted."""
+        """Pods of a selector, those being deleted too (their connections are still the app's)."""
         pods: list[Any] = self.core.list_namespaced_pod(self.namespace, label_selector=label_selector).items
-        return [p for p in pods if p.metadata.deletion_timestamp is None]
+        return pods
 
     def create_job(self, job: dict[str, Any]) -> None:
         body: Any = job

@@ -99,6 +99,7 @@ class OwnAppDriver:
         self.cluster_read_at = -1e9
         self.cluster_seen: tuple[int | None, list[PodSeen]] = (None, [])
         self.selector = ""
+        self.foreign: set[str] = set()  # client addresses that were no pod's when first seen
 
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> None:
@@ -138,6 +139,9 @@ class OwnAppDriver:
             self.measure()
             return
         step = f" during step {self.status.current_step}" if self.status.current_step else ""
+        if self.target.load is not None:  # a hold cut short leaves its Job: it goes now, not at its deadline
+            for index in range(1, len(self.spec.step_counts()) + 1):
+                self.kube.delete_job(load_job_name(self.name, index))
         if target.original_replicas is not None:
             self.restore()
             restored = target.restore_message or ""
@@ -260,9 +264,10 @@ class OwnAppDriver:
         )
         return facts
 
-    def open_session(self) -> psycopg2.extensions.connection:
+    def open_session(self, attempts: int = CONNECT_ATTEMPTS) -> psycopg2.extensions.connection:
         """The monitor's session (a DSN without the password; the password travels apart and every error
-        comes back scrubbed of it). A few attempts: a server that is starting answers a moment later."""
+        comes back scrubbed of it). At the start a few attempts (a server that is starting answers a
+        moment later); mid-run one per look, so a server that is gone costs a gap, not a stall."""
         dsn = psycopg2.extensions.make_dsn(
             host=self.database.host,
             port=self.database.port,
@@ -270,12 +275,12 @@ class OwnAppDriver:
             user=self.monitor_role,
             sslmode=self.database.sslmode,
         )
-        for attempt in range(CONNECT_ATTEMPTS):
+        for attempt in range(attempts):
             try:
                 self.conn = open_watch(dsn, self.password)
                 return self.conn
             except psycopg2.Error as err:
-                if attempt == CONNECT_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise Refused(
                         f"spec.database: cannot connect to {self.database.host}:{self.database.port}"
                         f" as {self.monitor_role}: {self.scrubbed(str(err))}"
@@ -304,12 +309,21 @@ class OwnAppDriver:
         replicas, pods = self.cluster()
         try:
             if self.conn is None or self.conn.closed:
-                self.open_session()
+                self.open_session(attempts=1)
             assert self.conn is not None
             backends = read_backends(self.conn)
         except (psycopg2.Error, Refused) as err:
             self.close()
             return Look(replicas, pods, None, self.scrubbed(str(err)))
+        # A new pod connects as soon as it has its IP, maybe before the pod list read last showed it: an
+        # address not seen before is looked up among the pods again at once, so its backends are not
+        # counted as another tenant's. Other tenants' addresses, once known, cost no further read.
+        known = {p.ip for p in pods if p.ip}
+        new = {b.client_addr for b in backends if b.client_addr and b.client_addr not in known} - self.foreign
+        if new:
+            self.cluster_read_at = -1e9
+            replicas, pods = self.cluster()
+            self.foreign |= new - {p.ip for p in pods if p.ip}
         return Look(replicas, pods, backends)
 
     def cluster(self) -> tuple[int | None, list[PodSeen]]:
@@ -355,6 +369,7 @@ class OwnAppDriver:
         self.kube.scale_deployment(self.target.deployment, target.original_replicas)
         seen = self.kube.deployment_replicas(self.target.deployment)
         message = mark_restored(target, seen)
+        self.status.replicas = seen
         self.write(force=True)
         if not was_restored or not target.restored:
             self.event("Normal" if target.restored else "Warning", "Restored", message)
@@ -389,7 +404,9 @@ class OwnAppDriver:
 
 
 def pod_seen(pod: Any) -> PodSeen:
-    """A pod as a look takes it: IP, Ready, container restarts and the last termination's reason and message."""
+    """A pod as a look takes it: IP, Ready (never while it is being deleted: it no longer counts toward a
+    step, but its backends are still the app's), container restarts and the last termination's reason
+    and message."""
     status = pod.status
     restarts, reason, message = 0, None, None
     for cs in (status.container_statuses or []) if status else []:
@@ -398,7 +415,11 @@ def pod_seen(pod: Any) -> PodSeen:
         if terminated is not None:
             reason = terminated.reason or reason
             message = terminated.message or message
-    ready = status is not None and any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+    ready = (
+        pod.metadata.deletion_timestamp is None
+        and status is not None
+        and any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+    )
     return PodSeen(pod.metadata.name, status.pod_ip if status else None, ready, restarts, reason, message)
 
 

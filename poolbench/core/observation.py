@@ -71,7 +71,7 @@ class Observation:
     first_t: float | None = None
     last_t: float | None = None
     series: list[SeriesPoint] = field(default_factory=list)
-    _span: int = 1  # reads per series point
+    _span: int = field(default=1, init=False, repr=False)  # reads per series point
 
     def add(self, t: float, replicas: int | None, attribution: Attribution, usable: int) -> None:
         """One read at ``t``: ``replicas`` the Deployment's count then (None: unknown or no pods),

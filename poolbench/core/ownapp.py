@@ -41,7 +41,7 @@ Clock = Callable[[], str]  # the wall clock status is stamped with (RFC 3339), t
 
 @dataclass(frozen=True)
 class PodSeen:
-    """One of the Deployment's pods (not terminating) at one look."""
+    """One of the Deployment's pods at one look (a terminating one is never ready)."""
 
     name: str
     ip: str | None

@@ -180,3 +180,24 @@ def open_watch(dsn: str, password: str | None = None) -> psycopg2.extensions.con
         return admin_session(connect, WATCH_NAME)
     except psycopg2.Error as err:
         raise type(err)(scrub(" ".join(str(err).split()), password)) from None
+
+
+# -- the password: never in argv ------------------------------------------------------------------
+
+
+def read_password(password_file: str | None, environ: dict[str, str]) -> str | None:
+    """The password from ``password_file`` (its first line), else PGPASSWORD, else None (libpq then
+    reads ~/.pgpass itself). OSError for an unreadable file."""
+    if password_file is not None:
+        with open(password_file, encoding="utf-8") as fh:
+            return fh.readline().rstrip("\r\n")
+    return environ.get("PGPASSWORD") or None
+
+
+def where(parts: dict[str, str]) -> str:
+    """'user@host:port/dbname' of a DSN's parts, for headings (never the password: check_dsn refused it)."""
+    host = parts.get("host") or parts.get("hostaddr") or "local socket"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    db = f"/{parts['dbname']}" if parts.get("dbname") else ""
+    return f"{user}{host}{port}{db}"

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 
 from ..core.timeline import WindowAccount
+from .observe import WatchRead
 from .runner import LocalResult
 
 EXACT_COLOR = "#111111"
@@ -218,6 +219,32 @@ def plot_variants(result: LocalResult, max_connections: int, path: str, title: s
     if lat.lines:
         lat.set_yscale("log")
         lat.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_watch(reads: list[WatchRead], usable: int, path: str, title: str = "") -> None:
+    """A watch of a live server (``poolbench observe``): the app's (or every grouped) backends and the
+    others' stacked, the idle ones among them, and the usable slots' line."""
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    t = [r.t for r in reads]
+    ax.stackplot(
+        t,
+        [r.app for r in reads],
+        [r.others for r in reads],
+        labels=["app (or every client, without --match)", "other tenants"],
+        colors=["#1f77b4", "#7f7f7f"],
+        alpha=0.8,
+        step="post",
+    )
+    ax.step(t, [r.idle for r in reads], where="post", color="#ff7f0e", linewidth=1.2, label="idle (kept open)")
+    ax.axhline(usable, color="black", linestyle="--", label=f"usable for a normal role {usable}")
+    ax.set_xlabel("seconds since the watch began")
+    ax.set_ylabel("client backends")
+    ax.set_ylim(0, max([usable, *(r.app + r.others for r in reads)]) * 1.12)
+    ax.set_title(title or "poolbench observe")
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -55,6 +55,17 @@ def kubectl(
 def install_manifests(control_plane: ControlPlane, kube: Kube) -> None:
     """CRD + RBAC installed with kubectl, as a user would."""
     kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
+    # `kubectl wait` fails outright on a CRD whose status has no conditions yet (a fresh one, for a moment).
+    wait_for(
+        lambda: (
+            kube.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/poolbenchmarks.poolbench.dev").get(
+                "status"
+            )
+            or {}
+        ).get("conditions"),
+        60,
+        what="the CRD's first status conditions",
+    )
     kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev", "--timeout=60s")
     kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
     wait_for(

@@ -268,6 +268,7 @@ def test_a_monitor_role_without_pg_monitor_is_refused_with_the_grant(
 def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     operator: Any, control_plane: Any, kube: Any, user_pg: str
 ) -> None:
+    wait_for(lambda: app_backends(user_pg) == 0, 60, interval=1.0, what="no app connection left by other tests")
     ns = create_namespace(kube, "stepdone")
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=2, labels={"app.kubernetes.io/managed-by": "Helm"})
@@ -307,21 +308,26 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     assert seen_jobs <= {"steps-load-1", "steps-load-2"}
     assert seen_jobs, "a load Job ran during a hold"
     assert job_owners == {"steps"}
-    leftover = [
-        j for j in kube.items(f"/apis/batch/v1/namespaces/{ns}/jobs") if not j["metadata"].get("deletionTimestamp")
-    ]
-    assert not leftover, "every load Job is deleted after its hold"
+    assert live_jobs(kube, ns) == [], "every load Job is deleted after its hold"
     assert any("app.kubernetes.io/managed-by=Helm" in w for w in target["warnings"])
     assert target["answer"]["perPod"] == 2
+    assert target["answer"]["others"] == 0, "a new pod's backends are its own, not another tenant's"
     assert status["verdict"]["maxSafeReplicas"] == target["answer"]["safeInRollout"]
     assert replicas(kube, ns) == 1
     reasons = [e["reason"] for e in events(kube, ns, "steps")]
     assert "GitOpsOwner" in reasons
     assert "Restored" in reasons
+    assert status["replicas"] == 1
+    assert status["progress"] == "2/2"
     printed = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "steps").stdout
-    assert "Completed" in printed
+    assert printed.split("\n")[1].split()[1:4] == ["Completed", "2/2", "1"]
     assert_no_password(kube, ns, "steps", operator)
     kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def live_jobs(kube: Any, ns: str) -> list[str]:
+    jobs = kube.items(f"/apis/batch/v1/namespaces/{ns}/jobs")
+    return sorted(j["metadata"]["name"] for j in jobs if not j["metadata"].get("deletionTimestamp"))
 
 
 def wait_mid_step(kube: Any, ns: str, name: str, to: int) -> None:
@@ -354,8 +360,10 @@ def test_an_operator_killed_mid_step_restores_the_replicas_when_it_starts_again(
     ns = create_namespace(kube, "stepkill")
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=1)
-    apply_benchmark(control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=300))
+    load = {"image": "load:1", "command": ["python", "-c", "import time; time.sleep(600)"]}
+    apply_benchmark(control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=300, load=load))
     wait_mid_step(kube, ns, "steps", 2)
+    wait_for(lambda: live_jobs(kube, ns) == ["steps-load-1"], 120, interval=0.5, what="the load Job of the hold")
     operator.stop(signal.SIGKILL)
     time.sleep(1.0)
     assert replicas(kube, ns) == 2, "killed: nothing restored it yet"
@@ -366,6 +374,7 @@ def test_an_operator_killed_mid_step_restores_the_replicas_when_it_starts_again(
     assert status["target"]["restored"] is True
     assert replicas(kube, ns) == 1
     assert any(e["reason"] == "Restored" for e in events(kube, ns, "steps"))
+    assert live_jobs(kube, ns) == [], "the cut hold's load Job is deleted"
     kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", "steps", "--timeout=90s")
     assert replicas(kube, ns) == 1
     kube.delete(f"/api/v1/namespaces/{ns}")
