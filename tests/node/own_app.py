@@ -482,8 +482,14 @@ def app_restarts(kube: Kube, namespace: str, name: str) -> dict[str, int]:
 
 
 def delete_app(kube: Kube, namespace: str, name: str) -> None:
+    """The Deployment and its pods gone from the API (terminating ones too): their containers have
+    ended, so their sessions are closed and the next test's server sees no tenant it did not make."""
     kube.delete(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}", query={"propagationPolicy": "Foreground"})
-    wait_for(lambda: not app_pods(kube, namespace, name), 120, interval=0.5, what=f"{name}'s pods gone")
+
+    def gone() -> bool:
+        return not kube.items(f"/api/v1/namespaces/{namespace}/pods", labelSelector=f"{APP_LABEL}={name}")
+
+    wait_for(gone, 120, interval=0.5, what=f"{name}'s pods gone")
 
 
 # -- another tenant ----------------------------------------------------------------------------------
