@@ -207,6 +207,8 @@ def test_pods_never_ready_end_the_steps() -> None:
     assert not target.steps[0].ready
     assert target.restored
     assert any(reason == "NotReady" for _, reason, _ in cluster.events)
+    message = answer_and_finish(run, None, None, 1)
+    assert "step 1: 0 of 2 pods ready after 30s; no further steps" in message
 
 
 def test_a_failed_read_is_counted_not_hidden() -> None:

@@ -182,6 +182,7 @@ def test_observe_reads_the_limits_live_and_attributes_backends_to_their_pod(pg: 
     answer = last["target"]["answer"]
     assert answer["perPod"] == 3
     assert answer["maxSurge"] == 1
+    assert last["target"]["maxSurge"] == 1
     assert answer["replicas"] == 1
     assert last["verdict"]["summary"] == last["target"]["answerWords"]
     assert last["maxConnections"] == MAX_CONNECTIONS

@@ -1,9 +1,10 @@
 """Per-benchmark passwords derived from the operator's own key (pure).
 
-Why derived and not read back: the operator then never needs to *read* Secrets in the namespaces it
-serves. It only creates each benchmark's Secret (for the pods' secretKeyRef) and can always compute
-the same password again, after a restart too, from its key and the benchmark's UID. The key itself
-is random, kept in one Secret in the operator's namespace, the only Secret it may read.
+Why derived and not read back: the operator then never needs to *read* the Secrets it creates in the
+namespaces it serves. It only creates each benchmark's Secret (for the pods' secretKeyRef) and can
+always compute the same password again, after a restart too, from its key and the benchmark's UID.
+The key itself is random, kept in one Secret in the operator's namespace. The only other Secrets it
+may read are the user's monitor logins of a benchmark of their own app, by name (RBAC resourceNames).
 """
 
 from __future__ import annotations

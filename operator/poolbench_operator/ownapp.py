@@ -150,7 +150,7 @@ class OwnAppDriver:
         self.fail(f"the operator restarted{step}: {restored}; steps finished before it are kept", reason="Restarted")
 
     def measure(self) -> None:
-        deployment = self.check_deployment()
+        self.check_deployment()
         facts = self.connect_monitor()
         usable = facts.usable_for_normal_role()
         self.status.max_connections = facts.max_connections
@@ -169,16 +169,9 @@ class OwnAppDriver:
             observe(self.run, self, interval)
         else:
             step_through(self.run, self, interval)
-        strategy = deployment.spec.strategy
-        if strategy is not None and strategy.type == "Recreate":
-            max_surge: int | str | None = None
-        else:
-            rolling = strategy.rolling_update if strategy is not None else None
-            surge = rolling.max_surge if rolling is not None and rolling.max_surge is not None else DEFAULT_MAX_SURGE
-            max_surge = surge
         target = self.run.target
         replicas = target.original_replicas if target.original_replicas is not None else self.status.replicas
-        message = answer_and_finish(self.run, max_surge, target.hpa_max_replicas, replicas)
+        message = answer_and_finish(self.run, target.max_surge, target.hpa_max_replicas, replicas)
         self.write(force=True)
         self.event("Normal", "Finished", message)
 
@@ -194,6 +187,7 @@ class OwnAppDriver:
         target = self.status.target
         assert target is not None
         self.selector = label_selector(deployment.spec.selector.to_dict())
+        target.max_surge = max_surge_of(deployment)
         hpas = self.kube.autoscalers_of(name)
         if hpas:
             target.hpa, target.hpa_max_replicas = hpas[0]
@@ -401,6 +395,16 @@ class OwnAppDriver:
         self.status.message = message
         self.write(force=True)
         self.event("Warning", reason, message)
+
+
+def max_surge_of(deployment: Any) -> int | str | None:
+    """The Deployment's RollingUpdate maxSurge (its default when unset); None with Recreate (no surge)."""
+    strategy = deployment.spec.strategy
+    if strategy is not None and strategy.type == "Recreate":
+        return None
+    rolling = strategy.rolling_update if strategy is not None else None
+    surge: int | str = rolling.max_surge if rolling is not None and rolling.max_surge is not None else DEFAULT_MAX_SURGE
+    return surge
 
 
 def pod_seen(pod: Any) -> PodSeen:

@@ -327,6 +327,13 @@ def answer_and_finish(run: OwnAppRun, max_surge: int | str | None, hpa_max: int 
     if target.stopped_at_step is not None:
         stopped = target.steps[target.stopped_at_step - 1]
         parts.append(f"step {target.stopped_at_step} {stopped.stop_reason}; no further steps")
+    unready = next((i for i, s in enumerate(target.steps, start=1) if not s.ready and not s.stopped), None)
+    if unready is not None:
+        step = target.steps[unready - 1]
+        parts.append(
+            f"step {unready}: {step.ready_replicas} of {counted(step.replicas, 'pod')} ready after"
+            f" {run.spec.step_timeout_seconds}s; no further steps"
+        )
     if target.mode == "Step" and target.restore_message:
         parts.append(target.restore_message)
     parts.append(words)

@@ -38,8 +38,8 @@ import os, sys, time
 import psycopg2
 conns = []
 for _ in range(int(os.environ["CONNS"])):
-    conns.append(psycopg2.connect(host=os.environ["PGHOST"], user="app", password=os.environ["PGPASSWORD"],
-                                  dbname="postgres", connect_timeout=5))
+    conns.append(psycopg2.connect(host=os.environ["PGHOST"], user=os.environ["PGUSER"],
+                                  password=os.environ["PGPASSWORD"], dbname="postgres", connect_timeout=5))
 print("holding", len(conns), flush=True)
 time.sleep(3600)
 """
@@ -91,6 +91,7 @@ def user_pg(operator: Any, kube: Any) -> Iterator[str]:
         cur.execute("GRANT pg_use_reserved_connections TO pb_monitor")
         cur.execute(f"CREATE ROLE pb_nomon LOGIN PASSWORD '{NOMON_PASSWORD}' CONNECTION LIMIT 3")
         cur.execute(f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
+        cur.execute(f"CREATE ROLE app_limited LOGIN PASSWORD '{APP_PASSWORD}' CONNECTION LIMIT 1")
     conn.close()
     yield host
     kube.delete(f"/api/v1/namespaces/{ns}")
@@ -117,6 +118,7 @@ def app_deployment(
     conns: int = 2,
     annotated: bool = True,
     labels: dict[str, str] | None = None,
+    user: str = "app",
 ) -> None:
     annotations = {"poolbench.dev/allow-scaling": "true"} if annotated else {}
     kube.create(
@@ -137,8 +139,10 @@ def app_deployment(
                                 "name": "app",
                                 "image": "my-app:1",
                                 "command": ["python", "-c", HOLDER],
+                                "terminationMessagePolicy": "FallbackToLogsOnError",
                                 "env": [
                                     {"name": "PGHOST", "value": pg_host},
+                                    {"name": "PGUSER", "value": user},
                                     {"name": "PGPASSWORD", "value": APP_PASSWORD},
                                     {"name": "CONNS", "value": str(conns)},
                                 ],
@@ -406,6 +410,29 @@ def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     assert target.get("originalReplicas") is None
     assert replicas(kube, ns) == 2  # as the user left it
     assert status["verdict"]["summary"] == target["answerWords"]
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_observe_sees_app_pods_the_server_refuses_crash(
+    operator: Any, control_plane: Any, kube: Any, user_pg: str
+) -> None:
+    """A pod that wants 2 connections of a role limited to 1 is refused its second and crashes: the run's
+    restarts and the last termination are in status."""
+    ns = create_namespace(kube, "crash")
+    monitor_secret(kube, ns)
+    app_deployment(kube, ns, user_pg, replicas=0, conns=2, user="app_limited")
+    apply_benchmark(control_plane, ns, own_app("watch", user_pg, "Observe", durationSeconds=20))
+    wait_phase(kube, ns, "watch", phases=("Running",), timeout=60)
+    kubectl(control_plane, "-n", ns, "scale", "deployment/my-app", "--replicas=1")
+    status = wait_phase(kube, ns, "watch", timeout=120)["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    health = status["target"]["podHealth"]
+    assert len(health) == 1, health
+    (pod,) = health.values()
+    assert pod["restarts"] >= 1
+    assert pod["lastTerminationReason"] == "Error"
+    assert "too many connections for role" in pod["lastTerminationMessage"]
+    assert status["failures"] == pod["restarts"]
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
