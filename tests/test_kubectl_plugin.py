@@ -1,0 +1,147 @@
+"""``kubectl poolbench`` without a cluster: its krew manifest and archive, its completion, and how it words
+a status (the k8s tier runs it against a real API server: tests/k8s/test_kubectl_plugin_k8s.py)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+
+from poolbench import __version__, kubectl
+from poolbench.core.results import BenchmarkStatus, Outcome, Phase, StepResult, VariantStatus, Verdict
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "plugins" / "poolbench.yaml"
+
+
+def test_the_krew_manifest_names_the_plugin_and_the_package_version() -> None:
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    assert manifest["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2"
+    assert manifest["kind"] == "Plugin"
+    assert manifest["metadata"]["name"] == "poolbench"
+    assert manifest["spec"]["version"] == f"v{__version__}"
+    (platform,) = manifest["spec"]["platforms"]
+    assert platform["bin"] == "kubectl-poolbench"
+    assert f"/v{__version__}/" in platform["uri"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kubectl-poolbench"] == "poolbench.kubectl:main"
+    assert scripts["kubectl_complete-poolbench"] == "poolbench.kubectl:complete"
+
+
+def test_the_krew_archive_is_the_one_the_manifest_names(tmp_path: Path) -> None:
+    subprocess.run(["make", "-s", "krew-archive", f"DIST={tmp_path}"], cwd=ROOT, check=True, capture_output=True)
+    archive = (tmp_path / "kubectl-poolbench.tar.gz").read_bytes()
+    (platform,) = yaml.safe_load(MANIFEST.read_text())["spec"]["platforms"]
+    assert hashlib.sha256(archive).hexdigest() == platform["sha256"], "run make krew-archive and update the sha256"
+
+
+def listing(seen: list[argparse.Namespace]) -> Any:
+    def names(flags: argparse.Namespace) -> list[str]:
+        seen.append(flags)
+        return ["finished", "failed", "compared"]
+
+    return names
+
+
+def test_completion_offers_subcommands_formats_and_names_with_the_flags_given() -> None:
+    seen: list[argparse.Namespace] = []
+    names = listing(seen)
+    assert kubectl.completions([""], names) == ["status", "list", "watch"]
+    assert kubectl.completions(["w"], names) == ["watch"]
+    assert kubectl.completions(["status", "f"], names) == ["finished", "failed"]
+    assert kubectl.completions(["status", "finished", "-o", ""], names) == ["json", "yaml"]
+    assert kubectl.completions(["status", "finished", ""], names) == [], "one name only"
+    assert kubectl.completions(["list", ""], names) == []
+    assert kubectl.completions(["watch", "-n", "shop", "--context=kind", "--kubeconfig", "/k", "c"], names) == [
+        "compared"
+    ]
+    assert (seen[-1].namespace, seen[-1].context, seen[-1].kubeconfig) == ("shop", "kind", "/k")
+
+
+def test_the_completer_prints_kubectl_s_directive_even_without_a_cluster(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    assert kubectl.complete(["status", ""]) == 0
+    assert capsys.readouterr().out == ":4\n"
+
+
+def status(phase: Phase, outcomes: list[Outcome], **extra: Any) -> dict[str, Any]:
+    steps = [StepResult(replicas=i + 1, outcome=o) for i, o in enumerate(outcomes)]
+    passed = [s.replicas for s in steps if s.outcome == "Passed"]
+    failed = [s.replicas for s in steps if s.outcome == "Failed"]
+    verdict = Verdict(max_safe_replicas=max(passed, default=None), first_failing_replicas=min(failed, default=None))
+    return BenchmarkStatus(
+        phase=phase,
+        max_connections=20,
+        verdict=verdict,
+        variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)],
+        **extra,
+    ).to_json()
+
+
+@pytest.mark.parametrize(
+    ("document", "style", "words"),
+    [
+        (status("Completed", ["Passed", "Passed"]), "green", "safe up to 2"),
+        (status("Failed", ["Passed", "Failed"]), "red", "safe up to 1, fails at 2"),
+        (status("Failed", ["Passed", "Inconclusive"]), "yellow", "safe up to 1"),
+        (status("Running", ["Passed"], progress="2/3", live_connections=5), "yellow", "step 2/3, 5 connections now"),
+        ({"phase": "Invalid", "message": "spec.steps: must not be empty"}, "red", "invalid spec: spec.steps"),
+        ({"phase": "Failed", "message": "the database never got ready"}, "red", "could not run: the database"),
+        ({}, "yellow", "not started"),
+    ],
+)
+def test_the_verdict_s_colour_and_short_words(document: dict[str, Any], style: str, words: str) -> None:
+    assert kubectl.verdict_style(document) == style
+    assert kubectl.short_verdict(document).startswith(words), kubectl.short_verdict(document)
+
+
+def rendered(resource: dict[str, Any]) -> str:
+    console = Console(width=200, record=True, color_system=None)
+    kubectl.print_status(console, resource)
+    return console.export_text()
+
+
+def test_an_own_app_benchmark_gets_its_own_short_section() -> None:
+    document = status("Completed", [])
+    document["database"] = {
+        "host": "db.shop",
+        "port": 5432,
+        "dbname": "shop",
+        "maxConnections": 100,
+        "superuserReservedConnections": 3,
+        "reservedConnections": 2,
+        "usableForNormalRole": 95,
+    }
+    document["target"] = {
+        "deployment": "web",
+        "mode": "Step",
+        "originalReplicas": 2,
+        "restored": True,
+        "steps": [{"replicas": 2, "observation": {"perPodPeak": 5, "appPeak": 10, "othersPeak": 4, "minHeadroom": 81}}],
+        "answerWords": "17 replicas fit at rest",
+        "warnings": ["the HPA may scale past 17"],
+    }
+    text = rendered({"metadata": {"name": "own", "namespace": "shop"}, "spec": {}, "status": document})
+    assert "max_connections 100 · reserved 5 · usable 95 for a normal role (read live from db.shop:5432/shop)" in text
+    assert "own app: deployment web (Step)" in text
+    assert "per pod peak 5 · app peak 10 · other tenants' peak 4 · least headroom 81" in text
+    assert "answer: 17 replicas fit at rest" in text
+    assert "replicas put back to 2" in text
+    assert "warning: the HPA may scale past 17" in text
+
+
+def test_a_benchmark_not_yet_started_shows_no_tables() -> None:
+    text = rendered({"metadata": {"name": "new", "namespace": "ns"}, "spec": {"steps": [1]}})
+    assert "phase: Pending" in text
+    assert "verdict: no verdict yet" in text
+    assert "max_connections 100 · reserved 0 · usable 99 for role superuser" in text
+    assert "PoolBenchmark results" not in text
