@@ -286,10 +286,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    cluster = connect(args)  # first: it names a missing extra
     from rich.markup import escape
     from rich.table import Table
 
-    cluster = connect(args)
     try:
         found = cluster.list(args.all_namespaces)
     finally:
@@ -328,11 +328,11 @@ def progress_text(resource: dict[str, Any]) -> str:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Read the resource every second until its phase is a final one; 0 when it passed."""
+    cluster = connect(args)  # first: it names a missing extra
     from rich.live import Live
     from rich.markup import escape
     from rich.text import Text
 
-    cluster = connect(args)
     console = make_console()
     try:
         if console.is_terminal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import subprocess
 import tomllib
 from pathlib import Path
@@ -40,6 +41,20 @@ def test_the_krew_archive_is_the_one_the_manifest_names(tmp_path: Path) -> None:
     archive = (tmp_path / "kubectl-poolbench.tar.gz").read_bytes()
     (platform,) = yaml.safe_load(MANIFEST.read_text())["spec"]["platforms"]
     assert hashlib.sha256(archive).hexdigest() == platform["sha256"], "run make krew-archive and update the sha256"
+
+
+@pytest.mark.parametrize("missing", ["kubernetes", "rich"])
+@pytest.mark.parametrize("command", [["status", "x"], ["list"], ["watch", "x"]])
+def test_a_missing_extra_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], missing: str, command: list[str]
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    assert kubectl.main(command) == 1
+    assert capsys.readouterr().err == (
+        f"kubectl poolbench: kubectl poolbench needs the 'kubectl' extra ({missing} is not installed):"
+        " pip install 'poolbench[kubectl]'\n"
+    )
 
 
 def listing(seen: list[argparse.Namespace]) -> Any:
