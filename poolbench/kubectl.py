@@ -3,11 +3,13 @@
 ``status NAME`` (the benchmark, its server, each variant's steps and the comparison, as ``poolbench run``
 prints them; ``-o json|yaml`` the resource's status as it is), ``list`` (``-A`` every namespace), ``watch
 NAME`` (live progress until it ends: exit 0 when it passed, 1 when it did not, 130 on Ctrl-C) and ``report
-NAME -o FILE.html``. kubectl runs ``kubectl-poolbench`` from PATH for ``kubectl poolbench``, and
-``kubectl_complete-poolbench`` to complete its words (subcommands and benchmark names).
+NAME -o FILE.html`` (the HTML report of the live resource). kubectl runs ``kubectl-poolbench`` from PATH
+for ``kubectl poolbench``, and ``kubectl_complete-poolbench`` to complete its words (subcommands and
+benchmark names).
 
 Exit codes: 0 done, 1 the cluster or the benchmark said no (one line, no traceback), 2 bad arguments,
-130 interrupted. Needs the ``kubectl`` extra (kubernetes, rich) and says so when it is missing.
+130 interrupted. Needs the ``kubectl`` extra (kubernetes, rich, and Jinja2 for the report) and says so
+when it is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -34,9 +37,11 @@ FINISHED_PHASES = ("Completed", "BoundaryFound", "Failed", "Invalid")
 PASSED_PHASES = ("Completed", "BoundaryFound")
 #: How often ``watch`` reads the resource again.
 WATCH_POLL_SECONDS = 1.0
-SUBCOMMANDS = ("status", "list", "watch")
+SUBCOMMANDS = ("status", "list", "watch", "report")
 #: kubectl's completion directive: complete nothing but the words given (no file names).
 NO_FILE_COMPLETION = ":4"
+#: ... and the shell's own file names (report's -o).
+FILE_COMPLETION = ":0"
 
 
 class PluginError(Exception):
@@ -363,6 +368,33 @@ def follow(cluster: Cluster, name: str, show: Callable[[str], None]) -> dict[str
         time.sleep(WATCH_POLL_SECONDS)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The HTML report of the live resource: the same page ``poolbench report`` makes of a saved one."""
+    require("report", "jinja2", "kubectl poolbench report")
+    output = args.output or f"{args.name}.html"
+    cluster = connect(args)
+    try:
+        resource = cluster.get(args.name)
+    finally:
+        cluster.close()
+    from .report import render_html
+
+    meta = resource["metadata"]
+    document = {
+        "apiVersion": resource.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": resource.get("kind", "PoolBenchmark"),
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace", cluster.namespace)},
+        "spec": resource.get("spec") or {},
+        "status": resource.get("status") or {},
+    }
+    try:
+        Path(output).write_text(render_html(document), encoding="utf-8")
+    except OSError as err:
+        raise PluginError(f"-o {output}: cannot be written: {err.strerror or err}") from None
+    sys.stderr.write(f"report written to {output}\n")
+    return EXIT_OK
+
+
 # -- arguments and completion ---------------------------------------------------------------------
 
 
@@ -391,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="live progress until the benchmark ends (exit 0 when it passed)")
     watch.add_argument("name")
     watch.set_defaults(func=cmd_watch)
-    for command in (status, listing, watch):
+    report = sub.add_parser("report", help="the benchmark's self-contained HTML report")
+    report.add_argument("name")
+    report.add_argument("-o", "--output", metavar="FILE.html", help="where to write it (default: NAME.html)")
+    report.set_defaults(func=cmd_report)
+    for command in (status, listing, watch, report):
         add_cluster_flags(command)
     return parser
 
@@ -418,7 +454,7 @@ def completions(words: list[str], names: Callable[[argparse.Namespace], list[str
     format or a benchmark's name (``names`` reads them with the flags given so far)."""
     *before, typed = words or [""]
     if before and before[-1] in ("-o", "--output"):
-        return [f for f in ("json", "yaml") if f.startswith(typed)]
+        return [f for f in ("json", "yaml") if f.startswith(typed)] if "report" not in before else []
     positional: list[str] = []
     flags = argparse.Namespace(kubeconfig=None, context=None, namespace=None)
     taking = None
@@ -437,7 +473,7 @@ def completions(words: list[str], names: Callable[[argparse.Namespace], list[str
         return []
     if not positional:
         return [c for c in SUBCOMMANDS if c.startswith(typed)]
-    if positional[0] in ("status", "watch") and len(positional) == 1:
+    if positional[0] in ("status", "watch", "report") and len(positional) == 1:
         return [n for n in names(flags) if n.startswith(typed)]
     return []
 
@@ -462,7 +498,9 @@ def complete(argv: list[str] | None = None) -> int:
             print(candidate)
     except Exception:  # noqa: BLE001 - a completer prints no traceback into the user's command line
         pass
-    print(NO_FILE_COMPLETION)
+    words = sys.argv[1:] if argv is None else argv
+    report_file = "report" in words and len(words) > 1 and words[-2] in ("-o", "--output")
+    print(FILE_COMPLETION if report_file else NO_FILE_COMPLETION)
     return EXIT_OK
 
 

@@ -44,7 +44,7 @@ def test_the_krew_archive_is_the_one_the_manifest_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("missing", ["kubernetes", "rich"])
-@pytest.mark.parametrize("command", [["status", "x"], ["list"], ["watch", "x"]])
+@pytest.mark.parametrize("command", [["status", "x"], ["list"], ["watch", "x"], ["report", "x"]])
 def test_a_missing_extra_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], missing: str, command: list[str]
 ) -> None:
@@ -54,6 +54,17 @@ def test_a_missing_extra_is_one_line_naming_it(
     assert capsys.readouterr().err == (
         f"kubectl poolbench: kubectl poolbench needs the 'kubectl' extra ({missing} is not installed):"
         " pip install 'poolbench[kubectl]'\n"
+    )
+
+
+def test_report_without_jinja2_names_the_report_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jinja2" else real(name, *a))
+    assert kubectl.main(["report", "x", "-o", "x.html"]) == 1
+    assert (
+        "needs the 'report' extra (jinja2 is not installed): pip install 'poolbench[report]'" in capsys.readouterr().err
     )
 
 
@@ -68,7 +79,9 @@ def listing(seen: list[argparse.Namespace]) -> Any:
 def test_completion_offers_subcommands_formats_and_names_with_the_flags_given() -> None:
     seen: list[argparse.Namespace] = []
     names = listing(seen)
-    assert kubectl.completions([""], names) == ["status", "list", "watch"]
+    assert kubectl.completions([""], names) == ["status", "list", "watch", "report"]
+    assert kubectl.completions(["report", "c"], names) == ["compared"]
+    assert kubectl.completions(["report", "compared", "-o", ""], names) == []
     assert kubectl.completions(["w"], names) == ["watch"]
     assert kubectl.completions(["status", "f"], names) == ["finished", "failed"]
     assert kubectl.completions(["status", "finished", "-o", ""], names) == ["json", "yaml"]
@@ -86,6 +99,8 @@ def test_the_completer_prints_kubectl_s_directive_even_without_a_cluster(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
     assert kubectl.complete(["status", ""]) == 0
     assert capsys.readouterr().out == ":4\n"
+    assert kubectl.complete(["report", "x", "-o", "r"]) == 0
+    assert capsys.readouterr().out == ":0\n", "the shell completes the report's file name"
 
 
 def status(phase: Phase, outcomes: list[Outcome], **extra: Any) -> dict[str, Any]:

@@ -246,6 +246,21 @@ def test_output_json_and_yaml_are_the_resource_status(benchmarks: Benchmarks, na
     assert yaml.safe_load(proc.stdout) == live
 
 
+def test_report_writes_the_html_report_of_the_live_resource(benchmarks: Benchmarks, tmp_path: Path) -> None:
+    target = tmp_path / "compared.html"
+    proc = benchmarks.run("report", "compared", "-n", benchmarks.ns, "-o", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == f"report written to {target}\n"
+    page = target.read_text()
+    assert page.lstrip().lower().startswith("<!doctype html>"), page[:200]
+    assert "compared" in page
+    assert "tx" in page
+    assert "PgBouncer" in page
+    unwritable = benchmarks.run("report", "compared", "-n", benchmarks.ns, "-o", str(tmp_path / "no" / "r.html"))
+    assert unwritable.returncode == 1
+    assert len(unwritable.stderr.splitlines()) == 1, unwritable.stderr
+
+
 def on_terminal(benchmarks: Benchmarks, *args: str, env: dict[str, str]) -> str:
     """The plugin's output with a terminal as its stdout (a pseudo-terminal), as a user sees it (no
     NO_COLOR or FORCE_COLOR from the caller: ``env`` says)."""
