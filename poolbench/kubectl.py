@@ -152,6 +152,12 @@ def verdict_style(status: dict[str, Any]) -> str:
     return "red"
 
 
+def verdict_words(status: dict[str, Any]) -> str:
+    """The benchmark's verdict in a sentence: the variants compared, else the verdict's summary, else the
+    message (an environment that failed, an invalid spec)."""
+    return str(status.get("comparison") or (status.get("verdict") or {}).get("summary") or status.get("message") or "")
+
+
 def short_verdict(status: dict[str, Any]) -> str:
     """A few words for ``list``: how far it got, how many replicas are safe, what broke."""
     from .core.words import clipped
@@ -228,7 +234,7 @@ def print_status(console: Console, resource: dict[str, Any]) -> None:
         f" · live connections {status.get('liveConnections', 0)} · failures {status.get('failures', 0)}"
         + (f" · measuring variant {escape(status['currentVariant'])}" if status.get("currentVariant") else "")
     )
-    verdict = (status.get("verdict") or {}).get("summary") or status.get("message") or "no verdict yet"
+    verdict = verdict_words(status) or "no verdict yet"
     console.print(f"[bold]verdict:[/] [{style}]{escape(verdict)}[/]")
     console.print(f"[bold]server:[/] {escape(server_line(resource, status))}")
     variants = status.get("variants") or []
@@ -349,7 +355,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         cluster.close()
     status = resource.get("status") or {}
     phase = status["phase"]
-    verdict = (status.get("verdict") or {}).get("summary") or status.get("message") or ""
+    verdict = verdict_words(status)
     console.print(f"[bold]{escape(args.name)} {phase}:[/] [{verdict_style(status)}]{escape(verdict)}[/]")
     return EXIT_OK if phase in PASSED_PHASES else EXIT_FAILED
 

@@ -175,3 +175,28 @@ def test_a_benchmark_not_yet_started_shows_no_tables() -> None:
     assert "verdict: no verdict yet" in text
     assert "max_connections 100 · reserved 0 · usable 99 for role superuser" in text
     assert "PoolBenchmark results" not in text
+
+
+class ScriptedCluster:
+    """Answers ``get`` with the statuses a benchmark goes through, one a read."""
+
+    def __init__(self, *statuses: dict[str, Any]):
+        self.statuses = list(statuses)
+        self.reads = 0
+
+    def get(self, name: str) -> dict[str, Any]:
+        status = self.statuses[min(self.reads, len(self.statuses) - 1)]
+        self.reads += 1
+        return {"metadata": {"name": name}, "status": status}
+
+
+def test_watch_shows_each_change_once_and_stops_at_a_final_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kubectl, "WATCH_POLL_SECONDS", 0.0)
+    running = status("Running", ["Passed"], progress="2/3", live_connections=5)
+    cluster = ScriptedCluster({}, running, running, status("Completed", ["Passed", "Passed"], progress="2/2"))
+    shown: list[str] = []
+    last = kubectl.follow(cluster, "b", shown.append)  # type: ignore[arg-type]
+    assert cluster.reads == 4
+    assert last["status"]["phase"] == "Completed"
+    assert [line.split(" · ")[0] for line in shown] == ["b Pending", "b Running", "b Completed"]
+    assert "live connections 5" in shown[1]
