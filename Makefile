@@ -2,7 +2,7 @@
 CLUSTER ?= poolbench
 EXAMPLE ?= manifests/examples/small.yaml
 
-.PHONY: setup test lint crd kind-up images kind-load deploy deploy-helm demo kind-down
+.PHONY: setup test lint crd krew-archive kind-up images kind-load deploy deploy-helm demo kind-down
 
 setup:
 	scripts/setup
@@ -16,6 +16,14 @@ lint:
 crd:  ## regenerate the CRD from the spec model
 	.venv/bin/poolbench crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/poolbench/crds/poolbenchmarks.yaml
+
+# The archive plugins/poolbench.yaml names (its sha256 is there): the same bytes on every machine.
+DIST ?= dist
+krew-archive:  ## the krew plugin's archive: the kubectl-poolbench launcher
+	mkdir -p $(DIST)
+	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=u=rwx,go=rx -C plugins \
+	  -cf - kubectl-poolbench | gzip -9n > $(DIST)/kubectl-poolbench.tar.gz
+	sha256sum $(DIST)/kubectl-poolbench.tar.gz
 
 kind-up:
 	kind create cluster --name $(CLUSTER) --config kind-config.yaml

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from poolbench import cli
+from poolbench import cli, tables
 from poolbench.core.results import (
     BenchmarkStatus,
     ErrorCounts,
@@ -50,7 +50,7 @@ def pooled_status() -> dict[str, Any]:
 def test_the_errors_column_shows_each_class_whole(width: int) -> None:
     status = pooled_status()
     console = Console(width=width, record=True)
-    console.print(cli.results_table(status, status["variants"][0]))
+    console.print(tables.results_table(status, status["variants"][0]))
     text = console.export_text()
     # One class per line, each whole (a name cut to "poolerMa…" says nothing).
     assert "poolerMaxClientConn 31" in text, text
@@ -61,7 +61,7 @@ def test_the_errors_column_shows_each_class_whole(width: int) -> None:
 
 def test_the_comparison_names_reserve_pool_and_instances() -> None:
     console = Console(width=200, record=True)
-    console.print(cli.comparison_table(pooled_status()))
+    console.print(tables.comparison_table(pooled_status()))
     text = console.export_text()
     assert "PgBouncer transaction, pool 3+1 × 2 instances, QueuePool" in text
     assert "3 (poolerMaxClientConn)" in text
@@ -79,12 +79,12 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
         max_connections=14, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
     ).to_json()
     console = Console(width=200, record=True)
-    console.print(cli.results_table(status, status["variants"][0]))
+    console.print(tables.results_table(status, status["variants"][0]))
     rows = [line for line in console.export_text().splitlines() if "Passed" in line]
     assert "2 + 1 surge" in rows[1]
     assert "2 + 1 surge" not in rows[0]
     console = Console(width=200, record=True)
-    console.print(cli.comparison_table(status))
+    console.print(tables.comparison_table(status))
     text = console.export_text()  # the largest passing step at rest is the max safe count's, not the rollout's
     assert "20 ms at 2" in text
     assert "35 ms" not in text
@@ -100,7 +100,7 @@ def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
         max_connections=20, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
     ).to_json()
     console = Console(width=200, record=True)
-    console.print(cli.comparison_table(status))
+    console.print(tables.comparison_table(status))
     assert "1 (limits.maxLatencyP95Ms)" in console.export_text()
 
 
@@ -144,7 +144,7 @@ def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> N
         (named, "variant direct: direct, QueuePool (max_connections 20)"),
     ):
         console = Console(width=200, record=True)
-        console.print(cli.results_table(status, status["variants"][0]))
+        console.print(tables.results_table(status, status["variants"][0]))
         assert title in console.export_text()
 
 
@@ -164,7 +164,7 @@ def test_the_peak_names_its_source_and_the_sampled_one_beside_it() -> None:
     ]
     status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
     console = Console(width=200, record=True)
-    console.print(cli.results_table(status, status["variants"][0]))
+    console.print(tables.results_table(status, status["variants"][0]))
     text = console.export_text()
     assert "12 (log)" in text
     assert "4 sampled" in text
@@ -198,13 +198,13 @@ def test_the_pools_own_count_stands_under_the_exact_peak() -> None:
     ]
     status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
     console = Console(width=200, record=True)
-    console.print(cli.results_table(status, status["variants"][0]))
+    console.print(tables.results_table(status, status["variants"][0]))
     cells = [line.split("│")[4].strip() for line in console.export_text().splitlines() if line.count("│") > 5]
     assert cells == ["15 (log)", "15 pools", "17 (log)", "9 sampled", "≤ 12 pools"]
     pooled = pooled_status()
     pooled["variants"][0]["steps"][0].update(clientPeakConnections=6, clientPeakExact=True)
     console = Console(width=200, record=True)
-    console.print(cli.results_table(pooled, pooled["variants"][0]))
+    console.print(tables.results_table(pooled, pooled["variants"][0]))
     assert "6 pools" in console.export_text()  # beside the pooler's clients, not the server's backends
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from poolbench import cli
+from poolbench import tables
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep
 from poolbench.core.budget import predict, predicted_safe_replicas
@@ -216,7 +216,7 @@ def test_plan_prediction_verdict_and_tables_never_contradict(doc: dict[str, Any]
                 assert f"fails at {verdict.first_failing_replicas} " in part, (part, verdict)
         json_steps = document["variants"][index]["steps"]
         json_verdict = document["variants"][index]["verdict"]
-        table_step = cli.stopping_step(json_verdict, json_steps)
+        table_step = tables.stopping_step(json_verdict, json_steps)
         assert (table_step["replicas"] if table_step else None) == verdict.first_failing_replicas
         check_summary(verdict.summary, spec, pooler, safe, steps, measured)
         check_plan(vspec, pooler, safe)

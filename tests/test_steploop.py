@@ -795,7 +795,7 @@ def search_with_variants() -> tuple[dict[str, Any], BenchmarkStatus]:
 def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() -> None:
     from rich.console import Console
 
-    from poolbench import cli
+    from poolbench import tables
 
     document, status = search_with_variants()
     # The direct variant probes 33 first (the prediction), fails there, and bisects down to 5/6.
@@ -806,7 +806,7 @@ def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() 
     assert direct.verdict.first_failing_replicas == 6
     assert "direct: 5 replicas safe, fails at 6 (tooManyClients)" in status.comparison
     console = Console(width=200, record=True)
-    console.print(cli.comparison_table(document))
+    console.print(tables.comparison_table(document))
     rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
     assert "│ 6 (tooManyClients) " in rows[0], rows[0]
     assert "33" not in rows[0], rows[0]
@@ -817,7 +817,7 @@ def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() 
     assert f"fails at {tx.verdict.first_failing_replicas} " in status.comparison
     assert f"│ {tx.verdict.first_failing_replicas} (tooManyClients)" in rows[1]
     # The "First error" line under each table is the first failing step's.
-    first = cli.stopping_step(document["variants"][0]["verdict"], document["variants"][0]["steps"])
+    first = tables.stopping_step(document["variants"][0]["verdict"], document["variants"][0]["steps"])
     assert first is not None
     assert first["replicas"] == 6
 

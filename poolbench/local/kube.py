@@ -54,7 +54,7 @@ def parse_target(text: str) -> str:
     return name
 
 
-def _api_error(err: Exception, what: str) -> KubeError:
+def api_error(err: Exception, what: str) -> KubeError:
     status = getattr(err, "status", None)
     if status == 404:
         return KubeError(f"{what} not found")
@@ -67,17 +67,11 @@ def _api_error(err: Exception, what: str) -> KubeError:
 def read_deployment(target: str, namespace: str | None = None) -> DeploymentFacts:
     """The Deployment named by ``target`` ('deployment/NAME') in ``namespace`` (default: the kubeconfig
     context's namespace, else 'default'), its HPA and its pods' IPs."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    from kubernetes import client
 
     name = parse_target(target)
-    try:
-        api = config.new_client_from_config()
-        if namespace is None:
-            _, active = config.list_kube_config_contexts()
-            namespace = (active or {}).get("context", {}).get("namespace") or "default"
-    except (ConfigException, OSError, TypeError, ValueError) as err:
-        raise KubeError(f"no usable kubeconfig: {' '.join(str(err).split())[:200]}") from None
+    api, default_namespace = open_client()
+    namespace = namespace or default_namespace
     what = f"deployment {namespace}/{name}"
     try:
         with api:
@@ -85,7 +79,23 @@ def read_deployment(target: str, namespace: str | None = None) -> DeploymentFact
     except KubeError:
         raise
     except Exception as err:  # noqa: BLE001 - ApiException, or urllib3's for an unreachable API server
-        raise _api_error(err, what) from None
+        raise api_error(err, what) from None
+
+
+def open_client(kubeconfig: str | None = None, context: str | None = None) -> tuple[Any, str]:
+    """An API client from the user's kubeconfig (``kubeconfig`` or $KUBECONFIG or ~/.kube/config, the
+    ``context`` or the current one) and that context's namespace ('default' when it names none)."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        api = config.new_client_from_config(config_file=kubeconfig, context=context)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+        namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+    except (ConfigException, OSError, TypeError, ValueError) as err:
+        raise KubeError(f"no usable kubeconfig: {' '.join(str(err).split())[:200]}") from None
+    return api, namespace
 
 
 def _read(client: Any, api: Any, namespace: str, name: str) -> DeploymentFacts:
