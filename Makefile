@@ -2,7 +2,7 @@
 CLUSTER ?= poolbench
 EXAMPLE ?= manifests/examples/small.yaml
 
-.PHONY: setup test lint crd kind-up images kind-load deploy deploy-helm demo kind-down
+.PHONY: setup test lint crd docs-reference docs kind-up images kind-load deploy deploy-helm demo kind-down
 
 setup:
 	scripts/setup
@@ -16,6 +16,12 @@ lint:
 crd:  ## regenerate the CRD from the spec model
 	.venv/bin/poolbench crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/poolbench/crds/poolbenchmarks.yaml
+
+docs-reference:  ## regenerate the spec reference page from the spec model
+	.venv/bin/poolbench reference > docs/reference/spec.md
+
+docs:  ## build the documentation site into site/ (strict: a broken link fails)
+	.venv/bin/mkdocs build --strict
 
 kind-up:
 	kind create cluster --name $(CLUSTER) --config kind-config.yaml

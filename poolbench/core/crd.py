@@ -20,6 +20,8 @@ from .spec import API_GROUP, API_VERSION, KIND, MAX_NAME_LENGTH, PLURAL, PoolBen
 
 DROP_KEYS = {"title", "$defs", "examples"}
 
+SPEC_DESCRIPTION = "What to measure: the server's limits, the workload, the replica steps."
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
@@ -116,7 +118,7 @@ def status_schema() -> dict[str, Any]:
 
 def build_crd() -> dict[str, Any]:
     spec_schema = openapi_schema(PoolBenchmarkSpec, keep_defaults=True)
-    spec_schema["description"] = "What to measure: the server's limits, the workload, the replica steps."
+    spec_schema["description"] = SPEC_DESCRIPTION
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
