@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import markdown
 import pytest
 
 from poolbench.cli import main
 from poolbench.core.crd import build_crd
+from poolbench.core.reference import _cell as reference_cell
 from poolbench.core.reference import spec_reference
 from tests.conftest import ROOT
 
@@ -64,8 +66,15 @@ def test_rows_carry_type_default_bounds_and_description() -> None:
     assert "| required |" in rows["spec.database.host"]
     assert "> 0, ≤ 1 |" in rows["spec.safety.stopAtUsedFraction"]
     assert "[list of object](#specvariants)" in rows["spec.variants"]
-    # A pattern's pipes would break the table; text outside code may hold no raw HTML.
     assert "`<name>-rw`" in rows["spec.database.host"]
+
+
+def test_a_cell_keeps_its_columns_and_shows_code_as_written() -> None:
+    cell = reference_cell("a | b <i>\n `x|y <z>`")
+    assert cell == "a \\| b &lt;i> `x|y <z>`"
+    rendered = markdown.markdown(f"| h | i |\n|---|---|\n| {cell} | next |", extensions=["tables"])
+    assert "<td>a | b &lt;i&gt; <code>x|y &lt;z&gt;</code></td>" in rendered
+    assert "<td>next</td>" in rendered
 
 
 def test_every_object_has_a_section_its_links_reach() -> None:

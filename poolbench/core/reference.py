@@ -25,10 +25,13 @@ JSON_TYPE_WORDS = {
 
 
 def _cell(text: str) -> str:
-    """Text safe inside one Markdown table cell: one line, no column break, no raw HTML outside code
-    (every odd part between backticks is inside a code span)."""
-    parts = " ".join(text.split()).replace("|", "\\|").split("`")
-    return "`".join(part if index % 2 else part.replace("<", "&lt;") for index, part in enumerate(parts))
+    """Text safe inside one Markdown table cell: one line; outside code spans (every odd part between
+    backticks is inside one) no column break and no raw HTML; inside, as written (MkDocs' tables keep
+    a code span's pipes)."""
+    parts = " ".join(text.split()).split("`")
+    return "`".join(
+        part if index % 2 else part.replace("|", "\\|").replace("<", "&lt;") for index, part in enumerate(parts)
+    )
 
 
 def _code(value: Any) -> str:
