@@ -16,28 +16,41 @@ from typing import Any
 
 import markdown
 import pytest
+from pydantic import BaseModel, Field
 
 from poolbench.cli import main
 from poolbench.core.crd import build_crd
 from poolbench.core.reference import _cell as reference_cell
-from poolbench.core.reference import spec_reference
+from poolbench.core.reference import model_sections, spec_reference
 from tests.conftest import ROOT
 
 REFERENCE = ROOT / "docs/reference/spec.md"
 
 
+def crd_spec_schema() -> dict[str, Any]:
+    spec: dict[str, Any] = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec
+
+
 def crd_spec_paths() -> Iterator[str]:
-    """Every field path of the CRD's spec schema (``spec.variants[].pooler.poolMode``), walked on its own."""
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    """Every field path of the CRD's spec schema (``spec.variants[].pooler.poolMode``), walked on its own:
+    an object's fields, a list's items (``[]``), a map's values (``.*``)."""
 
     def walk(node: dict[str, Any], path: str) -> Iterator[str]:
         for name, field in node.get("properties", {}).items():
             yield f"{path}.{name}"
             yield from walk(field, f"{path}.{name}")
-            if "properties" in field.get("items", {}):
-                yield from walk(field["items"], f"{path}.{name}[]")
+            yield from walk(field.get("items", {}), f"{path}.{name}[]")
+            values = field.get("additionalProperties")
+            if isinstance(values, dict):
+                yield from walk(values, f"{path}.{name}.*")
 
-    yield from walk(schema, "spec")
+    yield from walk(crd_spec_schema(), "spec")
+
+
+def kept_as_given() -> set[str]:
+    """The spec's fields the API server keeps as given (several shapes): the model checks their insides."""
+    return {f"spec.{name}" for name, field in crd_spec_schema()["properties"].items() if "type" not in field}
 
 
 def test_committed_reference_matches_the_model() -> None:
@@ -51,7 +64,10 @@ def test_every_crd_field_has_a_row() -> None:
     assert len(paths) > 80  # the walk found the schema, not an empty object
     missing = [path for path in paths if path not in rows]
     assert missing == []
-    assert rows == set(paths)  # and no row names a field the CRD does not have
+    # A row the CRD has no field for is inside a field it keeps as given (spec.steps' search form).
+    beyond = {row for row in rows - set(paths) if not any(row.startswith(f"{kept}.") for kept in kept_as_given())}
+    assert beyond == set()
+    assert {"spec.steps.search.min", "spec.steps.search.max"} <= rows
 
 
 def test_rows_carry_type_default_bounds_and_description() -> None:
@@ -61,7 +77,8 @@ def test_rows_carry_type_default_bounds_and_description() -> None:
     )
     assert "`QueuePool`, `NullPool`, `StaticPool`, `SingletonThreadPool`" in rows["spec.workload.engine.poolClass"]
     assert "| integer or string | `25%` |" in rows["spec.rollout.maxSurge"]
-    assert "| list of integer or object {search} |" in rows["spec.steps"]
+    assert "| list of integer or [object {search}](#specsteps) |" in rows["spec.steps"]
+    assert "| required | 2 to 500 |" in rows["spec.steps.search.max"]
     assert "| string or list of string |" in rows["spec.workload.transaction"]
     assert "| required |" in rows["spec.database.host"]
     assert "> 0, ≤ 1 |" in rows["spec.safety.stopAtUsedFraction"]
@@ -77,14 +94,45 @@ def test_a_cell_keeps_its_columns_and_shows_code_as_written() -> None:
     assert "<td>next</td>" in rendered
 
 
+class Leaf(BaseModel):
+    """A leaf object."""
+
+    size: int = Field(3, ge=1, le=9, description="How big.")
+
+
+class Tree(BaseModel):
+    by_name: dict[str, Leaf] = Field(default_factory=dict, alias="byName", description="Leaves by name.")
+    leaves: list[Leaf] = Field(default_factory=list, max_length=4)
+    shape: list[int] | Leaf | None = Field(
+        None, description="A list or a leaf.", json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+def test_maps_lists_and_kept_shapes_of_objects_get_their_sections() -> None:
+    page = "\n".join(model_sections(Tree, "tree", "The root."))
+    assert "| `tree.byName` | [map of string to object](#treebyname) |" in page
+    assert "| `tree.byName.*.size` | integer | `3` | 1 to 9 | How big. |" in page
+    assert "| `tree.leaves` | [list of object](#treeleaves) |  | at most 4 items |" in page
+    assert "| `tree.leaves[].size` |" in page
+    assert "| `tree.shape` | list of integer or [object {size}](#treeshape) |" in page
+    assert "| `tree.shape.size` |" in page
+    headings = [line for line in page.splitlines() if line.startswith("## ")]
+    assert headings == ["## `tree`", "## `tree.byName.*`", "## `tree.leaves[]`", "## `tree.shape`"]
+
+
 def test_every_object_has_a_section_its_links_reach() -> None:
     page = spec_reference()
     headings = [line.removeprefix("## ").strip("`") for line in page.splitlines() if line.startswith("## ")]
     assert headings[0] == "spec"
-    assert {"spec.variants[]", "spec.variants[].pooler", "spec.database.monitorSecret", "spec.target.load"} <= set(
-        headings
-    )
+    assert {
+        "spec.variants[]",
+        "spec.variants[].pooler",
+        "spec.database.monitorSecret",
+        "spec.target.load",
+        "spec.steps.search",
+    } <= set(headings)
     anchors = {"".join(c for c in h.lower() if c.isalnum() or c in "-_") for h in headings}
+    assert len(anchors) == len(headings)  # no two sections share an id
     links = {part.split(")")[0] for part in page.split("](#")[1:]}
     assert links == anchors - {"spec"}
 

@@ -106,10 +106,15 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
     return out
 
 
+def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bool) -> dict[str, Any]:
+    """One node of a model's JSON schema (its ``$ref`` resolved from ``defs``) as a structural schema."""
+    schema: dict[str, Any] = _resolve(node, defs, keep_defaults)
+    return schema
+
+
 def openapi_schema(model: type[BaseModel], *, keep_defaults: bool) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}), keep_defaults)
-    return schema
+    return structural(raw, raw.get("$defs", {}), keep_defaults=keep_defaults)
 
 
 def status_schema() -> dict[str, Any]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .crd import SPEC_DESCRIPTION, openapi_schema, source_file
+from pydantic import BaseModel
+
+from .crd import SPEC_DESCRIPTION, openapi_schema, source_file, structural
 from .spec import API_GROUP, API_VERSION, KIND, PoolBenchmarkSpec
 
 JSON_TYPE_WORDS = {
@@ -48,8 +50,10 @@ def _is_object(node: dict[str, Any]) -> bool:
     return "properties" in node
 
 
-def _raw_options(raw: dict[str, Any], defs: dict[str, Any]) -> list[dict[str, Any]]:
+def _raw_options(raw: dict[str, Any] | None, defs: dict[str, Any]) -> list[dict[str, Any]]:
     """The shapes a field of the model's own JSON schema takes (``null`` left out)."""
+    if raw is None:
+        return []
     node = defs[raw["$ref"].split("/")[-1]] if "$ref" in raw else raw
     options = node.get("anyOf", [node])
     resolved = [defs[o["$ref"].split("/")[-1]] if "$ref" in o else o for o in options]
@@ -130,39 +134,60 @@ def _default(node: dict[str, Any], required: bool) -> str:
     return ""
 
 
-def _object_fields(node: dict[str, Any]) -> dict[str, Any] | None:
-    """The object a field holds (itself, or each item of a list), or None for a plain value."""
-    if _is_object(node):
-        return node
-    items = node.get("items", {})
-    if node.get("type") == "array" and _is_object(items):
-        return dict(items)
-    return None
+Nested = tuple[str, dict[str, Any], dict[str, Any]]
+"""An object a field holds, for its own section: its path, its structural schema, its model schema."""
+
+
+def _first_raw(raw: dict[str, Any] | None, defs: dict[str, Any]) -> dict[str, Any]:
+    options = _raw_options(raw, defs) if raw is not None else []
+    return options[0] if options else {}
+
+
+def _held(
+    path: str, field: dict[str, Any], raw: dict[str, Any] | None, defs: dict[str, Any]
+) -> tuple[str, list[Nested]]:
+    """A field's type cell (linking to the sections of the objects it holds) and those objects: the field
+    itself (``path``), each item of a list (``path[]``), each value of a map (``path.*``), or the object
+    shapes of a field the API server keeps as given (from the model's own schema)."""
+    kind = _type(field, raw, defs)
+    if _is_object(field):
+        return f"[{kind}](#{_anchor(path)})", [(path, field, _first_raw(raw, defs))]
+    items = field.get("items", {})
+    if field.get("type") == "array" and _is_object(items):
+        child = f"{path}[]"
+        return f"[{kind}](#{_anchor(child)})", [(child, items, _first_raw(_first_raw(raw, defs).get("items"), defs))]
+    values = field.get("additionalProperties")
+    if isinstance(values, dict) and _is_object(values):
+        child = f"{path}.*"
+        raw_values = _first_raw(raw, defs).get("additionalProperties")
+        return f"[{kind}](#{_anchor(child)})", [(child, values, _first_raw(raw_values, defs))]
+    if field.get("x-kubernetes-preserve-unknown-fields") and raw is not None:
+        words, nested = [], []
+        for option in _raw_options(raw, defs):
+            if "properties" in option:
+                words.append(f"[{_shape_word(option)}](#{_anchor(path)})")
+                nested.append((path, structural(option, defs, keep_defaults=True), option))
+            else:
+                words.append(_shape_word(option))
+        return " or ".join(words), nested
+    return kind, []
 
 
 def _section(
     path: str, node: dict[str, Any], raw: dict[str, Any], defs: dict[str, Any], description: str
-) -> tuple[list[str], list[tuple[str, dict[str, Any], dict[str, Any]]]]:
+) -> tuple[list[str], list[Nested]]:
     """One object's section, and the objects its fields hold (path, schema, model schema) in order."""
     lines = [f"## `{path}`", ""]
     if description:
         lines += [" ".join(description.split()), ""]
     lines += ["| field | type | default | allowed | description |", "|---|---|---|---|---|"]
-    nested: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    nested: list[Nested] = []
     raw_properties = raw.get("properties", {})
     required = set(node.get("required", []))
     for name, field in node["properties"].items():
         field_path = f"{path}.{name}"
-        raw_field = raw_properties.get(name)
-        kind = _type(field, raw_field, defs)
-        held = _object_fields(field)
-        if held is not None:
-            child_path = field_path + ("[]" if field.get("type") == "array" else "")
-            kind = f"[{kind}](#{_anchor(child_path)})"
-            raw_child = _raw_options(raw_field, defs)[0] if raw_field is not None else {}
-            if "items" in raw_child:
-                raw_child = _raw_options(raw_child["items"], defs)[0]
-            nested.append((child_path, held, raw_child))
+        kind, held = _held(field_path, field, raw_properties.get(name), defs)
+        nested += held
         row = [
             f"`{field_path}`",
             kind,
@@ -175,11 +200,26 @@ def _section(
     return lines, nested
 
 
-def spec_reference() -> str:
-    """The Markdown page: a header, then one section per object of the spec, depth first in field order."""
-    schema = openapi_schema(PoolBenchmarkSpec, keep_defaults=True)
-    raw = PoolBenchmarkSpec.model_json_schema(by_alias=True, mode="validation")
+def model_sections(model: type[BaseModel], root: str, description: str) -> list[str]:
+    """One section per object of ``model``'s structural schema (as the CRD has it), ``root`` first, then
+    depth first in field order."""
+    schema = openapi_schema(model, keep_defaults=True)
+    raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
+    lines: list[str] = []
+    pending: list[Nested] = [(root, schema, raw)]
+    while pending:
+        path, node, raw_node = pending.pop(0)
+        section, nested = _section(
+            path, node, raw_node, defs, description if path == root else node.get("description", "")
+        )
+        lines += section
+        pending = nested + pending
+    return lines
+
+
+def spec_reference() -> str:
+    """The Markdown page of ``docs/reference/spec.md``: a header, then the spec's sections."""
     lines = [
         f"<!-- Generated by `poolbench reference` (make docs-reference) from {source_file(PoolBenchmarkSpec)}."
         " Do not edit. -->",
@@ -193,12 +233,6 @@ def spec_reference() -> str:
         "",
         "A blank default means the field may be omitted and has no value of its own (see its description).",
         "",
+        *model_sections(PoolBenchmarkSpec, "spec", SPEC_DESCRIPTION),
     ]
-    pending: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("spec", schema, raw)]
-    while pending:
-        path, node, raw_node = pending.pop(0)
-        description = SPEC_DESCRIPTION if path == "spec" else node.get("description", "")
-        section, nested = _section(path, node, raw_node, defs, description)
-        lines += section
-        pending = nested + pending
     return "\n".join(lines).rstrip("\n") + "\n"
