@@ -7,6 +7,7 @@ added to the model without ``make docs-reference`` fails here.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,10 @@ def test_docs_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     assert (tmp_path / "site/reference/spec/index.html").is_file()
     assert "spec.workload.engine.poolSize" in (tmp_path / "site/reference/spec/index.html").read_text()
+    # The site loads nothing from outside itself (the theme's highlight.js would come from a CDN).
+    for page in (tmp_path / "site").rglob("*.html"):
+        fetched = re.findall(r"<(?:script|link)\b[^>]*(?:src|href)=\"(https?:[^\"]*)\"", page.read_text())
+        assert fetched == [], page
 
 
 def test_a_broken_link_fails_the_strict_build(tmp_path: Path) -> None:
