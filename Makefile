@@ -2,7 +2,7 @@
 CLUSTER ?= poolbench
 EXAMPLE ?= manifests/examples/small.yaml
 
-.PHONY: setup test lint crd krew-archive kind-up images kind-load deploy deploy-helm demo kind-down
+.PHONY: setup test lint crd krew-archive docs-reference docs kind-up images kind-load deploy deploy-helm demo kind-down
 
 setup:
 	scripts/setup
@@ -24,6 +24,12 @@ krew-archive:  ## the krew plugin's archive: the kubectl-poolbench launcher
 	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=u=rwx,go=rx -C plugins \
 	  -cf - kubectl-poolbench | gzip -9n > $(DIST)/kubectl-poolbench.tar.gz
 	sha256sum $(DIST)/kubectl-poolbench.tar.gz
+
+docs-reference:  ## regenerate the spec reference page from the spec model
+	.venv/bin/poolbench reference > docs/reference/spec.md
+
+docs:  ## build the documentation site into site/ (strict: a broken link fails)
+	.venv/bin/mkdocs build --strict
 
 kind-up:
 	kind create cluster --name $(CLUSTER) --config kind-config.yaml

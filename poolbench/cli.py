@@ -840,6 +840,13 @@ def cmd_crd(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reference(_args: argparse.Namespace) -> int:
+    from .core.reference import spec_reference
+
+    sys.stdout.write(spec_reference())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolbench",
@@ -900,6 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     crd = sub.add_parser("crd", help="print the CRD generated from the spec model")
     crd.set_defaults(func=cmd_crd)
+    reference = sub.add_parser("reference", help="print the spec reference page (Markdown) generated from the model")
+    reference.set_defaults(func=cmd_reference)
     return parser
 
 

@@ -20,6 +20,8 @@ from .spec import API_GROUP, API_VERSION, KIND, MAX_NAME_LENGTH, PLURAL, PoolBen
 
 DROP_KEYS = {"title", "$defs", "examples"}
 
+SPEC_DESCRIPTION = "What to measure: the server's limits, the workload, the replica steps."
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress"},
@@ -104,10 +106,15 @@ def _resolve(node: Any, defs: dict[str, Any], keep_defaults: bool) -> Any:
     return out
 
 
+def structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bool) -> dict[str, Any]:
+    """One node of a model's JSON schema (its ``$ref`` resolved from ``defs``) as a structural schema."""
+    schema: dict[str, Any] = _resolve(node, defs, keep_defaults)
+    return schema
+
+
 def openapi_schema(model: type[BaseModel], *, keep_defaults: bool) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}), keep_defaults)
-    return schema
+    return structural(raw, raw.get("$defs", {}), keep_defaults=keep_defaults)
 
 
 def status_schema() -> dict[str, Any]:
@@ -116,7 +123,7 @@ def status_schema() -> dict[str, Any]:
 
 def build_crd() -> dict[str, Any]:
     spec_schema = openapi_schema(PoolBenchmarkSpec, keep_defaults=True)
-    spec_schema["description"] = "What to measure: the server's limits, the workload, the replica steps."
+    spec_schema["description"] = SPEC_DESCRIPTION
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
