@@ -240,3 +240,66 @@ def test_restarts_of_app_pods_are_the_runs_own() -> None:
     assert health["a"].last_termination_message == "too many clients"
     assert health["b"].restarts == 1
     assert run.status.failures == 2
+
+
+def test_observe_sets_the_pools_prediction_beside_the_measured_peak() -> None:
+    cluster = FakeCluster(replicas=2, per_pod=12, others=4)
+    run = make_run(cluster, usable=97, mode="Observe", durationSeconds=30, pools={"threads": 20})
+    observe(run, cluster, interval=1.0)
+    message = answer_and_finish(run, "25%", None, cluster.replicas)
+    pools = run.target.pools
+    assert pools is not None
+    assert (pools.predicted_per_pod, pools.predicted_kept_idle_per_pod) == (15, 5)
+    assert (pools.measured_per_pod, pools.over_predicted) == (12, False)
+    assert pools.words == "predicted 15 per pod from your pools (5 + 10 overflow), measured 12"
+    assert run.target.answer is not None
+    assert (run.target.answer.per_pod, run.target.answer.per_pod_from) == (12, "measured")
+    assert run.target.answer_words.startswith("at your measured 12 per pod")
+    assert run.target.answer_words.endswith("; predicted 15 per pod from your pools (5 + 10 overflow), measured 12")
+    assert pools.words in message
+    written = cluster.writes[-1]["target"]["pools"]
+    assert (written["predictedPerPod"], written["measuredPerPod"]) == (15, 12)
+
+
+def test_step_sets_predicted_beside_measured_per_step_and_says_when_a_pod_holds_more() -> None:
+    # 3 processes × QueuePool 1 + 1 with 4 threads: 6 per pod at most; each pod holds 7.
+    cluster = FakeCluster(replicas=1, per_pod=7, others=0)
+    pools = {"processes": 3, "threads": 4, "engine": {"poolSize": 1, "maxOverflow": 1}}
+    run = make_run(cluster, mode="Step", holdSeconds=5, steps=[1, 2], pools=pools)
+    step_through(run, cluster, interval=1.0)
+    answer_and_finish(run, None, None, 1)
+    per_step = [s.pools for s in run.target.steps]
+    assert all(p is not None for p in per_step)
+    assert [(p.predicted_per_pod, p.measured_per_pod, p.over_predicted) for p in per_step if p] == [
+        (6, 7, True),
+        (6, 7, True),
+    ]
+    said = run.target.answer_words
+    assert "predicted 6 per pod from your pools (3 processes × (1 + 1 overflow)), measured 7: a pod held 1 more" in said
+    assert "a pool setting is not what spec.target.pools says" in said
+    assert run.target.answer is not None
+    assert run.target.answer.per_pod == 7, "the answer stays on the measured number"
+
+
+def test_nothing_measured_answers_from_the_prediction_and_says_so() -> None:
+    cluster = FakeCluster(replicas=2, per_pod=0, others=4)
+    run = make_run(cluster, usable=40, mode="Observe", durationSeconds=10, pools={"threads": 20})
+    observe(run, cluster, interval=1.0)
+    answer_and_finish(run, None, None, 2)
+    answer = run.target.answer
+    assert answer is not None
+    assert (answer.per_pod, answer.per_pod_from) == (15, "predicted")
+    assert answer.safe_at_rest == 2  # 36 available, 15 per pod
+    assert run.target.answer_words.startswith("nothing measured per pod, so at your pools' predicted 15 per pod")
+    assert run.target.answer_words.endswith("predicted 15 per pod from your pools (5 + 10 overflow), none measured")
+    assert run.status.verdict is not None
+    assert run.status.verdict.max_safe_replicas == 2
+
+
+def test_without_pools_no_prediction_is_shown() -> None:
+    cluster = FakeCluster(replicas=1)
+    run = make_run(cluster, mode="Observe", durationSeconds=5)
+    observe(run, cluster, interval=1.0)
+    answer_and_finish(run, None, None, 1)
+    assert run.target.pools is None
+    assert "predicted" not in run.target.answer_words

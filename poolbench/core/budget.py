@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import MONITOR_CONNECTIONS, PoolBenchmarkSpec, PoolerSpec
+from .spec import MONITOR_CONNECTIONS, AppPoolsSpec, EngineSpec, PoolBenchmarkSpec, PoolerSpec
 
 #: The chance, at most, that random placement puts more connections on one pooler instance than it
 #: takes, for a count to be called safe (a union bound over the instances).
@@ -267,15 +267,12 @@ class Prediction:
         return self.check.outcome != "fails"
 
 
-def per_process_peak(spec: PoolBenchmarkSpec) -> int:
-    """Connections one engine (one worker process) opens at most (sqlalchemy/pool/impl.py): NullPool one per
-    concurrent checkout; StaticPool one (the spec refuses it more than one thread: threads starting together
-    each open one); SingletonThreadPool one per thread (the spec refuses more threads than its pool_size: it
-    would close connections in use); QueuePool min(threads, pool_size + max_overflow), no cap with
-    pool_size 0 or max_overflow -1."""
-    workload = spec.workload
-    engine = workload.engine
-    threads = workload.threads
+def process_peak(engine: EngineSpec, threads: int) -> int:
+    """Connections one engine (one worker process) with ``threads`` callers opens at most
+    (sqlalchemy/pool/impl.py): NullPool one per concurrent checkout; StaticPool one (the spec refuses it
+    more than one thread: threads starting together each open one); SingletonThreadPool one per thread
+    (the spec refuses more threads than its pool_size: it would close connections in use); QueuePool
+    min(threads, pool_size + max_overflow), no cap with pool_size 0 or max_overflow -1."""
     if engine.pool_class == "NullPool":
         return threads
     if engine.pool_class == "StaticPool":
@@ -288,12 +285,11 @@ def per_process_peak(spec: PoolBenchmarkSpec) -> int:
     return min(threads, size + overflow)
 
 
-def per_process_idle(spec: PoolBenchmarkSpec) -> int:
+def process_idle(engine: EngineSpec, threads: int) -> int:
     """Connections one engine keeps open and idle after its burst (its ghosts): StaticPool and
     SingletonThreadPool keep every connection until disposed; QueuePool's queue keeps pool_size of them
     (all, with pool_size 0: an unbounded queue); NullPool none."""
-    engine = spec.workload.engine
-    peak = per_process_peak(spec)
+    peak = process_peak(engine, threads)
     if engine.pool_class == "NullPool":
         return 0
     if engine.pool_class in ("StaticPool", "SingletonThreadPool"):
@@ -302,13 +298,43 @@ def per_process_idle(spec: PoolBenchmarkSpec) -> int:
     return peak if size == 0 else min(size, peak)
 
 
+def replica_peak(engine: EngineSpec, threads: int, processes: int) -> int:
+    """A replica (pod) runs ``processes`` worker processes, each with its own engine and pool."""
+    return processes * process_peak(engine, threads)
+
+
+def replica_idle(engine: EngineSpec, threads: int, processes: int) -> int:
+    return processes * process_idle(engine, threads)
+
+
+def per_process_peak(spec: PoolBenchmarkSpec) -> int:
+    """``process_peak`` of the built-in workload's engine and threads."""
+    return process_peak(spec.workload.engine, spec.workload.threads)
+
+
+def per_process_idle(spec: PoolBenchmarkSpec) -> int:
+    return process_idle(spec.workload.engine, spec.workload.threads)
+
+
 def per_replica_peak(spec: PoolBenchmarkSpec) -> int:
-    """A replica runs ``workload.processes`` worker processes, each with its own engine and pool."""
-    return spec.workload.processes * per_process_peak(spec)
+    """``replica_peak`` of the built-in workload (``workload.processes`` worker processes)."""
+    w = spec.workload
+    return replica_peak(w.engine, w.threads, w.processes)
 
 
 def per_replica_idle(spec: PoolBenchmarkSpec) -> int:
-    return spec.workload.processes * per_process_idle(spec)
+    w = spec.workload
+    return replica_idle(w.engine, w.threads, w.processes)
+
+
+def app_pools_peak(pools: AppPoolsSpec) -> int:
+    """What the user's own pods may open at most, by their pools' settings (``spec.target.pools``): the
+    built-in workload's rule."""
+    return replica_peak(pools.engine, pools.threads, pools.processes)
+
+
+def app_pools_idle(pools: AppPoolsSpec) -> int:
+    return replica_idle(pools.engine, pools.threads, pools.processes)
 
 
 def predict(spec: PoolBenchmarkSpec, replicas: int, pooler: PoolerSpec | None = None) -> Prediction:
@@ -381,6 +407,7 @@ class OwnAppAnswer:
     replicas: int | None
     needed_at_hpa_max: int | None  # (hpa_max + surge(hpa_max)) * per_pod
     refusals_from: int  # the first replica count that does not fit in a rollout (0: per_pod 0)
+    per_pod_from: str = "measured"  # or "predicted": spec.target.pools, when nothing was measured
 
     def surge(self, replicas: int) -> int:
         """Surge pods a rollout of ``replicas`` starts (0 without a maxSurge)."""
@@ -403,6 +430,7 @@ class OwnAppAnswer:
             "replicas": self.replicas,
             "neededAtHpaMax": self.needed_at_hpa_max,
             "refusalsFrom": self.refusals_from,
+            "perPodFrom": self.per_pod_from,
         }
 
 
@@ -413,6 +441,7 @@ def own_app_answer(
     max_surge: int | str | None = None,
     hpa_max: int | None = None,
     replicas: int | None = None,
+    per_pod_from: str = "measured",
 ) -> OwnAppAnswer:
     """The arithmetic of ``OwnAppAnswer`` (``rollout_safe``, ``surge_pods``)."""
     available = usable - others
@@ -435,4 +464,25 @@ def own_app_answer(
         replicas=replicas,
         needed_at_hpa_max=needed,
         refusals_from=in_rollout + 1 if per_pod > 0 else 0,
+        per_pod_from=per_pod_from,
     )
+
+
+@dataclass(frozen=True)
+class PoolsComparison:
+    """The per-pod connections ``spec.target.pools`` allows (``app_pools_peak``/``_idle``) beside the
+    measured ones. Measured above predicted is impossible for pools as described: a setting differs, or a
+    process has more than one engine."""
+
+    predicted_peak: int
+    predicted_idle: int
+    measured_peak: int
+    measured_idle: int
+
+    @property
+    def over(self) -> bool:
+        return self.measured_peak > self.predicted_peak
+
+
+def compare_pools(pools: AppPoolsSpec, measured_peak: int, measured_idle: int) -> PoolsComparison:
+    return PoolsComparison(app_pools_peak(pools), app_pools_idle(pools), measured_peak, measured_idle)

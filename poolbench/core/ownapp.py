@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .attribution import Backend, MatchRule, attribute
-from .budget import own_app_answer
+from .budget import app_pools_peak, compare_pools, own_app_answer
 from .observation import Observation
 from .results import (
     AnswerStatus,
@@ -26,12 +26,13 @@ from .results import (
     ObservationStatus,
     OwnStepResult,
     PodHealth,
+    PoolsComparisonStatus,
     SeriesPointStatus,
     TargetStatus,
     Verdict,
 )
 from .spec import PoolBenchmarkSpec
-from .words import counted, own_app_words
+from .words import counted, own_app_words, pools_words
 
 #: Longest termination message kept per pod.
 MESSAGE_MAX = 300
@@ -165,13 +166,37 @@ class OwnAppRun:
     def stop_words(self, used: int) -> str:
         return f"stopped at {used} of {self.usable} usable ({self.fraction:g})"
 
+    def pools_compared(self, observation: Observation) -> PoolsComparisonStatus | None:
+        """spec.target.pools' predicted per-pod peak beside ``observation``'s (None without spec.target.pools)."""
+        pools = self.spec.target.pools if self.spec.target is not None else None
+        if pools is None:
+            return None
+        comparison = compare_pools(pools, observation.per_pod_peak, observation.per_pod_kept_idle_peak)
+        return PoolsComparisonStatus(
+            predicted_per_pod=comparison.predicted_peak,
+            predicted_kept_idle_per_pod=comparison.predicted_idle,
+            measured_per_pod=comparison.measured_peak,
+            measured_kept_idle_per_pod=comparison.measured_idle,
+            over_predicted=comparison.over,
+            words=pools_words(pools, comparison),
+        )
+
     # -- the end ----------------------------------------------------------------------------------
     def answer(self, max_surge: int | str | None, hpa_max: int | None, replicas: int | None) -> str:
-        """The answer from the measured per-pod peak and the others' peak, in status and in words."""
+        """The answer from the measured per-pod peak and the others' peak, in status and in words; from
+        spec.target.pools' predicted peak when no pod's connection was measured (and said so)."""
+        per_pod, per_pod_from = self.overall.per_pod_peak, "measured"
+        pools = self.spec.target.pools if self.spec.target is not None else None
+        if per_pod == 0 and pools is not None:
+            per_pod, per_pod_from = app_pools_peak(pools), "predicted"
         answer = own_app_answer(
-            self.overall.per_pod_peak, self.usable, self.overall.others_peak, max_surge, hpa_max, replicas
+            per_pod, self.usable, self.overall.others_peak, max_surge, hpa_max, replicas, per_pod_from
         )
         words = own_app_words(answer)
+        compared = self.pools_compared(self.overall)
+        self.target.pools = compared
+        if compared is not None:
+            words += f"; {compared.words}"
         self.target.answer = AnswerStatus.model_validate(answer.to_status())
         self.target.answer_words = words
         self.status.verdict = Verdict(
@@ -224,6 +249,7 @@ def observe(run: OwnAppRun, platform: Platform, interval: float) -> None:
         now = platform.now()
         run.add(now - start, platform.look())
         run.target.observation = observation_status(run.overall)
+        run.target.pools = run.pools_compared(run.overall)
         platform.write()
         if now >= end:
             break
@@ -298,6 +324,7 @@ def hold(
             look = platform.look()
             used = run.add(now - start, look, observation)
             result.observation = observation_status(observation)
+            result.pools = run.pools_compared(observation)
             result.ready_replicas = look.ready()
             if run.over_the_line(used):
                 return used

@@ -396,10 +396,36 @@ class ObservationStatus(_Out):
     series: list[SeriesPointStatus] = Field(default_factory=list, description="Headroom and replicas over time.")
 
 
+class PoolsComparisonStatus(_Out):
+    """spec.target.pools: the per-pod connections the pools' settings allow (the built-in workload's
+    arithmetic) beside the ones measured."""
+
+    predicted_per_pod: int = Field(0, description="The most connections a pod's pools may open.")
+    predicted_kept_idle_per_pod: int = Field(
+        0, description="Connections a pod's pools keep open and idle after a burst (their ghosts)."
+    )
+    measured_per_pod: int = Field(0, description="The most backends one pod held at once (perPodPeak).")
+    measured_kept_idle_per_pod: int = Field(
+        0,
+        description="The most idle backends of one pod in one read (perPodKeptIdlePeak; under load a"
+        " connection between two requests is idle too, so it may exceed the kept ones).",
+    )
+    over_predicted: bool = Field(
+        False,
+        description="A pod held more than its pools allow: a pool setting is not what spec.target.pools"
+        " says, or a process has more than one engine.",
+    )
+    words: str = ""
+
+
 class AnswerStatus(_Out):
     """How many replicas fit, from the measured per-pod peak (``budget.own_app_answer``)."""
 
     per_pod: int = 0
+    per_pod_from: Literal["measured", "predicted"] = Field(
+        "measured",
+        description="measured; predicted (by spec.target.pools) when no connection of a pod was measured.",
+    )
     usable: int = 0
     others: int = 0
     available: int = 0
@@ -432,6 +458,9 @@ class OwnStepResult(_Out):
     stopped: bool = Field(False, description="Stopped by spec.safety.stopAtUsedFraction.")
     stop_reason: str | None = None
     observation: ObservationStatus = Field(default_factory=ObservationStatus)
+    pools: PoolsComparisonStatus | None = Field(
+        None, description="spec.target.pools: predicted beside measured, per pod, in this step."
+    )
 
 
 class TargetStatus(_Out):
@@ -461,6 +490,9 @@ class TargetStatus(_Out):
     stopped_at_step: int | None = Field(None, description="Step: the step (1-based) the safety stop ended.")
     sample_gaps: int = Field(0, description="Reads of the server that failed; never silent.")
     monitor_error: str | None = Field(None, description="Why the last failed read failed.")
+    pools: PoolsComparisonStatus | None = Field(
+        None, description="spec.target.pools: predicted beside measured, per pod, over the whole run."
+    )
     answer: AnswerStatus | None = None
     answer_words: str = ""
 

@@ -393,13 +393,14 @@ class EngineSpec(_Model):
         use them: those threads' statements then fail at random (psycopg2: "connection pointer is NULL").
         StaticPool shares one connection among all threads, created without a lock: threads that start
         together each open one and all but one are dropped at random, so its peak is no fixed number."""
+        processes_path = threads_path.rsplit(".", 1)[0] + ".processes"
         if self.pool_class == "StaticPool" and threads > 1:
             return (
                 "poolClass",
                 f"StaticPool shares one connection among all threads and creates it without a lock:"
                 f" the {threads} threads of {threads_path} starting together may each open one (the"
                 " server sees anywhere from 1 to all of them) and their transactions interleave on"
-                f" the one kept; set {threads_path} to 1 (spec.workload.processes for more"
+                f" the one kept; set {threads_path} to 1 ({processes_path} for more"
                 " callers) or use another poolClass",
             )
         if self.pool_class != "SingletonThreadPool":
@@ -761,6 +762,25 @@ class LoadJobSpec(_Model):
     args: list[str] | None = Field(None, max_length=200, description="The container's arguments.")
 
 
+class AppPoolsSpec(_Model):
+    """How the user's app pools its connections in each pod, as configured: poolbench predicts from it
+    what a pod may open (the built-in workload's arithmetic) and sets that beside what it measures."""
+
+    processes: int = Field(
+        1, ge=1, le=64, description="Worker processes per pod (gunicorn/uvicorn workers), each with its own engine."
+    )
+    threads: int = Field(
+        ...,
+        ge=1,
+        le=500,
+        description="Callers per process that may check out a connection at once (threads, or concurrent"
+        " tasks of an async app).",
+    )
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec, description="The app's create_engine() pool arguments (one engine per process)."
+    )
+
+
 class TargetSpec(_Model):
     """The user's own Deployment (in the benchmark's namespace) in place of the built-in workload."""
 
@@ -779,6 +799,11 @@ class TargetSpec(_Model):
         None, description="The app's backends by role/application/database, where client_addr is not a pod IP."
     )
     load: LoadJobSpec | None = Field(None, description="Step: a load Job run during each step's hold.")
+    pools: AppPoolsSpec | None = Field(
+        None,
+        description="The app's pools per pod (processes, threads, engine): the status then sets the per-pod"
+        " peak they allow beside the measured one.",
+    )
 
 
 class SafetySpec(_Model):
@@ -999,6 +1024,11 @@ def own_app_contradictions(spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
             problems.append((f"spec.{field}", f"not with spec.database: {why}"))
     if spec.search is not None:
         problems.append(("spec.steps", "a search is not run against your own app: list the replica counts"))
+    pools = spec.target.pools if spec.target is not None else None
+    if pools is not None:
+        problem = pools.engine.threads_problem(pools.threads, "spec.target.pools.threads")
+        if problem:
+            problems.append((f"spec.target.pools.engine.{problem[0]}", problem[1]))
     return problems
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import re
 
-from .budget import PLACEMENT_RISK_WORDS, OwnAppAnswer, PooledCheck, pooled_check, server_backends, surely_over
-from .spec import RESERVE_POOL_TIMEOUT_SECONDS, PoolerSpec
+from .budget import (
+    PLACEMENT_RISK_WORDS,
+    OwnAppAnswer,
+    PooledCheck,
+    PoolsComparison,
+    pooled_check,
+    server_backends,
+    surely_over,
+)
+from .spec import RESERVE_POOL_TIMEOUT_SECONDS, AppPoolsSpec, PoolerSpec
 
 #: Longest error text quoted in a verdict (a server message can run to several lines).
 QUOTED_ERROR_CHARS = 160
@@ -155,7 +163,11 @@ def own_app_words(answer: OwnAppAnswer) -> str:
     if a.per_pod == 0:
         return f"no connections measured per pod (0): the watch says nothing about how many replicas fit; {left}"
     target, label = (a.hpa_max, "your HPA's max of") if a.hpa_max is not None else (a.replicas, "")
-    head = f"at your measured {a.per_pod} per pod"
+    head = (
+        f"at your measured {a.per_pod} per pod"
+        if a.per_pod_from == "measured"
+        else f"nothing measured per pod, so at your pools' predicted {a.per_pod} per pod"
+    )
     if target is not None:
         pods = counted(target, "replica")
         what = f"{label} {pods}" if label else pods
@@ -171,3 +183,39 @@ def own_app_words(answer: OwnAppAnswer) -> str:
         if a.max_surge is not None:
             ends += f" ({a.refusals_from} + {a.surge(a.refusals_from)} surge need {a.needed(a.refusals_from)})"
     return f"{head}; {left}: {ends}"
+
+
+def pools_how(pools: AppPoolsSpec) -> str:
+    """Where the pools' per-pod peak comes from, as ``budget.process_peak`` counts it: '5 + 10 overflow',
+    '3 processes × (8 threads under pool 5 + 10 overflow)', 'NullPool, one per thread: 4 threads'."""
+    engine, threads = pools.engine, counted(pools.threads, "thread")
+    if engine.pool_class == "StaticPool":
+        per_process = "StaticPool, one"
+    elif engine.pool_class in ("NullPool", "SingletonThreadPool"):
+        per_process = f"{engine.pool_class}, one per thread: {threads}"
+    else:
+        size, overflow = engine.effective_pool_size(), engine.effective_max_overflow()
+        if size == 0 or overflow < 0:
+            unbounded = "poolSize 0" if size == 0 else "maxOverflow -1"
+            per_process = f"{threads}, no pool limit ({unbounded})"
+        elif pools.threads < size + overflow:
+            per_process = f"{threads} under pool {size} + {overflow} overflow"
+        else:
+            per_process = f"{size} + {overflow} overflow"
+    if pools.processes == 1:
+        return per_process
+    return f"{pools.processes} processes × ({per_process})"
+
+
+def pools_words(pools: AppPoolsSpec, comparison: PoolsComparison) -> str:
+    """Predicted beside measured per pod, and plainly when the pods held more than their pools allow."""
+    c = comparison
+    measured = f"measured {c.measured_peak}" if c.measured_peak else "none measured"
+    words = f"predicted {c.predicted_peak} per pod from your pools ({pools_how(pools)}), {measured}"
+    if c.over:
+        words += (
+            f": a pod held {c.measured_peak - c.predicted_peak} more than its pools allow, so a pool setting is"
+            " not what spec.target.pools says (poolClass, poolSize, maxOverflow, threads, processes) or a"
+            " process has more than one engine"
+        )
+    return words

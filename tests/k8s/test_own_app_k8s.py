@@ -277,7 +277,10 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=2, labels={"app.kubernetes.io/managed-by": "Helm"})
     load = {"image": "load:1", "command": ["python", "-c", "import time; time.sleep(600)"]}
-    apply_benchmark(control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=5, load=load))
+    pools = {"processes": 2, "threads": 1, "engine": {"poolClass": "NullPool"}}  # 2 per pod, as the pods hold
+    apply_benchmark(
+        control_plane, ns, own_app("steps", user_pg, "Step", steps=[2, 3], holdSeconds=5, load=load, pools=pools)
+    )
     seen_scaled = []
     seen_jobs: set[str] = set()
     job_owners: set[str] = set()
@@ -314,7 +317,14 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     assert job_owners == {"steps"}
     assert live_jobs(kube, ns) == [], "every load Job is deleted after its hold"
     assert any("app.kubernetes.io/managed-by=Helm" in w for w in target["warnings"])
+    assert [(s["pools"]["predictedPerPod"], s["pools"]["measuredPerPod"]) for s in target["steps"]] == [(2, 2), (2, 2)]
+    assert target["pools"]["overPredicted"] is False
+    assert (
+        "predicted 2 per pod from your pools (2 processes × (NullPool, one per thread: 1 thread)), measured 2"
+        in target["answerWords"]
+    )
     assert target["answer"]["perPod"] == 2
+    assert target["answer"]["perPodFrom"] == "measured"
     assert target["answer"]["others"] == 0, "a new pod's backends are its own, not another tenant's"
     assert status["verdict"]["maxSafeReplicas"] == target["answer"]["safeInRollout"]
     assert replicas(kube, ns) == 1
@@ -391,7 +401,8 @@ def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     monitor_secret(kube, ns)
     app_deployment(kube, ns, user_pg, replicas=1, conns=2, annotated=False)
     wait_for(lambda: ready_pods(kube, ns) == 1, 60, what="the app pod ready")
-    apply_benchmark(control_plane, ns, own_app("watch", user_pg, "Observe", durationSeconds=25))
+    pools = {"threads": 1}  # the pods hold 2: more than one connection per thread's QueuePool
+    apply_benchmark(control_plane, ns, own_app("watch", user_pg, "Observe", durationSeconds=25, pools=pools))
     wait_phase(kube, ns, "watch", phases=("Running",), timeout=60)
     time.sleep(4)
     kubectl(control_plane, "-n", ns, "scale", "deployment/my-app", "--replicas=2")
@@ -407,6 +418,9 @@ def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     assert observation["perPodPeak"] == 2
     assert observation["appPeak"] == 4
     assert observation["minHeadroom"] <= MAX_CONNECTIONS - 3 - 4
+    assert (target["pools"]["predictedPerPod"], target["pools"]["measuredPerPod"]) == (1, 2)
+    assert target["pools"]["overPredicted"] is True
+    assert "measured 2: a pod held 1 more than its pools allow" in target["answerWords"]
     assert target.get("originalReplicas") is None
     assert replicas(kube, ns) == 2  # as the user left it
     assert status["verdict"]["summary"] == target["answerWords"]
