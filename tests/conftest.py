@@ -82,3 +82,13 @@ def local_pg() -> Iterator[LocalPostgres]:
     pg = LocalPostgres(max_connections=40).start()
     yield pg
     pg.stop()
+
+
+def stop_signals_at_defaults() -> None:  # pragma: no cover - runs in a child between fork and exec
+    """A child started as a terminal starts it: SIGINT, SIGTERM and SIGHUP at their defaults. A test run in
+    the background (CI starts a tier with ``&``) inherits SIGINT ignored, and poolbench keeps a stop signal
+    its starter ignored ignored (``nohup`` must work): a Ctrl-C test must undo that for its child."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)

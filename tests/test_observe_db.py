@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from poolbench.local.embedded import LocalPostgres
-from tests.conftest import ROOT, make_doc
+from tests.conftest import ROOT, make_doc, stop_signals_at_defaults
 from tests.test_live_db import PASSWORD, hold, scram_server
 
 pytestmark = pytest.mark.postgres
@@ -154,12 +154,17 @@ def test_ctrl_c_ends_the_watch_and_still_prints_and_saves_what_was_seen(pg: Loca
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=stop_signals_at_defaults,
         )
-        assert watch.stderr is not None
-        first = watch.stderr.readline()  # the first progress line: the watch has read once
-        assert first.startswith("watching "), first
-        watch.send_signal(signal.SIGINT)
-        stdout, stderr = watch.communicate(timeout=30)
+        try:
+            assert watch.stderr is not None
+            first = watch.stderr.readline()  # the first progress line: the watch has read once
+            assert first.startswith("watching "), first
+            watch.send_signal(signal.SIGINT)
+            stdout, stderr = watch.communicate(timeout=30)
+        finally:
+            watch.kill()  # a watch that did not end must not outlive this test (it would be the next one's)
+            watch.wait()
     finally:
         for conn in others:
             conn.close()
@@ -181,20 +186,24 @@ def test_a_watch_whose_session_is_ended_prints_what_it_saw_and_the_error(pg: Loc
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert watch.stderr is not None
-    assert watch.stderr.readline().startswith("watching ")
-    admin = psycopg2.connect(**pg.connect_kwargs())
-    admin.autocommit = True
     try:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = 'poolbench-observe'"
-            )
-            assert cur.fetchone() == (1,)
+        assert watch.stderr is not None
+        assert watch.stderr.readline().startswith("watching ")
+        admin = psycopg2.connect(**pg.connect_kwargs())
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'poolbench-observe'"
+                )
+                assert cur.fetchone() == (1,)
+        finally:
+            admin.close()
+        stdout, stderr = watch.communicate(timeout=30)
     finally:
-        admin.close()
-    stdout, stderr = watch.communicate(timeout=30)
+        watch.kill()
+        watch.wait()
     assert watch.returncode == 1, stderr
     assert "the watch ended early, a read failed" in stderr
     assert "Client backends on watcher@" in stdout  # what was seen is still printed

@@ -35,9 +35,9 @@ from poolbench.core.results import (
 )
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench.core.verdict import comparison, overall_verdict
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop_signals_at_defaults
 from tests.harness.kube import MERGE, Kube, wait_for
-from tests.harness.operator import create_namespace
+from tests.harness.operator import OperatorProcess, create_namespace
 
 pytestmark = pytest.mark.k8s
 
@@ -181,12 +181,23 @@ class Benchmarks:
 
 
 @pytest.fixture(scope="module")
-def benchmarks(installed: Any, kube: Kube) -> Iterator[Benchmarks]:
+def benchmarks(installed: Any, kube: Kube, operator: OperatorProcess) -> Iterator[Benchmarks]:
+    """The plugin's benchmarks, their statuses written by these tests alone: the tier's operator (it
+    watches every namespace) is stopped meanwhile, else it would start running them and write its own
+    phases over theirs. It starts again once their namespaces are gone."""
     assert installed.kubeconfig is not None
-    made = Benchmarks(kube, installed.kubeconfig)
-    yield made
-    for ns in (made.ns, made.other_ns):
-        kube.delete(f"/api/v1/namespaces/{ns}")
+    operator.stop()
+    try:
+        made = Benchmarks(kube, installed.kubeconfig)
+        try:
+            yield made
+        finally:
+            for ns in (made.ns, made.other_ns):
+                kube.delete(f"/api/v1/namespaces/{ns}")
+            for ns in (made.ns, made.other_ns):
+                wait_for(lambda ns=ns: kube.get_or_none(f"/api/v1/namespaces/{ns}") is None, 120, what=f"{ns} gone")
+    finally:
+        operator.start()
 
 
 def test_status_of_a_finished_benchmark_shows_its_sections_and_numbers(benchmarks: Benchmarks) -> None:
@@ -351,6 +362,7 @@ def start_watch(benchmarks: Benchmarks, name: str) -> tuple[subprocess.Popen[str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=stop_signals_at_defaults,  # a terminal's Ctrl-C, even when this tier runs in the background
     )
     lines: list[str] = []
 
