@@ -233,7 +233,7 @@ def test_asyncpg_unconfigured_names_the_statement_cache_option_configured_finds_
     assert session.probe(driver="asyncpg", driver_options="defaults").findings == []
 
 
-#: The examples' answers (README "Will my app survive transaction pooling?"): tx's findings by kind.
+#: The examples' answers (docs/guides/compatibility.md): tx's findings by kind.
 SESSION_STATE_FINDINGS = [
     "advisoryLockHeld",
     "listenLost",

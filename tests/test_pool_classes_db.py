@@ -125,7 +125,8 @@ def test_a_pool_class_its_threads_would_break_is_refused_with_the_reason(
 @pytest.mark.parametrize("driver", ["psycopg2", "asyncpg"])
 def test_nullpool_with_worker_processes_opens_one_per_caller_and_keeps_none(driver: str) -> None:
     # 2 replicas × 2 processes × 4 callers: 16 at once, 0 kept. A closed connection's backend may still be
-    # listed for a moment while its caller's next one connects (README: at most about one per worker process).
+    # listed for a moment while its caller's next one connects (docs/concepts/measured.md: about one per
+    # worker process).
     doc = bench(f"np-{driver}", threads=4, engine={"poolClass": "NullPool"}, driver=driver)
     step = runner.run_local(parse_document(doc)).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
