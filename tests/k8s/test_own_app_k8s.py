@@ -450,13 +450,33 @@ def test_observe_sees_app_pods_the_server_refuses_crash(
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
+#: A pod's address can outlive its pod (the stand-in kubelet reuses IPs): a connection whose peer vanished
+#: without a reset must fail within seconds, not wait forever for a reply.
+DEAD_PEER: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+}
+
+
 def app_backends(pg_host: str) -> int:
-    conn = psycopg2.connect(host=pg_host, user="postgres", password=SUPERUSER_PASSWORD, dbname="postgres")
+    """The app role's backends on the user's server; -1 when the server could not be read this time."""
+    try:
+        conn = psycopg2.connect(
+            host=pg_host, user="postgres", password=SUPERUSER_PASSWORD, dbname="postgres", **DEAD_PEER
+        )
+    except psycopg2.OperationalError:
+        return -1
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
             row = cur.fetchone()
             return int(row[0]) if row else 0
+    except psycopg2.OperationalError:
+        return -1
     finally:
         conn.close()
 
