@@ -240,6 +240,35 @@ def report_leftovers(footprint: Footprint, err_console: Console, head: str) -> b
     return bool(left)
 
 
+def save_document(path: str, document: dict[str, Any], err_console: Console) -> bool:
+    """``--output``: the document written (or kept where ``write_results`` could put it), said either way."""
+    from rich.markup import escape
+
+    written, error = write_results(path, document)
+    if error:
+        err_console.print(
+            f"[red]poolbench: could not write the results:[/] {escape(error)}; they are in {escape(written)}"
+        )
+        return False
+    err_console.print(f"results written to {escape(written)}")
+    return True
+
+
+def save_plot(path: str, draw: Callable[[], None], err_console: Console) -> bool:
+    """``--plot``: ``draw`` writes the PNG to ``path``; a failure is one line, not a traceback."""
+    from rich.markup import escape
+
+    try:
+        draw()
+    except OSError as err:
+        err_console.print(
+            f"[red]poolbench: could not write the plot:[/] {escape(path)}: {escape(str(err.strerror or err))}"
+        )
+        return False
+    err_console.print(f"plot written to {escape(path)}")
+    return True
+
+
 def save_results(
     args: argparse.Namespace, bench: PoolBenchmark, result: LocalResult, status: dict[str, Any], err_console: Console
 ) -> int:
@@ -256,25 +285,15 @@ def save_results(
         "timeline": [timeline_row(s) for s in result.timeline],
         "serverTimeline": server_timeline_rows(result),
     }
-    if args.output:
-        written, error = write_results(args.output, document)
-        if error:
-            err_console.print(
-                f"[red]poolbench: could not write the results:[/] {escape(error)}; they are in {escape(written)}"
-            )
-            code = EXIT_ENV
-        else:
-            err_console.print(f"results written to {escape(written)}")
+    if args.output and not save_document(args.output, document, err_console):
+        code = EXIT_ENV
     if args.plot:
         from .local.plot import plot_connections
 
-        try:
+        def draw() -> None:
             plot_connections(result, bench.spec.postgres.max_connections, args.plot, title=bench.name)
-            err_console.print(f"plot written to {escape(args.plot)}")
-        except OSError as err:
-            err_console.print(
-                f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}: {escape(str(err.strerror or err))}"
-            )
+
+        if not save_plot(args.plot, draw, err_console):
             code = EXIT_ENV
     if args.report:
         error = write_report(args.report, document)
@@ -667,25 +686,15 @@ def cmd_observe(args: argparse.Namespace) -> int:
         conn.close()
     print_observation(out_console, result, place)
     code = EXIT_OK
-    if args.output:
-        written, error = write_results(args.output, observation_document(result, place))
-        if error:
-            err_console.print(
-                f"[red]poolbench: could not write the results:[/] {escape(error)}; they are in {escape(written)}"
-            )
-            code = EXIT_ENV
-        else:
-            err_console.print(f"results written to {escape(written)}")
+    if args.output and not save_document(args.output, observation_document(result, place), err_console):
+        code = EXIT_ENV
     if args.plot:
         from .local.plot import plot_watch
 
-        try:
+        def draw() -> None:
             plot_watch(result.reads, facts.usable_for_normal_role(), args.plot, title=f"poolbench observe {place}")
-            err_console.print(f"plot written to {escape(args.plot)}")
-        except OSError as err:
-            err_console.print(
-                f"[red]poolbench: could not write the plot:[/] {escape(args.plot)}: {escape(str(err.strerror or err))}"
-            )
+
+        if not save_plot(args.plot, draw, err_console):
             code = EXIT_ENV
     if result.error:
         err_console.print(
