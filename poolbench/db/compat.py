@@ -338,21 +338,22 @@ def sync_turns(
         )
         for client in "AB"
     }
+
+    def turn(client: str) -> None:
+        """One transaction of ``client``: the backend it ran on, or the error it met (evidence either way)."""
+        try:
+            with engines[client].begin() as conn:
+                pids.append(int(conn.exec_driver_sql(DRIVER_STATEMENT).scalar_one()))
+        except Exception as err:  # noqa: BLE001 - every failure is evidence, whatever the driver raises
+            errors.append(error_of(client, DRIVER_STATEMENT, err))
+
     try:
         for _ in range(DRIVER_ROUNDS):
-            for client, engine in engines.items():
-                try:
-                    with engine.begin() as conn:
-                        pids.append(int(conn.exec_driver_sql(DRIVER_STATEMENT).scalar_one()))
-                except Exception as err:  # noqa: BLE001 - every failure is evidence, whatever the driver raises
-                    errors.append(error_of(client, DRIVER_STATEMENT, err))
+            for client in engines:
+                turn(client)
         if holder is not None:
             with holder():
-                try:
-                    with engines["A"].begin() as conn:
-                        pids.append(int(conn.exec_driver_sql(DRIVER_STATEMENT).scalar_one()))
-                except Exception as err:  # noqa: BLE001 - as above
-                    errors.append(error_of("A", DRIVER_STATEMENT, err))
+                turn("A")
     finally:
         for engine in engines.values():
             engine.dispose()
@@ -373,23 +374,23 @@ async def async_turns(
         )
         for client in "AB"
     }
+
+    async def turn(client: str) -> None:
+        """As ``sync_turns``' ``turn``, awaited."""
+        try:
+            async with engines[client].begin() as conn:
+                result = await conn.exec_driver_sql(DRIVER_STATEMENT)
+                pids.append(int(result.scalar_one()))
+        except Exception as err:  # noqa: BLE001 - every failure is evidence, whatever the driver raises
+            errors.append(error_of(client, DRIVER_STATEMENT, err))
+
     try:
         for _ in range(DRIVER_ROUNDS):
-            for client, engine in engines.items():
-                try:
-                    async with engine.begin() as conn:
-                        result = await conn.exec_driver_sql(DRIVER_STATEMENT)
-                        pids.append(int(result.scalar_one()))
-                except Exception as err:  # noqa: BLE001 - every failure is evidence, whatever the driver raises
-                    errors.append(error_of(client, DRIVER_STATEMENT, err))
+            for client in engines:
+                await turn(client)
         if holder is not None:
             with holder():
-                try:
-                    async with engines["A"].begin() as conn:
-                        result = await conn.exec_driver_sql(DRIVER_STATEMENT)
-                        pids.append(int(result.scalar_one()))
-                except Exception as err:  # noqa: BLE001 - as above
-                    errors.append(error_of("A", DRIVER_STATEMENT, err))
+                await turn("A")
     finally:
         for engine in engines.values():
             await engine.dispose()
