@@ -65,6 +65,17 @@ def server_backends(pg: LocalPostgres, app_name: str) -> int:
         conn.close()
 
 
+def settled_backends(pg: LocalPostgres, app_name: str, expected: int, within_seconds: float = 15.0) -> int:
+    """The backends under ``app_name`` once the closed ones have exited: a backend ends after its client
+    closes, on the server's own time (later on a loaded machine). Waits, bounded, for ``expected``."""
+    deadline = time.monotonic() + within_seconds
+    count = server_backends(pg, app_name)
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = server_backends(pg, app_name)
+    return count
+
+
 def authorizations(pg: LocalPostgres, app_name: str) -> int:
     """The server log's count of sessions it let in under ``app_name``."""
     time.sleep(0.3)  # the log is written by the backends themselves: let the last lines land
@@ -112,7 +123,7 @@ def test_queuepool_overflow_opens_fifteen_and_closes_back_to_the_five_it_keeps(
         time.sleep(0.01)
     # Holding: the overflow went back and was closed at checkin; the pool keeps its five, as the server shows.
     assert replica.connections.open == per_replica_idle(spec) == 5
-    assert server_backends(logged_pg, "ct-overflow") == 5
+    assert settled_backends(logged_pg, "ct-overflow", 5) == 5
     worker.join(30)
     said = last_summary(published).connections
     assert said is not None
@@ -208,7 +219,7 @@ def test_every_path_a_connection_closes_by_is_counted_once(logged_pg: LocalPostg
     with e.connect() as c:  # type: ignore[attr-defined]
         c.exec_driver_sql("SELECT 1")
     assert (counter.open, counter.connects, counter.closes) == (1, 2, 1)
-    assert server_backends(logged_pg, "ct-paths") == 1
+    assert settled_backends(logged_pg, "ct-paths", 1) == 1
     e.dispose()  # type: ignore[attr-defined]
     assert (counter.open, counter.closes) == (0, 2)
     # Without the ping the statement fails on the dead connection: a hard invalidation closes it.
@@ -235,7 +246,7 @@ def test_every_path_a_connection_closes_by_is_counted_once(logged_pg: LocalPostg
     with pytest.raises(RuntimeError):
         e.connect()  # type: ignore[attr-defined]
     assert (counter.open, counter.connects, counter.closes) == (0, 3, 3)
-    assert server_backends(logged_pg, "ct-paths") == 0
+    assert settled_backends(logged_pg, "ct-paths", 0) == 0
     assert max(counter.counts) == counter.max_open == 1
 
 

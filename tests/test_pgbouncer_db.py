@@ -209,7 +209,7 @@ def test_the_seed_with_pgbouncer_through_the_cli(tmp_path: Path) -> None:
     assert direct["verdict"]["firstFailingReplicas"] == 10
     assert "steps" not in status
     assert status["verdict"] == direct["verdict"]
-    assert [s["outcome"] for s in tx["steps"]] == ["Passed", "Passed"]
+    assert [s["outcome"] for s in tx["steps"]] == ["Passed", "Passed"], [s.get("reason") for s in tx["steps"]]
     for step in tx["steps"]:
         assert step["pooler"]
         assert step["predictedPeak"] == 20
