@@ -856,6 +856,20 @@ def cmd_reference(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from .core.monitoring import helm_rules_yaml, rules_yaml
+
+    sys.stdout.write(helm_rules_yaml() if args.helm else rules_yaml())
+    return EXIT_OK
+
+
+def cmd_dashboard(_args: argparse.Namespace) -> int:
+    from .core.monitoring import dashboard_json
+
+    sys.stdout.write(dashboard_json())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolbench",
@@ -918,6 +932,11 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=cmd_crd)
     reference = sub.add_parser("reference", help="print the spec reference page (Markdown) generated from the model")
     reference.set_defaults(func=cmd_reference)
+    alerts = sub.add_parser("alerts", help="print the Prometheus alert rules on the operator's metrics (a rule file)")
+    alerts.add_argument("--helm", action="store_true", help="the chart's form: settings read from its values")
+    alerts.set_defaults(func=cmd_alerts)
+    dash = sub.add_parser("dashboard", help="print the Grafana dashboard (JSON) of the operator's metrics")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 
