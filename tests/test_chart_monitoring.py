@@ -100,6 +100,7 @@ def test_rule_settings_come_from_the_values() -> None:
         ("connectionBudget.threshold=80", "connectionBudget.threshold"),
         ("connectionBudget.threshold=0", "connectionBudget.threshold"),
         ("connectionBudget.for=5 minutes", "connectionBudget.for"),
+        ("refusals.for=1m5h", "refusals.for"),  # units largest first, as Prometheus reads them
         ("refusals.window=0", "refusals.window"),
         ("stalled.minutes=0", "stalled.minutes"),
         ("stalled.for=soon", "stalled.for"),
