@@ -4,9 +4,10 @@ limits and tenants and a Deployment's replicas), watch a live server (``observe`
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
-``validate`` and ``crd`` need only the base install; ``run`` and ``observe`` need the ``local`` extra
-(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the ``report`` extra
-(Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is missing.
+``validate``, ``crd``, ``alerts`` and ``dashboard`` need only the base install; ``run`` and ``observe`` need
+the ``local`` extra (embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the
+``report`` extra (Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is
+missing.
 """
 
 from __future__ import annotations

@@ -166,3 +166,14 @@ def test_the_plain_rule_file_is_the_chart_form_with_the_defaults() -> None:
     helm_form = monitoring.helm_rules_yaml()
     assert "{{`{{ $labels.namespace }}`}}" in helm_form
     assert "{{ .Values.metrics.prometheusRule.connectionBudget.threshold }}" in helm_form
+
+
+def test_cli_prints_the_rules_and_the_dashboard(capsys: pytest.CaptureFixture[str]) -> None:
+    from poolbench.cli import main
+
+    assert main(["alerts"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == monitoring.rule_groups(monitoring.AlertSettings())
+    assert main(["alerts", "--helm"]) == 0
+    assert capsys.readouterr().out == (CHART_FILES / "rules.yaml").read_text()
+    assert main(["dashboard"]) == 0
+    assert json.loads(capsys.readouterr().out) == monitoring.dashboard()
