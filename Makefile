@@ -2,7 +2,7 @@
 CLUSTER ?= poolbench
 EXAMPLE ?= manifests/examples/small.yaml
 
-.PHONY: setup test lint crd krew-archive docs-reference docs kind-up images kind-load deploy deploy-helm demo kind-down
+.PHONY: setup test lint crd monitoring krew-archive docs-reference docs kind-up images kind-load deploy deploy-helm demo kind-down
 
 setup:
 	scripts/setup
@@ -16,6 +16,10 @@ lint:
 crd:  ## regenerate the CRD from the spec model
 	.venv/bin/poolbench crd > manifests/crd.yaml
 	cp manifests/crd.yaml charts/poolbench/crds/poolbenchmarks.yaml
+
+monitoring:  ## regenerate the chart's alert rules and Grafana dashboard from the operator's metric names
+	.venv/bin/poolbench alerts --helm > charts/poolbench/files/rules.yaml
+	.venv/bin/poolbench dashboard > charts/poolbench/files/dashboard.json
 
 # The archive plugins/poolbench.yaml names (its sha256 is there): the same bytes on every machine.
 DIST ?= dist

@@ -4,9 +4,10 @@ limits and tenants and a Deployment's replicas), watch a live server (``observe`
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
-``validate`` and ``crd`` need only the base install; ``run`` and ``observe`` need the ``local`` extra
-(embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the ``report`` extra
-(Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is missing.
+``validate``, ``crd``, ``alerts`` and ``dashboard`` need only the base install; ``run`` and ``observe`` need
+the ``local`` extra (embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the
+``report`` extra (Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is
+missing.
 """
 
 from __future__ import annotations
@@ -856,6 +857,20 @@ def cmd_reference(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from .core.monitoring import helm_rules_yaml, rules_yaml
+
+    sys.stdout.write(helm_rules_yaml() if args.helm else rules_yaml())
+    return EXIT_OK
+
+
+def cmd_dashboard(_args: argparse.Namespace) -> int:
+    from .core.monitoring import dashboard_json
+
+    sys.stdout.write(dashboard_json())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poolbench",
@@ -918,6 +933,11 @@ def build_parser() -> argparse.ArgumentParser:
     crd.set_defaults(func=cmd_crd)
     reference = sub.add_parser("reference", help="print the spec reference page (Markdown) generated from the model")
     reference.set_defaults(func=cmd_reference)
+    alerts = sub.add_parser("alerts", help="print the Prometheus alert rules on the operator's metrics (a rule file)")
+    alerts.add_argument("--helm", action="store_true", help="the chart's form: settings read from its values")
+    alerts.set_defaults(func=cmd_alerts)
+    dash = sub.add_parser("dashboard", help="print the Grafana dashboard (JSON) of the operator's metrics")
+    dash.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -22,13 +22,15 @@ BUILDS = {
     "POOLBENCH_HELM": "build-helm.sh",
     "POOLBENCH_NODE_BIN": "build-node.sh",
     "POOLBENCH_IMAGES": "build-images.sh",
+    # Not a build: the Prometheus Operator's CRDs, fetched once (the chart's PrometheusRule is dry-run).
+    "POOLBENCH_PROMETHEUS_CRDS": "fetch-prometheus-operator-crds.sh",
 }
 
 #: tier -> the builds its tests use (the unit and postgres tiers build nothing)
 TIER_BUILDS: dict[str, tuple[str, ...]] = {
     "unit": (),
     "postgres": (),
-    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM"),
+    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_PROMETHEUS_CRDS"),
     "node": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_NODE_BIN", "POOLBENCH_IMAGES"),
 }
 

@@ -52,21 +52,23 @@ def kubectl(
     return proc
 
 
-def install_manifests(control_plane: ControlPlane, kube: Kube) -> None:
-    """CRD + RBAC installed with kubectl, as a user would."""
-    kubectl(control_plane, "apply", "--server-side", "-f", str(ROOT / "manifests/crd.yaml"))
+def install_crd(control_plane: ControlPlane, kube: Kube, path: Path, name: str) -> None:
+    """The CRD in ``path`` (named ``name``) applied with kubectl and Established."""
+    kubectl(control_plane, "apply", "--server-side", "-f", str(path))
     # `kubectl wait` fails outright on a CRD whose status has no conditions yet (a fresh one, for a moment).
     wait_for(
-        lambda: (
-            kube.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/poolbenchmarks.poolbench.dev").get(
-                "status"
-            )
-            or {}
-        ).get("conditions"),
+        lambda: (kube.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").get("status") or {}).get(
+            "conditions"
+        ),
         60,
-        what="the CRD's first status conditions",
+        what=f"the first status conditions of {name}",
     )
-    kubectl(control_plane, "wait", "--for=condition=Established", "crd/poolbenchmarks.poolbench.dev", "--timeout=60s")
+    kubectl(control_plane, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+
+
+def install_manifests(control_plane: ControlPlane, kube: Kube) -> None:
+    """CRD + RBAC installed with kubectl, as a user would."""
+    install_crd(control_plane, kube, ROOT / "manifests/crd.yaml", "poolbenchmarks.poolbench.dev")
     kubectl(control_plane, "apply", "-f", str(ROOT / "manifests/rbac.yaml"))
     wait_for(
         lambda: kube.get_or_none("/api/v1/namespaces/poolbench-system/serviceaccounts/poolbench-operator"),
