@@ -2,7 +2,8 @@
 
 import yaml
 
-from poolbench.core.crd import build_crd, crd_yaml
+from poolbench.core.crd import PRINTER_COLUMNS, build_crd, crd_yaml
+from poolbench.core.results import ALWAYS_WRITTEN
 from tests.conftest import ROOT
 
 
@@ -87,3 +88,13 @@ def test_schema_is_structural() -> None:
         "preparedStatementClash",
     }
     assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]
+
+
+def test_every_printer_column_counter_is_written_even_at_zero() -> None:
+    counters = [c for c in PRINTER_COLUMNS if c["type"] == "integer" and c["jsonPath"].count(".") == 2]
+    assert counters
+    for column in counters:
+        assert column["jsonPath"].removeprefix(".status.") in ALWAYS_WRITTEN, column
+    verdict = next(c for c in PRINTER_COLUMNS if c["name"] == "Verdict")
+    assert verdict["jsonPath"] == ".status.shortVerdict"  # a few words: a `get -o wide` row fits a terminal
+    assert verdict["priority"] == 1

@@ -32,6 +32,7 @@ from .results import (
     Verdict,
 )
 from .spec import PoolBenchmarkSpec
+from .verdict import short_verdict
 from .words import counted, own_app_words, pools_words
 
 #: Longest termination message kept per pod.
@@ -204,6 +205,7 @@ class OwnAppRun:
             reason=words,
             summary=words,
         )
+        self.status.short_verdict = short_verdict(self.status.verdict, [])
         return words
 
     def mark_restored(self, replicas: int) -> str:

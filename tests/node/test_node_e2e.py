@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from poolbench.core.results import HistogramCounts
 from tests.harness.kube import wait_for
 from tests.harness.operator import kubectl
 from tests.harness.release import (
@@ -83,6 +84,24 @@ def assert_exact_peaks_from_the_pods_log(first: dict[str, Any], second: dict[str
     assert second["refusalsByClass"] == {"tooManyClients": second["refusals"]}
 
 
+#: What a finished benchmark's views may take: describe's lines, and the columns of one ``get -o wide`` row.
+DESCRIBE_LINES, WIDE_COLUMNS = 150, 200
+
+
+def assert_readable_views(cluster: Any, namespace: str, name: str, wide: str, status: dict[str, Any]) -> None:
+    """``kubectl describe`` of the finished benchmark fits a screenful or two and each ``get -o wide`` row a
+    terminal: the status leaves out what is at its default, a histogram is one line, a ghost one line, and
+    the Verdict column is the few words of status.shortVerdict (the sentence is verdict.summary)."""
+    described = kubectl(cluster, "-n", namespace, "describe", "poolbenchmark", name).stdout
+    record(cluster, f"kubectl describe poolbenchmark {name} ({len(described.splitlines())} lines)", described)
+    assert len(described.splitlines()) < DESCRIBE_LINES, described
+    assert max(len(line) for line in wide.splitlines()) <= WIDE_COLUMNS, wide
+    assert status["shortVerdict"] in wide.splitlines()[1], wide
+    assert status["verdict"]["summary"][:60] in described  # the whole sentence stays in describe
+    for absent in ("Comparison:", "Current Variant:", "Bounds Ms:"):
+        assert absent not in described, absent
+
+
 def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "node")
     apply(cluster, ns, small_seed("small"))
@@ -119,9 +138,10 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     first, second = assert_small_seed_steps(status)
     assert_exact_peaks_from_the_pods_log(first, second)
     assert first["throughput"] > 0
-    assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
+    assert HistogramCounts.model_validate(first["latencyHistogram"]).histogram().total == first["queries"]
 
     table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
+    assert_readable_views(cluster, ns, "small", table, status)
     header, row = table.splitlines()[:2]
     assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
     assert row.split()[:8] == [
