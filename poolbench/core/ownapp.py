@@ -32,8 +32,7 @@ from .results import (
     Verdict,
 )
 from .spec import PoolBenchmarkSpec
-from .verdict import short_verdict
-from .words import counted, own_app_words, pools_words
+from .words import counted, own_app_short_words, own_app_words, pools_words
 
 #: Longest termination message kept per pod.
 MESSAGE_MAX = 300
@@ -205,7 +204,7 @@ class OwnAppRun:
             reason=words,
             summary=words,
         )
-        self.status.short_verdict = short_verdict(self.status.verdict, [])
+        self.status.short_verdict = own_app_short_words(answer)
         return words
 
     def mark_restored(self, replicas: int) -> str:

@@ -161,6 +161,14 @@ def surge_words(max_surge: int | str | None, surge: int) -> str:
     return f" + {counted(surge, 'surge pod')}"
 
 
+def own_app_short_words(answer: OwnAppAnswer) -> str:
+    """The live answer in a few words, for a table's column: 'safe 6, 5 in a rollout, refused at 7'."""
+    a = answer
+    if a.per_pod == 0:
+        return "nothing measured per pod"
+    return f"safe {a.safe_at_rest}, {a.safe_in_rollout} in a rollout, refused at {a.refusals_from}"
+
+
 def own_app_words(answer: OwnAppAnswer) -> str:
     """The live answer in one sentence, every number the answer's: what the app's replicas (its HPA's
     maximum, else its current count) need through a rollout, what the others leave, and where refusals

@@ -88,12 +88,16 @@ def assert_exact_peaks_from_the_pods_log(first: dict[str, Any], second: dict[str
 DESCRIBE_LINES, WIDE_COLUMNS = 150, 200
 
 
-def assert_readable_views(cluster: Any, namespace: str, name: str, wide: str, status: dict[str, Any]) -> None:
+def describe(cluster: Any, namespace: str, name: str) -> str:
+    described: str = kubectl(cluster, "-n", namespace, "describe", "poolbenchmark", name).stdout
+    record(cluster, f"kubectl describe poolbenchmark {name} ({len(described.splitlines())} lines)", described)
+    return described
+
+
+def assert_readable_views(described: str, wide: str, status: dict[str, Any]) -> None:
     """``kubectl describe`` of the finished benchmark fits a screenful or two and each ``get -o wide`` row a
     terminal: the status leaves out what is at its default, a histogram is one line, a ghost one line, and
     the Verdict column is the few words of status.shortVerdict (the sentence is verdict.summary)."""
-    described = kubectl(cluster, "-n", namespace, "describe", "poolbenchmark", name).stdout
-    record(cluster, f"kubectl describe poolbenchmark {name} ({len(described.splitlines())} lines)", described)
     assert len(described.splitlines()) < DESCRIBE_LINES, described
     assert max(len(line) for line in wide.splitlines()) <= WIDE_COLUMNS, wide
     assert status["shortVerdict"] in wide.splitlines()[1], wide
@@ -141,7 +145,7 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     assert HistogramCounts.model_validate(first["latencyHistogram"]).histogram().total == first["queries"]
 
     table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
-    assert_readable_views(cluster, ns, "small", table, status)
+    described = describe(cluster, ns, "small")
     header, row = table.splitlines()[:2]
     assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
     assert row.split()[:8] == [
@@ -187,6 +191,7 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     assert_scaled_down_then_collected(
         kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s")
     )
+    assert_readable_views(described, table, status)
 
 
 def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
