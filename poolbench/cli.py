@@ -388,9 +388,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return 130
     report_leftovers(footprint, err_console, "after the clean-up")
-    status = result.status.to_json()
-    print_results(out_console, status)
-    return save_results(args, bench, result, status, err_console)
+    print_results(out_console, result.status.full_json())
+    return save_results(args, bench, result, result.status.to_json(), err_console)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

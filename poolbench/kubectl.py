@@ -124,18 +124,11 @@ def make_console() -> Console:
 
 
 def full_status(resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource's status with every field the tables read (a field the operator has not written yet
-    at its default); keys this version does not know are kept as they are."""
-    from pydantic import ValidationError
+    """The resource's status with every field the tables read (a field the operator left out at its
+    default, or has not written yet, at that default); keys this version does not know are kept."""
+    from .core.benchmark import full_status as with_defaults
 
-    from .core.benchmark import status_from_resource
-
-    raw = resource.get("status") or {}
-    try:
-        known = status_from_resource(raw)
-    except ValidationError:
-        return raw
-    return raw if known is None else {**raw, **known.to_json()}
+    return with_defaults(resource.get("status"))
 
 
 def verdict_style(status: dict[str, Any]) -> str:

@@ -4,7 +4,6 @@ live resource, from the same status document (``BenchmarkStatus.to_json()``, the
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -118,14 +117,11 @@ def stopping_step(verdict: dict[str, Any], steps: list[dict[str, Any]]) -> dict[
 
 
 def short_cause(step: dict[str, Any]) -> str:
-    """What failed a step, in a word for the comparison's column: its first error's class, the limit it
-    broke, or a timeout."""
-    if step.get("firstErrorClass"):
-        return str(step["firstErrorClass"])
-    limits = re.findall(r"limits\.\w+", step.get("reason") or "")
-    if limits:
-        return ", ".join(dict.fromkeys(limits))
-    return "timeout" if step.get("timedOut") else str(step["outcome"])
+    """What failed a step, in a word for the comparison's column (the core's ``step_cause``)."""
+    from .core.results import StepResult
+    from .core.verdict import step_cause
+
+    return step_cause(StepResult.model_validate(step))
 
 
 def comparison_table(status: dict[str, Any]) -> Table:

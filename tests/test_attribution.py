@@ -18,7 +18,7 @@ from poolbench.core.attribution import (
 )
 from poolbench.core.budget import own_app_answer
 from poolbench.core.observation import Observation
-from poolbench.core.words import own_app_words
+from poolbench.core.words import own_app_short_words, own_app_words
 
 POD_IPS = {"10.0.0.1": "web-a", "10.0.0.2": "web-b", "10.0.0.3": "web-c"}
 
@@ -206,6 +206,8 @@ def test_an_absolute_surge_and_no_surge() -> None:
     b = own_app_answer(10, 100, 10)  # no surge (Recreate): the rollout is the rest
     assert (b.safe_at_rest, b.safe_in_rollout, b.refusals_from) == (9, 9, 10)
     assert "9 fit at rest, 9 through a rollout (no surge); refusals start at 10 replicas" in own_app_words(b)
+    assert own_app_short_words(a) == "safe 9, 7 in a rollout, refused at 8"  # kubectl's Verdict column
+    assert own_app_short_words(own_app_answer(0, 50, 5)) == "nothing measured per pod"
 
 
 def test_per_pod_zero_says_nothing_about_replicas() -> None:

@@ -43,7 +43,7 @@ def pooled_status() -> dict[str, Any]:
     status = BenchmarkStatus(
         max_connections=14, variants=[VariantStatus(name="tx", pooler=pooler, steps=steps, verdict=verdict)]
     )
-    return status.to_json()
+    return status.full_json()
 
 
 @pytest.mark.parametrize("width", [200, 160, 130])
@@ -77,7 +77,7 @@ def test_a_measured_rollout_reads_as_old_replicas_and_surge_pods() -> None:
     verdict = Verdict(max_safe_replicas=2)
     status = BenchmarkStatus(
         max_connections=14, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
-    ).to_json()
+    ).full_json()
     console = Console(width=200, record=True)
     console.print(tables.results_table(status, status["variants"][0]))
     rows = [line for line in console.export_text().splitlines() if "Passed" in line]
@@ -98,7 +98,7 @@ def test_the_comparison_names_the_limit_that_failed_a_step() -> None:
     verdict = Verdict(first_failing_replicas=1)
     status = BenchmarkStatus(
         max_connections=20, verdict=verdict, variants=[VariantStatus(name="direct", steps=steps, verdict=verdict)]
-    ).to_json()
+    ).full_json()
     console = Console(width=200, record=True)
     console.print(tables.comparison_table(status))
     assert "1 (limits.maxLatencyP95Ms)" in console.export_text()
@@ -137,7 +137,7 @@ def test_a_long_error_is_cut_at_a_word_boundary() -> None:
 
 def test_a_table_names_its_variant_only_when_the_status_compares_variants() -> None:
     steps = [StepResult(replicas=1, outcome="Passed", predicted_peak=3, peak_connections=3)]
-    plain = BenchmarkStatus(max_connections=20, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    plain = BenchmarkStatus(max_connections=20, variants=[VariantStatus(name="direct", steps=steps)]).full_json()
     named = {**plain, "comparison": "Scales furthest: direct (1 replica). direct: 1 replica safe, peak 3."}
     for status, title in (
         (plain, "PoolBenchmark results (max_connections 20)"),
@@ -162,7 +162,7 @@ def test_the_peak_names_its_source_and_the_sampled_one_beside_it() -> None:
         ),
         StepResult(replicas=2, outcome="Passed", predicted_peak=24, peak_connections=20, sampled_peak_connections=20),
     ]
-    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).full_json()
     console = Console(width=200, record=True)
     console.print(tables.results_table(status, status["variants"][0]))
     text = console.export_text()
@@ -196,7 +196,7 @@ def test_the_pools_own_count_stands_under_the_exact_peak() -> None:
             client_peak_exact=False,
         ),
     ]
-    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).to_json()
+    status = BenchmarkStatus(max_connections=30, variants=[VariantStatus(name="direct", steps=steps)]).full_json()
     console = Console(width=200, record=True)
     console.print(tables.results_table(status, status["variants"][0]))
     cells = [line.split("│")[4].strip() for line in console.export_text().splitlines() if line.count("│") > 5]

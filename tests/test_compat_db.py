@@ -16,6 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.compat import ClientTarget, ProbeRequest, findings
 from poolbench.core.contracts.drivers import Driver
 from poolbench.core.results import Compatibility
@@ -262,7 +263,7 @@ def test_the_drivers_by_modes_examples_through_the_cli(driver: str, tmp_path: Pa
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    status = json.loads(out.read_text())["status"]
+    status = full_status(json.loads(out.read_text())["status"])
     variants = {v["name"]: v for v in status["variants"]}
     assert variants["direct"]["compatibility"] is None
     assert variants["session"]["compatibility"] == {"poolMode": "session", "findings": [], "notes": []}

@@ -258,7 +258,7 @@ def test_a_summary_reader_keeps_what_it_can_of_a_malformed_message() -> None:
             "firstErrorAt": "soon",
             "peakCheckedOut": True,
             "latencyMs": [1],
-            "checkoutWaitMs": {"boundsMs": "x"},
+            "checkoutWaitMs": {"buckets": "x"},
             "workStartedAt": 12,
             "workEndedAt": None,
             "processes": "2",

@@ -3,6 +3,7 @@
 import yaml
 
 from poolbench.core.crd import build_crd, crd_yaml
+from poolbench.core.results import ALWAYS_WRITTEN
 from tests.conftest import ROOT
 
 
@@ -87,3 +88,14 @@ def test_schema_is_structural() -> None:
         "preparedStatementClash",
     }
     assert yaml.safe_load(text)["spec"]["names"]["shortNames"] == ["pbench"]
+
+
+def test_every_printer_column_counter_is_written_even_at_zero() -> None:
+    printed = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    columns = {c["name"]: (c["type"], c["jsonPath"], c.get("priority")) for c in printed}
+    counters = [path for kind, path, _ in columns.values() if kind == "integer" and path.count(".") == 2]
+    assert counters
+    for path in counters:
+        assert path.removeprefix(".status.") in ALWAYS_WRITTEN, path
+    # A few words: a `get -o wide` row fits a terminal.
+    assert columns["Verdict"] == ("string", ".status.shortVerdict", 1)

@@ -7,6 +7,7 @@ import json
 import math
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +17,10 @@ from poolbench.core.histogram import (
     RELATIVE_ERROR,
     Histogram,
     edges_with,
+    format_buckets,
     merged,
     ms_of_label,
+    parse_buckets,
     seconds_label,
 )
 from poolbench.core.results import HistogramCounts, Percentiles, StepResult
@@ -128,7 +131,7 @@ def test_replicas_merge_exactly_through_summaries_and_prometheus_buckets() -> No
     assert (scraped.edges, scraped.counts) == (total.edges, total.counts)
     # A replica without values (or without a summary) merges in without changing a count.
     assert merged([Histogram(), *parts]).counts == total.counts
-    assert merged([Histogram(), Histogram(edges)]).to_json()["boundsMs"] == [60.0, 250.0]
+    assert merged([Histogram(), Histogram(edges)]).to_json()["buckets"] == "60:0 250:0"
 
 
 def test_prometheus_labels_are_decimal_seconds_that_read_back_to_the_same_edge() -> None:
@@ -137,16 +140,49 @@ def test_prometheus_labels_are_decimal_seconds_that_read_back_to_the_same_edge()
     assert ms_of_label("+Inf") == float("inf")
 
 
+def test_buckets_are_one_line_of_bound_count_pairs_that_read_back_exactly() -> None:
+    pairs = [(0.001, 1), (0.5179, 3), (1.1, 10), (250.0, 0), (10.5, 7), (1e9, 2)]
+    line = format_buckets(sorted(pairs))
+    assert line == "0.001:1 0.5179:3 1.1:10 10.5:7 250:0 1000000000:2"
+    assert parse_buckets(line) == sorted(pairs)
+    assert parse_buckets("") == []
+    assert format_buckets([]) == ""
+    for bad in ("1", "1:x", "x:1", "1:2:3"):
+        with pytest.raises(ValueError, match="bucket|invalid|could not convert"):
+            parse_buckets(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.floats(min_value=0.0005, max_value=2e9, allow_nan=False), max_size=300),
+    limits=st.lists(st.floats(min_value=0.01, max_value=1e6, allow_nan=False), max_size=3),
+)
+def test_a_histogram_written_as_a_status_field_reads_back_with_every_count(
+    values: list[float], limits: list[float]
+) -> None:
+    h = Histogram(edges_with(limits))
+    for v in values:
+        h.add(v)
+    status = HistogramCounts.of(h)
+    again = HistogramCounts.model_validate(json.loads(json.dumps(status.to_json()))).histogram()
+    assert again.edges == h.edges
+    assert again.counts == h.counts
+    assert again.total == len(values)
+    assert all(":0" not in token or float(token.split(":")[0]) not in GRID_MS for token in status.buckets.split())
+
+
 def test_malformed_histograms_count_as_empty() -> None:
     for bad in (
         None,
         {},
-        {"counts": [1, 2]},
-        {"boundsMs": [1.0], "counts": ["x"]},
-        {"boundsMs": "a", "counts": []},
-        {"boundsMs": [2.0, 1.0], "counts": [1, 1]},
-        {"boundsMs": [-1.0], "counts": [1]},
-        {"boundsMs": [1.0], "counts": [-3]},
+        {"buckets": ["1:2"]},
+        {"buckets": "1:x"},
+        {"buckets": "a"},
+        {"buckets": "1"},
+        {"buckets": "2:1 1:1"},
+        {"buckets": "-1:1"},
+        {"buckets": "1:-3"},
+        {"buckets": "nan:1"},
     ):
         assert Histogram.from_json(bad).total == 0
     assert Histogram.from_cumulative([("x", 1.0)], 0.0, 0.0).total == 0
@@ -234,7 +270,7 @@ def test_a_step_of_several_replicas_is_judged_on_their_merged_counts() -> None:
     step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
     assert step.outcome == "Passed", step.reason
     assert 59.9 * (1 - RELATIVE_ERROR) <= step.latency_ms.p95 <= 60
-    assert sum(step.latency_histogram.counts) == 100
+    assert step.latency_histogram.histogram().total == 100
     parts[0][0] = 75.0  # one value more above the limit: the 95th smallest is now 75 ms
     step = run_one_step(spec, [replica(f"r{i}", v) for i, v in enumerate(parts)]).status.variants[0].steps[0]
     assert step.outcome == "Failed"

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.spec import PoolBenchmark, parse_document
 from poolbench.core.steploop import Progress
 from poolbench.core.workload_env import workload_env
@@ -227,7 +228,9 @@ def test_seed_reproduced_through_the_cli(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    status = json.loads(out.read_text())["status"]
+    written = json.loads(out.read_text())["status"]
+    assert "comparison" not in written  # left out at its default: a plain benchmark compares nothing
+    status = full_status(written)
     (direct,) = status["variants"]  # a benchmark without spec.variants: one direct variant
     assert "steps" not in status
     assert direct["name"] == "direct"

@@ -150,6 +150,9 @@ def test_observe_changes_nothing_and_records_a_hand_made_scale() -> None:
     assert target.answer.per_pod == 3
     assert run.status.verdict is not None
     assert run.status.verdict.max_safe_replicas == target.answer.safe_in_rollout
+    assert run.status.short_verdict == f"safe 12, {target.answer.safe_in_rollout} in a rollout, refused at" + (
+        f" {target.answer.refusals_from}"
+    )
     assert run.status.phase == "Completed"
     assert target.answer_words in message
     assert run.status.peak_connections == 12

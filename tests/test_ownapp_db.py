@@ -14,6 +14,7 @@ import kubernetes.client as k8s
 import psycopg2
 import pytest
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.spec import parse_spec
 from poolbench.db.roles import ensure_role
 from poolbench.local.embedded import LocalPostgres
@@ -60,6 +61,18 @@ class NeverStopped:
         return False
 
 
+def merged_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class FakeKube:
     """The cluster: one Deployment ``my-app`` whose one pod has the IP the local server sees (127.0.0.1)."""
 
@@ -68,6 +81,7 @@ class FakeKube:
     def __init__(self, username: str, password: str):
         self.login = {"username": username, "password": password}
         self.statuses: list[dict[str, Any]] = []
+        self.status: dict[str, Any] = {}
         self.replicas = 1
 
     def secret_values(self, name: str, *keys: str) -> list[str | None]:
@@ -104,7 +118,9 @@ class FakeKube:
         ]
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
-        self.statuses.append(json.loads(json.dumps(status)))
+        """The API server's JSON merge patch (RFC 7386) of the status; each status kept as a reader reads it."""
+        self.status = merged_patch(self.status, json.loads(json.dumps(status)))
+        self.statuses.append(full_status(self.status))
 
 
 def run_driver(pg: LocalPostgres, kube: FakeKube, **target: Any) -> tuple[OwnAppDriver, list[tuple[str, str, str]]]:

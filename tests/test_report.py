@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from poolbench import cli
+from poolbench.core.benchmark import full_status
 from poolbench.core.plan import plan
 from poolbench.core.results import (
     BenchmarkStatus,
@@ -150,7 +151,7 @@ def test_every_number_in_the_step_table_is_the_status_own() -> None:
     table = StepTable()
     table.feed(render_html(document))
     assert table.headers == [path for _, path, _ in STEP_COLUMNS]
-    steps = [s for v in document["status"]["variants"] for s in v["steps"]]
+    steps = [s for v in full_status(document["status"])["variants"] for s in v["steps"]]
     assert len(table.rows) == len(steps) == 4
     for row, step in zip(table.rows, steps, strict=True):
         assert [path for path, _ in row] == table.headers
@@ -169,7 +170,7 @@ def test_a_hostile_statement_application_and_name_are_text_everywhere() -> None:
     document["metadata"]["name"] = HOSTILE
     document["spec"]["workload"]["statement"] = f"SELECT '{HOSTILE}'"
     step = document["status"]["variants"][0]["steps"][1]
-    step["ghostConnections"] = [GhostConnection(pid=42, replica=HOSTILE, age_seconds=3.5).to_json()]
+    step["ghostConnections"] = [GhostConnection(pid=42, replica=HOSTILE, age_seconds=3.5).to_text()]
     step["peakByReplica"] = {HOSTILE: 3}
     step["firstError"] = f'FATAL: role "{HOSTILE}" does not exist'
     document["status"]["verdict"]["summary"] = HOSTILE

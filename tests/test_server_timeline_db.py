@@ -153,7 +153,7 @@ def test_the_seeds_refused_scale_up_counted_by_the_server_as_by_the_workload() -
     assert step.outcome == "Failed"
     # The ghosts: the surviving replicas' idle pools, exactly, each named by its replica.
     assert step.server_ghosts == step.idle_at_end
-    assert all(g.replica.startswith("pb-seed-s1-r") for g in step.ghost_connections)
+    assert all(g.replica.startswith("pb-seed-s1-r") for g in step.ghosts())
 
 
 def test_nullpool_churn_peaks_at_replicas_times_threads_plus_backends_still_exiting() -> None:
@@ -228,9 +228,9 @@ def test_ghosts_exactly_with_their_owners_and_ages() -> None:
     # Each replica's pool keeps its 2 connections after the work: 4 ghosts, 2 per replica, each
     # open since the work began (two 0.3 s statements per thread: at least 0.6 s old at its end).
     assert step.server_ghosts == step.idle_at_end == step.predicted_idle == 4
-    owners = sorted(g.replica for g in step.ghost_connections)
+    owners = sorted(g.replica for g in step.ghosts())
     assert owners == ["pb-ghosts-s1-r0"] * 2 + ["pb-ghosts-s1-r1"] * 2
-    assert all(g.age_seconds >= 0.6 for g in step.ghost_connections)
+    assert all(g.age_seconds >= 0.6 for g in step.ghosts())
     assert step.refusals == 0
     assert step.first_refusal_at is None
 

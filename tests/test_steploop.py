@@ -18,7 +18,7 @@ import pytest
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
 from poolbench.core.compat import ClientTarget, ProbeRequest
-from poolbench.core.results import BenchmarkStatus, Compatibility, CompatibilityFinding
+from poolbench.core.results import BenchmarkStatus, Compatibility, CompatibilityFinding, StepResult
 from poolbench.core.sampling import PoolerRead, Sample
 from poolbench.core.spec import PoolerSpec, parse_spec
 from poolbench.core.steploop import (
@@ -298,13 +298,17 @@ def test_every_step_passes_with_peaks_and_ghosts_from_the_samples() -> None:
     # Without spec.variants: one direct variant, named nowhere (no comparison, plain step labels).
     assert [v.name for v in status.variants] == ["direct"]
     assert status.verdict == status.variants[0].verdict
+    assert status.short_verdict == "safe 4, none failed"
     assert status.comparison == ""
     assert status.message == status.verdict.summary
     started = [e.message.split(":")[0] for e in platform.events if isinstance(e, StepStarted)]
     assert started == ["step 1/2", "step 2/2"]
     document = status.to_json()
     assert "steps" not in document
-    assert document["variants"][0]["steps"][0]["pooler"] is None
+    assert "comparison" not in document
+    assert "currentVariant" not in document
+    assert BenchmarkStatus.model_validate(document) == status
+    assert "pooler" not in document["variants"][0]["steps"][0]  # a direct step's null is not written
     assert [type(e) for e in platform.events if not isinstance(e, Progress)] == [
         StepStarted,
         StepFinished,
@@ -425,7 +429,7 @@ def test_resume_runs_only_what_status_does_not_show_as_finished() -> None:
     status = run_on(run, platform)
     assert platform.calls[:2] == ["scale 0", "scale 4"]  # clean slate first, then only step 2
     assert [s.replicas for s in status.variants[0].steps] == [2, 4]
-    assert status.variants[0].steps[0].to_json() == finished_step  # never redone, never changed
+    assert status.variants[0].steps[0] == StepResult.model_validate(finished_step)  # never redone, never changed
     assert status.variants[0].steps[1].outcome == "Passed"
     assert status.variants[0].steps[1].peak_connections == 12
     assert status.phase == "Completed"
@@ -789,7 +793,7 @@ def search_with_variants() -> tuple[dict[str, Any], BenchmarkStatus]:
         },
     ]
     status = run_on(spec(steps={"search": {"min": 1, "max": 40}}, variants=variants), Oracle(breaking=5))
-    return status.to_json(), status
+    return status.full_json(), status
 
 
 def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() -> None:
@@ -805,6 +809,8 @@ def test_one_first_failing_number_in_the_status_the_comparison_and_the_tables() 
     assert direct.verdict is not None
     assert direct.verdict.first_failing_replicas == 6
     assert "direct: 5 replicas safe, fails at 6 (tooManyClients)" in status.comparison
+    assert status.short_verdict == "safe 5, fails at 6: tooManyClients"  # the first variant's, as status.verdict
+    assert BenchmarkStatus.model_validate(status.to_json()) == status
     console = Console(width=200, record=True)
     console.print(tables.comparison_table(document))
     rows = [line for line in console.export_text().splitlines() if line.startswith("│")]
@@ -868,7 +874,8 @@ def test_unknown_connection_ages_are_null_not_zero() -> None:
     status = run_on(spec(steps=[2]), FakePlatform([Script(ghosts_per_replica=0)]))
     ages = status.variants[0].steps[0].connection_age_seconds
     assert (ages.p50, ages.max) == (None, None)
-    assert status.to_json()["variants"][0]["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
+    assert "connectionAgeSeconds" not in status.to_json()["variants"][0]["steps"][0]  # null: not written
+    assert status.full_json()["variants"][0]["steps"][0]["connectionAgeSeconds"] == {"p50": None, "max": None}
 
 
 def test_one_replica_and_one_step_are_singular() -> None:

@@ -123,6 +123,8 @@ class Driver:
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0
+        #: The status as last written, so that a field left out since is nulled in the next merge patch.
+        self.written: dict[str, Any] | None = body.get("status")
         self.t0 = time.monotonic()
         self.views: list[podstate.PodView] = []
         #: The variant being measured (``use_variant``); None before the first, and without variants.
@@ -139,7 +141,8 @@ class Driver:
         if not force and time.monotonic() - self.last_patch < PATCH_INTERVAL:
             return
         self.run.status.updated_at = utc_now()
-        self.kube.patch_status(self.name, self.run.status.to_json())
+        self.kube.patch_status(self.name, self.run.status.merge_patch(self.written))
+        self.written = self.run.status.to_json()
         self.last_patch = time.monotonic()
 
     # -- phases ---------------------------------------------------------------------------------

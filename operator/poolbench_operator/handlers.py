@@ -73,7 +73,7 @@ def run_benchmark(
     except SpecError as err:
         message = err.message()
         generation = body.get("metadata", {}).get("generation")
-        kube.patch_status(name, invalid_status(message, generation, utc_now()).to_json())
+        kube.patch_status(name, invalid_status(message, generation, utc_now()).merge_patch(body.get("status")))
         kopf.warn(body, reason="Invalid", message=message)
         logger.warning("invalid PoolBenchmark: %s", message)
         return

@@ -283,6 +283,7 @@ class Kube:
 
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        """A JSON merge patch of the status (a key set to null is removed)."""
         self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"status": status}
         )

@@ -96,6 +96,8 @@ class OwnAppDriver:
         self.monitor_role = ""
         self.conn: psycopg2.extensions.connection | None = None
         self.last_patch = 0.0
+        #: The status as last written, so that a field left out since is nulled in the next merge patch.
+        self.written: dict[str, Any] | None = body.get("status")
         self.cluster_read_at = -1e9
         self.cluster_seen: tuple[int | None, list[PodSeen]] = (None, [])
         self.selector = ""
@@ -383,7 +385,8 @@ class OwnAppDriver:
         now = utc_now()
         self.status.updated_at = now
         set_conditions(self.status, now)
-        self.kube.patch_status(self.name, self.status.to_json())
+        self.kube.patch_status(self.name, self.status.merge_patch(self.written))
+        self.written = self.status.to_json()
         self.last_patch = time.monotonic()
 
     def event(self, kind: str, reason: str, message: str) -> None:

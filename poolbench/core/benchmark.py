@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydantic import ValidationError
+
 from .budget import predict, predicted_safe_replicas, surge_pods
 from .client_timeline import OpenTimeline, iso_utc, merge_open_timelines
 from .contracts.phases import CRASHED
@@ -43,6 +45,7 @@ from .verdict import (
     judge_step,
     largest_safe,
     overall_verdict,
+    short_verdict,
 )
 from .words import counted
 
@@ -176,8 +179,8 @@ def aggregate_reports(step: StepResult, reports: list[ReplicaReport]) -> StepRes
     step.restarts = sum(r.restarts for r in reports)
     latency = merged(r.latency for r in reports)
     checkout = merged(r.checkout_wait for r in reports)
-    step.latency_histogram = HistogramCounts.model_validate(latency.to_json())
-    step.checkout_wait_histogram = HistogramCounts.model_validate(checkout.to_json())
+    step.latency_histogram = HistogramCounts.of(latency)
+    step.checkout_wait_histogram = HistogramCounts.of(checkout)
     step.latency_ms = Percentiles(**latency.summary())
     step.checkout_wait_ms = Percentiles(**checkout.summary())
     step.throughput = throughput(reports)
@@ -265,6 +268,7 @@ class BenchmarkRun:
             self.variant_specs[variant_index], self._finished(variant_index), self.variants[variant_index].pooler
         )
         self.status.verdict = self.status.variants[0].verdict
+        self.status.short_verdict = short_verdict(self.status.verdict, self._finished(0))
 
     # -- progress through the phases -------------------------------------------------------
     def provisioning(self, message: str = "starting PostgreSQL") -> None:
@@ -497,6 +501,18 @@ def status_from_resource(status: dict[str, Any] | None) -> BenchmarkStatus | Non
         return None
     known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
     return BenchmarkStatus.model_validate({k: v for k, v in status.items() if k in known})
+
+
+def full_status(status: dict[str, Any] | None) -> dict[str, Any]:
+    """A written status (fields at their default left out) with every field a reader looks up, at its
+    default where it was not written; keys this version does not know are kept as they are, and a status
+    this version cannot read is returned as it is."""
+    raw = status if isinstance(status, dict) else {}
+    try:
+        known = status_from_resource(raw)
+    except ValidationError:
+        return raw
+    return raw if known is None else {**raw, **known.full_json()}
 
 
 def set_conditions(status: BenchmarkStatus, now: str) -> None:

@@ -30,7 +30,7 @@ PRINTER_COLUMNS = [
     {"name": "MaxConn", "type": "integer", "jsonPath": ".status.maxConnections"},
     {"name": "Failures", "type": "integer", "jsonPath": ".status.failures"},
     {"name": "MaxSafe", "type": "integer", "jsonPath": ".status.verdict.maxSafeReplicas"},
-    {"name": "Verdict", "type": "string", "jsonPath": ".status.verdict.summary", "priority": 1},
+    {"name": "Verdict", "type": "string", "jsonPath": ".status.shortVerdict", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -85,6 +85,31 @@ def _reading(lo: float, hi: float) -> float:
     return rounded if lo < rounded <= hi else mid
 
 
+def plain_number(value: float) -> str:
+    """A float as the shortest text that reads back as the very same float, without a trailing '.0'."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_buckets(pairs: Iterable[tuple[float, int]]) -> str:
+    """(upper bound in ms, count) pairs as one line, ``bound:count`` separated by spaces
+    (``"0.5179:3 1.1:10 250:0"``): a status field a person reads at a glance, exact both ways."""
+    return " ".join(f"{plain_number(bound)}:{count}" for bound, count in pairs)
+
+
+def parse_buckets(text: object) -> list[tuple[float, int]]:
+    """``format_buckets``' line back to its pairs; ValueError when it is not one."""
+    if not isinstance(text, str):
+        raise ValueError(f"buckets must be a string, not {type(text).__name__}")
+    pairs = []
+    for token in text.split():
+        bound, colon, count = token.partition(":")
+        if not colon:
+            raise ValueError(f"bucket {token!r} is not bound:count")
+        pairs.append((float(bound), int(count)))
+    return pairs
+
+
 @dataclass
 class Histogram:
     """Counts per bucket: bucket i holds values in (edges[i-1], edges[i]] (bucket 0: up to edges[0];
@@ -193,10 +218,10 @@ class Histogram:
         return [(e, c) for e, c in zip(self.edges, self.counts, strict=True) if c or e not in _GRID_SET]
 
     def to_json(self) -> dict[str, Any]:
-        pairs = self.buckets()
+        """The one written form of a histogram, in a replica's summary and in the status alike:
+        ``{"buckets": "0.5179:3 1.1:10", "sumMs": …, "maxMs": …}`` (``format_buckets``)."""
         return {
-            "boundsMs": [e for e, _ in pairs],
-            "counts": [c for _, c in pairs],
+            "buckets": format_buckets(self.buckets()),
             "sumMs": round(self.sum_ms, 3),
             "maxMs": round(self.max_ms, 3),
         }
@@ -213,11 +238,8 @@ class Histogram:
         are not grid edges are the extra edges the replica counted on."""
         if not data:
             return cls()
-        bounds, counts = data.get("boundsMs"), data.get("counts")
-        if not isinstance(bounds, list) or not isinstance(counts, list) or len(bounds) != len(counts):
-            return cls()
         try:
-            pairs = [(float(b), int(c)) for b, c in zip(bounds, counts, strict=True)]
+            pairs = parse_buckets(data.get("buckets", ""))
             sum_ms, max_ms = float(data.get("sumMs", 0.0)), float(data.get("maxMs", 0.0))
         except (TypeError, ValueError):
             return cls()

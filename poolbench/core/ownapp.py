@@ -32,7 +32,7 @@ from .results import (
     Verdict,
 )
 from .spec import PoolBenchmarkSpec
-from .words import counted, own_app_words, pools_words
+from .words import counted, own_app_short_words, own_app_words, pools_words
 
 #: Longest termination message kept per pod.
 MESSAGE_MAX = 300
@@ -204,6 +204,7 @@ class OwnAppRun:
             reason=words,
             summary=words,
         )
+        self.status.short_verdict = own_app_short_words(answer)
         return words
 
     def mark_restored(self, replicas: int) -> str:

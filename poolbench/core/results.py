@@ -6,11 +6,13 @@ and nothing is pruned by the API server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from .histogram import Histogram, plain_number
 from .outcomes import OK, OUTCOMES
 from .spec import EngineSpec, PoolerSpec
 
@@ -93,12 +95,23 @@ class AgeStats(_Out):
 class HistogramCounts(_Out):
     """Counts of the non-empty buckets and of the limits' buckets, exactly the sum of the replicas' own.
     Bucket edges: sixty per decade from 0.001 ms plus spec.limits; a bucket holds the values above the
-    edge before its bound, up to its bound."""
+    edge before its bound, up to its bound. Written and read only through ``Histogram``'s own form."""
 
-    bounds_ms: list[float] = Field(default_factory=list, description="Upper bound of each listed bucket (ms).")
-    counts: list[int] = Field(default_factory=list, description="Values in each listed bucket.")
+    buckets: str = Field(
+        "",
+        description="Each listed bucket as boundMs:count (its upper bound in ms, the values in it), separated"
+        " by spaces, ascending: '0.5179:3 1.1:10 250:0'.",
+    )
     sum_ms: float = 0.0
     max_ms: float = 0.0
+
+    @classmethod
+    def of(cls, histogram: Histogram) -> HistogramCounts:
+        return cls.model_validate(histogram.to_json())
+
+    def histogram(self) -> Histogram:
+        """The counts back as a ``Histogram`` on the same edges (empty when ``buckets`` is malformed)."""
+        return Histogram.from_json(self.model_dump(by_alias=True))
 
 
 class Condition(_Out):
@@ -130,11 +143,36 @@ class RolloutOverlap(_Out):
 
 
 class GhostConnection(_Out):
-    """One connection open when the work ended, from the server's log: whose, and how old."""
+    """One connection open when the work ended, from the server's log: whose, and how old. In the
+    status it is one line, ``"PID REPLICA AGEs"`` (``to_text``, ``from_text``)."""
 
     pid: int
     replica: str = Field(description="Its application_name: the replica that opened it.")
     age_seconds: float = Field(description="Seconds it had been open when the work ended.")
+
+    def to_text(self) -> str:
+        replica = "".join(c if c.isprintable() else "?" for c in self.replica)
+        return f"{self.pid} {replica} {plain_number(self.age_seconds)}s"
+
+    @classmethod
+    def from_text(cls, text: str) -> GhostConnection:
+        """``to_text``'s line back (the replica may hold spaces); ValueError when it is not one."""
+        pid, _, rest = text.partition(" ")
+        replica, _, age = rest.rpartition(" ")
+        if not age.endswith("s"):
+            raise ValueError(f"ghost connection {text!r} is not 'PID REPLICA AGEs'")
+        return cls(pid=int(pid), replica=replica, age_seconds=float(age[:-1]))
+
+
+def parse_ghosts(lines: object) -> list[GhostConnection]:
+    """Ghost connection lines (``GhostConnection.to_text``) read back; anything that is not one is left out."""
+    out = []
+    for line in lines if isinstance(lines, list) else []:
+        try:
+            out.append(GhostConnection.from_text(line))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return out
 
 
 class PoolerStepResult(_Out):
@@ -188,8 +226,10 @@ class StepResult(_Out):
     server_ghosts: int | None = Field(
         None, description="Connections open when the work ended, from the server's log (null: not read)."
     )
-    ghost_connections: list[GhostConnection] = Field(
-        default_factory=list, description="The oldest of them (at most 50), each with its replica and age."
+    ghost_connections: list[str] = Field(
+        default_factory=list,
+        description="The oldest of them (at most 50), one line each: its pid, its replica (application_name) and"
+        " its age in seconds ('4242 pb-seed-s1-r0 12.5s').",
     )
     exiting_at_peak: int = Field(
         0,
@@ -276,6 +316,10 @@ class StepResult(_Out):
     client_connects: int | None = Field(None, description="Real connections the replicas' pools opened (exact).")
     outcome: Outcome | None = None
     reason: str | None = None
+
+    def ghosts(self) -> list[GhostConnection]:
+        """``ghostConnections`` read back."""
+        return parse_ghosts(self.ghost_connections)
 
 
 class Verdict(_Out):
@@ -513,6 +557,11 @@ class BenchmarkStatus(_Out):
         description="The first variant's (the one of a benchmark without"
         " spec.variants): what the printer columns show.",
     )
+    short_verdict: str = Field(
+        "",
+        description="The verdict in a few words for kubectl's Verdict column ('safe 2, fails at 8:"
+        " tooManyClients'); the whole sentence is verdict.summary.",
+    )
     observed_generation: int | None = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -528,3 +577,39 @@ class BenchmarkStatus(_Out):
     def all_steps(self) -> list[StepResult]:
         """Every variant's steps, in the order they ran."""
         return [s for v in self.variants for s in v.steps]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as written (the resource's ``status``, the CLI's JSON): a field at its default (zero,
+        empty, null) is left out, so ``kubectl describe`` shows what was measured; the printer columns'
+        counters are always there. Reading it back with the model gives the same status."""
+        written = self.model_dump(by_alias=True, mode="json", exclude_defaults=True)
+        full = self.full_json()
+        return {**{key: full[key] for key in ALWAYS_WRITTEN}, **written}
+
+    def full_json(self) -> dict[str, Any]:
+        """Every field, at its default where nothing was written: what the tables and the report read."""
+        return self.model_dump(by_alias=True, mode="json")
+
+    def merge_patch(self, written: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A JSON merge patch from the status last ``written`` to this one: this status, with every field
+        it no longer has set to null (a merge patch keeps what it does not name). Only the status' own
+        fields are nulled, never another writer's keys."""
+        known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
+        before = {k: v for k, v in (written or {}).items() if k in known}
+        return nulled_where_gone(before, self.to_json())
+
+
+#: Top-level status fields written even at their default: the printer columns' counters and the step counter.
+ALWAYS_WRITTEN = ("phase", "currentStep", "totalSteps", "replicas", "maxConnections", "peakConnections", "failures")
+
+
+def nulled_where_gone(before: Mapping[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``after`` with null for every key of ``before`` it lacks, in nested objects too (lists are
+    replaced whole by a merge patch, so nothing inside one is nulled)."""
+    patch = dict(after)
+    for key, old in before.items():
+        if key not in after:
+            patch[key] = None
+        elif isinstance(old, Mapping) and isinstance(after[key], dict):
+            patch[key] = nulled_where_gone(old, after[key])
+    return patch

@@ -19,14 +19,21 @@ from .budget import (
     usable_connections,
 )
 from .compat import incompatibilities, incompatibilities_text
-from .histogram import Histogram
 from .outcomes import DRIVER_SETTING_FIXES
 from .results import Compatibility, GhostConnection, PoolerStepResult, StepResult, Verdict, to_snake
 from .sampling import BEHIND_FACTOR, advised_interval_ms, fell_behind
 from .search import findings, searched
 from .spec import MONITOR_CONNECTIONS, LimitsSpec, PoolBenchmarkSpec, PoolerSpec
 from .timeline import WindowAccount
-from .words import clipped, counted, placement_words, replicas_fit, replicas_word, session_words
+from .words import (
+    clipped,
+    counted,
+    placement_words,
+    replicas_fit,
+    replicas_word,
+    session_words,
+    short_verdict_words,
+)
 
 #: A read of pg_stat_activity and the log's account of the same moment may differ by what changed
 #: within this long: the read's snapshot is taken during the query, after its stamp; a backend whose
@@ -107,7 +114,7 @@ def apply_server_account(
     step.refusals_per_second = round(step.refusals / duration, 3) if duration > 0 else 0.0
     step.server_ghosts = len(server.ghosts)
     step.ghost_connections = [
-        GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3))
+        GhostConnection(pid=c.pid, replica=c.application_name, age_seconds=round(c.age, 3)).to_text()
         for c in server.ghosts[:GHOSTS_LISTED]
     ]
     # Per replica: what one may hold at once (pooled, the server's backends are the poolers': no such bound).
@@ -325,7 +332,7 @@ def limit_breaches(step: StepResult, limits: LimitsSpec | None) -> list[str]:
     ):
         if limit is None:
             continue
-        histogram = Histogram.from_json(counts.model_dump(by_alias=True))
+        histogram = counts.histogram()
         if histogram.exceeds(0.95, limit) if histogram.total else measured.p95 > limit:
             breaches.append(f"{what} p95 {measured.p95:g} ms exceeds limits.{name} {limit:g} ms")
     return breaches
@@ -444,7 +451,7 @@ def queueing(spec: PoolBenchmarkSpec, steps: list[StepResult]) -> str:
     """When a replica runs more threads than its pool may open, the threads queue for connections:
     what users feel first is waiting, not errors. Says so with the measured wait, or nothing."""
     cap, threads = per_process_peak(spec), spec.workload.threads
-    measured = [s for s in steps if s.checkout_wait_histogram.counts and sum(s.checkout_wait_histogram.counts)]
+    measured = [s for s in steps if s.checkout_wait_histogram.histogram().total]
     if cap >= threads or not measured:
         return ""
     last = measured[-1]
@@ -499,6 +506,25 @@ def first_failing_step(verdict: Verdict, steps: list[StepResult]) -> StepResult 
         ),
         None,
     )
+
+
+def step_cause(step: StepResult) -> str:
+    """What failed a step, in a word: its first error's class, the limits it broke, or a timeout."""
+    if step.first_error_class:
+        return step.first_error_class
+    limits = re.findall(r"limits\.\w+", step.reason or "")
+    if limits:
+        return ", ".join(dict.fromkeys(limits))
+    return "timeout" if step.timed_out else str(step.outcome)
+
+
+def short_verdict(verdict: Verdict | None, steps: list[StepResult]) -> str:
+    """``status.shortVerdict``: the verdict's counts and the first failing step's cause, in a few words."""
+    if verdict is None:
+        return ""
+    failing = first_failing_step(verdict, steps)
+    cause = step_cause(failing) if failing is not None else ""
+    return short_verdict_words(verdict.max_safe_replicas, verdict.first_failing_replicas, cause)
 
 
 def rollout_line(spec: PoolBenchmarkSpec, step: StepResult, pooler: PoolerSpec | None = None) -> str:

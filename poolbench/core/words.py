@@ -29,6 +29,17 @@ def counted(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def short_verdict_words(safe: int | None, failing: int | None, cause: str) -> str:
+    """A verdict in a few words, for a table's column: 'safe 2, fails at 8: tooManyClients', 'safe 8,
+    none failed', 'fails at 2: timeout', 'nothing judged'."""
+    parts = [] if safe is None else [f"safe {safe}"]
+    if failing is not None:
+        parts.append(f"fails at {failing}" + (f": {cause}" if cause else ""))
+    elif safe is not None:
+        parts.append("none failed")
+    return ", ".join(parts) or "nothing judged"
+
+
 def replicas_fit(count: int | None) -> str:
     """'at most N replicas fit', with the verb agreeing: '1 replica fits'."""
     return f"{count} replica fits" if count == 1 else f"{count} replicas fit"
@@ -148,6 +159,14 @@ def surge_words(max_surge: int | str | None, surge: int) -> str:
     if isinstance(max_surge, str):
         return f" + {max_surge} surge ({counted(surge, 'pod')})"
     return f" + {counted(surge, 'surge pod')}"
+
+
+def own_app_short_words(answer: OwnAppAnswer) -> str:
+    """The live answer in a few words, for a table's column: 'safe 6, 5 in a rollout, refused at 7'."""
+    a = answer
+    if a.per_pod == 0:
+        return "nothing measured per pod"
+    return f"safe {a.safe_at_rest}, {a.safe_in_rollout} in a rollout, refused at {a.refusals_from}"
 
 
 def own_app_words(answer: OwnAppAnswer) -> str:

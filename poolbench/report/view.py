@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..core.benchmark import full_status
 from ..core.plan import plan
-from ..core.results import ERROR_CLASSES
+from ..core.results import ERROR_CLASSES, GhostConnection, parse_ghosts
 from ..core.spec import DIRECT, PoolBenchmarkSpec
 from .charts import MAX_CONNECTIONS_COLOR, USABLE_COLOR, Chart, Series, connections_over_time, grouped_bars
 
@@ -90,7 +91,7 @@ class StepRow:
     first_error: str
     first_error_class: str
     errors_by_class: list[tuple[str, int]]
-    ghosts: list[dict[str, Any]]
+    ghosts: list[GhostConnection]
     pooler: list[Fact]
 
 
@@ -172,7 +173,7 @@ def step_rows(status: dict[str, Any]) -> list[StepRow]:
                 first_error=str(step.get("firstError") or ""),
                 first_error_class=str(step.get("firstErrorClass") or ""),
                 errors_by_class=[(k, int(errors[k])) for k in ERROR_CLASSES if errors.get(k)],
-                ghosts=list(step.get("ghostConnections") or []),
+                ghosts=parse_ghosts(step.get("ghostConnections")),
                 pooler=[
                     Fact("Predicted clients at the poolers", number(pooler.get("predictedClientPeak"))),
                     Fact("Clients the poolers accept", number(pooler.get("clientCapacity"))),
@@ -355,7 +356,7 @@ def variant_plans(spec: PoolBenchmarkSpec | None) -> list[VariantPlan]:
 
 
 def build_charts(document: dict[str, Any], spec: PoolBenchmarkSpec | None) -> list[Chart]:
-    status = document.get("status") or {}
+    status = full_status(document.get("status"))
     steps = _steps(status)
     many = len(status.get("variants") or []) > 1
     labels = [_label(v, s, many) for v, s in steps]
@@ -477,7 +478,7 @@ def manifest(document: dict[str, Any]) -> str:
 
 
 def report_view(document: dict[str, Any]) -> ReportView:
-    status = document.get("status") or {}
+    status = full_status(document.get("status"))
     raw_spec = document.get("spec") or {}
     spec, problem = parsed_spec(raw_spec)
     name = str((document.get("metadata") or {}).get("name", ""))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from poolbench.core.results import HistogramCounts
 from tests.harness.kube import wait_for
 from tests.harness.operator import kubectl
 from tests.harness.release import (
@@ -83,6 +84,31 @@ def assert_exact_peaks_from_the_pods_log(first: dict[str, Any], second: dict[str
     assert second["refusalsByClass"] == {"tooManyClients": second["refusals"]}
 
 
+#: What a finished benchmark's views may take: describe's lines, and the columns of one ``get -o wide`` row.
+#: The small seed's describe holds about 40 lines of metadata and spec, 18 of conditions, a verdict twice
+#: (the status' and its one variant's) and 70 to 90 per step, each a measured value; one line per histogram
+#: bucket or per field at its default, as the status was once written, runs to many hundreds.
+DESCRIBE_LINES, WIDE_COLUMNS = 300, 200
+
+
+def describe(cluster: Any, namespace: str, name: str) -> str:
+    described: str = kubectl(cluster, "-n", namespace, "describe", "poolbenchmark", name).stdout
+    record(cluster, f"kubectl describe poolbenchmark {name} ({len(described.splitlines())} lines)", described)
+    return described
+
+
+def assert_readable_views(described: str, wide: str, status: dict[str, Any]) -> None:
+    """``kubectl describe`` of the finished benchmark fits a screenful or two and each ``get -o wide`` row a
+    terminal: the status leaves out what is at its default, a histogram is one line, a ghost one line, and
+    the Verdict column is the few words of status.shortVerdict (the sentence is verdict.summary)."""
+    assert len(described.splitlines()) < DESCRIBE_LINES, described
+    assert max(len(line) for line in wide.splitlines()) <= WIDE_COLUMNS, wide
+    assert status["shortVerdict"] in wide.splitlines()[1], wide
+    assert status["verdict"]["summary"][:60] in described  # the whole sentence stays in describe
+    for absent in ("Comparison:", "Current Variant:", "Bounds Ms:"):
+        assert absent not in described, absent
+
+
 def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "node")
     apply(cluster, ns, small_seed("small"))
@@ -119,9 +145,10 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     first, second = assert_small_seed_steps(status)
     assert_exact_peaks_from_the_pods_log(first, second)
     assert first["throughput"] > 0
-    assert sum(first["latencyHistogram"]["counts"]) == first["queries"]
+    assert HistogramCounts.model_validate(first["latencyHistogram"]).histogram().total == first["queries"]
 
     table = kubectl(cluster, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
+    described = describe(cluster, ns, "small")
     header, row = table.splitlines()[:2]
     assert header.split()[:8] == ["NAME", "PHASE", "STEP", "REPLICAS", "PEAK", "MAXCONN", "FAILURES", "MAXSAFE"]
     assert row.split()[:8] == [
@@ -167,6 +194,7 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
     assert_scaled_down_then_collected(
         kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s")
     )
+    assert_readable_views(described, table, status)
 
 
 def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:
