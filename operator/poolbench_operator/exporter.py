@@ -2,9 +2,11 @@
 at each scrape (names: ``poolbench.core.contracts.operator_metrics``), in a registry of its own,
 served by prometheus-client's HTTP server on its own daemon thread (never on kopf's event loop).
 
-Histograms are the status' merged ones on their exact edges (``Histogram.cumulative``: the listed
-buckets, ``le`` in seconds, then +Inf), so a quantile computed by Prometheus reads the same buckets
-the verdict was judged on.
+Histograms are the status' merged ones on their exact edges (``le`` in seconds, then +Inf): every
+non-empty bucket with its lower edge too, and every limit edge. Prometheus's ``histogram_quantile``
+interpolates linearly between two listed edges, so with both edges of each non-empty bucket listed its
+reading stays inside the bucket the verdict's percentile is in (a grid bucket is under 4 % wide);
+with only the upper edges it would interpolate across every empty bucket below.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from poolbench.core.contracts import operator_metrics as m
-from poolbench.core.histogram import Histogram
+from poolbench.core.histogram import Histogram, seconds_label
 
 from .metricstate import PHASES, MetricState, VariantMetrics
 
@@ -31,12 +33,28 @@ def gauge(name: str, doc: str, variants: list[VariantMetrics], value: str) -> Ga
     return family
 
 
+def prometheus_buckets(h: Histogram) -> list[tuple[str, float]]:
+    """Cumulative ``(le, count)`` pairs: each non-empty bucket's lower and upper edge, every limit edge
+    (``Histogram.extra_edges``), then +Inf. The counts are exact: an edge left out has no value below it
+    that a listed edge does not already count."""
+    limits = set(h.extra_edges())
+    listed: dict[float, int] = {}
+    running = 0
+    for index, (edge, count) in enumerate(zip(h.edges, h.counts, strict=True)):
+        if count and index:
+            listed.setdefault(h.edges[index - 1], running)
+        running += count
+        if count or edge in limits:
+            listed[edge] = running
+    return [(seconds_label(edge), float(total)) for edge, total in listed.items()] + [("+Inf", float(h.total))]
+
+
 def histogram(name: str, doc: str, variants: list[VariantMetrics], value: str) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=LABELS)
     for v in variants:
         h: Histogram | None = getattr(v, value)
         if h is not None:
-            family.add_metric(v.labels, h.cumulative(), sum_value=round(h.sum_ms, 3) / 1000)
+            family.add_metric(v.labels, prometheus_buckets(h), sum_value=round(h.sum_ms, 3) / 1000)
     return family
 
 
