@@ -179,7 +179,15 @@ def restore_on_delete(
         logger.info("%s: %s", name, message)
 
 
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+def metrics_change(type: str | None, status: kopf.Status, namespace: str | None, name: str | None, **_: Any) -> bool:
+    """A deletion, or a finished benchmark this operator has not published: every other watch event
+    (a status patch a second while a daemon runs) is filtered out before a handler (or its log line)."""
+    if type == "DELETED":
+        return True
+    return status.get("phase") in TERMINAL and not METRICS.known(namespace or "", name or "")
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=metrics_change)
 def follow_for_metrics(
     type: str | None,  # kopf's name for the watch event's type
     body: kopf.Body,

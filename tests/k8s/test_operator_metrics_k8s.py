@@ -61,6 +61,18 @@ def test_metrics_equal_status_while_and_after_the_seed_runs(operator: Any, kube:
         f" ghosts {got[(m.GHOST_BACKENDS, ())]:g}; most backends in one scrape while running {max(running_backends):g}"
     )
 
+    # A restarted operator runs no daemon for a finished benchmark: it serves it from its status again.
+    operator.stop()
+    operator.start()
+    wait_for(
+        lambda: of_benchmark(scrape(operator.metrics_url), ns, NAME),
+        60,
+        interval=0.5,
+        what="the finished benchmark's series after a restart",
+    )
+    again = of_benchmark(scrape(operator.metrics_url), ns, NAME)
+    assert {k: again.get(k) for k in want} == want
+
     kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", NAME, "--timeout=90s")
     wait_for(
         lambda: not of_benchmark(scrape(operator.metrics_url), ns, NAME),
