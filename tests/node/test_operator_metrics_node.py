@@ -19,6 +19,7 @@ import pytest
 from poolbench.core.contracts import operator_metrics as m
 from tests.harness.controlplane import free_port
 from tests.harness.kube import wait_for
+from tests.harness.operator import kubectl
 from tests.harness.opmetrics import Samples, expected, of_benchmark, scrape
 from tests.harness.release import create_restricted_namespace, operator_pod, record
 from tests.k8s.test_operator_e2e import small_seed, wait_phase
@@ -88,16 +89,19 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus(kube: Any, helm_release: Any) -> Iterator[Prometheus]:
+def prometheus(cluster: Any, kube: Any, helm_release: Any) -> Iterator[Prometheus]:
     if not shutil.which("prometheus"):
         pytest.fail("the node tier needs Prometheus (Debian: apt-get install prometheus)", pytrace=False)
     pod = operator_pod(kube)
     ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
     target = f"{pod['status']['podIP']}:{ports['metrics']}"
-    try:  # the host reaches the pod over the node's bridge: a scrape from here is Prometheus's path too
-        scrape(f"http://{target}/metrics")
-    except OSError as err:
-        pytest.fail(f"the operator pod's /metrics at {target} is not reachable from this machine: {err}")
+    # The host reaches the pod over the node's bridge: a scrape from here is Prometheus's path too. The
+    # pod is Running before kopf's start-up handler has started the server: a refusal is retried.
+    try:
+        wait_for(lambda: scrape(f"http://{target}/metrics"), 90, interval=0.5, what=f"/metrics at {target}")
+    except TimeoutError as err:
+        log = kubectl(cluster, "-n", "poolbench-system", "logs", "deploy/poolbench-operator", "--tail=40", check=False)
+        pytest.fail(f"the operator pod's /metrics is not reachable from this machine: {err}\n{log.stdout}{log.stderr}")
     with tempfile.TemporaryDirectory(prefix="poolbench-prometheus-") as tmp:
         server = Prometheus(target, Path(tmp))
         try:
