@@ -70,3 +70,28 @@ def test_watched_namespaces_bind_children_rbac_per_namespace() -> None:
     assert "--all-namespaces" not in container["args"]
     assert container["env"][0]["value"] == "reg/w:1"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_metrics_port_service_and_monitors() -> None:
+    default = {key(d): d for d in render()}
+    service = default[("Service", "poolbench-system", "poolbench-operator-metrics")]
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8000, "targetPort": "metrics"}]
+    assert not [k for k in default if k[0] in ("ServiceMonitor", "PodMonitor")]
+    monitored = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true")
+    service_monitor = next(d for d in monitored if d["kind"] == "ServiceMonitor")
+    pod_monitor = next(d for d in monitored if d["kind"] == "PodMonitor")
+    assert service_monitor["apiVersion"] == pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert service_monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    assert service_monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert set(service_monitor["spec"]["selector"]["matchLabels"].items()) <= set(service["metadata"]["labels"].items())
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0] == {
+        "port": "metrics",
+        "path": "/metrics",
+        "interval": "15s",
+        "honorLabels": True,
+    }
+    off = render("--set", "metrics.enabled=false")
+    assert not [d for d in off if d["kind"] == "Service"]
+    container = next(d for d in off if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [p["name"] for p in container["ports"]] == ["health"]
+    assert {"name": "POOLBENCH_METRICS_PORT", "value": "0"} in container["env"]

@@ -16,6 +16,7 @@ def test_defaults_without_environment() -> None:
     assert config.postgres_address == "service"
     assert config.namespace == "poolbench-system"
     assert config.poll_ms == 500
+    assert config.metrics_port == 8000
 
 
 def test_every_setting_is_read() -> None:
@@ -27,9 +28,10 @@ def test_every_setting_is_read() -> None:
             "POOLBENCH_POSTGRES_ADDRESS": "localhost:15432",
             "POOLBENCH_NAMESPACE": "ops",
             "POOLBENCH_POLL_MS": "100",
+            "POOLBENCH_METRICS_PORT": "9464",
         }
     )
-    assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops", 100)
+    assert config == Config("registry.local/w:1", 3, 30, "localhost:15432", "ops", 100, 9464)
     assert config.poll_seconds == 0.1
 
 
@@ -44,6 +46,9 @@ def test_every_setting_is_read() -> None:
         ("POOLBENCH_POSTGRES_ADDRESS", "localhost"),
         ("POOLBENCH_POSTGRES_ADDRESS", "host:port"),
         ("POOLBENCH_POSTGRES_ADDRESS", ":5432"),
+        ("POOLBENCH_METRICS_PORT", "65536"),
+        ("POOLBENCH_METRICS_PORT", "-1"),
+        ("POOLBENCH_METRICS_PORT", "http"),
     ],
 )
 def test_a_malformed_setting_is_refused_by_name(name: str, value: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 #: Where the operator reads its own namespace when it runs in a pod.
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+MAX_PORT = 65535
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,9 @@ class Config:
     #: starting PostgreSQL or PgBouncer (POOLBENCH_POLL_MS): how late the operator may notice that a step
     #: ended or a server is up. Each look is one pod list plus one metrics read per replica.
     poll_ms: int = 500
+    #: The port of the operator's own Prometheus ``/metrics`` (POOLBENCH_METRICS_PORT; the chart's
+    #: container port ``metrics``; kopf's liveness endpoint has 8080). 0: not served.
+    metrics_port: int = 8000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -58,6 +62,14 @@ class Config:
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ConfigError(f"POOLBENCH_POSTGRES_ADDRESS must be service, pod-ip or HOST:PORT, got {address!r}")
+        raw_port = env.get("POOLBENCH_METRICS_PORT", "")
+        metrics_port = defaults.metrics_port
+        if raw_port.isdigit() and int(raw_port) <= MAX_PORT:
+            metrics_port = int(raw_port)
+        elif raw_port:
+            raise ConfigError(
+                f"POOLBENCH_METRICS_PORT must be a port (1-{MAX_PORT}) or 0 (not served), got {raw_port!r}"
+            )
         return cls(
             workload_image=env.get("POOLBENCH_WORKLOAD_IMAGE") or defaults.workload_image,
             max_concurrent_benchmarks=integer("POOLBENCH_MAX_CONCURRENT", defaults.max_concurrent_benchmarks),
@@ -65,6 +77,7 @@ class Config:
             postgres_address=address,
             namespace=env.get("POOLBENCH_NAMESPACE") or defaults.namespace,
             poll_ms=integer("POOLBENCH_POLL_MS", defaults.poll_ms),
+            metrics_port=metrics_port,
         )
 
     @property

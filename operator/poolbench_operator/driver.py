@@ -54,6 +54,7 @@ from .builders import POSTGRES_PORT, Names, build_children, child_refs, variant_
 from .config import Config
 from .credentials import derive_password
 from .kube import Kube
+from .metricstate import MetricState, from_benchmark
 
 TERMINAL = TERMINAL_PHASES
 PATCH_INTERVAL = 1.2  # seconds after any status patch of one resource before a routine one: under one a second
@@ -105,6 +106,7 @@ class Driver:
         logger: Logger,
         config: Config,
         key: bytes,
+        metrics: MetricState | None = None,
     ):
         self.kube = kube
         self.name: str = body["metadata"]["name"]
@@ -115,6 +117,7 @@ class Driver:
         self.event = event
         self.logger = logger
         self.config = config
+        self.metrics = metrics
         uid = body["metadata"]["uid"]
         self.superuser_password = derive_password(key, uid, "superuser")
         self.app_password = derive_password(key, uid, "app")
@@ -137,13 +140,32 @@ class Driver:
         """Write status. Routine progress is skipped within PATCH_INTERVAL of the last patch; a boundary
         (force: provisioning, a step's start and end, the verdict, a failure) is written at once, never
         held back to a timer: there are at most two a step, so the resource still gets about one patch
-        a second, and the next step or the verdict is not delayed by the one before."""
+        a second, and the next step or the verdict is not delayed by the one before. The metrics are
+        published from the same status object at every call, throttled or not."""
+        self.publish()
         if not force and time.monotonic() - self.last_patch < PATCH_INTERVAL:
             return
         self.run.status.updated_at = utc_now()
         self.kube.patch_status(self.name, self.run.status.merge_patch(self.written))
         self.written = self.run.status.to_json()
         self.last_patch = time.monotonic()
+
+    def publish(self) -> None:
+        if self.metrics is None:
+            return
+        accumulator = self.run.accumulator
+        self.metrics.publish(
+            self.kube.namespace,
+            self.name,
+            from_benchmark(
+                self.kube.namespace,
+                self.name,
+                self.run.status,
+                named_variants=bool(self.spec.variants),
+                live_by_state=accumulator.live_by_state if accumulator is not None else {},
+                progress_at=time.time(),
+            ),
+        )
 
     # -- phases ---------------------------------------------------------------------------------
     def execute(self) -> None:

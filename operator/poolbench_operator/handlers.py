@@ -12,26 +12,36 @@ A benchmark of the user's own Deployment and server (spec.target + spec.database
 daemon through ``ownapp.OwnAppDriver``; a Step one also has a deletion handler that puts the
 Deployment's replica count back from status before the resource goes.
 
-Operator state lives in kopf's ``memo``: the start-up handler puts the ``Config`` and the key the
-passwords are derived from there, and kopf hands a copy to every resource's daemon.
+Operator state lives in kopf's ``memo``: the start-up handler puts the ``Config``, the key the
+passwords are derived from and the metrics state there, and kopf hands a copy to every resource's
+daemon. The start-up handler also starts the ``/metrics`` server (its own thread, never kopf's loop);
+the drivers publish into the metrics state from the status they write, and a watch-event handler drops
+a deleted benchmark's series and serves a finished one's after an operator restart (no daemon runs it).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from poolbench.clock import utc_now
-from poolbench.core.benchmark import invalid_status
+from poolbench.core.benchmark import invalid_status, status_from_resource
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL, SpecError, parse_spec
 from poolbench.core.steploop import Stopped
 
 from .config import Config
 from .driver import TERMINAL, Driver
+from .exporter import serve
 from .kube import Kube, load_config, operator_key
+from .metricstate import MetricState, from_benchmark, from_own_app
 from .ownapp import OwnAppDriver, restore_after_delete
+
+#: The process's one metrics state: the daemons write it, the ``/metrics`` thread reads it.
+METRICS = MetricState()
 
 
 @kopf.on.startup()
@@ -47,6 +57,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     load_config()
     memo.config = config
     memo.key = operator_key(config.operator_namespace())
+    memo.metrics = METRICS
+    if config.metrics_port:
+        serve(METRICS, config.metrics_port)
 
 
 def unfinished(status: kopf.Status, **_: Any) -> bool:
@@ -67,13 +80,37 @@ def run_benchmark(
 ) -> None:
     assert namespace is not None
     assert name is not None
-    kube = Kube(namespace)
+    metrics: MetricState = memo.metrics
+    metrics.count(reconciles=1, running_benchmarks=1)
+    try:
+        run_one(body, spec, namespace, name, stopped, logger, memo, metrics)
+    finally:
+        metrics.count(running_benchmarks=-1)
+
+
+def run_one(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    namespace: str,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    memo: kopf.Memo,
+    metrics: MetricState,
+) -> None:
+    kube = Kube(namespace, metrics)
     try:
         parsed = parse_spec(dict(spec))
     except SpecError as err:
         message = err.message()
         generation = body.get("metadata", {}).get("generation")
-        kube.patch_status(name, invalid_status(message, generation, utc_now()).merge_patch(body.get("status")))
+        status = invalid_status(message, generation, utc_now())
+        kube.patch_status(name, status.merge_patch(body.get("status")))
+        metrics.publish(
+            namespace,
+            name,
+            from_benchmark(namespace, name, status, named_variants=False, live_by_state={}, progress_at=time.time()),
+        )
         kopf.warn(body, reason="Invalid", message=message)
         logger.warning("invalid PoolBenchmark: %s", message)
         return
@@ -94,6 +131,7 @@ def run_benchmark(
             event=event,
             logger=logger,
             config=memo.config,
+            metrics=metrics,
         )
         try:
             own.execute()
@@ -111,6 +149,7 @@ def run_benchmark(
         logger=logger,
         config=memo.config,
         key=memo.key,
+        metrics=metrics,
     )
     try:
         driver.execute()
@@ -134,6 +173,48 @@ def restore_on_delete(
     """A Step benchmark deleted mid-step: the Deployment's replica count goes back (from status) before
     the resource goes. The daemon, stopped by the deletion, does the same; either one is enough."""
     assert namespace is not None
-    message = restore_after_delete(Kube(namespace), dict(spec), dict(status))
+    METRICS.count(reconciles=1)
+    message = restore_after_delete(Kube(namespace, METRICS), dict(spec), dict(status))
     if message:
         logger.info("%s: %s", name, message)
+
+
+def metrics_change(type: str | None, status: kopf.Status, namespace: str | None, name: str | None, **_: Any) -> bool:
+    """A deletion, or a finished benchmark this operator has not published: every other watch event
+    (a status patch a second while a daemon runs) is filtered out before a handler (or its log line)."""
+    if type == "DELETED":
+        return True
+    return status.get("phase") in TERMINAL and not METRICS.known(namespace or "", name or "")
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=metrics_change)
+def follow_for_metrics(
+    type: str | None,  # kopf's name for the watch event's type
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    namespace: str | None,
+    name: str | None,
+    **_: Any,
+) -> None:
+    """A deleted benchmark's series go; a benchmark no daemon publishes (finished before this operator
+    started) is served from the status it has."""
+    assert namespace is not None
+    assert name is not None
+    if type == "DELETED":
+        METRICS.forget(namespace, name)
+        return
+    if METRICS.known(namespace, name):
+        return
+    seen = status_from_resource(dict(status))
+    if seen is None or seen.phase not in TERMINAL:
+        return  # a daemon runs it and publishes
+    now = datetime.fromisoformat(seen.updated_at).timestamp() if seen.updated_at else time.time()
+    if spec.get("target"):
+        usable = seen.database.usable_for_normal_role if seen.database else 0
+        variants = from_own_app(namespace, name, seen, usable=usable, live_by_state={}, progress_at=now)
+    else:
+        variants = from_benchmark(
+            namespace, name, seen, named_variants=bool(spec.get("variants")), live_by_state={}, progress_at=now
+        )
+    METRICS.publish(namespace, name, variants)

@@ -19,6 +19,7 @@ from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .builders import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
+from .metricstate import MetricState
 from .podlog import PodLogSource
 from .podstate import PodView, may_still_run, parse_metrics
 
@@ -59,12 +60,38 @@ def load_config() -> None:
         kubernetes.config.load_kube_config()
 
 
+#: API answers the driver expects and handles (created already, gone already): not errors.
+EXPECTED_STATUSES = (404, 409)
+
+
+class CountingApiClient(kubernetes.client.ApiClient):
+    """The default client, counting each failed call (an unexpected status or no answer at all) into
+    the operator's health metrics."""
+
+    def __init__(self, state: MetricState):
+        super().__init__()
+        self.state = state
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().call_api(*args, **kwargs)
+        except ApiException as err:
+            if err.status not in EXPECTED_STATUSES:
+                self.state.count(api_errors=1)
+            raise
+        except urllib3.exceptions.HTTPError:
+            self.state.count(api_errors=1)
+            raise
+
+
 class Kube:
-    def __init__(self, namespace: str):
+    def __init__(self, namespace: str, state: MetricState | None = None):
         self.namespace = namespace
-        self.core = kubernetes.client.CoreV1Api()
-        self.apps = kubernetes.client.AppsV1Api()
-        self.custom = kubernetes.client.CustomObjectsApi()
+        self.state = state
+        self.client = CountingApiClient(state) if state is not None else None
+        self.core = kubernetes.client.CoreV1Api(self.client)
+        self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
         # A done replica's summary is final: read once per pod and container restart count.
         self.done_summaries: dict[tuple[str, int], ReplicaSummary] = {}
 
@@ -254,7 +281,9 @@ class Kube:
 
     def autoscalers_of(self, deployment: str) -> list[tuple[str, int]]:
         """(name, maxReplicas) of every autoscaling/v2 HPA that targets the Deployment."""
-        hpas: Any = kubernetes.client.AutoscalingV2Api().list_namespaced_horizontal_pod_autoscaler(self.namespace)
+        hpas: Any = kubernetes.client.AutoscalingV2Api(self.client).list_namespaced_horizontal_pod_autoscaler(
+            self.namespace
+        )
         return [
             (h.metadata.name, int(h.spec.max_replicas))
             for h in hpas.items
@@ -269,14 +298,16 @@ class Kube:
     def create_job(self, job: dict[str, Any]) -> None:
         body: Any = job
         try:
-            kubernetes.client.BatchV1Api().create_namespaced_job(self.namespace, body)
+            kubernetes.client.BatchV1Api(self.client).create_namespaced_job(self.namespace, body)
         except ApiException as err:
             if err.status != 409:  # already there: a resumed hold
                 raise
 
     def delete_job(self, name: str) -> None:
         try:
-            kubernetes.client.BatchV1Api().delete_namespaced_job(name, self.namespace, propagation_policy="Background")
+            kubernetes.client.BatchV1Api(self.client).delete_namespaced_job(
+                name, self.namespace, propagation_policy="Background"
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -287,3 +318,5 @@ class Kube:
         self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, self.namespace, PLURAL, name, {"status": status}
         )
+        if self.state is not None:
+            self.state.count(status_patches=1)

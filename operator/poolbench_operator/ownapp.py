@@ -49,6 +49,7 @@ from poolbench.db.live import (
 from .builders import build_load_job, label_selector, load_job_name
 from .config import Config
 from .kube import Kube
+from .metricstate import MetricState, from_own_app
 
 PATCH_INTERVAL = 1.2  # seconds between two routine status writes of one resource (as the built-in driver)
 CONNECT_ATTEMPTS = 3
@@ -74,6 +75,7 @@ class OwnAppDriver:
         event: EventPoster,
         logger: Logger,
         config: Config,
+        metrics: MetricState | None = None,
     ):
         assert spec.target is not None
         assert spec.database is not None
@@ -87,6 +89,7 @@ class OwnAppDriver:
         self.post_event = event
         self.logger = logger
         self.config = config
+        self.metrics = metrics
         self.previous = status_from_resource(body.get("status"))
         status = BenchmarkStatus(phase="Pending", observed_generation=body["metadata"].get("generation"))
         status.target = TargetStatus(deployment=self.target.deployment, mode=self.target.mode)
@@ -379,7 +382,28 @@ class OwnAppDriver:
             self.logger.error("could not restore the replica count: %s", text)
             self.event("Warning", "RestoreFailed", f"could not restore the replica count: {text}")
 
+    def publish(self) -> None:
+        """The metrics, from the status object being written (every look, throttled write or not)."""
+        if self.metrics is None:
+            return
+        run = self.run
+        database = self.status.database
+        usable = run.usable if run is not None else (database.usable_for_normal_role if database else 0)
+        self.metrics.publish(
+            self.kube.namespace,
+            self.name,
+            from_own_app(
+                self.kube.namespace,
+                self.name,
+                self.status,
+                usable=usable,
+                live_by_state=run.live_by_state if run is not None else {},
+                progress_at=time.time(),
+            ),
+        )
+
     def write(self, force: bool = False) -> None:
+        self.publish()
         if not force and time.monotonic() - self.last_patch < PATCH_INTERVAL:
             return
         now = utc_now()

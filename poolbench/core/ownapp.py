@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .attribution import Backend, MatchRule, attribute
+from .attribution import Attribution, Backend, MatchRule, attribute
 from .budget import app_pools_peak, compare_pools, own_app_answer
 from .observation import Observation
 from .results import (
@@ -31,6 +31,7 @@ from .results import (
     TargetStatus,
     Verdict,
 )
+from .sampling import STATE_KEYS
 from .spec import PoolBenchmarkSpec
 from .words import counted, own_app_short_words, own_app_words, pools_words
 
@@ -102,6 +103,17 @@ class Platform(Protocol):
     def event(self, kind: str, reason: str, message: str) -> None: ...
 
 
+def app_backends_by_state(attribution: Attribution) -> dict[str, int]:
+    """The app's backends of one read (every pod's and the unplaced ones), by state as the monitor
+    names them (``sampling.STATE_KEYS``)."""
+    out: dict[str, int] = {}
+    for backends in (*attribution.by_pod.values(), attribution.app_unplaced):
+        for backend in backends:
+            key = STATE_KEYS.get(backend.state or "", "other")
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 @dataclass
 class OwnAppRun:
     """A run's state: the status being written, the observations it is built from."""
@@ -113,6 +125,7 @@ class OwnAppRun:
     overall: Observation = field(default_factory=Observation)
     baseline_restarts: dict[str, int] = field(default_factory=dict)
     looked: bool = False  # a first look was taken: pods seen later are new, their restarts the run's
+    live_by_state: dict[str, int] = field(default_factory=dict)  # the app's backends at the last read, by state
 
     def __post_init__(self) -> None:
         target = self.spec.target
@@ -142,6 +155,7 @@ class OwnAppRun:
         if step is not None:
             step.add(t, look.replicas, attribution, self.usable)
         self.status.live_connections = attribution.app_total
+        self.live_by_state = app_backends_by_state(attribution)
         self.status.peak_connections = self.overall.app_peak
         self.target.replicas_over_time = series(self.overall)
         return len(look.backends)

@@ -160,6 +160,7 @@ class StepAccumulator:
     idle_after_work: int | None = None
     last_error: str | None = None
     live: int = 0
+    live_by_state: dict[str, int] = field(default_factory=dict)  # the last read's, by state
     server_restarts: int = 0
     pooled: bool = False
     pooler_reads: int = 0
@@ -186,6 +187,7 @@ class StepAccumulator:
             self.server_restarts += 1
         total = sample.total
         self.live = total
+        self.live_by_state = dict(sample.by_state)
         self.peak = max(self.peak, total)
         for key, value in sample.by_state.items():
             self.peak_by_state[key] = max(self.peak_by_state.get(key, 0), value)

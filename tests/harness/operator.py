@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from .controlplane import ROOT, ControlPlane
+from .controlplane import ROOT, ControlPlane, free_port
 from .kube import Kube, wait_for
 
 
@@ -83,6 +83,12 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path):
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+
+    @property
+    def metrics_url(self) -> str:
+        """The operator's own /metrics (POOLBENCH_METRICS_PORT, a free port of this machine)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
         env = {
@@ -90,6 +96,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "POOLBENCH_POSTGRES_ADDRESS": "pod-ip",
             "POOLBENCH_WATCH_TIMEOUT": "30",
+            "POOLBENCH_METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": str(ROOT),
         }
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor

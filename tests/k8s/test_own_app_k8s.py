@@ -20,8 +20,10 @@ from typing import Any
 import psycopg2
 import pytest
 
+from poolbench.core.contracts import operator_metrics as m
 from tests.harness.kube import wait_for
 from tests.harness.operator import create_namespace, kubectl
+from tests.harness.opmetrics import of_benchmark, scrape
 
 from .test_operator_e2e import GROUP_PATH, apply_benchmark, benchmark, events, wait_phase
 
@@ -394,6 +396,11 @@ def test_an_operator_killed_mid_step_restores_the_replicas_when_it_starts_again(
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
+def live_backends(url: str, ns: str, name: str) -> float:
+    served = of_benchmark(scrape(url), ns, name)
+    return sum(served.get((m.BACKENDS, ((m.STATE_LABEL, state),)), 0) for state in m.STATES)
+
+
 def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     operator: Any, control_plane: Any, kube: Any, user_pg: str
 ) -> None:
@@ -404,10 +411,23 @@ def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     pools = {"threads": 1}  # the pods hold 2: more than one connection per thread's QueuePool
     apply_benchmark(control_plane, ns, own_app("watch", user_pg, "Observe", durationSeconds=25, pools=pools))
     wait_phase(kube, ns, "watch", phases=("Running",), timeout=60)
+    # A live connection-budget monitor: the operator's /metrics has the app's backends by state now.
+    wait_for(
+        lambda: live_backends(operator.metrics_url, ns, "watch") >= 2,
+        20,
+        interval=0.3,
+        what="the app pod's backends on /metrics",
+    )
     time.sleep(4)
     kubectl(control_plane, "-n", ns, "scale", "deployment/my-app", "--replicas=2")
     status = wait_phase(kube, ns, "watch", timeout=120)["status"]
     assert status["phase"] == "Completed", status.get("message")
+    served = of_benchmark(scrape(operator.metrics_url), ns, "watch")
+    assert served[(m.PEAK_BACKENDS, ())] == status["peakConnections"] == 4
+    assert served[(m.USABLE_CONNECTIONS, ())] == status["database"]["usableForNormalRole"]
+    assert served[(m.MAX_CONNECTIONS, ())] == status["maxConnections"] == MAX_CONNECTIONS
+    assert served[(m.PHASE, ((m.PHASE_LABEL, "Completed"),))] == 1
+    assert live_backends(operator.metrics_url, ns, "watch") == 0
     target = status["target"]
     seen = [p["replicas"] for p in target["replicasOverTime"]]
     assert 1 in seen
