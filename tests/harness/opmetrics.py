@@ -8,7 +8,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.contracts import operator_metrics as m
+from poolbench.core.histogram import parse_buckets
 
 #: (metric name, its labels beyond namespace, benchmark and variant) -> value
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -37,10 +39,15 @@ def health(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]
     return {name: value for name, labels, value in samples if not labels}
 
 
+def _count(histogram: dict[str, Any]) -> int:
+    return sum(count for _, count in parse_buckets(histogram.get("buckets", "")))
+
+
 def expected(status: dict[str, Any]) -> Samples:
     """What /metrics must show for a finished benchmark without spec.variants, from its status: the last
     step's peak, ghosts and replicas, the failures by class summed over the steps, no backend held now,
     the phase, the step counts and the histograms' counts."""
+    status = full_status(status)  # the written status leaves fields at their default out
     steps = status["variants"][0]["steps"]
     last = steps[-1]
     out: Samples = {
@@ -52,8 +59,8 @@ def expected(status: dict[str, Any]) -> Samples:
         (m.STEP, ()): status["currentStep"],
         (m.STEPS, ()): status["totalSteps"],
         (m.PHASE, ((m.PHASE_LABEL, status["phase"]),)): 1,
-        (m.STATEMENT_LATENCY + "_count", ()): sum(sum(s["latencyHistogram"]["counts"]) for s in steps),
-        (m.CHECKOUT_WAIT + "_count", ()): sum(sum(s["checkoutWaitHistogram"]["counts"]) for s in steps),
+        (m.STATEMENT_LATENCY + "_count", ()): sum(_count(s["latencyHistogram"]) for s in steps),
+        (m.CHECKOUT_WAIT + "_count", ()): sum(_count(s["checkoutWaitHistogram"]) for s in steps),
     }
     for cls in last["errors"]:
         out[(m.FAILURES + m.TOTAL, ((m.CLASS_LABEL, cls),))] = sum(s["errors"][cls] for s in steps)

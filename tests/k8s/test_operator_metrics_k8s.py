@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.contracts import operator_metrics as m
 from tests.harness.kube import wait_for
 from tests.harness.operator import create_namespace, kubectl
@@ -40,7 +41,7 @@ def test_metrics_equal_status_while_and_after_the_seed_runs(operator: Any, kube:
     assert health(scrape(operator.metrics_url))[m.RUNNING_BENCHMARKS] >= 1
 
     obj = wait_phase(kube, ns, NAME)
-    status = obj["status"]
+    status = full_status(obj["status"])
     assert status["phase"] == "Failed", (status.get("message"), operator.log()[-3000:])
     got = of_benchmark(scrape(operator.metrics_url), ns, NAME)
     want = expected(status)

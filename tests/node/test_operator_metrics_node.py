@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.contracts import operator_metrics as m
 from tests.harness.controlplane import free_port
 from tests.harness.kube import wait_for
@@ -127,7 +128,7 @@ def test_prometheus_scrapes_what_status_shows(cluster: Any, kube: Any, prometheu
         interval=1.0,
         what="a scrape with the running step's backends",
     )
-    status = wait_phase(kube, ns, NAME, timeout=420)["status"]
+    status = full_status(wait_phase(kube, ns, NAME, timeout=420)["status"])
     assert status["phase"] == "Failed", status.get("message")
     final = f'poolbench_benchmark_phase{{{selector},phase="{status["phase"]}"}} == 1'
     wait_for(lambda: prometheus.query(final), 30, interval=0.5, what="a scrape after the verdict")
