@@ -91,7 +91,11 @@ def test_network_policies_admit_only_the_benchmarks_clients_and_the_operator() -
     assert len(pgbouncer["ingress"][0]["from"]) == 2  # the workload and the operator: not PostgreSQL
     # without a pooled variant there is no PgBouncer to fence
     direct = parse_spec({"steps": [1]})
-    assert [o["metadata"]["name"] for o in built(direct) if o["kind"] == "NetworkPolicy"] == ["ab-postgres"]
+    policies = [o for o in built(direct) if o["kind"] == "NetworkPolicy"]
+    assert [o["metadata"]["name"] for o in policies] == ["ab-postgres", "ab-workload"]
+    # the workload pods: their metrics port only (the API server's pod proxy reads it), from anywhere
+    assert policies[1]["spec"]["podSelector"]["matchLabels"] == rule["from"][0]["podSelector"]["matchLabels"]
+    assert policies[1]["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 9187}]}]
 
 
 def test_every_container_of_ours_has_a_read_only_root_and_a_writable_tmp() -> None:
@@ -181,7 +185,11 @@ def test_render_prints_every_child_with_placeholder_passwords(capsys: pytest.Cap
     assert secrets
     for secret in secrets:
         assert PASSWORD_PLACEHOLDER in "".join(secret["stringData"].values())
-    workloads = [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "workload"]
+    workloads = [
+        d
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "workload"
+    ]
     assert {c["image"] for d in workloads for c in d["spec"]["template"]["spec"]["containers"]} == {"wl:9"}
 
 

@@ -425,6 +425,7 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
         ("Secret", "ab-credentials"),
         ("Service", "ab-postgres"),
         ("NetworkPolicy", "ab-postgres"),
+        ("NetworkPolicy", "ab-workload"),
         ("StatefulSet", "ab-postgres"),
         ("NetworkPolicy", "ab-pgbouncer"),
         ("Deployment", "ab--direct-workload"),
@@ -444,8 +445,9 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
     refs = child_refs("ab", VARIANTS)
     assert sorted(refs) == sorted(objs)
     assert refs[0] == ("Deployment", "ab--session-workload")
-    assert refs[-4:] == [
+    assert refs[-5:] == [
         ("StatefulSet", "ab-postgres"),
+        ("NetworkPolicy", "ab-workload"),
         ("NetworkPolicy", "ab-postgres"),
         ("Service", "ab-postgres"),
         ("Secret", "ab-credentials"),
@@ -561,6 +563,7 @@ def test_without_variants_the_children_are_exactly_as_before() -> None:
         ("Secret", "demo-credentials"),
         ("Service", "demo-postgres"),
         ("NetworkPolicy", "demo-postgres"),
+        ("NetworkPolicy", "demo-workload"),
         ("StatefulSet", "demo-postgres"),
         ("Deployment", "demo-workload"),
     ]
@@ -573,6 +576,7 @@ def test_without_variants_the_children_are_exactly_as_before() -> None:
     assert child_refs("demo", SPEC) == [
         ("Deployment", "demo-workload"),
         ("StatefulSet", "demo-postgres"),
+        ("NetworkPolicy", "demo-workload"),
         ("NetworkPolicy", "demo-postgres"),
         ("Service", "demo-postgres"),
         ("Secret", "demo-credentials"),

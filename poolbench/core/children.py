@@ -6,8 +6,8 @@ reviewed before it is applied.
 
 Children: a Secret (generated passwords), the Postgres Service and StatefulSet (the spec's limits
 and the connection-logging settings as server arguments), a NetworkPolicy that admits only the
-benchmark's own clients to PostgreSQL, and the workload Deployment (starts at 0 replicas; the driver
-scales it).
+benchmark's own clients to PostgreSQL, one that opens the workload pods' metrics port and nothing else,
+and the workload Deployment (starts at 0 replicas; the driver scales it).
 With ``spec.variants`` there is one workload Deployment per variant (``<bench>--<variant>-workload``,
 labelled ``poolbench.dev/variant``), and per pooled variant a PgBouncer: a Secret with its
 ``pgbouncer.ini`` and auth file, a Deployment (``pooler.replicas`` pods) and a Service on 6432 that
@@ -165,6 +165,11 @@ class Names:
     @property
     def workload(self) -> str:
         return f"{self.benchmark}--{self.variant}-workload" if self.variant else f"{self.benchmark}-workload"
+
+    @property
+    def workloads_policy(self) -> str:
+        """The NetworkPolicy in front of every workload pod of the benchmark (all its variants)."""
+        return f"{self.benchmark}-workload"
 
     @property
     def poolers_policy(self) -> str:
@@ -547,6 +552,21 @@ def build_pooler_deployment(
     }
 
 
+def build_metrics_only_policy(benchmark: str) -> dict[str, Any]:
+    """The workload pods accept connections on their metrics port only, from anywhere: the operator reads
+    it through the API server's pod proxy, which comes from the control plane's address, not a pod."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": Names(benchmark).workloads_policy, "labels": labels(benchmark, "workload")},
+        "spec": {
+            "podSelector": {"matchLabels": selector(benchmark, "workload")},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+        },
+    }
+
+
 def _unstamped_children(
     benchmark: str, spec: PoolBenchmarkSpec, workload_image: str, operator_namespace: str, credentials: Credentials
 ) -> list[dict[str, Any]]:
@@ -557,6 +577,7 @@ def _unstamped_children(
         build_network_policy(
             benchmark, names.postgres, "postgres", POSTGRES_PORT, ("workload", "pgbouncer"), operator_namespace
         ),
+        build_metrics_only_policy(benchmark),
         build_postgres_statefulset(benchmark, spec),
     ]
     if not spec.variants:

@@ -22,13 +22,14 @@ BUILDS = {
     "POOLBENCH_HELM": "build-helm.sh",
     "POOLBENCH_NODE_BIN": "build-node.sh",
     "POOLBENCH_IMAGES": "build-images.sh",
+    "POOLBENCH_CHECKOV": "build-checkov.sh",
 }
 
 #: tier -> the builds its tests use (the unit and postgres tiers build nothing)
 TIER_BUILDS: dict[str, tuple[str, ...]] = {
     "unit": (),
     "postgres": (),
-    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM"),
+    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_CHECKOV"),
     "node": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_NODE_BIN", "POOLBENCH_IMAGES"),
 }
 
