@@ -359,7 +359,7 @@ def test_kube_replaces_at_the_objects_version_and_keeps_a_services_cluster_ip() 
     service = by_ref(built())[("Service", "ab-postgres")]
     existing = SimpleNamespace(
         metadata=SimpleNamespace(resource_version="42"),
-        spec=SimpleNamespace(cluster_ip="10.96.0.9", cluster_i_ps=["10.96.0.9"]),
+        spec=SimpleNamespace(cluster_ip="10.96.0.9"),
     )
     k.replace_child(service, existing)
     ((name, namespace, body), _) = cast(Any, k.core.replace_namespaced_service).call_args

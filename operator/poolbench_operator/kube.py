@@ -117,8 +117,7 @@ class Kube:
         body = copy.deepcopy(obj)
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
         if obj["kind"] == "Service" and existing.spec is not None:
-            body["spec"]["clusterIP"] = existing.spec.cluster_ip
-            body["spec"]["clusterIPs"] = existing.spec.cluster_i_ps
+            body["spec"]["clusterIP"] = existing.spec.cluster_ip  # the API server fills clusterIPs from the old one
         self._child_api("replace", obj["kind"])(obj["metadata"]["name"], self.namespace, body)
 
     def recreate(self, obj: dict[str, Any]) -> None:
