@@ -6,8 +6,11 @@ kube-proxy. What the process-runner e2e shows, shown again where a user runs it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,6 +179,16 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
 POLICY_ENFORCING_PLUGINS = {"calico", "cilium", "cilium-cni", "antrea", "kube-router", "weave-net"}
 
 
+def config_digest(archive: Path) -> str:
+    """An image's ID: ``sha256:`` and the digest of its config, from its docker-archive."""
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("manifest.json")
+        assert manifest is not None
+        config = tar.extractfile(json.load(manifest)[0]["Config"])
+        assert config is not None
+        return "sha256:" + hashlib.sha256(config.read()).hexdigest()
+
+
 def assert_fenced_children_ran(cluster: Any, kube: Any, ns: str, name: str, status: dict[str, Any]) -> None:
     """PostgreSQL and the workload ran with read-only roots; each step's images are the digests of the
     images the node imported; the NetworkPolicies are there with the builders' selectors, though the
@@ -188,16 +201,16 @@ def assert_fenced_children_ran(cluster: Any, kube: Any, ns: str, name: str, stat
     assert "Read-only file system" in proc.stderr, proc.stderr
     workload = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-workload")["spec"]["template"]["spec"]
     assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in workload["containers"])
-    # The digests containerd holds for the imported images (the kubelet's imageID names them).
-    listing = cluster.ctr("images", "ls")
-    digests = {cols[0]: cols[2] for cols in (line.split() for line in listing.splitlines()[1:]) if len(cols) > 2}
-    record(cluster, "ctr images ls (the node's images)", listing)
+    # The images' IDs: the digest of each image's config, as the archive the build made holds it (the
+    # kubelet reports a locally imported image, which has no registry digest, by its ID).
+    digests = {name: config_digest(archive) for archive, name in cluster.images()}
+    record(cluster, "the images' IDs (hack/build-images.sh's archives)", json.dumps(digests, indent=1))
     steps = status["variants"][0]["steps"]
     record(cluster, "status: each step's images", json.dumps([s["images"] for s in steps], indent=1))
     for step in steps:
         assert step["images"] == {"postgres": digests[POSTGRES_IMAGE], "workload": digests[WORKLOAD_IMAGE]}, (
             step["images"],
-            listing,
+            digests,
         )
     # NetworkPolicy: what the node's plugin is, and the objects as the builders make them.
     conf_dir = cluster.work_dir / "cni" / "net.d"
