@@ -1,13 +1,14 @@
 """poolbench: run a PoolBenchmark locally, validate one, plan its budget (offline, or with a live server's
-limits and tenants and a Deployment's replicas), watch a live server (``observe``), or print the CRD.
+limits and tenants and a Deployment's replicas), watch a live server (``observe``), print what the
+operator would create for one (``render``), or print the CRD.
 
 Exit codes: 0 the benchmark ran (whatever its verdict), 2 invalid input (with field paths),
 1 the environment failed (with a clear message), 130 interrupted. Never a traceback for anything a
 user can cause; anything else is reported in one line (POOLBENCH_DEBUG=1 shows the traceback).
-``validate``, ``crd``, ``alerts`` and ``dashboard`` need only the base install; ``run`` and ``observe`` need
-the ``local`` extra (embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report`` and ``report`` the
-``report`` extra (Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each says so when it is
-missing.
+``validate``, ``render``, ``crd``, ``alerts`` and ``dashboard`` need only the base install; ``run`` and
+``observe`` need the ``local`` extra (embedded PostgreSQL, rich), ``--plot`` the ``plot`` extra, ``--report``
+and ``report`` the ``report`` extra (Jinja2) and ``plan --kube`` the ``operator`` extra (kubernetes), and each
+says so when it is missing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.capacity import Machine, local_capacity_problems
+from .core.children import DEFAULT_OPERATOR_NAMESPACE, DEFAULT_WORKLOAD_IMAGE
 from .core.contracts.drivers import EXTRA_MODULES
 from .core.spec import PoolBenchmark, SpecError, load_text
 from .core.words import counted
@@ -842,6 +844,15 @@ def cmd_plan_live(args: argparse.Namespace, bench: PoolBenchmark) -> int:
     return EXIT_OK
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from .core.children import render, render_yaml
+
+    bench = load_file(args.file)
+    objects = render(bench, workload_image=args.workload_image, operator_namespace=args.operator_namespace)
+    sys.stdout.write(render_yaml(objects, args.file))
+    return EXIT_OK
+
+
 def cmd_crd(_args: argparse.Namespace) -> int:
     from .core.crd import crd_yaml
 
@@ -894,6 +905,23 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a PoolBenchmark file and exit")
     val.add_argument("file")
     val.set_defaults(func=cmd_validate)
+    ren = sub.add_parser(
+        "render", help="print every object the operator would create for a PoolBenchmark (placeholder passwords)"
+    )
+    ren.add_argument("file")
+    ren.add_argument(
+        "--workload-image",
+        default=DEFAULT_WORKLOAD_IMAGE,
+        metavar="IMAGE",
+        help=f"the operator's POOLBENCH_WORKLOAD_IMAGE ({DEFAULT_WORKLOAD_IMAGE})",
+    )
+    ren.add_argument(
+        "--operator-namespace",
+        default=DEFAULT_OPERATOR_NAMESPACE,
+        metavar="NS",
+        help=f"the operator's namespace, which the NetworkPolicies admit ({DEFAULT_OPERATOR_NAMESPACE})",
+    )
+    ren.set_defaults(func=cmd_render)
     pl = sub.add_parser("plan", help="the connection budget of a PoolBenchmark, without running anything")
     pl.add_argument("file")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -6,20 +6,21 @@ from typing import Any, cast
 import pytest
 
 from poolbench.clock import utc_now
-from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
-from poolbench.core.serverlog import SERVER_LOG_SETTINGS
-from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
-from poolbench_operator.builders import (
+from poolbench.core.children import (
     METRICS_PORT,
     ROLLOUT_ANNOTATION,
     TERMINATION_PATH,
     VARIANT_LABEL,
+    Credentials,
     Names,
     build_children,
     child_refs,
     postgres_args,
     server_log_args,
 )
+from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR
+from poolbench.core.serverlog import SERVER_LOG_SETTINGS
+from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench_operator.podstate import (
     Metrics,
     PodView,
@@ -40,16 +41,19 @@ SPEC = parse_spec(
 )
 
 
+def built(name: str, spec: PoolBenchmarkSpec) -> list[dict[str, Any]]:
+    """The children with known passwords (the operator's are derived from its key)."""
+    creds = Credentials("S3CRET", "APPPW", "ADMINPW")
+    return build_children(name, spec, workload_image="img:1", operator_namespace="ops", credentials=creds)
+
+
 def children() -> dict[str, dict[str, Any]]:
-    return {
-        c["kind"]: c
-        for c in build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
-    }
+    return {c["kind"]: c for c in built("demo", SPEC)}
 
 
 def test_children_and_names() -> None:
     objs = children()
-    assert set(objs) == {"Secret", "Service", "StatefulSet", "Deployment"}
+    assert set(objs) == {"Secret", "Service", "NetworkPolicy", "StatefulSet", "Deployment"}
     assert objs["StatefulSet"]["metadata"]["name"] == "demo-postgres" == Names("demo").postgres
     assert objs["Deployment"]["spec"]["replicas"] == 0
     assert objs["Secret"]["stringData"] == {"postgres-password": "S3CRET", "app-password": "APPPW"}
@@ -408,17 +412,7 @@ VARIANTS = parse_spec(
 
 
 def variant_children(spec: PoolBenchmarkSpec = VARIANTS) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (c["kind"], c["metadata"]["name"]): c
-        for c in build_children(
-            "ab",
-            spec,
-            workload_image="img:1",
-            superuser_password="S3CRET",
-            app_password="APPPW",
-            pooler_admin_password="ADMINPW",
-        )
-    }
+    return {(c["kind"], c["metadata"]["name"]): c for c in built("ab", spec)}
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -430,7 +424,10 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
     assert list(objs) == [
         ("Secret", "ab-credentials"),
         ("Service", "ab-postgres"),
+        ("NetworkPolicy", "ab-postgres"),
+        ("NetworkPolicy", "ab-workload"),
         ("StatefulSet", "ab-postgres"),
+        ("NetworkPolicy", "ab-pgbouncer"),
         ("Deployment", "ab--direct-workload"),
         ("Secret", "ab--tx-nullpool-pgbouncer"),
         ("Service", "ab--tx-nullpool-pgbouncer"),
@@ -448,7 +445,13 @@ def test_variants_build_one_workload_each_and_a_pgbouncer_per_pooled_variant() -
     refs = child_refs("ab", VARIANTS)
     assert sorted(refs) == sorted(objs)
     assert refs[0] == ("Deployment", "ab--session-workload")
-    assert refs[-3:] == [("StatefulSet", "ab-postgres"), ("Service", "ab-postgres"), ("Secret", "ab-credentials")]
+    assert refs[-5:] == [
+        ("StatefulSet", "ab-postgres"),
+        ("NetworkPolicy", "ab-workload"),
+        ("NetworkPolicy", "ab-postgres"),
+        ("Service", "ab-postgres"),
+        ("Secret", "ab-credentials"),
+    ]
     # the longest names still fit a DNS label (Service names): 40 + "--" + 11 + "-pgbouncer"
     assert len(Names("b" * 40, "v" * 11).pooler) == 63
 
@@ -533,13 +536,17 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
     assert c["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert c["readinessProbe"]["tcpSocket"]["port"] == 6432
     assert c["resources"]["requests"]
     assert c["resources"]["limits"]
-    assert c["volumeMounts"] == [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    assert c["volumeMounts"] == [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     assert pod["volumes"][0]["secret"]["secretName"] == "ab--tx-nullpool-pgbouncer"
     assert "ADMINPW" not in json.dumps(dep)
     svc = objs[("Service", "ab--tx-nullpool-pgbouncer")]["spec"]
@@ -551,10 +558,12 @@ def test_pgbouncer_pods_are_restricted_and_read_their_config_from_the_secret() -
 
 
 def test_without_variants_the_children_are_exactly_as_before() -> None:
-    objs = build_children("demo", SPEC, workload_image="img:1", superuser_password="S3CRET", app_password="APPPW")
+    objs = built("demo", SPEC)
     assert [(c["kind"], c["metadata"]["name"]) for c in objs] == [
         ("Secret", "demo-credentials"),
         ("Service", "demo-postgres"),
+        ("NetworkPolicy", "demo-postgres"),
+        ("NetworkPolicy", "demo-workload"),
         ("StatefulSet", "demo-postgres"),
         ("Deployment", "demo-workload"),
     ]
@@ -567,15 +576,14 @@ def test_without_variants_the_children_are_exactly_as_before() -> None:
     assert child_refs("demo", SPEC) == [
         ("Deployment", "demo-workload"),
         ("StatefulSet", "demo-postgres"),
+        ("NetworkPolicy", "demo-workload"),
+        ("NetworkPolicy", "demo-postgres"),
         ("Service", "demo-postgres"),
         ("Secret", "demo-credentials"),
     ]
     # spec.variants with one direct variant is still a variant: its own names
     one = parse_spec({"steps": [1], "variants": [{"name": "direct"}]})
-    assert [
-        c["metadata"]["name"]
-        for c in build_children("demo", one, workload_image="i", superuser_password="s", app_password="a")
-    ][-1] == "demo--direct-workload"
+    assert [c["metadata"]["name"] for c in built("demo", one)][-1] == "demo--direct-workload"
 
 
 class FakeKube:
@@ -743,10 +751,7 @@ def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch
 
 def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_first_surge() -> None:
     rolled = parse_spec({"steps": [3], "stepTimeoutSeconds": 120, "rollout": {"maxSurge": "25%", "measure": True}})
-    deployment = {
-        c["kind"]: c
-        for c in build_children("demo", rolled, workload_image="i", superuser_password="s", app_password="a")
-    }["Deployment"]["spec"]
+    deployment = {c["kind"]: c for c in built("demo", rolled)}["Deployment"]["spec"]
     assert deployment["strategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
@@ -755,16 +760,11 @@ def test_a_measured_rollout_is_the_deployments_own_rolling_update_held_at_its_fi
     assert deployment["minReadySeconds"] == 180
     assert deployment["progressDeadlineSeconds"] == 780
     none = parse_spec({"steps": [3], "rollout": {"maxSurge": 0, "measure": True}})
-    spec = {
-        c["kind"]: c for c in build_children("demo", none, workload_image="i", superuser_password="s", app_password="a")
-    }["Deployment"]["spec"]
+    spec = {c["kind"]: c for c in built("demo", none)}["Deployment"]["spec"]
     assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}  # the API refuses 0 and 0
     for unmeasured in ({"maxSurge": 1}, None):
         plain = parse_spec({"steps": [3], **({"rollout": unmeasured} if unmeasured else {})})
-        objs = {
-            c["kind"]: c
-            for c in build_children("demo", plain, workload_image="i", superuser_password="s", app_password="a")
-        }
+        objs = {c["kind"]: c for c in built("demo", plain)}
         assert "strategy" not in objs["Deployment"]["spec"]
         assert "minReadySeconds" not in objs["Deployment"]["spec"]
     assert ROLLOUT_ANNOTATION == "poolbench.dev/rollout"

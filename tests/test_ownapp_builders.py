@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from poolbench.core.children import build_load_job, label_selector
 from poolbench.core.spec import LoadJobSpec
-from poolbench_operator.builders import build_load_job, label_selector
 
 pytestmark = pytest.mark.unit
 

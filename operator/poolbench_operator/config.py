@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from poolbench.core.children import DEFAULT_OPERATOR_NAMESPACE, DEFAULT_WORKLOAD_IMAGE
+
 #: Where the operator reads its own namespace when it runs in a pod.
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 MAX_PORT = 65535
@@ -22,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     #: Image of the workload Deployment's pods (POOLBENCH_WORKLOAD_IMAGE).
-    workload_image: str = "poolbench-workload:dev"
+    workload_image: str = DEFAULT_WORKLOAD_IMAGE
     #: Benchmarks that may run at once; each holds one executor thread (POOLBENCH_MAX_CONCURRENT).
     max_concurrent_benchmarks: int = 64
     #: Seconds a watch request stays open on the API server (POOLBENCH_WATCH_TIMEOUT).
@@ -31,7 +33,7 @@ class Config:
     #: (the Service's DNS name, in the cluster), ``pod-ip`` (routable pod IPs), or ``HOST:PORT``.
     postgres_address: str = "service"
     #: The operator's namespace outside a pod, where its key Secret lives (POOLBENCH_NAMESPACE).
-    namespace: str = "poolbench-system"
+    namespace: str = DEFAULT_OPERATOR_NAMESPACE
     #: Milliseconds between two looks at a step's replicas (their pods and live metrics) and at a
     #: starting PostgreSQL or PgBouncer (POOLBENCH_POLL_MS): how late the operator may notice that a step
     #: ended or a server is up. Each look is one pod list plus one metrics read per replica.

@@ -27,6 +27,17 @@ import psycopg2.extensions
 
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import BenchmarkRun, PlannedStep, ReplicaReport, status_from_resource
+from poolbench.core.children import (
+    POSTGRES_PORT,
+    Credentials,
+    Names,
+    build_children,
+    child_action,
+    child_refs,
+    mounted_secrets,
+    stamped_hash,
+    variant_names,
+)
 from poolbench.core.compat import ClientTarget
 from poolbench.core.pooler import ADMIN_DATABASE, ADMIN_USER, LISTEN_PORT
 from poolbench.core.results import TERMINAL_PHASES
@@ -50,10 +61,9 @@ from poolbench.db.monitor import Monitor
 from poolbench.db.roles import ensure_app_role
 
 from . import podstate
-from .builders import POSTGRES_PORT, Names, build_children, child_refs, variant_names
 from .config import Config
 from .credentials import derive_password
-from .kube import Kube
+from .kube import Kube, running_images
 from .metricstate import MetricState, from_benchmark
 
 TERMINAL = TERMINAL_PHASES
@@ -64,6 +74,10 @@ PROVISION_TIMEOUT = 300.0
 SCALE_DOWN_TIMEOUT = 120.0
 LOG_SETTLE_SECONDS = 10.0  # the first look at the PostgreSQL pod's log, before the first step
 SCALE_DOWN_WATCH_SECONDS = 2.0  # one watch of the scale-down at a time, so a stop is noticed between two
+
+
+class ChildConflict(Exception):
+    """An object with a child's kind and name exists and is not this benchmark's: left alone, reported."""
 
 
 class StopFlag(Protocol):
@@ -118,10 +132,10 @@ class Driver:
         self.logger = logger
         self.config = config
         self.metrics = metrics
-        uid = body["metadata"]["uid"]
-        self.superuser_password = derive_password(key, uid, "superuser")
-        self.app_password = derive_password(key, uid, "app")
-        self.pooler_admin_password = derive_password(key, uid, "pooler-admin")
+        self.uid: str = body["metadata"]["uid"]
+        self.superuser_password = derive_password(key, self.uid, "superuser")
+        self.app_password = derive_password(key, self.uid, "app")
+        self.pooler_admin_password = derive_password(key, self.uid, "pooler-admin")
         self.run = BenchmarkRun(spec, status_from_resource(body.get("status")), clock=utc_now)
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
@@ -134,6 +148,8 @@ class Driver:
         self.variant: str | None = None
         self.workload_names = self.names  # the Deployment scale/observe/collect act on
         self.timing = LoopTiming(poll_seconds=config.poll_seconds, drain_seconds=DRAIN_SECONDS)
+        #: Container name → image digest of what ran during the step being measured (``StepResult.images``).
+        self.images: dict[str, str] = {}
 
     # -- status ---------------------------------------------------------------------------------
     def patch(self, force: bool = False) -> None:
@@ -178,6 +194,8 @@ class Driver:
         except Stopped:
             self.logger.info("stopped; status keeps what was measured")
             raise
+        except ChildConflict as err:
+            self.fail(str(err))
 
     def provision(self) -> None:
         if self.run.status.phase in ("Pending", ""):
@@ -187,14 +205,45 @@ class Driver:
             self.name,
             self.spec,
             workload_image=self.config.workload_image,
-            superuser_password=self.superuser_password,
-            app_password=self.app_password,
-            pooler_admin_password=self.pooler_admin_password,
+            operator_namespace=self.config.operator_namespace(),
+            credentials=Credentials(self.superuser_password, self.app_password, self.pooler_admin_password),
         )
+        secrets_by_name = {c["metadata"]["name"]: c for c in children if c["kind"] == "Secret"}
         for child in children:
             self.adopt(child)
-            if self.kube.ensure(child):
-                self.logger.info("created %s %s", child["kind"], child["metadata"]["name"])
+            self.provide(child, secrets_by_name)
+
+    def provide(self, child: dict[str, Any], secrets_by_name: dict[str, dict[str, Any]]) -> None:
+        """Create ``child``, or check the one there: kept when it is this benchmark's and built from the
+        same inputs (its spec hash), replaced when built from others (an operator upgrade, a new
+        workload image), and a ``ChildConflict`` when it is not this benchmark's. A Secret is not read
+        (the operator may create and delete Secrets, never read them): it is recreated with the pod
+        template that mounts it, whose hash covers its contents."""
+        kind, name = child["kind"], child["metadata"]["name"]
+        if self.kube.ensure(child):
+            self.logger.info("created %s %s", kind, name)
+            return
+        if kind == "Secret":
+            return
+        existing = self.kube.read_child(kind, name)
+        action = child_action(child, existing, self.uid)
+        if action == "keep":
+            return
+        if action == "foreign":
+            raise ChildConflict(
+                f"{kind} {name} already exists and is not this benchmark's (no owner reference to it): it is left"
+                f" as it is; delete or rename it, or give the benchmark another name"
+            )
+        for secret in mounted_secrets(child):
+            if secret in secrets_by_name:
+                self.kube.recreate(secrets_by_name[secret])
+        self.kube.replace_child(child, existing)
+        message = (
+            f"{kind} {name} was built from other inputs (spec hash {stamped_hash(existing) or 'none'},"
+            f" now {stamped_hash(child)}): replaced"
+        )
+        self.logger.info(message)
+        self.event("Normal", "ChildReplaced", message)
 
     def wait_for_postgres(self) -> None:
         """Until the pod is ready and then until a connection through the Service actually succeeds: a
@@ -337,7 +386,7 @@ class Driver:
     def scale(self, planned: PlannedStep) -> None:
         """A rolling update's surge (``planned.replicas`` beyond its old replicas, already running) is the
         Deployment's own: a new pod template, which its RollingUpdate strategy (maxSurge, maxUnavailable
-        0; ``builders.rollout_strategy``) turns into the surge pods beside the old ones."""
+        0; ``poolbench.core.children.rollout_strategy``) turns into the surge pods beside the old ones."""
         self.views = []
         old = planned.rollout_from
         if old is not None and planned.replicas > old:
@@ -347,6 +396,7 @@ class Driver:
 
     def observe(self, expected: int) -> ReplicaProgress:
         pods = self.kube.workload_pods(self.name, self.variant)
+        self.images.update(running_images(pods))
         # Each pod's metrics are one request through the API server's proxy: read side by side, so one
         # look at many replicas takes about as long as a look at one.
         if len(pods) < 2:
@@ -397,6 +447,16 @@ class Driver:
         except psycopg2.Error as err:
             self.logger.warning("could not recreate the app role yet: %s", err)
 
+    def record_images(self, finished: StepFinished) -> None:
+        """The digests of the images that ran the step: the workload's (seen while it ran), PostgreSQL's
+        and the variant's PgBouncer's (running now)."""
+        servers = self.kube.component_pods(self.name, "postgres")
+        if finished.planned.pooler is not None and self.variant is not None:
+            servers += self.kube.component_pods(self.name, "pgbouncer", self.variant)
+        self.images.update(running_images(servers))
+        finished.step.images = dict(sorted(self.images.items()))
+        self.images = {}
+
     def notify(self, event: LoopEvent) -> None:
         if isinstance(event, Progress):
             self.patch()
@@ -404,6 +464,7 @@ class Driver:
             self.patch(force=True)
             self.event("Normal", "StepStarted", event.message)
         elif isinstance(event, StepFinished):
+            self.record_images(event)
             self.patch(force=True)
             self.event(
                 "Normal" if event.step.outcome == "Passed" else "Warning", f"Step{event.step.outcome}", event.message

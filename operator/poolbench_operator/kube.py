@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import copy
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,12 +14,12 @@ import kubernetes.watch
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from poolbench.core.children import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, image_digest, selector
 from poolbench.core.contracts import metrics as metrics_contract
 from poolbench.core.contracts.phases import DONE
 from poolbench.core.contracts.summary import ReplicaSummary
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
-from .builders import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, selector
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
 from .metricstate import MetricState
 from .podlog import PodLogSource
@@ -84,6 +86,27 @@ class CountingApiClient(kubernetes.client.ApiClient):
             raise
 
 
+#: Each kind of child: the API client attribute of ``Kube`` and the method suffix its calls share.
+CHILD_APIS = {
+    "Secret": ("core", "namespaced_secret"),
+    "Service": ("core", "namespaced_service"),
+    "StatefulSet": ("apps", "namespaced_stateful_set"),
+    "Deployment": ("apps", "namespaced_deployment"),
+    "NetworkPolicy": ("networking", "namespaced_network_policy"),
+}
+RECREATE_ATTEMPTS = 20  # a deleted object's name is free again within moments (no finalizers of ours)
+
+
+def running_images(pods: list[Any]) -> dict[str, str]:
+    """Container name → the digest of the image it runs (``status.containerStatuses[].imageID``)."""
+    out: dict[str, str] = {}
+    for pod in pods:
+        for cs in (pod.status.container_statuses or []) if pod.status else []:
+            if cs.image_id:
+                out[cs.name] = image_digest(cs.image_id)
+    return out
+
+
 class Kube:
     def __init__(self, namespace: str, state: MetricState | None = None):
         self.namespace = namespace
@@ -91,41 +114,53 @@ class Kube:
         self.client = CountingApiClient(state) if state is not None else None
         self.core = kubernetes.client.CoreV1Api(self.client)
         self.apps = kubernetes.client.AppsV1Api(self.client)
+        self.networking = kubernetes.client.NetworkingV1Api(self.client)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         # A done replica's summary is final: read once per pod and container restart count.
         self.done_summaries: dict[tuple[str, int], ReplicaSummary] = {}
 
     # -- children ---------------------------------------------------------------------------
+    def _child_api(self, verb: str, kind: str) -> Callable[..., Any]:
+        client, suffix = CHILD_APIS[kind]
+        call: Callable[..., Any] = getattr(getattr(self, client), f"{verb}_{suffix}")
+        return call
+
     def ensure(self, obj: dict[str, Any]) -> bool:
         """Create ``obj`` unless it exists. Returns True when created. Never duplicates."""
-        kind = obj["kind"]
-        creators: dict[str, Callable[..., Any]] = {
-            "Secret": self.core.create_namespaced_secret,
-            "Service": self.core.create_namespaced_service,
-            "StatefulSet": self.apps.create_namespaced_stateful_set,
-            "Deployment": self.apps.create_namespaced_deployment,
-        }
-        create = creators[kind]
         try:
-            create(self.namespace, obj)
+            self._child_api("create", obj["kind"])(self.namespace, obj)
             return True
         except ApiException as err:
             if err.status == 409:
                 return False
             raise
 
+    def read_child(self, kind: str, name: str) -> Any:
+        return self._child_api("read", kind)(name, self.namespace)
+
+    def replace_child(self, obj: dict[str, Any], existing: Any) -> None:
+        """Put ``obj`` in place of ``existing`` (an update at its resourceVersion: a concurrent change
+        makes it fail, never lost). A Service keeps its cluster IP, which cannot change."""
+        body = copy.deepcopy(obj)
+        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        if obj["kind"] == "Service" and existing.spec is not None:
+            body["spec"]["clusterIP"] = existing.spec.cluster_ip  # the API server fills clusterIPs from the old one
+        self._child_api("replace", obj["kind"])(obj["metadata"]["name"], self.namespace, body)
+
+    def recreate(self, obj: dict[str, Any]) -> None:
+        """Delete ``obj``'s namesake and create ``obj`` (a Secret, which the operator may not read or update)."""
+        self.delete_children([(obj["kind"], obj["metadata"]["name"])])
+        for _ in range(RECREATE_ATTEMPTS):
+            if self.ensure(obj):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{obj['kind']} {obj['metadata']['name']} was deleted but its name is still taken")
+
     def delete_children(self, refs: list[tuple[str, str]]) -> None:
-        """Delete (kind, name) children in order (``builders.child_refs``); gone already is fine."""
-        deleters: dict[str, Callable[..., Any]] = {
-            "Deployment": self.apps.delete_namespaced_deployment,
-            "StatefulSet": self.apps.delete_namespaced_stateful_set,
-            "Service": self.core.delete_namespaced_service,
-            "Secret": self.core.delete_namespaced_secret,
-        }
+        """Delete (kind, name) children in order (``poolbench.core.children.child_refs``); gone already is fine."""
         for kind, name in refs:
-            call = deleters[kind]
             try:
-                call(name, self.namespace, propagation_policy="Background")
+                self._child_api("delete", kind)(name, self.namespace, propagation_policy="Background")
             except ApiException as err:
                 if err.status != 404:
                     raise
@@ -211,6 +246,11 @@ class Kube:
         finally:
             watch.stop()
         return False
+
+    def component_pods(self, benchmark: str, component: str, variant: str | None = None) -> list[Any]:
+        """The benchmark's pods of one component (``postgres``, ``pgbouncer``, ``workload``); ``variant``:
+        only that variant's."""
+        return self._pods(benchmark, component, variant)
 
     def pooler_pod_ips(self, benchmark: str, variant: str) -> list[str]:
         """IPs of the variant's ready PgBouncer pods (not terminating), in pod-name order."""

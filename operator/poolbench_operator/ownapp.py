@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from poolbench.clock import utc_now
 from poolbench.core.benchmark import set_conditions, status_from_resource
+from poolbench.core.children import build_load_job, label_selector, load_job_name
 from poolbench.core.ownapp import (
     Look,
     OwnAppRun,
@@ -46,7 +47,6 @@ from poolbench.db.live import (
     scrub,
 )
 
-from .builders import build_load_job, label_selector, load_job_name
 from .config import Config
 from .kube import Kube
 from .metricstate import MetricState, from_own_app

@@ -314,6 +314,11 @@ class StepResult(_Out):
         None, description="When the client peak was first reached (coarsened: the start of its time bucket)."
     )
     client_connects: int | None = Field(None, description="Real connections the replicas' pools opened (exact).")
+    images: dict[str, str] = Field(
+        default_factory=dict,
+        description="Container name (postgres, pgbouncer, workload) → the digest of the image that ran it in the"
+        " step, from the pods' status.containerStatuses[].imageID. Empty for a local run.",
+    )
     outcome: Outcome | None = None
     reason: str | None = None
 

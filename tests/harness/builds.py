@@ -24,13 +24,14 @@ BUILDS = {
     "POOLBENCH_IMAGES": "build-images.sh",
     # Not a build: the Prometheus Operator's CRDs, fetched once (the chart's PrometheusRule is dry-run).
     "POOLBENCH_PROMETHEUS_CRDS": "fetch-prometheus-operator-crds.sh",
+    "POOLBENCH_CHECKOV": "build-checkov.sh",
 }
 
 #: tier -> the builds its tests use (the unit and postgres tiers build nothing)
 TIER_BUILDS: dict[str, tuple[str, ...]] = {
     "unit": (),
     "postgres": (),
-    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_PROMETHEUS_CRDS"),
+    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_PROMETHEUS_CRDS", "POOLBENCH_CHECKOV"),
     "node": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_NODE_BIN", "POOLBENCH_IMAGES"),
 }
 

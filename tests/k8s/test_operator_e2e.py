@@ -76,6 +76,7 @@ def children(kube: Any, namespace: str) -> dict[str, list[str]]:
         "deployments": f"/apis/apps/v1/namespaces/{namespace}/deployments",
         "services": f"/api/v1/namespaces/{namespace}/services",
         "secrets": f"/api/v1/namespaces/{namespace}/secrets",
+        "networkpolicies": f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
     }
     out = {k: [o["metadata"]["name"] for o in kube.items(p, **sel)] for k, p in paths.items()}
     out["pods"] = [o["metadata"]["name"] for o in kube.items(f"/api/v1/namespaces/{namespace}/pods")]
@@ -332,6 +333,7 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         assert kids["deployments"] == [f"{name}-workload"]
         assert kids["services"] == [f"{name}-postgres"]
         assert kids["secrets"] == [f"{name}-credentials"]
+        assert kids["networkpolicies"] == [f"{name}-postgres", f"{name}-workload"]
     for ns, name in runs:
         kubectl(control_plane, "-n", ns, "delete", "poolbenchmark", name, "--timeout=90s")
         wait_for(lambda ns=ns: not any(children(kube, ns).values()), 90, interval=1.0, what=f"{ns} children gone")
@@ -392,6 +394,8 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
     assert can("create", "events", "-n", "default")
     assert can("get", "secrets/poolbench-operator-key", "-n", "poolbench-system")  # its own key only
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
+    assert can("create", "networkpolicies", "-n", "default")  # the fence around PostgreSQL and PgBouncer
+    assert can("update", "statefulsets", "-n", "default")  # a child built from other inputs is replaced
     for denied in (
         ["get", "secrets", "-n", "default"],
         ["get", "secrets", "-n", "kube-system"],
@@ -407,7 +411,8 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["patch", "pods", "--subresource=ephemeralcontainers", "-n", "default"],
         ["create", "pods", "--subresource=log", "-n", "default"],
         ["delete", "pods", "-n", "default"],
-        ["get", "statefulsets", "-n", "default"],
+        ["patch", "statefulsets", "-n", "default"],
+        ["update", "secrets", "-n", "default"],
         ["delete", "poolbenchmarks.poolbench.dev", "-n", "default"],
         ["create", "clusterrolebindings"],
         ["patch", "nodes"],

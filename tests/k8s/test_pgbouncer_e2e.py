@@ -119,6 +119,7 @@ def test_direct_and_pgbouncer_variants_side_by_side(
     assert sorted(kids["deployments"]) == ["ab--direct-workload", "ab--tx-pgbouncer", "ab--tx-workload"]
     assert sorted(kids["services"]) == ["ab--tx-pgbouncer", "ab-postgres"]
     assert sorted(kids["secrets"]) == ["ab--tx-pgbouncer", "ab-credentials"]
+    assert kids["networkpolicies"] == ["ab-pgbouncer", "ab-postgres", "ab-workload"]
     # cleanup ScaleDown: the workloads and the pooler at 0, PostgreSQL kept
     for name in ("ab--direct-workload", "ab--tx-workload", "ab--tx-pgbouncer"):
         assert kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")["spec"]["replicas"] == 0, name

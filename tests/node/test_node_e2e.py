@@ -6,14 +6,19 @@ kube-proxy. What the process-runner e2e shows, shown again where a user runs it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from poolbench.core.children import render
 from poolbench.core.results import HistogramCounts
+from poolbench.core.spec import load_text
 from tests.harness.kube import wait_for
 from tests.harness.operator import kubectl
 from tests.harness.release import (
@@ -190,11 +195,70 @@ def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any
         ).stdout,
     )
     record(cluster, "status.verdict", json.dumps(status["verdict"], indent=1))
+    assert_fenced_children_ran(cluster, kube, ns, "small", status)
 
     assert_scaled_down_then_collected(
         kube, ns, "small", lambda: kubectl(cluster, "-n", ns, "delete", "poolbenchmark", "small", "--timeout=90s")
     )
     assert_readable_views(described, table, status)
+
+
+#: CNI plugins that implement NetworkPolicy; the node's own (the reference ``bridge``) is not one of them.
+POLICY_ENFORCING_PLUGINS = {"calico", "cilium", "cilium-cni", "antrea", "kube-router", "weave-net"}
+
+
+def config_digest(archive: Path) -> str:
+    """An image's ID: ``sha256:`` and the digest of its config, from its docker-archive."""
+    with tarfile.open(archive) as tar:
+        manifest = tar.extractfile("manifest.json")
+        assert manifest is not None
+        config = tar.extractfile(json.load(manifest)[0]["Config"])
+        assert config is not None
+        return "sha256:" + hashlib.sha256(config.read()).hexdigest()
+
+
+def assert_fenced_children_ran(cluster: Any, kube: Any, ns: str, name: str, status: dict[str, Any]) -> None:
+    """PostgreSQL and the workload ran with read-only roots; each step's images are the digests of the
+    images the node imported; the NetworkPolicies are there with the builders' selectors, though the
+    node's network plugin does not enforce them (docs/security.md)."""
+    postgres = kube.get(f"/api/v1/namespaces/{ns}/pods/{name}-postgres-0")
+    assert postgres["status"]["phase"] == "Running"
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in postgres["spec"]["containers"])
+    proc = kubectl(cluster, "-n", ns, "exec", f"{name}-postgres-0", "--", "touch", "/root-is-read-only", check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "Read-only file system" in proc.stderr, proc.stderr
+    workload = kube.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}-workload")["spec"]["template"]["spec"]
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in workload["containers"])
+    # The images' IDs: the digest of each image's config, as the archive the build made holds it (the
+    # kubelet reports a locally imported image, which has no registry digest, by its ID).
+    digests = {name: config_digest(archive) for archive, name in cluster.images()}
+    record(cluster, "the images' IDs (hack/build-images.sh's archives)", json.dumps(digests, indent=1))
+    steps = status["variants"][0]["steps"]
+    record(cluster, "status: each step's images", json.dumps([s["images"] for s in steps], indent=1))
+    for step in steps:
+        assert step["images"] == {"postgres": digests[POSTGRES_IMAGE], "workload": digests[WORKLOAD_IMAGE]}, (
+            step["images"],
+            digests,
+        )
+    # NetworkPolicy: what the node's plugin is, and the objects as the builders make them.
+    conf_dir = cluster.work_dir / "cni" / "net.d"
+    plugins = [p["type"] for f in sorted(conf_dir.glob("*.conflist")) for p in json.loads(f.read_text())["plugins"]]
+    assert "bridge" in plugins, plugins
+    assert not POLICY_ENFORCING_PLUGINS & set(plugins), plugins  # so the policies are not enforced here
+    doc = yaml.safe_load(kubectl(cluster, "-n", ns, "get", "poolbenchmark", name, "-o", "yaml").stdout)
+    bench = load_text(yaml.safe_dump({k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec")}))
+    wanted = {
+        o["metadata"]["name"]: o["spec"]
+        for o in render(bench, workload_image=WORKLOAD_IMAGE, operator_namespace="poolbench-system")
+        if o["kind"] == "NetworkPolicy"
+    }
+    live = {
+        p["metadata"]["name"]: p["spec"]
+        for p in kube.items(f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies")
+    }
+    assert live == wanted
+    selected = live[f"{name}-postgres"]["podSelector"]["matchLabels"]
+    assert selected.items() <= postgres["metadata"]["labels"].items()
 
 
 def direct_steps(status: dict[str, Any]) -> list[dict[str, Any]]:

@@ -91,12 +91,19 @@ def test_seed_pgbouncer_variants_on_a_real_node(cluster: Any, kube: Any, helm_re
         for p in kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app.kubernetes.io/component=pgbouncer")
         if p["status"].get("phase") == "Running"
     ]
+    assert poolers
+    for pod in poolers:  # PgBouncer runs with a read-only root: it writes nothing but its volumes
+        assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in pod["spec"]["containers"])
     pooler_log = kubectl(
         cluster, "-n", ns, "logs", f"deploy/{name}--tx-nullpool-pgbouncer", "--tail=6", check=False
     ).stdout
     obj = wait_phase(kube, ns, name, timeout=900)
     status = obj["status"]
     summary = table(status)
+    for variant in status["variants"]:  # a pooled step also says which PgBouncer image ran it
+        for step in variant["steps"]:
+            assert ("pgbouncer" in step["images"]) == (variant["name"] != "direct"), (variant["name"], step)
+            assert {"postgres", "workload"} <= set(step["images"]), step["images"]
     record(cluster, "pods while tx-nullpool runs (images, node, runAsUser)", during)
     record(
         cluster, "kubectl logs deploy/seed-pgbouncer--tx-nullpool-pgbouncer --tail=6 (during tx-nullpool)", pooler_log

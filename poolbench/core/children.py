@@ -1,26 +1,40 @@
 """Pure builders of a benchmark's child objects (dask-kubernetes style ``build_*``: dicts, no I/O).
 
+The operator creates exactly what ``build_children`` returns, and ``poolbench render`` prints the same
+list (with placeholders for the generated passwords), so what a cluster gets can be read, scanned and
+reviewed before it is applied.
+
 Children: a Secret (generated passwords), the Postgres Service and StatefulSet (the spec's limits
-and the connection-logging settings as server arguments), and the workload Deployment (starts at 0
-replicas; the driver scales it).
+and the connection-logging settings as server arguments), a NetworkPolicy that admits only the
+benchmark's own clients to PostgreSQL, one that opens the workload pods' metrics port and nothing else,
+and the workload Deployment (starts at 0 replicas; the driver scales it).
 With ``spec.variants`` there is one workload Deployment per variant (``<bench>--<variant>-workload``,
 labelled ``poolbench.dev/variant``), and per pooled variant a PgBouncer: a Secret with its
 ``pgbouncer.ini`` and auth file, a Deployment (``pooler.replicas`` pods) and a Service on 6432 that
-the variant's workload connects to. Every pod runs as non-root with no privilege escalation, all
-capabilities dropped, and resource requests and limits.
+the variant's workload connects to, all behind one more NetworkPolicy. Every pod runs as non-root
+with a read-only root file system (its writable paths are emptyDir volumes), no privilege
+escalation, all capabilities dropped, and resource requests and limits.
+
+Each child carries ``poolbench.dev/spec-hash``: the SHA-256 of its own canonical JSON as built with
+placeholder passwords (so the hash says which inputs and images built it, never a password). An
+existing child with another hash was built by another operator version or configuration.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from poolbench.core.budget import surge_pods
-from poolbench.core.contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
-from poolbench.core.pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
-from poolbench.core.serverlog import SERVER_LOG_SETTINGS
-from poolbench.core.spec import LoadJobSpec, PoolBenchmarkSpec, PoolerSpec, VariantSpec
-from poolbench.core.workload_env import DATABASE, SUPERUSER, role_name, workload_env
+import yaml
+
+from .budget import surge_pods
+from .contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
+from .pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
+from .serverlog import SERVER_LOG_SETTINGS
+from .spec import LoadJobSpec, PoolBenchmark, PoolBenchmarkSpec, PoolerSpec, VariantSpec
+from .workload_env import DATABASE, SUPERUSER, role_name, workload_env
 
 POSTGRES_PORT = 5432
 POSTGRES_CONTAINER = "postgres"  # the container whose log the operator follows
@@ -32,6 +46,99 @@ SECRET_APP_KEY = "app-password"
 VARIANT_LABEL = "poolbench.dev/variant"
 PGBOUNCER_INI = "pgbouncer.ini"
 PGBOUNCER_USERLIST = "userlist.txt"
+#: What a child was built from (its canonical JSON's SHA-256, placeholder passwords); see ``spec_hash``.
+SPEC_HASH_ANNOTATION = "poolbench.dev/spec-hash"
+#: On the PgBouncer pod template: the spec hash of the configuration Secret it mounts, so a changed
+#: ``pgbouncer.ini`` changes the Deployment's own hash and rolls its pods.
+CONFIG_HASH_ANNOTATION = "poolbench.dev/config-hash"
+#: What ``poolbench render`` shows (and the spec hash is computed with) instead of a generated password.
+PASSWORD_PLACEHOLDER = "<generated-by-the-operator>"
+#: The workload image the operator uses unless POOLBENCH_WORKLOAD_IMAGE says otherwise.
+DEFAULT_WORKLOAD_IMAGE = "poolbench-workload:dev"
+#: The operator's namespace unless it runs in a pod or POOLBENCH_NAMESPACE says otherwise.
+DEFAULT_OPERATOR_NAMESPACE = "poolbench-system"
+#: The labels of the operator's own pods (manifests/operator.yaml, charts/poolbench): the NetworkPolicies
+#: admit them, from the operator's namespace, to PostgreSQL and PgBouncer (the monitor, the admin console).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "poolbench-operator"}
+#: A writable /tmp for read-only roots (the image's entrypoint and Python's tempfile write there).
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The generated passwords a benchmark's Secrets hold (the operator derives them from its key)."""
+
+    superuser: str
+    app: str
+    pooler_admin: str
+
+
+PLACEHOLDER_CREDENTIALS = Credentials(PASSWORD_PLACEHOLDER, PASSWORD_PLACEHOLDER, PASSWORD_PLACEHOLDER)
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """``sha256:`` and the hex digest of ``obj``'s canonical JSON (sorted keys, no spaces), without its
+    own spec-hash annotation."""
+    meta = obj.get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != SPEC_HASH_ANNOTATION}
+    unstamped = {**obj, "metadata": {**{k: v for k, v in meta.items() if k != "annotations"}}}
+    if annotations:
+        unstamped["metadata"]["annotations"] = annotations
+    canonical = json.dumps(unstamped, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def stamp(obj: dict[str, Any], digest: str) -> dict[str, Any]:
+    """``obj`` with its spec-hash annotation set to ``digest`` (changed in place, and returned)."""
+    obj["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
+    return obj
+
+
+def stamped_hash(obj: Any) -> str | None:
+    """The spec hash an existing object carries (a dict or an API client model), None without one."""
+    meta = _field(obj, "metadata", "metadata") or {}
+    value = (_field(meta, "annotations", "annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+ChildAction = Literal["keep", "replace", "foreign"]
+
+
+def _field(obj: Any, json_name: str, attr: str) -> Any:
+    """A field of an API object as a dict (camelCase) or as the client's model (snake_case)."""
+    return obj.get(json_name) if isinstance(obj, dict) else getattr(obj, attr, None)
+
+
+def owner_uids(obj: Any) -> list[str]:
+    """The uids in an object's ownerReferences (a dict or an API client model)."""
+    meta = _field(obj, "metadata", "metadata") or {}
+    refs = _field(meta, "ownerReferences", "owner_references") or []
+    return [str(_field(ref, "uid", "uid")) for ref in refs]
+
+
+def child_action(wanted: dict[str, Any], existing: Any, owner_uid: str) -> ChildAction:
+    """What to do with an object that already has a child's kind and name: ``keep`` it (this benchmark's,
+    built from the same inputs), ``replace`` it (this benchmark's, built from others: another operator
+    version, workload image or spec), or leave it alone and say so, ``foreign`` (not owned by this
+    benchmark: someone else's, never changed)."""
+    if owner_uid not in owner_uids(existing):
+        return "foreign"
+    return "keep" if stamped_hash(existing) == stamped_hash(wanted) else "replace"
+
+
+def mounted_secrets(obj: dict[str, Any]) -> list[str]:
+    """The Secrets a workload object's pod template mounts as volumes (none for other kinds)."""
+    template = (obj.get("spec") or {}).get("template") or {}
+    volumes = (template.get("spec") or {}).get("volumes") or []
+    return [v["secret"]["secretName"] for v in volumes if "secret" in v]
+
+
+def image_digest(image_id: str) -> str:
+    """A container status's ``imageID`` as the digest alone (``sha256:…``), whatever the runtime puts
+    before it (``docker-pullable://name@``, ``name@``); an ID without a digest as it is."""
+    at = image_id.rfind("sha256:")
+    return image_id[at:] if at >= 0 else image_id
 
 
 @dataclass(frozen=True)
@@ -58,6 +165,16 @@ class Names:
     @property
     def workload(self) -> str:
         return f"{self.benchmark}--{self.variant}-workload" if self.variant else f"{self.benchmark}-workload"
+
+    @property
+    def workloads_policy(self) -> str:
+        """The NetworkPolicy in front of every workload pod of the benchmark (all its variants)."""
+        return f"{self.benchmark}-workload"
+
+    @property
+    def poolers_policy(self) -> str:
+        """The NetworkPolicy in front of every PgBouncer of the benchmark (all its pooled variants)."""
+        return f"{self.benchmark}-pgbouncer"
 
     @property
     def pooler(self) -> str:
@@ -96,21 +213,62 @@ def variant_names(spec: PoolBenchmarkSpec) -> list[str | None]:
 
 
 def container_security() -> dict[str, Any]:
+    """Every container of ours: nothing but its volumes is writable."""
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
-def build_secret(benchmark: str, superuser_password: str, app_password: str) -> dict[str, Any]:
+def tcp_readiness(port: int, *, period_seconds: int) -> dict[str, Any]:
+    """Ready once the port accepts a connection (no login: nothing a server would count as a session)."""
+    return {"tcpSocket": {"port": port}, "periodSeconds": period_seconds, "failureThreshold": 3}
+
+
+def resources(requests: tuple[str, str], limits: tuple[str, str]) -> dict[str, Any]:
+    """Requests and limits, each (cpu, memory)."""
+    return {
+        "requests": {"cpu": requests[0], "memory": requests[1]},
+        "limits": {"cpu": limits[0], "memory": limits[1]},
+    }
+
+
+def build_secret(benchmark: str, credentials: Credentials) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": Names(benchmark).secret, "labels": labels(benchmark, "credentials")},
         "type": "Opaque",
-        "stringData": {SECRET_SUPERUSER_KEY: superuser_password, SECRET_APP_KEY: app_password},
+        "stringData": {SECRET_SUPERUSER_KEY: credentials.superuser, SECRET_APP_KEY: credentials.app},
+    }
+
+
+def build_network_policy(
+    benchmark: str, name: str, component: str, port: int, clients: tuple[str, ...], operator_namespace: str
+) -> dict[str, Any]:
+    """Ingress to the benchmark's ``component`` pods on ``port`` only from its own ``clients`` pods
+    (same namespace, by the benchmark and component labels) and from the operator's pods (by their
+    labels, in the operator's namespace). Enforced only by a network plugin that implements
+    NetworkPolicy (docs/security.md)."""
+    peers: list[dict[str, Any]] = [{"podSelector": {"matchLabels": selector(benchmark, c)}} for c in clients]
+    peers.append(
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+            "podSelector": {"matchLabels": dict(OPERATOR_POD_LABELS)},
+        }
+    )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "labels": labels(benchmark, component)},
+        "spec": {
+            "podSelector": {"matchLabels": selector(benchmark, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": port}]}],
+        },
     }
 
 
@@ -191,23 +349,23 @@ def build_postgres_statefulset(benchmark: str, spec: PoolBenchmarkSpec) -> dict[
                             # and the monitor would count that session in the step's peak. A connect without a
                             # startup packet never becomes a session and PostgreSQL does not log it. Every
                             # second: the benchmark starts when the server is ready, and the check costs nothing.
-                            "readinessProbe": {
-                                "tcpSocket": {"port": POSTGRES_PORT},
-                                "periodSeconds": 1,
-                                "failureThreshold": 3,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "256Mi"},
-                                "limits": {"cpu": "2", "memory": "1Gi"},
-                            },
+                            "readinessProbe": tcp_readiness(POSTGRES_PORT, period_seconds=1),
+                            "resources": resources(("250m", "256Mi"), ("2", "1Gi")),
                             "securityContext": container_security(),
+                            # The server writes only its data directory, its socket and lock files, and
+                            # the entrypoint's temporary files.
                             "volumeMounts": [
                                 {"name": "data", "mountPath": "/var/lib/postgresql/data"},
                                 {"name": "run", "mountPath": "/var/run/postgresql"},
+                                TMP_MOUNT,
                             ],
                         }
                     ],
-                    "volumes": [{"name": "data", "emptyDir": {}}, {"name": "run", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {"name": "run", "emptyDir": {"sizeLimit": "16Mi"}},
+                        TMP_VOLUME,
+                    ],
                 },
             },
         },
@@ -285,27 +443,27 @@ def build_workload_deployment(
                             "terminationMessagePath": TERMINATION_PATH,
                             "terminationMessagePolicy": "File",
                             # Each worker process (workload.processes) is an interpreter with its own pool.
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "64Mi"},
-                                "limits": {"cpu": "500m", "memory": f"{128 + 128 * spec.workload.processes}Mi"},
-                            },
+                            "resources": resources(
+                                ("50m", "64Mi"), ("500m", f"{128 + 128 * spec.workload.processes}Mi")
+                            ),
                             "securityContext": container_security(),
+                            "volumeMounts": [TMP_MOUNT],
                         }
                     ],
+                    "volumes": [TMP_VOLUME],
                 },
             },
         },
     }
 
 
+def workload_password(spec: PoolBenchmarkSpec, credentials: Credentials) -> str:
+    """The workload role's password: the app role's, or the superuser's (``workload.role``)."""
+    return credentials.app if spec.workload.role == "app" else credentials.superuser
+
+
 def build_pooler_secret(
-    benchmark: str,
-    spec: PoolBenchmarkSpec,
-    variant: str,
-    pooler: PoolerSpec,
-    *,
-    workload_password: str,
-    admin_password: str,
+    benchmark: str, spec: PoolBenchmarkSpec, variant: str, pooler: PoolerSpec, credentials: Credentials
 ) -> dict[str, Any]:
     """The variant's ``pgbouncer.ini`` and auth file: the workload's role (its own password: PgBouncer
     logs in to the server with it) and the admin-console user the operator samples with."""
@@ -319,7 +477,7 @@ def build_pooler_secret(
         listen_port=LISTEN_PORT,
         auth_file=f"{CONFIG_DIR}/{PGBOUNCER_USERLIST}",
     )
-    users = {role_name(spec.workload): workload_password, ADMIN_USER: admin_password}
+    users = {role_name(spec.workload): workload_password(spec, credentials), ADMIN_USER: credentials.pooler_admin}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -342,8 +500,11 @@ def build_pooler_service(benchmark: str, variant: str) -> dict[str, Any]:
     }
 
 
-def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) -> dict[str, Any]:
-    """``pooler.replicas`` PgBouncer pods reading their configuration from the Secret (read-only).
+def build_pooler_deployment(
+    benchmark: str, spec: PoolBenchmarkSpec, variant: str, pooler: PoolerSpec
+) -> dict[str, Any]:
+    """``pooler.replicas`` PgBouncer pods reading their configuration from the Secret (read-only); the
+    pod template carries that Secret's spec hash (``CONFIG_HASH_ANNOTATION``).
 
     The pod runs as ``pooler.run_as_user`` (the image's pgbouncer user: PgBouncer refuses root) and
     leaves runAsGroup unset, so the runtime gives it that user's primary group from the image
@@ -351,6 +512,7 @@ def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) ->
     Secret's files (0440) readable by the pod's group whatever the image's groups are."""
     names = Names(benchmark, variant)
     pod_labels = labels(benchmark, "pgbouncer", variant)
+    config_hash = spec_hash(build_pooler_secret(benchmark, spec, variant, pooler, PLACEHOLDER_CREDENTIALS))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -359,7 +521,7 @@ def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) ->
             "replicas": pooler.replicas,
             "selector": {"matchLabels": selector(benchmark, "pgbouncer", variant)},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": pod_labels, "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
                 "spec": {
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -374,24 +536,67 @@ def build_pooler_deployment(benchmark: str, variant: str, pooler: PoolerSpec) ->
                             "image": pooler.image,
                             "command": ["pgbouncer", f"{CONFIG_DIR}/{PGBOUNCER_INI}"],
                             "ports": [{"name": "pgbouncer", "containerPort": LISTEN_PORT}],
-                            "readinessProbe": {
-                                "tcpSocket": {"port": LISTEN_PORT},
-                                "periodSeconds": 2,
-                                "failureThreshold": 3,
-                            },
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "32Mi"},
-                                "limits": {"cpu": "1", "memory": "128Mi"},
-                            },
+                            "readinessProbe": tcp_readiness(LISTEN_PORT, period_seconds=2),
+                            "resources": resources(("50m", "32Mi"), ("1", "128Mi")),
                             "securityContext": container_security(),
-                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+                            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, TMP_MOUNT],
                         }
                     ],
-                    "volumes": [{"name": "config", "secret": {"secretName": names.pooler, "defaultMode": 0o440}}],
+                    "volumes": [
+                        {"name": "config", "secret": {"secretName": names.pooler, "defaultMode": 0o440}},
+                        TMP_VOLUME,
+                    ],
                 },
             },
         },
     }
+
+
+def build_metrics_only_policy(benchmark: str) -> dict[str, Any]:
+    """The workload pods accept connections on their metrics port only, from anywhere: the operator reads
+    it through the API server's pod proxy, which comes from the control plane's address, not a pod."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": Names(benchmark).workloads_policy, "labels": labels(benchmark, "workload")},
+        "spec": {
+            "podSelector": {"matchLabels": selector(benchmark, "workload")},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+        },
+    }
+
+
+def _unstamped_children(
+    benchmark: str, spec: PoolBenchmarkSpec, workload_image: str, operator_namespace: str, credentials: Credentials
+) -> list[dict[str, Any]]:
+    names = Names(benchmark)
+    children = [
+        build_secret(benchmark, credentials),
+        build_postgres_service(benchmark),
+        build_network_policy(
+            benchmark, names.postgres, "postgres", POSTGRES_PORT, ("workload", "pgbouncer"), operator_namespace
+        ),
+        build_metrics_only_policy(benchmark),
+        build_postgres_statefulset(benchmark, spec),
+    ]
+    if not spec.variants:
+        return [*children, build_workload_deployment(benchmark, spec, workload_image)]
+    if any(v.pooler is not None for v in spec.variants):
+        children.append(
+            build_network_policy(
+                benchmark, names.poolers_policy, "pgbouncer", LISTEN_PORT, ("workload",), operator_namespace
+            )
+        )
+    for variant in spec.variants:
+        if variant.pooler is not None:
+            children += [
+                build_pooler_secret(benchmark, spec, variant.name, variant.pooler, credentials),
+                build_pooler_service(benchmark, variant.name),
+                build_pooler_deployment(benchmark, spec, variant.name, variant.pooler),
+            ]
+        children.append(build_workload_deployment(benchmark, spec, workload_image, variant))
+    return children
 
 
 def build_children(
@@ -399,53 +604,54 @@ def build_children(
     spec: PoolBenchmarkSpec,
     *,
     workload_image: str,
-    superuser_password: str,
-    app_password: str,
-    pooler_admin_password: str | None = None,
+    operator_namespace: str,
+    credentials: Credentials = PLACEHOLDER_CREDENTIALS,
 ) -> list[dict[str, Any]]:
-    """Everything one benchmark owns, in creation order (each pooler before the workload that uses it)."""
-    children = [
-        build_secret(benchmark, superuser_password, app_password),
-        build_postgres_service(benchmark),
-        build_postgres_statefulset(benchmark, spec),
-    ]
-    if not spec.variants:
-        return [*children, build_workload_deployment(benchmark, spec, workload_image)]
-    workload_password = app_password if spec.workload.role == "app" else superuser_password
-    for variant in spec.variants:
-        if variant.pooler is not None:
-            if not pooler_admin_password:
-                raise ValueError("a pooled variant needs pooler_admin_password")
-            children += [
-                build_pooler_secret(
-                    benchmark,
-                    spec,
-                    variant.name,
-                    variant.pooler,
-                    workload_password=workload_password,
-                    admin_password=pooler_admin_password,
-                ),
-                build_pooler_service(benchmark, variant.name),
-                build_pooler_deployment(benchmark, variant.name, variant.pooler),
-            ]
-        children.append(build_workload_deployment(benchmark, spec, workload_image, variant))
-    return children
+    """Everything one benchmark owns, in creation order (each pooler before the workload that uses it),
+    each stamped with its spec hash. Without ``credentials`` the Secrets hold placeholders (what
+    ``poolbench render`` prints); the hashes are the same either way."""
+    shown = _unstamped_children(benchmark, spec, workload_image, operator_namespace, PLACEHOLDER_CREDENTIALS)
+    digests = [spec_hash(obj) for obj in shown]
+    real = shown
+    if credentials != PLACEHOLDER_CREDENTIALS:
+        real = _unstamped_children(benchmark, spec, workload_image, operator_namespace, credentials)
+    return [stamp(obj, digest) for obj, digest in zip(real, digests, strict=True)]
 
 
 def child_refs(benchmark: str, spec: PoolBenchmarkSpec) -> list[tuple[str, str]]:
     """(kind, name) of every child, in deletion order (the reverse of creation); no passwords needed."""
-    refs = [
-        ("Secret", Names(benchmark).secret),
-        ("Service", Names(benchmark).postgres),
-        ("StatefulSet", Names(benchmark).postgres),
-    ]
-    pooled = {v.name for v in spec.variants or [] if v.pooler is not None}
-    for variant in variant_names(spec):
-        names = Names(benchmark, variant)
-        if variant in pooled:
-            refs += [("Secret", names.pooler), ("Service", names.pooler), ("Deployment", names.pooler)]
-        refs.append(("Deployment", names.workload))
-    return refs[::-1]
+    built = build_children(benchmark, spec, workload_image="", operator_namespace="")
+    return [(obj["kind"], obj["metadata"]["name"]) for obj in reversed(built)]
+
+
+def render(
+    bench: PoolBenchmark,
+    *,
+    workload_image: str = DEFAULT_WORKLOAD_IMAGE,
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE,
+) -> list[dict[str, Any]]:
+    """Every object the operator would create for ``bench``, passwords as placeholders: the built-in
+    server's children, or for a benchmark of the user's own app (``spec.target``) its load Jobs (one a
+    step; nothing else of the user's is created)."""
+    spec = bench.spec
+    if spec.target is None:
+        return build_children(bench.name, spec, workload_image=workload_image, operator_namespace=operator_namespace)
+    load = spec.target.load
+    if load is None:
+        return []
+    steps = range(1, len(spec.step_counts()) + 1)
+    return [build_load_job(bench.name, step, load, spec.target.hold_seconds) for step in steps]
+
+
+def render_yaml(objects: list[dict[str, Any]], source: str) -> str:
+    """``render``'s objects as one multi-document YAML stream, headed by what it is."""
+    header = (
+        f"# The objects the poolbench operator creates for {source} (poolbench render).\n"
+        f"# Passwords are placeholders ({PASSWORD_PLACEHOLDER}): the operator generates them.\n"
+    )
+    if not objects:
+        return header + "# (none: a benchmark of your own app without a load Job creates nothing)\n"
+    return header + yaml.safe_dump_all(objects, sort_keys=False, width=120, explicit_start=True)
 
 
 # -- the user's own app (spec.target) --------------------------------------------------------------
@@ -481,7 +687,7 @@ def build_load_job(benchmark: str, step: int, load: LoadJobSpec, hold_seconds: i
     if load.args:
         container["args"] = list(load.args)
     job_labels = labels(benchmark, "load")
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": load_job_name(benchmark, step), "labels": job_labels},
@@ -494,3 +700,4 @@ def build_load_job(benchmark: str, step: int, load: LoadJobSpec, hold_seconds: i
             },
         },
     }
+    return stamp(job, spec_hash(job))
