@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import SkipJsonSchema
 
 from .outcomes import OK, OUTCOMES
 from .spec import EngineSpec, PoolerSpec
@@ -101,7 +102,26 @@ class HistogramCounts(_Out):
     max_ms: float = 0.0
 
 
-class Condition(_Out):
+#: ``metadata.generation`` as a status saw it. A benchmark with no resource behind it (the CLI's run) has
+#: none: the key is then left out, never written as null, and the CRD declares it a plain integer, so
+#: the API server refuses a null: kstatus (Flux, kpt) cannot read a null and fails the whole object.
+ObservedGeneration = int | SkipJsonSchema[None]
+
+
+class _ObservesGeneration(_Out):
+    """A model with an ``observed_generation: ObservedGeneration`` field: dumped without the key while it
+    is None."""
+
+    @model_serializer(mode="wrap")
+    def _without_unobserved_generation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("observedGeneration", "observed_generation"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+
+class Condition(_ObservesGeneration):
     """A Kubernetes API convention condition (kstatus: Ready, Reconciling, Stalled)."""
 
     type: str
@@ -109,7 +129,7 @@ class Condition(_Out):
     reason: str
     message: str = ""
     last_transition_time: str
-    observed_generation: int | None = None
+    observed_generation: ObservedGeneration = None
 
 
 class RolloutOverlap(_Out):
@@ -497,7 +517,7 @@ class TargetStatus(_Out):
     answer_words: str = ""
 
 
-class BenchmarkStatus(_Out):
+class BenchmarkStatus(_ObservesGeneration):
     phase: Phase = "Pending"
     message: str = ""
     current_step: int = 0
@@ -513,7 +533,7 @@ class BenchmarkStatus(_Out):
         description="The first variant's (the one of a benchmark without"
         " spec.variants): what the printer columns show.",
     )
-    observed_generation: int | None = None
+    observed_generation: ObservedGeneration = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     current_variant: str = Field("", description="The variant being measured (with spec.variants).")

@@ -140,7 +140,7 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert conditions == {
         "Ready": ("False", "StepFailed"),
         "Reconciling": ("False", "Finished"),
-        "Stalled": ("False", "Finished"),
+        "Stalled": ("True", "StepFailed"),
     }
     assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
     kubectl(
@@ -153,6 +153,7 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
         "--timeout=20s",
     )
     kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready=false", "poolbenchmark/seed-small", "--timeout=20s")
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Stalled", "poolbenchmark/seed-small", "--timeout=20s")
 
     table = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
