@@ -103,8 +103,8 @@ class HistogramCounts(_Out):
 
 
 #: ``metadata.generation`` as a status saw it. A benchmark with no resource behind it (the CLI's run) has
-#: none: the key is then left out, never written as null, and the CRD declares it a plain integer, so
-#: the API server refuses a null: kstatus (Flux, kpt) cannot read a null and fails the whole object.
+#: none: the key is then left out, never written as null, and the CRD declares it a plain integer (the
+#: API server drops a null written there): kstatus (Flux, kpt) cannot read a null and fails the object.
 ObservedGeneration = int | SkipJsonSchema[None]
 
 

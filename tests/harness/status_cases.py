@@ -1,12 +1,20 @@
 """The statuses of docs/guides/gitops.md's table, built by the core's own status code (``BenchmarkRun``,
 ``invalid_status``: what the operator patches), and the table itself, read from the page: the page is
 the one place each case's conditions and kstatus result are written down, and the tests read them there.
+``kstatus`` runs the real library over objects (hack/kstatus, built by hack/build-kstatus.sh).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status
 from poolbench.core.results import BenchmarkStatus
@@ -137,3 +145,14 @@ def spec_of(case: str) -> dict[str, object]:
     if case == "invalid-spec":
         return CONTRADICTION
     return MEASURED[case][0] if case in MEASURED else {"steps": [1, 2]}
+
+
+def kstatus(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each object's kstatus result (status and message, or the library's error), by name."""
+    binary = os.environ.get("POOLBENCH_KSTATUS")
+    if not binary:
+        pytest.fail("POOLBENCH_KSTATUS is unset: hack/build-kstatus.sh builds it", pytrace=False)
+    stdin = "\n---\n".join(yaml.safe_dump(obj) for obj in objects)
+    proc = subprocess.run([binary], input=stdin, capture_output=True, text=True, timeout=60, check=True)
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    return {r["name"]: r for r in results}
