@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from poolbench.core.benchmark import BenchmarkRun, ReplicaReport, invalid_status
 from poolbench.core.results import BenchmarkStatus
@@ -152,7 +151,7 @@ def kstatus(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     binary = os.environ.get("POOLBENCH_KSTATUS")
     if not binary:
         pytest.fail("POOLBENCH_KSTATUS is unset: hack/build-kstatus.sh builds it", pytrace=False)
-    stdin = "\n---\n".join(yaml.safe_dump(obj) for obj in objects)
+    stdin = "\n".join(json.dumps(obj) for obj in objects)  # JSON: no YAML reading of timestamps or numbers
     proc = subprocess.run([binary], input=stdin, capture_output=True, text=True, timeout=60, check=True)
     results = [json.loads(line) for line in proc.stdout.splitlines()]
     return {r["name"]: r for r in results}
