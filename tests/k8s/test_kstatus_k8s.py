@@ -80,6 +80,12 @@ def test_kstatus_reads_each_case_as_the_page_says(
     proc = kubectl(installed, "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(document), check=False)
     assert proc.returncode != 0
     assert "spec is immutable" in proc.stderr, proc.stderr
+    # the refusal a user sees from `kubectl patch` is the page's, word for word
+    edit = '{"spec": {"stepTimeoutSeconds": 60}}'
+    proc = kubectl(installed, "-n", namespace, "patch", "pbench/spec-edited", "--type=merge", "-p", edit, check=False)
+    assert proc.returncode != 0
+    shown = PAGE.read_text().split("```text\n", 1)[1].split("```", 1)[0]
+    assert " ".join(shown.replace('"small"', '"spec-edited"').split()) in " ".join(proc.stderr.split()), proc.stderr
     after_edit = kube.get(resource_path(namespace, "spec-edited"))
     assert after_edit["metadata"]["generation"] == edited["metadata"]["generation"]
     assert after_edit["spec"] == edited["spec"]
