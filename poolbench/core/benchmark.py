@@ -20,6 +20,7 @@ from .contracts.summary import ReplicaSummary
 from .histogram import Histogram, merged
 from .outcomes import OK
 from .results import (
+    TERMINAL_PHASES,
     AgeStats,
     BenchmarkStatus,
     Compatibility,
@@ -517,16 +518,21 @@ def full_status(status: dict[str, Any] | None) -> dict[str, Any]:
 
 def set_conditions(status: BenchmarkStatus, now: str) -> None:
     """Keep ``status.conditions`` in step with the phase, as the Kubernetes API conventions and kstatus
-    read them: ``Reconciling`` (True while it provisions or measures), ``Ready`` (True once every step
-    passed, or a search found its breaking point; False with the reason otherwise) and ``Stalled``
-    (True when it cannot go on: an invalid spec or a broken environment). ``kubectl wait
-    --for=condition=Ready`` waits for a passing benchmark (or a found boundary);
-    ``--for=condition=Reconciling=false`` for any finished one. A condition's lastTransitionTime
-    changes only when its status does."""
+    (the library Flux and kpt decide health with) read them: ``Reconciling`` (True while it provisions or
+    measures), ``Ready`` (True once every step passed, or a search found its breaking point; False with
+    the reason otherwise) and ``Stalled`` (True once it ended without that answer: a step failed or was
+    inconclusive, the spec is invalid or the environment broke). So kstatus reads a benchmark as its
+    phase says: InProgress while it runs, Current once it passed, Failed once it failed; a finished one
+    is never left to read as InProgress (Ready=False with neither Reconciling nor Stalled True), which
+    would hold a GitOps health check until its timeout. ``kubectl wait --for=condition=Ready`` waits for
+    a passing benchmark (or a found boundary), ``--for=condition=Stalled`` for a failed one and
+    ``--for=condition=Reconciling=false`` for any finished one. A condition's lastTransitionTime changes
+    only when its status does."""
     phase, message = status.phase, status.message
     verdict = status.verdict
     measured_failure = phase == "Failed" and verdict is not None
     broken = phase == "Invalid" or (phase == "Failed" and verdict is None)
+    finished = phase in TERMINAL_PHASES
     if phase == "Completed":
         ready = ("True", "AllStepsPassed")
     elif phase == "BoundaryFound":
@@ -542,10 +548,11 @@ def set_conditions(status: BenchmarkStatus, now: str) -> None:
         ready = ("False", phase or "Pending")
     wanted = {
         "Ready": ready,
-        "Reconciling": ("True", phase or "Pending")
-        if phase in ("Pending", "Provisioning", "Running", "")
-        else ("False", "Finished"),
-        "Stalled": ("True", ready[1]) if broken else ("False", "Progressing" if not status.verdict else "Finished"),
+        "Reconciling": ("False", "Finished") if finished else ("True", phase or "Pending"),
+        # Failed or Invalid: it ended without the answer Ready stands for, and will not move again.
+        "Stalled": ("True", ready[1])
+        if phase in ("Failed", "Invalid")
+        else ("False", "Finished" if finished else "Progressing"),
     }
     previous = {c.type: c for c in status.conditions}
     conditions = []

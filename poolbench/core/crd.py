@@ -20,7 +20,21 @@ from .spec import API_GROUP, API_VERSION, KIND, MAX_NAME_LENGTH, PLURAL, PoolBen
 
 DROP_KEYS = {"title", "$defs", "examples"}
 
-SPEC_DESCRIPTION = "What to measure: the server's limits, the workload, the replica steps."
+SPEC_DESCRIPTION = (
+    "What to measure: the server's limits, the workload, the replica steps. Immutable once created:"
+    " delete the PoolBenchmark and create it again to measure another."
+)
+
+#: A benchmark measures the spec it was created with, once: an edit could never be applied (a finished
+#: benchmark is not measured again, a running one keeps what it started with). The API server refuses
+#: it, saying so, rather than take an edit no status would ever observe (kstatus would read the object
+#: as in progress forever: metadata.generation ahead of status.observedGeneration). Metadata edits
+#: (labels, annotations, the operator's finalizer) do not touch spec and stay allowed.
+SPEC_IMMUTABLE = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable: a PoolBenchmark measures the spec it was created with; delete it and create"
+    " it again (or create one under another name) to measure a different spec",
+}
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -124,6 +138,7 @@ def status_schema() -> dict[str, Any]:
 def build_crd() -> dict[str, Any]:
     spec_schema = openapi_schema(PoolBenchmarkSpec, keep_defaults=True)
     spec_schema["description"] = SPEC_DESCRIPTION
+    spec_schema["x-kubernetes-validations"] = [SPEC_IMMUTABLE]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import SkipJsonSchema
 
 from .histogram import Histogram, plain_number
 from .outcomes import OK, OUTCOMES
@@ -114,7 +115,26 @@ class HistogramCounts(_Out):
         return Histogram.from_json(self.model_dump(by_alias=True))
 
 
-class Condition(_Out):
+#: ``metadata.generation`` as a status saw it. A benchmark with no resource behind it (the CLI's run) has
+#: none: the key is then left out, never written as null, and the CRD declares it a plain integer (the
+#: API server drops a null written there): kstatus (Flux, kpt) cannot read a null and fails the object.
+ObservedGeneration = int | SkipJsonSchema[None]
+
+
+class _ObservesGeneration(_Out):
+    """A model with an ``observed_generation: ObservedGeneration`` field: dumped without the key while it
+    is None."""
+
+    @model_serializer(mode="wrap")
+    def _without_unobserved_generation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("observedGeneration", "observed_generation"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+
+class Condition(_ObservesGeneration):
     """A Kubernetes API convention condition (kstatus: Ready, Reconciling, Stalled)."""
 
     type: str
@@ -122,7 +142,7 @@ class Condition(_Out):
     reason: str
     message: str = ""
     last_transition_time: str
-    observed_generation: int | None = None
+    observed_generation: ObservedGeneration = None
 
 
 class RolloutOverlap(_Out):
@@ -546,7 +566,7 @@ class TargetStatus(_Out):
     answer_words: str = ""
 
 
-class BenchmarkStatus(_Out):
+class BenchmarkStatus(_ObservesGeneration):
     phase: Phase = "Pending"
     message: str = ""
     current_step: int = 0
@@ -567,7 +587,7 @@ class BenchmarkStatus(_Out):
         description="The verdict in a few words for kubectl's Verdict column ('safe 2, fails at 8:"
         " tooManyClients'); the whole sentence is verdict.summary.",
     )
-    observed_generation: int | None = None
+    observed_generation: ObservedGeneration = None
     updated_at: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     current_variant: str = Field("", description="The variant being measured (with spec.variants).")

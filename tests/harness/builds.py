@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILDS = {
     "POOLBENCH_K8S_BIN": "build-control-plane.sh",
     "POOLBENCH_HELM": "build-helm.sh",
+    "POOLBENCH_KSTATUS": "build-kstatus.sh",
     "POOLBENCH_NODE_BIN": "build-node.sh",
     "POOLBENCH_IMAGES": "build-images.sh",
     # Not a build: the Prometheus Operator's CRDs, fetched once (the chart's PrometheusRule is dry-run).
@@ -31,7 +32,13 @@ BUILDS = {
 TIER_BUILDS: dict[str, tuple[str, ...]] = {
     "unit": (),
     "postgres": (),
-    "k8s": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_PROMETHEUS_CRDS", "POOLBENCH_CHECKOV"),
+    "k8s": (
+        "POOLBENCH_K8S_BIN",
+        "POOLBENCH_HELM",
+        "POOLBENCH_PROMETHEUS_CRDS",
+        "POOLBENCH_CHECKOV",
+        "POOLBENCH_KSTATUS",
+    ),
     "node": ("POOLBENCH_K8S_BIN", "POOLBENCH_HELM", "POOLBENCH_NODE_BIN", "POOLBENCH_IMAGES"),
 }
 

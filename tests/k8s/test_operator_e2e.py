@@ -22,6 +22,7 @@ from poolbench.core.results import HistogramCounts
 from tests.harness.controlplane import ROOT
 from tests.harness.kube import wait_for
 from tests.harness.operator import create_namespace, kubectl
+from tests.harness.status_cases import kstatus
 
 pytestmark = pytest.mark.k8s
 
@@ -153,7 +154,7 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
     assert conditions == {
         "Ready": ("False", "StepFailed"),
         "Reconciling": ("False", "Finished"),
-        "Stalled": ("False", "Finished"),
+        "Stalled": ("True", "StepFailed"),
     }
     assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in status["conditions"])
     kubectl(
@@ -166,6 +167,15 @@ def test_seed_scaled_down_end_to_end(operator: Any, kube: Any, control_plane: An
         "--timeout=20s",
     )
     kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready=false", "poolbenchmark/seed-small", "--timeout=20s")
+    kubectl(control_plane, "-n", ns, "wait", "--for=condition=Stalled", "poolbenchmark/seed-small", "--timeout=20s")
+    # Flux and kpt read it as its phase says (docs/guides/gitops.md): Failed, the verdict its message
+    read = kstatus([obj])["seed-small"]
+    assert (read.get("status"), read.get("message")) == ("Failed", status["message"]), read
+    # its spec cannot change any more (the operator's finalizer, below, still goes as it should)
+    edit = '{"spec": {"stepTimeoutSeconds": 60}}'
+    proc = kubectl(control_plane, "-n", ns, "patch", "pbench/seed-small", "--type=merge", "-p", edit, check=False)
+    assert proc.returncode != 0
+    assert "spec is immutable" in proc.stderr, proc.stderr
 
     table = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "-o", "wide").stdout
     header, row = table.splitlines()[:2]
@@ -241,6 +251,8 @@ def test_what_the_schema_cannot_catch_ends_invalid(operator: Any, control_plane:
     assert conditions["Stalled"] == ("True", "InvalidSpec")
     assert conditions["Ready"] == ("False", "InvalidSpec")
     kubectl(control_plane, "-n", ns, "wait", "--for=condition=Stalled", "poolbenchmark/contradiction", "--timeout=20s")
+    read = kstatus([obj])["contradiction"]
+    assert (read.get("status"), read.get("message")) == ("Failed", obj["status"]["message"]), read
     warnings = [e for e in events(kube, ns, "contradiction") if e["type"] == "Warning" and e["reason"] == "Invalid"]
     assert warnings
     assert not any(v for k, v in children(kube, ns).items())

@@ -24,6 +24,7 @@ from poolbench.core.contracts import operator_metrics as m
 from tests.harness.kube import wait_for
 from tests.harness.operator import create_namespace, kubectl
 from tests.harness.opmetrics import of_benchmark, scrape
+from tests.harness.status_cases import kstatus
 
 from .test_operator_e2e import GROUP_PATH, apply_benchmark, benchmark, events, wait_phase
 
@@ -337,6 +338,7 @@ def test_step_measures_per_step_and_restores_the_replicas_when_it_finishes(
     assert status["progress"] == "2/2"
     printed = kubectl(control_plane, "-n", ns, "get", "poolbenchmarks", "steps").stdout
     assert printed.split("\n")[1].split()[1:4] == ["Completed", "2/2", "1"]
+    assert kstatus([obj])["steps"].get("status") == "Current"  # as Flux and kpt read it (docs/guides/gitops.md)
     assert_no_password(kube, ns, "steps", operator)
     kube.delete(f"/api/v1/namespaces/{ns}")
 
