@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from poolbench.core.benchmark import full_status
 from poolbench.core.contracts import operator_metrics as m
+from poolbench.core.monitoring import RATE_INTERVAL, dashboard, panel_queries
 from tests.harness.controlplane import free_port
 from tests.harness.kube import wait_for
 from tests.harness.operator import kubectl
@@ -72,6 +74,11 @@ class Prometheus:
         assert answer["status"] == "success", answer
         return list(answer["data"]["result"])
 
+    def query_range(self, promql: str, start: float, end: float, step: str) -> list[dict[str, Any]]:
+        answer = self.get("/api/v1/query_range", query=promql, start=str(start), end=str(end), step=step)
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
+
     def samples(self, promql: str) -> list[tuple[str, dict[str, str], float]]:
         """(metric name, labels without job and instance, value) of each series the query answers."""
         out = []
@@ -118,6 +125,7 @@ def prometheus(cluster: Any, kube: Any, helm_release: Any) -> Iterator[Prometheu
 
 def test_prometheus_scrapes_what_status_shows(cluster: Any, kube: Any, prometheus: Prometheus) -> None:
     ns = create_restricted_namespace(kube, "prom")
+    started = time.time()
     apply(cluster, ns, small_seed(NAME))
     selector = f'namespace="{ns}",benchmark="{NAME}"'
     # While it runs, Prometheus has the running step's backends (the honored namespace label is the
@@ -160,7 +168,29 @@ def test_prometheus_scrapes_what_status_shows(cluster: Any, kube: Any, prometheu
         "Prometheus (real, scraping the operator pod) against status",
         "\n".join(f"{query:<32} {served:>6g}   {said}" for query, served, said in rows),
     )
+    # Every panel of the chart's dashboard shows data for this run, its variables set as a user picks them.
+    answered = []
+    for query in panel_queries(dashboard()):
+        promql = dashboard_query(query, ns, NAME)
+        points = [
+            float(v)
+            for series in prometheus.query_range(promql, started, time.time(), "2s")
+            for _, v in series["values"]
+            if v != "NaN"
+        ]
+        assert points, f"no data for the panel query {promql}"
+        answered.append(f"{len(points):>5} points  {query[:90]}")
+    record(cluster, "Every dashboard panel's query over the run (real Prometheus)", "\n".join(answered))
     kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def dashboard_query(query: str, namespace: str, benchmark: str) -> str:
+    """A panel's query as Grafana sends it: its variables replaced (every variant) and the rate window
+    Grafana would pick for a 1 s scrape interval."""
+    picked = {m.NAMESPACE_LABEL: namespace, m.BENCHMARK_LABEL: benchmark, m.VARIANT_LABEL: ".*"}
+    for label, value in picked.items():
+        query = query.replace(f"${label}", value)
+    return query.replace(RATE_INTERVAL, "1m")
 
 
 def value(result: list[dict[str, Any]]) -> float:
