@@ -1,6 +1,7 @@
-"""The chart's PrometheusRule against a real API server with the Prometheus Operator's CRD installed
-(fetched by hack/fetch-prometheus-operator-crds.sh at the pinned version): a server-side dry run accepts
-it as rendered, stores nothing, and the same dry run refuses a rule the CRD's schema does not allow."""
+"""The chart's PrometheusRule, ServiceMonitor and PodMonitor against a real API server with the
+Prometheus Operator's CRDs installed (fetched by hack/fetch-prometheus-operator-crds.sh at the pinned
+version): a server-side dry run accepts each as rendered and stores nothing, and the same dry run
+refuses a rule the CRD's schema does not allow."""
 
 from __future__ import annotations
 
@@ -18,14 +19,42 @@ from tests.test_chart import render
 
 pytestmark = pytest.mark.k8s
 
-CRD_NAME = "prometheusrules.monitoring.coreos.com"
+#: The Prometheus Operator's kinds the chart renders (plural names: the CRD's and its file's).
+MONITORING_KINDS = ("prometheusrules", "servicemonitors", "podmonitors")
 
 
 @pytest.fixture(scope="module")
 def prometheus_rule_crd(control_plane: ControlPlane, kube: Kube) -> ControlPlane:
     crds = ensure("POOLBENCH_PROMETHEUS_CRDS")
-    install_crd(control_plane, kube, crds / "monitoring.coreos.com_prometheusrules.yaml", CRD_NAME)
+    for plural in MONITORING_KINDS:
+        crd = f"{plural}.monitoring.coreos.com"
+        install_crd(control_plane, kube, crds / f"monitoring.coreos.com_{plural}.yaml", crd)
     return control_plane
+
+
+def test_rendered_service_and_pod_monitors_pass_a_server_side_dry_run(
+    prometheus_rule_crd: ControlPlane, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    rendered = render(
+        "--show-only",
+        "templates/metrics.yaml",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        f"namespace={namespace}",
+    )
+    monitors = [doc for doc in rendered if doc["kind"] in ("ServiceMonitor", "PodMonitor")]
+    assert sorted(doc["kind"] for doc in monitors) == ["PodMonitor", "ServiceMonitor"]
+    path = tmp_path / "monitors.yaml"
+    path.write_text(yaml.safe_dump_all(monitors))
+    out = kubectl(prometheus_rule_crd, "apply", "--dry-run=server", "-f", str(path)).stdout
+    assert "servicemonitor.monitoring.coreos.com/poolbench-operator created (server dry run)" in out, out
+    assert "podmonitor.monitoring.coreos.com/poolbench-operator created (server dry run)" in out, out
+    for plural in ("servicemonitors", "podmonitors"):
+        stored = f"/apis/monitoring.coreos.com/v1/namespaces/{namespace}/{plural}/poolbench-operator"
+        assert kube.get_or_none(stored) is None
 
 
 def test_rendered_prometheus_rule_passes_a_server_side_dry_run(
