@@ -370,3 +370,11 @@ def test_kube_replaces_at_the_objects_version_and_keeps_a_services_cluster_ip() 
     policy = by_ref(built())[("NetworkPolicy", "ab-postgres")]
     k.replace_child(policy, SimpleNamespace(metadata=SimpleNamespace(resource_version="7"), spec=None))
     cast(Any, k.networking.replace_namespaced_network_policy).assert_called_once()
+    # A Deployment is deleted and created again, never updated (no update verb on Deployments: a user's
+    # own Deployment changes only through its scale).
+    deployment = next(c for c in built() if c["kind"] == "Deployment")
+    k.replace_child(deployment, SimpleNamespace(metadata=SimpleNamespace(resource_version="9"), spec=None))
+    cast(Any, k.apps.replace_namespaced_deployment).assert_not_called()
+    cast(Any, k.apps.delete_namespaced_deployment).assert_called_once()
+    ((_, created), _) = cast(Any, k.apps.create_namespaced_deployment).call_args
+    assert created is deployment

@@ -140,7 +140,12 @@ class Kube:
 
     def replace_child(self, obj: dict[str, Any], existing: Any) -> None:
         """Put ``obj`` in place of ``existing`` (an update at its resourceVersion: a concurrent change
-        makes it fail, never lost). A Service keeps its cluster IP, which cannot change."""
+        makes it fail, never lost). A Service keeps its cluster IP, which cannot change. A Deployment is
+        deleted and created again instead: the operator has no ``update`` on Deployments, so that the
+        user's own (``spec.target``) can change only through their scale."""
+        if obj["kind"] == "Deployment":
+            self.recreate(obj)
+            return
         body = copy.deepcopy(obj)
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
         if obj["kind"] == "Service" and existing.spec is not None:
@@ -148,7 +153,8 @@ class Kube:
         self._child_api("replace", obj["kind"])(obj["metadata"]["name"], self.namespace, body)
 
     def recreate(self, obj: dict[str, Any]) -> None:
-        """Delete ``obj``'s namesake and create ``obj`` (a Secret, which the operator may not read or update)."""
+        """Delete ``obj``'s namesake and create ``obj`` (a Secret, which the operator may not read or update;
+        a Deployment, which it may not update)."""
         self.delete_children([(obj["kind"], obj["metadata"]["name"])])
         for _ in range(RECREATE_ATTEMPTS):
             if self.ensure(obj):

@@ -23,7 +23,7 @@ from typing import Any, TypedDict
 import pytest
 
 from tests.harness.controlplane import ROOT, ControlPlane, ControlPlaneError
-from tests.harness.kube import Kube
+from tests.harness.kube import Kube, wait_for
 from tests.harness.operator import OperatorProcess, create_namespace, install_manifests
 from tests.harness.podrunner import PodRunner
 
@@ -100,6 +100,20 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     name = create_namespace(kube, prefix)
     yield name
     kube.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def own_statuses(operator: OperatorProcess, kube: Kube, namespace: str) -> Iterator[str]:
+    """A namespace whose benchmarks' statuses the test writes itself: the tier's operator (it watches every
+    namespace) is stopped meanwhile, else it would start running them and write its own phases over
+    theirs. It starts again once the namespace is gone."""
+    operator.stop()
+    try:
+        yield namespace
+        kube.delete(f"/api/v1/namespaces/{namespace}")
+        wait_for(lambda: kube.get_or_none(f"/api/v1/namespaces/{namespace}") is None, 120, what=f"{namespace} gone")
+    finally:
+        operator.start()
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ from tests.harness.status_cases import (
     spec_of,
 )
 
-pytestmark = pytest.mark.k8s
+# The statuses here are written by the tests alone (the tier's operator is stopped meanwhile).
+pytestmark = [pytest.mark.k8s, pytest.mark.usefixtures("own_statuses")]
 
 
 def resource_path(ns: str, name: str = "") -> str:
