@@ -629,13 +629,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         """SIGKILL every process in the kubepods cgroups (containers and pause), until none is left."""
 
         def pids() -> set[int]:
+            # os.walk, not Path.glob("**"): a container's cgroup that goes away while it is walked is
+            # skipped (walk ignores a directory it can no longer list), where glob raises.
             found: set[int] = set()
-            for procs in [
-                *Path("/sys/fs/cgroup/pids").glob("kubepods*/cgroup.procs"),
-                *Path("/sys/fs/cgroup/pids").glob("kubepods*/**/cgroup.procs"),
-            ]:
-                with contextlib.suppress(OSError):
-                    found |= {int(x) for x in procs.read_text().split()}
+            for top in Path("/sys/fs/cgroup/pids").glob("kubepods*"):
+                for directory, _, files in os.walk(top):
+                    if "cgroup.procs" in files:
+                        with contextlib.suppress(OSError):
+                            found |= {int(x) for x in Path(directory, "cgroup.procs").read_text().split()}
             return found
 
         kill_until_gone(pids, "container processes")
