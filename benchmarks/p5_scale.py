@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from poolbench.core.benchmark import full_status
 from poolbench.core.sampling import advised_interval_ms, fell_behind
 
 from ._p5churn import dist_ms, replay, run_churn
@@ -87,7 +88,7 @@ def run_poolbench(
         "hold": hold,
         "sleep": sleep,
         "wall": wall,
-        "step": doc["status"]["variants"][0]["steps"][0],
+        "step": full_status(doc["status"])["variants"][0]["steps"][0],  # defaults are not written
         "samples": len(timeline),
         "failed": sum(1 for s in timeline if not s["ok"]),
         "gaps": [b - a for a, b in zip(times, times[1:], strict=False)],
