@@ -21,7 +21,6 @@ from poolbench.core.histogram import Histogram, merged
 from poolbench.core.results import (
     ERROR_CLASSES,
     BenchmarkStatus,
-    HistogramCounts,
     Phase,
     StepResult,
     VariantStatus,
@@ -64,10 +63,6 @@ def by_state(counts: Mapping[str, int]) -> dict[str, int]:
     for key, value in counts.items():
         out[key if key in out else "other"] += value
     return out
-
-
-def step_histogram(counts: HistogramCounts) -> Histogram:
-    return Histogram.from_json(counts.to_json())
 
 
 def failures_of(steps: list[StepResult]) -> dict[str, int]:
@@ -114,8 +109,8 @@ def from_benchmark(
                 max_connections=status.max_connections,
                 replicas=last.replicas if last else 0,
                 failures=failures_of(steps),
-                latency=merged(step_histogram(s.latency_histogram) for s in finished),
-                checkout_wait=merged(step_histogram(s.checkout_wait_histogram) for s in finished),
+                latency=merged(s.latency_histogram.histogram() for s in finished),
+                checkout_wait=merged(s.checkout_wait_histogram.histogram() for s in finished),
             )
         )
     return out
