@@ -74,6 +74,28 @@ class Cluster:
         items: list[dict[str, Any]] = found.get("items") or []
         return sorted(items, key=lambda r: (r["metadata"].get("namespace", ""), r["metadata"]["name"]))
 
+    def with_results(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """``resource`` with its whole status: the summary joined with every finished step's detail from
+        its results ConfigMap (``status.resultsConfigMap``); the summary alone when the ConfigMap is
+        gone or may not be read."""
+        from kubernetes import client
+
+        from .core.results import RESULTS_KEY, join_saved
+        from .local.kube import REQUEST_TIMEOUT_SECONDS
+
+        status = resource.get("status")
+        if not isinstance(status, dict) or not status.get("resultsConfigMap"):
+            return resource
+        name = str(status["resultsConfigMap"])
+        namespace = resource["metadata"].get("namespace", self.namespace)
+        try:
+            config_map = client.CoreV1Api(self.api).read_namespaced_config_map(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS
+            )
+        except Exception:  # noqa: BLE001 - not there, or not readable: the summary is still the status
+            return resource
+        return {**resource, "status": join_saved(status, (config_map.data or {}).get(RESULTS_KEY))}
+
     def _call(self, what: str, method: str, *args: str) -> Any:
         """One custom objects API call with a timeout (an unreachable server fails, not hangs); its
         refusal as one line."""
@@ -275,6 +297,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster = connect(args)
     try:
         resource = cluster.get(args.name)
+        # -o json|yaml: the resource's status exactly; the tables: with every step's detail.
+        shown = resource if args.output in ("json", "yaml") else cluster.with_results(resource)
     finally:
         cluster.close()
     status = resource.get("status") or {}
@@ -285,7 +309,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         sys.stdout.write(yaml.safe_dump(status, sort_keys=False, allow_unicode=True))
     else:
-        print_status(make_console(), resource)
+        print_status(make_console(), shown)
     return EXIT_OK
 
 
@@ -373,7 +397,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = args.output or f"{args.name}.html"
     cluster = connect(args)
     try:
-        resource = cluster.get(args.name)
+        resource = cluster.with_results(cluster.get(args.name))
     finally:
         cluster.close()
     from .report import render_html

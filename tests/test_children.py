@@ -251,6 +251,12 @@ class ProvisionKube:
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.calls.append(("status", status["phase"], status.get("message") or ""))
 
+    def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
+        return status
+
+    def write_results(self, config_map: dict[str, Any]) -> None:
+        self.calls.append(("results", "ConfigMap", config_map["metadata"]["name"]))
+
 
 def provisioning_driver(kube: ProvisionKube, image: str = "wl:1") -> tuple[Any, list[tuple[str, str, str]]]:
     from poolbench_operator.config import Config

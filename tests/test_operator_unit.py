@@ -616,6 +616,12 @@ class FakeKube:
     def delete_children(self, refs: list[tuple[str, str]]) -> None:
         self.calls.append(("delete", refs))
 
+    def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
+        return status
+
+    def write_results(self, config_map: dict[str, Any]) -> None:
+        self.calls.append(("results", config_map["metadata"]["name"]))
+
 
 class FakePoolerProbe:
     made: list[Any] = []

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any, cast
+
 import pytest
 
 from poolbench.core.benchmark import full_status, status_from_resource
+from poolbench.core.crd import PRINTER_COLUMNS
 from poolbench.core.histogram import Histogram
 from poolbench.core.outcomes import OK, OUTCOMES
 from poolbench.core.results import (
     ERROR_CLASSES,
+    STEP_SUMMARY_FIELDS,
     BenchmarkStatus,
     ErrorCounts,
     GhostConnection,
@@ -16,6 +21,9 @@ from poolbench.core.results import (
     StepResult,
     VariantStatus,
     Verdict,
+    join_saved,
+    join_status,
+    lean_status,
     parse_ghosts,
 )
 from poolbench.core.words import short_verdict_words
@@ -119,3 +127,34 @@ def test_a_merge_patch_nulls_what_the_status_no_longer_has() -> None:
 )
 def test_the_short_verdict_is_a_few_words(safe: int | None, failing: int | None, cause: str, words: str) -> None:
     assert short_verdict_words(safe, failing, cause) == words
+
+
+def test_the_resource_keeps_each_steps_summary_and_the_config_map_gives_back_the_rest() -> None:
+    full = measured_status().to_json()
+    summary = lean_status(full)
+    step = summary["variants"][0]["steps"][1]
+    assert set(step) <= set(STEP_SUMMARY_FIELDS)
+    assert {"latencyHistogram", "ghostConnections", "connectionAgeSeconds"}.isdisjoint(step)
+    assert step["refusalsByClass"] == {"tooManyClients": 3}
+    assert {k: v for k, v in summary.items() if k != "variants"} == {k: v for k, v in full.items() if k != "variants"}
+    assert join_status(summary, full) == full
+    assert join_saved(summary, json.dumps(full)) == full
+    assert measured_status().merge_patch(None) == summary  # what the operator writes to the resource
+    # A missing, unreadable or lagging copy leaves detail out, never changes the summary.
+    assert join_saved(summary, None) == join_saved(summary, "not json") == summary
+    lagging = lean_status(full)
+    lagging["variants"][0]["steps"] = lagging["variants"][0]["steps"][:1]
+    assert join_status(summary, lagging) == summary
+    other_start = json.loads(json.dumps(full))
+    other_start["variants"][0]["steps"][1]["startedAt"] = "2026-01-01T00:00:00Z"
+    assert join_status(summary, other_start) == summary
+
+
+def test_the_step_summary_names_step_fields_and_the_printer_columns_read_the_summary() -> None:
+    aliases = {field.alias or name for name, field in StepResult.model_fields.items()}
+    assert set(STEP_SUMMARY_FIELDS) <= aliases
+    written = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
+    paths = [str(column["jsonPath"]).split(".") for column in cast("list[dict[str, Any]]", PRINTER_COLUMNS)]
+    for path in paths:
+        if path[1] == "status":
+            assert path[2] in written, path  # a top-level field, never inside a step's detail

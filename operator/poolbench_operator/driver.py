@@ -15,6 +15,7 @@ monitor their admin consoles (one connection per pod, by pod IP).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import secrets
 import time
@@ -32,6 +33,7 @@ from poolbench.core.children import (
     Credentials,
     Names,
     build_children,
+    build_results_config_map,
     child_action,
     child_refs,
     mounted_secrets,
@@ -136,7 +138,7 @@ class Driver:
         self.superuser_password = derive_password(key, self.uid, "superuser")
         self.app_password = derive_password(key, self.uid, "app")
         self.pooler_admin_password = derive_password(key, self.uid, "pooler-admin")
-        self.run = BenchmarkRun(spec, status_from_resource(body.get("status")), clock=utc_now)
+        self.run = BenchmarkRun(spec, status_from_resource(kube.with_results(body.get("status"))), clock=utc_now)
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0
@@ -162,9 +164,20 @@ class Driver:
         if not force and time.monotonic() - self.last_patch < PATCH_INTERVAL:
             return
         self.run.status.updated_at = utc_now()
+        if force:
+            self.save_results()
         self.kube.patch_status(self.name, self.run.status.merge_patch(self.written))
-        self.written = self.run.status.to_json()
+        self.written = self.run.status.summary_json()
         self.last_patch = time.monotonic()
+
+    def save_results(self) -> None:
+        """Write the whole status (every step's detail) to the results ConfigMap, before the summary
+        that names it: at a step's start and end, the verdict and a failure. The ConfigMap is the
+        benchmark's own, so it goes with it."""
+        self.run.status.results_config_map = self.names.results
+        config_map = build_results_config_map(self.name, json.dumps(self.run.status.to_json(), sort_keys=False))
+        self.adopt(config_map)
+        self.kube.write_results(config_map)
 
     def publish(self) -> None:
         if self.metrics is None:

@@ -206,9 +206,11 @@ def follow_for_metrics(
         return
     if METRICS.known(namespace, name):
         return
-    seen = status_from_resource(dict(status))
-    if seen is None or seen.phase not in TERMINAL:
+    if status.get("phase") not in TERMINAL:
         return  # a daemon runs it and publishes
+    seen = status_from_resource(Kube(namespace, METRICS).with_results(dict(status)))
+    if seen is None:
+        return
     now = datetime.fromisoformat(seen.updated_at).timestamp() if seen.updated_at else time.time()
     if spec.get("target"):
         usable = seen.database.usable_for_normal_role if seen.database else 0

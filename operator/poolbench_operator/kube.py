@@ -18,6 +18,7 @@ from poolbench.core.children import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_AN
 from poolbench.core.contracts import metrics as metrics_contract
 from poolbench.core.contracts.phases import DONE
 from poolbench.core.contracts.summary import ReplicaSummary
+from poolbench.core.results import RESULTS_KEY, join_saved
 from poolbench.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .credentials import KEY_FIELD, KEY_SECRET_NAME
@@ -89,6 +90,7 @@ class CountingApiClient(kubernetes.client.ApiClient):
 #: Each kind of child: the API client attribute of ``Kube`` and the method suffix its calls share.
 CHILD_APIS = {
     "Secret": ("core", "namespaced_secret"),
+    "ConfigMap": ("core", "namespaced_config_map"),
     "Service": ("core", "namespaced_service"),
     "StatefulSet": ("apps", "namespaced_stateful_set"),
     "Deployment": ("apps", "namespaced_deployment"),
@@ -357,6 +359,31 @@ class Kube:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+    # -- the results ConfigMap ---------------------------------------------------------------------
+    def read_results(self, name: str) -> str | None:
+        """The whole status the results ConfigMap ``name`` holds; None when it is not there (yet)."""
+        try:
+            config_map = self.core.read_namespaced_config_map(name, self.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return (config_map.data or {}).get(RESULTS_KEY)
+
+    def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A resource's status (the summary) joined with the detail of its finished steps kept in its
+        results ConfigMap (``status.resultsConfigMap``); as it is without one."""
+        if not status or not status.get("resultsConfigMap"):
+            return status
+        return join_saved(status, self.read_results(status["resultsConfigMap"]))
+
+    def write_results(self, config_map: dict[str, Any]) -> None:
+        """Create the results ConfigMap, or replace its data when it exists."""
+        if not self.ensure(config_map):
+            self.core.patch_namespaced_config_map(
+                config_map["metadata"]["name"], self.namespace, {"data": config_map["data"]}
+            )
 
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:

@@ -410,7 +410,7 @@ class OwnAppDriver:
         self.status.updated_at = now
         set_conditions(self.status, now)
         self.kube.patch_status(self.name, self.status.merge_patch(self.written))
-        self.written = self.status.to_json()
+        self.written = self.status.summary_json()
         self.last_patch = time.monotonic()
 
     def event(self, kind: str, reason: str, message: str) -> None:

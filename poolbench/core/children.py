@@ -32,6 +32,7 @@ import yaml
 from .budget import surge_pods
 from .contracts.replica_env import APP_NAME_ENV, METRICS_PORT_ENV, SUMMARY_PATH_ENV
 from .pooler import ADMIN_USER, CONFIG_DIR, LISTEN_PORT, pgbouncer_ini, userlist
+from .results import RESULTS_KEY
 from .serverlog import SERVER_LOG_SETTINGS
 from .spec import LoadJobSpec, PoolBenchmark, PoolBenchmarkSpec, PoolerSpec, VariantSpec
 from .workload_env import DATABASE, SUPERUSER, role_name, workload_env
@@ -157,6 +158,11 @@ class Names:
     @property
     def postgres(self) -> str:
         return f"{self.benchmark}-postgres"
+
+    @property
+    def results(self) -> str:
+        """The ConfigMap holding the whole status (``status.resultsConfigMap``)."""
+        return f"{self.benchmark}-results"
 
     @property
     def postgres_pod(self) -> str:
@@ -701,3 +707,13 @@ def build_load_job(benchmark: str, step: int, load: LoadJobSpec, hold_seconds: i
         },
     }
     return stamp(job, spec_hash(job))
+
+
+def build_results_config_map(benchmark: str, status_json: str) -> dict[str, Any]:
+    """The ConfigMap holding the whole status (every step's detail) beside the resource's summary."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": Names(benchmark).results, "labels": labels(benchmark, "results")},
+        "data": {RESULTS_KEY: status_json},
+    }

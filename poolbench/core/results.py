@@ -6,6 +6,7 @@ and nothing is pruned by the API server.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -598,6 +599,11 @@ class BenchmarkStatus(_ObservesGeneration):
     comparison: str = Field("", description="The variants side by side, in one sentence (with spec.variants).")
     database: DatabaseStatus | None = Field(None, description="spec.database: the server as read live.")
     target: TargetStatus | None = Field(None, description="spec.target: the user's Deployment.")
+    results_config_map: str = Field(
+        "",
+        description="The ConfigMap (key status.json) holding the whole status: each step's detail (latencies,"
+        " histograms, per-replica peaks, ghosts, images ...) beside the summary kept here.",
+    )
 
     def all_steps(self) -> list[StepResult]:
         """Every variant's steps, in the order they ran."""
@@ -615,13 +621,18 @@ class BenchmarkStatus(_ObservesGeneration):
         """Every field, at its default where nothing was written: what the tables and the report read."""
         return self.model_dump(by_alias=True, mode="json")
 
+    def summary_json(self) -> dict[str, Any]:
+        """What the resource's status holds: ``to_json`` with each step cut to its summary (the whole
+        status is in the results ConfigMap, ``resultsConfigMap``)."""
+        return lean_status(self.to_json())
+
     def merge_patch(self, written: Mapping[str, Any] | None) -> dict[str, Any]:
-        """A JSON merge patch from the status last ``written`` to this one: this status, with every field
-        it no longer has set to null (a merge patch keeps what it does not name). Only the status' own
-        fields are nulled, never another writer's keys."""
+        """A JSON merge patch from the resource's status last ``written`` to this one's summary, with
+        every field it no longer has set to null (a merge patch keeps what it does not name). Only the
+        status' own fields are nulled, never another writer's keys."""
         known = {field.alias or name for name, field in BenchmarkStatus.model_fields.items()}
         before = {k: v for k, v in (written or {}).items() if k in known}
-        return nulled_where_gone(before, self.to_json())
+        return nulled_where_gone(before, self.summary_json())
 
 
 #: Top-level status fields written even at their default: the printer columns' counters and the step counter.
@@ -638,3 +649,95 @@ def nulled_where_gone(before: Mapping[str, Any], after: dict[str, Any]) -> dict[
         elif isinstance(old, Mapping) and isinstance(after[key], dict):
             patch[key] = nulled_where_gone(old, after[key])
     return patch
+
+
+#: The results ConfigMap's key holding the whole status as JSON (written by the operator, read by the
+#: kubectl plugin and the tests).
+RESULTS_KEY = "status.json"
+
+#: The fields of a step the resource's status keeps (its summary); the rest of a step is its detail,
+#: kept in the results ConfigMap (``status.resultsConfigMap``) so ``kubectl describe`` stays short.
+STEP_SUMMARY_FIELDS = (
+    "replicas",
+    "startedAt",
+    "finishedAt",
+    "predictedPeak",
+    "predictedIdle",
+    "usableConnections",
+    "peakConnections",
+    "peakSource",
+    "idleAtEnd",
+    "serverGhosts",
+    "queries",
+    "throughput",
+    "errors",
+    "firstError",
+    "firstErrorClass",
+    "firstRefusalAt",
+    "refusals",
+    "refusalsByClass",
+    "restarts",
+    "crashedReplicas",
+    "timedOut",
+    "rolloutFrom",
+    "outcome",
+    "reason",
+)
+
+
+def _map_steps(status: Mapping[str, Any], change: Any) -> dict[str, Any]:
+    """``status`` with ``change(variant_index, step_index, step)`` in place of each step."""
+    out = dict(status)
+    if isinstance(status.get("variants"), list):
+        out["variants"] = [
+            {**variant, "steps": [change(i, j, step) for j, step in enumerate(variant["steps"])]}
+            if isinstance(variant, Mapping) and isinstance(variant.get("steps"), list)
+            else variant
+            for i, variant in enumerate(status["variants"])
+        ]
+    return out
+
+
+def lean_status(full: Mapping[str, Any]) -> dict[str, Any]:
+    """The status the resource keeps: ``full`` with each step cut to its summary (STEP_SUMMARY_FIELDS)."""
+    return _map_steps(
+        full,
+        lambda _i, _j, step: (
+            {k: v for k, v in step.items() if k in STEP_SUMMARY_FIELDS} if isinstance(step, Mapping) else step
+        ),
+    )
+
+
+def join_status(summary: Mapping[str, Any], full: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The whole status from the resource's ``summary`` and the results ConfigMap's copy (``full``): the
+    summary is authoritative; the copy gives only the detail of steps the summary has finished (same
+    variant, position, replicas and start). So ``join_status(lean_status(x), x) == x``, and a copy that
+    lags behind or is missing only leaves detail out."""
+    variants = (full or {}).get("variants")
+    copies = variants if isinstance(variants, list) else []
+
+    def joined(i: int, j: int, step: Any) -> Any:
+        if not isinstance(step, Mapping) or step.get("outcome") is None or i >= len(copies):
+            return step
+        variant = summary["variants"][i]
+        steps = copies[i].get("steps") if isinstance(copies[i], Mapping) else None
+        if copies[i].get("name") != variant.get("name") or not isinstance(steps, list) or j >= len(steps):
+            return step
+        copy = steps[j]
+        same = isinstance(copy, Mapping) and all(copy.get(k) == step.get(k) for k in ("replicas", "startedAt"))
+        if not same:
+            return step
+        detail = {k: v for k, v in copy.items() if k not in STEP_SUMMARY_FIELDS}
+        return {**step, **detail}
+
+    return _map_steps(summary, joined)
+
+
+def join_saved(summary: Mapping[str, Any], saved: str | None) -> dict[str, Any]:
+    """``join_status`` with the results ConfigMap's text (None: not there or not readable); a text that
+    is not a JSON object adds no detail."""
+    try:
+        full = json.loads(saved) if saved else None
+    except ValueError:
+        full = None
+    return join_status(summary, full if isinstance(full, dict) else None)

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from poolbench.core.results import (
+    RESULTS_KEY,
     BenchmarkStatus,
     ErrorCounts,
     Outcome,
@@ -32,6 +33,7 @@ from poolbench.core.results import (
     StepResult,
     VariantStatus,
     Verdict,
+    lean_status,
 )
 from poolbench.core.spec import PoolBenchmarkSpec, parse_spec
 from poolbench.core.verdict import comparison, overall_verdict
@@ -216,6 +218,32 @@ def test_status_of_a_finished_benchmark_shows_its_sections_and_numbers(benchmark
     assert "6 (sampled)" in rows[2]
     assert "Variants compared" not in out
     assert not ESCAPE.search(out), "a pipe gets plain text"
+
+
+def test_status_and_report_join_the_summary_with_the_results_config_map(benchmarks: Benchmarks, tmp_path: Path) -> None:
+    """As the operator writes it: each step's summary in the resource, the whole status in its results
+    ConfigMap. The tables and the report read both, as complete as the whole status; -o json is the
+    resource's status as it is."""
+    ns, whole = benchmarks.ns, finished_status(parse_spec(SPEC))
+    benchmarks.kube.create(
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"metadata": {"name": "kept-results"}, "data": {RESULTS_KEY: json.dumps(whole)}},
+    )
+    create(benchmarks.kube, ns, "kept", SPEC, {**lean_status(whole), "resultsConfigMap": "kept-results"})
+    kept = benchmarks.run("status", "kept", "-n", ns)
+    finished = benchmarks.run("status", "finished", "-n", ns)
+    assert kept.returncode == finished.returncode == 0, kept.stderr
+    # the same tables under a header naming each (its rule is as wide as the name)
+    assert kept.stdout.splitlines()[1:] == finished.stdout.splitlines()[1:]
+    assert "/kept" in kept.stdout.splitlines()[0]
+    proc = benchmarks.run("status", "kept", "-n", ns, "-o", "json")
+    written = json.loads(proc.stdout)
+    assert written == benchmarks.kube.get(f"{API}/namespaces/{ns}/poolbenchmarks/kept")["status"]
+    assert "latencyMs" not in written["variants"][0]["steps"][0]
+    target = tmp_path / "kept.html"
+    assert benchmarks.run("report", "kept", "-n", ns, "-o", str(target)).returncode == 0
+    embedded = target.read_text().split('id="poolbench-document">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(embedded)["status"] == {**whole, "resultsConfigMap": "kept-results"}
 
 
 def test_status_of_a_failed_benchmark_names_the_step_and_first_error(benchmarks: Benchmarks) -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from poolbench.core.benchmark import full_status
-from poolbench.core.results import HistogramCounts
+from poolbench.core.results import RESULTS_KEY, HistogramCounts, join_saved
 from tests.harness.controlplane import ROOT
 from tests.harness.kube import wait_for
 from tests.harness.operator import create_namespace, kubectl
@@ -40,12 +40,22 @@ def written(kube: Any, namespace: str, name: str) -> dict[str, Any]:
 
 
 def benchmark(kube: Any, namespace: str, name: str) -> dict[str, Any]:
-    """The resource with its status read as the plugin and the report read it: every field, each one the
-    operator left out at its default."""
+    """The resource with its status read as the plugin and the report read it: the summary joined with
+    each finished step's detail from the results ConfigMap, every field, each one the operator left out
+    at its default."""
     obj = written(kube, namespace, name)
     if "status" in obj:
-        obj["status"] = full_status(obj["status"])
+        obj["status"] = full_status(joined_status(kube, namespace, obj["status"]))
     return obj
+
+
+def joined_status(kube: Any, namespace: str, status: dict[str, Any]) -> dict[str, Any]:
+    """The resource's status (each step's summary) with the detail its results ConfigMap keeps."""
+    name = status.get("resultsConfigMap")
+    if not name:
+        return status
+    config_map = kube.get_or_none(f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+    return join_saved(status, ((config_map or {}).get("data") or {}).get(RESULTS_KEY))
 
 
 def wait_phase(
@@ -334,6 +344,10 @@ def test_operator_killed_at_random_points_resumes_without_losing_or_redoing_step
         kubectl(control_plane, "-n", ns, "wait", "--for=condition=Ready", f"poolbenchmark/{name}", "--timeout=20s")
         assert [s["replicas"] for s in status["variants"][0]["steps"]] == [1, 2]
         assert all(s["outcome"] == "Passed" for s in status["variants"][0]["steps"])
+        # each step's detail survived the restarts: the results ConfigMap, read back at each resume, is whole
+        assert all(s["samples"] > 0 and s["latencyHistogram"]["buckets"] for s in status["variants"][0]["steps"])
+        results = kube.get(f"/api/v1/namespaces/{ns}/configmaps/{name}-results")
+        assert [o["uid"] for o in results["metadata"]["ownerReferences"]] == [obj["metadata"]["uid"]]
         # no finished step was redone: every finished step seen during the run is still there, unchanged
         for (sns, sname, replicas, started), seen in finished_seen.items():
             if (sns, sname) == (ns, name):
@@ -408,6 +422,7 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
     assert can("create", "secrets", "-n", "default")  # a benchmark's Secret, for the pods
     assert can("create", "networkpolicies", "-n", "default")  # the fence around PostgreSQL and PgBouncer
     assert can("update", "statefulsets", "-n", "default")  # a child built from other inputs is replaced
+    assert can("patch", "configmaps", "-n", "default")  # the results ConfigMap, read back after a restart
     for denied in (
         ["get", "secrets", "-n", "default"],
         ["get", "secrets", "-n", "kube-system"],
@@ -430,6 +445,8 @@ def test_operator_cannot_do_what_it_does_not_need(installed: Any, control_plane:
         ["patch", "nodes"],
         ["update", "customresourcedefinitions"],
         ["delete", "namespaces"],
-        ["get", "configmaps", "-n", "kube-system"],
+        ["update", "configmaps", "-n", "kube-system"],
+        ["delete", "configmaps", "-n", "kube-system"],
+        ["list", "configmaps", "-A"],
     ):
         assert not can(*denied), denied

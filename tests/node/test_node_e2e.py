@@ -91,9 +91,9 @@ def assert_exact_peaks_from_the_pods_log(first: dict[str, Any], second: dict[str
 
 #: What a finished benchmark's views may take: describe's lines, and the columns of one ``get -o wide`` row.
 #: The small seed's describe holds about 40 lines of metadata and spec, 18 of conditions, a verdict twice
-#: (the status' and its one variant's) and 70 to 90 per step, each a measured value; one line per histogram
-#: bucket or per field at its default, as the status was once written, runs to many hundreds.
-DESCRIBE_LINES, WIDE_COLUMNS = 300, 200
+#: (the status' and its one variant's) and about 25 per step: each step's summary (STEP_SUMMARY_FIELDS);
+#: its detail (histograms, percentiles, per-replica peaks, ghosts, images) is in the results ConfigMap.
+DESCRIBE_LINES, WIDE_COLUMNS = 150, 200
 
 
 def describe(cluster: Any, namespace: str, name: str) -> str:

@@ -165,6 +165,15 @@ def client_rows(rows: list[Any]) -> list[tuple[str, str, int]]:
     return sorted((str(role), str(address), int(count)) for role, address, count in rows)
 
 
+def settled_rows(rows: list[Any], expected: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The rows once they equal ``expected``; before that an AssertionError naming them, which
+    ``wait_for`` retries and reports if they never do."""
+    found = client_rows(rows)
+    if found != expected:
+        raise AssertionError(f"server shows {found}, expected {expected}")
+    return found
+
+
 CLIENTS_QUERY = (
     "SELECT usename, host(client_addr), count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
     " AND pid <> pg_backend_pid() GROUP BY 1, 2"
@@ -180,19 +189,31 @@ def test_the_users_servers_see_each_pods_own_address(
     ns = user_ns
     create_app(kube, cluster, cluster_db, "probe", replicas=2)
     try:
-        rows = client_rows(cluster_sql(cluster, ns, "userdb", CLIENTS_QUERY))
-        expected = [(APP_ROLE, ip, CLIENTS_PER_POD) for ip in app_pods(kube, ns, "probe").values()]
-        assert rows == sorted([*expected, (TENANT_ROLE, tenant_ip, TENANT_CONNECTIONS)]), rows
+        pods = [(APP_ROLE, ip, CLIENTS_PER_POD) for ip in app_pods(kube, ns, "probe").values()]
+        expected = sorted([*pods, (TENANT_ROLE, tenant_ip, TENANT_CONNECTIONS)])
+        # A pod is Ready once pgbench runs, a moment before its sessions have logged in (usename
+        # still empty): wait for the server to show them all. A masqueraded address never matches.
+        rows = wait_for(
+            lambda: settled_rows(cluster_sql(cluster, ns, "userdb", CLIENTS_QUERY), expected),
+            60,
+            interval=0.5,
+            what="the in-cluster server to show every pod's sessions",
+        )
         record(cluster, "client backends of the in-cluster database (pod to pod)", "\n".join(map(str, rows)))
     finally:
         delete_app(kube, ns, "probe")
     ns = host_db.db.namespace
     create_app(kube, cluster, host_db.db, "probe-outside", replicas=1)
     try:
-        with host_tenant(host_db):
-            rows = client_rows(host_db.sql(CLIENTS_QUERY))
         (app_ip,) = app_pods(kube, ns, "probe-outside").values()
-        assert rows == sorted([(APP_ROLE, app_ip, CLIENTS_PER_POD), (TENANT_ROLE, "127.0.0.1", TENANT_CONNECTIONS)])
+        expected = sorted([(APP_ROLE, app_ip, CLIENTS_PER_POD), (TENANT_ROLE, "127.0.0.1", TENANT_CONNECTIONS)])
+        with host_tenant(host_db):
+            rows = wait_for(
+                lambda: settled_rows(host_db.sql(CLIENTS_QUERY), expected),
+                60,
+                interval=0.5,
+                what="the server on the node's address to show the pod's sessions",
+            )
         record(cluster, f"client backends of the database outside the cluster ({GATEWAY})", "\n".join(map(str, rows)))
     finally:
         delete_app(kube, ns, "probe-outside")
