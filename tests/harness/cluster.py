@@ -50,6 +50,7 @@ from .controlplane import (
     wait_running,
 )
 from .kube import Kube, wait_for
+from .podrunner.network import made_by_a_pod_runner
 
 NODE_NAME = "poolbench-node"
 BRIDGE = "pbnode0"
@@ -180,12 +181,18 @@ class HostSnapshot:
 
     @classmethod
     def take(cls) -> HostSnapshot:
+        """The host now, without what a k8s tier's pod runner has made: CI runs that tier beside this
+        one, and its bridges, veths and namespaces come and go while a node is up."""
+
+        def own(kind: str, names: set[str]) -> frozenset[str]:
+            return frozenset(n for n in names if not made_by_a_pod_runner(kind, n))
+
         return cls(
             frozenset(_processes()),
             frozenset(_firewall()),
-            frozenset(_links()),
-            frozenset(_mounts()),
-            frozenset(_netns()),
+            own("links", _links()),
+            own("mounts", _mounts()),
+            own("netns", _netns()),
             frozenset(_kubepods_cgroups()),
             tuple(read_sysctls().items()),
         )

@@ -25,6 +25,24 @@ from .util import pid_alive, run
 
 STATE_DIR = Path("/run/poolbench-podrunner")
 LOCK_FILE = Path("/run/poolbench-podrunner.lock")
+#: What any pod runner (any subnet index N) makes on the host: its bridge, the veths' host ends, the
+#: pods' network namespaces (``ip netns`` mounts each at /run/netns/<name>). A node started beside
+#: a k8s tier leaves these out of its snapshots of the host.
+RUNNER_LINK = re.compile(r"pbbr\d+|pb\d+h\d+")
+RUNNER_NETNS = re.compile(r"pb\d+-.+")
+
+
+def made_by_a_pod_runner(kind: str, name: str) -> bool:
+    """Whether the host's ``kind`` ("links", "netns" or "mounts") entry ``name`` is a pod runner's."""
+    if kind == "links":
+        return RUNNER_LINK.fullmatch(name) is not None
+    if kind == "netns":
+        return RUNNER_NETNS.fullmatch(name) is not None
+    if kind == "mounts":
+        if name == "/run/netns":
+            return True  # iproute2's bind mount of the directory onto itself, made once and kept by design
+        return name.startswith("/run/netns/") and RUNNER_NETNS.fullmatch(name.removeprefix("/run/netns/")) is not None
+    return False
 
 
 class PodNetwork:
