@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.children import label_selector
+
 #: How long one API call may take before the cluster counts as unreachable.
 REQUEST_TIMEOUT_SECONDS = 15
 DEPLOYMENT_KINDS = ("deployment", "deployments", "deploy", "deployment.apps", "deployments.apps")
@@ -115,13 +117,12 @@ def _read(client: Any, api: Any, namespace: str, name: str) -> DeploymentFacts:
         if ref.kind == "Deployment" and ref.name == name:
             hpa_name, hpa_min, hpa_max = hpa.metadata.name, hpa.spec.min_replicas or 1, hpa.spec.max_replicas
             break
-    labels = (deployment.spec.selector.match_labels or {}) if deployment.spec.selector else {}
+    # The whole selector (matchLabels and matchExpressions), as the Deployment's controller reads it.
+    selector = label_selector(deployment.spec.selector.to_dict()) if deployment.spec.selector else ""
     pod_ips: dict[str, str] = {}
-    if labels:
+    if selector:
         pods = client.CoreV1Api(api).list_namespaced_pod(
-            namespace,
-            label_selector=",".join(f"{k}={v}" for k, v in sorted(labels.items())),
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT_SECONDS
         )
         for pod in pods.items:
             for ip in [p.ip for p in pod.status.pod_ips or []] or [pod.status.pod_ip]:

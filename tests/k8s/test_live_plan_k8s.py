@@ -2,9 +2,11 @@
 
 A PostgreSQL pod (max_connections 30, 3 for superusers: 27 for a normal role), the app as a Deployment of
 2 pods that each hold 3 connections (found by their pod IPs), an HPA of 2..8 and maxSurge 50%, and 2
-connections of another tenant from the host. The spec's pools open 2 per replica (2 threads, QueuePool 2
-+ 0). Known in advance: 27 − 2 others = 25 available; at rest 12 × 2 = 24; in a rollout 8 + ceil(8 / 2) =
-12 pods × 2 = 24 ≤ 25, 9 + 5 = 14 pods × 2 = 28 > 25: 8 fit, refusals from 9; the HPA's 8 need 24.
+connections of another tenant from the host, and a canary pod holding 3 (labelled app=web but outside
+the Deployment's selector by its matchExpressions: another tenant too). The spec's pools open 2 per
+replica (2 threads, QueuePool 2 + 0). Known in advance: 27 − 5 others = 22 available; at rest 11 × 2 = 22;
+in a rollout 7 + ceil(7 / 2) = 11 pods × 2 = 22 ≤ 22, 8 + 4 = 12 pods × 2 = 24 > 22: 7 fit, refusals
+from 8; the HPA's 8 need 24.
 """
 
 from __future__ import annotations
@@ -102,9 +104,41 @@ def postgres_pod(kube: Any, ns: str) -> str:
     return str(kube.get(f"/api/v1/namespaces/{ns}/pods/db-0")["status"]["podIP"])
 
 
+APP_LABELS = {"app": "web", "track": "stable"}
+#: The Deployment's selector needs both parts: a pod of app=web on another track is not the app's.
+APP_SELECTOR = {
+    "matchLabels": {"app": "web"},
+    "matchExpressions": [{"key": "track", "operator": "In", "values": ["stable"]}],
+}
+
+
+def holder_container() -> dict[str, Any]:
+    """A container holding 3 connections as the superuser, application_name "web"."""
+    return {
+        "name": "web",
+        "image": "poolbench:dev",
+        "command": ["python3", "-c", HOLDER],
+        "env": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+    }
+
+
+def canary_pod(kube: Any, ns: str) -> None:
+    """A pod labelled app=web but track=canary, holding 3 connections like the app's pods: outside the
+    Deployment's selector (its matchExpressions), so its connections are another tenant's."""
+    kube.create(
+        f"/api/v1/namespaces/{ns}/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-canary", "labels": {"app": "web", "track": "canary"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "containers": [holder_container()]},
+        },
+    )
+
+
 def app_deployment(kube: Any, ns: str) -> None:
     """2 pods holding 3 connections each, rolling with maxSurge 50%, and an HPA of 2..8 over them."""
-    labels = {"app": "web"}
+    labels = APP_LABELS
     kube.create(
         f"/apis/apps/v1/namespaces/{ns}/deployments",
         {
@@ -113,25 +147,13 @@ def app_deployment(kube: Any, ns: str) -> None:
             "metadata": {"name": "web"},
             "spec": {
                 "replicas": 2,
-                "selector": {"matchLabels": labels},
+                "selector": APP_SELECTOR,
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}},
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
                         "terminationGracePeriodSeconds": 1,
-                        "containers": [
-                            {
-                                "name": "web",
-                                "image": "poolbench:dev",
-                                "command": ["python3", "-c", HOLDER],
-                                "env": [
-                                    {
-                                        "name": "PGPASSWORD",
-                                        "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}},
-                                    }
-                                ],
-                            }
-                        ],
+                        "containers": [holder_container()],
                     },
                 },
             },
@@ -179,6 +201,7 @@ def test_plan_reads_the_server_the_deployment_and_its_hpa_live(
     try:
         db_ip = postgres_pod(kube, ns)
         app_deployment(kube, ns)
+        canary_pod(kube, ns)
         pods = wait_for(
             lambda: (
                 (
@@ -187,19 +210,19 @@ def test_plan_reads_the_server_the_deployment_and_its_hpa_live(
                         for p in kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app=web")
                         if p["status"].get("podIP")
                     ]
-                    if len(kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app=web")) == 2
+                    if len(kube.items(f"/api/v1/namespaces/{ns}/pods", labelSelector="app=web")) == 3
                     else None
                 )
                 or None
             ),
             120,
-            what="the app's 2 pods with IPs",
+            what="the app's 2 pods and the canary with IPs",
         )
         pod_ips = {p["status"]["podIP"] for p in pods}
         wait_for(
             lambda: all(backends_by_addr(db_ip).get(ip) == 3 for ip in pod_ips),
             120,
-            what="3 connections from each app pod",
+            what="3 connections from each app pod and the canary",
         )
         tenant = [
             psycopg2.connect(
@@ -263,10 +286,16 @@ def test_plan_reads_the_server_the_deployment_and_its_hpa_live(
         "hpa": {"name": "web", "min": 2, "max": 8},
         "podIPs": 2,
     }
-    assert answer["appNow"] == 6  # the pods' own backends, by their IPs: not counted as others
-    assert answer["othersByOwner"] == [{"usename": "postgres", "applicationName": "reporting", "count": 2}]
-    assert (answer["usable"], answer["others"], answer["available"]) == (27, 2, 25)
-    assert (answer["safeAtRest"], answer["safeInRollout"], answer["refusalsFrom"]) == (12, 8, 9)
+    # The pods' own backends, by their IPs: not counted as others. The canary matches app=web but not
+    # the selector's matchExpressions: its 3 are another tenant's (a plan that read matchLabels alone
+    # would count 3 pod IPs and 9 here).
+    assert answer["appNow"] == 6
+    assert sorted(answer["othersByOwner"], key=lambda o: o["count"]) == [
+        {"usename": "postgres", "applicationName": "reporting", "count": 2},
+        {"usename": "postgres", "applicationName": "web", "count": 3},
+    ]
+    assert (answer["usable"], answer["others"], answer["available"]) == (27, 5, 22)
+    assert (answer["safeAtRest"], answer["safeInRollout"], answer["refusalsFrom"]) == (11, 7, 8)
     assert (answer["hpaMax"], answer["neededAtHpaMax"], answer["maxSurge"]) == (8, 24, "50%")
     assert text.returncode == 0, text.stderr
     assert f"deployment {ns}/web: 2 replicas, HPA web 2..8, maxSurge 50%, 2 pod IPs" in text.stdout
