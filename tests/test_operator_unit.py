@@ -593,6 +593,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.results_taken = False  # a ConfigMap of the results' name is someone else's
 
     def scale_workload(self, names: Names, replicas: int) -> None:
         self.calls.append(("scale", names.workload, replicas))
@@ -619,8 +620,12 @@ class FakeKube:
     def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
         return status
 
-    def write_results(self, config_map: dict[str, Any]) -> None:
+    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> bool:
         self.calls.append(("results", config_map["metadata"]["name"]))
+        return not self.results_taken
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(("status", status.get("resultsConfigMap")))
 
 
 class FakePoolerProbe:
@@ -743,6 +748,23 @@ def test_driver_cleanup_scales_poolers_down_or_deletes_every_child(monkeypatch: 
     d.cleanup()
     assert d.kube.calls == []
     assert posted[-1][2] == "workload scaled to 0; PostgreSQL kept for inspection"
+
+
+def test_a_results_configmap_that_is_someone_elses_is_left_alone_and_not_pointed_at(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each forced write saves the whole status first; when the name is taken by a ConfigMap that is not
+    the benchmark's, the status does not name it, one warning says so, and it is not tried again."""
+    d, posted = driver_for(SPEC, monkeypatch)
+    d.patch(force=True)
+    assert d.kube.calls == [("results", "ab-results"), ("status", "ab-results")]
+    d, posted = driver_for(SPEC, monkeypatch)
+    d.kube.results_taken = True
+    d.patch(force=True)
+    d.patch(force=True)
+    assert d.kube.calls == [("results", "ab-results"), ("status", None), ("status", None)]
+    assert [e[:2] for e in posted] == [("Warning", "ResultsNotKept")]
+    assert "ConfigMap ab-results already exists and is not this benchmark's" in posted[0][2]
 
 
 def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -142,6 +142,8 @@ class Driver:
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0
+        #: The results ConfigMap's name is someone else's ConfigMap: the whole status is not saved.
+        self.results_taken = False
         #: The status as last written, so that a field left out since is nulled in the next merge patch.
         self.written: dict[str, Any] | None = body.get("status")
         self.t0 = time.monotonic()
@@ -174,10 +176,23 @@ class Driver:
         """Write the whole status (every step's detail) to the results ConfigMap, before the summary
         that names it: at a step's start and end, the verdict and a failure. The ConfigMap is the
         benchmark's own, so it goes with it."""
+        if self.results_taken:
+            return
         self.run.status.results_config_map = self.names.results
         config_map = build_results_config_map(self.name, json.dumps(self.run.status.to_json(), sort_keys=False))
         self.adopt(config_map)
-        self.kube.write_results(config_map)
+        if self.kube.write_results(config_map, self.uid):
+            return
+        # Someone else's ConfigMap has the name: left as it is, and the status does not point at it.
+        self.results_taken = True
+        self.run.status.results_config_map = ""
+        self.event(
+            "Warning",
+            "ResultsNotKept",
+            f"ConfigMap {self.names.results} already exists and is not this benchmark's: it is left as it is,"
+            " and each step's detail (latencies, histograms, per-replica peaks) is not kept; the status keeps"
+            " each step's summary. Delete or rename that ConfigMap, or give the benchmark another name.",
+        )
 
     def publish(self) -> None:
         if self.metrics is None:

@@ -14,7 +14,15 @@ import kubernetes.watch
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from poolbench.core.children import METRICS_PORT, POSTGRES_CONTAINER, ROLLOUT_ANNOTATION, Names, image_digest, selector
+from poolbench.core.children import (
+    METRICS_PORT,
+    POSTGRES_CONTAINER,
+    ROLLOUT_ANNOTATION,
+    Names,
+    image_digest,
+    owner_uids,
+    selector,
+)
 from poolbench.core.contracts import metrics as metrics_contract
 from poolbench.core.contracts.phases import DONE
 from poolbench.core.contracts.summary import ReplicaSummary
@@ -378,12 +386,17 @@ class Kube:
             return status
         return join_saved(status, self.read_results(status["resultsConfigMap"]))
 
-    def write_results(self, config_map: dict[str, Any]) -> None:
-        """Create the results ConfigMap, or replace its data when it exists."""
-        if not self.ensure(config_map):
-            self.core.patch_namespaced_config_map(
-                config_map["metadata"]["name"], self.namespace, {"data": config_map["data"]}
-            )
+    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> bool:
+        """Create the results ConfigMap, or replace its data when it is the benchmark's (``owner_uid``
+        among its owner references). A ConfigMap of that name that is not the benchmark's is never
+        touched: False."""
+        if self.ensure(config_map):
+            return True
+        name = config_map["metadata"]["name"]
+        if owner_uid not in owner_uids(self.core.read_namespaced_config_map(name, self.namespace)):
+            return False
+        self.core.patch_namespaced_config_map(name, self.namespace, {"data": config_map["data"]})
+        return True
 
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:

@@ -149,3 +149,34 @@ def test_an_object_with_a_childs_name_that_is_not_the_benchmarks_is_left_alone_a
     assert any(e["type"] == "Warning" and "taken-postgres" in e["message"] for e in events(kube, ns, "taken"))
     assert benchmark(kube, ns, "taken")["status"]["phase"] == "Failed"
     kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_a_configmap_with_the_results_name_that_is_not_the_benchmarks_is_left_alone(
+    operator: Any, control_plane: Any, kube: Any
+) -> None:
+    """The results ConfigMap (each step's detail) is written at every step's start and end: a user's
+    ConfigMap of that name is never written to; the benchmark still runs, its status keeps each step's
+    summary and does not point at the user's ConfigMap, and one warning says why the detail is missing."""
+    ns = create_namespace(kube, "results-taken")
+    mine = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kept-results", "labels": {"team": "ours"}},
+        "data": {"status.json": '{"ours": true}', "notes": "the team's"},
+    }
+    before = kube.create(f"/api/v1/namespaces/{ns}/configmaps", mine)
+    apply_benchmark(control_plane, ns, quick("kept"))
+    obj = wait_phase(kube, ns, "kept", timeout=180)
+    status = obj["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    assert [s["outcome"] for s in status["variants"][0]["steps"]] == ["Passed", "Passed"]
+    assert status["variants"][0]["steps"][1]["peakConnections"] == 2 * 2  # 2 replicas x 2 threads
+    assert status["resultsConfigMap"] == ""  # the user's ConfigMap is not named as the results
+    after = kube.get(f"/api/v1/namespaces/{ns}/configmaps/kept-results")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]  # untouched
+    assert after["data"] == mine["data"]
+    assert not after["metadata"].get("ownerReferences")
+    warnings = [e for e in events(kube, ns, "kept") if e.get("reason") == "ResultsNotKept"]
+    assert len(warnings) == 1, warnings
+    assert "ConfigMap kept-results already exists and is not this benchmark's" in warnings[0]["message"]
+    kube.delete(f"/api/v1/namespaces/{ns}")
