@@ -254,9 +254,9 @@ class ProvisionKube:
     def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
         return status
 
-    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> bool:
+    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> str:
         self.calls.append(("results", "ConfigMap", config_map["metadata"]["name"]))
-        return True
+        return "written"
 
 
 def provisioning_driver(kube: ProvisionKube, image: str = "wl:1") -> tuple[Any, list[tuple[str, str, str]]]:

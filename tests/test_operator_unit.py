@@ -593,7 +593,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
-        self.results_taken = False  # a ConfigMap of the results' name is someone else's
+        self.results = "written"  # what a write of the results ConfigMap comes to
 
     def scale_workload(self, names: Names, replicas: int) -> None:
         self.calls.append(("scale", names.workload, replicas))
@@ -620,9 +620,9 @@ class FakeKube:
     def with_results(self, status: dict[str, Any] | None) -> dict[str, Any] | None:
         return status
 
-    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> bool:
+    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> str:
         self.calls.append(("results", config_map["metadata"]["name"]))
-        return not self.results_taken
+        return self.results
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         self.calls.append(("status", status.get("resultsConfigMap")))
@@ -759,12 +759,35 @@ def test_a_results_configmap_that_is_someone_elses_is_left_alone_and_not_pointed
     d.patch(force=True)
     assert d.kube.calls == [("results", "ab-results"), ("status", "ab-results")]
     d, posted = driver_for(SPEC, monkeypatch)
-    d.kube.results_taken = True
+    d.kube.results = "foreign"
     d.patch(force=True)
     d.patch(force=True)
     assert d.kube.calls == [("results", "ab-results"), ("status", None), ("status", None)]
     assert [e[:2] for e in posted] == [("Warning", "ResultsNotKept")]
     assert "ConfigMap ab-results already exists and is not this benchmark's" in posted[0][2]
+
+
+def test_a_status_too_large_for_its_configmap_keeps_the_copy_written_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API server refuses a ConfigMap over 1 MiB: the copy written before stays named (its steps keep
+    their detail), one warning gives the size, and the run goes on; never written, nothing is named."""
+    d, posted = driver_for(SPEC, monkeypatch)
+    d.patch(force=True)
+    d.kube.results = "tooLarge"
+    d.patch(force=True)
+    d.patch(force=True)
+    assert d.kube.calls == [
+        ("results", "ab-results"),
+        ("status", "ab-results"),
+        ("results", "ab-results"),
+        ("status", "ab-results"),
+        ("status", "ab-results"),
+    ]
+    assert [e[:2] for e in posted] == [("Warning", "ResultsNotKept")]
+    assert "bytes of JSON) is more than ConfigMap ab-results may hold (1 MiB)" in posted[0][2]
+    d, posted = driver_for(SPEC, monkeypatch)
+    d.kube.results = "tooLarge"
+    d.patch(force=True)
+    assert d.kube.calls == [("results", "ab-results"), ("status", None)]
 
 
 def test_driver_without_pod_ip_access_says_the_pooler_is_not_sampled(monkeypatch: pytest.MonkeyPatch) -> None:

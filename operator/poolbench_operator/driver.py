@@ -142,8 +142,9 @@ class Driver:
         self.run.status.observed_generation = body["metadata"].get("generation")
         self.keeps_last_step = spec.cleanup == "Keep"
         self.last_patch = 0.0
-        #: The results ConfigMap's name is someone else's ConfigMap: the whole status is not saved.
-        self.results_taken = False
+        #: The results ConfigMap may not be written (its name is someone else's, or it would be too
+        #: large): the whole status is not saved again.
+        self.results_stopped = False
         #: The status as last written, so that a field left out since is nulled in the next merge patch.
         self.written: dict[str, Any] | None = body.get("status")
         self.t0 = time.monotonic()
@@ -176,23 +177,35 @@ class Driver:
         """Write the whole status (every step's detail) to the results ConfigMap, before the summary
         that names it: at a step's start and end, the verdict and a failure. The ConfigMap is the
         benchmark's own, so it goes with it."""
-        if self.results_taken:
+        if self.results_stopped:
             return
+        named_before = self.run.status.results_config_map
         self.run.status.results_config_map = self.names.results
-        config_map = build_results_config_map(self.name, json.dumps(self.run.status.to_json(), sort_keys=False))
+        text = json.dumps(self.run.status.to_json(), sort_keys=False)
+        config_map = build_results_config_map(self.name, text)
         self.adopt(config_map)
-        if self.kube.write_results(config_map, self.uid):
+        outcome = self.kube.write_results(config_map, self.uid)
+        if outcome == "written":
             return
-        # Someone else's ConfigMap has the name: left as it is, and the status does not point at it.
-        self.results_taken = True
-        self.run.status.results_config_map = ""
-        self.event(
-            "Warning",
-            "ResultsNotKept",
-            f"ConfigMap {self.names.results} already exists and is not this benchmark's: it is left as it is,"
-            " and each step's detail (latencies, histograms, per-replica peaks) is not kept; the status keeps"
-            " each step's summary. Delete or rename that ConfigMap, or give the benchmark another name.",
-        )
+        # Not written, and it would not be next time either (the name stays taken, the status only grows).
+        self.results_stopped = True
+        kept = "each step's detail (latencies, histograms, per-replica peaks)"
+        if outcome == "foreign":  # someone else's ConfigMap: left as it is, and the status does not point at it
+            self.run.status.results_config_map = ""
+            message = (
+                f"ConfigMap {self.names.results} already exists and is not this benchmark's: it is left as it"
+                f" is, and {kept} is not kept; the status keeps each step's summary. Delete or rename that"
+                " ConfigMap, or give the benchmark another name."
+            )
+        else:  # the copy written last (if any) stays: the steps it holds keep their detail
+            self.run.status.results_config_map = named_before
+            message = (
+                f"the whole status ({len(text):,} bytes of JSON) is more than ConfigMap {self.names.results} may"
+                f" hold (1 MiB): {kept} is kept for the steps written before, the status keeps each step's"
+                " summary. Fewer steps or variants per benchmark keep it whole."
+            )
+        self.logger.warning(message)
+        self.event("Warning", "ResultsNotKept", message)
 
     def publish(self) -> None:
         if self.metrics is None:

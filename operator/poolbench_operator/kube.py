@@ -7,7 +7,7 @@ import copy
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import kubernetes
 import kubernetes.watch
@@ -94,6 +94,9 @@ class CountingApiClient(kubernetes.client.ApiClient):
             self.state.count(api_errors=1)
             raise
 
+
+#: What became of a write of the results ConfigMap (``Kube.write_results``).
+ResultsWrite = Literal["written", "foreign", "tooLarge"]
 
 #: Each kind of child: the API client attribute of ``Kube`` and the method suffix its calls share.
 CHILD_APIS = {
@@ -386,17 +389,23 @@ class Kube:
             return status
         return join_saved(status, self.read_results(status["resultsConfigMap"]))
 
-    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> bool:
+    def write_results(self, config_map: dict[str, Any], owner_uid: str) -> ResultsWrite:
         """Create the results ConfigMap, or replace its data when it is the benchmark's (``owner_uid``
-        among its owner references). A ConfigMap of that name that is not the benchmark's is never
-        touched: False."""
-        if self.ensure(config_map):
-            return True
-        name = config_map["metadata"]["name"]
-        if owner_uid not in owner_uids(self.core.read_namespaced_config_map(name, self.namespace)):
-            return False
-        self.core.patch_namespaced_config_map(name, self.namespace, {"data": config_map["data"]})
-        return True
+        among its owner references): "written". A ConfigMap of that name that is not the benchmark's
+        is never touched: "foreign". Data the API server refuses for its size (a ConfigMap holds
+        1 MiB): "tooLarge", the ConfigMap as it was."""
+        try:
+            if self.ensure(config_map):
+                return "written"
+            name = config_map["metadata"]["name"]
+            if owner_uid not in owner_uids(self.core.read_namespaced_config_map(name, self.namespace)):
+                return "foreign"
+            self.core.patch_namespaced_config_map(name, self.namespace, {"data": config_map["data"]})
+        except ApiException as err:
+            if err.status in (413, 422):  # too large for the request, or for a ConfigMap
+                return "tooLarge"
+            raise
+        return "written"
 
     # -- the custom resource --------------------------------------------------------------------
     def patch_status(self, name: str, status: dict[str, Any]) -> None:

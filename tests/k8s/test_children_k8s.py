@@ -180,3 +180,44 @@ def test_a_configmap_with_the_results_name_that_is_not_the_benchmarks_is_left_al
     assert len(warnings) == 1, warnings
     assert "ConfigMap kept-results already exists and is not this benchmark's" in warnings[0]["message"]
     kube.delete(f"/api/v1/namespaces/{ns}")
+
+
+def test_the_results_configmap_is_written_only_when_ours_and_never_past_its_size(installed: Any, kube: Any) -> None:
+    """The operator's write of the results ConfigMap, against the real API server: a ConfigMap that is not
+    the benchmark's is "foreign" and untouched; data over a ConfigMap's 1 MiB is refused by the server,
+    "tooLarge", on create (nothing made) and on patch (the copy before stays)."""
+    import kubernetes
+
+    from poolbench.core.children import build_results_config_map
+    from poolbench.core.results import RESULTS_KEY
+    from poolbench_operator.kube import Kube as OperatorKube
+
+    ns = create_namespace(kube, "results-write")
+    kubernetes.config.load_kube_config(config_file=str(installed.kubeconfig))
+    writer = OperatorKube(ns)
+    big = "x" * (1024 * 1024 + 1)
+    path = f"/api/v1/namespaces/{ns}/configmaps"
+    try:
+        assert writer.write_results(build_results_config_map("huge", big), "no-uid") == "tooLarge"
+        assert kube.get_or_none(f"{path}/huge-results") is None
+        # An owner the garbage collector leaves alone: another ConfigMap, standing in for the benchmark.
+        anchor = kube.create(path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "anchor"}})
+        uid = anchor["metadata"]["uid"]
+        ours = build_results_config_map("mine", '{"phase": "Running"}')
+        ours["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": uid}]
+        assert writer.write_results(ours, uid) == "written"  # created
+        ours["data"][RESULTS_KEY] = '{"phase": "Completed"}'
+        assert writer.write_results(ours, uid) == "written"  # patched
+        assert kube.get(f"{path}/mine-results")["data"] == {RESULTS_KEY: '{"phase": "Completed"}'}
+        ours["data"][RESULTS_KEY] = big
+        assert writer.write_results(ours, uid) == "tooLarge"
+        assert kube.get(f"{path}/mine-results")["data"] == {RESULTS_KEY: '{"phase": "Completed"}'}
+        theirs = kube.create(
+            path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "t-results"}, "data": {"a": "b"}}
+        )
+        assert writer.write_results(build_results_config_map("t", "{}"), uid) == "foreign"
+        after = kube.get(f"{path}/t-results")
+        assert after["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+        assert after["data"] == {"a": "b"}
+    finally:
+        kube.delete(f"/api/v1/namespaces/{ns}")
