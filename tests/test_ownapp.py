@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from poolbench.core.attribution import Backend
+from poolbench.core.observation import Observation
 from poolbench.core.ownapp import Look, OwnAppRun, PodSeen, answer_and_finish, mark_restored, observe, step_through
-from poolbench.core.results import BenchmarkStatus, TargetStatus
+from poolbench.core.results import BenchmarkStatus, PodHealth, TargetStatus
 from poolbench.core.spec import parse_spec
 
 pytestmark = pytest.mark.unit
@@ -43,6 +44,7 @@ class FakeCluster:
     reads: int = 0
     deployment_replicas_override: int | None = None
     load: bool = False
+    stop_at: float = 10_000.0  # the watcher stops (an operator killed) once the clock passes it
 
     def now(self) -> float:
         return self.t
@@ -54,7 +56,7 @@ class FakeCluster:
                 self.replicas = n
                 self.scaled_at = at
                 del self.changes[at]
-        if self.t > 10_000:
+        if self.t > self.stop_at:
             raise Ended()
 
     def look(self) -> Look:
@@ -306,3 +308,95 @@ def test_without_pools_no_prediction_is_shown() -> None:
     answer_and_finish(run, None, None, 1)
     assert run.target.pools is None
     assert "predicted" not in run.target.answer_words
+
+
+def test_an_observation_goes_on_from_its_status_exactly() -> None:
+    """What the status keeps of a watch is what a resumed one starts from: every field as it was,
+    a series merged many times over too."""
+    cluster = FakeCluster(replicas=2, changes={100.0: 4, 200.0: 1})
+    run = make_run(cluster, mode="Observe", durationSeconds=300)
+    observe(run, cluster, interval=1.0)
+    kept = run.overall.to_status()
+    assert len(kept["series"]) < kept["reads"]  # 301 reads in fewer points: merged
+    assert Observation.from_status(kept).to_status() == kept
+    assert Observation.from_status({}).to_status() == Observation().to_status()
+
+
+def test_an_observe_cut_by_an_operator_restart_goes_on_to_its_end_with_what_it_read() -> None:
+    """The watch of 60 s, the operator killed at 30 s and back at 40 s: the peaks and the answer are
+    the uninterrupted watch's (the app's pods were scaled from 2 to 4 at 20 s), the series runs on to
+    60 s, and the 10 s nothing was read are said."""
+    whole = FakeCluster(replicas=2, changes={20.0: 4})
+    uninterrupted = make_run(whole, mode="Observe", durationSeconds=60)
+    observe(uninterrupted, whole, interval=1.0)
+    answer_and_finish(uninterrupted, "25%", None, whole.replicas)
+
+    before = FakeCluster(replicas=2, changes={20.0: 4}, stop_at=30.0)
+    cut = make_run(before, mode="Observe", durationSeconds=60)
+    with pytest.raises(Ended):
+        observe(cut, before, interval=1.0)
+    kept = TargetStatus.model_validate(cut.status.to_json()["target"])
+    assert kept.observe_started_at == "2026-12-02T10:00:00Z"
+    assert kept.observation is not None
+    assert kept.observation.reads == 31  # 0 .. 30 s
+
+    after = FakeCluster(replicas=4, t=40.0)
+    resumed = make_run(after, mode="Observe", durationSeconds=60)
+    resumed.resume(kept, elapsed=40.0)
+    observe(resumed, after, interval=1.0, elapsed=40.0)
+    answer_and_finish(resumed, "25%", None, after.replicas)
+
+    target, whole_target = resumed.target, uninterrupted.target
+    assert target.observation is not None
+    assert whole_target.observation is not None
+    assert target.observation.reads == 31 + 21  # and 40 .. 60 s
+    assert target.observation.duration_seconds == 60
+    for name in ("app_peak", "per_pod_peak", "others_peak", "pods", "others_peak_by_owner"):
+        assert getattr(target.observation, name) == getattr(whole_target.observation, name), name
+    assert target.answer == whole_target.answer
+    times = [p.t for p in target.replicas_over_time]
+    assert times == sorted(times)
+    assert times[-1] == 60
+    assert not [t for t in times if 30 < t < 40]
+    seen = [p.replicas for p in target.replicas_over_time]
+    assert seen.index(2) < seen.index(4)
+    assert target.observe_started_at == "2026-12-02T10:00:00Z"
+    assert target.warnings == [
+        "the operator restarted 40s into the watch: nothing was read from 30s to 40s; what was read before is kept"
+    ]
+    assert resumed.status.phase == "Completed"
+
+
+def test_a_watch_whose_time_ran_out_while_the_operator_was_down_is_what_was_read() -> None:
+    before = FakeCluster(replicas=2, stop_at=30.0)
+    cut = make_run(before, mode="Observe", durationSeconds=60)
+    with pytest.raises(Ended):
+        observe(cut, before, interval=1.0)
+    kept = TargetStatus.model_validate(cut.status.to_json()["target"])
+    after = FakeCluster(replicas=3, t=100.0)
+    resumed = make_run(after, mode="Observe", durationSeconds=60)
+    resumed.resume(kept, elapsed=100.0)
+    observe(resumed, after, interval=1.0, elapsed=100.0)
+    answer_and_finish(resumed, "25%", None, after.replicas)
+    assert after.reads == 0  # nothing read after the watch's end
+    assert resumed.target.observation is not None
+    assert resumed.target.observation.reads == 31
+    assert resumed.target.observation.app_peak == 6  # 2 pods x 3, as read before
+    assert resumed.target.answer is not None
+    assert resumed.target.answer.per_pod == 3
+    assert "nothing was read from 30s to 100s" in resumed.target.warnings[0]
+
+
+def test_a_resumed_watch_adds_new_restarts_to_the_ones_counted_before() -> None:
+    cluster = FakeCluster()
+    run = make_run(cluster, mode="Observe", durationSeconds=10)
+    kept = TargetStatus(deployment="app", mode="Observe", observe_started_at="2026-12-02T10:00:00Z")
+    kept.pod_health = {"a": PodHealth(restarts=2, last_termination_reason="Error")}
+    run.resume(kept, elapsed=5.0)
+    assert run.status.failures == 2
+    run.track_health([PodSeen("a", "10.1.0.1", True, restarts=7)])  # the count afresh, as at the start
+    assert run.target.pod_health["a"].restarts == 2
+    run.track_health([PodSeen("a", "10.1.0.1", True, restarts=8, last_reason="OOMKilled")])
+    assert run.target.pod_health["a"].restarts == 3
+    assert run.target.pod_health["a"].last_termination_reason == "OOMKilled"
+    assert run.status.failures == 3

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -59,6 +60,17 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 class Refused(Exception):
     """The benchmark may not run as written (annotation, HPA, monitor role, Secret): one line for the user."""
+
+
+def seconds_since(timestamp: str | None) -> float | None:
+    """Seconds from a status timestamp (RFC 3339) to now; None without one, or one that is not a time."""
+    try:
+        began = datetime.fromisoformat(timestamp) if timestamp else None
+    except ValueError:
+        return None
+    if began is None or began.tzinfo is None:
+        return None
+    return max(0.0, (datetime.now(UTC) - began).total_seconds())
 
 
 class OwnAppDriver:
@@ -140,8 +152,18 @@ class OwnAppDriver:
         if self.target.mode == "Observe":
             self.status = BenchmarkStatus(phase="Pending", observed_generation=previous.observed_generation)
             self.status.target = TargetStatus(deployment=self.target.deployment, mode="Observe")
-            self.event("Normal", "Restarted", "the operator restarted: observing again from the start")
-            self.measure()
+            elapsed = seconds_since(target.observe_started_at)
+            if elapsed is None:  # the watch had not begun
+                self.event("Normal", "Restarted", "the operator restarted: observing from the start")
+                self.measure()
+                return
+            self.event(
+                "Normal",
+                "Restarted",
+                f"the operator restarted {elapsed:.0f}s into the watch: observing on to its end, what was read"
+                " before kept",
+            )
+            self.measure(resume=(target, elapsed))
             return
         step = f" during step {self.status.current_step}" if self.status.current_step else ""
         if self.target.load is not None:  # a hold cut short leaves its Job: it goes now, not at its deadline
@@ -154,7 +176,9 @@ class OwnAppDriver:
             restored = "nothing had been scaled"
         self.fail(f"the operator restarted{step}: {restored}; steps finished before it are kept", reason="Restarted")
 
-    def measure(self) -> None:
+    def measure(self, resume: tuple[TargetStatus, float] | None = None) -> None:
+        """The run, from its start; ``resume``: an Observe watch's status before an operator restart and
+        the seconds since it began, to go on with."""
         self.check_deployment()
         facts = self.connect_monitor()
         usable = facts.usable_for_normal_role()
@@ -171,7 +195,9 @@ class OwnAppDriver:
         self.run = OwnAppRun(self.spec, self.status, usable, utc_now)
         interval = self.spec.sampling.interval_ms / 1000
         if self.target.mode == "Observe":
-            observe(self.run, self, interval)
+            if resume is not None:
+                self.run.resume(*resume)
+            observe(self.run, self, interval, elapsed=resume[1] if resume is not None else 0.0)
         else:
             step_through(self.run, self, interval)
         target = self.run.target

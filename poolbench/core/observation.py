@@ -11,6 +11,7 @@ the two are kept), so every point covers the same number of reads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,47 @@ class Observation:
     @property
     def duration_seconds(self) -> float:
         return 0.0 if self.first_t is None or self.last_t is None else self.last_t - self.first_t
+
+    @classmethod
+    def from_status(cls, data: Mapping[str, Any], series_points: int = SERIES_POINTS) -> Observation:
+        """The watch a status recorded (``to_status``), to go on with: every peak, the least headroom,
+        the reads and the series as they were. A series point's own read count is not in the status:
+        each is taken as full (the span a watch of that many reads has), so later reads start new
+        points and the peaks are exact either way."""
+        restored = cls(series_points=series_points)
+        restored.reads = int(data.get("reads") or 0)
+        restored.usable = data.get("usable")
+        restored.pods = {
+            pod: PodPeaks(
+                int(p.get("peakConnections") or 0),
+                int(p.get("keptIdlePeak") or 0),
+                float(p.get("oldestBackendAgeSeconds") or 0.0),
+            )
+            for pod, p in (data.get("pods") or {}).items()
+        }
+        restored.app_peak = int(data.get("appPeak") or 0)
+        restored.unplaced_peak = int(data.get("unplacedPeak") or 0)
+        restored.others_peak = int(data.get("othersPeak") or 0)
+        restored.others_peak_by_owner = {
+            (str(o.get("usename") or ""), str(o.get("applicationName") or "")): int(o.get("peak") or 0)
+            for o in data.get("othersPeakByOwner") or []
+        }
+        restored.min_headroom = data.get("minHeadroom")
+        restored.series = [
+            SeriesPoint(float(p.get("t") or 0.0), int(p.get("headroom") or 0), p.get("replicas"))
+            for p in data.get("series") or []
+        ]
+        if restored.series:
+            span = 1
+            while span * len(restored.series) < restored.reads:
+                span *= 2
+            restored._span = span
+            for point in restored.series:
+                point.reads = span
+        if restored.reads:
+            restored.first_t = restored.series[0].t if restored.series else 0.0
+            restored.last_t = restored.first_t + float(data.get("durationSeconds") or 0.0)
+        return restored
 
     def to_status(self) -> dict[str, Any]:
         return {

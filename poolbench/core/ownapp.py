@@ -126,6 +126,7 @@ class OwnAppRun:
     baseline_restarts: dict[str, int] = field(default_factory=dict)
     looked: bool = False  # a first look was taken: pods seen later are new, their restarts the run's
     live_by_state: dict[str, int] = field(default_factory=dict)  # the app's backends at the last read, by state
+    prior_restarts: dict[str, int] = field(default_factory=dict)  # a resumed watch's restarts, counted before
 
     def __post_init__(self) -> None:
         target = self.spec.target
@@ -169,10 +170,33 @@ class OwnAppRun:
             if restarts > 0:
                 message = (pod.last_message or "")[:MESSAGE_MAX] or None
                 self.target.pod_health[pod.name] = PodHealth(
-                    restarts=restarts, last_termination_reason=pod.last_reason, last_termination_message=message
+                    restarts=restarts + self.prior_restarts.get(pod.name, 0),
+                    last_termination_reason=pod.last_reason,
+                    last_termination_message=message,
                 )
         self.status.failures = sum(h.restarts for h in self.target.pod_health.values())
         self.looked = True
+
+    def resume(self, before: TargetStatus, elapsed: float) -> None:
+        """Go on with a watch an operator restart cut, ``elapsed`` seconds after it began: its peaks,
+        series, restarts and failed reads as the status kept them. The time nothing was read is said
+        in ``warnings``; restarts of the app's pods while the operator was down are not counted (a
+        pod's count is taken afresh at the first look, as at the start)."""
+        if before.observation is not None:
+            self.overall = Observation.from_status(before.observation.model_dump(by_alias=True, mode="json"))
+            self.target.observation = before.observation
+            self.target.replicas_over_time = series(self.overall)
+            self.status.peak_connections = self.overall.app_peak
+        self.target.observe_started_at = before.observe_started_at
+        self.target.pod_health = dict(before.pod_health)
+        self.prior_restarts = {pod: health.restarts for pod, health in before.pod_health.items()}
+        self.status.failures = sum(self.prior_restarts.values())
+        self.target.sample_gaps = before.sample_gaps
+        last = self.overall.last_t if self.overall.last_t is not None else 0.0
+        self.target.warnings.append(
+            f"the operator restarted {elapsed:.0f}s into the watch: nothing was read from {last:.0f}s to"
+            f" {elapsed:.0f}s; what was read before is kept"
+        )
 
     def over_the_line(self, used: int | None) -> bool:
         return used is not None and used >= self.fraction * self.usable
@@ -252,14 +276,20 @@ def observation_status(observation: Observation) -> ObservationStatus:
     return ObservationStatus.model_validate(observation.to_status())
 
 
-def observe(run: OwnAppRun, platform: Platform, interval: float) -> None:
-    """Observe: change nothing; read the Deployment and the server every ``interval`` for durationSeconds."""
+def observe(run: OwnAppRun, platform: Platform, interval: float, elapsed: float = 0.0) -> None:
+    """Observe: change nothing; read the Deployment and the server every ``interval`` for durationSeconds.
+    ``elapsed``: a resumed watch (``OwnAppRun.resume``) began that long ago and goes on to its end; when
+    its time ran out meanwhile, what was read before is the whole watch."""
     target = run.spec.target
     assert target is not None
-    start = platform.now()
+    start = platform.now() - elapsed
     end = start + target.duration_seconds
+    if not elapsed:
+        run.target.observe_started_at = run.clock()
     run.status.progress = "observing"
     platform.write(force=True)
+    if elapsed >= target.duration_seconds and run.overall.reads:
+        return
     while True:
         now = platform.now()
         run.add(now - start, platform.look())

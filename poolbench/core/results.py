@@ -555,6 +555,9 @@ class TargetStatus(_Out):
         default_factory=list, description="The Deployment's replica count and the headroom, over time."
     )
     observation: ObservationStatus | None = Field(None, description="Observe: the whole watch.")
+    observe_started_at: str | None = Field(
+        None, description="Observe: when the watch began (an operator restarted during it goes on to its end)."
+    )
     pod_health: dict[str, PodHealth] = Field(default_factory=dict, description="Per app pod that restarted.")
     steps: list[OwnStepResult] = Field(default_factory=list, description="Step: one per replica count, in order.")
     stopped_at_step: int | None = Field(None, description="Step: the step (1-based) the safety stop ended.")

@@ -449,6 +449,48 @@ def test_observe_records_a_scale_made_by_hand_and_changes_nothing(
     kube.delete(f"/api/v1/namespaces/{ns}")
 
 
+def test_an_operator_killed_mid_watch_goes_on_to_the_watchs_end_with_what_it_read(
+    operator: Any, control_plane: Any, kube: Any, user_pg: str
+) -> None:
+    """Observe for 30 s, the operator SIGKILLed about 8 s in and started again 4 s later: the watch is
+    not begun again; it goes on to its end from when it began, keeps the reads before the kill, and
+    says how long nothing was read."""
+    ns = create_namespace(kube, "watchkill")
+    monitor_secret(kube, ns)
+    app_deployment(kube, ns, user_pg, replicas=1, conns=2, annotated=False)
+    wait_for(lambda: ready_pods(kube, ns) == 1, 60, what="the app pod ready")
+    apply_benchmark(control_plane, ns, own_app("watch", user_pg, "Observe", durationSeconds=30))
+
+    def observed(reads: int) -> dict[str, Any] | None:
+        target = (benchmark(kube, ns, "watch").get("status") or {}).get("target") or {}
+        seen = target.get("observation") or {}
+        return target if seen.get("reads", 0) >= reads and seen.get("appPeak") == 2 else None
+
+    before = wait_for(lambda: observed(20), 60, interval=0.3, what="20 reads of the app's 2 backends")
+    began = before["observeStartedAt"]
+    operator.stop(signal.SIGKILL)
+    time.sleep(4)
+    operator.start()
+    status = wait_phase(kube, ns, "watch", timeout=120)["status"]
+    assert status["phase"] == "Completed", status.get("message")
+    target = status["target"]
+    assert target["observeStartedAt"] == began  # the same watch, not a new one
+    observation = target["observation"]
+    assert observation["reads"] > before["observation"]["reads"]
+    assert observation["appPeak"] == 2
+    assert observation["durationSeconds"] >= 29  # from the first read to the watch's end
+    times = [p["t"] for p in observation["series"]]
+    assert times == sorted(times)
+    assert times[0] <= before["observation"]["durationSeconds"] + 1
+    (warning,) = [w for w in target["warnings"] if w.startswith("the operator restarted")]
+    assert "into the watch: nothing was read from" in warning, warning
+    assert any(
+        e["reason"] == "Restarted" and "observing on to its end" in e["message"] for e in events(kube, ns, "watch")
+    )
+    assert target["answer"]["perPod"] == 2
+    kube.delete(f"/api/v1/namespaces/{ns}")
+
+
 def test_observe_sees_app_pods_the_server_refuses_crash(
     operator: Any, control_plane: Any, kube: Any, user_pg: str
 ) -> None:
