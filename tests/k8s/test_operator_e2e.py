@@ -71,6 +71,10 @@ def wait_phase(
 def small_seed(name: str = "seed-small", **spec: Any) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
     doc["metadata"] = {"name": name}
+    # Each replica's burst (6 threads on 5 connections) lasts about 12 s, not 1 s: on a loaded machine
+    # the 8 pods of step 2 start seconds apart, and short bursts would not overlap, so the server would
+    # not be full and the step would pass. The arithmetic (5 per replica, 29 usable) is the example's.
+    doc["spec"]["workload"]["iterations"] = 200
     doc["spec"].update(spec)
     return doc
 
