@@ -68,20 +68,10 @@ def wait_phase(
     return cast("dict[str, Any]", wait_for(done, timeout, interval=1.0, what=f"{name} phase in {phases}"))
 
 
-#: The small seed's iterations in most cluster tests: each replica's burst (6 threads on 5 connections)
-#: lasts about 12 s, not 1 s, because on a loaded machine the 8 pods of step 2 start seconds apart and
-#: short bursts would not overlap (the server would not be full, the step would pass). The arithmetic
-#: (5 per replica, 29 usable) is the example's.
-LONG_BURST_ITERATIONS = 200
-
-
-def small_seed(name: str = "seed-small", iterations: int | None = LONG_BURST_ITERATIONS, **spec: Any) -> dict[str, Any]:
-    """manifests/examples/small.yaml named ``name``, with ``spec`` keys replaced; ``iterations`` None
-    keeps the example's own (20)."""
+def small_seed(name: str = "seed-small", **spec: Any) -> dict[str, Any]:
+    """manifests/examples/small.yaml named ``name``, with ``spec`` keys replaced."""
     doc: dict[str, Any] = yaml.safe_load((ROOT / "manifests/examples/small.yaml").read_text())
     doc["metadata"] = {"name": name}
-    if iterations is not None:
-        doc["spec"]["workload"]["iterations"] = iterations
     doc["spec"].update(spec)
     return doc
 

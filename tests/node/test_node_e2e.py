@@ -116,9 +116,7 @@ def assert_readable_views(described: str, wide: str, status: dict[str, Any]) -> 
 
 def test_small_example_on_a_real_node(cluster: Any, kube: Any, helm_release: Any) -> None:
     ns = create_restricted_namespace(kube, "node")
-    # The example exactly as a user applies it (its describe is what is measured). Its bursts are short:
-    # each crashed replica is refused once and its count read, so the server's refusals are the workload's.
-    apply(cluster, ns, small_seed("small", iterations=None))
+    apply(cluster, ns, small_seed("small"))
 
     def step_two_pods() -> Any:
         status = benchmark(kube, ns, "small").get("status") or {}
