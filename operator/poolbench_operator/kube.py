@@ -375,7 +375,7 @@ class Kube:
     def read_results(self, name: str) -> str | None:
         """The whole status the results ConfigMap ``name`` holds; None when it is not there (yet)."""
         try:
-            config_map = self.core.read_namespaced_config_map(name, self.namespace)
+            config_map = self.read_child("ConfigMap", name)
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -398,9 +398,9 @@ class Kube:
             if self.ensure(config_map):
                 return "written"
             name = config_map["metadata"]["name"]
-            if owner_uid not in owner_uids(self.core.read_namespaced_config_map(name, self.namespace)):
+            if owner_uid not in owner_uids(self.read_child("ConfigMap", name)):
                 return "foreign"
-            self.core.patch_namespaced_config_map(name, self.namespace, {"data": config_map["data"]})
+            self._child_api("patch", "ConfigMap")(name, self.namespace, {"data": config_map["data"]})
         except ApiException as err:
             if err.status in (413, 422):  # too large for the request, or for a ConfigMap
                 return "tooLarge"

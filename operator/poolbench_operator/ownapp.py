@@ -16,14 +16,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 from kubernetes.client.exceptions import ApiException
 
-from poolbench.clock import utc_now
+from poolbench.clock import seconds_since, utc_now
 from poolbench.core.benchmark import set_conditions, status_from_resource
 from poolbench.core.children import build_load_job, label_selector, load_job_name
 from poolbench.core.ownapp import (
@@ -60,17 +59,6 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 class Refused(Exception):
     """The benchmark may not run as written (annotation, HPA, monitor role, Secret): one line for the user."""
-
-
-def seconds_since(timestamp: str | None) -> float | None:
-    """Seconds from a status timestamp (RFC 3339) to now; None without one, or one that is not a time."""
-    try:
-        began = datetime.fromisoformat(timestamp) if timestamp else None
-    except ValueError:
-        return None
-    if began is None or began.tzinfo is None:
-        return None
-    return max(0.0, (datetime.now(UTC) - began).total_seconds())
 
 
 class OwnAppDriver:

@@ -181,8 +181,9 @@ class HostSnapshot:
 
     @classmethod
     def take(cls) -> HostSnapshot:
-        """The host now, without what a k8s tier's pod runner has made: CI runs that tier beside this
-        one, and its bridges, veths and namespaces come and go while a node is up."""
+        """The host now, without what a k8s tier's pod runner has made: that tier may run beside this
+        one (docs/development/tests.md), and its bridges, veths and namespaces come and go while a node
+        is up."""
 
         def own(kind: str, names: set[str]) -> frozenset[str]:
             return frozenset(n for n in names if not made_by_a_pod_runner(kind, n))
